@@ -1,0 +1,166 @@
+//! `chat-server`: parses the command line, sets up logging and the store, binds the
+//! listener and runs the reactor until SIGTERM or SIGINT.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+
+use chat::auth::HashParams;
+use chat::hub::HubConfig;
+use chat::reactor::{Server, ServerConfig};
+use chat::store::embedded::EmbeddedStore;
+use chat::store::{Store, StoreFactory};
+
+/// A multi-user chat server speaking the Go chat tutorial's wire protocol.
+///
+/// Data (users, offline messages) is kept in one crash-safe file in the data
+/// directory. Stop it with SIGTERM or Ctrl-C: queued output is drained and every
+/// acknowledged write is kept.
+#[derive(Parser, Debug)]
+#[command(name = "chat-server", version)]
+struct Args {
+    /// Address and port to listen on (port 0 picks a free port; the log says which).
+    #[arg(long, default_value = "0.0.0.0:8889", value_name = "ADDR")]
+    listen: String,
+
+    /// Directory for the data file (chat.redb); created if missing.
+    #[arg(long, default_value = "./chat-data", value_name = "DIR")]
+    data: PathBuf,
+
+    /// Worker threads for storage and password hashing.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    workers: usize,
+
+    /// Log level: off, error, warn, info, debug or trace.
+    #[arg(long, default_value = "info", value_name = "LEVEL")]
+    log_level: simplelog::LevelFilter,
+
+    /// Append the log to this file instead of writing it to stderr.
+    #[arg(long, value_name = "PATH")]
+    log_file: Option<PathBuf>,
+
+    /// Largest frame body accepted from a logged-in client, in bytes.
+    #[arg(long, default_value_t = 64 * 1024, value_name = "BYTES")]
+    max_frame: usize,
+
+    /// Largest frame body accepted before login, in bytes.
+    #[arg(long, default_value_t = 8 * 1024, value_name = "BYTES")]
+    max_prelogin_frame: usize,
+
+    /// Output queued for one client before it is dropped as a slow consumer, in bytes.
+    #[arg(long, default_value_t = 1024 * 1024, value_name = "BYTES")]
+    max_outbuf: usize,
+
+    /// Connections held at once; more are refused with an error frame. Default: the
+    /// process's descriptor limit less headroom for the store, the log and the workers.
+    #[arg(long, value_name = "N")]
+    max_conns: Option<usize>,
+
+    /// Store jobs (logins, registrations, offline messages) queued at once; over it,
+    /// requests are refused as "server busy".
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    max_jobs: usize,
+
+    /// Seconds a connection may stay without logging in.
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    login_timeout: u64,
+
+    /// Failed logins allowed on one connection before it is closed.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    max_login_failures: u32,
+
+    /// argon2id memory cost in KiB for new password hashes (OWASP's default: 19456).
+    #[arg(long, default_value_t = 19 * 1024, value_name = "KIB")]
+    argon2_memory_kib: u32,
+
+    /// argon2id passes (time cost) for new password hashes.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    argon2_passes: u32,
+}
+
+/// Descriptors kept free for the data file, the log, worker threads and epoll.
+const FD_HEADROOM: usize = 64;
+
+fn default_max_conns() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass and nothing else.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0;
+    let soft = if ok { lim.rlim_cur as usize } else { 1024 };
+    soft.saturating_sub(FD_HEADROOM).clamp(1, 100_000)
+}
+
+/// Raises the soft descriptor limit to the hard one: the server is meant to hold many
+/// connections, and the default soft limit (often 1024) is far below what the kernel
+/// allows the process.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain libc calls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max.min(1 << 20);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Err(e) = chat::logging::init(args.log_level, args.log_file.as_deref()) {
+        eprintln!("chat-server: {e}");
+        return ExitCode::FAILURE;
+    }
+    let code = match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::FAILURE
+        }
+    };
+    log::logger().flush();
+    code
+}
+
+fn run(args: Args) -> Result<(), String> {
+    raise_fd_limit();
+    std::fs::create_dir_all(&args.data)
+        .map_err(|e| format!("cannot create data directory {}: {e}", args.data.display()))?;
+    let store = EmbeddedStore::open(&args.data).map_err(|e| e.to_string())?;
+    log::info!(
+        "data in {}",
+        args.data.join(chat::store::embedded::FILE_NAME).display()
+    );
+    let factory: StoreFactory = Arc::new(move || Ok(Box::new(store.clone()) as Box<dyn Store>));
+
+    let cfg = ServerConfig {
+        hub: HubConfig {
+            max_frame: args.max_frame,
+            prelogin_max_frame: args.max_prelogin_frame.min(args.max_frame),
+            max_outbuf: args.max_outbuf,
+            max_jobs: args.max_jobs.max(1),
+            login_timeout_ms: args.login_timeout.saturating_mul(1000),
+            max_login_failures: args.max_login_failures.max(1),
+            ..HubConfig::default()
+        },
+        workers: args.workers.max(1),
+        hash: HashParams {
+            memory_kib: args.argon2_memory_kib,
+            passes: args.argon2_passes,
+        },
+        max_conns: args.max_conns.unwrap_or_else(default_max_conns),
+        handle_signals: true,
+        ..ServerConfig::default()
+    };
+    chat::auth::Hasher::new(cfg.hash)?;
+    let listener = std::net::TcpListener::bind(&args.listen)
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let server = Server::new(listener, &factory, cfg).map_err(|e| format!("cannot start: {e}"))?;
+    server.run().map_err(|e| format!("event loop failed: {e}"))
+}

@@ -1,0 +1,337 @@
+//! One connection's state, with no socket in it.
+//!
+//! A [`Conn`] holds what the server knows about one client: the bytes of a frame that
+//! has not fully arrived, the session (anonymous or logged in as someone), whether a
+//! store job for it is in flight (its later frames wait, so replies keep their order),
+//! and its output queue. The reactor owns the socket and moves bytes; everything else
+//! about a connection lives here and is testable without one.
+//!
+//! The output queue ([`OutQueue`]) holds shared, already-encoded frames (`Rc<[u8]>`): a
+//! group message is encoded once and every recipient's queue points at the same bytes.
+//! It is bounded in bytes; a client that stops reading hits the bound and is dropped,
+//! so nobody else ever waits for it. Idle connections hold no buffers at all: both the
+//! input buffer and the queue start empty, grow on demand and are given back when
+//! drained.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::rc::Rc;
+
+/// A connection's identity: its slab key plus a generation, so that a late event or
+/// store result for a connection that has gone never reaches whoever reuses the slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnRef {
+    pub key: usize,
+    pub generation: u32,
+}
+
+impl ConnRef {
+    /// The mio token value: generation in the high half, slab key in the low half.
+    /// Generations start at 1, so no connection token is ever below 2^32 and the small
+    /// token values stay free for the listener, the waker and signals.
+    pub fn token(self) -> usize {
+        ((self.generation as usize) << 32) | (self.key & 0xffff_ffff)
+    }
+
+    pub fn from_token(token: usize) -> ConnRef {
+        ConnRef {
+            key: token & 0xffff_ffff,
+            generation: (token >> 32) as u32,
+        }
+    }
+}
+
+/// The output queue was full; the frame was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overflow;
+
+/// How a write attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flush {
+    /// Everything queued was written.
+    Drained,
+    /// The socket would block; the rest waits for the next writable event.
+    Blocked,
+}
+
+/// A bounded queue of shared encoded frames.
+#[derive(Debug, Default)]
+pub struct OutQueue {
+    chunks: VecDeque<Rc<[u8]>>,
+    /// Bytes of the front chunk already written.
+    head_written: usize,
+    /// Bytes queued and not yet written.
+    bytes: usize,
+}
+
+/// Chunks handed to one vectored write.
+const MAX_IOV: usize = 64;
+/// A drained queue keeps at most this many slots of capacity.
+const KEEP_SLOTS: usize = 16;
+
+impl OutQueue {
+    /// Queues `frame` unless that would take the queue over `limit` bytes.
+    pub fn push(&mut self, frame: Rc<[u8]>, limit: usize) -> Result<(), Overflow> {
+        if self.bytes + frame.len() > limit {
+            return Err(Overflow);
+        }
+        self.bytes += frame.len();
+        self.chunks.push_back(frame);
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes == 0
+    }
+
+    pub fn len_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Writes as much as `write` takes, with vectored writes of up to 64 chunks, until
+    /// the queue is empty or `write` reports `WouldBlock`.
+    pub fn write_with<W>(&mut self, mut write: W) -> io::Result<Flush>
+    where
+        W: FnMut(&[IoSlice<'_>]) -> io::Result<usize>,
+    {
+        while !self.chunks.is_empty() {
+            let n = {
+                let mut iov: [IoSlice<'_>; MAX_IOV] = [IoSlice::new(&[]); MAX_IOV];
+                let mut count = 0;
+                for (i, c) in self.chunks.iter().take(MAX_IOV).enumerate() {
+                    iov[i] = IoSlice::new(if i == 0 { &c[self.head_written..] } else { c });
+                    count += 1;
+                }
+                match write(&iov[..count]) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flush::Blocked),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            };
+            self.consume(n);
+        }
+        if self.chunks.capacity() > KEEP_SLOTS {
+            self.chunks = VecDeque::new();
+        }
+        Ok(Flush::Drained)
+    }
+
+    fn consume(&mut self, mut n: usize) {
+        self.bytes -= n;
+        while n > 0 {
+            let front = self.chunks.front().expect("wrote more than was queued");
+            let left = front.len() - self.head_written;
+            if n >= left {
+                n -= left;
+                self.head_written = 0;
+                self.chunks.pop_front();
+            } else {
+                self.head_written += n;
+                n = 0;
+            }
+        }
+    }
+
+    /// Removes and returns every queued frame (for tests and state-machine drivers that
+    /// have no socket). A partly written front frame is returned whole.
+    pub fn drain_frames(&mut self) -> Vec<Rc<[u8]>> {
+        self.bytes = 0;
+        self.head_written = 0;
+        std::mem::take(&mut self.chunks).into_iter().collect()
+    }
+}
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Session {
+    /// Connected, not logged in.
+    Anonymous,
+    /// Logged in as `user_id`.
+    Online { user_id: i64, name: Rc<str> },
+}
+
+/// What a store job in flight for this connection is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pending {
+    Login,
+    Register,
+    /// A private message to `to` is being stored.
+    Private {
+        to: i64,
+    },
+}
+
+/// One connection's state machine.
+#[derive(Debug)]
+pub struct Conn {
+    pub generation: u32,
+    pub peer: String,
+    pub session: Session,
+    /// A reply-bearing store job is in flight: later frames wait in `inbuf`.
+    pub pending: Option<Pending>,
+    /// Set once the connection is being closed: nothing more is read or handled.
+    pub closing: Option<Closing>,
+    /// Bytes received and not yet handled: a partial frame, or frames waiting for
+    /// `pending` to clear.
+    pub inbuf: Vec<u8>,
+    pub out: OutQueue,
+    pub opened_ms: u64,
+    pub login_failures: u32,
+    /// Highest offline-message sequence number already delivered to this session.
+    pub offline_seen: u64,
+    /// An offline fetch is in flight for this session.
+    pub offline_fetching: bool,
+    /// More offline messages wait in the store; fetched when the queue drains.
+    pub offline_more: bool,
+}
+
+/// How a closing connection goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Closing {
+    /// Close once the output queue is written (error frames, logout), or at `deadline`.
+    pub flush: bool,
+    pub deadline_ms: u64,
+}
+
+/// An input buffer that is empty and larger than this is given back.
+const KEEP_INBUF: usize = 4096;
+
+impl Conn {
+    pub fn new(generation: u32, peer: String, now_ms: u64) -> Conn {
+        Conn {
+            generation,
+            peer,
+            session: Session::Anonymous,
+            pending: None,
+            closing: None,
+            inbuf: Vec::new(),
+            out: OutQueue::default(),
+            opened_ms: now_ms,
+            login_failures: 0,
+            offline_seen: 0,
+            offline_fetching: false,
+            offline_more: false,
+        }
+    }
+
+    pub fn user_id(&self) -> Option<i64> {
+        match &self.session {
+            Session::Online { user_id, .. } => Some(*user_id),
+            Session::Anonymous => None,
+        }
+    }
+
+    pub fn is_online(&self) -> bool {
+        matches!(self.session, Session::Online { .. })
+    }
+
+    /// May frames be handled now? Not while a reply-bearing job is in flight, and not
+    /// once the connection is closing.
+    pub fn can_handle(&self) -> bool {
+        self.pending.is_none() && self.closing.is_none()
+    }
+
+    /// Should the reactor read from the socket? Only when frames can be handled, so
+    /// that a client waiting on a store job is held back by TCP, not by our memory.
+    pub fn wants_read(&self) -> bool {
+        self.can_handle()
+    }
+
+    pub fn wants_write(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// Gives back the input buffer's memory once it is empty.
+    pub fn shrink_inbuf(&mut self) {
+        if self.inbuf.is_empty() && self.inbuf.capacity() > KEEP_INBUF {
+            self.inbuf = Vec::new();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(bytes: &[u8]) -> Rc<[u8]> {
+        Rc::from(bytes)
+    }
+
+    #[test]
+    fn token_round_trip() {
+        let r = ConnRef {
+            key: 12345,
+            generation: 7,
+        };
+        assert_eq!(ConnRef::from_token(r.token()), r);
+        assert!(r.token() >= 1 << 32);
+    }
+
+    #[test]
+    fn queue_is_bounded_in_bytes() {
+        let mut q = OutQueue::default();
+        assert!(q.push(frame(&[1; 6]), 10).is_ok());
+        assert_eq!(q.push(frame(&[2; 5]), 10), Err(Overflow));
+        assert!(q.push(frame(&[3; 4]), 10).is_ok());
+        assert_eq!(q.len_bytes(), 10);
+    }
+
+    #[test]
+    fn partial_writes_resume_where_they_stopped() {
+        let mut q = OutQueue::default();
+        let shared = frame(b"hello");
+        q.push(shared.clone(), 100).unwrap();
+        q.push(frame(b" world"), 100).unwrap();
+        q.push(shared, 100).unwrap();
+        let mut out = Vec::new();
+        // A writer that takes three bytes per call, then blocks every other call.
+        let mut calls = 0;
+        loop {
+            let r = q.write_with(|iov| {
+                calls += 1;
+                if calls % 2 == 0 {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                let mut n = 0;
+                for s in iov {
+                    for b in s.iter() {
+                        if n == 3 {
+                            return Ok(n);
+                        }
+                        out.push(*b);
+                        n += 1;
+                    }
+                }
+                Ok(n)
+            });
+            match r.unwrap() {
+                Flush::Drained => break,
+                Flush::Blocked => continue,
+            }
+        }
+        assert_eq!(out, b"hello worldhello");
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn write_errors_and_zero_writes_are_reported() {
+        let mut q = OutQueue::default();
+        q.push(frame(b"x"), 10).unwrap();
+        assert!(q.write_with(|_| Ok(0)).is_err());
+        assert!(
+            q.write_with(|_| Err(io::ErrorKind::ConnectionReset.into()))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn new_connections_hold_no_buffers() {
+        let c = Conn::new(1, "peer".into(), 0);
+        assert_eq!(c.inbuf.capacity(), 0);
+        assert!(c.out.is_empty());
+        assert!(c.wants_read());
+        assert!(!c.wants_write());
+    }
+}

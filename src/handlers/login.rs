@@ -1,0 +1,130 @@
+//! `LoginMes`: a worker checks the password (argon2id) and fetches the first offline
+//! messages; then the session goes online here.
+//!
+//! On success the caller gets `LoginResMes` 200 listing everyone online (itself
+//! included), then its offline messages; the others get `NotifyUserStatusMes` status 0.
+//! If the user was already online on another connection, that older session gets
+//! `ErrorResMes` 409 and is closed, and the others see no offline/online flicker.
+
+use crate::conn::{Pending, Session};
+use crate::hub::{Hub, Now};
+use crate::proto::{LoginMes, LoginResMes, NotifyUserStatusMes, ServerMessage, code, status};
+use crate::users::{MAX_PASSWORD_BYTES, OnlineEntry};
+use crate::worker::{JobKind, LoginError, LoginOk};
+
+impl Hub {
+    fn login_res(&mut self, key: usize, code: u16, error: &str) {
+        self.reply(
+            key,
+            &ServerMessage::LoginRes(LoginResMes {
+                code,
+                users_id: Vec::new(),
+                error: error.to_string(),
+                users: Vec::new(),
+            }),
+        );
+    }
+
+    pub(crate) fn handle_login(&mut self, key: usize, m: LoginMes, now: Now) {
+        if self.conns[key].is_online() {
+            self.error(key, code::BAD_REQUEST, "already logged in");
+            return;
+        }
+        if m.user_id <= 0 {
+            self.login_failed(key, code::NO_SUCH_USER, "no such user", now);
+            return;
+        }
+        if m.user_pwd.len() > MAX_PASSWORD_BYTES {
+            self.login_failed(key, code::WRONG_PASSWORD, "wrong password", now);
+            return;
+        }
+        let job = JobKind::Login {
+            user_id: m.user_id,
+            password: m.user_pwd,
+            offline_batch: self.cfg.offline_batch,
+        };
+        if self.submit(Some(key), job) {
+            self.conns[key].pending = Some(Pending::Login);
+        } else {
+            self.login_res(key, code::SERVER_ERROR, "server busy, try again");
+        }
+    }
+
+    fn login_failed(&mut self, key: usize, code: u16, text: &str, now: Now) {
+        self.login_res(key, code, text);
+        let conn = &mut self.conns[key];
+        conn.login_failures += 1;
+        if conn.login_failures >= self.cfg.max_login_failures {
+            self.error(key, code::TOO_MANY, "too many failed logins");
+            self.close(key, true, "too many failed logins", now);
+        }
+    }
+
+    pub(crate) fn login_done(&mut self, key: usize, result: Result<LoginOk, LoginError>, now: Now) {
+        if self.conns[key].closing.is_some() {
+            return;
+        }
+        match result {
+            Ok(ok) => self.go_online(key, ok, now),
+            Err(LoginError::NoSuchUser) => {
+                self.login_failed(key, code::NO_SUCH_USER, "no such user", now)
+            }
+            Err(LoginError::WrongPassword) => {
+                self.login_failed(key, code::WRONG_PASSWORD, "wrong password", now)
+            }
+            Err(LoginError::Store(e)) => {
+                log::error!("login failed: {e}");
+                self.login_res(key, code::SERVER_ERROR, "server error: storage unavailable");
+            }
+        }
+        self.resume(key, now);
+    }
+
+    fn go_online(&mut self, key: usize, ok: LoginOk, now: Now) {
+        let me = self.conn_ref(key);
+        let name: std::rc::Rc<str> = ok.name.as_str().into();
+        let conn = &mut self.conns[key];
+        conn.login_failures = 0;
+        conn.session = Session::Online {
+            user_id: ok.user_id,
+            name: name.clone(),
+        };
+        let entry = OnlineEntry {
+            conn: me,
+            name: name.clone(),
+        };
+        match self.online.insert(ok.user_id, entry) {
+            Some(old) if old.conn != me && self.get(old.conn).is_some() => {
+                // The newer session wins. The old one is no longer in the registry, so
+                // closing it tells nobody that the user went offline.
+                log::info!(
+                    "user {} logged in again: older session replaced",
+                    ok.user_id
+                );
+                self.conns[old.conn.key].session = Session::Anonymous;
+                self.error(old.conn.key, code::CONFLICT, "logged in elsewhere");
+                self.close(old.conn.key, true, "replaced by a newer login", now);
+            }
+            _ => {
+                log::info!("user {} online", ok.user_id);
+                let frame = ServerMessage::NotifyUserStatus(NotifyUserStatusMes {
+                    user_id: ok.user_id,
+                    status: status::ONLINE,
+                    user_name: name.to_string(),
+                })
+                .encode()
+                .into();
+                self.broadcast(Some(key), &frame);
+            }
+        }
+        let res = LoginResMes {
+            code: code::OK,
+            users_id: self.online.ids(),
+            error: String::new(),
+            users: self.online.infos(),
+        };
+        self.reply(key, &ServerMessage::LoginRes(res));
+        let batch = self.cfg.offline_batch;
+        self.deliver_offline(key, ok.offline, batch);
+    }
+}

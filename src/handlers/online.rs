@@ -1,0 +1,14 @@
+//! `OnlineUsersMes`: who is online now, with names, the caller included.
+
+use crate::hub::Hub;
+use crate::proto::{OnlineUsersResMes, ServerMessage};
+
+impl Hub {
+    pub(crate) fn handle_online_users(&mut self, key: usize) {
+        let users = self.online.infos();
+        self.reply(
+            key,
+            &ServerMessage::OnlineUsersRes(OnlineUsersResMes { users }),
+        );
+    }
+}

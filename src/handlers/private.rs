@@ -1,0 +1,175 @@
+//! `SmsPrivateMes`: a message to one user, and the offline store behind it.
+//!
+//! Recipient online here: delivered at once, `SmsResMes` 200. Otherwise a worker stores
+//! it if the user exists (`SmsResMes` 202 once committed) or finds no such user (404).
+//! Stored messages are delivered at the recipient's next login, oldest first, marked
+//! `offline: true`, in batches that respect the output queue limit; each batch is
+//! removed from the store only after it was queued on the recipient's connection.
+
+use std::rc::Rc;
+
+use crate::conn::{Pending, Session};
+use crate::hub::{Hub, Now};
+use crate::proto::{CodeRes, ServerMessage, SmsPrivateMes, code};
+use crate::store::{OfflineMsg, StoreError, StoredMsg};
+use crate::worker::JobKind;
+
+impl Hub {
+    fn sms_res(&mut self, key: usize, code: u16, error: &str) {
+        self.reply(
+            key,
+            &ServerMessage::SmsRes(CodeRes {
+                code,
+                error: error.to_string(),
+            }),
+        );
+    }
+
+    pub(crate) fn handle_private(&mut self, key: usize, m: SmsPrivateMes, now: Now) {
+        let Session::Online { user_id, name } = &self.conns[key].session else {
+            return;
+        };
+        let (from, from_name) = (*user_id, name.to_string());
+        if m.content.is_empty() {
+            self.sms_res(key, code::BAD_REQUEST, "empty message");
+            return;
+        }
+        if m.to_user_id <= 0 {
+            self.sms_res(key, code::NOT_FOUND, "no such user");
+            return;
+        }
+        let msg = OfflineMsg {
+            from,
+            from_name,
+            to: m.to_user_id,
+            content: m.content,
+            time: now.unix_ms,
+        };
+        if let Some(to) = self.online.get(msg.to).map(|e| e.conn.key) {
+            let frame: Rc<[u8]> = private_frame(&msg, false).into();
+            if self.deliver(to, &frame) {
+                self.sms_res(key, code::OK, "");
+                return;
+            }
+            // The recipient's queue overflowed (it is being dropped as a slow
+            // consumer): keep the message for its next login instead of losing it.
+        }
+        let to = msg.to;
+        if self.submit(Some(key), JobKind::StoreOffline(msg)) {
+            self.conns[key].pending = Some(Pending::Private { to });
+        } else {
+            self.sms_res(key, code::UNAVAILABLE, "server busy, try again");
+        }
+    }
+
+    pub(crate) fn private_stored(
+        &mut self,
+        key: usize,
+        result: Result<Option<u64>, StoreError>,
+        now: Now,
+    ) {
+        let to = match self.conns[key].pending {
+            Some(Pending::Private { to }) => to,
+            _ => 0,
+        };
+        match result {
+            Ok(Some(_)) => {
+                self.sms_res(key, code::STORED, "");
+                // The recipient may have logged in while the message was being stored,
+                // after its login fetched the offline messages: fetch again for it.
+                if let Some(k) = self.online.get(to).map(|e| e.conn.key) {
+                    self.fetch_offline(k);
+                }
+            }
+            Ok(None) => self.sms_res(key, code::NOT_FOUND, "no such user"),
+            Err(e) => {
+                log::error!("offline message not stored: {e}");
+                self.sms_res(key, code::UNAVAILABLE, "storage unavailable")
+            }
+        }
+        self.resume(key, now);
+    }
+
+    /// Queues a batch of stored messages on `key`, skipping any it already got, and
+    /// acknowledges them to the store. Stops early when the queue is half full; the
+    /// rest is fetched again once the queue drains.
+    pub(crate) fn deliver_offline(&mut self, key: usize, msgs: Vec<StoredMsg>, batch: usize) {
+        let Some(user_id) = self.conns[key].user_id() else {
+            return;
+        };
+        let mut more = msgs.len() >= batch;
+        let mut upto = 0;
+        for m in msgs {
+            let conn = &self.conns[key];
+            if m.seq <= conn.offline_seen {
+                continue;
+            }
+            if conn.out.len_bytes() >= self.cfg.max_outbuf / 2 {
+                more = true;
+                break;
+            }
+            let frame: Rc<[u8]> = private_frame(&m.msg, true).into();
+            if !self.deliver(key, &frame) {
+                break;
+            }
+            self.conns[key].offline_seen = m.seq;
+            upto = m.seq;
+        }
+        if upto > 0 {
+            self.submit_always(None, JobKind::AckOffline { user_id, upto });
+        }
+        let conn = &mut self.conns[key];
+        conn.offline_more = more;
+        if more && conn.out.is_empty() && conn.closing.is_none() {
+            self.fetch_offline(key);
+        }
+    }
+
+    /// Asks a worker for the next batch of `key`'s offline messages.
+    pub(crate) fn fetch_offline(&mut self, key: usize) {
+        let conn = &self.conns[key];
+        let Some(user_id) = conn.user_id() else {
+            return;
+        };
+        if conn.offline_fetching {
+            return;
+        }
+        let batch = self.cfg.offline_batch;
+        if self.submit(Some(key), JobKind::FetchOffline { user_id, batch }) {
+            let conn = &mut self.conns[key];
+            conn.offline_fetching = true;
+            conn.offline_more = false;
+        }
+    }
+
+    pub(crate) fn offline_fetched(
+        &mut self,
+        key: usize,
+        user_id: i64,
+        batch: usize,
+        result: Result<Vec<StoredMsg>, StoreError>,
+        _now: Now,
+    ) {
+        let conn = &mut self.conns[key];
+        conn.offline_fetching = false;
+        if conn.user_id() != Some(user_id) || conn.closing.is_some() {
+            return;
+        }
+        match result {
+            Ok(msgs) => self.deliver_offline(key, msgs, batch),
+            Err(e) => log::warn!("user {user_id}: offline messages not fetched: {e}"),
+        }
+    }
+}
+
+fn private_frame(m: &OfflineMsg, offline: bool) -> Vec<u8> {
+    ServerMessage::Private(SmsPrivateMes {
+        user_id: m.from,
+        user_name: m.from_name.clone(),
+        to_user_id: m.to,
+        content: m.content.clone(),
+        time: m.time,
+        offline,
+    })
+    .encode()
+}

@@ -1,0 +1,55 @@
+//! `RegisterMes`: validate, then a worker hashes the password and creates the user.
+//! `RegisterResMes` 200 goes out only after the store committed the new user.
+
+use crate::conn::Pending;
+use crate::hub::{Hub, Now};
+use crate::proto::{CodeRes, RegisterMes, ServerMessage, code};
+use crate::users::validate_registration;
+use crate::worker::{JobKind, RegisterError};
+
+impl Hub {
+    fn register_res(&mut self, key: usize, code: u16, error: String) {
+        self.reply(key, &ServerMessage::RegisterRes(CodeRes { code, error }));
+    }
+
+    pub(crate) fn handle_register(&mut self, key: usize, m: RegisterMes) {
+        let u = m.user;
+        if let Err(e) = validate_registration(u.user_id, &u.user_name, &u.user_pwd) {
+            self.register_res(key, code::BAD_REQUEST, e);
+            return;
+        }
+        let job = JobKind::Register {
+            user_id: u.user_id,
+            name: u.user_name,
+            password: u.user_pwd,
+        };
+        if self.submit(Some(key), job) {
+            self.conns[key].pending = Some(Pending::Register);
+        } else {
+            self.register_res(key, code::SERVER_ERROR, "server busy, try again".into());
+        }
+    }
+
+    pub(crate) fn register_done(
+        &mut self,
+        key: usize,
+        result: Result<(), RegisterError>,
+        now: Now,
+    ) {
+        match result {
+            Ok(()) => self.register_res(key, code::OK, String::new()),
+            Err(RegisterError::Taken) => {
+                self.register_res(key, code::BAD_REQUEST, "user id already taken".into())
+            }
+            Err(RegisterError::Store(e)) => {
+                log::error!("register failed: {e}");
+                self.register_res(
+                    key,
+                    code::SERVER_ERROR,
+                    "server error: storage unavailable".into(),
+                )
+            }
+        }
+        self.resume(key, now);
+    }
+}

@@ -1,0 +1,447 @@
+//! The event loop: the only place with sockets.
+//!
+//! One thread, one mio `Poll`, edge-triggered. It accepts until `WouldBlock` (and
+//! backs off on descriptor exhaustion instead of spinning), reads each ready socket
+//! until `WouldBlock` or its per-wake-up budget, hands the bytes to the [`Hub`], then
+//! executes the hub's outputs: store jobs go to the worker pool, queued output is
+//! written (vectored, once per loop turn for every connection that has some), and
+//! connections marked for closing are dropped at the end of the turn, so a stale token
+//! in the same batch of events can never reach a reused slot. Worker results come
+//! back over a channel and wake the loop through `mio::Waker`.
+//!
+//! Tokens carry the connection's generation ([`ConnRef::token`]); an event whose
+//! generation does not match the slot's current occupant is ignored.
+
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use crate::auth::{HashParams, Hasher};
+use crate::conn::{ConnRef, Flush};
+use crate::hub::{Hub, HubConfig, Now};
+use crate::proto::{CodeRes, ServerMessage, code};
+use crate::store::StoreFactory;
+use crate::worker::{JobResult, ResultSink, Workers};
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+const SIGNALS: Token = Token(2);
+
+/// Bytes read per `read` call, into one buffer shared by all connections.
+const READ_CHUNK: usize = 64 * 1024;
+/// How often timers (login timeout, close deadlines) are checked.
+const TICK_MS: u64 = 250;
+/// Pause before accepting again after running out of descriptors.
+const ACCEPT_BACKOFF_MS: u64 = 100;
+
+/// Everything the server is configured with.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub hub: HubConfig,
+    pub workers: usize,
+    pub hash: HashParams,
+    /// Connections held at once; more are refused with `ErrorResMes` 503.
+    pub max_conns: usize,
+    /// Bytes read from one connection per wake-up before the others get a turn.
+    pub read_budget: usize,
+    /// On shutdown, how long queued output may take to drain.
+    pub shutdown_grace_ms: u64,
+    /// Stop on SIGTERM / SIGINT (the binary); in-process tests use [`ShutdownHandle`].
+    pub handle_signals: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            hub: HubConfig::default(),
+            workers: 2,
+            hash: HashParams::default(),
+            max_conns: 10_000,
+            read_budget: 4 * READ_CHUNK,
+            shutdown_grace_ms: 2_000,
+            handle_signals: false,
+        }
+    }
+}
+
+/// Stops a running server from another thread.
+#[derive(Clone)]
+pub struct ShutdownHandle {
+    flag: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+}
+
+impl ShutdownHandle {
+    pub fn shutdown(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        let _ = self.waker.wake();
+    }
+}
+
+/// The server: a bound listener, the hub, the worker pool.
+pub struct Server {
+    poll: Poll,
+    listener: Option<TcpListener>,
+    addr: SocketAddr,
+    hub: Hub,
+    socks: Vec<Option<TcpStream>>,
+    workers: Workers,
+    results: mpsc::Receiver<JobResult>,
+    waker: Arc<Waker>,
+    stop: Arc<AtomicBool>,
+    cfg: ServerConfig,
+    scratch: Vec<u8>,
+    read_again: Vec<ConnRef>,
+    accept_paused_until: Option<u64>,
+    started: Instant,
+}
+
+fn now(started: Instant) -> Now {
+    Now {
+        mono_ms: started.elapsed().as_millis() as u64,
+        unix_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+    }
+}
+
+impl Server {
+    /// Takes a bound listener (port 0 is fine: see [`Server::local_addr`]) and starts
+    /// the worker pool with a store handle each from `store`.
+    pub fn new(
+        listener: std::net::TcpListener,
+        store: &StoreFactory,
+        cfg: ServerConfig,
+    ) -> io::Result<Server> {
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let mut listener = TcpListener::from_std(listener);
+        let poll = Poll::new()?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let hasher = Hasher::new(cfg.hash).map_err(io::Error::other)?;
+        let (tx, results) = mpsc::channel();
+        let sink: ResultSink = {
+            let waker = waker.clone();
+            let tx = Mutex::new(tx);
+            Arc::new(move |r| {
+                let sent = tx.lock().unwrap_or_else(|p| p.into_inner()).send(r);
+                if sent.is_ok() {
+                    let _ = waker.wake();
+                }
+            })
+        };
+        let workers = Workers::start(cfg.workers, store, hasher, sink)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        Ok(Server {
+            poll,
+            listener: Some(listener),
+            addr,
+            hub: Hub::new(cfg.hub.clone()),
+            socks: Vec::new(),
+            workers,
+            results,
+            waker,
+            stop: Arc::new(AtomicBool::new(false)),
+            cfg,
+            scratch: vec![0; READ_CHUNK],
+            read_again: Vec::new(),
+            accept_paused_until: None,
+            started: Instant::now(),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            flag: self.stop.clone(),
+            waker: self.waker.clone(),
+        }
+    }
+
+    /// Runs until shut down (signal or [`ShutdownHandle`]); then drains output for the
+    /// grace period, closes every connection and lets the workers finish their jobs.
+    pub fn run(mut self) -> io::Result<()> {
+        let mut signals = if self.cfg.handle_signals {
+            let mut s = signal_hook_mio::v1_0::Signals::new([
+                signal_hook::consts::SIGTERM,
+                signal_hook::consts::SIGINT,
+            ])?;
+            self.poll
+                .registry()
+                .register(&mut s, SIGNALS, Interest::READABLE)?;
+            Some(s)
+        } else {
+            None
+        };
+        log::info!("listening on {}", self.addr);
+        let mut events = Events::with_capacity(1024);
+        let mut next_tick: u64 = 0;
+        let mut shutdown_deadline: Option<u64> = None;
+        loop {
+            let t = now(self.started);
+            let mut timeout = Duration::from_millis(next_tick.saturating_sub(t.mono_ms).max(1));
+            if !self.read_again.is_empty() {
+                timeout = Duration::ZERO;
+            }
+            if let Some(until) = self.accept_paused_until {
+                timeout = timeout.min(Duration::from_millis(until.saturating_sub(t.mono_ms)));
+            }
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let t = now(self.started);
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept_all(t),
+                    WAKER => {}
+                    SIGNALS => {
+                        if let Some(s) = &mut signals {
+                            for sig in s.pending() {
+                                log::info!("signal {sig} received: shutting down");
+                                self.stop.store(true, Ordering::SeqCst);
+                            }
+                        }
+                    }
+                    token => {
+                        let r = ConnRef::from_token(token.0);
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            self.read(r, t);
+                        }
+                        if ev.is_writable() {
+                            self.write(r, t);
+                        }
+                    }
+                }
+            }
+            while let Ok(res) = self.results.try_recv() {
+                self.hub.handle_result(res, t);
+            }
+            for r in std::mem::take(&mut self.read_again) {
+                self.read(r, t);
+            }
+            while let Some(r) = self.hub.poll_read() {
+                self.read(r, t);
+            }
+            if let Some(until) = self.accept_paused_until
+                && t.mono_ms >= until
+            {
+                self.accept_paused_until = None;
+                self.accept_all(t);
+            }
+            if t.mono_ms >= next_tick {
+                self.hub.handle_tick(t);
+                next_tick = t.mono_ms + TICK_MS;
+            }
+            if shutdown_deadline.is_none() && self.stop.load(Ordering::SeqCst) {
+                if let Some(mut l) = self.listener.take() {
+                    let _ = self.poll.registry().deregister(&mut l);
+                }
+                self.hub.handle_shutdown(t);
+                shutdown_deadline = Some(t.mono_ms + self.cfg.shutdown_grace_ms);
+            }
+            while let Some(job) = self.hub.poll_job() {
+                self.workers.submit(job);
+            }
+            self.flush_and_close(t);
+            if let Some(deadline) = shutdown_deadline
+                && (self.hub.conn_count() == 0 || t.mono_ms >= deadline)
+            {
+                break;
+            }
+        }
+        let left = self.hub.conn_count();
+        if left > 0 {
+            log::warn!("{left} connections did not finish writing in time; closing them");
+        }
+        self.socks.clear();
+        let jobs = self.hub.jobs_in_flight();
+        if jobs > 0 {
+            log::info!("waiting for {jobs} store jobs to finish");
+        }
+        self.workers.shutdown();
+        log::info!("stopped");
+        Ok(())
+    }
+
+    /// Writes every connection with pending output, then drops the connections marked
+    /// for closing; repeated while closing produces more output (offline notices).
+    fn flush_and_close(&mut self, t: Now) {
+        loop {
+            let mut did = false;
+            while let Some(r) = self.hub.poll_write() {
+                did = true;
+                self.write(r, t);
+            }
+            while let Some(r) = self.hub.poll_close(t) {
+                did = true;
+                if let Some(mut s) = self.socks.get_mut(r.key).and_then(Option::take) {
+                    let _ = self.poll.registry().deregister(&mut s);
+                }
+            }
+            if !did {
+                break;
+            }
+        }
+    }
+
+    fn accept_all(&mut self, t: Now) {
+        if self.accept_paused_until.is_some() {
+            return;
+        }
+        loop {
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            match listener.accept() {
+                Ok((sock, peer)) => {
+                    if self.hub.conn_count() >= self.cfg.max_conns {
+                        refuse(sock, peer, self.cfg.max_conns);
+                        continue;
+                    }
+                    self.add_conn(sock, peer, t);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if is_resource_exhaustion(&e) => {
+                    log::warn!(
+                        "accept failed: {e}; pausing accepts for {ACCEPT_BACKOFF_MS} ms ({} connections open)",
+                        self.hub.conn_count()
+                    );
+                    self.accept_paused_until = Some(t.mono_ms + ACCEPT_BACKOFF_MS);
+                    break;
+                }
+                Err(e) => {
+                    // ECONNABORTED and the like concern one connection only.
+                    log::debug!("accept failed: {e}");
+                }
+            }
+        }
+    }
+
+    fn add_conn(&mut self, mut sock: TcpStream, peer: SocketAddr, t: Now) {
+        let _ = sock.set_nodelay(true);
+        set_keepalive(&sock);
+        let r = self.hub.accept(peer.to_string(), t);
+        if let Err(e) = self.poll.registry().register(
+            &mut sock,
+            Token(r.token()),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            log::warn!("cannot register connection from {peer}: {e}");
+            self.hub.handle_hangup(r, "registration failed", t);
+            return;
+        }
+        if self.socks.len() <= r.key {
+            self.socks.resize_with(r.key + 1, || None);
+        }
+        self.socks[r.key] = Some(sock);
+        log::debug!("conn {} from {peer}", r.key);
+    }
+
+    fn read(&mut self, r: ConnRef, t: Now) {
+        let mut budget = self.cfg.read_budget;
+        loop {
+            if !self.hub.get(r).is_some_and(|c| c.wants_read()) {
+                return;
+            }
+            let Some(Some(sock)) = self.socks.get_mut(r.key) else {
+                return;
+            };
+            match sock.read(&mut self.scratch) {
+                Ok(0) => {
+                    self.hub.handle_hangup(r, "peer closed the connection", t);
+                    return;
+                }
+                Ok(n) => {
+                    self.hub.handle_input(r, &self.scratch[..n], t);
+                    if n >= budget {
+                        // Others get a turn; this one is read again next turn.
+                        self.read_again.push(r);
+                        return;
+                    }
+                    budget -= n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.hub.handle_hangup(r, &format!("read failed: {e}"), t);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn write(&mut self, r: ConnRef, t: Now) {
+        let Some(conn) = self.hub.get_mut(r) else {
+            return;
+        };
+        if conn.out.is_empty() {
+            return;
+        }
+        let Some(Some(sock)) = self.socks.get_mut(r.key) else {
+            return;
+        };
+        match conn.out.write_with(|iov| sock.write_vectored(iov)) {
+            Ok(Flush::Drained) => self.hub.handle_flushed(r, t),
+            Ok(Flush::Blocked) => {}
+            Err(e) => self.hub.handle_hangup(r, &format!("write failed: {e}"), t),
+        }
+    }
+}
+
+fn is_resource_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// Over the connection limit: a best-effort error frame, then close.
+fn refuse(mut sock: TcpStream, peer: SocketAddr, max: usize) {
+    let frame = ServerMessage::Error(CodeRes {
+        code: code::UNAVAILABLE,
+        error: format!("server full ({max} connections)"),
+    })
+    .encode();
+    let _ = sock.write(&frame);
+    log::warn!("refused {peer}: connection limit {max} reached");
+}
+
+/// TCP keepalive, so that a peer that vanished (cable pulled, NAT entry dropped) is
+/// noticed within minutes even if it never sends a byte again: probes after 60 s idle,
+/// every 10 s, 6 unanswered probes.
+fn set_keepalive(sock: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let fd = sock.as_raw_fd();
+    let set = |level, name, value: libc::c_int| {
+        // SAFETY: fd is a valid, open socket for the duration of the call, and the
+        // option value is a c_int as these options expect.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+    };
+    set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 60);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 10);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 6);
+}

@@ -1,0 +1,179 @@
+//! The default backend: one redb file (`chat.redb`) in the data directory.
+//!
+//! redb commits are durable when `commit` returns (it syncs to disk by default), so a
+//! write acknowledged to a client survives `kill -9` and power loss. One `Database`
+//! is shared by all worker threads; redb serialises writers and lets readers run
+//! alongside.
+//!
+//! Tables:
+//! - `users`: user id → the user's JSON (the same JSON as the Redis backend).
+//! - `offline`: (recipient id, seq) → the message's JSON; the key order is delivery order.
+//! - `meta`: `"offline_seq"` → the last sequence number handed out.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::{OfflineMsg, Store, StoreError, StoredMsg};
+use crate::users::UserRecord;
+
+const USERS: TableDefinition<i64, &str> = TableDefinition::new("users");
+const OFFLINE: TableDefinition<(i64, u64), &str> = TableDefinition::new("offline");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const SEQ_KEY: &str = "offline_seq";
+
+/// The file name inside the data directory.
+pub const FILE_NAME: &str = "chat.redb";
+
+/// A handle onto the shared database; cheap to clone, one per worker.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+}
+
+macro_rules! tryx {
+    ($e:expr, $ctx:expr) => {
+        $e.map_err(|e| StoreError::new($ctx, redb::Error::from(e)))?
+    };
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) `DIR/chat.redb`, creating the tables if missing.
+    pub fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
+        let path = dir.join(FILE_NAME);
+        let db = Database::create(&path).map_err(|e| {
+            StoreError(format!(
+                "cannot open the data file {}: {}",
+                path.display(),
+                match e {
+                    redb::DatabaseError::DatabaseAlreadyOpen => {
+                        "it is in use by another process (is another server running on this data directory?)".to_string()
+                    }
+                    other => other.to_string(),
+                }
+            ))
+        })?;
+        let tx = tryx!(db.begin_write(), "begin write");
+        {
+            tryx!(tx.open_table(USERS), "open users");
+            tryx!(tx.open_table(OFFLINE), "open offline");
+            tryx!(tx.open_table(META), "open meta");
+        }
+        tryx!(tx.commit(), "commit");
+        Ok(EmbeddedStore { db: Arc::new(db) })
+    }
+}
+
+impl Store for EmbeddedStore {
+    fn get_user(&mut self, id: i64) -> Result<Option<UserRecord>, StoreError> {
+        let tx = tryx!(self.db.begin_read(), "begin read");
+        let t = tryx!(tx.open_table(USERS), "open users");
+        match tryx!(t.get(id), "read user") {
+            Some(v) => UserRecord::from_json(v.value())
+                .map(Some)
+                .map_err(StoreError),
+            None => Ok(None),
+        }
+    }
+
+    fn create_user(&mut self, rec: &UserRecord) -> Result<bool, StoreError> {
+        let tx = tryx!(self.db.begin_write(), "begin write");
+        {
+            let mut t = tryx!(tx.open_table(USERS), "open users");
+            if tryx!(t.get(rec.id), "read user").is_some() {
+                return Ok(false);
+            }
+            tryx!(t.insert(rec.id, rec.to_json().as_str()), "write user");
+        }
+        tryx!(tx.commit(), "commit user");
+        Ok(true)
+    }
+
+    fn update_user(&mut self, rec: &UserRecord) -> Result<(), StoreError> {
+        let tx = tryx!(self.db.begin_write(), "begin write");
+        {
+            let mut t = tryx!(tx.open_table(USERS), "open users");
+            tryx!(t.insert(rec.id, rec.to_json().as_str()), "write user");
+        }
+        tryx!(tx.commit(), "commit user");
+        Ok(())
+    }
+
+    fn push_offline(&mut self, msg: &OfflineMsg) -> Result<Option<u64>, StoreError> {
+        let json = serde_json::to_string(msg).map_err(|e| StoreError::new("encode", e))?;
+        let tx = tryx!(self.db.begin_write(), "begin write");
+        let seq;
+        {
+            let users = tryx!(tx.open_table(USERS), "open users");
+            if tryx!(users.get(msg.to), "read user").is_none() {
+                return Ok(None);
+            }
+            let mut meta = tryx!(tx.open_table(META), "open meta");
+            seq = tryx!(meta.get(SEQ_KEY), "read seq").map_or(0, |v| v.value()) + 1;
+            tryx!(meta.insert(SEQ_KEY, seq), "write seq");
+            let mut t = tryx!(tx.open_table(OFFLINE), "open offline");
+            tryx!(t.insert((msg.to, seq), json.as_str()), "write message");
+        }
+        tryx!(tx.commit(), "commit message");
+        Ok(Some(seq))
+    }
+
+    fn fetch_offline(&mut self, user: i64, max: usize) -> Result<Vec<StoredMsg>, StoreError> {
+        let tx = tryx!(self.db.begin_read(), "begin read");
+        let t = tryx!(tx.open_table(OFFLINE), "open offline");
+        let mut out = Vec::new();
+        for item in tryx!(t.range((user, 0)..=(user, u64::MAX)), "range").take(max) {
+            let (k, v) = tryx!(item, "read message");
+            let msg: OfflineMsg = serde_json::from_str(v.value())
+                .map_err(|e| StoreError::new("bad stored message", e))?;
+            out.push(StoredMsg {
+                seq: k.value().1,
+                msg,
+            });
+        }
+        Ok(out)
+    }
+
+    fn ack_offline(&mut self, user: i64, upto: u64) -> Result<(), StoreError> {
+        let tx = tryx!(self.db.begin_write(), "begin write");
+        {
+            let mut t = tryx!(tx.open_table(OFFLINE), "open offline");
+            tryx!(
+                t.retain_in((user, 0)..=(user, upto), |_, _| false),
+                "remove messages"
+            );
+        }
+        tryx!(tx.commit(), "commit ack");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passes_the_backend_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        super::super::suite::run(&|| Box::new(store.clone()));
+    }
+
+    #[test]
+    fn data_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = EmbeddedStore::open(dir.path()).unwrap();
+            let rec = UserRecord {
+                id: 5,
+                name: "e".into(),
+                pwd_hash: "h".into(),
+                legacy_pwd: String::new(),
+            };
+            assert!(s.create_user(&rec).unwrap());
+        }
+        let mut s = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(s.get_user(5).unwrap().unwrap().name, "e");
+    }
+}

@@ -1,0 +1,134 @@
+//! An in-memory store with the same semantics as the real backends, shared between
+//! handles through a mutex. For tests of the logic above storage, and the reference
+//! the backend suite is checked against.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use super::{OfflineMsg, Store, StoreError, StoredMsg};
+use crate::users::UserRecord;
+
+#[derive(Default, Debug)]
+struct Inner {
+    users: HashMap<i64, UserRecord>,
+    offline: BTreeMap<(i64, u64), OfflineMsg>,
+    next_seq: u64,
+    /// When set, every call fails with this message (to test outage handling).
+    fail: Option<String>,
+}
+
+/// A handle onto a shared in-memory store; clones see the same data.
+#[derive(Clone, Default, Debug)]
+pub struct MemStore {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl MemStore {
+    pub fn new() -> MemStore {
+        MemStore::default()
+    }
+
+    /// Makes every following call fail (`Some`) or work again (`None`).
+    pub fn set_failing(&self, fail: Option<&str>) {
+        self.lock().fail = fail.map(str::to_owned);
+    }
+
+    /// Number of offline messages held for `user`.
+    pub fn offline_count(&self, user: i64) -> usize {
+        self.lock()
+            .offline
+            .range((user, 0)..=(user, u64::MAX))
+            .count()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the maps half-updated (every
+        // update is a single insert or remove), so a poisoned lock is still usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn checked(&self) -> Result<std::sync::MutexGuard<'_, Inner>, StoreError> {
+        let g = self.lock();
+        match &g.fail {
+            Some(f) => Err(StoreError(f.clone())),
+            None => Ok(g),
+        }
+    }
+}
+
+impl Store for MemStore {
+    fn get_user(&mut self, id: i64) -> Result<Option<UserRecord>, StoreError> {
+        Ok(self.checked()?.users.get(&id).cloned())
+    }
+
+    fn create_user(&mut self, rec: &UserRecord) -> Result<bool, StoreError> {
+        let mut g = self.checked()?;
+        if g.users.contains_key(&rec.id) {
+            return Ok(false);
+        }
+        g.users.insert(rec.id, rec.clone());
+        Ok(true)
+    }
+
+    fn update_user(&mut self, rec: &UserRecord) -> Result<(), StoreError> {
+        self.checked()?.users.insert(rec.id, rec.clone());
+        Ok(())
+    }
+
+    fn push_offline(&mut self, msg: &OfflineMsg) -> Result<Option<u64>, StoreError> {
+        let mut g = self.checked()?;
+        if !g.users.contains_key(&msg.to) {
+            return Ok(None);
+        }
+        g.next_seq += 1;
+        let seq = g.next_seq;
+        g.offline.insert((msg.to, seq), msg.clone());
+        Ok(Some(seq))
+    }
+
+    fn fetch_offline(&mut self, user: i64, max: usize) -> Result<Vec<StoredMsg>, StoreError> {
+        Ok(self
+            .checked()?
+            .offline
+            .range((user, 0)..=(user, u64::MAX))
+            .take(max)
+            .map(|((_, seq), m)| StoredMsg {
+                seq: *seq,
+                msg: m.clone(),
+            })
+            .collect())
+    }
+
+    fn ack_offline(&mut self, user: i64, upto: u64) -> Result<(), StoreError> {
+        let mut g = self.checked()?;
+        let keys: Vec<(i64, u64)> = g
+            .offline
+            .range((user, 0)..=(user, upto))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in keys {
+            g.offline.remove(&k);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passes_the_backend_suite() {
+        let shared = MemStore::new();
+        super::super::suite::run(&|| Box::new(shared.clone()));
+    }
+
+    #[test]
+    fn failing_mode_fails_every_call() {
+        let mut s = MemStore::new();
+        s.set_failing(Some("down"));
+        assert_eq!(s.get_user(1), Err(StoreError("down".into())));
+        s.set_failing(None);
+        assert_eq!(s.get_user(1), Ok(None));
+    }
+}
