@@ -32,5 +32,9 @@ pub mod logging;
 pub mod proto;
 pub mod reactor;
 pub mod store;
+pub mod testkit;
 pub mod users;
 pub mod worker;
+
+#[cfg(test)]
+mod hub_tests;

@@ -132,3 +132,10 @@ mod tests {
         assert_eq!(s.get_user(1), Ok(None));
     }
 }
+
+impl MemStore {
+    /// The stored record of `id`; panics if there is none (tests only).
+    pub fn get_user_for_test(&mut self, id: i64) -> UserRecord {
+        self.lock().users.get(&id).cloned().expect("user exists")
+    }
+}

@@ -1,0 +1,702 @@
+//! Deterministic state-machine tests of the hub and its handlers: scripted
+//! conversations against the in-memory store, with jobs run in a chosen order and time
+//! moved by hand. No sockets, threads or sleeps.
+
+use std::rc::Rc;
+
+use crate::hub::HubConfig;
+use crate::proto::{
+    ClientMessage, CodeRes, LoginResMes, NotifyUserStatusMes, OnlineUsersResMes, RegisterMes,
+    ServerMessage, SmsMes, SmsPrivateMes, User, UserInfo,
+};
+use crate::testkit::{Harness, login_msg};
+use crate::worker::{JobResult, LoginError, Outcome};
+
+fn h() -> Harness {
+    Harness::new(HubConfig::default())
+}
+
+fn reg_msg(id: i64, pwd: &str, name: &str) -> ClientMessage {
+    ClientMessage::Register(RegisterMes {
+        user: User {
+            user_id: id,
+            user_pwd: pwd.into(),
+            user_name: name.into(),
+            ..Default::default()
+        },
+    })
+}
+
+fn sms(content: &str) -> ClientMessage {
+    ClientMessage::Sms(SmsMes {
+        content: content.into(),
+        // A client may claim to be anyone: the server must ignore this.
+        user_id: 999,
+        user_name: "mallory".into(),
+        user_pwd: "secret".into(),
+        ..Default::default()
+    })
+}
+
+fn private(to: i64, content: &str) -> ClientMessage {
+    ClientMessage::Private(SmsPrivateMes {
+        to_user_id: to,
+        content: content.into(),
+        ..Default::default()
+    })
+}
+
+fn code_res(code: u16, error: &str) -> CodeRes {
+    CodeRes {
+        code,
+        error: error.into(),
+    }
+}
+
+fn err(code: u16, error: &str) -> ServerMessage {
+    ServerMessage::Error(code_res(code, error))
+}
+
+fn info(id: i64) -> UserInfo {
+    UserInfo {
+        user_id: id,
+        user_name: format!("u{id}"),
+    }
+}
+
+fn notify(id: i64, status: u8) -> ServerMessage {
+    ServerMessage::NotifyUserStatus(NotifyUserStatusMes {
+        user_id: id,
+        status,
+        user_name: format!("u{id}"),
+    })
+}
+
+#[test]
+fn register_then_login_with_exact_replies() {
+    let mut t = h();
+    let c = t.connect();
+    t.send(c, &reg_msg(100, "123456", "scott"));
+    // Nothing is acknowledged before the store committed.
+    assert!(t.recv(c).is_empty());
+    assert_eq!(t.jobs.len(), 1);
+    t.run_jobs();
+    assert_eq!(t.recv(c), [ServerMessage::RegisterRes(code_res(200, ""))]);
+    assert!(
+        t.store
+            .clone()
+            .get_user_for_test(100)
+            .pwd_hash
+            .starts_with("$argon2id$")
+    );
+
+    t.send(c, &login_msg(100, "123456"));
+    t.run_jobs();
+    let frames = t.recv_frames(c);
+    assert_eq!(frames.len(), 1);
+    let body: serde_json::Value = serde_json::from_slice(&frames[0][4..]).unwrap();
+    assert_eq!(body["type"], "LoginResMes");
+    assert_eq!(
+        body["data"],
+        r#"{"code":200,"UsersId":[100],"error":"","users":[{"userId":100,"userName":"scott"}]}"#
+    );
+}
+
+#[test]
+fn register_refusals() {
+    let mut t = h();
+    t.register(1);
+    let c = t.connect();
+    t.send(c, &reg_msg(1, "x", "again"));
+    t.run_jobs();
+    assert_eq!(
+        t.recv(c),
+        [ServerMessage::RegisterRes(code_res(
+            400,
+            "user id already taken"
+        ))]
+    );
+    for (id, pwd, name, why) in [
+        (0, "p", "n", "userId must be a positive number"),
+        (-3, "p", "n", "userId must be a positive number"),
+        (5, "p", "", "userName must not be empty"),
+        (5, "", "n", "userPwd must not be empty"),
+    ] {
+        t.send(c, &reg_msg(id, pwd, name));
+        assert!(
+            t.jobs.is_empty(),
+            "invalid registrations never reach the store"
+        );
+        assert_eq!(t.recv(c), [ServerMessage::RegisterRes(code_res(400, why))]);
+    }
+    t.store.set_failing(Some("disk gone"));
+    t.send(c, &reg_msg(6, "p", "n"));
+    t.run_jobs();
+    assert_eq!(
+        t.recv(c),
+        [ServerMessage::RegisterRes(code_res(
+            505,
+            "server error: storage unavailable"
+        ))]
+    );
+}
+
+#[test]
+fn login_refusals_and_attempt_limit() {
+    let mut t = h();
+    t.register(1);
+    let c = t.connect();
+    let res = |code: u16, e: &str| {
+        ServerMessage::LoginRes(LoginResMes {
+            code,
+            users_id: vec![],
+            error: e.into(),
+            users: vec![],
+        })
+    };
+    t.send(c, &login_msg(2, "pw2"));
+    t.run_jobs();
+    assert_eq!(t.recv(c), [res(500, "no such user")]);
+    t.send(c, &login_msg(1, "nope"));
+    t.run_jobs();
+    assert_eq!(t.recv(c), [res(403, "wrong password")]);
+    t.store.set_failing(Some("down"));
+    t.send(c, &login_msg(1, "pw1"));
+    t.run_jobs();
+    assert_eq!(t.recv(c), [res(505, "server error: storage unavailable")]);
+    t.store.set_failing(None);
+    // Two failures so far (a store error is not the client's failure); three more close it.
+    for _ in 0..2 {
+        t.send(c, &login_msg(1, "nope"));
+        t.run_jobs();
+        assert_eq!(t.recv(c), [res(403, "wrong password")]);
+    }
+    t.send(c, &login_msg(1, "nope"));
+    t.run_jobs();
+    assert_eq!(
+        t.recv(c),
+        [
+            res(403, "wrong password"),
+            err(429, "too many failed logins")
+        ]
+    );
+    assert!(t.is_closed(c));
+}
+
+#[test]
+fn login_is_announced_and_lists_everyone() {
+    let mut t = h();
+    for id in [1, 2, 3] {
+        t.register(id);
+    }
+    let a = t.login(1);
+    let b = t.login(2);
+    assert_eq!(t.recv(a), [notify(2, 0)]);
+    let c = t.connect();
+    t.send(c, &login_msg(3, "pw3"));
+    t.run_jobs();
+    assert_eq!(
+        t.recv(c),
+        [ServerMessage::LoginRes(LoginResMes {
+            code: 200,
+            users_id: vec![1, 2, 3],
+            error: String::new(),
+            users: vec![info(1), info(2), info(3)],
+        })]
+    );
+    assert_eq!(t.recv(a), [notify(3, 0)]);
+    assert_eq!(t.recv(b), [notify(3, 0)]);
+    t.send(a, &ClientMessage::OnlineUsers);
+    assert_eq!(
+        t.recv(a),
+        [ServerMessage::OnlineUsersRes(OnlineUsersResMes {
+            users: vec![info(1), info(2), info(3)]
+        })]
+    );
+}
+
+#[test]
+fn group_message_is_stamped_shared_and_not_echoed() {
+    let mut t = h();
+    for id in [1, 2, 3] {
+        t.register(id);
+    }
+    let a = t.login(1);
+    let b = t.login(2);
+    let c = t.login(3);
+    t.recv(a);
+    t.recv(b);
+    t.send(a, &sms("hello all"));
+    let fb = t.recv_frames(b);
+    let fc = t.recv_frames(c);
+    assert!(t.recv(a).is_empty(), "never echoed to the sender");
+    assert_eq!(fb.len(), 1);
+    assert!(
+        Rc::ptr_eq(&fb[0], &fc[0]),
+        "encoded once, shared by every recipient"
+    );
+    let body: serde_json::Value = serde_json::from_slice(&fb[0][4..]).unwrap();
+    assert_eq!(body["type"], "SmsMes");
+    assert_eq!(
+        body["data"],
+        format!(
+            r#"{{"content":"hello all","userId":1,"userPwd":"","userName":"u1","userStatus":0,"sex":"","time":{}}}"#,
+            t.now.unix_ms
+        )
+    );
+}
+
+#[test]
+fn anonymous_connections_may_only_log_in_register_and_ping() {
+    let mut t = h();
+    t.register(2);
+    let c = t.connect();
+    t.send(c, &ClientMessage::Ping);
+    assert_eq!(t.recv(c), [ServerMessage::Pong]);
+    for m in [
+        sms("x"),
+        private(2, "x"),
+        ClientMessage::OnlineUsers,
+        ClientMessage::Logout,
+    ] {
+        t.send(c, &m);
+        assert_eq!(t.recv(c), [err(401, "log in first")]);
+    }
+    assert!(t.jobs.is_empty());
+    assert!(!t.is_closed(c));
+}
+
+#[test]
+fn private_messages_live_stored_and_unknown() {
+    let mut t = h();
+    for id in [1, 2, 3] {
+        t.register(id);
+    }
+    let a = t.login(1);
+    let b = t.login(2);
+    t.recv(a);
+    t.send(a, &private(2, "live"));
+    assert_eq!(t.recv(a), [ServerMessage::SmsRes(code_res(200, ""))]);
+    assert_eq!(
+        t.recv(b),
+        [ServerMessage::Private(SmsPrivateMes {
+            user_id: 1,
+            user_name: "u1".into(),
+            to_user_id: 2,
+            content: "live".into(),
+            time: t.now.unix_ms,
+            offline: false,
+        })]
+    );
+    // Offline recipient: 202 only once the store has it.
+    t.send(a, &private(3, "stored"));
+    assert!(t.recv(a).is_empty());
+    t.run_jobs();
+    assert_eq!(t.recv(a), [ServerMessage::SmsRes(code_res(202, ""))]);
+    assert_eq!(t.store.offline_count(3), 1);
+    t.send(a, &private(77, "nobody"));
+    t.run_jobs();
+    assert_eq!(
+        t.recv(a),
+        [ServerMessage::SmsRes(code_res(404, "no such user"))]
+    );
+    t.send(a, &private(0, "nobody"));
+    assert_eq!(
+        t.recv(a),
+        [ServerMessage::SmsRes(code_res(404, "no such user"))]
+    );
+    t.store.set_failing(Some("down"));
+    t.send(a, &private(3, "lost?"));
+    t.run_jobs();
+    assert_eq!(
+        t.recv(a),
+        [ServerMessage::SmsRes(code_res(503, "storage unavailable"))]
+    );
+}
+
+#[test]
+fn frames_after_a_store_job_wait_for_its_reply() {
+    let mut t = h();
+    t.register(1);
+    t.register(3);
+    let a = t.login(1);
+    // A private message to an offline user, then a ping, in one read.
+    let mut bytes = private(3, "first").encode();
+    bytes.extend(ClientMessage::Ping.encode());
+    t.send_bytes(a, &bytes);
+    assert!(t.recv(a).is_empty(), "the ping waits behind the store job");
+    t.run_jobs();
+    assert_eq!(
+        t.recv(a),
+        [
+            ServerMessage::SmsRes(code_res(202, "")),
+            ServerMessage::Pong
+        ]
+    );
+}
+
+#[test]
+fn offline_messages_arrive_at_login_oldest_first_once() {
+    let mut t = h();
+    t.register(1);
+    t.register(2);
+    let a = t.login(1);
+    for i in 0..3 {
+        t.send(a, &private(2, &format!("m{i}")));
+        t.run_jobs();
+        t.now.unix_ms += 10;
+    }
+    t.recv(a);
+    let b = t.connect();
+    t.send(b, &login_msg(2, "pw2"));
+    t.run_jobs();
+    let got = t.recv(b);
+    assert!(matches!(&got[0], ServerMessage::LoginRes(r) if r.code == 200));
+    let contents: Vec<(String, bool)> = got[1..]
+        .iter()
+        .map(|m| match m {
+            ServerMessage::Private(p) => {
+                assert_eq!(
+                    (p.user_id, p.user_name.as_str(), p.to_user_id),
+                    (1, "u1", 2)
+                );
+                (p.content.clone(), p.offline)
+            }
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        contents,
+        [
+            ("m0".into(), true),
+            ("m1".into(), true),
+            ("m2".into(), true)
+        ]
+    );
+    assert_eq!(t.store.offline_count(2), 0, "acknowledged after delivery");
+    t.send(b, &ClientMessage::Logout);
+    t.recv(b);
+    let b2 = t.connect();
+    t.send(b2, &login_msg(2, "pw2"));
+    t.run_jobs();
+    assert_eq!(t.recv(b2).len(), 1, "delivered once");
+}
+
+#[test]
+fn offline_backlog_larger_than_the_queue_arrives_in_rounds() {
+    let mut t = Harness::new(HubConfig {
+        max_outbuf: 4096,
+        offline_batch: 8,
+        ..HubConfig::default()
+    });
+    t.register(1);
+    t.register(2);
+    let a = t.login(1);
+    let text = "x".repeat(300);
+    for _ in 0..40 {
+        t.send(a, &private(2, &text));
+        t.run_jobs();
+    }
+    assert_eq!(t.store.offline_count(2), 40);
+    let b = t.connect();
+    t.send(b, &login_msg(2, "pw2"));
+    let mut received = 0;
+    for _ in 0..100 {
+        t.run_jobs();
+        let got = t.recv(b);
+        assert!(t.hub.get(b).is_some(), "never dropped for its own backlog");
+        received += got
+            .iter()
+            .filter(|m| matches!(m, ServerMessage::Private(p) if p.offline))
+            .count();
+        if t.jobs.is_empty() && received == 40 {
+            break;
+        }
+    }
+    assert_eq!(received, 40);
+    assert_eq!(t.store.offline_count(2), 0);
+}
+
+#[test]
+fn message_stored_while_recipient_logs_in_is_still_delivered() {
+    let mut t = h();
+    t.register(1);
+    t.register(2);
+    let a = t.login(1);
+    t.send(a, &private(2, "racing"));
+    // The recipient's login runs (and fetches nothing) before the store job commits.
+    let b = t.connect();
+    t.send(b, &login_msg(2, "pw2"));
+    t.run_job(1);
+    assert_eq!(t.recv(b).len(), 1);
+    t.run_jobs();
+    assert_eq!(
+        t.recv(a),
+        [notify(2, 0), ServerMessage::SmsRes(code_res(202, ""))]
+    );
+    t.run_jobs();
+    let got = t.recv(b);
+    assert!(
+        matches!(&got[..], [ServerMessage::Private(p)] if p.content == "racing" && p.offline),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn logout_and_hangup_tell_the_others() {
+    let mut t = h();
+    for id in [1, 2, 3] {
+        t.register(id);
+    }
+    let a = t.login(1);
+    let b = t.login(2);
+    let c = t.login(3);
+    t.recv(a);
+    t.recv(b);
+    t.send(b, &ClientMessage::Logout);
+    assert_eq!(t.recv(a), [notify(2, 1)]);
+    assert_eq!(t.recv(c), [notify(2, 1)]);
+    t.recv(b);
+    assert!(t.is_closed(b));
+    t.hangup(c);
+    assert_eq!(t.recv(a), [notify(3, 1)]);
+    t.send(a, &ClientMessage::OnlineUsers);
+    assert_eq!(
+        t.recv(a),
+        [ServerMessage::OnlineUsersRes(OnlineUsersResMes {
+            users: vec![info(1)]
+        })]
+    );
+}
+
+#[test]
+fn second_login_wins_without_flicker() {
+    let mut t = h();
+    t.register(1);
+    t.register(2);
+    let watcher = t.login(2);
+    let old = t.login(1);
+    t.recv(watcher);
+    let new = t.connect();
+    t.send(new, &login_msg(1, "pw1"));
+    t.run_jobs();
+    assert!(matches!(&t.recv(new)[..], [ServerMessage::LoginRes(r)] if r.users_id == [1, 2]));
+    assert_eq!(t.recv(old), [err(409, "logged in elsewhere")]);
+    assert!(t.is_closed(old));
+    assert!(t.recv(watcher).is_empty(), "no offline/online flicker");
+    // The new session is the live one.
+    t.send(watcher, &private(1, "to the new one"));
+    assert!(matches!(&t.recv(new)[..], [ServerMessage::Private(_)]));
+    t.send(new, &login_msg(1, "pw1"));
+    assert_eq!(t.recv(new), [err(400, "already logged in")]);
+}
+
+#[test]
+fn a_frame_split_at_every_byte_gives_the_same_replies() {
+    let mut bytes = ClientMessage::Ping.encode();
+    bytes.extend(sms("").encode());
+    bytes.extend(ClientMessage::Ping.encode());
+    for cut in 0..=bytes.len() {
+        let mut t = h();
+        let c = t.connect();
+        t.send_bytes(c, &bytes[..cut]);
+        t.send_bytes(c, &bytes[cut..]);
+        assert_eq!(
+            t.recv(c),
+            [
+                ServerMessage::Pong,
+                err(401, "log in first"),
+                ServerMessage::Pong
+            ],
+            "cut at {cut}"
+        );
+    }
+}
+
+#[test]
+fn byte_by_byte_input_works() {
+    let mut t = h();
+    t.register(1);
+    let c = t.connect();
+    for b in login_msg(1, "pw1").encode() {
+        t.send_bytes(c, &[b]);
+    }
+    t.run_jobs();
+    assert!(matches!(&t.recv(c)[..], [ServerMessage::LoginRes(r)] if r.code == 200));
+}
+
+#[test]
+fn bad_frames_get_400_and_the_stream_goes_on() {
+    let mut t = h();
+    let c = t.connect();
+    let mut bytes = Vec::new();
+    for body in [&b"not json"[..], b"{\"type\":\"Nope\",\"data\":\"{}\"}"] {
+        bytes.extend((body.len() as u32).to_be_bytes());
+        bytes.extend(body);
+    }
+    bytes.extend(ClientMessage::Ping.encode());
+    t.send_bytes(c, &bytes);
+    let got = t.recv(c);
+    assert_eq!(got.len(), 3);
+    assert!(
+        matches!(&got[0], ServerMessage::Error(e) if e.code == 400 && e.error.starts_with("bad frame"))
+    );
+    assert_eq!(got[1], err(400, "unknown message type \"Nope\""));
+    assert_eq!(got[2], ServerMessage::Pong);
+    assert!(!t.is_closed(c));
+}
+
+#[test]
+fn oversized_frames_are_refused_from_the_prefix() {
+    let mut t = h();
+    t.register(1);
+    // Before login the limit is smaller.
+    let c = t.connect();
+    t.send_bytes(c, &(9000u32).to_be_bytes());
+    assert_eq!(
+        t.recv(c),
+        [err(
+            413,
+            "frame of 9000 bytes is over the limit of 8192 bytes before login"
+        )]
+    );
+    assert!(t.is_closed(c));
+    let a = t.login(1);
+    t.send_bytes(a, &(9000u32).to_be_bytes());
+    assert!(
+        t.recv(a).is_empty(),
+        "9000 bytes is fine after login: waiting for the body"
+    );
+    let b = t.login(1);
+    t.send_bytes(b, &u32::MAX.to_be_bytes());
+    assert_eq!(
+        t.recv(b),
+        [err(
+            413,
+            "frame of 4294967295 bytes is over the limit of 65536 bytes"
+        )]
+    );
+    assert!(t.is_closed(b));
+}
+
+#[test]
+fn a_reader_that_stalls_is_dropped_and_nobody_else_waits() {
+    let mut t = Harness::new(HubConfig {
+        max_outbuf: 2000,
+        ..HubConfig::default()
+    });
+    for id in [1, 2, 3] {
+        t.register(id);
+    }
+    let sender = t.login(1);
+    let reader = t.login(2);
+    let staller = t.login(3);
+    t.recv(sender);
+    t.recv(reader);
+    let mut delivered = 0;
+    for i in 0..50 {
+        t.send(sender, &sms(&format!("message {i:03} {}", "x".repeat(50))));
+        delivered += t
+            .recv(reader)
+            .iter()
+            .filter(|m| matches!(m, ServerMessage::Sms(_)))
+            .count();
+    }
+    assert_eq!(delivered, 50, "the reading client got everything");
+    assert!(t.is_closed(staller));
+    assert_eq!(t.hub.stats.slow_consumers_dropped, 1);
+    assert!(t.recv(sender).contains(&notify(3, 1)));
+}
+
+#[test]
+fn silent_connections_are_closed_at_the_login_timeout() {
+    let mut t = h();
+    t.register(1);
+    let idle = t.connect();
+    let online = t.login(1);
+    t.advance(29_000);
+    assert!(!t.is_closed(idle));
+    t.advance(1_000);
+    assert_eq!(t.recv(idle), [err(401, "no login within 30 s")]);
+    assert!(t.is_closed(idle));
+    assert!(!t.is_closed(online));
+}
+
+#[test]
+fn a_full_job_queue_refuses_instead_of_queueing() {
+    let mut t = Harness::new(HubConfig {
+        max_jobs: 1,
+        ..HubConfig::default()
+    });
+    let a = t.connect();
+    let b = t.connect();
+    t.send(a, &reg_msg(1, "p", "n"));
+    t.send(b, &reg_msg(2, "p", "n"));
+    assert_eq!(
+        t.recv(b),
+        [ServerMessage::RegisterRes(code_res(
+            505,
+            "server busy, try again"
+        ))]
+    );
+    t.run_jobs();
+    assert_eq!(t.recv(a), [ServerMessage::RegisterRes(code_res(200, ""))]);
+}
+
+#[test]
+fn results_for_a_gone_connection_never_reach_its_successor() {
+    let mut t = h();
+    t.register(1);
+    let c = t.connect();
+    t.send(c, &login_msg(1, "pw1"));
+    let job = t.jobs.pop_front().unwrap();
+    t.hangup(c);
+    // The slot is reused by a new connection with a new generation.
+    let d = t.connect();
+    assert_eq!(d.key, c.key);
+    assert_ne!(d.generation, c.generation);
+    t.feed(JobResult {
+        conn: job.conn,
+        outcome: Outcome::Login(Err(LoginError::WrongPassword)),
+    });
+    assert!(t.recv(d).is_empty());
+    assert_eq!(t.hub.online_count(), 0);
+}
+
+#[test]
+fn sender_identity_comes_from_the_session() {
+    let mut t = h();
+    t.register(1);
+    t.register(2);
+    let a = t.login(1);
+    let b = t.login(2);
+    t.recv(a);
+    t.send(b, &sms("who am i"));
+    match &t.recv(a)[..] {
+        [ServerMessage::Sms(m)] => {
+            assert_eq!(
+                (m.user_id, m.user_name.as_str(), m.user_pwd.as_str()),
+                (2, "u2", "")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn shutdown_closes_everyone_without_offline_storms() {
+    let mut t = h();
+    for id in [1, 2, 3] {
+        t.register(id);
+    }
+    let conns: Vec<_> = [1, 2, 3].into_iter().map(|id| t.login(id)).collect();
+    for c in &conns {
+        t.recv(*c);
+    }
+    t.hub.handle_shutdown(t.now);
+    for c in &conns {
+        assert!(t.recv(*c).is_empty());
+    }
+    t.advance(0);
+    assert_eq!(t.hub.conn_count(), 0);
+}

@@ -1,0 +1,192 @@
+//! A driver for the [`Hub`] with no sockets, threads or clocks: for the
+//! state-machine tests and the fuzz target.
+//!
+//! It plays the reactor's part by hand. Frames go in as bytes; store jobs wait in a
+//! queue until the test runs them (in order, or one chosen by index) against an
+//! in-memory store; output is read by draining a connection's queue; time moves only
+//! when the test says so.
+
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+use crate::auth::{HashParams, Hasher};
+use crate::conn::ConnRef;
+use crate::hub::{Hub, HubConfig, Now};
+use crate::proto::{self, ClientMessage, ServerMessage};
+use crate::store::mem::MemStore;
+use crate::worker::{Job, JobResult, execute};
+
+pub struct Harness {
+    pub hub: Hub,
+    pub store: MemStore,
+    hasher: Hasher,
+    pub now: Now,
+    /// Jobs taken from the hub and not yet run.
+    pub jobs: VecDeque<Job>,
+    /// Connections the hub has closed, in order.
+    pub closed: Vec<ConnRef>,
+}
+
+/// Cheap argon2id parameters: tests hash for real, just with little memory.
+pub const TEST_HASH: HashParams = HashParams {
+    memory_kib: 64,
+    passes: 1,
+};
+
+impl Harness {
+    pub fn new(cfg: HubConfig) -> Harness {
+        Harness {
+            hub: Hub::new(cfg),
+            store: MemStore::new(),
+            hasher: Hasher::new(TEST_HASH).expect("test parameters are valid"),
+            now: Now {
+                mono_ms: 1_000,
+                unix_ms: 1_700_000_000_000,
+            },
+            jobs: VecDeque::new(),
+            closed: Vec::new(),
+        }
+    }
+
+    pub fn connect(&mut self) -> ConnRef {
+        let n = self.hub.conn_count();
+        self.hub.accept(format!("test-peer-{n}"), self.now)
+    }
+
+    pub fn send(&mut self, r: ConnRef, msg: &ClientMessage) {
+        self.send_bytes(r, &msg.encode());
+    }
+
+    /// Feeds raw bytes as if read from `r`'s socket, then collects jobs and closes.
+    pub fn send_bytes(&mut self, r: ConnRef, bytes: &[u8]) {
+        self.hub.handle_input(r, bytes, self.now);
+        self.pump();
+    }
+
+    pub fn hangup(&mut self, r: ConnRef) {
+        self.hub.handle_hangup(r, "test hangup", self.now);
+        self.pump();
+    }
+
+    /// Moves time forward and lets timers fire.
+    pub fn advance(&mut self, ms: u64) {
+        self.now.mono_ms += ms;
+        self.now.unix_ms += ms;
+        self.hub.handle_tick(self.now);
+        self.pump();
+    }
+
+    /// Takes queued jobs, closes what the hub closed, discards the write and read
+    /// lists (the harness reads queues directly).
+    fn pump(&mut self) {
+        while let Some(j) = self.hub.poll_job() {
+            self.jobs.push_back(j);
+        }
+        while self.hub.poll_write().is_some() {}
+        while self.hub.poll_read().is_some() {}
+        while let Some(r) = self.hub.poll_close(self.now) {
+            self.closed.push(r);
+        }
+        while let Some(j) = self.hub.poll_job() {
+            self.jobs.push_back(j);
+        }
+    }
+
+    /// Runs the job at `index` (0 = oldest) and feeds its result back.
+    pub fn run_job(&mut self, index: usize) {
+        let job = self.jobs.remove(index).expect("no such job");
+        let outcome = execute(&mut self.store.clone(), &self.hasher, job.kind);
+        self.feed(JobResult {
+            conn: job.conn,
+            outcome,
+        });
+    }
+
+    /// Feeds a job result chosen by the test.
+    pub fn feed(&mut self, res: JobResult) {
+        self.hub.handle_result(res, self.now);
+        self.pump();
+    }
+
+    /// Runs jobs, oldest first, until none are left (follow-up jobs included).
+    pub fn run_jobs(&mut self) {
+        while !self.jobs.is_empty() {
+            self.run_job(0);
+        }
+    }
+
+    /// Takes the raw frames queued for `r` (as if written to its socket), and tells
+    /// the hub its queue drained.
+    pub fn recv_frames(&mut self, r: ConnRef) -> Vec<Rc<[u8]>> {
+        let Some(conn) = self.hub.get_mut(r) else {
+            return Vec::new();
+        };
+        let frames = conn.out.drain_frames();
+        self.hub.handle_flushed(r, self.now);
+        self.pump();
+        frames
+    }
+
+    /// Takes and parses the frames queued for `r`.
+    pub fn recv(&mut self, r: ConnRef) -> Vec<ServerMessage> {
+        self.recv_frames(r)
+            .iter()
+            .map(|f| {
+                assert_eq!(
+                    u32::from_be_bytes(f[..4].try_into().unwrap()) as usize,
+                    f.len() - 4
+                );
+                ServerMessage::parse(&f[proto::HEADER_LEN..]).expect("server frames parse")
+            })
+            .collect()
+    }
+
+    pub fn is_closed(&self, r: ConnRef) -> bool {
+        self.closed.contains(&r)
+    }
+
+    /// Registers `id` (named `u<id>`, password `pw<id>`) through the protocol.
+    pub fn register(&mut self, id: i64) {
+        let c = self.connect();
+        self.send(
+            c,
+            &ClientMessage::Register(proto::RegisterMes {
+                user: proto::User {
+                    user_id: id,
+                    user_pwd: format!("pw{id}"),
+                    user_name: format!("u{id}"),
+                    ..Default::default()
+                },
+            }),
+        );
+        self.run_jobs();
+        let got = self.recv(c);
+        assert!(
+            matches!(&got[..], [ServerMessage::RegisterRes(r)] if r.code == 200),
+            "{got:?}"
+        );
+        self.hangup(c);
+    }
+
+    /// Connects and logs `id` in with the password `register` gave it; returns the
+    /// connection with its login reply (and anything after it) already read.
+    pub fn login(&mut self, id: i64) -> ConnRef {
+        let c = self.connect();
+        self.send(c, &login_msg(id, &format!("pw{id}")));
+        self.run_jobs();
+        let got = self.recv(c);
+        assert!(
+            matches!(got.first(), Some(ServerMessage::LoginRes(r)) if r.code == 200),
+            "{got:?}"
+        );
+        c
+    }
+}
+
+pub fn login_msg(id: i64, pwd: &str) -> ClientMessage {
+    ClientMessage::Login(proto::LoginMes {
+        user_id: id,
+        user_pwd: pwd.into(),
+        user_name: String::new(),
+    })
+}
