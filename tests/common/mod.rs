@@ -1,0 +1,250 @@
+//! Shared pieces of the integration tests: the real `chat-server` binary started on
+//! `127.0.0.1:0` in a temporary data directory, and a client that speaks the seed's
+//! wire format byte for byte (frames built with serde_json exactly as the Go client's
+//! `json.Marshal` builds them, replies read as plain JSON, not through our own types).
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// How long any single expected event may take before a test fails.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub struct ServerProc {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub data: PathBuf,
+    log: mpsc::Receiver<String>,
+    pub log_lines: Vec<String>,
+}
+
+/// Cheap argon2 parameters through the server's own flags.
+pub const FAST_HASH: [&str; 4] = ["--argon2-memory-kib", "64", "--argon2-passes", "1"];
+
+impl ServerProc {
+    /// Starts the server on a free loopback port with its data in `data`, and waits for
+    /// its "listening on" line.
+    pub fn start(data: &Path, extra: &[&str]) -> ServerProc {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chat-server"))
+            .args(["--listen", "127.0.0.1:0", "--data"])
+            .arg(data)
+            .args(FAST_HASH)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start chat-server");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut s = ServerProc {
+            child,
+            addr: "127.0.0.1:1".parse().unwrap(),
+            data: data.to_path_buf(),
+            log: rx,
+            log_lines: Vec::new(),
+        };
+        let line = s.wait_log("listening on ");
+        let addr = line.rsplit("listening on ").next().unwrap().trim();
+        s.addr = addr.parse().expect("address in the log");
+        s
+    }
+
+    /// Waits for a log line containing `needle`, returns it.
+    pub fn wait_log(&mut self, needle: &str) -> String {
+        if let Some(l) = self.log_lines.iter().find(|l| l.contains(needle)) {
+            return l.clone();
+        }
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) => {
+                    self.log_lines.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no log line with {needle:?}; log so far:\n{}",
+                    self.log_lines.join("\n")
+                ),
+            }
+        }
+    }
+
+    pub fn connect(&self) -> SeedClient {
+        SeedClient::connect(self.addr)
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill_hard(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Sends `sig` and waits for the process to exit.
+    pub fn signal_and_wait(mut self, sig: i32) -> ExitStatus {
+        let pid = self.child.id() as i32;
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(pid, sig) };
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "server did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A client that writes frames the way the seed's Go client does.
+pub struct SeedClient {
+    pub stream: TcpStream,
+}
+
+/// `{"type": t, "data": json(inner)}` with its 4-byte big-endian length.
+pub fn seed_frame(t: &str, inner: &Value) -> Vec<u8> {
+    let data = serde_json::to_string(inner).unwrap();
+    let outer = serde_json::to_string(&json!({"type": t, "data": data})).unwrap();
+    let mut f = (outer.len() as u32).to_be_bytes().to_vec();
+    f.extend(outer.as_bytes());
+    f
+}
+
+/// A frame as received: its type and the parsed inner JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Got {
+    pub kind: String,
+    pub data: Value,
+    /// The inner JSON exactly as sent.
+    pub raw: String,
+}
+
+impl SeedClient {
+    pub fn connect(addr: SocketAddr) -> SeedClient {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        SeedClient { stream }
+    }
+
+    pub fn send(&mut self, t: &str, inner: Value) {
+        self.stream.write_all(&seed_frame(t, &inner)).unwrap();
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// Reads one frame; panics on timeout or EOF.
+    pub fn recv(&mut self) -> Got {
+        self.try_recv()
+            .expect("connection closed while waiting for a frame")
+    }
+
+    /// Reads one frame; `None` on a clean EOF.
+    pub fn try_recv(&mut self) -> Option<Got> {
+        let mut len = [0u8; 4];
+        match self.stream.read_exact(&mut len) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return None,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+            Err(e) => panic!("read failed: {e}"),
+        }
+        let mut body = vec![0; u32::from_be_bytes(len) as usize];
+        self.stream.read_exact(&mut body).unwrap();
+        let outer: Value = serde_json::from_slice(&body).unwrap();
+        let raw = outer["data"]
+            .as_str()
+            .expect("data is a string")
+            .to_string();
+        Some(Got {
+            kind: outer["type"].as_str().unwrap().to_string(),
+            data: serde_json::from_str(&raw).expect("data holds JSON"),
+            raw,
+        })
+    }
+
+    /// Reads until a frame of type `kind` arrives; returns it and what came before.
+    pub fn recv_until(&mut self, kind: &str) -> (Got, Vec<Got>) {
+        let mut before = Vec::new();
+        loop {
+            let g = self.recv();
+            if g.kind == kind {
+                return (g, before);
+            }
+            before.push(g);
+        }
+    }
+
+    /// Proves nothing else was queued for this client: a ping's pong must be the very
+    /// next frame (the server handles one connection's frames in order).
+    pub fn expect_nothing_pending(&mut self) {
+        self.send("PingMes", json!({}));
+        let g = self.recv();
+        assert_eq!(g.kind, "PongMes", "unexpected frame {g:?}");
+    }
+
+    /// Waits for the server to close the connection (after any frames).
+    pub fn expect_closed(&mut self) -> Vec<Got> {
+        let mut got = Vec::new();
+        while let Some(g) = self.try_recv() {
+            got.push(g);
+        }
+        got
+    }
+
+    pub fn register(&mut self, id: i64, pwd: &str, name: &str) -> Got {
+        self.send(
+            "RegisterMes",
+            json!({"user": {"userId": id, "userPwd": pwd, "userName": name, "userStatus": 0, "sex": ""}}),
+        );
+        self.recv()
+    }
+
+    pub fn login(&mut self, id: i64, pwd: &str) -> Got {
+        self.send(
+            "LoginMes",
+            json!({"userId": id, "userPwd": pwd, "userName": ""}),
+        );
+        self.recv_until("LoginResMes").0
+    }
+}
+
+/// Registers `id` (name `u<id>`, password `pw<id>`) and logs in on a new connection.
+pub fn online(server: &ServerProc, id: i64) -> SeedClient {
+    let mut c = server.connect();
+    let r = c.register(id, &format!("pw{id}"), &format!("u{id}"));
+    assert_eq!(r.data["code"], 200, "{r:?}");
+    let r = c.login(id, &format!("pw{id}"));
+    assert_eq!(r.data["code"], 200, "{r:?}");
+    c
+}
