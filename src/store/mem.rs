@@ -56,6 +56,13 @@ impl MemStore {
     }
 }
 
+impl MemStore {
+    /// The stored record of `id`; panics if there is none (tests only).
+    pub fn get_user_for_test(&mut self, id: i64) -> UserRecord {
+        self.lock().users.get(&id).cloned().expect("user exists")
+    }
+}
+
 impl Store for MemStore {
     fn get_user(&mut self, id: i64) -> Result<Option<UserRecord>, StoreError> {
         Ok(self.checked()?.users.get(&id).cloned())
@@ -130,12 +137,5 @@ mod tests {
         assert_eq!(s.get_user(1), Err(StoreError("down".into())));
         s.set_failing(None);
         assert_eq!(s.get_user(1), Ok(None));
-    }
-}
-
-impl MemStore {
-    /// The stored record of `id`; panics if there is none (tests only).
-    pub fn get_user_for_test(&mut self, id: i64) -> UserRecord {
-        self.lock().users.get(&id).cloned().expect("user exists")
     }
 }
