@@ -84,6 +84,50 @@ impl ShutdownHandle {
     }
 }
 
+/// A server running on its own thread (see [`spawn`]).
+pub struct Running {
+    pub addr: SocketAddr,
+    pub stop: ShutdownHandle,
+    pub thread: std::thread::JoinHandle<io::Result<()>>,
+}
+
+impl Running {
+    /// Shuts the server down and waits for it to finish.
+    pub fn shutdown(self) -> io::Result<()> {
+        self.stop.shutdown();
+        self.thread
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("server thread panicked")))
+    }
+}
+
+/// Builds and runs a server on a new thread (the hub uses `Rc` and never crosses
+/// threads, so it is created there). For embedding and in-process tests.
+pub fn spawn(
+    listener: std::net::TcpListener,
+    store: StoreFactory,
+    cfg: ServerConfig,
+) -> io::Result<Running> {
+    let (tx, rx) = mpsc::sync_channel(1);
+    let thread = std::thread::Builder::new()
+        .name("chat-reactor".into())
+        .spawn(move || match Server::new(listener, &store, cfg) {
+            Ok(server) => {
+                let _ = tx.send(Ok((server.local_addr(), server.shutdown_handle())));
+                server.run()
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                let _ = tx.send(Err(e));
+                Err(io::Error::other(msg))
+            }
+        })?;
+    let (addr, stop) = rx
+        .recv()
+        .map_err(|_| io::Error::other("server thread ended early"))??;
+    Ok(Running { addr, stop, thread })
+}
+
 /// The server: a bound listener, the hub, the worker pool.
 pub struct Server {
     poll: Poll,

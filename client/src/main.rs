@@ -1,0 +1,414 @@
+//! `chat`: the plain terminal client.
+//!
+//! The seed's menus, by number: `1` log in, `2` register, `3` exit; once logged in,
+//! `1` online users, `2` group message, `3` private message, `4` log out. Everything
+//! the server pushes (messages, people coming and going, errors) is printed the moment
+//! it arrives, whatever prompt is showing. Input is read line by line from stdin, so a
+//! script can drive it through a pipe; end of input logs out and exits with status 0.
+//!
+//! Exit status: 0 after `3` or end of input; 1 if the last attempt to reach the server
+//! failed (so a script can tell that the server was down).
+
+mod link;
+mod show;
+
+use std::io::{self, BufRead};
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use chat::proto::{
+    ClientMessage, LoginMes, RegisterMes, ServerMessage, SmsMes, SmsPrivateMes, User, code,
+};
+
+use link::{Link, WaitError};
+
+/// Terminal client for the chat server.
+#[derive(Parser, Debug)]
+#[command(name = "chat", version)]
+struct Args {
+    /// The server's address.
+    #[arg(long, default_value = "127.0.0.1:8889", value_name = "ADDR")]
+    server: String,
+}
+
+/// Lines from stdin; `None` at end of input.
+struct Input {
+    lines: io::Lines<io::StdinLock<'static>>,
+}
+
+impl Input {
+    fn ask(&mut self, prompt: &str) -> Option<String> {
+        show::prompt(prompt);
+        let line = self.lines.next();
+        show::answered();
+        match line {
+            Some(Ok(l)) => Some(l.trim_end_matches(['\r', '\n']).to_string()),
+            _ => {
+                show::line("");
+                None
+            }
+        }
+    }
+
+    /// Like `ask`, with echo turned off when stdin is a terminal.
+    fn ask_secret(&mut self, prompt: &str) -> Option<String> {
+        let _guard = EchoOff::new();
+        let answer = self.ask(prompt);
+        if _guard.active() {
+            show::line("");
+        }
+        answer
+    }
+
+    fn ask_id(&mut self, prompt: &str) -> Option<Option<i64>> {
+        let l = self.ask(prompt)?;
+        match l.trim().parse::<i64>() {
+            Ok(id) if id > 0 => Some(Some(id)),
+            _ => {
+                show::line("A user id is a positive whole number.");
+                Some(None)
+            }
+        }
+    }
+}
+
+/// Turns terminal echo off while alive (only when stdin is a terminal), so that a
+/// password typed at a prompt is not shown.
+struct EchoOff {
+    saved: Option<libc::termios>,
+}
+
+impl EchoOff {
+    fn new() -> EchoOff {
+        // SAFETY: isatty/tcgetattr/tcsetattr only read and write the termios struct
+        // we own; fd 0 is stdin for the life of the process.
+        unsafe {
+            if libc::isatty(0) != 1 {
+                return EchoOff { saved: None };
+            }
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(0, &mut t) != 0 {
+                return EchoOff { saved: None };
+            }
+            let saved = t;
+            t.c_lflag &= !libc::ECHO;
+            if libc::tcsetattr(0, libc::TCSANOW, &t) != 0 {
+                return EchoOff { saved: None };
+            }
+            EchoOff { saved: Some(saved) }
+        }
+    }
+
+    fn active(&self) -> bool {
+        self.saved.is_some()
+    }
+}
+
+impl Drop for EchoOff {
+    fn drop(&mut self) {
+        if let Some(t) = &self.saved {
+            // SAFETY: restores the settings read in `new`.
+            unsafe { libc::tcsetattr(0, libc::TCSANOW, t) };
+        }
+    }
+}
+
+/// Whether the program goes on or ends.
+enum Flow {
+    Continue,
+    Quit,
+}
+
+struct App {
+    server: String,
+    input: Input,
+    /// The last attempt to reach the server failed.
+    unreachable: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let mut app = App {
+        server: args.server,
+        input: Input {
+            lines: io::stdin().lock().lines(),
+        },
+        unreachable: false,
+    };
+    app.main_menu();
+    if app.unreachable {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+impl App {
+    fn main_menu(&mut self) {
+        loop {
+            show::line("");
+            show::line("---------- Chat: welcome ----------");
+            show::line("  1  Log in");
+            show::line("  2  Register");
+            show::line("  3  Exit");
+            let Some(choice) = self.input.ask("Choose (1-3): ") else {
+                return;
+            };
+            let flow = match choice.trim() {
+                "1" => self.login(),
+                "2" => self.register(),
+                "3" => {
+                    show::line("Goodbye.");
+                    return;
+                }
+                "" => Flow::Continue,
+                _ => {
+                    show::line("Please enter 1, 2 or 3.");
+                    Flow::Continue
+                }
+            };
+            if let Flow::Quit = flow {
+                return;
+            }
+        }
+    }
+
+    fn connect(&mut self) -> Option<Link> {
+        match Link::connect(&self.server) {
+            Ok(l) => {
+                self.unreachable = false;
+                Some(l)
+            }
+            Err(e) => {
+                self.unreachable = true;
+                let why = match e.kind() {
+                    io::ErrorKind::ConnectionRefused => "nothing is listening there".to_string(),
+                    io::ErrorKind::TimedOut => "it did not answer".to_string(),
+                    _ => e.to_string(),
+                };
+                show::line(&format!(
+                    "Cannot reach the server at {}: {why}.",
+                    self.server
+                ));
+                None
+            }
+        }
+    }
+
+    fn register(&mut self) -> Flow {
+        let Some(id) = self.input.ask_id("User id: ") else {
+            return Flow::Quit;
+        };
+        let Some(pwd) = self.input.ask_secret("Password: ") else {
+            return Flow::Quit;
+        };
+        let Some(name) = self.input.ask("User name: ") else {
+            return Flow::Quit;
+        };
+        let Some(id) = id else {
+            return Flow::Continue;
+        };
+        let Some(mut link) = self.connect() else {
+            return Flow::Continue;
+        };
+        let msg = ClientMessage::Register(RegisterMes {
+            user: User {
+                user_id: id,
+                user_pwd: pwd,
+                user_name: name.trim().to_string(),
+                ..User::default()
+            },
+        });
+        match link.request(&msg) {
+            Ok(ServerMessage::RegisterRes(r)) => show::line(&match r.code {
+                code::OK => format!("Registered as user {id}. You can log in now."),
+                code::BAD_REQUEST if r.error.contains("taken") => {
+                    format!("User id {id} is already taken.")
+                }
+                code::BAD_REQUEST => format!("Not registered: {}.", r.error),
+                code::SERVER_ERROR => {
+                    format!(
+                        "Not registered: the server had a problem ({}). Try again later.",
+                        r.error
+                    )
+                }
+                _ => format!("Not registered: {} (code {}).", r.error, r.code),
+            }),
+            Ok(ServerMessage::Error(_)) => {} // already printed
+            Ok(other) => show::line(&format!("Unexpected answer from the server: {other:?}")),
+            Err(e) => wait_failed(e),
+        }
+        link.close(false);
+        Flow::Continue
+    }
+
+    fn login(&mut self) -> Flow {
+        let Some(id) = self.input.ask_id("User id: ") else {
+            return Flow::Quit;
+        };
+        let Some(pwd) = self.input.ask_secret("Password: ") else {
+            return Flow::Quit;
+        };
+        let Some(id) = id else {
+            return Flow::Continue;
+        };
+        let Some(mut link) = self.connect() else {
+            return Flow::Continue;
+        };
+        let msg = ClientMessage::Login(LoginMes {
+            user_id: id,
+            user_pwd: pwd,
+            user_name: String::new(),
+        });
+        let name = match link.request(&msg) {
+            Ok(ServerMessage::LoginRes(r)) if r.code == code::OK => {
+                let name = r
+                    .users
+                    .iter()
+                    .find(|u| u.user_id == id)
+                    .map(|u| u.user_name.clone())
+                    .unwrap_or_default();
+                show::line(&format!("Logged in as {}.", show::who(id, &name)));
+                print_roster(&link);
+                link.login_shown();
+                name
+            }
+            Ok(ServerMessage::LoginRes(r)) => {
+                show::line(&match r.code {
+                    code::NO_SUCH_USER => format!("Login failed: there is no user {id}."),
+                    code::WRONG_PASSWORD => "Login failed: wrong password.".to_string(),
+                    code::SERVER_ERROR => {
+                        "Login failed: the server had a problem. Try again later.".to_string()
+                    }
+                    _ => format!("Login failed: {} (code {}).", r.error, r.code),
+                });
+                link.close(false);
+                return Flow::Continue;
+            }
+            Ok(ServerMessage::Error(_)) => {
+                link.close(false);
+                return Flow::Continue;
+            }
+            Ok(other) => {
+                show::line(&format!("Unexpected answer from the server: {other:?}"));
+                link.close(false);
+                return Flow::Continue;
+            }
+            Err(e) => {
+                wait_failed(e);
+                link.close(false);
+                return Flow::Continue;
+            }
+        };
+        self.session(link, id, &name)
+    }
+
+    fn session(&mut self, mut link: Link, id: i64, name: &str) -> Flow {
+        loop {
+            if !link.is_alive() {
+                link.close(false);
+                return Flow::Continue;
+            }
+            show::line("");
+            show::line(&format!(
+                "---------- Logged in as {} ----------",
+                show::who(id, name)
+            ));
+            show::line("  1  Show online users");
+            show::line("  2  Send a group message");
+            show::line("  3  Send a private message");
+            show::line("  4  Log out");
+            let Some(choice) = self.input.ask("Choose (1-4): ") else {
+                link.close(true);
+                return Flow::Quit;
+            };
+            if !link.is_alive() {
+                link.close(false);
+                return Flow::Continue;
+            }
+            match choice.trim() {
+                "1" => match link.request(&ClientMessage::OnlineUsers) {
+                    Ok(ServerMessage::OnlineUsersRes(_)) => print_roster(&link),
+                    Ok(_) => {}
+                    Err(e) => wait_failed(e),
+                },
+                "2" => {
+                    let Some(text) = self.input.ask("Message to everyone: ") else {
+                        link.close(true);
+                        return Flow::Quit;
+                    };
+                    if text.trim().is_empty() {
+                        show::line("Nothing sent: the message is empty.");
+                        continue;
+                    }
+                    let msg = ClientMessage::Sms(SmsMes {
+                        content: text,
+                        user_id: id,
+                        user_name: name.to_string(),
+                        ..SmsMes::default()
+                    });
+                    match link.send(&msg) {
+                        Ok(()) => show::line("Sent to everyone online."),
+                        Err(_) => show::line("Not sent: the connection is gone."),
+                    }
+                }
+                "3" => {
+                    let Some(to) = self.input.ask_id("Recipient's user id: ") else {
+                        link.close(true);
+                        return Flow::Quit;
+                    };
+                    let Some(text) = self.input.ask("Message: ") else {
+                        link.close(true);
+                        return Flow::Quit;
+                    };
+                    let Some(to) = to else { continue };
+                    if text.trim().is_empty() {
+                        show::line("Nothing sent: the message is empty.");
+                        continue;
+                    }
+                    let msg = ClientMessage::Private(SmsPrivateMes {
+                        to_user_id: to,
+                        content: text,
+                        ..SmsPrivateMes::default()
+                    });
+                    match link.request(&msg) {
+                        Ok(ServerMessage::SmsRes(r)) => show::line(&match r.code {
+                            code::OK => format!("Delivered to user {to}."),
+                            code::STORED => format!(
+                                "User {to} is offline; the message will be delivered when they log in."
+                            ),
+                            code::NOT_FOUND => format!("Not sent: there is no user {to}."),
+                            code::UNAVAILABLE => {
+                                "Not sent: the server cannot store messages right now.".to_string()
+                            }
+                            _ => format!("Not sent: {} (code {}).", r.error, r.code),
+                        }),
+                        Ok(_) => {}
+                        Err(e) => wait_failed(e),
+                    }
+                }
+                "4" => {
+                    link.close(true);
+                    show::line("Logged out.");
+                    return Flow::Continue;
+                }
+                "" => {}
+                _ => show::line("Please enter a number from 1 to 4."),
+            }
+        }
+    }
+}
+
+fn print_roster(link: &Link) {
+    let roster = link.roster.lock().unwrap_or_else(|p| p.into_inner());
+    let list: Vec<String> = roster.iter().map(|(id, n)| show::who(*id, n)).collect();
+    show::line(&format!("Online now ({}): {}", list.len(), list.join(", ")));
+}
+
+fn wait_failed(e: WaitError) {
+    match e {
+        WaitError::Closed => show::line("No answer: the connection to the server is gone."),
+        WaitError::TimedOut => show::line("No answer from the server in time."),
+    }
+}

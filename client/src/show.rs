@@ -1,0 +1,105 @@
+//! How things look on the terminal: one readable line per event.
+
+use std::io::Write;
+use std::sync::Mutex;
+
+use chat::proto::{SmsMes, SmsPrivateMes, code, status};
+
+/// Prints one whole line at once, so lines from the reader thread and the menus never
+/// interleave mid-line.
+pub fn line(s: &str) {
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    let _ = writeln!(out, "{s}");
+    let _ = out.flush();
+}
+
+/// The prompt on screen while the menu thread waits for input, if any.
+static PROMPT: Mutex<Option<String>> = Mutex::new(None);
+
+fn current_prompt() -> std::sync::MutexGuard<'static, Option<String>> {
+    PROMPT.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Prints a prompt (no newline) and flushes it.
+pub fn prompt(s: &str) {
+    let mut p = current_prompt();
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    let _ = write!(out, "{s}");
+    let _ = out.flush();
+    *p = Some(s.to_string());
+}
+
+/// The user answered the prompt.
+pub fn answered() {
+    *current_prompt() = None;
+}
+
+/// Prints something the server pushed. If a prompt is showing, the line goes below it
+/// and the prompt is shown again, so the push never sticks to the prompt's text.
+pub fn push(s: &str) {
+    let p = current_prompt();
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    let _ = match &*p {
+        Some(prompt) => write!(out, "\n{s}\n{prompt}"),
+        None => writeln!(out, "{s}"),
+    };
+    let _ = out.flush();
+}
+
+pub fn who(id: i64, name: &str) -> String {
+    if name.is_empty() {
+        format!("user {id}")
+    } else {
+        format!("{name} ({id})")
+    }
+}
+
+/// `HH:MM` (UTC) of a unix-millisecond time.
+pub fn clock(unix_ms: u64) -> String {
+    let mins = unix_ms / 60_000;
+    format!("{:02}:{:02} UTC", (mins / 60) % 24, mins % 60)
+}
+
+pub fn group(m: &SmsMes) -> String {
+    format!("[group] {}: {}", who(m.user_id, &m.user_name), m.content)
+}
+
+pub fn private(m: &SmsPrivateMes) -> String {
+    if m.offline {
+        format!(
+            "[private, sent while you were offline, {}] {}: {}",
+            clock(m.time),
+            who(m.user_id, &m.user_name),
+            m.content
+        )
+    } else {
+        format!("[private] {}: {}", who(m.user_id, &m.user_name), m.content)
+    }
+}
+
+pub fn status(id: i64, name: &str, s: u8) -> String {
+    let what = match s {
+        status::ONLINE => "is online",
+        status::OFFLINE => "went offline",
+        status::BUSY => "is busy",
+        _ => "changed status",
+    };
+    format!("* {} {what}", who(id, name))
+}
+
+pub fn server_error(c: u16, text: &str) -> String {
+    let plain = match c {
+        code::CONFLICT => {
+            "You were logged out: this account logged in from somewhere else.".to_string()
+        }
+        code::UNAUTHORIZED => format!("Not logged in ({text})."),
+        code::TOO_MANY => format!("Too fast: {text}."),
+        code::TOO_LARGE => "That was too large for the server.".to_string(),
+        code::UNAVAILABLE => format!("The server is unavailable: {text}."),
+        _ => format!("The server refused that: {text}."),
+    };
+    format!("! {plain}")
+}

@@ -1,0 +1,336 @@
+//! The real `chat` binary driven through a pipe, against the real server (run in this
+//! process on `127.0.0.1:0`), with a second, test-written seed-format client on the
+//! other side. Both sides are checked.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+use chat::auth::HashParams;
+use chat::reactor::{Running, ServerConfig};
+use chat::store::embedded::EmbeddedStore;
+use chat::store::{Store, StoreFactory};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct TestServer {
+    addr: SocketAddr,
+    running: Option<Running>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    fn start() -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let factory: StoreFactory = Arc::new(move || Ok(Box::new(store.clone()) as Box<dyn Store>));
+        let cfg = ServerConfig {
+            hash: HashParams {
+                memory_kib: 64,
+                passes: 1,
+            },
+            ..ServerConfig::default()
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let running = chat::reactor::spawn(listener, factory, cfg).unwrap();
+        TestServer {
+            addr: running.addr,
+            running: Some(running),
+            _dir: dir,
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().unwrap();
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The `chat` binary with its stdin and stdout piped.
+struct Chat {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    out: Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Chat {
+    fn start(addr: &str) -> Chat {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chat"))
+            .args(["--server", addr])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, out) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Chat {
+            stdin: child.stdin.take(),
+            child,
+            out,
+            seen: Vec::new(),
+        }
+    }
+
+    fn type_lines(&mut self, lines: &[&str]) {
+        let stdin = self.stdin.as_mut().unwrap();
+        for l in lines {
+            writeln!(stdin, "{l}").unwrap();
+        }
+        stdin.flush().unwrap();
+    }
+
+    /// Waits for an output line containing `needle`; returns it.
+    fn expect(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match self
+                .out
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("no line with {needle:?}; output:\n{}", self.seen.join("\n")),
+            }
+        }
+    }
+
+    /// Closes stdin and waits for the exit status; returns it with the rest of stdout.
+    fn finish(mut self) -> (i32, String, String) {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + WAIT;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "chat did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let rest: Vec<String> = self.out.try_iter().collect();
+        self.seen.extend(rest);
+        let mut err = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        (status.code().unwrap_or(-1), self.seen.join("\n"), err)
+    }
+}
+
+/// A seed-format client written here, independent of the `chat` binary.
+struct Peer {
+    s: TcpStream,
+}
+
+impl Peer {
+    fn connect(addr: SocketAddr) -> Peer {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        Peer { s }
+    }
+
+    fn send(&mut self, t: &str, inner: Value) {
+        let outer = json!({"type": t, "data": inner.to_string()}).to_string();
+        self.s
+            .write_all(&(outer.len() as u32).to_be_bytes())
+            .unwrap();
+        self.s.write_all(outer.as_bytes()).unwrap();
+    }
+
+    fn recv(&mut self) -> (String, Value) {
+        let mut len = [0; 4];
+        self.s.read_exact(&mut len).unwrap();
+        let mut body = vec![0; u32::from_be_bytes(len) as usize];
+        self.s.read_exact(&mut body).unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        let data = serde_json::from_str(v["data"].as_str().unwrap()).unwrap();
+        (v["type"].as_str().unwrap().to_string(), data)
+    }
+
+    fn recv_kind(&mut self, kind: &str) -> Value {
+        loop {
+            let (k, d) = self.recv();
+            if k == kind {
+                return d;
+            }
+        }
+    }
+
+    /// The next status notice about `id`, skipping anything else.
+    fn recv_notify(&mut self, id: i64) -> Value {
+        loop {
+            let n = self.recv_kind("NotifyUserStatusMes");
+            if n["userId"] == id {
+                return n;
+            }
+        }
+    }
+
+    fn register_and_login(addr: SocketAddr, id: i64, name: &str) -> Peer {
+        let mut p = Peer::connect(addr);
+        p.send(
+            "RegisterMes",
+            json!({"user":{"userId":id,"userPwd":"peerpw","userName":name}}),
+        );
+        assert_eq!(p.recv_kind("RegisterResMes")["code"], 200);
+        p.send(
+            "LoginMes",
+            json!({"userId":id,"userPwd":"peerpw","userName":""}),
+        );
+        assert_eq!(p.recv_kind("LoginResMes")["code"], 200);
+        p
+    }
+}
+
+#[test]
+fn menus_messages_both_ways_and_clean_exit() {
+    let server = TestServer::start();
+    let addr = server.addr.to_string();
+    let mut peer = Peer::register_and_login(server.addr, 200, "tiger");
+
+    let mut chat = Chat::start(&addr);
+    chat.expect("3  Exit");
+    // Register through the menu, then log in.
+    chat.type_lines(&["2", "100", "secret", "scott"]);
+    chat.expect("Registered as user 100");
+    chat.type_lines(&["1", "100", "secret"]);
+    chat.expect("Logged in as scott (100)");
+    chat.expect("Online now (2): scott (100), tiger (200)");
+    let n = peer.recv_kind("NotifyUserStatusMes");
+    assert_eq!(
+        (n["userId"].clone(), n["status"].clone()),
+        (json!(100), json!(0))
+    );
+
+    // Pushes are printed while the client sits at its menu.
+    peer.send("SmsMes", json!({"content":"hello from tiger","userId":200}));
+    chat.expect("[group] tiger (200): hello from tiger");
+    peer.send(
+        "SmsPrivateMes",
+        json!({"toUserId":100,"content":"just for you"}),
+    );
+    chat.expect("[private] tiger (200): just for you");
+    assert_eq!(peer.recv_kind("SmsResMes")["code"], 200);
+
+    // Group message: the whole line, not just its first word.
+    chat.type_lines(&["2", "hi there everyone"]);
+    chat.expect("Sent to everyone online");
+    let m = peer.recv_kind("SmsMes");
+    assert_eq!(m["content"], "hi there everyone");
+    assert_eq!(m["userId"], 100);
+    assert_eq!(m["userName"], "scott");
+
+    // Private message.
+    chat.type_lines(&["3", "200", "a private word"]);
+    chat.expect("Delivered to user 200");
+    let p = peer.recv_kind("SmsPrivateMes");
+    assert_eq!(
+        (p["content"].clone(), p["userId"].clone()),
+        (json!("a private word"), json!(100))
+    );
+
+    // Online list, kept current from pushes.
+    let mut other = Peer::register_and_login(server.addr, 300, "cat");
+    chat.expect("* cat (300) is online");
+    chat.type_lines(&["1"]);
+    chat.expect("Online now (3): scott (100), tiger (200), cat (300)");
+    other.send("LogoutMes", json!({}));
+    chat.expect("* cat (300) went offline");
+
+    // Log out: the peer sees it; back at the main menu.
+    chat.type_lines(&["4"]);
+    chat.expect("Logged out.");
+    assert_eq!(peer.recv_notify(100)["status"], 1);
+
+    // A private message while logged out arrives at the next login, marked as such.
+    peer.send(
+        "SmsPrivateMes",
+        json!({"toUserId":100,"content":"while you were away"}),
+    );
+    assert_eq!(peer.recv_kind("SmsResMes")["code"], 202);
+    chat.type_lines(&["1", "100", "secret"]);
+    chat.expect("Logged in as scott (100)");
+    chat.expect("[private, sent while you were offline");
+    // End of input: logged out, status 0.
+    let (code, out, err) = chat.finish();
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(err.is_empty(), "nothing on stderr: {err}");
+    assert_eq!(peer.recv_notify(100)["status"], 0);
+    assert_eq!(peer.recv_notify(100)["status"], 1);
+}
+
+#[test]
+fn refusals_read_as_plain_sentences() {
+    let server = TestServer::start();
+    let _peer = Peer::register_and_login(server.addr, 200, "tiger");
+    let mut chat = Chat::start(&server.addr.to_string());
+    chat.type_lines(&["1", "999", "x"]);
+    chat.expect("Login failed: there is no user 999.");
+    chat.type_lines(&["1", "200", "wrong"]);
+    chat.expect("Login failed: wrong password.");
+    chat.type_lines(&["2", "200", "pw", "someone"]);
+    chat.expect("User id 200 is already taken.");
+    chat.type_lines(&["1", "abc", "x"]);
+    chat.expect("A user id is a positive whole number.");
+    chat.type_lines(&["9"]);
+    chat.expect("Please enter 1, 2 or 3.");
+    chat.type_lines(&["3"]);
+    chat.expect("Goodbye.");
+    let (code, out, err) = chat.finish();
+    assert_eq!(code, 0, "{out}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn server_down_and_connection_lost() {
+    // Nothing listens on a port we just freed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut chat = Chat::start(&port.to_string());
+    chat.type_lines(&["1", "1", "x"]);
+    chat.expect(&format!("Cannot reach the server at {port}"));
+    let (code, out, err) = chat.finish();
+    assert_eq!(code, 1, "{out}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    let mut server = TestServer::start();
+    let _peer = Peer::register_and_login(server.addr, 1, "one");
+    let mut chat = Chat::start(&server.addr.to_string());
+    chat.type_lines(&["2", "2", "pw", "two", "1", "2", "pw"]);
+    chat.expect("Logged in as two (2)");
+    server.stop();
+    chat.expect("Connection to the server lost.");
+    chat.type_lines(&["1"]);
+    chat.expect("3  Exit");
+    let (code, out, err) = chat.finish();
+    assert_eq!(code, 0, "{out}");
+    assert!(!err.contains("panicked"), "{err}");
+}
