@@ -54,6 +54,8 @@ pub struct ServerConfig {
     pub shutdown_grace_ms: u64,
     /// Stop on SIGTERM / SIGINT (the binary); in-process tests use [`ShutdownHandle`].
     pub handle_signals: bool,
+    /// A store job that waited this long for a worker is refused instead of run.
+    pub job_max_wait: Duration,
 }
 
 impl Default for ServerConfig {
@@ -66,6 +68,7 @@ impl Default for ServerConfig {
             read_budget: 4 * READ_CHUNK,
             shutdown_grace_ms: 2_000,
             handle_signals: false,
+            job_max_wait: Duration::from_secs(5),
         }
     }
 }
@@ -182,7 +185,7 @@ impl Server {
                 }
             })
         };
-        let workers = Workers::start(cfg.workers, store, hasher, sink)
+        let workers = Workers::start(cfg.workers, store, hasher, sink, cfg.job_max_wait)
             .map_err(|e| io::Error::other(e.to_string()))?;
         Ok(Server {
             poll,

@@ -12,6 +12,7 @@
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crate::auth::Hasher;
 use crate::conn::ConnRef;
@@ -49,6 +50,23 @@ impl std::fmt::Debug for JobKind {
             JobKind::StoreOffline(m) => write!(f, "StoreOffline({} -> {})", m.from, m.to),
             JobKind::FetchOffline { user_id, .. } => write!(f, "FetchOffline({user_id})"),
             JobKind::AckOffline { user_id, upto } => write!(f, "AckOffline({user_id}, {upto})"),
+        }
+    }
+}
+
+impl JobKind {
+    /// The outcome of this job when it could not be run at all.
+    pub fn fail(self, e: StoreError) -> Outcome {
+        match self {
+            JobKind::Login { .. } => Outcome::Login(Err(LoginError::Store(e))),
+            JobKind::Register { .. } => Outcome::Register(Err(RegisterError::Store(e))),
+            JobKind::StoreOffline(_) => Outcome::StoreOffline(Err(e)),
+            JobKind::FetchOffline { user_id, batch } => Outcome::FetchOffline {
+                user_id,
+                batch,
+                result: Err(e),
+            },
+            JobKind::AckOffline { .. } => Outcome::AckOffline(Err(e)),
         }
     }
 }
@@ -212,8 +230,13 @@ fn constant_time_eq(a: &str, b: &str) -> bool {
 pub type ResultSink = Arc<dyn Fn(JobResult) + Send + Sync>;
 
 /// A fixed pool of worker threads sharing one job queue.
+///
+/// Each job is stamped when submitted; a job that waited in the queue longer than
+/// `max_wait` (storage slow or down, queue backed up) is answered with a storage error
+/// instead of being run, so no client waits longer than that bound plus one call's
+/// timeout.
 pub struct Workers {
-    tx: Option<mpsc::Sender<Job>>,
+    tx: Option<mpsc::Sender<(Instant, Job)>>,
     handles: Vec<JoinHandle<()>>,
 }
 
@@ -224,8 +247,9 @@ impl Workers {
         factory: &StoreFactory,
         hasher: Hasher,
         sink: ResultSink,
+        max_wait: Duration,
     ) -> Result<Workers, StoreError> {
-        let (tx, rx) = mpsc::channel::<Job>();
+        let (tx, rx) = mpsc::channel::<(Instant, Job)>();
         let rx = Arc::new(Mutex::new(rx));
         let mut handles = Vec::new();
         for i in 0..n.max(1) {
@@ -238,11 +262,22 @@ impl Workers {
                 .spawn(move || {
                     loop {
                         // The lock is held only while waiting for the next job.
-                        let job = match rx.lock().unwrap_or_else(|p| p.into_inner()).recv() {
-                            Ok(j) => j,
-                            Err(_) => break, // the reactor has gone: no more jobs
+                        let (queued, job) =
+                            match rx.lock().unwrap_or_else(|p| p.into_inner()).recv() {
+                                Ok(j) => j,
+                                Err(_) => break, // the reactor has gone: no more jobs
+                            };
+                        let waited = queued.elapsed();
+                        let outcome = if waited > max_wait {
+                            log::warn!(
+                                "{:?} dropped after waiting {waited:?} for a worker",
+                                job.kind
+                            );
+                            job.kind
+                                .fail(StoreError("storage too slow: request timed out".into()))
+                        } else {
+                            execute(&mut *store, &hasher, job.kind)
                         };
-                        let outcome = execute(&mut *store, &hasher, job.kind);
                         sink(JobResult {
                             conn: job.conn,
                             outcome,
@@ -262,7 +297,7 @@ impl Workers {
     /// jobs in flight and refuses new ones over its limit.
     pub fn submit(&self, job: Job) {
         if let Some(tx) = &self.tx
-            && tx.send(job).is_err()
+            && tx.send((Instant::now(), job)).is_err()
         {
             log::error!("worker pool has stopped; job dropped");
         }
@@ -402,7 +437,7 @@ mod tests {
         let sink: ResultSink = Arc::new(move |r| {
             let _ = tx.lock().unwrap().send(r);
         });
-        let pool = Workers::start(2, &factory, hasher(), sink).unwrap();
+        let pool = Workers::start(2, &factory, hasher(), sink, Duration::from_secs(60)).unwrap();
         for id in 1..=5 {
             pool.submit(Job {
                 conn: None,

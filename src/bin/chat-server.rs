@@ -11,7 +11,9 @@ use chat::auth::HashParams;
 use chat::hub::HubConfig;
 use chat::reactor::{Server, ServerConfig};
 use chat::store::embedded::EmbeddedStore;
+use chat::store::redis::{RedisStore, RedisTimeouts};
 use chat::store::{Store, StoreFactory};
+use std::time::Duration;
 
 /// A multi-user chat server speaking the Go chat tutorial's wire protocol.
 ///
@@ -28,6 +30,15 @@ struct Args {
     /// Directory for the data file (chat.redb); created if missing.
     #[arg(long, default_value = "./chat-data", value_name = "DIR")]
     data: PathBuf,
+
+    /// Keep users and offline messages in Redis instead of the data directory, e.g.
+    /// redis://127.0.0.1:6379/0 (the seed's schema: hash `users`).
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
+
+    /// Timeout for each Redis call (and for connecting), in milliseconds.
+    #[arg(long, default_value_t = 3000, value_name = "MS")]
+    redis_timeout_ms: u64,
 
     /// Worker threads for storage and password hashing.
     #[arg(long, default_value_t = 2, value_name = "N")]
@@ -128,16 +139,45 @@ fn main() -> ExitCode {
     code
 }
 
-fn run(args: Args) -> Result<(), String> {
-    raise_fd_limit();
-    std::fs::create_dir_all(&args.data)
-        .map_err(|e| format!("cannot create data directory {}: {e}", args.data.display()))?;
-    let store = EmbeddedStore::open(&args.data).map_err(|e| e.to_string())?;
+fn embedded_store(dir: &std::path::Path) -> Result<StoreFactory, String> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("cannot create data directory {}: {e}", dir.display()))?;
+    let store = EmbeddedStore::open(dir).map_err(|e| e.to_string())?;
     log::info!(
         "data in {}",
-        args.data.join(chat::store::embedded::FILE_NAME).display()
+        dir.join(chat::store::embedded::FILE_NAME).display()
     );
-    let factory: StoreFactory = Arc::new(move || Ok(Box::new(store.clone()) as Box<dyn Store>));
+    Ok(Arc::new(move || {
+        Ok(Box::new(store.clone()) as Box<dyn Store>)
+    }))
+}
+
+fn redis_store(url: &str, timeout_ms: u64) -> Result<StoreFactory, String> {
+    let timeout = Duration::from_millis(timeout_ms.max(1));
+    let t = RedisTimeouts {
+        connect: timeout,
+        io: timeout,
+        ..RedisTimeouts::default()
+    };
+    let mut probe = RedisStore::new(url, t).map_err(|e| e.to_string())?;
+    // Redis being down at startup is not fatal: the workers keep trying, and requests
+    // that need storage get a clear error meanwhile.
+    match probe.ping() {
+        Ok(()) => log::info!("data in Redis at {url}"),
+        Err(e) => log::warn!("{e}; starting anyway, storage requests fail until it is back"),
+    }
+    let url = url.to_string();
+    Ok(Arc::new(move || {
+        RedisStore::new(&url, t).map(|s| Box::new(s) as Box<dyn Store>)
+    }))
+}
+
+fn run(args: Args) -> Result<(), String> {
+    raise_fd_limit();
+    let factory = match &args.redis {
+        Some(url) => redis_store(url, args.redis_timeout_ms)?,
+        None => embedded_store(&args.data)?,
+    };
 
     let cfg = ServerConfig {
         hub: HubConfig {
@@ -156,6 +196,8 @@ fn run(args: Args) -> Result<(), String> {
         },
         max_conns: args.max_conns.unwrap_or_else(default_max_conns),
         handle_signals: true,
+        // A job may wait for a worker about as long as one storage call may take.
+        job_max_wait: Duration::from_millis(args.redis_timeout_ms.max(1000)),
         ..ServerConfig::default()
     };
     chat::auth::Hasher::new(cfg.hash)?;

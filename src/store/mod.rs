@@ -15,6 +15,7 @@
 
 pub mod embedded;
 pub mod mem;
+pub mod redis;
 
 use serde::{Deserialize, Serialize};
 

@@ -1,0 +1,285 @@
+//! The Redis backend against a real `redis-server` that each test starts on a free
+//! loopback port and stops afterwards: the shared storage suite, the seed's schema,
+//! register races between two nodes, offline messages across a server kill, and
+//! Redis killed, restarted and put to sleep under a running server.
+
+mod common;
+
+use std::io::ErrorKind;
+use std::time::{Duration, Instant};
+
+use chat::store::redis::{RedisStore, RedisTimeouts};
+use chat::store::{Store, suite};
+use common::*;
+use serde_json::json;
+
+fn start_chat(r: &RedisProc, extra: &[&str]) -> (ServerProc, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = r.url();
+    let mut args = vec!["--redis", url.as_str()];
+    args.extend_from_slice(extra);
+    (ServerProc::start(dir.path(), &args), dir)
+}
+
+#[test]
+fn redis_backend_passes_the_storage_suite() {
+    let r = RedisProc::start(false);
+    let url = r.url();
+    suite::run(&|| Box::new(RedisStore::new(&url, RedisTimeouts::default()).unwrap()));
+}
+
+#[test]
+fn seed_records_log_in_and_are_upgraded_to_a_hash() {
+    let r = RedisProc::start(false);
+    let mut rc = r.client();
+    // Exactly what the seed's server leaves in Redis.
+    redis::cmd("HSET")
+        .arg("users")
+        .arg(100)
+        .arg(r#"{"userId":100,"userPwd":"123456","userName":"Scott"}"#)
+        .query::<i64>(&mut rc)
+        .unwrap();
+    let (s, _d) = start_chat(&r, &[]);
+    let mut c = s.connect();
+    assert_eq!(c.login(100, "wrong").data["code"], 403);
+    let ok = c.login(100, "123456");
+    assert_eq!(ok.data["code"], 200);
+    assert_eq!(ok.data["users"][0]["userName"], "Scott");
+    let rec: String = redis::cmd("HGET")
+        .arg("users")
+        .arg(100)
+        .query(&mut rc)
+        .unwrap();
+    let rec: serde_json::Value = serde_json::from_str(&rec).unwrap();
+    assert!(rec.get("userPwd").is_none(), "plaintext removed: {rec}");
+    assert!(rec["pwdHash"].as_str().unwrap().starts_with("$argon2id$"));
+    assert_eq!(
+        (rec["userId"].clone(), rec["userName"].clone()),
+        (json!(100), json!("Scott"))
+    );
+    // And the hash works.
+    let mut c2 = s.connect();
+    assert_eq!(c2.login(100, "123456").data["code"], 200);
+
+    // Our own registrations never hold a plaintext password.
+    let mut c3 = s.connect();
+    assert_eq!(c3.register(7, "pw7", "seven").data["code"], 200);
+    let rec: String = redis::cmd("HGET")
+        .arg("users")
+        .arg(7)
+        .query(&mut rc)
+        .unwrap();
+    assert!(!rec.contains("pw7") && rec.contains("pwdHash"), "{rec}");
+}
+
+#[test]
+fn two_nodes_registering_one_id_at_once_cannot_both_win() {
+    let r = RedisProc::start(false);
+    let (a, _da) = start_chat(&r, &[]);
+    let (b, _db) = start_chat(&r, &[]);
+    let handles: Vec<_> = [a.addr, b.addr]
+        .into_iter()
+        .enumerate()
+        .map(|(node, addr)| {
+            std::thread::spawn(move || {
+                let mut c = SeedClient::connect(addr);
+                // Pipelined: all 30 registrations leave at once.
+                let mut bytes = Vec::new();
+                for id in 1..=30 {
+                    bytes.extend(seed_frame(
+                        "RegisterMes",
+                        &json!({"user":{"userId":id,"userPwd":"p","userName":format!("node{node}")}}),
+                    ));
+                }
+                c.send_raw(&bytes);
+                (1..=30).map(|_| c.recv().data["code"].as_i64().unwrap()).collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let results: Vec<Vec<i64>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let mut rc = r.client();
+    for id in 1..=30usize {
+        let codes = [results[0][id - 1], results[1][id - 1]];
+        let mut sorted = codes;
+        sorted.sort();
+        assert_eq!(sorted, [200, 400], "id {id}: {codes:?}");
+        let winner = if codes[0] == 200 { "node0" } else { "node1" };
+        let rec: String = redis::cmd("HGET")
+            .arg("users")
+            .arg(id)
+            .query(&mut rc)
+            .unwrap();
+        assert!(rec.contains(winner), "the winner's record stands: {rec}");
+    }
+}
+
+#[test]
+fn offline_messages_survive_a_server_kill_and_are_removed_once_delivered() {
+    let r = RedisProc::start(false);
+    let (s, _d) = start_chat(&r, &[]);
+    let mut a = online(&s, 1);
+    let mut b = s.connect();
+    assert_eq!(b.register(2, "pw2", "two").data["code"], 200);
+    for text in ["first", "second"] {
+        a.send("SmsPrivateMes", json!({"toUserId":2,"content":text}));
+        assert_eq!(a.recv().data["code"], 202);
+    }
+    s.kill_hard();
+    let mut rc = r.client();
+    let len: i64 = redis::cmd("LLEN").arg("offline:2").query(&mut rc).unwrap();
+    assert_eq!(len, 2);
+
+    let (s, _d) = start_chat(&r, &[]);
+    let mut b = s.connect();
+    assert_eq!(b.login(2, "pw2").data["code"], 200);
+    assert_eq!(b.recv().data["content"], "first");
+    assert_eq!(b.recv().data["content"], "second");
+    b.send("LogoutMes", json!({}));
+    b.expect_closed();
+    // Once delivered they are gone: the next login gets nothing.
+    let mut b = s.connect();
+    assert_eq!(b.login(2, "pw2").data["code"], 200);
+    b.expect_nothing_pending();
+}
+
+#[test]
+fn redis_killed_and_restarted_under_a_running_server() {
+    let mut r = RedisProc::start(true);
+    let (s, _d) = start_chat(&r, &[]);
+    let mut a = online(&s, 1);
+    let mut b = online(&s, 2);
+    assert_eq!(a.recv().data["userId"], 2);
+    let mut c = s.connect();
+    assert_eq!(c.register(3, "pw3", "three").data["code"], 200);
+
+    r.kill();
+
+    // Storage requests get a clear error within a bounded time...
+    let started = Instant::now();
+    let mut d = s.connect();
+    let res = d.login(3, "pw3");
+    assert_eq!(res.data["code"], 505, "{res:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    a.send("SmsPrivateMes", json!({"toUserId":3,"content":"stored?"}));
+    assert_eq!(
+        a.recv().raw,
+        r#"{"code":503,"error":"storage unavailable"}"#
+    );
+    let mut e = s.connect();
+    assert_eq!(e.register(9, "p", "n").data["code"], 505);
+
+    // ...while everything that needs no storage goes on.
+    a.send("SmsMes", json!({"content":"still here"}));
+    assert_eq!(b.recv().data["content"], "still here");
+    a.send("OnlineUsersMes", json!({}));
+    assert_eq!(a.recv().data["users"].as_array().unwrap().len(), 2);
+    a.expect_nothing_pending();
+
+    // Redis comes back: service resumes with no restart of the chat server.
+    r.restart();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut d = s.connect();
+        let res = d.login(3, "pw3");
+        if res.data["code"] == 200 {
+            break;
+        }
+        assert_eq!(res.data["code"], 505);
+        assert!(Instant::now() < deadline, "login never worked again");
+        // The workers reconnect with backoff; try again shortly.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    a.send(
+        "SmsPrivateMes",
+        json!({"toUserId":2,"content":"live again"}),
+    );
+    assert_eq!(a.recv_until("SmsResMes").0.data["code"], 200);
+    let mut f = s.connect();
+    assert_eq!(f.register(10, "p", "n").data["code"], 200);
+}
+
+/// Puts Redis to sleep for `secs` from a raw connection, and returns once another
+/// connection has seen it not answering.
+fn put_redis_to_sleep(r: &RedisProc, secs: u32) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", r.port)).unwrap();
+    s.write_all(format!("DEBUG SLEEP {secs}\r\n").as_bytes())
+        .unwrap();
+    let mut probe = std::net::TcpStream::connect(("127.0.0.1", r.port)).unwrap();
+    probe
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    probe.write_all(b"PING\r\n").unwrap();
+    let mut buf = [0u8; 7];
+    let e = probe.read_exact(&mut buf).unwrap_err();
+    assert!(
+        matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+        "{e}"
+    );
+    s
+}
+
+#[test]
+fn the_reactor_stays_responsive_while_redis_sleeps() {
+    let r = RedisProc::start(false);
+    let (s, _d) = start_chat(&r, &["--redis-timeout-ms", "5000"]);
+    let mut a = online(&s, 1);
+    let mut b = s.connect();
+    assert_eq!(b.register(2, "pw2", "two").data["code"], 200);
+
+    let _sleeper = put_redis_to_sleep(&r, 2);
+    b.send("LoginMes", json!({"userId":2,"userPwd":"pw2"}));
+    // While the login waits on Redis, a logged-in client is answered at once...
+    let started = Instant::now();
+    a.send("PingMes", json!({}));
+    assert_eq!(a.recv().kind, "PongMes");
+    assert!(
+        started.elapsed() < Duration::from_millis(1000),
+        "{:?}",
+        started.elapsed()
+    );
+    // ...before the login has its answer.
+    b.stream.set_nonblocking(true).unwrap();
+    let mut byte = [0u8; 1];
+    let pending = b.stream.peek(&mut byte).unwrap_err();
+    assert_eq!(pending.kind(), ErrorKind::WouldBlock);
+    b.stream.set_nonblocking(false).unwrap();
+    // The login completes once Redis wakes up.
+    assert_eq!(b.recv_until("LoginResMes").0.data["code"], 200);
+}
+
+#[test]
+fn a_redis_slower_than_the_timeout_gets_a_clear_error_in_bounded_time() {
+    let r = RedisProc::start(false);
+    let (s, _d) = start_chat(&r, &["--redis-timeout-ms", "500"]);
+    let mut a = online(&s, 1);
+    let _sleeper = put_redis_to_sleep(&r, 3);
+    let started = Instant::now();
+    a.send("SmsPrivateMes", json!({"toUserId":2,"content":"x"}));
+    assert_eq!(a.recv().data["code"], 503);
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        started.elapsed()
+    );
+    a.expect_nothing_pending();
+}
+
+#[test]
+fn store_handles_see_each_others_writes() {
+    let r = RedisProc::start(false);
+    let mut s1 = RedisStore::new(&r.url(), RedisTimeouts::default()).unwrap();
+    let mut s2 = RedisStore::new(&r.url(), RedisTimeouts::default()).unwrap();
+    let rec = chat::users::UserRecord {
+        id: 5,
+        name: "five".into(),
+        pwd_hash: "$argon2id$x".into(),
+        legacy_pwd: String::new(),
+    };
+    assert!(s1.create_user(&rec).unwrap());
+    assert_eq!(s2.get_user(5).unwrap().unwrap().name, "five");
+}
