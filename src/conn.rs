@@ -15,7 +15,10 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
+use std::net::SocketAddr;
 use std::rc::Rc;
+
+use crate::rate::Bucket;
 
 /// A connection's identity: its slab key plus a generation, so that a late event or
 /// store result for a connection that has gone never reaches whoever reuses the slot.
@@ -167,7 +170,9 @@ pub enum Pending {
 #[derive(Debug)]
 pub struct Conn {
     pub generation: u32,
-    pub peer: String,
+    pub peer: SocketAddr,
+    /// Flood control: frames this connection may still send right now.
+    pub msg_bucket: Bucket,
     pub session: Session,
     /// A reply-bearing store job is in flight: later frames wait in `inbuf`.
     pub pending: Option<Pending>,
@@ -199,10 +204,11 @@ pub struct Closing {
 const KEEP_INBUF: usize = 4096;
 
 impl Conn {
-    pub fn new(generation: u32, peer: String, now_ms: u64) -> Conn {
+    pub fn new(generation: u32, peer: SocketAddr, now_ms: u64, msg_burst: u32) -> Conn {
         Conn {
             generation,
             peer,
+            msg_bucket: Bucket::new(msg_burst, now_ms),
             session: Session::Anonymous,
             pending: None,
             closing: None,
@@ -328,7 +334,7 @@ mod tests {
 
     #[test]
     fn new_connections_hold_no_buffers() {
-        let c = Conn::new(1, "peer".into(), 0);
+        let c = Conn::new(1, "127.0.0.1:1".parse().unwrap(), 0, 20);
         assert_eq!(c.inbuf.capacity(), 0);
         assert!(c.out.is_empty());
         assert!(c.wants_read());

@@ -13,6 +13,7 @@
 //! further `impl Hub` blocks behind one dispatcher.
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::rc::Rc;
 
 use slab::Slab;
@@ -21,6 +22,7 @@ use crate::conn::{Closing, Conn, ConnRef, Pending, Session};
 use crate::proto::{
     self, ClientMessage, CodeRes, NotifyUserStatusMes, ServerMessage, code, status,
 };
+use crate::rate::PerAddr;
 use crate::users::Registry;
 use crate::worker::{Job, JobKind, JobResult, Outcome};
 
@@ -43,6 +45,12 @@ pub struct HubConfig {
     pub max_login_failures: u32,
     /// Offline messages fetched per store round trip.
     pub offline_batch: usize,
+    /// Frames per second per connection (burst the same); over it, `ErrorResMes` 429
+    /// and the frame is not handled. 0: no limit.
+    pub msg_rate: u32,
+    /// Logins and registrations (each costs a password hash) per minute per client
+    /// address (burst the same); over it, `ErrorResMes` 429. 0: no limit.
+    pub login_rate: u32,
 }
 
 impl Default for HubConfig {
@@ -56,6 +64,8 @@ impl Default for HubConfig {
             close_linger_ms: 2_000,
             max_login_failures: 5,
             offline_batch: 100,
+            msg_rate: 20,
+            login_rate: 30,
         }
     }
 }
@@ -94,6 +104,8 @@ pub struct Hub {
     closes: Vec<ConnRef>,
     /// Connections whose queue overflowed during the current operation.
     overflowed: Vec<usize>,
+    /// Hash-costing requests per client address.
+    pub(crate) login_limits: PerAddr,
     pub stats: Stats,
 }
 
@@ -110,6 +122,7 @@ impl Hub {
             reads: Vec::new(),
             closes: Vec::new(),
             overflowed: Vec::new(),
+            login_limits: PerAddr::default(),
             stats: Stats::default(),
         }
     }
@@ -121,10 +134,11 @@ impl Hub {
     // ----- inputs -------------------------------------------------------------------
 
     /// A new connection from `peer`.
-    pub fn accept(&mut self, peer: String, now: Now) -> ConnRef {
+    pub fn accept(&mut self, peer: SocketAddr, now: Now) -> ConnRef {
         self.next_gen = self.next_gen.wrapping_add(1).max(1);
         let generation = self.next_gen;
-        let key = self.conns.insert(Conn::new(generation, peer, now.mono_ms));
+        let conn = Conn::new(generation, peer, now.mono_ms, self.cfg.msg_rate);
+        let key = self.conns.insert(conn);
         self.stats.accepted += 1;
         ConnRef { key, generation }
     }
@@ -204,6 +218,7 @@ impl Hub {
     /// Time passed: closes connections that did not log in in time and closing
     /// connections that did not manage to write their last frames.
     pub fn handle_tick(&mut self, now: Now) {
+        self.login_limits.prune(now.mono_ms, self.cfg.login_rate);
         let mut expired = Vec::new();
         for (key, c) in &self.conns {
             match c.closing {
@@ -356,6 +371,12 @@ impl Hub {
                     let msg = ClientMessage::parse(&buf[pos + proto::HEADER_LEN..pos + total]);
                     pos += total;
                     self.stats.frames_in += 1;
+                    if self.over_msg_rate(key, &msg, now) {
+                        let rate = self.cfg.msg_rate;
+                        let text = format!("too many messages: at most {rate} per second");
+                        self.error(key, code::TOO_MANY, &text);
+                        continue;
+                    }
                     self.dispatch(key, msg, now);
                 }
                 Err(e) => {
@@ -371,6 +392,37 @@ impl Hub {
             }
         }
         pos
+    }
+
+    /// Flood control: every frame takes a token, except a logout.
+    fn over_msg_rate(
+        &mut self,
+        key: usize,
+        msg: &Result<ClientMessage, proto::ParseError>,
+        now: Now,
+    ) -> bool {
+        let rate = self.cfg.msg_rate;
+        if rate == 0 || matches!(msg, Ok(ClientMessage::Logout)) {
+            return false;
+        }
+        !self.conns[key]
+            .msg_bucket
+            .take(now.mono_ms, rate as f64, rate)
+    }
+
+    /// Per-address limit on requests that cost a password hash. Sends the refusal.
+    pub(crate) fn over_login_rate(&mut self, key: usize, now: Now) -> bool {
+        let ip = self.conns[key].peer.ip();
+        if self.login_limits.take(ip, now.mono_ms, self.cfg.login_rate) {
+            return false;
+        }
+        log::warn!("conn {key} ({ip}): login/register attempts over the per-address limit");
+        self.error(
+            key,
+            code::TOO_MANY,
+            "too many login attempts from your address; try again later",
+        );
+        true
     }
 
     /// Clears a connection's job-in-flight mark and handles the frames that waited.

@@ -387,6 +387,7 @@ fn offline_backlog_larger_than_the_queue_arrives_in_rounds() {
     let mut t = Harness::new(HubConfig {
         max_outbuf: 4096,
         offline_batch: 8,
+        msg_rate: 0,
         ..HubConfig::default()
     });
     t.register(1);
@@ -583,6 +584,7 @@ fn oversized_frames_are_refused_from_the_prefix() {
 fn a_reader_that_stalls_is_dropped_and_nobody_else_waits() {
     let mut t = Harness::new(HubConfig {
         max_outbuf: 2000,
+        msg_rate: 0,
         ..HubConfig::default()
     });
     for id in [1, 2, 3] {
@@ -699,4 +701,83 @@ fn shutdown_closes_everyone_without_offline_storms() {
     }
     t.advance(0);
     assert_eq!(t.hub.conn_count(), 0);
+}
+
+#[test]
+fn floods_are_refused_with_429_and_never_silently_dropped() {
+    let mut t = Harness::new(HubConfig {
+        msg_rate: 5,
+        ..HubConfig::default()
+    });
+    t.register(1);
+    t.register(2);
+    let a = t.login(1);
+    let b = t.login(2);
+    t.recv(a);
+    // The login itself took one token; four left of the burst of five.
+    for i in 0..10 {
+        t.send(a, &sms(&format!("m{i}")));
+    }
+    let delivered: Vec<String> = t
+        .recv(b)
+        .into_iter()
+        .map(|m| match m {
+            ServerMessage::Sms(s) => s.content,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let refused = t.recv(a);
+    assert_eq!(delivered, ["m0", "m1", "m2", "m3"]);
+    assert_eq!(refused.len(), 6);
+    assert!(
+        refused
+            .iter()
+            .all(|m| *m == err(429, "too many messages: at most 5 per second"))
+    );
+    // Every message was either delivered or refused; after a second the rate allows more.
+    t.advance(1_000);
+    t.send(a, &sms("later"));
+    assert_eq!(t.recv(b).len(), 1);
+    // Logging out is never refused.
+    for _ in 0..10 {
+        t.send(a, &ClientMessage::Ping);
+    }
+    t.send(a, &ClientMessage::Logout);
+    t.recv(a);
+    assert!(t.is_closed(a));
+    assert_eq!(t.recv(b), [notify(1, 1)]);
+}
+
+#[test]
+fn password_guessing_is_limited_per_address() {
+    let mut t = Harness::new(HubConfig {
+        login_rate: 3,
+        ..HubConfig::default()
+    });
+    let attacker: std::net::SocketAddr = "10.1.1.1:5000".parse().unwrap();
+    let mut refused = 0;
+    for _ in 0..5 {
+        // A fresh connection each time, so the per-connection limit never applies.
+        let c = t.connect_from(attacker);
+        t.send(c, &login_msg(1, "guess"));
+        t.run_jobs();
+        for m in t.recv(c) {
+            if m == err(
+                429,
+                "too many login attempts from your address; try again later",
+            ) {
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(refused, 2);
+    // Another address is not affected, and the limit refills over time.
+    let other = t.connect_from("10.1.1.2:5000".parse().unwrap());
+    t.send(other, &login_msg(1, "guess"));
+    assert_eq!(t.jobs.len(), 1);
+    t.run_jobs();
+    t.advance(20_000);
+    let c = t.connect_from(attacker);
+    t.send(c, &login_msg(1, "guess"));
+    assert_eq!(t.jobs.len(), 1, "one attempt per 20 s at 3 per minute");
 }

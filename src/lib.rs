@@ -30,6 +30,7 @@ mod handlers;
 pub mod hub;
 pub mod logging;
 pub mod proto;
+pub mod rate;
 pub mod reactor;
 pub mod store;
 pub mod testkit;

@@ -382,7 +382,7 @@ impl Server {
     fn add_conn(&mut self, mut sock: TcpStream, peer: SocketAddr, t: Now) {
         let _ = sock.set_nodelay(true);
         set_keepalive(&sock);
-        let r = self.hub.accept(peer.to_string(), t);
+        let r = self.hub.accept(peer, t);
         if let Err(e) = self.poll.registry().register(
             &mut sock,
             Token(r.token()),

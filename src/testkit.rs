@@ -49,8 +49,12 @@ impl Harness {
     }
 
     pub fn connect(&mut self) -> ConnRef {
-        let n = self.hub.conn_count();
-        self.hub.accept(format!("test-peer-{n}"), self.now)
+        let n = self.hub.conn_count() as u16;
+        self.connect_from(std::net::SocketAddr::from(([127, 0, 0, 1], 10_000 + n)))
+    }
+
+    pub fn connect_from(&mut self, peer: std::net::SocketAddr) -> ConnRef {
+        self.hub.accept(peer, self.now)
     }
 
     pub fn send(&mut self, r: ConnRef, msg: &ClientMessage) {

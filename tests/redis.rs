@@ -75,8 +75,9 @@ fn seed_records_log_in_and_are_upgraded_to_a_hash() {
 #[test]
 fn two_nodes_registering_one_id_at_once_cannot_both_win() {
     let r = RedisProc::start(false);
-    let (a, _da) = start_chat(&r, &[]);
-    let (b, _db) = start_chat(&r, &[]);
+    let unlimited = ["--msg-rate", "0", "--login-rate", "0"];
+    let (a, _da) = start_chat(&r, &unlimited);
+    let (b, _db) = start_chat(&r, &unlimited);
     let handles: Vec<_> = [a.addr, b.addr]
         .into_iter()
         .enumerate()
@@ -145,7 +146,7 @@ fn offline_messages_survive_a_server_kill_and_are_removed_once_delivered() {
 #[test]
 fn redis_killed_and_restarted_under_a_running_server() {
     let mut r = RedisProc::start(true);
-    let (s, _d) = start_chat(&r, &[]);
+    let (s, _d) = start_chat(&r, &["--login-rate", "0"]);
     let mut a = online(&s, 1);
     let mut b = online(&s, 2);
     assert_eq!(a.recv().data["userId"], 2);

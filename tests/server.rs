@@ -168,7 +168,7 @@ fn duplicate_login_replaces_the_older_session_without_flicker() {
 #[test]
 fn frames_split_into_single_bytes_and_glued_together() {
     let dir = tempfile::tempdir().unwrap();
-    let s = ServerProc::start(dir.path(), &[]);
+    let s = ServerProc::start(dir.path(), &["--msg-rate", "0"]);
     let mut c = s.connect();
     let mut bytes = seed_frame(
         "RegisterMes",

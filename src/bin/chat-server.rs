@@ -82,6 +82,16 @@ struct Args {
     #[arg(long, default_value_t = 5, value_name = "N")]
     max_login_failures: u32,
 
+    /// Frames per second one connection may send (bursts of the same size); over it,
+    /// messages are refused with code 429, never silently dropped. 0: no limit.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    msg_rate: u32,
+
+    /// Logins and registrations per minute from one client address (an IPv6 /64
+    /// counts as one address); over it, refused with code 429. 0: no limit.
+    #[arg(long, default_value_t = 30, value_name = "N")]
+    login_rate: u32,
+
     /// argon2id memory cost in KiB for new password hashes (OWASP's default: 19456).
     #[arg(long, default_value_t = 19 * 1024, value_name = "KIB")]
     argon2_memory_kib: u32,
@@ -187,6 +197,8 @@ fn run(args: Args) -> Result<(), String> {
             max_jobs: args.max_jobs.max(1),
             login_timeout_ms: args.login_timeout.saturating_mul(1000),
             max_login_failures: args.max_login_failures.max(1),
+            msg_rate: args.msg_rate,
+            login_rate: args.login_rate,
             ..HubConfig::default()
         },
         workers: args.workers.max(1),

@@ -38,6 +38,9 @@ impl Hub {
             self.login_failed(key, code::WRONG_PASSWORD, "wrong password", now);
             return;
         }
+        if self.over_login_rate(key, now) {
+            return;
+        }
         let job = JobKind::Login {
             user_id: m.user_id,
             password: m.user_pwd,

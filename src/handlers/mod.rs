@@ -35,7 +35,7 @@ impl Hub {
         match msg {
             ClientMessage::Ping => self.handle_ping(key),
             ClientMessage::Login(m) => self.handle_login(key, m, now),
-            ClientMessage::Register(m) => self.handle_register(key, m),
+            ClientMessage::Register(m) => self.handle_register(key, m, now),
             _ if !self.conns[key].is_online() => {
                 self.error(key, code::UNAUTHORIZED, "log in first");
             }

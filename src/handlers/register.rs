@@ -12,10 +12,13 @@ impl Hub {
         self.reply(key, &ServerMessage::RegisterRes(CodeRes { code, error }));
     }
 
-    pub(crate) fn handle_register(&mut self, key: usize, m: RegisterMes) {
+    pub(crate) fn handle_register(&mut self, key: usize, m: RegisterMes, now: Now) {
         let u = m.user;
         if let Err(e) = validate_registration(u.user_id, &u.user_name, &u.user_pwd) {
             self.register_res(key, code::BAD_REQUEST, e);
+            return;
+        }
+        if self.over_login_rate(key, now) {
             return;
         }
         let job = JobKind::Register {
