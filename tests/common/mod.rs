@@ -65,6 +65,34 @@ impl ServerProc {
         s
     }
 
+    /// Takes over a server process started some other way (a shell wrapper); its
+    /// stderr must be piped. The caller's `Child` is moved in.
+    pub fn adopt(child: &mut Child) -> ServerProc {
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let placeholder = Command::new("true").spawn().unwrap();
+        let child = std::mem::replace(child, placeholder);
+        let mut s = ServerProc {
+            child,
+            addr: "127.0.0.1:1".parse().unwrap(),
+            data: PathBuf::new(),
+            log: rx,
+            log_lines: Vec::new(),
+        };
+        let line = s.wait_log("listening on ");
+        let addr = line.rsplit("listening on ").next().unwrap().trim();
+        s.addr = addr.parse().expect("address in the log");
+        s
+    }
+
     /// Waits for a log line containing `needle`, returns it.
     pub fn wait_log(&mut self, needle: &str) -> String {
         if let Some(l) = self.log_lines.iter().find(|l| l.contains(needle)) {
