@@ -1,0 +1,722 @@
+//! `chat-bench`: load for the chat server, and the same load for `redis-server`
+//! pub/sub as the yardstick. A program, not a test: it reports figures, it asserts
+//! nothing about speed.
+//!
+//! - `fanout`: N receivers, P publishers, S-byte payloads; saturation with a window of
+//!   messages in flight per publisher, or a fixed total rate. Reports messages/s,
+//!   deliveries/s, lost messages, delivery latency percentiles, and the bench's own
+//!   CPU time (so a saturated load generator is visible).
+//! - `idle`: C logged-in (or subscribed) connections held open; the server's resident
+//!   memory per connection, from `/proc/PID/status`.
+//! - `login-storm`: K logins (real argon2 hashing) while a fixed-rate fan-out runs;
+//!   the fan-out's latency before and during the storm, and how long the storm took.
+//!
+//! Receivers count frames by their length prefix (RESP headers for Redis) and parse
+//! only every `--sample`th one, so the bench stays cheap. Every run ends by itself.
+
+mod net;
+mod wire;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+
+use net::Pool;
+use wire::{ChatKind, Resp, Target};
+
+#[derive(Parser)]
+#[command(
+    name = "chat-bench",
+    version,
+    about = "Load generator for the chat server and Redis pub/sub"
+)]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Group-message fan-out: throughput, loss and latency.
+    Fanout(FanoutArgs),
+    /// Idle logged-in connections: server memory per connection.
+    Idle(IdleArgs),
+    /// Logins with real hashing during a fixed-rate fan-out.
+    LoginStorm(StormArgs),
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Server address.
+    #[arg(long, default_value = "127.0.0.1:8889")]
+    addr: SocketAddr,
+    /// What the server is: this project's chat server, or redis-server.
+    #[arg(long, value_enum, default_value = "chat")]
+    target: Target,
+    /// First user id the bench registers and logs in (chat target).
+    #[arg(long, default_value_t = 1_000_000)]
+    base_id: i64,
+}
+
+#[derive(Args, Clone)]
+struct FanoutArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Receivers (logged in, or subscribed).
+    #[arg(long, short = 'n', default_value_t = 100)]
+    receivers: usize,
+    /// Publishers.
+    #[arg(long, short = 'p', default_value_t = 10)]
+    publishers: usize,
+    /// Payload (message content) size in bytes.
+    #[arg(long, short = 's', default_value_t = 64)]
+    size: usize,
+    /// Messages in flight per publisher (saturation mode): a message is in flight
+    /// until the server has taken it (PUBLISH's reply; a PingMes's PongMes for chat).
+    #[arg(long, short = 'w', default_value_t = 8)]
+    window: usize,
+    /// Fixed total publish rate in messages/s instead of saturation.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Seconds of measurement.
+    #[arg(long, short = 'd', default_value_t = 10.0)]
+    duration: f64,
+    /// Parse one received frame in this many for latency.
+    #[arg(long, default_value_t = 16)]
+    sample: u64,
+}
+
+#[derive(Args, Clone)]
+struct IdleArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Connections to hold.
+    #[arg(long, short = 'c', default_value_t = 10_000)]
+    conns: usize,
+    /// The server's process id, to read its memory.
+    #[arg(long)]
+    server_pid: u32,
+    /// Seconds to hold the connections after they are all logged in.
+    #[arg(long, default_value_t = 2.0)]
+    hold: f64,
+}
+
+#[derive(Args, Clone)]
+struct StormArgs {
+    #[command(flatten)]
+    fanout: FanoutArgs,
+    /// Logins in the storm.
+    #[arg(long, short = 'k', default_value_t = 1000)]
+    logins: usize,
+    /// Connections used to register the storm's users beforehand.
+    #[arg(long, default_value_t = 20)]
+    register_conns: usize,
+}
+
+fn main() {
+    raise_fd_limit();
+    let cli = Cli::parse();
+    let r = match cli.mode {
+        Mode::Fanout(a) => fanout(&a).map(|rep| rep.print(&a)),
+        Mode::Idle(a) => idle(&a),
+        Mode::LoginStorm(a) => storm(&a),
+    };
+    if let Err(e) = r {
+        eprintln!("chat-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+type Res<T> = Result<T, String>;
+
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain libc calls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max.min(1 << 20);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// User + system CPU time of this process.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage fills the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+fn rss_kib(pid: u32) -> Res<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("cannot read /proc/{pid}/status: {e}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| "no VmRSS line".to_string())
+}
+
+/// Latency samples in nanoseconds.
+#[derive(Default)]
+struct Lat(Vec<u64>);
+
+impl Lat {
+    fn pct(&mut self, p: f64) -> f64 {
+        if self.0.is_empty() {
+            return f64::NAN;
+        }
+        self.0.sort_unstable();
+        let i = ((self.0.len() as f64 * p / 100.0).ceil() as usize).clamp(1, self.0.len()) - 1;
+        self.0[i] as f64 / 1e6
+    }
+
+    fn summary(&mut self) -> String {
+        format!(
+            "p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  max {:.3} ms  ({} samples)",
+            self.pct(50.0),
+            self.pct(99.0),
+            self.pct(99.9),
+            self.pct(100.0),
+            self.0.len()
+        )
+    }
+}
+
+/// What each connection is for.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Role {
+    Receiver,
+    Publisher,
+    /// A login of the storm (chat only).
+    Storm,
+}
+
+struct Conn {
+    role: Role,
+    ready: bool,
+    inflight: usize,
+    /// Frames counted (messages for receivers, replies for publishers).
+    count: u64,
+    next_send: Instant,
+}
+
+/// Connections for a fan-out, logged in (chat) or subscribed (Redis).
+struct Fleet {
+    pool: Pool,
+    conns: Vec<Conn>,
+    target: Target,
+    base: Instant,
+    sample: u64,
+    lat: Lat,
+    /// Received messages on receivers (what the comparison counts).
+    delivered: u64,
+    /// Messages delivered to publishers (chat: they are online users too).
+    delivered_to_publishers: u64,
+    published: u64,
+    logins_done: usize,
+    login_failures: usize,
+    registers_done: usize,
+}
+
+fn is_ok_code(body: &[u8]) -> bool {
+    matches!(wire::chat_code(body), Some(200))
+}
+
+impl Fleet {
+    fn new(target: Target, sample: u64, buf: usize) -> Res<Fleet> {
+        Ok(Fleet {
+            pool: Pool::new(buf).map_err(|e| e.to_string())?,
+            conns: Vec::new(),
+            target,
+            base: Instant::now(),
+            sample: sample.max(1),
+            lat: Lat::default(),
+            delivered: 0,
+            delivered_to_publishers: 0,
+            published: 0,
+            logins_done: 0,
+            login_failures: 0,
+            registers_done: 0,
+        })
+    }
+
+    fn add(&mut self, addr: SocketAddr, role: Role) -> Res<usize> {
+        let i = self
+            .pool
+            .connect(addr)
+            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        self.conns.push(Conn {
+            role,
+            ready: false,
+            inflight: 0,
+            count: 0,
+            next_send: Instant::now(),
+        });
+        Ok(i)
+    }
+
+    /// Asks connection `i` to log in as `id` (chat) or subscribe (Redis).
+    fn join(&mut self, i: usize, id: i64, register: bool) {
+        let bytes = match self.target {
+            Target::Chat => wire::chat_login(id, "bench-password", register),
+            Target::Redis => match self.conns[i].role {
+                Role::Receiver => wire::redis_cmd(&[b"SUBSCRIBE", wire::CHANNEL.as_bytes()]),
+                _ => {
+                    self.conns[i].ready = true;
+                    return;
+                }
+            },
+        };
+        self.pool.clients[i].send(&bytes);
+    }
+
+    fn ready_count(&self) -> usize {
+        self.conns.iter().filter(|c| c.ready).count()
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.base.elapsed().as_nanos() as u64
+    }
+
+    /// Queues one message from publisher `i`.
+    fn publish(&mut self, i: usize, size: usize) {
+        let p = wire::payload(self.published, self.now_ns(), size);
+        let c = &mut self.pool.clients[i];
+        match self.target {
+            Target::Chat => {
+                c.send(&wire::chat_sms(&p));
+                c.send(&wire::chat_ping());
+            }
+            Target::Redis => {
+                c.send(&wire::redis_cmd(&[
+                    b"PUBLISH",
+                    wire::CHANNEL.as_bytes(),
+                    p.as_bytes(),
+                ]));
+            }
+        }
+        self.conns[i].inflight += 1;
+        self.published += 1;
+    }
+
+    /// Handles the input of every connection that got some.
+    fn process(&mut self) {
+        let ready = std::mem::take(&mut self.pool.ready);
+        for &i in &ready {
+            match self.target {
+                Target::Chat => self.process_chat(i),
+                Target::Redis => self.process_redis(i),
+            }
+        }
+        self.pool.ready = ready;
+    }
+
+    fn process_chat(&mut self, i: usize) {
+        let now_ns = self.now_ns();
+        let conn = &mut self.conns[i];
+        let c = &mut self.pool.clients[i];
+        loop {
+            let input = c.input();
+            if input.len() < 4 {
+                break;
+            }
+            let Some((total, body)) = wire::chat_frame(input) else {
+                let want = 4 + u32::from_be_bytes(input[..4].try_into().unwrap()) as usize;
+                c.need(want);
+                break;
+            };
+            let body = &input[body];
+            match wire::chat_kind(body) {
+                ChatKind::Sms => {
+                    conn.count += 1;
+                    if conn.role == Role::Receiver {
+                        self.delivered += 1;
+                        if conn.count.is_multiple_of(self.sample)
+                            && let Some(sent) = wire::sent_ns(body)
+                        {
+                            self.lat.0.push(now_ns.saturating_sub(sent));
+                        }
+                    } else {
+                        self.delivered_to_publishers += 1;
+                    }
+                }
+                ChatKind::Pong => conn.inflight = conn.inflight.saturating_sub(1),
+                ChatKind::LoginRes => {
+                    if is_ok_code(body) {
+                        conn.ready = true;
+                    } else {
+                        self.login_failures += 1;
+                    }
+                    self.logins_done += 1;
+                }
+                ChatKind::RegisterRes => self.registers_done += 1,
+                ChatKind::Other => {}
+            }
+            c.consume(total);
+        }
+    }
+
+    fn process_redis(&mut self, i: usize) {
+        let now_ns = self.now_ns();
+        let conn = &mut self.conns[i];
+        let c = &mut self.pool.clients[i];
+        while let Some((n, v)) = wire::resp(c.input()) {
+            match v {
+                Resp::Message(range) => {
+                    conn.count += 1;
+                    self.delivered += 1;
+                    if conn.count.is_multiple_of(self.sample)
+                        && let Some(sent) = wire::sent_ns(&c.input()[range])
+                    {
+                        self.lat.0.push(now_ns.saturating_sub(sent));
+                    }
+                }
+                Resp::Int(_) => conn.inflight = conn.inflight.saturating_sub(1),
+                Resp::Other => conn.ready = true, // the subscribe confirmation
+            }
+            c.consume(n);
+        }
+        let len = c.input().len();
+        if len > 0 && len == c.input().len() {
+            // A partial value: make sure a big one can fit.
+            c.need(len * 2);
+        }
+    }
+
+    /// Runs the loop until `done` says so or `limit` passes.
+    fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&Fleet) -> bool) -> Res<bool> {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if done(self) {
+                return Ok(true);
+            }
+            self.pool.flush();
+            self.pool
+                .poll(Some(Duration::from_millis(5)))
+                .map_err(|e| e.to_string())?;
+            self.process();
+            if let Some(i) = self.pool.clients.iter().position(|c| c.closed) {
+                return Err(format!(
+                    "connection {i} ({:?}) was closed by the server",
+                    self.conns[i].role
+                ));
+            }
+        }
+        Ok(done(self))
+    }
+}
+
+/// Results of one fan-out run.
+struct Report {
+    secs: f64,
+    published: u64,
+    delivered: u64,
+    to_publishers: u64,
+    lost: u64,
+    lat: Lat,
+    cpu: Duration,
+    saturated_bench: bool,
+}
+
+impl Report {
+    fn print(mut self, a: &FanoutArgs) {
+        let mode = match a.rate {
+            Some(r) => format!("fixed rate {r} msg/s"),
+            None => format!("saturation, window {}", a.window),
+        };
+        println!(
+            "fanout target={:?} N={} P={} S={} {mode}",
+            a.common.target, a.receivers, a.publishers, a.size
+        );
+        println!("  duration        {:.2} s", self.secs);
+        println!("  messages/s      {:.0}", self.published as f64 / self.secs);
+        println!(
+            "  deliveries/s    {:.0}  (to the N receivers)",
+            self.delivered as f64 / self.secs
+        );
+        if self.to_publishers > 0 {
+            println!(
+                "                  plus {:.0}/s to the other publishers (chat users all get group messages)",
+                self.to_publishers as f64 / self.secs
+            );
+        }
+        println!("  lost            {}", self.lost);
+        println!("  latency         {}", self.lat.summary());
+        println!(
+            "  bench CPU       {:.2} s of {:.2} s wall ({:.0}%){}",
+            self.cpu.as_secs_f64(),
+            self.secs,
+            100.0 * self.cpu.as_secs_f64() / self.secs,
+            if self.saturated_bench {
+                "  <- the bench itself is saturated"
+            } else {
+                ""
+            }
+        );
+    }
+}
+
+/// Connects and readies a fan-out fleet: receivers first, then publishers.
+fn fleet_for(a: &FanoutArgs, extra_buf: bool) -> Res<Fleet> {
+    let buf = if extra_buf { 256 * 1024 } else { 64 * 1024 };
+    let mut f = Fleet::new(a.common.target, a.sample, buf)?;
+    let total = a.receivers + a.publishers;
+    for k in 0..total {
+        let role = if k < a.receivers {
+            Role::Receiver
+        } else {
+            Role::Publisher
+        };
+        let i = f.add(a.common.addr, role)?;
+        f.join(i, a.common.base_id + k as i64, true);
+        if k % 100 == 99 {
+            f.run_until(Duration::ZERO, |_| false)?;
+        }
+    }
+    let ok = f.run_until(Duration::from_secs(120), |f| f.ready_count() == total)?;
+    if !ok {
+        return Err(format!(
+            "only {} of {total} connections got ready ({} login failures)",
+            f.ready_count(),
+            f.login_failures
+        ));
+    }
+    // Let the login notices drain before measuring (chat: each login is announced
+    // to everyone online).
+    let quiet = Instant::now();
+    f.run_until(Duration::from_millis(500), |_| {
+        quiet.elapsed() > Duration::from_millis(300)
+    })?;
+    Ok(f)
+}
+
+/// Runs the publish loop on a ready fleet for `secs`; then drains.
+fn measure(
+    f: &mut Fleet,
+    a: &FanoutArgs,
+    secs: f64,
+    mut during: impl FnMut(&mut Fleet) -> Res<()>,
+) -> Res<Report> {
+    let pubs: Vec<usize> = (0..f.conns.len())
+        .filter(|i| f.conns[*i].role == Role::Publisher)
+        .collect();
+    let interval = a
+        .rate
+        .map(|r| Duration::from_secs_f64(a.publishers as f64 / r.max(0.001)));
+    // A fixed rate still caps what may be in flight, so a stalled server cannot make
+    // the bench queue without bound.
+    let cap = if a.rate.is_some() {
+        a.window.max(1000)
+    } else {
+        a.window.max(1)
+    };
+    let start_pub = f.published;
+    let start_del = f.delivered;
+    let start_dpub = f.delivered_to_publishers;
+    f.lat.0.clear();
+    let cpu0 = cpu_time();
+    let t0 = Instant::now();
+    let end = t0 + Duration::from_secs_f64(secs);
+    for (k, &i) in pubs.iter().enumerate() {
+        // Stagger fixed-rate publishers over one interval.
+        f.conns[i].next_send =
+            t0 + interval.map_or(Duration::ZERO, |iv| iv * k as u32 / pubs.len() as u32);
+    }
+    while Instant::now() < end {
+        let now = Instant::now();
+        let mut next_due = end;
+        for &i in &pubs {
+            match interval {
+                None => {
+                    while f.conns[i].inflight < cap {
+                        f.publish(i, a.size);
+                    }
+                }
+                Some(iv) => {
+                    while f.conns[i].next_send <= now && f.conns[i].inflight < cap {
+                        f.publish(i, a.size);
+                        f.conns[i].next_send += iv;
+                    }
+                    next_due = next_due.min(f.conns[i].next_send);
+                }
+            }
+            f.pool.flush_one(i);
+        }
+        during(f)?;
+        let wait = if interval.is_some() {
+            next_due
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(5))
+        } else {
+            Duration::from_millis(5)
+        };
+        f.pool.poll(Some(wait)).map_err(|e| e.to_string())?;
+        f.process();
+        if let Some(i) = f.pool.clients.iter().position(|c| c.closed) {
+            return Err(format!(
+                "connection {i} ({:?}) was closed by the server",
+                f.conns[i].role
+            ));
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = cpu_time() - cpu0;
+    let published = f.published - start_pub;
+    let delivered_in_window = f.delivered - start_del;
+    let to_publishers = f.delivered_to_publishers - start_dpub;
+    let mut lat = std::mem::take(&mut f.lat);
+    // Drain: everything published must arrive at every receiver.
+    let receivers = f.conns.iter().filter(|c| c.role == Role::Receiver).count() as u64;
+    let expected = start_del + published * receivers;
+    f.run_until(Duration::from_secs(10), |f| f.delivered >= expected)?;
+    let lost = expected.saturating_sub(f.delivered);
+    lat.0.append(&mut f.lat.0);
+    Ok(Report {
+        secs,
+        published,
+        delivered: delivered_in_window,
+        to_publishers,
+        lost,
+        lat,
+        cpu,
+        saturated_bench: cpu.as_secs_f64() > 0.9 * secs,
+    })
+}
+
+fn fanout(a: &FanoutArgs) -> Res<Report> {
+    let mut f = fleet_for(a, false)?;
+    measure(&mut f, a, a.duration, |_| Ok(()))
+}
+
+fn idle(a: &IdleArgs) -> Res<()> {
+    let before = rss_kib(a.server_pid)?;
+    let mut f = Fleet::new(a.common.target, 1, 16 * 1024)?;
+    let started = Instant::now();
+    for k in 0..a.conns {
+        let i = f.add(a.common.addr, Role::Receiver)?;
+        f.join(i, a.common.base_id + k as i64, true);
+        if k % 200 == 199 {
+            f.run_until(Duration::ZERO, |_| false)?;
+        }
+    }
+    let n = a.conns;
+    let ok = f.run_until(Duration::from_secs(600), |f| f.ready_count() == n)?;
+    if !ok {
+        return Err(format!(
+            "only {} of {n} connections got ready",
+            f.ready_count()
+        ));
+    }
+    let setup = started.elapsed();
+    // Read until the login notices have drained (nothing arrives for a while).
+    let mut last = f.pool.clients.len();
+    let mut quiet_since = Instant::now();
+    f.run_until(Duration::from_secs(120), |f| {
+        let seen = f.pool.ready.len();
+        if seen != 0 || last != 0 {
+            quiet_since = Instant::now();
+        }
+        last = seen;
+        quiet_since.elapsed() > Duration::from_millis(500)
+    })?;
+    f.run_until(Duration::from_secs_f64(a.hold), |_| false)?;
+    let after = rss_kib(a.server_pid)?;
+    let per = (after.saturating_sub(before)) as f64 * 1024.0 / n as f64;
+    println!("idle target={:?} C={n}", a.common.target);
+    println!(
+        "  setup           {:.2} s (connect + log in / subscribe)",
+        setup.as_secs_f64()
+    );
+    println!("  server RSS      {before} KiB before, {after} KiB with {n} connections");
+    println!("  per connection  {per:.0} bytes");
+    Ok(())
+}
+
+fn storm(a: &StormArgs) -> Res<()> {
+    if a.fanout.common.target != Target::Chat {
+        return Err("login-storm measures the chat server's logins; use --target chat".into());
+    }
+    let fa = &a.fanout;
+    let addr = fa.common.addr;
+    if fa.rate.is_none() {
+        return Err("login-storm needs a fixed --rate for the background fan-out".into());
+    }
+    // The storm's users, registered beforehand (registration hashes too: not timed).
+    let storm_base = fa.common.base_id + 500_000;
+    let reg_started = Instant::now();
+    {
+        let mut reg = Fleet::new(Target::Chat, 1, 64 * 1024)?;
+        let conns = a.register_conns.max(1);
+        for _ in 0..conns {
+            reg.add(addr, Role::Storm)?;
+        }
+        for k in 0..a.logins {
+            reg.pool.clients[k % conns].send(&wire::chat_register(
+                storm_base + k as i64,
+                "bench-password",
+            ));
+        }
+        let want = a.logins;
+        if !reg.run_until(Duration::from_secs(3600), |f| f.registers_done >= want)? {
+            return Err("registering the storm's users did not finish".into());
+        }
+    }
+    let reg_secs = reg_started.elapsed().as_secs_f64();
+
+    let mut f = fleet_for(fa, false)?;
+    let base = measure(&mut f, fa, fa.duration, |_| Ok(()))?;
+
+    // The storm: K new connections, each logging in, all at once.
+    let first = f.conns.len();
+    let t0 = Instant::now();
+    let mut opened = 0usize;
+    let k = a.logins;
+    let mut storm_secs = None;
+    let mut storm_failures = 0;
+    let mut rep = measure(&mut f, fa, fa.duration.max(1.0) * 3.0, |f| {
+        // Open the storm's connections as fast as the loop allows.
+        let batch = (k - opened).min(200);
+        for j in 0..batch {
+            let i = f.add(addr, Role::Storm)?;
+            f.join(i, storm_base + (opened + j) as i64, false);
+        }
+        opened += batch;
+        let done = f.conns[first..].iter().filter(|c| c.ready).count() + f.login_failures;
+        if storm_secs.is_none() && opened == k && done >= k {
+            storm_secs = Some(t0.elapsed().as_secs_f64());
+            storm_failures = f.login_failures;
+        }
+        Ok(())
+    })?;
+    let mut base_lat = base.lat;
+    println!(
+        "login-storm K={k} with fanout N={} P={} S={} at {} msg/s",
+        fa.receivers,
+        fa.publishers,
+        fa.size,
+        fa.rate.unwrap_or(0.0)
+    );
+    println!("  registering K users took {reg_secs:.2} s (not part of the storm)");
+    match storm_secs {
+        Some(s) => println!(
+            "  storm           {k} logins in {s:.2} s ({:.0} logins/s), {storm_failures} failed",
+            k as f64 / s
+        ),
+        None => println!("  storm           not finished within the measurement"),
+    }
+    println!("  fan-out before  {}", base_lat.summary());
+    println!("  fan-out during  {}", rep.lat.summary());
+    println!(
+        "  lost            {} before, {} during",
+        base.lost, rep.lost
+    );
+    Ok(())
+}

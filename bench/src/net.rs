@@ -1,0 +1,209 @@
+//! Many client connections on one mio event loop: the bench's only I/O code.
+//! Reads go into each connection's own buffer and are consumed by the caller's
+//! protocol code; writes are queued and flushed until `WouldBlock`.
+
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+
+pub struct Client {
+    sock: TcpStream,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    out: Vec<u8>,
+    out_pos: usize,
+    pub closed: bool,
+}
+
+impl Client {
+    /// Unconsumed input.
+    pub fn input(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    /// Makes room for a frame of `total` bytes that does not fit the buffer.
+    pub fn need(&mut self, total: usize) {
+        if total > self.buf.len() {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            self.buf.resize(total, 0);
+        }
+    }
+
+    /// Marks `n` bytes of input as consumed.
+    pub fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Queues bytes to send (flushed by `Pool::flush`).
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.out.extend_from_slice(bytes);
+    }
+
+    pub fn has_output(&self) -> bool {
+        self.out_pos < self.out.len()
+    }
+
+    fn read_some(&mut self) -> io::Result<bool> {
+        if self.start > 0 && self.end == self.buf.len() {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == self.buf.len() {
+            return Ok(false);
+        }
+        match self.sock.read(&mut self.buf[self.end..]) {
+            Ok(0) => {
+                self.closed = true;
+                Ok(false)
+            }
+            Ok(n) => {
+                self.end += n;
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(true),
+            Err(e) => {
+                self.closed = true;
+                Err(e)
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        while self.out_pos < self.out.len() {
+            match self.sock.write(&self.out[self.out_pos..]) {
+                Ok(n) => self.out_pos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.closed = true;
+                    return;
+                }
+            }
+        }
+        self.out.clear();
+        self.out_pos = 0;
+    }
+}
+
+pub struct Pool {
+    poll: Poll,
+    events: Events,
+    pub clients: Vec<Client>,
+    /// Clients with new input since the last `poll`.
+    pub ready: Vec<usize>,
+    /// Clients whose buffer filled before their socket was drained: read again on the
+    /// next `poll` without waiting for an event (there will be none: edge-triggered).
+    pending_reads: Vec<usize>,
+    buf_size: usize,
+}
+
+impl Pool {
+    pub fn new(buf_size: usize) -> io::Result<Pool> {
+        Ok(Pool {
+            poll: Poll::new()?,
+            events: Events::with_capacity(4096),
+            clients: Vec::new(),
+            ready: Vec::new(),
+            pending_reads: Vec::new(),
+            buf_size,
+        })
+    }
+
+    /// Opens one connection; returns its index.
+    pub fn connect(&mut self, addr: SocketAddr) -> io::Result<usize> {
+        let s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+        s.set_nodelay(true)?;
+        s.set_nonblocking(true)?;
+        let mut sock = TcpStream::from_std(s);
+        let i = self.clients.len();
+        self.poll.registry().register(
+            &mut sock,
+            Token(i),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        self.clients.push(Client {
+            sock,
+            buf: vec![0; self.buf_size],
+            start: 0,
+            end: 0,
+            out: Vec::new(),
+            out_pos: 0,
+            closed: false,
+        });
+        Ok(i)
+    }
+
+    /// Writes what every client has queued.
+    pub fn flush(&mut self) {
+        for c in &mut self.clients {
+            if c.has_output() {
+                c.flush();
+            }
+        }
+    }
+
+    /// Writes what one client has queued.
+    pub fn flush_one(&mut self, i: usize) {
+        self.clients[i].flush();
+    }
+
+    /// Waits for events, reads everything readable, writes what became writable.
+    /// Clients with new input are listed in `ready`.
+    pub fn poll(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.ready.clear();
+        let again = std::mem::take(&mut self.pending_reads);
+        let timeout = if again.is_empty() {
+            timeout
+        } else {
+            Some(Duration::ZERO)
+        };
+        match self.poll.poll(&mut self.events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        let mut readable = again;
+        for ev in self.events.iter() {
+            let i = ev.token().0;
+            let c = &mut self.clients[i];
+            if ev.is_writable() && c.has_output() {
+                c.flush();
+            }
+            if ev.is_readable() || ev.is_read_closed() {
+                readable.push(i);
+            }
+        }
+        readable.sort_unstable();
+        readable.dedup();
+        for i in readable {
+            let c = &mut self.clients[i];
+            let mut got = false;
+            // Read until WouldBlock (edge-triggered) or the buffer is full.
+            while c.end < c.buf.len() || c.start > 0 {
+                match c.read_some() {
+                    Ok(true) => got = true,
+                    _ => break,
+                }
+            }
+            if got || c.closed {
+                self.ready.push(i);
+            }
+            if c.end == c.buf.len() && c.start == 0 && !c.closed {
+                self.pending_reads.push(i);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,244 @@
+//! The two protocols the bench speaks, reduced to what it needs: building requests,
+//! and splitting replies cheaply (a length prefix, a type prefix, RESP headers)
+//! without parsing JSON except for the few frames it samples.
+
+use chat::proto::{self, ClientMessage, LoginMes, RegisterMes, SmsMes, User};
+
+/// Which server is being measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Target {
+    /// This project's chat server.
+    Chat,
+    /// redis-server, through SUBSCRIBE / PUBLISH.
+    Redis,
+}
+
+pub const CHANNEL: &str = "bench";
+
+/// Register (ignored if the id exists) then log in, pipelined.
+pub fn chat_login(id: i64, password: &str, register: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    if register {
+        out.extend(
+            ClientMessage::Register(RegisterMes {
+                user: User {
+                    user_id: id,
+                    user_pwd: password.into(),
+                    user_name: format!("b{id}"),
+                    ..User::default()
+                },
+            })
+            .encode(),
+        );
+    }
+    out.extend(
+        ClientMessage::Login(LoginMes {
+            user_id: id,
+            user_pwd: password.into(),
+            user_name: String::new(),
+        })
+        .encode(),
+    );
+    out
+}
+
+pub fn chat_register(id: i64, password: &str) -> Vec<u8> {
+    ClientMessage::Register(RegisterMes {
+        user: User {
+            user_id: id,
+            user_pwd: password.into(),
+            user_name: format!("b{id}"),
+            ..User::default()
+        },
+    })
+    .encode()
+}
+
+pub fn chat_sms(content: &str) -> Vec<u8> {
+    ClientMessage::Sms(SmsMes {
+        content: content.into(),
+        ..SmsMes::default()
+    })
+    .encode()
+}
+
+pub fn chat_ping() -> Vec<u8> {
+    ClientMessage::Ping.encode()
+}
+
+/// What kind of server frame this is, judged by the start of its body (the server
+/// writes `{"type":"...` first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChatKind {
+    Sms,
+    Pong,
+    LoginRes,
+    RegisterRes,
+    Other,
+}
+
+pub fn chat_kind(body: &[u8]) -> ChatKind {
+    const P: &[u8] = b"{\"type\":\"";
+    let Some(rest) = body.strip_prefix(P) else {
+        return ChatKind::Other;
+    };
+    if rest.starts_with(b"SmsMes\"") {
+        ChatKind::Sms
+    } else if rest.starts_with(b"PongMes\"") {
+        ChatKind::Pong
+    } else if rest.starts_with(b"LoginResMes\"") {
+        ChatKind::LoginRes
+    } else if rest.starts_with(b"RegisterResMes\"") {
+        ChatKind::RegisterRes
+    } else {
+        ChatKind::Other
+    }
+}
+
+/// The `code` of a reply frame (parsed properly: these are rare).
+pub fn chat_code(body: &[u8]) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let inner: serde_json::Value = serde_json::from_str(v["data"].as_str()?).ok()?;
+    inner["code"].as_u64()
+}
+
+/// Splits one chat frame off the front of `buf`: (total length, body range).
+pub fn chat_frame(buf: &[u8]) -> Option<(usize, std::ops::Range<usize>)> {
+    match proto::check(buf, usize::MAX >> 1) {
+        Ok(Some(total)) => Some((total, proto::HEADER_LEN..total)),
+        _ => None,
+    }
+}
+
+fn bulk(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend_from_slice(format!("${}\r\n", s.len()).as_bytes());
+    out.extend_from_slice(s);
+    out.extend_from_slice(b"\r\n");
+}
+
+pub fn redis_cmd(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        bulk(&mut out, a);
+    }
+    out
+}
+
+/// One RESP value at the front of a buffer, as much as the bench cares.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Resp {
+    /// An integer reply (PUBLISH's receiver count).
+    Int(i64),
+    /// A push `message` with the payload's range.
+    Message(std::ops::Range<usize>),
+    /// Anything else (subscribe confirmations, +OK, errors).
+    Other,
+}
+
+fn line(buf: &[u8], from: usize) -> Option<(usize, &[u8])> {
+    let rel = buf.get(from..)?.windows(2).position(|w| w == b"\r\n")?;
+    Some((from + rel + 2, &buf[from..from + rel]))
+}
+
+fn num(s: &[u8]) -> Option<i64> {
+    std::str::from_utf8(s).ok()?.parse().ok()
+}
+
+/// Parses one RESP value: `Some((consumed, value))`, or `None` if incomplete.
+pub fn resp(buf: &[u8]) -> Option<(usize, Resp)> {
+    let (mut pos, head) = line(buf, 0)?;
+    match head.first()? {
+        b':' => Some((pos, Resp::Int(num(&head[1..])?))),
+        b'+' | b'-' => Some((pos, Resp::Other)),
+        b'*' => {
+            let n = num(&head[1..])?;
+            let mut items = Vec::new();
+            for _ in 0..n.max(0) {
+                let (p, h) = line(buf, pos)?;
+                match h.first()? {
+                    b'$' => {
+                        let len = num(&h[1..])? as usize;
+                        let end = p + len;
+                        if buf.len() < end + 2 {
+                            return None;
+                        }
+                        items.push(p..end);
+                        pos = end + 2;
+                    }
+                    _ => {
+                        items.push(p..p);
+                        pos = p;
+                    }
+                }
+            }
+            if items.len() == 3 && &buf[items[0].clone()] == b"message" {
+                Some((pos, Resp::Message(items[2].clone())))
+            } else {
+                Some((pos, Resp::Other))
+            }
+        }
+        b'$' => {
+            let len = num(&head[1..])?;
+            if len < 0 {
+                return Some((pos, Resp::Other));
+            }
+            let end = pos + len as usize + 2;
+            (buf.len() >= end).then_some((end, Resp::Other))
+        }
+        _ => Some((pos, Resp::Other)),
+    }
+}
+
+/// The payload every published message carries: `@<seq>:<sent ns>@` padded with `x`
+/// to `size` bytes (at least the marker).
+pub fn payload(seq: u64, sent_ns: u64, size: usize) -> String {
+    let mut s = format!("@{seq}:{sent_ns}@");
+    while s.len() < size {
+        s.push('x');
+    }
+    s
+}
+
+/// Finds the send time in a payload (or a frame holding one).
+pub fn sent_ns(bytes: &[u8]) -> Option<u64> {
+    let at = bytes.iter().position(|b| *b == b'@')?;
+    let rest = &bytes[at + 1..];
+    let colon = rest.iter().position(|b| *b == b':')?;
+    let end = rest[colon + 1..].iter().position(|b| *b == b'@')?;
+    num(&rest[colon + 1..colon + 1 + end]).map(|n| n as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resp_messages_and_replies() {
+        let mut buf = b":12\r\n".to_vec();
+        buf.extend(b"*3\r\n$7\r\nmessage\r\n$5\r\nbench\r\n$5\r\nhello\r\n");
+        buf.extend(b"*3\r\n$9\r\nsubscribe\r\n$5\r\nbench\r\n:1\r\n");
+        let (n, v) = resp(&buf).unwrap();
+        assert_eq!(v, Resp::Int(12));
+        let (m, v) = resp(&buf[n..]).unwrap();
+        match v {
+            Resp::Message(r) => assert_eq!(&buf[n..][r], b"hello"),
+            other => panic!("{other:?}"),
+        }
+        let (k, v) = resp(&buf[n + m..]).unwrap();
+        assert_eq!(v, Resp::Other);
+        assert_eq!(n + m + k, buf.len());
+        assert_eq!(resp(&buf[..buf.len() - 1]).map(|x| x.0), Some(n));
+        assert!(resp(&b"*3\r\n$7\r\nmess"[..]).is_none());
+    }
+
+    #[test]
+    fn payload_round_trip_and_kinds() {
+        let p = payload(7, 123456789, 64);
+        assert_eq!(p.len(), 64);
+        assert_eq!(sent_ns(p.as_bytes()), Some(123456789));
+        let f = chat_sms(&p);
+        assert_eq!(chat_kind(&f[4..]), ChatKind::Sms);
+        assert_eq!(sent_ns(&f), Some(123456789));
+        assert_eq!(chat_kind(&chat_ping()[4..]), ChatKind::Other);
+    }
+}
