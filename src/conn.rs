@@ -67,10 +67,8 @@ pub struct OutQueue {
     bytes: usize,
 }
 
-/// Chunks handed to one vectored write.
-const MAX_IOV: usize = 64;
-/// A drained queue keeps at most this many slots of capacity.
-const KEEP_SLOTS: usize = 16;
+/// Chunks handed to one vectored write (Linux's IOV_MAX).
+const MAX_IOV: usize = 1024;
 
 impl OutQueue {
     /// Queues `frame` unless that would take the queue over `limit` bytes.
@@ -91,7 +89,7 @@ impl OutQueue {
         self.bytes
     }
 
-    /// Writes as much as `write` takes, with vectored writes of up to 64 chunks, until
+    /// Writes as much as `write` takes, with vectored writes of up to 1024 chunks, until
     /// the queue is empty or `write` reports `WouldBlock`.
     pub fn write_with<W>(&mut self, mut write: W) -> io::Result<Flush>
     where
@@ -99,13 +97,14 @@ impl OutQueue {
     {
         while !self.chunks.is_empty() {
             let n = {
-                let mut iov: [IoSlice<'_>; MAX_IOV] = [IoSlice::new(&[]); MAX_IOV];
-                let mut count = 0;
-                for (i, c) in self.chunks.iter().take(MAX_IOV).enumerate() {
-                    iov[i] = IoSlice::new(if i == 0 { &c[self.head_written..] } else { c });
-                    count += 1;
+                let count = self.chunks.len().min(MAX_IOV);
+                let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(count);
+                let mut chunks = self.chunks.iter().take(count);
+                if let Some(first) = chunks.next() {
+                    iov.push(IoSlice::new(&first[self.head_written..]));
                 }
-                match write(&iov[..count]) {
+                iov.extend(chunks.map(|c| IoSlice::new(c)));
+                match write(&iov) {
                     Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flush::Blocked),
@@ -114,9 +113,6 @@ impl OutQueue {
                 }
             };
             self.consume(n);
-        }
-        if self.chunks.capacity() > KEEP_SLOTS {
-            self.chunks = VecDeque::new();
         }
         Ok(Flush::Drained)
     }
@@ -134,6 +130,14 @@ impl OutQueue {
                 self.head_written += n;
                 n = 0;
             }
+        }
+    }
+
+    /// Gives back the queue's memory if it is empty. Called for every connection now
+    /// and then (not on every drain: a busy connection would reallocate each time).
+    pub fn shrink_if_empty(&mut self) {
+        if self.chunks.is_empty() && self.chunks.capacity() > 0 {
+            self.chunks = VecDeque::new();
         }
     }
 
@@ -247,6 +251,12 @@ impl Conn {
 
     pub fn wants_write(&self) -> bool {
         !self.out.is_empty()
+    }
+
+    /// Gives back idle buffers (see [`OutQueue::shrink_if_empty`]).
+    pub fn shrink_idle(&mut self) {
+        self.out.shrink_if_empty();
+        self.shrink_inbuf();
     }
 
     /// Gives back the input buffer's memory once it is empty.

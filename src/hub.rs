@@ -106,6 +106,10 @@ pub struct Hub {
     overflowed: Vec<usize>,
     /// Hash-costing requests per client address.
     pub(crate) login_limits: PerAddr,
+    /// Users who went offline this turn, not yet announced.
+    departures: Vec<(i64, Rc<str>)>,
+    /// `PongMes`, encoded once.
+    pub(crate) pong: Rc<[u8]>,
     pub stats: Stats,
 }
 
@@ -123,6 +127,8 @@ impl Hub {
             closes: Vec::new(),
             overflowed: Vec::new(),
             login_limits: PerAddr::default(),
+            departures: Vec::new(),
+            pong: ServerMessage::Pong.encode().into(),
             stats: Stats::default(),
         }
     }
@@ -220,7 +226,8 @@ impl Hub {
     pub fn handle_tick(&mut self, now: Now) {
         self.login_limits.prune(now.mono_ms, self.cfg.login_rate);
         let mut expired = Vec::new();
-        for (key, c) in &self.conns {
+        for (key, c) in &mut self.conns {
+            c.shrink_idle();
             match c.closing {
                 Some(cl) => {
                     if now.mono_ms >= cl.deadline_ms {
@@ -259,6 +266,7 @@ impl Hub {
     /// since everyone is leaving at once.
     pub fn handle_shutdown(&mut self, now: Now) {
         self.online = Registry::default();
+        self.departures.clear();
         for r in self.refs() {
             self.close(r.key, true, "server shutting down", now);
         }
@@ -468,29 +476,14 @@ impl Hub {
     /// Queues a shared frame on one connection. Returns false if the connection is
     /// closing or its queue overflowed (it is then closed as a slow consumer).
     pub(crate) fn deliver(&mut self, key: usize, frame: &Rc<[u8]>) -> bool {
-        let conn = &mut self.conns[key];
-        if matches!(conn.closing, Some(Closing { flush: false, .. })) {
-            return false;
-        }
-        let was_empty = conn.out.is_empty();
-        match conn.out.push(frame.clone(), self.cfg.max_outbuf) {
-            Ok(()) => {
-                if was_empty {
-                    self.writes.push(ConnRef {
-                        key,
-                        generation: conn.generation,
-                    });
-                }
-                self.stats.deliveries += 1;
-                true
-            }
-            Err(_) => {
-                if conn.closing.is_none() {
-                    self.overflowed.push(key);
-                }
-                false
-            }
-        }
+        let mut out = Outputs {
+            conns: &mut self.conns,
+            writes: &mut self.writes,
+            overflowed: &mut self.overflowed,
+            stats: &mut self.stats,
+            limit: self.cfg.max_outbuf,
+        };
+        out.deliver(key, frame)
     }
 
     /// Encodes `msg` and queues it on one connection.
@@ -512,20 +505,25 @@ impl Hub {
 
     /// Queues one shared frame on every online connection but `except`.
     pub(crate) fn broadcast(&mut self, except: Option<usize>, frame: &Rc<[u8]>) {
-        // Collected first: delivering may overflow a queue, and overflow handling
-        // changes the registry.
-        let keys: Vec<usize> = self
-            .online
-            .iter()
-            .map(|(_, e)| e.conn.key)
-            .filter(|k| Some(*k) != except)
-            .collect();
-        for k in keys {
-            self.deliver(k, frame);
+        let mut out = Outputs {
+            conns: &mut self.conns,
+            writes: &mut self.writes,
+            overflowed: &mut self.overflowed,
+            stats: &mut self.stats,
+            limit: self.cfg.max_outbuf,
+        };
+        // Overflowing queues are only noted here (closing them changes the registry
+        // being iterated); `settle` closes them afterwards.
+        for (_, e) in self.online.iter() {
+            if Some(e.conn.key) != except {
+                out.deliver(e.conn.key, frame);
+            }
         }
     }
 
-    /// Takes `key` offline if it holds its user's session, telling the others.
+    /// Takes `key` offline if it holds its user's session. The others are told at the
+    /// end of the turn ([`Hub::announce_departures`]): when many leave at once, nobody
+    /// leaving is sent the others' departures.
     pub(crate) fn go_offline(&mut self, key: usize, _now: Now) {
         let conn = &mut self.conns[key];
         let Session::Online { user_id, name } =
@@ -539,6 +537,15 @@ impl Hub {
         };
         if self.online.remove_if(user_id, me) {
             log::info!("user {user_id} offline");
+            self.departures.push((user_id, name));
+        }
+    }
+
+    /// Tells everyone online about the users who went offline since the last call.
+    /// The reactor calls it once per loop turn, after it has collected every hang-up
+    /// it can see; the hub calls it before announcing a login, to keep the order.
+    pub fn announce_departures(&mut self, now: Now) {
+        for (user_id, name) in std::mem::take(&mut self.departures) {
             let frame: Rc<[u8]> = ServerMessage::NotifyUserStatus(NotifyUserStatusMes {
                 user_id,
                 status: status::OFFLINE,
@@ -546,8 +553,14 @@ impl Hub {
             })
             .encode()
             .into();
-            self.broadcast(Some(key), &frame);
+            self.broadcast(None, &frame);
         }
+        self.settle(now);
+    }
+
+    /// Whether departures wait to be announced.
+    pub fn has_departures(&self) -> bool {
+        !self.departures.is_empty()
     }
 
     /// Starts closing `key`. With `flush`, queued frames (an error, a goodbye) are
@@ -579,8 +592,8 @@ impl Hub {
         self.go_offline(key, now);
     }
 
-    /// Closes the connections whose queues overflowed, and any that overflow because
-    /// of the offline notices that sends. Called at the end of every input.
+    /// Closes the connections whose queues overflowed. Called at the end of every
+    /// input.
     fn settle(&mut self, now: Now) {
         while let Some(key) = self.overflowed.pop() {
             if self.conns.get(key).is_some_and(|c| c.closing.is_none()) {
@@ -589,6 +602,44 @@ impl Hub {
                 let reason = format!("slow consumer: output queue over {limit} bytes");
                 log::warn!("conn {key} ({}): {reason}", self.conns[key].peer);
                 self.close(key, false, &reason, now);
+            }
+        }
+    }
+}
+
+/// The parts of the hub that queuing output touches, borrowed apart from the registry
+/// so that a broadcast can walk the registry while it queues.
+struct Outputs<'a> {
+    conns: &'a mut Slab<Conn>,
+    writes: &'a mut Vec<ConnRef>,
+    overflowed: &'a mut Vec<usize>,
+    stats: &'a mut Stats,
+    limit: usize,
+}
+
+impl Outputs<'_> {
+    fn deliver(&mut self, key: usize, frame: &Rc<[u8]>) -> bool {
+        let conn = &mut self.conns[key];
+        if matches!(conn.closing, Some(Closing { flush: false, .. })) {
+            return false;
+        }
+        let was_empty = conn.out.is_empty();
+        match conn.out.push(frame.clone(), self.limit) {
+            Ok(()) => {
+                if was_empty {
+                    self.writes.push(ConnRef {
+                        key,
+                        generation: conn.generation,
+                    });
+                }
+                self.stats.deliveries += 1;
+                true
+            }
+            Err(_) => {
+                if conn.closing.is_none() {
+                    self.overflowed.push(key);
+                }
+                false
             }
         }
     }

@@ -781,3 +781,39 @@ fn password_guessing_is_limited_per_address() {
     t.send(c, &login_msg(1, "guess"));
     assert_eq!(t.jobs.len(), 1, "one attempt per 20 s at 3 per minute");
 }
+
+#[test]
+fn a_crowd_leaving_at_once_is_not_sent_its_own_departures() {
+    let mut t = h();
+    for id in 1..=4 {
+        t.register(id);
+    }
+    let conns: Vec<_> = (1..=4).map(|id| t.login(id)).collect();
+    for c in &conns {
+        t.recv(*c);
+    }
+    let queued_before = t.hub.stats.deliveries;
+    t.hangup_all(&conns[1..]);
+    assert_eq!(t.recv(conns[0]), [notify(2, 1), notify(3, 1), notify(4, 1)]);
+    assert_eq!(
+        t.hub.stats.deliveries - queued_before,
+        3,
+        "nothing was queued for the ones leaving"
+    );
+}
+
+#[test]
+fn leaving_and_coming_back_in_one_turn_reads_in_order() {
+    let mut t = h();
+    t.register(1);
+    t.register(2);
+    let watcher = t.login(1);
+    let a = t.login(2);
+    t.recv(watcher);
+    let b = t.connect();
+    t.send(b, &login_msg(2, "pw2"));
+    // The old connection drops, then the new login completes, before the turn ends.
+    t.hub.handle_hangup(a, "gone", t.now);
+    t.run_jobs();
+    assert_eq!(t.recv(watcher), [notify(2, 1), notify(2, 0)]);
+}

@@ -37,6 +37,8 @@ const SIGNALS: Token = Token(2);
 const READ_CHUNK: usize = 64 * 1024;
 /// How often timers (login timeout, close deadlines) are checked.
 const TICK_MS: u64 = 250;
+/// How often freed heap memory is handed back to the operating system.
+const TRIM_MS: u64 = 5_000;
 /// Pause before accepting again after running out of descriptors.
 const ACCEPT_BACKOFF_MS: u64 = 100;
 
@@ -147,6 +149,15 @@ pub struct Server {
     read_again: Vec<ConnRef>,
     accept_paused_until: Option<u64>,
     started: Instant,
+    io: IoStats,
+}
+
+/// Counts of the loop's work, logged at exit.
+#[derive(Debug, Default)]
+struct IoStats {
+    turns: u64,
+    reads: u64,
+    writes: u64,
 }
 
 fn now(started: Instant) -> Now {
@@ -202,6 +213,7 @@ impl Server {
             read_again: Vec::new(),
             accept_paused_until: None,
             started: Instant::now(),
+            io: IoStats::default(),
         })
     }
 
@@ -234,6 +246,7 @@ impl Server {
         log::info!("listening on {}", self.addr);
         let mut events = Events::with_capacity(1024);
         let mut next_tick: u64 = 0;
+        let mut next_trim: u64 = TRIM_MS;
         let mut shutdown_deadline: Option<u64> = None;
         loop {
             let t = now(self.started);
@@ -251,27 +264,19 @@ impl Server {
                 return Err(e);
             }
             let t = now(self.started);
-            for ev in events.iter() {
-                match ev.token() {
-                    LISTENER => self.accept_all(t),
-                    WAKER => {}
-                    SIGNALS => {
-                        if let Some(s) = &mut signals {
-                            for sig in s.pending() {
-                                log::info!("signal {sig} received: shutting down");
-                                self.stop.store(true, Ordering::SeqCst);
-                            }
-                        }
+            self.io.turns += 1;
+            self.handle_events(&events, signals.as_mut(), t);
+            // Users who left this turn are announced at its end. Before that, take in
+            // every other hang-up already waiting (a crowd leaving at once), so that
+            // nobody who is leaving is sent the others' departures.
+            let mut extra = 0;
+            while self.hub.has_departures() && extra < 64 {
+                extra += 1;
+                match self.poll.poll(&mut events, Some(Duration::ZERO)) {
+                    Ok(()) if !events.is_empty() => {
+                        self.handle_events(&events, signals.as_mut(), t)
                     }
-                    token => {
-                        let r = ConnRef::from_token(token.0);
-                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                            self.read(r, t);
-                        }
-                        if ev.is_writable() {
-                            self.write(r, t);
-                        }
-                    }
+                    _ => break,
                 }
             }
             while let Ok(res) = self.results.try_recv() {
@@ -292,6 +297,10 @@ impl Server {
             if t.mono_ms >= next_tick {
                 self.hub.handle_tick(t);
                 next_tick = t.mono_ms + TICK_MS;
+            }
+            if t.mono_ms >= next_trim {
+                trim_heap();
+                next_trim = t.mono_ms + TRIM_MS;
             }
             if shutdown_deadline.is_none() && self.stop.load(Ordering::SeqCst) {
                 if let Some(mut l) = self.listener.take() {
@@ -320,15 +329,59 @@ impl Server {
             log::info!("waiting for {jobs} store jobs to finish");
         }
         self.workers.shutdown();
-        log::info!("stopped");
+        let st = &self.hub.stats;
+        log::info!(
+            "stopped; {} connections served, {} frames in, {} group messages, {} deliveries, \
+             {} slow consumers dropped; {} loop turns, {} reads, {} writes",
+            st.accepted,
+            st.frames_in,
+            st.group_messages,
+            st.deliveries,
+            st.slow_consumers_dropped,
+            self.io.turns,
+            self.io.reads,
+            self.io.writes
+        );
         Ok(())
     }
 
-    /// Writes every connection with pending output, then drops the connections marked
-    /// for closing; repeated while closing produces more output (offline notices).
+    fn handle_events(
+        &mut self,
+        events: &Events,
+        mut signals: Option<&mut signal_hook_mio::v1_0::Signals>,
+        t: Now,
+    ) {
+        for ev in events.iter() {
+            match ev.token() {
+                LISTENER => self.accept_all(t),
+                WAKER => {}
+                SIGNALS => {
+                    if let Some(s) = signals.as_mut() {
+                        for sig in s.pending() {
+                            log::info!("signal {sig} received: shutting down");
+                            self.stop.store(true, Ordering::SeqCst);
+                        }
+                    }
+                }
+                token => {
+                    let r = ConnRef::from_token(token.0);
+                    if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                        self.read(r, t);
+                    }
+                    if ev.is_writable() {
+                        self.write(r, t);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Announces departures, writes every connection with pending output, then drops
+    /// the connections marked for closing; repeated while closing produces more.
     fn flush_and_close(&mut self, t: Now) {
         loop {
-            let mut did = false;
+            let mut did = self.hub.has_departures();
+            self.hub.announce_departures(t);
             while let Some(r) = self.hub.poll_write() {
                 did = true;
                 self.write(r, t);
@@ -408,6 +461,7 @@ impl Server {
             let Some(Some(sock)) = self.socks.get_mut(r.key) else {
                 return;
             };
+            self.io.reads += 1;
             match sock.read(&mut self.scratch) {
                 Ok(0) => {
                     self.hub.handle_hangup(r, "peer closed the connection", t);
@@ -442,11 +496,26 @@ impl Server {
         let Some(Some(sock)) = self.socks.get_mut(r.key) else {
             return;
         };
-        match conn.out.write_with(|iov| sock.write_vectored(iov)) {
+        let writes = &mut self.io.writes;
+        match conn.out.write_with(|iov| {
+            *writes += 1;
+            sock.write_vectored(iov)
+        }) {
             Ok(Flush::Drained) => self.hub.handle_flushed(r, t),
             Ok(Flush::Blocked) => {}
             Err(e) => self.hub.handle_hangup(r, &format!("write failed: {e}"), t),
         }
+    }
+}
+
+/// Returns freed heap memory to the operating system. A burst (a storm of logins,
+/// each announced to everyone; a crowd leaving at once) grows output queues for a
+/// moment; without this, glibc keeps the high-water mark resident for good.
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks and releases the allocator's own free memory.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -68,7 +68,14 @@ impl Harness {
     }
 
     pub fn hangup(&mut self, r: ConnRef) {
-        self.hub.handle_hangup(r, "test hangup", self.now);
+        self.hangup_all(&[r]);
+    }
+
+    /// Several peers hang up in the same loop turn.
+    pub fn hangup_all(&mut self, rs: &[ConnRef]) {
+        for r in rs {
+            self.hub.handle_hangup(*r, "test hangup", self.now);
+        }
         self.pump();
     }
 
@@ -88,9 +95,14 @@ impl Harness {
         }
         while self.hub.poll_write().is_some() {}
         while self.hub.poll_read().is_some() {}
-        while let Some(r) = self.hub.poll_close(self.now) {
+        loop {
+            self.hub.announce_departures(self.now);
+            let Some(r) = self.hub.poll_close(self.now) else {
+                break;
+            };
             self.closed.push(r);
         }
+        self.hub.announce_departures(self.now);
         while let Some(j) = self.hub.poll_job() {
             self.jobs.push_back(j);
         }

@@ -84,6 +84,9 @@ impl Hub {
     }
 
     fn go_online(&mut self, key: usize, ok: LoginOk, now: Now) {
+        // Departures first, so that a user who left and came back this turn is seen
+        // leaving, then coming back.
+        self.announce_departures(now);
         let me = self.conn_ref(key);
         let name: std::rc::Rc<str> = ok.name.as_str().into();
         let conn = &mut self.conns[key];

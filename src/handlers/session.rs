@@ -2,11 +2,11 @@
 //! others are told, then the connection is closed).
 
 use crate::hub::{Hub, Now};
-use crate::proto::ServerMessage;
 
 impl Hub {
     pub(crate) fn handle_ping(&mut self, key: usize) {
-        self.reply(key, &ServerMessage::Pong);
+        let pong = self.pong.clone();
+        self.deliver(key, &pong);
     }
 
     pub(crate) fn handle_logout(&mut self, key: usize, now: Now) {
