@@ -96,6 +96,8 @@ pub struct Hub {
     pub(crate) online: Registry,
     jobs: VecDeque<Job>,
     jobs_in_flight: usize,
+    /// Jobs refused since the last tick (queue full).
+    jobs_refused: u64,
     /// Connections whose queue went from empty to non-empty: to be written this turn.
     writes: Vec<ConnRef>,
     /// Connections that stopped reading for a job and may read again.
@@ -122,6 +124,7 @@ impl Hub {
             online: Registry::default(),
             jobs: VecDeque::new(),
             jobs_in_flight: 0,
+            jobs_refused: 0,
             writes: Vec::new(),
             reads: Vec::new(),
             closes: Vec::new(),
@@ -225,6 +228,14 @@ impl Hub {
     /// connections that did not manage to write their last frames.
     pub fn handle_tick(&mut self, now: Now) {
         self.login_limits.prune(now.mono_ms, self.cfg.login_rate);
+        if self.jobs_refused > 0 {
+            log::warn!(
+                "store job queue full ({} jobs): {} requests refused as busy",
+                self.cfg.max_jobs,
+                self.jobs_refused
+            );
+            self.jobs_refused = 0;
+        }
         let mut expired = Vec::new();
         for (key, c) in &mut self.conns {
             c.shrink_idle();
@@ -278,6 +289,11 @@ impl Hub {
     /// The next store job to hand to a worker.
     pub fn poll_job(&mut self) -> Option<Job> {
         self.jobs.pop_front()
+    }
+
+    /// Whether writes, closes or departures are waiting for the reactor.
+    pub fn has_output(&self) -> bool {
+        !self.writes.is_empty() || !self.closes.is_empty() || !self.departures.is_empty()
     }
 
     /// The next connection with output to write.
@@ -455,10 +471,9 @@ impl Hub {
     /// Queues a job for a worker if the pool has room.
     pub(crate) fn submit(&mut self, key: Option<usize>, kind: JobKind) -> bool {
         if self.jobs_in_flight >= self.cfg.max_jobs {
-            log::warn!(
-                "store job queue full ({} jobs): refusing {kind:?}",
-                self.jobs_in_flight
-            );
+            // Counted, and logged once per tick: a storm must not flood the log.
+            self.jobs_refused += 1;
+            log::debug!("store job queue full: refusing {kind:?}");
             return false;
         }
         self.submit_always(key, kind);

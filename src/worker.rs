@@ -221,6 +221,43 @@ fn register(
     }
 }
 
+/// How worker threads are scheduled against the reactor thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerPriority {
+    /// Like the reactor.
+    Normal,
+    /// nice 10: on a shared core the reactor gets most of the CPU and the workers a
+    /// guaranteed share, so a storm of logins slows messages a little and logins never
+    /// starve. The default.
+    Low,
+    /// SCHED_IDLE: workers run only when the reactor does not want the CPU, and give it
+    /// up the moment the reactor wakes: a storm of logins never delays messages, but
+    /// under steady traffic (which keeps the reactor busy) logins can stall.
+    Idle,
+}
+
+fn lower_priority(p: WorkerPriority) {
+    #[cfg(target_os = "linux")]
+    // SAFETY: these calls act on the calling thread only (tid / pid 0), with a
+    // sched_param we own.
+    unsafe {
+        let ok = match p {
+            WorkerPriority::Normal => true,
+            WorkerPriority::Low => {
+                let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+                libc::setpriority(libc::PRIO_PROCESS, tid, 10) == 0
+            }
+            WorkerPriority::Idle => {
+                let param = libc::sched_param { sched_priority: 0 };
+                libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) == 0
+            }
+        };
+        if !ok {
+            log::warn!("could not set the worker thread's priority to {p:?}");
+        }
+    }
+}
+
 fn constant_time_eq(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -248,6 +285,7 @@ impl Workers {
         hasher: Hasher,
         sink: ResultSink,
         max_wait: Duration,
+        priority: WorkerPriority,
     ) -> Result<Workers, StoreError> {
         let (tx, rx) = mpsc::channel::<(Instant, Job)>();
         let rx = Arc::new(Mutex::new(rx));
@@ -260,6 +298,7 @@ impl Workers {
             let h = std::thread::Builder::new()
                 .name(format!("chat-worker-{i}"))
                 .spawn(move || {
+                    lower_priority(priority);
                     loop {
                         // The lock is held only while waiting for the next job.
                         let (queued, job) =
@@ -437,7 +476,15 @@ mod tests {
         let sink: ResultSink = Arc::new(move |r| {
             let _ = tx.lock().unwrap().send(r);
         });
-        let pool = Workers::start(2, &factory, hasher(), sink, Duration::from_secs(60)).unwrap();
+        let pool = Workers::start(
+            2,
+            &factory,
+            hasher(),
+            sink,
+            Duration::from_secs(60),
+            WorkerPriority::Normal,
+        )
+        .unwrap();
         for id in 1..=5 {
             pool.submit(Job {
                 conn: None,

@@ -15,6 +15,7 @@
 //! only every `--sample`th one, so the bench stays cheap. Every run ends by itself.
 
 mod net;
+mod soak;
 mod wire;
 
 use std::net::SocketAddr;
@@ -44,6 +45,23 @@ enum Mode {
     Idle(IdleArgs),
     /// Logins with real hashing during a fixed-rate fan-out.
     LoginStorm(StormArgs),
+    /// Minutes of mixed load with bad clients; the server's memory over time.
+    Soak(SoakArgs),
+}
+
+#[derive(Args, Clone)]
+pub(crate) struct SoakArgs {
+    #[command(flatten)]
+    fanout: FanoutArgs,
+    /// Minutes to run.
+    #[arg(long, default_value_t = 10.0)]
+    minutes: f64,
+    /// The server's process id, to read its memory.
+    #[arg(long)]
+    server_pid: u32,
+    /// Bad clients started per second.
+    #[arg(long, default_value_t = 10)]
+    bad_per_sec: u32,
 }
 
 #[derive(Args, Clone)]
@@ -60,7 +78,7 @@ struct Common {
 }
 
 #[derive(Args, Clone)]
-struct FanoutArgs {
+pub(crate) struct FanoutArgs {
     #[command(flatten)]
     common: Common,
     /// Receivers (logged in, or subscribed).
@@ -97,8 +115,9 @@ struct IdleArgs {
     /// The server's process id, to read its memory.
     #[arg(long)]
     server_pid: u32,
-    /// Seconds to hold the connections after they are all logged in.
-    #[arg(long, default_value_t = 2.0)]
+    /// Seconds to hold the connections after they are all logged in and quiet, before
+    /// the memory is read (the server hands freed memory back every 2 s).
+    #[arg(long, default_value_t = 5.0)]
     hold: f64,
 }
 
@@ -109,8 +128,11 @@ struct StormArgs {
     /// Logins in the storm.
     #[arg(long, short = 'k', default_value_t = 1000)]
     logins: usize,
-    /// Connections used to register the storm's users beforehand.
-    #[arg(long, default_value_t = 20)]
+    /// Longest the storm may take, in seconds (the fan-out is measured until it ends).
+    #[arg(long, default_value_t = 300.0)]
+    storm_limit: f64,
+    /// Registrations of the storm's users in flight at once, beforehand.
+    #[arg(long, default_value_t = 200)]
     register_conns: usize,
 }
 
@@ -121,6 +143,7 @@ fn main() {
         Mode::Fanout(a) => fanout(&a).map(|rep| rep.print(&a)),
         Mode::Idle(a) => idle(&a),
         Mode::LoginStorm(a) => storm(&a),
+        Mode::Soak(a) => soak::run(&a),
     };
     if let Err(e) = r {
         eprintln!("chat-bench: {e}");
@@ -128,7 +151,7 @@ fn main() {
     }
 }
 
-type Res<T> = Result<T, String>;
+pub(crate) type Res<T> = Result<T, String>;
 
 fn raise_fd_limit() {
     let mut lim = libc::rlimit {
@@ -153,7 +176,7 @@ fn cpu_time() -> Duration {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
-fn rss_kib(pid: u32) -> Res<u64> {
+pub(crate) fn rss_kib(pid: u32) -> Res<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .map_err(|e| format!("cannot read /proc/{pid}/status: {e}"))?;
     status
@@ -166,7 +189,7 @@ fn rss_kib(pid: u32) -> Res<u64> {
 
 /// Latency samples in nanoseconds.
 #[derive(Default)]
-struct Lat(Vec<u64>);
+pub(crate) struct Lat(Vec<u64>);
 
 impl Lat {
     fn pct(&mut self, p: f64) -> f64 {
@@ -206,6 +229,12 @@ struct Conn {
     /// Frames counted (messages for receivers, replies for publishers).
     count: u64,
     next_send: Instant,
+    /// A refused login is tried again at this time (storm connections).
+    retry_at: Option<Instant>,
+    /// The user id this connection logs in as.
+    id: i64,
+    /// Closed by the server and replaced by a new connection (storm connections).
+    replaced: bool,
 }
 
 /// Connections for a fan-out, logged in (chat) or subscribed (Redis).
@@ -224,6 +253,11 @@ struct Fleet {
     logins_done: usize,
     login_failures: usize,
     registers_done: usize,
+    login_retries: usize,
+    /// Connections closed by the server are not an error (registration phase).
+    tolerate_closes: bool,
+    /// Storm connections closed by the server and opened again.
+    reconnects: usize,
 }
 
 fn is_ok_code(body: &[u8]) -> bool {
@@ -245,6 +279,9 @@ impl Fleet {
             logins_done: 0,
             login_failures: 0,
             registers_done: 0,
+            login_retries: 0,
+            tolerate_closes: false,
+            reconnects: 0,
         })
     }
 
@@ -259,12 +296,16 @@ impl Fleet {
             inflight: 0,
             count: 0,
             next_send: Instant::now(),
+            retry_at: None,
+            id: 0,
+            replaced: false,
         });
         Ok(i)
     }
 
     /// Asks connection `i` to log in as `id` (chat) or subscribe (Redis).
     fn join(&mut self, i: usize, id: i64, register: bool) {
+        self.conns[i].id = id;
         let bytes = match self.target {
             Target::Chat => wire::chat_login(id, "bench-password", register),
             Target::Redis => match self.conns[i].role {
@@ -352,6 +393,11 @@ impl Fleet {
                 ChatKind::LoginRes => {
                     if is_ok_code(body) {
                         conn.ready = true;
+                    } else if conn.role == Role::Storm {
+                        // Refused (the server's job queue is full): like a real client,
+                        // try again a little later.
+                        conn.retry_at = Some(Instant::now() + Duration::from_millis(500));
+                        self.login_retries += 1;
                     } else {
                         self.login_failures += 1;
                     }
@@ -403,19 +449,35 @@ impl Fleet {
                 .poll(Some(Duration::from_millis(5)))
                 .map_err(|e| e.to_string())?;
             self.process();
-            if let Some(i) = self.pool.clients.iter().position(|c| c.closed) {
-                return Err(format!(
-                    "connection {i} ({:?}) was closed by the server",
-                    self.conns[i].role
-                ));
+            if self.tolerate_closes {
+                continue;
             }
+            self.check_closed()?;
         }
         Ok(done(self))
+    }
+
+    /// Fails if the server closed a receiver or publisher (storm connections may be
+    /// closed: they reconnect).
+    fn check_closed(&self) -> Res<()> {
+        match self
+            .pool
+            .clients
+            .iter()
+            .zip(&self.conns)
+            .position(|(c, k)| c.closed && k.role != Role::Storm)
+        {
+            Some(i) => Err(format!(
+                "connection {i} ({:?}, {} frames in) was closed by the server",
+                self.conns[i].role, self.conns[i].count
+            )),
+            None => Ok(()),
+        }
     }
 }
 
 /// Results of one fan-out run.
-struct Report {
+pub(crate) struct Report {
     secs: f64,
     published: u64,
     delivered: u64,
@@ -465,7 +527,7 @@ impl Report {
 }
 
 /// Connects and readies a fan-out fleet: receivers first, then publishers.
-fn fleet_for(a: &FanoutArgs, extra_buf: bool) -> Res<Fleet> {
+pub(crate) fn fleet_for(a: &FanoutArgs, extra_buf: bool) -> Res<Fleet> {
     let buf = if extra_buf { 256 * 1024 } else { 64 * 1024 };
     let mut f = Fleet::new(a.common.target, a.sample, buf)?;
     let total = a.receivers + a.publishers;
@@ -499,11 +561,17 @@ fn fleet_for(a: &FanoutArgs, extra_buf: bool) -> Res<Fleet> {
 }
 
 /// Runs the publish loop on a ready fleet for `secs`; then drains.
-fn measure(
+fn measure(f: &mut Fleet, a: &FanoutArgs, secs: f64) -> Res<Report> {
+    measure_until(f, a, secs, |_| Ok(false))
+}
+
+/// Runs the publish loop until `during` (called every turn) says it is done, or for
+/// `secs` at most; then drains.
+pub(crate) fn measure_until(
     f: &mut Fleet,
     a: &FanoutArgs,
     secs: f64,
-    mut during: impl FnMut(&mut Fleet) -> Res<()>,
+    mut during: impl FnMut(&mut Fleet) -> Res<bool>,
 ) -> Res<Report> {
     let pubs: Vec<usize> = (0..f.conns.len())
         .filter(|i| f.conns[*i].role == Role::Publisher)
@@ -550,7 +618,9 @@ fn measure(
             }
             f.pool.flush_one(i);
         }
-        during(f)?;
+        if during(f)? {
+            break;
+        }
         let wait = if interval.is_some() {
             next_due
                 .saturating_duration_since(Instant::now())
@@ -560,12 +630,7 @@ fn measure(
         };
         f.pool.poll(Some(wait)).map_err(|e| e.to_string())?;
         f.process();
-        if let Some(i) = f.pool.clients.iter().position(|c| c.closed) {
-            return Err(format!(
-                "connection {i} ({:?}) was closed by the server",
-                f.conns[i].role
-            ));
-        }
+        f.check_closed()?;
     }
     let secs = t0.elapsed().as_secs_f64();
     let cpu = cpu_time() - cpu0;
@@ -593,7 +658,7 @@ fn measure(
 
 fn fanout(a: &FanoutArgs) -> Res<Report> {
     let mut f = fleet_for(a, false)?;
-    measure(&mut f, a, a.duration, |_| Ok(()))
+    measure(&mut f, a, a.duration)
 }
 
 fn idle(a: &IdleArgs) -> Res<()> {
@@ -660,26 +725,37 @@ fn storm(a: &StormArgs) -> Res<()> {
     let storm_base = fa.common.base_id + 500_000;
     let reg_started = Instant::now();
     {
-        let mut reg = Fleet::new(Target::Chat, 1, 64 * 1024)?;
-        let conns = a.register_conns.max(1);
-        for _ in 0..conns {
-            reg.add(addr, Role::Storm)?;
-        }
-        for k in 0..a.logins {
-            reg.pool.clients[k % conns].send(&wire::chat_register(
-                storm_base + k as i64,
-                "bench-password",
-            ));
-        }
-        let want = a.logins;
-        if !reg.run_until(Duration::from_secs(3600), |f| f.registers_done >= want)? {
-            return Err("registering the storm's users did not finish".into());
+        // One registration per connection, a few hundred at a time: the server closes
+        // connections that do not log in within its login timeout, so a connection
+        // must not queue many slow (hashing) registrations.
+        let mut reg = Fleet::new(Target::Chat, 1, 4 * 1024)?;
+        reg.tolerate_closes = true;
+        let in_flight = a.register_conns.max(1);
+        let mut opened = 0;
+        while reg.registers_done < a.logins {
+            if reg_started.elapsed() > Duration::from_secs(3600) {
+                return Err("registering the storm's users did not finish".into());
+            }
+            while opened < a.logins && opened - reg.registers_done < in_flight {
+                let i = reg.add(addr, Role::Storm)?;
+                reg.pool.clients[i].send(&wire::chat_register(
+                    storm_base + opened as i64,
+                    "bench-password",
+                ));
+                opened += 1;
+            }
+            reg.run_until(Duration::from_millis(5), |_| false)?;
         }
     }
     let reg_secs = reg_started.elapsed().as_secs_f64();
 
+    eprintln!(
+        "registered {} storm users in {reg_secs:.1} s; starting the fan-out",
+        a.logins
+    );
     let mut f = fleet_for(fa, false)?;
-    let base = measure(&mut f, fa, fa.duration, |_| Ok(()))?;
+    let base = measure(&mut f, fa, fa.duration)?;
+    eprintln!("baseline measured; starting the storm");
 
     // The storm: K new connections, each logging in, all at once.
     let first = f.conns.len();
@@ -688,20 +764,39 @@ fn storm(a: &StormArgs) -> Res<()> {
     let k = a.logins;
     let mut storm_secs = None;
     let mut storm_failures = 0;
-    let mut rep = measure(&mut f, fa, fa.duration.max(1.0) * 3.0, |f| {
-        // Open the storm's connections as fast as the loop allows.
-        let batch = (k - opened).min(200);
+    let storm_limit = a.storm_limit;
+    let mut rep = measure_until(&mut f, fa, storm_limit, |f| {
+        // Open the storm's connections a few per loop turn: quickly next to the time
+        // the logins take, without making the bench's own loop slow (connect is a
+        // syscall each) and so adding latency the server did not cause.
+        let batch = (k - opened).min(25);
         for j in 0..batch {
             let i = f.add(addr, Role::Storm)?;
             f.join(i, storm_base + (opened + j) as i64, false);
         }
         opened += batch;
+        let now = Instant::now();
+        for i in first..f.conns.len() {
+            let id = f.conns[i].id;
+            if f.pool.clients[i].closed && !f.conns[i].ready && !f.conns[i].replaced {
+                // Closed while waiting (the server's login timeout): like a real
+                // client, connect again and retry.
+                f.conns[i].replaced = true;
+                f.reconnects += 1;
+                f.pool.close(i);
+                let j = f.add(addr, Role::Storm)?;
+                f.join(j, id, false);
+            } else if f.conns[i].retry_at.is_some_and(|at| at <= now) {
+                f.conns[i].retry_at = None;
+                f.pool.clients[i].send(&wire::chat_login(id, "bench-password", false));
+            }
+        }
         let done = f.conns[first..].iter().filter(|c| c.ready).count() + f.login_failures;
         if storm_secs.is_none() && opened == k && done >= k {
             storm_secs = Some(t0.elapsed().as_secs_f64());
             storm_failures = f.login_failures;
         }
-        Ok(())
+        Ok(storm_secs.is_some())
     })?;
     let mut base_lat = base.lat;
     println!(
@@ -714,10 +809,13 @@ fn storm(a: &StormArgs) -> Res<()> {
     println!("  registering K users took {reg_secs:.2} s (not part of the storm)");
     match storm_secs {
         Some(s) => println!(
-            "  storm           {k} logins in {s:.2} s ({:.0} logins/s), {storm_failures} failed",
-            k as f64 / s
+            "  storm           {k} logins in {s:.2} s ({:.0} logins/s), {storm_failures} failed, \
+             {} refused as busy and retried, {} reconnected after the login timeout",
+            k as f64 / s,
+            f.login_retries,
+            f.reconnects
         ),
-        None => println!("  storm           not finished within the measurement"),
+        None => println!("  storm           not finished within {storm_limit} s"),
     }
     println!("  fan-out before  {}", base_lat.summary());
     println!("  fan-out during  {}", rep.lat.summary());

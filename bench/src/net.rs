@@ -10,7 +10,8 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
 pub struct Client {
-    sock: TcpStream,
+    /// `None` once closed by [`Pool::close`] (its descriptor is given back).
+    sock: Option<TcpStream>,
     buf: Vec<u8>,
     start: usize,
     end: usize,
@@ -62,7 +63,10 @@ impl Client {
         if self.end == self.buf.len() {
             return Ok(false);
         }
-        match self.sock.read(&mut self.buf[self.end..]) {
+        let Some(sock) = self.sock.as_mut() else {
+            return Ok(false);
+        };
+        match sock.read(&mut self.buf[self.end..]) {
             Ok(0) => {
                 self.closed = true;
                 Ok(false)
@@ -81,10 +85,18 @@ impl Client {
     }
 
     fn flush(&mut self) {
+        let Some(sock) = self.sock.as_mut() else {
+            return;
+        };
         while self.out_pos < self.out.len() {
-            match self.sock.write(&self.out[self.out_pos..]) {
+            match sock.write(&self.out[self.out_pos..]) {
                 Ok(n) => self.out_pos += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        || e.kind() == io::ErrorKind::NotConnected =>
+                {
+                    return;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
                     self.closed = true;
@@ -121,12 +133,12 @@ impl Pool {
         })
     }
 
-    /// Opens one connection; returns its index.
+    /// Opens one connection without waiting for it to be established (a storm of
+    /// connects must not stall the loop); returns its index. What is sent before the
+    /// connection is up waits for its first writable event.
     pub fn connect(&mut self, addr: SocketAddr) -> io::Result<usize> {
-        let s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
-        s.set_nodelay(true)?;
-        s.set_nonblocking(true)?;
-        let mut sock = TcpStream::from_std(s);
+        let mut sock = TcpStream::connect(addr)?;
+        sock.set_nodelay(true)?;
         let i = self.clients.len();
         self.poll.registry().register(
             &mut sock,
@@ -134,7 +146,7 @@ impl Pool {
             Interest::READABLE | Interest::WRITABLE,
         )?;
         self.clients.push(Client {
-            sock,
+            sock: Some(sock),
             buf: vec![0; self.buf_size],
             start: 0,
             end: 0,
@@ -143,6 +155,18 @@ impl Pool {
             closed: false,
         });
         Ok(i)
+    }
+
+    /// Closes a connection and gives its descriptor back; its slot stays, closed.
+    pub fn close(&mut self, i: usize) {
+        let c = &mut self.clients[i];
+        if let Some(mut s) = c.sock.take() {
+            let _ = self.poll.registry().deregister(&mut s);
+        }
+        c.closed = true;
+        c.buf = Vec::new();
+        c.start = 0;
+        c.end = 0;
     }
 
     /// Writes what every client has queued.
@@ -190,10 +214,19 @@ impl Pool {
         for i in readable {
             let c = &mut self.clients[i];
             let mut got = false;
-            // Read until WouldBlock (edge-triggered) or the buffer is full.
+            // Read until WouldBlock (edge-triggered) or the buffer is full. A short
+            // read means the socket was drained: new data will raise a new edge, so
+            // the extra read that would only say WouldBlock is skipped.
             while c.end < c.buf.len() || c.start > 0 {
+                let room = c.buf.len() - c.end;
+                let before = c.end;
                 match c.read_some() {
-                    Ok(true) => got = true,
+                    Ok(true) => {
+                        got = true;
+                        if c.end - before < room {
+                            break;
+                        }
+                    }
                     _ => break,
                 }
             }

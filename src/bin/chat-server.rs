@@ -13,6 +13,7 @@ use chat::reactor::{Server, ServerConfig};
 use chat::store::embedded::EmbeddedStore;
 use chat::store::redis::{RedisStore, RedisTimeouts};
 use chat::store::{Store, StoreFactory};
+use chat::worker::WorkerPriority;
 use std::time::Duration;
 
 /// A multi-user chat server speaking the Go chat tutorial's wire protocol.
@@ -74,6 +75,27 @@ struct Args {
     #[arg(long, default_value_t = 1024, value_name = "N")]
     max_jobs: usize,
 
+    /// Scheduling of the worker threads (password hashing, storage) against the event
+    /// loop: low (nice 10: the event loop gets most of a shared core, the workers are
+    /// never starved), idle (SCHED_IDLE: workers only get CPU the event loop leaves;
+    /// best message latency, but logins stall while traffic keeps the loop busy) or
+    /// normal.
+    #[arg(long, value_enum, default_value = "low", value_name = "PRIORITY")]
+    worker_priority: Priority,
+
+    /// Shortest time between two rounds of writes, in microseconds: under steady
+    /// traffic, the messages of one interval go to each recipient in one write. 0
+    /// writes after every event.
+    #[arg(long, default_value_t = 500, value_name = "US")]
+    flush_interval_us: u64,
+
+    /// Seconds a store job (a login, a registration, a stored message) may wait for a
+    /// free worker before it is refused as "server busy". Default: 30 with the embedded
+    /// store (a burst of logins queues up behind argon2), 5 with Redis (so an outage
+    /// is reported within seconds).
+    #[arg(long, value_name = "SECS")]
+    job_timeout: Option<u64>,
+
     /// Seconds a connection may stay without logging in.
     #[arg(long, default_value_t = 30, value_name = "SECS")]
     login_timeout: u64,
@@ -99,6 +121,13 @@ struct Args {
     /// argon2id passes (time cost) for new password hashes.
     #[arg(long, default_value_t = 2, value_name = "N")]
     argon2_passes: u32,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Priority {
+    Normal,
+    Low,
+    Idle,
 }
 
 /// Descriptors kept free for the data file, the log, worker threads and epoll.
@@ -208,8 +237,17 @@ fn run(args: Args) -> Result<(), String> {
         },
         max_conns: args.max_conns.unwrap_or_else(default_max_conns),
         handle_signals: true,
-        // A job may wait for a worker about as long as one storage call may take.
-        job_max_wait: Duration::from_millis(args.redis_timeout_ms.max(1000)),
+        flush_interval: Duration::from_micros(args.flush_interval_us),
+        worker_priority: match args.worker_priority {
+            Priority::Normal => WorkerPriority::Normal,
+            Priority::Low => WorkerPriority::Low,
+            Priority::Idle => WorkerPriority::Idle,
+        },
+        job_max_wait: Duration::from_secs(
+            args.job_timeout
+                .unwrap_or(if args.redis.is_some() { 5 } else { 30 })
+                .max(1),
+        ),
         ..ServerConfig::default()
     };
     chat::auth::Hasher::new(cfg.hash)?;
