@@ -19,9 +19,11 @@ trap 'kill "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; rm
 
 # Cheaper hashing keeps the login churn from dominating; a short login timeout makes
 # the half-frame clients cycle; a higher per-address login rate lets the churn in
-# (everything comes from 127.0.0.1).
+# (everything comes from 127.0.0.1); a message rate above what the fan-out's
+# publishers send (40 messages and 40 pings a second each) but far below the floods.
 target/release/chat-server --listen "127.0.0.1:$PORT" --data "$DATA" \
     --argon2-memory-kib 1024 --argon2-passes 1 --login-timeout 5 --login-rate 100000 \
+    --msg-rate 100 \
     --max-outbuf 262144 --log-level warn --log-file "$LOG" &
 SERVER=$!
 for _ in $(seq 100); do
@@ -30,7 +32,7 @@ for _ in $(seq 100); do
 done
 
 target/release/chat-bench soak --addr "127.0.0.1:$PORT" --server-pid "$SERVER" \
-    --minutes "$MINUTES" -n 50 -p 5 --rate 2000 --bad-per-sec 10
+    --minutes "$MINUTES" -n 50 -p 5 --rate 200 --bad-per-sec 10
 
 echo "server log: $(wc -l < "$LOG") lines; by kind:"
 sed -E 's/^[0-9:]+ //; s/[0-9]+/N/g' "$LOG" | sort | uniq -c | sort -rn | head -15

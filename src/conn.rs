@@ -192,6 +192,9 @@ pub struct Conn {
     pub offline_seen: u64,
     /// An offline fetch is in flight for this session.
     pub offline_fetching: bool,
+    /// The removal of delivered offline messages is in flight; the next fetch waits
+    /// for it, or it would read the same messages again.
+    pub offline_acking: bool,
     /// More offline messages wait in the store; fetched when the queue drains.
     pub offline_more: bool,
 }
@@ -222,6 +225,7 @@ impl Conn {
             login_failures: 0,
             offline_seen: 0,
             offline_fetching: false,
+            offline_acking: false,
             offline_more: false,
         }
     }

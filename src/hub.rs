@@ -204,7 +204,7 @@ impl Hub {
                 batch,
                 result,
             } => self.offline_fetched(r.key, user_id, batch, result, now),
-            Outcome::AckOffline(_) => {}
+            Outcome::AckOffline(result) => self.offline_acked(r.key, result),
         }
         self.settle(now);
     }
@@ -216,7 +216,7 @@ impl Hub {
             Some(Closing { flush: true, .. }) => self.closes.push(r),
             Some(_) => {}
             None => {
-                if conn.offline_more && !conn.offline_fetching {
+                if conn.offline_more && !conn.offline_fetching && !conn.offline_acking {
                     self.fetch_offline(r.key);
                 }
             }

@@ -110,7 +110,7 @@ fn bad_client(kind: u64, addr: SocketAddr, id: i64, t: &Tally) {
         3 => {
             if login(&mut s, id) {
                 let mut burst = Vec::new();
-                for i in 0..100 {
+                for i in 0..300 {
                     burst.extend(
                         ClientMessage::Sms(SmsMes {
                             content: format!("flood {i}"),
@@ -213,7 +213,7 @@ pub fn run(a: &SoakArgs) -> Res<()> {
     );
     let g = |x: &AtomicU64| x.load(Ordering::Relaxed);
     println!(
-        "  bad clients: {} garbage closed, {} oversize refused (413), {} half frames timed out, \\
+        "  bad clients: {} garbage closed, {} oversize refused (413), {} half frames timed out, \
          {} flood messages refused (429), {} stallers, {} churn logins, {} could not connect",
         g(&tally.garbage_closed),
         g(&tally.oversize_413),

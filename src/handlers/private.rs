@@ -91,17 +91,21 @@ impl Hub {
     }
 
     /// Queues a batch of stored messages on `key`, skipping any it already got, and
-    /// acknowledges them to the store. Stops early when the queue is half full; the
-    /// rest is fetched again once the queue drains.
+    /// acknowledges them to the store. Stops early when the queue is half full. The
+    /// next batch is fetched once the removal is done and the queue has drained.
     pub(crate) fn deliver_offline(&mut self, key: usize, msgs: Vec<StoredMsg>, batch: usize) {
         let Some(user_id) = self.conns[key].user_id() else {
             return;
         };
         let mut more = msgs.len() >= batch;
+        let mut skipped = false;
         let mut upto = 0;
         for m in msgs {
             let conn = &self.conns[key];
             if m.seq <= conn.offline_seen {
+                // Delivered earlier in this session, but its removal failed or is
+                // still on the way: acknowledged again below, never shown twice.
+                skipped = true;
                 continue;
             }
             if conn.out.len_bytes() >= self.cfg.max_outbuf / 2 {
@@ -115,13 +119,33 @@ impl Hub {
             self.conns[key].offline_seen = m.seq;
             upto = m.seq;
         }
-        if upto > 0 {
-            self.submit_always(None, JobKind::AckOffline { user_id, upto });
-        }
         let conn = &mut self.conns[key];
         conn.offline_more = more;
-        if more && conn.out.is_empty() && conn.closing.is_none() {
+        if upto > 0 || skipped {
+            let upto = upto.max(conn.offline_seen);
+            conn.offline_acking = true;
+            self.submit_always(Some(key), JobKind::AckOffline { user_id, upto });
+        } else if more && conn.out.is_empty() && conn.closing.is_none() {
             self.fetch_offline(key);
+        }
+    }
+
+    /// The removal of delivered offline messages finished.
+    pub(crate) fn offline_acked(&mut self, key: usize, result: Result<(), StoreError>) {
+        let conn = &mut self.conns[key];
+        conn.offline_acking = false;
+        match result {
+            Ok(()) => {
+                if conn.offline_more && conn.out.is_empty() && conn.closing.is_none() {
+                    self.fetch_offline(key);
+                }
+            }
+            Err(e) => {
+                // They stay stored and come again at the next login; this session has
+                // them already (`offline_seen`), so nothing is shown twice here.
+                conn.offline_more = false;
+                log::warn!("offline messages not removed (they will be offered again): {e}");
+            }
         }
     }
 
@@ -131,7 +155,7 @@ impl Hub {
         let Some(user_id) = conn.user_id() else {
             return;
         };
-        if conn.offline_fetching {
+        if conn.offline_fetching || conn.offline_acking {
             return;
         }
         let batch = self.cfg.offline_batch;
