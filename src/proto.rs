@@ -87,6 +87,17 @@ impl std::error::Error for FrameError {}
 
 /// Looks at the start of `buf` and reports whether a whole frame is there.
 ///
+/// ```
+/// use chat::proto::{check, ClientMessage, FrameError, HEADER_LEN};
+///
+/// let frame = ClientMessage::Ping.encode();
+/// assert_eq!(check(&frame[..3], 1024), Ok(None)); // not even the prefix yet
+/// let total = check(&frame, 1024).unwrap().unwrap();
+/// assert_eq!(ClientMessage::parse(&frame[HEADER_LEN..total]), Ok(ClientMessage::Ping));
+/// // A length over the limit is refused from the prefix alone.
+/// assert!(matches!(check(&[0xff; 4], 1024), Err(FrameError::TooLarge { .. })));
+/// ```
+///
 /// `Ok(None)`: not yet (fewer than 4 bytes, or the body is still incomplete).
 /// `Ok(Some(total))`: the first `total` bytes (prefix included) are one frame.
 /// `Err(TooLarge)`: the prefix announces more than `max` bytes; nothing was allocated.
