@@ -491,14 +491,19 @@ impl Hub {
     /// Queues a shared frame on one connection. Returns false if the connection is
     /// closing or its queue overflowed (it is then closed as a slow consumer).
     pub(crate) fn deliver(&mut self, key: usize, frame: &Rc<[u8]>) -> bool {
-        let mut out = Outputs {
+        self.outputs().0.deliver(key, frame)
+    }
+
+    /// The output side of the hub, borrowed apart from the registry.
+    fn outputs(&mut self) -> (Outputs<'_>, &Registry) {
+        let out = Outputs {
             conns: &mut self.conns,
             writes: &mut self.writes,
             overflowed: &mut self.overflowed,
             stats: &mut self.stats,
             limit: self.cfg.max_outbuf,
         };
-        out.deliver(key, frame)
+        (out, &self.online)
     }
 
     /// Encodes `msg` and queues it on one connection.
@@ -520,16 +525,10 @@ impl Hub {
 
     /// Queues one shared frame on every online connection but `except`.
     pub(crate) fn broadcast(&mut self, except: Option<usize>, frame: &Rc<[u8]>) {
-        let mut out = Outputs {
-            conns: &mut self.conns,
-            writes: &mut self.writes,
-            overflowed: &mut self.overflowed,
-            stats: &mut self.stats,
-            limit: self.cfg.max_outbuf,
-        };
+        let (mut out, online) = self.outputs();
         // Overflowing queues are only noted here (closing them changes the registry
         // being iterated); `settle` closes them afterwards.
-        for (_, e) in self.online.iter() {
+        for (_, e) in online.iter() {
             if Some(e.conn.key) != except {
                 out.deliver(e.conn.key, frame);
             }

@@ -218,14 +218,7 @@ fn login_is_announced_and_lists_everyone() {
 #[test]
 fn group_message_is_stamped_shared_and_not_echoed() {
     let mut t = h();
-    for id in [1, 2, 3] {
-        t.register(id);
-    }
-    let a = t.login(1);
-    let b = t.login(2);
-    let c = t.login(3);
-    t.recv(a);
-    t.recv(b);
+    let [a, b, c] = t.everyone_online([1, 2, 3]);
     t.send(a, &sms("hello all"));
     let fb = t.recv_frames(b);
     let fc = t.recv_frames(c);
@@ -446,14 +439,7 @@ fn message_stored_while_recipient_logs_in_is_still_delivered() {
 #[test]
 fn logout_and_hangup_tell_the_others() {
     let mut t = h();
-    for id in [1, 2, 3] {
-        t.register(id);
-    }
-    let a = t.login(1);
-    let b = t.login(2);
-    let c = t.login(3);
-    t.recv(a);
-    t.recv(b);
+    let [a, b, c] = t.everyone_online([1, 2, 3]);
     t.send(b, &ClientMessage::Logout);
     assert_eq!(t.recv(a), [notify(2, 1)]);
     assert_eq!(t.recv(c), [notify(2, 1)]);
@@ -587,14 +573,7 @@ fn a_reader_that_stalls_is_dropped_and_nobody_else_waits() {
         msg_rate: 0,
         ..HubConfig::default()
     });
-    for id in [1, 2, 3] {
-        t.register(id);
-    }
-    let sender = t.login(1);
-    let reader = t.login(2);
-    let staller = t.login(3);
-    t.recv(sender);
-    t.recv(reader);
+    let [sender, reader, staller] = t.everyone_online([1, 2, 3]);
     let mut delivered = 0;
     for i in 0..50 {
         t.send(sender, &sms(&format!("message {i:03} {}", "x".repeat(50))));
@@ -688,13 +667,7 @@ fn sender_identity_comes_from_the_session() {
 #[test]
 fn shutdown_closes_everyone_without_offline_storms() {
     let mut t = h();
-    for id in [1, 2, 3] {
-        t.register(id);
-    }
-    let conns: Vec<_> = [1, 2, 3].into_iter().map(|id| t.login(id)).collect();
-    for c in &conns {
-        t.recv(*c);
-    }
+    let conns = t.everyone_online([1, 2, 3]);
     t.hub.handle_shutdown(t.now);
     for c in &conns {
         assert!(t.recv(*c).is_empty());
@@ -785,13 +758,7 @@ fn password_guessing_is_limited_per_address() {
 #[test]
 fn a_crowd_leaving_at_once_is_not_sent_its_own_departures() {
     let mut t = h();
-    for id in 1..=4 {
-        t.register(id);
-    }
-    let conns: Vec<_> = (1..=4).map(|id| t.login(id)).collect();
-    for c in &conns {
-        t.recv(*c);
-    }
+    let conns = t.everyone_online([1, 2, 3, 4]);
     let queued_before = t.hub.stats.deliveries;
     t.hangup_all(&conns[1..]);
     assert_eq!(t.recv(conns[0]), [notify(2, 1), notify(3, 1), notify(4, 1)]);

@@ -550,6 +550,23 @@ impl Server {
     }
 }
 
+/// Raises the soft descriptor limit to the hard one: the server (and the load
+/// generator) hold many connections, and the default soft limit (often 1024) is far
+/// below what the kernel allows the process.
+pub fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain libc calls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max.min(1 << 20);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 /// The standard library listens with a backlog of 128. A reconnect storm after a
 /// restart brings thousands of connections at once; with a short queue the kernel
 /// drops their SYNs and clients stall for a second per retry. Calling `listen` again

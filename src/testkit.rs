@@ -199,6 +199,21 @@ impl Harness {
     }
 }
 
+impl Harness {
+    /// Registers and logs in every id, then reads away the login notices, so each
+    /// connection starts with an empty queue.
+    pub fn everyone_online<const N: usize>(&mut self, ids: [i64; N]) -> [ConnRef; N] {
+        for id in ids {
+            self.register(id);
+        }
+        let conns = ids.map(|id| self.login(id));
+        for c in conns {
+            self.recv(c);
+        }
+        conns
+    }
+}
+
 pub fn login_msg(id: i64, pwd: &str) -> ClientMessage {
     ClientMessage::Login(proto::LoginMes {
         user_id: id,

@@ -185,7 +185,7 @@ fn connections_over_the_cap_are_refused_politely() {
 fn running_out_of_descriptors_neither_crashes_nor_spins() {
     let dir = tempfile::tempdir().unwrap();
     // A low descriptor limit for the server process only; --max-conns above it.
-    let mut child = std::process::Command::new("sh")
+    let child = std::process::Command::new("sh")
         .arg("-c")
         .arg(format!(
             "ulimit -n 48 && exec {} --listen 127.0.0.1:0 --data {} {} --max-conns 1000",
@@ -196,7 +196,7 @@ fn running_out_of_descriptors_neither_crashes_nor_spins() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut s = ServerProc::adopt(&mut child);
+    let mut s = ServerProc::adopt(child, dir.path());
     let mut user = online(&s, 1);
     let mut flood: Vec<TcpStream> = Vec::new();
     for _ in 0..80 {

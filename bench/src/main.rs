@@ -137,7 +137,7 @@ struct StormArgs {
 }
 
 fn main() {
-    raise_fd_limit();
+    chat::reactor::raise_fd_limit();
     let cli = Cli::parse();
     let r = match cli.mode {
         Mode::Fanout(a) => fanout(&a).map(|rep| rep.print(&a)),
@@ -152,20 +152,6 @@ fn main() {
 }
 
 pub(crate) type Res<T> = Result<T, String>;
-
-fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain libc calls on a local struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max.min(1 << 20);
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-}
 
 /// User + system CPU time of this process.
 fn cpu_time() -> Duration {

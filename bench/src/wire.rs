@@ -17,20 +17,11 @@ pub const CHANNEL: &str = "bench";
 
 /// Register (ignored if the id exists) then log in, pipelined.
 pub fn chat_login(id: i64, password: &str, register: bool) -> Vec<u8> {
-    let mut out = Vec::new();
-    if register {
-        out.extend(
-            ClientMessage::Register(RegisterMes {
-                user: User {
-                    user_id: id,
-                    user_pwd: password.into(),
-                    user_name: format!("b{id}"),
-                    ..User::default()
-                },
-            })
-            .encode(),
-        );
-    }
+    let mut out = if register {
+        chat_register(id, password)
+    } else {
+        Vec::new()
+    };
     out.extend(
         ClientMessage::Login(LoginMes {
             user_id: id,

@@ -144,23 +144,6 @@ fn default_max_conns() -> usize {
     soft.saturating_sub(FD_HEADROOM).clamp(1, 100_000)
 }
 
-/// Raises the soft descriptor limit to the hard one: the server is meant to hold many
-/// connections, and the default soft limit (often 1024) is far below what the kernel
-/// allows the process.
-fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain libc calls on a local struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max.min(1 << 20);
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Err(e) = chat::logging::init(args.log_level, args.log_file.as_deref()) {
@@ -212,7 +195,7 @@ fn redis_store(url: &str, timeout_ms: u64) -> Result<StoreFactory, String> {
 }
 
 fn run(args: Args) -> Result<(), String> {
-    raise_fd_limit();
+    chat::reactor::raise_fd_limit();
     let factory = match &args.redis {
         Some(url) => redis_store(url, args.redis_timeout_ms)?,
         None => embedded_store(&args.data)?,

@@ -32,7 +32,7 @@ impl ServerProc {
     /// Starts the server on a free loopback port with its data in `data`, and waits for
     /// its "listening on" line.
     pub fn start(data: &Path, extra: &[&str]) -> ServerProc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_chat-server"))
+        let child = Command::new(env!("CARGO_BIN_EXE_chat-server"))
             .args(["--listen", "127.0.0.1:0", "--data"])
             .arg(data)
             .args(FAST_HASH)
@@ -42,7 +42,13 @@ impl ServerProc {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start chat-server");
-        let stderr = child.stderr.take().unwrap();
+        Self::adopt(child, data)
+    }
+
+    /// Takes over a started server process (its stderr piped), and waits for its
+    /// "listening on" line.
+    pub fn adopt(mut child: Child, data: &Path) -> ServerProc {
+        let stderr = child.stderr.take().expect("stderr is piped");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
@@ -56,34 +62,6 @@ impl ServerProc {
             child,
             addr: "127.0.0.1:1".parse().unwrap(),
             data: data.to_path_buf(),
-            log: rx,
-            log_lines: Vec::new(),
-        };
-        let line = s.wait_log("listening on ");
-        let addr = line.rsplit("listening on ").next().unwrap().trim();
-        s.addr = addr.parse().expect("address in the log");
-        s
-    }
-
-    /// Takes over a server process started some other way (a shell wrapper); its
-    /// stderr must be piped. The caller's `Child` is moved in.
-    pub fn adopt(child: &mut Child) -> ServerProc {
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let placeholder = Command::new("true").spawn().unwrap();
-        let child = std::mem::replace(child, placeholder);
-        let mut s = ServerProc {
-            child,
-            addr: "127.0.0.1:1".parse().unwrap(),
-            data: PathBuf::new(),
             log: rx,
             log_lines: Vec::new(),
         };
