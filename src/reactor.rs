@@ -157,6 +157,8 @@ pub struct Server {
     stop: Arc<AtomicBool>,
     cfg: ServerConfig,
     scratch: Vec<u8>,
+    /// Where small frames are copied together for one write (see `OutQueue::write_with`).
+    gather: Vec<u8>,
     read_again: Vec<ConnRef>,
     accept_paused_until: Option<u64>,
     started: Instant,
@@ -229,6 +231,7 @@ impl Server {
             stop: Arc::new(AtomicBool::new(false)),
             cfg,
             scratch: vec![0; READ_CHUNK],
+            gather: Vec::new(),
             read_again: Vec::new(),
             accept_paused_until: None,
             started: Instant::now(),
@@ -539,7 +542,7 @@ impl Server {
             return;
         };
         let writes = &mut self.io.writes;
-        match conn.out.write_with(|iov| {
+        match conn.out.write_with(&mut self.gather, |iov| {
             *writes += 1;
             sock.write_vectored(iov)
         }) {
