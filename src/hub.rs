@@ -37,6 +37,13 @@ pub struct HubConfig {
     pub max_outbuf: usize,
     /// Store jobs queued or running at once, over all connections.
     pub max_jobs: usize,
+    /// Threads hashing passwords (logins and registrations).
+    pub hash_workers: usize,
+    /// Longest a login or registration should wait for a hashing thread. A request
+    /// whose estimated wait (hashes ahead of it times the measured cost of one,
+    /// divided by the threads) is longer is refused at once as busy, with that
+    /// estimate, instead of queueing for an answer that would come too late.
+    pub hash_wait_ms: u64,
     /// A connection that has not logged in by then is closed.
     pub login_timeout_ms: u64,
     /// How long a closing connection may take to write its last frames.
@@ -60,6 +67,8 @@ impl Default for HubConfig {
             prelogin_max_frame: 8 * 1024,
             max_outbuf: 1024 * 1024,
             max_jobs: 1024,
+            hash_workers: 2,
+            hash_wait_ms: 30_000,
             login_timeout_ms: 30_000,
             close_linger_ms: 2_000,
             max_login_failures: 5,
@@ -98,6 +107,14 @@ pub struct Hub {
     jobs_in_flight: usize,
     /// Jobs refused since the last tick (queue full).
     jobs_refused: u64,
+    /// When each hashing job in flight was submitted (mono ms), oldest first.
+    hash_jobs: VecDeque<u64>,
+    /// What one hash has cost lately, in ms (a moving average of worker times).
+    hash_cost_ms: Option<f64>,
+    /// Logins and registrations refused as busy since the last tick.
+    hash_refused: u64,
+    /// Jobs that waited past the job timeout and were refused unrun, since the last tick.
+    jobs_expired: u64,
     /// Connections whose queue went from empty to non-empty: to be written this turn.
     writes: Vec<ConnRef>,
     /// Connections that stopped reading for a job and may read again.
@@ -125,6 +142,10 @@ impl Hub {
             jobs: VecDeque::new(),
             jobs_in_flight: 0,
             jobs_refused: 0,
+            hash_jobs: VecDeque::new(),
+            hash_cost_ms: None,
+            hash_refused: 0,
+            jobs_expired: 0,
             writes: Vec::new(),
             reads: Vec::new(),
             closes: Vec::new(),
@@ -185,6 +206,19 @@ impl Hub {
     /// A worker finished a job.
     pub fn handle_result(&mut self, res: JobResult, now: Now) {
         self.jobs_in_flight = self.jobs_in_flight.saturating_sub(1);
+        if res.took.is_none() {
+            self.jobs_expired += 1;
+        }
+        if matches!(res.outcome, Outcome::Login(_) | Outcome::Register(_)) {
+            self.hash_jobs.pop_front();
+            if let Some(took) = res.took {
+                let ms = took.as_secs_f64() * 1000.0;
+                self.hash_cost_ms = Some(match self.hash_cost_ms {
+                    Some(avg) => avg + (ms - avg) / 8.0,
+                    None => ms,
+                });
+            }
+        }
         let Some(r) = res.conn else {
             if let Outcome::AckOffline(Err(e)) = &res.outcome {
                 log::warn!("offline messages not removed (they may be delivered again): {e}");
@@ -235,6 +269,21 @@ impl Hub {
                 self.jobs_refused
             );
             self.jobs_refused = 0;
+        }
+        if self.jobs_expired > 0 {
+            log::warn!(
+                "{} requests waited longer than the job timeout for a worker and were refused",
+                self.jobs_expired
+            );
+            self.jobs_expired = 0;
+        }
+        if self.hash_refused > 0 {
+            log::warn!(
+                "logins and registrations: {} refused as busy (estimated wait over {} s)",
+                self.hash_refused,
+                self.cfg.hash_wait_ms / 1000
+            );
+            self.hash_refused = 0;
         }
         let mut expired = Vec::new();
         for (key, c) in &mut self.conns {
@@ -478,6 +527,34 @@ impl Hub {
         }
         self.submit_always(key, kind);
         true
+    }
+
+    /// Queues a password-hashing job (login or registration) if it can be served in
+    /// time. `Err` carries the estimated wait in ms when it cannot.
+    pub(crate) fn submit_hash(&mut self, key: usize, kind: JobKind, now: Now) -> Result<(), u64> {
+        let wait = self.hash_wait_estimate(now);
+        if wait > self.cfg.hash_wait_ms {
+            self.hash_refused += 1;
+            return Err(wait);
+        }
+        if !self.submit(Some(key), kind) {
+            return Err(wait.max(1000));
+        }
+        self.hash_jobs.push_back(now.mono_ms);
+        Ok(())
+    }
+
+    /// How long a new login would wait for a hashing thread: the hashes ahead of it
+    /// times the recent cost of one, shared among the threads; or, if the threads are
+    /// making no progress (starved of CPU), at least as long as the oldest has waited.
+    pub fn hash_wait_estimate(&self, now: Now) -> u64 {
+        let ahead = self.hash_jobs.len() as f64;
+        let queued = self.hash_cost_ms.unwrap_or(0.0) * ahead / self.cfg.hash_workers.max(1) as f64;
+        let oldest = self
+            .hash_jobs
+            .front()
+            .map_or(0, |&t| now.mono_ms.saturating_sub(t));
+        (queued as u64).max(oldest)
     }
 
     /// Queues a job whatever the load (acknowledgements of delivered messages, which

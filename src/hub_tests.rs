@@ -10,6 +10,7 @@ use crate::proto::{
     ServerMessage, SmsMes, SmsPrivateMes, User, UserInfo,
 };
 use crate::testkit::{Harness, login_msg};
+use crate::store::StoreError;
 use crate::worker::{JobResult, LoginError, Outcome};
 
 fn h() -> Harness {
@@ -617,11 +618,108 @@ fn a_full_job_queue_refuses_instead_of_queueing() {
         t.recv(b),
         [ServerMessage::RegisterRes(code_res(
             505,
-            "server busy, try again"
+            "server busy, try again in 1 s"
         ))]
     );
     t.run_jobs();
     assert_eq!(t.recv(a), [ServerMessage::RegisterRes(code_res(200, ""))]);
+}
+
+fn login_code(got: &[ServerMessage]) -> (u16, String) {
+    match got.first() {
+        Some(ServerMessage::LoginRes(r)) => (r.code, r.error.clone()),
+        other => panic!("expected LoginResMes, got {other:?}"),
+    }
+}
+
+#[test]
+fn logins_that_would_wait_too_long_are_refused_at_once_with_the_wait() {
+    let mut t = Harness::new(HubConfig {
+        hash_workers: 1,
+        hash_wait_ms: 100,
+        ..HubConfig::default()
+    });
+    t.hash_cost_ms = 30;
+    for id in 1..=5 {
+        t.register(id);
+    }
+    // Registering measured a hash at 30 ms. With one thread, the k-th waiting login
+    // is estimated at 30 * k ms: four fit in 100 ms, the fifth does not.
+    let conns: Vec<_> = (1..=5).map(|_| t.connect()).collect();
+    for (i, &c) in conns.iter().enumerate() {
+        t.send(c, &login_msg(i as i64 + 1, &format!("pw{}", i + 1)));
+    }
+    assert_eq!(t.jobs.len(), 4);
+    assert_eq!(
+        login_code(&t.recv(conns[4])),
+        (505, "server busy, try again in 1 s".to_string())
+    );
+    t.run_jobs();
+    for &c in &conns[..4] {
+        assert_eq!(login_code(&t.recv(c)).0, 200);
+    }
+    // The queue is empty again: the refused client's retry gets in.
+    t.send(conns[4], &login_msg(5, "pw5"));
+    t.run_jobs();
+    assert_eq!(login_code(&t.recv(conns[4])).0, 200);
+}
+
+#[test]
+fn a_login_that_timed_out_in_the_queue_is_told_to_come_back() {
+    let mut t = h();
+    t.register(1);
+    let a = t.connect();
+    t.send(a, &login_msg(1, "pw1"));
+    let job = t.jobs.pop_front().unwrap();
+    t.advance(31_000);
+    t.feed(JobResult {
+        conn: job.conn,
+        outcome: job.kind.fail(StoreError::timed_out()),
+        took: None,
+    });
+    assert_eq!(
+        login_code(&t.recv(a)),
+        (505, "server busy, try again in 1 s".to_string())
+    );
+    // Not a failed login: the connection stays and may try again.
+    assert!(!t.is_closed(a));
+    t.send(a, &login_msg(1, "pw1"));
+    t.run_jobs();
+    assert_eq!(login_code(&t.recv(a)).0, 200);
+}
+
+#[test]
+fn a_stalled_hashing_thread_turns_new_logins_away() {
+    let mut t = Harness::new(HubConfig {
+        hash_wait_ms: 5_000,
+        ..HubConfig::default()
+    });
+    t.register(1);
+    t.register(2);
+    let a = t.connect();
+    t.send(a, &login_msg(1, "pw1"));
+    // The hashing threads get no CPU (the loop's core is saturated): nothing completes.
+    t.advance(6_000);
+    let b = t.connect();
+    t.send(b, &login_msg(2, "pw2"));
+    assert_eq!(
+        login_code(&t.recv(b)),
+        (505, "server busy, try again in 6 s".to_string())
+    );
+    let c = t.connect();
+    t.send(c, &reg_msg(3, "p", "n"));
+    assert_eq!(
+        t.recv(c),
+        [ServerMessage::RegisterRes(code_res(
+            505,
+            "server busy, try again in 6 s"
+        ))]
+    );
+    // Once it completes, logins are taken again.
+    t.run_jobs();
+    assert_eq!(login_code(&t.recv(a)).0, 200);
+    t.send(b, &login_msg(2, "pw2"));
+    assert_eq!(t.jobs.len(), 1);
 }
 
 #[test]
@@ -639,6 +737,7 @@ fn results_for_a_gone_connection_never_reach_its_successor() {
     t.feed(JobResult {
         conn: job.conn,
         outcome: Outcome::Login(Err(LoginError::WrongPassword)),
+        took: Some(std::time::Duration::from_millis(10)),
     });
     assert!(t.recv(d).is_empty());
     assert_eq!(t.hub.online_count(), 0);

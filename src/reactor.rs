@@ -45,7 +45,10 @@ const ACCEPT_BACKOFF_MS: u64 = 100;
 /// Everything the server is configured with.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
+    /// The hub's limits. Its `hash_workers` and `hash_wait_ms` are set from `workers`
+    /// and `job_max_wait` when the server starts.
     pub hub: HubConfig,
+    /// Threads hashing passwords (a further thread runs the quick storage jobs).
     pub workers: usize,
     pub hash: HashParams,
     /// Connections held at once; more are refused with `ErrorResMes` 503.
@@ -80,7 +83,7 @@ impl Default for ServerConfig {
             shutdown_grace_ms: 2_000,
             handle_signals: false,
             job_max_wait: Duration::from_secs(5),
-            worker_priority: WorkerPriority::Low,
+            worker_priority: WorkerPriority::Idle,
             flush_interval: Duration::from_micros(500),
         }
     }
@@ -188,7 +191,7 @@ impl Server {
     pub fn new(
         listener: std::net::TcpListener,
         store: &StoreFactory,
-        cfg: ServerConfig,
+        mut cfg: ServerConfig,
     ) -> io::Result<Server> {
         listener.set_nonblocking(true)?;
         widen_backlog(&listener);
@@ -199,6 +202,8 @@ impl Server {
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let hasher = Hasher::new(cfg.hash).map_err(io::Error::other)?;
+        cfg.hub.hash_workers = cfg.workers.max(1);
+        cfg.hub.hash_wait_ms = cfg.job_max_wait.as_millis() as u64;
         let (tx, results) = mpsc::channel();
         let sink: ResultSink = {
             let waker = waker.clone();

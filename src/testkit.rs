@@ -25,6 +25,9 @@ pub struct Harness {
     pub jobs: VecDeque<Job>,
     /// Connections the hub has closed, in order.
     pub closed: Vec<ConnRef>,
+    /// What each hashing job "took" as reported to the hub (virtual: the harness
+    /// runs jobs at once).
+    pub hash_cost_ms: u64,
 }
 
 /// Cheap argon2id parameters: tests hash for real, just with little memory.
@@ -45,6 +48,7 @@ impl Harness {
             },
             jobs: VecDeque::new(),
             closed: Vec::new(),
+            hash_cost_ms: 10,
         }
     }
 
@@ -111,10 +115,17 @@ impl Harness {
     /// Runs the job at `index` (0 = oldest) and feeds its result back.
     pub fn run_job(&mut self, index: usize) {
         let job = self.jobs.remove(index).expect("no such job");
+        let job_hashes = job.kind.hashes();
         let outcome = execute(&mut self.store.clone(), &self.hasher, job.kind);
+        let took = Some(std::time::Duration::from_millis(if job_hashes {
+            self.hash_cost_ms
+        } else {
+            0
+        }));
         self.feed(JobResult {
             conn: job.conn,
             outcome,
+            took,
         });
     }
 

@@ -41,7 +41,8 @@ struct Args {
     #[arg(long, default_value_t = 3000, value_name = "MS")]
     redis_timeout_ms: u64,
 
-    /// Worker threads for storage and password hashing.
+    /// Threads hashing passwords (logins and registrations); one more thread runs the
+    /// storage jobs (offline messages), so a login storm never holds those up.
     #[arg(long, default_value_t = 2, value_name = "N")]
     workers: usize,
 
@@ -75,12 +76,12 @@ struct Args {
     #[arg(long, default_value_t = 1024, value_name = "N")]
     max_jobs: usize,
 
-    /// Scheduling of the worker threads (password hashing, storage) against the event
-    /// loop: low (nice 10: the event loop gets most of a shared core, the workers are
-    /// never starved), idle (SCHED_IDLE: workers only get CPU the event loop leaves;
-    /// best message latency, but logins stall while traffic keeps the loop busy) or
-    /// normal.
-    #[arg(long, value_enum, default_value = "low", value_name = "PRIORITY")]
+    /// Scheduling of the password-hashing threads against the event loop: idle
+    /// (SCHED_IDLE: hashing only gets CPU the event loop leaves, so logins never delay
+    /// messages; while traffic keeps the loop's core fully busy, logins slow down and
+    /// are refused as busy), low (nice 10: logins always progress, but a login storm
+    /// delays messages on a shared core) or normal.
+    #[arg(long, value_enum, default_value = "idle", value_name = "PRIORITY")]
     worker_priority: Priority,
 
     /// Shortest time between two rounds of writes, in microseconds: under steady
@@ -90,9 +91,10 @@ struct Args {
     flush_interval_us: u64,
 
     /// Seconds a store job (a login, a registration, a stored message) may wait for a
-    /// free worker before it is refused as "server busy". Default: 30 with the embedded
-    /// store (a burst of logins queues up behind argon2), 5 with Redis (so an outage
-    /// is reported within seconds).
+    /// free worker before it is refused as "server busy". A login or registration whose
+    /// estimated wait (hashes queued ahead times the measured cost of one) is longer is
+    /// refused at once, with the estimate ("try again in N s"). Default: 30 with the
+    /// embedded store, 5 with Redis (so an outage is reported within seconds).
     #[arg(long, value_name = "SECS")]
     job_timeout: Option<u64>,
 
@@ -114,12 +116,14 @@ struct Args {
     #[arg(long, default_value_t = 30, value_name = "N")]
     login_rate: u32,
 
-    /// argon2id memory cost in KiB for new password hashes (OWASP's default: 19456).
-    #[arg(long, default_value_t = 19 * 1024, value_name = "KIB")]
+    /// argon2id memory cost in KiB for new password hashes. The default with 5 passes
+    /// is one of OWASP's equally strong settings (another: 19456 KiB, 2 passes), the
+    /// quickest of them here; each hashing thread holds this much while it works.
+    #[arg(long, default_value_t = HashParams::default().memory_kib, value_name = "KIB")]
     argon2_memory_kib: u32,
 
     /// argon2id passes (time cost) for new password hashes.
-    #[arg(long, default_value_t = 2, value_name = "N")]
+    #[arg(long, default_value_t = HashParams::default().passes, value_name = "N")]
     argon2_passes: u32,
 }
 

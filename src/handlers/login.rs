@@ -12,6 +12,15 @@ use crate::proto::{LoginMes, LoginResMes, NotifyUserStatusMes, ServerMessage, co
 use crate::users::{MAX_PASSWORD_BYTES, OnlineEntry};
 use crate::worker::{JobKind, LoginError, LoginOk};
 
+/// The refusal text for a login or registration that would wait too long: when to try
+/// again, rounded up to whole seconds.
+pub(crate) fn busy(wait_ms: u64) -> String {
+    format!(
+        "server busy, try again in {} s",
+        wait_ms.div_ceil(1000).max(1)
+    )
+}
+
 impl Hub {
     fn login_res(&mut self, key: usize, code: u16, error: &str) {
         self.reply(
@@ -46,10 +55,9 @@ impl Hub {
             password: m.user_pwd,
             offline_batch: self.cfg.offline_batch,
         };
-        if self.submit(Some(key), job) {
-            self.conns[key].pending = Some(Pending::Login);
-        } else {
-            self.login_res(key, code::SERVER_ERROR, "server busy, try again");
+        match self.submit_hash(key, job, now) {
+            Ok(()) => self.conns[key].pending = Some(Pending::Login),
+            Err(wait_ms) => self.login_res(key, code::SERVER_ERROR, &busy(wait_ms)),
         }
     }
 
@@ -74,6 +82,10 @@ impl Hub {
             }
             Err(LoginError::WrongPassword) => {
                 self.login_failed(key, code::WRONG_PASSWORD, "wrong password", now)
+            }
+            Err(LoginError::Store(e)) if e.is_timed_out() => {
+                let wait = self.hash_wait_estimate(now);
+                self.login_res(key, code::SERVER_ERROR, &busy(wait));
             }
             Err(LoginError::Store(e)) => {
                 log::error!("login failed: {e}");

@@ -6,7 +6,7 @@
 //! method that the hub calls with the job's result.
 
 mod group;
-mod login;
+pub(crate) mod login;
 mod online;
 mod private;
 mod register;

@@ -82,6 +82,9 @@ impl Hub {
                 }
             }
             Ok(None) => self.sms_res(key, code::NOT_FOUND, "no such user"),
+            Err(e) if e.is_timed_out() => {
+                self.sms_res(key, code::UNAVAILABLE, "server busy: message not stored")
+            }
             Err(e) => {
                 log::error!("offline message not stored: {e}");
                 self.sms_res(key, code::UNAVAILABLE, "storage unavailable")

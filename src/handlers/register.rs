@@ -2,6 +2,7 @@
 //! `RegisterResMes` 200 goes out only after the store committed the new user.
 
 use crate::conn::Pending;
+use crate::handlers::login::busy;
 use crate::hub::{Hub, Now};
 use crate::proto::{CodeRes, RegisterMes, ServerMessage, code};
 use crate::users::validate_registration;
@@ -26,10 +27,9 @@ impl Hub {
             name: u.user_name,
             password: u.user_pwd,
         };
-        if self.submit(Some(key), job) {
-            self.conns[key].pending = Some(Pending::Register);
-        } else {
-            self.register_res(key, code::SERVER_ERROR, "server busy, try again".into());
+        match self.submit_hash(key, job, now) {
+            Ok(()) => self.conns[key].pending = Some(Pending::Register),
+            Err(wait_ms) => self.register_res(key, code::SERVER_ERROR, busy(wait_ms)),
         }
     }
 
@@ -43,6 +43,10 @@ impl Hub {
             Ok(()) => self.register_res(key, code::OK, String::new()),
             Err(RegisterError::Taken) => {
                 self.register_res(key, code::BAD_REQUEST, "user id already taken".into())
+            }
+            Err(RegisterError::Store(e)) if e.is_timed_out() => {
+                let wait = self.hash_wait_estimate(now);
+                self.register_res(key, code::SERVER_ERROR, busy(wait));
             }
             Err(RegisterError::Store(e)) => {
                 log::error!("register failed: {e}");

@@ -34,8 +34,19 @@ impl std::fmt::Display for StoreError {
 impl std::error::Error for StoreError {}
 
 impl StoreError {
+    const TIMED_OUT: &str = "request timed out waiting for a worker";
+
     pub fn new(context: &str, e: impl std::fmt::Display) -> StoreError {
         StoreError(format!("{context}: {e}"))
+    }
+
+    /// The job waited in its queue longer than the job timeout and was not run.
+    pub fn timed_out() -> StoreError {
+        StoreError(Self::TIMED_OUT.into())
+    }
+
+    pub fn is_timed_out(&self) -> bool {
+        self.0 == Self::TIMED_OUT
     }
 }
 
