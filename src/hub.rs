@@ -26,6 +26,14 @@ use crate::rate::PerAddr;
 use crate::users::Registry;
 use crate::worker::{Job, JobKind, JobResult, Outcome};
 
+/// Folds `sample` into a moving average (weight 1/8).
+fn average(avg: &mut Option<f64>, sample: f64) {
+    *avg = Some(match *avg {
+        Some(a) => a + (sample - a) / 8.0,
+        None => sample,
+    });
+}
+
 /// Limits and timings; every one is a command-line flag of the server.
 #[derive(Debug, Clone)]
 pub struct HubConfig {
@@ -111,6 +119,11 @@ pub struct Hub {
     hash_jobs: VecDeque<u64>,
     /// What one hash has cost lately, in ms (a moving average of worker times).
     hash_cost_ms: Option<f64>,
+    /// Time between hash completions while hashes were waiting, in ms (a moving
+    /// average): what the threads really deliver, starved of CPU or not.
+    hash_gap_ms: Option<f64>,
+    /// When the last hash completed, if others were still in flight then.
+    last_hash_done: Option<u64>,
     /// Logins and registrations refused as busy since the last tick.
     hash_refused: u64,
     /// Jobs that waited past the job timeout and were refused unrun, since the last tick.
@@ -144,6 +157,8 @@ impl Hub {
             jobs_refused: 0,
             hash_jobs: VecDeque::new(),
             hash_cost_ms: None,
+            hash_gap_ms: None,
+            last_hash_done: None,
             hash_refused: 0,
             jobs_expired: 0,
             writes: Vec::new(),
@@ -212,12 +227,15 @@ impl Hub {
         if matches!(res.outcome, Outcome::Login(_) | Outcome::Register(_)) {
             self.hash_jobs.pop_front();
             if let Some(took) = res.took {
-                let ms = took.as_secs_f64() * 1000.0;
-                self.hash_cost_ms = Some(match self.hash_cost_ms {
-                    Some(avg) => avg + (ms - avg) / 8.0,
-                    None => ms,
-                });
+                average(&mut self.hash_cost_ms, took.as_secs_f64() * 1000.0);
+                if let Some(prev) = self.last_hash_done {
+                    average(
+                        &mut self.hash_gap_ms,
+                        now.mono_ms.saturating_sub(prev) as f64,
+                    );
+                }
             }
+            self.last_hash_done = (!self.hash_jobs.is_empty()).then_some(now.mono_ms);
         }
         let Some(r) = res.conn else {
             if let Outcome::AckOffline(Err(e)) = &res.outcome {
@@ -545,11 +563,15 @@ impl Hub {
     }
 
     /// How long a new login would wait for a hashing thread: the hashes ahead of it
-    /// times the recent cost of one, shared among the threads; or, if the threads are
-    /// making no progress (starved of CPU), at least as long as the oldest has waited.
+    /// times the time each takes, which is the larger of the recent cost of one
+    /// shared among the threads and the recent time between completions (the threads
+    /// run only on CPU the loop leaves); and at least as long as the oldest has
+    /// waited, in case the threads are making no progress at all.
     pub fn hash_wait_estimate(&self, now: Now) -> u64 {
         let ahead = self.hash_jobs.len() as f64;
-        let queued = self.hash_cost_ms.unwrap_or(0.0) * ahead / self.cfg.hash_workers.max(1) as f64;
+        let shared = self.hash_cost_ms.unwrap_or(0.0) / self.cfg.hash_workers.max(1) as f64;
+        let each = shared.max(self.hash_gap_ms.unwrap_or(0.0));
+        let queued = each * ahead;
         let oldest = self
             .hash_jobs
             .front()

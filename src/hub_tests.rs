@@ -9,8 +9,8 @@ use crate::proto::{
     ClientMessage, CodeRes, LoginResMes, NotifyUserStatusMes, OnlineUsersResMes, RegisterMes,
     ServerMessage, SmsMes, SmsPrivateMes, User, UserInfo,
 };
-use crate::testkit::{Harness, login_msg};
 use crate::store::StoreError;
+use crate::testkit::{Harness, login_msg};
 use crate::worker::{JobResult, LoginError, Outcome};
 
 fn h() -> Harness {
@@ -662,6 +662,38 @@ fn logins_that_would_wait_too_long_are_refused_at_once_with_the_wait() {
     t.send(conns[4], &login_msg(5, "pw5"));
     t.run_jobs();
     assert_eq!(login_code(&t.recv(conns[4])).0, 200);
+}
+
+#[test]
+fn the_wait_estimate_follows_how_fast_hashes_really_complete() {
+    let mut t = Harness::new(HubConfig {
+        hash_workers: 2,
+        hash_wait_ms: 2_000,
+        ..HubConfig::default()
+    });
+    t.hash_cost_ms = 10;
+    for id in 1..=11 {
+        t.register(id);
+    }
+    let conns: Vec<_> = (1..=10).map(|_| t.connect()).collect();
+    for (i, &c) in conns.iter().enumerate() {
+        t.send(c, &login_msg(i as i64 + 1, &format!("pw{}", i + 1)));
+    }
+    // Each hash costs its thread 10 ms, but they complete 500 ms apart (the threads
+    // get little CPU): after a few, the estimate is 500 ms per hash ahead.
+    assert_eq!(t.jobs.len(), 10);
+    for _ in 0..4 {
+        t.advance(500);
+        t.run_job(0);
+    }
+    let late = t.connect();
+    t.send(late, &login_msg(11, "pw11"));
+    // Six ahead at 500 ms each: 3 s, over the 2 s allowed.
+    assert_eq!(
+        login_code(&t.recv(late)),
+        (505, "server busy, try again in 3 s".to_string())
+    );
+    assert_eq!(t.jobs.len(), 6);
 }
 
 #[test]

@@ -39,6 +39,12 @@ const READ_CHUNK: usize = 64 * 1024;
 const TICK_MS: u64 = 250;
 /// How often freed heap memory is handed back to the operating system.
 const TRIM_MS: u64 = 2_000;
+/// A round of writes this long (thousands of receivers) is followed by a pause as long
+/// as itself. Shorter rounds only keep the flush interval, so ordinary traffic keeps
+/// its latency.
+const LONG_FLUSH: Duration = Duration::from_millis(1);
+/// Longest pause after a round of writes, however long that round took.
+const MAX_FLUSH_GATHER: Duration = Duration::from_millis(50);
 /// Pause before accepting again after running out of descriptors.
 const ACCEPT_BACKOFF_MS: u64 = 100;
 
@@ -277,8 +283,14 @@ impl Server {
         let mut shutdown_deadline: Option<u64> = None;
         // Output is written at most once per flush interval (see ServerConfig): the
         // first turn after a quiet spell writes at once, busier turns are coalesced.
+        //
+        // A round of writes to many receivers can itself take longer than the interval
+        // (10,000 users online, each told of every login). After a round of LONG_FLUSH
+        // or more, the next waits at least as long as it took (up to MAX_FLUSH_GATHER), so writing
+        // takes at most about half the loop's time while more output could be gathered
+        // into fewer, larger writes. (An interval of zero writes after every turn.)
         let interval = self.cfg.flush_interval;
-        let mut last_flush = Instant::now() - interval;
+        let mut next_flush = Instant::now();
         let mut flush_due: Option<Instant> = None;
         loop {
             let t = now(self.started);
@@ -348,12 +360,20 @@ impl Server {
                 self.workers.submit(job);
             }
             let now_i = Instant::now();
-            if shutdown_deadline.is_some() || now_i >= last_flush + interval {
+            if shutdown_deadline.is_some() || now_i >= next_flush {
                 self.flush_and_close(t);
-                last_flush = now_i;
+                let done = Instant::now();
+                let took = done - now_i;
+                next_flush = if interval.is_zero() {
+                    done
+                } else if took >= LONG_FLUSH {
+                    (now_i + interval).max(done + took.min(MAX_FLUSH_GATHER))
+                } else {
+                    now_i + interval
+                };
                 flush_due = None;
             } else if self.hub.has_output() {
-                flush_due = Some(last_flush + interval);
+                flush_due = Some(next_flush);
             } else {
                 flush_due = None;
             }

@@ -131,6 +131,10 @@ struct StormArgs {
     /// Longest the storm may take, in seconds (the fan-out is measured until it ends).
     #[arg(long, default_value_t = 300.0)]
     storm_limit: f64,
+    /// Storm users stay logged in (and so join the fan-out's receivers) instead of
+    /// disconnecting once their login has succeeded.
+    #[arg(long)]
+    stay: bool,
     /// Registrations of the storm's users in flight at once, beforehand.
     #[arg(long, default_value_t = 200)]
     register_conns: usize,
@@ -380,10 +384,15 @@ impl Fleet {
                     if is_ok_code(body) {
                         conn.ready = true;
                     } else if conn.role == Role::Storm {
-                        // Refused (the server's job queue is full): like a real client,
-                        // try again a little later.
-                        conn.retry_at = Some(Instant::now() + Duration::from_millis(500));
+                        // Refused as busy: like a well-behaved client, try again when
+                        // the server says (half a second if it does not), spread over
+                        // 0.5 to 1.5 times that so the retries do not come back as one
+                        // herd.
+                        let hint_ms = wire::retry_hint(body).map_or(500, |s| s * 1000);
                         self.login_retries += 1;
+                        let spread = 500 + (self.login_retries * 7919 + i * 104_729) % 1000;
+                        let wait = hint_ms * spread as u64 / 1000;
+                        conn.retry_at = Some(Instant::now() + Duration::from_millis(wait));
                     } else {
                         self.login_failures += 1;
                     }
@@ -751,6 +760,7 @@ fn storm(a: &StormArgs) -> Res<()> {
     let mut storm_secs = None;
     let mut storm_failures = 0;
     let storm_limit = a.storm_limit;
+    let stay = a.stay;
     let mut rep = measure_until(&mut f, fa, storm_limit, |f| {
         // Open the storm's connections a few per loop turn: quickly next to the time
         // the logins take, without making the bench's own loop slow (connect is a
@@ -764,7 +774,9 @@ fn storm(a: &StormArgs) -> Res<()> {
         let now = Instant::now();
         for i in first..f.conns.len() {
             let id = f.conns[i].id;
-            if f.pool.clients[i].closed && !f.conns[i].ready && !f.conns[i].replaced {
+            if f.conns[i].ready && !stay && !f.pool.clients[i].closed {
+                f.pool.close(i);
+            } else if f.pool.clients[i].closed && !f.conns[i].ready && !f.conns[i].replaced {
                 // Closed while waiting (the server's login timeout): like a real
                 // client, connect again and retry.
                 f.conns[i].replaced = true;
@@ -801,7 +813,13 @@ fn storm(a: &StormArgs) -> Res<()> {
             f.login_retries,
             f.reconnects
         ),
-        None => println!("  storm           not finished within {storm_limit} s"),
+        None => println!(
+            "  storm           not finished within {storm_limit} s: {} of {k} logged in, \
+             {} refused as busy and retried, {} reconnected after the login timeout",
+            f.conns[first..].iter().filter(|c| c.ready).count(),
+            f.login_retries,
+            f.reconnects
+        ),
     }
     println!("  fan-out before  {}", base_lat.summary());
     println!("  fan-out during  {}", rep.lat.summary());

@@ -93,6 +93,15 @@ pub fn chat_code(body: &[u8]) -> Option<u64> {
     inner["code"].as_u64()
 }
 
+/// The seconds a "server busy, try again in N s" refusal asks the client to wait.
+pub fn retry_hint(body: &[u8]) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let inner: serde_json::Value = serde_json::from_str(v["data"].as_str()?).ok()?;
+    let text = inner["error"].as_str()?;
+    let rest = &text[text.find("try again in ")? + "try again in ".len()..];
+    rest.split(' ').next()?.parse().ok()
+}
+
 /// Splits one chat frame off the front of `buf`: (total length, body range).
 pub fn chat_frame(buf: &[u8]) -> Option<(usize, std::ops::Range<usize>)> {
     match proto::check(buf, usize::MAX >> 1) {

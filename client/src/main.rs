@@ -227,6 +227,9 @@ impl App {
                     format!("User id {id} is already taken.")
                 }
                 code::BAD_REQUEST => format!("Not registered: {}.", r.error),
+                code::SERVER_ERROR if r.error.starts_with("server busy") => {
+                    format!("Not registered: {}.", show::busy(&r.error))
+                }
                 code::SERVER_ERROR => {
                     format!(
                         "Not registered: the server had a problem ({}). Try again later.",
@@ -278,6 +281,9 @@ impl App {
                 show::line(&match r.code {
                     code::NO_SUCH_USER => format!("Login failed: there is no user {id}."),
                     code::WRONG_PASSWORD => "Login failed: wrong password.".to_string(),
+                    code::SERVER_ERROR if r.error.starts_with("server busy") => {
+                        format!("Login failed: {}.", show::busy(&r.error))
+                    }
                     code::SERVER_ERROR => {
                         "Login failed: the server had a problem. Try again later.".to_string()
                     }

@@ -103,3 +103,27 @@ pub fn server_error(c: u16, text: &str) -> String {
     };
     format!("! {plain}")
 }
+
+/// "server busy, try again in 3 s" as a sentence part: "the server is busy; try again in
+/// 3 s".
+pub fn busy(error: &str) -> String {
+    match error.split_once(", ") {
+        Some((_, rest)) => format!("the server is busy; {rest}"),
+        None => "the server is busy; try again later".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn busy_refusals_read_as_a_sentence() {
+        assert_eq!(
+            super::busy("server busy, try again in 3 s"),
+            "the server is busy; try again in 3 s"
+        );
+        assert_eq!(
+            super::busy("server busy"),
+            "the server is busy; try again later"
+        );
+    }
+}
