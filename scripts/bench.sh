@@ -5,6 +5,10 @@
 # the median is taken by hand (or by the summary at the end).
 #
 #   scripts/bench.sh [RUNS]
+#
+# HALF_RATE (msg/s, default 50000) is the fixed rate of the latency shape: about half
+# of this server's saturated rate at N=100, P=10. RECONNECT=1 adds, once at the end, the
+# reconnect storm: 10,000 registered users logging back in at once (about 10 minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS="${1:-3}"
@@ -13,16 +17,17 @@ cargo build --release -q -p chat -p chat-bench
 TMP="$(mktemp -d)"
 trap 'pkill -f "chat-server --listen 127.0.0.1:1900" || true; pkill -f "redis-server.*1900" || true; rm -rf "$TMP"' EXIT
 
-chat_up() {
+# The chat server on a fresh data directory, with no rate limits (the bench is one
+# address sending flat out) and the default argon2id cost unless flags say otherwise.
+chat_start() {
     rm -rf "$TMP/data"; mkdir -p "$TMP/data"
-    # Cheap hashing for the fan-out and idle shapes (they measure delivery, not
-    # logins); no rate limits (the bench is one address sending flat out).
     taskset -c 0 $B/chat-server --listen 127.0.0.1:19001 --data "$TMP/data" \
-        --argon2-memory-kib 64 --argon2-passes 1 --msg-rate 0 --login-rate 0 \
-        --log-level warn "$@" 2>"$TMP/server.log" &
+        --msg-rate 0 --login-rate 0 --log-level warn "$@" 2>"$TMP/server.log" &
     SERVER=$!
     until ss -ltn | grep -q ":19001 "; do sleep 0.05; done
 }
+# Cheap hashing for the fan-out and idle shapes: they measure delivery, not logins.
+chat_up() { chat_start --argon2-memory-kib 64 --argon2-passes 1 "$@"; }
 redis_up() {
     taskset -c 0 redis-server --port 19002 --bind 127.0.0.1 --save "" --appendonly no \
         --maxclients 60000 >/dev/null 2>&1 &
@@ -40,16 +45,23 @@ for run in $(seq "$RUNS"); do
         redis_up; bench fanout --target redis --addr 127.0.0.1:19002 -n "$1" -p "$2" -d 5; down
     done
     echo "### run $run latency at half of the saturated rate, N=100 P=10"
-    chat_up;  bench fanout --target chat  --addr 127.0.0.1:19001 -n 100 -p 10 --rate "${HALF_RATE:-40000}" -d 5; down
-    redis_up; bench fanout --target redis --addr 127.0.0.1:19002 -n 100 -p 10 --rate "${HALF_RATE:-40000}" -d 5; down
+    chat_up;  bench fanout --target chat  --addr 127.0.0.1:19001 -n 100 -p 10 --rate "${HALF_RATE:-50000}" -d 5; down
+    redis_up; bench fanout --target redis --addr 127.0.0.1:19002 -n 100 -p 10 --rate "${HALF_RATE:-50000}" -d 5; down
     echo "### run $run idle C=10000"
     chat_up;  bench idle --target chat  --addr 127.0.0.1:19001 -c 10000 --server-pid "$SERVER"; down
     redis_up; bench idle --target redis --addr 127.0.0.1:19002 -c 10000 --server-pid "$SERVER"; down
+    # Each storm client disconnects once logged in, so the fan-out keeps its N
+    # receivers (staying, 1,000 more users would multiply the fan-out's work by 11).
     echo "### run $run login storm K=1000 (default argon2id) during a fan-out at 5000 msg/s"
-    rm -rf "$TMP/data"; mkdir -p "$TMP/data"
-    taskset -c 0 $B/chat-server --listen 127.0.0.1:19001 --data "$TMP/data" \
-        --msg-rate 0 --login-rate 0 --log-level warn 2>"$TMP/server.log" &
-    SERVER=$!
-    until ss -ltn | grep -q ':19001 '; do sleep 0.05; done
+    chat_start
     bench login-storm --addr 127.0.0.1:19001 -n 100 -p 10 --rate 5000 -d 3 -k 1000 2>/dev/null; down
 done
+
+if [ "${RECONNECT:-0}" = 1 ]; then
+    echo "### reconnect storm: 10,000 users log back in at once and stay (default argon2id)"
+    chat_start
+    bench login-storm --addr 127.0.0.1:19001 -n 10 -p 1 --rate 10 -d 3 -k 10000 --stay \
+        --storm-limit 900 2>/dev/null
+    grep VmHWM /proc/$SERVER/status
+    down
+fi
