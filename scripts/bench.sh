@@ -27,7 +27,11 @@ chat_start() {
     until ss -ltn | grep -q ":19001 "; do sleep 0.05; done
 }
 # Cheap hashing for the fan-out and idle shapes: they measure delivery, not logins.
-chat_up() { chat_start --argon2-memory-kib 64 --argon2-passes 1 "$@"; }
+# Output queues of 32 MiB, Redis's default hard limit for pub/sub clients: at
+# saturation the bench's receivers can fall behind this server (1 MiB would drop them).
+chat_up() {
+    chat_start --argon2-memory-kib 64 --argon2-passes 1 --max-outbuf 33554432 "$@"
+}
 redis_up() {
     taskset -c 0 redis-server --port 19002 --bind 127.0.0.1 --save "" --appendonly no \
         --maxclients 60000 >/dev/null 2>&1 &

@@ -362,15 +362,7 @@ impl Server {
             let now_i = Instant::now();
             if shutdown_deadline.is_some() || now_i >= next_flush {
                 self.flush_and_close(t);
-                let done = Instant::now();
-                let took = done - now_i;
-                next_flush = if interval.is_zero() {
-                    done
-                } else if took >= LONG_FLUSH {
-                    (now_i + interval).max(done + took.min(MAX_FLUSH_GATHER))
-                } else {
-                    now_i + interval
-                };
+                next_flush = next_flush_at(now_i, Instant::now(), interval);
                 flush_due = None;
             } else if self.hub.has_output() {
                 flush_due = Some(next_flush);
@@ -578,6 +570,20 @@ impl Server {
     }
 }
 
+/// When the next round of writes may start, for a round that started at `start` and
+/// ended at `done`: one flush interval after the start; after a long round, no sooner
+/// than a pause as long as the round (capped), so output gathers into fuller writes.
+fn next_flush_at(start: Instant, done: Instant, interval: Duration) -> Instant {
+    let took = done - start;
+    if interval.is_zero() {
+        done
+    } else if took >= LONG_FLUSH {
+        (start + interval).max(done + took.min(MAX_FLUSH_GATHER))
+    } else {
+        start + interval
+    }
+}
+
 /// Raises the soft descriptor limit to the hard one: the server (and the load
 /// generator) hold many connections, and the default soft limit (often 1024) is far
 /// below what the kernel allows the process.
@@ -659,4 +665,28 @@ fn set_keepalive(sock: &TcpStream) {
     set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 60);
     set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 10);
     set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 6);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_rounds_of_writes_are_followed_by_a_pause_as_long() {
+        let t0 = Instant::now();
+        let us = Duration::from_micros;
+        let ms = Duration::from_millis;
+        let interval = us(500);
+        // Ordinary rounds: one interval after the start.
+        assert_eq!(next_flush_at(t0, t0 + us(200), interval), t0 + interval);
+        // A 4 ms round (thousands of receivers): 4 ms of gathering after it.
+        assert_eq!(next_flush_at(t0, t0 + ms(4), interval), t0 + ms(8));
+        // A very long round: the pause is capped.
+        assert_eq!(
+            next_flush_at(t0, t0 + ms(200), interval),
+            t0 + ms(200) + MAX_FLUSH_GATHER
+        );
+        // An interval of zero writes after every turn, always.
+        assert_eq!(next_flush_at(t0, t0 + ms(4), Duration::ZERO), t0 + ms(4));
+    }
 }
