@@ -530,28 +530,30 @@ mod tests {
         assert!(!format!("{k:?}").contains("hunter2"));
     }
 
-    #[test]
-    fn pool_runs_jobs_and_drains_on_shutdown() {
+    /// A pool of `hashers` hashing threads over an in-memory store, and where its
+    /// results arrive.
+    fn pool(hashers: usize, hasher: Hasher) -> (Workers, mpsc::Receiver<JobResult>) {
         let store = MemStore::new();
-        let factory: StoreFactory = {
-            let s = store.clone();
-            Arc::new(move || Ok(Box::new(s.clone()) as Box<dyn Store>))
-        };
+        let factory: StoreFactory = Arc::new(move || Ok(Box::new(store.clone()) as Box<dyn Store>));
         let (tx, rx) = mpsc::channel();
         let tx = Mutex::new(tx);
         let sink: ResultSink = Arc::new(move |r| {
             let _ = tx.lock().unwrap().send(r);
         });
         let pool = Workers::start(
-            2,
+            hashers,
             &factory,
-            hasher(),
+            hasher,
             sink,
             Duration::from_secs(60),
             WorkerPriority::Normal,
         )
         .unwrap();
-        for id in 1..=5 {
+        (pool, rx)
+    }
+
+    fn submit_registrations(pool: &Workers, n: i64) {
+        for id in 1..=n {
             pool.submit(Job {
                 conn: None,
                 kind: JobKind::Register {
@@ -561,6 +563,12 @@ mod tests {
                 },
             });
         }
+    }
+
+    #[test]
+    fn pool_runs_jobs_and_drains_on_shutdown() {
+        let (pool, rx) = pool(2, hasher());
+        submit_registrations(&pool, 5);
         pool.shutdown();
         let results: Vec<JobResult> = rx.try_iter().collect();
         assert_eq!(results.len(), 5);
@@ -573,16 +581,6 @@ mod tests {
 
     #[test]
     fn storage_jobs_do_not_wait_behind_hashing() {
-        let store = MemStore::new();
-        let factory: StoreFactory = {
-            let s = store.clone();
-            Arc::new(move || Ok(Box::new(s.clone()) as Box<dyn Store>))
-        };
-        let (tx, rx) = mpsc::channel();
-        let tx = Mutex::new(tx);
-        let sink: ResultSink = Arc::new(move |r| {
-            let _ = tx.lock().unwrap().send(r);
-        });
         // One hashing thread with a few ms per hash, 50 registrations ahead of one
         // storage job: the storage job is answered long before the hashing is done.
         let slow = Hasher::new(HashParams {
@@ -590,25 +588,8 @@ mod tests {
             passes: 1,
         })
         .unwrap();
-        let pool = Workers::start(
-            1,
-            &factory,
-            slow,
-            sink,
-            Duration::from_secs(60),
-            WorkerPriority::Normal,
-        )
-        .unwrap();
-        for id in 1..=50 {
-            pool.submit(Job {
-                conn: None,
-                kind: JobKind::Register {
-                    user_id: id,
-                    name: "n".into(),
-                    password: "p".into(),
-                },
-            });
-        }
+        let (pool, rx) = pool(1, slow);
+        submit_registrations(&pool, 50);
         pool.submit(Job {
             conn: None,
             kind: JobKind::StoreOffline(OfflineMsg {
