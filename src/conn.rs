@@ -232,7 +232,9 @@ pub struct Conn {
     /// `pending` to clear.
     pub inbuf: Vec<u8>,
     pub out: OutQueue,
-    pub opened_ms: u64,
+    /// When the login timeout started counting: when the connection opened, or, after
+    /// a busy refusal, the time the client was told to come back.
+    pub login_clock_ms: u64,
     pub login_failures: u32,
     /// Highest offline-message sequence number already delivered to this session.
     pub offline_seen: u64,
@@ -267,7 +269,7 @@ impl Conn {
             closing: None,
             inbuf: Vec::new(),
             out: OutQueue::default(),
-            opened_ms: now_ms,
+            login_clock_ms: now_ms,
             login_failures: 0,
             offline_seen: 0,
             offline_fetching: false,

@@ -315,7 +315,7 @@ impl Hub {
                 None => {
                     if !c.is_online()
                         && c.pending != Some(Pending::Login)
-                        && now.mono_ms.saturating_sub(c.opened_ms) >= self.cfg.login_timeout_ms
+                        && now.mono_ms.saturating_sub(c.login_clock_ms) >= self.cfg.login_timeout_ms
                     {
                         expired.push((key, false));
                     }

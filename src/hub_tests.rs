@@ -597,6 +597,7 @@ fn silent_connections_are_closed_at_the_login_timeout() {
     let idle = t.connect();
     let online = t.login(1);
     t.advance(29_000);
+    assert_eq!(t.recv(idle), []);
     assert!(!t.is_closed(idle));
     t.advance(1_000);
     assert_eq!(t.recv(idle), [err(401, "no login within 30 s")]);
@@ -752,6 +753,31 @@ fn a_stalled_hashing_thread_turns_new_logins_away() {
     assert_eq!(login_code(&t.recv(a)).0, 200);
     t.send(b, &login_msg(2, "pw2"));
     assert_eq!(t.jobs.len(), 1);
+}
+
+#[test]
+fn a_client_told_to_wait_is_not_closed_for_waiting() {
+    let mut t = h();
+    t.register(1);
+    t.register(2);
+    let a = t.connect();
+    t.send(a, &login_msg(1, "pw1"));
+    // Hashing has stalled for 40 s when b arrives: b is told to come back in 40 s,
+    // longer than the 30 s login timeout.
+    t.advance(40_000);
+    let b = t.connect();
+    t.send(b, &login_msg(2, "pw2"));
+    assert_eq!(
+        login_code(&t.recv(b)),
+        (505, "server busy, try again in 40 s".to_string())
+    );
+    // The login timeout counts from when b was told to come back.
+    t.advance(69_000);
+    assert_eq!(t.recv(b), []);
+    assert!(!t.is_closed(b));
+    t.advance(1_000);
+    assert_eq!(t.recv(b), [err(401, "no login within 30 s")]);
+    assert!(t.is_closed(b));
 }
 
 #[test]

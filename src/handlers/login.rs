@@ -22,6 +22,15 @@ pub(crate) fn busy(wait_ms: u64) -> String {
 }
 
 impl Hub {
+    /// Refuses a login or registration as busy and returns the refusal text. The login
+    /// timeout starts again from when the client is told to come back: a client that
+    /// waits as asked is not closed for having waited.
+    pub(crate) fn refuse_busy(&mut self, key: usize, wait_ms: u64, now: Now) -> String {
+        let c = &mut self.conns[key];
+        c.login_clock_ms = c.login_clock_ms.max(now.mono_ms + wait_ms);
+        busy(wait_ms)
+    }
+
     fn login_res(&mut self, key: usize, code: u16, error: &str) {
         self.reply(
             key,
@@ -57,7 +66,10 @@ impl Hub {
         };
         match self.submit_hash(key, job, now) {
             Ok(()) => self.conns[key].pending = Some(Pending::Login),
-            Err(wait_ms) => self.login_res(key, code::SERVER_ERROR, &busy(wait_ms)),
+            Err(wait_ms) => {
+                let text = self.refuse_busy(key, wait_ms, now);
+                self.login_res(key, code::SERVER_ERROR, &text);
+            }
         }
     }
 
@@ -85,7 +97,8 @@ impl Hub {
             }
             Err(LoginError::Store(e)) if e.is_timed_out() => {
                 let wait = self.hash_wait_estimate(now);
-                self.login_res(key, code::SERVER_ERROR, &busy(wait));
+                let text = self.refuse_busy(key, wait, now);
+                self.login_res(key, code::SERVER_ERROR, &text);
             }
             Err(LoginError::Store(e)) => {
                 log::error!("login failed: {e}");

@@ -2,7 +2,6 @@
 //! `RegisterResMes` 200 goes out only after the store committed the new user.
 
 use crate::conn::Pending;
-use crate::handlers::login::busy;
 use crate::hub::{Hub, Now};
 use crate::proto::{CodeRes, RegisterMes, ServerMessage, code};
 use crate::users::validate_registration;
@@ -29,7 +28,10 @@ impl Hub {
         };
         match self.submit_hash(key, job, now) {
             Ok(()) => self.conns[key].pending = Some(Pending::Register),
-            Err(wait_ms) => self.register_res(key, code::SERVER_ERROR, busy(wait_ms)),
+            Err(wait_ms) => {
+                let text = self.refuse_busy(key, wait_ms, now);
+                self.register_res(key, code::SERVER_ERROR, text);
+            }
         }
     }
 
@@ -46,7 +48,8 @@ impl Hub {
             }
             Err(RegisterError::Store(e)) if e.is_timed_out() => {
                 let wait = self.hash_wait_estimate(now);
-                self.register_res(key, code::SERVER_ERROR, busy(wait));
+                let text = self.refuse_busy(key, wait, now);
+                self.register_res(key, code::SERVER_ERROR, text);
             }
             Err(RegisterError::Store(e)) => {
                 log::error!("register failed: {e}");
