@@ -350,8 +350,14 @@ impl Fleet {
         self.pool.ready = ready;
     }
 
+    /// When connection `i`'s input arrived, in the fleet's nanoseconds.
+    fn read_ns(&self, i: usize) -> u64 {
+        let at = self.pool.clients[i].read_at;
+        at.saturating_duration_since(self.base).as_nanos() as u64
+    }
+
     fn process_chat(&mut self, i: usize) {
-        let now_ns = self.now_ns();
+        let now_ns = self.read_ns(i);
         let conn = &mut self.conns[i];
         let c = &mut self.pool.clients[i];
         loop {
@@ -385,13 +391,14 @@ impl Fleet {
                         conn.ready = true;
                     } else if conn.role == Role::Storm {
                         // Refused as busy: like a well-behaved client, try again when
-                        // the server says (half a second if it does not), spread over
-                        // 0.5 to 1.5 times that so the retries do not come back as one
-                        // herd.
+                        // the server says (half a second if it does not), not sooner,
+                        // and spread over up to half as long again (at most 10 s, well
+                        // inside the login timeout that restarts at the hinted time)
+                        // so the retries do not come back as one herd.
                         let hint_ms = wire::retry_hint(body).map_or(500, |s| s * 1000);
                         self.login_retries += 1;
-                        let spread = 500 + (self.login_retries * 7919 + i * 104_729) % 1000;
-                        let wait = hint_ms * spread as u64 / 1000;
+                        let spread = (self.login_retries * 7919 + i * 104_729) % 1000;
+                        let wait = hint_ms + (hint_ms / 2).min(10_000) * spread as u64 / 1000;
                         conn.retry_at = Some(Instant::now() + Duration::from_millis(wait));
                     } else {
                         self.login_failures += 1;
@@ -406,7 +413,7 @@ impl Fleet {
     }
 
     fn process_redis(&mut self, i: usize) {
-        let now_ns = self.now_ns();
+        let now_ns = self.read_ns(i);
         let conn = &mut self.conns[i];
         let c = &mut self.pool.clients[i];
         while let Some((n, v)) = wire::resp(c.input()) {
@@ -787,6 +794,7 @@ fn storm(a: &StormArgs) -> Res<()> {
             } else if f.conns[i].retry_at.is_some_and(|at| at <= now) {
                 f.conns[i].retry_at = None;
                 f.pool.clients[i].send(&wire::chat_login(id, "bench-password", false));
+                f.pool.flush_one(i);
             }
         }
         let done = f.conns[first..].iter().filter(|c| c.ready).count() + f.login_failures;

@@ -4,7 +4,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
@@ -18,6 +18,10 @@ pub struct Client {
     out: Vec<u8>,
     out_pos: usize,
     pub closed: bool,
+    /// When input last arrived: latency is measured to the read that brought a frame
+    /// in, not to when the loop got round to parsing it after reading every other
+    /// socket.
+    pub read_at: Instant,
 }
 
 impl Client {
@@ -153,6 +157,7 @@ impl Pool {
             out: Vec::new(),
             out_pos: 0,
             closed: false,
+            read_at: Instant::now(),
         });
         Ok(i)
     }
@@ -229,6 +234,9 @@ impl Pool {
                     }
                     _ => break,
                 }
+            }
+            if got {
+                c.read_at = Instant::now();
             }
             if got || c.closed {
                 self.ready.push(i);
