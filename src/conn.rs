@@ -67,8 +67,10 @@ pub struct OutQueue {
     bytes: usize,
 }
 
-/// Slices handed to one vectored write (Linux's IOV_MAX).
-const MAX_IOV: usize = 1024;
+/// Slices handed to one vectored write, kept on the stack. Every slice but the copied
+/// ones is a frame of at least [`GATHER_FRAME`] bytes, so one call still moves at least
+/// 128 KiB when the queue holds that much.
+const MAX_IOV: usize = 64;
 /// Bytes of small frames copied together for one write.
 pub const GATHER_BYTES: usize = 256 * 1024;
 /// Frames this big are written from where they are, not copied.
@@ -109,14 +111,15 @@ impl OutQueue {
         W: FnMut(&[IoSlice<'_>]) -> io::Result<usize>,
     {
         // Which part of the write each slice is: a range of `scratch` or a whole chunk.
+        #[derive(Clone, Copy)]
         enum Part {
             Copied(usize, usize),
             Chunk(usize),
         }
-        let mut parts: Vec<Part> = Vec::new();
+        let mut parts = [Part::Chunk(0); MAX_IOV];
         while !self.chunks.is_empty() {
             scratch.clear();
-            parts.clear();
+            let mut n_parts = 0;
             let mut copied_from = 0;
             for (i, c) in self.chunks.iter().enumerate() {
                 let bytes = if i == 0 {
@@ -124,7 +127,7 @@ impl OutQueue {
                 } else {
                     &c[..]
                 };
-                if parts.len() >= MAX_IOV - 1 {
+                if n_parts >= MAX_IOV - 1 {
                     break;
                 }
                 if bytes.len() < GATHER_FRAME {
@@ -135,23 +138,26 @@ impl OutQueue {
                     continue;
                 }
                 if scratch.len() > copied_from {
-                    parts.push(Part::Copied(copied_from, scratch.len()));
+                    parts[n_parts] = Part::Copied(copied_from, scratch.len());
+                    n_parts += 1;
                     copied_from = scratch.len();
                 }
-                parts.push(Part::Chunk(i));
+                parts[n_parts] = Part::Chunk(i);
+                n_parts += 1;
             }
             if scratch.len() > copied_from {
-                parts.push(Part::Copied(copied_from, scratch.len()));
+                parts[n_parts] = Part::Copied(copied_from, scratch.len());
+                n_parts += 1;
             }
-            let iov: Vec<IoSlice<'_>> = parts
-                .iter()
-                .map(|p| match *p {
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            for (slot, p) in iov.iter_mut().zip(&parts[..n_parts]) {
+                *slot = match *p {
                     Part::Copied(a, b) => IoSlice::new(&scratch[a..b]),
                     Part::Chunk(0) => IoSlice::new(&self.chunks[0][self.head_written..]),
                     Part::Chunk(i) => IoSlice::new(&self.chunks[i]),
-                })
-                .collect();
-            let n = match write(&iov) {
+                };
+            }
+            let n = match write(&iov[..n_parts]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flush::Blocked),
@@ -416,7 +422,7 @@ mod tests {
         /// come out complete and in order.
         #[test]
         fn any_frames_any_partial_writes_come_out_in_order(
-            sizes in proptest::collection::vec(1usize..2 * GATHER_FRAME, 1..40),
+            sizes in proptest::collection::vec(1usize..2 * GATHER_FRAME, 1..150),
             takes in proptest::collection::vec(1usize..3 * GATHER_FRAME, 1..20),
         ) {
             let mut q = OutQueue::default();
