@@ -592,6 +592,13 @@ pub(crate) fn measure_until(
     let start_del = f.delivered;
     let start_dpub = f.delivered_to_publishers;
     f.lat.0.clear();
+    // Room for every latency sample up front: growing a vector of millions of samples
+    // mid-run copies megabytes and stalls the loop, which then reads as server latency.
+    let receivers = f.conns.iter().filter(|c| c.role == Role::Receiver).count() as f64;
+    let expect = a
+        .rate
+        .map_or(4_000_000.0, |r| 1.2 * r * secs * receivers / f.sample as f64);
+    f.lat.0.reserve(expect.min(16_000_000.0) as usize);
     let cpu0 = cpu_time();
     let t0 = Instant::now();
     let end = t0 + Duration::from_secs_f64(secs);
