@@ -595,9 +595,9 @@ pub(crate) fn measure_until(
     // Room for every latency sample up front: growing a vector of millions of samples
     // mid-run copies megabytes and stalls the loop, which then reads as server latency.
     let receivers = f.conns.iter().filter(|c| c.role == Role::Receiver).count() as f64;
-    let expect = a
-        .rate
-        .map_or(4_000_000.0, |r| 1.2 * r * secs * receivers / f.sample as f64);
+    let expect = a.rate.map_or(4_000_000.0, |r| {
+        1.2 * r * secs * receivers / f.sample as f64
+    });
     f.lat.0.reserve(expect.min(16_000_000.0) as usize);
     let cpu0 = cpu_time();
     let t0 = Instant::now();
