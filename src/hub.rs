@@ -227,7 +227,9 @@ impl Hub {
         if matches!(res.outcome, Outcome::Login(_) | Outcome::Register(_)) {
             self.hash_jobs.pop_front();
             if let Some(took) = res.took {
-                average(&mut self.hash_cost_ms, took.as_secs_f64() * 1000.0);
+                if res.outcome.hashed() {
+                    average(&mut self.hash_cost_ms, took.as_secs_f64() * 1000.0);
+                }
                 if let Some(prev) = self.last_hash_done {
                     average(
                         &mut self.hash_gap_ms,

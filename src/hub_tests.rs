@@ -7,7 +7,7 @@ use std::rc::Rc;
 use crate::hub::HubConfig;
 use crate::proto::{
     ClientMessage, CodeRes, LoginResMes, NotifyUserStatusMes, OnlineUsersResMes, RegisterMes,
-    ServerMessage, SmsMes, SmsPrivateMes, User, UserInfo,
+    ServerMessage, SmsMes, SmsPrivateMes, User, UserInfo, code,
 };
 use crate::store::StoreError;
 use crate::testkit::{Harness, login_msg};
@@ -663,6 +663,33 @@ fn logins_that_would_wait_too_long_are_refused_at_once_with_the_wait() {
     t.send(conns[4], &login_msg(5, "pw5"));
     t.run_jobs();
     assert_eq!(login_code(&t.recv(conns[4])).0, 200);
+}
+
+#[test]
+fn logins_for_unknown_users_do_not_lower_the_measured_hash_cost() {
+    let mut t = Harness::new(HubConfig {
+        hash_workers: 1,
+        hash_wait_ms: 100,
+        ..HubConfig::default()
+    });
+    t.hash_cost_ms = 30;
+    for id in 1..=5 {
+        t.register(id);
+    }
+    // Twenty logins for users that do not exist: answered without a hash.
+    for _ in 0..20 {
+        let guesser = t.connect();
+        t.send(guesser, &login_msg(999, "x"));
+        t.run_jobs();
+        assert_eq!(login_code(&t.recv(guesser)).0, code::NO_SUCH_USER);
+    }
+    // The estimate is still 30 ms a hash: four fit in 100 ms, the fifth does not.
+    let conns: Vec<_> = (1..=5).map(|_| t.connect()).collect();
+    for (i, &c) in conns.iter().enumerate() {
+        t.send(c, &login_msg(i as i64 + 1, &format!("pw{}", i + 1)));
+    }
+    assert_eq!(t.jobs.len(), 4);
+    assert_eq!(login_code(&t.recv(conns[4])).0, 505);
 }
 
 #[test]

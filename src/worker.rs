@@ -121,6 +121,18 @@ pub enum Outcome {
     AckOffline(Result<(), StoreError>),
 }
 
+impl Outcome {
+    /// Whether producing this outcome certainly took a password hash: a login that
+    /// found its user, a registration that went through. An unknown user or a storage
+    /// error is answered without one, and must not pull down the measured cost.
+    pub fn hashed(&self) -> bool {
+        matches!(
+            self,
+            Outcome::Login(Ok(_) | Err(LoginError::WrongPassword)) | Outcome::Register(Ok(()))
+        )
+    }
+}
+
 #[derive(Debug)]
 pub struct JobResult {
     pub conn: Option<ConnRef>,
