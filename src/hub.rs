@@ -360,6 +360,11 @@ impl Hub {
         self.jobs.pop_front()
     }
 
+    /// Whether logins or registrations are waiting for a password hash.
+    pub fn hashing(&self) -> bool {
+        !self.hash_jobs.is_empty()
+    }
+
     /// Whether writes, closes or departures are waiting for the reactor.
     pub fn has_output(&self) -> bool {
         !self.writes.is_empty() || !self.closes.is_empty() || !self.departures.is_empty()

@@ -39,9 +39,9 @@ const READ_CHUNK: usize = 64 * 1024;
 const TICK_MS: u64 = 250;
 /// How often freed heap memory is handed back to the operating system.
 const TRIM_MS: u64 = 2_000;
-/// A round of writes this long (thousands of receivers) is followed by a pause as long
-/// as itself. Shorter rounds only keep the flush interval, so ordinary traffic keeps
-/// its latency.
+/// While passwords wait to be hashed, a round of writes this long (thousands of
+/// receivers) is followed by a pause as long as itself, so that the hashing threads,
+/// which run at idle priority, get about half the core.
 const LONG_FLUSH: Duration = Duration::from_millis(1);
 /// Longest pause after a round of writes, however long that round took.
 const MAX_FLUSH_GATHER: Duration = Duration::from_millis(50);
@@ -285,10 +285,13 @@ impl Server {
         // first turn after a quiet spell writes at once, busier turns are coalesced.
         //
         // A round of writes to many receivers can itself take longer than the interval
-        // (10,000 users online, each told of every login). After a round of LONG_FLUSH
-        // or more, the next waits at least as long as it took (up to MAX_FLUSH_GATHER), so writing
-        // takes at most about half the loop's time while more output could be gathered
-        // into fewer, larger writes. (An interval of zero writes after every turn.)
+        // (10,000 users online, each told of every login). Writing again at once costs
+        // no throughput (what arrived meanwhile is gathered into the next round), but
+        // it leaves the idle-priority hashing threads no CPU: a reconnect storm, where
+        // each login sets off such a round, then took twice as long. So while logins
+        // wait for hashing, a round of LONG_FLUSH or more is followed by a pause as long
+        // (at most MAX_FLUSH_GATHER); otherwise messages keep their latency. (An
+        // interval of zero writes after every turn.)
         let interval = self.cfg.flush_interval;
         let mut next_flush = Instant::now();
         let mut flush_due: Option<Instant> = None;
@@ -362,7 +365,7 @@ impl Server {
             let now_i = Instant::now();
             if shutdown_deadline.is_some() || now_i >= next_flush {
                 self.flush_and_close(t);
-                next_flush = next_flush_at(now_i, Instant::now(), interval);
+                next_flush = next_flush_at(now_i, Instant::now(), interval, self.hub.hashing());
                 flush_due = None;
             } else if self.hub.has_output() {
                 flush_due = Some(next_flush);
@@ -571,13 +574,14 @@ impl Server {
 }
 
 /// When the next round of writes may start, for a round that started at `start` and
-/// ended at `done`: one flush interval after the start; after a long round, no sooner
-/// than a pause as long as the round (capped), so output gathers into fuller writes.
-fn next_flush_at(start: Instant, done: Instant, interval: Duration) -> Instant {
+/// ended at `done`: one flush interval after the start; after a long round while
+/// `hashing`, no sooner than a pause as long as the round (capped), so the hashing
+/// threads get their share of the core.
+fn next_flush_at(start: Instant, done: Instant, interval: Duration, hashing: bool) -> Instant {
     let took = done - start;
     if interval.is_zero() {
         done
-    } else if took >= LONG_FLUSH {
+    } else if hashing && took >= LONG_FLUSH {
         (start + interval).max(done + took.min(MAX_FLUSH_GATHER))
     } else {
         start + interval
@@ -672,21 +676,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn long_rounds_of_writes_are_followed_by_a_pause_as_long() {
+    fn long_rounds_of_writes_pause_only_while_passwords_wait() {
         let t0 = Instant::now();
         let us = Duration::from_micros;
         let ms = Duration::from_millis;
         let interval = us(500);
-        // Ordinary rounds: one interval after the start.
-        assert_eq!(next_flush_at(t0, t0 + us(200), interval), t0 + interval);
-        // A 4 ms round (thousands of receivers): 4 ms of gathering after it.
-        assert_eq!(next_flush_at(t0, t0 + ms(4), interval), t0 + ms(8));
+        for hashing in [false, true] {
+            // Ordinary rounds: one interval after the start.
+            assert_eq!(
+                next_flush_at(t0, t0 + us(200), interval, hashing),
+                t0 + interval
+            );
+            // An interval of zero writes after every turn, always.
+            assert_eq!(
+                next_flush_at(t0, t0 + ms(4), Duration::ZERO, hashing),
+                t0 + ms(4)
+            );
+        }
+        // A 4 ms round (thousands of receivers): written again at once when nothing
+        // waits for hashing...
+        assert_eq!(
+            next_flush_at(t0, t0 + ms(4), interval, false),
+            t0 + interval
+        );
+        // ...and after 4 ms of pause while logins wait.
+        assert_eq!(next_flush_at(t0, t0 + ms(4), interval, true), t0 + ms(8));
         // A very long round: the pause is capped.
         assert_eq!(
-            next_flush_at(t0, t0 + ms(200), interval),
+            next_flush_at(t0, t0 + ms(200), interval, true),
             t0 + ms(200) + MAX_FLUSH_GATHER
         );
-        // An interval of zero writes after every turn, always.
-        assert_eq!(next_flush_at(t0, t0 + ms(4), Duration::ZERO), t0 + ms(4));
     }
 }
