@@ -2,7 +2,7 @@
 # The side-by-side runs behind BENCHMARKS.md: this project's chat server and
 # redis-server, each pinned to CPU 0, loaded by chat-bench pinned to CPU 1, on loopback.
 # Each shape runs RUNS times (default 3) per server; every run's figures are printed,
-# the median is taken by hand (or by the summary at the end).
+# and at the end scripts/bench_summary.py prints each figure's median (python3).
 #
 #   scripts/bench.sh [RUNS]
 #
@@ -41,6 +41,7 @@ redis_up() {
 down() { kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; }
 bench() { taskset -c 1 $B/chat-bench "$@"; }
 
+exec > >(tee "$TMP/out.txt")
 for run in $(seq "$RUNS"); do
     for shape in "100 10" "100 1" "1000 10" "1000 1"; do
         set -- $shape
@@ -69,3 +70,5 @@ if [ "${RECONNECT:-0}" = 1 ]; then
     grep VmHWM /proc/$SERVER/status
     down
 fi
+echo "### summary (medians)"
+python3 scripts/bench_summary.py "$TMP/out.txt"

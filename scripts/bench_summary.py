@@ -1,0 +1,48 @@
+#!/usr/bin/env python3
+"""Medians of the runs printed by scripts/bench.sh (read from stdin or a file).
+
+Groups every figure by the heading it came under (`### run R <shape>`, without the
+run number) and by target, and prints the median with the individual values."""
+import re
+import statistics
+import sys
+from collections import defaultdict
+
+PATTERNS = {
+    "deliveries/s (M)": (r"^\s+deliveries/s\s+(\d+)", 1e-6),
+    "latency p50 (ms)": (r"^\s+latency\s+p50 ([\d.]+) ms", 1),
+    "latency p99 (ms)": (r"^\s+latency\s+.*?p99 ([\d.]+) ms", 1),
+    "bench CPU (%)": (r"^\s+bench CPU.*\((\d+)%\)", 1),
+    "lost": (r"^\s+lost\s+(\d+)$", 1),
+    "bytes per connection": (r"^\s+per connection\s+(\d+) bytes", 1),
+    "storm logins/s": (r"^\s+storm\s+\d+ logins in [\d.]+ s \((\d+) logins/s\)", 1),
+    "storm duration (s)": (r"^\s+storm\s+\d+ logins in ([\d.]+) s", 1),
+    "fan-out p99 before storm (ms)": (r"^\s+fan-out before .*?p99 ([\d.]+) ms", 1),
+    "fan-out p99 during storm (ms)": (r"^\s+fan-out during .*?p99 ([\d.]+) ms", 1),
+}
+
+def main():
+    text = open(sys.argv[1]).read() if len(sys.argv) > 1 else sys.stdin.read()
+    figures = defaultdict(list)
+    shape, target = None, None
+    for line in text.splitlines():
+        m = re.match(r"^### (?:run \d+ )?(.*)", line)
+        if m:
+            shape, target = m.group(1), "chat"
+            continue
+        m = re.match(r"^(fanout|idle) target=(\w+)", line)
+        if m:
+            target = m.group(2).lower()
+            continue
+        if shape is None:
+            continue
+        for name, (pat, scale) in PATTERNS.items():
+            m = re.match(pat, line)
+            if m:
+                figures[(shape, target, name)].append(float(m.group(1)) * scale)
+    for (shape, target, name), vals in figures.items():
+        shown = ", ".join(f"{v:.4g}" for v in vals)
+        print(f"{shape} | {target} | {name}: median {statistics.median(vals):.4g} ({shown})")
+
+if __name__ == "__main__":
+    main()
