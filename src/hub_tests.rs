@@ -4,6 +4,7 @@
 
 use std::rc::Rc;
 
+use crate::conn::ConnRef;
 use crate::hub::HubConfig;
 use crate::proto::{
     ClientMessage, CodeRes, LoginResMes, NotifyUserStatusMes, OnlineUsersResMes, RegisterMes,
@@ -626,6 +627,27 @@ fn a_full_job_queue_refuses_instead_of_queueing() {
     assert_eq!(t.recv(a), [ServerMessage::RegisterRes(code_res(200, ""))]);
 }
 
+/// Users 1 to `n` (registered) log in, each on a new connection, in order.
+fn log_in_each(t: &mut Harness, n: i64) -> Vec<ConnRef> {
+    let conns: Vec<_> = (1..=n).map(|_| t.connect()).collect();
+    for (id, &c) in (1..).zip(&conns) {
+        t.send(c, &login_msg(id, &format!("pw{id}")));
+    }
+    conns
+}
+
+/// User 1 logs in on `a`, nothing completes for `stall_ms`, then user 2 tries on `b`.
+fn login_after_a_stall(t: &mut Harness, stall_ms: u64) -> (ConnRef, ConnRef) {
+    t.register(1);
+    t.register(2);
+    let a = t.connect();
+    t.send(a, &login_msg(1, "pw1"));
+    t.advance(stall_ms);
+    let b = t.connect();
+    t.send(b, &login_msg(2, "pw2"));
+    (a, b)
+}
+
 fn login_code(got: &[ServerMessage]) -> (u16, String) {
     match got.first() {
         Some(ServerMessage::LoginRes(r)) => (r.code, r.error.clone()),
@@ -633,8 +655,9 @@ fn login_code(got: &[ServerMessage]) -> (u16, String) {
     }
 }
 
-#[test]
-fn logins_that_would_wait_too_long_are_refused_at_once_with_the_wait() {
+/// One hashing thread, 100 ms of wait allowed, users 1 to 5 registered with hashes
+/// that took 30 ms each.
+fn one_thread_30_ms_hashes() -> Harness {
     let mut t = Harness::new(HubConfig {
         hash_workers: 1,
         hash_wait_ms: 100,
@@ -644,12 +667,15 @@ fn logins_that_would_wait_too_long_are_refused_at_once_with_the_wait() {
     for id in 1..=5 {
         t.register(id);
     }
+    t
+}
+
+#[test]
+fn logins_that_would_wait_too_long_are_refused_at_once_with_the_wait() {
+    let mut t = one_thread_30_ms_hashes();
     // Registering measured a hash at 30 ms. With one thread, the k-th waiting login
     // is estimated at 30 * k ms: four fit in 100 ms, the fifth does not.
-    let conns: Vec<_> = (1..=5).map(|_| t.connect()).collect();
-    for (i, &c) in conns.iter().enumerate() {
-        t.send(c, &login_msg(i as i64 + 1, &format!("pw{}", i + 1)));
-    }
+    let conns = log_in_each(&mut t, 5);
     assert_eq!(t.jobs.len(), 4);
     assert_eq!(
         login_code(&t.recv(conns[4])),
@@ -667,15 +693,7 @@ fn logins_that_would_wait_too_long_are_refused_at_once_with_the_wait() {
 
 #[test]
 fn logins_for_unknown_users_do_not_lower_the_measured_hash_cost() {
-    let mut t = Harness::new(HubConfig {
-        hash_workers: 1,
-        hash_wait_ms: 100,
-        ..HubConfig::default()
-    });
-    t.hash_cost_ms = 30;
-    for id in 1..=5 {
-        t.register(id);
-    }
+    let mut t = one_thread_30_ms_hashes();
     // Twenty logins for users that do not exist: answered without a hash.
     for _ in 0..20 {
         let guesser = t.connect();
@@ -684,10 +702,7 @@ fn logins_for_unknown_users_do_not_lower_the_measured_hash_cost() {
         assert_eq!(login_code(&t.recv(guesser)).0, code::NO_SUCH_USER);
     }
     // The estimate is still 30 ms a hash: four fit in 100 ms, the fifth does not.
-    let conns: Vec<_> = (1..=5).map(|_| t.connect()).collect();
-    for (i, &c) in conns.iter().enumerate() {
-        t.send(c, &login_msg(i as i64 + 1, &format!("pw{}", i + 1)));
-    }
+    let conns = log_in_each(&mut t, 5);
     assert_eq!(t.jobs.len(), 4);
     assert_eq!(login_code(&t.recv(conns[4])).0, 505);
 }
@@ -754,14 +769,8 @@ fn a_stalled_hashing_thread_turns_new_logins_away() {
         hash_wait_ms: 5_000,
         ..HubConfig::default()
     });
-    t.register(1);
-    t.register(2);
-    let a = t.connect();
-    t.send(a, &login_msg(1, "pw1"));
     // The hashing threads get no CPU (the loop's core is saturated): nothing completes.
-    t.advance(6_000);
-    let b = t.connect();
-    t.send(b, &login_msg(2, "pw2"));
+    let (a, b) = login_after_a_stall(&mut t, 6_000);
     assert_eq!(
         login_code(&t.recv(b)),
         (505, "server busy, try again in 6 s".to_string())
@@ -785,15 +794,9 @@ fn a_stalled_hashing_thread_turns_new_logins_away() {
 #[test]
 fn a_client_told_to_wait_is_not_closed_for_waiting() {
     let mut t = h();
-    t.register(1);
-    t.register(2);
-    let a = t.connect();
-    t.send(a, &login_msg(1, "pw1"));
     // Hashing has stalled for 40 s when b arrives: b is told to come back in 40 s,
     // longer than the 30 s login timeout.
-    t.advance(40_000);
-    let b = t.connect();
-    t.send(b, &login_msg(2, "pw2"));
+    let (_, b) = login_after_a_stall(&mut t, 40_000);
     assert_eq!(
         login_code(&t.recv(b)),
         (505, "server busy, try again in 40 s".to_string())
