@@ -27,7 +27,7 @@ impl Hub {
     /// waits as asked is not closed for having waited.
     pub(crate) fn refuse_busy(&mut self, key: usize, wait_ms: u64, now: Now) -> String {
         let c = &mut self.conns[key];
-        c.login_clock_ms = c.login_clock_ms.max(now.mono_ms + wait_ms);
+        c.login_clock_ms = c.login_clock_ms.max(now.mono_ms.saturating_add(wait_ms));
         busy(wait_ms)
     }
 
