@@ -85,9 +85,10 @@ struct Args {
     worker_priority: Priority,
 
     /// Shortest time between two rounds of writes, in microseconds: under steady
-    /// traffic, the messages of one interval go to each recipient in one write; after
-    /// a round that took 1 ms or more (thousands of recipients), the next also waits as
-    /// long as it took, at most 50 ms. 0 writes after every event.
+    /// traffic, the messages of one interval go to each recipient in one write. While
+    /// logins wait for a password hash, a round that took 1 ms or more (thousands of
+    /// recipients) is followed by a pause as long, at most 50 ms, so the idle-priority
+    /// hashing gets CPU. 0 writes after every event.
     #[arg(long, default_value_t = 500, value_name = "US")]
     flush_interval_us: u64,
 
