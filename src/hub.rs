@@ -620,13 +620,7 @@ impl Hub {
 
     /// Sends `ErrorResMes`.
     pub(crate) fn error(&mut self, key: usize, code: u16, text: &str) {
-        self.reply(
-            key,
-            &ServerMessage::Error(CodeRes {
-                code,
-                error: text.to_string(),
-            }),
-        );
+        self.reply(key, &ServerMessage::Error(CodeRes::new(code, text)));
     }
 
     /// Queues one shared frame on every online connection but `except`.

@@ -18,6 +18,12 @@ use serde::{Deserialize, Serialize};
 pub const HEADER_LEN: usize = 4;
 /// Default largest frame body accepted from a logged-in client (`--max-frame`).
 pub const DEFAULT_MAX_FRAME: usize = 64 * 1024;
+/// The seed client reads each frame into a buffer of this many bytes and fails on a
+/// longer body: nothing longer is ever sent to a connection that did not declare
+/// `maxFrame`.
+pub const SEED_MAX_FRAME: usize = 8096;
+/// Longest `msgId` accepted on a private message, in bytes.
+pub const MAX_MSG_ID: usize = 64;
 
 /// Message type names as they appear in the envelope's `type` field.
 pub mod kind {
@@ -35,6 +41,7 @@ pub mod kind {
     pub const PING: &str = "PingMes";
     pub const PONG: &str = "PongMes";
     pub const ERROR_RES: &str = "ErrorResMes";
+    pub const OFFLINE_ACK: &str = "OfflineAckMes";
 }
 
 /// Status codes used on the wire.
@@ -55,6 +62,9 @@ pub mod code {
     /// Login: no such user (the seed's code).
     pub const NO_SUCH_USER: u16 = 500;
     pub const UNAVAILABLE: u16 = 503;
+    /// Private message: storage did not answer in time and the message may or may not
+    /// be stored. Resending it with the same `msgId` is safe.
+    pub const UNCERTAIN: u16 = 504;
     /// Login / register: server error (the seed's code).
     pub const SERVER_ERROR: u16 = 505;
 }
@@ -229,6 +239,18 @@ pub struct LoginMes {
     pub user_pwd: String,
     #[serde(rename = "userName", default)]
     pub user_name: String,
+    /// Extension: the largest frame body this client reads. Without it the connection
+    /// is a seed client, whose reader fails on a body over [`SEED_MAX_FRAME`] bytes.
+    #[serde(rename = "maxFrame", default, skip_serializing_if = "Option::is_none")]
+    pub max_frame: Option<u32>,
+    /// Extension: this client acknowledges offline messages itself (`OfflineAckMes`);
+    /// they leave the store only when it has. Without it, once written to the socket.
+    #[serde(
+        rename = "ackOffline",
+        default,
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub ack_offline: bool,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
@@ -242,11 +264,21 @@ pub struct LoginResMes {
     /// Extension: names for the ids in `UsersId`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub users: Vec<UserInfo>,
+    /// Extension: on a busy or rate-limit refusal, seconds to wait before trying again.
+    #[serde(
+        rename = "retryAfter",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub retry_after: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
 pub struct RegisterMes {
     pub user: User,
+    /// Extension: as in [`LoginMes::max_frame`].
+    #[serde(rename = "maxFrame", default, skip_serializing_if = "Option::is_none")]
+    pub max_frame: Option<u32>,
 }
 
 /// `RegisterResMes`, `SmsResMes` and `ErrorResMes` all carry a code and an error text.
@@ -255,6 +287,26 @@ pub struct CodeRes {
     pub code: u16,
     #[serde(default)]
     pub error: String,
+    /// Extension: on a busy or rate-limit refusal, seconds to wait before trying again.
+    #[serde(
+        rename = "retryAfter",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub retry_after: Option<u64>,
+    /// Extension, `SmsResMes` only: the `msgId` of the private message answered.
+    #[serde(rename = "msgId", default, skip_serializing_if = "Option::is_none")]
+    pub msg_id: Option<String>,
+}
+
+impl CodeRes {
+    pub fn new(code: u16, error: impl Into<String>) -> CodeRes {
+        CodeRes {
+            code,
+            error: error.into(),
+            ..CodeRes::default()
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
@@ -303,6 +355,22 @@ pub struct SmsPrivateMes {
     pub time: u64,
     #[serde(default)]
     pub offline: bool,
+    /// Extension, client to server: the sender's own id for this message (at most
+    /// [`MAX_MSG_ID`] bytes). A resend with the same id after an uncertain answer
+    /// (504) is stored once, not twice.
+    #[serde(rename = "msgId", default, skip_serializing_if = "Option::is_none")]
+    pub msg_id: Option<String>,
+    /// Extension, server to client, on offline deliveries: the stored message's id,
+    /// for `OfflineAckMes`.
+    #[serde(rename = "offlineId", default, skip_serializing_if = "Option::is_none")]
+    pub offline_id: Option<u64>,
+}
+
+/// `OfflineAckMes` (extension, client to server): every offline message up to and
+/// including `upto` (an `offlineId`) has reached the client.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct OfflineAckMes {
+    pub upto: u64,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
@@ -324,6 +392,7 @@ pub enum ClientMessage {
     OnlineUsers,
     Logout,
     Ping,
+    OfflineAck(OfflineAckMes),
 }
 
 /// Every message the server may send.
@@ -364,6 +433,7 @@ impl ClientMessage {
             kind::ONLINE_USERS => empty(kind::ONLINE_USERS, d, ClientMessage::OnlineUsers)?,
             kind::LOGOUT => empty(kind::LOGOUT, d, ClientMessage::Logout)?,
             kind::PING => empty(kind::PING, d, ClientMessage::Ping)?,
+            kind::OFFLINE_ACK => ClientMessage::OfflineAck(data(kind::OFFLINE_ACK, d)?),
             other => return Err(ParseError::UnknownType(truncate(other))),
         })
     }
@@ -378,6 +448,7 @@ impl ClientMessage {
             ClientMessage::OnlineUsers => encode(kind::ONLINE_USERS, &Empty {}),
             ClientMessage::Logout => encode(kind::LOGOUT, &Empty {}),
             ClientMessage::Ping => encode(kind::PING, &Empty {}),
+            ClientMessage::OfflineAck(m) => encode(kind::OFFLINE_ACK, m),
         }
     }
 }

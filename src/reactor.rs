@@ -637,10 +637,10 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
 
 /// Over the connection limit: a best-effort error frame, then close.
 fn refuse(mut sock: TcpStream, peer: SocketAddr, max: usize) {
-    let frame = ServerMessage::Error(CodeRes {
-        code: code::UNAVAILABLE,
-        error: format!("server full ({max} connections)"),
-    })
+    let frame = ServerMessage::Error(CodeRes::new(
+        code::UNAVAILABLE,
+        format!("server full ({max} connections)"),
+    ))
     .encode();
     let _ = sock.write(&frame);
     log::warn!("refused {peer}: connection limit {max} reached");

@@ -185,6 +185,7 @@ impl Harness {
                     user_name: format!("u{id}"),
                     ..Default::default()
                 },
+                max_frame: None,
             }),
         );
         self.run_jobs();
@@ -231,6 +232,7 @@ pub fn login_msg(id: i64, pwd: &str) -> ClientMessage {
         user_id: id,
         user_pwd: pwd.into(),
         user_name: String::new(),
+        ..Default::default()
     })
 }
 
@@ -309,6 +311,7 @@ pub fn fuzz_hub(data: &[u8]) {
                                 user_name: "n".into(),
                                 ..Default::default()
                             },
+                            max_frame: None,
                         }),
                     };
                     t.send(c, &m);

@@ -27,6 +27,7 @@ pub fn chat_login(id: i64, password: &str, register: bool) -> Vec<u8> {
             user_id: id,
             user_pwd: password.into(),
             user_name: String::new(),
+            ..LoginMes::default()
         })
         .encode(),
     );
@@ -41,6 +42,7 @@ pub fn chat_register(id: i64, password: &str) -> Vec<u8> {
             user_name: format!("b{id}"),
             ..User::default()
         },
+        max_frame: None,
     })
     .encode()
 }

@@ -219,6 +219,7 @@ impl App {
                 user_name: name.trim().to_string(),
                 ..User::default()
             },
+            max_frame: None,
         });
         match link.request(&msg) {
             Ok(ServerMessage::RegisterRes(r)) => show::line(&match r.code {
@@ -263,6 +264,7 @@ impl App {
             user_id: id,
             user_pwd: pwd,
             user_name: String::new(),
+            ..LoginMes::default()
         });
         let name = match link.request(&msg) {
             Ok(ServerMessage::LoginRes(r)) if r.code == code::OK => {

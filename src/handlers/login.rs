@@ -38,7 +38,7 @@ impl Hub {
                 code,
                 users_id: Vec::new(),
                 error: error.to_string(),
-                users: Vec::new(),
+                ..LoginResMes::default()
             }),
         );
     }
@@ -153,6 +153,7 @@ impl Hub {
             users_id: self.online.ids(),
             error: String::new(),
             users: self.online.infos(),
+            retry_after: None,
         };
         self.reply(key, &ServerMessage::LoginRes(res));
         let batch = self.cfg.offline_batch;

@@ -43,6 +43,8 @@ impl Hub {
             ClientMessage::Private(m) => self.handle_private(key, m, now),
             ClientMessage::OnlineUsers => self.handle_online_users(key),
             ClientMessage::Logout => self.handle_logout(key, now),
+            // Offline acknowledgements arrive with the offline delivery rework.
+            ClientMessage::OfflineAck(_) => {}
         }
     }
 }

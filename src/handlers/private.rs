@@ -16,13 +16,7 @@ use crate::worker::JobKind;
 
 impl Hub {
     fn sms_res(&mut self, key: usize, code: u16, error: &str) {
-        self.reply(
-            key,
-            &ServerMessage::SmsRes(CodeRes {
-                code,
-                error: error.to_string(),
-            }),
-        );
+        self.reply(key, &ServerMessage::SmsRes(CodeRes::new(code, error)));
     }
 
     pub(crate) fn handle_private(&mut self, key: usize, m: SmsPrivateMes, now: Now) {
@@ -197,6 +191,7 @@ fn private_frame(m: &OfflineMsg, offline: bool) -> Vec<u8> {
         content: m.content.clone(),
         time: m.time,
         offline,
+        ..SmsPrivateMes::default()
     })
     .encode()
 }

@@ -9,7 +9,7 @@ use crate::worker::{JobKind, RegisterError};
 
 impl Hub {
     fn register_res(&mut self, key: usize, code: u16, error: String) {
-        self.reply(key, &ServerMessage::RegisterRes(CodeRes { code, error }));
+        self.reply(key, &ServerMessage::RegisterRes(CodeRes::new(code, error)));
     }
 
     pub(crate) fn handle_register(&mut self, key: usize, m: RegisterMes, now: Now) {
