@@ -26,6 +26,7 @@ fn reg_msg(id: i64, pwd: &str, name: &str) -> ClientMessage {
             user_name: name.into(),
             ..Default::default()
         },
+        ..Default::default()
     })
 }
 
@@ -52,6 +53,7 @@ fn code_res(code: u16, error: &str) -> CodeRes {
     CodeRes {
         code,
         error: error.into(),
+        ..Default::default()
     }
 }
 
@@ -154,6 +156,7 @@ fn login_refusals_and_attempt_limit() {
             users_id: vec![],
             error: e.into(),
             users: vec![],
+            ..Default::default()
         })
     };
     t.send(c, &login_msg(2, "pw2"));
@@ -204,6 +207,7 @@ fn login_is_announced_and_lists_everyone() {
             users_id: vec![1, 2, 3],
             error: String::new(),
             users: vec![info(1), info(2), info(3)],
+            ..Default::default()
         })]
     );
     assert_eq!(t.recv(a), [notify(3, 0)]);
@@ -281,6 +285,7 @@ fn private_messages_live_stored_and_unknown() {
             content: "live".into(),
             time: t.now.unix_ms,
             offline: false,
+            ..Default::default()
         })]
     );
     // Offline recipient: 202 only once the store has it.

@@ -543,7 +543,8 @@ mod tests {
             ClientMessage::Login(LoginMes {
                 user_id: 100,
                 user_pwd: "123456".into(),
-                user_name: String::new()
+                user_name: String::new(),
+                ..Default::default()
             })
         );
     }
@@ -555,6 +556,7 @@ mod tests {
             users_id: vec![200, 100],
             error: String::new(),
             users: vec![],
+            ..Default::default()
         })
         .encode();
         let env: serde_json::Value = serde_json::from_slice(body(&frame)).unwrap();
@@ -613,6 +615,7 @@ mod tests {
                 user_id: 1,
                 user_pwd: "p".into(),
                 user_name: "n".into(),
+                ..Default::default()
             }),
             ClientMessage::Register(RegisterMes {
                 user: User {
@@ -622,6 +625,7 @@ mod tests {
                     user_status: 0,
                     sex: "f".into(),
                 },
+                ..Default::default()
             }),
             ClientMessage::Sms(SmsMes {
                 content: "héllo \"quoted\"\n".into(),
@@ -648,10 +652,12 @@ mod tests {
                     user_id: 1,
                     user_name: "a".into(),
                 }],
+                ..Default::default()
             }),
             ServerMessage::RegisterRes(CodeRes {
                 code: 400,
                 error: "taken".into(),
+                ..Default::default()
             }),
             ServerMessage::NotifyUserStatus(NotifyUserStatusMes {
                 user_id: 3,
@@ -670,16 +676,19 @@ mod tests {
                 content: "c".into(),
                 time: 7,
                 offline: true,
+                ..Default::default()
             }),
             ServerMessage::SmsRes(CodeRes {
                 code: 202,
                 error: String::new(),
+                ..Default::default()
             }),
             ServerMessage::OnlineUsersRes(OnlineUsersResMes { users: vec![] }),
             ServerMessage::Pong,
             ServerMessage::Error(CodeRes {
                 code: 401,
                 error: "log in first".into(),
+                ..Default::default()
             }),
         ];
         for m in server {
