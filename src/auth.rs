@@ -62,6 +62,16 @@ impl Hasher {
     }
 }
 
+impl crate::job::Passwords for Hasher {
+    fn hash(&self, password: &str) -> Result<String, String> {
+        Hasher::hash(self, password)
+    }
+
+    fn verify(&self, password: &str, phc: &str) -> bool {
+        Hasher::verify(self, password, phc)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

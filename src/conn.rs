@@ -12,6 +12,7 @@
 //! so nobody else ever waits for it. Idle connections hold no buffers at all: both the
 //! input buffer and the queue start empty, grow on demand and are given back when
 //! drained.
+#![forbid(unsafe_code)]
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};

@@ -11,6 +11,7 @@
 //!
 //! The message handlers themselves live in `handlers/`, one file per command, as
 //! further `impl Hub` blocks behind one dispatcher.
+#![forbid(unsafe_code)]
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -19,12 +20,12 @@ use std::rc::Rc;
 use slab::Slab;
 
 use crate::conn::{Closing, Conn, ConnRef, Pending, Session};
+use crate::job::{Job, JobKind, JobResult, Outcome};
 use crate::proto::{
     self, ClientMessage, CodeRes, NotifyUserStatusMes, ServerMessage, code, status,
 };
 use crate::rate::PerAddr;
 use crate::users::Registry;
-use crate::worker::{Job, JobKind, JobResult, Outcome};
 
 /// Folds `sample` into a moving average (weight 1/8).
 fn average(avg: &mut Option<f64>, sample: f64) {

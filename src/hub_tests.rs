@@ -6,13 +6,13 @@ use std::rc::Rc;
 
 use crate::conn::ConnRef;
 use crate::hub::HubConfig;
+use crate::job::{JobResult, LoginError, Outcome};
 use crate::proto::{
     ClientMessage, CodeRes, LoginResMes, NotifyUserStatusMes, OnlineUsersResMes, RegisterMes,
     ServerMessage, SmsMes, SmsPrivateMes, User, UserInfo, code,
 };
 use crate::store::StoreError;
 use crate::testkit::{Harness, login_msg};
-use crate::worker::{JobResult, LoginError, Outcome};
 
 fn h() -> Harness {
     Harness::new(HubConfig::default())
@@ -86,13 +86,14 @@ fn register_then_login_with_exact_replies() {
     assert_eq!(t.jobs.len(), 1);
     t.run_jobs();
     assert_eq!(t.recv(c), [ServerMessage::RegisterRes(code_res(200, ""))]);
-    assert!(
-        t.store
-            .clone()
-            .get_user_for_test(100)
-            .pwd_hash
-            .starts_with("$argon2id$")
-    );
+    // The store holds a hash of the password, never the password.
+    let rec = t.store.clone().get_user_for_test(100);
+    assert!(crate::job::Passwords::verify(
+        &t.hasher,
+        "123456",
+        &rec.pwd_hash
+    ));
+    assert!(!rec.to_json().contains("123456"));
 
     t.send(c, &login_msg(100, "123456"));
     t.run_jobs();

@@ -3,39 +3,66 @@
 //!
 //! # Layout
 //!
-//! From the wire inwards:
+//! The crate builds in two parts, and the build shows which is which.
 //!
-//! - [`reactor`]: the only code with sockets. A mio `Poll`, the listener, the
-//!   connections' sockets, the `Waker` that brings worker results back, signals and
-//!   timers. It moves bytes and runs the hub's outputs; it never waits on anything else.
-//! - [`hub`]: the deterministic heart. Every connection's state, the online registry,
-//!   the store jobs in flight. Inputs in (`handle_*`), outputs drained (`poll_*`), time
-//!   passed in as a value: the state-machine tests drive it with no sockets or threads.
-//! - [`conn`]: one connection's state machine: frame assembly buffer, session, bounded
-//!   output queue of shared frames.
+//! The sans-I/O core, built with `--no-default-features` and linked by the client and
+//! the bench. No socket, thread, clock or OS call; every file forbids `unsafe`:
+//!
 //! - [`proto`]: the wire format: 4-byte big-endian length, JSON envelope, every message.
+//! - [`hub`]: the deterministic heart. Every connection's state, the online registry,
+//!   the store jobs in flight. Inputs in (`handle_*`), outputs drained (`poll_*`), the
+//!   next deadline out (`poll_timeout`), time passed in as a value.
+//! - [`conn`]: one connection's state machine: frame assembly buffer, session, offline
+//!   delivery, bounded output queue of shared frames.
 //! - `handlers/`: one file per command (login, register, group and private messages,
 //!   online list, ping and logout), behind one dispatcher.
+//! - [`admission`]: whether a login can be hashed in time, and when to pause writes so
+//!   that hashing gets the CPU.
 //! - [`users`]: the stored user record, registration rules, the online registry.
-//! - [`worker`]: store jobs and the worker threads that run them, with [`auth`]
-//!   (argon2id hashing) and [`store`] (the `Store` trait and its backends).
-//! - [`logging`]: a log sink that never blocks the reactor.
+//! - [`rate`]: token buckets for flood control.
+//! - [`job`]: the contract between the hub and whoever runs its store jobs, and the
+//!   jobs' logic over two traits ([`store::Store`], [`job::Passwords`]).
+//! - [`store`]: the `Store` trait and the types it keeps.
+//!
+//! The server side (the default `server` feature), the only code that does I/O:
+//!
+//! - `reactor`: the mio event loop: listener, sockets, `Waker`, signals. It moves
+//!   bytes and runs the hub's outputs; it never waits on anything else.
+//! - `worker`: the worker threads that run store jobs, with `auth` (argon2id) and the
+//!   store backends `store::embedded` (redb) and `store::redis`.
+//! - `logging`: a log sink that never blocks the reactor.
+//! - `sys`: every OS call (descriptor limit, socket options, thread priority, heap trim).
+//!
+//! Tests only (`cfg(test)`, or the `testkit` feature for the fuzz targets): `testkit`,
+//! which drives the hub as the reactor does, with no sockets, and `store::mem`.
 //!
 //! The binaries: `chat-server` (`src/bin/chat-server.rs`) and, in the `client/`
 //! workspace member, the terminal client `chat`.
 
-pub mod auth;
 pub mod conn;
 mod handlers;
 pub mod hub;
-pub mod logging;
+pub mod job;
 pub mod proto;
 pub mod rate;
-pub mod reactor;
 pub mod store;
-pub mod testkit;
 pub mod users;
+
+#[cfg(feature = "server")]
+pub mod auth;
+#[cfg(feature = "server")]
+pub mod logging;
+#[cfg(feature = "server")]
+pub mod reactor;
+#[cfg(feature = "server")]
+pub mod sys;
+#[cfg(feature = "server")]
 pub mod worker;
 
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
+
+#[cfg(test)]
+mod fuzz_replay;
 #[cfg(test)]
 mod hub_tests;

@@ -11,6 +11,7 @@
 //! then turn one complete body into a typed message. Partial input is a normal result,
 //! never an error. [`FrameDecoder`] wraps `check` for callers that own a byte stream
 //! (clients, tests, the benchmark).
+#![forbid(unsafe_code)]
 
 use serde::{Deserialize, Serialize};
 

@@ -3,6 +3,7 @@
 //!
 //! Time is a value passed in (milliseconds on the caller's monotonic clock), so the
 //! limits are tested deterministically.
+#![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::net::IpAddr;

@@ -25,9 +25,10 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use crate::auth::{HashParams, Hasher};
 use crate::conn::{ConnRef, Flush};
 use crate::hub::{Hub, HubConfig, Now};
+use crate::job::JobResult;
 use crate::proto::{CodeRes, ServerMessage, code};
 use crate::store::StoreFactory;
-use crate::worker::{JobResult, ResultSink, WorkerPriority, Workers};
+use crate::worker::{ResultSink, WorkerPriority, Workers};
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -200,7 +201,7 @@ impl Server {
         mut cfg: ServerConfig,
     ) -> io::Result<Server> {
         listener.set_nonblocking(true)?;
-        widen_backlog(&listener);
+        crate::sys::widen_backlog(&listener);
         let addr = listener.local_addr()?;
         let mut listener = TcpListener::from_std(listener);
         let poll = Poll::new()?;
@@ -349,7 +350,7 @@ impl Server {
                 next_tick = t.mono_ms + TICK_MS;
             }
             if t.mono_ms >= next_trim {
-                trim_heap();
+                crate::sys::trim_heap();
                 next_trim = t.mono_ms + TRIM_MS;
             }
             if shutdown_deadline.is_none() && self.stop.load(Ordering::SeqCst) {
@@ -475,7 +476,7 @@ impl Server {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if is_resource_exhaustion(&e) => {
+                Err(e) if crate::sys::is_resource_exhaustion(&e) => {
                     log::warn!(
                         "accept failed: {e}; pausing accepts for {ACCEPT_BACKOFF_MS} ms ({} connections open)",
                         self.hub.conn_count()
@@ -492,8 +493,9 @@ impl Server {
     }
 
     fn add_conn(&mut self, mut sock: TcpStream, peer: SocketAddr, t: Now) {
-        let _ = sock.set_nodelay(true);
-        set_keepalive(&sock);
+        if let Err(e) = crate::sys::tune_connection(&sock) {
+            log::debug!("socket options for {peer}: {e}");
+        }
         let r = self.hub.accept(peer, t);
         if let Err(e) = self.poll.registry().register(
             &mut sock,
@@ -588,53 +590,6 @@ fn next_flush_at(start: Instant, done: Instant, interval: Duration, hashing: boo
     }
 }
 
-/// Raises the soft descriptor limit to the hard one: the server (and the load
-/// generator) hold many connections, and the default soft limit (often 1024) is far
-/// below what the kernel allows the process.
-pub fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain libc calls on a local struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max.min(1 << 20);
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-}
-
-/// The standard library listens with a backlog of 128. A reconnect storm after a
-/// restart brings thousands of connections at once; with a short queue the kernel
-/// drops their SYNs and clients stall for a second per retry. Calling `listen` again
-/// on a listening socket only changes its backlog (the kernel caps it at somaxconn).
-fn widen_backlog(listener: &std::net::TcpListener) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: listen on a valid socket that is already listening; no memory involved.
-    unsafe {
-        libc::listen(listener.as_raw_fd(), 4096);
-    }
-}
-
-/// Returns freed heap memory to the operating system. A burst (a storm of logins,
-/// each announced to everyone; a crowd leaving at once) grows output queues for a
-/// moment; without this, glibc keeps the high-water mark resident for good.
-fn trim_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks and releases the allocator's own free memory.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-fn is_resource_exhaustion(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
-}
-
 /// Over the connection limit: a best-effort error frame, then close.
 fn refuse(mut sock: TcpStream, peer: SocketAddr, max: usize) {
     let frame = ServerMessage::Error(CodeRes::new(
@@ -644,31 +599,6 @@ fn refuse(mut sock: TcpStream, peer: SocketAddr, max: usize) {
     .encode();
     let _ = sock.write(&frame);
     log::warn!("refused {peer}: connection limit {max} reached");
-}
-
-/// TCP keepalive, so that a peer that vanished (cable pulled, NAT entry dropped) is
-/// noticed within minutes even if it never sends a byte again: probes after 60 s idle,
-/// every 10 s, 6 unanswered probes.
-fn set_keepalive(sock: &TcpStream) {
-    use std::os::fd::AsRawFd;
-    let fd = sock.as_raw_fd();
-    let set = |level, name, value: libc::c_int| {
-        // SAFETY: fd is a valid, open socket for the duration of the call, and the
-        // option value is a c_int as these options expect.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                level,
-                name,
-                (&value as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-    };
-    set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
-    set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 60);
-    set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 10);
-    set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 6);
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! replaces the entry, and a closing connection only removes the entry if it still
 //! points at that connection, which is what makes "the newer session wins, no
 //! offline/online flicker" fall out naturally.
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::rc::Rc;

@@ -141,7 +141,7 @@ struct StormArgs {
 }
 
 fn main() {
-    chat::reactor::raise_fd_limit();
+    raise_fd_limit();
     let cli = Cli::parse();
     let r = match cli.mode {
         Mode::Fanout(a) => fanout(&a).map(|rep| rep.print(&a)),
@@ -843,4 +843,11 @@ fn storm(a: &StormArgs) -> Res<()> {
         base.lost, rep.lost
     );
     Ok(())
+}
+
+/// Raises the soft descriptor limit to the hard one: the bench holds many connections.
+fn raise_fd_limit() {
+    if let Err(e) = rlimit::increase_nofile_limit(1 << 20) {
+        eprintln!("chat-bench: cannot raise the descriptor limit: {e}");
+    }
 }

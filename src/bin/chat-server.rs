@@ -136,20 +136,6 @@ enum Priority {
     Idle,
 }
 
-/// Descriptors kept free for the data file, the log, worker threads and epoll.
-const FD_HEADROOM: usize = 64;
-
-fn default_max_conns() -> usize {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we pass and nothing else.
-    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0;
-    let soft = if ok { lim.rlim_cur as usize } else { 1024 };
-    soft.saturating_sub(FD_HEADROOM).clamp(1, 100_000)
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Err(e) = chat::logging::init(args.log_level, args.log_file.as_deref()) {
@@ -201,7 +187,7 @@ fn redis_store(url: &str, timeout_ms: u64) -> Result<StoreFactory, String> {
 }
 
 fn run(args: Args) -> Result<(), String> {
-    chat::reactor::raise_fd_limit();
+    chat::sys::raise_fd_limit();
     let factory = match &args.redis {
         Some(url) => redis_store(url, args.redis_timeout_ms)?,
         None => embedded_store(&args.data)?,
@@ -224,7 +210,9 @@ fn run(args: Args) -> Result<(), String> {
             memory_kib: args.argon2_memory_kib,
             passes: args.argon2_passes,
         },
-        max_conns: args.max_conns.unwrap_or_else(default_max_conns),
+        max_conns: args
+            .max_conns
+            .unwrap_or_else(chat::sys::max_conns_for_fd_limit),
         handle_signals: true,
         flush_interval: Duration::from_micros(args.flush_interval_us),
         worker_priority: match args.worker_priority {

@@ -3,6 +3,7 @@
 //! The sender is stamped from the session (never taken from the frame), `userPwd` is
 //! always empty, and `time` is added. The frame is encoded once and every recipient's
 //! queue shares those bytes. It is never echoed to the sender.
+#![forbid(unsafe_code)]
 
 use std::rc::Rc;
 

@@ -5,12 +5,13 @@
 //! included), then its offline messages; the others get `NotifyUserStatusMes` status 0.
 //! If the user was already online on another connection, that older session gets
 //! `ErrorResMes` 409 and is closed, and the others see no offline/online flicker.
+#![forbid(unsafe_code)]
 
 use crate::conn::{Pending, Session};
 use crate::hub::{Hub, Now};
+use crate::job::{JobKind, LoginError, LoginOk};
 use crate::proto::{LoginMes, LoginResMes, NotifyUserStatusMes, ServerMessage, code, status};
 use crate::users::{MAX_PASSWORD_BYTES, OnlineEntry};
-use crate::worker::{JobKind, LoginError, LoginOk};
 
 /// The refusal text for a login or registration that would wait too long: when to try
 /// again, rounded up to whole seconds.

@@ -4,6 +4,7 @@
 //! message, and acts through the hub's few verbs (`reply`, `deliver`, `broadcast`,
 //! `submit` a store job, `close`). Handlers that need the store finish in a `*_done`
 //! method that the hub calls with the job's result.
+#![forbid(unsafe_code)]
 
 mod group;
 pub(crate) mod login;

@@ -1,4 +1,5 @@
 //! `OnlineUsersMes`: who is online now, with names, the caller included.
+#![forbid(unsafe_code)]
 
 use crate::hub::Hub;
 use crate::proto::{OnlineUsersResMes, ServerMessage};

@@ -5,14 +5,15 @@
 //! Stored messages are delivered at the recipient's next login, oldest first, marked
 //! `offline: true`, in batches that respect the output queue limit; each batch is
 //! removed from the store only after it was queued on the recipient's connection.
+#![forbid(unsafe_code)]
 
 use std::rc::Rc;
 
 use crate::conn::{Pending, Session};
 use crate::hub::{Hub, Now};
+use crate::job::JobKind;
 use crate::proto::{CodeRes, ServerMessage, SmsPrivateMes, code};
 use crate::store::{OfflineMsg, StoreError, StoredMsg};
-use crate::worker::JobKind;
 
 impl Hub {
     fn sms_res(&mut self, key: usize, code: u16, error: &str) {

@@ -1,11 +1,12 @@
 //! `RegisterMes`: validate, then a worker hashes the password and creates the user.
 //! `RegisterResMes` 200 goes out only after the store committed the new user.
+#![forbid(unsafe_code)]
 
 use crate::conn::Pending;
 use crate::hub::{Hub, Now};
+use crate::job::{JobKind, RegisterError};
 use crate::proto::{CodeRes, RegisterMes, ServerMessage, code};
 use crate::users::validate_registration;
-use crate::worker::{JobKind, RegisterError};
 
 impl Hub {
     fn register_res(&mut self, key: usize, code: u16, error: String) {

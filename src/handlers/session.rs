@@ -1,5 +1,6 @@
 //! `PingMes` (answered with `PongMes`, before or after login) and `LogoutMes` (the
 //! others are told, then the connection is closed).
+#![forbid(unsafe_code)]
 
 use crate::hub::{Hub, Now};
 

@@ -1,6 +1,7 @@
 //! An in-memory store with the same semantics as the real backends, shared between
 //! handles through a mutex. For tests of the logic above storage, and the reference
 //! the backend suite is checked against.
+#![forbid(unsafe_code)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};

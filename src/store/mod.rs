@@ -12,9 +12,13 @@
 //!   `ack_offline(user, upto)` removes those with `seq <= upto`. A crash between the two
 //!   can repeat a message, never lose one.
 //! - A method that returned `Ok` has committed durably.
+#![forbid(unsafe_code)]
 
+#[cfg(feature = "server")]
 pub mod embedded;
+#[cfg(any(test, feature = "testkit"))]
 pub mod mem;
+#[cfg(feature = "server")]
 pub mod redis;
 
 use serde::{Deserialize, Serialize};

@@ -1,0 +1,129 @@
+//! Every call into the operating system that is not a socket read or write: the
+//! descriptor limit, socket options, thread priority, giving memory back. Each one
+//! either works or says in the log why not; none is silently ignored.
+
+use std::io;
+
+/// Descriptors kept free for the data file, the log, worker threads and epoll.
+pub const FD_HEADROOM: u64 = 64;
+
+/// Raises the soft descriptor limit to the hard one (at most 2^20) and returns the
+/// limit in force: the server holds many connections, and the default soft limit
+/// (often 1024) is far below what the kernel allows the process.
+pub fn raise_fd_limit() -> u64 {
+    match rlimit::increase_nofile_limit(1 << 20) {
+        Ok(n) => n,
+        Err(e) => {
+            log::warn!("cannot raise the descriptor limit: {e}");
+            rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
+        }
+    }
+}
+
+/// Connections the server can hold at the current descriptor limit, leaving
+/// [`FD_HEADROOM`] for everything else.
+pub fn max_conns_for_fd_limit() -> usize {
+    let soft = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
+    soft.saturating_sub(FD_HEADROOM).clamp(1, 100_000) as usize
+}
+
+/// Listen backlog: a reconnect storm after a restart brings thousands of connections
+/// at once; with the standard library's 128 the kernel drops their SYNs and clients
+/// stall for a second per retry. (The kernel caps it at somaxconn.)
+const BACKLOG: i32 = 4096;
+
+/// A listening socket bound to `addr`, with a wide backlog and `SO_REUSEADDR` (a
+/// restarted server can listen again at once while old connections are in TIME_WAIT).
+pub fn listen(addr: std::net::SocketAddr) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    sock.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        // [::] then serves IPv6 only, as its address says; 0.0.0.0 is another listener.
+        sock.set_only_v6(true)?;
+    }
+    sock.bind(&addr.into())?;
+    sock.listen(BACKLOG)?;
+    Ok(sock.into())
+}
+
+/// Widens the backlog of a listener someone else bound (tests, embedding): calling
+/// `listen` again on a listening socket only changes its backlog.
+pub fn widen_backlog(listener: &std::net::TcpListener) {
+    let sock = socket2::SockRef::from(listener);
+    if let Err(e) = sock.listen(BACKLOG) {
+        log::warn!("cannot widen the listen backlog: {e}");
+    }
+}
+
+/// Options for an accepted connection: no Nagle delay (frames are written whole, once
+/// per loop turn), and TCP keepalive, so that a peer that vanished (cable pulled, NAT
+/// entry dropped) is noticed within minutes even if it never sends a byte again:
+/// probes after 60 s idle, every 10 s, 6 unanswered probes.
+pub fn tune_connection(sock: &mio::net::TcpStream) -> io::Result<()> {
+    use std::time::Duration;
+    let s = socket2::SockRef::from(sock);
+    s.set_tcp_nodelay(true)?;
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(6);
+    s.set_tcp_keepalive(&ka)
+}
+
+/// Whether an accept failed for lack of descriptors or memory (back off, do not spin).
+pub fn is_resource_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// Returns freed heap memory to the operating system. A burst (a storm of logins,
+/// each announced to everyone; a crowd leaving at once) grows output queues for a
+/// moment; without this, glibc keeps the high-water mark resident for good.
+pub fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks and releases the allocator's own free memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// How a thread is scheduled against the reactor thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    /// Like the reactor.
+    Normal,
+    /// nice 10.
+    Low,
+    /// SCHED_IDLE: only CPU that nothing else wants.
+    Idle,
+}
+
+/// Sets the calling thread's scheduling; logs a warning if the system refuses.
+pub fn set_thread_priority(p: Priority) {
+    let ok = match p {
+        Priority::Normal => true,
+        #[cfg(target_os = "linux")]
+        // SAFETY: gettid and setpriority act on the calling thread only.
+        Priority::Low => unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::setpriority(libc::PRIO_PROCESS, tid, 10) == 0
+        },
+        #[cfg(target_os = "linux")]
+        // SAFETY: acts on the calling thread (pid 0) with a sched_param we own.
+        Priority::Idle => unsafe {
+            let param = libc::sched_param { sched_priority: 0 };
+            libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) == 0
+        },
+        #[cfg(not(target_os = "linux"))]
+        _ => false,
+    };
+    if !ok {
+        log::warn!(
+            "could not set a worker thread's priority to {p:?}: {}",
+            io::Error::last_os_error()
+        );
+    }
+}
