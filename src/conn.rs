@@ -9,9 +9,15 @@
 //! The output queue ([`OutQueue`]) holds shared, already-encoded frames (`Rc<[u8]>`): a
 //! group message is encoded once and every recipient's queue points at the same bytes.
 //! It is bounded in bytes; a client that stops reading hits the bound and is dropped,
-//! so nobody else ever waits for it. Idle connections hold no buffers at all: both the
-//! input buffer and the queue start empty, grow on demand and are given back when
-//! drained.
+//! so nobody else ever waits for it. A direct answer to the client's own request (the
+//! login reply, the online list) is always queued if what the client has not read yet
+//! is within the bound: the limit judges a client by what it fails to read, not by
+//! the size of an answer it asked for. Buffers start empty and grow on demand; the hub
+//! gives back the memory of idle ones now and then (`Conn::shrink_idle`), not on every
+//! drain, where a busy connection would reallocate each time.
+//!
+//! The fields are private to the hub: the reactor sees connections only through the
+//! hub's methods and the [`ConnRef`] handle.
 #![forbid(unsafe_code)]
 
 use std::collections::VecDeque;
@@ -19,6 +25,7 @@ use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::rc::Rc;
 
+use crate::offline::Offline;
 use crate::rate::Bucket;
 
 /// A connection's identity: its slab key plus a generation, so that a late event or
@@ -66,6 +73,14 @@ pub struct OutQueue {
     head_written: usize,
     /// Bytes queued and not yet written.
     bytes: usize,
+    /// Bytes ever queued.
+    queued_total: u64,
+    /// Bytes ever written.
+    written_total: u64,
+    /// A direct answer to the client's own request, queued and not yet written, is
+    /// not counted against the limit: its size, and where it ends in `queued_total`.
+    reply_len: usize,
+    reply_end: u64,
 }
 
 /// Slices handed to one vectored write, kept on the stack. Every slice but the copied
@@ -80,12 +95,57 @@ pub const GATHER_FRAME: usize = 4096;
 impl OutQueue {
     /// Queues `frame` unless that would take the queue over `limit` bytes.
     pub fn push(&mut self, frame: Rc<[u8]>, limit: usize) -> Result<(), Overflow> {
-        if self.bytes + frame.len() > limit {
+        if self.counted() + frame.len() > limit {
             return Err(Overflow);
         }
-        self.bytes += frame.len();
-        self.chunks.push_back(frame);
+        self.push_unchecked(frame);
         Ok(())
+    }
+
+    /// Queues a direct answer to the client's own request. One such answer at a time
+    /// is not counted against `limit` until it is written: a client is judged by what
+    /// it fails to read, not by the size of an answer it asked for. A second answer
+    /// while the first is unread counts like any frame.
+    pub fn push_reply(&mut self, frame: Rc<[u8]>, limit: usize) -> Result<(), Overflow> {
+        if self.reply_pending() {
+            return self.push(frame, limit);
+        }
+        if self.counted() > limit {
+            return Err(Overflow);
+        }
+        self.reply_len = frame.len();
+        self.push_unchecked(frame);
+        self.reply_end = self.queued_total;
+        Ok(())
+    }
+
+    fn reply_pending(&self) -> bool {
+        self.written_total < self.reply_end
+    }
+
+    /// Bytes queued that count against the limit.
+    fn counted(&self) -> usize {
+        if self.reply_pending() {
+            self.bytes.saturating_sub(self.reply_len)
+        } else {
+            self.bytes
+        }
+    }
+
+    fn push_unchecked(&mut self, frame: Rc<[u8]>) {
+        self.bytes += frame.len();
+        self.queued_total += frame.len() as u64;
+        self.chunks.push_back(frame);
+    }
+
+    /// Bytes ever queued on this connection.
+    pub fn queued_total(&self) -> u64 {
+        self.queued_total
+    }
+
+    /// Bytes ever written to this connection's socket.
+    pub fn written_total(&self) -> u64 {
+        self.written_total
     }
 
     pub fn is_empty(&self) -> bool {
@@ -172,6 +232,7 @@ impl OutQueue {
 
     fn consume(&mut self, mut n: usize) {
         self.bytes -= n;
+        self.written_total += n as u64;
         while n > 0 {
             let front = self.chunks.front().expect("wrote more than was queued");
             let left = front.len() - self.head_written;
@@ -197,6 +258,7 @@ impl OutQueue {
     /// Removes and returns every queued frame (for tests and state-machine drivers that
     /// have no socket). A partly written front frame is returned whole.
     pub fn drain_frames(&mut self) -> Vec<Rc<[u8]>> {
+        self.written_total += self.bytes as u64;
         self.bytes = 0;
         self.head_written = 0;
         std::mem::take(&mut self.chunks).into_iter().collect()
@@ -215,7 +277,9 @@ pub enum Session {
 /// What a store job in flight for this connection is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pending {
-    Login,
+    Login {
+        user_id: i64,
+    },
     Register,
     /// A private message to `to` is being stored.
     Private {
@@ -226,32 +290,28 @@ pub enum Pending {
 /// One connection's state machine.
 #[derive(Debug)]
 pub struct Conn {
-    pub generation: u32,
-    pub peer: SocketAddr,
+    pub(super) generation: u32,
+    pub(super) peer: SocketAddr,
     /// Flood control: frames this connection may still send right now.
-    pub msg_bucket: Bucket,
-    pub session: Session,
+    pub(super) msg_bucket: Bucket,
+    pub(super) session: Session,
     /// A reply-bearing store job is in flight: later frames wait in `inbuf`.
-    pub pending: Option<Pending>,
+    pub(super) pending: Option<Pending>,
     /// Set once the connection is being closed: nothing more is read or handled.
-    pub closing: Option<Closing>,
+    pub(super) closing: Option<Closing>,
     /// Bytes received and not yet handled: a partial frame, or frames waiting for
     /// `pending` to clear.
-    pub inbuf: Vec<u8>,
-    pub out: OutQueue,
+    pub(super) inbuf: Vec<u8>,
+    pub(super) out: OutQueue,
     /// When the login timeout started counting: when the connection opened, or, after
     /// a busy refusal, the time the client was told to come back.
-    pub login_clock_ms: u64,
-    pub login_failures: u32,
-    /// Highest offline-message sequence number already delivered to this session.
-    pub offline_seen: u64,
-    /// An offline fetch is in flight for this session.
-    pub offline_fetching: bool,
-    /// The removal of delivered offline messages is in flight; the next fetch waits
-    /// for it, or it would read the same messages again.
-    pub offline_acking: bool,
-    /// More offline messages wait in the store; fetched when the queue drains.
-    pub offline_more: bool,
+    pub(super) login_clock_ms: u64,
+    pub(super) login_failures: u32,
+    /// Largest frame body this client reads (`maxFrame`; a seed client's limit until
+    /// it says otherwise).
+    pub(super) max_frame_out: usize,
+    /// Delivery of its stored private messages, once online.
+    pub(super) offline: Offline,
 }
 
 /// How a closing connection goes.
@@ -278,11 +338,34 @@ impl Conn {
             out: OutQueue::default(),
             login_clock_ms: now_ms,
             login_failures: 0,
-            offline_seen: 0,
-            offline_fetching: false,
-            offline_acking: false,
-            offline_more: false,
+            max_frame_out: crate::proto::SEED_MAX_FRAME,
+            offline: Offline::new(false),
         }
+    }
+
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing.is_some()
+    }
+
+    pub fn queued_bytes(&self) -> usize {
+        self.out.len_bytes()
+    }
+
+    /// The frames queued and not yet written (shared with other queues).
+    pub fn queued_frames(&self) -> Vec<Rc<[u8]>> {
+        self.out.chunks.iter().cloned().collect()
     }
 
     pub fn user_id(&self) -> Option<i64> {

@@ -2,40 +2,44 @@
 //! online registry, and the jobs waiting for workers, with no sockets, threads or
 //! clocks of its own.
 //!
-//! Inputs go in through `handle_*` methods (bytes read, a peer hung up, a store result,
-//! an output queue drained, time passing); outputs are drained through `poll_*`
-//! methods (jobs to run, connections with output to write, connections that may read
-//! again, connections to close). The reactor is a thin loop around this; the tests
-//! drive it directly, feeding frames and job results in whatever order they choose and
-//! reading the exact frames each connection was sent. Time is a value passed in.
+//! Inputs go in through `accept` and `handle_*` (bytes read, a peer hung up, a store
+//! result, time passing); the socket's write is passed in to [`Hub::write`], which
+//! reports what happened; outputs are drained through `poll_*` (jobs to run,
+//! connections with output to write, connections that may read again, connections to
+//! close), and [`Hub::poll_timeout`] says when the hub next needs the loop. The reactor
+//! is a thin loop around this and never touches a connection's state; the tests drive
+//! it the same way, feeding frames and job results in whatever order they choose.
 //!
-//! The message handlers themselves live in `handlers/`, one file per command, as
-//! further `impl Hub` blocks behind one dispatcher.
+//! The message handlers live in `handlers/`, one file per command, as further
+//! `impl Hub` blocks behind one dispatcher. They and [`conn`] are modules of this one,
+//! so a connection's fields are private to the hub.
 #![forbid(unsafe_code)]
 
-use std::collections::VecDeque;
-use std::net::SocketAddr;
+#[path = "conn.rs"]
+pub mod conn;
+#[path = "handlers/mod.rs"]
+mod handlers;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::io::{self, IoSlice};
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 
 use slab::Slab;
 
-use crate::conn::{Closing, Conn, ConnRef, Pending, Session};
+use crate::admission::Admission;
 use crate::job::{Job, JobKind, JobResult, Outcome};
+use crate::offline::Action;
 use crate::proto::{
     self, ClientMessage, CodeRes, NotifyUserStatusMes, ServerMessage, code, status,
 };
-use crate::rate::PerAddr;
+use crate::rate::{PerAddr, addr_key};
 use crate::users::Registry;
+use conn::{Closing, Conn, ConnRef, Flush, Pending, Session};
 
-/// Folds `sample` into a moving average (weight 1/8).
-fn average(avg: &mut Option<f64>, sample: f64) {
-    *avg = Some(match *avg {
-        Some(a) => a + (sample - a) / 8.0,
-        None => sample,
-    });
-}
-
-/// Limits and timings; every one is a command-line flag of the server.
+/// Limits and timings. The server's command line sets them (`chat-server --help`
+/// names each); these defaults are the command line's.
 #[derive(Debug, Clone)]
 pub struct HubConfig {
     /// Largest frame body from a logged-in client.
@@ -44,15 +48,19 @@ pub struct HubConfig {
     pub prelogin_max_frame: usize,
     /// Largest output queue per connection, in bytes.
     pub max_outbuf: usize,
+    /// Connections held at once; more are refused with `ErrorResMes` 503. 0: no limit
+    /// here (the server sets it from the descriptor limit).
+    pub max_conns: usize,
+    /// Connections held at once from one address (an IPv6 /64 counts as one); more
+    /// are refused with `ErrorResMes` 503. 0: no limit.
+    pub max_conns_per_addr: usize,
     /// Store jobs queued or running at once, over all connections.
     pub max_jobs: usize,
     /// Threads hashing passwords (logins and registrations).
     pub hash_workers: usize,
-    /// Longest a login or registration should wait for a hashing thread. A request
-    /// whose estimated wait (hashes ahead of it times the measured cost of one,
-    /// divided by the threads) is longer is refused at once as busy, with that
-    /// estimate, instead of queueing for an answer that would come too late.
-    pub hash_wait_ms: u64,
+    /// Longest a store job may wait for a worker (`--job-timeout`). A login or
+    /// registration whose estimated wait is longer is refused at once as busy.
+    pub job_timeout_ms: u64,
     /// A connection that has not logged in by then is closed.
     pub login_timeout_ms: u64,
     /// How long a closing connection may take to write its last frames.
@@ -67,6 +75,8 @@ pub struct HubConfig {
     /// Logins and registrations (each costs a password hash) per minute per client
     /// address (burst the same); over it, `ErrorResMes` 429. 0: no limit.
     pub login_rate: u32,
+    /// How often refusals and storage errors are summed up in the log.
+    pub summary_interval_ms: u64,
 }
 
 impl Default for HubConfig {
@@ -75,15 +85,18 @@ impl Default for HubConfig {
             max_frame: proto::DEFAULT_MAX_FRAME,
             prelogin_max_frame: 8 * 1024,
             max_outbuf: 1024 * 1024,
+            max_conns: 0,
+            max_conns_per_addr: 64,
             max_jobs: 1024,
             hash_workers: 2,
-            hash_wait_ms: 30_000,
+            job_timeout_ms: 30_000,
             login_timeout_ms: 30_000,
             close_linger_ms: 2_000,
             max_login_failures: 5,
             offline_batch: 100,
             msg_rate: 20,
             login_rate: 30,
+            summary_interval_ms: 10_000,
         }
     }
 }
@@ -107,6 +120,48 @@ pub struct Stats {
     pub slow_consumers_dropped: u64,
 }
 
+/// Refusals and failures counted between two summaries in the log, so that a flood
+/// or an outage costs one log line per interval, not one per request.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// Store jobs refused: the job queue was full.
+    pub jobs_refused: u64,
+    /// Jobs that waited past the job timeout and were refused unrun.
+    pub jobs_expired: u64,
+    /// Logins and registrations refused as busy (estimated wait too long).
+    pub hash_refused: u64,
+    /// Logins and registrations over the per-address rate.
+    pub login_rate_refused: u64,
+    /// Frames refused before login (401) or over the message rate (429).
+    pub frames_refused: u64,
+    /// Connections refused: server full, or too many from one address.
+    pub conns_refused: u64,
+    pub conns_refused_per_addr: u64,
+    /// Requests that failed on a storage error, and the last such error.
+    pub store_errors: u64,
+    pub last_store_error: String,
+}
+
+impl Summary {
+    fn is_empty(&self) -> bool {
+        *self == Summary::default()
+    }
+}
+
+/// What [`Hub::write`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// Nothing left to write.
+    Drained,
+    /// The socket would block: write again when it is writable.
+    Blocked,
+    /// The write failed; the connection is closing.
+    Failed,
+}
+
+/// A timer: when, and for which connection.
+type Deadline = Reverse<(u64, usize, u32)>;
+
 pub struct Hub {
     pub(crate) cfg: HubConfig,
     pub(crate) conns: Slab<Conn>,
@@ -114,21 +169,8 @@ pub struct Hub {
     pub(crate) online: Registry,
     jobs: VecDeque<Job>,
     jobs_in_flight: usize,
-    /// Jobs refused since the last tick (queue full).
-    jobs_refused: u64,
-    /// When each hashing job in flight was submitted (mono ms), oldest first.
-    hash_jobs: VecDeque<u64>,
-    /// What one hash has cost lately, in ms (a moving average of worker times).
-    hash_cost_ms: Option<f64>,
-    /// Time between hash completions while hashes were waiting, in ms (a moving
-    /// average): what the threads really deliver, starved of CPU or not.
-    hash_gap_ms: Option<f64>,
-    /// When the last hash completed, if others were still in flight then.
-    last_hash_done: Option<u64>,
-    /// Logins and registrations refused as busy since the last tick.
-    hash_refused: u64,
-    /// Jobs that waited past the job timeout and were refused unrun, since the last tick.
-    jobs_expired: u64,
+    /// Which logins and registrations are admitted, given what hashing delivers.
+    pub(crate) admission: Admission,
     /// Connections whose queue went from empty to non-empty: to be written this turn.
     writes: Vec<ConnRef>,
     /// Connections that stopped reading for a job and may read again.
@@ -137,38 +179,57 @@ pub struct Hub {
     closes: Vec<ConnRef>,
     /// Connections whose queue overflowed during the current operation.
     overflowed: Vec<usize>,
+    /// Login timeouts and close deadlines, soonest first. An entry whose connection
+    /// has gone or moved on is skipped when it comes up.
+    deadlines: BinaryHeap<Deadline>,
+    /// Connections open per client address (IPv6: per /64).
+    per_addr: HashMap<IpAddr, u32>,
+    /// Logins in flight, by user: a message stored for one of them meanwhile is
+    /// fetched once it is online.
+    logging_in: HashMap<i64, Vec<ConnRef>>,
     /// Hash-costing requests per client address.
     pub(crate) login_limits: PerAddr,
     /// Users who went offline this turn, not yet announced.
     departures: Vec<(i64, Rc<str>)>,
     /// `PongMes`, encoded once.
     pub(crate) pong: Rc<[u8]>,
+    /// Where small frames are copied together for one write (see `OutQueue::write_with`).
+    gather: Vec<u8>,
+    /// When buffers are next trimmed.
+    next_housekeeping_ms: u64,
+    /// When the summary of refusals may next be logged.
+    next_summary_ms: u64,
+    pub(crate) summary: Summary,
     pub stats: Stats,
 }
+
+/// How often idle buffers are given back and per-address limits forgotten.
+const HOUSEKEEPING_MS: u64 = 1_000;
 
 impl Hub {
     pub fn new(cfg: HubConfig) -> Hub {
         Hub {
+            admission: Admission::new(cfg.hash_workers, cfg.job_timeout_ms),
             cfg,
             conns: Slab::new(),
             next_gen: 0,
             online: Registry::default(),
             jobs: VecDeque::new(),
             jobs_in_flight: 0,
-            jobs_refused: 0,
-            hash_jobs: VecDeque::new(),
-            hash_cost_ms: None,
-            hash_gap_ms: None,
-            last_hash_done: None,
-            hash_refused: 0,
-            jobs_expired: 0,
             writes: Vec::new(),
             reads: Vec::new(),
             closes: Vec::new(),
             overflowed: Vec::new(),
+            deadlines: BinaryHeap::new(),
+            per_addr: HashMap::new(),
+            logging_in: HashMap::new(),
             login_limits: PerAddr::default(),
             departures: Vec::new(),
             pong: ServerMessage::Pong.encode().into(),
+            gather: Vec::new(),
+            next_housekeeping_ms: 0,
+            next_summary_ms: 0,
+            summary: Summary::default(),
             stats: Stats::default(),
         }
     }
@@ -179,14 +240,44 @@ impl Hub {
 
     // ----- inputs -------------------------------------------------------------------
 
-    /// A new connection from `peer`.
-    pub fn accept(&mut self, peer: SocketAddr, now: Now) -> ConnRef {
+    /// A new connection from `peer`. Over the connection limit, or over the limit for
+    /// its address, it is refused: the error frame to write to it before closing
+    /// comes back instead.
+    pub fn accept(&mut self, peer: SocketAddr, now: Now) -> Result<ConnRef, Rc<[u8]>> {
+        let addr = addr_key(peer.ip());
+        let from_addr = self.per_addr.get(&addr).copied().unwrap_or(0) as usize;
+        let refusal = if self.cfg.max_conns > 0 && self.conns.len() >= self.cfg.max_conns {
+            self.summary.conns_refused += 1;
+            Some(format!(
+                "server full ({} connections); try again later",
+                self.cfg.max_conns
+            ))
+        } else if self.cfg.max_conns_per_addr > 0 && from_addr >= self.cfg.max_conns_per_addr {
+            self.summary.conns_refused_per_addr += 1;
+            Some(format!(
+                "too many connections from your address (at most {}); try again later",
+                self.cfg.max_conns_per_addr
+            ))
+        } else {
+            None
+        };
+        if let Some(text) = refusal {
+            let mut res = CodeRes::new(code::UNAVAILABLE, text);
+            res.retry_after = Some(1);
+            return Err(ServerMessage::Error(res).encode().into());
+        }
+        *self.per_addr.entry(addr).or_insert(0) += 1;
         self.next_gen = self.next_gen.wrapping_add(1).max(1);
         let generation = self.next_gen;
         let conn = Conn::new(generation, peer, now.mono_ms, self.cfg.msg_rate);
         let key = self.conns.insert(conn);
         self.stats.accepted += 1;
-        ConnRef { key, generation }
+        self.arm(
+            key,
+            generation,
+            now.mono_ms.saturating_add(self.cfg.login_timeout_ms),
+        );
+        Ok(ConnRef { key, generation })
     }
 
     /// Bytes read from `r`'s socket.
@@ -223,29 +314,23 @@ impl Hub {
     pub fn handle_result(&mut self, res: JobResult, now: Now) {
         self.jobs_in_flight = self.jobs_in_flight.saturating_sub(1);
         if res.took.is_none() {
-            self.jobs_expired += 1;
+            self.summary.jobs_expired += 1;
         }
-        if matches!(res.outcome, Outcome::Login(_) | Outcome::Register(_)) {
-            self.hash_jobs.pop_front();
-            if let Some(took) = res.took {
-                if res.outcome.hashed() {
-                    average(&mut self.hash_cost_ms, took.as_secs_f64() * 1000.0);
-                }
-                if let Some(prev) = self.last_hash_done {
-                    average(
-                        &mut self.hash_gap_ms,
-                        now.mono_ms.saturating_sub(prev) as f64,
-                    );
-                }
-            }
-            self.last_hash_done = (!self.hash_jobs.is_empty()).then_some(now.mono_ms);
+        if let Outcome::Login(_) | Outcome::Register(_) = res.outcome {
+            self.admission
+                .completed(now.mono_ms, res.took, res.outcome.hashed());
         }
         let Some(r) = res.conn else {
-            if let Outcome::AckOffline(Err(e)) = &res.outcome {
-                log::warn!("offline messages not removed (they may be delivered again): {e}");
+            if let Outcome::AckOffline { result: Err(e), .. } = &res.outcome {
+                self.store_error(&format!(
+                    "offline messages not removed (they will be offered again): {e}"
+                ));
             }
             return;
         };
+        if let Outcome::Login(_) = res.outcome {
+            self.login_settled(r);
+        }
         if self.get(r).is_none() {
             log::debug!("result for a connection that has gone: {:?}", res.outcome);
             return;
@@ -259,85 +344,89 @@ impl Hub {
                 batch,
                 result,
             } => self.offline_fetched(r.key, user_id, batch, result, now),
-            Outcome::AckOffline(result) => self.offline_acked(r.key, result),
+            Outcome::AckOffline { upto, result } => self.offline_acked(r.key, upto, result),
         }
         self.settle(now);
     }
 
-    /// `r`'s output queue was written out completely.
-    pub fn handle_flushed(&mut self, r: ConnRef, now: Now) {
-        let Some(conn) = self.get_mut(r) else { return };
-        match conn.closing {
-            Some(Closing { flush: true, .. }) => self.closes.push(r),
-            Some(_) => {}
-            None => {
-                if conn.offline_more && !conn.offline_fetching && !conn.offline_acking {
-                    self.fetch_offline(r.key);
-                }
-            }
+    /// Writes `r`'s queued output through `write` (the socket's vectored write), until
+    /// the queue is empty or the socket would block, and acts on what was written:
+    /// stored messages that reached the socket are removed from the store, a
+    /// connection that was closing once written closes.
+    pub fn write<W>(&mut self, r: ConnRef, now: Now, write: W) -> Written
+    where
+        W: FnMut(&[IoSlice<'_>]) -> io::Result<usize>,
+    {
+        let Some(conn) = self
+            .conns
+            .get_mut(r.key)
+            .filter(|c| c.generation == r.generation)
+        else {
+            return Written::Drained;
+        };
+        if conn.out.is_empty() {
+            return Written::Drained;
         }
+        let res = conn.out.write_with(&mut self.gather, write);
+        let action = conn.offline.written(conn.out.written_total());
+        self.offline_action(r.key, action);
+        let written = match res {
+            Ok(Flush::Drained) => {
+                if let Some(Closing { flush: true, .. }) = self.conns[r.key].closing {
+                    self.closes.push(r);
+                }
+                Written::Drained
+            }
+            Ok(Flush::Blocked) => Written::Blocked,
+            Err(e) => {
+                self.close(r.key, false, &format!("write failed: {e}"), now);
+                Written::Failed
+            }
+        };
         self.settle(now);
+        written
     }
 
     /// Time passed: closes connections that did not log in in time and closing
-    /// connections that did not manage to write their last frames.
-    pub fn handle_tick(&mut self, now: Now) {
-        self.login_limits.prune(now.mono_ms, self.cfg.login_rate);
-        if self.jobs_refused > 0 {
-            log::warn!(
-                "store job queue full ({} jobs): {} requests refused as busy",
-                self.cfg.max_jobs,
-                self.jobs_refused
-            );
-            self.jobs_refused = 0;
-        }
-        if self.jobs_expired > 0 {
-            log::warn!(
-                "{} requests waited longer than the job timeout for a worker and were refused",
-                self.jobs_expired
-            );
-            self.jobs_expired = 0;
-        }
-        if self.hash_refused > 0 {
-            log::warn!(
-                "logins and registrations: {} refused as busy (estimated wait over {} s)",
-                self.hash_refused,
-                self.cfg.hash_wait_ms / 1000
-            );
-            self.hash_refused = 0;
-        }
-        let mut expired = Vec::new();
-        for (key, c) in &mut self.conns {
-            c.shrink_idle();
+    /// connections that did not manage to write their last frames; now and then gives
+    /// back idle buffers and logs what was refused.
+    pub fn handle_timeout(&mut self, now: Now) {
+        while let Some(&Reverse((at, key, generation))) = self.deadlines.peek() {
+            if at > now.mono_ms {
+                break;
+            }
+            self.deadlines.pop();
+            let Some(c) = self.conns.get(key).filter(|c| c.generation == generation) else {
+                continue;
+            };
             match c.closing {
-                Some(cl) => {
-                    if now.mono_ms >= cl.deadline_ms {
-                        expired.push((key, true));
-                    }
+                Some(cl) if now.mono_ms >= cl.deadline_ms => {
+                    log::debug!("conn {key}: close deadline passed");
+                    self.close(key, false, "could not write its last frames in time", now);
+                }
+                Some(_) => {}
+                None if c.is_online() || matches!(c.pending, Some(Pending::Login { .. })) => {
+                    // Logged in (or a login in flight, whose result decides): no
+                    // login timeout. A failed login arms it again.
                 }
                 None => {
-                    if !c.is_online()
-                        && c.pending != Some(Pending::Login)
-                        && now.mono_ms.saturating_sub(c.login_clock_ms) >= self.cfg.login_timeout_ms
-                    {
-                        expired.push((key, false));
+                    let due = c.login_clock_ms.saturating_add(self.cfg.login_timeout_ms);
+                    if due > now.mono_ms {
+                        self.arm(key, generation, due);
+                        continue;
                     }
+                    let secs = self.cfg.login_timeout_ms / 1000;
+                    self.error(
+                        key,
+                        code::UNAUTHORIZED,
+                        &format!("no login within {secs} s"),
+                    );
+                    self.close(key, true, "login timeout", now);
                 }
             }
         }
-        for (key, closing) in expired {
-            if closing {
-                log::debug!("conn {key}: close deadline passed");
-                self.close(key, false, "could not write its last frames in time", now);
-            } else {
-                let secs = self.cfg.login_timeout_ms / 1000;
-                self.error(
-                    key,
-                    code::UNAUTHORIZED,
-                    &format!("no login within {secs} s"),
-                );
-                self.close(key, true, "login timeout", now);
-            }
+        if now.mono_ms >= self.next_housekeeping_ms {
+            self.housekeeping(now);
         }
         self.settle(now);
     }
@@ -361,9 +450,38 @@ impl Hub {
         self.jobs.pop_front()
     }
 
+    /// When the hub next needs the loop, on the monotonic clock: now if jobs, writes,
+    /// closes or departures wait; otherwise the next login timeout, close deadline or
+    /// housekeeping; `None` if nothing at all is due.
+    pub fn poll_timeout(&self, now: Now) -> Option<u64> {
+        if !self.jobs.is_empty() || self.has_output() || !self.reads.is_empty() {
+            return Some(now.mono_ms);
+        }
+        let timer = self.deadlines.peek().map(|Reverse((at, _, _))| *at);
+        let housekeeping = (!self.conns.is_empty()
+            || !self.summary.is_empty()
+            || !self.login_limits.is_empty()
+            || self.admission.hashing())
+        .then_some(self.next_housekeeping_ms);
+        match (timer, housekeeping) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// Whether logins or registrations are waiting for a password hash.
     pub fn hashing(&self) -> bool {
-        !self.hash_jobs.is_empty()
+        self.admission.hashing()
+    }
+
+    /// When the next round of writes may start (see `Admission::next_flush_at`).
+    pub fn next_flush_at(
+        &self,
+        start: std::time::Instant,
+        done: std::time::Instant,
+        interval: std::time::Duration,
+    ) -> std::time::Instant {
+        self.admission.next_flush_at(start, done, interval)
     }
 
     /// Whether writes, closes or departures are waiting for the reactor.
@@ -381,15 +499,16 @@ impl Hub {
         self.reads.pop()
     }
 
-    /// The next connection to close. Its state is removed (and others are told it went
-    /// offline) before this returns; the caller drops the socket.
+    /// The next connection to close. Its state is removed and its departure queued
+    /// for [`Hub::announce_departures`]; the caller drops the socket.
     pub fn poll_close(&mut self, now: Now) -> Option<ConnRef> {
         while let Some(r) = self.closes.pop() {
             if self.get(r).is_none() {
                 continue; // closed twice in one turn
             }
             self.go_offline(r.key, now);
-            self.conns.remove(r.key);
+            let conn = self.conns.remove(r.key);
+            self.forget(&conn);
             self.stats.closed += 1;
             self.settle(now);
             return Some(r);
@@ -399,16 +518,24 @@ impl Hub {
 
     // ----- queries ------------------------------------------------------------------
 
+    /// A connection's state, read-only (tests, logs).
     pub fn get(&self, r: ConnRef) -> Option<&Conn> {
         self.conns
             .get(r.key)
             .filter(|c| c.generation == r.generation)
     }
 
-    pub fn get_mut(&mut self, r: ConnRef) -> Option<&mut Conn> {
+    fn get_mut(&mut self, r: ConnRef) -> Option<&mut Conn> {
         self.conns
             .get_mut(r.key)
             .filter(|c| c.generation == r.generation)
+    }
+
+    /// Whether the reactor should read from `r`'s socket: only when its frames can be
+    /// handled, so that a client waiting on a store job is held back by TCP, not by
+    /// our memory.
+    pub fn wants_read(&self, r: ConnRef) -> bool {
+        self.get(r).is_some_and(Conn::wants_read)
     }
 
     pub fn conn_count(&self) -> usize {
@@ -434,6 +561,50 @@ impl Hub {
             .collect()
     }
 
+    /// Checks the hub's own bookkeeping; panics with what is wrong. For tests and the
+    /// fuzz target, after every step.
+    pub fn check_invariants(&self) {
+        for (id, e) in self.online.iter() {
+            let c = self
+                .get(e.conn)
+                .unwrap_or_else(|| panic!("user {id} online at a connection that has gone"));
+            assert_eq!(c.user_id(), Some(id), "registry and session disagree");
+            assert!(
+                c.closing.is_none(),
+                "user {id} online on a closing connection"
+            );
+        }
+        let mut per_addr: HashMap<IpAddr, u32> = HashMap::new();
+        let mut pending = 0;
+        for (key, c) in &self.conns {
+            *per_addr.entry(addr_key(c.peer.ip())).or_insert(0) += 1;
+            if let Session::Online { user_id, .. } = c.session
+                && c.closing.is_none()
+            {
+                let e = self.online.get(user_id);
+                assert!(
+                    e.is_some_and(|e| e.conn.key == key),
+                    "conn {key} online as {user_id} but not in the registry"
+                );
+            }
+            if c.pending.is_some() {
+                pending += 1;
+            }
+            if c.out.is_empty() {
+                continue;
+            }
+            // Output waiting must be on its way: named for writing this turn, or left
+            // by a write that blocked (the socket's writable edge brings it).
+        }
+        assert_eq!(self.per_addr, per_addr, "per-address counts");
+        assert!(
+            self.jobs_in_flight >= pending,
+            "{pending} requests wait on jobs but only {} jobs are in flight",
+            self.jobs_in_flight
+        );
+        assert!(self.jobs.len() <= self.jobs_in_flight);
+    }
+
     pub(crate) fn conn_ref(&self, key: usize) -> ConnRef {
         ConnRef {
             key,
@@ -442,6 +613,87 @@ impl Hub {
     }
 
     // ----- the machinery the handlers use ----------------------------------------------
+
+    fn arm(&mut self, key: usize, generation: u32, at_ms: u64) {
+        self.deadlines.push(Reverse((at_ms, key, generation)));
+    }
+
+    /// A connection's state is gone: its address count and logins in flight with it.
+    fn forget(&mut self, conn: &Conn) {
+        let addr = addr_key(conn.peer.ip());
+        if let Some(n) = self.per_addr.get_mut(&addr) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_addr.remove(&addr);
+            }
+        }
+        if let Some(msg) = conn.offline.on_close().zip(conn.user_id()) {
+            let (upto, user_id) = msg;
+            // What reached the client goes from the store, even as it leaves.
+            self.submit_always(None, JobKind::AckOffline { user_id, upto });
+        }
+    }
+
+    /// Gives back idle buffers, forgets full per-address buckets and logs the summary.
+    fn housekeeping(&mut self, now: Now) {
+        self.next_housekeeping_ms = now.mono_ms + HOUSEKEEPING_MS;
+        self.login_limits.prune(now.mono_ms, self.cfg.login_rate);
+        for (_, c) in &mut self.conns {
+            c.shrink_idle();
+        }
+        self.summary.hash_refused += self.admission.take_refused();
+        if now.mono_ms >= self.next_summary_ms && !self.summary.is_empty() {
+            self.log_summary();
+            self.next_summary_ms = now.mono_ms + self.cfg.summary_interval_ms;
+        }
+    }
+
+    fn log_summary(&mut self) {
+        let s = std::mem::take(&mut self.summary);
+        let mut parts = Vec::new();
+        let mut add = |n: u64, what: &str| {
+            if n > 0 {
+                parts.push(format!("{n} {what}"));
+            }
+        };
+        add(s.conns_refused, "connections refused (server full)");
+        add(
+            s.conns_refused_per_addr,
+            "connections refused (too many from one address)",
+        );
+        add(
+            s.frames_refused,
+            "frames refused (not logged in, or too fast)",
+        );
+        add(
+            s.login_rate_refused,
+            "logins/registrations over the per-address rate",
+        );
+        add(
+            s.hash_refused,
+            "logins/registrations refused as busy (hashing wait too long)",
+        );
+        add(s.jobs_refused, "requests refused (store job queue full)");
+        add(
+            s.jobs_expired,
+            "requests that waited past the job timeout for a worker",
+        );
+        add(s.store_errors, "requests failed on storage errors");
+        let last = if s.store_errors > 0 {
+            format!("; last storage error: {}", s.last_store_error)
+        } else {
+            String::new()
+        };
+        log::warn!("refused or failed: {}{last}", parts.join(", "));
+    }
+
+    /// Counts a storage failure for the summary (one log line per interval, however
+    /// many requests an outage fails).
+    pub(crate) fn store_error(&mut self, text: &str) {
+        self.summary.store_errors += 1;
+        self.summary.last_store_error = text.to_string();
+        log::debug!("storage error: {text}");
+    }
 
     fn process_buffered(&mut self, key: usize, mut buf: Vec<u8>, now: Now) {
         let used = self.process(key, &buf, now);
@@ -473,7 +725,8 @@ impl Hub {
                     if self.over_msg_rate(key, &msg, now) {
                         let rate = self.cfg.msg_rate;
                         let text = format!("too many messages: at most {rate} per second");
-                        self.error(key, code::TOO_MANY, &text);
+                        self.summary.frames_refused += 1;
+                        self.error_retry(key, code::TOO_MANY, &text, 1);
                         continue;
                     }
                     self.dispatch(key, msg, now);
@@ -515,11 +768,13 @@ impl Hub {
         if self.login_limits.take(ip, now.mono_ms, self.cfg.login_rate) {
             return false;
         }
-        log::warn!("conn {key} ({ip}): login/register attempts over the per-address limit");
-        self.error(
+        self.summary.login_rate_refused += 1;
+        let wait = 60 / self.cfg.login_rate.max(1) as u64;
+        self.error_retry(
             key,
             code::TOO_MANY,
             "too many login attempts from your address; try again later",
+            wait.max(1),
         );
         true
     }
@@ -531,6 +786,16 @@ impl Hub {
         if conn.closing.is_some() {
             return;
         }
+        if !conn.is_online() {
+            // The login timeout counts again (a failed login, a registration).
+            let (generation, due) = (
+                conn.generation,
+                conn.login_clock_ms
+                    .saturating_add(self.cfg.login_timeout_ms),
+            );
+            self.arm(key, generation, due.max(now.mono_ms));
+        }
+        let conn = &mut self.conns[key];
         if !conn.inbuf.is_empty() {
             let buf = std::mem::take(&mut conn.inbuf);
             self.process_buffered(key, buf, now);
@@ -546,8 +811,8 @@ impl Hub {
     /// Queues a job for a worker if the pool has room.
     pub(crate) fn submit(&mut self, key: Option<usize>, kind: JobKind) -> bool {
         if self.jobs_in_flight >= self.cfg.max_jobs {
-            // Counted, and logged once per tick: a storm must not flood the log.
-            self.jobs_refused += 1;
+            // Counted, and logged in the summary: a storm must not flood the log.
+            self.summary.jobs_refused += 1;
             log::debug!("store job queue full: refusing {kind:?}");
             return false;
         }
@@ -558,47 +823,89 @@ impl Hub {
     /// Queues a password-hashing job (login or registration) if it can be served in
     /// time. `Err` carries the estimated wait in ms when it cannot.
     pub(crate) fn submit_hash(&mut self, key: usize, kind: JobKind, now: Now) -> Result<(), u64> {
-        let wait = self.hash_wait_estimate(now);
-        if wait > self.cfg.hash_wait_ms {
-            self.hash_refused += 1;
-            return Err(wait);
-        }
+        self.admission.check(now.mono_ms)?;
         if !self.submit(Some(key), kind) {
-            return Err(wait.max(1000));
+            return Err(self.admission.estimate(now.mono_ms).max(1000));
         }
-        self.hash_jobs.push_back(now.mono_ms);
+        self.admission.submitted(now.mono_ms);
         Ok(())
     }
 
-    /// How long a new login would wait for a hashing thread: the hashes ahead of it
-    /// times the time each takes, which is the larger of the recent cost of one
-    /// shared among the threads and the recent time between completions (the threads
-    /// run only on CPU the loop leaves); and at least as long as the oldest has
-    /// waited, in case the threads are making no progress at all.
-    pub fn hash_wait_estimate(&self, now: Now) -> u64 {
-        let ahead = self.hash_jobs.len() as f64;
-        let shared = self.hash_cost_ms.unwrap_or(0.0) / self.cfg.hash_workers.max(1) as f64;
-        let each = shared.max(self.hash_gap_ms.unwrap_or(0.0));
-        let queued = each * ahead;
-        let oldest = self
-            .hash_jobs
-            .front()
-            .map_or(0, |&t| now.mono_ms.saturating_sub(t));
-        (queued as u64).max(oldest)
-    }
-
-    /// Queues a job whatever the load (acknowledgements of delivered messages, which
-    /// are bounded by the deliveries that caused them).
+    /// Queues a job whatever the load (removals of delivered messages, which are
+    /// bounded by the deliveries that caused them).
     pub(crate) fn submit_always(&mut self, key: Option<usize>, kind: JobKind) {
         self.jobs_in_flight += 1;
         let conn = key.map(|k| self.conn_ref(k));
         self.jobs.push_back(Job { conn, kind });
     }
 
+    /// A login is in flight for `user_id` on `key`.
+    pub(crate) fn login_started(&mut self, key: usize, user_id: i64) {
+        let r = self.conn_ref(key);
+        self.conns[key].pending = Some(Pending::Login { user_id });
+        self.logging_in.entry(user_id).or_default().push(r);
+    }
+
+    /// The login job for `r` has come back, whatever its outcome.
+    fn login_settled(&mut self, r: ConnRef) {
+        self.logging_in.retain(|_, rs| {
+            rs.retain(|x| *x != r);
+            !rs.is_empty()
+        });
+    }
+
+    /// Something was stored for `user_id`: if the user is online here, or logging in,
+    /// their session fetches it (now, or once the step under way is done).
+    pub(crate) fn offline_news(&mut self, user_id: i64) {
+        let mut keys: Vec<usize> = self
+            .online
+            .get(user_id)
+            .map(|e| e.conn.key)
+            .into_iter()
+            .collect();
+        if let Some(rs) = self.logging_in.get(&user_id) {
+            keys.extend(rs.iter().filter(|r| self.get(**r).is_some()).map(|r| r.key));
+        }
+        for key in keys {
+            let conn = &mut self.conns[key];
+            if conn.is_online() {
+                let action = conn.offline.poke();
+                self.offline_action(key, action);
+            } else {
+                // Logging in: its session starts with a look at the store once online.
+                conn.offline.poke_later();
+            }
+        }
+    }
+
+    /// Carries out what a session's offline delivery asks for.
+    pub(crate) fn offline_action(&mut self, key: usize, action: Action) {
+        let conn = &mut self.conns[key];
+        let Some(user_id) = conn.user_id() else {
+            return;
+        };
+        match action {
+            Action::None => {}
+            Action::Fetch => {
+                if conn.closing.is_some() {
+                    return;
+                }
+                let batch = self.cfg.offline_batch;
+                if !self.submit(Some(key), JobKind::FetchOffline { user_id, batch }) {
+                    let action = self.conns[key].offline.fetch_failed();
+                    self.offline_action(key, action);
+                }
+            }
+            Action::Ack(upto) => {
+                self.submit_always(Some(key), JobKind::AckOffline { user_id, upto });
+            }
+        }
+    }
+
     /// Queues a shared frame on one connection. Returns false if the connection is
     /// closing or its queue overflowed (it is then closed as a slow consumer).
     pub(crate) fn deliver(&mut self, key: usize, frame: &Rc<[u8]>) -> bool {
-        self.outputs().0.deliver(key, frame)
+        self.outputs().0.deliver(key, frame, false)
     }
 
     /// The output side of the hub, borrowed apart from the registry.
@@ -613,15 +920,22 @@ impl Hub {
         (out, &self.online)
     }
 
-    /// Encodes `msg` and queues it on one connection.
+    /// Encodes `msg` and queues it on one connection as the answer to its request.
     pub(crate) fn reply(&mut self, key: usize, msg: &ServerMessage) -> bool {
         let frame: Rc<[u8]> = msg.encode().into();
-        self.deliver(key, &frame)
+        self.outputs().0.deliver(key, &frame, true)
     }
 
     /// Sends `ErrorResMes`.
     pub(crate) fn error(&mut self, key: usize, code: u16, text: &str) {
         self.reply(key, &ServerMessage::Error(CodeRes::new(code, text)));
+    }
+
+    /// Sends `ErrorResMes` with a time to try again, in seconds.
+    pub(crate) fn error_retry(&mut self, key: usize, code: u16, text: &str, secs: u64) {
+        let mut res = CodeRes::new(code, text);
+        res.retry_after = Some(secs);
+        self.reply(key, &ServerMessage::Error(res));
     }
 
     /// Queues one shared frame on every online connection but `except`.
@@ -631,21 +945,20 @@ impl Hub {
         // being iterated); `settle` closes them afterwards.
         for (_, e) in online.iter() {
             if Some(e.conn.key) != except {
-                out.deliver(e.conn.key, frame);
+                out.deliver(e.conn.key, frame, false);
             }
         }
     }
 
     /// Takes `key` offline if it holds its user's session. The others are told at the
     /// end of the turn ([`Hub::announce_departures`]): when many leave at once, nobody
-    /// leaving is sent the others' departures.
+    /// leaving is sent the others' departures. The one place a departure is noted.
     pub(crate) fn go_offline(&mut self, key: usize, _now: Now) {
         let conn = &mut self.conns[key];
-        let Session::Online { user_id, name } =
-            std::mem::replace(&mut conn.session, Session::Anonymous)
-        else {
+        let Session::Online { user_id, name } = &conn.session else {
             return;
         };
+        let (user_id, name) = (*user_id, name.clone());
         let me = ConnRef {
             key,
             generation: conn.generation,
@@ -703,6 +1016,8 @@ impl Hub {
         }
         if !flush || conn.out.is_empty() {
             self.closes.push(me);
+        } else {
+            self.arm(key, me.generation, deadline_ms);
         }
         self.go_offline(key, now);
     }
@@ -733,13 +1048,21 @@ struct Outputs<'a> {
 }
 
 impl Outputs<'_> {
-    fn deliver(&mut self, key: usize, frame: &Rc<[u8]>) -> bool {
+    /// Queues `frame` on `key`; a `reply` (the answer to the client's own request) is
+    /// accepted whatever its size while what the client left unread is within the
+    /// limit.
+    fn deliver(&mut self, key: usize, frame: &Rc<[u8]>, reply: bool) -> bool {
         let conn = &mut self.conns[key];
         if matches!(conn.closing, Some(Closing { flush: false, .. })) {
             return false;
         }
         let was_empty = conn.out.is_empty();
-        match conn.out.push(frame.clone(), self.limit) {
+        let pushed = if reply {
+            conn.out.push_reply(frame.clone(), self.limit)
+        } else {
+            conn.out.push(frame.clone(), self.limit)
+        };
+        match pushed {
             Ok(()) => {
                 if was_empty {
                     self.writes.push(ConnRef {

@@ -6,7 +6,7 @@ use std::rc::Rc;
 
 use crate::conn::ConnRef;
 use crate::hub::HubConfig;
-use crate::job::{JobResult, LoginError, Outcome};
+use crate::job::{JobResult, LoginError, Outcome, execute};
 use crate::proto::{
     ClientMessage, CodeRes, LoginResMes, NotifyUserStatusMes, OnlineUsersResMes, RegisterMes,
     ServerMessage, SmsMes, SmsPrivateMes, User, UserInfo, code,
@@ -54,6 +54,14 @@ fn code_res(code: u16, error: &str) -> CodeRes {
         code,
         error: error.into(),
         ..Default::default()
+    }
+}
+
+/// A refusal with a time to try again, in seconds.
+fn busy_res(code: u16, error: &str, secs: u64) -> CodeRes {
+    CodeRes {
+        retry_after: Some(secs),
+        ..code_res(code, error)
     }
 }
 
@@ -227,14 +235,16 @@ fn group_message_is_stamped_shared_and_not_echoed() {
     let mut t = h();
     let [a, b, c] = t.everyone_online([1, 2, 3]);
     t.send(a, &sms("hello all"));
-    let fb = t.recv_frames(b);
-    let fc = t.recv_frames(c);
-    assert!(t.recv(a).is_empty(), "never echoed to the sender");
-    assert_eq!(fb.len(), 1);
+    let qb = t.hub.get(b).unwrap().queued_frames();
+    let qc = t.hub.get(c).unwrap().queued_frames();
+    assert_eq!(qb.len(), 1);
     assert!(
-        Rc::ptr_eq(&fb[0], &fc[0]),
+        Rc::ptr_eq(&qb[0], &qc[0]),
         "encoded once, shared by every recipient"
     );
+    let fb = t.recv_frames(b);
+    assert!(t.recv(a).is_empty(), "never echoed to the sender");
+    assert_eq!(fb.len(), 1);
     let body: serde_json::Value = serde_json::from_slice(&fb[0][4..]).unwrap();
     assert_eq!(body["type"], "SmsMes");
     assert_eq!(
@@ -374,7 +384,9 @@ fn offline_messages_arrive_at_login_oldest_first_once() {
             ("m2".into(), true)
         ]
     );
-    assert_eq!(t.store.offline_count(2), 0, "acknowledged after delivery");
+    assert_eq!(t.store.offline_count(2), 3, "kept until written");
+    t.run_jobs();
+    assert_eq!(t.store.offline_count(2), 0, "removed once written");
     t.send(b, &ClientMessage::Logout);
     t.recv(b);
     let b2 = t.connect();
@@ -624,9 +636,10 @@ fn a_full_job_queue_refuses_instead_of_queueing() {
     t.send(b, &reg_msg(2, "p", "n"));
     assert_eq!(
         t.recv(b),
-        [ServerMessage::RegisterRes(code_res(
+        [ServerMessage::RegisterRes(busy_res(
             505,
-            "server busy, try again in 1 s"
+            "server busy, try again in 1 s",
+            1
         ))]
     );
     t.run_jobs();
@@ -666,7 +679,7 @@ fn login_code(got: &[ServerMessage]) -> (u16, String) {
 fn one_thread_30_ms_hashes() -> Harness {
     let mut t = Harness::new(HubConfig {
         hash_workers: 1,
-        hash_wait_ms: 100,
+        job_timeout_ms: 100,
         ..HubConfig::default()
     });
     t.hash_cost_ms = 30;
@@ -717,7 +730,7 @@ fn logins_for_unknown_users_do_not_lower_the_measured_hash_cost() {
 fn the_wait_estimate_follows_how_fast_hashes_really_complete() {
     let mut t = Harness::new(HubConfig {
         hash_workers: 2,
-        hash_wait_ms: 2_000,
+        job_timeout_ms: 2_000,
         ..HubConfig::default()
     });
     t.hash_cost_ms = 10;
@@ -772,7 +785,7 @@ fn a_login_that_timed_out_in_the_queue_is_told_to_come_back() {
 #[test]
 fn a_stalled_hashing_thread_turns_new_logins_away() {
     let mut t = Harness::new(HubConfig {
-        hash_wait_ms: 5_000,
+        job_timeout_ms: 5_000,
         ..HubConfig::default()
     });
     // The hashing threads get no CPU (the loop's core is saturated): nothing completes.
@@ -785,9 +798,10 @@ fn a_stalled_hashing_thread_turns_new_logins_away() {
     t.send(c, &reg_msg(3, "p", "n"));
     assert_eq!(
         t.recv(c),
-        [ServerMessage::RegisterRes(code_res(
+        [ServerMessage::RegisterRes(busy_res(
             505,
-            "server busy, try again in 6 s"
+            "server busy, try again in 6 s",
+            6
         ))]
     );
     // Once it completes, logins are taken again.
@@ -896,9 +910,8 @@ fn floods_are_refused_with_429_and_never_silently_dropped() {
     assert_eq!(delivered, ["m0", "m1", "m2", "m3"]);
     assert_eq!(refused.len(), 6);
     assert!(
-        refused
-            .iter()
-            .all(|m| *m == err(429, "too many messages: at most 5 per second"))
+        refused.iter().all(|m| *m
+            == ServerMessage::Error(busy_res(429, "too many messages: at most 5 per second", 1)))
     );
     // Every message was either delivered or refused; after a second the rate allows more.
     t.advance(1_000);
@@ -928,10 +941,11 @@ fn password_guessing_is_limited_per_address() {
         t.send(c, &login_msg(1, "guess"));
         t.run_jobs();
         for m in t.recv(c) {
-            if m == err(
+            if m == ServerMessage::Error(busy_res(
                 429,
                 "too many login attempts from your address; try again later",
-            ) {
+                20,
+            )) {
                 refused += 1;
             }
         }
@@ -1040,4 +1054,265 @@ fn a_failed_acknowledgement_never_loops_fetching_the_same_messages() {
         }
     }
     assert_eq!(all, ["m0", "m1", "m2", "m3", "m4"]);
+}
+
+/// Stores `n` private messages from 1 to 2 (both registered, 2 offline).
+fn stored_for_2(t: &mut Harness, n: usize) -> ConnRef {
+    t.register(1);
+    t.register(2);
+    let a = t.login(1);
+    for i in 0..n {
+        t.send(a, &private(2, &format!("m{i}")));
+        t.run_jobs();
+    }
+    t.recv(a);
+    a
+}
+
+fn offline_contents(got: &[ServerMessage]) -> Vec<String> {
+    got.iter()
+        .filter_map(|m| match m {
+            ServerMessage::Private(p) if p.offline => Some(p.content.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_next_offline_batch_is_asked_for_as_soon_as_the_last_is_written() {
+    let mut t = Harness::new(HubConfig {
+        offline_batch: 2,
+        msg_rate: 0,
+        ..HubConfig::default()
+    });
+    stored_for_2(&mut t, 5);
+    let b = t.connect();
+    t.send(b, &login_msg(2, "pw2"));
+    t.run_jobs();
+    assert_eq!(offline_contents(&t.recv(b)), ["m0", "m1"]);
+    // Writing the batch queued its removal: the hub wants the loop now, and the job
+    // is there to be taken (not at some later tick).
+    assert_eq!(t.jobs.len(), 1, "the removal, queued by the write itself");
+    t.run_jobs();
+    assert_eq!(offline_contents(&t.recv(b)), ["m2", "m3"]);
+    t.run_jobs();
+    assert_eq!(offline_contents(&t.recv(b)), ["m4"]);
+    t.run_jobs();
+    assert_eq!(t.store.offline_count(2), 0);
+    assert!(t.jobs.is_empty());
+}
+
+#[test]
+fn offline_messages_stay_stored_until_written_and_come_again_after_a_drop() {
+    let mut t = h();
+    stored_for_2(&mut t, 3);
+    let b = t.connect();
+    t.stall(b, true);
+    t.send(b, &login_msg(2, "pw2"));
+    t.run_jobs();
+    // Queued, but the socket took nothing: nothing may leave the store.
+    assert!(t.recv(b).is_empty());
+    assert!(t.jobs.is_empty());
+    t.hangup(b);
+    t.run_jobs();
+    assert_eq!(t.store.offline_count(2), 3, "never written: still stored");
+    let b2 = t.connect();
+    t.send(b2, &login_msg(2, "pw2"));
+    t.run_jobs();
+    assert_eq!(offline_contents(&t.recv(b2)), ["m0", "m1", "m2"]);
+    t.run_jobs();
+    assert_eq!(t.store.offline_count(2), 0);
+}
+
+#[test]
+fn a_client_that_acknowledges_keeps_its_messages_stored_until_it_does() {
+    let mut t = h();
+    stored_for_2(&mut t, 2);
+    let b = t.connect();
+    t.send(
+        b,
+        &ClientMessage::Login(crate::proto::LoginMes {
+            user_id: 2,
+            user_pwd: "pw2".into(),
+            ack_offline: true,
+            ..Default::default()
+        }),
+    );
+    t.run_jobs();
+    let got = t.recv(b);
+    let ids: Vec<u64> = got
+        .iter()
+        .filter_map(|m| match m {
+            ServerMessage::Private(p) => p.offline_id,
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ids.len(), 2);
+    t.run_jobs();
+    assert_eq!(t.store.offline_count(2), 2, "written is not enough");
+    let ack = |upto| ClientMessage::OfflineAck(crate::proto::OfflineAckMes { upto });
+    t.send(b, &ack(ids[0]));
+    t.run_jobs();
+    assert_eq!(
+        t.store.offline_count(2),
+        2,
+        "the batch goes once acknowledged whole"
+    );
+    t.send(b, &ack(ids[1]));
+    t.run_jobs();
+    assert_eq!(t.store.offline_count(2), 0);
+}
+
+#[test]
+fn a_partly_acknowledged_batch_loses_only_what_was_acknowledged_when_the_client_leaves() {
+    let mut t = h();
+    stored_for_2(&mut t, 2);
+    let b = t.connect();
+    t.send(
+        b,
+        &ClientMessage::Login(crate::proto::LoginMes {
+            user_id: 2,
+            user_pwd: "pw2".into(),
+            ack_offline: true,
+            ..Default::default()
+        }),
+    );
+    t.run_jobs();
+    let first = match &t.recv(b)[1] {
+        ServerMessage::Private(p) => p.offline_id.unwrap(),
+        other => panic!("{other:?}"),
+    };
+    t.send(
+        b,
+        &ClientMessage::OfflineAck(crate::proto::OfflineAckMes { upto: first }),
+    );
+    t.hangup(b);
+    t.run_jobs();
+    assert_eq!(t.store.offline_count(2), 1);
+}
+
+/// A message stored while the recipient's login is in flight (its fetch ran before
+/// the message was committed) arrives in that session.
+#[test]
+fn a_message_stored_during_the_recipients_login_arrives_in_that_session() {
+    let mut t = h();
+    let a = stored_for_2(&mut t, 0);
+    let b = t.connect();
+    t.send(b, &login_msg(2, "pw2"));
+    // The login runs first (finds nothing stored), but its result is not back yet.
+    let login = t.jobs.pop_front().unwrap();
+    let outcome = execute(&mut t.store.clone(), &t.hasher, login.kind);
+    t.send(a, &private(2, "racing"));
+    t.run_jobs();
+    assert_eq!(t.recv(a), [ServerMessage::SmsRes(code_res(202, ""))]);
+    t.feed(JobResult {
+        conn: login.conn,
+        outcome,
+        took: Some(std::time::Duration::from_millis(10)),
+    });
+    t.run_jobs();
+    assert_eq!(offline_contents(&t.recv(b)), ["racing"]);
+}
+
+#[test]
+fn one_address_cannot_take_every_connection() {
+    let mut t = Harness::new(HubConfig {
+        max_conns_per_addr: 3,
+        ..HubConfig::default()
+    });
+    let attacker = |port| std::net::SocketAddr::from(([10, 0, 0, 1], port));
+    let held: Vec<ConnRef> = (0..3).map(|p| t.connect_from(attacker(p))).collect();
+    let refused = t.try_connect_from(attacker(9)).unwrap_err();
+    let ServerMessage::Error(e) = ServerMessage::parse(&refused[4..]).unwrap() else {
+        panic!("not an error frame");
+    };
+    assert_eq!(e.code, 503);
+    assert!(e.error.contains("too many connections from your address"));
+    // Another address gets in; an IPv6 /64 counts as one address.
+    t.connect_from(std::net::SocketAddr::from(([10, 0, 0, 2], 1)));
+    let v6 = |last: u16| {
+        std::net::SocketAddr::from((
+            std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, last),
+            1,
+        ))
+    };
+    for i in 0..3 {
+        t.connect_from(v6(i));
+    }
+    assert!(t.try_connect_from(v6(77)).is_err());
+    // A slot freed is a slot to take again.
+    t.hangup(held[0]);
+    t.connect_from(attacker(10));
+    assert_eq!(t.hub.summary.conns_refused_per_addr, 2);
+}
+
+#[test]
+fn the_login_reply_never_makes_logging_in_impossible() {
+    // 40 users online with long names: the login reply is larger than the whole
+    // output limit, and still arrives.
+    let mut t = Harness::new(HubConfig {
+        max_outbuf: 1024,
+        login_rate: 0,
+        ..HubConfig::default()
+    });
+    let mut conns: Vec<ConnRef> = Vec::new();
+    for id in 1..=40 {
+        t.register(id);
+        conns.push(t.login(id));
+        for c in &conns {
+            t.recv(*c);
+        }
+    }
+    let late = t.connect();
+    t.register(41);
+    t.send(late, &login_msg(41, "pw41"));
+    t.run_jobs();
+    let got = t.recv(late);
+    assert!(
+        matches!(&got[0], ServerMessage::LoginRes(r) if r.code == 200 && r.users_id.len() == 41),
+        "{got:?}"
+    );
+    t.send(late, &ClientMessage::OnlineUsers);
+    assert!(matches!(&t.recv(late)[0], ServerMessage::OnlineUsersRes(r) if r.users.len() == 41));
+    // But a client that does not read its answers is still a slow consumer.
+    t.stall(late, true);
+    t.send(late, &ClientMessage::OnlineUsers);
+    t.send(late, &ClientMessage::OnlineUsers);
+    assert!(t.is_closed(late));
+}
+
+#[test]
+fn refusals_before_login_are_counted_for_a_summary_not_logged_one_by_one() {
+    let mut t = h();
+    let c = t.connect();
+    for _ in 0..4 {
+        t.send(c, &ClientMessage::OnlineUsers);
+    }
+    assert_eq!(t.hub.summary.frames_refused, 4);
+    // Logged within a second, with its count; the next ones wait for the interval.
+    t.advance(1_000);
+    assert_eq!(t.hub.summary.frames_refused, 0);
+    t.send(c, &ClientMessage::OnlineUsers);
+    t.advance(1_000);
+    assert_eq!(t.hub.summary.frames_refused, 1);
+    t.advance(9_000);
+    assert_eq!(t.hub.summary.frames_refused, 0);
+}
+
+#[test]
+fn the_hub_says_when_it_next_needs_the_loop() {
+    let mut t = h();
+    let c = t.connect();
+    t.recv(c);
+    // Nothing queued: the next deadline is housekeeping or the login timeout.
+    let at = t.hub.poll_timeout(t.now).unwrap();
+    assert!(at > t.now.mono_ms);
+    assert!(at <= t.now.mono_ms + 30_000);
+    t.advance(30_000);
+    assert_eq!(t.recv(c), [err(401, "no login within 30 s")]);
+    assert!(t.is_closed(c));
+    // Nothing left at all: no deadline once the summary has gone out.
+    t.advance(10_000);
+    t.advance(10_000);
+    assert_eq!(t.hub.poll_timeout(t.now), None);
 }

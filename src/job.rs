@@ -80,7 +80,10 @@ impl JobKind {
                 batch,
                 result: Err(e),
             },
-            JobKind::AckOffline { .. } => Outcome::AckOffline(Err(e)),
+            JobKind::AckOffline { upto, .. } => Outcome::AckOffline {
+                upto,
+                result: Err(e),
+            },
         }
     }
 }
@@ -126,7 +129,11 @@ pub enum Outcome {
         batch: usize,
         result: Result<Vec<StoredMsg>, StoreError>,
     },
-    AckOffline(Result<(), StoreError>),
+    /// The removal of a user's offline messages up to `upto`.
+    AckOffline {
+        upto: u64,
+        result: Result<(), StoreError>,
+    },
 }
 
 impl Outcome {
@@ -170,9 +177,10 @@ pub fn execute(store: &mut dyn Store, hasher: &dyn Passwords, kind: JobKind) -> 
             batch,
             result: store.fetch_offline(user_id, batch),
         },
-        JobKind::AckOffline { user_id, upto } => {
-            Outcome::AckOffline(store.ack_offline(user_id, upto))
-        }
+        JobKind::AckOffline { user_id, upto } => Outcome::AckOffline {
+            upto,
+            result: store.ack_offline(user_id, upto),
+        },
     }
 }
 

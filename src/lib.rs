@@ -12,10 +12,12 @@
 //! - [`hub`]: the deterministic heart. Every connection's state, the online registry,
 //!   the store jobs in flight. Inputs in (`handle_*`), outputs drained (`poll_*`), the
 //!   next deadline out (`poll_timeout`), time passed in as a value.
-//! - [`conn`]: one connection's state machine: frame assembly buffer, session, offline
-//!   delivery, bounded output queue of shared frames.
+//! - [`conn`]: one connection's state machine: frame assembly buffer, session, bounded
+//!   output queue of shared frames. A module of the hub, so its fields are the hub's.
 //! - `handlers/`: one file per command (login, register, group and private messages,
-//!   online list, ping and logout), behind one dispatcher.
+//!   online list, ping and logout), behind one dispatcher; modules of the hub too.
+//! - [`offline`]: delivery of stored private messages to one session, as a state
+//!   machine: when to fetch, when what was delivered may leave the store.
 //! - [`admission`]: whether a login can be hashed in time, and when to pause writes so
 //!   that hashing gets the CPU.
 //! - [`users`]: the stored user record, registration rules, the online registry.
@@ -39,14 +41,16 @@
 //! The binaries: `chat-server` (`src/bin/chat-server.rs`) and, in the `client/`
 //! workspace member, the terminal client `chat`.
 
-pub mod conn;
-mod handlers;
+pub mod admission;
 pub mod hub;
 pub mod job;
+pub mod offline;
 pub mod proto;
 pub mod rate;
 pub mod store;
 pub mod users;
+
+pub use hub::conn;
 
 #[cfg(feature = "server")]
 pub mod auth;

@@ -3,11 +3,14 @@
 //! One thread, one mio `Poll`, edge-triggered. It accepts until `WouldBlock` (and
 //! backs off on descriptor exhaustion instead of spinning), reads each ready socket
 //! until `WouldBlock` or its per-wake-up budget, hands the bytes to the [`Hub`], then
-//! executes the hub's outputs: store jobs go to the worker pool, queued output is
-//! written (vectored, once per loop turn for every connection that has some), and
-//! connections marked for closing are dropped at the end of the turn, so a stale token
-//! in the same batch of events can never reach a reused slot. Worker results come
-//! back over a channel and wake the loop through `mio::Waker`.
+//! executes the hub's outputs: store jobs go to the worker pool (before and after the
+//! writes, which can themselves queue jobs), queued output is written through
+//! [`Hub::write`] (vectored; at most once per flush interval under steady traffic, at
+//! once after a quiet spell), and connections marked for closing are dropped at the
+//! end of the turn, so a stale token in the same batch of events can never reach a
+//! reused slot. It sleeps until the hub's next deadline ([`Hub::poll_timeout`]) or the
+//! next event. Worker results come back over a channel and wake the loop through
+//! `mio::Waker`.
 //!
 //! Tokens carry the connection's generation ([`ConnRef::token`]); an event whose
 //! generation does not match the slot's current occupant is ignored.
@@ -22,13 +25,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use crate::admission::WorkerPriority;
 use crate::auth::{HashParams, Hasher};
-use crate::conn::{ConnRef, Flush};
+use crate::conn::ConnRef;
 use crate::hub::{Hub, HubConfig, Now};
 use crate::job::JobResult;
-use crate::proto::{CodeRes, ServerMessage, code};
 use crate::store::StoreFactory;
-use crate::worker::{ResultSink, WorkerPriority, Workers};
+use crate::worker::{ResultSink, Workers};
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -36,30 +39,20 @@ const SIGNALS: Token = Token(2);
 
 /// Bytes read per `read` call, into one buffer shared by all connections.
 const READ_CHUNK: usize = 64 * 1024;
-/// How often timers (login timeout, close deadlines) are checked.
-const TICK_MS: u64 = 250;
 /// How often freed heap memory is handed back to the operating system.
 const TRIM_MS: u64 = 2_000;
-/// While passwords wait to be hashed, a round of writes this long (thousands of
-/// receivers) is followed by a pause as long as itself, so that the hashing threads,
-/// which run at idle priority, get about half the core.
-const LONG_FLUSH: Duration = Duration::from_millis(1);
-/// Longest pause after a round of writes, however long that round took.
-const MAX_FLUSH_GATHER: Duration = Duration::from_millis(50);
 /// Pause before accepting again after running out of descriptors.
 const ACCEPT_BACKOFF_MS: u64 = 100;
 
-/// Everything the server is configured with.
+/// Everything the server is configured with. The defaults are the command line's.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// The hub's limits. Its `hash_workers` and `hash_wait_ms` are set from `workers`
-    /// and `job_max_wait` when the server starts.
+    /// The hub's limits. Its `hash_workers` is set from `workers` when the server
+    /// starts, and a `max_conns` of 0 from the descriptor limit.
     pub hub: HubConfig,
     /// Threads hashing passwords (a further thread runs the quick storage jobs).
     pub workers: usize,
     pub hash: HashParams,
-    /// Connections held at once; more are refused with `ErrorResMes` 503.
-    pub max_conns: usize,
     /// Bytes read from one connection per loop turn before the others get a turn and
     /// the output is written. Small enough that a backlog of input (after the loop was
     /// held up) turns into output in steps that fit the receivers' queues.
@@ -68,8 +61,6 @@ pub struct ServerConfig {
     pub shutdown_grace_ms: u64,
     /// Stop on SIGTERM / SIGINT (the binary); in-process tests use [`ShutdownHandle`].
     pub handle_signals: bool,
-    /// A store job that waited this long for a worker is refused instead of run.
-    pub job_max_wait: Duration,
     /// Scheduling of the worker threads against the reactor.
     pub worker_priority: WorkerPriority,
     /// Shortest time between two rounds of writes. Under steady traffic each round
@@ -85,15 +76,19 @@ impl Default for ServerConfig {
             hub: HubConfig::default(),
             workers: 2,
             hash: HashParams::default(),
-            max_conns: 10_000,
             read_budget: 4 * READ_CHUNK,
             shutdown_grace_ms: 2_000,
             handle_signals: false,
-            job_max_wait: Duration::from_secs(5),
             worker_priority: WorkerPriority::Idle,
             flush_interval: Duration::from_micros(500),
         }
     }
+}
+
+/// The job timeout when none is given: 30 s with the embedded store (a login storm
+/// queues behind hashing), 5 s with Redis (an outage is reported within seconds).
+pub fn default_job_timeout_secs(redis: bool) -> u64 {
+    if redis { 5 } else { 30 }
 }
 
 /// Stops a running server from another thread.
@@ -167,8 +162,6 @@ pub struct Server {
     stop: Arc<AtomicBool>,
     cfg: ServerConfig,
     scratch: Vec<u8>,
-    /// Where small frames are copied together for one write (see `OutQueue::write_with`).
-    gather: Vec<u8>,
     read_again: Vec<ConnRef>,
     accept_paused_until: Option<u64>,
     started: Instant,
@@ -210,7 +203,9 @@ impl Server {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let hasher = Hasher::new(cfg.hash).map_err(io::Error::other)?;
         cfg.hub.hash_workers = cfg.workers.max(1);
-        cfg.hub.hash_wait_ms = cfg.job_max_wait.as_millis() as u64;
+        if cfg.hub.max_conns == 0 {
+            cfg.hub.max_conns = crate::sys::max_conns_for_fd_limit();
+        }
         let (tx, results) = mpsc::channel();
         let sink: ResultSink = {
             let waker = waker.clone();
@@ -227,7 +222,7 @@ impl Server {
             store,
             hasher,
             sink,
-            cfg.job_max_wait,
+            Duration::from_millis(cfg.hub.job_timeout_ms),
             cfg.worker_priority,
         )
         .map_err(|e| io::Error::other(e.to_string()))?;
@@ -243,7 +238,6 @@ impl Server {
             stop: Arc::new(AtomicBool::new(false)),
             cfg,
             scratch: vec![0; READ_CHUNK],
-            gather: Vec::new(),
             read_again: Vec::new(),
             accept_paused_until: None,
             started: Instant::now(),
@@ -279,36 +273,35 @@ impl Server {
         };
         log::info!("listening on {}", self.addr);
         let mut events = Events::with_capacity(1024);
-        let mut next_tick: u64 = 0;
         let mut next_trim: u64 = TRIM_MS;
         let mut shutdown_deadline: Option<u64> = None;
         // Output is written at most once per flush interval (see ServerConfig): the
         // first turn after a quiet spell writes at once, busier turns are coalesced.
-        //
-        // A round of writes to many receivers can itself take longer than the interval
-        // (10,000 users online, each told of every login). Writing again at once costs
-        // no throughput (what arrived meanwhile is gathered into the next round), but
-        // it leaves the idle-priority hashing threads no CPU: a reconnect storm, where
-        // each login sets off such a round, then took twice as long. So while logins
-        // wait for hashing, a round of LONG_FLUSH or more is followed by a pause as long
-        // (at most MAX_FLUSH_GATHER); otherwise messages keep their latency. (An
-        // interval of zero writes after every turn.)
+        // While logins wait for hashing, a long round of writes is followed by a pause
+        // (`Admission::next_flush_at`). An interval of zero writes after every turn.
         let interval = self.cfg.flush_interval;
         let mut next_flush = Instant::now();
         let mut flush_due: Option<Instant> = None;
         loop {
             let t = now(self.started);
-            let mut timeout = Duration::from_millis(next_tick.saturating_sub(t.mono_ms).max(1));
+            let mut timeout = self
+                .hub
+                .poll_timeout(t)
+                .map(|at| Duration::from_millis(at.saturating_sub(t.mono_ms)));
+            let mut sooner = |d: Duration| timeout = Some(timeout.map_or(d, |t| t.min(d)));
             if !self.read_again.is_empty() {
-                timeout = Duration::ZERO;
+                sooner(Duration::ZERO);
             }
             if let Some(until) = self.accept_paused_until {
-                timeout = timeout.min(Duration::from_millis(until.saturating_sub(t.mono_ms)));
+                sooner(Duration::from_millis(until.saturating_sub(t.mono_ms)));
             }
             if let Some(at) = flush_due {
-                timeout = timeout.min(at.saturating_duration_since(Instant::now()));
+                sooner(at.saturating_duration_since(Instant::now()));
             }
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+            if let Some(deadline) = shutdown_deadline {
+                sooner(Duration::from_millis(deadline.saturating_sub(t.mono_ms)));
+            }
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
@@ -345,10 +338,7 @@ impl Server {
                 self.accept_paused_until = None;
                 self.accept_all(t);
             }
-            if t.mono_ms >= next_tick {
-                self.hub.handle_tick(t);
-                next_tick = t.mono_ms + TICK_MS;
-            }
+            self.hub.handle_timeout(t);
             if t.mono_ms >= next_trim {
                 crate::sys::trim_heap();
                 next_trim = t.mono_ms + TRIM_MS;
@@ -360,14 +350,15 @@ impl Server {
                 self.hub.handle_shutdown(t);
                 shutdown_deadline = Some(t.mono_ms + self.cfg.shutdown_grace_ms);
             }
-            while let Some(job) = self.hub.poll_job() {
-                self.workers.submit(job);
-            }
+            self.submit_jobs();
             let now_i = Instant::now();
             if shutdown_deadline.is_some() || now_i >= next_flush {
                 self.flush_and_close(t);
-                next_flush = next_flush_at(now_i, Instant::now(), interval, self.hub.hashing());
+                next_flush = self.hub.next_flush_at(now_i, Instant::now(), interval);
                 flush_due = None;
+                // Writing can queue jobs (the removal of stored messages that reached
+                // a client, the next batch of them): they go now, not next turn.
+                self.submit_jobs();
             } else if self.hub.has_output() {
                 flush_due = Some(next_flush);
             } else {
@@ -436,6 +427,12 @@ impl Server {
         }
     }
 
+    fn submit_jobs(&mut self) {
+        while let Some(job) = self.hub.poll_job() {
+            self.workers.submit(job);
+        }
+    }
+
     /// Announces departures, writes every connection with pending output, then drops
     /// the connections marked for closing; repeated while closing produces more.
     fn flush_and_close(&mut self, t: Now) {
@@ -467,13 +464,7 @@ impl Server {
                 return;
             };
             match listener.accept() {
-                Ok((sock, peer)) => {
-                    if self.hub.conn_count() >= self.cfg.max_conns {
-                        refuse(sock, peer, self.cfg.max_conns);
-                        continue;
-                    }
-                    self.add_conn(sock, peer, t);
-                }
+                Ok((sock, peer)) => self.add_conn(sock, peer, t),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if crate::sys::is_resource_exhaustion(&e) => {
@@ -496,7 +487,15 @@ impl Server {
         if let Err(e) = crate::sys::tune_connection(&sock) {
             log::debug!("socket options for {peer}: {e}");
         }
-        let r = self.hub.accept(peer, t);
+        let r = match self.hub.accept(peer, t) {
+            Ok(r) => r,
+            Err(refusal) => {
+                // Best effort: the socket is new, its buffer empty; then it is dropped.
+                let _ = sock.write(&refusal);
+                log::debug!("refused a connection from {peer}");
+                return;
+            }
+        };
         if let Err(e) = self.poll.registry().register(
             &mut sock,
             Token(r.token()),
@@ -516,7 +515,7 @@ impl Server {
     fn read(&mut self, r: ConnRef, t: Now) {
         let mut budget = self.cfg.read_budget;
         loop {
-            if !self.hub.get(r).is_some_and(|c| c.wants_read()) {
+            if !self.hub.wants_read(r) {
                 return;
             }
             let Some(Some(sock)) = self.socks.get_mut(r.key) else {
@@ -554,87 +553,13 @@ impl Server {
     }
 
     fn write(&mut self, r: ConnRef, t: Now) {
-        let Some(conn) = self.hub.get_mut(r) else {
-            return;
-        };
-        if conn.out.is_empty() {
-            return;
-        }
         let Some(Some(sock)) = self.socks.get_mut(r.key) else {
             return;
         };
         let writes = &mut self.io.writes;
-        match conn.out.write_with(&mut self.gather, |iov| {
+        self.hub.write(r, t, |iov| {
             *writes += 1;
             sock.write_vectored(iov)
-        }) {
-            Ok(Flush::Drained) => self.hub.handle_flushed(r, t),
-            Ok(Flush::Blocked) => {}
-            Err(e) => self.hub.handle_hangup(r, &format!("write failed: {e}"), t),
-        }
-    }
-}
-
-/// When the next round of writes may start, for a round that started at `start` and
-/// ended at `done`: one flush interval after the start; after a long round while
-/// `hashing`, no sooner than a pause as long as the round (capped), so the hashing
-/// threads get their share of the core.
-fn next_flush_at(start: Instant, done: Instant, interval: Duration, hashing: bool) -> Instant {
-    let took = done - start;
-    if interval.is_zero() {
-        done
-    } else if hashing && took >= LONG_FLUSH {
-        (start + interval).max(done + took.min(MAX_FLUSH_GATHER))
-    } else {
-        start + interval
-    }
-}
-
-/// Over the connection limit: a best-effort error frame, then close.
-fn refuse(mut sock: TcpStream, peer: SocketAddr, max: usize) {
-    let frame = ServerMessage::Error(CodeRes::new(
-        code::UNAVAILABLE,
-        format!("server full ({max} connections)"),
-    ))
-    .encode();
-    let _ = sock.write(&frame);
-    log::warn!("refused {peer}: connection limit {max} reached");
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn long_rounds_of_writes_pause_only_while_passwords_wait() {
-        let t0 = Instant::now();
-        let us = Duration::from_micros;
-        let ms = Duration::from_millis;
-        let interval = us(500);
-        for hashing in [false, true] {
-            // Ordinary rounds: one interval after the start.
-            assert_eq!(
-                next_flush_at(t0, t0 + us(200), interval, hashing),
-                t0 + interval
-            );
-            // An interval of zero writes after every turn, always.
-            assert_eq!(
-                next_flush_at(t0, t0 + ms(4), Duration::ZERO, hashing),
-                t0 + ms(4)
-            );
-        }
-        // A 4 ms round (thousands of receivers): written again at once when nothing
-        // waits for hashing...
-        assert_eq!(
-            next_flush_at(t0, t0 + ms(4), interval, false),
-            t0 + interval
-        );
-        // ...and after 4 ms of pause while logins wait.
-        assert_eq!(next_flush_at(t0, t0 + ms(4), interval, true), t0 + ms(8));
-        // A very long round: the pause is capped.
-        assert_eq!(
-            next_flush_at(t0, t0 + ms(200), interval, true),
-            t0 + ms(200) + MAX_FLUSH_GATHER
-        );
+        });
     }
 }

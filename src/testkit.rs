@@ -1,17 +1,26 @@
 //! A driver for the [`Hub`] with no sockets, threads or clocks: for the
 //! state-machine tests and the fuzz target.
 //!
-//! It plays the reactor's part by hand. Frames go in as bytes; store jobs wait in a
-//! queue until the test runs them (in order, or one chosen by index) against an
-//! in-memory store; output is read by draining a connection's queue; time moves only
-//! when the test says so.
+//! It plays the reactor's part as the reactor plays it, so that a lost wake-up fails a
+//! test instead of being papered over:
+//! - bytes a test sends wait "in the socket" and reach the hub only while it wants to
+//!   read, and again only when [`Hub::poll_read`] names the connection;
+//! - output reaches the test's side of the socket only through [`Hub::write`], and
+//!   only for connections that [`Hub::poll_write`] named (or whose last write
+//!   blocked, which the socket's writable edge would bring back);
+//! - store jobs are taken with [`Hub::poll_job`] in the order the hub gives them, and
+//!   wait in a queue until the test runs them (in order, or one chosen by index)
+//!   against an in-memory store;
+//! - time moves only when the test says so, and timers fire through
+//!   [`Hub::handle_timeout`];
+//! - [`Hub::check_invariants`] runs after every step.
 #![forbid(unsafe_code)]
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 
 use crate::conn::ConnRef;
-use crate::hub::{Hub, HubConfig, Now};
+use crate::hub::{Hub, HubConfig, Now, Written};
 use crate::job::{Job, JobResult, Passwords, execute};
 use crate::proto::{self, ClientMessage, ServerMessage};
 use crate::store::mem::MemStore;
@@ -28,6 +37,14 @@ pub struct Harness {
     /// What each hashing job "took" as reported to the hub (virtual: the harness
     /// runs jobs at once).
     pub hash_cost_ms: u64,
+    /// Bytes sent by each test client that the hub has not read yet.
+    inbox: HashMap<ConnRef, Vec<u8>>,
+    /// Connections the hub asked to have written (or whose write blocked).
+    writable: HashSet<ConnRef>,
+    /// Connections whose socket takes no more bytes for now.
+    stalled: HashSet<ConnRef>,
+    /// Bytes written to each connection's socket and not yet read by the test.
+    wire: HashMap<ConnRef, Vec<u8>>,
 }
 
 /// A stand-in for argon2id in the state-machine tests: a quick, non-secret digest
@@ -68,6 +85,10 @@ impl Harness {
             jobs: VecDeque::new(),
             closed: Vec::new(),
             hash_cost_ms: 10,
+            inbox: HashMap::new(),
+            writable: HashSet::new(),
+            stalled: HashSet::new(),
+            wire: HashMap::new(),
         }
     }
 
@@ -77,17 +98,38 @@ impl Harness {
     }
 
     pub fn connect_from(&mut self, peer: std::net::SocketAddr) -> ConnRef {
-        self.hub.accept(peer, self.now)
+        self.try_connect_from(peer)
+            .unwrap_or_else(|frame| panic!("connection refused: {:?}", parse(&frame)))
+    }
+
+    /// Connects, or returns the refusal the hub would write before closing.
+    pub fn try_connect_from(&mut self, peer: std::net::SocketAddr) -> Result<ConnRef, Rc<[u8]>> {
+        let r = self.hub.accept(peer, self.now);
+        self.pump();
+        r
     }
 
     pub fn send(&mut self, r: ConnRef, msg: &ClientMessage) {
         self.send_bytes(r, &msg.encode());
     }
 
-    /// Feeds raw bytes as if read from `r`'s socket, then collects jobs and closes.
+    /// Bytes arrive on `r`'s socket: the hub reads them if it wants to read now,
+    /// otherwise they wait until it names `r` in `poll_read`.
     pub fn send_bytes(&mut self, r: ConnRef, bytes: &[u8]) {
-        self.hub.handle_input(r, bytes, self.now);
+        self.inbox.entry(r).or_default().extend_from_slice(bytes);
+        self.read(r);
         self.pump();
+    }
+
+    /// What the reactor does on a readable edge.
+    fn read(&mut self, r: ConnRef) {
+        if !self.hub.wants_read(r) {
+            return;
+        }
+        let Some(bytes) = self.inbox.remove(&r) else {
+            return;
+        };
+        self.hub.handle_input(r, &bytes, self.now);
     }
 
     pub fn hangup(&mut self, r: ConnRef) {
@@ -97,6 +139,7 @@ impl Harness {
     /// Several peers hang up in the same loop turn.
     pub fn hangup_all(&mut self, rs: &[ConnRef]) {
         for r in rs {
+            self.inbox.remove(r);
             self.hub.handle_hangup(*r, "test hangup", self.now);
         }
         self.pump();
@@ -106,29 +149,60 @@ impl Harness {
     pub fn advance(&mut self, ms: u64) {
         self.now.mono_ms += ms;
         self.now.unix_ms += ms;
-        self.hub.handle_tick(self.now);
         self.pump();
     }
 
-    /// Takes queued jobs, closes what the hub closed, discards the write and read
-    /// lists (the harness reads queues directly).
+    /// `r`'s socket stops taking bytes (its reader stalls), or takes them again.
+    pub fn stall(&mut self, r: ConnRef, stalled: bool) {
+        if stalled {
+            self.stalled.insert(r);
+        } else {
+            self.stalled.remove(&r);
+            self.pump();
+        }
+    }
+
+    /// Whether the hub has output queued for `r` that it has asked to have written.
+    pub fn write_pending(&self, r: ConnRef) -> bool {
+        self.writable.contains(&r)
+    }
+
+    /// Collects what the hub asks of the reactor after an input, in the reactor's
+    /// order: reads it may resume, writes it wants, departures, closes, and jobs.
     fn pump(&mut self) {
-        while let Some(j) = self.hub.poll_job() {
-            self.jobs.push_back(j);
-        }
-        while self.hub.poll_write().is_some() {}
-        while self.hub.poll_read().is_some() {}
         loop {
+            let mut did = false;
+            if self
+                .hub
+                .poll_timeout(self.now)
+                .is_some_and(|at| at <= self.now.mono_ms)
+            {
+                self.hub.handle_timeout(self.now);
+            }
+            while let Some(r) = self.hub.poll_read() {
+                did = true;
+                self.read(r);
+            }
+            while let Some(r) = self.hub.poll_write() {
+                did = true;
+                self.writable.insert(r);
+            }
             self.hub.announce_departures(self.now);
-            let Some(r) = self.hub.poll_close(self.now) else {
+            while let Some(r) = self.hub.poll_close(self.now) {
+                did = true;
+                self.writable.remove(&r);
+                self.inbox.remove(&r);
+                self.closed.push(r);
+            }
+            while let Some(j) = self.hub.poll_job() {
+                did = true;
+                self.jobs.push_back(j);
+            }
+            if !did {
                 break;
-            };
-            self.closed.push(r);
+            }
         }
-        self.hub.announce_departures(self.now);
-        while let Some(j) = self.hub.poll_job() {
-            self.jobs.push_back(j);
-        }
+        self.hub.check_invariants();
     }
 
     /// Runs the job at `index` (0 = oldest) and feeds its result back.
@@ -162,16 +236,36 @@ impl Harness {
         }
     }
 
-    /// Takes the raw frames queued for `r` (as if written to its socket), and tells
-    /// the hub its queue drained.
+    /// Lets the hub write `r`'s output, if it asked to, and takes the whole frames
+    /// that reached the socket (as the client would read them).
     pub fn recv_frames(&mut self, r: ConnRef) -> Vec<Rc<[u8]>> {
-        let Some(conn) = self.hub.get_mut(r) else {
-            return Vec::new();
-        };
-        let frames = conn.out.drain_frames();
-        self.hub.handle_flushed(r, self.now);
-        self.pump();
+        self.flush(r);
+        let wire = self.wire.entry(r).or_default();
+        let mut frames = Vec::new();
+        while let Ok(Some(n)) = proto::check(wire, usize::MAX >> 8) {
+            frames.push(Rc::from(&wire[..n]));
+            wire.drain(..n);
+        }
         frames
+    }
+
+    /// The socket is writable: the hub writes `r`'s output, if it asked to.
+    fn flush(&mut self, r: ConnRef) {
+        if self.writable.contains(&r) && !self.stalled.contains(&r) {
+            let wire = self.wire.entry(r).or_default();
+            let done = self.hub.write(r, self.now, |iov| {
+                let mut n = 0;
+                for s in iov {
+                    wire.extend_from_slice(s);
+                    n += s.len();
+                }
+                Ok(n)
+            });
+            if done != Written::Blocked {
+                self.writable.remove(&r);
+            }
+            self.pump();
+        }
     }
 
     /// Takes and parses the frames queued for `r`.
@@ -359,7 +453,8 @@ pub fn fuzz_hub(data: &[u8]) {
         }
         for r in t.hub.refs() {
             let c = t.hub.get(r).expect("live");
-            assert!(c.out.len_bytes() <= 16 * 1024, "queue over its bound");
+            // The bound, plus at most one direct reply not yet written.
+            assert!(c.queued_bytes() <= 16 * 1024 + 4096, "queue over its bound");
         }
     }
     t.run_jobs();
@@ -395,4 +490,8 @@ pub fn fuzz_frames(data: &[u8]) {
             }
         }
     }
+}
+
+fn parse(frame: &[u8]) -> ServerMessage {
+    ServerMessage::parse(&frame[proto::HEADER_LEN..]).expect("server frames parse")
 }

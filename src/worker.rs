@@ -13,23 +13,7 @@ use crate::auth::Hasher;
 use crate::job::{Job, JobResult, execute};
 use crate::store::{StoreError, StoreFactory};
 
-/// How the hashing threads are scheduled against the reactor thread (the storage
-/// thread always runs like the reactor: its jobs are short).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WorkerPriority {
-    /// Like the reactor.
-    Normal,
-    /// nice 10: on a shared core the reactor gets most of the CPU and the hashing a
-    /// guaranteed share, so logins never stall, but a storm of them delays messages
-    /// (measured: fan-out p99 from 2 to 7 ms during a storm on one core).
-    Low,
-    /// SCHED_IDLE: hashing runs only on CPU the reactor leaves, and gives it up the
-    /// moment the reactor wakes, so a storm of logins does not delay messages. While
-    /// traffic keeps the reactor's core fully busy, logins slow down; the hub then
-    /// refuses new ones as busy (with a time to try again) rather than queueing them.
-    /// The default.
-    Idle,
-}
+pub use crate::admission::WorkerPriority;
 
 fn lower_priority(p: WorkerPriority) {
     crate::sys::set_thread_priority(match p {

@@ -7,13 +7,13 @@ use std::sync::Arc;
 
 use clap::Parser;
 
+use chat::admission::WorkerPriority;
 use chat::auth::HashParams;
 use chat::hub::HubConfig;
-use chat::reactor::{Server, ServerConfig};
+use chat::reactor::{Server, ServerConfig, default_job_timeout_secs};
 use chat::store::embedded::EmbeddedStore;
 use chat::store::redis::{RedisStore, RedisTimeouts};
 use chat::store::{Store, StoreFactory};
-use chat::worker::WorkerPriority;
 use std::time::Duration;
 
 /// A multi-user chat server speaking the Go chat tutorial's wire protocol.
@@ -43,7 +43,7 @@ struct Args {
 
     /// Threads hashing passwords (logins and registrations); one more thread runs the
     /// storage jobs (offline messages), so a login storm never holds those up.
-    #[arg(long, default_value_t = 2, value_name = "N")]
+    #[arg(long, default_value_t = ServerConfig::default().workers, value_name = "N")]
     workers: usize,
 
     /// Log level: off, error, warn, info, debug or trace.
@@ -55,15 +55,15 @@ struct Args {
     log_file: Option<PathBuf>,
 
     /// Largest frame body accepted from a logged-in client, in bytes.
-    #[arg(long, default_value_t = 64 * 1024, value_name = "BYTES")]
+    #[arg(long, default_value_t = HubConfig::default().max_frame, value_name = "BYTES")]
     max_frame: usize,
 
     /// Largest frame body accepted before login, in bytes.
-    #[arg(long, default_value_t = 8 * 1024, value_name = "BYTES")]
+    #[arg(long, default_value_t = HubConfig::default().prelogin_max_frame, value_name = "BYTES")]
     max_prelogin_frame: usize,
 
     /// Output queued for one client before it is dropped as a slow consumer, in bytes.
-    #[arg(long, default_value_t = 1024 * 1024, value_name = "BYTES")]
+    #[arg(long, default_value_t = HubConfig::default().max_outbuf, value_name = "BYTES")]
     max_outbuf: usize,
 
     /// Connections held at once; more are refused with an error frame. Default: the
@@ -73,7 +73,7 @@ struct Args {
 
     /// Store jobs (logins, registrations, offline messages) queued at once; over it,
     /// requests are refused as "server busy".
-    #[arg(long, default_value_t = 1024, value_name = "N")]
+    #[arg(long, default_value_t = HubConfig::default().max_jobs, value_name = "N")]
     max_jobs: usize,
 
     /// Scheduling of the password-hashing threads against the event loop: idle
@@ -89,7 +89,7 @@ struct Args {
     /// logins wait for a password hash, a round that took 1 ms or more (thousands of
     /// recipients) is followed by a pause as long, at most 50 ms, so the idle-priority
     /// hashing gets CPU. 0 writes after every event.
-    #[arg(long, default_value_t = 500, value_name = "US")]
+    #[arg(long, default_value_t = ServerConfig::default().flush_interval.as_micros() as u64, value_name = "US")]
     flush_interval_us: u64,
 
     /// Seconds a store job (a login, a registration, a stored message) may wait for a
@@ -101,22 +101,28 @@ struct Args {
     job_timeout: Option<u64>,
 
     /// Seconds a connection may stay without logging in.
-    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    #[arg(long, default_value_t = HubConfig::default().login_timeout_ms / 1000, value_name = "SECS")]
     login_timeout: u64,
 
     /// Failed logins allowed on one connection before it is closed.
-    #[arg(long, default_value_t = 5, value_name = "N")]
+    #[arg(long, default_value_t = HubConfig::default().max_login_failures, value_name = "N")]
     max_login_failures: u32,
 
     /// Frames per second one connection may send (bursts of the same size); over it,
     /// messages are refused with code 429, never silently dropped. 0: no limit.
-    #[arg(long, default_value_t = 20, value_name = "N")]
+    #[arg(long, default_value_t = HubConfig::default().msg_rate, value_name = "N")]
     msg_rate: u32,
 
     /// Logins and registrations per minute from one client address (an IPv6 /64
     /// counts as one address); over it, refused with code 429. 0: no limit.
-    #[arg(long, default_value_t = 30, value_name = "N")]
+    #[arg(long, default_value_t = HubConfig::default().login_rate, value_name = "N")]
     login_rate: u32,
+
+    /// Connections held at once from one client address (an IPv6 /64 counts as one);
+    /// more are refused with code 503, so one address cannot fill the server. 0: no
+    /// limit (for instance behind a proxy that connects from one address).
+    #[arg(long, default_value_t = HubConfig::default().max_conns_per_addr, value_name = "N")]
+    max_conns_per_addr: usize,
 
     /// argon2id memory cost in KiB for new password hashes. The default with 5 passes
     /// is one of OWASP's equally strong settings (another: 19456 KiB, 2 passes), the
@@ -203,6 +209,13 @@ fn run(args: Args) -> Result<(), String> {
             max_login_failures: args.max_login_failures.max(1),
             msg_rate: args.msg_rate,
             login_rate: args.login_rate,
+            max_conns: args.max_conns.unwrap_or(0),
+            max_conns_per_addr: args.max_conns_per_addr,
+            job_timeout_ms: args
+                .job_timeout
+                .unwrap_or_else(|| default_job_timeout_secs(args.redis.is_some()))
+                .max(1)
+                * 1000,
             ..HubConfig::default()
         },
         workers: args.workers.max(1),
@@ -210,9 +223,6 @@ fn run(args: Args) -> Result<(), String> {
             memory_kib: args.argon2_memory_kib,
             passes: args.argon2_passes,
         },
-        max_conns: args
-            .max_conns
-            .unwrap_or_else(chat::sys::max_conns_for_fd_limit),
         handle_signals: true,
         flush_interval: Duration::from_micros(args.flush_interval_us),
         worker_priority: match args.worker_priority {
@@ -220,16 +230,15 @@ fn run(args: Args) -> Result<(), String> {
             Priority::Low => WorkerPriority::Low,
             Priority::Idle => WorkerPriority::Idle,
         },
-        job_max_wait: Duration::from_secs(
-            args.job_timeout
-                .unwrap_or(if args.redis.is_some() { 5 } else { 30 })
-                .max(1),
-        ),
         ..ServerConfig::default()
     };
     chat::auth::Hasher::new(cfg.hash)?;
-    let listener = std::net::TcpListener::bind(&args.listen)
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let addr: std::net::SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(&args.listen)
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| format!("cannot listen on {}: not an address", args.listen))?;
+    let listener =
+        chat::sys::listen(addr).map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let server = Server::new(listener, &factory, cfg).map_err(|e| format!("cannot start: {e}"))?;
     server.run().map_err(|e| format!("event loop failed: {e}"))
 }

@@ -7,10 +7,11 @@
 //! `ErrorResMes` 409 and is closed, and the others see no offline/online flicker.
 #![forbid(unsafe_code)]
 
-use crate::conn::{Pending, Session};
+use crate::conn::Session;
 use crate::hub::{Hub, Now};
 use crate::job::{JobKind, LoginError, LoginOk};
-use crate::proto::{LoginMes, LoginResMes, NotifyUserStatusMes, ServerMessage, code, status};
+use crate::offline::Offline;
+use crate::proto::{self, LoginMes, LoginResMes, NotifyUserStatusMes, ServerMessage, code, status};
 use crate::users::{MAX_PASSWORD_BYTES, OnlineEntry};
 
 /// The refusal text for a login or registration that would wait too long: when to try
@@ -23,22 +24,23 @@ pub(crate) fn busy(wait_ms: u64) -> String {
 }
 
 impl Hub {
-    /// Refuses a login or registration as busy and returns the refusal text. The login
-    /// timeout starts again from when the client is told to come back: a client that
-    /// waits as asked is not closed for having waited.
-    pub(crate) fn refuse_busy(&mut self, key: usize, wait_ms: u64, now: Now) -> String {
+    /// Refuses a login or registration as busy: returns the refusal text and the
+    /// time to come back in seconds. The login timeout starts again from then: a
+    /// client that waits as asked is not closed for having waited.
+    pub(crate) fn refuse_busy(&mut self, key: usize, wait_ms: u64, now: Now) -> (String, u64) {
         let c = &mut self.conns[key];
         c.login_clock_ms = c.login_clock_ms.max(now.mono_ms.saturating_add(wait_ms));
-        busy(wait_ms)
+        (busy(wait_ms), wait_ms.div_ceil(1000).max(1))
     }
 
-    fn login_res(&mut self, key: usize, code: u16, error: &str) {
+    fn login_res(&mut self, key: usize, code: u16, error: &str, retry_after: Option<u64>) {
         self.reply(
             key,
             &ServerMessage::LoginRes(LoginResMes {
                 code,
                 users_id: Vec::new(),
                 error: error.to_string(),
+                retry_after,
                 ..LoginResMes::default()
             }),
         );
@@ -62,20 +64,28 @@ impl Hub {
         }
         let job = JobKind::Login {
             user_id: m.user_id,
-            password: m.user_pwd,
+            password: m.user_pwd.clone(),
             offline_batch: self.cfg.offline_batch,
         };
+        let user_id = m.user_id;
         match self.submit_hash(key, job, now) {
-            Ok(()) => self.conns[key].pending = Some(Pending::Login),
+            Ok(()) => {
+                self.login_started(key, user_id);
+                let conn = &mut self.conns[key];
+                conn.offline = Offline::new(m.ack_offline);
+                conn.max_frame_out = m.max_frame.map_or(proto::SEED_MAX_FRAME, |n| {
+                    (n as usize).max(proto::SEED_MAX_FRAME)
+                });
+            }
             Err(wait_ms) => {
-                let text = self.refuse_busy(key, wait_ms, now);
-                self.login_res(key, code::SERVER_ERROR, &text);
+                let (text, secs) = self.refuse_busy(key, wait_ms, now);
+                self.login_res(key, code::SERVER_ERROR, &text, Some(secs));
             }
         }
     }
 
     fn login_failed(&mut self, key: usize, code: u16, text: &str, now: Now) {
-        self.login_res(key, code, text);
+        self.login_res(key, code, text, None);
         let conn = &mut self.conns[key];
         conn.login_failures += 1;
         if conn.login_failures >= self.cfg.max_login_failures {
@@ -97,13 +107,14 @@ impl Hub {
                 self.login_failed(key, code::WRONG_PASSWORD, "wrong password", now)
             }
             Err(LoginError::Store(e)) if e.is_timed_out() => {
-                let wait = self.hash_wait_estimate(now);
-                let text = self.refuse_busy(key, wait, now);
-                self.login_res(key, code::SERVER_ERROR, &text);
+                let wait = self.admission.estimate(now.mono_ms);
+                let (text, secs) = self.refuse_busy(key, wait, now);
+                self.login_res(key, code::SERVER_ERROR, &text, Some(secs));
             }
             Err(LoginError::Store(e)) => {
-                log::error!("login failed: {e}");
-                self.login_res(key, code::SERVER_ERROR, "server error: storage unavailable");
+                self.store_error(&format!("login failed: {e}"));
+                let text = "server error: storage unavailable";
+                self.login_res(key, code::SERVER_ERROR, text, None);
             }
         }
         self.resume(key, now);

@@ -38,14 +38,14 @@ impl Hub {
             ClientMessage::Login(m) => self.handle_login(key, m, now),
             ClientMessage::Register(m) => self.handle_register(key, m, now),
             _ if !self.conns[key].is_online() => {
+                self.summary.frames_refused += 1;
                 self.error(key, code::UNAUTHORIZED, "log in first");
             }
             ClientMessage::Sms(m) => self.handle_group(key, m, now),
             ClientMessage::Private(m) => self.handle_private(key, m, now),
             ClientMessage::OnlineUsers => self.handle_online_users(key),
             ClientMessage::Logout => self.handle_logout(key, now),
-            // Offline acknowledgements arrive with the offline delivery rework.
-            ClientMessage::OfflineAck(_) => {}
+            ClientMessage::OfflineAck(m) => self.handle_offline_ack(key, m),
         }
     }
 }

@@ -3,8 +3,10 @@
 //! Recipient online here: delivered at once, `SmsResMes` 200. Otherwise a worker stores
 //! it if the user exists (`SmsResMes` 202 once committed) or finds no such user (404).
 //! Stored messages are delivered at the recipient's next login, oldest first, marked
-//! `offline: true`, in batches that respect the output queue limit; each batch is
-//! removed from the store only after it was queued on the recipient's connection.
+//! `offline: true` with their `offlineId`, in batches that respect the output queue
+//! limit; each batch is removed from the store only once it reached the client
+//! (written to its socket, or acknowledged by a client that said it would): see
+//! `offline.rs`.
 #![forbid(unsafe_code)]
 
 use std::rc::Rc;
@@ -12,7 +14,7 @@ use std::rc::Rc;
 use crate::conn::{Pending, Session};
 use crate::hub::{Hub, Now};
 use crate::job::JobKind;
-use crate::proto::{CodeRes, ServerMessage, SmsPrivateMes, code};
+use crate::proto::{CodeRes, OfflineAckMes, ServerMessage, SmsPrivateMes, code};
 use crate::store::{OfflineMsg, StoreError, StoredMsg};
 
 impl Hub {
@@ -41,7 +43,7 @@ impl Hub {
             time: now.unix_ms,
         };
         if let Some(to) = self.online.get(msg.to).map(|e| e.conn.key) {
-            let frame: Rc<[u8]> = private_frame(&msg, false).into();
+            let frame: Rc<[u8]> = private_frame(&msg, None).into();
             if self.deliver(to, &frame) {
                 self.sms_res(key, code::OK, "");
                 return;
@@ -70,98 +72,71 @@ impl Hub {
         match result {
             Ok(Some(_)) => {
                 self.sms_res(key, code::STORED, "");
-                // The recipient may have logged in while the message was being stored,
-                // after its login fetched the offline messages: fetch again for it.
-                if let Some(k) = self.online.get(to).map(|e| e.conn.key) {
-                    self.fetch_offline(k);
-                }
+                // The recipient may have logged in (or be logging in) while the message
+                // was being stored, after its login fetched the offline messages.
+                self.offline_news(to);
             }
             Ok(None) => self.sms_res(key, code::NOT_FOUND, "no such user"),
             Err(e) if e.is_timed_out() => {
                 self.sms_res(key, code::UNAVAILABLE, "server busy: message not stored")
             }
             Err(e) => {
-                log::error!("offline message not stored: {e}");
+                self.store_error(&format!("offline message not stored: {e}"));
                 self.sms_res(key, code::UNAVAILABLE, "storage unavailable")
             }
         }
         self.resume(key, now);
     }
 
-    /// Queues a batch of stored messages on `key`, skipping any it already got, and
-    /// acknowledges them to the store. Stops early when the queue is half full. The
-    /// next batch is fetched once the removal is done and the queue has drained.
+    /// Queues a batch of stored messages on `key`, skipping any it already got. They
+    /// are removed from the store once written (or acknowledged by the client). Stops
+    /// early when the queue is half full; the rest is fetched after the removal.
     pub(crate) fn deliver_offline(&mut self, key: usize, msgs: Vec<StoredMsg>, batch: usize) {
-        let Some(user_id) = self.conns[key].user_id() else {
+        if self.conns[key].user_id().is_none() {
             return;
-        };
-        let mut more = msgs.len() >= batch;
+        }
+        let mut full = msgs.len() >= batch;
         let mut skipped = false;
-        let mut upto = 0;
         for m in msgs {
             let conn = &self.conns[key];
-            if m.seq <= conn.offline_seen {
-                // Delivered earlier in this session, but its removal failed or is
-                // still on the way: acknowledged again below, never shown twice.
+            if conn.offline.already_seen(m.seq) {
+                // Delivered earlier in this session, but its removal failed: removed
+                // again below, never shown twice.
                 skipped = true;
                 continue;
             }
             if conn.out.len_bytes() >= self.cfg.max_outbuf / 2 {
-                more = true;
+                full = true;
                 break;
             }
-            let frame: Rc<[u8]> = private_frame(&m.msg, true).into();
+            let frame: Rc<[u8]> = private_frame(&m.msg, Some(m.seq)).into();
             if !self.deliver(key, &frame) {
-                break;
+                return;
             }
-            self.conns[key].offline_seen = m.seq;
-            upto = m.seq;
+            let conn = &mut self.conns[key];
+            let total = conn.out.queued_total();
+            conn.offline.queued(m.seq, total);
         }
-        let conn = &mut self.conns[key];
-        conn.offline_more = more;
-        if upto > 0 || skipped {
-            let upto = upto.max(conn.offline_seen);
-            conn.offline_acking = true;
-            self.submit_always(Some(key), JobKind::AckOffline { user_id, upto });
-        } else if more && conn.out.is_empty() && conn.closing.is_none() {
-            self.fetch_offline(key);
-        }
+        let action = self.conns[key].offline.batch_done(skipped, full);
+        self.offline_action(key, action);
+    }
+
+    /// `OfflineAckMes`: the client has every offline message up to `upto`.
+    pub(crate) fn handle_offline_ack(&mut self, key: usize, m: OfflineAckMes) {
+        let action = self.conns[key].offline.client_ack(m.upto);
+        self.offline_action(key, action);
     }
 
     /// The removal of delivered offline messages finished.
-    pub(crate) fn offline_acked(&mut self, key: usize, result: Result<(), StoreError>) {
-        let conn = &mut self.conns[key];
-        conn.offline_acking = false;
-        match result {
-            Ok(()) => {
-                if conn.offline_more && conn.out.is_empty() && conn.closing.is_none() {
-                    self.fetch_offline(key);
-                }
-            }
-            Err(e) => {
-                // They stay stored and come again at the next login; this session has
-                // them already (`offline_seen`), so nothing is shown twice here.
-                conn.offline_more = false;
-                log::warn!("offline messages not removed (they will be offered again): {e}");
-            }
+    pub(crate) fn offline_acked(&mut self, key: usize, upto: u64, result: Result<(), StoreError>) {
+        if let Err(e) = &result {
+            // They stay stored and come again at the next login.
+            self.store_error(&format!(
+                "offline messages not removed (they will be offered again): {e}"
+            ));
         }
-    }
-
-    /// Asks a worker for the next batch of `key`'s offline messages.
-    pub(crate) fn fetch_offline(&mut self, key: usize) {
-        let conn = &self.conns[key];
-        let Some(user_id) = conn.user_id() else {
-            return;
-        };
-        if conn.offline_fetching || conn.offline_acking {
-            return;
-        }
-        let batch = self.cfg.offline_batch;
-        if self.submit(Some(key), JobKind::FetchOffline { user_id, batch }) {
-            let conn = &mut self.conns[key];
-            conn.offline_fetching = true;
-            conn.offline_more = false;
-        }
+        let action = self.conns[key].offline.ack_done(upto, result.is_ok());
+        self.offline_action(key, action);
     }
 
     pub(crate) fn offline_fetched(
@@ -172,26 +147,32 @@ impl Hub {
         result: Result<Vec<StoredMsg>, StoreError>,
         _now: Now,
     ) {
-        let conn = &mut self.conns[key];
-        conn.offline_fetching = false;
+        let conn = &self.conns[key];
         if conn.user_id() != Some(user_id) || conn.closing.is_some() {
             return;
         }
         match result {
             Ok(msgs) => self.deliver_offline(key, msgs, batch),
-            Err(e) => log::warn!("user {user_id}: offline messages not fetched: {e}"),
+            Err(e) => {
+                self.store_error(&format!(
+                    "user {user_id}: offline messages not fetched: {e}"
+                ));
+                let action = self.conns[key].offline.fetch_failed();
+                self.offline_action(key, action);
+            }
         }
     }
 }
 
-fn private_frame(m: &OfflineMsg, offline: bool) -> Vec<u8> {
+fn private_frame(m: &OfflineMsg, offline_id: Option<u64>) -> Vec<u8> {
     ServerMessage::Private(SmsPrivateMes {
         user_id: m.from,
         user_name: m.from_name.clone(),
         to_user_id: m.to,
         content: m.content.clone(),
         time: m.time,
-        offline,
+        offline: offline_id.is_some(),
+        offline_id,
         ..SmsPrivateMes::default()
     })
     .encode()

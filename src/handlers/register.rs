@@ -13,6 +13,13 @@ impl Hub {
         self.reply(key, &ServerMessage::RegisterRes(CodeRes::new(code, error)));
     }
 
+    fn register_busy(&mut self, key: usize, wait_ms: u64, now: Now) {
+        let (text, secs) = self.refuse_busy(key, wait_ms, now);
+        let mut res = CodeRes::new(code::SERVER_ERROR, text);
+        res.retry_after = Some(secs);
+        self.reply(key, &ServerMessage::RegisterRes(res));
+    }
+
     pub(crate) fn handle_register(&mut self, key: usize, m: RegisterMes, now: Now) {
         let u = m.user;
         if let Err(e) = validate_registration(u.user_id, &u.user_name, &u.user_pwd) {
@@ -29,10 +36,7 @@ impl Hub {
         };
         match self.submit_hash(key, job, now) {
             Ok(()) => self.conns[key].pending = Some(Pending::Register),
-            Err(wait_ms) => {
-                let text = self.refuse_busy(key, wait_ms, now);
-                self.register_res(key, code::SERVER_ERROR, text);
-            }
+            Err(wait_ms) => self.register_busy(key, wait_ms, now),
         }
     }
 
@@ -48,12 +52,11 @@ impl Hub {
                 self.register_res(key, code::BAD_REQUEST, "user id already taken".into())
             }
             Err(RegisterError::Store(e)) if e.is_timed_out() => {
-                let wait = self.hash_wait_estimate(now);
-                let text = self.refuse_busy(key, wait, now);
-                self.register_res(key, code::SERVER_ERROR, text);
+                let wait = self.admission.estimate(now.mono_ms);
+                self.register_busy(key, wait, now);
             }
             Err(RegisterError::Store(e)) => {
-                log::error!("register failed: {e}");
+                self.store_error(&format!("register failed: {e}"));
                 self.register_res(
                     key,
                     code::SERVER_ERROR,

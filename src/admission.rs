@@ -1,0 +1,235 @@
+//! Password hashing under load: one policy, one home.
+//!
+//! Every login and registration costs an argon2id hash (milliseconds of CPU). The
+//! hashing threads run at a lower priority than the event loop ([`WorkerPriority`]), so
+//! a storm of logins never delays messages; in exchange the hub must not queue more
+//! logins than can be served in time. [`Admission`] keeps the measure of what hashing
+//! delivers now and admits a login only if its estimated wait fits within the job
+//! timeout; otherwise the client is told when to come back. And while logins wait,
+//! [`Admission::next_flush_at`] spaces long rounds of writes so the idle-priority
+//! hashing gets CPU at all.
+//!
+//! Time is passed in as values (milliseconds of a monotonic clock), so the policy is
+//! tested in virtual time.
+#![forbid(unsafe_code)]
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// How the hashing threads are scheduled against the event loop (the storage thread
+/// always runs like the loop: its jobs are short).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerPriority {
+    /// Like the loop.
+    Normal,
+    /// nice 10: on a shared core the loop gets most of the CPU and hashing a
+    /// guaranteed share, so logins never stall, but a storm of them delays messages
+    /// (measured: fan-out p99 from 2 to 7 ms during a storm on one core).
+    Low,
+    /// SCHED_IDLE: hashing runs only on CPU the loop leaves, and gives it up the moment
+    /// the loop wakes, so a storm of logins does not delay messages. While traffic
+    /// keeps the loop's core fully busy, logins slow down; they are then refused as
+    /// busy (with a time to try again) rather than queued. The default.
+    Idle,
+}
+
+/// While passwords wait to be hashed, a round of writes this long (thousands of
+/// receivers) is followed by a pause as long as itself, so that the hashing threads,
+/// which run at idle priority, get about half the core.
+const LONG_FLUSH: Duration = Duration::from_millis(1);
+/// Longest pause after a round of writes, however long that round took.
+const MAX_FLUSH_GATHER: Duration = Duration::from_millis(50);
+
+/// Folds `sample` into a moving average (weight 1/8).
+fn average(avg: &mut Option<f64>, sample: f64) {
+    *avg = Some(match *avg {
+        Some(a) => a + (sample - a) / 8.0,
+        None => sample,
+    });
+}
+
+/// Admission of password-hashing jobs.
+#[derive(Debug)]
+pub struct Admission {
+    /// Hashing threads.
+    workers: usize,
+    /// Longest a login should wait for a hashing thread (the job timeout).
+    max_wait_ms: u64,
+    /// When each hashing job in flight was submitted, oldest first.
+    in_flight: VecDeque<u64>,
+    /// What one hash has cost lately, in ms (a moving average of worker times).
+    cost_ms: Option<f64>,
+    /// Time between hash completions while hashes were waiting, in ms (a moving
+    /// average): what the threads really deliver, starved of CPU or not.
+    gap_ms: Option<f64>,
+    /// When the last hash completed, if others were still in flight then.
+    last_done: Option<u64>,
+    /// Requests refused as busy since [`Admission::take_refused`] was last called.
+    refused: u64,
+}
+
+impl Admission {
+    pub fn new(workers: usize, max_wait_ms: u64) -> Admission {
+        Admission {
+            workers: workers.max(1),
+            max_wait_ms,
+            in_flight: VecDeque::new(),
+            cost_ms: None,
+            gap_ms: None,
+            last_done: None,
+            refused: 0,
+        }
+    }
+
+    /// The longest wait admitted, in ms.
+    pub fn max_wait_ms(&self) -> u64 {
+        self.max_wait_ms
+    }
+
+    /// How long a new login would wait for a hashing thread: the hashes ahead of it
+    /// times the time each takes, which is the larger of the recent cost of one shared
+    /// among the threads and the recent time between completions (the threads run only
+    /// on CPU the loop leaves); and at least as long as the oldest has waited, in case
+    /// the threads are making no progress at all.
+    pub fn estimate(&self, now_ms: u64) -> u64 {
+        let ahead = self.in_flight.len() as f64;
+        let shared = self.cost_ms.unwrap_or(0.0) / self.workers as f64;
+        let each = shared.max(self.gap_ms.unwrap_or(0.0));
+        let queued = each * ahead;
+        let oldest = self
+            .in_flight
+            .front()
+            .map_or(0, |&t| now_ms.saturating_sub(t));
+        (queued as u64).max(oldest)
+    }
+
+    /// Whether a login may be queued now; `Err` carries the estimated wait in ms.
+    pub fn check(&mut self, now_ms: u64) -> Result<(), u64> {
+        let wait = self.estimate(now_ms);
+        if wait > self.max_wait_ms {
+            self.refused += 1;
+            return Err(wait);
+        }
+        Ok(())
+    }
+
+    /// A hashing job was queued.
+    pub fn submitted(&mut self, now_ms: u64) {
+        self.in_flight.push_back(now_ms);
+    }
+
+    /// A hashing job finished. `took` is how long a worker ran it (`None`: it waited
+    /// past the job timeout and was not run); `hashed` whether it really hashed (an
+    /// unknown user's login does not, and must not pull the measured cost down).
+    pub fn completed(&mut self, now_ms: u64, took: Option<Duration>, hashed: bool) {
+        self.in_flight.pop_front();
+        if let Some(took) = took {
+            if hashed {
+                average(&mut self.cost_ms, took.as_secs_f64() * 1000.0);
+            }
+            if let Some(prev) = self.last_done {
+                average(&mut self.gap_ms, now_ms.saturating_sub(prev) as f64);
+            }
+        }
+        self.last_done = (!self.in_flight.is_empty()).then_some(now_ms);
+    }
+
+    /// Whether logins or registrations wait for a password hash.
+    pub fn hashing(&self) -> bool {
+        !self.in_flight.is_empty()
+    }
+
+    /// Requests refused as busy since the last call.
+    pub fn take_refused(&mut self) -> u64 {
+        std::mem::take(&mut self.refused)
+    }
+
+    /// When the next round of writes may start, for a round that started at `start`
+    /// and ended at `done`: one flush interval after the start; after a long round
+    /// while logins wait for hashing, no sooner than a pause as long as the round
+    /// (capped), so the hashing threads get their share of the core.
+    pub fn next_flush_at(&self, start: Instant, done: Instant, interval: Duration) -> Instant {
+        let took = done - start;
+        if interval.is_zero() {
+            done
+        } else if self.hashing() && took >= LONG_FLUSH {
+            (start + interval).max(done + took.min(MAX_FLUSH_GATHER))
+        } else {
+            start + interval
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logins_are_admitted_while_they_can_be_served_in_time() {
+        let mut a = Admission::new(2, 1_000);
+        // Nothing measured yet: everything is admitted.
+        for _ in 0..10 {
+            assert_eq!(a.check(0), Ok(()));
+            a.submitted(0);
+        }
+        // Hashes cost 100 ms on 2 threads: 50 ms each, 10 ahead = 500 ms.
+        a.completed(100, Some(Duration::from_millis(100)), true);
+        assert_eq!(a.estimate(100), 450);
+        for _ in 0..12 {
+            a.submitted(100);
+        }
+        // 21 ahead x 50 ms = 1,050 ms: over the limit.
+        assert_eq!(a.check(100), Err(1_050));
+        assert_eq!(a.take_refused(), 1);
+        assert_eq!(a.take_refused(), 0);
+    }
+
+    #[test]
+    fn a_stalled_pool_is_judged_by_its_oldest_waiter() {
+        let mut a = Admission::new(1, 1_000);
+        a.submitted(0);
+        assert_eq!(a.check(500), Ok(()));
+        assert_eq!(a.check(1_500), Err(1_500));
+    }
+
+    #[test]
+    fn jobs_that_did_not_hash_do_not_lower_the_cost() {
+        let mut a = Admission::new(1, 10_000);
+        a.submitted(0);
+        a.submitted(0);
+        a.completed(10, Some(Duration::from_millis(10)), true);
+        a.completed(10, Some(Duration::from_millis(0)), false);
+        for _ in 0..4 {
+            a.submitted(10);
+        }
+        assert_eq!(a.estimate(10), 40);
+    }
+
+    #[test]
+    fn long_rounds_of_writes_pause_only_while_passwords_wait() {
+        let t0 = Instant::now();
+        let us = Duration::from_micros;
+        let ms = Duration::from_millis;
+        let interval = us(500);
+        let mut a = Admission::new(1, 1_000);
+        for hashing in [false, true] {
+            if hashing {
+                a.submitted(0);
+            }
+            // Ordinary rounds: one interval after the start.
+            assert_eq!(a.next_flush_at(t0, t0 + us(200), interval), t0 + interval);
+            // An interval of zero writes after every turn, always.
+            assert_eq!(a.next_flush_at(t0, t0 + ms(4), Duration::ZERO), t0 + ms(4));
+        }
+        // A 4 ms round while logins wait: a pause as long.
+        assert_eq!(a.next_flush_at(t0, t0 + ms(4), interval), t0 + ms(8));
+        // A very long round: the pause is capped.
+        assert_eq!(
+            a.next_flush_at(t0, t0 + ms(200), interval),
+            t0 + ms(200) + MAX_FLUSH_GATHER
+        );
+        // Nothing waits: written again at once.
+        a.completed(1, Some(ms(1)), true);
+        assert_eq!(a.next_flush_at(t0, t0 + ms(4), interval), t0 + interval);
+    }
+}
