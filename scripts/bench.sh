@@ -22,7 +22,7 @@ trap 'pkill -f "chat-server --listen 127.0.0.1:1900" || true; pkill -f "redis-se
 chat_start() {
     rm -rf "$TMP/data"; mkdir -p "$TMP/data"
     taskset -c 0 $B/chat-server --listen 127.0.0.1:19001 --data "$TMP/data" \
-        --msg-rate 0 --login-rate 0 --log-level warn "$@" 2>"$TMP/server.log" &
+        --msg-rate 0 --login-rate 0 --max-conns-per-addr 0 --log-level warn "$@" 2>"$TMP/server.log" &
     SERVER=$!
     until ss -ltn | grep -q ":19001 "; do sleep 0.05; done
 }

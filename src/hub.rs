@@ -377,7 +377,20 @@ impl Hub {
                 }
                 Written::Drained
             }
-            Ok(Flush::Blocked) => Written::Blocked,
+            Ok(Flush::Blocked) => {
+                let c = &self.conns[r.key];
+                log::trace!(
+                    "conn {}: socket full, {} bytes wait{}",
+                    r.key,
+                    c.out.len_bytes(),
+                    if c.offline.unwritten() {
+                        " (offline messages among them)"
+                    } else {
+                        ""
+                    }
+                );
+                Written::Blocked
+            }
             Err(e) => {
                 self.close(r.key, false, &format!("write failed: {e}"), now);
                 Written::Failed

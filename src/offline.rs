@@ -79,6 +79,11 @@ impl Offline {
         seq <= self.seen
     }
 
+    /// Whether messages of the batch being delivered are not yet written.
+    pub fn unwritten(&self) -> bool {
+        !self.marks.is_empty()
+    }
+
     /// A fetch was handed to the store.
     pub fn fetching(&mut self) {
         self.step = Step::Fetching;

@@ -166,7 +166,7 @@ fn connections_over_the_cap_are_refused_politely() {
     assert_eq!(got.len(), 1);
     assert_eq!(
         got[0].raw,
-        r#"{"code":503,"error":"server full (3 connections)"}"#
+        r#"{"code":503,"error":"server full (3 connections); try again later","retryAfter":1}"#
     );
     // Room again once someone leaves.
     drop(held.pop());
@@ -282,4 +282,40 @@ fn before_login_frames_are_held_to_a_smaller_size() {
         assert_eq!(anon.recv().raw, r#"{"code":401,"error":"log in first"}"#);
     }
     anon.expect_nothing_pending();
+}
+
+/// Connects to `to` from the loopback address `from` (127.0.0.0/8 is all loopback).
+fn connect_from(from: [u8; 4], to: std::net::SocketAddr) -> SeedClient {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&std::net::SocketAddr::from((from, 0)).into())
+        .unwrap();
+    sock.connect(&to.into()).unwrap();
+    SeedClient::from_stream(sock.into())
+}
+
+#[test]
+fn one_address_cannot_take_every_connection_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = ServerProc::start(dir.path(), &["--max-conns-per-addr", "4"]);
+    let mut held: Vec<SeedClient> = (0..4)
+        .map(|_| connect_from([127, 0, 0, 1], s.addr))
+        .collect();
+    for c in &mut held {
+        c.expect_nothing_pending();
+    }
+    let mut extra = connect_from([127, 0, 0, 1], s.addr);
+    let got = extra.expect_closed();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].data["code"], 503);
+    assert!(
+        got[0].data["error"]
+            .as_str()
+            .unwrap()
+            .contains("too many connections from your address"),
+        "{got:?}"
+    );
+    // Someone else, from another address, still gets in and can log in.
+    let mut other = connect_from([127, 0, 0, 2], s.addr);
+    assert_eq!(other.register(7, "pw7", "seven").data["code"], 200);
+    assert_eq!(other.login(7, "pw7").data["code"], 200);
 }

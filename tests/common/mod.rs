@@ -156,7 +156,10 @@ pub struct Got {
 
 impl SeedClient {
     pub fn connect(addr: SocketAddr) -> SeedClient {
-        let stream = TcpStream::connect(addr).expect("connect");
+        Self::from_stream(TcpStream::connect(addr).expect("connect"))
+    }
+
+    pub fn from_stream(stream: TcpStream) -> SeedClient {
         stream.set_read_timeout(Some(WAIT)).unwrap();
         stream.set_nodelay(true).unwrap();
         SeedClient { stream }
@@ -176,7 +179,7 @@ impl SeedClient {
             .expect("connection closed while waiting for a frame")
     }
 
-    /// Reads one frame; `None` on a clean EOF.
+    /// Reads one frame; `None` at EOF (a frame cut short included).
     pub fn try_recv(&mut self) -> Option<Got> {
         let mut len = [0u8; 4];
         match self.stream.read_exact(&mut len) {
@@ -186,7 +189,12 @@ impl SeedClient {
             Err(e) => panic!("read failed: {e}"),
         }
         let mut body = vec![0; u32::from_be_bytes(len) as usize];
-        self.stream.read_exact(&mut body).unwrap();
+        match self.stream.read_exact(&mut body) {
+            Ok(()) => {}
+            // The peer went away in the middle of a frame (a killed server).
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return None,
+            Err(e) => panic!("read failed: {e}"),
+        }
         let outer: Value = serde_json::from_slice(&body).unwrap();
         let raw = outer["data"]
             .as_str()
