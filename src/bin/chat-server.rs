@@ -47,8 +47,13 @@ struct Args {
     workers: usize,
 
     /// Log level: off, error, warn, info, debug or trace.
-    #[arg(long, default_value = "info", value_name = "LEVEL")]
-    log_level: simplelog::LevelFilter,
+    #[arg(
+        long,
+        default_value = "info",
+        value_name = "LEVEL",
+        value_parser = chat::logging::parse_level
+    )]
+    log_level: chat::logging::LevelFilter,
 
     /// Append the log to this file instead of writing it to stderr.
     #[arg(long, value_name = "PATH")]
