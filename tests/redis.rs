@@ -279,7 +279,7 @@ fn store_handles_see_each_others_writes() {
         id: 5,
         name: "five".into(),
         pwd_hash: "$argon2id$x".into(),
-        legacy_pwd: String::new(),
+        ..Default::default()
     };
     assert!(s1.create_user(&rec).unwrap());
     assert_eq!(s2.get_user(5).unwrap().unwrap().name, "five");
