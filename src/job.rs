@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use crate::conn::ConnRef;
-use crate::store::{OfflineMsg, Store, StoreError, StoredMsg};
+use crate::store::{OfflineId, OfflineMsg, Store, StoreError, StoredMsg};
 use crate::users::UserRecord;
 
 /// Password hashing, as the jobs need it: argon2id in the server (`auth`), a cheap
@@ -40,9 +40,17 @@ pub enum JobKind {
         user_id: i64,
         name: String,
         password: String,
+        /// The seed's `userStatus` and `sex`, stored as given (the seed's record shape).
+        status: i64,
+        sex: String,
     },
-    /// Keep a private message for an offline user.
-    StoreOffline(OfflineMsg),
+    /// Keep a private message for an offline user. `msg_id` is the sender's `msgId`:
+    /// a resend with the same one stores nothing new. Without it the worker chooses an
+    /// id, so that its own retries are idempotent too.
+    StoreOffline {
+        msg: OfflineMsg,
+        msg_id: Option<String>,
+    },
     /// Fetch more offline messages for a logged-in user.
     FetchOffline { user_id: i64, batch: usize },
     /// Remove offline messages that were handed to the user's connection.
@@ -55,7 +63,9 @@ impl std::fmt::Debug for JobKind {
         match self {
             JobKind::Login { user_id, .. } => write!(f, "Login({user_id})"),
             JobKind::Register { user_id, .. } => write!(f, "Register({user_id})"),
-            JobKind::StoreOffline(m) => write!(f, "StoreOffline({} -> {})", m.from, m.to),
+            JobKind::StoreOffline { msg: m, .. } => {
+                write!(f, "StoreOffline({} -> {})", m.from, m.to)
+            }
             JobKind::FetchOffline { user_id, .. } => write!(f, "FetchOffline({user_id})"),
             JobKind::AckOffline { user_id, upto } => write!(f, "AckOffline({user_id}, {upto})"),
         }
@@ -74,7 +84,10 @@ impl JobKind {
         match self {
             JobKind::Login { .. } => Outcome::Login(Err(LoginError::Store(e))),
             JobKind::Register { .. } => Outcome::Register(Err(RegisterError::Store(e))),
-            JobKind::StoreOffline(_) => Outcome::StoreOffline(Err(e)),
+            JobKind::StoreOffline { msg_id, .. } => Outcome::StoreOffline(OfflineStored {
+                msg_id,
+                result: Err(e),
+            }),
             JobKind::FetchOffline { user_id, batch } => Outcome::FetchOffline {
                 user_id,
                 batch,
@@ -117,13 +130,23 @@ pub enum RegisterError {
     Store(StoreError),
 }
 
+/// What came of a [`JobKind::StoreOffline`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfflineStored {
+    /// The sender's `msgId`, to echo in the answer.
+    pub msg_id: Option<String>,
+    /// `Ok(Some(seq))`: stored (now, or by an earlier write with the same id);
+    /// `Ok(None)`: the recipient does not exist; `Err(Uncertain)`: may be stored;
+    /// any other `Err`: not stored.
+    pub result: Result<Option<u64>, StoreError>,
+}
+
 /// What came of a job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Login(Result<LoginOk, LoginError>),
     Register(Result<(), RegisterError>),
-    /// `Ok(None)`: the recipient does not exist.
-    StoreOffline(Result<Option<u64>, StoreError>),
+    StoreOffline(OfflineStored),
     FetchOffline {
         user_id: i64,
         batch: usize,
@@ -170,8 +193,30 @@ pub fn execute(store: &mut dyn Store, hasher: &dyn Passwords, kind: JobKind) -> 
             user_id,
             name,
             password,
-        } => Outcome::Register(register(store, hasher, user_id, name, &password)),
-        JobKind::StoreOffline(msg) => Outcome::StoreOffline(store.push_offline(&msg)),
+            status,
+            sex,
+        } => {
+            let mut extra = serde_json::Map::new();
+            extra.insert("userStatus".into(), status.into());
+            extra.insert("sex".into(), sex.into());
+            let rec = UserRecord {
+                id: user_id,
+                name,
+                extra,
+                ..UserRecord::default()
+            };
+            Outcome::Register(register(store, hasher, rec, &password))
+        }
+        JobKind::StoreOffline { msg, msg_id } => {
+            let id = match &msg_id {
+                Some(m) => OfflineId::Client(m.clone()),
+                None => OfflineId::fresh(),
+            };
+            Outcome::StoreOffline(OfflineStored {
+                result: store.push_offline(&msg, &id),
+                msg_id,
+            })
+        }
         JobKind::FetchOffline { user_id, batch } => Outcome::FetchOffline {
             user_id,
             batch,
@@ -199,9 +244,20 @@ fn login(
         if !hasher.verify(password, &rec.pwd_hash) {
             return Err(LoginError::WrongPassword);
         }
+        if rec.stale_shape {
+            // Written by an earlier version with the hash beside an empty `userPwd`,
+            // which the seed's server would take for an empty password: rewrite it in
+            // the current shape (the hash in `userPwd`), other fields kept.
+            rec.stale_shape = false;
+            match store.update_user(&rec) {
+                Ok(()) => log::info!("user {user_id}: record rewritten with the hash in userPwd"),
+                Err(e) => log::warn!("user {user_id}: record rewrite failed: {e}"),
+            }
+        }
     } else if !rec.legacy_pwd.is_empty() && constant_time_eq(&rec.legacy_pwd, password) {
-        // A record written by the seed's server: upgrade its plaintext to a hash now.
-        // If that write fails the login still stands; the upgrade is tried next time.
+        // A record written by the seed's server: upgrade its plaintext to a hash now,
+        // in `userPwd` itself, every other field kept. If that write fails the login
+        // still stands; the upgrade is tried next time.
         match hasher.hash(password) {
             Ok(h) => {
                 rec.pwd_hash = h;
@@ -231,30 +287,32 @@ fn login(
 fn register(
     store: &mut dyn Store,
     hasher: &dyn Passwords,
-    user_id: i64,
-    name: String,
+    mut rec: UserRecord,
     password: &str,
 ) -> Result<(), RegisterError> {
     // Cheap early answer for a taken id; create_user still refuses to overwrite.
     if store
-        .get_user(user_id)
+        .get_user(rec.id)
         .map_err(RegisterError::Store)?
         .is_some()
     {
         return Err(RegisterError::Taken);
     }
-    let pwd_hash = hasher
+    rec.pwd_hash = hasher
         .hash(password)
-        .map_err(|e| RegisterError::Store(StoreError(e)))?;
-    let rec = UserRecord {
-        id: user_id,
-        name,
-        pwd_hash,
-        legacy_pwd: String::new(),
-    };
+        .map_err(|e| RegisterError::Store(StoreError::Hashing(e)))?;
+    // This attempt's own mark: if the answer to the write is lost, the store (and the
+    // check below) recognise the record as this registration's, not someone else's.
+    rec.reg_token = crate::store::random_token();
     match store.create_user(&rec) {
         Ok(true) => Ok(()),
         Ok(false) => Err(RegisterError::Taken),
+        Err(e) if e.is_uncertain() => match store.get_user(rec.id) {
+            // The store could not tell; a read now still can.
+            Ok(Some(found)) if found.reg_token == rec.reg_token => Ok(()),
+            Ok(Some(_)) => Err(RegisterError::Taken),
+            _ => Err(RegisterError::Store(e)),
+        },
         Err(e) => Err(RegisterError::Store(e)),
     }
 }
@@ -282,8 +340,28 @@ mod tests {
                 user_id: id,
                 name: format!("u{id}"),
                 password: pwd.into(),
+                status: 0,
+                sex: "f".into(),
             },
         )
+    }
+
+    fn private(s: &mut MemStore, from: i64, to: i64, msg_id: Option<&str>) -> OfflineStored {
+        let h = hasher();
+        let kind = JobKind::StoreOffline {
+            msg: OfflineMsg {
+                from,
+                from_name: format!("u{from}"),
+                to,
+                content: "hi".into(),
+                time: 1,
+            },
+            msg_id: msg_id.map(str::to_owned),
+        };
+        match execute(s, &h, kind) {
+            Outcome::StoreOffline(o) => o,
+            other => panic!("{other:?}"),
+        }
     }
 
     fn login(s: &mut MemStore, h: &TestPasswords, id: i64, pwd: &str) -> Outcome {
@@ -309,6 +387,13 @@ mod tests {
         let stored = s.get_user(1).unwrap().unwrap();
         assert!(h.verify("pw", &stored.pwd_hash));
         assert!(stored.legacy_pwd.is_empty());
+        // The seed's shape: the hash in userPwd, userStatus and sex as given.
+        let json: serde_json::Value = serde_json::from_str(&stored.to_json()).unwrap();
+        assert_eq!(json["userPwd"].as_str(), Some(stored.pwd_hash.as_str()));
+        assert_eq!(
+            (&json["userStatus"], &json["sex"]),
+            (&0.into(), &"f".into())
+        );
         assert!(matches!(
             login(&mut s, &h, 1, "pw"),
             Outcome::Login(Ok(LoginOk { user_id: 1, .. }))
@@ -327,8 +412,10 @@ mod tests {
     fn seed_plaintext_record_logs_in_once_and_is_upgraded() {
         let (mut s, h) = (MemStore::new(), hasher());
         s.create_user(
-            &UserRecord::from_json(r#"{"userId":100,"userPwd":"123456","userName":"Scott"}"#)
-                .unwrap(),
+            &UserRecord::from_json(
+                r#"{"userId":100,"userPwd":"123456","userName":"Scott","userStatus":1,"sex":"m"}"#,
+            )
+            .unwrap(),
         )
         .unwrap();
         assert_eq!(
@@ -343,10 +430,133 @@ mod tests {
         assert!(rec.legacy_pwd.is_empty());
         assert!(h.verify("123456", &rec.pwd_hash));
         assert!(!rec.to_json().contains("123456"));
+        // The hash took the plaintext's place; the rest of the record is as it was.
+        let json: serde_json::Value = serde_json::from_str(&rec.to_json()).unwrap();
+        assert_eq!(json["userPwd"].as_str(), Some(rec.pwd_hash.as_str()));
+        assert_eq!(
+            (&json["userName"], &json["userStatus"], &json["sex"]),
+            (&"Scott".into(), &1.into(), &"m".into())
+        );
+        // An empty password never matches it.
+        assert_eq!(
+            login(&mut s, &h, 100, ""),
+            Outcome::Login(Err(LoginError::WrongPassword))
+        );
         assert!(matches!(
             login(&mut s, &h, 100, "123456"),
             Outcome::Login(Ok(_))
         ));
+    }
+
+    #[test]
+    fn a_record_of_the_earlier_shape_is_rewritten_at_login() {
+        let (mut s, h) = (MemStore::new(), hasher());
+        let hash = h.hash("pw").unwrap();
+        let old = format!(r#"{{"userId":5,"userName":"e","pwdHash":"{hash}","sex":"x"}}"#);
+        s.create_user(&UserRecord::from_json(&old).unwrap())
+            .unwrap();
+        assert_eq!(
+            login(&mut s, &h, 5, ""),
+            Outcome::Login(Err(LoginError::WrongPassword))
+        );
+        assert!(s.get_user_for_test(5).stale_shape);
+        assert!(matches!(login(&mut s, &h, 5, "pw"), Outcome::Login(Ok(_))));
+        let rec = s.get_user_for_test(5);
+        assert!(!rec.stale_shape);
+        let json: serde_json::Value = serde_json::from_str(&rec.to_json()).unwrap();
+        assert_eq!(json["userPwd"].as_str(), Some(hash.as_str()));
+        assert_eq!(json["sex"], "x");
+    }
+
+    #[test]
+    fn a_registration_whose_answer_was_lost_is_recognised_as_done() {
+        let (mut s, h) = (MemStore::new(), hasher());
+        s.set_losing_answers(Some(StoreError::Uncertain("reply lost".into())));
+        assert_eq!(reg(&mut s, &h, 1, "pw"), Outcome::Register(Ok(())));
+        s.set_losing_answers(None);
+        assert!(matches!(login(&mut s, &h, 1, "pw"), Outcome::Login(Ok(_))));
+        // Someone else's record stays "taken", whatever the answer.
+        s.set_losing_answers(Some(StoreError::Uncertain("reply lost".into())));
+        assert_eq!(
+            reg(&mut s, &h, 1, "other"),
+            Outcome::Register(Err(RegisterError::Taken))
+        );
+    }
+
+    #[test]
+    fn an_uncertain_registration_that_cannot_be_checked_stays_uncertain() {
+        let (mut s, h) = (MemStore::new(), hasher());
+        // Created, the answer lost, and the store unreadable right after.
+        struct LoseThenFail(MemStore);
+        impl Store for LoseThenFail {
+            fn get_user(&mut self, id: i64) -> Result<Option<UserRecord>, StoreError> {
+                self.0.get_user(id)
+            }
+            fn create_user(&mut self, rec: &UserRecord) -> Result<bool, StoreError> {
+                self.0.create_user(rec)?;
+                self.0.set_failing(Some("down"));
+                Err(StoreError::Uncertain("reply lost".into()))
+            }
+            fn update_user(&mut self, rec: &UserRecord) -> Result<(), StoreError> {
+                self.0.update_user(rec)
+            }
+            fn push_offline(
+                &mut self,
+                msg: &OfflineMsg,
+                id: &OfflineId,
+            ) -> Result<Option<u64>, StoreError> {
+                self.0.push_offline(msg, id)
+            }
+            fn fetch_offline(&mut self, u: i64, max: usize) -> Result<Vec<StoredMsg>, StoreError> {
+                self.0.fetch_offline(u, max)
+            }
+            fn ack_offline(&mut self, u: i64, upto: u64) -> Result<(), StoreError> {
+                self.0.ack_offline(u, upto)
+            }
+        }
+        let mut w = LoseThenFail(s.clone());
+        let out = execute(
+            &mut w,
+            &h,
+            JobKind::Register {
+                user_id: 3,
+                name: "c".into(),
+                password: "pw".into(),
+                status: 0,
+                sex: String::new(),
+            },
+        );
+        assert!(
+            matches!(&out, Outcome::Register(Err(RegisterError::Store(e))) if e.is_uncertain()),
+            "{out:?}"
+        );
+        s.set_failing(None);
+        assert!(s.get_user(3).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_private_message_resent_with_its_msg_id_is_stored_once() {
+        let (mut s, h) = (MemStore::new(), hasher());
+        reg(&mut s, &h, 1, "pw");
+        reg(&mut s, &h, 2, "pw");
+        // Stored, but the answer was lost: uncertain, and the msgId comes back.
+        s.set_losing_answers(Some(StoreError::Uncertain("timed out".into())));
+        let first = private(&mut s, 1, 2, Some("a-1"));
+        assert_eq!(first.msg_id.as_deref(), Some("a-1"));
+        assert!(first.result.unwrap_err().is_uncertain());
+        s.set_losing_answers(None);
+        // The resend: nothing new, the same seq.
+        let again = private(&mut s, 1, 2, Some("a-1"));
+        assert_eq!(s.offline_count(2), 1);
+        let seq = again.result.unwrap().unwrap();
+        assert_eq!(private(&mut s, 1, 2, Some("a-1")).result, Ok(Some(seq)));
+        assert_eq!(s.offline_count(2), 1);
+        // Without msgId every message is new; with another msgId too.
+        assert!(private(&mut s, 1, 2, None).result.unwrap().unwrap() > seq);
+        assert!(private(&mut s, 1, 2, None).result.unwrap().unwrap() > seq);
+        assert!(private(&mut s, 1, 2, Some("a-2")).result.unwrap().is_some());
+        assert_eq!(s.offline_count(2), 4);
+        assert_eq!(private(&mut s, 1, 9, Some("x")).result, Ok(None));
     }
 
     #[test]

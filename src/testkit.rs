@@ -372,7 +372,7 @@ pub fn fuzz_hub(data: &[u8]) {
             id,
             name: name.into(),
             pwd_hash: pw_hash.clone(),
-            legacy_pwd: String::new(),
+            ..Default::default()
         };
         crate::store::Store::create_user(&mut t.store.clone(), &rec).expect("mem store");
     }

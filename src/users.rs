@@ -21,21 +21,38 @@ pub const MAX_NAME_CHARS: usize = 32;
 /// Longest accepted password, in bytes.
 pub const MAX_PASSWORD_BYTES: usize = 256;
 
-/// A user as the store keeps it. The JSON shape follows the seed's Redis schema
-/// (`userId`, `userName`), plus `pwdHash` for the argon2id PHC string. A record left by
-/// the seed's own server has a plaintext `userPwd` instead; it is read as is and
-/// upgraded to a hash at the first successful login.
-#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Default)]
+/// A user as the store keeps it, in the seed's Redis schema: `userId`, `userPwd`,
+/// `userName` (and, in the seed's records, `userStatus` and `sex`).
+///
+/// `userPwd` holds the argon2id PHC string: the seed's own server, which compares
+/// `userPwd` with the password as typed, then matches no password at all, the empty
+/// one included. A record left by the seed's server has a plaintext `userPwd`; it is
+/// read as is ([`legacy_pwd`](Self::legacy_pwd)) and upgraded to a hash, in place, at
+/// the first successful login.
+///
+/// Reading: a `userPwd` that starts with `$argon2`, or equals `pwdHash`, is a hash;
+/// otherwise a non-empty `pwdHash` is the hash (a record written by an earlier version
+/// of this server, which left `userPwd` out: [`stale_shape`](Self::stale_shape));
+/// otherwise `userPwd` is seed plaintext. Writing: the hash goes in `userPwd` and in
+/// `pwdHash` (so that nodes of the earlier version sharing the store still read it),
+/// plus `regToken` when set. Every other field is kept as found ([`extra`](Self::extra)).
+#[derive(Clone, PartialEq, Eq, Default)]
 pub struct UserRecord {
-    #[serde(rename = "userId")]
     pub id: i64,
-    #[serde(rename = "userName", default)]
     pub name: String,
-    #[serde(rename = "pwdHash", default, skip_serializing_if = "String::is_empty")]
+    /// The argon2id PHC string; empty for a seed record not yet upgraded.
     pub pwd_hash: String,
-    /// Plaintext from a seed-era record. Never written by this server.
-    #[serde(rename = "userPwd", default, skip_serializing_if = "String::is_empty")]
+    /// Plaintext from a seed-era record, until it is upgraded.
     pub legacy_pwd: String,
+    /// A random token of the registration that created the record (field `regToken`),
+    /// so that a registration whose answer was lost recognises its own write.
+    pub reg_token: String,
+    /// Every other field of the stored JSON (the seed's `userStatus`, `sex`, ...),
+    /// written back unchanged.
+    pub extra: serde_json::Map<String, serde_json::Value>,
+    /// Read from a record in the earlier shape (hash in `pwdHash` only, `userPwd`
+    /// empty or plaintext): rewrite it in the current shape. Not stored.
+    pub stale_shape: bool,
 }
 
 impl std::fmt::Debug for UserRecord {
@@ -45,7 +62,77 @@ impl std::fmt::Debug for UserRecord {
             .field("name", &self.name)
             .field("has_hash", &!self.pwd_hash.is_empty())
             .field("has_legacy_pwd", &!self.legacy_pwd.is_empty())
+            .field("extra_fields", &self.extra.keys().collect::<Vec<_>>())
             .finish()
+    }
+}
+
+const F_ID: &str = "userId";
+const F_NAME: &str = "userName";
+const F_PWD: &str = "userPwd";
+const F_HASH: &str = "pwdHash";
+const F_TOKEN: &str = "regToken";
+
+impl Serialize for UserRecord {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry(F_ID, &self.id)?;
+        let pwd = if self.pwd_hash.is_empty() {
+            &self.legacy_pwd
+        } else {
+            &self.pwd_hash
+        };
+        m.serialize_entry(F_PWD, pwd)?;
+        m.serialize_entry(F_NAME, &self.name)?;
+        for (k, v) in &self.extra {
+            m.serialize_entry(k, v)?;
+        }
+        if !self.pwd_hash.is_empty() {
+            m.serialize_entry(F_HASH, &self.pwd_hash)?;
+        }
+        if !self.reg_token.is_empty() {
+            m.serialize_entry(F_TOKEN, &self.reg_token)?;
+        }
+        m.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for UserRecord {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut map = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+        let id = map
+            .remove(F_ID)
+            .and_then(|v| v.as_i64())
+            .ok_or_else(|| D::Error::custom("missing or bad userId"))?;
+        let mut text = |key: &str| -> Result<String, D::Error> {
+            match map.remove(key) {
+                None | Some(serde_json::Value::Null) => Ok(String::new()),
+                Some(serde_json::Value::String(s)) => Ok(s),
+                Some(other) => Err(D::Error::custom(format!("{key} is not a string: {other}"))),
+            }
+        };
+        let name = text(F_NAME)?;
+        let pwd = text(F_PWD)?;
+        let hash = text(F_HASH)?;
+        let reg_token = text(F_TOKEN)?;
+        let (pwd_hash, legacy_pwd, stale_shape) = if pwd.starts_with("$argon2") || pwd == hash {
+            (pwd, String::new(), false)
+        } else if !hash.is_empty() {
+            (hash, String::new(), true)
+        } else {
+            (String::new(), pwd, false)
+        };
+        Ok(UserRecord {
+            id,
+            name,
+            pwd_hash,
+            legacy_pwd,
+            reg_token,
+            extra: map,
+            stale_shape,
+        })
     }
 }
 
@@ -450,21 +537,61 @@ mod tests {
 
     #[test]
     fn seed_record_reads_and_debug_hides_secrets() {
-        let r = UserRecord::from_json(r#"{"userId":100,"userPwd":"123456","userName":"Scott"}"#)
-            .unwrap();
+        let r = UserRecord::from_json(
+            r#"{"userId":100,"userPwd":"123456","userName":"Scott","userStatus":0,"sex":"m"}"#,
+        )
+        .unwrap();
         assert_eq!(r.id, 100);
         assert_eq!(r.legacy_pwd, "123456");
+        assert!(r.pwd_hash.is_empty() && !r.stale_shape);
         assert!(!format!("{r:?}").contains("123456"));
+        // Written back as it was, field for field.
+        let back: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(
+            back,
+            serde_json::json!({"userId":100,"userPwd":"123456","userName":"Scott","userStatus":0,"sex":"m"})
+        );
+    }
+
+    #[test]
+    fn the_hash_goes_in_user_pwd_and_unknown_fields_stay() {
         let ours = UserRecord {
             id: 1,
             name: "a".into(),
             pwd_hash: "$argon2id$x".into(),
-            legacy_pwd: String::new(),
+            reg_token: "t".into(),
+            ..UserRecord::default()
         };
         assert_eq!(
             ours.to_json(),
-            r#"{"userId":1,"userName":"a","pwdHash":"$argon2id$x"}"#
+            r#"{"userId":1,"userPwd":"$argon2id$x","userName":"a","pwdHash":"$argon2id$x","regToken":"t"}"#
         );
+        assert_eq!(UserRecord::from_json(&ours.to_json()).unwrap(), ours);
+        // Any hash scheme round-trips: `userPwd` equal to `pwdHash` is a hash.
+        let other = UserRecord {
+            pwd_hash: "$test$00ff".into(),
+            ..ours.clone()
+        };
+        assert_eq!(UserRecord::from_json(&other.to_json()).unwrap(), other);
+        // A record of the earlier shape: hash in `pwdHash`, no `userPwd`.
+        let old = UserRecord::from_json(r#"{"userId":1,"userName":"a","pwdHash":"$argon2id$x"}"#)
+            .unwrap();
+        assert_eq!(old.pwd_hash, "$argon2id$x");
+        assert!(old.legacy_pwd.is_empty() && old.stale_shape);
+        let old2 = UserRecord::from_json(
+            r#"{"userId":1,"userPwd":"","userName":"a","pwdHash":"$argon2id$x"}"#,
+        )
+        .unwrap();
+        assert!(old2.stale_shape && old2.legacy_pwd.is_empty());
+        // The seed's server compares userPwd as typed: nothing it can be sent matches.
+        let json: serde_json::Value = serde_json::from_str(&old.to_json()).unwrap();
+        assert_eq!(json["userPwd"], "$argon2id$x");
+        // A hash found in `userPwd` alone (no `pwdHash`) is a hash too.
+        let bare = UserRecord::from_json(r#"{"userId":1,"userPwd":"$argon2id$y"}"#).unwrap();
+        assert_eq!(bare.pwd_hash, "$argon2id$y");
+        assert!(bare.legacy_pwd.is_empty());
+        assert!(UserRecord::from_json(r#"{"userName":"x"}"#).is_err());
+        assert!(UserRecord::from_json(r#"{"userId":1,"userPwd":5}"#).is_err());
     }
 
     #[test]

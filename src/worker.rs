@@ -85,7 +85,7 @@ impl Lane {
                                 "{:?} dropped after waiting {waited:?} for a worker",
                                 job.kind
                             );
-                            (job.kind.fail(StoreError::timed_out()), None)
+                            (job.kind.fail(StoreError::QueueTimeout), None)
                         } else {
                             let started = Instant::now();
                             let outcome = execute(&mut *store, &hasher, job.kind);
@@ -209,6 +209,8 @@ mod tests {
                     user_id: id,
                     name: "n".into(),
                     password: "p".into(),
+                    status: 0,
+                    sex: String::new(),
                 },
             });
         }
@@ -241,13 +243,16 @@ mod tests {
         submit_registrations(&pool, 50);
         pool.submit(Job {
             conn: None,
-            kind: JobKind::StoreOffline(OfflineMsg {
-                from: 1,
-                from_name: "n".into(),
-                to: 999,
-                content: "hi".into(),
-                time: 0,
-            }),
+            kind: JobKind::StoreOffline {
+                msg: OfflineMsg {
+                    from: 1,
+                    from_name: "n".into(),
+                    to: 999,
+                    content: "hi".into(),
+                    time: 0,
+                },
+                msg_id: None,
+            },
         });
         pool.shutdown();
         let order: Vec<bool> = rx

@@ -28,15 +28,20 @@ fn redis_backend_passes_the_storage_suite() {
     suite::run(&|| Box::new(RedisStore::new(&url, RedisTimeouts::default()).unwrap()));
 }
 
+fn hget_user(rc: &mut redis::Connection, id: i64) -> serde_json::Value {
+    let rec: String = redis::cmd("HGET").arg("users").arg(id).query(rc).unwrap();
+    serde_json::from_str(&rec).unwrap()
+}
+
 #[test]
 fn seed_records_log_in_and_are_upgraded_to_a_hash() {
     let r = RedisProc::start(false);
     let mut rc = r.client();
-    // Exactly what the seed's server leaves in Redis.
+    // Exactly what the seed's server leaves in Redis (its whole User struct).
     redis::cmd("HSET")
         .arg("users")
         .arg(100)
-        .arg(r#"{"userId":100,"userPwd":"123456","userName":"Scott"}"#)
+        .arg(r#"{"userId":100,"userPwd":"123456","userName":"Scott","userStatus":1,"sex":"m"}"#)
         .query::<i64>(&mut rc)
         .unwrap();
     let (s, _d) = start_chat(&r, &[]);
@@ -45,31 +50,76 @@ fn seed_records_log_in_and_are_upgraded_to_a_hash() {
     let ok = c.login(100, "123456");
     assert_eq!(ok.data["code"], 200);
     assert_eq!(ok.data["users"][0]["userName"], "Scott");
-    let rec: String = redis::cmd("HGET")
-        .arg("users")
-        .arg(100)
-        .query(&mut rc)
-        .unwrap();
-    let rec: serde_json::Value = serde_json::from_str(&rec).unwrap();
-    assert!(rec.get("userPwd").is_none(), "plaintext removed: {rec}");
-    assert!(rec["pwdHash"].as_str().unwrap().starts_with("$argon2id$"));
+    // The seed's shape, the hash in `userPwd` itself: the seed's own server, which
+    // compares `userPwd` with what is typed, matches no password, the empty one
+    // included. Every other field is as it was.
+    let rec = hget_user(&mut rc, 100);
+    let pwd = rec["userPwd"].as_str().unwrap();
+    assert!(pwd.starts_with("$argon2id$"), "plaintext replaced: {rec}");
+    assert!(!rec.to_string().contains("123456"), "{rec}");
     assert_eq!(
-        (rec["userId"].clone(), rec["userName"].clone()),
-        (json!(100), json!("Scott"))
+        (
+            &rec["userId"],
+            &rec["userName"],
+            &rec["userStatus"],
+            &rec["sex"]
+        ),
+        (&json!(100), &json!("Scott"), &json!(1), &json!("m"))
     );
-    // And the hash works.
+    // And the hash works; an empty password does not.
     let mut c2 = s.connect();
+    assert_eq!(c2.login(100, "").data["code"], 403);
     assert_eq!(c2.login(100, "123456").data["code"], 200);
 
-    // Our own registrations never hold a plaintext password.
+    // Our own registrations have the same shape, and never a plaintext password.
     let mut c3 = s.connect();
-    assert_eq!(c3.register(7, "pw7", "seven").data["code"], 200);
-    let rec: String = redis::cmd("HGET")
+    c3.send(
+        "RegisterMes",
+        json!({"user": {"userId": 7, "userPwd": "pw7", "userName": "seven", "userStatus": 2, "sex": "f"}}),
+    );
+    assert_eq!(c3.recv().data["code"], 200);
+    let rec = hget_user(&mut rc, 7);
+    assert!(!rec.to_string().contains("pw7"), "{rec}");
+    assert!(
+        rec["userPwd"].as_str().unwrap().starts_with("$argon2id$"),
+        "{rec}"
+    );
+    assert_eq!(
+        (
+            &rec["userId"],
+            &rec["userName"],
+            &rec["userStatus"],
+            &rec["sex"]
+        ),
+        (&json!(7), &json!("seven"), &json!(2), &json!("f"))
+    );
+    assert_eq!(c3.login(7, "pw7").data["code"], 200);
+}
+
+#[test]
+fn records_of_the_earlier_shape_are_read_and_rewritten() {
+    let r = RedisProc::start(false);
+    let mut rc = r.client();
+    let (s, _d) = start_chat(&r, &[]);
+    let mut c = s.connect();
+    assert_eq!(c.register(8, "pw8", "eight").data["code"], 200);
+    // As an earlier version of this server wrote it: the hash in `pwdHash` alone.
+    let hash = hget_user(&mut rc, 8)["userPwd"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let old = json!({"userId": 8, "userName": "eight", "pwdHash": hash, "sex": "x"});
+    redis::cmd("HSET")
         .arg("users")
-        .arg(7)
-        .query(&mut rc)
+        .arg(8)
+        .arg(old.to_string())
+        .query::<i64>(&mut rc)
         .unwrap();
-    assert!(!rec.contains("pw7") && rec.contains("pwdHash"), "{rec}");
+    assert_eq!(c.login(8, "").data["code"], 403);
+    assert_eq!(c.login(8, "pw8").data["code"], 200);
+    let rec = hget_user(&mut rc, 8);
+    assert_eq!(rec["userPwd"], json!(hash), "{rec}");
+    assert_eq!(rec["sex"], "x");
 }
 
 #[test]
@@ -271,6 +321,38 @@ fn a_redis_slower_than_the_timeout_gets_a_clear_error_in_bounded_time() {
 }
 
 #[test]
+fn a_message_sent_while_redis_is_paused_is_uncertain_and_a_resend_stores_it_once() {
+    use std::io::Read;
+    let r = RedisProc::start(false);
+    let (s, _d) = start_chat(&r, &["--redis-timeout-ms", "500"]);
+    let mut a = online(&s, 1);
+    let mut b = s.connect();
+    assert_eq!(b.register(2, "pw2", "two").data["code"], 200);
+    // The storage worker has a connection, so the paused Redis gets the command.
+    a.send("SmsPrivateMes", json!({"toUserId":2,"content":"before"}));
+    assert_eq!(a.recv().data["code"], 202);
+    let mut sleeper = put_redis_to_sleep(&r, 2);
+    let frame = json!({"toUserId":2,"content":"paused","msgId":"p-1"});
+    a.send("SmsPrivateMes", frame.clone());
+    let res = a.recv();
+    // Not "not stored": the command sits in Redis and runs when it wakes.
+    assert_eq!(res.data["code"], 504, "{res:?}");
+    assert_eq!(res.data["msgId"], "p-1");
+    // Redis wakes (its answer to DEBUG SLEEP), and the client resends.
+    let mut ok = [0u8; 5];
+    sleeper.read_exact(&mut ok).unwrap();
+    assert_eq!(&ok, b"+OK\r\n");
+    a.send("SmsPrivateMes", frame);
+    let res = a.recv();
+    assert_eq!(res.data["code"], 202, "{res:?}");
+    assert_eq!(res.data["msgId"], "p-1");
+    assert_eq!(b.login(2, "pw2").data["code"], 200);
+    assert_eq!(b.recv().data["content"], "before");
+    assert_eq!(b.recv().data["content"], "paused");
+    b.expect_nothing_pending();
+}
+
+#[test]
 fn store_handles_see_each_others_writes() {
     let r = RedisProc::start(false);
     let mut s1 = RedisStore::new(&r.url(), RedisTimeouts::default()).unwrap();
@@ -279,7 +361,7 @@ fn store_handles_see_each_others_writes() {
         id: 5,
         name: "five".into(),
         pwd_hash: "$argon2id$x".into(),
-        legacy_pwd: String::new(),
+        ..Default::default()
     };
     assert!(s1.create_user(&rec).unwrap());
     assert_eq!(s2.get_user(5).unwrap().unwrap().name, "five");

@@ -13,13 +13,18 @@ use std::rc::Rc;
 
 use crate::conn::{Pending, Session};
 use crate::hub::{Hub, Now};
-use crate::job::JobKind;
-use crate::proto::{CodeRes, OfflineAckMes, ServerMessage, SmsPrivateMes, code};
+use crate::job::{JobKind, OfflineStored};
+use crate::proto::{CodeRes, MAX_MSG_ID, OfflineAckMes, ServerMessage, SmsPrivateMes, code};
 use crate::store::{OfflineMsg, StoreError, StoredMsg};
 
 impl Hub {
-    fn sms_res(&mut self, key: usize, code: u16, error: &str) {
-        self.reply(key, &ServerMessage::SmsRes(CodeRes::new(code, error)));
+    // [h-stores] Every answer echoes the message's `msgId` (was `sms_res`).
+    fn sms_res_id(&mut self, key: usize, code: u16, error: &str, msg_id: Option<String>) {
+        let res = CodeRes {
+            msg_id,
+            ..CodeRes::new(code, error)
+        };
+        self.reply(key, &ServerMessage::SmsRes(res));
     }
 
     pub(crate) fn handle_private(&mut self, key: usize, m: SmsPrivateMes, now: Now) {
@@ -27,12 +32,19 @@ impl Hub {
             return;
         };
         let (from, from_name) = (*user_id, name.to_string());
+        // [h-stores] The sender's `msgId` (empty = none), echoed in every answer.
+        let msg_id = m.msg_id.filter(|id| !id.is_empty());
+        if msg_id.as_ref().is_some_and(|id| id.len() > MAX_MSG_ID) {
+            let text = format!("msgId must be at most {MAX_MSG_ID} bytes");
+            self.sms_res_id(key, code::BAD_REQUEST, &text, msg_id);
+            return;
+        }
         if m.content.is_empty() {
-            self.sms_res(key, code::BAD_REQUEST, "empty message");
+            self.sms_res_id(key, code::BAD_REQUEST, "empty message", msg_id);
             return;
         }
         if m.to_user_id <= 0 {
-            self.sms_res(key, code::NOT_FOUND, "no such user");
+            self.sms_res_id(key, code::NOT_FOUND, "no such user", msg_id);
             return;
         }
         let msg = OfflineMsg {
@@ -45,44 +57,61 @@ impl Hub {
         if let Some(to) = self.online.get(msg.to).map(|e| e.conn.key) {
             let frame: Rc<[u8]> = private_frame(&msg, None).into();
             if self.deliver(to, &frame) {
-                self.sms_res(key, code::OK, "");
+                self.sms_res_id(key, code::OK, "", msg_id);
                 return;
             }
             // The recipient's queue overflowed (it is being dropped as a slow
             // consumer): keep the message for its next login instead of losing it.
         }
         let to = msg.to;
-        if self.submit(Some(key), JobKind::StoreOffline(msg)) {
+        // [h-stores] The job carries the msgId: the store dedupes on it.
+        let job = JobKind::StoreOffline {
+            msg,
+            msg_id: msg_id.clone(),
+        };
+        if self.submit(Some(key), job) {
             self.conns[key].pending = Some(Pending::Private { to });
         } else {
-            self.sms_res(key, code::UNAVAILABLE, "server busy, try again");
+            self.sms_res_id(key, code::UNAVAILABLE, "server busy, try again", msg_id);
         }
     }
 
-    pub(crate) fn private_stored(
-        &mut self,
-        key: usize,
-        result: Result<Option<u64>, StoreError>,
-        now: Now,
-    ) {
+    pub(crate) fn private_stored(&mut self, key: usize, stored: OfflineStored, now: Now) {
+        // [h-stores] Result mapping: 504 when the store cannot tell whether it stored
+        // the message; 503 only when it certainly did not. msgId echoed.
+        let OfflineStored { msg_id, result } = stored;
         let to = match self.conns[key].pending {
             Some(Pending::Private { to }) => to,
             _ => 0,
         };
         match result {
             Ok(Some(_)) => {
-                self.sms_res(key, code::STORED, "");
+                self.sms_res_id(key, code::STORED, "", msg_id);
                 // The recipient may have logged in (or be logging in) while the message
                 // was being stored, after its login fetched the offline messages.
                 self.offline_news(to);
             }
-            Ok(None) => self.sms_res(key, code::NOT_FOUND, "no such user"),
-            Err(e) if e.is_timed_out() => {
-                self.sms_res(key, code::UNAVAILABLE, "server busy: message not stored")
+            Ok(None) => self.sms_res_id(key, code::NOT_FOUND, "no such user", msg_id),
+            Err(e) if e.is_timed_out() => self.sms_res_id(
+                key,
+                code::UNAVAILABLE,
+                "server busy: message not stored",
+                msg_id,
+            ),
+            Err(e) if e.is_uncertain() => {
+                self.store_error(&format!("offline message may or may not be stored: {e}"));
+                let text = if msg_id.is_some() {
+                    "storage did not answer: the message may or may not be stored; \
+                     resending it with the same msgId is safe"
+                } else {
+                    "storage did not answer: the message may or may not be stored; \
+                     send a msgId to make a resend safe"
+                };
+                self.sms_res_id(key, code::UNCERTAIN, text, msg_id)
             }
             Err(e) => {
                 self.store_error(&format!("offline message not stored: {e}"));
-                self.sms_res(key, code::UNAVAILABLE, "storage unavailable")
+                self.sms_res_id(key, code::UNAVAILABLE, "storage unavailable", msg_id)
             }
         }
         self.resume(key, now);

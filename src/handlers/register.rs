@@ -33,6 +33,9 @@ impl Hub {
             user_id: u.user_id,
             name: u.user_name,
             password: u.user_pwd,
+            // [h-stores] Stored as given: the record keeps the seed's shape.
+            status: u.user_status,
+            sex: u.sex,
         };
         match self.submit_hash(key, job, now) {
             Ok(()) => self.conns[key].pending = Some(Pending::Register),
@@ -54,6 +57,17 @@ impl Hub {
             Err(RegisterError::Store(e)) if e.is_timed_out() => {
                 let wait = self.admission.estimate(now.mono_ms);
                 self.register_busy(key, wait, now);
+            }
+            // [h-stores] The store could not tell whether the user was created.
+            Err(RegisterError::Store(e)) if e.is_uncertain() => {
+                log::warn!("register outcome unknown: {e}");
+                self.register_res(
+                    key,
+                    code::SERVER_ERROR,
+                    "server error: storage did not answer; the user may or may not be \
+                     registered: try logging in"
+                        .into(),
+                )
             }
             Err(RegisterError::Store(e)) => {
                 self.store_error(&format!("register failed: {e}"));

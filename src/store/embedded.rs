@@ -9,19 +9,34 @@
 //! - `users`: user id → the user's JSON (the same JSON as the Redis backend).
 //! - `offline`: (recipient id, seq) → the message's JSON; the key order is delivery order.
 //! - `meta`: `"offline_seq"` → the last sequence number handed out.
+//! - `offline_ids`: (recipient, sender, tagged id) → (seq, expiry in unix ms): the ids
+//!   of stored messages, so that a repeated write stores nothing new (see
+//!   [`DEDUPE_WINDOW`]); `offline_id_exp`: (expiry, recipient, sender, tagged id), the
+//!   same entries by expiry, from which each write removes a few expired ones.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{OfflineMsg, Store, StoreError, StoredMsg};
+use super::{DEDUPE_WINDOW, OfflineId, OfflineMsg, Store, StoreError, StoredMsg};
 use crate::users::UserRecord;
 
 const USERS: TableDefinition<i64, &str> = TableDefinition::new("users");
 const OFFLINE: TableDefinition<(i64, u64), &str> = TableDefinition::new("offline");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const IDS: TableDefinition<(i64, i64, &str), (u64, u64)> = TableDefinition::new("offline_ids");
+const ID_EXP: TableDefinition<(u64, i64, i64, &str), ()> = TableDefinition::new("offline_id_exp");
 const SEQ_KEY: &str = "offline_seq";
+/// Expired ids removed per write at most: more than one, so the table shrinks back
+/// after a burst.
+const PRUNE_PER_WRITE: usize = 8;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 /// The file name inside the data directory.
 pub const FILE_NAME: &str = "chat.redb";
@@ -43,7 +58,7 @@ impl EmbeddedStore {
     pub fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
         let path = dir.join(FILE_NAME);
         let db = Database::create(&path).map_err(|e| {
-            StoreError(format!(
+            StoreError::Unavailable(format!(
                 "cannot open the data file {}: {}",
                 path.display(),
                 match e {
@@ -59,6 +74,8 @@ impl EmbeddedStore {
             tryx!(tx.open_table(USERS), "open users");
             tryx!(tx.open_table(OFFLINE), "open offline");
             tryx!(tx.open_table(META), "open meta");
+            tryx!(tx.open_table(IDS), "open offline_ids");
+            tryx!(tx.open_table(ID_EXP), "open offline_id_exp");
         }
         tryx!(tx.commit(), "commit");
         Ok(EmbeddedStore { db: Arc::new(db) })
@@ -72,7 +89,7 @@ impl Store for EmbeddedStore {
         match tryx!(t.get(id), "read user") {
             Some(v) => UserRecord::from_json(v.value())
                 .map(Some)
-                .map_err(StoreError),
+                .map_err(StoreError::Unavailable),
             None => Ok(None),
         }
     }
@@ -81,8 +98,12 @@ impl Store for EmbeddedStore {
         let tx = tryx!(self.db.begin_write(), "begin write");
         {
             let mut t = tryx!(tx.open_table(USERS), "open users");
-            if tryx!(t.get(rec.id), "read user").is_some() {
-                return Ok(false);
+            if let Some(old) = tryx!(t.get(rec.id), "read user") {
+                // The same registration again (its first answer lost) is no conflict.
+                let same = !rec.reg_token.is_empty()
+                    && UserRecord::from_json(old.value())
+                        .is_ok_and(|old| old.reg_token == rec.reg_token);
+                return Ok(same);
             }
             tryx!(t.insert(rec.id, rec.to_json().as_str()), "write user");
         }
@@ -100,11 +121,26 @@ impl Store for EmbeddedStore {
         Ok(())
     }
 
-    fn push_offline(&mut self, msg: &OfflineMsg) -> Result<Option<u64>, StoreError> {
+    fn push_offline(
+        &mut self,
+        msg: &OfflineMsg,
+        id: &OfflineId,
+    ) -> Result<Option<u64>, StoreError> {
         let json = serde_json::to_string(msg).map_err(|e| StoreError::new("encode", e))?;
+        let tagged = id.tagged();
+        let now = now_ms();
         let tx = tryx!(self.db.begin_write(), "begin write");
         let seq;
         {
+            let mut ids = tryx!(tx.open_table(IDS), "open offline_ids");
+            let mut exp = tryx!(tx.open_table(ID_EXP), "open offline_id_exp");
+            let key = (msg.to, msg.from, tagged.as_str());
+            if let Some(v) = tryx!(ids.get(key), "read id") {
+                let (seq, expires) = v.value();
+                if expires > now {
+                    return Ok(Some(seq));
+                }
+            }
             let users = tryx!(tx.open_table(USERS), "open users");
             if tryx!(users.get(msg.to), "read user").is_none() {
                 return Ok(None);
@@ -114,6 +150,30 @@ impl Store for EmbeddedStore {
             tryx!(meta.insert(SEQ_KEY, seq), "write seq");
             let mut t = tryx!(tx.open_table(OFFLINE), "open offline");
             tryx!(t.insert((msg.to, seq), json.as_str()), "write message");
+            let expires = now.saturating_add(DEDUPE_WINDOW.as_millis() as u64);
+            tryx!(ids.insert(key, (seq, expires)), "write id");
+            tryx!(
+                exp.insert((expires, msg.to, msg.from, tagged.as_str()), ()),
+                "write id expiry"
+            );
+            // Forget a few ids whose window has passed (an id rewritten since has a
+            // later expiry of its own, and stays).
+            let mut old = Vec::new();
+            for item in tryx!(exp.range(..(now, i64::MIN, i64::MIN, "")), "range expiry")
+                .take(PRUNE_PER_WRITE)
+            {
+                let (k, _) = tryx!(item, "read expiry");
+                let (e, to, from, id) = k.value();
+                old.push((e, to, from, id.to_string()));
+            }
+            for (e, to, from, id) in old {
+                tryx!(exp.remove((e, to, from, id.as_str())), "remove expiry");
+                let current =
+                    tryx!(ids.get((to, from, id.as_str())), "read id").map(|v| v.value().1);
+                if current == Some(e) {
+                    tryx!(ids.remove((to, from, id.as_str())), "remove id");
+                }
+            }
         }
         tryx!(tx.commit(), "commit message");
         Ok(Some(seq))
@@ -169,7 +229,7 @@ mod tests {
                 id: 5,
                 name: "e".into(),
                 pwd_hash: "h".into(),
-                legacy_pwd: String::new(),
+                ..UserRecord::default()
             };
             assert!(s.create_user(&rec).unwrap());
         }

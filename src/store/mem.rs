@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use super::{OfflineMsg, Store, StoreError, StoredMsg};
+use super::{OfflineId, OfflineMsg, Store, StoreError, StoredMsg};
 use crate::users::UserRecord;
 
 #[derive(Default, Debug)]
@@ -14,8 +14,14 @@ struct Inner {
     users: HashMap<i64, UserRecord>,
     offline: BTreeMap<(i64, u64), OfflineMsg>,
     next_seq: u64,
-    /// When set, every call fails with this message (to test outage handling).
-    fail: Option<String>,
+    /// Ids of stored messages: (recipient, sender, id) → seq. Kept for the life of the
+    /// store (a test store: the window of the real backends is not modelled).
+    ids: HashMap<(i64, i64, OfflineId), u64>,
+    /// When set, every call fails with this error (to test outage handling).
+    fail: Option<StoreError>,
+    /// When set, writes are done but then reported as this error, as if the answer
+    /// was lost (to test uncertain outcomes).
+    lose_answers: Option<StoreError>,
 }
 
 /// A handle onto a shared in-memory store; clones see the same data.
@@ -29,9 +35,21 @@ impl MemStore {
         MemStore::default()
     }
 
-    /// Makes every following call fail (`Some`) or work again (`None`).
+    /// Makes every following call fail (`Some`: certainly not done, as
+    /// [`StoreError::Unavailable`]) or work again (`None`).
     pub fn set_failing(&self, fail: Option<&str>) {
-        self.lock().fail = fail.map(str::to_owned);
+        self.lock().fail = fail.map(|f| StoreError::Unavailable(f.to_owned()));
+    }
+
+    /// Makes every following call fail with `e` (`Some`), or work again (`None`).
+    pub fn set_failing_with(&self, e: Option<StoreError>) {
+        self.lock().fail = e;
+    }
+
+    /// Makes every following write happen but answer `e` (`Some`), as when a reply is
+    /// lost; `None` answers truly again.
+    pub fn set_losing_answers(&self, e: Option<StoreError>) {
+        self.lock().lose_answers = e;
     }
 
     /// Number of offline messages held for `user`.
@@ -51,8 +69,16 @@ impl MemStore {
     fn checked(&self) -> Result<std::sync::MutexGuard<'_, Inner>, StoreError> {
         let g = self.lock();
         match &g.fail {
-            Some(f) => Err(StoreError(f.clone())),
+            Some(f) => Err(f.clone()),
             None => Ok(g),
+        }
+    }
+
+    /// What a write that was done answers.
+    fn answer<T>(&self, v: T) -> Result<T, StoreError> {
+        match &self.lock().lose_answers {
+            Some(e) => Err(e.clone()),
+            None => Ok(v),
         }
     }
 }
@@ -70,28 +96,45 @@ impl Store for MemStore {
     }
 
     fn create_user(&mut self, rec: &UserRecord) -> Result<bool, StoreError> {
-        let mut g = self.checked()?;
-        if g.users.contains_key(&rec.id) {
-            return Ok(false);
-        }
-        g.users.insert(rec.id, rec.clone());
-        Ok(true)
+        let created = {
+            let mut g = self.checked()?;
+            match g.users.get(&rec.id) {
+                Some(old) => !rec.reg_token.is_empty() && old.reg_token == rec.reg_token,
+                None => {
+                    g.users.insert(rec.id, rec.clone());
+                    true
+                }
+            }
+        };
+        self.answer(created)
     }
 
     fn update_user(&mut self, rec: &UserRecord) -> Result<(), StoreError> {
         self.checked()?.users.insert(rec.id, rec.clone());
-        Ok(())
+        self.answer(())
     }
 
-    fn push_offline(&mut self, msg: &OfflineMsg) -> Result<Option<u64>, StoreError> {
-        let mut g = self.checked()?;
-        if !g.users.contains_key(&msg.to) {
-            return Ok(None);
-        }
-        g.next_seq += 1;
-        let seq = g.next_seq;
-        g.offline.insert((msg.to, seq), msg.clone());
-        Ok(Some(seq))
+    fn push_offline(
+        &mut self,
+        msg: &OfflineMsg,
+        id: &OfflineId,
+    ) -> Result<Option<u64>, StoreError> {
+        let seq = {
+            let mut g = self.checked()?;
+            let key = (msg.to, msg.from, id.clone());
+            if let Some(&seq) = g.ids.get(&key) {
+                Some(seq)
+            } else if !g.users.contains_key(&msg.to) {
+                None
+            } else {
+                g.next_seq += 1;
+                let seq = g.next_seq;
+                g.offline.insert((msg.to, seq), msg.clone());
+                g.ids.insert(key, seq);
+                Some(seq)
+            }
+        };
+        self.answer(seq)
     }
 
     fn fetch_offline(&mut self, user: i64, max: usize) -> Result<Vec<StoredMsg>, StoreError> {
@@ -117,7 +160,8 @@ impl Store for MemStore {
         for k in keys {
             g.offline.remove(&k);
         }
-        Ok(())
+        drop(g);
+        self.answer(())
     }
 }
 
@@ -135,7 +179,7 @@ mod tests {
     fn failing_mode_fails_every_call() {
         let mut s = MemStore::new();
         s.set_failing(Some("down"));
-        assert_eq!(s.get_user(1), Err(StoreError("down".into())));
+        assert_eq!(s.get_user(1), Err(StoreError::Unavailable("down".into())));
         s.set_failing(None);
         assert_eq!(s.get_user(1), Ok(None));
     }

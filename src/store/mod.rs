@@ -5,9 +5,17 @@
 //! plain blocking call; the reactor never calls them, it sends jobs (see `worker`).
 //!
 //! What the trait promises, whatever the backend:
-//! - `create_user` never overwrites: it reports a taken id instead.
+//! - `create_user` never overwrites: it reports a taken id instead. Repeating the
+//!   same registration (same `reg_token`) is not "taken" but success, so a registration
+//!   whose answer was lost can be repeated or checked.
 //! - `push_offline` stores a message only for a user that exists, and returns its
-//!   sequence number; sequence numbers only grow.
+//!   sequence number; sequence numbers only grow. Each message comes with an
+//!   [`OfflineId`]: a message whose id (same sender, same recipient) was stored within
+//!   [`DEDUPE_WINDOW`] is not stored again, and the first one's sequence number is
+//!   returned. Every write is thereby idempotent, and an uncertain outcome
+//!   ([`StoreError::Uncertain`]) is resolved by repeating it.
+//! - `update_user` keeps the fields of the record it does not know
+//!   ([`UserRecord::extra`]).
 //! - `fetch_offline` returns the oldest messages first and removes nothing;
 //!   `ack_offline(user, upto)` removes those with `seq <= upto`. A crash between the two
 //!   can repeat a message, never lose one.
@@ -25,33 +33,111 @@ use serde::{Deserialize, Serialize};
 
 use crate::users::UserRecord;
 
-/// A storage failure, with a message fit for the log.
+/// A storage failure. What the caller may tell its client depends on the kind: only
+/// [`QueueTimeout`](StoreError::QueueTimeout) and
+/// [`Unavailable`](StoreError::Unavailable) mean that nothing was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoreError(pub String);
+pub enum StoreError {
+    /// The job waited in its queue longer than the job timeout and was not run.
+    QueueTimeout,
+    /// Certainly not done: the store could not be reached, refused the request, or
+    /// answered with an error (a message fit for the log).
+    Unavailable(String),
+    /// A write may or may not have happened: the request was sent, but its answer was
+    /// lost (a timeout, a dropped connection) and could not be checked in time. Writes
+    /// are idempotent, so the same request may be repeated safely.
+    Uncertain(String),
+    /// The password could not be hashed (nothing was written).
+    Hashing(String),
+}
 
 impl std::fmt::Display for StoreError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        match self {
+            StoreError::QueueTimeout => f.write_str("request timed out waiting for a worker"),
+            StoreError::Unavailable(m) => f.write_str(m),
+            StoreError::Uncertain(m) => write!(f, "outcome unknown: {m}"),
+            StoreError::Hashing(m) => write!(f, "password hashing failed: {m}"),
+        }
     }
 }
 
 impl std::error::Error for StoreError {}
 
 impl StoreError {
-    const TIMED_OUT: &str = "request timed out waiting for a worker";
-
+    /// [`Unavailable`](StoreError::Unavailable), with a context for the log.
     pub fn new(context: &str, e: impl std::fmt::Display) -> StoreError {
-        StoreError(format!("{context}: {e}"))
+        StoreError::Unavailable(format!("{context}: {e}"))
     }
 
     /// The job waited in its queue longer than the job timeout and was not run.
     pub fn timed_out() -> StoreError {
-        StoreError(Self::TIMED_OUT.into())
+        StoreError::QueueTimeout
     }
 
     pub fn is_timed_out(&self) -> bool {
-        self.0 == Self::TIMED_OUT
+        matches!(self, StoreError::QueueTimeout)
     }
+
+    /// Whether a write may have happened after all (see [`StoreError::Uncertain`]).
+    pub fn is_uncertain(&self) -> bool {
+        matches!(self, StoreError::Uncertain(_))
+    }
+}
+
+/// How long an offline message's id is remembered, so that a repeated write of it
+/// (the sender's resend with the same `msgId`, or the store's own retry after a lost
+/// answer) stores nothing new and returns the same sequence number.
+pub const DEDUPE_WINDOW: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// The id under which an offline message is stored at most once (per sender and
+/// recipient, for [`DEDUPE_WINDOW`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum OfflineId {
+    /// The sender's own `msgId` (at most `proto::MAX_MSG_ID` bytes).
+    Client(String),
+    /// Chosen by this server for a message without `msgId` ([`OfflineId::fresh`]).
+    Server(String),
+}
+
+impl OfflineId {
+    /// A new id, unique across processes and nodes: a random prefix drawn once per
+    /// process, and a counter.
+    pub fn fresh() -> OfflineId {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let prefix = PREFIX.get_or_init(random_token);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        OfflineId::Server(format!("{prefix}-{n}"))
+    }
+
+    /// The id as one string, its origin first: `c:<msgId>` or `s:<server id>`.
+    pub fn tagged(&self) -> String {
+        match self {
+            OfflineId::Client(id) => format!("c:{id}"),
+            OfflineId::Server(id) => format!("s:{id}"),
+        }
+    }
+}
+
+/// 128 random bits as 32 hex digits, from the standard library's randomly seeded
+/// hasher keys (no random crate in the core). Not for secrets: for ids and tokens that
+/// must not collide.
+pub fn random_token() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let word = |salt: u64| {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(salt);
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        h.write_u32(std::process::id());
+        h.finish()
+    };
+    format!("{:016x}{:016x}", word(1), word(2))
 }
 
 /// A private message kept for a user who was offline.
@@ -79,12 +165,17 @@ pub struct StoredMsg {
 pub trait Store: Send {
     fn get_user(&mut self, id: i64) -> Result<Option<UserRecord>, StoreError>;
     /// Creates the user; `Ok(false)` if the id is taken (nothing is overwritten).
+    /// `Ok(true)` too if the stored record is this very registration (same non-empty
+    /// `reg_token`): a repeat of a registration whose answer was lost.
     fn create_user(&mut self, rec: &UserRecord) -> Result<bool, StoreError>;
     /// Replaces an existing user's record (used to upgrade a seed-era plaintext
     /// password to a hash).
     fn update_user(&mut self, rec: &UserRecord) -> Result<(), StoreError>;
-    /// Stores `msg` for `msg.to`; `Ok(None)` if that user does not exist.
-    fn push_offline(&mut self, msg: &OfflineMsg) -> Result<Option<u64>, StoreError>;
+    /// Stores `msg` for `msg.to` under `id`; `Ok(None)` if that user does not exist.
+    /// If a message with this `id` from `msg.from` to `msg.to` was stored within
+    /// [`DEDUPE_WINDOW`], nothing is stored and its sequence number is returned.
+    fn push_offline(&mut self, msg: &OfflineMsg, id: &OfflineId)
+    -> Result<Option<u64>, StoreError>;
     /// Up to `max` of `user`'s offline messages, oldest first, removing none.
     fn fetch_offline(&mut self, user: i64, max: usize) -> Result<Vec<StoredMsg>, StoreError>;
     /// Removes `user`'s offline messages with `seq <= upto`.
@@ -105,7 +196,8 @@ pub mod suite {
             id,
             name: name.into(),
             pwd_hash: format!("$argon2id$fake-{id}"),
-            legacy_pwd: String::new(),
+            reg_token: format!("token-{id}-{name}"),
+            ..UserRecord::default()
         }
     }
 
@@ -119,11 +211,22 @@ pub mod suite {
         }
     }
 
+    /// Pushes with a new server-chosen id, as a message without `msgId` is.
+    fn push(s: &mut dyn Store, m: &OfflineMsg) -> Option<u64> {
+        s.push_offline(m, &OfflineId::fresh()).unwrap()
+    }
+
+    fn client_id(id: &str) -> OfflineId {
+        OfflineId::Client(id.into())
+    }
+
     /// Runs every check against the store `make` returns; `make` is called more than
     /// once and must return handles onto one shared, initially empty store.
     pub fn run(make: &dyn Fn() -> Box<dyn Store>) {
         users(&mut *make());
+        registration_repeats(&mut *make(), &mut *make());
         offline(&mut *make(), &mut *make());
+        offline_dedupe(&mut *make(), &mut *make());
     }
 
     fn users(s: &mut dyn Store) {
@@ -135,15 +238,58 @@ pub mod suite {
         up.pwd_hash = "$argon2id$new".into();
         s.update_user(&up).unwrap();
         assert_eq!(s.get_user(1).unwrap().unwrap().pwd_hash, "$argon2id$new");
+        // Fields the server does not know are kept as they are, through an update too.
+        let seed = UserRecord::from_json(
+            r#"{"userId":2,"userPwd":"123456","userName":"Scott","userStatus":3,"sex":"m","extra":[1]}"#,
+        )
+        .unwrap();
+        assert!(s.create_user(&seed).unwrap());
+        let mut got = s.get_user(2).unwrap().unwrap();
+        assert_eq!(got, seed);
+        got.legacy_pwd.clear();
+        got.pwd_hash = "$argon2id$v=19$m=64,t=1,p=1$c2FsdA$aGFzaA".into();
+        s.update_user(&got).unwrap();
+        let back = s.get_user(2).unwrap().unwrap();
+        assert_eq!(back, got);
+        let json: serde_json::Value = serde_json::from_str(&back.to_json()).unwrap();
+        assert_eq!(json["userPwd"], "$argon2id$v=19$m=64,t=1,p=1$c2FsdA$aGFzaA");
+        assert_eq!(
+            (&json["userStatus"], &json["sex"], &json["extra"]),
+            (
+                &serde_json::json!(3),
+                &serde_json::json!("m"),
+                &serde_json::json!([1])
+            )
+        );
+    }
+
+    /// A registration repeated after its answer was lost is recognised by its token.
+    fn registration_repeats(a: &mut dyn Store, b: &mut dyn Store) {
+        let first = user(20, "dee");
+        assert!(a.create_user(&first).unwrap());
+        assert!(
+            b.create_user(&first).unwrap(),
+            "the same registration again"
+        );
+        let mut other = user(20, "dee");
+        other.reg_token = "someone-else".into();
+        assert!(!b.create_user(&other).unwrap(), "another registration");
+        let mut no_token = user(20, "dee");
+        no_token.reg_token.clear();
+        assert!(
+            !a.create_user(&no_token).unwrap(),
+            "no token proves nothing"
+        );
+        assert_eq!(a.get_user(20).unwrap().unwrap(), first);
     }
 
     fn offline(a: &mut dyn Store, b: &mut dyn Store) {
         assert!(a.create_user(&user(10, "bob")).unwrap());
         assert!(a.create_user(&user(11, "cy")).unwrap());
-        assert_eq!(a.push_offline(&msg(10, 99, "nobody")).unwrap(), None);
-        let s1 = a.push_offline(&msg(11, 10, "one")).unwrap().unwrap();
-        let s2 = b.push_offline(&msg(11, 10, "two")).unwrap().unwrap();
-        let s3 = a.push_offline(&msg(11, 10, "three")).unwrap().unwrap();
+        assert_eq!(push(a, &msg(10, 99, "nobody")), None);
+        let s1 = push(a, &msg(11, 10, "one")).unwrap();
+        let s2 = push(b, &msg(11, 10, "two")).unwrap();
+        let s3 = push(a, &msg(11, 10, "three")).unwrap();
         assert!(s1 < s2 && s2 < s3);
         // Oldest first, nothing removed by reading, limit respected, seen from any handle.
         let got = b.fetch_offline(10, 2).unwrap();
@@ -159,10 +305,77 @@ pub mod suite {
         assert_eq!(rest[0].msg.content, "three");
         assert_eq!(rest[0].seq, s3);
         // New messages after an ack still get higher numbers.
-        let s4 = a.push_offline(&msg(11, 10, "four")).unwrap().unwrap();
+        let s4 = push(a, &msg(11, 10, "four")).unwrap();
         assert!(s4 > s3);
         a.ack_offline(10, s4).unwrap();
         assert!(a.fetch_offline(10, 10).unwrap().is_empty());
         assert!(a.fetch_offline(11, 10).unwrap().is_empty());
+    }
+
+    fn offline_dedupe(a: &mut dyn Store, b: &mut dyn Store) {
+        assert!(a.create_user(&user(30, "eve")).unwrap());
+        assert!(a.create_user(&user(31, "fay")).unwrap());
+        assert!(a.create_user(&user(32, "gus")).unwrap());
+        let contents = |s: &mut dyn Store, u: i64| -> Vec<String> {
+            let got = s.fetch_offline(u, 100).unwrap();
+            got.into_iter().map(|m| m.msg.content).collect()
+        };
+        // A resend with the sender's msgId stores nothing new and returns the same seq,
+        // from any handle.
+        let id = client_id("m-1");
+        let s1 = a.push_offline(&msg(31, 30, "hello"), &id).unwrap().unwrap();
+        assert_eq!(
+            b.push_offline(&msg(31, 30, "hello"), &id).unwrap(),
+            Some(s1)
+        );
+        assert_eq!(
+            a.push_offline(&msg(31, 30, "hello"), &id).unwrap(),
+            Some(s1)
+        );
+        assert_eq!(contents(a, 30), ["hello"]);
+        // The same msgId from another sender, or to another recipient, is another
+        // message; a server id equal to a client's msgId text is another id.
+        let s2 = a
+            .push_offline(&msg(32, 30, "from gus"), &id)
+            .unwrap()
+            .unwrap();
+        let s3 = a
+            .push_offline(&msg(31, 32, "to gus"), &id)
+            .unwrap()
+            .unwrap();
+        let s4 = a
+            .push_offline(&msg(31, 30, "server id"), &OfflineId::Server("m-1".into()))
+            .unwrap()
+            .unwrap();
+        assert!(s1 < s2 && s2 < s3 && s3 < s4, "{s1} {s2} {s3} {s4}");
+        assert_eq!(contents(b, 30), ["hello", "from gus", "server id"]);
+        // A server-chosen id repeated (the store's own retry) is idempotent too.
+        let sid = OfflineId::fresh();
+        let s5 = a
+            .push_offline(&msg(31, 30, "retried"), &sid)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            b.push_offline(&msg(31, 30, "retried"), &sid).unwrap(),
+            Some(s5)
+        );
+        assert_eq!(contents(a, 30).len(), 4);
+        // Delivered and removed, a resend within the window still stores nothing.
+        a.ack_offline(30, s5).unwrap();
+        assert_eq!(
+            a.push_offline(&msg(31, 30, "hello"), &id).unwrap(),
+            Some(s1)
+        );
+        assert_eq!(
+            b.push_offline(&msg(31, 30, "retried"), &sid).unwrap(),
+            Some(s5)
+        );
+        assert!(contents(a, 30).is_empty());
+        // No such user, with an id: nothing stored, nothing remembered.
+        let ghost = client_id("g");
+        assert_eq!(a.push_offline(&msg(31, 99, "x"), &ghost).unwrap(), None);
+        assert!(a.create_user(&user(99, "late")).unwrap());
+        let s6 = a.push_offline(&msg(31, 99, "x"), &ghost).unwrap().unwrap();
+        assert!(s6 > s5);
     }
 }

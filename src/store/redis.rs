@@ -2,45 +2,84 @@
 //! machine or already keep the seed's users in Redis.
 //!
 //! Keys (the first is the seed's own schema, so a Redis left by the seed's server is
-//! read as is):
-//! - `users`: a hash; field = user id, value = the user's JSON. Seed records hold a
-//!   plaintext `userPwd`, which is checked once and replaced by `pwdHash` (argon2id).
-//!   New users are created with `HSETNX`, so two nodes registering one id at once
-//!   cannot overwrite each other.
+//! read as is; PROTOCOL.md, "Storage layout", is the reference):
+//! - `users`: a hash; field = user id, value = the user's JSON ([`UserRecord`]: the
+//!   argon2id hash in `userPwd`). Seed records hold a plaintext `userPwd`, which is
+//!   checked once and replaced by the hash, every other field kept. New users are
+//!   created by [`CREATE_SCRIPT`]: never over another record, and a repeat of the same
+//!   registration (same `regToken`) is recognised as done.
 //! - `offline:<user id>`: a list of the user's offline messages, oldest first, each
-//!   `{"seq":N,...}`. Pushed (after checking the user exists, atomically, in a Lua
-//!   script) with `RPUSH`; read with `LRANGE`; removed by a script that pops from the
-//!   head while `seq <= upto`, so a message is removed only after it was delivered,
-//!   and a repeated acknowledgement removes nothing new.
+//!   `{"seq":N,...}`. Pushed by [`PUSH_SCRIPT`]; read with `LRANGE`; removed by a
+//!   script that pops from the head while `seq <= upto`, so a message is removed only
+//!   after it was delivered, and a repeated acknowledgement removes nothing new.
 //! - `offline_seq`: the counter (`INCR`) that numbers offline messages.
+//! - `offline-id:<to>:<from>:<c|s>:<id>`: the seq of the message stored under that id
+//!   (the sender's `msgId`, or one this server chose), expiring after
+//!   [`DEDUPE_WINDOW`](super::DEDUPE_WINDOW).
+//!
+//! Every write is idempotent, so a lost answer is resolved by asking again, never by
+//! guessing. When a write's answer does not come (a timeout, a dropped connection),
+//! the command may or may not have run: the connection is dropped (a late reply would
+//! answer the wrong request), a fresh one is made and the same write is sent again,
+//! which stores nothing twice and returns what is stored. If that cannot be done within
+//! one more timeout, the answer is [`StoreError::Uncertain`], never "not stored".
+//! Before a write on a connection idle for [`IDLE_CHECK`], a `PING` proves it still
+//! alive, so that a Redis restarted meanwhile gives a certain "not done" rather than
+//! an uncertain one.
 //!
 //! Every worker owns one connection, with connect, read and write timeouts (the sync
-//! connection has none by default). A failed connection is dropped and rebuilt with
-//! exponential backoff; while backing off, calls fail at once instead of each waiting
-//! for a timeout, so clients get a clear error quickly and service resumes by itself
-//! when Redis returns.
+//! connection has none by default). A connection that was refused or dropped is
+//! rebuilt with exponential backoff; while backing off, calls fail at once instead of
+//! each waiting for a timeout, so clients get a clear error quickly and service resumes
+//! by itself when Redis returns. A timeout alone starts no backoff: a slow Redis is
+//! tried again at the next call.
 
 use std::time::{Duration, Instant};
 
 use redis::{Connection, RedisError, RedisResult};
 
-use super::{OfflineMsg, Store, StoreError, StoredMsg};
+use super::{DEDUPE_WINDOW, OfflineId, OfflineMsg, Store, StoreError, StoredMsg};
 use crate::users::UserRecord;
 
 const USERS: &str = "users";
 const SEQ: &str = "offline_seq";
 
+/// A connection idle this long is checked with a `PING` before a write is sent on it.
+pub const IDLE_CHECK: Duration = Duration::from_secs(10);
+
 fn offline_key(user: i64) -> String {
     format!("offline:{user}")
 }
 
-/// KEYS: users, offline_seq, offline:<to>. ARGV: to, message JSON (an object).
-/// Returns the new sequence number, or 0 if the user does not exist.
-const PUSH_SCRIPT: &str = r#"
+fn offline_id_key(msg: &OfflineMsg, id: &OfflineId) -> String {
+    format!("offline-id:{}:{}:{}", msg.to, msg.from, id.tagged())
+}
+
+/// KEYS: users, offline_seq, offline:<to>, offline-id:<to>:<from>:<id>.
+/// ARGV: to, message JSON (an object), the id's lifetime in seconds.
+/// Returns the sequence number of the message stored under that id (now, or before),
+/// or 0 if the user does not exist.
+pub const PUSH_SCRIPT: &str = r#"
+local done = redis.call('GET', KEYS[4])
+if done then return tonumber(done) end
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
 local seq = redis.call('INCR', KEYS[2])
 redis.call('RPUSH', KEYS[3], '{"seq":' .. seq .. ',' .. string.sub(ARGV[2], 2))
+redis.call('SET', KEYS[4], seq, 'EX', ARGV[3])
 return seq
+"#;
+
+/// KEYS: users. ARGV: user id, the record's JSON, `"regToken":"<token>"` (or "").
+/// Creates the record if there is none: 1. If there is one: 1 if it carries that token
+/// (this registration, repeated), else 0 (taken).
+pub const CREATE_SCRIPT: &str = r#"
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  return 1
+end
+if ARGV[3] ~= '' and string.find(cur, ARGV[3], 1, true) then return 1 end
+return 0
 "#;
 
 /// KEYS: offline:<user>. ARGV: upto. Pops from the head while seq <= upto.
@@ -57,6 +96,14 @@ while true do
 end
 return n
 "#;
+
+/// Whether a call changes anything: a write whose answer is lost is asked again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Call {
+    Read,
+    /// Idempotent: sending it again does nothing twice.
+    Write,
+}
 
 /// Timeouts and backoff of one Redis connection.
 #[derive(Debug, Clone, Copy)]
@@ -86,13 +133,15 @@ pub struct RedisStore {
     t: RedisTimeouts,
     backoff: Duration,
     retry_at: Option<Instant>,
+    /// When the connection last answered (or was made).
+    last_used: Instant,
 }
 
 impl RedisStore {
     /// Parses the URL; does not connect (the first call does).
     pub fn new(url: &str, t: RedisTimeouts) -> Result<RedisStore, StoreError> {
         let client = redis::Client::open(url)
-            .map_err(|e| StoreError(format!("bad Redis URL {url:?}: {e}")))?;
+            .map_err(|e| StoreError::Unavailable(format!("bad Redis URL {url:?}: {e}")))?;
         Ok(RedisStore {
             client,
             url: redact(url),
@@ -100,19 +149,25 @@ impl RedisStore {
             t,
             backoff: t.backoff_min,
             retry_at: None,
+            last_used: Instant::now(),
         })
     }
 
     /// Connects now and sends a PING (used at startup, to say early if Redis is down).
     pub fn ping(&mut self) -> Result<(), StoreError> {
-        self.with(|c| redis::cmd("PING").query::<String>(c).map(|_| ()))
+        self.call(Call::Read, |c| {
+            redis::cmd("PING").query::<String>(c).map(|_| ())
+        })
     }
 
-    fn connect(&mut self) -> Result<(), StoreError> {
+    /// Makes a new connection. A failure starts (or extends) the backoff, except a
+    /// timeout when `backoff_on_timeout` is false: a Redis that answered a moment ago
+    /// is slow, not gone.
+    fn connect(&mut self, backoff_on_timeout: bool) -> Result<(), StoreError> {
         if let Some(at) = self.retry_at
             && Instant::now() < at
         {
-            return Err(StoreError(format!(
+            return Err(StoreError::Unavailable(format!(
                 "Redis at {} is unavailable (reconnecting)",
                 self.url
             )));
@@ -131,13 +186,16 @@ impl RedisStore {
                     log::info!("Redis at {} is back", self.url);
                 }
                 self.conn = Some(c);
+                self.last_used = Instant::now();
                 self.retry_at = None;
                 self.backoff = self.t.backoff_min;
                 Ok(())
             }
             Err(e) => {
-                self.fail_connect();
-                Err(StoreError(format!(
+                if backoff_on_timeout || !e.is_timeout() {
+                    self.fail_connect();
+                }
+                Err(StoreError::Unavailable(format!(
                     "Redis at {} is unreachable: {e}",
                     self.url
                 )))
@@ -153,35 +211,109 @@ impl RedisStore {
         self.backoff = (self.backoff * 2).min(self.t.backoff_max);
     }
 
-    /// Runs `f` on a live connection. A connection that fails is dropped (a late reply
-    /// on a timed-out connection would answer the wrong request); if it had been idle
-    /// and simply went stale (Redis restarted), one fresh connection is tried at once.
-    fn with<T>(&mut self, f: impl Fn(&mut Connection) -> RedisResult<T>) -> Result<T, StoreError> {
-        let fresh = self.conn.is_none();
+    /// After `e` on a live connection: drop it (a late reply on it would answer the
+    /// wrong request) and back off unless it was only slow.
+    fn drop_conn(&mut self, e: &RedisError) {
+        if !is_server_reply(e) {
+            self.conn = None;
+            if !e.is_timeout() {
+                self.fail_connect();
+            }
+        }
+    }
+
+    /// Runs `f` on a live connection.
+    ///
+    /// Until `f` is sent, every failure is certain: [`StoreError::Unavailable`]. A
+    /// read whose answer is lost is answered `Unavailable` too (it changed nothing),
+    /// after one fresh try if its connection had simply gone stale (Redis restarted).
+    /// A write whose answer is lost is resolved by [`resolve`](Self::resolve).
+    fn call<T>(
+        &mut self,
+        kind: Call,
+        f: impl Fn(&mut Connection) -> RedisResult<T>,
+    ) -> Result<T, StoreError> {
+        let mut fresh = self.conn.is_none();
         if fresh {
-            self.connect()?;
+            self.connect(true)?;
+        } else if kind == Call::Write && self.last_used.elapsed() >= IDLE_CHECK {
+            // Nothing of the write is sent yet: a dead connection found now is certain.
+            let conn = self.conn.as_mut().expect("connected");
+            if let Err(e) = redis::cmd("PING").query::<String>(conn) {
+                log::debug!("Redis at {}: idle connection is gone ({e})", self.url);
+                self.conn = None;
+                self.connect(true)?;
+                fresh = true;
+            }
         }
         let conn = self.conn.as_mut().expect("connected");
-        match f(conn) {
-            Ok(v) => Ok(v),
-            Err(e) if is_server_reply(&e) => Err(StoreError(format!("Redis error: {e}"))),
-            Err(e) => {
-                self.conn = None;
-                if !fresh && (e.is_connection_dropped() || e.is_connection_refusal()) {
-                    self.connect()?;
-                    let conn = self.conn.as_mut().expect("connected");
-                    return f(conn).map_err(|e2| {
-                        if !is_server_reply(&e2) {
-                            self.conn = None;
-                            self.fail_connect();
-                        }
-                        StoreError(format!("Redis error: {e2}"))
-                    });
+        let e = match f(conn) {
+            Ok(v) => {
+                self.last_used = Instant::now();
+                return Ok(v);
+            }
+            Err(e) if is_server_reply(&e) => {
+                return Err(StoreError::Unavailable(format!("Redis error: {e}")));
+            }
+            Err(e) => e,
+        };
+        self.conn = None;
+        match kind {
+            Call::Write => self.resolve(f, e),
+            Call::Read if !fresh && e.is_connection_dropped() => {
+                self.connect(true)?;
+                let conn = self.conn.as_mut().expect("connected");
+                match f(conn) {
+                    Ok(v) => {
+                        self.last_used = Instant::now();
+                        Ok(v)
+                    }
+                    Err(e2) => {
+                        self.drop_conn(&e2);
+                        Err(StoreError::Unavailable(format!("Redis error: {e2}")))
+                    }
                 }
+            }
+            Call::Read => {
                 if !e.is_timeout() {
                     self.fail_connect();
                 }
-                Err(StoreError(format!("Redis error: {e}")))
+                Err(StoreError::Unavailable(format!("Redis error: {e}")))
+            }
+        }
+    }
+
+    /// The answer to the idempotent write `f` was lost (`first`): it may or may not
+    /// have run. Sends it again on a fresh connection, within one more timeout; its
+    /// answer is the outcome of both. If that fails too, the outcome is uncertain.
+    fn resolve<T>(
+        &mut self,
+        f: impl Fn(&mut Connection) -> RedisResult<T>,
+        first: RedisError,
+    ) -> Result<T, StoreError> {
+        log::warn!(
+            "Redis at {}: a write's answer was lost ({first}); sending it again",
+            self.url
+        );
+        if let Err(e) = self.connect(false) {
+            return Err(StoreError::Uncertain(format!(
+                "Redis at {}: {first}; then: {e}",
+                self.url
+            )));
+        }
+        let conn = self.conn.as_mut().expect("connected");
+        match f(conn) {
+            Ok(v) => {
+                self.last_used = Instant::now();
+                log::info!("Redis at {}: the write's outcome is known", self.url);
+                Ok(v)
+            }
+            Err(e2) => {
+                self.drop_conn(&e2);
+                Err(StoreError::Uncertain(format!(
+                    "Redis at {}: {first}; sent again: {e2}",
+                    self.url
+                )))
             }
         }
     }
@@ -203,20 +335,38 @@ fn redact(url: &str) -> String {
 
 impl Store for RedisStore {
     fn get_user(&mut self, id: i64) -> Result<Option<UserRecord>, StoreError> {
-        let raw: Option<String> = self.with(|c| redis::cmd("HGET").arg(USERS).arg(id).query(c))?;
+        let raw: Option<String> = self.call(Call::Read, |c| {
+            redis::cmd("HGET").arg(USERS).arg(id).query(c)
+        })?;
         match raw {
-            Some(s) => UserRecord::from_json(&s).map(Some).map_err(StoreError),
+            Some(s) => UserRecord::from_json(&s)
+                .map(Some)
+                .map_err(StoreError::Unavailable),
             None => Ok(None),
         }
     }
 
     fn create_user(&mut self, rec: &UserRecord) -> Result<bool, StoreError> {
         let json = rec.to_json();
-        let n: i64 = self.with(|c| {
-            redis::cmd("HSETNX")
+        let token = if rec.reg_token.is_empty() {
+            String::new()
+        } else {
+            // Exactly as it appears in the record's JSON (quotes inside a JSON string
+            // are escaped, so no other field's value can contain it).
+            format!(
+                "\"regToken\":{}",
+                serde_json::Value::from(rec.reg_token.as_str())
+            )
+        };
+        debug_assert!(json.contains(&token));
+        let n: i64 = self.call(Call::Write, |c| {
+            redis::cmd("EVAL")
+                .arg(CREATE_SCRIPT)
+                .arg(1)
                 .arg(USERS)
                 .arg(rec.id)
                 .arg(&json)
+                .arg(&token)
                 .query(c)
         })?;
         Ok(n == 1)
@@ -224,7 +374,7 @@ impl Store for RedisStore {
 
     fn update_user(&mut self, rec: &UserRecord) -> Result<(), StoreError> {
         let json = rec.to_json();
-        self.with(|c| {
+        self.call(Call::Write, |c| {
             redis::cmd("HSET")
                 .arg(USERS)
                 .arg(rec.id)
@@ -234,18 +384,25 @@ impl Store for RedisStore {
         Ok(())
     }
 
-    fn push_offline(&mut self, msg: &OfflineMsg) -> Result<Option<u64>, StoreError> {
+    fn push_offline(
+        &mut self,
+        msg: &OfflineMsg,
+        id: &OfflineId,
+    ) -> Result<Option<u64>, StoreError> {
         let json = serde_json::to_string(msg).map_err(|e| StoreError::new("encode", e))?;
         let key = offline_key(msg.to);
-        let seq: u64 = self.with(|c| {
+        let id_key = offline_id_key(msg, id);
+        let seq: u64 = self.call(Call::Write, |c| {
             redis::cmd("EVAL")
                 .arg(PUSH_SCRIPT)
-                .arg(3)
+                .arg(4)
                 .arg(USERS)
                 .arg(SEQ)
                 .arg(&key)
+                .arg(&id_key)
                 .arg(msg.to)
                 .arg(&json)
+                .arg(DEDUPE_WINDOW.as_secs())
                 .query(c)
         })?;
         Ok((seq > 0).then_some(seq))
@@ -256,7 +413,7 @@ impl Store for RedisStore {
             return Ok(Vec::new());
         }
         let key = offline_key(user);
-        let raw: Vec<String> = self.with(|c| {
+        let raw: Vec<String> = self.call(Call::Read, |c| {
             redis::cmd("LRANGE")
                 .arg(&key)
                 .arg(0)
@@ -270,7 +427,7 @@ impl Store for RedisStore {
 
     fn ack_offline(&mut self, user: i64, upto: u64) -> Result<(), StoreError> {
         let key = offline_key(user);
-        self.with(|c| {
+        self.call(Call::Write, |c| {
             redis::cmd("EVAL")
                 .arg(ACK_SCRIPT)
                 .arg(1)
@@ -316,8 +473,24 @@ mod tests {
             },
         )
         .unwrap();
-        assert!(s.get_user(1).unwrap_err().0.contains("unreachable"));
         let e = s.get_user(1).unwrap_err();
-        assert!(e.0.contains("reconnecting"), "{e}");
+        assert!(
+            matches!(&e, StoreError::Unavailable(m) if m.contains("unreachable")),
+            "{e}"
+        );
+        let e = s.get_user(1).unwrap_err();
+        assert!(
+            matches!(&e, StoreError::Unavailable(m) if m.contains("reconnecting")),
+            "{e}"
+        );
+        // A write that never left is certain too: not done.
+        let rec = UserRecord {
+            id: 1,
+            ..UserRecord::default()
+        };
+        assert!(matches!(
+            s.create_user(&rec),
+            Err(StoreError::Unavailable(_))
+        ));
     }
 }
