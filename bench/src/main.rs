@@ -250,6 +250,15 @@ struct Fleet {
     reconnects: usize,
 }
 
+/// When to try a refused login again: at the hinted time, not sooner, spread over up to
+/// half as long again (at most 10 s more) by the retry count and connection, so the
+/// retries do not come back as one herd.
+fn retry_time(hint_ms: u64, retries: usize, i: usize) -> Instant {
+    let spread = (retries * 7919 + i * 104_729) % 1000;
+    let wait = hint_ms + (hint_ms / 2).min(10_000) * spread as u64 / 1000;
+    Instant::now() + Duration::from_millis(wait)
+}
+
 fn is_ok_code(body: &[u8]) -> bool {
     matches!(wire::chat_code(body), Some(200))
 }
@@ -397,16 +406,26 @@ impl Fleet {
                         // so the retries do not come back as one herd.
                         let hint_ms = wire::retry_hint(body).map_or(500, |s| s * 1000);
                         self.login_retries += 1;
-                        let spread = (self.login_retries * 7919 + i * 104_729) % 1000;
-                        let wait = hint_ms + (hint_ms / 2).min(10_000) * spread as u64 / 1000;
-                        conn.retry_at = Some(Instant::now() + Duration::from_millis(wait));
+                        conn.retry_at = Some(retry_time(hint_ms, self.login_retries, i));
                     } else {
                         self.login_failures += 1;
                     }
                     self.logins_done += 1;
                 }
+                // A rate-limit refusal of a storm login (`ErrorResMes` 429 that says
+                // when): try again then, as for busy.
+                ChatKind::ErrorRes
+                    if conn.role == Role::Storm
+                        && !conn.ready
+                        && conn.retry_at.is_none()
+                        && wire::has_retry_after(body) =>
+                {
+                    let hint_ms = wire::retry_hint(body).map_or(500, |s| s * 1000);
+                    self.login_retries += 1;
+                    conn.retry_at = Some(retry_time(hint_ms, self.login_retries, i));
+                }
                 ChatKind::RegisterRes => self.registers_done += 1,
-                ChatKind::Other => {}
+                ChatKind::ErrorRes | ChatKind::Other => {}
             }
             c.consume(total);
         }

@@ -32,7 +32,7 @@ fn connect(addr: SocketAddr) -> Option<TcpStream> {
 
 /// Reads frames until the server closes; returns their parsed messages.
 fn read_to_close(s: &mut TcpStream) -> Vec<ServerMessage> {
-    let mut dec = FrameDecoder::new(1 << 20);
+    let mut dec = FrameDecoder::new(wire::MAX_FRAME);
     let mut buf = [0u8; 16 * 1024];
     let mut out = Vec::new();
     while let Ok(n) = s.read(&mut buf) {
@@ -54,7 +54,7 @@ fn login(s: &mut TcpStream, id: i64) -> bool {
     if s.write_all(&frames).is_err() {
         return false;
     }
-    let mut dec = FrameDecoder::new(1 << 20);
+    let mut dec = FrameDecoder::new(wire::MAX_FRAME);
     let mut buf = [0u8; 4096];
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {

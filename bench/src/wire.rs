@@ -15,6 +15,10 @@ pub enum Target {
 
 pub const CHANNEL: &str = "bench";
 
+/// The largest frame body the bench reads, declared to the chat server as `maxFrame`
+/// (the fan-out's receivers take any size; the soak's clients this much).
+pub const MAX_FRAME: usize = 16 * 1024 * 1024;
+
 /// Register (ignored if the id exists) then log in, pipelined.
 pub fn chat_login(id: i64, password: &str, register: bool) -> Vec<u8> {
     let mut out = if register {
@@ -27,6 +31,7 @@ pub fn chat_login(id: i64, password: &str, register: bool) -> Vec<u8> {
             user_id: id,
             user_pwd: password.into(),
             user_name: String::new(),
+            max_frame: Some(MAX_FRAME as u32),
             ..LoginMes::default()
         })
         .encode(),
@@ -42,7 +47,7 @@ pub fn chat_register(id: i64, password: &str) -> Vec<u8> {
             user_name: format!("b{id}"),
             ..User::default()
         },
-        max_frame: None,
+        max_frame: Some(MAX_FRAME as u32),
     })
     .encode()
 }
@@ -67,6 +72,7 @@ pub enum ChatKind {
     Pong,
     LoginRes,
     RegisterRes,
+    ErrorRes,
     Other,
 }
 
@@ -83,25 +89,40 @@ pub fn chat_kind(body: &[u8]) -> ChatKind {
         ChatKind::LoginRes
     } else if rest.starts_with(b"RegisterResMes\"") {
         ChatKind::RegisterRes
+    } else if rest.starts_with(b"ErrorResMes\"") {
+        ChatKind::ErrorRes
     } else {
         ChatKind::Other
     }
 }
 
-/// The `code` of a reply frame (parsed properly: these are rare).
-pub fn chat_code(body: &[u8]) -> Option<u64> {
+/// The inner message of a frame body (parsed properly: replies are rare).
+fn inner(body: &[u8]) -> Option<serde_json::Value> {
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let inner: serde_json::Value = serde_json::from_str(v["data"].as_str()?).ok()?;
-    inner["code"].as_u64()
+    serde_json::from_str(v["data"].as_str()?).ok()
 }
 
-/// The seconds a "server busy, try again in N s" refusal asks the client to wait.
+/// The `code` of a reply frame.
+pub fn chat_code(body: &[u8]) -> Option<u64> {
+    inner(body)?["code"].as_u64()
+}
+
+/// The seconds a busy or rate-limit refusal asks the client to wait: its `retryAfter`.
+/// A server that does not send it may say it in the text ("server busy, try again in
+/// N s"), which is read as a fallback.
 pub fn retry_hint(body: &[u8]) -> Option<u64> {
-    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let inner: serde_json::Value = serde_json::from_str(v["data"].as_str()?).ok()?;
+    let inner = inner(body)?;
+    if let Some(s) = inner["retryAfter"].as_u64() {
+        return Some(s);
+    }
     let text = inner["error"].as_str()?;
     let rest = &text[text.find("try again in ")? + "try again in ".len()..];
     rest.split(' ').next()?.parse().ok()
+}
+
+/// Whether a frame is a refusal that says when to try again (`retryAfter`).
+pub fn has_retry_after(body: &[u8]) -> bool {
+    inner(body).is_some_and(|v| v["retryAfter"].is_u64())
 }
 
 /// Splits one chat frame off the front of `buf`: (total length, body range).
@@ -242,5 +263,49 @@ mod tests {
         assert_eq!(chat_kind(&f[4..]), ChatKind::Sms);
         assert_eq!(sent_ns(&f), Some(123456789));
         assert_eq!(chat_kind(&chat_ping()[4..]), ChatKind::Other);
+    }
+
+    /// A frame body as the server writes it: `type` first.
+    fn frame(kind: &str, inner: &str) -> Vec<u8> {
+        let data = serde_json::Value::from(inner);
+        format!(r#"{{"type":"{kind}","data":{data}}}"#).into_bytes()
+    }
+
+    #[test]
+    fn retry_hints_come_from_retry_after_with_the_text_as_fallback() {
+        // The number wins over whatever the text says.
+        let f = frame(
+            "LoginResMes",
+            r#"{"code":505,"error":"server busy, try again in 3 s","retryAfter":8}"#,
+        );
+        assert_eq!(retry_hint(&f), Some(8));
+        assert!(has_retry_after(&f));
+        let f = frame(
+            "ErrorResMes",
+            r#"{"code":429,"error":"too many login attempts; try again later","retryAfter":2}"#,
+        );
+        assert_eq!(retry_hint(&f), Some(2));
+        assert_eq!(chat_kind(&f), ChatKind::ErrorRes);
+        // Servers without the field.
+        let f = frame(
+            "LoginResMes",
+            r#"{"code":505,"error":"server busy, try again in 3 s"}"#,
+        );
+        assert_eq!(retry_hint(&f), Some(3));
+        assert!(!has_retry_after(&f));
+        let f = frame("ErrorResMes", r#"{"code":429,"error":"too fast"}"#);
+        assert_eq!(retry_hint(&f), None);
+    }
+
+    #[test]
+    fn logins_and_registrations_declare_max_frame() {
+        let bytes = chat_login(7, "pw", true);
+        let (total, body) = chat_frame(&bytes).unwrap();
+        let reg = inner(&bytes[body]).unwrap();
+        assert_eq!(reg["maxFrame"].as_u64(), Some(MAX_FRAME as u64));
+        let (_, body) = chat_frame(&bytes[total..]).unwrap();
+        let login = inner(&bytes[total..][body]).unwrap();
+        assert_eq!(login["userId"], 7);
+        assert_eq!(login["maxFrame"].as_u64(), Some(MAX_FRAME as u64));
     }
 }

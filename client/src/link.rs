@@ -11,14 +11,19 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use chat::proto::{self, ClientMessage, FrameDecoder, ServerMessage, status};
+use chat::proto::{self, ClientMessage, FrameDecoder, ParseError, ServerMessage, kind, status};
 
 use crate::show;
+
+/// The largest frame body this client reads; declared to the server as `maxFrame`.
+pub const MAX_FRAME: usize = 16 * 1024 * 1024;
 
 /// What the reader thread passes to the menu thread.
 pub enum Event {
     /// A reply to a request (or an error frame, which may be one).
     Reply(ServerMessage),
+    /// A reply (or a frame that may be one) this client cannot read, described.
+    Unreadable(String),
     /// The connection ended.
     Closed,
 }
@@ -44,6 +49,8 @@ const REPLY_WAIT: Duration = Duration::from_secs(30);
 pub enum WaitError {
     Closed,
     TimedOut,
+    /// The reply came but could not be read: what was wrong with it.
+    Unreadable(String),
 }
 
 impl Link {
@@ -99,8 +106,13 @@ impl Link {
         // Replies left over from an earlier request (say, an error that arrived after
         // we stopped waiting) must not be taken for this request's reply.
         while let Ok(ev) = self.events.try_recv() {
-            if let Event::Closed = ev {
-                return Err(io::ErrorKind::ConnectionAborted.into());
+            match ev {
+                Event::Closed => return Err(io::ErrorKind::ConnectionAborted.into()),
+                // Nobody waited for it: say so now rather than never.
+                Event::Unreadable(what) => show::push(&format!(
+                    "The server sent a reply this client cannot read ({what})."
+                )),
+                Event::Reply(_) => {}
             }
         }
         self.stream.write_all(&msg.encode())
@@ -110,6 +122,7 @@ impl Link {
     pub fn wait(&mut self) -> Result<ServerMessage, WaitError> {
         match self.events.recv_timeout(REPLY_WAIT) {
             Ok(Event::Reply(m)) => Ok(m),
+            Ok(Event::Unreadable(what)) => Err(WaitError::Unreadable(what)),
             Ok(Event::Closed) | Err(RecvTimeoutError::Disconnected) => Err(WaitError::Closed),
             Err(RecvTimeoutError::Timeout) => Err(WaitError::TimedOut),
         }
@@ -157,7 +170,7 @@ fn read_loop(
     roster: &Roster,
     shown: &Receiver<()>,
 ) {
-    let mut dec = FrameDecoder::new(16 * 1024 * 1024);
+    let mut dec = FrameDecoder::new(MAX_FRAME);
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = match stream.read(&mut buf) {
@@ -176,14 +189,23 @@ fn read_loop(
                     return;
                 }
             };
-            let msg = match ServerMessage::parse(&body) {
+            let msg = match parse(&body) {
                 Ok(m) => m,
                 // A newer server may send types this client does not know: skip them.
-                Err(proto::ParseError::UnknownType(_)) => continue,
-                Err(e) => {
+                Err(ParseError::UnknownType(_)) => continue,
+                // A push (a message, a notice) that cannot be read: say so and go on.
+                Err(e @ ParseError::Data { kind, .. }) if is_push(kind) => {
                     show::push(&format!(
                         "The server sent a message this client cannot read ({e})."
                     ));
+                    continue;
+                }
+                // Anything else may be the reply a request is waiting for: end that
+                // wait now, with the reason, rather than let it run out.
+                Err(e) => {
+                    if tx.send(Event::Unreadable(e.to_string())).is_err() {
+                        return;
+                    }
                     continue;
                 }
             };
@@ -198,6 +220,42 @@ fn read_loop(
             }
         }
     }
+}
+
+/// Message types the server sends unasked (never as the reply to a request).
+fn is_push(k: &str) -> bool {
+    matches!(k, kind::NOTIFY_USER_STATUS | kind::SMS | kind::SMS_PRIVATE)
+}
+
+/// Parses one frame body like [`ServerMessage::parse`], but reads a JSON `null` in the
+/// inner message as an absent field. Go writes a nil slice as `null`: the seed's server
+/// answers a failed login with `"UsersId":null`, which means "no ids", not an error.
+pub fn parse(body: &[u8]) -> Result<ServerMessage, ParseError> {
+    match ServerMessage::parse(body) {
+        Err(e @ ParseError::Data { .. }) => without_nulls(body).ok_or(e),
+        r => r,
+    }
+}
+
+/// The frame again with every `null` object member dropped from its inner message,
+/// parsed; `None` if that does not make it readable either.
+fn without_nulls(body: &[u8]) -> Option<ServerMessage> {
+    use serde_json::Value;
+    fn strip(v: &mut Value) {
+        match v {
+            Value::Object(m) => {
+                m.retain(|_, x| !x.is_null());
+                m.values_mut().for_each(strip);
+            }
+            Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut env: Value = serde_json::from_slice(body).ok()?;
+    let mut inner: Value = serde_json::from_str(env.get("data")?.as_str()?).ok()?;
+    strip(&mut inner);
+    env["data"] = Value::String(inner.to_string());
+    ServerMessage::parse(&serde_json::to_vec(&env).ok()?).ok()
 }
 
 /// Prints pushes and keeps the roster current. Returns true if `msg` was a push only.
@@ -249,9 +307,56 @@ fn handle_push(msg: &ServerMessage, roster: &Roster) -> bool {
         ServerMessage::Error(e) => {
             // Printed at once (it may come unasked, like "logged in elsewhere"), and
             // also passed on in case a request is waiting for it.
-            show::push(&show::server_error(e.code, &e.error));
+            show::push(&show::server_error(e.code, &e.error, e.retry_after));
             false
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: &str, inner: &str) -> Vec<u8> {
+        serde_json::json!({"type": kind, "data": inner})
+            .to_string()
+            .into_bytes()
+    }
+
+    #[test]
+    fn a_seed_login_refusal_with_null_ids_reads_as_no_ids() {
+        let body = frame(
+            "LoginResMes",
+            r#"{"code":500,"UsersId":null,"error":"no such user"}"#,
+        );
+        assert!(
+            ServerMessage::parse(&body).is_err(),
+            "strict parse refuses null"
+        );
+        match parse(&body) {
+            Ok(ServerMessage::LoginRes(r)) => {
+                assert_eq!(
+                    (r.code, r.users_id.len(), r.error.as_str()),
+                    (500, 0, "no such user")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn nulls_do_not_hide_real_errors() {
+        let body = frame("LoginResMes", r#"{"code":null,"UsersId":null}"#);
+        assert!(matches!(parse(&body), Err(ParseError::Data { .. })));
+        let body = frame("LoginResMes", r#"{"code":"200"}"#);
+        assert!(matches!(parse(&body), Err(ParseError::Data { .. })));
+        assert!(matches!(parse(b"not json"), Err(ParseError::Envelope(_))));
+    }
+
+    #[test]
+    fn pushes_and_replies_are_told_apart() {
+        assert!(is_push(kind::SMS) && is_push(kind::NOTIFY_USER_STATUS));
+        assert!(!is_push(kind::LOGIN_RES) && !is_push(kind::ERROR_RES));
     }
 }

@@ -8,6 +8,10 @@
 //!
 //! Exit status: 0 after `3` or end of input; 1 if the last attempt to reach the server
 //! failed (so a script can tell that the server was down).
+//!
+//! Against the seed's own Go server (its login reply has no `users` extension) the
+//! online list is the login reply's ids kept current by the status notices, and private
+//! messages are refused at once: that server would not answer them.
 
 mod link;
 mod show;
@@ -21,7 +25,21 @@ use chat::proto::{
     ClientMessage, LoginMes, RegisterMes, ServerMessage, SmsMes, SmsPrivateMes, User, code,
 };
 
-use link::{Link, WaitError};
+use link::{Link, MAX_FRAME, WaitError};
+
+/// The seed's register code for a storage error (its 505 means "user exists").
+const SEED_REGISTER_FAILED: u16 = 506;
+
+/// Whether a register refusal's text is the seed's "user exists" ("用户已经存在...",
+/// sent with code 505), or an English equivalent.
+fn says_user_exists(error: &str) -> bool {
+    error.contains("已经存在") || error.to_ascii_lowercase().contains("exist")
+}
+
+/// Whether a 505 is a busy refusal: it carries `retryAfter`, or (older servers) says so.
+fn is_busy(error: &str, retry_after: Option<u64>) -> bool {
+    retry_after.is_some() || error.starts_with("server busy")
+}
 
 /// Terminal client for the chat server.
 #[derive(Parser, Debug)]
@@ -219,7 +237,7 @@ impl App {
                 user_name: name.trim().to_string(),
                 ..User::default()
             },
-            max_frame: None,
+            max_frame: Some(MAX_FRAME as u32),
         });
         match link.request(&msg) {
             Ok(ServerMessage::RegisterRes(r)) => show::line(&match r.code {
@@ -228,10 +246,14 @@ impl App {
                     format!("User id {id} is already taken.")
                 }
                 code::BAD_REQUEST => format!("Not registered: {}.", r.error),
-                code::SERVER_ERROR if r.error.starts_with("server busy") => {
-                    format!("Not registered: {}.", show::busy(&r.error))
+                code::SERVER_ERROR if is_busy(&r.error, r.retry_after) => {
+                    format!("Not registered: {}.", show::busy(&r.error, r.retry_after))
                 }
-                code::SERVER_ERROR => {
+                // The seed's server answers a taken id with 505 "用户已经存在...".
+                code::SERVER_ERROR if says_user_exists(&r.error) => {
+                    format!("User id {id} is already taken.")
+                }
+                code::SERVER_ERROR | SEED_REGISTER_FAILED => {
                     format!(
                         "Not registered: the server had a problem ({}). Try again later.",
                         r.error
@@ -241,7 +263,7 @@ impl App {
             }),
             Ok(ServerMessage::Error(_)) => {} // already printed
             Ok(other) => show::line(&format!("Unexpected answer from the server: {other:?}")),
-            Err(e) => wait_failed(e),
+            Err(e) => wait_failed("Not registered", e),
         }
         link.close(false);
         Flow::Continue
@@ -264,10 +286,14 @@ impl App {
             user_id: id,
             user_pwd: pwd,
             user_name: String::new(),
+            max_frame: Some(MAX_FRAME as u32),
             ..LoginMes::default()
         });
-        let name = match link.request(&msg) {
+        let (name, seed) = match link.request(&msg) {
             Ok(ServerMessage::LoginRes(r)) if r.code == code::OK => {
+                // This project's server always names the users it lists (the caller
+                // at least); a reply without `users` comes from the seed's server.
+                let seed = r.users.is_empty();
                 let name = r
                     .users
                     .iter()
@@ -275,16 +301,22 @@ impl App {
                     .map(|u| u.user_name.clone())
                     .unwrap_or_default();
                 show::line(&format!("Logged in as {}.", show::who(id, &name)));
-                print_roster(&link);
+                if seed {
+                    show::line(
+                        "This server is the tutorial's original: group messages only, \
+                         and it does not say when people leave.",
+                    );
+                }
+                print_roster(&link, seed);
                 link.login_shown();
-                name
+                (name, seed)
             }
             Ok(ServerMessage::LoginRes(r)) => {
                 show::line(&match r.code {
                     code::NO_SUCH_USER => format!("Login failed: there is no user {id}."),
                     code::WRONG_PASSWORD => "Login failed: wrong password.".to_string(),
-                    code::SERVER_ERROR if r.error.starts_with("server busy") => {
-                        format!("Login failed: {}.", show::busy(&r.error))
+                    code::SERVER_ERROR if is_busy(&r.error, r.retry_after) => {
+                        format!("Login failed: {}.", show::busy(&r.error, r.retry_after))
                     }
                     code::SERVER_ERROR => {
                         "Login failed: the server had a problem. Try again later.".to_string()
@@ -304,15 +336,19 @@ impl App {
                 return Flow::Continue;
             }
             Err(e) => {
-                wait_failed(e);
+                wait_failed("Login failed", e);
                 link.close(false);
                 return Flow::Continue;
             }
         };
-        self.session(link, id, &name)
+        self.session(link, id, &name, seed)
     }
 
-    fn session(&mut self, mut link: Link, id: i64, name: &str) -> Flow {
+    /// The logged-in menu. `seed`: the server is the seed's, which answers only login,
+    /// register and group messages (anything else gets no answer at all).
+    fn session(&mut self, mut link: Link, id: i64, name: &str, seed: bool) -> Flow {
+        // The seed's server does not know `LogoutMes`: just close.
+        let logout = !seed;
         loop {
             if !link.is_alive() {
                 link.close(false);
@@ -328,7 +364,7 @@ impl App {
             show::line("  3  Send a private message");
             show::line("  4  Log out");
             let Some(choice) = self.input.ask("Choose (1-4): ") else {
-                link.close(true);
+                link.close(logout);
                 return Flow::Quit;
             };
             if !link.is_alive() {
@@ -336,14 +372,17 @@ impl App {
                 return Flow::Continue;
             }
             match choice.trim() {
+                // The seed's server would not answer: the list kept from the login
+                // reply and the notices is all there is.
+                "1" if seed => print_roster(&link, seed),
                 "1" => match link.request(&ClientMessage::OnlineUsers) {
-                    Ok(ServerMessage::OnlineUsersRes(_)) => print_roster(&link),
+                    Ok(ServerMessage::OnlineUsersRes(_)) => print_roster(&link, seed),
                     Ok(_) => {}
-                    Err(e) => wait_failed(e),
+                    Err(e) => wait_failed("No list", e),
                 },
                 "2" => {
                     let Some(text) = self.input.ask("Message to everyone: ") else {
-                        link.close(true);
+                        link.close(logout);
                         return Flow::Quit;
                     };
                     if text.trim().is_empty() {
@@ -361,13 +400,17 @@ impl App {
                         Err(_) => show::line("Not sent: the connection is gone."),
                     }
                 }
+                "3" if seed => show::line(
+                    "Private messages are not supported by this server (the tutorial's \
+                     original): use a group message.",
+                ),
                 "3" => {
                     let Some(to) = self.input.ask_id("Recipient's user id: ") else {
-                        link.close(true);
+                        link.close(logout);
                         return Flow::Quit;
                     };
                     let Some(text) = self.input.ask("Message: ") else {
-                        link.close(true);
+                        link.close(logout);
                         return Flow::Quit;
                     };
                     let Some(to) = to else { continue };
@@ -393,11 +436,11 @@ impl App {
                             _ => format!("Not sent: {} (code {}).", r.error, r.code),
                         }),
                         Ok(_) => {}
-                        Err(e) => wait_failed(e),
+                        Err(e) => wait_failed("Not sent", e),
                     }
                 }
                 "4" => {
-                    link.close(true);
+                    link.close(logout);
                     show::line("Logged out.");
                     return Flow::Continue;
                 }
@@ -408,15 +451,31 @@ impl App {
     }
 }
 
-fn print_roster(link: &Link) {
+/// The online list. From the seed's server it is only as good as its notices: it never
+/// says when someone leaves.
+fn print_roster(link: &Link, seed: bool) {
     let roster = link.roster.lock().unwrap_or_else(|p| p.into_inner());
     let list: Vec<String> = roster.iter().map(|(id, n)| show::who(*id, n)).collect();
-    show::line(&format!("Online now ({}): {}", list.len(), list.join(", ")));
+    let note = if seed {
+        " (this server does not report people leaving)"
+    } else {
+        ""
+    };
+    show::line(&format!(
+        "Online now ({}): {}{note}",
+        list.len(),
+        list.join(", ")
+    ));
 }
 
-fn wait_failed(e: WaitError) {
-    match e {
-        WaitError::Closed => show::line("No answer: the connection to the server is gone."),
-        WaitError::TimedOut => show::line("No answer from the server in time."),
-    }
+/// A request that got no usable answer; `failed` says what did not happen ("Login
+/// failed").
+fn wait_failed(failed: &str, e: WaitError) {
+    show::line(&match e {
+        WaitError::Closed => format!("{failed}: the connection to the server is gone."),
+        WaitError::TimedOut => format!("{failed}: no answer from the server in time."),
+        WaitError::Unreadable(what) => {
+            format!("{failed}: the server's answer could not be read ({what}).")
+        }
+    });
 }

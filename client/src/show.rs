@@ -90,13 +90,16 @@ pub fn status(id: i64, name: &str, s: u8) -> String {
     format!("* {} {what}", who(id, name))
 }
 
-pub fn server_error(c: u16, text: &str) -> String {
+pub fn server_error(c: u16, text: &str, retry_after: Option<u64>) -> String {
     let plain = match c {
         code::CONFLICT => {
             "You were logged out: this account logged in from somewhere else.".to_string()
         }
         code::UNAUTHORIZED => format!("Not logged in ({text})."),
-        code::TOO_MANY => format!("Too fast: {text}."),
+        code::TOO_MANY => match retry_after {
+            Some(s) => format!("Too fast: {}.", again_in(s)),
+            None => format!("Too fast: {text}."),
+        },
         code::TOO_LARGE => "That was too large for the server.".to_string(),
         code::UNAVAILABLE => format!("The server is unavailable: {text}."),
         _ => format!("The server refused that: {text}."),
@@ -104,9 +107,17 @@ pub fn server_error(c: u16, text: &str) -> String {
     format!("! {plain}")
 }
 
-/// "server busy, try again in 3 s" as a sentence part: "the server is busy; try again in
-/// 3 s".
-pub fn busy(error: &str) -> String {
+fn again_in(secs: u64) -> String {
+    format!("try again in {secs} s")
+}
+
+/// A busy refusal as a sentence part: "the server is busy; try again in 3 s". The time
+/// is the reply's `retryAfter`; a server that does not send it may still say it in
+/// the text ("server busy, try again in 3 s"), which is used as it stands.
+pub fn busy(error: &str, retry_after: Option<u64>) -> String {
+    if let Some(s) = retry_after {
+        return format!("the server is busy; {}", again_in(s));
+    }
     match error.split_once(", ") {
         Some((_, rest)) => format!("the server is busy; {rest}"),
         None => "the server is busy; try again later".to_string(),
@@ -117,13 +128,36 @@ pub fn busy(error: &str) -> String {
 mod tests {
     #[test]
     fn busy_refusals_read_as_a_sentence() {
+        // The number, not the text, when the server sends one.
         assert_eq!(
-            super::busy("server busy, try again in 3 s"),
+            super::busy("server busy, try again in 3 s", Some(9)),
+            "the server is busy; try again in 9 s"
+        );
+        assert_eq!(
+            super::busy("server busy", Some(2)),
+            "the server is busy; try again in 2 s"
+        );
+        // Older servers: the text.
+        assert_eq!(
+            super::busy("server busy, try again in 3 s", None),
             "the server is busy; try again in 3 s"
         );
         assert_eq!(
-            super::busy("server busy"),
+            super::busy("server busy", None),
             "the server is busy; try again later"
+        );
+    }
+
+    #[test]
+    fn rate_limits_use_the_number_when_there_is_one() {
+        let text = "too many login attempts from your address; try again later";
+        assert_eq!(
+            super::server_error(429, text, Some(4)),
+            "! Too fast: try again in 4 s."
+        );
+        assert_eq!(
+            super::server_error(429, text, None),
+            format!("! Too fast: {text}.")
         );
     }
 }

@@ -1,0 +1,570 @@
+//! The real `chat` binary, driven through a pipe, against stand-ins written here: one
+//! that answers exactly as the seed's Go server does (no extensions, `"UsersId":null`
+//! on a failed login, 505 for a taken id, silence for every type it does not know),
+//! and scripted ones that send what a server may send but the seed never does
+//! (unreadable replies, `retryAfter`).
+//!
+//! No test measures time. Each asserts which sentences the client prints: a client that
+//! waited out its 30 s reply timeout would print "no answer ... in time" instead of the
+//! sentence expected, and the test fails. Waits are for output lines, the client's exit
+//! or the stand-in's record of a closed connection, never for a while to pass.
+
+use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+/// Only so that a broken client fails a test instead of hanging it (say, waiting at a
+/// prompt for input that the test holds back until a line that never comes): the
+/// client is killed after this long. Far beyond any wait of a working client (30 s at
+/// most, for a reply), so it never decides whether a test passes.
+const HANG_GUARD: Duration = Duration::from_secs(300);
+
+// ---------------------------------------------------------------------------------
+// Frames, as the seed writes them: 4-byte big-endian length, then
+// {"type":..,"data":"<inner JSON>"}.
+
+fn write_frame(s: &mut TcpStream, kind: &str, inner: &str) -> std::io::Result<()> {
+    let outer = json!({"type": kind, "data": inner}).to_string();
+    let mut buf = (outer.len() as u32).to_be_bytes().to_vec();
+    buf.extend_from_slice(outer.as_bytes());
+    s.write_all(&buf)
+}
+
+/// The next frame as (type, inner JSON text); `None` at end of stream.
+fn read_frame(s: &mut TcpStream) -> Option<(String, String)> {
+    let mut len = [0; 4];
+    s.read_exact(&mut len).ok()?;
+    let mut body = vec![0; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut body).ok()?;
+    let v: Value = serde_json::from_slice(&body).expect("the client sends JSON");
+    Some((
+        v["type"].as_str().expect("a type").to_string(),
+        v["data"].as_str().expect("data is a string").to_string(),
+    ))
+}
+
+// ---------------------------------------------------------------------------------
+// The stand-in server: a std listener, a thread per connection, every frame received
+// recorded (before it is answered) for the test to check.
+
+/// What the stand-in saw, in order.
+#[derive(Debug, Clone)]
+enum Seen {
+    Opened,
+    Frame { kind: String, data: Value },
+    Closed,
+}
+
+#[derive(Default)]
+struct Shared {
+    /// Write halves of the open connections, by connection number.
+    conns: Mutex<BTreeMap<usize, TcpStream>>,
+    /// The seed's user table: id → password.
+    users: Mutex<BTreeMap<i64, String>>,
+    /// The seed's online map: user id → connection number. Like the seed's, never
+    /// cleaned when a connection ends.
+    online: Mutex<BTreeMap<i64, usize>>,
+}
+
+impl Shared {
+    fn send(&self, conn: usize, kind: &str, inner: &str) {
+        if let Some(s) = self.conns.lock().unwrap().get_mut(&conn) {
+            let _ = write_frame(s, kind, inner);
+        }
+    }
+}
+
+type Responder = dyn Fn(&Shared, usize, &str, &str) + Send + Sync;
+
+struct Stand {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    seen: Receiver<Seen>,
+    /// Everything taken from `seen` so far.
+    log: Vec<Seen>,
+}
+
+impl Stand {
+    fn start(respond: Arc<Responder>) -> Stand {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shared = Arc::new(Shared::default());
+        let (tx, seen) = mpsc::channel();
+        let sh = shared.clone();
+        std::thread::spawn(move || {
+            for (n, s) in listener.incoming().enumerate() {
+                let Ok(s) = s else { continue };
+                let _ = tx.send(Seen::Opened);
+                sh.conns.lock().unwrap().insert(n, s.try_clone().unwrap());
+                let (sh, tx, respond) = (sh.clone(), tx.clone(), respond.clone());
+                std::thread::spawn(move || serve(n, s, &sh, &tx, &*respond));
+            }
+        });
+        Stand {
+            addr,
+            shared,
+            seen,
+            log: Vec::new(),
+        }
+    }
+
+    fn with_users(self, users: &[(i64, &str)]) -> Stand {
+        let mut u = self.shared.users.lock().unwrap();
+        for (id, pw) in users {
+            u.insert(*id, pw.to_string());
+        }
+        drop(u);
+        self
+    }
+
+    /// Waits until every connection opened so far has been closed (so everything the
+    /// clients sent has been recorded); returns the frames received, as (type, data).
+    /// Call it once the clients are done: each connection they made was answered, so
+    /// its `Opened` is already queued.
+    fn frames_once_all_closed(&mut self) -> Vec<(String, Value)> {
+        self.log.extend(self.seen.try_iter());
+        loop {
+            let opened = self
+                .log
+                .iter()
+                .filter(|s| matches!(s, Seen::Opened))
+                .count();
+            let closed = self
+                .log
+                .iter()
+                .filter(|s| matches!(s, Seen::Closed))
+                .count();
+            if opened > 0 && opened == closed {
+                break;
+            }
+            self.log.push(self.seen.recv().expect("the stand-in runs"));
+        }
+        self.log
+            .iter()
+            .filter_map(|s| match s {
+                Seen::Frame { kind, data, .. } => Some((kind.clone(), data.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn serve(n: usize, mut s: TcpStream, sh: &Shared, tx: &Sender<Seen>, respond: &Responder) {
+    while let Some((kind, data)) = read_frame(&mut s) {
+        let v = serde_json::from_str(&data).unwrap_or(Value::Null);
+        let _ = tx.send(Seen::Frame {
+            kind: kind.clone(),
+            data: v,
+        });
+        respond(sh, n, &kind, &data);
+    }
+    sh.conns.lock().unwrap().remove(&n);
+    let _ = tx.send(Seen::Closed);
+}
+
+/// Ids the seed's stand-in treats specially: registering this one fails in storage.
+const BROKEN_ID: i64 = 666;
+
+/// The seed's server (its `serverProcessMes`): login, register and group messages;
+/// anything else is logged on its console and not answered. The replies are the bytes
+/// Go's `json.Marshal` writes for the seed's structs (field order, `null` for a nil
+/// slice, the seed's own error texts).
+fn seed(sh: &Shared, n: usize, kind: &str, data: &str) {
+    let v: Value = serde_json::from_str(data).unwrap_or(Value::Null);
+    match kind {
+        "LoginMes" => {
+            let id = v["userId"].as_i64().unwrap_or(0);
+            let pwd = v["userPwd"].as_str().unwrap_or("");
+            let known = sh.users.lock().unwrap().get(&id).cloned();
+            let reply = match known {
+                None => r#"{"code":500,"UsersId":null,"error":"用户不存在.."}"#.to_string(),
+                Some(p) if p != pwd => {
+                    r#"{"code":403,"UsersId":null,"error":"密码不正确"}"#.to_string()
+                }
+                Some(_) => {
+                    // Others first (NotifyOthersOnlineUser), then the reply listing every
+                    // online id, the caller included.
+                    let others: Vec<usize> = {
+                        let mut online = sh.online.lock().unwrap();
+                        let others = online.values().copied().filter(|c| *c != n).collect();
+                        online.insert(id, n);
+                        others
+                    };
+                    for c in others {
+                        sh.send(
+                            c,
+                            "NotifyUserStatusMes",
+                            &format!(r#"{{"userId":{id},"status":0}}"#),
+                        );
+                    }
+                    let ids: Vec<i64> = sh.online.lock().unwrap().keys().copied().collect();
+                    format!(r#"{{"code":200,"UsersId":{},"error":""}}"#, json!(ids))
+                }
+            };
+            sh.send(n, "LoginResMes", &reply);
+        }
+        "RegisterMes" => {
+            let id = v["user"]["userId"].as_i64().unwrap_or(0);
+            let pwd = v["user"]["userPwd"].as_str().unwrap_or("").to_string();
+            let mut users = sh.users.lock().unwrap();
+            let reply = match users.entry(id) {
+                Entry::Occupied(_) => r#"{"code":505,"error":"用户已经存在..."}"#,
+                Entry::Vacant(_) if id == BROKEN_ID => {
+                    r#"{"code":506,"error":"注册发生未知错误..."}"#
+                }
+                Entry::Vacant(e) => {
+                    e.insert(pwd);
+                    r#"{"code":200,"error":""}"#
+                }
+            };
+            drop(users);
+            sh.send(n, "RegisterResMes", reply);
+        }
+        "SmsMes" => {
+            // Forwarded as received to every other online user.
+            let others: Vec<usize> = sh
+                .online
+                .lock()
+                .unwrap()
+                .values()
+                .copied()
+                .filter(|c| *c != n)
+                .collect();
+            for c in others {
+                sh.send(c, "SmsMes", data);
+            }
+        }
+        _ => {} // "消息类型不存在，无法处理..." on the server's console; nothing sent.
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// The `chat` binary with its stdin and stdout piped.
+
+struct Chat {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    out: Receiver<String>,
+    seen: Vec<String>,
+    /// Dropping it (or sending) stands the hang guard down.
+    guard: Option<Sender<()>>,
+}
+
+impl Chat {
+    fn start(addr: SocketAddr) -> Chat {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chat"))
+            .args(["--server", &addr.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, out) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let (guard, stand_down) = mpsc::channel::<()>();
+        let pid = child.id() as libc::pid_t;
+        std::thread::spawn(move || {
+            if let Err(mpsc::RecvTimeoutError::Timeout) = stand_down.recv_timeout(HANG_GUARD) {
+                // SAFETY: kill(2) on the child this test started and has not reaped
+                // (it is reaped only after the guard stands down).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        });
+        Chat {
+            stdin: child.stdin.take(),
+            child,
+            out,
+            seen: Vec::new(),
+            guard: Some(guard),
+        }
+    }
+
+    fn type_lines(&mut self, lines: &[&str]) {
+        let stdin = self.stdin.as_mut().unwrap();
+        for l in lines {
+            writeln!(stdin, "{l}").unwrap();
+        }
+        stdin.flush().unwrap();
+    }
+
+    /// Waits for an output line containing `needle`; returns it. Fails if the client
+    /// ends first.
+    fn expect(&mut self, needle: &str) -> String {
+        loop {
+            match self.out.recv() {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "the client ended without a line with {needle:?}; output:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Closes stdin, waits for the client to exit; returns its status and all its
+    /// output (stdout, then stderr).
+    fn finish(mut self) -> (i32, String, String) {
+        drop(self.stdin.take());
+        // Stdout ends when the client does.
+        self.seen.extend(self.out.iter());
+        let status = self.child.wait().unwrap();
+        drop(self.guard.take());
+        let mut err = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        (status.code().unwrap_or(-1), self.seen.join("\n"), err)
+    }
+}
+
+/// Runs the client on a whole script (stdin closed after it); returns its output, after
+/// checking that it exited with status 0 and without a panic.
+fn run_script(addr: SocketAddr, lines: &[&str]) -> String {
+    let mut chat = Chat::start(addr);
+    chat.type_lines(lines);
+    let (code, out, err) = chat.finish();
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    out
+}
+
+/// Asserts that `out` holds these sentences, in this order.
+fn assert_in_order(out: &str, sentences: &[&str]) {
+    let mut rest = out;
+    for s in sentences {
+        match rest.find(s) {
+            Some(at) => rest = &rest[at + s.len()..],
+            None => panic!("expected {s:?} (after the ones before it) in:\n{out}"),
+        }
+    }
+}
+
+/// A seed-format client written here, independent of the `chat` binary.
+struct Peer {
+    s: TcpStream,
+}
+
+impl Peer {
+    fn login(addr: SocketAddr, id: i64, pwd: &str) -> Peer {
+        let mut s = TcpStream::connect(addr).unwrap();
+        let inner = json!({"userId": id, "userPwd": pwd, "userName": ""}).to_string();
+        write_frame(&mut s, "LoginMes", &inner).unwrap();
+        let mut p = Peer { s };
+        let r = p.recv_kind("LoginResMes");
+        assert_eq!(r["code"], 200, "{r}");
+        p
+    }
+
+    fn recv_kind(&mut self, kind: &str) -> Value {
+        loop {
+            let (k, d) = read_frame(&mut self.s).expect("the stand-in keeps the peer");
+            if k == kind {
+                return serde_json::from_str(&d).unwrap();
+            }
+        }
+    }
+
+    fn send(&mut self, kind: &str, inner: Value) {
+        write_frame(&mut self.s, kind, &inner.to_string()).unwrap();
+    }
+}
+
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn seed_refusals_read_as_sentences_and_each_request_ends_at_once() {
+    let mut stand = Stand::start(Arc::new(seed)).with_users(&[(100, "pw100")]);
+    let out = run_script(
+        stand.addr,
+        &[
+            "1", "999", "x", // no such user: 500 with "UsersId":null
+            "1", "100", "wrong", // wrong password: 403 with "UsersId":null
+            "2", "100", "pw", "someone", // taken: 505 "用户已经存在..."
+            "2", "666", "pw", "broken", // storage error: 506
+            "2", "300", "pw", "cat", // 200
+            "3",
+        ],
+    );
+    assert_in_order(
+        &out,
+        &[
+            "Login failed: there is no user 999.",
+            "Login failed: wrong password.",
+            "User id 100 is already taken.",
+            "Not registered: the server had a problem (注册发生未知错误...). Try again later.",
+            "Registered as user 300. You can log in now.",
+            "Goodbye.",
+        ],
+    );
+    for bad in ["cannot read", "could not be read", "in time", "Unexpected"] {
+        assert!(!out.contains(bad), "{bad:?} in:\n{out}");
+    }
+
+    // Every login and registration declared the size of frame the client reads.
+    let frames = stand.frames_once_all_closed();
+    let asks: Vec<&(String, Value)> = frames
+        .iter()
+        .filter(|(k, _)| k == "LoginMes" || k == "RegisterMes")
+        .collect();
+    assert_eq!(asks.len(), 5, "{frames:?}");
+    for (k, d) in asks {
+        let max = d["maxFrame"].as_u64();
+        assert!(
+            max.is_some_and(|m| m > chat::proto::SEED_MAX_FRAME as u64),
+            "{k} without a usable maxFrame: {d}"
+        );
+    }
+}
+
+#[test]
+fn seed_session_lists_from_the_login_and_notices_and_refuses_private_messages() {
+    let mut stand =
+        Stand::start(Arc::new(seed)).with_users(&[(100, "pw100"), (200, "pw200"), (300, "pw300")]);
+    let mut peer = Peer::login(stand.addr, 200, "pw200");
+
+    let mut chat = Chat::start(stand.addr);
+    chat.type_lines(&["1", "100", "pw100"]);
+    chat.expect("Logged in as user 100.");
+    chat.expect("group messages only");
+    chat.expect("Online now (2): user 100, user 200 (this server does not report people leaving)");
+    let n = peer.recv_kind("NotifyUserStatusMes");
+    assert_eq!(
+        (n["userId"].as_i64(), n["status"].as_i64()),
+        (Some(100), Some(0))
+    );
+
+    // Group messages both ways.
+    chat.type_lines(&["2", "hello seed"]);
+    chat.expect("Sent to everyone online.");
+    let m = peer.recv_kind("SmsMes");
+    assert_eq!(
+        (m["content"].as_str(), m["userId"].as_i64()),
+        (Some("hello seed"), Some(100))
+    );
+    peer.send("SmsMes", json!({"content": "hi from 200", "userId": 200}));
+    chat.expect("[group] user 200: hi from 200");
+
+    // Private messages: refused at once, nothing sent. The seed's server would not
+    // answer one, so a client that sent it would wait and then say "in time".
+    chat.type_lines(&["3"]);
+    chat.expect("Private messages are not supported by this server");
+
+    // Someone comes online: the notice keeps the list current, asked for nothing.
+    let _third = Peer::login(stand.addr, 300, "pw300");
+    chat.expect("* user 300 is online");
+    chat.type_lines(&["1"]);
+    // (The line may start with the prompt it answers.)
+    let line = chat.expect("Online now (");
+    assert!(
+        line.ends_with(
+            "Online now (3): user 100, user 200, user 300 \
+             (this server does not report people leaving)"
+        ),
+        "{line}"
+    );
+
+    chat.type_lines(&["4"]);
+    chat.expect("Logged out.");
+    let (code, out, err) = chat.finish();
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    for bad in ["cannot read", "could not be read", "in time", "Unexpected"] {
+        assert!(!out.contains(bad), "{bad:?} in:\n{out}");
+    }
+
+    // The client sent the seed nothing it does not know.
+    drop(peer);
+    drop(_third);
+    let frames = stand.frames_once_all_closed();
+    let kinds: Vec<&str> = frames.iter().map(|(k, _)| k.as_str()).collect();
+    for k in &kinds {
+        assert!(
+            ["LoginMes", "RegisterMes", "SmsMes"].contains(k),
+            "sent {k} to the seed: {kinds:?}"
+        );
+    }
+}
+
+/// A stand-in that answers logins and registrations with fixed inner JSON, and keeps
+/// quiet about anything else.
+fn scripted(login: &'static [&'static str], register: &'static str) -> Arc<Responder> {
+    let logins = AtomicUsize::new(0);
+    Arc::new(
+        move |sh: &Shared, n: usize, kind: &str, _data: &str| match kind {
+            "LoginMes" => {
+                let i = logins.fetch_add(1, Ordering::SeqCst).min(login.len() - 1);
+                let (k, inner) = login[i].split_once(' ').unwrap();
+                sh.send(n, k, inner);
+            }
+            "RegisterMes" => sh.send(n, "RegisterResMes", register),
+            _ => {}
+        },
+    )
+}
+
+#[test]
+fn an_unreadable_reply_ends_the_request_with_a_sentence() {
+    let stand = Stand::start(scripted(
+        &[r#"LoginResMes {"code":"200","UsersId":[]}"#],
+        "this is not JSON",
+    ));
+    let out = run_script(stand.addr, &["1", "5", "pw", "2", "5", "pw", "five", "3"]);
+    assert_in_order(
+        &out,
+        &[
+            "Login failed: the server's answer could not be read (bad LoginResMes data",
+            "Not registered: the server's answer could not be read (bad RegisterResMes data",
+            "Goodbye.",
+        ],
+    );
+    assert!(!out.contains("in time"), "{out}");
+}
+
+#[test]
+fn busy_and_rate_limit_refusals_use_retry_after() {
+    // Texts without the number: only `retryAfter` carries it.
+    let stand = Stand::start(scripted(
+        &[
+            r#"LoginResMes {"code":505,"UsersId":[],"error":"server busy","retryAfter":7}"#,
+            r#"ErrorResMes {"code":429,"error":"too many login attempts from your address; try again later","retryAfter":4}"#,
+        ],
+        r#"{"code":505,"error":"server busy","retryAfter":3}"#,
+    ));
+    let out = run_script(
+        stand.addr,
+        &["1", "5", "pw", "2", "5", "pw", "five", "1", "5", "pw", "3"],
+    );
+    assert_in_order(
+        &out,
+        &[
+            "Login failed: the server is busy; try again in 7 s.",
+            "Not registered: the server is busy; try again in 3 s.",
+            "! Too fast: try again in 4 s.",
+            "Goodbye.",
+        ],
+    );
+}
