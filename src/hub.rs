@@ -29,6 +29,7 @@ use std::rc::Rc;
 use slab::Slab;
 
 use crate::admission::Admission;
+use crate::fit;
 use crate::job::{Job, JobKind, JobResult, Outcome};
 use crate::offline::Action;
 use crate::proto::{
@@ -935,7 +936,12 @@ impl Hub {
 
     /// Encodes `msg` and queues it on one connection as the answer to its request.
     pub(crate) fn reply(&mut self, key: usize, msg: &ServerMessage) -> bool {
-        let frame: Rc<[u8]> = msg.encode().into();
+        self.reply_frame(key, msg.encode())
+    }
+
+    /// Queues an encoded answer to the connection's own request.
+    pub(crate) fn reply_frame(&mut self, key: usize, frame: Vec<u8>) -> bool {
+        let frame: Rc<[u8]> = frame.into();
         self.outputs().0.deliver(key, &frame, true)
     }
 
@@ -953,14 +959,36 @@ impl Hub {
 
     /// Queues one shared frame on every online connection but `except`.
     pub(crate) fn broadcast(&mut self, except: Option<usize>, frame: &Rc<[u8]>) {
+        self.broadcast_fitted(except, frame, None);
+    }
+
+    /// Queues `full` on every online connection but `except` that can read it, and
+    /// `cut` (a shorter version, shared too) on those that cannot. Returns how many
+    /// got the cut version (or, with none, nothing).
+    pub(crate) fn broadcast_fitted(
+        &mut self,
+        except: Option<usize>,
+        full: &Rc<[u8]>,
+        cut: Option<&Rc<[u8]>>,
+    ) -> usize {
         let (mut out, online) = self.outputs();
+        let mut cut_for = 0;
         // Overflowing queues are only noted here (closing them changes the registry
         // being iterated); `settle` closes them afterwards.
         for (_, e) in online.iter() {
-            if Some(e.conn.key) != except {
-                out.deliver(e.conn.key, frame, false);
+            if Some(e.conn.key) == except {
+                continue;
+            }
+            if fit::fits(full, out.conns[e.conn.key].max_frame_out) {
+                out.deliver(e.conn.key, full, false);
+            } else {
+                cut_for += 1;
+                if let Some(cut) = cut {
+                    out.deliver(e.conn.key, cut, false);
+                }
             }
         }
+        cut_for
     }
 
     /// Takes `key` offline if it holds its user's session. The others are told at the
@@ -1068,6 +1096,16 @@ impl Outputs<'_> {
         let conn = &mut self.conns[key];
         if matches!(conn.closing, Some(Closing { flush: false, .. })) {
             return false;
+        }
+        if !fit::fits(frame, conn.max_frame_out) {
+            // Callers fit what they send; this is the last guard, so that no frame
+            // ever crashes a client that cannot read it.
+            log::warn!(
+                "conn {key}: a frame of {} bytes withheld: the client reads at most {}",
+                frame.len() - proto::HEADER_LEN,
+                conn.max_frame_out
+            );
+            return true;
         }
         let was_empty = conn.out.is_empty();
         let pushed = if reply {

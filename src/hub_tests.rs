@@ -1316,3 +1316,121 @@ fn the_hub_says_when_it_next_needs_the_loop() {
     t.advance(10_000);
     assert_eq!(t.hub.poll_timeout(t.now), None);
 }
+
+/// Logs `id` in, declaring `max_frame` (or as a seed client), and returns the
+/// connection and the raw frames it got.
+fn login_as(t: &mut Harness, id: i64, max_frame: Option<u32>) -> (ConnRef, Vec<Rc<[u8]>>) {
+    let c = t.connect();
+    t.send(
+        c,
+        &ClientMessage::Login(crate::proto::LoginMes {
+            user_id: id,
+            user_pwd: format!("pw{id}"),
+            max_frame,
+            ..Default::default()
+        }),
+    );
+    t.run_jobs();
+    let frames = t.recv_frames(c);
+    (c, frames)
+}
+
+fn body_len(f: &[u8]) -> usize {
+    f.len() - crate::proto::HEADER_LEN
+}
+
+#[test]
+fn seed_clients_get_group_and_private_messages_cut_to_what_they_can_read() {
+    let mut t = Harness::new(HubConfig {
+        login_rate: 0,
+        ..HubConfig::default()
+    });
+    for id in 1..=3 {
+        t.register(id);
+    }
+    let (big, _) = login_as(&mut t, 1, Some(1 << 20));
+    let (seed, _) = login_as(&mut t, 2, None);
+    let (wide, _) = login_as(&mut t, 3, Some(1 << 20));
+    t.recv_frames(big);
+    t.recv_frames(seed);
+    for content in ["\"".repeat(8000), "字".repeat(8000)] {
+        t.send(big, &sms(&content));
+        let to_seed = t.recv_frames(seed);
+        assert_eq!(to_seed.len(), 1);
+        assert!(body_len(&to_seed[0]) <= crate::proto::SEED_MAX_FRAME);
+        let to_wide = t.recv(wide);
+        assert!(matches!(&to_wide[..], [ServerMessage::Sms(m)] if m.content == content));
+        let ServerMessage::Sms(cut) = ServerMessage::parse(&to_seed[0][4..]).unwrap() else {
+            panic!()
+        };
+        assert!(cut.content.ends_with(crate::fit::CUT_NOTE));
+        // The sender is told.
+        let told = t.recv(big);
+        assert!(
+            matches!(&told[..], [ServerMessage::Error(e)] if e.code == 206 && e.error.contains("1 users")),
+            "{told:?}"
+        );
+        // Privately too: cut short, answered 206.
+        t.send(big, &private(2, &content));
+        let to_seed = t.recv_frames(seed);
+        assert!(body_len(&to_seed[0]) <= crate::proto::SEED_MAX_FRAME);
+        assert!(matches!(&t.recv(big)[..], [ServerMessage::SmsRes(r)] if r.code == 206));
+        t.send(big, &private(3, &content));
+        assert!(matches!(&t.recv(wide)[..], [ServerMessage::Private(p)] if p.content == content));
+        assert!(matches!(&t.recv(big)[..], [ServerMessage::SmsRes(r)] if r.code == 200));
+    }
+    // A short message goes whole to everyone, and nobody is told anything.
+    t.send(big, &sms("hi"));
+    assert!(matches!(&t.recv(seed)[..], [ServerMessage::Sms(m)] if m.content == "hi"));
+    assert!(t.recv(big).is_empty());
+}
+
+#[test]
+fn a_seed_client_can_log_in_with_hundreds_online_with_long_names() {
+    let mut t = Harness::new(HubConfig {
+        login_rate: 0,
+        max_conns_per_addr: 0,
+        ..HubConfig::default()
+    });
+    let base = 1_000_000_000i64;
+    let n = 800;
+    let mut store = t.store.clone();
+    for i in 0..=n {
+        let id = base + i;
+        let rec = crate::users::UserRecord {
+            id,
+            name: format!("{:_<32}", format!("user{i}")),
+            pwd_hash: crate::job::Passwords::hash(&t.hasher, &format!("pw{id}")).unwrap(),
+            ..Default::default()
+        };
+        crate::store::Store::create_user(&mut store, &rec).unwrap();
+    }
+    for i in 0..n {
+        let c = t.connect();
+        t.send(c, &login_msg(base + i, &format!("pw{}", base + i)));
+        t.run_jobs();
+    }
+    assert_eq!(t.hub.online_count(), n as usize);
+    // The seed client: every frame it gets fits its 8,096-byte buffer, the caller is
+    // listed, and the names (which would not fit) are left out.
+    let (_, frames) = login_as(&mut t, base + n, None);
+    assert!(
+        frames
+            .iter()
+            .all(|f| body_len(f) <= crate::proto::SEED_MAX_FRAME)
+    );
+    let ServerMessage::LoginRes(res) = ServerMessage::parse(&frames[0][4..]).unwrap() else {
+        panic!()
+    };
+    assert_eq!(res.code, 200);
+    assert!(res.users_id.contains(&(base + n)));
+    assert!(res.users.is_empty());
+    assert!(res.users_id.len() > 100 && res.users_id.len() < n as usize + 1);
+    // A client that declared a larger limit gets the whole lists.
+    let (_, frames) = login_as(&mut t, base + n, Some(1 << 20));
+    let ServerMessage::LoginRes(res) = ServerMessage::parse(&frames[0][4..]).unwrap() else {
+        panic!()
+    };
+    assert_eq!(res.users_id.len(), n as usize + 1);
+    assert_eq!(res.users.len(), n as usize + 1);
+}

@@ -42,6 +42,7 @@
 //! workspace member, the terminal client `chat`.
 
 pub mod admission;
+pub mod fit;
 pub mod hub;
 pub mod job;
 pub mod offline;

@@ -50,6 +50,8 @@ pub mod code {
     pub const OK: u16 = 200;
     /// Private message stored for an offline recipient.
     pub const STORED: u16 = 202;
+    /// Delivered cut short to some recipients, whose clients cannot read it whole.
+    pub const PARTIAL: u16 = 206;
     pub const BAD_REQUEST: u16 = 400;
     pub const UNAUTHORIZED: u16 = 401;
     /// Login: wrong password.

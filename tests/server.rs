@@ -283,3 +283,103 @@ fn offline_backlog_survives_kill_9_during_delivery() {
     }
     assert_eq!(seen.len(), N);
 }
+
+/// Reads frames as the seed's Go client does: into a buffer of 8,096 bytes, failing
+/// (the original panics) on a longer body.
+fn seed_read(c: &mut std::net::TcpStream) -> serde_json::Value {
+    use std::io::Read;
+    let mut len = [0u8; 4];
+    c.read_exact(&mut len).unwrap();
+    let n = u32::from_be_bytes(len) as usize;
+    assert!(
+        n <= 8096,
+        "a frame body of {n} bytes would crash the seed's client"
+    );
+    let mut body = vec![0; n];
+    c.read_exact(&mut body).unwrap();
+    serde_json::from_slice(&body).unwrap()
+}
+
+fn raw_frame(t: &str, inner: serde_json::Value) -> Vec<u8> {
+    common::seed_frame(t, &inner)
+}
+
+#[test]
+fn seed_clients_survive_long_messages_and_a_crowded_login() {
+    use std::io::Write;
+    let _ = rlimit::increase_nofile_limit(8192);
+    const USERS: i64 = 2_000;
+    let dir = tempfile::tempdir().unwrap();
+    let s = ServerProc::start(
+        dir.path(),
+        &[
+            "--max-conns-per-addr",
+            "0",
+            "--login-rate",
+            "0",
+            "--msg-rate",
+            "0",
+            "--worker-priority",
+            "normal",
+        ],
+    );
+    // 2,000 users with 32-character names, online.
+    let mut crowd = Vec::new();
+    for i in 0..USERS {
+        let id = 1_000_000 + i;
+        let mut c = s.connect();
+        let name = format!("{:_<32}", format!("user{i}"));
+        assert_eq!(c.register(id, "pw", &name).data["code"], 200);
+        assert_eq!(c.login(id, "pw").data["code"], 200);
+        crowd.push(c);
+    }
+    // A user who declares a large limit, and registers the seed user.
+    let mut sender = s.connect();
+    sender.send(
+        "RegisterMes",
+        json!({"user": {"userId": 7, "userPwd": "pw7", "userName": "sender"}}),
+    );
+    assert_eq!(sender.recv().data["code"], 200);
+    sender.send(
+        "RegisterMes",
+        json!({"user": {"userId": 8, "userPwd": "pw8", "userName": "seed"}}),
+    );
+    assert_eq!(sender.recv().data["code"], 200);
+    sender.send(
+        "LoginMes",
+        json!({"userId": 7, "userPwd": "pw7", "maxFrame": 1 << 20}),
+    );
+    let (ok, _) = sender.recv_until("LoginResMes");
+    assert_eq!(ok.data["code"], 200);
+    assert_eq!(
+        ok.data["UsersId"].as_array().unwrap().len() as i64,
+        USERS + 1
+    );
+    // The seed client logs in with 2,000 users online, then gets long messages.
+    let mut seed = std::net::TcpStream::connect(s.addr).unwrap();
+    seed.write_all(&raw_frame(
+        "LoginMes",
+        json!({"userId": 8, "userPwd": "pw8", "userName": ""}),
+    ))
+    .unwrap();
+    let res = seed_read(&mut seed);
+    assert_eq!(res["type"], "LoginResMes");
+    let inner: serde_json::Value = serde_json::from_str(res["data"].as_str().unwrap()).unwrap();
+    assert_eq!(inner["code"], 200);
+    assert!(inner["UsersId"].as_array().unwrap().contains(&json!(8)));
+    for content in ["\"".repeat(8000), "字".repeat(8000)] {
+        sender.send("SmsMes", json!({ "content": content }));
+        loop {
+            let f = seed_read(&mut seed);
+            if f["type"] == "SmsMes" {
+                break;
+            }
+        }
+        let (told, _) = sender.recv_until("ErrorResMes");
+        assert_eq!(told.data["code"], 206);
+    }
+    // Still alive: a ping is answered.
+    seed.write_all(&raw_frame("PingMes", json!({}))).unwrap();
+    while seed_read(&mut seed)["type"] != "PongMes" {}
+    drop(crowd);
+}

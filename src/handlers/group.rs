@@ -2,14 +2,17 @@
 //!
 //! The sender is stamped from the session (never taken from the frame), `userPwd` is
 //! always empty, and `time` is added. The frame is encoded once and every recipient's
-//! queue shares those bytes. It is never echoed to the sender.
+//! queue shares those bytes. It is never echoed to the sender. Recipients whose client
+//! cannot read it whole (seed clients: 8,096 bytes) get it cut short, one shared
+//! shorter frame, and the sender is told (`ErrorResMes` 206).
 #![forbid(unsafe_code)]
 
 use std::rc::Rc;
 
 use crate::conn::Session;
+use crate::fit;
 use crate::hub::{Hub, Now};
-use crate::proto::{ServerMessage, SmsMes, code};
+use crate::proto::{CodeRes, SEED_MAX_FRAME, ServerMessage, SmsMes, code};
 
 impl Hub {
     pub(crate) fn handle_group(&mut self, key: usize, m: SmsMes, now: Now) {
@@ -20,18 +23,35 @@ impl Hub {
             self.error(key, code::BAD_REQUEST, "empty message");
             return;
         }
-        let frame: Rc<[u8]> = ServerMessage::Sms(SmsMes {
-            content: m.content,
-            user_id: *user_id,
-            user_pwd: String::new(),
-            user_name: name.to_string(),
-            user_status: 0,
-            sex: String::new(),
-            time: Some(now.unix_ms),
-        })
-        .encode()
-        .into();
+        let encode = |content: &str| {
+            ServerMessage::Sms(SmsMes {
+                content: content.to_string(),
+                user_id: *user_id,
+                user_pwd: String::new(),
+                user_name: name.to_string(),
+                user_status: 0,
+                sex: String::new(),
+                time: Some(now.unix_ms),
+            })
+            .encode()
+        };
+        let frame: Rc<[u8]> = encode(&m.content).into();
+        // Seed clients cannot read a longer frame: they get it cut short.
+        let cut: Option<Rc<[u8]>> = (!fit::fits(&frame, SEED_MAX_FRAME))
+            .then(|| fit::cut_to_fit(&m.content, SEED_MAX_FRAME, encode))
+            .flatten()
+            .map(Into::into);
         self.stats.group_messages += 1;
-        self.broadcast(Some(key), &frame);
+        let cut_for = self.broadcast_fitted(Some(key), &frame, cut.as_ref());
+        if cut_for > 0 {
+            let text = format!(
+                "your message was cut short for {cut_for} users whose clients read at most \
+                 {SEED_MAX_FRAME} bytes"
+            );
+            self.reply(
+                key,
+                &ServerMessage::Error(CodeRes::new(code::PARTIAL, text)),
+            );
+        }
     }
 }

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 use crate::conn::Session;
+use crate::fit;
 use crate::hub::{Hub, Now};
 use crate::job::{JobKind, LoginError, LoginOk};
 use crate::offline::Offline;
@@ -82,6 +83,39 @@ impl Hub {
                 self.login_res(key, code::SERVER_ERROR, &text, Some(secs));
             }
         }
+    }
+
+    /// The login reply for a client that reads frames of at most `limit` bytes: the
+    /// whole lists if they fit; else without the `users` extension; else the caller
+    /// and as many others as fit (the rest it learns from the notices).
+    fn login_reply(&self, me: i64, limit: usize) -> Vec<u8> {
+        let mut res = LoginResMes {
+            code: code::OK,
+            users_id: self.online.ids(),
+            error: String::new(),
+            users: self.online.infos(),
+            retry_after: None,
+        };
+        let frame = ServerMessage::LoginRes(res.clone()).encode();
+        if fit::fits(&frame, limit) {
+            return frame;
+        }
+        res.users = Vec::new();
+        let others: Vec<i64> = res
+            .users_id
+            .iter()
+            .copied()
+            .filter(|&id| id != me)
+            .collect();
+        let with = |n: usize| {
+            let mut r = res.clone();
+            r.users_id = std::iter::once(me)
+                .chain(others[..n].iter().copied())
+                .collect();
+            ServerMessage::LoginRes(r).encode()
+        };
+        let n = fit::largest(others.len(), |n| fit::fits(&with(n), limit));
+        with(n)
     }
 
     fn login_failed(&mut self, key: usize, code: u16, text: &str, now: Now) {
@@ -160,14 +194,8 @@ impl Hub {
                 self.broadcast(Some(key), &frame);
             }
         }
-        let res = LoginResMes {
-            code: code::OK,
-            users_id: self.online.ids(),
-            error: String::new(),
-            users: self.online.infos(),
-            retry_after: None,
-        };
-        self.reply(key, &ServerMessage::LoginRes(res));
+        let frame = self.login_reply(ok.user_id, self.conns[key].max_frame_out);
+        self.reply_frame(key, frame);
         let batch = self.cfg.offline_batch;
         self.deliver_offline(key, ok.offline, batch);
     }

@@ -1,15 +1,27 @@
 //! `OnlineUsersMes`: who is online now, with names, the caller included.
 #![forbid(unsafe_code)]
 
+use crate::fit;
 use crate::hub::Hub;
-use crate::proto::{OnlineUsersResMes, ServerMessage};
+use crate::proto::{OnlineUsersResMes, ServerMessage, UserInfo};
 
 impl Hub {
+    /// The whole list, or for a client that cannot read it in one frame, the caller
+    /// and as many others as fit.
     pub(crate) fn handle_online_users(&mut self, key: usize) {
         let users = self.online.infos();
-        self.reply(
-            key,
-            &ServerMessage::OnlineUsersRes(OnlineUsersResMes { users }),
-        );
+        let limit = self.conns[key].max_frame_out;
+        let encode = |users: Vec<UserInfo>| {
+            ServerMessage::OnlineUsersRes(OnlineUsersResMes { users }).encode()
+        };
+        let mut frame = encode(users.clone());
+        if !fit::fits(&frame, limit) {
+            let me = self.conns[key].user_id();
+            let (mine, others): (Vec<UserInfo>, Vec<UserInfo>) =
+                users.into_iter().partition(|u| Some(u.user_id) == me);
+            let with = |n: usize| encode(mine.iter().chain(&others[..n]).cloned().collect());
+            frame = with(fit::largest(others.len(), |n| fit::fits(&with(n), limit)));
+        }
+        self.reply_frame(key, frame);
     }
 }

@@ -9,9 +9,8 @@
 //! `offline.rs`.
 #![forbid(unsafe_code)]
 
-use std::rc::Rc;
-
 use crate::conn::{Pending, Session};
+use crate::fit;
 use crate::hub::{Hub, Now};
 use crate::job::{JobKind, OfflineStored};
 use crate::proto::{CodeRes, MAX_MSG_ID, OfflineAckMes, ServerMessage, SmsPrivateMes, code};
@@ -55,9 +54,17 @@ impl Hub {
             time: now.unix_ms,
         };
         if let Some(to) = self.online.get(msg.to).map(|e| e.conn.key) {
-            let frame: Rc<[u8]> = private_frame(&msg, None).into();
-            if self.deliver(to, &frame) {
-                self.sms_res_id(key, code::OK, "", msg_id);
+            let (frame, cut) = self.private_frame_for(to, &msg, None);
+            if self.deliver(to, &frame.into()) {
+                if cut {
+                    let text = format!(
+                        "delivered cut short: the recipient's client reads at most {} bytes",
+                        self.conns[to].max_frame_out
+                    );
+                    self.sms_res_id(key, code::PARTIAL, &text, msg_id);
+                } else {
+                    self.sms_res_id(key, code::OK, "", msg_id);
+                }
                 return;
             }
             // The recipient's queue overflowed (it is being dropped as a slow
@@ -138,8 +145,8 @@ impl Hub {
                 full = true;
                 break;
             }
-            let frame: Rc<[u8]> = private_frame(&m.msg, Some(m.seq)).into();
-            if !self.deliver(key, &frame) {
+            let (frame, _) = self.private_frame_for(key, &m.msg, Some(m.seq));
+            if !self.deliver(key, &frame.into()) {
                 return;
             }
             let conn = &mut self.conns[key];
@@ -193,12 +200,33 @@ impl Hub {
     }
 }
 
-fn private_frame(m: &OfflineMsg, offline_id: Option<u64>) -> Vec<u8> {
+impl Hub {
+    /// The frame of a private message for connection `key`: whole, or cut short (the
+    /// second value) if its client cannot read it whole.
+    fn private_frame_for(
+        &self,
+        key: usize,
+        m: &OfflineMsg,
+        offline_id: Option<u64>,
+    ) -> (Vec<u8>, bool) {
+        let limit = self.conns[key].max_frame_out;
+        let frame = private_frame(m, &m.content, offline_id);
+        if fit::fits(&frame, limit) {
+            return (frame, false);
+        }
+        match fit::cut_to_fit(&m.content, limit, |c| private_frame(m, c, offline_id)) {
+            Some(cut) => (cut, true),
+            None => (frame, false),
+        }
+    }
+}
+
+fn private_frame(m: &OfflineMsg, content: &str, offline_id: Option<u64>) -> Vec<u8> {
     ServerMessage::Private(SmsPrivateMes {
         user_id: m.from,
         user_name: m.from_name.clone(),
         to_user_id: m.to,
-        content: m.content.clone(),
+        content: content.to_string(),
         time: m.time,
         offline: offline_id.is_some(),
         offline_id,
