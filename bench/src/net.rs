@@ -58,12 +58,17 @@ impl Client {
         self.out_pos < self.out.len()
     }
 
-    fn read_some(&mut self) -> io::Result<bool> {
+    /// Moves unconsumed input to the front when the buffer is full to its end.
+    fn make_room(&mut self) {
         if self.start > 0 && self.end == self.buf.len() {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
         }
+    }
+
+    fn read_some(&mut self) -> io::Result<bool> {
+        self.make_room();
         if self.end == self.buf.len() {
             return Ok(false);
         }
@@ -223,6 +228,8 @@ impl Pool {
             // read means the socket was drained: new data will raise a new edge, so
             // the extra read that would only say WouldBlock is skipped.
             while c.end < c.buf.len() || c.start > 0 {
+                // Room measured after any compaction, which moves `end` back.
+                c.make_room();
                 let room = c.buf.len() - c.end;
                 let before = c.end;
                 match c.read_some() {
