@@ -380,16 +380,13 @@ impl Hub {
             }
             Ok(Flush::Blocked) => {
                 let c = &self.conns[r.key];
-                log::trace!(
-                    "conn {}: socket full, {} bytes wait{}",
-                    r.key,
-                    c.out.len_bytes(),
-                    if c.offline.unwritten() {
-                        " (offline messages among them)"
-                    } else {
-                        ""
-                    }
-                );
+                if c.offline.unwritten() {
+                    log::debug!(
+                        "conn {}: socket full, {} bytes wait, stored messages among them",
+                        r.key,
+                        c.out.len_bytes(),
+                    );
+                }
                 Written::Blocked
             }
             Err(e) => {

@@ -248,7 +248,7 @@ fn a_second_server_on_the_same_data_says_why_it_cannot_start() {
 fn offline_backlog_survives_kill_9_during_delivery() {
     const N: usize = 200;
     let dir = tempfile::tempdir().unwrap();
-    let flags = ["--msg-rate", "0", "--log-level", "trace"];
+    let flags = ["--msg-rate", "0", "--log-level", "debug"];
     let mut s = ServerProc::start(dir.path(), &flags);
     let mut a = online(&s, 1);
     let mut b = s.connect();
@@ -263,8 +263,12 @@ fn offline_backlog_survives_kill_9_during_delivery() {
     }
     // 12 MB for a client that reads nothing: the kernel's buffers fill, the server
     // holds the rest of a batch, and is killed then.
-    assert_eq!(b.login(2, "pw2").data["code"], 200);
-    s.wait_log("socket full");
+    // (It declares that it reads frames this long: a seed client would get each one
+    // cut short to 8 KB.)
+    let login = json!({"userId": 2, "userPwd": "pw2", "maxFrame": 1 << 20});
+    b.send("LoginMes", login.clone());
+    assert_eq!(b.recv_until("LoginResMes").0.data["code"], 200);
+    s.wait_log("socket full, ");
     s.kill_hard();
     let mut seen = std::collections::BTreeSet::new();
     // What the kernel had taken still arrives.
@@ -275,7 +279,8 @@ fn offline_backlog_survives_kill_9_during_delivery() {
     assert!(first < N, "the kill came before the end");
     let s = ServerProc::start(dir.path(), &flags);
     let mut b = s.connect();
-    assert_eq!(b.login(2, "pw2").data["code"], 200);
+    b.send("LoginMes", login);
+    assert_eq!(b.recv_until("LoginResMes").0.data["code"], 200);
     while seen.len() < N {
         let g = b.recv();
         assert_eq!(g.kind, "SmsPrivateMes", "{g:?}");
