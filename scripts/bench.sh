@@ -9,6 +9,8 @@
 # HALF_RATE (msg/s, default 50000) is the fixed rate of the latency shape: about half
 # of this server's saturated rate at N=100, P=10. RECONNECT=1 adds, once at the end, the
 # reconnect storm: 10,000 registered users logging back in at once (about 10 minutes).
+# BASELINE=path/to/an/older/chat-server runs every chat shape against that binary too,
+# right after this one (reported as target "baseline"): a before/after in one run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS="${1:-3}"
@@ -19,12 +21,27 @@ trap 'pkill -f "chat-server --listen 127.0.0.1:1900" || true; pkill -f "redis-se
 
 # The chat server on a fresh data directory, with no rate limits (the bench is one
 # address sending flat out) and the default argon2id cost unless flags say otherwise.
+SERVER_BIN=$B/chat-server
 chat_start() {
     rm -rf "$TMP/data"; mkdir -p "$TMP/data"
-    taskset -c 0 $B/chat-server --listen 127.0.0.1:19001 --data "$TMP/data" \
-        --msg-rate 0 --login-rate 0 --max-conns-per-addr 0 --log-level warn "$@" 2>"$TMP/server.log" &
+    # Everything comes from 127.0.0.1: no per-address connection limit (older
+    # binaries have none to turn off).
+    local per_addr=()
+    if "$SERVER_BIN" --help | grep -q max-conns-per-addr; then
+        per_addr=(--max-conns-per-addr 0)
+    fi
+    taskset -c 0 "$SERVER_BIN" --listen 127.0.0.1:19001 --data "$TMP/data" \
+        --msg-rate 0 --login-rate 0 "${per_addr[@]}" --log-level warn "$@" 2>"$TMP/server.log" &
     SERVER=$!
     until ss -ltn | grep -q ":19001 "; do sleep 0.05; done
+}
+# Runs "$@" (a chat shape) against this build, then against BASELINE if set.
+both() {
+    "$@"
+    if [ -n "${BASELINE:-}" ]; then
+        echo "#### baseline"
+        SERVER_BIN="$BASELINE"; "$@"; SERVER_BIN=$B/chat-server
+    fi
 }
 # Cheap hashing for the fan-out and idle shapes: they measure delivery, not logins.
 # Output queues of 32 MiB, Redis's default hard limit for pub/sub clients: at
@@ -40,26 +57,34 @@ redis_up() {
 }
 down() { kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; }
 bench() { taskset -c 1 $B/chat-bench "$@"; }
+chat_fanout() { chat_up; bench fanout --target chat --addr 127.0.0.1:19001 "$@"; down; }
+chat_idle() {
+    chat_up; bench idle --target chat --addr 127.0.0.1:19001 -c 10000 --server-pid "$SERVER"; down
+}
+chat_storm() {
+    chat_start
+    bench login-storm --addr 127.0.0.1:19001 -n 100 -p 10 --rate 5000 -d 3 -k 1000 2>/dev/null
+    down
+}
 
 exec > >(tee "$TMP/out.txt")
 for run in $(seq "$RUNS"); do
     for shape in "100 10" "100 1" "1000 10" "1000 1"; do
         set -- $shape
         echo "### run $run fanout N=$1 P=$2"
-        chat_up;  bench fanout --target chat  --addr 127.0.0.1:19001 -n "$1" -p "$2" -d 5; down
+        both chat_fanout -n "$1" -p "$2" -d 5
         redis_up; bench fanout --target redis --addr 127.0.0.1:19002 -n "$1" -p "$2" -d 5; down
     done
     echo "### run $run latency at half of the saturated rate, N=100 P=10"
-    chat_up;  bench fanout --target chat  --addr 127.0.0.1:19001 -n 100 -p 10 --rate "${HALF_RATE:-50000}" -d 5; down
+    both chat_fanout -n 100 -p 10 --rate "${HALF_RATE:-50000}" -d 5
     redis_up; bench fanout --target redis --addr 127.0.0.1:19002 -n 100 -p 10 --rate "${HALF_RATE:-50000}" -d 5; down
     echo "### run $run idle C=10000"
-    chat_up;  bench idle --target chat  --addr 127.0.0.1:19001 -c 10000 --server-pid "$SERVER"; down
+    both chat_idle
     redis_up; bench idle --target redis --addr 127.0.0.1:19002 -c 10000 --server-pid "$SERVER"; down
     # Each storm client disconnects once logged in, so the fan-out keeps its N
     # receivers (staying, 1,000 more users would multiply the fan-out's work by 11).
     echo "### run $run login storm K=1000 (default argon2id) during a fan-out at 5000 msg/s"
-    chat_start
-    bench login-storm --addr 127.0.0.1:19001 -n 100 -p 10 --rate 5000 -d 3 -k 1000 2>/dev/null; down
+    both chat_storm
 done
 
 if [ "${RECONNECT:-0}" = 1 ]; then

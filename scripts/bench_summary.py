@@ -24,15 +24,18 @@ PATTERNS = {
 def main():
     text = open(sys.argv[1]).read() if len(sys.argv) > 1 else sys.stdin.read()
     figures = defaultdict(list)
-    shape, target = None, None
+    shape, target, baseline = None, None, False
     for line in text.splitlines():
+        if line.startswith("#### baseline"):
+            target, baseline = "baseline", True
+            continue
         m = re.match(r"^### (?:run \d+ )?(.*)", line)
         if m:
-            shape, target = m.group(1), "chat"
+            shape, target, baseline = m.group(1), "chat", False
             continue
         m = re.match(r"^(fanout|idle) target=(\w+)", line)
         if m:
-            target = m.group(2).lower()
+            target = "baseline" if baseline else m.group(2).lower()
             continue
         if shape is None:
             continue

@@ -201,6 +201,8 @@ pub struct Hub {
     /// When the summary of refusals may next be logged.
     next_summary_ms: u64,
     pub(crate) summary: Summary,
+    /// This node's view of the cluster, if it is one of several.
+    pub(crate) cluster: Option<crate::cluster::Cluster>,
     pub stats: Stats,
 }
 
@@ -231,6 +233,7 @@ impl Hub {
             next_housekeeping_ms: 0,
             next_summary_ms: 0,
             summary: Summary::default(),
+            cluster: None,
             stats: Stats::default(),
         }
     }
@@ -439,6 +442,7 @@ impl Hub {
         if now.mono_ms >= self.next_housekeeping_ms {
             self.housekeeping(now);
         }
+        self.cluster_timeouts(now);
         self.settle(now);
     }
 
@@ -465,10 +469,19 @@ impl Hub {
     /// closes or departures wait; otherwise the next login timeout, close deadline or
     /// housekeeping; `None` if nothing at all is due.
     pub fn poll_timeout(&self, now: Now) -> Option<u64> {
-        if !self.jobs.is_empty() || self.has_output() || !self.reads.is_empty() {
+        if !self.jobs.is_empty()
+            || self.has_output()
+            || !self.reads.is_empty()
+            || self.cluster.as_ref().is_some_and(|c| !c.out.is_empty())
+        {
             return Some(now.mono_ms);
         }
         let timer = self.deadlines.peek().map(|Reverse((at, _, _))| *at);
+        let remote = self.cluster.as_ref().and_then(|c| c.next_deadline());
+        let timer = match (timer, remote) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let housekeeping = (!self.conns.is_empty()
             || !self.summary.is_empty()
             || !self.login_limits.is_empty()
@@ -519,7 +532,7 @@ impl Hub {
             }
             self.go_offline(r.key, now);
             let conn = self.conns.remove(r.key);
-            self.forget(&conn);
+            self.forget(r.key, &conn);
             self.stats.closed += 1;
             self.settle(now);
             return Some(r);
@@ -608,8 +621,23 @@ impl Hub {
             // by a write that blocked (the socket's writable edge brings it).
         }
         assert_eq!(self.per_addr, per_addr, "per-address counts");
+        for (user, rs) in &self.logging_in {
+            for r in rs {
+                let c = self
+                    .get(*r)
+                    .expect("a login in flight on a connection that has gone");
+                assert_eq!(c.pending, Some(Pending::Login { user_id: *user }));
+            }
+        }
+        // A request waits on a store job, or on another node's answer.
+        let remote = self.cluster.as_ref().map_or(0, |c| {
+            c.pending
+                .values()
+                .filter(|p| self.get(p.conn).is_some())
+                .count()
+        });
         assert!(
-            self.jobs_in_flight >= pending,
+            self.jobs_in_flight + remote >= pending,
             "{pending} requests wait on jobs but only {} jobs are in flight",
             self.jobs_in_flight
         );
@@ -630,7 +658,14 @@ impl Hub {
     }
 
     /// A connection's state is gone: its address count and logins in flight with it.
-    fn forget(&mut self, conn: &Conn) {
+    fn forget(&mut self, key: usize, conn: &Conn) {
+        if let Some(Pending::Login { user_id }) = conn.pending {
+            let r = ConnRef {
+                key,
+                generation: conn.generation,
+            };
+            self.unmark_login(r, user_id);
+        }
         let addr = addr_key(conn.peer.ip());
         if let Some(n) = self.per_addr.get_mut(&addr) {
             *n -= 1;
@@ -857,12 +892,21 @@ impl Hub {
         self.logging_in.entry(user_id).or_default().push(r);
     }
 
-    /// The login job for `r` has come back, whatever its outcome.
+    /// The login job for `r` has come back, whatever its outcome (or `r` has gone).
     fn login_settled(&mut self, r: ConnRef) {
-        self.logging_in.retain(|_, rs| {
+        let Some(Pending::Login { user_id }) = self.get(r).and_then(|c| c.pending) else {
+            return;
+        };
+        self.unmark_login(r, user_id);
+    }
+
+    fn unmark_login(&mut self, r: ConnRef, user_id: i64) {
+        if let Some(rs) = self.logging_in.get_mut(&user_id) {
             rs.retain(|x| *x != r);
-            !rs.is_empty()
-        });
+            if rs.is_empty() {
+                self.logging_in.remove(&user_id);
+            }
+        }
     }
 
     /// Something was stored for `user_id`: if the user is online here, or logging in,
@@ -1003,8 +1047,14 @@ impl Hub {
         };
         if self.online.remove_if(user_id, me) {
             log::info!("user {user_id} offline");
+            self.cluster_logout(user_id);
             self.departures.push((user_id, name));
         }
+    }
+
+    /// `user` went offline (here or on another node): announced at the end of the turn.
+    pub(crate) fn note_departure(&mut self, user: i64, name: Rc<str>) {
+        self.departures.push((user, name));
     }
 
     /// Tells everyone online about the users who went offline since the last call.
@@ -1012,6 +1062,10 @@ impl Hub {
     /// it can see; the hub calls it before announcing a login, to keep the order.
     pub fn announce_departures(&mut self, now: Now) {
         for (user_id, name) in std::mem::take(&mut self.departures) {
+            if self.online.get(user_id).is_some() || self.online_elsewhere(user_id) {
+                // Back already, here or on another node: no flicker.
+                continue;
+            }
             let frame: Rc<[u8]> = ServerMessage::NotifyUserStatus(NotifyUserStatusMes {
                 user_id,
                 status: status::OFFLINE,

@@ -42,6 +42,7 @@
 //! workspace member, the terminal client `chat`.
 
 pub mod admission;
+pub mod cluster;
 pub mod fit;
 pub mod hub;
 pub mod job;
@@ -56,6 +57,8 @@ pub use hub::conn;
 #[cfg(feature = "server")]
 pub mod auth;
 #[cfg(feature = "server")]
+pub mod cluster_redis;
+#[cfg(feature = "server")]
 pub mod logging;
 #[cfg(feature = "server")]
 pub mod reactor;
@@ -67,6 +70,8 @@ pub mod worker;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 
+#[cfg(test)]
+mod cluster_tests;
 #[cfg(test)]
 mod fuzz_replay;
 #[cfg(test)]

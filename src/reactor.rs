@@ -27,6 +27,8 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::admission::WorkerPriority;
 use crate::auth::{HashParams, Hasher};
+use crate::cluster::Input;
+use crate::cluster_redis::{ClusterConfig, ClusterLink, QUEUE};
 use crate::conn::ConnRef;
 use crate::hub::{Hub, HubConfig, Now};
 use crate::job::JobResult;
@@ -68,6 +70,8 @@ pub struct ServerConfig {
     /// instead of one write per message per recipient: far fewer system calls, at the
     /// price of at most this much latency. Zero writes after every loop turn.
     pub flush_interval: Duration,
+    /// Several nodes on one Redis, one chat: this node's link (None: a lone server).
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Default for ServerConfig {
@@ -81,6 +85,7 @@ impl Default for ServerConfig {
             handle_signals: false,
             worker_priority: WorkerPriority::Idle,
             flush_interval: Duration::from_micros(500),
+            cluster: None,
         }
     }
 }
@@ -163,6 +168,9 @@ pub struct Server {
     cfg: ServerConfig,
     scratch: Vec<u8>,
     read_again: Vec<ConnRef>,
+    /// The cluster link and what it brings for the hub, if this is one of several nodes.
+    cluster: Option<ClusterLink>,
+    cluster_rx: Option<mpsc::Receiver<Input>>,
     accept_paused_until: Option<u64>,
     started: Instant,
     io: IoStats,
@@ -226,11 +234,28 @@ impl Server {
             cfg.worker_priority,
         )
         .map_err(|e| io::Error::other(e.to_string()))?;
+        let mut hub = Hub::new(cfg.hub.clone());
+        let (cluster, cluster_rx) = match &cfg.cluster {
+            Some(c) => {
+                let (tx, rx) = mpsc::sync_channel(QUEUE);
+                let waker = waker.clone();
+                let sink = Arc::new(move |i| {
+                    // Blocks while the loop is behind: the subscriber then stops reading.
+                    if tx.send(i).is_ok() {
+                        let _ = waker.wake();
+                    }
+                });
+                hub.enable_cluster(&c.node, c.node_timeout.as_millis() as u64);
+                log::info!("node {} of the cluster on {}", c.node, c.url);
+                (Some(ClusterLink::start(c.clone(), sink)?), Some(rx))
+            }
+            None => (None, None),
+        };
         Ok(Server {
             poll,
             listener: Some(listener),
             addr,
-            hub: Hub::new(cfg.hub.clone()),
+            hub,
             socks: Vec::new(),
             workers,
             results,
@@ -239,6 +264,8 @@ impl Server {
             cfg,
             scratch: vec![0; READ_CHUNK],
             read_again: Vec::new(),
+            cluster,
+            cluster_rx,
             accept_paused_until: None,
             started: Instant::now(),
             io: IoStats::default(),
@@ -326,6 +353,11 @@ impl Server {
             while let Ok(res) = self.results.try_recv() {
                 self.hub.handle_result(res, t);
             }
+            if let Some(rx) = &self.cluster_rx {
+                while let Ok(input) = rx.try_recv() {
+                    self.hub.handle_cluster(input, t);
+                }
+            }
             for r in std::mem::take(&mut self.read_again) {
                 self.read(r, t);
             }
@@ -340,6 +372,9 @@ impl Server {
             }
             self.hub.handle_timeout(t);
             if t.mono_ms >= next_trim {
+                if let Some(c) = self.cluster.as_mut() {
+                    c.report();
+                }
                 crate::sys::trim_heap();
                 next_trim = t.mono_ms + TRIM_MS;
             }
@@ -380,6 +415,9 @@ impl Server {
             log::info!("waiting for {jobs} store jobs to finish");
         }
         self.workers.shutdown();
+        if let Some(c) = self.cluster.take() {
+            c.shutdown();
+        }
         let st = &self.hub.stats;
         log::info!(
             "stopped; {} connections served, {} frames in, {} group messages, {} deliveries, \
@@ -430,6 +468,11 @@ impl Server {
     fn submit_jobs(&mut self) {
         while let Some(job) = self.hub.poll_job() {
             self.workers.submit(job);
+        }
+        while let Some(ev) = self.hub.poll_publish() {
+            if let Some(c) = &self.cluster {
+                c.publish(ev);
+            }
         }
     }
 

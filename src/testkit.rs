@@ -152,6 +152,12 @@ impl Harness {
         self.pump();
     }
 
+    /// Something from the cluster link.
+    pub fn cluster(&mut self, input: crate::cluster::Input) {
+        self.hub.handle_cluster(input, self.now);
+        self.pump();
+    }
+
     /// `r`'s socket stops taking bytes (its reader stalls), or takes them again.
     pub fn stall(&mut self, r: ConnRef, stalled: bool) {
         if stalled {

@@ -9,6 +9,7 @@ use clap::Parser;
 
 use chat::admission::WorkerPriority;
 use chat::auth::HashParams;
+use chat::cluster_redis::ClusterConfig;
 use chat::hub::HubConfig;
 use chat::reactor::{Server, ServerConfig, default_job_timeout_secs};
 use chat::store::embedded::EmbeddedStore;
@@ -40,6 +41,18 @@ struct Args {
     /// Timeout for each Redis call (and for connecting), in milliseconds.
     #[arg(long, default_value_t = 3000, value_name = "MS")]
     redis_timeout_ms: u64,
+
+    /// With --redis, this server's name among the nodes sharing that Redis (every
+    /// server on the same Redis database is a node of one chat). Default: unique to
+    /// this process; give one to keep it across restarts, so that a restarted node
+    /// cleans up at once what it left behind.
+    #[arg(long, value_name = "ID")]
+    node_id: Option<String>,
+
+    /// With --redis, seconds a node may stay silent before the others take it for
+    /// dead and show its users offline.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    node_timeout: u64,
 
     /// Threads hashing passwords (logins and registrations); one more thread runs the
     /// storage jobs (offline messages), so a login storm never holds those up.
@@ -197,6 +210,17 @@ fn redis_store(url: &str, timeout_ms: u64) -> Result<StoreFactory, String> {
     }))
 }
 
+/// A node name unique to this process: host, process id and start time.
+fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "node".into());
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    format!("{host}-{}-{:x}", std::process::id(), t & 0xff_ffff)
+}
+
 fn run(args: Args) -> Result<(), String> {
     chat::sys::raise_fd_limit();
     let factory = match &args.redis {
@@ -235,8 +259,19 @@ fn run(args: Args) -> Result<(), String> {
             Priority::Low => WorkerPriority::Low,
             Priority::Idle => WorkerPriority::Idle,
         },
+        cluster: args.redis.as_ref().map(|url| ClusterConfig {
+            url: url.clone(),
+            node: args.node_id.clone().unwrap_or_else(default_node_id),
+            node_timeout: Duration::from_secs(args.node_timeout.max(1)),
+            io_timeout: Duration::from_millis(args.redis_timeout_ms.max(1)),
+        }),
         ..ServerConfig::default()
     };
+    if let Some(id) = &args.node_id
+        && (id.is_empty() || id.contains(char::is_whitespace))
+    {
+        return Err(format!("--node-id {id:?}: give a name without spaces"));
+    }
     chat::auth::Hasher::new(cfg.hash)?;
     let addr: std::net::SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(&args.listen)
         .ok()

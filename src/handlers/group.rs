@@ -42,6 +42,8 @@ impl Hub {
             .flatten()
             .map(Into::into);
         self.stats.group_messages += 1;
+        let (from, from_name) = (*user_id, name.to_string());
+        self.cluster_group(from, &from_name, &m.content, now.unix_ms);
         let cut_for = self.broadcast_fitted(Some(key), &frame, cut.as_ref());
         if cut_for > 0 {
             let text = format!(

@@ -91,9 +91,9 @@ impl Hub {
     fn login_reply(&self, me: i64, limit: usize) -> Vec<u8> {
         let mut res = LoginResMes {
             code: code::OK,
-            users_id: self.online.ids(),
+            users_id: self.all_ids(),
             error: String::new(),
-            users: self.online.infos(),
+            users: self.all_infos(),
             retry_after: None,
         };
         let frame = ServerMessage::LoginRes(res.clone()).encode();
@@ -182,6 +182,14 @@ impl Hub {
                 self.error(old.conn.key, code::CONFLICT, "logged in elsewhere");
                 self.close(old.conn.key, true, "replaced by a newer login", now);
             }
+            _ if self.online_elsewhere(ok.user_id) => {
+                // Online on another node until now: this login replaces that session
+                // (its node closes it on hearing of this one), with no flicker.
+                log::info!(
+                    "user {} online here, replacing a session elsewhere",
+                    ok.user_id
+                );
+            }
             _ => {
                 log::info!("user {} online", ok.user_id);
                 let frame = ServerMessage::NotifyUserStatus(NotifyUserStatusMes {
@@ -194,6 +202,7 @@ impl Hub {
                 self.broadcast(Some(key), &frame);
             }
         }
+        self.cluster_login(ok.user_id, &name);
         let frame = self.login_reply(ok.user_id, self.conns[key].max_frame_out);
         self.reply_frame(key, frame);
         let batch = self.cfg.offline_batch;

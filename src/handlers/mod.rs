@@ -11,6 +11,7 @@ pub(crate) mod login;
 mod online;
 mod private;
 mod register;
+mod remote;
 mod session;
 
 use crate::hub::{Hub, Now};

@@ -9,7 +9,7 @@ impl Hub {
     /// The whole list, or for a client that cannot read it in one frame, the caller
     /// and as many others as fit.
     pub(crate) fn handle_online_users(&mut self, key: usize) {
-        let users = self.online.infos();
+        let users = self.all_infos();
         let limit = self.conns[key].max_frame_out;
         let encode = |users: Vec<UserInfo>| {
             ServerMessage::OnlineUsersRes(OnlineUsersResMes { users }).encode()

@@ -18,7 +18,13 @@ use crate::store::{OfflineMsg, StoreError, StoredMsg};
 
 impl Hub {
     // [h-stores] Every answer echoes the message's `msgId` (was `sms_res`).
-    fn sms_res_id(&mut self, key: usize, code: u16, error: &str, msg_id: Option<String>) {
+    pub(crate) fn sms_res_id(
+        &mut self,
+        key: usize,
+        code: u16,
+        error: &str,
+        msg_id: Option<String>,
+    ) {
         let res = CodeRes {
             msg_id,
             ..CodeRes::new(code, error)
@@ -69,6 +75,10 @@ impl Hub {
             }
             // The recipient's queue overflowed (it is being dropped as a slow
             // consumer): keep the message for its next login instead of losing it.
+        }
+        // Online on another node: handed to that node, answered when it says.
+        if self.cluster_private(key, &msg, &msg_id, now) {
+            return;
         }
         let to = msg.to;
         // [h-stores] The job carries the msgId: the store dedupes on it.
@@ -203,7 +213,7 @@ impl Hub {
 impl Hub {
     /// The frame of a private message for connection `key`: whole, or cut short (the
     /// second value) if its client cannot read it whole.
-    fn private_frame_for(
+    pub(crate) fn private_frame_for(
         &self,
         key: usize,
         m: &OfflineMsg,

@@ -1,0 +1,523 @@
+//! The cluster's link to Redis: two threads beside the event loop, which never waits
+//! on them.
+//!
+//! - The publisher owns one connection. It takes this node's [`Event`]s from a bounded
+//!   queue, keeps this node's presence hash up to date and publishes each event once,
+//!   pipelining whatever has queued up (one round trip for a burst). Every second it
+//!   beats: a script stamps this node in the `nodes` sorted set with Redis's own clock,
+//!   removes nodes silent for longer than the node timeout (and their presence), and
+//!   returns the live ones ([`Input::LiveNodes`]).
+//! - The subscriber owns another, subscribed to [`CHANNEL`]; every event it hears goes
+//!   to the hub. Each time it has (re)subscribed (and each time the publisher has
+//!   reconnected), the publisher rewrites this node's presence, announces its users
+//!   again (for nodes that read theirs before this rewrite) and reads everyone's
+//!   ([`Input::Snapshot`]): what happened before is in the snapshot, what happens
+//!   after arrives as events.
+//!
+//! Bounds: the hub's events wait in a queue of [`QUEUE`] (over it they are dropped and
+//! counted in the log: group messages for other nodes lost, presence resent at the next
+//! resync); inputs for the hub wait in a queue of the same size, and while the loop does
+//! not keep up the subscriber stops reading, so Redis buffers for it up to its pub/sub
+//! output limit and then drops it; it reconnects and resynchronises. Another node's
+//! flood never grows this node's memory without limit.
+//!
+//! Keys (see PROTOCOL.md): `nodes` (sorted set: node id → last heartbeat, Redis ms),
+//! `presence:<node>` (hash: user id → `{"name":..,"session":..}`), channel
+//! `chat:events`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::{CHANNEL, Event, Input, PresenceEntry};
+
+/// Events waiting to be published, and inputs waiting for the hub, at most.
+pub const QUEUE: usize = 65_536;
+/// Events published in one pipeline at most.
+const BATCH: usize = 512;
+/// How often the node beats and checks the others.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+const NODES: &str = "nodes";
+
+/// Stamps `ARGV[1]` in the sorted set `KEYS[1]` with Redis's clock, forgets nodes
+/// silent for `ARGV[2]` ms and their presence, and returns the live nodes.
+const BEAT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+for _, n in ipairs(dead) do
+  redis.call('ZREM', KEYS[1], n)
+  redis.call('DEL', 'presence:' .. n)
+end
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+"#;
+
+fn presence_key(node: &str) -> String {
+    format!("presence:{node}")
+}
+
+/// A user's value in a presence hash.
+#[derive(Serialize, Deserialize)]
+struct Present {
+    name: String,
+    session: u64,
+}
+
+/// Where the hub's inputs go (the reactor's channel, which wakes the loop).
+pub type InputSink = Arc<dyn Fn(Input) + Send + Sync>;
+
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub url: String,
+    pub node: String,
+    /// A node silent this long is taken for dead.
+    pub node_timeout: Duration,
+    /// Connect, read and write timeout of each Redis call.
+    pub io_timeout: Duration,
+}
+
+enum Cmd {
+    Publish(Event),
+    /// The subscriber is (re)subscribed: rewrite this node's presence and snapshot.
+    Resync,
+}
+
+/// The running link.
+pub struct ClusterLink {
+    tx: Option<SyncSender<Cmd>>,
+    dropped: Arc<AtomicU64>,
+    reported: u64,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl ClusterLink {
+    /// Starts the publisher and the subscriber. They connect (and reconnect) on their
+    /// own; until then the hub hears `Link(false)`.
+    pub fn start(cfg: ClusterConfig, sink: InputSink) -> std::io::Result<ClusterLink> {
+        let client = redis::Client::open(cfg.url.as_str()).map_err(std::io::Error::other)?;
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let publisher = {
+            let (client, cfg, sink, stop) =
+                (client.clone(), cfg.clone(), sink.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("chat-cluster-pub".into())
+                .spawn(move || Publisher::new(client, cfg, sink, stop).run(rx))?
+        };
+        let subscriber = {
+            let (tx, stop) = (tx.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("chat-cluster-sub".into())
+                .spawn(move || subscribe(client, cfg, sink, tx, stop))?
+        };
+        Ok(ClusterLink {
+            tx: Some(tx),
+            dropped: Arc::new(AtomicU64::new(0)),
+            reported: 0,
+            stop,
+            threads: vec![publisher, subscriber],
+        })
+    }
+
+    /// Queues an event for publishing; dropped (and counted) if the queue is full.
+    pub fn publish(&self, ev: Event) {
+        if let Some(tx) = &self.tx
+            && let Err(TrySendError::Full(_)) = tx.try_send(Cmd::Publish(ev))
+        {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Logs how many events were dropped since the last call, if any.
+    pub fn report(&mut self) {
+        let d = self.dropped.load(Ordering::Relaxed);
+        if d > self.reported {
+            log::warn!(
+                "cluster: {} events not published (queue of {QUEUE} full: Redis too slow)",
+                d - self.reported
+            );
+            self.reported = d;
+        }
+    }
+
+    /// Stops the threads (the subscriber within one read timeout).
+    pub fn shutdown(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.tx = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Publisher {
+    client: redis::Client,
+    cfg: ClusterConfig,
+    sink: InputSink,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    conn: Option<redis::Connection>,
+    /// This node's users as published: user → (name, session).
+    local: HashMap<i64, (String, u64)>,
+    /// Whether the hub was last told the link is up.
+    up: bool,
+    /// Whether this node has announced its (re)start.
+    reset_sent: bool,
+    /// A new connection: this node's presence must be rewritten and everyone's read.
+    need_resync: bool,
+    retry_at: Option<Instant>,
+}
+
+impl Publisher {
+    fn new(
+        client: redis::Client,
+        cfg: ClusterConfig,
+        sink: InputSink,
+        stop: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Publisher {
+        Publisher {
+            client,
+            cfg,
+            sink,
+            stop,
+            conn: None,
+            local: HashMap::new(),
+            up: false,
+            reset_sent: false,
+            need_resync: false,
+            retry_at: None,
+        }
+    }
+
+    fn run(mut self, rx: Receiver<Cmd>) {
+        let mut next_beat = Instant::now();
+        loop {
+            if self.stop.load(Ordering::SeqCst) {
+                break;
+            }
+            let wait = next_beat.saturating_duration_since(Instant::now());
+            let first = match rx.recv_timeout(wait) {
+                Ok(c) => Some(c),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let mut batch: Vec<Cmd> = first.into_iter().collect();
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(c) => batch.push(c),
+                    Err(_) => break,
+                }
+            }
+            let resync = batch.iter().any(|c| matches!(c, Cmd::Resync));
+            let events: Vec<Event> = batch
+                .into_iter()
+                .filter_map(|c| match c {
+                    Cmd::Publish(ev) => Some(ev),
+                    Cmd::Resync => None,
+                })
+                .collect();
+            self.track(&events);
+            if !events.is_empty() && self.connected() {
+                let r = self.publish(&events);
+                self.check(r);
+            }
+            if (resync || self.need_resync) && self.connected() {
+                let r = self.resync();
+                if r.is_ok() {
+                    self.need_resync = false;
+                }
+                self.check(r);
+            }
+            if Instant::now() >= next_beat {
+                next_beat = Instant::now() + HEARTBEAT;
+                if self.connected() {
+                    let r = self.beat();
+                    self.check(r);
+                }
+            }
+        }
+        // A clean stop: this node's users are gone at once, not at the node timeout.
+        if let Some(conn) = self.conn.as_mut() {
+            let _: redis::RedisResult<()> = redis::pipe()
+                .cmd("DEL")
+                .arg(presence_key(&self.cfg.node))
+                .ignore()
+                .cmd("ZREM")
+                .arg(NODES)
+                .arg(&self.cfg.node)
+                .ignore()
+                .cmd("PUBLISH")
+                .arg(CHANNEL)
+                .arg(
+                    Event::Reset {
+                        node: self.cfg.node.clone(),
+                    }
+                    .to_json(),
+                )
+                .ignore()
+                .query(conn);
+        }
+    }
+
+    /// Keeps this node's own view of its users, published or not.
+    fn track(&mut self, events: &[Event]) {
+        for ev in events {
+            match ev {
+                Event::Online {
+                    user,
+                    name,
+                    session,
+                    ..
+                } => {
+                    self.local.insert(*user, (name.clone(), *session));
+                }
+                Event::Offline { user, session, .. }
+                    if self.local.get(user).is_some_and(|(_, s)| s == session) =>
+                {
+                    self.local.remove(user);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Connects if need be (with backoff); says whether there is a connection.
+    fn connected(&mut self) -> bool {
+        if self.conn.is_some() {
+            return true;
+        }
+        if self.retry_at.is_some_and(|t| Instant::now() < t) {
+            return false;
+        }
+        match self
+            .client
+            .get_connection_with_timeout(self.cfg.io_timeout)
+            .and_then(|c| {
+                c.set_read_timeout(Some(self.cfg.io_timeout))?;
+                c.set_write_timeout(Some(self.cfg.io_timeout))?;
+                Ok(c)
+            }) {
+            Ok(c) => {
+                self.conn = Some(c);
+                self.retry_at = None;
+                self.need_resync = true;
+                if !self.reset_sent {
+                    // Whatever an earlier run of this node left behind is gone.
+                    let r = self.announce_start();
+                    self.check(r);
+                    return self.conn.is_some();
+                }
+                true
+            }
+            Err(e) => {
+                self.down(&format!("cannot connect: {e}"));
+                false
+            }
+        }
+    }
+
+    fn announce_start(&mut self) -> redis::RedisResult<()> {
+        let conn = self.conn.as_mut().expect("connected");
+        redis::pipe()
+            .cmd("DEL")
+            .arg(presence_key(&self.cfg.node))
+            .ignore()
+            .cmd("PUBLISH")
+            .arg(CHANNEL)
+            .arg(
+                Event::Reset {
+                    node: self.cfg.node.clone(),
+                }
+                .to_json(),
+            )
+            .ignore()
+            .query::<()>(conn)?;
+        self.reset_sent = true;
+        Ok(())
+    }
+
+    fn check(&mut self, r: redis::RedisResult<()>) {
+        if let Err(e) = r {
+            self.down(&e.to_string());
+        }
+    }
+
+    fn down(&mut self, why: &str) {
+        self.conn = None;
+        self.retry_at = Some(Instant::now() + Duration::from_millis(500));
+        if self.up {
+            log::error!(
+                "cluster: Redis at {} unreachable ({why}): serving this node's users only until it is back",
+                self.cfg.url
+            );
+            self.up = false;
+            (self.sink)(Input::Link(false));
+        }
+    }
+
+    /// Presence and events in one pipeline.
+    fn publish(&mut self, events: &[Event]) -> redis::RedisResult<()> {
+        let key = presence_key(&self.cfg.node);
+        let mut p = redis::pipe();
+        for ev in events {
+            match ev {
+                Event::Online {
+                    user,
+                    name,
+                    session,
+                    ..
+                } => {
+                    let v = serde_json::to_string(&Present {
+                        name: name.clone(),
+                        session: *session,
+                    })
+                    .expect("serialises");
+                    p.cmd("HSET").arg(&key).arg(*user).arg(v).ignore();
+                }
+                Event::Offline { user, .. } if !self.local.contains_key(user) => {
+                    p.cmd("HDEL").arg(&key).arg(*user).ignore();
+                }
+                _ => {}
+            }
+            p.cmd("PUBLISH").arg(CHANNEL).arg(ev.to_json()).ignore();
+        }
+        p.query::<()>(self.conn.as_mut().expect("connected"))
+    }
+
+    /// Rewrites this node's presence, then reads everyone's.
+    fn resync(&mut self) -> redis::RedisResult<()> {
+        let key = presence_key(&self.cfg.node);
+        let conn = self.conn.as_mut().expect("connected");
+        let mut p = redis::pipe();
+        p.atomic().cmd("DEL").arg(&key).ignore();
+        for (user, (name, session)) in &self.local {
+            let v = serde_json::to_string(&Present {
+                name: name.clone(),
+                session: *session,
+            })
+            .expect("serialises");
+            p.cmd("HSET").arg(&key).arg(*user).arg(v).ignore();
+        }
+        p.query::<()>(conn)?;
+        // And tell the nodes that read their snapshot before this rewrite.
+        let mut p = redis::pipe();
+        for (user, (name, session)) in &self.local {
+            let ev = Event::Online {
+                node: self.cfg.node.clone(),
+                user: *user,
+                name: name.clone(),
+                session: *session,
+            };
+            p.cmd("PUBLISH").arg(CHANNEL).arg(ev.to_json()).ignore();
+        }
+        if !self.local.is_empty() {
+            p.query::<()>(conn)?;
+        }
+        let nodes = self.beat_nodes()?;
+        let conn = self.conn.as_mut().expect("connected");
+        let mut entries = Vec::new();
+        for node in nodes {
+            let users: HashMap<i64, String> =
+                redis::cmd("HGETALL").arg(presence_key(&node)).query(conn)?;
+            for (user, v) in users {
+                if let Ok(p) = serde_json::from_str::<Present>(&v) {
+                    entries.push(PresenceEntry {
+                        node: node.clone(),
+                        user,
+                        name: p.name,
+                        session: p.session,
+                    });
+                }
+            }
+        }
+        if !self.up {
+            log::info!(
+                "cluster: linked to Redis at {} as node {}",
+                self.cfg.url,
+                self.cfg.node
+            );
+            self.up = true;
+            (self.sink)(Input::Link(true));
+        }
+        (self.sink)(Input::Snapshot(entries));
+        Ok(())
+    }
+
+    fn beat_nodes(&mut self) -> redis::RedisResult<Vec<String>> {
+        let conn = self.conn.as_mut().expect("connected");
+        redis::cmd("EVAL")
+            .arg(BEAT)
+            .arg(1)
+            .arg(NODES)
+            .arg(&self.cfg.node)
+            .arg(self.cfg.node_timeout.as_millis() as u64)
+            .query(conn)
+    }
+
+    fn beat(&mut self) -> redis::RedisResult<()> {
+        let nodes = self.beat_nodes()?;
+        if self.up {
+            (self.sink)(Input::LiveNodes(nodes));
+        }
+        Ok(())
+    }
+}
+
+/// The subscriber thread: (re)subscribes, asks for a resync each time, and hands every
+/// event to the hub.
+fn subscribe(
+    client: redis::Client,
+    cfg: ClusterConfig,
+    sink: InputSink,
+    resync: SyncSender<Cmd>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let mut bad = 0u64;
+    while !stop.load(Ordering::SeqCst) {
+        let mut conn = match client.get_connection_with_timeout(cfg.io_timeout) {
+            Ok(c) => c,
+            Err(_) => {
+                std::thread::sleep(Duration::from_millis(500));
+                continue;
+            }
+        };
+        let mut ps = conn.as_pubsub();
+        if ps.subscribe(CHANNEL).is_err() {
+            continue;
+        }
+        // Woken now and then to see whether the server is stopping.
+        let _ = ps.set_read_timeout(Some(Duration::from_millis(500)));
+        if resync.send(Cmd::Resync).is_err() {
+            return;
+        }
+        while !stop.load(Ordering::SeqCst) {
+            match ps.get_message() {
+                Ok(msg) => {
+                    let Ok(text) = std::str::from_utf8(msg.get_payload_bytes()) else {
+                        continue;
+                    };
+                    match Event::from_json(text) {
+                        Ok(ev) => sink(Input::Event(ev)),
+                        Err(e) => {
+                            bad += 1;
+                            if bad.is_power_of_two() {
+                                log::warn!("cluster: {bad} unreadable events so far ({e})");
+                            }
+                        }
+                    }
+                }
+                Err(e) if e.is_timeout() => continue,
+                Err(e) => {
+                    log::debug!("cluster: subscription lost: {e}");
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,332 @@
+//! Deterministic tests of several nodes: hubs joined by a stand-in for Redis pub/sub
+//! that orders every node's events into one sequence and hands each to every node,
+//! the publisher included, as Redis does. No sockets, threads or sleeps.
+
+use crate::cluster::{Event, Input, PresenceEntry};
+use crate::conn::ConnRef;
+use crate::hub::HubConfig;
+use crate::proto::{ClientMessage, ServerMessage, SmsMes, SmsPrivateMes};
+use crate::testkit::{Harness, login_msg};
+
+/// Nodes "a", "b", "c", ... sharing one store, as they share one Redis.
+struct Net {
+    nodes: Vec<Harness>,
+    /// Every event published, in the order "Redis" gave them.
+    log: Vec<Event>,
+}
+
+impl Net {
+    fn new(n: usize) -> Net {
+        let first = Harness::new(HubConfig::default());
+        let store = first.store.clone();
+        let mut nodes = vec![first];
+        for _ in 1..n {
+            let mut h = Harness::new(HubConfig::default());
+            h.store = store.clone();
+            nodes.push(h);
+        }
+        for (i, h) in nodes.iter_mut().enumerate() {
+            h.hub.enable_cluster(&name(i), 5_000);
+            h.cluster(Input::Link(true));
+        }
+        Net {
+            nodes,
+            log: Vec::new(),
+        }
+    }
+
+    /// Delivers what was published, node by node in turn, until nothing is left.
+    fn deliver(&mut self) {
+        loop {
+            let mut batch = Vec::new();
+            for h in &mut self.nodes {
+                while let Some(ev) = h.hub.poll_publish() {
+                    batch.push(ev);
+                }
+            }
+            if batch.is_empty() {
+                return;
+            }
+            for ev in batch {
+                self.log.push(ev.clone());
+                for h in &mut self.nodes {
+                    h.cluster(Input::Event(ev.clone()));
+                }
+            }
+        }
+    }
+
+    fn login(&mut self, node: usize, id: i64) -> ConnRef {
+        let c = self.nodes[node].login(id);
+        self.deliver();
+        c
+    }
+
+    fn recv(&mut self, node: usize, c: ConnRef) -> Vec<ServerMessage> {
+        self.nodes[node].recv(c)
+    }
+}
+
+fn name(i: usize) -> String {
+    ((b'a' + i as u8) as char).to_string()
+}
+
+fn notify(id: i64, status: u8) -> ServerMessage {
+    ServerMessage::NotifyUserStatus(crate::proto::NotifyUserStatusMes {
+        user_id: id,
+        status,
+        user_name: format!("u{id}"),
+    })
+}
+
+fn registered(net: &mut Net, ids: &[i64]) {
+    for id in ids {
+        net.nodes[0].register(*id);
+    }
+}
+
+#[test]
+fn users_of_every_node_are_online_everywhere() {
+    let mut net = Net::new(2);
+    registered(&mut net, &[1, 2, 3]);
+    let one = net.login(0, 1);
+    let two = net.login(1, 2);
+    // 1 (on a) hears that 2 came online on b, once.
+    assert_eq!(net.recv(0, one), [notify(2, 0)]);
+    // A login on b lists everyone on both nodes.
+    let three = net.nodes[1].connect();
+    net.nodes[1].send(three, &login_msg(3, "pw3"));
+    net.nodes[1].run_jobs();
+    let got = net.recv(1, three);
+    let ServerMessage::LoginRes(res) = &got[0] else {
+        panic!("{got:?}")
+    };
+    assert_eq!(res.users_id, [1, 2, 3]);
+    net.deliver();
+    net.nodes[0].send(one, &ClientMessage::OnlineUsers);
+    let got = net.recv(0, one);
+    assert!(
+        matches!(&got[..], [ServerMessage::NotifyUserStatus(_), ServerMessage::OnlineUsersRes(r)] if r.users.len() == 3),
+        "{got:?}"
+    );
+    // 2 logs out on b: everyone on a is told, once.
+    net.nodes[1].send(two, &ClientMessage::Logout);
+    net.deliver();
+    assert_eq!(net.recv(0, one), [notify(2, 1)]);
+    assert_eq!(net.nodes[0].hub.online_count(), 1);
+}
+
+#[test]
+fn a_login_on_another_node_replaces_the_session_without_flicker() {
+    let mut net = Net::new(3);
+    registered(&mut net, &[1, 9]);
+    let watcher = net.login(2, 9);
+    let old = net.login(0, 1);
+    assert_eq!(net.recv(2, watcher), [notify(1, 0)]);
+    let new = net.login(1, 1);
+    let got = net.recv(0, old);
+    assert!(
+        matches!(got.last(), Some(ServerMessage::Error(e)) if e.code == 409),
+        "{got:?}"
+    );
+    assert!(net.nodes[0].is_closed(old));
+    net.deliver();
+    // Nobody saw 1 go offline and come back.
+    assert_eq!(net.recv(2, watcher), []);
+    assert!(net.nodes[1].hub.get(new).is_some());
+    // And when the new session ends, 1 is offline everywhere.
+    net.nodes[1].hangup(new);
+    net.deliver();
+    assert_eq!(net.recv(2, watcher), [notify(1, 1)]);
+}
+
+#[test]
+fn two_logins_at_once_on_two_nodes_leave_exactly_one_session() {
+    let mut net = Net::new(2);
+    registered(&mut net, &[1]);
+    let a = net.nodes[0].connect();
+    let b = net.nodes[1].connect();
+    net.nodes[0].send(a, &login_msg(1, "pw1"));
+    net.nodes[1].send(b, &login_msg(1, "pw1"));
+    net.nodes[0].run_jobs();
+    net.nodes[1].run_jobs();
+    // Both went online locally before either heard of the other.
+    net.deliver();
+    let alive: Vec<bool> = [(0, a), (1, b)]
+        .iter()
+        .map(|&(n, c)| {
+            net.nodes[n].recv(c);
+            !net.nodes[n].is_closed(c)
+        })
+        .collect();
+    assert_eq!(alive.iter().filter(|x| **x).count(), 1, "{alive:?}");
+    // The survivor is the login Redis ordered last.
+    let last = net
+        .log
+        .iter()
+        .rev()
+        .find_map(|e| match e {
+            Event::Online { node, user: 1, .. } => Some(node.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(alive[0], last == "a");
+    // Both nodes agree that 1 is online.
+    assert_eq!(
+        net.nodes[0].hub.online_count() + net.nodes[1].hub.online_count(),
+        1
+    );
+}
+
+#[test]
+fn group_messages_reach_every_node_once_and_never_the_sender() {
+    let mut net = Net::new(3);
+    registered(&mut net, &[1, 2, 3, 4]);
+    let c1 = net.login(0, 1);
+    let c2 = net.login(1, 2);
+    let c3 = net.login(2, 3);
+    let c4 = net.login(2, 4);
+    for (n, c) in [(0, c1), (1, c2), (2, c3), (2, c4)] {
+        net.recv(n, c);
+    }
+    for i in 0..3 {
+        net.nodes[0].send(
+            c1,
+            &ClientMessage::Sms(SmsMes {
+                content: format!("m{i}"),
+                ..Default::default()
+            }),
+        );
+    }
+    net.deliver();
+    let published = net
+        .log
+        .iter()
+        .filter(|e| matches!(e, Event::Group { .. }))
+        .count();
+    assert_eq!(
+        published, 3,
+        "one publish per message, whatever the audience"
+    );
+    for (n, c) in [(1, c2), (2, c3), (2, c4)] {
+        let got: Vec<String> = net
+            .recv(n, c)
+            .into_iter()
+            .map(|m| match m {
+                ServerMessage::Sms(s) => {
+                    assert_eq!((s.user_id, s.user_name.as_str()), (1, "u1"));
+                    s.content
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(got, ["m0", "m1", "m2"], "in order, once");
+    }
+    assert_eq!(net.recv(0, c1), []);
+}
+
+fn private(to: i64, content: &str) -> ClientMessage {
+    ClientMessage::Private(SmsPrivateMes {
+        to_user_id: to,
+        content: content.into(),
+        ..Default::default()
+    })
+}
+
+fn sms_code(got: &[ServerMessage]) -> Vec<u16> {
+    got.iter()
+        .filter_map(|m| match m {
+            ServerMessage::SmsRes(r) => Some(r.code),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn private_messages_cross_nodes_or_are_stored_never_neither() {
+    let mut net = Net::new(2);
+    registered(&mut net, &[1, 2]);
+    let c1 = net.login(0, 1);
+    let c2 = net.login(1, 2);
+    net.recv(0, c1);
+    net.recv(1, c2);
+    // Online on b: delivered there, answered 200 once b says so.
+    net.nodes[0].send(c1, &private(2, "hello"));
+    assert_eq!(net.recv(0, c1), [], "no answer before b's");
+    net.deliver();
+    assert_eq!(sms_code(&net.recv(0, c1)), [200]);
+    assert!(matches!(&net.recv(1, c2)[..], [ServerMessage::Private(p)] if p.content == "hello"));
+    // 2 leaves b while a message is on its way: b says it did not deliver; it is
+    // stored (202) and arrives at 2's next login.
+    net.nodes[0].send(c1, &private(2, "in flight"));
+    net.nodes[1].hangup(c2);
+    net.deliver();
+    net.nodes[0].run_jobs();
+    let got = net.recv(0, c1);
+    assert_eq!(sms_code(&got), [202], "{got:?}");
+    let again = net.nodes[0].login(2);
+    net.nodes[0].run_jobs();
+    let _ = again;
+    assert_eq!(
+        net.nodes[0].store.offline_count(2),
+        0,
+        "delivered and removed"
+    );
+}
+
+#[test]
+fn a_node_that_does_not_answer_in_time_gets_its_users_messages_stored() {
+    let mut net = Net::new(2);
+    registered(&mut net, &[1, 2]);
+    let c1 = net.login(0, 1);
+    let _c2 = net.login(1, 2);
+    net.recv(0, c1);
+    net.nodes[0].send(c1, &private(2, "lost node"));
+    // b never answers (it died): after the answer time the message is stored.
+    while net.nodes[0].hub.poll_publish().is_some() {}
+    net.nodes[0].advance(5_000);
+    net.nodes[0].run_jobs();
+    assert_eq!(sms_code(&net.recv(0, c1)), [202]);
+    assert_eq!(net.nodes[0].store.offline_count(2), 1);
+}
+
+#[test]
+fn a_dead_node_s_users_go_offline_and_a_snapshot_sets_things_right() {
+    let mut net = Net::new(2);
+    registered(&mut net, &[1, 2, 3]);
+    let c1 = net.login(0, 1);
+    let _c2 = net.login(1, 2);
+    net.recv(0, c1);
+    // b stops beating: only a is alive.
+    net.nodes[0].cluster(Input::LiveNodes(vec!["a".into()]));
+    assert_eq!(net.recv(0, c1), [notify(2, 1)]);
+    net.nodes[0].send(c1, &ClientMessage::OnlineUsers);
+    assert!(
+        matches!(&net.recv(0, c1)[..], [ServerMessage::OnlineUsersRes(r)] if r.users.len() == 1)
+    );
+    // Private messages to 2 are now stored.
+    net.nodes[0].send(c1, &private(2, "later"));
+    net.nodes[0].run_jobs();
+    assert_eq!(sms_code(&net.recv(0, c1)), [202]);
+    // After a lost link, a snapshot brings the picture back: 3 online on b.
+    net.nodes[0].cluster(Input::Link(false));
+    net.nodes[0].cluster(Input::Link(true));
+    net.nodes[0].cluster(Input::Snapshot(vec![
+        PresenceEntry {
+            node: "a".into(),
+            user: 1,
+            name: "u1".into(),
+            session: 1,
+        },
+        PresenceEntry {
+            node: "b".into(),
+            user: 3,
+            name: "u3".into(),
+            session: 7,
+        },
+    ]));
+    assert_eq!(net.recv(0, c1), [notify(3, 0)]);
+    // A node that restarts says so: what was known of it is gone.
+    net.nodes[0].cluster(Input::Event(Event::Reset { node: "b".into() }));
+    assert_eq!(net.recv(0, c1), [notify(3, 1)]);
+}

@@ -1,0 +1,203 @@
+//! Several chat servers on one Redis are one chat: each test starts its own
+//! `redis-server` and two or three `chat-server` nodes (free loopback ports, their own
+//! temporary directories) and checks what users see across them.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+/// A node on `r`, with a short node timeout so that a dead node is noticed quickly.
+fn node(r: &RedisProc, extra: &[&str]) -> (ServerProc, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = r.url();
+    let mut args = vec!["--redis", url.as_str(), "--node-timeout", "2"];
+    args.extend_from_slice(extra);
+    let mut s = ServerProc::start(dir.path(), &args);
+    s.wait_log("cluster: linked to Redis");
+    (s, dir)
+}
+
+/// Waits for a status notice about `id`, skipping anything else.
+fn notice(c: &mut SeedClient, id: i64, status: i64) {
+    loop {
+        let g = c.recv();
+        if g.kind == "NotifyUserStatusMes" && g.data["userId"] == id && g.data["status"] == status {
+            return;
+        }
+    }
+}
+
+fn online_ids(c: &mut SeedClient) -> Vec<i64> {
+    c.send("OnlineUsersMes", json!({}));
+    let (g, _) = c.recv_until("OnlineUsersResMes");
+    g.data["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["userId"].as_i64().unwrap())
+        .collect()
+}
+
+#[test]
+fn presence_group_and_private_messages_cross_nodes() {
+    let r = RedisProc::start(false);
+    let (a, _da) = node(&r, &[]);
+    let (b, _db) = node(&r, &[]);
+    let mut one = online(&a, 1);
+    let mut two = online(&b, 2);
+    notice(&mut one, 2, 0);
+    assert_eq!(online_ids(&mut one), [1, 2]);
+    assert_eq!(online_ids(&mut two), [1, 2]);
+    // A login on a lists the users of b too.
+    let mut three = online(&a, 3);
+    notice(&mut two, 3, 0);
+    notice(&mut one, 3, 0);
+    // Group: once each, everywhere, never back to the sender, in order.
+    for i in 0..5 {
+        two.send("SmsMes", json!({ "content": format!("g{i}") }));
+    }
+    for c in [&mut one, &mut three] {
+        for i in 0..5 {
+            let (g, _) = c.recv_until("SmsMes");
+            assert_eq!(g.data["content"], format!("g{i}"));
+            assert_eq!(g.data["userId"], 2);
+        }
+    }
+    two.expect_nothing_pending();
+    // Private to a user on the other node: delivered, 200.
+    one.send("SmsPrivateMes", json!({"toUserId": 2, "content": "psst"}));
+    assert_eq!(one.recv_until("SmsResMes").0.data["code"], 200);
+    let (p, _) = two.recv_until("SmsPrivateMes");
+    assert_eq!(
+        (p.data["content"].clone(), p.data["userId"].clone()),
+        (json!("psst"), json!(1))
+    );
+    // Logout on b: offline on a.
+    two.send("LogoutMes", json!({}));
+    notice(&mut one, 2, 1);
+    assert_eq!(online_ids(&mut one), [1, 3]);
+}
+
+#[test]
+fn one_session_per_user_across_nodes_without_flicker() {
+    let r = RedisProc::start(false);
+    let (a, _da) = node(&r, &[]);
+    let (b, _db) = node(&r, &[]);
+    let mut watcher = online(&a, 9);
+    let mut first = online(&a, 1);
+    notice(&mut watcher, 1, 0);
+    let mut second = b.connect();
+    assert_eq!(second.login(1, "pw1").data["code"], 200);
+    let closed = first.expect_closed();
+    assert!(
+        closed
+            .iter()
+            .any(|g| g.kind == "ErrorResMes" && g.data["code"] == 409),
+        "{closed:?}"
+    );
+    // The watcher saw no offline/online flicker: the next thing it hears is a pong.
+    watcher.expect_nothing_pending();
+    assert_eq!(online_ids(&mut watcher), [1, 9]);
+    // Two logins of one user at once on two nodes: exactly one session is left.
+    let mut x = a.connect();
+    let mut y = b.connect();
+    x.send("LoginMes", json!({"userId": 9, "userPwd": "pw9"}));
+    y.send("LoginMes", json!({"userId": 9, "userPwd": "pw9"}));
+    assert_eq!(x.recv_until("LoginResMes").0.data["code"], 200);
+    assert_eq!(y.recv_until("LoginResMes").0.data["code"], 200);
+    drop(watcher);
+    // The login Redis ordered first loses: its session gets 409 and is closed, once
+    // its node hears of the other. Until then both answer pings.
+    let deadline = std::time::Instant::now() + WAIT;
+    let survivor = loop {
+        let answers = |c: &mut SeedClient| {
+            c.send("PingMes", json!({}));
+            while let Some(g) = c.try_recv() {
+                if g.kind == "PongMes" {
+                    return true;
+                }
+            }
+            false
+        };
+        match (answers(&mut x), answers(&mut y)) {
+            (true, false) => break x,
+            (false, true) => break y,
+            (false, false) => panic!("both sessions were closed"),
+            (true, true) => {}
+        }
+        assert!(std::time::Instant::now() < deadline, "both sessions stayed");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut survivor = survivor;
+    survivor.expect_nothing_pending();
+}
+
+#[test]
+fn a_killed_node_s_users_go_offline_and_their_messages_are_stored() {
+    let r = RedisProc::start(false);
+    let (a, _da) = node(&r, &[]);
+    let (b, db) = node(&r, &["--node-id", "bee"]);
+    let mut one = online(&a, 1);
+    let _two = online(&b, 2);
+    notice(&mut one, 2, 0);
+    b.kill_hard();
+    // Within the node timeout (2 s) plus a beat, 2 is offline on a.
+    notice(&mut one, 2, 1);
+    one.send(
+        "SmsPrivateMes",
+        json!({"toUserId": 2, "content": "while away"}),
+    );
+    assert_eq!(one.recv_until("SmsResMes").0.data["code"], 202);
+    // b restarts under its name: it starts clean, and 2 gets the message there.
+    let url = r.url();
+    let mut b = ServerProc::start(
+        db.path(),
+        &[
+            "--redis",
+            url.as_str(),
+            "--node-timeout",
+            "2",
+            "--node-id",
+            "bee",
+        ],
+    );
+    b.wait_log("cluster: linked to Redis");
+    let mut two = b.connect();
+    assert_eq!(two.login(2, "pw2").data["code"], 200);
+    let (p, _) = two.recv_until("SmsPrivateMes");
+    assert_eq!(p.data["content"], "while away");
+    assert_eq!(p.data["offline"], true);
+    notice(&mut one, 2, 0);
+}
+
+#[test]
+fn a_node_that_lost_redis_resynchronises_when_it_is_back() {
+    // No persistence: the Redis that comes back knows nothing; the nodes rebuild it.
+    let mut r = RedisProc::start(false);
+    let (mut a, _da) = node(&r, &[]);
+    let (b, _db) = node(&r, &[]);
+    let mut one = online(&a, 1);
+    let mut two = online(&b, 2);
+    notice(&mut one, 2, 0);
+    r.kill();
+    // Each node serves its own users meanwhile.
+    one.send("PingMes", json!({}));
+    one.recv_until("PongMes");
+    r.restart();
+    // The nodes said so, and keep going.
+    a.wait_log("cluster: Redis at");
+    // Once both are back, every node's list is the same and complete.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (x, y) = (online_ids(&mut one), online_ids(&mut two));
+        if x == [1, 2] && y == [1, 2] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "lists {x:?} and {y:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
