@@ -11,13 +11,15 @@
 # reconnect storm: 10,000 registered users logging back in at once (about 10 minutes).
 # BASELINE=path/to/an/older/chat-server runs every chat shape against that binary too,
 # right after this one (reported as target "baseline"): a before/after in one run.
+# CLUSTER=1 adds the light-load shape on one node, on two nodes sharing one Redis (half
+# the receivers on each) and on Redis pub/sub alone. MAIN=0 skips the usual shapes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS="${1:-3}"
 B=target/release
 cargo build --release -q -p chat -p chat-bench
 TMP="$(mktemp -d)"
-trap 'pkill -f "chat-server --listen 127.0.0.1:1900" || true; pkill -f "redis-server.*1900" || true; rm -rf "$TMP"' EXIT
+trap 'pkill -f "chat-server --listen 127.0.0.1:190" || true; pkill -f "redis-server.*190" || true; rm -rf "$TMP"' EXIT
 
 # The chat server on a fresh data directory, with no rate limits (the bench is one
 # address sending flat out) and the default argon2id cost unless flags say otherwise.
@@ -69,6 +71,7 @@ chat_storm() {
 
 exec > >(tee "$TMP/out.txt")
 for run in $(seq "$RUNS"); do
+    [ "${MAIN:-1}" = 0 ] && break
     for shape in "100 10" "100 1" "1000 10" "1000 1"; do
         set -- $shape
         echo "### run $run fanout N=$1 P=$2"
@@ -86,6 +89,37 @@ for run in $(seq "$RUNS"); do
     echo "### run $run login storm K=1000 (default argon2id) during a fan-out at 5000 msg/s"
     both chat_storm
 done
+
+if [ "${CLUSTER:-0}" = 1 ]; then
+    # Two chat nodes on one Redis (all three on CPU 0), half the receivers on each,
+    # the publishers on the first: at 2,000 msg/s x 100 receivers, beside one node and
+    # Redis pub/sub alone at the same rate.
+    for run in $(seq "$RUNS"); do
+        echo "### run $run light load 2000 msg/s N=100 P=10, one node"
+        chat_fanout -n 100 -p 10 --rate 2000 -d 5
+        echo "### run $run light load 2000 msg/s N=100 P=10, two nodes"
+        taskset -c 0 redis-server --port 19003 --bind 127.0.0.1 --save "" --appendonly no \
+            >/dev/null 2>&1 &
+        CLUSTER_REDIS=$!
+        until redis-cli -p 19003 ping >/dev/null 2>&1; do sleep 0.05; done
+        for n in 1 2; do
+            rm -rf "$TMP/node$n"; mkdir -p "$TMP/node$n"
+            taskset -c 0 $B/chat-server --listen "127.0.0.1:1901$n" --data "$TMP/node$n" \
+                --redis redis://127.0.0.1:19003 --msg-rate 0 --login-rate 0 \
+                --max-conns-per-addr 0 --argon2-memory-kib 64 --argon2-passes 1 \
+                --max-outbuf 33554432 --log-level warn 2>"$TMP/node$n.log" &
+            eval "NODE$n=\$!"
+            until ss -ltn | grep -q ":1901$n "; do sleep 0.05; done
+        done
+        bench fanout --target chat --addr 127.0.0.1:19011 --addr2 127.0.0.1:19012 \
+            -n 100 -p 10 --rate 2000 -d 5
+        echo "  redis messages  $(redis-cli -p 19003 info stats | grep -E '^total_commands_processed' | tr -d '\r')"
+        kill "$NODE1" "$NODE2"; wait "$NODE1" "$NODE2" 2>/dev/null || true
+        kill "$CLUSTER_REDIS"; wait "$CLUSTER_REDIS" 2>/dev/null || true
+        echo "### run $run light load 2000 msg/s N=100 P=10, redis"
+        redis_up; bench fanout --target redis --addr 127.0.0.1:19002 -n 100 -p 10 --rate 2000 -d 5; down
+    done
+fi
 
 if [ "${RECONNECT:-0}" = 1 ]; then
     echo "### reconnect storm: 10,000 users log back in at once and stay (default argon2id)"

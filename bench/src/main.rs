@@ -103,6 +103,10 @@ pub(crate) struct FanoutArgs {
     /// Parse one received frame in this many for latency.
     #[arg(long, default_value_t = 16)]
     sample: u64,
+    /// Another node of the same chat (several servers on one Redis): every other
+    /// receiver connects there, so its messages cross from node to node.
+    #[arg(long, value_name = "ADDR")]
+    addr2: Option<SocketAddr>,
 }
 
 #[derive(Args, Clone)]
@@ -558,7 +562,11 @@ pub(crate) fn fleet_for(a: &FanoutArgs, extra_buf: bool) -> Res<Fleet> {
         } else {
             Role::Publisher
         };
-        let i = f.add(a.common.addr, role)?;
+        let addr = match a.addr2 {
+            Some(other) if role == Role::Receiver && k % 2 == 1 => other,
+            _ => a.common.addr,
+        };
+        let i = f.add(addr, role)?;
         f.join(i, a.common.base_id + k as i64, true);
         if k % 100 == 99 {
             f.run_until(Duration::ZERO, |_| false)?;
