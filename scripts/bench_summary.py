@@ -35,7 +35,9 @@ def main():
             continue
         m = re.match(r"^(fanout|idle) target=(\w+)", line)
         if m:
-            target = "baseline" if baseline else m.group(2).lower()
+            target = m.group(2).lower()
+            if baseline and target == "chat":
+                target = "baseline"
             continue
         if shape is None:
             continue

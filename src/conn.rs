@@ -25,7 +25,7 @@ use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::rc::Rc;
 
-use crate::offline::Offline;
+use crate::offline::OfflineSlot;
 use crate::rate::Bucket;
 
 /// A connection's identity: its slab key plus a generation, so that a late event or
@@ -70,16 +70,14 @@ pub enum Flush {
 pub struct OutQueue {
     chunks: VecDeque<Rc<[u8]>>,
     /// Bytes of the front chunk already written.
-    head_written: usize,
-    /// Bytes queued and not yet written.
-    bytes: usize,
+    head_written: u32,
     /// Bytes ever queued.
     queued_total: u64,
     /// Bytes ever written.
     written_total: u64,
     /// A direct answer to the client's own request, queued and not yet written, is
     /// not counted against the limit: its size, and where it ends in `queued_total`.
-    reply_len: usize,
+    reply_len: u32,
     reply_end: u64,
 }
 
@@ -113,7 +111,7 @@ impl OutQueue {
         if self.counted() > limit {
             return Err(Overflow);
         }
-        self.reply_len = frame.len();
+        self.reply_len = frame.len() as u32;
         self.push_unchecked(frame);
         self.reply_end = self.queued_total;
         Ok(())
@@ -126,14 +124,13 @@ impl OutQueue {
     /// Bytes queued that count against the limit.
     fn counted(&self) -> usize {
         if self.reply_pending() {
-            self.bytes.saturating_sub(self.reply_len)
+            self.len_bytes().saturating_sub(self.reply_len as usize)
         } else {
-            self.bytes
+            self.len_bytes()
         }
     }
 
     fn push_unchecked(&mut self, frame: Rc<[u8]>) {
-        self.bytes += frame.len();
         self.queued_total += frame.len() as u64;
         self.chunks.push_back(frame);
     }
@@ -149,11 +146,11 @@ impl OutQueue {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.bytes == 0
+        self.queued_total == self.written_total
     }
 
     pub fn len_bytes(&self) -> usize {
-        self.bytes
+        (self.queued_total - self.written_total) as usize
     }
 
     /// Writes as much as `write` takes, until the queue is empty or `write` reports
@@ -184,7 +181,7 @@ impl OutQueue {
             let mut copied_from = 0;
             for (i, c) in self.chunks.iter().enumerate() {
                 let bytes = if i == 0 {
-                    &c[self.head_written..]
+                    &c[self.head_written as usize..]
                 } else {
                     &c[..]
                 };
@@ -214,7 +211,7 @@ impl OutQueue {
             for (slot, p) in iov.iter_mut().zip(&parts[..n_parts]) {
                 *slot = match *p {
                     Part::Copied(a, b) => IoSlice::new(&scratch[a..b]),
-                    Part::Chunk(0) => IoSlice::new(&self.chunks[0][self.head_written..]),
+                    Part::Chunk(0) => IoSlice::new(&self.chunks[0][self.head_written as usize..]),
                     Part::Chunk(i) => IoSlice::new(&self.chunks[i]),
                 };
             }
@@ -231,17 +228,16 @@ impl OutQueue {
     }
 
     fn consume(&mut self, mut n: usize) {
-        self.bytes -= n;
         self.written_total += n as u64;
         while n > 0 {
             let front = self.chunks.front().expect("wrote more than was queued");
-            let left = front.len() - self.head_written;
+            let left = front.len() - self.head_written as usize;
             if n >= left {
                 n -= left;
                 self.head_written = 0;
                 self.chunks.pop_front();
             } else {
-                self.head_written += n;
+                self.head_written += n as u32;
                 n = 0;
             }
         }
@@ -258,8 +254,7 @@ impl OutQueue {
     /// Removes and returns every queued frame (for tests and state-machine drivers that
     /// have no socket). A partly written front frame is returned whole.
     pub fn drain_frames(&mut self) -> Vec<Rc<[u8]>> {
-        self.written_total += self.bytes as u64;
-        self.bytes = 0;
+        self.written_total = self.queued_total;
         self.head_written = 0;
         std::mem::take(&mut self.chunks).into_iter().collect()
     }
@@ -309,9 +304,11 @@ pub struct Conn {
     pub(super) login_failures: u32,
     /// Largest frame body this client reads (`maxFrame`; a seed client's limit until
     /// it says otherwise).
-    pub(super) max_frame_out: usize,
+    pub(super) max_frame_out: u32,
+    /// The earliest deadline of this connection in the hub's timer heap (0: none).
+    pub(super) armed_ms: u64,
     /// Delivery of its stored private messages, once online.
-    pub(super) offline: Offline,
+    pub(super) offline: OfflineSlot,
 }
 
 /// How a closing connection goes.
@@ -338,9 +335,20 @@ impl Conn {
             out: OutQueue::default(),
             login_clock_ms: now_ms,
             login_failures: 0,
-            max_frame_out: crate::proto::SEED_MAX_FRAME,
-            offline: Offline::new(false),
+            max_frame_out: crate::proto::SEED_MAX_FRAME as u32,
+            armed_ms: 0,
+            offline: OfflineSlot::new(false),
         }
+    }
+
+    /// Largest frame body this client reads.
+    pub fn max_frame(&self) -> usize {
+        self.max_frame_out as usize
+    }
+
+    /// The client declared `maxFrame`: never less than a seed client reads.
+    pub(super) fn set_max_frame(&mut self, n: u32) {
+        self.max_frame_out = n.max(crate::proto::SEED_MAX_FRAME as u32);
     }
 
     pub fn generation(&self) -> u32 {

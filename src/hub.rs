@@ -185,9 +185,9 @@ pub struct Hub {
     deadlines: BinaryHeap<Deadline>,
     /// Connections open per client address (IPv6: per /64).
     per_addr: HashMap<IpAddr, u32>,
-    /// Logins in flight, by user: a message stored for one of them meanwhile is
-    /// fetched once it is online.
-    logging_in: HashMap<i64, Vec<ConnRef>>,
+    /// Logins in flight, counted by user: a message stored for one of them meanwhile
+    /// is fetched once it is online.
+    logging_in: HashMap<i64, u32>,
     /// Hash-costing requests per client address.
     pub(crate) login_limits: PerAddr,
     /// Users who went offline this turn, not yet announced.
@@ -410,15 +410,22 @@ impl Hub {
                 break;
             }
             self.deadlines.pop();
-            let Some(c) = self.conns.get(key).filter(|c| c.generation == generation) else {
+            let Some(c) = self
+                .conns
+                .get_mut(key)
+                .filter(|c| c.generation == generation && c.armed_ms == at)
+            else {
+                // Gone, or superseded by an earlier deadline of the same connection.
                 continue;
             };
+            c.armed_ms = 0;
+            let c = &self.conns[key];
             match c.closing {
                 Some(cl) if now.mono_ms >= cl.deadline_ms => {
                     log::debug!("conn {key}: close deadline passed");
                     self.close(key, false, "could not write its last frames in time", now);
                 }
-                Some(_) => {}
+                Some(cl) => self.arm(key, generation, cl.deadline_ms),
                 None if c.is_online() || matches!(c.pending, Some(Pending::Login { .. })) => {
                     // Logged in (or a login in flight, whose result decides): no
                     // login timeout. A failed login arms it again.
@@ -465,12 +472,13 @@ impl Hub {
         self.jobs.pop_front()
     }
 
-    /// When the hub next needs the loop, on the monotonic clock: now if jobs, writes,
-    /// closes or departures wait; otherwise the next login timeout, close deadline or
-    /// housekeeping; `None` if nothing at all is due.
+    /// When the hub next needs the loop, on the monotonic clock: now if jobs, reads
+    /// or events to publish wait; otherwise the next login timeout, close deadline or
+    /// housekeeping; `None` if nothing at all is due. Output waiting to be written is
+    /// not counted here: when to write is the reactor's call (`has_output`, the flush
+    /// interval).
     pub fn poll_timeout(&self, now: Now) -> Option<u64> {
         if !self.jobs.is_empty()
-            || self.has_output()
             || !self.reads.is_empty()
             || self.cluster.as_ref().is_some_and(|c| !c.out.is_empty())
         {
@@ -532,7 +540,7 @@ impl Hub {
             }
             self.go_offline(r.key, now);
             let conn = self.conns.remove(r.key);
-            self.forget(r.key, &conn);
+            self.forget(&conn);
             self.stats.closed += 1;
             self.settle(now);
             return Some(r);
@@ -621,14 +629,13 @@ impl Hub {
             // by a write that blocked (the socket's writable edge brings it).
         }
         assert_eq!(self.per_addr, per_addr, "per-address counts");
-        for (user, rs) in &self.logging_in {
-            for r in rs {
-                let c = self
-                    .get(*r)
-                    .expect("a login in flight on a connection that has gone");
-                assert_eq!(c.pending, Some(Pending::Login { user_id: *user }));
+        let mut logging_in: HashMap<i64, u32> = HashMap::new();
+        for (_, c) in &self.conns {
+            if let Some(Pending::Login { user_id }) = c.pending {
+                *logging_in.entry(user_id).or_default() += 1;
             }
         }
+        assert_eq!(self.logging_in, logging_in, "logins in flight");
         // A request waits on a store job, or on another node's answer.
         let remote = self.cluster.as_ref().map_or(0, |c| {
             c.pending
@@ -653,18 +660,23 @@ impl Hub {
 
     // ----- the machinery the handlers use ----------------------------------------------
 
+    /// Puts a deadline of connection `key` in the heap, unless an earlier one is
+    /// there already (that one, when it comes, looks again at what is due): one entry
+    /// per connection, not one per event.
     fn arm(&mut self, key: usize, generation: u32, at_ms: u64) {
+        let at_ms = at_ms.max(1);
+        let c = &mut self.conns[key];
+        if c.armed_ms != 0 && c.armed_ms <= at_ms {
+            return;
+        }
+        c.armed_ms = at_ms;
         self.deadlines.push(Reverse((at_ms, key, generation)));
     }
 
     /// A connection's state is gone: its address count and logins in flight with it.
-    fn forget(&mut self, key: usize, conn: &Conn) {
+    fn forget(&mut self, conn: &Conn) {
         if let Some(Pending::Login { user_id }) = conn.pending {
-            let r = ConnRef {
-                key,
-                generation: conn.generation,
-            };
-            self.unmark_login(r, user_id);
+            self.unmark_login(user_id);
         }
         let addr = addr_key(conn.peer.ip());
         if let Some(n) = self.per_addr.get_mut(&addr) {
@@ -683,6 +695,13 @@ impl Hub {
     /// Gives back idle buffers, forgets full per-address buckets and logs the summary.
     fn housekeeping(&mut self, now: Now) {
         self.next_housekeeping_ms = now.mono_ms + HOUSEKEEPING_MS;
+        // Give back what a burst (a storm of logins) left in the bookkeeping.
+        if self.deadlines.len() < self.deadlines.capacity() / 4 {
+            self.deadlines.shrink_to_fit();
+        }
+        if self.logging_in.len() < self.logging_in.capacity() / 4 {
+            self.logging_in.shrink_to_fit();
+        }
         self.login_limits.prune(now.mono_ms, self.cfg.login_rate);
         for (_, c) in &mut self.conns {
             c.shrink_idle();
@@ -887,9 +906,8 @@ impl Hub {
 
     /// A login is in flight for `user_id` on `key`.
     pub(crate) fn login_started(&mut self, key: usize, user_id: i64) {
-        let r = self.conn_ref(key);
         self.conns[key].pending = Some(Pending::Login { user_id });
-        self.logging_in.entry(user_id).or_default().push(r);
+        *self.logging_in.entry(user_id).or_default() += 1;
     }
 
     /// The login job for `r` has come back, whatever its outcome (or `r` has gone).
@@ -897,13 +915,13 @@ impl Hub {
         let Some(Pending::Login { user_id }) = self.get(r).and_then(|c| c.pending) else {
             return;
         };
-        self.unmark_login(r, user_id);
+        self.unmark_login(user_id);
     }
 
-    fn unmark_login(&mut self, r: ConnRef, user_id: i64) {
-        if let Some(rs) = self.logging_in.get_mut(&user_id) {
-            rs.retain(|x| *x != r);
-            if rs.is_empty() {
+    fn unmark_login(&mut self, user_id: i64) {
+        if let Some(n) = self.logging_in.get_mut(&user_id) {
+            *n -= 1;
+            if *n == 0 {
                 self.logging_in.remove(&user_id);
             }
         }
@@ -918,8 +936,13 @@ impl Hub {
             .map(|e| e.conn.key)
             .into_iter()
             .collect();
-        if let Some(rs) = self.logging_in.get(&user_id) {
-            keys.extend(rs.iter().filter(|r| self.get(**r).is_some()).map(|r| r.key));
+        if self.logging_in.contains_key(&user_id) {
+            // Rare (a message stored for a user at the moment they log in): a scan.
+            keys.extend(
+                self.conns.iter().filter_map(|(k, c)| {
+                    (c.pending == Some(Pending::Login { user_id })).then_some(k)
+                }),
+            );
         }
         for key in keys {
             let conn = &mut self.conns[key];
@@ -1020,7 +1043,7 @@ impl Hub {
             if Some(e.conn.key) == except {
                 continue;
             }
-            if fit::fits(full, out.conns[e.conn.key].max_frame_out) {
+            if fit::fits(full, out.conns[e.conn.key].max_frame()) {
                 out.deliver(e.conn.key, full, false);
             } else {
                 cut_for += 1;
@@ -1148,13 +1171,13 @@ impl Outputs<'_> {
         if matches!(conn.closing, Some(Closing { flush: false, .. })) {
             return false;
         }
-        if !fit::fits(frame, conn.max_frame_out) {
+        if !fit::fits(frame, conn.max_frame()) {
             // Callers fit what they send; this is the last guard, so that no frame
             // ever crashes a client that cannot read it.
             log::warn!(
                 "conn {key}: a frame of {} bytes withheld: the client reads at most {}",
                 frame.len() - proto::HEADER_LEN,
-                conn.max_frame_out
+                conn.max_frame()
             );
             return true;
         }

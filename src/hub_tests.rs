@@ -1434,3 +1434,17 @@ fn a_seed_client_can_log_in_with_hundreds_online_with_long_names() {
     assert_eq!(res.users_id.len(), n as usize + 1);
     assert_eq!(res.users.len(), n as usize + 1);
 }
+
+/// Output waiting for the next round of writes is the reactor's to time (the flush
+/// interval); the hub does not ask for the loop at once for it, or the loop would
+/// spin until the round is due.
+#[test]
+fn queued_output_alone_does_not_wake_the_loop() {
+    let mut t = h();
+    let [a, _b] = t.everyone_online([1, 2]);
+    // Straight into the hub, as the reactor does, with the writes not yet taken.
+    t.hub.handle_input(a, &sms("hello").encode(), t.now);
+    assert!(t.hub.has_output(), "a round of writes is asked for");
+    let at = t.hub.poll_timeout(t.now).unwrap();
+    assert!(at > t.now.mono_ms, "no wake-up at once for queued output");
+}

@@ -84,6 +84,17 @@ impl Offline {
         !self.marks.is_empty()
     }
 
+    /// Nothing under way, nothing waiting, nothing remembered that a later batch
+    /// needs: the state can be dropped.
+    pub fn is_settled(&self) -> bool {
+        self.step == Step::Idle
+            && self.marks.is_empty()
+            && !self.more
+            && !self.recheck
+            && self.seen <= self.removed
+            && self.reached <= self.removed
+    }
+
     /// A fetch was handed to the store.
     pub fn fetching(&mut self) {
         self.step = Step::Fetching;
@@ -215,6 +226,101 @@ impl Offline {
     }
 }
 
+/// A connection's offline delivery, allocated only while there is something to do:
+/// most connections never have stored messages, and an idle one holds nothing.
+#[derive(Debug, Default)]
+pub struct OfflineSlot {
+    state: Option<Box<Offline>>,
+    client_acks: bool,
+}
+
+impl OfflineSlot {
+    pub fn new(client_acks: bool) -> OfflineSlot {
+        OfflineSlot {
+            state: None,
+            client_acks,
+        }
+    }
+
+    fn get(&mut self) -> &mut Offline {
+        let acks = self.client_acks;
+        self.state
+            .get_or_insert_with(|| Box::new(Offline::new(acks)))
+    }
+
+    /// Gives the state back once nothing is under way or remembered.
+    fn tidy(&mut self, action: Action) -> Action {
+        if self.state.as_ref().is_some_and(|o| o.is_settled()) {
+            self.state = None;
+        }
+        action
+    }
+
+    pub fn already_seen(&self, seq: u64) -> bool {
+        self.state.as_ref().is_some_and(|o| o.already_seen(seq))
+    }
+
+    pub fn unwritten(&self) -> bool {
+        self.state.as_ref().is_some_and(|o| o.unwritten())
+    }
+
+    pub fn on_close(&self) -> Option<u64> {
+        self.state.as_ref().and_then(|o| o.on_close())
+    }
+
+    pub fn queued(&mut self, seq: u64, queued_total: u64) {
+        self.get().queued(seq, queued_total);
+    }
+
+    pub fn batch_done(&mut self, skipped: bool, full: bool) -> Action {
+        if self.state.is_none() && !skipped && !full {
+            // An empty batch (most logins): nothing to remember, nothing to allocate.
+            return Action::None;
+        }
+        let a = self.get().batch_done(skipped, full);
+        self.tidy(a)
+    }
+
+    pub fn written(&mut self, written_total: u64) -> Action {
+        match self.state.as_mut() {
+            Some(o) => {
+                let a = o.written(written_total);
+                self.tidy(a)
+            }
+            None => Action::None,
+        }
+    }
+
+    pub fn client_ack(&mut self, upto: u64) -> Action {
+        match self.state.as_mut() {
+            Some(o) => {
+                let a = o.client_ack(upto);
+                self.tidy(a)
+            }
+            None => Action::None,
+        }
+    }
+
+    pub fn ack_done(&mut self, upto: u64, ok: bool) -> Action {
+        let a = self.get().ack_done(upto, ok);
+        self.tidy(a)
+    }
+
+    pub fn fetch_failed(&mut self) -> Action {
+        let a = self.get().fetch_failed();
+        self.tidy(a)
+    }
+
+    pub fn poke(&mut self) -> Action {
+        let a = self.get().poke();
+        self.tidy(a)
+    }
+
+    pub fn poke_later(&mut self) {
+        self.get().poke_later();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,6 +409,25 @@ mod tests {
         o.poke_later();
         // The login's own batch was empty (fetched before the message was stored).
         assert_eq!(o.batch_done(false, false), Action::Fetch);
+    }
+
+    #[test]
+    fn the_slot_holds_memory_only_while_something_is_under_way() {
+        let mut s = OfflineSlot::new(false);
+        assert_eq!(s.written(100), Action::None);
+        assert!(s.state.is_none());
+        s.queued(1, 10);
+        assert_eq!(s.batch_done(false, false), Action::None);
+        assert!(s.state.is_some());
+        assert_eq!(s.written(10), Action::Ack(1));
+        assert_eq!(s.ack_done(1, true), Action::None);
+        assert!(s.state.is_none(), "all removed: nothing kept");
+        // A failed removal is remembered, so a refetch shows nothing twice.
+        s.queued(2, 20);
+        s.batch_done(false, false);
+        s.written(20);
+        s.ack_done(2, false);
+        assert!(s.already_seen(2));
     }
 
     #[test]

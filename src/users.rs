@@ -33,9 +33,10 @@ pub const MAX_PASSWORD_BYTES: usize = 256;
 /// Reading: a `userPwd` that starts with `$argon2`, or equals `pwdHash`, is a hash;
 /// otherwise a non-empty `pwdHash` is the hash (a record written by an earlier version
 /// of this server, which left `userPwd` out: [`stale_shape`](Self::stale_shape));
-/// otherwise `userPwd` is seed plaintext. Writing: the hash goes in `userPwd` and in
-/// `pwdHash` (so that nodes of the earlier version sharing the store still read it),
-/// plus `regToken` when set. Every other field is kept as found ([`extra`](Self::extra)).
+/// otherwise `userPwd` is seed plaintext. Writing: the hash goes in `userPwd` (and in
+/// `pwdHash` too only if it is not an argon2 hash, which `userPwd` alone would not
+/// show to be one), plus `regToken` when set. Every other field is kept as found
+/// ([`extra`](Self::extra)).
 #[derive(Clone, PartialEq, Eq, Default)]
 pub struct UserRecord {
     pub id: i64,
@@ -71,6 +72,8 @@ const F_ID: &str = "userId";
 const F_NAME: &str = "userName";
 const F_PWD: &str = "userPwd";
 const F_HASH: &str = "pwdHash";
+/// How a PHC string of argon2 begins.
+const ARGON2: &str = "$argon2";
 const F_TOKEN: &str = "regToken";
 
 impl Serialize for UserRecord {
@@ -88,7 +91,10 @@ impl Serialize for UserRecord {
         for (k, v) in &self.extra {
             m.serialize_entry(k, v)?;
         }
-        if !self.pwd_hash.is_empty() {
+        if !self.pwd_hash.is_empty() && !self.pwd_hash.starts_with(ARGON2) {
+            // A hash `userPwd` alone would not be read as one (another scheme, as in
+            // the tests): said again in `pwdHash`, which marks it. An argon2id hash is
+            // recognised by itself and is not stored twice.
             m.serialize_entry(F_HASH, &self.pwd_hash)?;
         }
         if !self.reg_token.is_empty() {
@@ -117,7 +123,7 @@ impl<'de> Deserialize<'de> for UserRecord {
         let pwd = text(F_PWD)?;
         let hash = text(F_HASH)?;
         let reg_token = text(F_TOKEN)?;
-        let (pwd_hash, legacy_pwd, stale_shape) = if pwd.starts_with("$argon2") || pwd == hash {
+        let (pwd_hash, legacy_pwd, stale_shape) = if pwd.starts_with(ARGON2) || pwd == hash {
             (pwd, String::new(), false)
         } else if !hash.is_empty() {
             (hash, String::new(), true)
@@ -564,7 +570,7 @@ mod tests {
         };
         assert_eq!(
             ours.to_json(),
-            r#"{"userId":1,"userPwd":"$argon2id$x","userName":"a","pwdHash":"$argon2id$x","regToken":"t"}"#
+            r#"{"userId":1,"userPwd":"$argon2id$x","userName":"a","regToken":"t"}"#
         );
         assert_eq!(UserRecord::from_json(&ours.to_json()).unwrap(), ours);
         // Any hash scheme round-trips: `userPwd` equal to `pwdHash` is a hash.

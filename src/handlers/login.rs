@@ -11,8 +11,8 @@ use crate::conn::Session;
 use crate::fit;
 use crate::hub::{Hub, Now};
 use crate::job::{JobKind, LoginError, LoginOk};
-use crate::offline::Offline;
-use crate::proto::{self, LoginMes, LoginResMes, NotifyUserStatusMes, ServerMessage, code, status};
+use crate::offline::OfflineSlot;
+use crate::proto::{LoginMes, LoginResMes, NotifyUserStatusMes, ServerMessage, code, status};
 use crate::users::{MAX_PASSWORD_BYTES, OnlineEntry};
 
 /// The refusal text for a login or registration that would wait too long: when to try
@@ -73,10 +73,10 @@ impl Hub {
             Ok(()) => {
                 self.login_started(key, user_id);
                 let conn = &mut self.conns[key];
-                conn.offline = Offline::new(m.ack_offline);
-                conn.max_frame_out = m.max_frame.map_or(proto::SEED_MAX_FRAME, |n| {
-                    (n as usize).max(proto::SEED_MAX_FRAME)
-                });
+                conn.offline = OfflineSlot::new(m.ack_offline);
+                if let Some(n) = m.max_frame {
+                    conn.set_max_frame(n);
+                }
             }
             Err(wait_ms) => {
                 let (text, secs) = self.refuse_busy(key, wait_ms, now);
@@ -203,7 +203,7 @@ impl Hub {
             }
         }
         self.cluster_login(ok.user_id, &name);
-        let frame = self.login_reply(ok.user_id, self.conns[key].max_frame_out);
+        let frame = self.login_reply(ok.user_id, self.conns[key].max_frame());
         self.reply_frame(key, frame);
         let batch = self.cfg.offline_batch;
         self.deliver_offline(key, ok.offline, batch);

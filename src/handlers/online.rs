@@ -10,7 +10,7 @@ impl Hub {
     /// and as many others as fit.
     pub(crate) fn handle_online_users(&mut self, key: usize) {
         let users = self.all_infos();
-        let limit = self.conns[key].max_frame_out;
+        let limit = self.conns[key].max_frame();
         let encode = |users: Vec<UserInfo>| {
             ServerMessage::OnlineUsersRes(OnlineUsersResMes { users }).encode()
         };

@@ -65,7 +65,7 @@ impl Hub {
                 if cut {
                     let text = format!(
                         "delivered cut short: the recipient's client reads at most {} bytes",
-                        self.conns[to].max_frame_out
+                        self.conns[to].max_frame()
                     );
                     self.sms_res_id(key, code::PARTIAL, &text, msg_id);
                 } else {
@@ -219,7 +219,7 @@ impl Hub {
         m: &OfflineMsg,
         offline_id: Option<u64>,
     ) -> (Vec<u8>, bool) {
-        let limit = self.conns[key].max_frame_out;
+        let limit = self.conns[key].max_frame();
         let frame = private_frame(m, &m.content, offline_id);
         if fit::fits(&frame, limit) {
             return (frame, false);

@@ -5,7 +5,7 @@
 use crate::conn::Pending;
 use crate::hub::{Hub, Now};
 use crate::job::{JobKind, RegisterError};
-use crate::proto::{self, CodeRes, RegisterMes, ServerMessage, code};
+use crate::proto::{CodeRes, RegisterMes, ServerMessage, code};
 use crate::users::validate_registration;
 
 impl Hub {
@@ -22,7 +22,7 @@ impl Hub {
 
     pub(crate) fn handle_register(&mut self, key: usize, m: RegisterMes, now: Now) {
         if let Some(n) = m.max_frame {
-            self.conns[key].max_frame_out = (n as usize).max(proto::SEED_MAX_FRAME);
+            self.conns[key].set_max_frame(n);
         }
         let u = m.user;
         if let Err(e) = validate_registration(u.user_id, &u.user_name, &u.user_pwd) {
