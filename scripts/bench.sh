@@ -12,7 +12,8 @@
 # BASELINE=path/to/an/older/chat-server runs every chat shape against that binary too,
 # right after this one (reported as target "baseline"): a before/after in one run.
 # CLUSTER=1 adds the light-load shape on one node, on two nodes sharing one Redis (half
-# the receivers on each) and on Redis pub/sub alone. MAIN=0 skips the usual shapes.
+# the receivers on each) and on Redis pub/sub alone. MAIN=0 skips the usual shapes;
+# FANOUT_ONLY=1 keeps only the four saturated fan-out shapes of them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS="${1:-3}"
@@ -78,6 +79,7 @@ for run in $(seq "$RUNS"); do
         both chat_fanout -n "$1" -p "$2" -d 5
         redis_up; bench fanout --target redis --addr 127.0.0.1:19002 -n "$1" -p "$2" -d 5; down
     done
+    [ "${FANOUT_ONLY:-0}" = 1 ] && continue
     echo "### run $run latency at half of the saturated rate, N=100 P=10"
     both chat_fanout -n 100 -p 10 --rate "${HALF_RATE:-50000}" -d 5
     redis_up; bench fanout --target redis --addr 127.0.0.1:19002 -n 100 -p 10 --rate "${HALF_RATE:-50000}" -d 5; down

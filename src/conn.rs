@@ -76,7 +76,8 @@ pub struct OutQueue {
     /// Bytes ever written.
     written_total: u64,
     /// A direct answer to the client's own request, queued and not yet written, is
-    /// not counted against the limit: its size, and where it ends in `queued_total`.
+    /// not counted against the limit: its size (0: none), and where it ends in
+    /// `queued_total`.
     reply_len: u32,
     reply_end: u64,
 }
@@ -118,16 +119,13 @@ impl OutQueue {
     }
 
     fn reply_pending(&self) -> bool {
-        self.written_total < self.reply_end
+        self.reply_len > 0
     }
 
     /// Bytes queued that count against the limit.
+    #[inline]
     fn counted(&self) -> usize {
-        if self.reply_pending() {
-            self.len_bytes().saturating_sub(self.reply_len as usize)
-        } else {
-            self.len_bytes()
-        }
+        self.len_bytes().saturating_sub(self.reply_len as usize)
     }
 
     fn push_unchecked(&mut self, frame: Rc<[u8]>) {
@@ -229,6 +227,9 @@ impl OutQueue {
 
     fn consume(&mut self, mut n: usize) {
         self.written_total += n as u64;
+        if self.reply_len > 0 && self.written_total >= self.reply_end {
+            self.reply_len = 0;
+        }
         while n > 0 {
             let front = self.chunks.front().expect("wrote more than was queued");
             let left = front.len() - self.head_written as usize;
@@ -256,6 +257,7 @@ impl OutQueue {
     pub fn drain_frames(&mut self) -> Vec<Rc<[u8]>> {
         self.written_total = self.queued_total;
         self.head_written = 0;
+        self.reply_len = 0;
         std::mem::take(&mut self.chunks).into_iter().collect()
     }
 }

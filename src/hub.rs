@@ -372,8 +372,10 @@ impl Hub {
             return Written::Drained;
         }
         let res = conn.out.write_with(&mut self.gather, write);
-        let action = conn.offline.written(conn.out.written_total());
-        self.offline_action(r.key, action);
+        if conn.offline.is_active() {
+            let action = conn.offline.written(conn.out.written_total());
+            self.offline_action(r.key, action);
+        }
         let written = match res {
             Ok(Flush::Drained) => {
                 if let Some(Closing { flush: true, .. }) = self.conns[r.key].closing {
@@ -958,6 +960,9 @@ impl Hub {
 
     /// Carries out what a session's offline delivery asks for.
     pub(crate) fn offline_action(&mut self, key: usize, action: Action) {
+        if action == Action::None {
+            return;
+        }
         let conn = &mut self.conns[key];
         let Some(user_id) = conn.user_id() else {
             return;
@@ -1043,13 +1048,8 @@ impl Hub {
             if Some(e.conn.key) == except {
                 continue;
             }
-            if fit::fits(full, out.conns[e.conn.key].max_frame()) {
-                out.deliver(e.conn.key, full, false);
-            } else {
+            if !out.deliver_fitted(e.conn.key, full, cut) {
                 cut_for += 1;
-                if let Some(cut) = cut {
-                    out.deliver(e.conn.key, cut, false);
-                }
             }
         }
         cut_for
@@ -1163,14 +1163,48 @@ struct Outputs<'a> {
 }
 
 impl Outputs<'_> {
+    /// Queues `full` on `key` if its client can read it, else `cut` (if any, and if it
+    /// fits). Returns whether it got `full`. One look-up of the connection: this is
+    /// the inner loop of every broadcast.
+    #[inline]
+    fn deliver_fitted(&mut self, key: usize, full: &Rc<[u8]>, cut: Option<&Rc<[u8]>>) -> bool {
+        let conn = &mut self.conns[key];
+        let limit = conn.max_frame();
+        if fit::fits(full, limit) {
+            queue(
+                conn,
+                key,
+                full,
+                false,
+                self.limit,
+                self.writes,
+                self.overflowed,
+                self.stats,
+            );
+            return true;
+        }
+        if let Some(cut) = cut
+            && fit::fits(cut, limit)
+        {
+            queue(
+                conn,
+                key,
+                cut,
+                false,
+                self.limit,
+                self.writes,
+                self.overflowed,
+                self.stats,
+            );
+        }
+        false
+    }
+
     /// Queues `frame` on `key`; a `reply` (the answer to the client's own request) is
     /// accepted whatever its size while what the client left unread is within the
-    /// limit.
+    /// limit. A frame the client could not read is never queued.
     fn deliver(&mut self, key: usize, frame: &Rc<[u8]>, reply: bool) -> bool {
         let conn = &mut self.conns[key];
-        if matches!(conn.closing, Some(Closing { flush: false, .. })) {
-            return false;
-        }
         if !fit::fits(frame, conn.max_frame()) {
             // Callers fit what they send; this is the last guard, so that no frame
             // ever crashes a client that cannot read it.
@@ -1181,29 +1215,58 @@ impl Outputs<'_> {
             );
             return true;
         }
-        let was_empty = conn.out.is_empty();
-        let pushed = if reply {
-            conn.out.push_reply(frame.clone(), self.limit)
-        } else {
-            conn.out.push(frame.clone(), self.limit)
-        };
-        match pushed {
-            Ok(()) => {
-                if was_empty {
-                    self.writes.push(ConnRef {
-                        key,
-                        generation: conn.generation,
-                    });
-                }
-                self.stats.deliveries += 1;
-                true
+        queue(
+            conn,
+            key,
+            frame,
+            reply,
+            self.limit,
+            self.writes,
+            self.overflowed,
+            self.stats,
+        )
+    }
+}
+
+/// Queues a frame known to fit on one connection: the output queue, the list of
+/// connections to write, the list of those that overflowed.
+#[inline]
+#[allow(clippy::too_many_arguments)]
+fn queue(
+    conn: &mut Conn,
+    key: usize,
+    frame: &Rc<[u8]>,
+    reply: bool,
+    limit: usize,
+    writes: &mut Vec<ConnRef>,
+    overflowed: &mut Vec<usize>,
+    stats: &mut Stats,
+) -> bool {
+    if matches!(conn.closing, Some(Closing { flush: false, .. })) {
+        return false;
+    }
+    let was_empty = conn.out.is_empty();
+    let pushed = if reply {
+        conn.out.push_reply(frame.clone(), limit)
+    } else {
+        conn.out.push(frame.clone(), limit)
+    };
+    match pushed {
+        Ok(()) => {
+            if was_empty {
+                writes.push(ConnRef {
+                    key,
+                    generation: conn.generation,
+                });
             }
-            Err(_) => {
-                if conn.closing.is_none() {
-                    self.overflowed.push(key);
-                }
-                false
+            stats.deliveries += 1;
+            true
+        }
+        Err(_) => {
+            if conn.closing.is_none() {
+                overflowed.push(key);
             }
+            false
         }
     }
 }

@@ -256,6 +256,12 @@ impl OfflineSlot {
         action
     }
 
+    /// Whether any delivery is under way or remembered.
+    #[inline]
+    pub fn is_active(&self) -> bool {
+        self.state.is_some()
+    }
+
     pub fn already_seen(&self, seq: u64) -> bool {
         self.state.as_ref().is_some_and(|o| o.already_seen(seq))
     }

@@ -12,7 +12,7 @@ use std::rc::Rc;
 use crate::conn::Session;
 use crate::fit;
 use crate::hub::{Hub, Now};
-use crate::proto::{CodeRes, SEED_MAX_FRAME, ServerMessage, SmsMes, code};
+use crate::proto::{self, CodeRes, SEED_MAX_FRAME, ServerMessage, SmsMes, code, kind};
 
 impl Hub {
     pub(crate) fn handle_group(&mut self, key: usize, m: SmsMes, now: Now) {
@@ -23,27 +23,33 @@ impl Hub {
             self.error(key, code::BAD_REQUEST, "empty message");
             return;
         }
-        let encode = |content: &str| {
-            ServerMessage::Sms(SmsMes {
-                content: content.to_string(),
-                user_id: *user_id,
-                user_pwd: String::new(),
-                user_name: name.to_string(),
-                user_status: 0,
-                sex: String::new(),
-                time: Some(now.unix_ms),
-            })
-            .encode()
+        let sms = SmsMes {
+            content: m.content,
+            user_id: *user_id,
+            user_pwd: String::new(),
+            user_name: name.to_string(),
+            user_status: 0,
+            sex: String::new(),
+            time: Some(now.unix_ms),
         };
-        let frame: Rc<[u8]> = encode(&m.content).into();
+        let frame: Rc<[u8]> = proto::encode(kind::SMS, &sms).into();
         // Seed clients cannot read a longer frame: they get it cut short.
-        let cut: Option<Rc<[u8]>> = (!fit::fits(&frame, SEED_MAX_FRAME))
-            .then(|| fit::cut_to_fit(&m.content, SEED_MAX_FRAME, encode))
-            .flatten()
-            .map(Into::into);
+        let cut: Option<Rc<[u8]>> = if fit::fits(&frame, SEED_MAX_FRAME) {
+            None
+        } else {
+            let encode = |content: &str| {
+                let cut = SmsMes {
+                    content: content.to_string(),
+                    ..sms.clone()
+                };
+                proto::encode(kind::SMS, &cut)
+            };
+            fit::cut_to_fit(&sms.content, SEED_MAX_FRAME, encode).map(Into::into)
+        };
         self.stats.group_messages += 1;
-        let (from, from_name) = (*user_id, name.to_string());
-        self.cluster_group(from, &from_name, &m.content, now.unix_ms);
+        if self.cluster.is_some() {
+            self.cluster_group(sms.user_id, &sms.user_name, &sms.content, now.unix_ms);
+        }
         let cut_for = self.broadcast_fitted(Some(key), &frame, cut.as_ref());
         if cut_for > 0 {
             let text = format!(
