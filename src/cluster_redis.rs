@@ -69,6 +69,21 @@ struct Present {
     session: u64,
 }
 
+/// Forgets `node`'s presence (and, when it leaves for good, its heartbeat) and tells
+/// the other nodes so ([`Event::Reset`]).
+fn reset(node: &str, leaving: bool) -> redis::Pipeline {
+    let mut p = redis::pipe();
+    p.cmd("DEL").arg(presence_key(node)).ignore();
+    if leaving {
+        p.cmd("ZREM").arg(NODES).arg(node).ignore();
+    }
+    let ev = Event::Reset {
+        node: node.to_string(),
+    };
+    p.cmd("PUBLISH").arg(CHANNEL).arg(ev.to_json()).ignore();
+    p
+}
+
 /// Where the hub's inputs go (the reactor's channel, which wakes the loop).
 pub type InputSink = Arc<dyn Fn(Input) + Send + Sync>;
 
@@ -244,24 +259,7 @@ impl Publisher {
         }
         // A clean stop: this node's users are gone at once, not at the node timeout.
         if let Some(conn) = self.conn.as_mut() {
-            let _: redis::RedisResult<()> = redis::pipe()
-                .cmd("DEL")
-                .arg(presence_key(&self.cfg.node))
-                .ignore()
-                .cmd("ZREM")
-                .arg(NODES)
-                .arg(&self.cfg.node)
-                .ignore()
-                .cmd("PUBLISH")
-                .arg(CHANNEL)
-                .arg(
-                    Event::Reset {
-                        node: self.cfg.node.clone(),
-                    }
-                    .to_json(),
-                )
-                .ignore()
-                .query(conn);
+            let _: redis::RedisResult<()> = reset(&self.cfg.node, true).query(conn);
         }
     }
 
@@ -324,20 +322,7 @@ impl Publisher {
 
     fn announce_start(&mut self) -> redis::RedisResult<()> {
         let conn = self.conn.as_mut().expect("connected");
-        redis::pipe()
-            .cmd("DEL")
-            .arg(presence_key(&self.cfg.node))
-            .ignore()
-            .cmd("PUBLISH")
-            .arg(CHANNEL)
-            .arg(
-                Event::Reset {
-                    node: self.cfg.node.clone(),
-                }
-                .to_json(),
-            )
-            .ignore()
-            .query::<()>(conn)?;
+        reset(&self.cfg.node, false).query::<()>(conn)?;
         self.reset_sent = true;
         Ok(())
     }

@@ -1124,21 +1124,27 @@ fn offline_messages_stay_stored_until_written_and_come_again_after_a_drop() {
     assert_eq!(t.store.offline_count(2), 0);
 }
 
-#[test]
-fn a_client_that_acknowledges_keeps_its_messages_stored_until_it_does() {
-    let mut t = h();
-    stored_for_2(&mut t, 2);
-    let b = t.connect();
+/// Logs `id` in as a client that acknowledges its offline messages itself.
+fn login_acking(t: &mut Harness, id: i64) -> ConnRef {
+    let c = t.connect();
     t.send(
-        b,
+        c,
         &ClientMessage::Login(crate::proto::LoginMes {
-            user_id: 2,
-            user_pwd: "pw2".into(),
+            user_id: id,
+            user_pwd: format!("pw{id}"),
             ack_offline: true,
             ..Default::default()
         }),
     );
     t.run_jobs();
+    c
+}
+
+#[test]
+fn a_client_that_acknowledges_keeps_its_messages_stored_until_it_does() {
+    let mut t = h();
+    stored_for_2(&mut t, 2);
+    let b = login_acking(&mut t, 2);
     let got = t.recv(b);
     let ids: Vec<u64> = got
         .iter()
@@ -1167,17 +1173,7 @@ fn a_client_that_acknowledges_keeps_its_messages_stored_until_it_does() {
 fn a_partly_acknowledged_batch_loses_only_what_was_acknowledged_when_the_client_leaves() {
     let mut t = h();
     stored_for_2(&mut t, 2);
-    let b = t.connect();
-    t.send(
-        b,
-        &ClientMessage::Login(crate::proto::LoginMes {
-            user_id: 2,
-            user_pwd: "pw2".into(),
-            ack_offline: true,
-            ..Default::default()
-        }),
-    );
-    t.run_jobs();
+    let b = login_acking(&mut t, 2);
     let first = match &t.recv(b)[1] {
         ServerMessage::Private(p) => p.offline_id.unwrap(),
         other => panic!("{other:?}"),

@@ -17,7 +17,7 @@ use crate::proto::{CodeRes, MAX_MSG_ID, OfflineAckMes, ServerMessage, SmsPrivate
 use crate::store::{OfflineMsg, StoreError, StoredMsg};
 
 impl Hub {
-    // [h-stores] Every answer echoes the message's `msgId` (was `sms_res`).
+    // Every answer echoes the message's `msgId`.
     pub(crate) fn sms_res_id(
         &mut self,
         key: usize,
@@ -37,7 +37,7 @@ impl Hub {
             return;
         };
         let (from, from_name) = (*user_id, name.to_string());
-        // [h-stores] The sender's `msgId` (empty = none), echoed in every answer.
+        // The sender's `msgId` (empty = none), echoed in every answer.
         let msg_id = m.msg_id.filter(|id| !id.is_empty());
         if msg_id.as_ref().is_some_and(|id| id.len() > MAX_MSG_ID) {
             let text = format!("msgId must be at most {MAX_MSG_ID} bytes");
@@ -81,7 +81,7 @@ impl Hub {
             return;
         }
         let to = msg.to;
-        // [h-stores] The job carries the msgId: the store dedupes on it.
+        // The job carries the msgId: the store dedupes on it.
         let job = JobKind::StoreOffline {
             msg,
             msg_id: msg_id.clone(),
@@ -94,7 +94,7 @@ impl Hub {
     }
 
     pub(crate) fn private_stored(&mut self, key: usize, stored: OfflineStored, now: Now) {
-        // [h-stores] Result mapping: 504 when the store cannot tell whether it stored
+        // Result mapping: 504 when the store cannot tell whether it stored
         // the message; 503 only when it certainly did not. msgId echoed.
         let OfflineStored { msg_id, result } = stored;
         let to = match self.conns[key].pending {

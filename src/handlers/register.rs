@@ -36,7 +36,7 @@ impl Hub {
             user_id: u.user_id,
             name: u.user_name,
             password: u.user_pwd,
-            // [h-stores] Stored as given: the record keeps the seed's shape.
+            // Stored as given: the record keeps the seed's shape.
             status: u.user_status,
             sex: u.sex,
         };
@@ -61,7 +61,7 @@ impl Hub {
                 let wait = self.admission.estimate(now.mono_ms);
                 self.register_busy(key, wait, now);
             }
-            // [h-stores] The store could not tell whether the user was created.
+            // The store could not tell whether the user was created.
             Err(RegisterError::Store(e)) if e.is_uncertain() => {
                 log::warn!("register outcome unknown: {e}");
                 self.register_res(
