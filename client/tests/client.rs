@@ -2,12 +2,14 @@
 //! process on `127.0.0.1:0`), with a second, test-written seed-format client on the
 //! other side. Both sides are checked.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use common::Chat;
+
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Arc;
-use std::sync::mpsc::{self, Receiver};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chat::auth::HashParams;
 use chat::reactor::{Running, ServerConfig};
@@ -54,92 +56,6 @@ impl TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-/// The `chat` binary with its stdin and stdout piped.
-struct Chat {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    out: Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Chat {
-    fn start(addr: &str) -> Chat {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_chat"))
-            .args(["--server", addr])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, out) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Chat {
-            stdin: child.stdin.take(),
-            child,
-            out,
-            seen: Vec::new(),
-        }
-    }
-
-    fn type_lines(&mut self, lines: &[&str]) {
-        let stdin = self.stdin.as_mut().unwrap();
-        for l in lines {
-            writeln!(stdin, "{l}").unwrap();
-        }
-        stdin.flush().unwrap();
-    }
-
-    /// Waits for an output line containing `needle`; returns it.
-    fn expect(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            match self
-                .out
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!("no line with {needle:?}; output:\n{}", self.seen.join("\n")),
-            }
-        }
-    }
-
-    /// Closes stdin and waits for the exit status; returns it with the rest of stdout.
-    fn finish(mut self) -> (i32, String, String) {
-        drop(self.stdin.take());
-        let deadline = Instant::now() + WAIT;
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(Instant::now() < deadline, "chat did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let rest: Vec<String> = self.out.try_iter().collect();
-        self.seen.extend(rest);
-        let mut err = String::new();
-        self.child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
-        (status.code().unwrap_or(-1), self.seen.join("\n"), err)
     }
 }
 

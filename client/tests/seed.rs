@@ -9,23 +9,19 @@
 //! sentence expected, and the test fails. Waits are for output lines, the client's exit
 //! or the stand-in's record of a closed connection, never for a while to pass.
 
+mod common;
+
+use common::Chat;
+
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use serde_json::{Value, json};
-
-/// Only so that a broken client fails a test instead of hanging it (say, waiting at a
-/// prompt for input that the test holds back until a line that never comes): the
-/// client is killed after this long. Far beyond any wait of a working client (30 s at
-/// most, for a reply), so it never decides whether a test passes.
-const HANG_GUARD: Duration = Duration::from_secs(300);
 
 // ---------------------------------------------------------------------------------
 // Frames, as the seed writes them: 4-byte big-endian length, then
@@ -246,105 +242,10 @@ fn seed(sh: &Shared, n: usize, kind: &str, data: &str) {
     }
 }
 
-// ---------------------------------------------------------------------------------
-// The `chat` binary with its stdin and stdout piped.
-
-struct Chat {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    out: Receiver<String>,
-    seen: Vec<String>,
-    /// Dropping it (or sending) stands the hang guard down.
-    guard: Option<Sender<()>>,
-}
-
-impl Chat {
-    fn start(addr: SocketAddr) -> Chat {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_chat"))
-            .args(["--server", &addr.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, out) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let (guard, stand_down) = mpsc::channel::<()>();
-        let pid = child.id() as libc::pid_t;
-        std::thread::spawn(move || {
-            if let Err(mpsc::RecvTimeoutError::Timeout) = stand_down.recv_timeout(HANG_GUARD) {
-                // SAFETY: kill(2) on the child this test started and has not reaped
-                // (it is reaped only after the guard stands down).
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        });
-        Chat {
-            stdin: child.stdin.take(),
-            child,
-            out,
-            seen: Vec::new(),
-            guard: Some(guard),
-        }
-    }
-
-    fn type_lines(&mut self, lines: &[&str]) {
-        let stdin = self.stdin.as_mut().unwrap();
-        for l in lines {
-            writeln!(stdin, "{l}").unwrap();
-        }
-        stdin.flush().unwrap();
-    }
-
-    /// Waits for an output line containing `needle`; returns it. Fails if the client
-    /// ends first.
-    fn expect(&mut self, needle: &str) -> String {
-        loop {
-            match self.out.recv() {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!(
-                    "the client ended without a line with {needle:?}; output:\n{}",
-                    self.seen.join("\n")
-                ),
-            }
-        }
-    }
-
-    /// Closes stdin, waits for the client to exit; returns its status and all its
-    /// output (stdout, then stderr).
-    fn finish(mut self) -> (i32, String, String) {
-        drop(self.stdin.take());
-        // Stdout ends when the client does.
-        self.seen.extend(self.out.iter());
-        let status = self.child.wait().unwrap();
-        drop(self.guard.take());
-        let mut err = String::new();
-        self.child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
-        (status.code().unwrap_or(-1), self.seen.join("\n"), err)
-    }
-}
-
 /// Runs the client on a whole script (stdin closed after it); returns its output, after
 /// checking that it exited with status 0 and without a panic.
 fn run_script(addr: SocketAddr, lines: &[&str]) -> String {
-    let mut chat = Chat::start(addr);
+    let mut chat = Chat::start(&addr.to_string());
     chat.type_lines(lines);
     let (code, out, err) = chat.finish();
     assert_eq!(code, 0, "{out}\n{err}");
@@ -446,7 +347,7 @@ fn seed_session_lists_from_the_login_and_notices_and_refuses_private_messages() 
         Stand::start(Arc::new(seed)).with_users(&[(100, "pw100"), (200, "pw200"), (300, "pw300")]);
     let mut peer = Peer::login(stand.addr, 200, "pw200");
 
-    let mut chat = Chat::start(stand.addr);
+    let mut chat = Chat::start(&stand.addr.to_string());
     chat.type_lines(&["1", "100", "pw100"]);
     chat.expect("Logged in as user 100.");
     chat.expect("group messages only");
