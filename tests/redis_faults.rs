@@ -14,7 +14,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use chat::store::redis::{RedisStore, RedisTimeouts};
-use chat::store::{OfflineId, OfflineMsg, Store, StoreError};
+use chat::store::suite::msg;
+use chat::store::{OfflineId, Store, StoreError};
 use chat::users::UserRecord;
 use common::*;
 use serde_json::json;
@@ -167,16 +168,6 @@ fn offline_len(r: &RedisProc, user: i64) -> i64 {
         .arg(format!("offline:{user}"))
         .query(&mut r.client())
         .unwrap()
-}
-
-fn msg(from: i64, to: i64, content: &str) -> OfflineMsg {
-    OfflineMsg {
-        from,
-        from_name: format!("u{from}"),
-        to,
-        content: content.into(),
-        time: 1,
-    }
 }
 
 #[test]

@@ -201,7 +201,8 @@ pub mod suite {
         }
     }
 
-    fn msg(from: i64, to: i64, content: &str) -> OfflineMsg {
+    /// A message from `from` (named `u<from>`) to `to`.
+    pub fn msg(from: i64, to: i64, content: &str) -> OfflineMsg {
         OfflineMsg {
             from,
             from_name: format!("u{from}"),
