@@ -12,7 +12,9 @@ use crate::fit;
 use crate::hub::{Hub, Now};
 use crate::job::{JobKind, LoginError, LoginOk};
 use crate::offline::OfflineSlot;
-use crate::proto::{LoginMes, LoginResMes, NotifyUserStatusMes, ServerMessage, code, status};
+use crate::proto::{
+    self, LoginMes, LoginResMes, NotifyUserStatusMes, ServerMessage, code, kind, status,
+};
 use crate::users::{MAX_PASSWORD_BYTES, OnlineEntry};
 
 /// The refusal text for a login or registration that would wait too long: when to try
@@ -89,18 +91,18 @@ impl Hub {
     /// whole lists if they fit; else without the `users` extension; else the caller
     /// and as many others as fit (the rest it learns from the notices).
     fn login_reply(&self, me: i64, limit: usize) -> Vec<u8> {
-        let mut res = LoginResMes {
+        let res = LoginResMes {
             code: code::OK,
             users_id: self.all_ids(),
             error: String::new(),
             users: self.all_infos(),
             retry_after: None,
         };
-        let frame = ServerMessage::LoginRes(res.clone()).encode();
+        // Encoded from a borrow: the lists grow with everyone online and are not copied.
+        let frame = proto::encode(kind::LOGIN_RES, &res);
         if fit::fits(&frame, limit) {
             return frame;
         }
-        res.users = Vec::new();
         let others: Vec<i64> = res
             .users_id
             .iter()
@@ -108,11 +110,14 @@ impl Hub {
             .filter(|&id| id != me)
             .collect();
         let with = |n: usize| {
-            let mut r = res.clone();
-            r.users_id = std::iter::once(me)
-                .chain(others[..n].iter().copied())
-                .collect();
-            ServerMessage::LoginRes(r).encode()
+            let r = LoginResMes {
+                code: code::OK,
+                users_id: std::iter::once(me)
+                    .chain(others[..n].iter().copied())
+                    .collect(),
+                ..LoginResMes::default()
+            };
+            proto::encode(kind::LOGIN_RES, &r)
         };
         let n = fit::largest(others.len(), |n| fit::fits(&with(n), limit));
         with(n)

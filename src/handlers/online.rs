@@ -3,7 +3,7 @@
 
 use crate::fit;
 use crate::hub::Hub;
-use crate::proto::{OnlineUsersResMes, ServerMessage, UserInfo};
+use crate::proto::{self, OnlineUsersResMes, UserInfo, kind};
 
 impl Hub {
     /// The whole list, or for a client that cannot read it in one frame, the caller
@@ -12,10 +12,12 @@ impl Hub {
         let users = self.all_infos();
         let limit = self.conns[key].max_frame();
         let encode = |users: Vec<UserInfo>| {
-            ServerMessage::OnlineUsersRes(OnlineUsersResMes { users }).encode()
+            proto::encode(kind::ONLINE_USERS_RES, &OnlineUsersResMes { users })
         };
-        let mut frame = encode(users.clone());
+        let res = OnlineUsersResMes { users };
+        let mut frame = proto::encode(kind::ONLINE_USERS_RES, &res);
         if !fit::fits(&frame, limit) {
+            let users = res.users;
             let me = self.conns[key].user_id();
             let (mine, others): (Vec<UserInfo>, Vec<UserInfo>) =
                 users.into_iter().partition(|u| Some(u.user_id) == me);
