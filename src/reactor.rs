@@ -41,6 +41,8 @@ const SIGNALS: Token = Token(2);
 
 /// Bytes read per `read` call, into one buffer shared by all connections.
 const READ_CHUNK: usize = 64 * 1024;
+/// Events from other nodes handled per loop turn at most.
+const CLUSTER_PER_TURN: usize = 4096;
 /// How often freed heap memory is handed back to the operating system.
 const TRIM_MS: u64 = 2_000;
 /// Pause before accepting again after running out of descriptors.
@@ -309,6 +311,7 @@ impl Server {
         let interval = self.cfg.flush_interval;
         let mut next_flush = Instant::now();
         let mut flush_due: Option<Instant> = None;
+        let mut cluster_more = false;
         loop {
             let t = now(self.started);
             let mut timeout = self
@@ -316,7 +319,7 @@ impl Server {
                 .poll_timeout(t)
                 .map(|at| Duration::from_millis(at.saturating_sub(t.mono_ms)));
             let mut sooner = |d: Duration| timeout = Some(timeout.map_or(d, |t| t.min(d)));
-            if !self.read_again.is_empty() {
+            if !self.read_again.is_empty() || cluster_more {
                 sooner(Duration::ZERO);
             }
             if let Some(until) = self.accept_paused_until {
@@ -353,9 +356,17 @@ impl Server {
             while let Ok(res) = self.results.try_recv() {
                 self.hub.handle_result(res, t);
             }
+            // Other nodes' events, a bounded number per turn: a flood from them waits
+            // in its queue (and then in Redis) instead of starving this node's sockets.
+            cluster_more = false;
             if let Some(rx) = &self.cluster_rx {
-                while let Ok(input) = rx.try_recv() {
-                    self.hub.handle_cluster(input, t);
+                for n in 0..=CLUSTER_PER_TURN {
+                    match rx.try_recv() {
+                        Ok(input) => self.hub.handle_cluster(input, t),
+                        Err(_) => break,
+                    }
+                    // The last one taken this turn: look again at once, after the sockets.
+                    cluster_more = n == CLUSTER_PER_TURN;
                 }
             }
             for r in std::mem::take(&mut self.read_again) {
