@@ -42,7 +42,7 @@ impl Hub {
             Input::Event(ev) => self.remote_event(ev, now),
             Input::Snapshot(entries) => self.remote_snapshot(entries),
             Input::LiveNodes(nodes) => {
-                let gone: Vec<Rc<str>> = self.cluster_ref().map_or_else(Vec::new, |c| {
+                let gone: Vec<Rc<str>> = self.cluster.as_ref().map_or_else(Vec::new, |c| {
                     let mut g: Vec<Rc<str>> = c
                         .remote
                         .values()
@@ -50,6 +50,7 @@ impl Hub {
                         .chain(c.pending.values().map(|p| p.node.clone()))
                         .filter(|n| !nodes.iter().any(|x| **x == **n))
                         .collect();
+                    g.sort();
                     g.dedup();
                     g
                 });
@@ -64,7 +65,7 @@ impl Hub {
                 }
                 if !up {
                     // Nothing is known of the other nodes until the link is back.
-                    let nodes: Vec<Rc<str>> = self.cluster_ref().map_or_else(Vec::new, |c| {
+                    let nodes: Vec<Rc<str>> = self.cluster.as_ref().map_or_else(Vec::new, |c| {
                         c.remote.values().map(|r| r.node.clone()).collect()
                     });
                     for node in nodes {
@@ -74,11 +75,7 @@ impl Hub {
                 }
             }
         }
-        self.settle_pub(now);
-    }
-
-    fn cluster_ref(&self) -> Option<&Cluster> {
-        self.cluster.as_ref()
+        self.announce_departures(now);
     }
 
     /// Ids of everyone online on every node, sorted.
@@ -519,9 +516,5 @@ impl Hub {
         self.stats.group_messages += 1;
         // Its sender is on another node and is not told who got it cut short here.
         self.broadcast_fitted(None, &frame, cut.as_ref());
-    }
-
-    fn settle_pub(&mut self, now: Now) {
-        self.announce_departures(now);
     }
 }
