@@ -28,8 +28,10 @@
 //!
 //! The server side (the default `server` feature), the only code that does I/O:
 //!
-//! - `reactor`: the mio event loop: listener, sockets, `Waker`, signals. It moves
+//! - `reactor`: the mio event loop: listeners, sockets, `Waker`, signals. It moves
 //!   bytes and runs the hub's outputs; it never waits on anything else.
+//! - `link`: what carries a connection's bytes: the plain socket, or a transport
+//!   (TLS, WebSocket) that turns its socket's bytes into the TCP wire format.
 //! - `worker`: the worker threads that run store jobs, with `auth` (argon2id) and the
 //!   store backends `store::embedded` (redb) and `store::redis`.
 //! - `logging`: a log sink that never blocks the reactor.
@@ -58,6 +60,8 @@ pub use hub::conn;
 pub mod auth;
 #[cfg(feature = "server")]
 pub mod cluster_redis;
+#[cfg(feature = "server")]
+pub mod link;
 #[cfg(feature = "server")]
 pub mod logging;
 #[cfg(feature = "server")]

@@ -15,7 +15,7 @@
 //! Tokens carry the connection's generation ([`ConnRef::token`]); an event whose
 //! generation does not match the slot's current occupant is ignored.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -32,12 +32,14 @@ use crate::cluster_redis::{ClusterConfig, ClusterLink, QUEUE};
 use crate::conn::ConnRef;
 use crate::hub::{Hub, HubConfig, Now};
 use crate::job::JobResult;
+use crate::link::{Link, Wrapper};
 use crate::store::StoreFactory;
 use crate::worker::{ResultSink, Workers};
 
-const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
 const SIGNALS: Token = Token(2);
+/// Listener `i` has token `FIRST_LISTENER + i` (connections' tokens are above 2^32).
+const FIRST_LISTENER: usize = 16;
 
 /// Bytes read per `read` call, into one buffer shared by all connections.
 const READ_CHUNK: usize = 64 * 1024;
@@ -156,13 +158,20 @@ pub fn spawn(
     Ok(Running { addr, stop, thread })
 }
 
-/// The server: a bound listener, the hub, the worker pool.
+/// One listening socket, and what wraps the connections it accepts (none: plain).
+struct Listening {
+    sock: TcpListener,
+    wrap: Option<Box<dyn Wrapper>>,
+}
+
+/// The server: bound listeners, the hub, the worker pool.
 pub struct Server {
     poll: Poll,
-    listener: Option<TcpListener>,
+    /// Emptied at shutdown, when accepting stops.
+    listeners: Vec<Listening>,
     addr: SocketAddr,
     hub: Hub,
-    socks: Vec<Option<TcpStream>>,
+    socks: Vec<Option<Link>>,
     workers: Workers,
     results: mpsc::Receiver<JobResult>,
     waker: Arc<Waker>,
@@ -209,7 +218,7 @@ impl Server {
         let mut listener = TcpListener::from_std(listener);
         let poll = Poll::new()?;
         poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
+            .register(&mut listener, Token(FIRST_LISTENER), Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let hasher = Hasher::new(cfg.hash).map_err(io::Error::other)?;
         cfg.hub.hash_workers = cfg.workers.max(1);
@@ -255,7 +264,10 @@ impl Server {
         };
         Ok(Server {
             poll,
-            listener: Some(listener),
+            listeners: vec![Listening {
+                sock: listener,
+                wrap: None,
+            }],
             addr,
             hub,
             socks: Vec::new(),
@@ -274,8 +286,32 @@ impl Server {
         })
     }
 
+    /// The plain listener's address.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Adds a listener whose connections `wrap` turns into transports (TLS,
+    /// WebSocket); they join the same chat. Returns its address.
+    pub fn add_listener(
+        &mut self,
+        listener: std::net::TcpListener,
+        wrap: Box<dyn Wrapper>,
+    ) -> io::Result<SocketAddr> {
+        listener.set_nonblocking(true)?;
+        crate::sys::widen_backlog(&listener);
+        let addr = listener.local_addr()?;
+        let mut sock = TcpListener::from_std(listener);
+        let token = Token(FIRST_LISTENER + self.listeners.len());
+        self.poll
+            .registry()
+            .register(&mut sock, token, Interest::READABLE)?;
+        log::info!("{} listening on {addr}", wrap.name());
+        self.listeners.push(Listening {
+            sock,
+            wrap: Some(wrap),
+        });
+        Ok(addr)
     }
 
     pub fn shutdown_handle(&self) -> ShutdownHandle {
@@ -292,6 +328,7 @@ impl Server {
             let mut s = signal_hook_mio::v1_0::Signals::new([
                 signal_hook::consts::SIGTERM,
                 signal_hook::consts::SIGINT,
+                signal_hook::consts::SIGHUP,
             ])?;
             self.poll
                 .registry()
@@ -379,7 +416,9 @@ impl Server {
                 && t.mono_ms >= until
             {
                 self.accept_paused_until = None;
-                self.accept_all(t);
+                for which in 0..self.listeners.len() {
+                    self.accept_all(which, t);
+                }
             }
             self.hub.handle_timeout(t);
             if t.mono_ms >= next_trim {
@@ -390,8 +429,8 @@ impl Server {
                 next_trim = t.mono_ms + TRIM_MS;
             }
             if shutdown_deadline.is_none() && self.stop.load(Ordering::SeqCst) {
-                if let Some(mut l) = self.listener.take() {
-                    let _ = self.poll.registry().deregister(&mut l);
+                for mut l in std::mem::take(&mut self.listeners) {
+                    let _ = self.poll.registry().deregister(&mut l.sock);
                 }
                 self.hub.handle_shutdown(t);
                 shutdown_deadline = Some(t.mono_ms + self.cfg.shutdown_grace_ms);
@@ -453,15 +492,21 @@ impl Server {
     ) {
         for ev in events.iter() {
             match ev.token() {
-                LISTENER => self.accept_all(t),
                 WAKER => {}
                 SIGNALS => {
                     if let Some(s) = signals.as_mut() {
                         for sig in s.pending() {
-                            log::info!("signal {sig} received: shutting down");
-                            self.stop.store(true, Ordering::SeqCst);
+                            if sig == signal_hook::consts::SIGHUP {
+                                self.reload();
+                            } else {
+                                log::info!("signal {sig} received: shutting down");
+                                self.stop.store(true, Ordering::SeqCst);
+                            }
                         }
                     }
+                }
+                Token(i) if i >= FIRST_LISTENER && i < FIRST_LISTENER + self.listeners.len() => {
+                    self.accept_all(i - FIRST_LISTENER, t)
                 }
                 token => {
                     let r = ConnRef::from_token(token.0);
@@ -469,7 +514,7 @@ impl Server {
                         self.read(r, t);
                     }
                     if ev.is_writable() {
-                        self.write(r, t);
+                        self.writable(r, t);
                     }
                 }
             }
@@ -500,7 +545,9 @@ impl Server {
             while let Some(r) = self.hub.poll_close(t) {
                 did = true;
                 if let Some(mut s) = self.socks.get_mut(r.key).and_then(Option::take) {
-                    let _ = self.poll.registry().deregister(&mut s);
+                    // A transport's last bytes (a close alert), best effort.
+                    let _ = s.flush();
+                    let _ = self.poll.registry().deregister(s.socket());
                 }
             }
             if !did {
@@ -509,16 +556,31 @@ impl Server {
         }
     }
 
-    fn accept_all(&mut self, t: Now) {
+    /// SIGHUP: every listener reads its configuration again.
+    fn reload(&mut self) {
+        log::info!("SIGHUP received: reloading");
+        for l in &mut self.listeners {
+            if let Some(w) = l.wrap.as_mut() {
+                match w.reload() {
+                    Ok(()) => log::info!("{}: reloaded", w.name()),
+                    Err(e) => {
+                        log::error!("{}: reload failed, keeping what was loaded: {e}", w.name())
+                    }
+                }
+            }
+        }
+    }
+
+    fn accept_all(&mut self, which: usize, t: Now) {
         if self.accept_paused_until.is_some() {
             return;
         }
         loop {
-            let Some(listener) = &self.listener else {
+            let Some(listener) = self.listeners.get(which) else {
                 return;
             };
-            match listener.accept() {
-                Ok((sock, peer)) => self.add_conn(sock, peer, t),
+            match listener.sock.accept() {
+                Ok((sock, peer)) => self.add_conn(which, sock, peer, t),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if crate::sys::is_resource_exhaustion(&e) => {
@@ -537,21 +599,36 @@ impl Server {
         }
     }
 
-    fn add_conn(&mut self, mut sock: TcpStream, peer: SocketAddr, t: Now) {
+    fn add_conn(&mut self, which: usize, mut sock: TcpStream, peer: SocketAddr, t: Now) {
         if let Err(e) = crate::sys::tune_connection(&sock) {
             log::debug!("socket options for {peer}: {e}");
         }
+        let wrap = self.listeners[which].wrap.as_mut();
         let r = match self.hub.accept(peer, t) {
             Ok(r) => r,
             Err(refusal) => {
                 // Best effort: the socket is new, its buffer empty; then it is dropped.
-                let _ = sock.write(&refusal);
+                // Only a plain client can read the refusal.
+                if wrap.is_none() {
+                    let _ = sock.write(&refusal);
+                }
                 log::debug!("refused a connection from {peer}");
                 return;
             }
         };
+        let mut link = match wrap {
+            None => Link::Plain(sock),
+            Some(w) => match w.wrap(sock, peer) {
+                Ok(t) => Link::Wrapped(t),
+                Err(e) => {
+                    log::warn!("{}: cannot set up a connection from {peer}: {e}", w.name());
+                    self.hub.handle_hangup(r, "transport setup failed", t);
+                    return;
+                }
+            },
+        };
         if let Err(e) = self.poll.registry().register(
-            &mut sock,
+            link.socket(),
             Token(r.token()),
             Interest::READABLE | Interest::WRITABLE,
         ) {
@@ -562,7 +639,7 @@ impl Server {
         if self.socks.len() <= r.key {
             self.socks.resize_with(r.key + 1, || None);
         }
-        self.socks[r.key] = Some(sock);
+        self.socks[r.key] = Some(link);
         log::debug!("conn {} from {peer}", r.key);
     }
 
@@ -584,7 +661,7 @@ impl Server {
                 }
                 Ok(n) => {
                     self.hub.handle_input(r, &self.scratch[..n], t);
-                    if n < want {
+                    if n < want && sock.short_read_drains() {
                         // A short read drained the socket: more data will raise a new
                         // edge, so the read that would only say WouldBlock is skipped.
                         return;
@@ -615,5 +692,25 @@ impl Server {
             *writes += 1;
             sock.write_vectored(iov)
         });
+        if sock.is_wrapped()
+            && let Err(e) = sock.flush()
+        {
+            self.hub.handle_hangup(r, &format!("write failed: {e}"), t);
+        }
+    }
+
+    /// The socket can take more: a transport's own bytes first, then what it decoded
+    /// meanwhile or the close it waited to report, then the hub's output.
+    fn writable(&mut self, r: ConnRef, t: Now) {
+        if let Some(Some(sock)) = self.socks.get_mut(r.key)
+            && sock.is_wrapped()
+        {
+            if let Err(e) = sock.flush() {
+                self.hub.handle_hangup(r, &format!("write failed: {e}"), t);
+                return;
+            }
+            self.read(r, t);
+        }
+        self.write(r, t);
     }
 }

@@ -1,0 +1,98 @@
+//! What carries one connection's protocol bytes: the plain socket, or a transport
+//! wrapped around it (TLS, WebSocket).
+//!
+//! The hub speaks the TCP wire format (4-byte length, JSON envelope) and knows
+//! nothing of transports. A [`Transport`] turns whatever arrives on its socket into
+//! that byte stream and back, and keeps bytes of its own (handshakes, records,
+//! control frames) until the socket takes them. The reactor drives it without
+//! blocking: it reads when the socket is readable, writes the hub's output through
+//! it, and calls [`Transport::flush`] whenever the socket may take more.
+//!
+//! A plain connection costs no allocation and no dynamic call: [`Link::Plain`] holds
+//! the socket itself.
+
+use std::io::{self, IoSlice, Read, Write};
+use std::net::SocketAddr;
+
+use mio::net::TcpStream;
+
+/// A transport over one non-blocking socket.
+///
+/// The contract, for the reactor's edge-triggered loop:
+/// - [`read`](Transport::read) returns protocol bytes, `Ok(0)` once the peer has
+///   closed (or the transport is done and wants the connection closed), and
+///   `WouldBlock` only when the socket said `WouldBlock` and nothing decoded is left
+///   over. The reactor reads again until then (within its budget). What reading
+///   produces of the transport's own (a handshake's answer) it writes itself, as far
+///   as the socket takes it.
+/// - [`write_vectored`](Transport::write_vectored) takes protocol bytes and returns how
+///   many it took (`WouldBlock` if none); what it took is the transport's to deliver.
+/// - [`flush`](Transport::flush) writes the transport's own pending bytes and returns
+///   whether they are all out. The reactor calls it after writing the hub's output
+///   and when the socket turns writable; then it reads again, so a transport that
+///   waits for its output to leave before closing reports the close then.
+pub trait Transport {
+    fn socket(&mut self) -> &mut TcpStream;
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+    fn write_vectored(&mut self, iov: &[IoSlice<'_>]) -> io::Result<usize>;
+    fn flush(&mut self) -> io::Result<bool>;
+}
+
+/// Wraps accepted sockets of one listener into transports.
+pub trait Wrapper {
+    /// A name for the log ("TLS", "web").
+    fn name(&self) -> &str;
+    fn wrap(&mut self, sock: TcpStream, peer: SocketAddr) -> io::Result<Box<dyn Transport>>;
+    /// SIGHUP: read configuration files again (a certificate renewed). On failure the
+    /// old configuration stays, and the error says why.
+    fn reload(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// One connection's carrier.
+pub enum Link {
+    Plain(TcpStream),
+    Wrapped(Box<dyn Transport>),
+}
+
+impl Link {
+    pub fn socket(&mut self) -> &mut TcpStream {
+        match self {
+            Link::Plain(s) => s,
+            Link::Wrapped(t) => t.socket(),
+        }
+    }
+
+    pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Link::Plain(s) => s.read(buf),
+            Link::Wrapped(t) => t.read(buf),
+        }
+    }
+
+    pub fn write_vectored(&mut self, iov: &[IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Link::Plain(s) => s.write_vectored(iov),
+            Link::Wrapped(t) => t.write_vectored(iov),
+        }
+    }
+
+    /// Writes the transport's own pending bytes; a plain socket has none.
+    pub fn flush(&mut self) -> io::Result<bool> {
+        match self {
+            Link::Plain(_) => Ok(true),
+            Link::Wrapped(t) => t.flush(),
+        }
+    }
+
+    /// Whether a short read means the socket is drained (true of a plain socket, not
+    /// of a transport that may hold decoded bytes back).
+    pub fn short_read_drains(&self) -> bool {
+        matches!(self, Link::Plain(_))
+    }
+
+    pub fn is_wrapped(&self) -> bool {
+        matches!(self, Link::Wrapped(_))
+    }
+}
