@@ -32,6 +32,9 @@
 //!   bytes and runs the hub's outputs; it never waits on anything else.
 //! - `link`: what carries a connection's bytes: the plain socket, or a transport
 //!   (TLS, WebSocket) that turns its socket's bytes into the TCP wire format.
+//! - `tls`: the TLS transport: rustls's `ServerConnection` driven sans-I/O by the
+//!   reactor (ciphertext in and out of the socket, plaintext to the hub), and the TLS
+//!   listener's certificate, reloaded on SIGHUP.
 //! - `worker`: the worker threads that run store jobs, with `auth` (argon2id) and the
 //!   store backends `store::embedded` (redb) and `store::redis`.
 //! - `logging`: a log sink that never blocks the reactor.
@@ -68,6 +71,8 @@ pub mod logging;
 pub mod reactor;
 #[cfg(feature = "server")]
 pub mod sys;
+#[cfg(feature = "server")]
+pub mod tls;
 #[cfg(feature = "server")]
 pub mod worker;
 

@@ -116,7 +116,10 @@ impl ShutdownHandle {
 
 /// A server running on its own thread (see [`spawn`]).
 pub struct Running {
+    /// The plain listener's address.
     pub addr: SocketAddr,
+    /// The wrapped listeners' addresses, in the order given to [`spawn_with`].
+    pub wrapped: Vec<SocketAddr>,
     pub stop: ShutdownHandle,
     pub thread: std::thread::JoinHandle<io::Result<()>>,
 }
@@ -138,24 +141,49 @@ pub fn spawn(
     store: StoreFactory,
     cfg: ServerConfig,
 ) -> io::Result<Running> {
+    spawn_with(listener, Vec::new(), store, cfg)
+}
+
+/// Like [`spawn`], with more listeners whose connections are wrapped (TLS).
+pub fn spawn_with(
+    listener: std::net::TcpListener,
+    wrapped: Vec<(std::net::TcpListener, Box<dyn Wrapper + Send>)>,
+    store: StoreFactory,
+    cfg: ServerConfig,
+) -> io::Result<Running> {
     let (tx, rx) = mpsc::sync_channel(1);
     let thread = std::thread::Builder::new()
         .name("chat-reactor".into())
-        .spawn(move || match Server::new(listener, &store, cfg) {
-            Ok(server) => {
-                let _ = tx.send(Ok((server.local_addr(), server.shutdown_handle())));
-                server.run()
-            }
-            Err(e) => {
-                let msg = e.to_string();
-                let _ = tx.send(Err(e));
-                Err(io::Error::other(msg))
+        .spawn(move || {
+            let started = Server::new(listener, &store, cfg).and_then(|mut server| {
+                let mut addrs = Vec::new();
+                for (l, w) in wrapped {
+                    addrs.push(server.add_listener(l, w)?);
+                }
+                Ok((server, addrs))
+            });
+            match started {
+                Ok((server, addrs)) => {
+                    let addr = server.local_addr().expect("a plain listener");
+                    let _ = tx.send(Ok((addr, addrs, server.shutdown_handle())));
+                    server.run()
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    let _ = tx.send(Err(e));
+                    Err(io::Error::other(msg))
+                }
             }
         })?;
-    let (addr, stop) = rx
+    let (addr, wrapped, stop) = rx
         .recv()
         .map_err(|_| io::Error::other("server thread ended early"))??;
-    Ok(Running { addr, stop, thread })
+    Ok(Running {
+        addr,
+        wrapped,
+        stop,
+        thread,
+    })
 }
 
 /// One listening socket, and what wraps the connections it accepts (none: plain).
@@ -169,7 +197,8 @@ pub struct Server {
     poll: Poll,
     /// Emptied at shutdown, when accepting stops.
     listeners: Vec<Listening>,
-    addr: SocketAddr,
+    /// The plain listener's address, if there is one.
+    addr: Option<SocketAddr>,
     hub: Hub,
     socks: Vec<Option<Link>>,
     workers: Workers,
@@ -205,20 +234,37 @@ fn now(started: Instant) -> Now {
 }
 
 impl Server {
-    /// Takes a bound listener (port 0 is fine: see [`Server::local_addr`]) and starts
-    /// the worker pool with a store handle each from `store`.
+    /// Takes a bound listener for plain connections (port 0 is fine: see
+    /// [`Server::local_addr`]) and starts the worker pool with a store handle each from
+    /// `store`.
     pub fn new(
         listener: std::net::TcpListener,
         store: &StoreFactory,
+        cfg: ServerConfig,
+    ) -> io::Result<Server> {
+        Server::with_listener(Some(listener), store, cfg)
+    }
+
+    /// Like [`Server::new`], the plain listener optional: without one, connections
+    /// come only through listeners added with [`Server::add_listener`] (a TLS-only
+    /// deployment).
+    pub fn with_listener(
+        listener: Option<std::net::TcpListener>,
+        store: &StoreFactory,
         mut cfg: ServerConfig,
     ) -> io::Result<Server> {
-        listener.set_nonblocking(true)?;
-        crate::sys::widen_backlog(&listener);
-        let addr = listener.local_addr()?;
-        let mut listener = TcpListener::from_std(listener);
         let poll = Poll::new()?;
-        poll.registry()
-            .register(&mut listener, Token(FIRST_LISTENER), Interest::READABLE)?;
+        let mut listeners = Vec::new();
+        let mut addr = None;
+        if let Some(listener) = listener {
+            listener.set_nonblocking(true)?;
+            crate::sys::widen_backlog(&listener);
+            addr = Some(listener.local_addr()?);
+            let mut sock = TcpListener::from_std(listener);
+            poll.registry()
+                .register(&mut sock, Token(FIRST_LISTENER), Interest::READABLE)?;
+            listeners.push(Listening { sock, wrap: None });
+        }
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let hasher = Hasher::new(cfg.hash).map_err(io::Error::other)?;
         cfg.hub.hash_workers = cfg.workers.max(1);
@@ -264,10 +310,7 @@ impl Server {
         };
         Ok(Server {
             poll,
-            listeners: vec![Listening {
-                sock: listener,
-                wrap: None,
-            }],
+            listeners,
             addr,
             hub,
             socks: Vec::new(),
@@ -286,8 +329,8 @@ impl Server {
         })
     }
 
-    /// The plain listener's address.
-    pub fn local_addr(&self) -> SocketAddr {
+    /// The plain listener's address (none if the server has no plain listener).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
         self.addr
     }
 
@@ -337,7 +380,11 @@ impl Server {
         } else {
             None
         };
-        log::info!("listening on {}", self.addr);
+        // After the wrapped listeners' lines ("TLS listening on ..."): a script or test
+        // that waits for this line finds every listener ready.
+        if let Some(addr) = self.addr {
+            log::info!("listening on {addr}");
+        }
         let mut events = Events::with_capacity(1024);
         let mut next_trim: u64 = TRIM_MS;
         let mut shutdown_deadline: Option<u64> = None;

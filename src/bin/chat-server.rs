@@ -1,5 +1,5 @@
 //! `chat-server`: parses the command line, sets up logging and the store, binds the
-//! listener and runs the reactor until SIGTERM or SIGINT.
+//! listeners (plain, TLS) and runs the reactor until SIGTERM or SIGINT.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,13 +21,29 @@ use std::time::Duration;
 ///
 /// Data (users, offline messages) is kept in one crash-safe file in the data
 /// directory. Stop it with SIGTERM or Ctrl-C: queued output is drained and every
-/// acknowledged write is kept.
+/// acknowledged write is kept. SIGHUP reloads the TLS certificate and key.
 #[derive(Parser, Debug)]
 #[command(name = "chat-server", version)]
 struct Args {
-    /// Address and port to listen on (port 0 picks a free port; the log says which).
+    /// Address and port to listen on for plain connections (port 0 picks a free port;
+    /// the log says which), or `off` for none (TLS only).
     #[arg(long, default_value = "0.0.0.0:8889", value_name = "ADDR")]
     listen: String,
+
+    /// Address and port to listen on for TLS connections (the same protocol inside
+    /// TLS 1.2 or 1.3); needs --tls-cert and --tls-key.
+    #[arg(long, value_name = "ADDR", requires_all = ["tls_cert", "tls_key"])]
+    tls_listen: Option<String>,
+
+    /// The TLS certificate: a PEM file, the server's certificate first, then any
+    /// intermediate certificates (a Let's Encrypt `fullchain.pem`). Read again on
+    /// SIGHUP, with the key.
+    #[arg(long, value_name = "PEM", requires = "tls_listen")]
+    tls_cert: Option<PathBuf>,
+
+    /// The TLS certificate's private key: a PEM file, PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
+    #[arg(long, value_name = "PEM", requires = "tls_listen")]
+    tls_key: Option<PathBuf>,
 
     /// Directory for the data file (chat.redb); created if missing.
     #[arg(long, default_value = "./chat-data", value_name = "DIR")]
@@ -273,12 +289,37 @@ fn run(args: Args) -> Result<(), String> {
         return Err(format!("--node-id {id:?}: give a name without spaces"));
     }
     chat::auth::Hasher::new(cfg.hash)?;
-    let addr: std::net::SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(&args.listen)
+    let plain = if args.listen == "off" {
+        None
+    } else {
+        Some(bind(&args.listen)?)
+    };
+    // The certificate is read before anything starts: a wrong path fails at once.
+    let tls = match (&args.tls_listen, &args.tls_cert, &args.tls_key) {
+        (Some(addr), Some(cert), Some(key)) => Some((
+            bind(addr)?,
+            chat::tls::TlsWrapper::new(cert, key).map_err(|e| format!("TLS: {e}"))?,
+        )),
+        _ => None,
+    };
+    if plain.is_none() && tls.is_none() {
+        return Err("--listen off with no --tls-listen: nothing to listen on".into());
+    }
+    let mut server =
+        Server::with_listener(plain, &factory, cfg).map_err(|e| format!("cannot start: {e}"))?;
+    if let Some((listener, wrapper)) = tls {
+        server
+            .add_listener(listener, Box::new(wrapper))
+            .map_err(|e| format!("cannot start the TLS listener: {e}"))?;
+    }
+    server.run().map_err(|e| format!("event loop failed: {e}"))
+}
+
+/// A listening socket on `addr` (a host name is resolved; its first address is used).
+fn bind(addr: &str) -> Result<std::net::TcpListener, String> {
+    let a: std::net::SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(addr)
         .ok()
         .and_then(|mut a| a.next())
-        .ok_or_else(|| format!("cannot listen on {}: not an address", args.listen))?;
-    let listener =
-        chat::sys::listen(addr).map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    let server = Server::new(listener, &factory, cfg).map_err(|e| format!("cannot start: {e}"))?;
-    server.run().map_err(|e| format!("event loop failed: {e}"))
+        .ok_or_else(|| format!("cannot listen on {addr}: not an address"))?;
+    chat::sys::listen(a).map_err(|e| format!("cannot listen on {addr}: {e}"))
 }

@@ -47,7 +47,15 @@ impl ServerProc {
 
     /// Takes over a started server process (its stderr piped), and waits for its
     /// "listening on" line.
-    pub fn adopt(mut child: Child, data: &Path) -> ServerProc {
+    pub fn adopt(child: Child, data: &Path) -> ServerProc {
+        // The plain listener's line ("...reactor: listening on ADDR"), logged after
+        // any other listener's ("TLS listening on ADDR").
+        Self::adopt_on(child, data, ": listening on ")
+    }
+
+    /// Like [`ServerProc::adopt`], `addr` taken from the first log line with `needle`
+    /// (which ends just before the address).
+    pub fn adopt_on(mut child: Child, data: &Path, needle: &str) -> ServerProc {
         let stderr = child.stderr.take().expect("stderr is piped");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -65,8 +73,8 @@ impl ServerProc {
             log: rx,
             log_lines: Vec::new(),
         };
-        let line = s.wait_log("listening on ");
-        let addr = line.rsplit("listening on ").next().unwrap().trim();
+        let line = s.wait_log(needle);
+        let addr = line.rsplit(needle).next().unwrap().trim();
         s.addr = addr.parse().expect("address in the log");
         s
     }
@@ -131,9 +139,10 @@ impl Drop for ServerProc {
     }
 }
 
-/// A client that writes frames the way the seed's Go client does.
-pub struct SeedClient {
-    pub stream: TcpStream,
+/// A client that writes frames the way the seed's Go client does, over a plain socket
+/// or any other stream (a TLS session).
+pub struct SeedClient<S = TcpStream> {
+    pub stream: S,
 }
 
 /// `{"type": t, "data": json(inner)}` with its 4-byte big-endian length.
@@ -164,7 +173,9 @@ impl SeedClient {
         stream.set_nodelay(true).unwrap();
         SeedClient { stream }
     }
+}
 
+impl<S: Read + Write> SeedClient<S> {
     pub fn send(&mut self, t: &str, inner: Value) {
         self.stream.write_all(&seed_frame(t, &inner)).unwrap();
     }
