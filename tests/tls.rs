@@ -52,9 +52,7 @@ fn try_tls_with(addr: SocketAddr, cfg: Arc<ClientConfig>) -> Result<SeedClient<T
     let conn = ClientConnection::new(cfg, ServerName::try_from("localhost").unwrap()).unwrap();
     let mut s = StreamOwned::new(conn, tcp);
     while s.conn.is_handshaking() {
-        s.conn
-            .complete_io(&mut s.sock)
-            .map_err(|e| e.to_string())?;
+        s.conn.complete_io(&mut s.sock).map_err(|e| e.to_string())?;
     }
     Ok(SeedClient { stream: s })
 }
@@ -146,7 +144,10 @@ fn private<A: Read + Write, B: Read + Write>(
     from.send("SmsPrivateMes", json!({"toUserId": to_id, "content": text}));
     assert_eq!(from.recv_until("SmsResMes").0.data["code"], 200);
     let (p, _) = to.recv_until("SmsPrivateMes");
-    assert_eq!((p.data["content"].clone(), p.data["userId"].clone()), (json!(text), json!(from_id)));
+    assert_eq!(
+        (p.data["content"].clone(), p.data["userId"].clone()),
+        (json!(text), json!(from_id))
+    );
 }
 
 /// Reads until the server closes the connection; returns what came before.
@@ -251,7 +252,14 @@ fn a_pkcs1_rsa_key_is_read() {
     let dir = tempfile::tempdir().unwrap();
     let pk8 = dir.path().join("rsa8.pem");
     let made = Command::new("openssl")
-        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
         .arg(&pk8)
         .stderr(Stdio::null())
         .status();
@@ -293,7 +301,10 @@ fn garbage_and_plain_frames_on_the_tls_port_get_a_clean_close() {
     notice(&mut t, 2, 0);
     let hostile: Vec<Vec<u8>> = vec![
         // A seed client that picked the wrong port.
-        seed_frame("LoginMes", &json!({"userId": 9, "userPwd": "x", "userName": ""})),
+        seed_frame(
+            "LoginMes",
+            &json!({"userId": 9, "userPwd": "x", "userName": ""}),
+        ),
         // Bytes that are nothing at all.
         (0..2000u32).map(|i| (i * 7919 % 251) as u8).collect(),
         // A handshake record whose message claims 16 MiB.
@@ -329,14 +340,16 @@ fn a_stalled_handshake_is_closed_at_the_login_timeout() {
     // Connected and silent; half a client hello; a finished handshake and no login.
     let mut silent = TcpStream::connect(tls_addr).unwrap();
     let mut half = TcpStream::connect(tls_addr).unwrap();
-    half.write_all(&[22, 3, 1, 0, 200, 1, 0, 0, 196, 3, 3]).unwrap();
+    half.write_all(&[22, 3, 1, 0, 200, 1, 0, 0, 196, 3, 3])
+        .unwrap();
     let mut no_login = tls(tls_addr, &p.ca);
     assert!(alerts_only(&read_to_close(&mut silent)));
     assert!(alerts_only(&read_to_close(&mut half)));
     // The finished handshake is told why, inside TLS, then closed with close_notify.
     let told = no_login.expect_closed();
     assert!(
-        told.iter().any(|g| g.kind == "ErrorResMes" && g.data["code"] == 401),
+        told.iter()
+            .any(|g| g.kind == "ErrorResMes" && g.data["code"] == 401),
         "{told:?}"
     );
     // The logged-in users, TLS and plain, were not touched.
@@ -370,7 +383,9 @@ fn sighup_reloads_the_certificate_and_keeps_open_connections() {
     // New connections get the new certificate: a client that trusts only the old CA
     // refuses it, one that trusts the new CA logs in.
     let refused = try_tls_with(tls_addr, client_config(&old.ca, rustls::DEFAULT_VERSIONS));
-    let err = refused.err().expect("the old CA must not verify the new certificate");
+    let err = refused
+        .err()
+        .expect("the old CA must not verify the new certificate");
     assert!(err.contains("certificate"), "{err}");
     let mut after = tls_online(tls_addr, &new.ca, 3);
     // The connection opened before the reload goes on as before.
@@ -446,7 +461,10 @@ fn tls_and_plain_users_on_two_nodes() {
     let tls_addr: SocketAddr = a
         .log_lines
         .iter()
-        .find_map(|l| l.rsplit_once("TLS listening on ").map(|(_, a)| a.trim().to_string()))
+        .find_map(|l| {
+            l.rsplit_once("TLS listening on ")
+                .map(|(_, a)| a.trim().to_string())
+        })
         .unwrap()
         .parse()
         .unwrap();

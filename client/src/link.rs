@@ -1,6 +1,6 @@
 //! The connection to the server: blocking writes from the menu thread, and a reader
 //! thread that prints everything the server pushes the moment it arrives and hands
-//! replies to the menu thread.
+//! replies to the menu thread. Plain TCP, or TLS (see `tls`).
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
@@ -14,6 +14,7 @@ use std::time::Duration;
 use chat::proto::{self, ClientMessage, FrameDecoder, ParseError, ServerMessage, kind, status};
 
 use crate::show;
+use crate::tls::{self, TlsWriter};
 
 /// The largest frame body this client reads; declared to the server as `maxFrame`.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
@@ -31,8 +32,25 @@ pub enum Event {
 /// Who is online, kept current from the server's pushes.
 pub type Roster = Arc<Mutex<BTreeMap<i64, String>>>;
 
+/// Where the menu thread's bytes go.
+enum Out {
+    Plain(TcpStream),
+    Tls(TlsWriter),
+}
+
+impl Out {
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Out::Plain(s) => s.write_all(bytes),
+            Out::Tls(t) => t.write_all(bytes),
+        }
+    }
+}
+
 pub struct Link {
+    /// The socket itself, to shut it down.
     stream: TcpStream,
+    out: Out,
     events: Receiver<Event>,
     alive: Arc<AtomicBool>,
     /// Set before a deliberate close, so the reader does not report it as a loss.
@@ -54,7 +72,10 @@ pub enum WaitError {
 }
 
 impl Link {
-    pub fn connect(addr: &str) -> io::Result<Link> {
+    /// Connects to `addr` (`HOST:PORT`); with `tls`, runs a TLS handshake that
+    /// verifies the server's certificate for HOST (an error of kind `InvalidData`
+    /// says why it was refused).
+    pub fn connect(addr: &str, tls: Option<&Arc<rustls::ClientConfig>>) -> io::Result<Link> {
         let mut last = io::Error::new(io::ErrorKind::NotFound, "address did not resolve");
         let mut stream = None;
         for a in addr.to_socket_addrs()? {
@@ -68,18 +89,28 @@ impl Link {
         }
         let stream = stream.ok_or(last)?;
         let _ = stream.set_nodelay(true);
+        let (out, input): (Out, Box<dyn Read + Send>) = match tls {
+            None => (
+                Out::Plain(stream.try_clone()?),
+                Box::new(stream.try_clone()?),
+            ),
+            Some(cfg) => {
+                let (w, r) = tls::connect(stream.try_clone()?, cfg.clone(), tls::host_of(addr))?;
+                (Out::Tls(w), Box::new(r))
+            }
+        };
         let (tx, events) = mpsc::channel();
         let (shown, shown_rx) = mpsc::sync_channel(1);
         let alive = Arc::new(AtomicBool::new(true));
         let leaving = Arc::new(AtomicBool::new(false));
         let roster: Roster = Arc::default();
         let reader = {
-            let mut rs = stream.try_clone()?;
+            let mut rs = input;
             let alive = alive.clone();
             let leaving = leaving.clone();
             let roster = roster.clone();
             std::thread::spawn(move || {
-                read_loop(&mut rs, &tx, &roster, &shown_rx);
+                read_loop(&mut *rs, &tx, &roster, &shown_rx);
                 alive.store(false, Ordering::SeqCst);
                 if !leaving.load(Ordering::SeqCst) {
                     show::push("Connection to the server lost.");
@@ -89,6 +120,7 @@ impl Link {
         };
         Ok(Link {
             stream,
+            out,
             events,
             alive,
             leaving,
@@ -115,7 +147,7 @@ impl Link {
                 Event::Reply(_) => {}
             }
         }
-        self.stream.write_all(&msg.encode())
+        self.out.write_all(&msg.encode())
     }
 
     /// Waits for the next reply.
@@ -144,13 +176,11 @@ impl Link {
     /// for the server to close its side.
     pub fn close(mut self, logout: bool) {
         self.leaving.store(true, Ordering::SeqCst);
-        if logout
-            && self.is_alive()
-            && self
-                .stream
-                .write_all(&ClientMessage::Logout.encode())
-                .is_ok()
+        if logout && self.is_alive() && self.out.write_all(&ClientMessage::Logout.encode()).is_ok()
         {
+            if let Out::Tls(t) = &mut self.out {
+                let _ = t.close();
+            }
             let _ = self.stream.shutdown(Shutdown::Write);
             let deadline = std::time::Instant::now() + Duration::from_secs(3);
             while self.is_alive() && std::time::Instant::now() < deadline {
@@ -165,7 +195,7 @@ impl Link {
 }
 
 fn read_loop(
-    stream: &mut TcpStream,
+    stream: &mut dyn Read,
     tx: &mpsc::Sender<Event>,
     roster: &Roster,
     shown: &Receiver<()>,

@@ -15,6 +15,7 @@
 
 mod link;
 mod show;
+mod tls;
 
 use std::io::{self, BufRead};
 use std::process::ExitCode;
@@ -45,9 +46,19 @@ fn is_busy(error: &str, retry_after: Option<u64>) -> bool {
 #[derive(Parser, Debug)]
 #[command(name = "chat", version)]
 struct Args {
-    /// The server's address.
+    /// The server's address, HOST:PORT.
     #[arg(long, default_value = "127.0.0.1:8889", value_name = "ADDR")]
     server: String,
+
+    /// Connect with TLS (the server's --tls-listen port), verifying the server's
+    /// certificate for HOST against the system's trusted roots.
+    #[arg(long)]
+    tls: bool,
+
+    /// With TLS, trust this CA certificate (PEM) instead of the system's roots: for
+    /// a server with a private or self-signed certificate. Implies --tls.
+    #[arg(long, value_name = "PEM")]
+    tls_ca: Option<std::path::PathBuf>,
 }
 
 /// Lines from stdin; `None` at end of input.
@@ -140,6 +151,8 @@ enum Flow {
 
 struct App {
     server: String,
+    /// TLS settings, if the connection uses TLS.
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     input: Input,
     /// The last attempt to reach the server failed.
     unreachable: bool,
@@ -147,8 +160,20 @@ struct App {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    let tls = if args.tls || args.tls_ca.is_some() {
+        match tls::config(args.tls_ca.as_deref()) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("chat: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
     let mut app = App {
         server: args.server,
+        tls,
         input: Input {
             lines: io::stdin().lock().lines(),
         },
@@ -193,10 +218,15 @@ impl App {
     }
 
     fn connect(&mut self) -> Option<Link> {
-        match Link::connect(&self.server) {
+        match Link::connect(&self.server, self.tls.as_ref()) {
             Ok(l) => {
                 self.unreachable = false;
                 Some(l)
+            }
+            Err(e) if e.kind() == io::ErrorKind::InvalidData && self.tls.is_some() => {
+                self.unreachable = true;
+                show::line(&format!("TLS with {} refused: {e}.", self.server));
+                None
             }
             Err(e) => {
                 self.unreachable = true;

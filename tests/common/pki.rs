@@ -36,9 +36,15 @@ fn ca_params(name: &str) -> CertificateParams {
     p
 }
 
-/// Generates a root CA, an intermediate and a server certificate for localhost, and
-/// writes `<name>-ca.pem`, `<name>-cert.pem` (chain) and `<name>-key.pem` into `dir`.
+/// Generates a root CA, an intermediate and a server certificate for localhost and
+/// 127.0.0.1, and writes `<name>-ca.pem`, `<name>-cert.pem` (chain) and
+/// `<name>-key.pem` into `dir`.
 pub fn make(dir: &Path, name: &str, format: KeyFormat) -> Pki {
+    make_for(dir, name, format, &["localhost", "127.0.0.1"])
+}
+
+/// Like [`make`], the server certificate for `names` (host names or addresses).
+pub fn make_for(dir: &Path, name: &str, format: KeyFormat, names: &[&str]) -> Pki {
     let root_key = KeyPair::generate().unwrap();
     let root_params = ca_params(&format!("{name} test root"));
     let root_cert = root_params.self_signed(&root_key).unwrap();
@@ -51,8 +57,8 @@ pub fn make(dir: &Path, name: &str, format: KeyFormat) -> Pki {
 
     let key = KeyPair::generate().unwrap();
     let mut params =
-        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-    params.distinguished_name.push(DnType::CommonName, "localhost");
+        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, names[0]);
     let cert = params.signed_by(&key, &mid).unwrap();
 
     let files = Pki {

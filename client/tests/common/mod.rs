@@ -24,8 +24,14 @@ pub struct Chat {
 
 impl Chat {
     pub fn start(addr: &str) -> Chat {
+        Chat::start_with(&["--server", addr], &[])
+    }
+
+    /// Starts `chat` with these arguments and environment variables.
+    pub fn start_with(args: &[&str], env: &[(&str, &std::path::Path)]) -> Chat {
         let mut child = Command::new(env!("CARGO_BIN_EXE_chat"))
-            .args(["--server", addr])
+            .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
