@@ -13,14 +13,18 @@
 # right after this one (reported as target "baseline"): a before/after in one run.
 # CLUSTER=1 adds the light-load shape on one node, on two nodes sharing one Redis (half
 # the receivers on each) and on Redis pub/sub alone. MAIN=0 skips the usual shapes;
-# FANOUT_ONLY=1 keeps only the four saturated fan-out shapes of them.
+# FANOUT_ONLY=1 keeps only the four saturated fan-out shapes of them. TLS=1 adds plain
+# against TLS on one server (both listeners open, a certificate made with openssl for
+# the run): saturated fan-out, light-load latency and idle memory, each over the plain
+# port then over the TLS port (reported as target "chat-tls").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS="${1:-3}"
-B=target/release
+B="${CARGO_TARGET_DIR:-target}/release"
 cargo build --release -q -p chat -p chat-bench
 TMP="$(mktemp -d)"
-trap 'pkill -f "chat-server --listen 127.0.0.1:190" || true; pkill -f "redis-server.*190" || true; rm -rf "$TMP"' EXIT
+# On exit (an interrupted run too): stop what this script started, by process id.
+trap 'for p in ${SERVER:-} ${NODE1:-} ${NODE2:-} ${CLUSTER_REDIS:-}; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"' EXIT
 
 # The chat server on a fresh data directory, with no rate limits (the bench is one
 # address sending flat out) and the default argon2id cost unless flags say otherwise.
@@ -58,7 +62,7 @@ redis_up() {
     SERVER=$!
     until redis-cli -p 19002 ping >/dev/null 2>&1; do sleep 0.05; done
 }
-down() { kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; }
+down() { kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; SERVER=; }
 bench() { taskset -c 1 $B/chat-bench "$@"; }
 chat_fanout() { chat_up; bench fanout --target chat --addr 127.0.0.1:19001 "$@"; down; }
 chat_idle() {
@@ -116,10 +120,45 @@ if [ "${CLUSTER:-0}" = 1 ]; then
         bench fanout --target chat --addr 127.0.0.1:19011 --addr2 127.0.0.1:19012 \
             -n 100 -p 10 --rate 2000 -d 5
         echo "  redis messages  $(redis-cli -p 19003 info stats | grep -E '^total_commands_processed' | tr -d '\r')"
-        kill "$NODE1" "$NODE2"; wait "$NODE1" "$NODE2" 2>/dev/null || true
-        kill "$CLUSTER_REDIS"; wait "$CLUSTER_REDIS" 2>/dev/null || true
+        kill "$NODE1" "$NODE2"; wait "$NODE1" "$NODE2" 2>/dev/null || true; NODE1=; NODE2=
+        kill "$CLUSTER_REDIS"; wait "$CLUSTER_REDIS" 2>/dev/null || true; CLUSTER_REDIS=
         echo "### run $run light load 2000 msg/s N=100 P=10, redis"
         redis_up; bench fanout --target redis --addr 127.0.0.1:19002 -n 100 -p 10 --rate 2000 -d 5; down
+    done
+fi
+
+if [ "${TLS:-0}" = 1 ]; then
+    # A throwaway self-signed certificate for localhost (EC P-256), trusted by the
+    # bench with --tls-ca; made for this run, never kept.
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+        -keyout "$TMP/tls-key.pem" -out "$TMP/tls-cert.pem" -subj /CN=localhost \
+        -addext subjectAltName=DNS:localhost -addext basicConstraints=critical,CA:FALSE \
+        2>/dev/null
+    # Hashing at normal priority and a long login timeout: on a machine shared with
+    # other work, idle-priority hashing can starve and the setup's logins time out.
+    # Neither touches what is measured, which starts once everyone is logged in.
+    TLS_UP=(--tls-listen 127.0.0.1:19004 --tls-cert "$TMP/tls-cert.pem" --tls-key "$TMP/tls-key.pem"
+        --worker-priority normal --login-timeout 600)
+    OVER_TLS=(--addr 127.0.0.1:19004 --tls-ca "$TMP/tls-cert.pem")
+    # Runs one chat shape ("$@": chat-bench arguments) over the plain port, then over
+    # TLS, each on a fresh server with both listeners.
+    plain_then_tls() {
+        chat_up "${TLS_UP[@]}"; bench "$@" --addr 127.0.0.1:19001; down
+        chat_up "${TLS_UP[@]}"; bench "$@" "${OVER_TLS[@]}"; down
+    }
+    for run in $(seq "$RUNS"); do
+        for shape in "100 10" "1000 10"; do
+            set -- $shape
+            echo "### run $run TLS fanout N=$1 P=$2"
+            plain_then_tls fanout --target chat -n "$1" -p "$2" -d 5
+        done
+        echo "### run $run TLS light load 2000 msg/s N=100 P=10"
+        plain_then_tls fanout --target chat -n 100 -p 10 --rate 2000 -d 5
+        echo "### run $run TLS idle C=10000"
+        chat_up "${TLS_UP[@]}"
+        bench idle --target chat --addr 127.0.0.1:19001 -c 10000 --server-pid "$SERVER"; down
+        chat_up "${TLS_UP[@]}"
+        bench idle --target chat "${OVER_TLS[@]}" -c 10000 --server-pid "$SERVER"; down
     done
 fi
 

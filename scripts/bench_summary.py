@@ -36,6 +36,8 @@ def main():
         m = re.match(r"^(fanout|idle) target=(\w+)", line)
         if m:
             target = m.group(2).lower()
+            if line.rstrip().endswith("over TLS"):
+                target += "-tls"
             if baseline and target == "chat":
                 target = "baseline"
             continue

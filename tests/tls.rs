@@ -358,6 +358,43 @@ fn a_stalled_handshake_is_closed_at_the_login_timeout() {
 }
 
 #[test]
+fn a_tls_client_that_stops_reading_is_dropped_as_a_slow_consumer() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pki::make(dir.path(), "slow", KeyFormat::Pkcs8);
+    let (mut s, tls_addr) = start(
+        &dir.path().join("data"),
+        &p,
+        &["--max-outbuf", "262144", "--msg-rate", "0"],
+    );
+    let mut stalled = tls_online(tls_addr, &p.ca, 1);
+    let mut sender = s.connect();
+    join(&mut sender, 2);
+    notice(&mut stalled, 2, 0);
+    // The stalled client reads nothing from now on. What the server queues for it is
+    // bounded: rustls takes a little, then refuses, and the hub's own limit drops it.
+    let text = "z".repeat(4000);
+    let mut dropped = None;
+    for _ in 0..100 {
+        for _ in 0..250 {
+            sender.send("SmsMes", json!({ "content": text }));
+        }
+        // The server has taken them all (it answers in order).
+        sender.send("PingMes", json!({}));
+        sender.recv_until("PongMes");
+        dropped = s.logged("slow consumer");
+        if dropped.is_some() {
+            break;
+        }
+    }
+    let line = dropped.expect("the stalled TLS client was never dropped");
+    assert!(line.contains("output queue over 262144 bytes"), "{line}");
+    // Everyone else goes on, over TLS too.
+    let mut other = tls_online(tls_addr, &p.ca, 3);
+    group(&mut sender, 2, &mut other, "after the drop");
+    drop(stalled);
+}
+
+#[test]
 fn sighup_reloads_the_certificate_and_keeps_open_connections() {
     let dir = tempfile::tempdir().unwrap();
     let old = pki::make(dir.path(), "old", KeyFormat::Pkcs8);

@@ -11,6 +11,9 @@
 //! - `login-storm`: K logins (real argon2 hashing) while a fixed-rate fan-out runs;
 //!   the fan-out's latency before and during the storm, and how long the storm took.
 //!
+//! With `--tls-ca`, every connection to the chat server is made over TLS (its
+//! `--tls-listen` port), trusting that CA: TLS against plain, side by side.
+//!
 //! Receivers count frames by their length prefix (RESP headers for Redis) and parse
 //! only every `--sample`th one, so the bench stays cheap. Every run ends by itself.
 
@@ -19,6 +22,7 @@ mod soak;
 mod wire;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
@@ -75,6 +79,45 @@ struct Common {
     /// First user id the bench registers and logs in (chat target).
     #[arg(long, default_value_t = 1_000_000)]
     base_id: i64,
+    /// Connect over TLS (chat target: the server's --tls-listen address as --addr),
+    /// trusting the CA certificate in this PEM file.
+    #[arg(long, value_name = "PEM")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// With --tls-ca, the name the server's certificate must be for.
+    #[arg(long, default_value = "localhost", value_name = "HOST")]
+    tls_name: String,
+}
+
+/// The TLS settings `c` asks for, if any.
+fn tls_setup(c: &Common) -> Res<Option<net::TlsSetup>> {
+    let Some(ca) = &c.tls_ca else {
+        return Ok(None);
+    };
+    if c.target != Target::Chat {
+        return Err("--tls-ca is for the chat target".into());
+    }
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(ca)
+        .and_then(|c| c.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("--tls-ca {}: {e}", ca.display()))?;
+    roots.add_parsable_certificates(certs);
+    if roots.is_empty() {
+        return Err(format!("--tls-ca {}: no certificate in it", ca.display()));
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(c.tls_name.clone())
+        .map_err(|e| format!("--tls-name {}: {e}", c.tls_name))?;
+    Ok(Some(net::TlsSetup {
+        config: Arc::new(config),
+        name,
+    }))
 }
 
 #[derive(Args, Clone)]
@@ -520,8 +563,16 @@ impl Report {
             None => format!("saturation, window {}", a.window),
         };
         println!(
-            "fanout target={:?} N={} P={} S={} {mode}",
-            a.common.target, a.receivers, a.publishers, a.size
+            "fanout target={:?} N={} P={} S={} {mode}{}",
+            a.common.target,
+            a.receivers,
+            a.publishers,
+            a.size,
+            if a.common.tls_ca.is_some() {
+                " over TLS"
+            } else {
+                ""
+            }
         );
         println!("  duration        {:.2} s", self.secs);
         println!("  messages/s      {:.0}", self.published as f64 / self.secs);
@@ -555,6 +606,7 @@ impl Report {
 pub(crate) fn fleet_for(a: &FanoutArgs, extra_buf: bool) -> Res<Fleet> {
     let buf = if extra_buf { 256 * 1024 } else { 64 * 1024 };
     let mut f = Fleet::new(a.common.target, a.sample, buf)?;
+    f.pool.tls = tls_setup(&a.common)?;
     let total = a.receivers + a.publishers;
     for k in 0..total {
         let role = if k < a.receivers {
@@ -700,6 +752,7 @@ fn fanout(a: &FanoutArgs) -> Res<Report> {
 fn idle(a: &IdleArgs) -> Res<()> {
     let before = rss_kib(a.server_pid)?;
     let mut f = Fleet::new(a.common.target, 1, 16 * 1024)?;
+    f.pool.tls = tls_setup(&a.common)?;
     let started = Instant::now();
     let n = a.conns;
     // Connections logging in at once: enough to keep the server's workers busy,
@@ -738,7 +791,12 @@ fn idle(a: &IdleArgs) -> Res<()> {
     f.run_until(Duration::from_secs_f64(a.hold), |_| false)?;
     let after = rss_kib(a.server_pid)?;
     let per = (after.saturating_sub(before)) as f64 * 1024.0 / n as f64;
-    println!("idle target={:?} C={n}", a.common.target);
+    let over = if a.common.tls_ca.is_some() {
+        " over TLS"
+    } else {
+        ""
+    };
+    println!("idle target={:?} C={n}{over}", a.common.target);
     println!(
         "  setup           {:.2} s (connect + log in / subscribe)",
         setup.as_secs_f64()
@@ -765,6 +823,7 @@ fn storm(a: &StormArgs) -> Res<()> {
         // connections that do not log in within its login timeout, so a connection
         // must not queue many slow (hashing) registrations.
         let mut reg = Fleet::new(Target::Chat, 1, 4 * 1024)?;
+        reg.pool.tls = tls_setup(&fa.common)?;
         reg.tolerate_closes = true;
         let in_flight = a.register_conns.max(1);
         let mut opened = 0;

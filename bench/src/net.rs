@@ -1,17 +1,33 @@
 //! Many client connections on one mio event loop: the bench's only I/O code.
 //! Reads go into each connection's own buffer and are consumed by the caller's
-//! protocol code; writes are queued and flushed until `WouldBlock`.
+//! protocol code; writes are queued and flushed until `WouldBlock`. With TLS, each
+//! connection's rustls `ClientConnection` sits between the socket and those buffers
+//! (ciphertext in and out of the socket, plaintext to and from the buffers), driven
+//! the same non-blocking way.
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection};
+
+/// What TLS connections are made with: the settings, and the name the server's
+/// certificate must be for.
+#[derive(Clone)]
+pub struct TlsSetup {
+    pub config: Arc<ClientConfig>,
+    pub name: ServerName<'static>,
+}
 
 pub struct Client {
     /// `None` once closed by [`Pool::close`] (its descriptor is given back).
     sock: Option<TcpStream>,
+    /// The TLS session, for a TLS connection.
+    tls: Option<Box<ClientConnection>>,
     buf: Vec<u8>,
     start: usize,
     end: usize,
@@ -55,7 +71,7 @@ impl Client {
     }
 
     pub fn has_output(&self) -> bool {
-        self.out_pos < self.out.len()
+        self.out_pos < self.out.len() || self.tls.as_ref().is_some_and(|t| t.wants_write())
     }
 
     /// Moves unconsumed input to the front when the buffer is full to its end.
@@ -75,6 +91,23 @@ impl Client {
         let Some(sock) = self.sock.as_mut() else {
             return Ok(false);
         };
+        if let Some(tls) = self.tls.as_mut() {
+            return match read_tls(tls, sock, &mut self.buf[self.end..]) {
+                Ok(0) => {
+                    self.closed = true;
+                    Ok(false)
+                }
+                Ok(n) => {
+                    self.end += n;
+                    Ok(true)
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+                Err(e) => {
+                    self.closed = true;
+                    Err(e)
+                }
+            };
+        }
         match sock.read(&mut self.buf[self.end..]) {
             Ok(0) => {
                 self.closed = true;
@@ -97,6 +130,18 @@ impl Client {
         let Some(sock) = self.sock.as_mut() else {
             return;
         };
+        if let Some(tls) = self.tls.as_mut() {
+            // No limit is set on what rustls holds: it takes everything at once.
+            if self.out_pos < self.out.len() {
+                let _ = tls.writer().write_all(&self.out[self.out_pos..]);
+                self.out.clear();
+                self.out_pos = 0;
+            }
+            if send_tls(tls, sock).is_err() {
+                self.closed = true;
+            }
+            return;
+        }
         while self.out_pos < self.out.len() {
             match sock.write(&self.out[self.out_pos..]) {
                 Ok(n) => self.out_pos += n,
@@ -128,6 +173,8 @@ pub struct Pool {
     /// next `poll` without waiting for an event (there will be none: edge-triggered).
     pending_reads: Vec<usize>,
     buf_size: usize,
+    /// Connections are made with TLS.
+    pub tls: Option<TlsSetup>,
 }
 
 impl Pool {
@@ -139,6 +186,7 @@ impl Pool {
             ready: Vec::new(),
             pending_reads: Vec::new(),
             buf_size,
+            tls: None,
         })
     }
 
@@ -149,6 +197,15 @@ impl Pool {
         let mut sock = TcpStream::connect(addr)?;
         sock.set_nodelay(true)?;
         let i = self.clients.len();
+        let tls = match &self.tls {
+            Some(t) => {
+                let mut c = ClientConnection::new(t.config.clone(), t.name.clone())
+                    .map_err(io::Error::other)?;
+                c.set_buffer_limit(None);
+                Some(Box::new(c))
+            }
+            None => None,
+        };
         self.poll.registry().register(
             &mut sock,
             Token(i),
@@ -156,6 +213,7 @@ impl Pool {
         )?;
         self.clients.push(Client {
             sock: Some(sock),
+            tls,
             buf: vec![0; self.buf_size],
             start: 0,
             end: 0,
@@ -173,6 +231,7 @@ impl Pool {
         if let Some(mut s) = c.sock.take() {
             let _ = self.poll.registry().deregister(&mut s);
         }
+        c.tls = None;
         c.closed = true;
         c.buf = Vec::new();
         c.start = 0;
@@ -235,7 +294,8 @@ impl Pool {
                 match c.read_some() {
                     Ok(true) => {
                         got = true;
-                        if c.end - before < room {
+                        // (Through TLS a short read says nothing of the socket.)
+                        if c.end - before < room && c.tls.is_none() {
                             break;
                         }
                     }
@@ -254,4 +314,44 @@ impl Pool {
         }
         Ok(())
     }
+}
+
+/// Plaintext from a TLS session: what it holds, else what the socket brings (its
+/// handshake answers written at once). `WouldBlock` once the socket is drained and no
+/// plaintext is left; `Ok(0)` at the end of the stream.
+fn read_tls(tls: &mut ClientConnection, sock: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match tls.reader().read(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+            Err(e) => return Err(e),
+        }
+        match tls.read_tls(sock) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+        tls.process_new_packets()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        send_tls(tls, sock)?;
+    }
+}
+
+/// Writes the records a TLS session holds until the socket is full.
+fn send_tls(tls: &mut ClientConnection, sock: &mut TcpStream) -> io::Result<()> {
+    while tls.wants_write() {
+        match tls.write_tls(sock) {
+            Ok(_) => {}
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock
+                    || e.kind() == io::ErrorKind::NotConnected =>
+            {
+                return Ok(());
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }

@@ -6,8 +6,12 @@
 //! it arrives, whatever prompt is showing. Input is read line by line from stdin, so a
 //! script can drive it through a pipe; end of input logs out and exits with status 0.
 //!
+//! With `--tls` (or `--tls-ca PEM`) it connects over TLS and verifies the server's
+//! certificate for the host it was given; one that does not verify is refused.
+//!
 //! Exit status: 0 after `3` or end of input; 1 if the last attempt to reach the server
-//! failed (so a script can tell that the server was down).
+//! failed, or its certificate was refused (so a script can tell that the server was
+//! down).
 //!
 //! Against the seed's own Go server (its login reply has no `users` extension) the
 //! online list is the login reply's ids kept current by the status notices, and private

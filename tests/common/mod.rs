@@ -102,6 +102,14 @@ impl ServerProc {
         }
     }
 
+    /// A log line containing `needle` among those logged so far, without waiting.
+    pub fn logged(&mut self, needle: &str) -> Option<String> {
+        while let Ok(line) = self.log.try_recv() {
+            self.log_lines.push(line);
+        }
+        self.log_lines.iter().find(|l| l.contains(needle)).cloned()
+    }
+
     pub fn connect(&self) -> SeedClient {
         SeedClient::connect(self.addr)
     }
