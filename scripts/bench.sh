@@ -134,11 +134,12 @@ if [ "${TLS:-0}" = 1 ]; then
         -keyout "$TMP/tls-key.pem" -out "$TMP/tls-cert.pem" -subj /CN=localhost \
         -addext subjectAltName=DNS:localhost -addext basicConstraints=critical,CA:FALSE \
         2>/dev/null
-    # Hashing at normal priority and a long login timeout: on a machine shared with
-    # other work, idle-priority hashing can starve and the setup's logins time out.
-    # Neither touches what is measured, which starts once everyone is logged in.
+    # Hashing at normal priority, long login and job timeouts: on a machine shared
+    # with other work, idle-priority hashing can starve and the setup's logins time out
+    # or are refused as busy. None of it touches what is measured, which starts once
+    # everyone is logged in.
     TLS_UP=(--tls-listen 127.0.0.1:19004 --tls-cert "$TMP/tls-cert.pem" --tls-key "$TMP/tls-key.pem"
-        --worker-priority normal --login-timeout 600)
+        --worker-priority normal --login-timeout 600 --job-timeout 600)
     OVER_TLS=(--addr 127.0.0.1:19004 --tls-ca "$TMP/tls-cert.pem")
     # Runs one chat shape ("$@": chat-bench arguments) over the plain port, then over
     # TLS, each on a fresh server with both listeners.
