@@ -32,6 +32,8 @@
 //!   bytes and runs the hub's outputs; it never waits on anything else.
 //! - `link`: what carries a connection's bytes: the plain socket, or a transport
 //!   (TLS, WebSocket) that turns its socket's bytes into the TCP wire format.
+//! - `web`: the browser client (`--web-listen`): the page (`src/web/`, compiled in)
+//!   over HTTP/1.1, and the WebSocket transport that carries the protocol for it.
 //! - `worker`: the worker threads that run store jobs, with `auth` (argon2id) and the
 //!   store backends `store::embedded` (redb) and `store::redis`.
 //! - `logging`: a log sink that never blocks the reactor.
@@ -68,6 +70,8 @@ pub mod logging;
 pub mod reactor;
 #[cfg(feature = "server")]
 pub mod sys;
+#[cfg(feature = "server")]
+pub mod web;
 #[cfg(feature = "server")]
 pub mod worker;
 

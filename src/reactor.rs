@@ -674,7 +674,15 @@ impl Server {
                     budget -= n;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    if sock.is_wrapped() {
+                        // The transport worked through its share of input without
+                        // producing protocol bytes: others get a turn first.
+                        self.read_again.push(r);
+                        return;
+                    }
+                    continue;
+                }
                 Err(e) => {
                     self.hub.handle_hangup(r, &format!("read failed: {e}"), t);
                     return;

@@ -142,6 +142,17 @@ struct Args {
     #[arg(long, default_value_t = HubConfig::default().max_conns_per_addr, value_name = "N")]
     max_conns_per_addr: usize,
 
+    /// Also serve the chat to browsers on this address: plain HTTP/1.1, the page at
+    /// `/` and its WebSocket at `/ws` (off by default).
+    #[arg(long, value_name = "ADDR")]
+    web_listen: Option<String>,
+
+    /// An origin (`https://host[:port]`) whose pages may open the chat's WebSocket,
+    /// besides the page served by --web-listen itself; repeat it or separate with
+    /// commas. Any other origin is refused (cross-site WebSocket hijacking).
+    #[arg(long, value_name = "ORIGIN", value_delimiter = ',')]
+    web_origin: Vec<String>,
+
     /// argon2id memory cost in KiB for new password hashes. The default with 5 passes
     /// is one of OWASP's equally strong settings (another: 19456 KiB, 2 passes), the
     /// quickest of them here; each hashing thread holds this much while it works.
@@ -221,6 +232,13 @@ fn default_node_id() -> String {
     format!("{host}-{}-{:x}", std::process::id(), t & 0xff_ffff)
 }
 
+fn resolve(a: &str) -> Result<std::net::SocketAddr, String> {
+    std::net::ToSocketAddrs::to_socket_addrs(a)
+        .ok()
+        .and_then(|mut it| it.next())
+        .ok_or_else(|| format!("cannot listen on {a}: not an address"))
+}
+
 fn run(args: Args) -> Result<(), String> {
     chat::sys::raise_fd_limit();
     let factory = match &args.redis {
@@ -273,12 +291,30 @@ fn run(args: Args) -> Result<(), String> {
         return Err(format!("--node-id {id:?}: give a name without spaces"));
     }
     chat::auth::Hasher::new(cfg.hash)?;
-    let addr: std::net::SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(&args.listen)
-        .ok()
-        .and_then(|mut a| a.next())
-        .ok_or_else(|| format!("cannot listen on {}: not an address", args.listen))?;
+    let addr = resolve(&args.listen)?;
     let listener =
         chat::sys::listen(addr).map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    let server = Server::new(listener, &factory, cfg).map_err(|e| format!("cannot start: {e}"))?;
+    let web = match &args.web_listen {
+        Some(a) => {
+            let wrapper = chat::web::WebWrapper::new(&chat::web::WebConfig {
+                max_frame: cfg.hub.max_frame,
+                origins: args.web_origin.clone(),
+            })?;
+            let addr = resolve(a)?;
+            let l = chat::sys::listen(addr).map_err(|e| format!("cannot listen on {a}: {e}"))?;
+            Some((l, wrapper))
+        }
+        None if !args.web_origin.is_empty() => {
+            return Err("--web-origin needs --web-listen".into());
+        }
+        None => None,
+    };
+    let mut server =
+        Server::new(listener, &factory, cfg).map_err(|e| format!("cannot start: {e}"))?;
+    if let Some((l, wrapper)) = web {
+        server
+            .add_listener(l, Box::new(wrapper))
+            .map_err(|e| format!("cannot start the web listener: {e}"))?;
+    }
     server.run().map_err(|e| format!("event loop failed: {e}"))
 }

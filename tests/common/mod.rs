@@ -65,7 +65,9 @@ impl ServerProc {
             log: rx,
             log_lines: Vec::new(),
         };
-        let line = s.wait_log("listening on ");
+        // The plain listener's line (": listening on"), not another listener's
+        // ("web listening on", logged before it).
+        let line = s.wait_log(": listening on ");
         let addr = line.rsplit("listening on ").next().unwrap().trim();
         s.addr = addr.parse().expect("address in the log");
         s
@@ -92,6 +94,15 @@ impl ServerProc {
                 ),
             }
         }
+    }
+
+    /// The address another listener logged ("web listening on ADDR" for `name`
+    /// "web").
+    pub fn listener_addr(&mut self, name: &str) -> SocketAddr {
+        let needle = format!("{name} listening on ");
+        let line = self.wait_log(&needle);
+        let addr = line.rsplit(&needle).next().unwrap().trim();
+        addr.parse().expect("address in the log")
     }
 
     pub fn connect(&self) -> SeedClient {
