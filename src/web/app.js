@@ -417,6 +417,7 @@
     ui.auth.hidden = false;
     setConn('', '');
     ui.password.value = '';
+    setMode('login');
     st.creds = null;
     st.convs = new Map();
     st.current = 'group';

@@ -105,6 +105,14 @@ impl ServerProc {
         addr.parse().expect("address in the log")
     }
 
+    /// Whether a log line containing `needle` has come, without waiting.
+    pub fn saw_log(&mut self, needle: &str) -> bool {
+        while let Ok(line) = self.log.try_recv() {
+            self.log_lines.push(line);
+        }
+        self.log_lines.iter().any(|l| l.contains(needle))
+    }
+
     pub fn connect(&self) -> SeedClient {
         SeedClient::connect(self.addr)
     }
