@@ -26,6 +26,9 @@ need_redis() {
 
 # The browser test drives headless Chromium through chromedriver (Debian's packages).
 need_chromium() {
+    if [ -n "${CHROMEDRIVER:-}" ] && [ -n "${CHROME:-}" ]; then
+        return 0
+    fi
     if command -v chromedriver >/dev/null 2>&1 \
         && { command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
              || command -v google-chrome >/dev/null 2>&1; }; then

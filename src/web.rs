@@ -171,7 +171,7 @@ pub fn origin_allowed(origin: Option<&str>, host: Option<&str>, allowed: &[Strin
     {
         return true;
     }
-    allowed.iter().any(|a| *a == origin)
+    allowed.contains(&origin)
 }
 
 fn ok_response(content_type: &str, body: &[u8]) -> Vec<u8> {
@@ -584,7 +584,8 @@ impl Transport for WebTransport {
         let mut taken = 0;
         for s in iov {
             let take = s.len().min(OUT_BOUND - taken);
-            ws.cutter.push(&s[..take], |frame| text_frame(frame, &mut self.out));
+            ws.cutter
+                .push(&s[..take], |frame| text_frame(frame, &mut self.out));
             taken += take;
             if taken == OUT_BOUND {
                 break;
@@ -608,7 +609,9 @@ impl Drop for WebTransport {
             let frame = CloseFrame {
                 code: ws.close_code,
                 reason: match ws.close_code {
-                    CloseCode::Size => format!("message too big: at most {} bytes", self.shared.max_frame).into(),
+                    CloseCode::Size => {
+                        format!("message too big: at most {} bytes", self.shared.max_frame).into()
+                    }
                     _ => "".into(),
                 },
             };
@@ -699,7 +702,12 @@ mod tests {
 
     #[test]
     fn cutter_splits_at_every_byte() {
-        let bodies = ["{\"type\":\"PongMes\",\"data\":\"{}\"}", "", "x", "héllo wörld"];
+        let bodies = [
+            "{\"type\":\"PongMes\",\"data\":\"{}\"}",
+            "",
+            "x",
+            "héllo wörld",
+        ];
         let stream = frames(&bodies);
         for a in 0..=stream.len() {
             for b in a..=stream.len() {
@@ -719,10 +727,26 @@ mod tests {
         let allowed = vec!["https://chat.example.com".to_string()];
         let host = Some("127.0.0.1:8080");
         assert!(origin_allowed(None, host, &allowed));
-        assert!(origin_allowed(Some("http://127.0.0.1:8080"), host, &allowed));
-        assert!(origin_allowed(Some("HTTPS://127.0.0.1:8080"), host, &allowed));
-        assert!(origin_allowed(Some("https://chat.example.com"), host, &allowed));
-        assert!(!origin_allowed(Some("http://127.0.0.1:8081"), host, &allowed));
+        assert!(origin_allowed(
+            Some("http://127.0.0.1:8080"),
+            host,
+            &allowed
+        ));
+        assert!(origin_allowed(
+            Some("HTTPS://127.0.0.1:8080"),
+            host,
+            &allowed
+        ));
+        assert!(origin_allowed(
+            Some("https://chat.example.com"),
+            host,
+            &allowed
+        ));
+        assert!(!origin_allowed(
+            Some("http://127.0.0.1:8081"),
+            host,
+            &allowed
+        ));
         assert!(!origin_allowed(Some("http://evil.example"), host, &allowed));
         assert!(!origin_allowed(Some("null"), host, &allowed));
         assert!(!origin_allowed(Some("http://127.0.0.1:8080"), None, &[]));

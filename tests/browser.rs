@@ -63,7 +63,12 @@ impl Driver {
             .unwrap_or_else(|| panic!("chromedriver not found: {missing}"));
         let chrome = find(
             "CHROME",
-            &["/usr/bin/chromium", "chromium", "chromium-browser", "google-chrome"],
+            &[
+                "/usr/bin/chromium",
+                "chromium",
+                "chromium-browser",
+                "google-chrome",
+            ],
         )
         .unwrap_or_else(|| panic!("chromium not found: {missing}"));
         let mut child = Command::new(&driver)
@@ -77,7 +82,8 @@ impl Driver {
         let mut port = None;
         for line in out.by_ref() {
             let line = line.unwrap();
-            if let Some(rest) = line.strip_prefix("ChromeDriver was started successfully on port ") {
+            if let Some(rest) = line.strip_prefix("ChromeDriver was started successfully on port ")
+            {
                 port = rest.trim_end_matches('.').parse().ok();
                 break;
             }
@@ -111,7 +117,10 @@ impl Driver {
         let mut buf = [0u8; 16384];
         let (head, body) = loop {
             let n = s.read(&mut buf).expect("chromedriver's answer");
-            assert!(n > 0, "{method} {path}: chromedriver closed without an answer");
+            assert!(
+                n > 0,
+                "{method} {path}: chromedriver closed without an answer"
+            );
             all.extend_from_slice(&buf[..n]);
             let Some(end) = all.windows(4).position(|w| w == b"\r\n\r\n") else {
                 continue;
@@ -172,7 +181,11 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
         let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
             return out;
         };
-        let size = std::str::from_utf8(&b[..eol]).unwrap().split(';').next().unwrap();
+        let size = std::str::from_utf8(&b[..eol])
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap();
         let n = usize::from_str_radix(size.trim(), 16).unwrap();
         if n == 0 {
             return out;
@@ -191,7 +204,11 @@ fn base64(s: &str) -> Vec<u8> {
         b'/' => 63,
         _ => panic!("not base64: {c}"),
     };
-    let digits: Vec<u8> = s.bytes().filter(|c| !matches!(c, b'=' | b'\n' | b'\r')).map(val).collect();
+    let digits: Vec<u8> = s
+        .bytes()
+        .filter(|c| !matches!(c, b'=' | b'\n' | b'\r'))
+        .map(val)
+        .collect();
     let mut out = Vec::with_capacity(digits.len() * 3 / 4);
     for chunk in digits.chunks(4) {
         let mut n = 0u32;
@@ -222,7 +239,11 @@ impl Session<'_> {
     }
 
     fn element(&self, css: &str) -> String {
-        let v = self.call("POST", "element", json!({"using": "css selector", "value": css}));
+        let v = self.call(
+            "POST",
+            "element",
+            json!({"using": "css selector", "value": css}),
+        );
         v["element-6066-11e4-a52e-4f735466cecf"]
             .as_str()
             .unwrap_or_else(|| panic!("no element {css}"))
@@ -245,7 +266,11 @@ impl Session<'_> {
     }
 
     fn js(&self, script: &str) -> Value {
-        self.call("POST", "execute/sync", json!({"script": script, "args": []}))
+        self.call(
+            "POST",
+            "execute/sync",
+            json!({"script": script, "args": []}),
+        )
     }
 
     fn text(&self, css: &str) -> String {
@@ -275,7 +300,8 @@ impl Session<'_> {
                 .call("POST", &path, Some(&json!({"script": script, "args": []})))
         }));
         if res.is_err() {
-            let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("browser-{}.png", self.id));
+            let shot =
+                Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("browser-{}.png", self.id));
             std::fs::write(&shot, self.screenshot()).unwrap();
             let status = self.text("#conn");
             panic!(
@@ -296,11 +322,19 @@ impl Session<'_> {
     }
 
     fn screenshot(&self) -> Vec<u8> {
-        base64(self.call("GET", "screenshot", Value::Null).as_str().unwrap())
+        base64(
+            self.call("GET", "screenshot", Value::Null)
+                .as_str()
+                .unwrap(),
+        )
     }
 
     fn resize(&self, width: u32, height: u32) {
-        self.call("POST", "window/rect", json!({"width": width, "height": height}));
+        self.call(
+            "POST",
+            "window/rect",
+            json!({"width": width, "height": height}),
+        );
     }
 }
 
@@ -316,7 +350,10 @@ impl Drop for Session<'_> {
 /// Fills in the form and waits for the chat.
 fn register(p: &Session, id: i64, name: &str, pwd: &str) {
     p.click("#mode");
-    p.wait("the registration form", "!document.getElementById('name-row').hidden");
+    p.wait(
+        "the registration form",
+        "!document.getElementById('name-row').hidden",
+    );
     p.type_in("#user-id", &id.to_string());
     p.type_in("#user-name", name);
     p.type_in("#password", pwd);
@@ -356,8 +393,14 @@ fn two_pages_and_a_terminal_user_chat() {
     register(&a, 1001, "alice", "alice-pw");
     b.go(&url);
     register(&b, 1002, "bob", "bob-pw");
-    a.wait("bob online", &format!("document.querySelector('{}')", conv(1002)));
-    b.wait("alice online", &format!("document.querySelector('{}')", conv(1001)));
+    a.wait(
+        "bob online",
+        &format!("document.querySelector('{}')", conv(1002)),
+    );
+    b.wait(
+        "alice online",
+        &format!("document.querySelector('{}')", conv(1001)),
+    );
     assert!(a.text(&conv(1002)).contains("bob"));
     assert!(a.text("#me-name").contains("alice (1001)"));
 
@@ -365,7 +408,10 @@ fn two_pages_and_a_terminal_user_chat() {
     let mut t = server.connect();
     assert_eq!(t.register(1003, "carol-pw", "carol").data["code"], 200);
     assert_eq!(t.login(1003, "carol-pw").data["code"], 200);
-    a.wait("carol online", &format!("document.querySelector('{}')", conv(1003)));
+    a.wait(
+        "carol online",
+        &format!("document.querySelector('{}')", conv(1003)),
+    );
 
     // A group message from a page reaches the other page and the terminal.
     a.type_in("#text", &format!("Hello everyone!{ENTER}"));
@@ -376,7 +422,10 @@ fn two_pages_and_a_terminal_user_chat() {
     assert_eq!(g.data["userId"], 1001);
     assert_eq!(g.data["userName"], "alice");
     // And one from the terminal reaches both pages.
-    t.send("SmsMes", json!({"content": "hi from the terminal", "userId": 1003}));
+    t.send(
+        "SmsMes",
+        json!({"content": "hi from the terminal", "userId": 1003}),
+    );
     a.wait_text("#log .text", "hi from the terminal");
     b.wait_text("#log .text", "hi from the terminal");
 
@@ -387,7 +436,10 @@ fn two_pages_and_a_terminal_user_chat() {
     b.click("#send");
     b.wait_text("#log .status", "delivered");
     a.wait_text(&format!("{} .badge", conv(1002)), "1");
-    assert!(!a.text("#log").contains("Just between us"), "not in the group conversation");
+    assert!(
+        !a.text("#log").contains("Just between us"),
+        "not in the group conversation"
+    );
     a.click(&conv(1002));
     a.wait_text("#log .text", "Just between us");
     a.type_in("#text", &format!("Got it{ENTER}"));
@@ -400,13 +452,19 @@ fn two_pages_and_a_terminal_user_chat() {
     a.click("#logout");
     a.wait("the login form", "!document.getElementById('auth').hidden");
     b.wait_text("#log li.system, #conv-sub", "Offline");
-    t.send("SmsPrivateMes", json!({"toUserId": 1001, "content": "for when you are back"}));
+    t.send(
+        "SmsPrivateMes",
+        json!({"toUserId": 1001, "content": "for when you are back"}),
+    );
     assert_eq!(t.recv_until("SmsResMes").0.data["code"], 202);
     login(&a, 1001, "not-her-password");
     a.wait_text("#auth-msg", "Wrong password.");
     login(&a, 1001, "alice-pw");
     a.wait("the chat", "!document.getElementById('chat').hidden");
-    a.wait_text("#notice", "1 private message arrived while you were offline.");
+    a.wait_text(
+        "#notice",
+        "1 private message arrived while you were offline.",
+    );
     a.wait_text(&format!("{} .badge", conv(1003)), "1");
     a.click(&conv(1003));
     a.wait_text("#log", "for when you are back");
@@ -416,7 +474,10 @@ fn two_pages_and_a_terminal_user_chat() {
     a.click("#convs button[data-conv=\"group\"]");
     a.type_in("#text", &format!("Back again. Did I miss anything?{ENTER}"));
     t.recv_until("SmsMes");
-    t.send("SmsMes", json!({"content": "Only the weather: sunny all day.", "userId": 1003}));
+    t.send(
+        "SmsMes",
+        json!({"content": "Only the weather: sunny all day.", "userId": 1003}),
+    );
     a.wait_text("#log .text", "sunny all day");
     b.click("#convs button[data-conv=\"group\"]");
     b.wait_text("#log .text", "sunny all day");

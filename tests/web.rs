@@ -32,7 +32,8 @@ fn http(addr: SocketAddr, request: &[u8]) -> (String, String, Vec<u8>) {
     s.set_read_timeout(Some(WAIT)).unwrap();
     s.write_all(request).unwrap();
     let mut all = Vec::new();
-    s.read_to_end(&mut all).expect("the server closes after its answer");
+    s.read_to_end(&mut all)
+        .expect("the server closes after its answer");
     let end = all
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -90,26 +91,27 @@ impl WsClient {
 
     /// The next protocol message, or how the connection ended.
     fn next(&mut self) -> Result<Got, End> {
-        loop {
-            match self.ws.read() {
-                Ok(Message::Text(t)) => {
-                    let outer: Value = serde_json::from_str(&t).expect("an envelope");
-                    let raw = outer["data"].as_str().expect("data is a string").to_string();
-                    return Ok(Got {
-                        kind: outer["type"].as_str().unwrap().to_string(),
-                        data: serde_json::from_str(&raw).expect("data holds JSON"),
-                        raw,
-                    });
-                }
-                Ok(Message::Close(frame)) => return Err(End::Closed(frame.map(|f| f.code))),
-                Ok(other) => panic!("unexpected message {other:?}"),
-                Err(tungstenite::Error::ConnectionClosed)
-                | Err(tungstenite::Error::AlreadyClosed)
-                | Err(tungstenite::Error::Protocol(
-                    tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
-                )) => return Err(End::Closed(None)),
-                Err(e) => panic!("read failed: {e}"),
+        match self.ws.read() {
+            Ok(Message::Text(t)) => {
+                let outer: Value = serde_json::from_str(&t).expect("an envelope");
+                let raw = outer["data"]
+                    .as_str()
+                    .expect("data is a string")
+                    .to_string();
+                Ok(Got {
+                    kind: outer["type"].as_str().unwrap().to_string(),
+                    data: serde_json::from_str(&raw).expect("data holds JSON"),
+                    raw,
+                })
             }
+            Ok(Message::Close(frame)) => Err(End::Closed(frame.map(|f| f.code))),
+            Ok(other) => panic!("unexpected message {other:?}"),
+            Err(tungstenite::Error::ConnectionClosed)
+            | Err(tungstenite::Error::AlreadyClosed)
+            | Err(tungstenite::Error::Protocol(
+                tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+            )) => Err(End::Closed(None)),
+            Err(e) => panic!("read failed: {e}"),
         }
     }
 
@@ -168,13 +170,22 @@ fn the_page_is_served_and_everything_else_is_404() {
     let (_s, web, _d) = start(&["--max-frame", "50000"]);
     let (status, head, body) = get(web, "/");
     assert_eq!(status, "HTTP/1.1 200 OK");
-    assert!(head.contains("Content-Type: text/html; charset=utf-8"), "{head}");
+    assert!(
+        head.contains("Content-Type: text/html; charset=utf-8"),
+        "{head}"
+    );
     assert!(head.contains("Connection: close"), "{head}");
-    assert!(head.contains("Content-Security-Policy: default-src 'none'"), "{head}");
+    assert!(
+        head.contains("Content-Security-Policy: default-src 'none'"),
+        "{head}"
+    );
     let page = String::from_utf8(body).unwrap();
     assert!(page.contains("<title>Chat</title>"));
     // The page is told the server's frame limit.
-    assert!(page.contains(r#"<meta name="chat-max-frame" content="50000">"#), "{page}");
+    assert!(
+        page.contains(r#"<meta name="chat-max-frame" content="50000">"#),
+        "{page}"
+    );
     // Nothing from other hosts.
     assert!(!page.contains("http://") && !page.contains("https://"));
 
@@ -215,7 +226,10 @@ fn bad_request_heads_are_answered_and_closed() {
 
 #[test]
 fn the_upgrade_checks_the_origin() {
-    let (_s, web, _d) = start(&["--web-origin", "https://chat.example.com,http://other.example:8080"]);
+    let (_s, web, _d) = start(&[
+        "--web-origin",
+        "https://chat.example.com,http://other.example:8080",
+    ]);
     assert_eq!(ws_try(web, Some("http://evil.example")).err(), Some(403));
     assert_eq!(ws_try(web, Some("null")).err(), Some(403));
     assert_eq!(ws_try(web, Some("http://127.0.0.1:1")).err(), Some(403));
@@ -241,32 +255,53 @@ fn a_websocket_user_and_a_tcp_user_talk() {
     let mut w = WsClient::online(web, 100);
     let mut t = online(&s, 200);
     let n = w.recv_until("NotifyUserStatusMes");
-    assert_eq!(n.data, json!({"userId": 200, "status": 0, "userName": "u200"}));
+    assert_eq!(
+        n.data,
+        json!({"userId": 200, "status": 0, "userName": "u200"})
+    );
 
     // Group messages, both ways.
-    w.send("SmsMes", json!({"content": "hello from the browser", "userId": 100}));
+    w.send(
+        "SmsMes",
+        json!({"content": "hello from the browser", "userId": 100}),
+    );
     let g = t.recv_until("SmsMes").0;
     assert_eq!(g.data["content"], "hello from the browser");
     assert_eq!(g.data["userId"], 100);
     assert_eq!(g.data["userName"], "u100");
-    t.send("SmsMes", json!({"content": "hello from tcp", "userId": 200}));
+    t.send(
+        "SmsMes",
+        json!({"content": "hello from tcp", "userId": 200}),
+    );
     let g = w.recv_until("SmsMes");
     assert_eq!(g.data["content"], "hello from tcp");
     assert_eq!(g.data["userName"], "u200");
 
     // Private messages, both ways, with the same answers.
-    w.send("SmsPrivateMes", json!({"toUserId": 200, "content": "psst", "msgId": "w1"}));
+    w.send(
+        "SmsPrivateMes",
+        json!({"toUserId": 200, "content": "psst", "msgId": "w1"}),
+    );
     let p = t.recv_until("SmsPrivateMes").0;
-    assert_eq!((p.data["userId"].clone(), p.data["content"].clone()), (json!(100), json!("psst")));
+    assert_eq!(
+        (p.data["userId"].clone(), p.data["content"].clone()),
+        (json!(100), json!("psst"))
+    );
     let r = w.recv_until("SmsResMes");
     assert_eq!(r.data, json!({"code": 200, "error": "", "msgId": "w1"}));
-    t.send("SmsPrivateMes", json!({"toUserId": 100, "content": "psst back"}));
+    t.send(
+        "SmsPrivateMes",
+        json!({"toUserId": 100, "content": "psst back"}),
+    );
     let p = w.recv_until("SmsPrivateMes");
     assert_eq!(p.data["content"], "psst back");
     assert_eq!(p.data["offline"], false);
     // Non-ASCII text arrives as it was sent.
     w.send("SmsMes", json!({"content": "José 李雷 🙂 \"quoted\""}));
-    assert_eq!(t.recv_until("SmsMes").0.data["content"], "José 李雷 🙂 \"quoted\"");
+    assert_eq!(
+        t.recv_until("SmsMes").0.data["content"],
+        "José 李雷 🙂 \"quoted\""
+    );
 
     // The online list has both; a TCP logout reaches the browser user.
     w.send("OnlineUsersMes", json!({}));
@@ -284,7 +319,10 @@ fn a_websocket_user_and_a_tcp_user_talk() {
     assert_eq!(t.login(200, "pw200").data["code"], 200);
     w.send("LogoutMes", json!({}));
     assert_eq!(w.until_closed().0, Some(CloseCode::Normal));
-    t.send("SmsPrivateMes", json!({"toUserId": 100, "content": "while you were away"}));
+    t.send(
+        "SmsPrivateMes",
+        json!({"toUserId": 100, "content": "while you were away"}),
+    );
     assert_eq!(t.recv_until("SmsResMes").0.data["code"], 202);
     let mut w = ws(web);
     assert_eq!(w.login(100, "pw100").data["code"], 200);
@@ -302,7 +340,11 @@ fn a_message_over_max_frame_is_refused_with_1009() {
     let (code, got) = w.until_closed();
     assert_eq!(code, Some(CloseCode::Size));
     // The same answer as on TCP before the close.
-    assert_eq!(got.last().map(|g| g.data["code"].clone()), Some(json!(413)), "{got:?}");
+    assert_eq!(
+        got.last().map(|g| g.data["code"].clone()),
+        Some(json!(413)),
+        "{got:?}"
+    );
 
     // Just under it is an ordinary (if useless) message.
     let mut w = WsClient::online(web, 2);
@@ -317,7 +359,11 @@ fn a_message_over_max_frame_is_refused_with_1009() {
     let frag = |data: &[u8], op: u8, fin: bool| {
         use tungstenite::protocol::frame::Frame;
         use tungstenite::protocol::frame::coding::{Data, OpCode};
-        let opcode = if op == 0 { OpCode::Data(Data::Continue) } else { OpCode::Data(Data::Text) };
+        let opcode = if op == 0 {
+            OpCode::Data(Data::Continue)
+        } else {
+            OpCode::Data(Data::Text)
+        };
         Message::Frame(Frame::message(data.to_vec(), opcode, fin))
     };
     w.ws.send(frag(&[b'a'; 6000], 1, false)).unwrap();
@@ -356,7 +402,8 @@ fn garbage_gets_the_protocols_answers_or_a_close() {
 
     // A WebSocket ping is answered; a flood of them closes with 1008.
     let mut w = ws(web);
-    w.ws.send(Message::Ping(b"are you there".to_vec().into())).unwrap();
+    w.ws.send(Message::Ping(b"are you there".to_vec().into()))
+        .unwrap();
     match w.ws.read().unwrap() {
         Message::Pong(p) => assert_eq!(&p[..], b"are you there"),
         other => panic!("expected a pong, got {other:?}"),
@@ -392,7 +439,10 @@ fn raw_upgrade(web: SocketAddr) -> TcpStream {
     }
     let head = String::from_utf8(head).unwrap();
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    assert!(head.contains("sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+    assert!(
+        head.contains("sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        "{head}"
+    );
     s
 }
 
@@ -448,4 +498,41 @@ fn a_websocket_reader_that_stops_is_dropped_at_the_output_limit() {
     let n = t.recv_until("NotifyUserStatusMes").0;
     assert_eq!(n.data, json!({"userId": 1, "status": 1, "userName": "u1"}));
     drop(w);
+}
+
+#[test]
+fn a_flood_of_empty_fragments_does_not_starve_the_others() {
+    let (_s, web, _d) = start(&[]);
+    // Logged in first: while the flood keeps the loop busy, logins wait for the
+    // password hashing, which runs at idle priority.
+    let mut w = WsClient::online(web, 1);
+    let mut flood = raw_upgrade(web);
+    // A text message begun and never finished: endless empty continuation frames,
+    // which give the hub nothing, written as fast as the socket takes them.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooder = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut chunk = vec![0x01, 0x80, 0, 0, 0, 0];
+            while chunk.len() < 64 * 1024 {
+                chunk.extend_from_slice(&[0x00, 0x80, 0, 0, 0, 0]);
+            }
+            flood.write_all(&chunk).unwrap();
+            let deadline = std::time::Instant::now() + 3 * WAIT;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst)
+                && std::time::Instant::now() < deadline
+            {
+                if flood.write_all(&chunk[6..]).is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    // Meanwhile others are served: each answer within the read timeout.
+    for _ in 0..20 {
+        w.send("PingMes", json!({}));
+        assert_eq!(w.recv().kind, "PongMes");
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    flooder.join().unwrap();
 }
