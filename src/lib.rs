@@ -50,6 +50,7 @@ pub mod hub;
 pub mod job;
 pub mod offline;
 pub mod proto;
+pub mod presence;
 pub mod rate;
 pub mod store;
 pub mod users;

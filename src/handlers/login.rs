@@ -13,7 +13,7 @@ use crate::hub::{Hub, Now};
 use crate::job::{JobKind, LoginError, LoginOk};
 use crate::offline::OfflineSlot;
 use crate::proto::{
-    self, LoginMes, LoginResMes, NotifyUserStatusMes, ServerMessage, code, kind, status,
+    self, LoginMes, LoginResMes, ServerMessage, code, kind, status,
 };
 use crate::users::{MAX_PASSWORD_BYTES, OnlineEntry};
 
@@ -197,14 +197,7 @@ impl Hub {
             }
             _ => {
                 log::info!("user {} online", ok.user_id);
-                let frame = ServerMessage::NotifyUserStatus(NotifyUserStatusMes {
-                    user_id: ok.user_id,
-                    status: status::ONLINE,
-                    user_name: name.to_string(),
-                })
-                .encode()
-                .into();
-                self.broadcast(Some(key), &frame);
+                self.note_presence(ok.user_id, status::ONLINE, &name, now);
             }
         }
         self.cluster_login(ok.user_id, &name);

@@ -17,7 +17,7 @@ use crate::fit;
 use crate::hub::{Hub, Now};
 use crate::job::JobKind;
 use crate::proto::{
-    NotifyUserStatusMes, SEED_MAX_FRAME, ServerMessage, SmsMes, UserInfo, code, status,
+    SEED_MAX_FRAME, ServerMessage, SmsMes, UserInfo, code, status,
 };
 use crate::store::OfflineMsg;
 
@@ -40,7 +40,7 @@ impl Hub {
         }
         match input {
             Input::Event(ev) => self.remote_event(ev, now),
-            Input::Snapshot(entries) => self.remote_snapshot(entries),
+            Input::Snapshot(entries) => self.remote_snapshot(entries, now),
             Input::LiveNodes(nodes) => {
                 let gone: Vec<Rc<str>> = self.cluster.as_ref().map_or_else(Vec::new, |c| {
                     let mut g: Vec<Rc<str>> = c
@@ -298,7 +298,7 @@ impl Hub {
                             )
                             .is_some();
                         if !was && self.online.get(user).is_none() {
-                            self.notify_all(user, status::ONLINE, &name);
+                            self.notify_all(user, status::ONLINE, &name, now);
                         }
                     }
                 }
@@ -343,7 +343,7 @@ impl Hub {
                 let delivered = match self.online.get(msg.to).map(|e| e.conn.key) {
                     Some(to) => {
                         let (frame, _) = self.private_frame_for(to, &msg, None);
-                        self.deliver(to, &frame.into())
+                        self.deliver_message(to, &frame.into())
                     }
                     None => false,
                 };
@@ -421,7 +421,7 @@ impl Hub {
 
     /// Replaces what is known of other nodes by a snapshot, telling the users here of
     /// the differences.
-    fn remote_snapshot(&mut self, entries: Vec<PresenceEntry>) {
+    fn remote_snapshot(&mut self, entries: Vec<PresenceEntry>, now: Now) {
         let Some(c) = self.cluster.as_mut() else {
             return;
         };
@@ -453,7 +453,7 @@ impl Hub {
             .collect();
         for (user, name) in came {
             if self.online.get(user).is_none() {
-                self.notify_all(user, status::ONLINE, &name);
+                self.notify_all(user, status::ONLINE, &name, now);
             }
         }
         for (user, name) in left {
@@ -486,15 +486,8 @@ impl Hub {
         );
     }
 
-    fn notify_all(&mut self, user: i64, st: u8, name: &str) {
-        let frame: Rc<[u8]> = ServerMessage::NotifyUserStatus(NotifyUserStatusMes {
-            user_id: user,
-            status: st,
-            user_name: name.to_string(),
-        })
-        .encode()
-        .into();
-        self.broadcast(None, &frame);
+    fn notify_all(&mut self, user: i64, st: u8, name: &str, now: Now) {
+        self.note_presence(user, st, name, now);
     }
 
     fn deliver_remote_group(&mut self, user: i64, name: &str, content: &str, time: u64) {
