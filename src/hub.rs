@@ -33,9 +33,7 @@ use crate::fit;
 use crate::job::{Job, JobKind, JobResult, Outcome};
 use crate::offline::Action;
 use crate::presence::Presence;
-use crate::proto::{
-    self, ClientMessage, CodeRes, ServerMessage, code, status,
-};
+use crate::proto::{self, ClientMessage, CodeRes, ServerMessage, code, status};
 use crate::rate::{PerAddr, addr_key};
 use crate::users::Registry;
 use conn::{Closing, Conn, ConnRef, Flush, Pending, Session};

@@ -1470,7 +1470,11 @@ fn presence_notices_within_the_interval_go_out_together() {
     // Departures too, and a timer says when.
     t.hangup(b);
     assert_eq!(t.recv(a), []);
-    assert!(t.hub.poll_timeout(t.now).is_some_and(|at| at <= t.now.mono_ms + 50));
+    assert!(
+        t.hub
+            .poll_timeout(t.now)
+            .is_some_and(|at| at <= t.now.mono_ms + 50)
+    );
     t.advance(50);
     assert_eq!(t.recv(a), [notify(2, 1)]);
     assert_eq!(t.recv(c), [notify(2, 1)]);

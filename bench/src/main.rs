@@ -944,8 +944,7 @@ fn storm(a: &StormArgs) -> Res<()> {
             f.reconnects
         ),
     }
-    if let (Some(pid), Some((cpu0, rss0)), Some(cpu1)) = (a.server_pid, server_before, server_cpu)
-    {
+    if let (Some(pid), Some((cpu0, rss0)), Some(cpu1)) = (a.server_pid, server_before, server_cpu) {
         let peak = proc_status_kib(pid, "VmHWM:")?;
         // The server hands freed memory back every 2 s: read the steady state after.
         std::thread::sleep(Duration::from_secs(3));

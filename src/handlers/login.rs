@@ -12,9 +12,7 @@ use crate::fit;
 use crate::hub::{Hub, Now};
 use crate::job::{JobKind, LoginError, LoginOk};
 use crate::offline::OfflineSlot;
-use crate::proto::{
-    self, LoginMes, LoginResMes, ServerMessage, code, kind, status,
-};
+use crate::proto::{self, LoginMes, LoginResMes, ServerMessage, code, kind, status};
 use crate::users::{MAX_PASSWORD_BYTES, OnlineEntry};
 
 /// The refusal text for a login or registration that would wait too long: when to try

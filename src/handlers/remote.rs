@@ -16,9 +16,7 @@ use crate::conn::{Pending, Session};
 use crate::fit;
 use crate::hub::{Hub, Now};
 use crate::job::JobKind;
-use crate::proto::{
-    SEED_MAX_FRAME, ServerMessage, SmsMes, UserInfo, code, status,
-};
+use crate::proto::{SEED_MAX_FRAME, ServerMessage, SmsMes, UserInfo, code, status};
 use crate::store::OfflineMsg;
 
 impl Hub {
