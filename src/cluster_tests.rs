@@ -4,7 +4,6 @@
 
 use crate::cluster::{Event, Input, PresenceEntry};
 use crate::conn::ConnRef;
-use crate::hub::HubConfig;
 use crate::proto::{ClientMessage, ServerMessage, SmsMes, SmsPrivateMes};
 use crate::testkit::{Harness, login_msg};
 

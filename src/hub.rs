@@ -35,6 +35,7 @@ use crate::offline::Action;
 use crate::presence::Presence;
 use crate::proto::{self, ClientMessage, CodeRes, ServerMessage, code, status};
 use crate::rate::{PerAddr, addr_key};
+use crate::roster::Roster;
 use crate::users::Registry;
 use conn::{Closing, Conn, ConnRef, Flush, Pending, Session};
 
@@ -198,6 +199,8 @@ pub struct Hub {
     departures: Vec<(i64, Rc<str>)>,
     /// Presence notices waiting to be sent to everyone.
     presence: Presence,
+    /// Everyone online, encoded as the login reply lists them.
+    pub(crate) roster: Roster,
     /// `PongMes`, encoded once.
     pub(crate) pong: Rc<[u8]>,
     /// Where small frames are copied together for one write (see `OutQueue::write_with`).
@@ -235,6 +238,7 @@ impl Hub {
             login_limits: PerAddr::default(),
             departures: Vec::new(),
             presence: Presence::default(),
+            roster: Roster::default(),
             pong: ServerMessage::Pong.encode().into(),
             gather: Vec::new(),
             next_housekeeping_ms: 0,
@@ -605,6 +609,11 @@ impl Hub {
     /// Checks the hub's own bookkeeping; panics with what is wrong. For tests and the
     /// fuzz target, after every step.
     pub fn check_invariants(&self) {
+        if self.roster.is_current(self.roster_version()) {
+            let mut listed: Vec<i64> = self.roster.ids().collect();
+            listed.sort_unstable();
+            assert_eq!(listed, self.all_ids(), "the roster lists who is online");
+        }
         for (id, e) in self.online.iter() {
             let c = self
                 .get(e.conn)

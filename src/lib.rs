@@ -52,6 +52,7 @@ pub mod offline;
 pub mod presence;
 pub mod proto;
 pub mod rate;
+pub mod roster;
 pub mod store;
 pub mod users;
 

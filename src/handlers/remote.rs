@@ -105,6 +105,14 @@ impl Hub {
     }
 
     /// Whether `user` is online on another node.
+    /// What the roster of everyone online depends on (see [`crate::roster`]).
+    pub(crate) fn roster_version(&self) -> crate::roster::Version {
+        (
+            self.online.version(),
+            self.cluster.as_ref().map_or(0, |c| c.remote_version),
+        )
+    }
+
     pub(crate) fn online_elsewhere(&self, user: i64) -> bool {
         self.cluster
             .as_ref()
@@ -269,6 +277,7 @@ impl Hub {
                     Some((_, true)) => {
                         // A login elsewhere, ordered after ours: it wins.
                         c.sessions.remove(&user);
+                        c.remote_version += 1;
                         c.remote.insert(
                             user,
                             RemoteUser {
@@ -284,6 +293,7 @@ impl Hub {
                         // closes that session.
                     }
                     None => {
+                        c.remote_version += 1;
                         let was = c
                             .remote
                             .insert(
@@ -314,6 +324,7 @@ impl Hub {
                     .get(&user)
                     .is_some_and(|r| *r.node == *node && r.session == session);
                 if matches && let Some(r) = c.remote.remove(&user) {
+                    c.remote_version += 1;
                     self.remote_departure(user, r.name);
                 }
             }
@@ -396,6 +407,7 @@ impl Hub {
         let mut left = Vec::new();
         for user in users {
             if let Some(r) = c.remote.remove(&user) {
+                c.remote_version += 1;
                 left.push((user, r.name));
             }
         }
@@ -438,6 +450,7 @@ impl Hub {
             );
         }
         let old = std::mem::replace(&mut c.remote, fresh);
+        c.remote_version += 1;
         let came: Vec<(i64, Rc<str>)> = c
             .remote
             .iter()
