@@ -51,8 +51,10 @@ pub mod fit;
 pub mod hub;
 pub mod job;
 pub mod offline;
+pub mod presence;
 pub mod proto;
 pub mod rate;
+pub mod roster;
 pub mod store;
 pub mod users;
 
