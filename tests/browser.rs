@@ -511,3 +511,50 @@ fn two_pages_and_a_terminal_user_chat() {
     b.wait_text("#log .status", "delivered");
     a.wait_text(&format!("{} .badge", conv(1002)), "1");
 }
+
+#[test]
+fn refusals_are_said_in_sentences() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProc::start(
+        dir.path(),
+        &[
+            "--web-listen",
+            "127.0.0.1:0",
+            "--login-rate",
+            "3",
+            "--max-frame",
+            "9000",
+        ],
+    );
+    let web = server.listener_addr("web");
+    let driver = Driver::start();
+    let p = driver.session();
+    p.go(&format!("http://{web}/"));
+
+    // A user id that does not exist (one login attempt).
+    login(&p, 4242, "whatever");
+    p.wait_text("#auth-msg", "There is no user with id 4242.");
+    // Registering and the login that follows (two more).
+    register(&p, 4242, "dora", "dora-pw");
+
+    // A message longer than the server takes is not sent, and says why.
+    p.js("document.getElementById('text').value = 'x'.repeat(9001);");
+    p.click("#send");
+    p.wait_text(
+        "#log .status",
+        "not sent: too long (the server takes at most 9000 bytes)",
+    );
+
+    // A fourth attempt within the minute: refused, with the time to wait.
+    p.click("#logout");
+    p.wait("the login form", "!document.getElementById('auth').hidden");
+    login(&p, 4242, "dora-pw");
+    p.wait_text(
+        "#auth-msg",
+        "Too many login attempts from your address. Try again in",
+    );
+    assert_eq!(
+        p.js("return document.getElementById('submit').disabled;"),
+        json!(true)
+    );
+}

@@ -346,6 +346,20 @@ fn a_message_over_max_frame_is_refused_with_1009() {
         "{got:?}"
     );
 
+    // Before login, the 8 KiB limit of TCP: the same 413, then an ordinary close.
+    let mut w = ws(web);
+    w.ws.send(Message::text("p".repeat(9_000))).unwrap();
+    let (code, got) = w.until_closed();
+    assert_eq!(code, Some(CloseCode::Normal));
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].data["code"], 413);
+    assert!(
+        got[0].data["error"]
+            .as_str()
+            .unwrap()
+            .contains("before login")
+    );
+
     // Just under it is an ordinary (if useless) message.
     let mut w = WsClient::online(web, 2);
     let mut content = "y".repeat(9_000);
@@ -399,6 +413,18 @@ fn garbage_gets_the_protocols_answers_or_a_close() {
         assert_eq!(all[0], 0x88, "a close frame: {all:?}");
         assert_eq!(u16::from_be_bytes([all[2], all[3]]), code, "{frame:?}");
     }
+
+    // A close from the client is answered.
+    let mut w = ws(web);
+    w.ws.close(None).unwrap();
+    let end = loop {
+        match w.ws.read() {
+            Ok(Message::Close(_)) => {}
+            Err(e) => break e,
+            Ok(other) => panic!("unexpected {other:?}"),
+        }
+    };
+    assert!(matches!(end, tungstenite::Error::ConnectionClosed), "{end}");
 
     // A WebSocket ping is answered; a flood of them closes with 1008.
     let mut w = ws(web);

@@ -565,6 +565,11 @@
         else notice('Your last message was too long for the server; it closed the connection.');
         return;
       case 429:
+        if (st.phase === 'reconnecting') {
+          // The automatic login after a drop was refused for now: it goes again later.
+          scheduleRelogin(d.retryAfter || 10, 'Too many login attempts from this address. ');
+          return;
+        }
         if (st.phase === 'out' || st.asking) {
           st.asking = null;
           authBusy(false);
