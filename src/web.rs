@@ -60,6 +60,8 @@ pub const RAW_PER_TURN: usize = 256 * 1024;
 /// Pings and pongs allowed from one client per [`CONTROL_WINDOW`].
 pub const MAX_CONTROL_FRAMES: u32 = 30;
 pub const CONTROL_WINDOW: Duration = Duration::from_secs(10);
+/// A buffer larger than this is given back once empty.
+const KEEP_BUFFER: usize = 8 * 1024;
 /// What is read and dropped after an HTTP answer before closing regardless.
 const MAX_DRAIN: usize = 64 * 1024;
 
@@ -293,8 +295,9 @@ impl WebTransport {
         }
         self.out.clear();
         self.sent = 0;
-        if self.out.capacity() > 2 * OUT_BOUND {
-            self.out.shrink_to(OUT_BOUND);
+        if self.out.capacity() > KEEP_BUFFER {
+            // A burst (a login reply listing thousands) is not kept by an idle client.
+            self.out = Vec::new();
         }
         Ok(true)
     }
@@ -366,13 +369,15 @@ impl WebTransport {
             return Ok(());
         };
         let start = head.len();
-        head.resize(MAX_HEAD, 0);
-        let res = self.sock.read(&mut head[start..]);
-        head.truncate(start + *res.as_ref().unwrap_or(&0));
-        let n = res?;
+        // Read through a small buffer: a head is usually a few hundred bytes, and
+        // what a connection allocates while it waits is what idle clients cost.
+        let mut chunk = [0u8; 1024];
+        let want = chunk.len().min(MAX_HEAD - start);
+        let n = self.sock.read(&mut chunk[..want])?;
         if n == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
+        head.extend_from_slice(&chunk[..n]);
         // Parse only once the blank line that ends the head has arrived.
         let from = start.saturating_sub(3);
         let ended = head[from..].windows(4).any(|w| w == b"\r\n\r\n")
@@ -535,6 +540,9 @@ impl WebTransport {
 impl Ws {
     /// The next message for the hub: its length and its bytes.
     fn set_input(&mut self, msg: &[u8]) {
+        if self.input.capacity() > KEEP_BUFFER && msg.len() <= KEEP_BUFFER {
+            self.input = Vec::new();
+        }
         self.input.clear();
         self.input
             .extend_from_slice(&(msg.len() as u32).to_be_bytes());
