@@ -34,9 +34,10 @@
 //! hub anything (a stream of control frames or empty fragments): then `read` says
 //! `Interrupted` and the reactor gives the other connections their turn.
 
+use std::cell::Cell;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr};
-use std::sync::Arc;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
@@ -93,11 +94,39 @@ struct Shared {
     origins: Vec<String>,
     ws: WebSocketConfig,
     max_frame: usize,
+    /// Refused origins: the first is logged at once, then one line per
+    /// [`REFUSAL_LOG_INTERVAL`] with the count, so a flood of them costs little log.
+    refused: Cell<u64>,
+    refusal_logged: Cell<Option<Instant>>,
+}
+
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+impl Shared {
+    fn log_refusal(&self, peer: SocketAddr, origin: &str) {
+        self.refused.set(self.refused.get() + 1);
+        let due = self
+            .refusal_logged
+            .get()
+            .is_none_or(|at| at.elapsed() >= REFUSAL_LOG_INTERVAL);
+        if due {
+            let n = self.refused.replace(0);
+            let others = if n > 1 {
+                format!(" ({} refused in all since the last such line)", n)
+            } else {
+                String::new()
+            };
+            log::info!(
+                "refused a WebSocket from {peer}: origin {origin:?} is not allowed (see --web-origin){others}"
+            );
+            self.refusal_logged.set(Some(Instant::now()));
+        }
+    }
 }
 
 /// Wraps the web listener's connections.
 pub struct WebWrapper {
-    shared: Arc<Shared>,
+    shared: Rc<Shared>,
 }
 
 impl WebWrapper {
@@ -115,13 +144,15 @@ impl WebWrapper {
             .max_message_size(Some(cfg.max_frame))
             .max_frame_size(Some(cfg.max_frame));
         Ok(WebWrapper {
-            shared: Arc::new(Shared {
+            shared: Rc::new(Shared {
                 page: ok_response("text/html; charset=utf-8", html.as_bytes()),
                 js: ok_response("text/javascript; charset=utf-8", PAGE_JS.as_bytes()),
                 css: ok_response("text/css; charset=utf-8", PAGE_CSS.as_bytes()),
                 origins,
                 ws,
                 max_frame: cfg.max_frame,
+                refused: Cell::new(0),
+                refusal_logged: Cell::new(None),
             }),
         })
     }
@@ -228,7 +259,7 @@ struct Ws {
 pub struct WebTransport {
     sock: TcpStream,
     peer: SocketAddr,
-    shared: Arc<Shared>,
+    shared: Rc<Shared>,
     /// Bytes for the socket (HTTP answers, WebSocket frames), from `sent`.
     out: Vec<u8>,
     sent: usize,
@@ -330,11 +361,7 @@ impl WebTransport {
         let origin = header("Origin");
         if !origin_allowed(origin, header("Host"), &self.shared.origins) {
             let text = "this origin may not open the chat's WebSocket";
-            log::info!(
-                "refused a WebSocket from {} for origin {:?}",
-                self.peer,
-                origin.unwrap_or("")
-            );
+            self.shared.log_refusal(self.peer, origin.unwrap_or(""));
             return self.answer(&error_response("403 Forbidden", text), "403 origin");
         }
         let resp = match create_response(&req) {
