@@ -139,7 +139,9 @@ impl WebWrapper {
             .collect::<Result<Vec<_>, _>>()?;
         let html = PAGE_HTML.replace("{{MAX_FRAME}}", &cfg.max_frame.to_string());
         let ws = WebSocketConfig::default()
-            .read_buffer_size(4096)
+            // Allocated for every connection: small, since idle pages are the many
+            // (a long message is read a kilobyte at a time).
+            .read_buffer_size(1024)
             .write_buffer_size(0)
             .max_message_size(Some(cfg.max_frame))
             .max_frame_size(Some(cfg.max_frame));
@@ -712,7 +714,7 @@ impl Cutter {
             data = &data[end..];
         }
         self.partial.extend_from_slice(data);
-        if self.partial.is_empty() && self.partial.capacity() > OUT_BOUND {
+        if self.partial.is_empty() && self.partial.capacity() > KEEP_BUFFER {
             self.partial = Vec::new();
         }
     }
