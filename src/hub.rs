@@ -78,6 +78,9 @@ pub struct HubConfig {
     pub login_rate: u32,
     /// How often refusals and storage errors are summed up in the log.
     pub summary_interval_ms: u64,
+    /// Messages kept per conversation (the group's, each pair's) for `HistoryMes`
+    /// (`--history`); 0: no history.
+    pub history: usize,
 }
 
 impl Default for HubConfig {
@@ -98,6 +101,7 @@ impl Default for HubConfig {
             msg_rate: 20,
             login_rate: 30,
             summary_interval_ms: 10_000,
+            history: 1000,
         }
     }
 }
@@ -119,6 +123,9 @@ pub struct Stats {
     pub group_messages: u64,
     pub deliveries: u64,
     pub slow_consumers_dropped: u64,
+    /// History entries appended, and lost (storage failed or too slow).
+    pub history_appended: u64,
+    pub history_lost: u64,
 }
 
 /// Refusals and failures counted between two summaries in the log, so that a flood
@@ -141,6 +148,8 @@ pub struct Summary {
     /// Requests that failed on a storage error, and the last such error.
     pub store_errors: u64,
     pub last_store_error: String,
+    /// History entries lost (storage failed or too slow); live delivery went on.
+    pub history_lost: u64,
 }
 
 impl Summary {
@@ -203,6 +212,8 @@ pub struct Hub {
     pub(crate) summary: Summary,
     /// This node's view of the cluster, if it is one of several.
     pub(crate) cluster: Option<crate::cluster::Cluster>,
+    /// History entries waiting to be appended.
+    appends: handlers::history::Appends,
     pub stats: Stats,
 }
 
@@ -234,6 +245,7 @@ impl Hub {
             next_summary_ms: 0,
             summary: Summary::default(),
             cluster: None,
+            appends: Default::default(),
             stats: Stats::default(),
         }
     }
@@ -315,10 +327,13 @@ impl Hub {
     }
 
     /// A worker finished a job.
-    pub fn handle_result(&mut self, res: JobResult, now: Now) {
+    pub fn handle_result(&mut self, mut res: JobResult, now: Now) {
         self.jobs_in_flight = self.jobs_in_flight.saturating_sub(1);
         if res.took.is_none() {
             self.summary.jobs_expired += 1;
+        }
+        if self.history_outcome(&mut res.outcome) {
+            return;
         }
         if let Outcome::Login(_) | Outcome::Register(_) = res.outcome {
             self.admission
@@ -349,6 +364,8 @@ impl Hub {
                 result,
             } => self.offline_fetched(r.key, user_id, batch, result, now),
             Outcome::AckOffline { upto, result } => self.offline_acked(r.key, upto, result),
+            Outcome::History(result) => self.history_read(r.key, result, now),
+            Outcome::AppendHistory { .. } => {}
         }
         self.settle(now);
     }
@@ -461,6 +478,7 @@ impl Hub {
     pub fn handle_shutdown(&mut self, now: Now) {
         self.online = Registry::default();
         self.departures.clear();
+        self.history_last_call();
         for r in self.refs() {
             self.close(r.key, true, "server shutting down", now);
         }
@@ -471,6 +489,7 @@ impl Hub {
 
     /// The next store job to hand to a worker.
     pub fn poll_job(&mut self) -> Option<Job> {
+        self.flush_history();
         self.jobs.pop_front()
     }
 
@@ -481,6 +500,7 @@ impl Hub {
     /// interval).
     pub fn poll_timeout(&self, now: Now) -> Option<u64> {
         if !self.jobs.is_empty()
+            || self.history_waits()
             || !self.reads.is_empty()
             || self.cluster.as_ref().is_some_and(|c| !c.out.is_empty())
         {
@@ -746,6 +766,10 @@ impl Hub {
             "requests that waited past the job timeout for a worker",
         );
         add(s.store_errors, "requests failed on storage errors");
+        add(
+            s.history_lost,
+            "history entries lost (storage failed or too slow; live delivery went on)",
+        );
         let last = if s.store_errors > 0 {
             format!("; last storage error: {}", s.last_store_error)
         } else {

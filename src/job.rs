@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use crate::conn::ConnRef;
-use crate::store::{OfflineId, OfflineMsg, Store, StoreError, StoredMsg};
+use crate::store::{Conv, HistoryEntry, OfflineId, OfflineMsg, Store, StoreError, StoredMsg};
 use crate::users::UserRecord;
 
 /// Password hashing, as the jobs need it: argon2id in the server (`auth`), a cheap
@@ -55,6 +55,18 @@ pub enum JobKind {
     FetchOffline { user_id: i64, batch: usize },
     /// Remove offline messages that were handed to the user's connection.
     AckOffline { user_id: i64, upto: u64 },
+    /// Add messages to their conversations' history, keeping the last `keep` of each:
+    /// every message of one loop turn in one job.
+    AppendHistory {
+        entries: Vec<HistoryEntry>,
+        keep: usize,
+    },
+    /// A page of a conversation's history (see [`Store::read_history`]).
+    ReadHistory {
+        conv: Conv,
+        before: u64,
+        limit: usize,
+    },
 }
 
 impl std::fmt::Debug for JobKind {
@@ -68,6 +80,12 @@ impl std::fmt::Debug for JobKind {
             }
             JobKind::FetchOffline { user_id, .. } => write!(f, "FetchOffline({user_id})"),
             JobKind::AckOffline { user_id, upto } => write!(f, "AckOffline({user_id}, {upto})"),
+            JobKind::AppendHistory { entries, .. } => {
+                write!(f, "AppendHistory({} entries)", entries.len())
+            }
+            JobKind::ReadHistory { conv, before, .. } => {
+                write!(f, "ReadHistory({conv:?}, before {before})")
+            }
         }
     }
 }
@@ -84,9 +102,10 @@ impl JobKind {
         match self {
             JobKind::Login { .. } => Outcome::Login(Err(LoginError::Store(e))),
             JobKind::Register { .. } => Outcome::Register(Err(RegisterError::Store(e))),
-            JobKind::StoreOffline { msg_id, .. } => Outcome::StoreOffline(OfflineStored {
+            JobKind::StoreOffline { msg, msg_id } => Outcome::StoreOffline(OfflineStored {
                 msg_id,
                 result: Err(e),
+                msg: Some(msg),
             }),
             JobKind::FetchOffline { user_id, batch } => Outcome::FetchOffline {
                 user_id,
@@ -97,6 +116,11 @@ impl JobKind {
                 upto,
                 result: Err(e),
             },
+            JobKind::AppendHistory { entries, .. } => Outcome::AppendHistory {
+                count: entries.len(),
+                result: Err(e),
+            },
+            JobKind::ReadHistory { .. } => Outcome::History(Err(e)),
         }
     }
 }
@@ -139,6 +163,8 @@ pub struct OfflineStored {
     /// `Ok(None)`: the recipient does not exist; `Err(Uncertain)`: may be stored;
     /// any other `Err`: not stored.
     pub result: Result<Option<u64>, StoreError>,
+    /// The message, given back: once stored, it joins its conversation's history.
+    pub msg: Option<OfflineMsg>,
 }
 
 /// What came of a job.
@@ -157,6 +183,13 @@ pub enum Outcome {
         upto: u64,
         result: Result<(), StoreError>,
     },
+    /// `count` history entries appended (or lost, on an error).
+    AppendHistory {
+        count: usize,
+        result: Result<(), StoreError>,
+    },
+    /// A page of history, oldest first, and whether older entries exist.
+    History(Result<(Vec<HistoryEntry>, bool), StoreError>),
 }
 
 impl Outcome {
@@ -215,6 +248,7 @@ pub fn execute(store: &mut dyn Store, hasher: &dyn Passwords, kind: JobKind) -> 
             Outcome::StoreOffline(OfflineStored {
                 result: store.push_offline(&msg, &id),
                 msg_id,
+                msg: Some(msg),
             })
         }
         JobKind::FetchOffline { user_id, batch } => Outcome::FetchOffline {
@@ -226,6 +260,15 @@ pub fn execute(store: &mut dyn Store, hasher: &dyn Passwords, kind: JobKind) -> 
             upto,
             result: store.ack_offline(user_id, upto),
         },
+        JobKind::AppendHistory { entries, keep } => Outcome::AppendHistory {
+            count: entries.len(),
+            result: store.append_history(&entries, keep),
+        },
+        JobKind::ReadHistory {
+            conv,
+            before,
+            limit,
+        } => Outcome::History(store.read_history(conv, before, limit)),
     }
 }
 
@@ -512,6 +555,21 @@ mod tests {
             }
             fn ack_offline(&mut self, u: i64, upto: u64) -> Result<(), StoreError> {
                 self.0.ack_offline(u, upto)
+            }
+            fn append_history(
+                &mut self,
+                e: &[HistoryEntry],
+                keep: usize,
+            ) -> Result<(), StoreError> {
+                self.0.append_history(e, keep)
+            }
+            fn read_history(
+                &mut self,
+                conv: Conv,
+                before: u64,
+                limit: usize,
+            ) -> Result<(Vec<HistoryEntry>, bool), StoreError> {
+                self.0.read_history(conv, before, limit)
             }
         }
         let mut w = LoseThenFail(s.clone());

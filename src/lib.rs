@@ -79,4 +79,6 @@ mod cluster_tests;
 #[cfg(test)]
 mod fuzz_replay;
 #[cfg(test)]
+mod history_tests;
+#[cfg(test)]
 mod hub_tests;

@@ -13,13 +13,19 @@
 //!   of stored messages, so that a repeated write stores nothing new (see
 //!   [`DEDUPE_WINDOW`]); `offline_id_exp`: (expiry, recipient, sender, tagged id), the
 //!   same entries by expiry, from which each write removes a few expired ones.
+//! - `history`: (conversation, id) → the entry's JSON; the group is conversation
+//!   (0, 0), a private one (lower user id, higher user id). `history_ids`:
+//!   conversation → its last id. An append numbers, inserts and trims in one
+//!   transaction: one commit (one sync) per batch.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{DEDUPE_WINDOW, OfflineId, OfflineMsg, Store, StoreError, StoredMsg};
+use super::{
+    Conv, DEDUPE_WINDOW, HistoryEntry, OfflineId, OfflineMsg, Store, StoreError, StoredMsg,
+};
 use crate::users::UserRecord;
 
 const USERS: TableDefinition<i64, &str> = TableDefinition::new("users");
@@ -27,6 +33,8 @@ const OFFLINE: TableDefinition<(i64, u64), &str> = TableDefinition::new("offline
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const IDS: TableDefinition<(i64, i64, &str), (u64, u64)> = TableDefinition::new("offline_ids");
 const ID_EXP: TableDefinition<(u64, i64, i64, &str), ()> = TableDefinition::new("offline_id_exp");
+const HISTORY: TableDefinition<(i64, i64, u64), &str> = TableDefinition::new("history");
+const HISTORY_IDS: TableDefinition<(i64, i64), u64> = TableDefinition::new("history_ids");
 const SEQ_KEY: &str = "offline_seq";
 /// Expired ids removed per write at most: more than one, so the table shrinks back
 /// after a burst.
@@ -76,6 +84,8 @@ impl EmbeddedStore {
             tryx!(tx.open_table(META), "open meta");
             tryx!(tx.open_table(IDS), "open offline_ids");
             tryx!(tx.open_table(ID_EXP), "open offline_id_exp");
+            tryx!(tx.open_table(HISTORY), "open history");
+            tryx!(tx.open_table(HISTORY_IDS), "open history_ids");
         }
         tryx!(tx.commit(), "commit");
         Ok(EmbeddedStore { db: Arc::new(db) })
@@ -207,6 +217,64 @@ impl Store for EmbeddedStore {
         tryx!(tx.commit(), "commit ack");
         Ok(())
     }
+
+    fn append_history(&mut self, entries: &[HistoryEntry], keep: usize) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let tx = tryx!(self.db.begin_write(), "begin write");
+        {
+            let mut t = tryx!(tx.open_table(HISTORY), "open history");
+            let mut ids = tryx!(tx.open_table(HISTORY_IDS), "open history_ids");
+            for e in entries {
+                let (a, b) = Conv::of(e).key();
+                let id = tryx!(ids.get((a, b)), "read history id").map_or(0, |v| v.value()) + 1;
+                tryx!(ids.insert((a, b), id), "write history id");
+                // Stored without its id: the key holds it.
+                let json = serde_json::to_string(&HistoryEntry { id: 0, ..e.clone() })
+                    .map_err(|e| StoreError::new("encode", e))?;
+                tryx!(t.insert((a, b, id), json.as_str()), "write history");
+                if id > keep as u64 {
+                    // Trimmed at every append, so this range holds one entry or so.
+                    tryx!(
+                        t.retain_in((a, b, 0)..=(a, b, id - keep as u64), |_, _| false),
+                        "trim history"
+                    );
+                }
+            }
+        }
+        tryx!(tx.commit(), "commit history");
+        Ok(())
+    }
+
+    fn read_history(
+        &mut self,
+        conv: Conv,
+        before: u64,
+        limit: usize,
+    ) -> Result<(Vec<HistoryEntry>, bool), StoreError> {
+        let tx = tryx!(self.db.begin_read(), "begin read");
+        let t = tryx!(tx.open_table(HISTORY), "open history");
+        let (a, b) = conv.key();
+        let below = if before == 0 { u64::MAX } else { before };
+        let mut out = Vec::new();
+        let mut more = false;
+        for item in tryx!(t.range((a, b, 0)..(a, b, below)), "range history").rev() {
+            let (k, v) = tryx!(item, "read history");
+            if out.len() == limit {
+                more = true;
+                break;
+            }
+            let e: HistoryEntry = serde_json::from_str(v.value())
+                .map_err(|e| StoreError::new("bad stored history entry", e))?;
+            out.push(HistoryEntry {
+                id: k.value().2,
+                ..e
+            });
+        }
+        out.reverse();
+        Ok((out, more))
+    }
 }
 
 #[cfg(test)]
@@ -235,5 +303,23 @@ mod tests {
         }
         let mut s = EmbeddedStore::open(dir.path()).unwrap();
         assert_eq!(s.get_user(5).unwrap().unwrap().name, "e");
+    }
+
+    #[test]
+    fn history_survives_reopening_and_numbering_goes_on() {
+        use crate::store::suite::entry;
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = EmbeddedStore::open(dir.path()).unwrap();
+            s.append_history(&[entry(1, None, "a"), entry(1, Some(2), "b")], 10)
+                .unwrap();
+        }
+        let mut s = EmbeddedStore::open(dir.path()).unwrap();
+        s.append_history(&[entry(2, None, "c")], 10).unwrap();
+        let (got, more) = s.read_history(Conv::Group, 0, 10).unwrap();
+        let got: Vec<(u64, &str)> = got.iter().map(|e| (e.id, e.content.as_str())).collect();
+        assert_eq!((got, more), (vec![(1, "a"), (2, "c")], false));
+        let (got, _) = s.read_history(Conv::pair(2, 1), 0, 10).unwrap();
+        assert_eq!(got[0].content, "b");
     }
 }

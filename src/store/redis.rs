@@ -17,6 +17,11 @@
 //!   (the sender's `msgId`, or one this server chose), expiring after
 //!   [`DEDUPE_WINDOW`](super::DEDUPE_WINDOW).
 //!
+//! - `history:group`, `history:pm:<lower id>:<higher id>`: a conversation's history, a
+//!   sorted set of entries' JSON scored by id, trimmed to the last `--history`;
+//!   `history:group:seq`, `history:pm:<a>:<b>:seq`: the counters (`INCR`) that number
+//!   them. Appended by [`HISTORY_SCRIPT`], a whole batch at once.
+//!
 //! Every write is idempotent, so a lost answer is resolved by asking again, never by
 //! guessing. When a write's answer does not come (a timeout, a dropped connection),
 //! the command may or may not have run: the connection is dropped (a late reply would
@@ -38,7 +43,9 @@ use std::time::{Duration, Instant};
 
 use redis::{Connection, RedisError, RedisResult};
 
-use super::{DEDUPE_WINDOW, OfflineId, OfflineMsg, Store, StoreError, StoredMsg};
+use super::{
+    Conv, DEDUPE_WINDOW, HistoryEntry, OfflineId, OfflineMsg, Store, StoreError, StoredMsg,
+};
 use crate::users::UserRecord;
 
 const USERS: &str = "users";
@@ -95,6 +102,36 @@ while true do
   n = n + 1
 end
 return n
+"#;
+
+/// A conversation's history key (a sorted set); its counter is this plus `:seq`.
+fn history_key(conv: Conv) -> String {
+    match conv {
+        Conv::Group => "history:group".to_string(),
+        Conv::Pair(a, b) => format!("history:pm:{a}:{b}"),
+    }
+}
+
+/// How long a history batch's token is remembered: a batch sent again after a lost
+/// answer within this time appends nothing twice.
+const HISTORY_BATCH_TTL_SECS: u64 = 600;
+
+/// KEYS: `history-batch:<token>`, then for each entry its conversation's sorted set
+/// and counter. ARGV: how many entries to keep per conversation, the token's lifetime
+/// in seconds, then each entry's JSON (an object without `id`).
+/// Appends nothing if the token was seen (the same batch again); else numbers each
+/// entry with its conversation's `INCR`, adds it scored by that id and trims the
+/// conversation to its last entries. Returns how many it appended.
+pub const HISTORY_SCRIPT: &str = r#"
+if not redis.call('SET', KEYS[1], 1, 'NX', 'EX', ARGV[2]) then return 0 end
+local keep = tonumber(ARGV[1])
+for i = 3, #ARGV do
+  local z = KEYS[2 * (i - 2)]
+  local id = redis.call('INCR', KEYS[2 * (i - 2) + 1])
+  redis.call('ZADD', z, id, '{"id":' .. id .. ',' .. string.sub(ARGV[i], 2))
+  redis.call('ZREMRANGEBYRANK', z, 0, -keep - 1)
+end
+return #ARGV - 2
 "#;
 
 /// Whether a call changes anything: a write whose answer is lost is asked again.
@@ -436,6 +473,71 @@ impl Store for RedisStore {
                 .query::<i64>(c)
         })?;
         Ok(())
+    }
+
+    fn append_history(&mut self, entries: &[HistoryEntry], keep: usize) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut keys = Vec::with_capacity(1 + 2 * entries.len());
+        keys.push(format!("history-batch:{}", super::random_token()));
+        let mut jsons = Vec::with_capacity(entries.len());
+        for e in entries {
+            let key = history_key(Conv::of(e));
+            let seq = format!("{key}:seq");
+            keys.push(key);
+            keys.push(seq);
+            let json = serde_json::to_string(&HistoryEntry { id: 0, ..e.clone() })
+                .map_err(|e| StoreError::new("encode", e))?;
+            jsons.push(json);
+        }
+        // One token for every send of this batch: a resend after a lost answer is
+        // recognised and appends nothing twice.
+        self.call(Call::Write, |c| {
+            redis::cmd("EVAL")
+                .arg(HISTORY_SCRIPT)
+                .arg(keys.len())
+                .arg(&keys)
+                .arg(keep)
+                .arg(HISTORY_BATCH_TTL_SECS)
+                .arg(&jsons)
+                .query::<i64>(c)
+        })?;
+        Ok(())
+    }
+
+    fn read_history(
+        &mut self,
+        conv: Conv,
+        before: u64,
+        limit: usize,
+    ) -> Result<(Vec<HistoryEntry>, bool), StoreError> {
+        let key = history_key(conv);
+        let max = if before == 0 {
+            "+inf".to_string()
+        } else {
+            format!("({before}")
+        };
+        let raw: Vec<String> = self.call(Call::Read, |c| {
+            redis::cmd("ZREVRANGEBYSCORE")
+                .arg(&key)
+                .arg(&max)
+                .arg("-inf")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit.saturating_add(1))
+                .query(c)
+        })?;
+        let more = raw.len() > limit;
+        let mut out = raw
+            .iter()
+            .take(limit)
+            .map(|s| {
+                serde_json::from_str(s).map_err(|e| StoreError::new("bad stored history entry", e))
+            })
+            .collect::<Result<Vec<HistoryEntry>, StoreError>>()?;
+        out.reverse();
+        Ok((out, more))
     }
 }
 
