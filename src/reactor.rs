@@ -471,12 +471,15 @@ impl Server {
         let st = &self.hub.stats;
         log::info!(
             "stopped; {} connections served, {} frames in, {} group messages, {} deliveries, \
-             {} slow consumers dropped; {} loop turns, {} reads, {} writes",
+             {} slow consumers dropped, {} history entries kept, {} lost; {} loop turns, \
+             {} reads, {} writes",
             st.accepted,
             st.frames_in,
             st.group_messages,
             st.deliveries,
             st.slow_consumers_dropped,
+            st.history_appended,
+            st.history_lost,
             self.io.turns,
             self.io.reads,
             self.io.writes

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 /// A multi-user chat server speaking the Go chat tutorial's wire protocol.
 ///
-/// Data (users, offline messages) is kept in one crash-safe file in the data
+/// Data (users, offline messages, history) is kept in one crash-safe file in the data
 /// directory. Stop it with SIGTERM or Ctrl-C: queued output is drained and every
 /// acknowledged write is kept.
 #[derive(Parser, Debug)]
@@ -148,6 +148,12 @@ struct Args {
     #[arg(long, default_value_t = HashParams::default().memory_kib, value_name = "KIB")]
     argon2_memory_kib: u32,
 
+    /// Messages kept for the history clients ask for (`HistoryMes`): the last N of
+    /// the group, and the last N between each two users; 0 keeps none. Written in the
+    /// background: a storage outage costs history, never a live message.
+    #[arg(long, default_value_t = HubConfig::default().history, value_name = "N")]
+    history: usize,
+
     /// argon2id passes (time cost) for new password hashes.
     #[arg(long, default_value_t = HashParams::default().passes, value_name = "N")]
     argon2_passes: u32,
@@ -240,6 +246,7 @@ fn run(args: Args) -> Result<(), String> {
             login_rate: args.login_rate,
             max_conns: args.max_conns.unwrap_or(0),
             max_conns_per_addr: args.max_conns_per_addr,
+            history: args.history,
             job_timeout_ms: args
                 .job_timeout
                 .unwrap_or_else(|| default_job_timeout_secs(args.redis.is_some()))
