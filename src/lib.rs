@@ -15,7 +15,9 @@
 //! - [`conn`]: one connection's state machine: frame assembly buffer, session, bounded
 //!   output queue of shared frames. A module of the hub, so its fields are the hub's.
 //! - `handlers/`: one file per command (login, register, group and private messages,
-//!   online list, ping and logout), behind one dispatcher; modules of the hub too.
+//!   online list, ping and logout, history), behind one dispatcher; modules of the hub
+//!   too. `handlers/history.rs` also batches the appending of accepted messages to
+//!   their conversations' history, one store job per loop turn.
 //! - [`offline`]: delivery of stored private messages to one session, as a state
 //!   machine: when to fetch, when what was delivered may leave the store.
 //! - [`admission`]: whether a login can be hashed in time, and when to pause writes so
