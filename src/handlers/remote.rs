@@ -380,6 +380,9 @@ impl Hub {
                     self.node_gone(&node, now);
                 }
             }
+            Event::Kick { user, kick, .. } => {
+                self.handle_admin(user, kick, now);
+            }
         }
     }
 

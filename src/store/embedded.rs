@@ -45,6 +45,8 @@ pub const FILE_NAME: &str = "chat.redb";
 #[derive(Clone)]
 pub struct EmbeddedStore {
     db: Arc<Database>,
+    /// The data file, for [`Store::backup`].
+    path: Arc<std::path::PathBuf>,
 }
 
 macro_rules! tryx {
@@ -78,7 +80,10 @@ impl EmbeddedStore {
             tryx!(tx.open_table(ID_EXP), "open offline_id_exp");
         }
         tryx!(tx.commit(), "commit");
-        Ok(EmbeddedStore { db: Arc::new(db) })
+        Ok(EmbeddedStore {
+            db: Arc::new(db),
+            path: Arc::new(path),
+        })
     }
 }
 
@@ -207,6 +212,114 @@ impl Store for EmbeddedStore {
         tryx!(tx.commit(), "commit ack");
         Ok(())
     }
+
+    fn list_users(&mut self) -> Result<Vec<UserRecord>, StoreError> {
+        let tx = tryx!(self.db.begin_read(), "begin read");
+        let t = tryx!(tx.open_table(USERS), "open users");
+        let mut out = Vec::new();
+        for item in tryx!(t.iter(), "list users") {
+            let (_, v) = tryx!(item, "read user");
+            out.push(UserRecord::from_json(v.value()).map_err(StoreError::Unavailable)?);
+        }
+        Ok(out)
+    }
+
+    fn remove_user(&mut self, id: i64) -> Result<bool, StoreError> {
+        let tx = tryx!(self.db.begin_write(), "begin write");
+        let existed;
+        {
+            let mut users = tryx!(tx.open_table(USERS), "open users");
+            existed = tryx!(users.remove(id), "remove user").is_some();
+            let mut t = tryx!(tx.open_table(OFFLINE), "open offline");
+            tryx!(
+                t.retain_in((id, 0)..=(id, u64::MAX), |_, _| false),
+                "remove messages"
+            );
+            // The ids of messages stored for this user go too (their expiry entries
+            // are pruned as usual: they no longer match an id).
+            let mut ids = tryx!(tx.open_table(IDS), "open offline_ids");
+            tryx!(
+                ids.retain_in((id, i64::MIN, "")..(id.saturating_add(1), i64::MIN, ""), |_, _| {
+                    false
+                }),
+                "remove ids"
+            );
+        }
+        tryx!(tx.commit(), "commit removal");
+        Ok(existed)
+    }
+
+    fn modify_user(
+        &mut self,
+        id: i64,
+        change: &mut dyn FnMut(&mut UserRecord),
+    ) -> Result<Option<UserRecord>, StoreError> {
+        // Read and written in one write transaction: redb serialises writers.
+        let tx = tryx!(self.db.begin_write(), "begin write");
+        let rec;
+        {
+            let mut t = tryx!(tx.open_table(USERS), "open users");
+            let Some(mut r) = tryx!(t.get(id), "read user")
+                .map(|v| UserRecord::from_json(v.value()))
+                .transpose()
+                .map_err(StoreError::Unavailable)?
+            else {
+                return Ok(None);
+            };
+            change(&mut r);
+            r.stale_shape = false;
+            tryx!(t.insert(id, r.to_json().as_str()), "write user");
+            rec = r;
+        }
+        tryx!(tx.commit(), "commit user");
+        Ok(Some(rec))
+    }
+
+    /// Copies the file while holding redb's write lock: no commit can start or be
+    /// under way meanwhile, and every commit before it was synced to disk (redb's
+    /// default durability), so the copy is the database as of its last commit, as
+    /// after a crash at that instant, which redb recovers from by design. Writers
+    /// (registrations, stored messages) wait for the copy; readers do not.
+    fn backup(&mut self, to: &Path) -> Result<u64, StoreError> {
+        let from = self.path.as_path().to_owned();
+        let tx = tryx!(self.db.begin_write(), "begin write");
+        let copied = copy_new(&from, to);
+        // Nothing was written in it.
+        tryx!(tx.abort(), "end backup");
+        let n = copied.map_err(|e| {
+            StoreError::Unavailable(format!("backup to {}: {e}", to.display()))
+        })?;
+        // The copy is checked: opened (which recovers it as after a crash) and its
+        // checksums verified.
+        let bad = |e: &dyn std::fmt::Display| {
+            StoreError::Unavailable(format!("the backup {} is unusable: {e}", to.display()))
+        };
+        let mut check = Database::open(to).map_err(|e| bad(&e))?;
+        match check.check_integrity() {
+            Ok(true) => Ok(n),
+            Ok(false) => Err(bad(&"it needed repairs")),
+            Err(e) => Err(bad(&e)),
+        }
+    }
+}
+
+/// Copies `from` to a new file `to` (never over an existing one) and syncs it.
+fn copy_new(from: &Path, to: &Path) -> std::io::Result<u64> {
+    use std::io::Write;
+    let mut src = std::fs::File::open(from)?;
+    let mut dst = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(to)?;
+    let result = std::io::copy(&mut src, &mut dst).and_then(|n| {
+        dst.flush()?;
+        dst.sync_all()?;
+        Ok(n)
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(to);
+    }
+    result
 }
 
 #[cfg(test)]
