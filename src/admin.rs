@@ -316,11 +316,9 @@ mod tests {
             ]
         );
         // No hash in what `list` answers.
-        let json = serde_json::to_string(&Done::response(
-            apply(&mut s, Request::List).unwrap(),
-            None,
-        ))
-        .unwrap();
+        let json =
+            serde_json::to_string(&Done::response(apply(&mut s, Request::List).unwrap(), None))
+                .unwrap();
         assert!(!json.contains("argon2"), "{json}");
 
         let done = apply(&mut s, Request::Unban { id: 2 }).unwrap();
@@ -358,6 +356,9 @@ mod tests {
             text: "done".into(),
             users: None,
         };
-        assert_eq!(serde_json::to_string(&ok).unwrap(), r#"{"ok":true,"text":"done"}"#);
+        assert_eq!(
+            serde_json::to_string(&ok).unwrap(),
+            r#"{"ok":true,"text":"done"}"#
+        );
     }
 }

@@ -55,7 +55,10 @@ fn a_ban_closes_the_session_with_a_word_and_refuses_the_next_login() {
     let c = t.connect();
     t.send(c, &login_msg(2, "nope"));
     t.run_jobs();
-    assert_eq!(t.recv(c), [login_refused(code::WRONG_PASSWORD, "wrong password")]);
+    assert_eq!(
+        t.recv(c),
+        [login_refused(code::WRONG_PASSWORD, "wrong password")]
+    );
     t.send(c, &login_msg(2, "pw2"));
     t.run_jobs();
     assert_eq!(
@@ -81,7 +84,11 @@ fn a_login_in_flight_when_the_ban_lands_is_refused() {
     assert_eq!(t.jobs.len(), 1, "the login is with a worker");
     // The worker read the record before the ban: its answer says "ok".
     let job = t.jobs.pop_front().unwrap();
-    let outcome = crate::job::execute(&mut t.store.clone(), &crate::testkit::TestPasswords, job.kind);
+    let outcome = crate::job::execute(
+        &mut t.store.clone(),
+        &crate::testkit::TestPasswords,
+        job.kind,
+    );
     assert!(matches!(outcome, crate::job::Outcome::Login(Ok(_))));
     assert_eq!(operator(&mut t, Request::Ban { id: 3 }), 0);
     t.feed(crate::job::JobResult {
@@ -129,7 +136,10 @@ fn a_removal_closes_the_session_and_deletes_the_account_and_its_messages() {
     let c = t.connect();
     t.send(c, &login_msg(6, "pw6"));
     t.run_jobs();
-    assert_eq!(t.recv(c), [login_refused(code::NO_SUCH_USER, "no such user")]);
+    assert_eq!(
+        t.recv(c),
+        [login_refused(code::NO_SUCH_USER, "no such user")]
+    );
 }
 
 #[test]
@@ -147,7 +157,10 @@ fn a_new_password_ends_no_session_but_the_old_password() {
     let c = t.connect();
     t.send(c, &login_msg(7, "pw7"));
     t.run_jobs();
-    assert_eq!(t.recv(c), [login_refused(code::WRONG_PASSWORD, "wrong password")]);
+    assert_eq!(
+        t.recv(c),
+        [login_refused(code::WRONG_PASSWORD, "wrong password")]
+    );
     t.send(c, &login_msg(7, "new"));
     t.run_jobs();
     assert!(matches!(&t.recv(c)[..], [ServerMessage::LoginRes(r)] if r.code == 200));
@@ -211,5 +224,8 @@ fn the_counters_follow_what_happened() {
     assert_eq!(st.hash_latency.count(), 6);
     assert!(st.bytes_in > 0 && st.bytes_out > st.bytes_in / 2);
     let text = crate::metrics::render(&m);
-    assert!(text.contains("chat_logins_total{outcome=\"wrong_password\"} 1\n"), "{text}");
+    assert!(
+        text.contains("chat_logins_total{outcome=\"wrong_password\"} 1\n"),
+        "{text}"
+    );
 }

@@ -29,7 +29,11 @@ pub fn config_path(args: &[OsString]) -> Option<OsString> {
 
 /// Flags from the TOML text `text` (read from `file`, named in errors), for the
 /// top-level arguments of `cmd`.
-pub fn flags_from_toml(text: &str, file: &Path, cmd: &clap::Command) -> Result<Vec<OsString>, String> {
+pub fn flags_from_toml(
+    text: &str,
+    file: &Path,
+    cmd: &clap::Command,
+) -> Result<Vec<OsString>, String> {
     let at = |key: &str, what: String| format!("{}: `{key}`: {what}", file.display());
     let table: toml::Table = text
         .parse()
@@ -43,7 +47,10 @@ pub fn flags_from_toml(text: &str, file: &Path, cmd: &clap::Command) -> Result<V
             .get_arguments()
             .find(|a| a.get_long() == Some(key.as_str()))
         else {
-            return Err(at(&key, "no such setting (keys are the long flag names of `chat-server --help`)".into()));
+            return Err(at(
+                &key,
+                "no such setting (keys are the long flag names of `chat-server --help`)".into(),
+            ));
         };
         let takes_value = arg.get_action().takes_values();
         let flag = format!("--{key}");
@@ -64,7 +71,10 @@ pub fn flags_from_toml(text: &str, file: &Path, cmd: &clap::Command) -> Result<V
                 }
                 toml::Value::Boolean(b) => b.to_string(),
                 other => {
-                    return Err(at(&key, format!("a {} is not a value for it", other.type_str())));
+                    return Err(at(
+                        &key,
+                        format!("a {} is not a value for it", other.type_str()),
+                    ));
                 }
             };
             if !takes_value {
@@ -104,8 +114,16 @@ mod tests {
         Command::new("t")
             .args_override_self(true)
             .arg(Arg::new("listen").long("listen").default_value("0.0.0.0:1"))
-            .arg(Arg::new("login-timeout").long("login-timeout").value_parser(clap::value_parser!(u64)))
-            .arg(Arg::new("verbose").long("verbose").action(ArgAction::SetTrue))
+            .arg(
+                Arg::new("login-timeout")
+                    .long("login-timeout")
+                    .value_parser(clap::value_parser!(u64)),
+            )
+            .arg(
+                Arg::new("verbose")
+                    .long("verbose")
+                    .action(ArgAction::SetTrue),
+            )
             .arg(Arg::new("config").long("config"))
     }
 
@@ -124,7 +142,13 @@ mod tests {
         .unwrap();
         assert_eq!(
             flags,
-            os(&["--listen", "127.0.0.1:5", "--login-timeout", "7", "--verbose"])
+            os(&[
+                "--listen",
+                "127.0.0.1:5",
+                "--login-timeout",
+                "7",
+                "--verbose"
+            ])
         );
         let mut argv = os(&["t"]);
         argv.extend(flags);
@@ -147,13 +171,20 @@ mod tests {
         assert!(flags_from_toml("listen = ", f, &cmd()).is_err());
         assert!(flags_from_toml("config = \"x\"", f, &cmd()).is_err());
         // False leaves a switch off.
-        assert!(flags_from_toml("verbose = false", f, &cmd()).unwrap().is_empty());
+        assert!(
+            flags_from_toml("verbose = false", f, &cmd())
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
     fn the_config_flag_is_found_in_either_spelling() {
         assert_eq!(config_path(&os(&["t", "--config", "a"])), Some("a".into()));
-        assert_eq!(config_path(&os(&["t", "x", "--config=b"])), Some("b".into()));
+        assert_eq!(
+            config_path(&os(&["t", "x", "--config=b"])),
+            Some("b".into())
+        );
         assert_eq!(config_path(&os(&["t", "--", "--config", "c"])), None);
         assert_eq!(config_path(&os(&["t"])), None);
     }

@@ -31,8 +31,8 @@ use slab::Slab;
 use crate::admin::Kick;
 use crate::admission::Admission;
 use crate::fit;
-use crate::metrics;
 use crate::job::{Job, JobKind, JobResult, Outcome};
+use crate::metrics;
 use crate::offline::Action;
 use crate::proto::{
     self, ClientMessage, CodeRes, NotifyUserStatusMes, ServerMessage, code, status,

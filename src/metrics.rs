@@ -14,8 +14,8 @@ use crate::proto::ClientMessage;
 
 /// Upper bounds of the histograms' buckets, in seconds (plus +Inf).
 pub const BUCKETS: [f64; 14] = [
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-    1.0, 5.0,
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+    5.0,
 ];
 
 /// A histogram of durations with the fixed [`BUCKETS`]: counts per bucket (not
@@ -30,7 +30,10 @@ pub struct Histogram {
 impl Histogram {
     pub fn observe(&mut self, d: Duration) {
         let s = d.as_secs_f64();
-        let i = BUCKETS.iter().position(|&b| s <= b).unwrap_or(BUCKETS.len());
+        let i = BUCKETS
+            .iter()
+            .position(|&b| s <= b)
+            .unwrap_or(BUCKETS.len());
         self.counts[i] += 1;
         self.sum += s;
         self.count += 1;
@@ -162,15 +165,30 @@ fn pairs<'a>(labels: &[&'a str], vals: &[u64]) -> Vec<(&'a str, u64)> {
 pub fn render(s: &Snapshot) -> String {
     let st = &s.stats;
     let mut o = Out(String::with_capacity(8 * 1024));
-    o.one("connections_open", "gauge", "Client connections open now.", s.connections);
-    o.one("users_online", "gauge", "Users logged in on this server.", s.online_here);
+    o.one(
+        "connections_open",
+        "gauge",
+        "Client connections open now.",
+        s.connections,
+    );
+    o.one(
+        "users_online",
+        "gauge",
+        "Users logged in on this server.",
+        s.online_here,
+    );
     o.one(
         "users_online_cluster",
         "gauge",
         "Users logged in on any node of the cluster (this server alone without one).",
         s.online_all,
     );
-    o.one("connections_accepted_total", "counter", "Client connections accepted.", st.accepted);
+    o.one(
+        "connections_accepted_total",
+        "counter",
+        "Client connections accepted.",
+        st.accepted,
+    );
     o.labelled(
         "logins_total",
         "Logins answered, by outcome.",
@@ -207,8 +225,18 @@ pub fn render(s: &Snapshot) -> String {
         "Frames queued for clients (one per recipient).",
         st.deliveries,
     );
-    o.one("bytes_in_total", "counter", "Bytes read from clients.", st.bytes_in);
-    o.one("bytes_out_total", "counter", "Bytes written to clients.", st.bytes_out);
+    o.one(
+        "bytes_in_total",
+        "counter",
+        "Bytes read from clients.",
+        st.bytes_in,
+    );
+    o.one(
+        "bytes_out_total",
+        "counter",
+        "Bytes written to clients.",
+        st.bytes_out,
+    );
     o.labelled(
         "refusals_total",
         "Requests refused: 429 too many (messages, logins, failed logins), 413 frame too large.",
@@ -244,7 +272,12 @@ pub fn render(s: &Snapshot) -> String {
         "From a login or registration queued to its answer from a worker (wait and hash).",
         &[(None, &st.hash_latency)],
     );
-    o.one("store_jobs_in_flight", "gauge", "Store jobs queued or running.", s.jobs_in_flight);
+    o.one(
+        "store_jobs_in_flight",
+        "gauge",
+        "Store jobs queued or running.",
+        s.jobs_in_flight,
+    );
     o.histogram(
         "store_job_seconds",
         "Time a worker took to run a store job, by lane (hash: logins and registrations).",
@@ -259,7 +292,12 @@ pub fn render(s: &Snapshot) -> String {
         "Requests that failed on a storage error.",
         st.store_errors,
     );
-    o.one("loop_turns_total", "counter", "Turns of the event loop.", s.loop_turns);
+    o.one(
+        "loop_turns_total",
+        "counter",
+        "Turns of the event loop.",
+        s.loop_turns,
+    );
     o.histogram(
         "loop_turn_seconds",
         "Time the event loop worked per turn (between two waits for events).",
@@ -289,7 +327,10 @@ mod tests {
             ..Snapshot::default()
         };
         let text = render(&s);
-        assert!(text.contains("chat_loop_turn_seconds_bucket{le=\"0.00005\"} 1\n"), "{text}");
+        assert!(
+            text.contains("chat_loop_turn_seconds_bucket{le=\"0.00005\"} 1\n"),
+            "{text}"
+        );
         assert!(text.contains("chat_loop_turn_seconds_bucket{le=\"0.0025\"} 1\n"));
         assert!(text.contains("chat_loop_turn_seconds_bucket{le=\"0.005\"} 2\n"));
         assert!(text.contains("chat_loop_turn_seconds_bucket{le=\"5\"} 2\n"));

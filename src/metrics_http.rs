@@ -114,8 +114,7 @@ fn route(head: &[u8]) -> Result<(), (u16, &'static str)> {
 fn read_head(conn: &mut TcpStream) -> io::Result<Option<Vec<u8>>> {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n")
-    {
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
         if head.len() > MAX_HEAD {
             return Ok(None);
         }
@@ -134,7 +133,13 @@ fn serve(mut conn: TcpStream, control: &ControlHandle) {
     let head = match read_head(&mut conn) {
         Ok(Some(h)) => h,
         Ok(None) => {
-            reply(&mut conn, 400, "Bad Request", "text/plain", b"bad request\n");
+            reply(
+                &mut conn,
+                400,
+                "Bad Request",
+                "text/plain",
+                b"bad request\n",
+            );
             return;
         }
         Err(_) => return,
@@ -162,7 +167,13 @@ fn serve(mut conn: TcpStream, control: &ControlHandle) {
         }
         Err(e) => {
             let body = format!("{e}\n");
-            reply(&mut conn, 503, "Service Unavailable", "text/plain", body.as_bytes());
+            reply(
+                &mut conn,
+                503,
+                "Service Unavailable",
+                "text/plain",
+                body.as_bytes(),
+            );
         }
     }
 }

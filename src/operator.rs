@@ -107,13 +107,15 @@ fn request(cmd: Command, t: &Target) -> Result<Request, String> {
         },
         Command::Backup { file } => {
             if t.redis.is_some() {
-                return Err("backup copies the embedded data file; with Redis, use Redis's \
+                return Err(
+                    "backup copies the embedded data file; with Redis, use Redis's \
                             own persistence (BGSAVE, its RDB or AOF files)"
-                    .into());
+                        .into(),
+                );
             }
             // The server resolves no path of ours: an absolute one.
-            let file = std::path::absolute(&file)
-                .map_err(|e| format!("{}: {e}", file.display()))?;
+            let file =
+                std::path::absolute(&file).map_err(|e| format!("{}: {e}", file.display()))?;
             Request::Backup {
                 path: file.to_string_lossy().into_owned(),
             }
@@ -216,9 +218,7 @@ fn via_redis(url: &str, timeout: Duration, req: Request) -> Result<Response, Str
     let sessions = match told {
         Ok(0) => "no running server is listening on this Redis".to_string(),
         Ok(n) => format!("{n} running servers told to close the user's sessions"),
-        Err(e) => format!(
-            "running servers NOT told (their sessions of the user stay open): {e}"
-        ),
+        Err(e) => format!("running servers NOT told (their sessions of the user stay open): {e}"),
     };
     Ok(answer(Ok(done), Some(sessions)))
 }
@@ -294,8 +294,14 @@ mod tests {
             },
         ]);
         let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines[0].split_whitespace().collect::<Vec<_>>(), ["id", "banned", "name"]);
-        assert_eq!(lines[1].split_whitespace().collect::<Vec<_>>(), ["5", "yes", "al"]);
+        assert_eq!(
+            lines[0].split_whitespace().collect::<Vec<_>>(),
+            ["id", "banned", "name"]
+        );
+        assert_eq!(
+            lines[1].split_whitespace().collect::<Vec<_>>(),
+            ["5", "yes", "al"]
+        );
         assert!(lines[2].contains(r"a\u{1b}[2Jb"), "{t}");
         assert_eq!(lines[3], "2 users");
     }

@@ -329,7 +329,12 @@ fn run(args: Args) -> Result<(), String> {
     let _admin = match &args.redis {
         None => Some(
             chat::admin_server::AdminSocket::start(&args.data, &factory, server.control_handle())
-                .map_err(|e| format!("cannot create the admin socket in {}: {e}", args.data.display()))?,
+                .map_err(|e| {
+                format!(
+                    "cannot create the admin socket in {}: {e}",
+                    args.data.display()
+                )
+            })?,
         ),
         // With Redis, `chat-server users --redis URL` goes through Redis itself.
         Some(_) => None,

@@ -29,7 +29,9 @@ impl Hub {
             .conns
             .iter()
             .filter(|(_, c)| c.closing.is_none())
-            .filter(|(_, c)| matches!(&c.session, Session::Online { user_id, .. } if *user_id == user))
+            .filter(
+                |(_, c)| matches!(&c.session, Session::Online { user_id, .. } if *user_id == user),
+            )
             .map(|(k, _)| k)
             .collect();
         for key in keys {

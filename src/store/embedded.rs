@@ -239,9 +239,10 @@ impl Store for EmbeddedStore {
             // are pruned as usual: they no longer match an id).
             let mut ids = tryx!(tx.open_table(IDS), "open offline_ids");
             tryx!(
-                ids.retain_in((id, i64::MIN, "")..(id.saturating_add(1), i64::MIN, ""), |_, _| {
-                    false
-                }),
+                ids.retain_in(
+                    (id, i64::MIN, "")..(id.saturating_add(1), i64::MIN, ""),
+                    |_, _| { false }
+                ),
                 "remove ids"
             );
         }
@@ -286,9 +287,8 @@ impl Store for EmbeddedStore {
         let copied = copy_new(&from, to);
         // Nothing was written in it.
         tryx!(tx.abort(), "end backup");
-        let n = copied.map_err(|e| {
-            StoreError::Unavailable(format!("backup to {}: {e}", to.display()))
-        })?;
+        let n = copied
+            .map_err(|e| StoreError::Unavailable(format!("backup to {}: {e}", to.display())))?;
         // The copy is checked: opened (which recovers it as after a crash) and its
         // checksums verified.
         let bad = |e: &dyn std::fmt::Display| {
@@ -331,6 +331,63 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(dir.path()).unwrap();
         super::super::suite::run(&|| Box::new(store.clone()));
+    }
+
+    #[test]
+    fn a_backup_taken_during_writes_is_a_whole_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (mut s, stop) = (store.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut id = 1;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let rec = UserRecord {
+                        id,
+                        name: format!("user {id}"),
+                        pwd_hash: "$argon2id$x".into(),
+                        ..UserRecord::default()
+                    };
+                    assert!(s.create_user(&rec).unwrap());
+                    id += 1;
+                }
+                id - 1
+            })
+        };
+        // Some writes before and during each copy.
+        while store.clone().get_user(50).unwrap().is_none() {
+            std::thread::yield_now();
+        }
+        let copies: Vec<_> = (0..3)
+            .map(|i| {
+                let to = dir.path().join(format!("copy-{i}.redb"));
+                let n = store.clone().backup(&to).unwrap();
+                assert!(n > 0);
+                to
+            })
+            .collect();
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let written = writer.join().unwrap();
+        let mut last = 0;
+        for to in copies {
+            let copy_dir = tempfile::tempdir().unwrap();
+            std::fs::rename(&to, copy_dir.path().join(FILE_NAME)).unwrap();
+            let mut c = EmbeddedStore::open(copy_dir.path()).unwrap();
+            let users = c.list_users().unwrap();
+            // Every record whole, and no gap: a prefix of what was written.
+            let ids: Vec<i64> = users.iter().map(|u| u.id).collect();
+            assert!(ids.len() >= 50 && ids.len() as i64 <= written);
+            assert_eq!(ids, (1..=ids.len() as i64).collect::<Vec<_>>());
+            assert!(users.iter().all(|u| u.name == format!("user {}", u.id)));
+            assert!(ids.len() >= last, "later copies hold more");
+            last = ids.len();
+        }
+        // Never over an existing file.
+        let there = dir.path().join("there.redb");
+        std::fs::write(&there, b"keep").unwrap();
+        assert!(store.clone().backup(&there).is_err());
+        assert_eq!(std::fs::read(&there).unwrap(), b"keep");
     }
 
     #[test]

@@ -291,13 +291,20 @@ pub mod suite {
         let ids: Vec<i64> = a.list_users().unwrap().iter().map(|u| u.id).collect();
         assert!(ids.windows(2).all(|w| w[0] < w[1]), "sorted by id: {ids:?}");
         // Modified in place, every other field kept.
-        let got = b.modify_user(40, &mut |r| r.banned = true).unwrap().unwrap();
+        let got = b
+            .modify_user(40, &mut |r| r.banned = true)
+            .unwrap()
+            .unwrap();
         assert!(got.banned);
         let back = a.get_user(40).unwrap().unwrap();
         assert!(back.banned);
         assert_eq!(back.reg_token, user(40, "hal").reg_token);
         assert_eq!(a.modify_user(49, &mut |r| r.banned = true).unwrap(), None);
-        assert!(b.modify_user(40, &mut |r| r.banned = false).unwrap().is_some());
+        assert!(
+            b.modify_user(40, &mut |r| r.banned = false)
+                .unwrap()
+                .is_some()
+        );
         assert!(!a.get_user(40).unwrap().unwrap().banned);
         // Removed with its offline messages; a removal of nobody says so.
         push(a, &msg(41, 40, "for hal")).unwrap();
