@@ -149,6 +149,8 @@ pub struct Cluster {
     pub node: Rc<str>,
     /// Users online on other nodes.
     pub remote: BTreeMap<i64, RemoteUser>,
+    /// Changes whenever `remote` does (see `roster`).
+    pub remote_version: u64,
     /// This node's sessions: user → (session, whether its `Online` came back, i.e.
     /// was ordered by Redis).
     pub sessions: HashMap<i64, (u64, bool)>,
@@ -168,6 +170,7 @@ impl Cluster {
         Cluster {
             node: node.into(),
             remote: BTreeMap::new(),
+            remote_version: 0,
             sessions: HashMap::new(),
             pending: HashMap::new(),
             next_id: 1,

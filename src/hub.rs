@@ -34,10 +34,10 @@ use crate::fit;
 use crate::job::{Job, JobKind, JobResult, Outcome};
 use crate::metrics;
 use crate::offline::Action;
-use crate::proto::{
-    self, ClientMessage, CodeRes, NotifyUserStatusMes, ServerMessage, code, status,
-};
+use crate::presence::Presence;
+use crate::proto::{self, ClientMessage, CodeRes, ServerMessage, code, status};
 use crate::rate::{PerAddr, addr_key};
+use crate::roster::Roster;
 use crate::users::Registry;
 use conn::{Closing, Conn, ConnRef, Flush, Pending, Session};
 
@@ -80,6 +80,10 @@ pub struct HubConfig {
     pub login_rate: u32,
     /// How often refusals and storage errors are summed up in the log.
     pub summary_interval_ms: u64,
+    /// Presence notices (who came online, who left) are sent together at most this
+    /// long after the first of them, or at once before any message from one user to
+    /// another (see [`crate::presence`]). 0: at the end of each turn.
+    pub presence_interval_ms: u64,
 }
 
 impl Default for HubConfig {
@@ -100,6 +104,7 @@ impl Default for HubConfig {
             msg_rate: 20,
             login_rate: 30,
             summary_interval_ms: 10_000,
+            presence_interval_ms: 50,
         }
     }
 }
@@ -214,6 +219,10 @@ pub struct Hub {
     pub(crate) login_limits: PerAddr,
     /// Users who went offline this turn, not yet announced.
     departures: Vec<(i64, Rc<str>)>,
+    /// Presence notices waiting to be sent to everyone.
+    presence: Presence,
+    /// Everyone online, encoded as the login reply lists them.
+    pub(crate) roster: Roster,
     /// `PongMes`, encoded once.
     pub(crate) pong: Rc<[u8]>,
     /// Where small frames are copied together for one write (see `OutQueue::write_with`).
@@ -253,6 +262,8 @@ impl Hub {
             logging_in: HashMap::new(),
             login_limits: PerAddr::default(),
             departures: Vec::new(),
+            presence: Presence::default(),
+            roster: Roster::default(),
             pong: ServerMessage::Pong.encode().into(),
             gather: Vec::new(),
             next_housekeeping_ms: 0,
@@ -495,6 +506,7 @@ impl Hub {
             self.housekeeping(now);
         }
         self.cluster_timeouts(now);
+        self.presence_if_due(now);
         self.settle(now);
     }
 
@@ -504,6 +516,7 @@ impl Hub {
     pub fn handle_shutdown(&mut self, now: Now) {
         self.online = Registry::default();
         self.departures.clear();
+        self.presence = Presence::default();
         for r in self.refs() {
             self.close(r.key, true, "server shutting down", now);
         }
@@ -540,10 +553,8 @@ impl Hub {
             || !self.login_limits.is_empty()
             || self.admission.hashing())
         .then_some(self.next_housekeeping_ms);
-        match (timer, housekeeping) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let presence = self.presence.due_at(self.cfg.presence_interval_ms);
+        [timer, housekeeping, presence].into_iter().flatten().min()
     }
 
     /// Whether logins or registrations are waiting for a password hash.
@@ -658,6 +669,11 @@ impl Hub {
     /// Checks the hub's own bookkeeping; panics with what is wrong. For tests and the
     /// fuzz target, after every step.
     pub fn check_invariants(&self) {
+        if self.roster.is_current(self.roster_version()) {
+            let mut listed: Vec<i64> = self.roster.ids().collect();
+            listed.sort_unstable();
+            assert_eq!(listed, self.all_ids(), "the roster lists who is online");
+        }
         for (id, e) in self.online.iter() {
             let c = self
                 .get(e.conn)
@@ -1053,6 +1069,13 @@ impl Hub {
         self.outputs().0.deliver(key, frame, false)
     }
 
+    /// Delivers a message from one user to another: after the presence notices
+    /// waiting, so that its sender is known to be online.
+    pub(crate) fn deliver_message(&mut self, key: usize, frame: &Rc<[u8]>) -> bool {
+        self.send_presence();
+        self.deliver(key, frame)
+    }
+
     /// The output side of the hub, borrowed apart from the registry.
     fn outputs(&mut self) -> (Outputs<'_>, &Registry) {
         let out = Outputs {
@@ -1098,11 +1121,6 @@ impl Hub {
         self.reply(key, &ServerMessage::Error(res));
     }
 
-    /// Queues one shared frame on every online connection but `except`.
-    pub(crate) fn broadcast(&mut self, except: Option<usize>, frame: &Rc<[u8]>) {
-        self.broadcast_fitted(except, frame, None);
-    }
-
     /// Queues `full` on every online connection but `except` that can read it, and
     /// `cut` (a shorter version, shared too) on those that cannot. Returns how many
     /// got the cut version (or, with none, nothing).
@@ -1112,6 +1130,8 @@ impl Hub {
         full: &Rc<[u8]>,
         cut: Option<&Rc<[u8]>>,
     ) -> usize {
+        // Who came online is told before what they say.
+        self.send_presence();
         let (mut out, online) = self.outputs();
         let mut cut_for = 0;
         // Overflowing queues are only noted here (closing them changes the registry
@@ -1161,16 +1181,46 @@ impl Hub {
                 // Back already, here or on another node: no flicker.
                 continue;
             }
-            let frame: Rc<[u8]> = ServerMessage::NotifyUserStatus(NotifyUserStatusMes {
-                user_id,
-                status: status::OFFLINE,
-                user_name: name.to_string(),
-            })
-            .encode()
-            .into();
-            self.broadcast(None, &frame);
+            self.presence
+                .note(user_id, status::OFFLINE, &name, now.mono_ms);
         }
+        self.presence_if_due(now);
         self.settle(now);
+    }
+
+    /// Notes a presence notice for everyone (see [`crate::presence`]).
+    pub(crate) fn note_presence(&mut self, user_id: i64, status: u8, name: &str, now: Now) {
+        self.presence.note(user_id, status, name, now.mono_ms);
+    }
+
+    fn presence_if_due(&mut self, now: Now) {
+        if self
+            .presence
+            .due_at(self.cfg.presence_interval_ms)
+            .is_some_and(|at| at <= now.mono_ms)
+        {
+            self.send_presence();
+        }
+    }
+
+    /// Sends the presence notices waiting, to everyone online: one shared chunk each,
+    /// and to those who came online meanwhile, what came after them.
+    pub(crate) fn send_presence(&mut self) {
+        if self.presence.is_empty() {
+            return;
+        }
+        let batch = self.presence.take();
+        let (mut out, online) = self.outputs();
+        for (user_id, e) in online.iter() {
+            if batch.concerns(user_id) {
+                let (own, n) = batch.since_own(user_id);
+                if n > 0 {
+                    out.deliver_chunk(e.conn.key, &own, n);
+                }
+            } else {
+                out.deliver_chunk(e.conn.key, &batch.all, batch.len());
+            }
+        }
     }
 
     /// Whether departures wait to be announced.
@@ -1270,6 +1320,24 @@ impl Outputs<'_> {
             );
         }
         false
+    }
+
+    /// Queues a chunk of `frames` presence notices (each small enough for any client)
+    /// on `key`.
+    fn deliver_chunk(&mut self, key: usize, chunk: &Rc<[u8]>, frames: usize) {
+        let conn = &mut self.conns[key];
+        if queue(
+            conn,
+            key,
+            chunk,
+            false,
+            self.limit,
+            self.writes,
+            self.overflowed,
+            self.stats,
+        ) {
+            self.stats.deliveries += frames as u64 - 1;
+        }
     }
 
     /// Queues `frame` on `key`; a `reply` (the answer to the client's own request) is

@@ -62,8 +62,10 @@ pub mod hub;
 pub mod job;
 pub mod metrics;
 pub mod offline;
+pub mod presence;
 pub mod proto;
 pub mod rate;
+pub mod roster;
 pub mod store;
 pub mod users;
 

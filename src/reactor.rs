@@ -5,8 +5,8 @@
 //! until `WouldBlock` or its per-wake-up budget, hands the bytes to the [`Hub`], then
 //! executes the hub's outputs: store jobs go to the worker pool (before and after the
 //! writes, which can themselves queue jobs), queued output is written through
-//! [`Hub::write`] (vectored; at most once per flush interval under steady traffic, at
-//! once after a quiet spell), and connections marked for closing are dropped at the
+//! [`Hub::write`] (vectored, at the end of the turn, so everything a turn produced for
+//! one connection leaves in one write), and connections marked for closing are dropped at the
 //! end of the turn, so a stale token in the same batch of events can never reach a
 //! reused slot. It sleeps until the hub's next deadline ([`Hub::poll_timeout`]) or the
 //! next event. Worker results come back over a channel and wake the loop through
@@ -70,10 +70,11 @@ pub struct ServerConfig {
     pub handle_signals: bool,
     /// Scheduling of the worker threads against the reactor.
     pub worker_priority: WorkerPriority,
-    /// Shortest time between two rounds of writes. Under steady traffic each round
-    /// carries the messages of this interval in one vectored write per recipient,
-    /// instead of one write per message per recipient: far fewer system calls, at the
-    /// price of at most this much latency. Zero writes after every loop turn.
+    /// Shortest time between two rounds of writes. Zero (the default) writes at the
+    /// end of every loop turn, as Redis does: what arrived in one turn leaves in one
+    /// vectored write per recipient, so batching grows with the load by itself and a
+    /// quiet server answers at once. A longer interval trades latency for fewer
+    /// system calls under steady traffic.
     pub flush_interval: Duration,
     /// Several nodes on one Redis, one chat: this node's link (None: a lone server).
     pub cluster: Option<ClusterConfig>,
@@ -89,7 +90,7 @@ impl Default for ServerConfig {
             shutdown_grace_ms: 2_000,
             handle_signals: false,
             worker_priority: WorkerPriority::Idle,
-            flush_interval: Duration::from_micros(500),
+            flush_interval: Duration::ZERO,
             cluster: None,
         }
     }
@@ -371,10 +372,10 @@ impl Server {
         let mut events = Events::with_capacity(1024);
         let mut next_trim: u64 = TRIM_MS;
         let mut shutdown_deadline: Option<u64> = None;
-        // Output is written at most once per flush interval (see ServerConfig): the
-        // first turn after a quiet spell writes at once, busier turns are coalesced.
-        // While logins wait for hashing, a long round of writes is followed by a pause
-        // (`Admission::next_flush_at`). An interval of zero writes after every turn.
+        // Output is written at the end of each turn, or with a flush interval (see
+        // ServerConfig) at most once per interval: the first turn after a quiet spell
+        // writes at once, busier turns are coalesced. While logins wait for hashing, a
+        // long round of writes is followed by a pause (`Admission::next_flush_at`).
         let interval = self.cfg.flush_interval;
         let mut next_flush = Instant::now();
         let mut flush_due: Option<Instant> = None;

@@ -332,6 +332,8 @@ pub struct OnlineEntry {
 #[derive(Debug, Default)]
 pub struct Registry {
     by_id: BTreeMap<i64, OnlineEntry>,
+    /// Changes with every insertion and removal (see `roster`).
+    version: u64,
 }
 
 impl Registry {
@@ -341,6 +343,7 @@ impl Registry {
 
     /// Puts `id` online at `conn`; returns the entry it replaced, if any.
     pub fn insert(&mut self, id: i64, entry: OnlineEntry) -> Option<OnlineEntry> {
+        self.version += 1;
         self.by_id.insert(id, entry)
     }
 
@@ -348,6 +351,7 @@ impl Registry {
     pub fn remove_if(&mut self, id: i64, conn: ConnRef) -> bool {
         if self.by_id.get(&id).is_some_and(|e| e.conn == conn) {
             self.by_id.remove(&id);
+            self.version += 1;
             true
         } else {
             false
@@ -356,6 +360,11 @@ impl Registry {
 
     pub fn len(&self) -> usize {
         self.by_id.len()
+    }
+
+    /// A number that changes whenever someone comes or goes.
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     pub fn is_empty(&self) -> bool {

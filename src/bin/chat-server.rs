@@ -119,13 +119,22 @@ struct Args {
     #[arg(long, value_enum, default_value = "idle", value_name = "PRIORITY")]
     worker_priority: Priority,
 
-    /// Shortest time between two rounds of writes, in microseconds: under steady
-    /// traffic, the messages of one interval go to each recipient in one write. While
+    /// Shortest time between two rounds of writes, in microseconds. 0 (the default)
+    /// writes at the end of every loop turn: what arrived in one turn goes to each
+    /// recipient in one write, and a quiet server answers at once. A longer interval
+    /// gathers more per write under steady traffic, at the price of latency. While
     /// logins wait for a password hash, a round that took 1 ms or more (thousands of
     /// recipients) is followed by a pause as long, at most 50 ms, so the idle-priority
-    /// hashing gets CPU. 0 writes after every event.
+    /// hashing gets CPU.
     #[arg(long, default_value_t = ServerConfig::default().flush_interval.as_micros() as u64, value_name = "US")]
     flush_interval_us: u64,
+
+    /// Presence notices (who came online, who left) are gathered for at most this many
+    /// milliseconds and sent to everyone together, or at once before any message from
+    /// one user to another. A login storm then costs one round of writes per interval
+    /// instead of one per login. 0: sent at the end of each loop turn.
+    #[arg(long, default_value_t = HubConfig::default().presence_interval_ms, value_name = "MS")]
+    presence_interval_ms: u64,
 
     /// Seconds a store job (a login, a registration, a stored message) may wait for a
     /// free worker before it is refused as "server busy". A login or registration whose
@@ -285,6 +294,7 @@ fn run(args: Args) -> Result<(), String> {
             login_rate: args.login_rate,
             max_conns: args.max_conns.unwrap_or(0),
             max_conns_per_addr: args.max_conns_per_addr,
+            presence_interval_ms: args.presence_interval_ms,
             job_timeout_ms: args
                 .job_timeout
                 .unwrap_or_else(|| default_job_timeout_secs(args.redis.is_some()))
