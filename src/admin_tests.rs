@@ -4,13 +4,12 @@
 
 use crate::admin::{Kick, Request, apply};
 use crate::cluster::{Event, Input};
-use crate::hub::HubConfig;
 use crate::proto::{ClientMessage, CodeRes, LoginResMes, ServerMessage, SmsMes, code, status};
 use crate::store::Store;
 use crate::testkit::{Harness, login_msg};
 
 fn h() -> Harness {
-    Harness::new(HubConfig::default())
+    Harness::new(crate::testkit::test_config())
 }
 
 fn err(code: u16, text: &str) -> ServerMessage {
