@@ -601,3 +601,51 @@ fn the_config_file_sets_flags_and_the_command_line_overrides_it() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--login-timeout"));
 }
+
+#[test]
+fn the_example_config_names_every_flag_and_the_server_takes_each_key() {
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/dist/chat-server.toml"
+    ))
+    .unwrap();
+    // Keys are shown commented out: `# key = value`.
+    let keys: Vec<(&str, &str)> = example
+        .lines()
+        .filter_map(|l| l.strip_prefix("# ")?.split_once(" = "))
+        .filter(|(k, _)| !k.contains(' '))
+        .collect();
+    let help = cli(&[], &["--help"], "");
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    for flag in help
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("--"))
+        .map(|w| w.trim_end_matches(|c: char| !c.is_ascii_alphanumeric()))
+    {
+        if ["help", "version", "config"].contains(&flag) {
+            continue;
+        }
+        assert!(
+            keys.iter().any(|(k, _)| *k == flag),
+            "dist/chat-server.toml does not show `{flag}`"
+        );
+    }
+    // Uncommented, every key and value is accepted (the server checks the whole file
+    // before it reads --help).
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("all.toml");
+    let all: String = keys
+        .iter()
+        .map(|(k, v)| {
+            let v = v.split(" #").next().unwrap();
+            format!("{k} = {v}\n")
+        })
+        .collect();
+    std::fs::write(&f, &all).unwrap();
+    let out = cli(&[], &["--config", f.to_str().unwrap(), "--help"], "");
+    assert!(
+        out.status.success(),
+        "{all}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
