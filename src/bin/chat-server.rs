@@ -337,15 +337,18 @@ fn run(args: Args) -> Result<(), String> {
     let server = Server::new(listener, &factory, cfg).map_err(|e| format!("cannot start: {e}"))?;
     // Operators' threads, stopped (and the admin socket removed) when these drop.
     let _admin = match &args.redis {
-        None => Some(
+        // Without it the chat still runs; only the operators' commands wait for a stop.
+        None => {
             chat::admin_server::AdminSocket::start(&args.data, &factory, server.control_handle())
                 .map_err(|e| {
-                format!(
-                    "cannot create the admin socket in {}: {e}",
-                    args.data.display()
-                )
-            })?,
-        ),
+                    log::warn!(
+                        "no admin socket in {}: {e}; `chat-server users` and `backup` work only \
+                     while the server is stopped",
+                        args.data.display()
+                    )
+                })
+                .ok()
+        }
         // With Redis, `chat-server users --redis URL` goes through Redis itself.
         Some(_) => None,
     };
