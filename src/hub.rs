@@ -28,9 +28,11 @@ use std::rc::Rc;
 
 use slab::Slab;
 
+use crate::admin::Kick;
 use crate::admission::Admission;
 use crate::fit;
 use crate::job::{Job, JobKind, JobResult, Outcome};
+use crate::metrics;
 use crate::offline::Action;
 use crate::presence::Presence;
 use crate::proto::{self, ClientMessage, CodeRes, ServerMessage, code, status};
@@ -115,7 +117,8 @@ pub struct Now {
     pub unix_ms: u64,
 }
 
-/// Counters for the log and the benchmark.
+/// Counters for the log, the benchmark and the metrics (`metrics`): plain fields,
+/// bumped on the loop's thread, copied out when a scrape asks.
 #[derive(Debug, Default, Clone)]
 pub struct Stats {
     pub accepted: u64,
@@ -124,6 +127,25 @@ pub struct Stats {
     pub group_messages: u64,
     pub deliveries: u64,
     pub slow_consumers_dropped: u64,
+    /// Frames received by type ([`metrics::FRAME_TYPES`]).
+    pub frames_by_type: [u64; metrics::FRAME_TYPES.len()],
+    /// Logins and registrations answered, by outcome ([`metrics::LOGIN_OUTCOMES`],
+    /// [`metrics::REGISTER_OUTCOMES`]).
+    pub logins: [u64; metrics::LOGIN_OUTCOMES.len()],
+    pub registrations: [u64; metrics::REGISTER_OUTCOMES.len()],
+    pub private_messages: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Refusals with code 429 (too many) and 413 (frame too large).
+    pub refused_too_many: u64,
+    pub refused_too_large: u64,
+    pub store_errors: u64,
+    /// Sessions closed by an operator (ban, removal).
+    pub kicked: u64,
+    /// From a hashing job queued to its result.
+    pub hash_latency: metrics::Histogram,
+    /// How long workers ran jobs, by lane ([`metrics::LANES`]).
+    pub job_seconds: [metrics::Histogram; 2],
 }
 
 /// Refusals and failures counted between two summaries in the log, so that a flood
@@ -212,6 +234,9 @@ pub struct Hub {
     pub(crate) summary: Summary,
     /// This node's view of the cluster, if it is one of several.
     pub(crate) cluster: Option<crate::cluster::Cluster>,
+    /// Logins in flight of users an operator banned or removed meanwhile: refused
+    /// when their result comes, whatever it says.
+    pub(crate) revoked: HashMap<ConnRef, Kick>,
     pub stats: Stats,
 }
 
@@ -249,6 +274,7 @@ impl Hub {
             next_summary_ms: 0,
             summary: Summary::default(),
             cluster: None,
+            revoked: HashMap::new(),
             stats: Stats::default(),
         }
     }
@@ -301,6 +327,7 @@ impl Hub {
 
     /// Bytes read from `r`'s socket.
     pub fn handle_input(&mut self, r: ConnRef, data: &[u8], now: Now) {
+        self.stats.bytes_in += data.len() as u64;
         let Some(conn) = self.get_mut(r) else { return };
         if conn.closing.is_some() {
             return;
@@ -330,14 +357,28 @@ impl Hub {
     }
 
     /// A worker finished a job.
-    pub fn handle_result(&mut self, res: JobResult, now: Now) {
+    pub fn handle_result(&mut self, mut res: JobResult, now: Now) {
         self.jobs_in_flight = self.jobs_in_flight.saturating_sub(1);
         if res.took.is_none() {
             self.summary.jobs_expired += 1;
         }
-        if let Outcome::Login(_) | Outcome::Register(_) = res.outcome {
-            self.admission
+        let hashing = matches!(res.outcome, Outcome::Login(_) | Outcome::Register(_));
+        if let Some(took) = res.took {
+            self.stats.job_seconds[usize::from(!hashing)].observe(took);
+        }
+        if hashing {
+            let waited = self
+                .admission
                 .completed(now.mono_ms, res.took, res.outcome.hashed());
+            self.stats
+                .hash_latency
+                .observe(std::time::Duration::from_millis(waited));
+        }
+        if let (Some(r), Outcome::Login(result)) = (res.conn, &mut res.outcome)
+            && let Some(kick) = self.revoked.remove(&r)
+            && result.is_ok()
+        {
+            *result = Err(kick.login_error());
         }
         let Some(r) = res.conn else {
             if let Outcome::AckOffline { result: Err(e), .. } = &res.outcome {
@@ -386,7 +427,9 @@ impl Hub {
         if conn.out.is_empty() {
             return Written::Drained;
         }
+        let before = conn.out.written_total();
         let res = conn.out.write_with(&mut self.gather, write);
+        self.stats.bytes_out += conn.out.written_total() - before;
         if conn.offline.is_active() {
             let action = conn.offline.written(conn.out.written_total());
             self.offline_action(r.key, action);
@@ -599,6 +642,23 @@ impl Hub {
         self.jobs_in_flight
     }
 
+    /// The hub's part of a metrics snapshot; the loop adds its own.
+    pub fn metrics(&self, now: Now) -> metrics::Snapshot {
+        metrics::Snapshot {
+            stats: self.stats.clone(),
+            connections: self.conns.len(),
+            online_here: self.online.len(),
+            online_all: match &self.cluster {
+                Some(_) => self.all_ids().len(),
+                None => self.online.len(),
+            },
+            jobs_in_flight: self.jobs_in_flight,
+            hashing_queued: self.admission.queued(),
+            hashing_wait_ms: self.admission.estimate(now.mono_ms),
+            ..metrics::Snapshot::default()
+        }
+    }
+
     /// Every live connection.
     pub fn refs(&self) -> Vec<ConnRef> {
         self.conns
@@ -777,6 +837,7 @@ impl Hub {
     /// Counts a storage failure for the summary (one log line per interval, however
     /// many requests an outage fails).
     pub(crate) fn store_error(&mut self, text: &str) {
+        self.stats.store_errors += 1;
         self.summary.store_errors += 1;
         self.summary.last_store_error = text.to_string();
         log::debug!("storage error: {text}");
@@ -809,6 +870,7 @@ impl Hub {
                     let msg = ClientMessage::parse(&buf[pos + proto::HEADER_LEN..pos + total]);
                     pos += total;
                     self.stats.frames_in += 1;
+                    self.stats.frames_by_type[metrics::frame_index(&msg)] += 1;
                     if self.over_msg_rate(key, &msg, now) {
                         let rate = self.cfg.msg_rate;
                         let text = format!("too many messages: at most {rate} per second");
@@ -1043,11 +1105,21 @@ impl Hub {
 
     /// Sends `ErrorResMes`.
     pub(crate) fn error(&mut self, key: usize, code: u16, text: &str) {
+        self.count_refusal(code);
         self.reply(key, &ServerMessage::Error(CodeRes::new(code, text)));
+    }
+
+    fn count_refusal(&mut self, c: u16) {
+        match c {
+            code::TOO_MANY => self.stats.refused_too_many += 1,
+            code::TOO_LARGE => self.stats.refused_too_large += 1,
+            _ => {}
+        }
     }
 
     /// Sends `ErrorResMes` with a time to try again, in seconds.
     pub(crate) fn error_retry(&mut self, key: usize, code: u16, text: &str, secs: u64) {
+        self.count_refusal(code);
         let mut res = CodeRes::new(code, text);
         res.retry_after = Some(secs);
         self.reply(key, &ServerMessage::Error(res));

@@ -35,6 +35,15 @@ impl Hub {
     }
 
     fn login_res(&mut self, key: usize, code: u16, error: &str, retry_after: Option<u64>) {
+        // Counted by outcome (`metrics::LOGIN_OUTCOMES`); success is counted online.
+        let outcome = match (code, retry_after) {
+            (code::NO_SUCH_USER, _) => 1,
+            (code::WRONG_PASSWORD, _) => 2,
+            (code::BANNED, _) => 3,
+            (_, Some(_)) => 4,
+            _ => 5,
+        };
+        self.stats.logins[outcome] += 1;
         self.reply(
             key,
             &ServerMessage::LoginRes(LoginResMes {
@@ -141,6 +150,9 @@ impl Hub {
             Err(LoginError::WrongPassword) => {
                 self.login_failed(key, code::WRONG_PASSWORD, "wrong password", now)
             }
+            Err(LoginError::Banned) => {
+                self.login_failed(key, code::BANNED, "this account is banned", now)
+            }
             Err(LoginError::Store(e)) if e.is_timed_out() => {
                 let wait = self.admission.estimate(now.mono_ms);
                 let (text, secs) = self.refuse_busy(key, wait, now);
@@ -161,6 +173,7 @@ impl Hub {
         self.announce_departures(now);
         let me = self.conn_ref(key);
         let name: std::rc::Rc<str> = ok.name.as_str().into();
+        self.stats.logins[0] += 1;
         let conn = &mut self.conns[key];
         conn.login_failures = 0;
         conn.session = Session::Online {

@@ -33,6 +33,7 @@ impl Hub {
     }
 
     pub(crate) fn handle_private(&mut self, key: usize, m: SmsPrivateMes, now: Now) {
+        self.stats.private_messages += 1;
         let Session::Online { user_id, name } = &self.conns[key].session else {
             return;
         };

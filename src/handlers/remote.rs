@@ -389,6 +389,9 @@ impl Hub {
                     self.node_gone(&node, now);
                 }
             }
+            Event::Kick { user, kick, .. } => {
+                self.handle_admin(user, kick, now);
+            }
         }
     }
 
