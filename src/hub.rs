@@ -221,8 +221,12 @@ pub struct Hub {
     departures: Vec<(i64, Rc<str>)>,
     /// Presence notices waiting to be sent to everyone.
     presence: Presence,
-    /// Everyone online, encoded as the login reply lists them.
+    /// Everyone online, encoded as the login reply lists them. Dropped when logins
+    /// stop for a while (it costs some 50 bytes per user online), built again on the
+    /// next one.
     pub(crate) roster: Roster,
+    /// When a login last used the roster.
+    pub(crate) roster_used_ms: u64,
     /// `PongMes`, encoded once.
     pub(crate) pong: Rc<[u8]>,
     /// Where small frames are copied together for one write (see `OutQueue::write_with`).
@@ -243,6 +247,9 @@ pub struct Hub {
 /// With this many users online or more per millisecond of presence interval, the
 /// interval grows (see `Hub::presence_interval`).
 const PRESENCE_USERS_PER_MS: u64 = 20;
+
+/// How long the roster is kept after the last login (see `Hub::roster`).
+const ROSTER_KEEP_MS: u64 = 2_000;
 
 /// How often idle buffers are given back and per-address limits forgotten.
 const HOUSEKEEPING_MS: u64 = 1_000;
@@ -268,6 +275,7 @@ impl Hub {
             departures: Vec::new(),
             presence: Presence::default(),
             roster: Roster::default(),
+            roster_used_ms: 0,
             pong: ServerMessage::Pong.encode().into(),
             gather: Vec::new(),
             next_housekeeping_ms: 0,
@@ -777,7 +785,16 @@ impl Hub {
     /// Gives back idle buffers, forgets full per-address buckets and logs the summary.
     fn housekeeping(&mut self, now: Now) {
         self.next_housekeeping_ms = now.mono_ms + HOUSEKEEPING_MS;
-        // Give back what a burst (a storm of logins) left in the bookkeeping.
+        // Give back what a burst (a storm of logins) left in the bookkeeping: timers
+        // of connections that logged in or went, then spare capacity.
+        if self.deadlines.len() > 64 {
+            let conns = &self.conns;
+            self.deadlines.retain(|Reverse((at, key, generation))| {
+                conns
+                    .get(*key)
+                    .is_some_and(|c| c.generation == *generation && c.armed_ms == *at)
+            });
+        }
         if self.deadlines.len() < self.deadlines.capacity() / 4 {
             self.deadlines.shrink_to_fit();
         }
@@ -785,6 +802,9 @@ impl Hub {
             self.logging_in.shrink_to_fit();
         }
         self.login_limits.prune(now.mono_ms, self.cfg.login_rate);
+        if !self.roster.is_empty() && now.mono_ms >= self.roster_used_ms + ROSTER_KEEP_MS {
+            self.roster = Roster::default();
+        }
         for (_, c) in &mut self.conns {
             c.shrink_idle();
         }

@@ -99,7 +99,8 @@ impl Hub {
     /// and as many others as fit (the rest it learns from the notices). Copied from
     /// the roster, which is built again only if who is online changed otherwise than
     /// by logins.
-    fn login_reply(&mut self, me: i64, limit: usize) -> Vec<u8> {
+    fn login_reply(&mut self, me: i64, limit: usize, now: Now) -> Vec<u8> {
+        self.roster_used_ms = now.mono_ms;
         let version = self.roster_version();
         if !self.roster.is_current(version) {
             let infos = self.all_infos();
@@ -176,6 +177,9 @@ impl Hub {
         self.stats.logins[0] += 1;
         let conn = &mut self.conns[key];
         conn.login_failures = 0;
+        // Online: the login timeout no longer applies, and its timer is dropped at the
+        // next housekeeping.
+        conn.armed_ms = 0;
         conn.session = Session::Online {
             user_id: ok.user_id,
             name: name.clone(),
@@ -222,7 +226,7 @@ impl Hub {
             }
         }
         self.cluster_login(ok.user_id, &name);
-        let frame = self.login_reply(ok.user_id, self.conns[key].max_frame());
+        let frame = self.login_reply(ok.user_id, self.conns[key].max_frame(), now);
         self.reply_frame(key, frame);
         let batch = self.cfg.offline_batch;
         self.deliver_offline(key, ok.offline, batch);
