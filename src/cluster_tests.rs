@@ -4,7 +4,6 @@
 
 use crate::cluster::{Event, Input, PresenceEntry};
 use crate::conn::ConnRef;
-use crate::hub::HubConfig;
 use crate::proto::{ClientMessage, ServerMessage, SmsMes, SmsPrivateMes};
 use crate::testkit::{Harness, login_msg};
 
@@ -17,11 +16,11 @@ struct Net {
 
 impl Net {
     fn new(n: usize) -> Net {
-        let first = Harness::new(HubConfig::default());
+        let first = Harness::new(crate::testkit::test_config());
         let store = first.store.clone();
         let mut nodes = vec![first];
         for _ in 1..n {
-            let mut h = Harness::new(HubConfig::default());
+            let mut h = Harness::new(crate::testkit::test_config());
             h.store = store.clone();
             nodes.push(h);
         }

@@ -145,6 +145,8 @@ pub struct LoginOk {
 pub enum LoginError {
     NoSuchUser,
     WrongPassword,
+    /// The password matched, but an operator banned this account.
+    Banned,
     Store(StoreError),
 }
 
@@ -199,7 +201,8 @@ impl Outcome {
     pub fn hashed(&self) -> bool {
         matches!(
             self,
-            Outcome::Login(Ok(_) | Err(LoginError::WrongPassword)) | Outcome::Register(Ok(()))
+            Outcome::Login(Ok(_) | Err(LoginError::WrongPassword | LoginError::Banned))
+                | Outcome::Register(Ok(()))
         )
     }
 }
@@ -279,7 +282,7 @@ fn login(
     password: &str,
     batch: usize,
 ) -> Result<LoginOk, LoginError> {
-    let mut rec = store
+    let rec = store
         .get_user(user_id)
         .map_err(LoginError::Store)?
         .ok_or(LoginError::NoSuchUser)?;
@@ -287,26 +290,39 @@ fn login(
         if !hasher.verify(password, &rec.pwd_hash) {
             return Err(LoginError::WrongPassword);
         }
+        if rec.banned {
+            // Only someone who knows the password learns of the ban.
+            return Err(LoginError::Banned);
+        }
         if rec.stale_shape {
             // Written by an earlier version with the hash beside an empty `userPwd`,
             // which the seed's server would take for an empty password: rewrite it in
-            // the current shape (the hash in `userPwd`), other fields kept.
-            rec.stale_shape = false;
-            match store.update_user(&rec) {
-                Ok(()) => log::info!("user {user_id}: record rewritten with the hash in userPwd"),
+            // the current shape (the hash in `userPwd`), other fields kept, in place
+            // (an operator's change meanwhile is kept too).
+            match store.modify_user(user_id, &mut |_| {}) {
+                Ok(_) => log::info!("user {user_id}: record rewritten with the hash in userPwd"),
                 Err(e) => log::warn!("user {user_id}: record rewrite failed: {e}"),
             }
         }
     } else if !rec.legacy_pwd.is_empty() && constant_time_eq(&rec.legacy_pwd, password) {
+        if rec.banned {
+            return Err(LoginError::Banned);
+        }
         // A record written by the seed's server: upgrade its plaintext to a hash now,
         // in `userPwd` itself, every other field kept. If that write fails the login
         // still stands; the upgrade is tried next time.
         match hasher.hash(password) {
             Ok(h) => {
-                rec.pwd_hash = h;
-                rec.legacy_pwd.clear();
-                match store.update_user(&rec) {
-                    Ok(()) => log::info!("user {user_id}: plaintext password replaced by a hash"),
+                let legacy = rec.legacy_pwd.clone();
+                let upgrade = &mut |r: &mut UserRecord| {
+                    // Unless an operator set another password meanwhile.
+                    if r.pwd_hash.is_empty() && r.legacy_pwd == legacy {
+                        r.pwd_hash = h.clone();
+                        r.legacy_pwd.clear();
+                    }
+                };
+                match store.modify_user(user_id, upgrade) {
+                    Ok(_) => log::info!("user {user_id}: plaintext password replaced by a hash"),
                     Err(e) => log::warn!("user {user_id}: password upgrade failed: {e}"),
                 }
             }
@@ -615,6 +631,31 @@ mod tests {
         assert!(private(&mut s, 1, 2, Some("a-2")).result.unwrap().is_some());
         assert_eq!(s.offline_count(2), 4);
         assert_eq!(private(&mut s, 1, 9, Some("x")).result, Ok(None));
+    }
+
+    #[test]
+    fn a_banned_user_with_the_right_password_is_refused_as_banned() {
+        let (mut s, h) = (MemStore::new(), hasher());
+        reg(&mut s, &h, 1, "pw");
+        s.modify_user(1, &mut |r| r.banned = true).unwrap();
+        assert_eq!(
+            login(&mut s, &h, 1, "bad"),
+            Outcome::Login(Err(LoginError::WrongPassword))
+        );
+        let out = login(&mut s, &h, 1, "pw");
+        assert_eq!(out, Outcome::Login(Err(LoginError::Banned)));
+        assert!(out.hashed());
+        // A seed record too, and its plaintext is then left as it is.
+        s.create_user(
+            &UserRecord::from_json(r#"{"userId":2,"userPwd":"123456","banned":true}"#).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            login(&mut s, &h, 2, "123456"),
+            Outcome::Login(Err(LoginError::Banned))
+        );
+        s.modify_user(1, &mut |r| r.banned = false).unwrap();
+        assert!(matches!(login(&mut s, &h, 1, "pw"), Outcome::Login(Ok(_))));
     }
 
     #[test]

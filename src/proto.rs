@@ -62,7 +62,11 @@ pub mod code {
     pub const NOT_FOUND: u16 = 404;
     /// The same user logged in on another connection.
     pub const CONFLICT: u16 = 409;
+    /// The account was removed by an operator (its sessions are closed).
+    pub const GONE: u16 = 410;
     pub const TOO_LARGE: u16 = 413;
+    /// The account is banned by an operator: login refused, sessions closed.
+    pub const BANNED: u16 = 423;
     pub const TOO_MANY: u16 = 429;
     /// Login: no such user (the seed's code).
     pub const NO_SUCH_USER: u16 = 500;

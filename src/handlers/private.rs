@@ -34,6 +34,7 @@ impl Hub {
     }
 
     pub(crate) fn handle_private(&mut self, key: usize, m: SmsPrivateMes, now: Now) {
+        self.stats.private_messages += 1;
         let Session::Online { user_id, name } = &self.conns[key].session else {
             return;
         };
@@ -62,7 +63,7 @@ impl Hub {
         };
         if let Some(to) = self.online.get(msg.to).map(|e| e.conn.key) {
             let (frame, cut) = self.private_frame_for(to, &msg, None);
-            if self.deliver(to, &frame.into()) {
+            if self.deliver_message(to, &frame.into()) {
                 if cut {
                     let text = format!(
                         "delivered cut short: the recipient's client reads at most {} bytes",

@@ -53,6 +53,8 @@ pub const FILE_NAME: &str = "chat.redb";
 #[derive(Clone)]
 pub struct EmbeddedStore {
     db: Arc<Database>,
+    /// The data file, for [`Store::backup`].
+    path: Arc<std::path::PathBuf>,
 }
 
 macro_rules! tryx {
@@ -88,7 +90,10 @@ impl EmbeddedStore {
             tryx!(tx.open_table(HISTORY_IDS), "open history_ids");
         }
         tryx!(tx.commit(), "commit");
-        Ok(EmbeddedStore { db: Arc::new(db) })
+        Ok(EmbeddedStore {
+            db: Arc::new(db),
+            path: Arc::new(path),
+        })
     }
 }
 
@@ -275,6 +280,113 @@ impl Store for EmbeddedStore {
         out.reverse();
         Ok((out, more))
     }
+    fn list_users(&mut self) -> Result<Vec<UserRecord>, StoreError> {
+        let tx = tryx!(self.db.begin_read(), "begin read");
+        let t = tryx!(tx.open_table(USERS), "open users");
+        let mut out = Vec::new();
+        for item in tryx!(t.iter(), "list users") {
+            let (_, v) = tryx!(item, "read user");
+            out.push(UserRecord::from_json(v.value()).map_err(StoreError::Unavailable)?);
+        }
+        Ok(out)
+    }
+
+    fn remove_user(&mut self, id: i64) -> Result<bool, StoreError> {
+        let tx = tryx!(self.db.begin_write(), "begin write");
+        let existed;
+        {
+            let mut users = tryx!(tx.open_table(USERS), "open users");
+            existed = tryx!(users.remove(id), "remove user").is_some();
+            let mut t = tryx!(tx.open_table(OFFLINE), "open offline");
+            tryx!(
+                t.retain_in((id, 0)..=(id, u64::MAX), |_, _| false),
+                "remove messages"
+            );
+            // The ids of messages stored for this user go too (their expiry entries
+            // are pruned as usual: they no longer match an id).
+            let mut ids = tryx!(tx.open_table(IDS), "open offline_ids");
+            tryx!(
+                ids.retain_in(
+                    (id, i64::MIN, "")..(id.saturating_add(1), i64::MIN, ""),
+                    |_, _| { false }
+                ),
+                "remove ids"
+            );
+        }
+        tryx!(tx.commit(), "commit removal");
+        Ok(existed)
+    }
+
+    fn modify_user(
+        &mut self,
+        id: i64,
+        change: &mut dyn FnMut(&mut UserRecord),
+    ) -> Result<Option<UserRecord>, StoreError> {
+        // Read and written in one write transaction: redb serialises writers.
+        let tx = tryx!(self.db.begin_write(), "begin write");
+        let rec;
+        {
+            let mut t = tryx!(tx.open_table(USERS), "open users");
+            let Some(mut r) = tryx!(t.get(id), "read user")
+                .map(|v| UserRecord::from_json(v.value()))
+                .transpose()
+                .map_err(StoreError::Unavailable)?
+            else {
+                return Ok(None);
+            };
+            change(&mut r);
+            r.stale_shape = false;
+            tryx!(t.insert(id, r.to_json().as_str()), "write user");
+            rec = r;
+        }
+        tryx!(tx.commit(), "commit user");
+        Ok(Some(rec))
+    }
+
+    /// Copies the file while holding redb's write lock: no commit can start or be
+    /// under way meanwhile, and every commit before it was synced to disk (redb's
+    /// default durability), so the copy is the database as of its last commit, as
+    /// after a crash at that instant, which redb recovers from by design. Writers
+    /// (registrations, stored messages) wait for the copy; readers do not.
+    fn backup(&mut self, to: &Path) -> Result<u64, StoreError> {
+        let from = self.path.as_path().to_owned();
+        let tx = tryx!(self.db.begin_write(), "begin write");
+        let copied = copy_new(&from, to);
+        // Nothing was written in it.
+        tryx!(tx.abort(), "end backup");
+        let n = copied
+            .map_err(|e| StoreError::Unavailable(format!("backup to {}: {e}", to.display())))?;
+        // The copy is checked: opened (which recovers it as after a crash) and its
+        // checksums verified.
+        let bad = |e: &dyn std::fmt::Display| {
+            StoreError::Unavailable(format!("the backup {} is unusable: {e}", to.display()))
+        };
+        let mut check = Database::open(to).map_err(|e| bad(&e))?;
+        match check.check_integrity() {
+            Ok(true) => Ok(n),
+            Ok(false) => Err(bad(&"it needed repairs")),
+            Err(e) => Err(bad(&e)),
+        }
+    }
+}
+
+/// Copies `from` to a new file `to` (never over an existing one) and syncs it.
+fn copy_new(from: &Path, to: &Path) -> std::io::Result<u64> {
+    use std::io::Write;
+    let mut src = std::fs::File::open(from)?;
+    let mut dst = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(to)?;
+    let result = std::io::copy(&mut src, &mut dst).and_then(|n| {
+        dst.flush()?;
+        dst.sync_all()?;
+        Ok(n)
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(to);
+    }
+    result
 }
 
 #[cfg(test)]
@@ -286,6 +398,63 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(dir.path()).unwrap();
         super::super::suite::run(&|| Box::new(store.clone()));
+    }
+
+    #[test]
+    fn a_backup_taken_during_writes_is_a_whole_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (mut s, stop) = (store.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut id = 1;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let rec = UserRecord {
+                        id,
+                        name: format!("user {id}"),
+                        pwd_hash: "$argon2id$x".into(),
+                        ..UserRecord::default()
+                    };
+                    assert!(s.create_user(&rec).unwrap());
+                    id += 1;
+                }
+                id - 1
+            })
+        };
+        // Some writes before and during each copy.
+        while store.clone().get_user(50).unwrap().is_none() {
+            std::thread::yield_now();
+        }
+        let copies: Vec<_> = (0..3)
+            .map(|i| {
+                let to = dir.path().join(format!("copy-{i}.redb"));
+                let n = store.clone().backup(&to).unwrap();
+                assert!(n > 0);
+                to
+            })
+            .collect();
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let written = writer.join().unwrap();
+        let mut last = 0;
+        for to in copies {
+            let copy_dir = tempfile::tempdir().unwrap();
+            std::fs::rename(&to, copy_dir.path().join(FILE_NAME)).unwrap();
+            let mut c = EmbeddedStore::open(copy_dir.path()).unwrap();
+            let users = c.list_users().unwrap();
+            // Every record whole, and no gap: a prefix of what was written.
+            let ids: Vec<i64> = users.iter().map(|u| u.id).collect();
+            assert!(ids.len() >= 50 && ids.len() as i64 <= written);
+            assert_eq!(ids, (1..=ids.len() as i64).collect::<Vec<_>>());
+            assert!(users.iter().all(|u| u.name == format!("user {}", u.id)));
+            assert!(ids.len() >= last, "later copies hold more");
+            last = ids.len();
+        }
+        // Never over an existing file.
+        let there = dir.path().join("there.redb");
+        std::fs::write(&there, b"keep").unwrap();
+        assert!(store.clone().backup(&there).is_err());
+        assert_eq!(std::fs::read(&there).unwrap(), b"keep");
     }
 
     #[test]

@@ -215,6 +215,45 @@ impl Store for MemStore {
         newest.reverse();
         Ok((newest, more))
     }
+
+    fn list_users(&mut self) -> Result<Vec<UserRecord>, StoreError> {
+        let mut all: Vec<UserRecord> = self.checked()?.users.values().cloned().collect();
+        all.sort_by_key(|u| u.id);
+        Ok(all)
+    }
+
+    fn remove_user(&mut self, id: i64) -> Result<bool, StoreError> {
+        let removed = {
+            let mut g = self.checked()?;
+            let keys: Vec<(i64, u64)> = g
+                .offline
+                .range((id, 0)..=(id, u64::MAX))
+                .map(|(k, _)| *k)
+                .collect();
+            for k in keys {
+                g.offline.remove(&k);
+            }
+            g.ids.retain(|(to, _, _), _| *to != id);
+            g.users.remove(&id).is_some()
+        };
+        self.answer(removed)
+    }
+
+    fn modify_user(
+        &mut self,
+        id: i64,
+        change: &mut dyn FnMut(&mut UserRecord),
+    ) -> Result<Option<UserRecord>, StoreError> {
+        let rec = {
+            let mut g = self.checked()?;
+            g.users.get_mut(&id).map(|r| {
+                change(r);
+                r.stale_shape = false;
+                r.clone()
+            })
+        };
+        self.answer(rec)
+    }
 }
 
 impl MemStore {

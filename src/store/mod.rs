@@ -229,6 +229,51 @@ pub trait Store: Send {
         before: u64,
         limit: usize,
     ) -> Result<(Vec<HistoryEntry>, bool), StoreError>;
+
+    // ----- operators' commands (`chat-server users`, see `admin`) -----
+
+    /// Every user, by id. Default: not supported.
+    fn list_users(&mut self) -> Result<Vec<UserRecord>, StoreError> {
+        Err(StoreError::Unavailable(
+            "listing users is not supported by this store".into(),
+        ))
+    }
+
+    /// Deletes the user and their offline messages; `Ok(false)` if there was no such
+    /// user. Default: not supported.
+    fn remove_user(&mut self, id: i64) -> Result<bool, StoreError> {
+        let _ = id;
+        Err(StoreError::Unavailable(
+            "removing users is not supported by this store".into(),
+        ))
+    }
+
+    /// Applies `change` to the stored record of `id` and writes it back, atomically
+    /// against other writers of that record (a login's password upgrade): a change is
+    /// never lost to a concurrent rewrite. `Ok(None)` if there is no such user, else
+    /// the record as written. `change` may be called more than once (a retry after a
+    /// concurrent write). The default reads then writes, without that guarantee.
+    fn modify_user(
+        &mut self,
+        id: i64,
+        change: &mut dyn FnMut(&mut UserRecord),
+    ) -> Result<Option<UserRecord>, StoreError> {
+        let Some(mut rec) = self.get_user(id)? else {
+            return Ok(None);
+        };
+        change(&mut rec);
+        self.update_user(&rec)?;
+        Ok(Some(rec))
+    }
+
+    /// Writes a consistent copy of the whole store to `to` (a new file), while it is
+    /// in use. Default: not supported (Redis has its own: `BGSAVE`).
+    fn backup(&mut self, to: &std::path::Path) -> Result<u64, StoreError> {
+        let _ = to;
+        Err(StoreError::Unavailable(
+            "backup is not supported by this store".into(),
+        ))
+    }
 }
 
 /// Makes a store handle for each worker thread.
@@ -278,6 +323,7 @@ pub mod suite {
         offline(&mut *make(), &mut *make());
         offline_dedupe(&mut *make(), &mut *make());
         history(&mut *make(), &mut *make());
+        operators(&mut *make(), &mut *make());
     }
 
     /// A history entry of the group (`to` none) or a private one, not yet numbered.
@@ -364,6 +410,49 @@ pub mod suite {
         assert_eq!(pair.0.iter().map(|e| e.id).collect::<Vec<_>>(), [6, 7, 8]);
         // Nothing to append is no error.
         a.append_history(&[], 3).unwrap();
+    }
+
+    /// What the operators' commands need: list, modify in place, remove.
+    fn operators(a: &mut dyn Store, b: &mut dyn Store) {
+        assert!(a.create_user(&user(40, "hal")).unwrap());
+        assert!(a.create_user(&user(41, "ida")).unwrap());
+        let listed: Vec<(i64, String)> = b
+            .list_users()
+            .unwrap()
+            .into_iter()
+            .filter(|u| u.id == 40 || u.id == 41)
+            .map(|u| (u.id, u.name))
+            .collect();
+        assert_eq!(listed, [(40, "hal".to_string()), (41, "ida".to_string())]);
+        let ids: Vec<i64> = a.list_users().unwrap().iter().map(|u| u.id).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "sorted by id: {ids:?}");
+        // Modified in place, every other field kept.
+        let got = b
+            .modify_user(40, &mut |r| r.banned = true)
+            .unwrap()
+            .unwrap();
+        assert!(got.banned);
+        let back = a.get_user(40).unwrap().unwrap();
+        assert!(back.banned);
+        assert_eq!(back.reg_token, user(40, "hal").reg_token);
+        assert_eq!(a.modify_user(49, &mut |r| r.banned = true).unwrap(), None);
+        assert!(
+            b.modify_user(40, &mut |r| r.banned = false)
+                .unwrap()
+                .is_some()
+        );
+        assert!(!a.get_user(40).unwrap().unwrap().banned);
+        // Removed with its offline messages; a removal of nobody says so.
+        push(a, &msg(41, 40, "for hal")).unwrap();
+        assert!(b.remove_user(40).unwrap());
+        assert_eq!(a.get_user(40).unwrap(), None);
+        assert!(a.fetch_offline(40, 10).unwrap().is_empty());
+        assert!(!a.remove_user(40).unwrap());
+        assert_eq!(push(a, &msg(41, 40, "too late")), None);
+        // The id is free again, and starts with no messages.
+        assert!(a.create_user(&user(40, "hal2")).unwrap());
+        assert!(b.fetch_offline(40, 10).unwrap().is_empty());
+        assert_eq!(a.get_user(41).unwrap().unwrap().name, "ida");
     }
 
     fn users(s: &mut dyn Store) {

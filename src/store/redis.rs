@@ -134,6 +134,28 @@ end
 return #ARGV - 2
 "#;
 
+/// KEYS: users. ARGV: user id, the record as read, the record to write. Writes it
+/// only if the stored record is still the one read: 1; 0 if it changed meanwhile (read
+/// again and retry); -1 if it is gone.
+const SWAP_SCRIPT: &str = r#"
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur then return -1 end
+if cur ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
+"#;
+
+/// KEYS: users, offline:<user>. ARGV: user id. Removes the user and their offline
+/// messages together; returns whether the user existed.
+const REMOVE_SCRIPT: &str = r#"
+local n = redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[2])
+return n
+"#;
+
+/// How many times a record changed by someone else meanwhile is read again.
+const SWAP_TRIES: usize = 16;
+
 /// Whether a call changes anything: a write whose answer is lost is asked again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Call {
@@ -538,6 +560,88 @@ impl Store for RedisStore {
             .collect::<Result<Vec<HistoryEntry>, StoreError>>()?;
         out.reverse();
         Ok((out, more))
+    }
+
+    fn list_users(&mut self) -> Result<Vec<UserRecord>, StoreError> {
+        // HSCAN, not HGETALL: a large hash is read in steps that never hold Redis up.
+        let mut cursor: u64 = 0;
+        let mut out = Vec::new();
+        loop {
+            let (next, pairs): (u64, Vec<(String, String)>) = self.call(Call::Read, |c| {
+                redis::cmd("HSCAN")
+                    .arg(USERS)
+                    .arg(cursor)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query(c)
+            })?;
+            for (field, json) in pairs {
+                let rec = UserRecord::from_json(&json)
+                    .map_err(|e| StoreError::Unavailable(format!("user {field}: {e}")))?;
+                out.push(rec);
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        // HSCAN may return a field twice.
+        out.sort_by_key(|u| u.id);
+        out.dedup_by_key(|u| u.id);
+        Ok(out)
+    }
+
+    fn remove_user(&mut self, id: i64) -> Result<bool, StoreError> {
+        let key = offline_key(id);
+        let n: i64 = self.call(Call::Write, |c| {
+            redis::cmd("EVAL")
+                .arg(REMOVE_SCRIPT)
+                .arg(2)
+                .arg(USERS)
+                .arg(&key)
+                .arg(id)
+                .query(c)
+        })?;
+        Ok(n > 0)
+    }
+
+    fn modify_user(
+        &mut self,
+        id: i64,
+        change: &mut dyn FnMut(&mut UserRecord),
+    ) -> Result<Option<UserRecord>, StoreError> {
+        for _ in 0..SWAP_TRIES {
+            let raw: Option<String> = self.call(Call::Read, |c| {
+                redis::cmd("HGET").arg(USERS).arg(id).query(c)
+            })?;
+            let Some(raw) = raw else {
+                return Ok(None);
+            };
+            let mut rec = UserRecord::from_json(&raw).map_err(StoreError::Unavailable)?;
+            change(&mut rec);
+            rec.stale_shape = false;
+            let json = rec.to_json();
+            let n: i64 = self.call(Call::Write, |c| {
+                redis::cmd("EVAL")
+                    .arg(SWAP_SCRIPT)
+                    .arg(1)
+                    .arg(USERS)
+                    .arg(id)
+                    .arg(&raw)
+                    .arg(&json)
+                    .query(c)
+            })?;
+            match n {
+                1 => return Ok(Some(rec)),
+                -1 => return Ok(None),
+                // Rewritten by someone else meanwhile (or by this very write, whose
+                // first answer was lost): read it again.
+                _ => continue,
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "user {id}: the record kept changing; try again"
+        )))
     }
 }
 
