@@ -15,6 +15,8 @@ use crate::testkit::Harness;
 fn h() -> Harness {
     Harness::new(HubConfig {
         msg_rate: 0,
+        // Presence notices at the end of each turn: read away with the logins.
+        presence_interval_ms: 0,
         ..HubConfig::default()
     })
 }
@@ -179,9 +181,8 @@ fn paging_back_across_the_cap() {
 #[test]
 fn only_the_last_n_are_kept() {
     let mut t = Harness::new(HubConfig {
-        msg_rate: 0,
         history: 5,
-        ..HubConfig::default()
+        ..h().hub.config().clone()
     });
     let [a, b] = t.everyone_online([1, 2]);
     for i in 0..12 {
@@ -271,7 +272,7 @@ fn before_login_history_is_refused_401() {
 fn history_off_keeps_nothing_and_answers_an_empty_page() {
     let mut t = Harness::new(HubConfig {
         history: 0,
-        ..HubConfig::default()
+        ..h().hub.config().clone()
     });
     let [a, b] = t.everyone_online([1, 2]);
     t.send(a, &sms("not kept"));
