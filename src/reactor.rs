@@ -501,6 +501,11 @@ impl Server {
             log::info!("waiting for {jobs} store jobs to finish");
         }
         self.workers.shutdown();
+        // The last results (the last history appends among them) count in the line below.
+        let t = now(self.started);
+        while let Ok(res) = self.results.try_recv() {
+            self.hub.handle_result(res, t);
+        }
         if let Some(c) = self.cluster.take() {
             c.shutdown();
         }
