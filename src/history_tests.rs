@@ -486,3 +486,27 @@ fn the_last_entries_are_appended_at_shutdown_whatever_is_in_flight() {
     let job = t.hub.poll_job().expect("the rest goes now");
     assert_eq!(append_sizes(&std::collections::VecDeque::from([job])), [3]);
 }
+
+#[test]
+fn a_page_asked_for_while_appends_wait_shows_them_all() {
+    let mut t = h();
+    let [a, b] = t.everyone_online([1, 2]);
+    for i in 0..5 {
+        t.send(a, &sms(&format!("m{i}")));
+    }
+    assert_eq!(append_sizes(&t.jobs), [1, 1], "three wait");
+    t.recv(b);
+    t.send(b, &ask(0, 10, None));
+    // The three waiting went before the read, as one job.
+    assert_eq!(append_sizes(&t.jobs), [1, 1, 3]);
+    assert!(matches!(
+        t.jobs.back().map(|j| &j.kind),
+        Some(JobKind::ReadHistory { .. })
+    ));
+    t.run_jobs();
+    let got = t.recv(b);
+    assert!(
+        matches!(&got[..], [ServerMessage::HistoryRes(r)] if r.messages.len() == 5),
+        "{got:?}"
+    );
+}

@@ -97,6 +97,15 @@ impl JobKind {
         matches!(self, JobKind::Login { .. } | JobKind::Register { .. })
     }
 
+    /// Whether this job is about history (appends, and the pages read after them):
+    /// run apart from the other storage jobs, in order.
+    pub fn is_history(&self) -> bool {
+        matches!(
+            self,
+            JobKind::AppendHistory { .. } | JobKind::ReadHistory { .. }
+        )
+    }
+
     /// The outcome of this job when it could not be run at all.
     pub fn fail(self, e: StoreError) -> Outcome {
         match self {

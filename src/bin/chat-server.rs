@@ -72,7 +72,8 @@ struct Args {
     node_timeout: u64,
 
     /// Threads hashing passwords (logins and registrations); one more thread runs the
-    /// storage jobs (offline messages), so a login storm never holds those up.
+    /// storage jobs (offline messages), so a login storm never holds those up, and one
+    /// the history's.
     #[arg(long, default_value_t = ServerConfig::default().workers, value_name = "N")]
     workers: usize,
 

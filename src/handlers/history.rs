@@ -6,9 +6,11 @@
 //! noted in one loop turn goes to the store as one job ([`Hub::poll_job`] takes them).
 //! The store numbers each entry within its conversation and trims the conversation to
 //! its last `--history` entries. A store that is down or slow costs history entries,
-//! never a live delivery: at most [`MAX_APPEND_JOBS`] appends are in flight, entries
-//! wait meanwhile up to [`MAX_PENDING_BYTES`], and whatever cannot be kept is counted
-//! (`Stats::history_lost`) and summed up in the log.
+//! never a live delivery: at most [`MAX_APPEND_JOBS`] appends are in flight (the
+//! workers run them on a thread of their own), entries wait meanwhile up to
+//! [`MAX_PENDING_BYTES`], and whatever cannot be kept is counted
+//! (`Stats::history_lost`) and summed up in the log. A page asked for sends what waits
+//! at once, ahead of itself, so it shows every message accepted before it.
 //!
 //! Reading is a store job for the asking connection, whose later frames wait for its
 //! answer as for any other request. The answer fits what the client reads: the oldest
@@ -86,6 +88,14 @@ impl Hub {
         if !self.appends.can_submit() || self.jobs_in_flight() >= self.cfg.max_jobs {
             return;
         }
+        self.submit_appends();
+    }
+
+    /// Hands the entries noted so far to a worker as one job, whatever is in flight.
+    fn submit_appends(&mut self) {
+        if self.appends.pending.is_empty() {
+            return;
+        }
         let h = &mut self.appends;
         let entries: Vec<HistoryEntry> = std::mem::take(&mut h.pending).into();
         h.pending_bytes = 0;
@@ -159,9 +169,10 @@ impl Hub {
         } else {
             (m.limit as u64).min(HISTORY_PAGE_MAX as u64) as usize
         };
-        // What this turn noted goes first, so that a page asked for after a message
-        // was accepted shows it.
-        self.flush_history();
+        // What was noted goes first, so that a page asked for after a message was
+        // accepted shows it (the history jobs run in order). Past the limit of appends
+        // in flight too: reads are bounded (one per connection at a time).
+        self.submit_appends();
         let job = JobKind::ReadHistory {
             conv,
             before: m.before,

@@ -112,26 +112,29 @@ fn history_key(conv: Conv) -> String {
     }
 }
 
-/// How long a history batch's token is remembered: a batch sent again after a lost
-/// answer within this time appends nothing twice.
-const HISTORY_BATCH_TTL_SECS: u64 = 600;
+/// How long a store handle's last history batch number is remembered after its last
+/// batch (a handle of a stopped server leaves one key, gone after this).
+const HISTORY_WRITER_TTL_SECS: u64 = 3600;
 
-/// KEYS: `history-batch:<token>`, then for each entry its conversation's sorted set
-/// and counter. ARGV: how many entries to keep per conversation, the token's lifetime
-/// in seconds, then each entry's JSON (an object without `id`).
-/// Appends nothing if the token was seen (the same batch again); else numbers each
-/// entry with its conversation's `INCR`, adds it scored by that id and trims the
-/// conversation to its last entries. Returns how many it appended.
+/// KEYS: `history-writer:<handle>`, then for each entry its conversation's sorted set
+/// and counter. ARGV: how many entries to keep per conversation, this batch's number
+/// (a handle's batches are numbered 1, 2, ... and sent one after the other), the
+/// writer key's lifetime in seconds, then each entry's JSON (an object without `id`).
+/// Appends nothing if the handle's last batch is this one (sent again after its
+/// answer was lost); else records it, numbers each entry with its conversation's
+/// `INCR`, adds it scored by that id and trims the conversation to its last entries.
+/// Returns how many it appended.
 pub const HISTORY_SCRIPT: &str = r#"
-if not redis.call('SET', KEYS[1], 1, 'NX', 'EX', ARGV[2]) then return 0 end
+if redis.call('GET', KEYS[1]) == ARGV[2] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
 local keep = tonumber(ARGV[1])
-for i = 3, #ARGV do
-  local z = KEYS[2 * (i - 2)]
-  local id = redis.call('INCR', KEYS[2 * (i - 2) + 1])
+for i = 4, #ARGV do
+  local z = KEYS[2 * (i - 3)]
+  local id = redis.call('INCR', KEYS[2 * (i - 3) + 1])
   redis.call('ZADD', z, id, '{"id":' .. id .. ',' .. string.sub(ARGV[i], 2))
   redis.call('ZREMRANGEBYRANK', z, 0, -keep - 1)
 end
-return #ARGV - 2
+return #ARGV - 3
 "#;
 
 /// KEYS: users. ARGV: user id, the record as read, the record to write. Writes it
@@ -194,6 +197,8 @@ pub struct RedisStore {
     retry_at: Option<Instant>,
     /// When the connection last answered (or was made).
     last_used: Instant,
+    /// This handle's history batches: its key (random), and the last batch's number.
+    history_writer: (String, u64),
 }
 
 impl RedisStore {
@@ -209,6 +214,7 @@ impl RedisStore {
             backoff: t.backoff_min,
             retry_at: None,
             last_used: Instant::now(),
+            history_writer: (format!("history-writer:{}", super::random_token()), 0),
         })
     }
 
@@ -501,8 +507,10 @@ impl Store for RedisStore {
         if entries.is_empty() {
             return Ok(());
         }
+        self.history_writer.1 += 1;
+        let batch = self.history_writer.1;
         let mut keys = Vec::with_capacity(1 + 2 * entries.len());
-        keys.push(format!("history-batch:{}", super::random_token()));
+        keys.push(self.history_writer.0.clone());
         let mut jsons = Vec::with_capacity(entries.len());
         for e in entries {
             let key = history_key(Conv::of(e));
@@ -513,15 +521,16 @@ impl Store for RedisStore {
                 .map_err(|e| StoreError::new("encode", e))?;
             jsons.push(json);
         }
-        // One token for every send of this batch: a resend after a lost answer is
-        // recognised and appends nothing twice.
+        // The same number for every send of this batch: a resend after a lost answer
+        // is recognised and appends nothing twice.
         self.call(Call::Write, |c| {
             redis::cmd("EVAL")
                 .arg(HISTORY_SCRIPT)
                 .arg(keys.len())
                 .arg(&keys)
                 .arg(keep)
-                .arg(HISTORY_BATCH_TTL_SECS)
+                .arg(batch)
+                .arg(HISTORY_WRITER_TTL_SECS)
                 .arg(&jsons)
                 .query::<i64>(c)
         })?;
