@@ -70,6 +70,13 @@ pub enum Event {
     },
     /// `node` (re)started: whatever was known of its users is gone.
     Reset { node: String },
+    /// An operator banned or removed `user` (`node` names the command that did it,
+    /// not a server): every node ends that user's sessions.
+    Kick {
+        node: String,
+        user: i64,
+        kick: crate::admin::Kick,
+    },
 }
 
 impl Event {
@@ -80,7 +87,8 @@ impl Event {
             | Event::Group { node, .. }
             | Event::Private { node, .. }
             | Event::PrivateAck { node, .. }
-            | Event::Reset { node } => node,
+            | Event::Reset { node }
+            | Event::Kick { node, .. } => node,
         }
     }
 
@@ -227,6 +235,11 @@ mod tests {
                 },
             },
             Event::Reset { node: "b".into() },
+            Event::Kick {
+                node: "admin".into(),
+                user: 4,
+                kick: crate::admin::Kick::Banned,
+            },
         ];
         for ev in evs {
             let json = ev.to_json();

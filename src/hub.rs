@@ -28,9 +28,11 @@ use std::rc::Rc;
 
 use slab::Slab;
 
+use crate::admin::Kick;
 use crate::admission::Admission;
 use crate::fit;
 use crate::job::{Job, JobKind, JobResult, Outcome};
+use crate::metrics;
 use crate::offline::Action;
 use crate::presence::Presence;
 use crate::proto::{self, ClientMessage, CodeRes, ServerMessage, code, status};
@@ -78,6 +80,9 @@ pub struct HubConfig {
     pub login_rate: u32,
     /// How often refusals and storage errors are summed up in the log.
     pub summary_interval_ms: u64,
+    /// Messages kept per conversation (the group's, each pair's) for `HistoryMes`
+    /// (`--history`); 0: no history.
+    pub history: usize,
     /// Presence notices (who came online, who left) are sent together at most this
     /// long after the first of them, or at once before any message from one user to
     /// another (see [`crate::presence`]). 0: at the end of each turn.
@@ -102,6 +107,7 @@ impl Default for HubConfig {
             msg_rate: 20,
             login_rate: 30,
             summary_interval_ms: 10_000,
+            history: 1000,
             presence_interval_ms: 50,
         }
     }
@@ -115,7 +121,8 @@ pub struct Now {
     pub unix_ms: u64,
 }
 
-/// Counters for the log and the benchmark.
+/// Counters for the log, the benchmark and the metrics (`metrics`): plain fields,
+/// bumped on the loop's thread, copied out when a scrape asks.
 #[derive(Debug, Default, Clone)]
 pub struct Stats {
     pub accepted: u64,
@@ -124,6 +131,28 @@ pub struct Stats {
     pub group_messages: u64,
     pub deliveries: u64,
     pub slow_consumers_dropped: u64,
+    /// History entries appended, and lost (storage failed or too slow).
+    pub history_appended: u64,
+    pub history_lost: u64,
+    /// Frames received by type ([`metrics::FRAME_TYPES`]).
+    pub frames_by_type: [u64; metrics::FRAME_TYPES.len()],
+    /// Logins and registrations answered, by outcome ([`metrics::LOGIN_OUTCOMES`],
+    /// [`metrics::REGISTER_OUTCOMES`]).
+    pub logins: [u64; metrics::LOGIN_OUTCOMES.len()],
+    pub registrations: [u64; metrics::REGISTER_OUTCOMES.len()],
+    pub private_messages: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Refusals with code 429 (too many) and 413 (frame too large).
+    pub refused_too_many: u64,
+    pub refused_too_large: u64,
+    pub store_errors: u64,
+    /// Sessions closed by an operator (ban, removal).
+    pub kicked: u64,
+    /// From a hashing job queued to its result.
+    pub hash_latency: metrics::Histogram,
+    /// How long workers ran jobs, by lane ([`metrics::LANES`]).
+    pub job_seconds: [metrics::Histogram; 2],
 }
 
 /// Refusals and failures counted between two summaries in the log, so that a flood
@@ -146,6 +175,8 @@ pub struct Summary {
     /// Requests that failed on a storage error, and the last such error.
     pub store_errors: u64,
     pub last_store_error: String,
+    /// History entries lost (storage failed or too slow); live delivery went on.
+    pub history_lost: u64,
 }
 
 impl Summary {
@@ -199,8 +230,12 @@ pub struct Hub {
     departures: Vec<(i64, Rc<str>)>,
     /// Presence notices waiting to be sent to everyone.
     presence: Presence,
-    /// Everyone online, encoded as the login reply lists them.
+    /// Everyone online, encoded as the login reply lists them. Dropped when logins
+    /// stop for a while (it costs some 50 bytes per user online), built again on the
+    /// next one.
     pub(crate) roster: Roster,
+    /// When a login last used the roster.
+    pub(crate) roster_used_ms: u64,
     /// `PongMes`, encoded once.
     pub(crate) pong: Rc<[u8]>,
     /// Where small frames are copied together for one write (see `OutQueue::write_with`).
@@ -212,8 +247,20 @@ pub struct Hub {
     pub(crate) summary: Summary,
     /// This node's view of the cluster, if it is one of several.
     pub(crate) cluster: Option<crate::cluster::Cluster>,
+    /// History entries waiting to be appended.
+    appends: handlers::history::Appends,
+    /// Logins in flight of users an operator banned or removed meanwhile: refused
+    /// when their result comes, whatever it says.
+    pub(crate) revoked: HashMap<ConnRef, Kick>,
     pub stats: Stats,
 }
+
+/// With this many users online or more per millisecond of presence interval, the
+/// interval grows (see `Hub::presence_interval`).
+const PRESENCE_USERS_PER_MS: u64 = 20;
+
+/// How long the roster is kept after the last login (see `Hub::roster`).
+const ROSTER_KEEP_MS: u64 = 2_000;
 
 /// How often idle buffers are given back and per-address limits forgotten.
 const HOUSEKEEPING_MS: u64 = 1_000;
@@ -239,12 +286,15 @@ impl Hub {
             departures: Vec::new(),
             presence: Presence::default(),
             roster: Roster::default(),
+            roster_used_ms: 0,
             pong: ServerMessage::Pong.encode().into(),
             gather: Vec::new(),
             next_housekeeping_ms: 0,
             next_summary_ms: 0,
             summary: Summary::default(),
             cluster: None,
+            appends: Default::default(),
+            revoked: HashMap::new(),
             stats: Stats::default(),
         }
     }
@@ -297,6 +347,7 @@ impl Hub {
 
     /// Bytes read from `r`'s socket.
     pub fn handle_input(&mut self, r: ConnRef, data: &[u8], now: Now) {
+        self.stats.bytes_in += data.len() as u64;
         let Some(conn) = self.get_mut(r) else { return };
         if conn.closing.is_some() {
             return;
@@ -326,14 +377,31 @@ impl Hub {
     }
 
     /// A worker finished a job.
-    pub fn handle_result(&mut self, res: JobResult, now: Now) {
+    pub fn handle_result(&mut self, mut res: JobResult, now: Now) {
         self.jobs_in_flight = self.jobs_in_flight.saturating_sub(1);
         if res.took.is_none() {
             self.summary.jobs_expired += 1;
         }
-        if let Outcome::Login(_) | Outcome::Register(_) = res.outcome {
-            self.admission
+        let hashing = matches!(res.outcome, Outcome::Login(_) | Outcome::Register(_));
+        if let Some(took) = res.took {
+            self.stats.job_seconds[usize::from(!hashing)].observe(took);
+        }
+        if self.history_outcome(&mut res.outcome) {
+            return;
+        }
+        if hashing {
+            let waited = self
+                .admission
                 .completed(now.mono_ms, res.took, res.outcome.hashed());
+            self.stats
+                .hash_latency
+                .observe(std::time::Duration::from_millis(waited));
+        }
+        if let (Some(r), Outcome::Login(result)) = (res.conn, &mut res.outcome)
+            && let Some(kick) = self.revoked.remove(&r)
+            && result.is_ok()
+        {
+            *result = Err(kick.login_error());
         }
         let Some(r) = res.conn else {
             if let Outcome::AckOffline { result: Err(e), .. } = &res.outcome {
@@ -360,6 +428,8 @@ impl Hub {
                 result,
             } => self.offline_fetched(r.key, user_id, batch, result, now),
             Outcome::AckOffline { upto, result } => self.offline_acked(r.key, upto, result),
+            Outcome::History(result) => self.history_read(r.key, result, now),
+            Outcome::AppendHistory { .. } => {}
         }
         self.settle(now);
     }
@@ -382,7 +452,9 @@ impl Hub {
         if conn.out.is_empty() {
             return Written::Drained;
         }
+        let before = conn.out.written_total();
         let res = conn.out.write_with(&mut self.gather, write);
+        self.stats.bytes_out += conn.out.written_total() - before;
         if conn.offline.is_active() {
             let action = conn.offline.written(conn.out.written_total());
             self.offline_action(r.key, action);
@@ -473,6 +545,7 @@ impl Hub {
     pub fn handle_shutdown(&mut self, now: Now) {
         self.online = Registry::default();
         self.departures.clear();
+        self.history_last_call();
         self.presence = Presence::default();
         for r in self.refs() {
             self.close(r.key, true, "server shutting down", now);
@@ -484,6 +557,7 @@ impl Hub {
 
     /// The next store job to hand to a worker.
     pub fn poll_job(&mut self) -> Option<Job> {
+        self.flush_history();
         self.jobs.pop_front()
     }
 
@@ -494,6 +568,7 @@ impl Hub {
     /// interval).
     pub fn poll_timeout(&self, now: Now) -> Option<u64> {
         if !self.jobs.is_empty()
+            || self.history_waits()
             || !self.reads.is_empty()
             || self.cluster.as_ref().is_some_and(|c| !c.out.is_empty())
         {
@@ -510,7 +585,7 @@ impl Hub {
             || !self.login_limits.is_empty()
             || self.admission.hashing())
         .then_some(self.next_housekeeping_ms);
-        let presence = self.presence.due_at(self.cfg.presence_interval_ms);
+        let presence = self.presence.due_at(self.presence_interval());
         [timer, housekeeping, presence].into_iter().flatten().min()
     }
 
@@ -593,6 +668,23 @@ impl Hub {
 
     pub fn jobs_in_flight(&self) -> usize {
         self.jobs_in_flight
+    }
+
+    /// The hub's part of a metrics snapshot; the loop adds its own.
+    pub fn metrics(&self, now: Now) -> metrics::Snapshot {
+        metrics::Snapshot {
+            stats: self.stats.clone(),
+            connections: self.conns.len(),
+            online_here: self.online.len(),
+            online_all: match &self.cluster {
+                Some(_) => self.all_ids().len(),
+                None => self.online.len(),
+            },
+            jobs_in_flight: self.jobs_in_flight,
+            hashing_queued: self.admission.queued(),
+            hashing_wait_ms: self.admission.estimate(now.mono_ms),
+            ..metrics::Snapshot::default()
+        }
     }
 
     /// Every live connection.
@@ -713,7 +805,16 @@ impl Hub {
     /// Gives back idle buffers, forgets full per-address buckets and logs the summary.
     fn housekeeping(&mut self, now: Now) {
         self.next_housekeeping_ms = now.mono_ms + HOUSEKEEPING_MS;
-        // Give back what a burst (a storm of logins) left in the bookkeeping.
+        // Give back what a burst (a storm of logins) left in the bookkeeping: timers
+        // of connections that logged in or went, then spare capacity.
+        if self.deadlines.len() > 64 {
+            let conns = &self.conns;
+            self.deadlines.retain(|Reverse((at, key, generation))| {
+                conns
+                    .get(*key)
+                    .is_some_and(|c| c.generation == *generation && c.armed_ms == *at)
+            });
+        }
         if self.deadlines.len() < self.deadlines.capacity() / 4 {
             self.deadlines.shrink_to_fit();
         }
@@ -721,6 +822,9 @@ impl Hub {
             self.logging_in.shrink_to_fit();
         }
         self.login_limits.prune(now.mono_ms, self.cfg.login_rate);
+        if !self.roster.is_empty() && now.mono_ms >= self.roster_used_ms + ROSTER_KEEP_MS {
+            self.roster = Roster::default();
+        }
         for (_, c) in &mut self.conns {
             c.shrink_idle();
         }
@@ -762,6 +866,10 @@ impl Hub {
             "requests that waited past the job timeout for a worker",
         );
         add(s.store_errors, "requests failed on storage errors");
+        add(
+            s.history_lost,
+            "history entries lost (storage failed or too slow; live delivery went on)",
+        );
         let last = if s.store_errors > 0 {
             format!("; last storage error: {}", s.last_store_error)
         } else {
@@ -773,6 +881,7 @@ impl Hub {
     /// Counts a storage failure for the summary (one log line per interval, however
     /// many requests an outage fails).
     pub(crate) fn store_error(&mut self, text: &str) {
+        self.stats.store_errors += 1;
         self.summary.store_errors += 1;
         self.summary.last_store_error = text.to_string();
         log::debug!("storage error: {text}");
@@ -805,6 +914,7 @@ impl Hub {
                     let msg = ClientMessage::parse(&buf[pos + proto::HEADER_LEN..pos + total]);
                     pos += total;
                     self.stats.frames_in += 1;
+                    self.stats.frames_by_type[metrics::frame_index(&msg)] += 1;
                     if self.over_msg_rate(key, &msg, now) {
                         let rate = self.cfg.msg_rate;
                         let text = format!("too many messages: at most {rate} per second");
@@ -1039,11 +1149,21 @@ impl Hub {
 
     /// Sends `ErrorResMes`.
     pub(crate) fn error(&mut self, key: usize, code: u16, text: &str) {
+        self.count_refusal(code);
         self.reply(key, &ServerMessage::Error(CodeRes::new(code, text)));
+    }
+
+    fn count_refusal(&mut self, c: u16) {
+        match c {
+            code::TOO_MANY => self.stats.refused_too_many += 1,
+            code::TOO_LARGE => self.stats.refused_too_large += 1,
+            _ => {}
+        }
     }
 
     /// Sends `ErrorResMes` with a time to try again, in seconds.
     pub(crate) fn error_retry(&mut self, key: usize, code: u16, text: &str, secs: u64) {
+        self.count_refusal(code);
         let mut res = CodeRes::new(code, text);
         res.retry_after = Some(secs);
         self.reply(key, &ServerMessage::Error(res));
@@ -1124,11 +1244,24 @@ impl Hub {
     fn presence_if_due(&mut self, now: Now) {
         if self
             .presence
-            .due_at(self.cfg.presence_interval_ms)
+            .due_at(self.presence_interval())
             .is_some_and(|at| at <= now.mono_ms)
         {
             self.send_presence();
         }
+    }
+
+    /// How long presence notices may wait: the configured interval, or longer with
+    /// many online, so that the round of writes they cause (one per connection, a few
+    /// microseconds each) takes at most about 5% of the loop's time: 1 ms per 20 users,
+    /// half a second at 10,000. A message from a newcomer still sends them at once.
+    fn presence_interval(&self) -> u64 {
+        if self.cfg.presence_interval_ms == 0 {
+            return 0;
+        }
+        self.cfg
+            .presence_interval_ms
+            .max(self.online.len() as u64 / PRESENCE_USERS_PER_MS)
     }
 
     /// Sends the presence notices waiting, to everyone online: one shared chunk each,

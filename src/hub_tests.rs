@@ -1446,6 +1446,11 @@ fn queued_output_alone_does_not_wake_the_loop() {
     // Straight into the hub, as the reactor does, with the writes not yet taken.
     t.hub.handle_input(a, &sms("hello").encode(), t.now);
     assert!(t.hub.has_output(), "a round of writes is asked for");
+    // The reactor hands jobs to the workers every turn before it polls (here: the
+    // message's history append).
+    while let Some(j) = t.hub.poll_job() {
+        t.jobs.push_back(j);
+    }
     let at = t.hub.poll_timeout(t.now).unwrap();
     assert!(at > t.now.mono_ms, "no wake-up at once for queued output");
 }
@@ -1507,5 +1512,49 @@ fn a_newcomer_is_announced_before_what_they_say() {
     assert!(
         matches!(&got[..], [ServerMessage::Private(m)] if m.content == "psst"),
         "{got:?}"
+    );
+}
+
+#[test]
+fn with_many_online_presence_waits_longer_and_the_roster_is_dropped_when_idle() {
+    let mut t = Harness::new(HubConfig {
+        presence_interval_ms: 50,
+        login_rate: 0,
+        max_conns_per_addr: 0,
+        ..HubConfig::default()
+    });
+    let n = 1_100;
+    for id in 1..=n {
+        t.register(id);
+        t.login(id);
+    }
+    assert!(!t.hub.roster.is_empty());
+    // Notices of the last logins wait 1 ms per 20 users online: 55 ms, not 50.
+    let now = t.now.mono_ms;
+    let due = t.hub.poll_timeout(t.now).unwrap();
+    assert_eq!(due, now + 55);
+    t.advance(55);
+    assert_eq!(
+        t.recv(t.hub.online.get(1).unwrap().conn).len() as i64,
+        n - 1
+    );
+    // No login for a while: the roster goes, and comes back right for the next one.
+    t.advance(3_000);
+    assert!(t.hub.roster.is_empty());
+    t.register(n + 1);
+    let c = t.connect();
+    let ClientMessage::Login(mut m) = login_msg(n + 1, &format!("pw{}", n + 1)) else {
+        unreachable!()
+    };
+    m.max_frame = Some(1 << 20);
+    t.send(c, &ClientMessage::Login(m));
+    t.run_jobs();
+    let got = t.recv(c);
+    let ServerMessage::LoginRes(r) = &got[0] else {
+        panic!("not a login reply")
+    };
+    assert_eq!(
+        (r.users_id.len(), r.users.len()),
+        (n as usize + 1, n as usize + 1)
     );
 }

@@ -30,6 +30,7 @@ use crate::auth::{HashParams, Hasher};
 use crate::cluster::Input;
 use crate::cluster_redis::{ClusterConfig, ClusterLink, QUEUE};
 use crate::conn::ConnRef;
+use crate::control::{Control, ControlHandle};
 use crate::hub::{Hub, HubConfig, Now};
 use crate::job::JobResult;
 use crate::link::{Link, Wrapper};
@@ -186,6 +187,11 @@ pub struct Server {
     accept_paused_until: Option<u64>,
     started: Instant,
     io: IoStats,
+    /// Requests of the operators' threads (admin socket, metrics), and the sender they
+    /// are handed.
+    control: (mpsc::Sender<Control>, mpsc::Receiver<Control>),
+    /// How long each turn of the loop worked, for the metrics.
+    turn_seconds: crate::metrics::Histogram,
 }
 
 /// Counts of the loop's work, logged at exit.
@@ -284,6 +290,8 @@ impl Server {
             accept_paused_until: None,
             started: Instant::now(),
             io: IoStats::default(),
+            control: mpsc::channel(),
+            turn_seconds: Default::default(),
         })
     }
 
@@ -313,6 +321,28 @@ impl Server {
             wrap: Some(wrap),
         });
         Ok(addr)
+    }
+
+    /// Where the operators' threads send their requests ([`Control`]).
+    pub fn control_handle(&self) -> ControlHandle {
+        ControlHandle::new(self.control.0.clone(), self.waker.clone())
+    }
+
+    /// Answers an operator's request at once.
+    fn control(&mut self, c: Control, t: Now) {
+        match c {
+            Control::Kick { user, kick, reply } => {
+                let n = self.hub.handle_admin(user, kick, t);
+                let _ = reply.try_send(n);
+            }
+            Control::Metrics { reply } => {
+                let mut snap = self.hub.metrics(t);
+                snap.loop_turns = self.io.turns;
+                snap.loop_seconds = self.turn_seconds.clone();
+                snap.uptime = self.started.elapsed();
+                let _ = reply.try_send(snap);
+            }
+        }
     }
 
     pub fn shutdown_handle(&self) -> ShutdownHandle {
@@ -375,6 +405,7 @@ impl Server {
                 }
                 return Err(e);
             }
+            let turn_start = Instant::now();
             let t = now(self.started);
             self.io.turns += 1;
             self.handle_events(&events, signals.as_mut(), t);
@@ -406,6 +437,9 @@ impl Server {
                     // The last one taken this turn: look again at once, after the sockets.
                     cluster_more = n == CLUSTER_PER_TURN;
                 }
+            }
+            while let Ok(c) = self.control.1.try_recv() {
+                self.control(c, t);
             }
             for r in std::mem::take(&mut self.read_again) {
                 self.read(r, t);
@@ -450,6 +484,7 @@ impl Server {
             } else {
                 flush_due = None;
             }
+            self.turn_seconds.observe(turn_start.elapsed());
             if let Some(deadline) = shutdown_deadline
                 && (self.hub.conn_count() == 0 || t.mono_ms >= deadline)
             {
@@ -466,18 +501,26 @@ impl Server {
             log::info!("waiting for {jobs} store jobs to finish");
         }
         self.workers.shutdown();
+        // The last results (the last history appends among them) count in the line below.
+        let t = now(self.started);
+        while let Ok(res) = self.results.try_recv() {
+            self.hub.handle_result(res, t);
+        }
         if let Some(c) = self.cluster.take() {
             c.shutdown();
         }
         let st = &self.hub.stats;
         log::info!(
             "stopped; {} connections served, {} frames in, {} group messages, {} deliveries, \
-             {} slow consumers dropped; {} loop turns, {} reads, {} writes",
+             {} slow consumers dropped, {} history entries kept, {} lost; {} loop turns, \
+             {} reads, {} writes",
             st.accepted,
             st.frames_in,
             st.group_messages,
             st.deliveries,
             st.slow_consumers_dropped,
+            st.history_appended,
+            st.history_lost,
             self.io.turns,
             self.io.reads,
             self.io.writes

@@ -152,6 +152,14 @@ impl Harness {
         self.pump();
     }
 
+    /// An operator banned or removed `user` (the store already changed): returns
+    /// how many sessions the hub closed.
+    pub fn admin(&mut self, user: i64, kick: crate::admin::Kick) -> usize {
+        let n = self.hub.handle_admin(user, kick, self.now);
+        self.pump();
+        n
+    }
+
     /// Something from the cluster link.
     pub fn cluster(&mut self, input: crate::cluster::Input) {
         self.hub.handle_cluster(input, self.now);

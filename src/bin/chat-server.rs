@@ -1,11 +1,12 @@
-//! `chat-server`: parses the command line, sets up logging and the store, binds the
-//! listener and runs the reactor until SIGTERM or SIGINT.
+//! `chat-server`: parses the command line (and the `--config` file), sets up logging
+//! and the store, binds the listener and runs the reactor until SIGTERM or SIGINT; or
+//! runs an operator's subcommand (`users ...`, `backup`: see `chat::operator`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 use chat::admission::WorkerPriority;
 use chat::auth::HashParams;
@@ -19,23 +20,39 @@ use std::time::Duration;
 
 /// A multi-user chat server speaking the Go chat tutorial's wire protocol.
 ///
-/// Data (users, offline messages) is kept in one crash-safe file in the data
+/// Data (users, offline messages, history) is kept in one crash-safe file in the data
 /// directory. Stop it with SIGTERM or Ctrl-C: queued output is drained and every
 /// acknowledged write is kept.
 #[derive(Parser, Debug)]
-#[command(name = "chat-server", version)]
+#[command(name = "chat-server", version, args_override_self = true)]
 struct Args {
+    /// An operator's command instead of running the server (`chat-server users
+    /// --help`).
+    #[command(subcommand)]
+    command: Option<chat::operator::Command>,
+
+    /// Read settings from this TOML file: keys are the long flag names (`listen =
+    /// "0.0.0.0:8889"`, `login-timeout = 30`); flags on the command line override it.
+    #[arg(long, value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (off by default; keep it on
+    /// a private address: it has no authentication).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
+
     /// Address and port to listen on (port 0 picks a free port; the log says which).
     #[arg(long, default_value = "0.0.0.0:8889", value_name = "ADDR")]
     listen: String,
 
-    /// Directory for the data file (chat.redb); created if missing.
-    #[arg(long, default_value = "./chat-data", value_name = "DIR")]
+    /// Directory for the data file (chat.redb) and the admin socket; created if
+    /// missing.
+    #[arg(long, default_value = "./chat-data", value_name = "DIR", global = true)]
     data: PathBuf,
 
     /// Keep users and offline messages in Redis instead of the data directory, e.g.
     /// redis://127.0.0.1:6379/0 (the seed's schema: hash `users`).
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", global = true)]
     redis: Option<String>,
 
     /// Timeout for each Redis call (and for connecting), in milliseconds.
@@ -55,7 +72,8 @@ struct Args {
     node_timeout: u64,
 
     /// Threads hashing passwords (logins and registrations); one more thread runs the
-    /// storage jobs (offline messages), so a login storm never holds those up.
+    /// storage jobs (offline messages), so a login storm never holds those up, and one
+    /// the history's.
     #[arg(long, default_value_t = ServerConfig::default().workers, value_name = "N")]
     workers: usize,
 
@@ -112,10 +130,12 @@ struct Args {
     #[arg(long, default_value_t = ServerConfig::default().flush_interval.as_micros() as u64, value_name = "US")]
     flush_interval_us: u64,
 
-    /// Presence notices (who came online, who left) are gathered for at most this many
+    /// Presence notices (who came online, who left) are gathered for this many
     /// milliseconds and sent to everyone together, or at once before any message from
     /// one user to another. A login storm then costs one round of writes per interval
-    /// instead of one per login. 0: sent at the end of each loop turn.
+    /// instead of one per login. With many online the interval grows by 1 ms per 20
+    /// users (half a second at 10,000), which bounds that round's cost to about 5% of
+    /// the loop's time. 0: sent at the end of each loop turn.
     #[arg(long, default_value_t = HubConfig::default().presence_interval_ms, value_name = "MS")]
     presence_interval_ms: u64,
 
@@ -168,6 +188,12 @@ struct Args {
     #[arg(long, default_value_t = HashParams::default().memory_kib, value_name = "KIB")]
     argon2_memory_kib: u32,
 
+    /// Messages kept for the history clients ask for (`HistoryMes`): the last N of
+    /// the group, and the last N between each two users; 0 keeps none. Written in the
+    /// background: a storage outage costs history, never a live message.
+    #[arg(long, default_value_t = HubConfig::default().history, value_name = "N")]
+    history: usize,
+
     /// argon2id passes (time cost) for new password hashes.
     #[arg(long, default_value_t = HashParams::default().passes, value_name = "N")]
     argon2_passes: u32,
@@ -181,7 +207,35 @@ enum Priority {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let argv = match chat::config::expand(std::env::args_os().collect(), &Args::command()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("chat-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut args = Args::parse_from(argv);
+    if let Some(cmd) = args.command.take() {
+        let target = chat::operator::Target {
+            data: args.data.clone(),
+            redis: args.redis.clone(),
+            redis_timeout: Duration::from_millis(args.redis_timeout_ms.max(1)),
+            hash: HashParams {
+                memory_kib: args.argon2_memory_kib,
+                passes: args.argon2_passes,
+            },
+        };
+        return match chat::operator::run(cmd, &target) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("chat-server: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Err(e) = chat::logging::init(args.log_level, args.log_file.as_deref()) {
         eprintln!("chat-server: {e}");
         return ExitCode::FAILURE;
@@ -267,6 +321,7 @@ fn run(args: Args) -> Result<(), String> {
             login_rate: args.login_rate,
             max_conns: args.max_conns.unwrap_or(0),
             max_conns_per_addr: args.max_conns_per_addr,
+            history: args.history,
             presence_interval_ms: args.presence_interval_ms,
             job_timeout_ms: args
                 .job_timeout
@@ -326,5 +381,33 @@ fn run(args: Args) -> Result<(), String> {
             .add_listener(l, Box::new(wrapper))
             .map_err(|e| format!("cannot start the web listener: {e}"))?;
     }
+    // Operators' threads, stopped (and the admin socket removed) when these drop.
+    let _admin = match &args.redis {
+        // Without it the chat still runs; only the operators' commands wait for a stop.
+        None => {
+            chat::admin_server::AdminSocket::start(&args.data, &factory, server.control_handle())
+                .map_err(|e| {
+                    log::warn!(
+                        "no admin socket in {}: {e}; `chat-server users` and `backup` work only \
+                     while the server is stopped",
+                        args.data.display()
+                    )
+                })
+                .ok()
+        }
+        // With Redis, `chat-server users --redis URL` goes through Redis itself.
+        Some(_) => None,
+    };
+    let _metrics = match &args.metrics_listen {
+        Some(a) => {
+            let l = std::net::TcpListener::bind(a)
+                .map_err(|e| format!("cannot listen for metrics on {a}: {e}"))?;
+            Some(
+                chat::metrics_http::MetricsServer::start(l, server.control_handle())
+                    .map_err(|e| format!("cannot start the metrics listener: {e}"))?,
+            )
+        }
+        None => None,
+    };
     server.run().map_err(|e| format!("event loop failed: {e}"))
 }

@@ -35,6 +35,15 @@ impl Hub {
     }
 
     fn login_res(&mut self, key: usize, code: u16, error: &str, retry_after: Option<u64>) {
+        // Counted by outcome (`metrics::LOGIN_OUTCOMES`); success is counted online.
+        let outcome = match (code, retry_after) {
+            (code::NO_SUCH_USER, _) => 1,
+            (code::WRONG_PASSWORD, _) => 2,
+            (code::BANNED, _) => 3,
+            (_, Some(_)) => 4,
+            _ => 5,
+        };
+        self.stats.logins[outcome] += 1;
         self.reply(
             key,
             &ServerMessage::LoginRes(LoginResMes {
@@ -90,7 +99,8 @@ impl Hub {
     /// and as many others as fit (the rest it learns from the notices). Copied from
     /// the roster, which is built again only if who is online changed otherwise than
     /// by logins.
-    fn login_reply(&mut self, me: i64, limit: usize) -> Vec<u8> {
+    fn login_reply(&mut self, me: i64, limit: usize, now: Now) -> Vec<u8> {
+        self.roster_used_ms = now.mono_ms;
         let version = self.roster_version();
         if !self.roster.is_current(version) {
             let infos = self.all_infos();
@@ -141,6 +151,9 @@ impl Hub {
             Err(LoginError::WrongPassword) => {
                 self.login_failed(key, code::WRONG_PASSWORD, "wrong password", now)
             }
+            Err(LoginError::Banned) => {
+                self.login_failed(key, code::BANNED, "this account is banned", now)
+            }
             Err(LoginError::Store(e)) if e.is_timed_out() => {
                 let wait = self.admission.estimate(now.mono_ms);
                 let (text, secs) = self.refuse_busy(key, wait, now);
@@ -161,8 +174,12 @@ impl Hub {
         self.announce_departures(now);
         let me = self.conn_ref(key);
         let name: std::rc::Rc<str> = ok.name.as_str().into();
+        self.stats.logins[0] += 1;
         let conn = &mut self.conns[key];
         conn.login_failures = 0;
+        // Online: the login timeout no longer applies, and its timer is dropped at the
+        // next housekeeping.
+        conn.armed_ms = 0;
         conn.session = Session::Online {
             user_id: ok.user_id,
             name: name.clone(),
@@ -209,7 +226,7 @@ impl Hub {
             }
         }
         self.cluster_login(ok.user_id, &name);
-        let frame = self.login_reply(ok.user_id, self.conns[key].max_frame());
+        let frame = self.login_reply(ok.user_id, self.conns[key].max_frame(), now);
         self.reply_frame(key, frame);
         let batch = self.cfg.offline_batch;
         self.deliver_offline(key, ok.offline, batch);

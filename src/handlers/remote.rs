@@ -379,15 +379,22 @@ impl Hub {
                 };
                 if !delivered {
                     self.store_instead(p, now);
-                } else if self.get(p.conn).is_some() {
-                    self.sms_res_id(p.conn.key, code::OK, "", p.msg_id);
-                    self.resume(p.conn.key, now);
+                } else {
+                    if self.get(p.conn).is_some() {
+                        self.sms_res_id(p.conn.key, code::OK, "", p.msg_id);
+                        self.resume(p.conn.key, now);
+                    }
+                    // Delivered there, kept here: the sender's node writes the history.
+                    self.note_private_history(p.msg);
                 }
             }
             Event::Reset { node } => {
                 if !mine {
                     self.node_gone(&node, now);
                 }
+            }
+            Event::Kick { user, kick, .. } => {
+                self.handle_admin(user, kick, now);
             }
         }
     }
