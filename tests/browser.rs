@@ -369,6 +369,18 @@ fn login(p: &Session, id: i64, pwd: &str) {
     p.click("#submit");
 }
 
+/// The conversation shown has its history (the log is not `aria-busy`).
+const HISTORY_LOADED: &str = "document.getElementById('log').getAttribute('aria-busy') !== 'true'";
+
+/// How many messages in the conversation shown contain `text`.
+fn count(p: &Session, text: &str) -> u64 {
+    let script = format!(
+        "return [...document.querySelectorAll('#log .text')].filter(e => e.textContent.includes({})).length;",
+        json!(text)
+    );
+    p.js(&script).as_u64().unwrap()
+}
+
 fn conv(id: i64) -> String {
     format!("#convs button[data-conv=\"{id}\"]")
 }
@@ -465,10 +477,22 @@ fn two_pages_and_a_terminal_user_chat() {
         "#notice",
         "1 private message arrived while you were offline.",
     );
+    // What was said before comes from the server's history.
+    a.wait("the history", HISTORY_LOADED);
+    a.wait_text("#log .text", "hi from the terminal");
+    assert_eq!(count(&a, "Hello everyone!"), 1);
     a.wait_text(&format!("{} .badge", conv(1003)), "1");
     a.click(&conv(1003));
     a.wait_text("#log", "for when you are back");
     assert!(a.text("#log").contains("sent while you were offline"));
+    // Opening the conversation fetched its history, which holds the same message:
+    // shown once. The exchange with bob, opened next, comes from history alone.
+    a.wait("the history", HISTORY_LOADED);
+    assert_eq!(count(&a, "for when you are back"), 1);
+    a.click(&conv(1002));
+    a.wait("the history", HISTORY_LOADED);
+    assert_eq!(count(&a, "Just between us"), 1);
+    assert_eq!(count(&a, "Got it"), 1);
 
     // A few more lines for the picture, then the screenshots (desktop and phone).
     a.click("#convs button[data-conv=\"group\"]");
@@ -505,6 +529,10 @@ fn two_pages_and_a_terminal_user_chat() {
     assert_eq!(web2, web);
     a.wait_text("#conn", "Connected again.");
     b.wait_text("#conn", "Connected again.");
+    // The group's history is fetched again after the drop, and nothing shows twice.
+    a.wait("the history", HISTORY_LOADED);
+    assert_eq!(count(&a, "Back again. Did I miss anything?"), 1);
+    assert_eq!(count(&a, "sunny all day"), 1);
     b.wait_text(&conv(1001), "alice");
     b.click(&conv(1001));
     b.type_in("#text", &format!("still here{ENTER}"));

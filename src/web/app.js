@@ -40,6 +40,8 @@
     convs: new Map(),     // 'group' or user id -> {items: [], unread: 0}
     current: 'group',
     pendingPm: [],        // private messages awaiting their SmsResMes, in order
+    hist: new Map(),      // conversation -> {asked, more, firstId}: its history as fetched
+    pendingHist: [],      // conversations whose HistoryResMes is awaited, in order
     lastSent: null,       // {item, at}: the message a refusal (429) is about
     attempt: 0,
     retryTimer: null,
@@ -397,9 +399,15 @@
     ui.meName.textContent = `${st.me.name || 'user'} (${st.me.id})`;
     setConn(again ? 'Connected again.' : 'Connected.', '');
     if (again) {
-      system('group', 'Connected again. Messages sent to everyone meanwhile were not kept; private ones were.');
+      system('group', 'Connected again.');
     }
     st.offlineCount = 0;
+    st.pendingHist = [];
+    if (!again) st.hist = new Map();
+    // What was said before: the group's at login, and again after a drop (to fill the
+    // gap); a private conversation's when it is first opened.
+    askHistory('group');
+    if (again && st.current !== 'group') askHistory(st.current);
     startHeartbeat();
     render();
     if (!again) ui.text.focus();
@@ -420,7 +428,10 @@
     setMode('login');
     st.creds = null;
     st.convs = new Map();
+    st.hist = new Map();
+    st.pendingHist = [];
     st.current = 'group';
+    busy();
     authBusy(false);
   }
 
@@ -480,6 +491,7 @@
       case 'SmsPrivateMes': return onPrivate(d);
       case 'SmsResMes': return onSmsRes(d);
       case 'OnlineUsersResMes': return onOnline(d);
+      case 'HistoryResMes': return onHistory(d);
       case 'ErrorResMes': return onError(d);
       case 'PongMes': return undefined;
       default: console.warn('unknown message type', type, d);
@@ -583,6 +595,13 @@
         refuseLast('not sent: you are sending too fast.' + after);
         return;
       case 503:
+        if (st.phase === 'in' && st.pendingHist.length > 0) {
+          const req = st.pendingHist.shift();
+          histOf(req.key).asked = false;
+          busy();
+          notice('Earlier messages could not be loaded right now (the server\'s storage is busy or down).');
+          return;
+        }
         if (st.phase === 'out') {
           st.asking = null;
           authBusy(false);
@@ -639,6 +658,63 @@
   function notice(text) {
     ui.notice.textContent = text;
     ui.notice.hidden = !text;
+  }
+
+  // ----- history ------------------------------------------------------------------
+
+  function histOf(key) {
+    let h = st.hist.get(key);
+    if (!h) {
+      h = { asked: false, more: false, firstId: 0 };
+      st.hist.set(key, h);
+    }
+    return h;
+  }
+
+  function askHistory(key, before) {
+    const data = { before: before || 0, limit: 30 };
+    if (key !== 'group') data.with = key;
+    histOf(key).asked = true;
+    if (send('HistoryMes', data)) {
+      st.pendingHist.push({ key, older: !!before });
+      busy();
+    }
+  }
+
+  // The conversation shown is busy while its history is on the way.
+  function busy() {
+    if (st.pendingHist.some((r) => r.key === st.current)) ui.log.setAttribute('aria-busy', 'true');
+    else ui.log.removeAttribute('aria-busy');
+  }
+
+  // Entries already shown (live, or delivered while offline) are not shown twice: the
+  // server's time and the sender name a message; one's own, shown as sent, by its text.
+  function known(c, m, mine) {
+    return c.items.some((it) => (it.from === m.userId && it.time === m.time && it.text === m.content)
+      || (mine && it.kind === 'mine' && !it.history && it.text === m.content
+        && Math.abs(it.time - m.time) < 120000));
+  }
+
+  function onHistory(d) {
+    const req = st.pendingHist.shift();
+    if (!req || !st.me) return;
+    const c = conv(req.key);
+    const h = histOf(req.key);
+    const msgs = Array.isArray(d.messages) ? d.messages : [];
+    if (req.older || h.firstId === 0) h.more = !!d.more;
+    for (const m of msgs) {
+      if (m.userName) st.names.set(m.userId, m.userName);
+      if (h.firstId === 0 || m.id < h.firstId) h.firstId = m.id;
+      const mine = m.userId === st.me.id;
+      if (known(c, m, mine)) continue;
+      c.items.push({
+        kind: mine ? 'mine' : 'theirs', from: m.userId, text: m.content, time: m.time, history: true,
+      });
+    }
+    c.items.sort((a, b) => a.time - b.time);
+    if (req.key === st.current) render(req.older);
+    else renderConvs();
+    busy();
   }
 
   // ----- sending messages ---------------------------------------------------------
@@ -731,15 +807,35 @@
     st.current = key;
     conv(key).unread = 0;
     notice('');
+    if (!histOf(key).asked) askHistory(key);
+    busy();
     render();
     ui.text.focus();
   }
 
-  function render() {
+  function render(keepScroll) {
     renderConvs();
     renderHead();
-    ui.log.replaceChildren(...conv(st.current).items.map(itemView));
-    scrollDown();
+    const views = conv(st.current).items.map(itemView);
+    if (histOf(st.current).more) views.unshift(earlierButton(st.current));
+    const fromBottom = ui.log.scrollHeight - ui.log.scrollTop;
+    ui.log.replaceChildren(...views);
+    if (keepScroll) ui.log.scrollTop = ui.log.scrollHeight - fromBottom;
+    else scrollDown();
+  }
+
+  function earlierButton(key) {
+    const li = document.createElement('li');
+    li.className = 'system earlier';
+    const b = document.createElement('button');
+    b.type = 'button';
+    b.textContent = 'Show earlier messages';
+    b.addEventListener('click', () => {
+      b.disabled = true;
+      askHistory(key, histOf(key).firstId);
+    });
+    li.appendChild(b);
+    return li;
   }
 
   function scrollDown() {
