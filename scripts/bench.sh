@@ -13,10 +13,14 @@
 # right after this one (reported as target "baseline"): a before/after in one run.
 # CLUSTER=1 adds the light-load shape on one node, on two nodes sharing one Redis (half
 # the receivers on each) and on Redis pub/sub alone. MAIN=0 skips the usual shapes;
-# FANOUT_ONLY=1 keeps only the four saturated fan-out shapes of them. TLS=1 adds plain
-# against TLS on one server (both listeners open, a certificate made with openssl for
-# the run): saturated fan-out, light-load latency and idle memory, each over the plain
-# port then over the TLS port (reported as target "chat-tls").
+# FANOUT_ONLY=1 keeps only the four saturated fan-out shapes of them. LIGHT=1 adds the
+# light-load shapes: 2,000 msg/s from 10 publishers to 100 receivers, and one publisher
+# whose window of 8 is counted at delivery (to every receiver), N=100 and N=1000.
+# STORM10K=1 adds 10,000 users (cheap hashing) logging in at once and staying, with the
+# server's CPU per login and its peak memory during the storm against after it. TLS=1
+# adds plain against TLS on one server (both listeners open, a certificate made with
+# openssl for the run): saturated fan-out, light-load latency and idle memory, each over
+# the plain port then over the TLS port (reported as target "chat-tls").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS="${1:-3}"
@@ -71,6 +75,12 @@ chat_idle() {
 chat_storm() {
     chat_start
     bench login-storm --addr 127.0.0.1:19001 -n 100 -p 10 --rate 5000 -d 3 -k 1000 2>/dev/null
+    down
+}
+chat_storm10k() {
+    chat_start --argon2-memory-kib 64 --argon2-passes 1
+    bench login-storm --addr 127.0.0.1:19001 -n 10 -p 1 --rate 10 -d 2 -k 10000 --stay \
+        --storm-limit 900 --server-pid "$SERVER" 2>/dev/null
     down
 }
 
@@ -160,6 +170,28 @@ if [ "${TLS:-0}" = 1 ]; then
         bench idle --target chat --addr 127.0.0.1:19001 -c 10000 --server-pid "$SERVER"; down
         chat_up "${TLS_UP[@]}"
         bench idle --target chat "${OVER_TLS[@]}" -c 10000 --server-pid "$SERVER"; down
+    done
+fi
+
+if [ "${LIGHT:-0}" = 1 ]; then
+    for run in $(seq "$RUNS"); do
+        echo "### run $run light load 2000 msg/s N=100 P=10"
+        both chat_fanout -n 100 -p 10 --rate 2000 -d 5
+        redis_up; bench fanout --target redis --addr 127.0.0.1:19002 -n 100 -p 10 --rate 2000 -d 5; down
+        for n in 100 1000; do
+            echo "### run $run one publisher, window 8 counted at delivery, N=$n"
+            both chat_fanout -n "$n" -p 1 --window-at delivery -d 5
+            redis_up
+            bench fanout --target redis --addr 127.0.0.1:19002 -n "$n" -p 1 --window-at delivery -d 5
+            down
+        done
+    done
+fi
+
+if [ "${STORM10K:-0}" = 1 ]; then
+    for run in $(seq "$RUNS"); do
+        echo "### run $run login storm: 10,000 users (cheap hashing) log in at once and stay"
+        both chat_storm10k
     done
 fi
 

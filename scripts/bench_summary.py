@@ -17,6 +17,9 @@ PATTERNS = {
     "bytes per connection": (r"^\s+per connection\s+(\d+) bytes", 1),
     "storm logins/s": (r"^\s+storm\s+\d+ logins in [\d.]+ s \((\d+) logins/s\)", 1),
     "storm duration (s)": (r"^\s+storm\s+\d+ logins in ([\d.]+) s", 1),
+    "server CPU per login (ms)": (r"^\s+server CPU\s+([\d.]+) ms per login", 1),
+    "server peak RSS / after storm": (r"^\s+server memory .*\(peak / after ([\d.]+)\)", 1),
+    "server peak RSS during storm (MiB)": (r"^\s+server memory .*peak (\d+) KiB during", 1 / 1024),
     "fan-out p99 before storm (ms)": (r"^\s+fan-out before .*?p99 ([\d.]+) ms", 1),
     "fan-out p99 during storm (ms)": (r"^\s+fan-out during .*?p99 ([\d.]+) ms", 1),
 }

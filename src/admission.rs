@@ -121,8 +121,12 @@ impl Admission {
     /// A hashing job finished. `took` is how long a worker ran it (`None`: it waited
     /// past the job timeout and was not run); `hashed` whether it really hashed (an
     /// unknown user's login does not, and must not pull the measured cost down).
-    pub fn completed(&mut self, now_ms: u64, took: Option<Duration>, hashed: bool) {
-        self.in_flight.pop_front();
+    /// Returns how long the oldest job in flight (taken for this one) was waited for.
+    pub fn completed(&mut self, now_ms: u64, took: Option<Duration>, hashed: bool) -> u64 {
+        let waited = self
+            .in_flight
+            .pop_front()
+            .map_or(0, |t| now_ms.saturating_sub(t));
         if let Some(took) = took {
             if hashed {
                 average(&mut self.cost_ms, took.as_secs_f64() * 1000.0);
@@ -132,11 +136,17 @@ impl Admission {
             }
         }
         self.last_done = (!self.in_flight.is_empty()).then_some(now_ms);
+        waited
     }
 
     /// Whether logins or registrations wait for a password hash.
     pub fn hashing(&self) -> bool {
         !self.in_flight.is_empty()
+    }
+
+    /// Hashing jobs queued or running.
+    pub fn queued(&self) -> usize {
+        self.in_flight.len()
     }
 
     /// Requests refused as busy since the last call.

@@ -70,6 +70,13 @@ pub enum Event {
     },
     /// `node` (re)started: whatever was known of its users is gone.
     Reset { node: String },
+    /// An operator banned or removed `user` (`node` names the command that did it,
+    /// not a server): every node ends that user's sessions.
+    Kick {
+        node: String,
+        user: i64,
+        kick: crate::admin::Kick,
+    },
 }
 
 impl Event {
@@ -80,7 +87,8 @@ impl Event {
             | Event::Group { node, .. }
             | Event::Private { node, .. }
             | Event::PrivateAck { node, .. }
-            | Event::Reset { node } => node,
+            | Event::Reset { node }
+            | Event::Kick { node, .. } => node,
         }
     }
 
@@ -141,6 +149,8 @@ pub struct Cluster {
     pub node: Rc<str>,
     /// Users online on other nodes.
     pub remote: BTreeMap<i64, RemoteUser>,
+    /// Changes whenever `remote` does (see `roster`).
+    pub remote_version: u64,
     /// This node's sessions: user → (session, whether its `Online` came back, i.e.
     /// was ordered by Redis).
     pub sessions: HashMap<i64, (u64, bool)>,
@@ -160,6 +170,7 @@ impl Cluster {
         Cluster {
             node: node.into(),
             remote: BTreeMap::new(),
+            remote_version: 0,
             sessions: HashMap::new(),
             pending: HashMap::new(),
             next_id: 1,
@@ -224,6 +235,11 @@ mod tests {
                 },
             },
             Event::Reset { node: "b".into() },
+            Event::Kick {
+                node: "admin".into(),
+                user: 4,
+                kick: crate::admin::Kick::Banned,
+            },
         ];
         for ev in evs {
             let json = ev.to_json();

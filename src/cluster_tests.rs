@@ -4,7 +4,6 @@
 
 use crate::cluster::{Event, Input, PresenceEntry};
 use crate::conn::ConnRef;
-use crate::hub::HubConfig;
 use crate::proto::{ClientMessage, ServerMessage, SmsMes, SmsPrivateMes};
 use crate::testkit::{Harness, login_msg};
 
@@ -17,11 +16,11 @@ struct Net {
 
 impl Net {
     fn new(n: usize) -> Net {
-        let first = Harness::new(HubConfig::default());
+        let first = Harness::new(crate::testkit::test_config());
         let store = first.store.clone();
         let mut nodes = vec![first];
         for _ in 1..n {
-            let mut h = Harness::new(HubConfig::default());
+            let mut h = Harness::new(crate::testkit::test_config());
             h.store = store.clone();
             nodes.push(h);
         }
@@ -329,4 +328,57 @@ fn a_dead_node_s_users_go_offline_and_a_snapshot_sets_things_right() {
     // A node that restarts says so: what was known of it is gone.
     net.nodes[0].cluster(Input::Event(Event::Reset { node: "b".into() }));
     assert_eq!(net.recv(0, c1), [notify(3, 1)]);
+}
+
+/// History on a shared store: each message is appended once, by the node that took
+/// it, and every node reads the same conversations.
+#[test]
+fn every_message_joins_the_history_once_whichever_node_took_it() {
+    let mut net = Net::new(2);
+    registered(&mut net, &[1, 2]);
+    let c1 = net.login(0, 1);
+    let c2 = net.login(1, 2);
+    for (node, c, text) in [(0, c1, "from a"), (1, c2, "from b")] {
+        net.nodes[node].send(
+            c,
+            &ClientMessage::Sms(SmsMes {
+                content: text.into(),
+                ..Default::default()
+            }),
+        );
+        net.deliver();
+        for h in &mut net.nodes {
+            h.run_jobs();
+        }
+    }
+    // Across nodes: delivered on b, appended by a.
+    net.nodes[0].send(c1, &private(2, "private across"));
+    net.deliver();
+    for h in &mut net.nodes {
+        h.run_jobs();
+    }
+    assert_eq!(net.nodes[0].store.history_count(), 3);
+    net.recv(1, c2);
+    let ask = |with| {
+        ClientMessage::History(crate::proto::HistoryMes {
+            before: 0,
+            limit: 10,
+            with,
+        })
+    };
+    net.nodes[1].send(c2, &ask(None));
+    net.nodes[1].run_jobs();
+    let got = net.recv(1, c2);
+    let [ServerMessage::HistoryRes(r)] = &got[..] else {
+        panic!("{got:?}")
+    };
+    let texts: Vec<&str> = r.messages.iter().map(|e| e.content.as_str()).collect();
+    assert_eq!(texts, ["from a", "from b"]);
+    net.nodes[1].send(c2, &ask(Some(1)));
+    net.nodes[1].run_jobs();
+    let got = net.recv(1, c2);
+    assert!(
+        matches!(&got[..], [ServerMessage::HistoryRes(r)] if r.messages.len() == 1 && r.messages[0].content == "private across"),
+        "{got:?}"
+    );
 }

@@ -282,6 +282,8 @@ pub enum Pending {
     Private {
         to: i64,
     },
+    /// A page of history is being read.
+    History,
 }
 
 /// One connection's state machine.

@@ -28,14 +28,16 @@ use std::rc::Rc;
 
 use slab::Slab;
 
+use crate::admin::Kick;
 use crate::admission::Admission;
 use crate::fit;
 use crate::job::{Job, JobKind, JobResult, Outcome};
+use crate::metrics;
 use crate::offline::Action;
-use crate::proto::{
-    self, ClientMessage, CodeRes, NotifyUserStatusMes, ServerMessage, code, status,
-};
+use crate::presence::Presence;
+use crate::proto::{self, ClientMessage, CodeRes, ServerMessage, code, status};
 use crate::rate::{PerAddr, addr_key};
+use crate::roster::Roster;
 use crate::users::Registry;
 use conn::{Closing, Conn, ConnRef, Flush, Pending, Session};
 
@@ -78,6 +80,13 @@ pub struct HubConfig {
     pub login_rate: u32,
     /// How often refusals and storage errors are summed up in the log.
     pub summary_interval_ms: u64,
+    /// Messages kept per conversation (the group's, each pair's) for `HistoryMes`
+    /// (`--history`); 0: no history.
+    pub history: usize,
+    /// Presence notices (who came online, who left) are sent together at most this
+    /// long after the first of them, or at once before any message from one user to
+    /// another (see [`crate::presence`]). 0: at the end of each turn.
+    pub presence_interval_ms: u64,
 }
 
 impl Default for HubConfig {
@@ -98,6 +107,8 @@ impl Default for HubConfig {
             msg_rate: 20,
             login_rate: 30,
             summary_interval_ms: 10_000,
+            history: 1000,
+            presence_interval_ms: 50,
         }
     }
 }
@@ -110,7 +121,8 @@ pub struct Now {
     pub unix_ms: u64,
 }
 
-/// Counters for the log and the benchmark.
+/// Counters for the log, the benchmark and the metrics (`metrics`): plain fields,
+/// bumped on the loop's thread, copied out when a scrape asks.
 #[derive(Debug, Default, Clone)]
 pub struct Stats {
     pub accepted: u64,
@@ -119,6 +131,28 @@ pub struct Stats {
     pub group_messages: u64,
     pub deliveries: u64,
     pub slow_consumers_dropped: u64,
+    /// History entries appended, and lost (storage failed or too slow).
+    pub history_appended: u64,
+    pub history_lost: u64,
+    /// Frames received by type ([`metrics::FRAME_TYPES`]).
+    pub frames_by_type: [u64; metrics::FRAME_TYPES.len()],
+    /// Logins and registrations answered, by outcome ([`metrics::LOGIN_OUTCOMES`],
+    /// [`metrics::REGISTER_OUTCOMES`]).
+    pub logins: [u64; metrics::LOGIN_OUTCOMES.len()],
+    pub registrations: [u64; metrics::REGISTER_OUTCOMES.len()],
+    pub private_messages: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Refusals with code 429 (too many) and 413 (frame too large).
+    pub refused_too_many: u64,
+    pub refused_too_large: u64,
+    pub store_errors: u64,
+    /// Sessions closed by an operator (ban, removal).
+    pub kicked: u64,
+    /// From a hashing job queued to its result.
+    pub hash_latency: metrics::Histogram,
+    /// How long workers ran jobs, by lane ([`metrics::LANES`]).
+    pub job_seconds: [metrics::Histogram; 2],
 }
 
 /// Refusals and failures counted between two summaries in the log, so that a flood
@@ -141,6 +175,8 @@ pub struct Summary {
     /// Requests that failed on a storage error, and the last such error.
     pub store_errors: u64,
     pub last_store_error: String,
+    /// History entries lost (storage failed or too slow); live delivery went on.
+    pub history_lost: u64,
 }
 
 impl Summary {
@@ -192,6 +228,14 @@ pub struct Hub {
     pub(crate) login_limits: PerAddr,
     /// Users who went offline this turn, not yet announced.
     departures: Vec<(i64, Rc<str>)>,
+    /// Presence notices waiting to be sent to everyone.
+    presence: Presence,
+    /// Everyone online, encoded as the login reply lists them. Dropped when logins
+    /// stop for a while (it costs some 50 bytes per user online), built again on the
+    /// next one.
+    pub(crate) roster: Roster,
+    /// When a login last used the roster.
+    pub(crate) roster_used_ms: u64,
     /// `PongMes`, encoded once.
     pub(crate) pong: Rc<[u8]>,
     /// Where small frames are copied together for one write (see `OutQueue::write_with`).
@@ -203,8 +247,20 @@ pub struct Hub {
     pub(crate) summary: Summary,
     /// This node's view of the cluster, if it is one of several.
     pub(crate) cluster: Option<crate::cluster::Cluster>,
+    /// History entries waiting to be appended.
+    appends: handlers::history::Appends,
+    /// Logins in flight of users an operator banned or removed meanwhile: refused
+    /// when their result comes, whatever it says.
+    pub(crate) revoked: HashMap<ConnRef, Kick>,
     pub stats: Stats,
 }
+
+/// With this many users online or more per millisecond of presence interval, the
+/// interval grows (see `Hub::presence_interval`).
+const PRESENCE_USERS_PER_MS: u64 = 20;
+
+/// How long the roster is kept after the last login (see `Hub::roster`).
+const ROSTER_KEEP_MS: u64 = 2_000;
 
 /// How often idle buffers are given back and per-address limits forgotten.
 const HOUSEKEEPING_MS: u64 = 1_000;
@@ -228,12 +284,17 @@ impl Hub {
             logging_in: HashMap::new(),
             login_limits: PerAddr::default(),
             departures: Vec::new(),
+            presence: Presence::default(),
+            roster: Roster::default(),
+            roster_used_ms: 0,
             pong: ServerMessage::Pong.encode().into(),
             gather: Vec::new(),
             next_housekeeping_ms: 0,
             next_summary_ms: 0,
             summary: Summary::default(),
             cluster: None,
+            appends: Default::default(),
+            revoked: HashMap::new(),
             stats: Stats::default(),
         }
     }
@@ -286,6 +347,7 @@ impl Hub {
 
     /// Bytes read from `r`'s socket.
     pub fn handle_input(&mut self, r: ConnRef, data: &[u8], now: Now) {
+        self.stats.bytes_in += data.len() as u64;
         let Some(conn) = self.get_mut(r) else { return };
         if conn.closing.is_some() {
             return;
@@ -315,14 +377,31 @@ impl Hub {
     }
 
     /// A worker finished a job.
-    pub fn handle_result(&mut self, res: JobResult, now: Now) {
+    pub fn handle_result(&mut self, mut res: JobResult, now: Now) {
         self.jobs_in_flight = self.jobs_in_flight.saturating_sub(1);
         if res.took.is_none() {
             self.summary.jobs_expired += 1;
         }
-        if let Outcome::Login(_) | Outcome::Register(_) = res.outcome {
-            self.admission
+        let hashing = matches!(res.outcome, Outcome::Login(_) | Outcome::Register(_));
+        if let Some(took) = res.took {
+            self.stats.job_seconds[usize::from(!hashing)].observe(took);
+        }
+        if self.history_outcome(&mut res.outcome) {
+            return;
+        }
+        if hashing {
+            let waited = self
+                .admission
                 .completed(now.mono_ms, res.took, res.outcome.hashed());
+            self.stats
+                .hash_latency
+                .observe(std::time::Duration::from_millis(waited));
+        }
+        if let (Some(r), Outcome::Login(result)) = (res.conn, &mut res.outcome)
+            && let Some(kick) = self.revoked.remove(&r)
+            && result.is_ok()
+        {
+            *result = Err(kick.login_error());
         }
         let Some(r) = res.conn else {
             if let Outcome::AckOffline { result: Err(e), .. } = &res.outcome {
@@ -349,6 +428,8 @@ impl Hub {
                 result,
             } => self.offline_fetched(r.key, user_id, batch, result, now),
             Outcome::AckOffline { upto, result } => self.offline_acked(r.key, upto, result),
+            Outcome::History(result) => self.history_read(r.key, result, now),
+            Outcome::AppendHistory { .. } => {}
         }
         self.settle(now);
     }
@@ -371,7 +452,9 @@ impl Hub {
         if conn.out.is_empty() {
             return Written::Drained;
         }
+        let before = conn.out.written_total();
         let res = conn.out.write_with(&mut self.gather, write);
+        self.stats.bytes_out += conn.out.written_total() - before;
         if conn.offline.is_active() {
             let action = conn.offline.written(conn.out.written_total());
             self.offline_action(r.key, action);
@@ -452,6 +535,7 @@ impl Hub {
             self.housekeeping(now);
         }
         self.cluster_timeouts(now);
+        self.presence_if_due(now);
         self.settle(now);
     }
 
@@ -461,6 +545,8 @@ impl Hub {
     pub fn handle_shutdown(&mut self, now: Now) {
         self.online = Registry::default();
         self.departures.clear();
+        self.history_last_call();
+        self.presence = Presence::default();
         for r in self.refs() {
             self.close(r.key, true, "server shutting down", now);
         }
@@ -471,6 +557,7 @@ impl Hub {
 
     /// The next store job to hand to a worker.
     pub fn poll_job(&mut self) -> Option<Job> {
+        self.flush_history();
         self.jobs.pop_front()
     }
 
@@ -481,6 +568,7 @@ impl Hub {
     /// interval).
     pub fn poll_timeout(&self, now: Now) -> Option<u64> {
         if !self.jobs.is_empty()
+            || self.history_waits()
             || !self.reads.is_empty()
             || self.cluster.as_ref().is_some_and(|c| !c.out.is_empty())
         {
@@ -497,10 +585,8 @@ impl Hub {
             || !self.login_limits.is_empty()
             || self.admission.hashing())
         .then_some(self.next_housekeeping_ms);
-        match (timer, housekeeping) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let presence = self.presence.due_at(self.presence_interval());
+        [timer, housekeeping, presence].into_iter().flatten().min()
     }
 
     /// Whether logins or registrations are waiting for a password hash.
@@ -584,6 +670,23 @@ impl Hub {
         self.jobs_in_flight
     }
 
+    /// The hub's part of a metrics snapshot; the loop adds its own.
+    pub fn metrics(&self, now: Now) -> metrics::Snapshot {
+        metrics::Snapshot {
+            stats: self.stats.clone(),
+            connections: self.conns.len(),
+            online_here: self.online.len(),
+            online_all: match &self.cluster {
+                Some(_) => self.all_ids().len(),
+                None => self.online.len(),
+            },
+            jobs_in_flight: self.jobs_in_flight,
+            hashing_queued: self.admission.queued(),
+            hashing_wait_ms: self.admission.estimate(now.mono_ms),
+            ..metrics::Snapshot::default()
+        }
+    }
+
     /// Every live connection.
     pub fn refs(&self) -> Vec<ConnRef> {
         self.conns
@@ -598,6 +701,11 @@ impl Hub {
     /// Checks the hub's own bookkeeping; panics with what is wrong. For tests and the
     /// fuzz target, after every step.
     pub fn check_invariants(&self) {
+        if self.roster.is_current(self.roster_version()) {
+            let mut listed: Vec<i64> = self.roster.ids().collect();
+            listed.sort_unstable();
+            assert_eq!(listed, self.all_ids(), "the roster lists who is online");
+        }
         for (id, e) in self.online.iter() {
             let c = self
                 .get(e.conn)
@@ -697,7 +805,16 @@ impl Hub {
     /// Gives back idle buffers, forgets full per-address buckets and logs the summary.
     fn housekeeping(&mut self, now: Now) {
         self.next_housekeeping_ms = now.mono_ms + HOUSEKEEPING_MS;
-        // Give back what a burst (a storm of logins) left in the bookkeeping.
+        // Give back what a burst (a storm of logins) left in the bookkeeping: timers
+        // of connections that logged in or went, then spare capacity.
+        if self.deadlines.len() > 64 {
+            let conns = &self.conns;
+            self.deadlines.retain(|Reverse((at, key, generation))| {
+                conns
+                    .get(*key)
+                    .is_some_and(|c| c.generation == *generation && c.armed_ms == *at)
+            });
+        }
         if self.deadlines.len() < self.deadlines.capacity() / 4 {
             self.deadlines.shrink_to_fit();
         }
@@ -705,6 +822,9 @@ impl Hub {
             self.logging_in.shrink_to_fit();
         }
         self.login_limits.prune(now.mono_ms, self.cfg.login_rate);
+        if !self.roster.is_empty() && now.mono_ms >= self.roster_used_ms + ROSTER_KEEP_MS {
+            self.roster = Roster::default();
+        }
         for (_, c) in &mut self.conns {
             c.shrink_idle();
         }
@@ -746,6 +866,10 @@ impl Hub {
             "requests that waited past the job timeout for a worker",
         );
         add(s.store_errors, "requests failed on storage errors");
+        add(
+            s.history_lost,
+            "history entries lost (storage failed or too slow; live delivery went on)",
+        );
         let last = if s.store_errors > 0 {
             format!("; last storage error: {}", s.last_store_error)
         } else {
@@ -757,6 +881,7 @@ impl Hub {
     /// Counts a storage failure for the summary (one log line per interval, however
     /// many requests an outage fails).
     pub(crate) fn store_error(&mut self, text: &str) {
+        self.stats.store_errors += 1;
         self.summary.store_errors += 1;
         self.summary.last_store_error = text.to_string();
         log::debug!("storage error: {text}");
@@ -789,6 +914,7 @@ impl Hub {
                     let msg = ClientMessage::parse(&buf[pos + proto::HEADER_LEN..pos + total]);
                     pos += total;
                     self.stats.frames_in += 1;
+                    self.stats.frames_by_type[metrics::frame_index(&msg)] += 1;
                     if self.over_msg_rate(key, &msg, now) {
                         let rate = self.cfg.msg_rate;
                         let text = format!("too many messages: at most {rate} per second");
@@ -991,6 +1117,13 @@ impl Hub {
         self.outputs().0.deliver(key, frame, false)
     }
 
+    /// Delivers a message from one user to another: after the presence notices
+    /// waiting, so that its sender is known to be online.
+    pub(crate) fn deliver_message(&mut self, key: usize, frame: &Rc<[u8]>) -> bool {
+        self.send_presence();
+        self.deliver(key, frame)
+    }
+
     /// The output side of the hub, borrowed apart from the registry.
     fn outputs(&mut self) -> (Outputs<'_>, &Registry) {
         let out = Outputs {
@@ -1016,19 +1149,24 @@ impl Hub {
 
     /// Sends `ErrorResMes`.
     pub(crate) fn error(&mut self, key: usize, code: u16, text: &str) {
+        self.count_refusal(code);
         self.reply(key, &ServerMessage::Error(CodeRes::new(code, text)));
+    }
+
+    fn count_refusal(&mut self, c: u16) {
+        match c {
+            code::TOO_MANY => self.stats.refused_too_many += 1,
+            code::TOO_LARGE => self.stats.refused_too_large += 1,
+            _ => {}
+        }
     }
 
     /// Sends `ErrorResMes` with a time to try again, in seconds.
     pub(crate) fn error_retry(&mut self, key: usize, code: u16, text: &str, secs: u64) {
+        self.count_refusal(code);
         let mut res = CodeRes::new(code, text);
         res.retry_after = Some(secs);
         self.reply(key, &ServerMessage::Error(res));
-    }
-
-    /// Queues one shared frame on every online connection but `except`.
-    pub(crate) fn broadcast(&mut self, except: Option<usize>, frame: &Rc<[u8]>) {
-        self.broadcast_fitted(except, frame, None);
     }
 
     /// Queues `full` on every online connection but `except` that can read it, and
@@ -1040,6 +1178,8 @@ impl Hub {
         full: &Rc<[u8]>,
         cut: Option<&Rc<[u8]>>,
     ) -> usize {
+        // Who came online is told before what they say.
+        self.send_presence();
         let (mut out, online) = self.outputs();
         let mut cut_for = 0;
         // Overflowing queues are only noted here (closing them changes the registry
@@ -1089,16 +1229,59 @@ impl Hub {
                 // Back already, here or on another node: no flicker.
                 continue;
             }
-            let frame: Rc<[u8]> = ServerMessage::NotifyUserStatus(NotifyUserStatusMes {
-                user_id,
-                status: status::OFFLINE,
-                user_name: name.to_string(),
-            })
-            .encode()
-            .into();
-            self.broadcast(None, &frame);
+            self.presence
+                .note(user_id, status::OFFLINE, &name, now.mono_ms);
         }
+        self.presence_if_due(now);
         self.settle(now);
+    }
+
+    /// Notes a presence notice for everyone (see [`crate::presence`]).
+    pub(crate) fn note_presence(&mut self, user_id: i64, status: u8, name: &str, now: Now) {
+        self.presence.note(user_id, status, name, now.mono_ms);
+    }
+
+    fn presence_if_due(&mut self, now: Now) {
+        if self
+            .presence
+            .due_at(self.presence_interval())
+            .is_some_and(|at| at <= now.mono_ms)
+        {
+            self.send_presence();
+        }
+    }
+
+    /// How long presence notices may wait: the configured interval, or longer with
+    /// many online, so that the round of writes they cause (one per connection, a few
+    /// microseconds each) takes at most about 5% of the loop's time: 1 ms per 20 users,
+    /// half a second at 10,000. A message from a newcomer still sends them at once.
+    fn presence_interval(&self) -> u64 {
+        if self.cfg.presence_interval_ms == 0 {
+            return 0;
+        }
+        self.cfg
+            .presence_interval_ms
+            .max(self.online.len() as u64 / PRESENCE_USERS_PER_MS)
+    }
+
+    /// Sends the presence notices waiting, to everyone online: one shared chunk each,
+    /// and to those who came online meanwhile, what came after them.
+    pub(crate) fn send_presence(&mut self) {
+        if self.presence.is_empty() {
+            return;
+        }
+        let batch = self.presence.take();
+        let (mut out, online) = self.outputs();
+        for (user_id, e) in online.iter() {
+            if batch.concerns(user_id) {
+                let (own, n) = batch.since_own(user_id);
+                if n > 0 {
+                    out.deliver_chunk(e.conn.key, &own, n);
+                }
+            } else {
+                out.deliver_chunk(e.conn.key, &batch.all, batch.len());
+            }
+        }
     }
 
     /// Whether departures wait to be announced.
@@ -1198,6 +1381,24 @@ impl Outputs<'_> {
             );
         }
         false
+    }
+
+    /// Queues a chunk of `frames` presence notices (each small enough for any client)
+    /// on `key`.
+    fn deliver_chunk(&mut self, key: usize, chunk: &Rc<[u8]>, frames: usize) {
+        let conn = &mut self.conns[key];
+        if queue(
+            conn,
+            key,
+            chunk,
+            false,
+            self.limit,
+            self.writes,
+            self.overflowed,
+            self.stats,
+        ) {
+            self.stats.deliveries += frames as u64 - 1;
+        }
     }
 
     /// Queues `frame` on `key`; a `reply` (the answer to the client's own request) is

@@ -15,7 +15,7 @@ use crate::store::StoreError;
 use crate::testkit::{Harness, login_msg};
 
 fn h() -> Harness {
-    Harness::new(HubConfig::default())
+    Harness::new(crate::testkit::test_config())
 }
 
 fn reg_msg(id: i64, pwd: &str, name: &str) -> ClientMessage {
@@ -401,7 +401,7 @@ fn offline_backlog_larger_than_the_queue_arrives_in_rounds() {
         max_outbuf: 4096,
         offline_batch: 8,
         msg_rate: 0,
-        ..HubConfig::default()
+        ..crate::testkit::test_config()
     });
     t.register(1);
     t.register(2);
@@ -487,7 +487,12 @@ fn second_login_wins_without_flicker() {
     let new = t.connect();
     t.send(new, &login_msg(1, "pw1"));
     t.run_jobs();
-    assert!(matches!(&t.recv(new)[..], [ServerMessage::LoginRes(r)] if r.users_id == [1, 2]));
+    // Everyone online, in no particular order (the order of their logins here).
+    let got = t.recv(new);
+    assert!(
+        matches!(&got[..], [ServerMessage::LoginRes(r)] if r.users_id == [2, 1]),
+        "{got:?}"
+    );
     assert_eq!(t.recv(old), [err(409, "logged in elsewhere")]);
     assert!(t.is_closed(old));
     assert!(t.recv(watcher).is_empty(), "no offline/online flicker");
@@ -591,7 +596,7 @@ fn a_reader_that_stalls_is_dropped_and_nobody_else_waits() {
     let mut t = Harness::new(HubConfig {
         max_outbuf: 2000,
         msg_rate: 0,
-        ..HubConfig::default()
+        ..crate::testkit::test_config()
     });
     let [sender, reader, staller] = t.everyone_online([1, 2, 3]);
     let mut delivered = 0;
@@ -628,7 +633,7 @@ fn silent_connections_are_closed_at_the_login_timeout() {
 fn a_full_job_queue_refuses_instead_of_queueing() {
     let mut t = Harness::new(HubConfig {
         max_jobs: 1,
-        ..HubConfig::default()
+        ..crate::testkit::test_config()
     });
     let a = t.connect();
     let b = t.connect();
@@ -680,7 +685,7 @@ fn one_thread_30_ms_hashes() -> Harness {
     let mut t = Harness::new(HubConfig {
         hash_workers: 1,
         job_timeout_ms: 100,
-        ..HubConfig::default()
+        ..crate::testkit::test_config()
     });
     t.hash_cost_ms = 30;
     for id in 1..=5 {
@@ -731,7 +736,7 @@ fn the_wait_estimate_follows_how_fast_hashes_really_complete() {
     let mut t = Harness::new(HubConfig {
         hash_workers: 2,
         job_timeout_ms: 2_000,
-        ..HubConfig::default()
+        ..crate::testkit::test_config()
     });
     t.hash_cost_ms = 10;
     for id in 1..=11 {
@@ -786,7 +791,7 @@ fn a_login_that_timed_out_in_the_queue_is_told_to_come_back() {
 fn a_stalled_hashing_thread_turns_new_logins_away() {
     let mut t = Harness::new(HubConfig {
         job_timeout_ms: 5_000,
-        ..HubConfig::default()
+        ..crate::testkit::test_config()
     });
     // The hashing threads get no CPU (the loop's core is saturated): nothing completes.
     let (a, b) = login_after_a_stall(&mut t, 6_000);
@@ -887,7 +892,7 @@ fn shutdown_closes_everyone_without_offline_storms() {
 fn floods_are_refused_with_429_and_never_silently_dropped() {
     let mut t = Harness::new(HubConfig {
         msg_rate: 5,
-        ..HubConfig::default()
+        ..crate::testkit::test_config()
     });
     t.register(1);
     t.register(2);
@@ -931,7 +936,7 @@ fn floods_are_refused_with_429_and_never_silently_dropped() {
 fn password_guessing_is_limited_per_address() {
     let mut t = Harness::new(HubConfig {
         login_rate: 3,
-        ..HubConfig::default()
+        ..crate::testkit::test_config()
     });
     let attacker: std::net::SocketAddr = "10.1.1.1:5000".parse().unwrap();
     let mut refused = 0;
@@ -999,7 +1004,7 @@ fn a_failed_acknowledgement_never_loops_fetching_the_same_messages() {
     let mut t = Harness::new(HubConfig {
         offline_batch: 2,
         msg_rate: 0,
-        ..HubConfig::default()
+        ..crate::testkit::test_config()
     });
     t.register(1);
     t.register(2);
@@ -1083,7 +1088,7 @@ fn the_next_offline_batch_is_asked_for_as_soon_as_the_last_is_written() {
     let mut t = Harness::new(HubConfig {
         offline_batch: 2,
         msg_rate: 0,
-        ..HubConfig::default()
+        ..crate::testkit::test_config()
     });
     stored_for_2(&mut t, 5);
     let b = t.connect();
@@ -1214,7 +1219,7 @@ fn a_message_stored_during_the_recipients_login_arrives_in_that_session() {
 fn one_address_cannot_take_every_connection() {
     let mut t = Harness::new(HubConfig {
         max_conns_per_addr: 3,
-        ..HubConfig::default()
+        ..crate::testkit::test_config()
     });
     let attacker = |port| std::net::SocketAddr::from(([10, 0, 0, 1], port));
     let held: Vec<ConnRef> = (0..3).map(|p| t.connect_from(attacker(p))).collect();
@@ -1249,7 +1254,7 @@ fn the_login_reply_never_makes_logging_in_impossible() {
     let mut t = Harness::new(HubConfig {
         max_outbuf: 1024,
         login_rate: 0,
-        ..HubConfig::default()
+        ..crate::testkit::test_config()
     });
     let mut conns: Vec<ConnRef> = Vec::new();
     for id in 1..=40 {
@@ -1339,7 +1344,7 @@ fn body_len(f: &[u8]) -> usize {
 fn seed_clients_get_group_and_private_messages_cut_to_what_they_can_read() {
     let mut t = Harness::new(HubConfig {
         login_rate: 0,
-        ..HubConfig::default()
+        ..crate::testkit::test_config()
     });
     for id in 1..=3 {
         t.register(id);
@@ -1386,7 +1391,7 @@ fn a_seed_client_can_log_in_with_hundreds_online_with_long_names() {
     let mut t = Harness::new(HubConfig {
         login_rate: 0,
         max_conns_per_addr: 0,
-        ..HubConfig::default()
+        ..crate::testkit::test_config()
     });
     let base = 1_000_000_000i64;
     let n = 800;
@@ -1441,6 +1446,115 @@ fn queued_output_alone_does_not_wake_the_loop() {
     // Straight into the hub, as the reactor does, with the writes not yet taken.
     t.hub.handle_input(a, &sms("hello").encode(), t.now);
     assert!(t.hub.has_output(), "a round of writes is asked for");
+    // The reactor hands jobs to the workers every turn before it polls (here: the
+    // message's history append).
+    while let Some(j) = t.hub.poll_job() {
+        t.jobs.push_back(j);
+    }
     let at = t.hub.poll_timeout(t.now).unwrap();
     assert!(at > t.now.mono_ms, "no wake-up at once for queued output");
+}
+
+#[test]
+fn presence_notices_within_the_interval_go_out_together() {
+    let mut t = Harness::new(HubConfig {
+        presence_interval_ms: 50,
+        ..HubConfig::default()
+    });
+    for id in [1, 2, 3] {
+        t.register(id);
+    }
+    let a = t.login(1);
+    let b = t.login(2);
+    let c = t.login(3);
+    assert_eq!(t.recv(a), [], "not yet: the notices wait for the interval");
+    assert!(!t.write_pending(a));
+    let delivered = t.hub.stats.deliveries;
+    t.advance(50);
+    // One shared chunk each, in order; those who came meanwhile get what came after
+    // them (their login reply listed the others).
+    assert_eq!(t.recv(a), [notify(2, 0), notify(3, 0)]);
+    assert_eq!(t.recv(b), [notify(3, 0)]);
+    assert_eq!(t.recv(c), []);
+    assert!(t.hub.stats.deliveries - delivered >= 3);
+    // Departures too, and a timer says when.
+    t.hangup(b);
+    assert_eq!(t.recv(a), []);
+    assert!(
+        t.hub
+            .poll_timeout(t.now)
+            .is_some_and(|at| at <= t.now.mono_ms + 50)
+    );
+    t.advance(50);
+    assert_eq!(t.recv(a), [notify(2, 1)]);
+    assert_eq!(t.recv(c), [notify(2, 1)]);
+}
+
+#[test]
+fn a_newcomer_is_announced_before_what_they_say() {
+    let mut t = Harness::new(HubConfig {
+        presence_interval_ms: 60_000,
+        ..HubConfig::default()
+    });
+    for id in [1, 2, 3] {
+        t.register(id);
+    }
+    let a = t.login(1);
+    let b = t.login(2);
+    let c = t.login(3);
+    t.recv(b);
+    t.send(b, &sms("hello"));
+    let got = t.recv(a);
+    assert_eq!(got[..2], [notify(2, 0), notify(3, 0)], "{got:?}");
+    assert!(matches!(&got[2..], [ServerMessage::Sms(m)] if m.content == "hello"));
+    t.send(c, &private(1, "psst"));
+    let got = t.recv(a);
+    assert!(
+        matches!(&got[..], [ServerMessage::Private(m)] if m.content == "psst"),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn with_many_online_presence_waits_longer_and_the_roster_is_dropped_when_idle() {
+    let mut t = Harness::new(HubConfig {
+        presence_interval_ms: 50,
+        login_rate: 0,
+        max_conns_per_addr: 0,
+        ..HubConfig::default()
+    });
+    let n = 1_100;
+    for id in 1..=n {
+        t.register(id);
+        t.login(id);
+    }
+    assert!(!t.hub.roster.is_empty());
+    // Notices of the last logins wait 1 ms per 20 users online: 55 ms, not 50.
+    let now = t.now.mono_ms;
+    let due = t.hub.poll_timeout(t.now).unwrap();
+    assert_eq!(due, now + 55);
+    t.advance(55);
+    assert_eq!(
+        t.recv(t.hub.online.get(1).unwrap().conn).len() as i64,
+        n - 1
+    );
+    // No login for a while: the roster goes, and comes back right for the next one.
+    t.advance(3_000);
+    assert!(t.hub.roster.is_empty());
+    t.register(n + 1);
+    let c = t.connect();
+    let ClientMessage::Login(mut m) = login_msg(n + 1, &format!("pw{}", n + 1)) else {
+        unreachable!()
+    };
+    m.max_frame = Some(1 << 20);
+    t.send(c, &ClientMessage::Login(m));
+    t.run_jobs();
+    let got = t.recv(c);
+    let ServerMessage::LoginRes(r) = &got[0] else {
+        panic!("not a login reply")
+    };
+    assert_eq!(
+        (r.users_id.len(), r.users.len()),
+        (n as usize + 1, n as usize + 1)
+    );
 }

@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use crate::conn::ConnRef;
-use crate::store::{OfflineId, OfflineMsg, Store, StoreError, StoredMsg};
+use crate::store::{Conv, HistoryEntry, OfflineId, OfflineMsg, Store, StoreError, StoredMsg};
 use crate::users::UserRecord;
 
 /// Password hashing, as the jobs need it: argon2id in the server (`auth`), a cheap
@@ -55,6 +55,18 @@ pub enum JobKind {
     FetchOffline { user_id: i64, batch: usize },
     /// Remove offline messages that were handed to the user's connection.
     AckOffline { user_id: i64, upto: u64 },
+    /// Add messages to their conversations' history, keeping the last `keep` of each:
+    /// every message of one loop turn in one job.
+    AppendHistory {
+        entries: Vec<HistoryEntry>,
+        keep: usize,
+    },
+    /// A page of a conversation's history (see [`Store::read_history`]).
+    ReadHistory {
+        conv: Conv,
+        before: u64,
+        limit: usize,
+    },
 }
 
 impl std::fmt::Debug for JobKind {
@@ -68,6 +80,12 @@ impl std::fmt::Debug for JobKind {
             }
             JobKind::FetchOffline { user_id, .. } => write!(f, "FetchOffline({user_id})"),
             JobKind::AckOffline { user_id, upto } => write!(f, "AckOffline({user_id}, {upto})"),
+            JobKind::AppendHistory { entries, .. } => {
+                write!(f, "AppendHistory({} entries)", entries.len())
+            }
+            JobKind::ReadHistory { conv, before, .. } => {
+                write!(f, "ReadHistory({conv:?}, before {before})")
+            }
         }
     }
 }
@@ -79,14 +97,24 @@ impl JobKind {
         matches!(self, JobKind::Login { .. } | JobKind::Register { .. })
     }
 
+    /// Whether this job is about history (appends, and the pages read after them):
+    /// run apart from the other storage jobs, in order.
+    pub fn is_history(&self) -> bool {
+        matches!(
+            self,
+            JobKind::AppendHistory { .. } | JobKind::ReadHistory { .. }
+        )
+    }
+
     /// The outcome of this job when it could not be run at all.
     pub fn fail(self, e: StoreError) -> Outcome {
         match self {
             JobKind::Login { .. } => Outcome::Login(Err(LoginError::Store(e))),
             JobKind::Register { .. } => Outcome::Register(Err(RegisterError::Store(e))),
-            JobKind::StoreOffline { msg_id, .. } => Outcome::StoreOffline(OfflineStored {
+            JobKind::StoreOffline { msg, msg_id } => Outcome::StoreOffline(OfflineStored {
                 msg_id,
                 result: Err(e),
+                msg: Some(msg),
             }),
             JobKind::FetchOffline { user_id, batch } => Outcome::FetchOffline {
                 user_id,
@@ -97,6 +125,11 @@ impl JobKind {
                 upto,
                 result: Err(e),
             },
+            JobKind::AppendHistory { entries, .. } => Outcome::AppendHistory {
+                count: entries.len(),
+                result: Err(e),
+            },
+            JobKind::ReadHistory { .. } => Outcome::History(Err(e)),
         }
     }
 }
@@ -121,6 +154,8 @@ pub struct LoginOk {
 pub enum LoginError {
     NoSuchUser,
     WrongPassword,
+    /// The password matched, but an operator banned this account.
+    Banned,
     Store(StoreError),
 }
 
@@ -139,6 +174,8 @@ pub struct OfflineStored {
     /// `Ok(None)`: the recipient does not exist; `Err(Uncertain)`: may be stored;
     /// any other `Err`: not stored.
     pub result: Result<Option<u64>, StoreError>,
+    /// The message, given back: once stored, it joins its conversation's history.
+    pub msg: Option<OfflineMsg>,
 }
 
 /// What came of a job.
@@ -157,6 +194,13 @@ pub enum Outcome {
         upto: u64,
         result: Result<(), StoreError>,
     },
+    /// `count` history entries appended (or lost, on an error).
+    AppendHistory {
+        count: usize,
+        result: Result<(), StoreError>,
+    },
+    /// A page of history, oldest first, and whether older entries exist.
+    History(Result<(Vec<HistoryEntry>, bool), StoreError>),
 }
 
 impl Outcome {
@@ -166,7 +210,8 @@ impl Outcome {
     pub fn hashed(&self) -> bool {
         matches!(
             self,
-            Outcome::Login(Ok(_) | Err(LoginError::WrongPassword)) | Outcome::Register(Ok(()))
+            Outcome::Login(Ok(_) | Err(LoginError::WrongPassword | LoginError::Banned))
+                | Outcome::Register(Ok(()))
         )
     }
 }
@@ -215,6 +260,7 @@ pub fn execute(store: &mut dyn Store, hasher: &dyn Passwords, kind: JobKind) -> 
             Outcome::StoreOffline(OfflineStored {
                 result: store.push_offline(&msg, &id),
                 msg_id,
+                msg: Some(msg),
             })
         }
         JobKind::FetchOffline { user_id, batch } => Outcome::FetchOffline {
@@ -226,6 +272,15 @@ pub fn execute(store: &mut dyn Store, hasher: &dyn Passwords, kind: JobKind) -> 
             upto,
             result: store.ack_offline(user_id, upto),
         },
+        JobKind::AppendHistory { entries, keep } => Outcome::AppendHistory {
+            count: entries.len(),
+            result: store.append_history(&entries, keep),
+        },
+        JobKind::ReadHistory {
+            conv,
+            before,
+            limit,
+        } => Outcome::History(store.read_history(conv, before, limit)),
     }
 }
 
@@ -236,7 +291,7 @@ fn login(
     password: &str,
     batch: usize,
 ) -> Result<LoginOk, LoginError> {
-    let mut rec = store
+    let rec = store
         .get_user(user_id)
         .map_err(LoginError::Store)?
         .ok_or(LoginError::NoSuchUser)?;
@@ -244,26 +299,39 @@ fn login(
         if !hasher.verify(password, &rec.pwd_hash) {
             return Err(LoginError::WrongPassword);
         }
+        if rec.banned {
+            // Only someone who knows the password learns of the ban.
+            return Err(LoginError::Banned);
+        }
         if rec.stale_shape {
             // Written by an earlier version with the hash beside an empty `userPwd`,
             // which the seed's server would take for an empty password: rewrite it in
-            // the current shape (the hash in `userPwd`), other fields kept.
-            rec.stale_shape = false;
-            match store.update_user(&rec) {
-                Ok(()) => log::info!("user {user_id}: record rewritten with the hash in userPwd"),
+            // the current shape (the hash in `userPwd`), other fields kept, in place
+            // (an operator's change meanwhile is kept too).
+            match store.modify_user(user_id, &mut |_| {}) {
+                Ok(_) => log::info!("user {user_id}: record rewritten with the hash in userPwd"),
                 Err(e) => log::warn!("user {user_id}: record rewrite failed: {e}"),
             }
         }
     } else if !rec.legacy_pwd.is_empty() && constant_time_eq(&rec.legacy_pwd, password) {
+        if rec.banned {
+            return Err(LoginError::Banned);
+        }
         // A record written by the seed's server: upgrade its plaintext to a hash now,
         // in `userPwd` itself, every other field kept. If that write fails the login
         // still stands; the upgrade is tried next time.
         match hasher.hash(password) {
             Ok(h) => {
-                rec.pwd_hash = h;
-                rec.legacy_pwd.clear();
-                match store.update_user(&rec) {
-                    Ok(()) => log::info!("user {user_id}: plaintext password replaced by a hash"),
+                let legacy = rec.legacy_pwd.clone();
+                let upgrade = &mut |r: &mut UserRecord| {
+                    // Unless an operator set another password meanwhile.
+                    if r.pwd_hash.is_empty() && r.legacy_pwd == legacy {
+                        r.pwd_hash = h.clone();
+                        r.legacy_pwd.clear();
+                    }
+                };
+                match store.modify_user(user_id, upgrade) {
+                    Ok(_) => log::info!("user {user_id}: plaintext password replaced by a hash"),
                     Err(e) => log::warn!("user {user_id}: password upgrade failed: {e}"),
                 }
             }
@@ -513,6 +581,21 @@ mod tests {
             fn ack_offline(&mut self, u: i64, upto: u64) -> Result<(), StoreError> {
                 self.0.ack_offline(u, upto)
             }
+            fn append_history(
+                &mut self,
+                e: &[HistoryEntry],
+                keep: usize,
+            ) -> Result<(), StoreError> {
+                self.0.append_history(e, keep)
+            }
+            fn read_history(
+                &mut self,
+                conv: Conv,
+                before: u64,
+                limit: usize,
+            ) -> Result<(Vec<HistoryEntry>, bool), StoreError> {
+                self.0.read_history(conv, before, limit)
+            }
         }
         let mut w = LoseThenFail(s.clone());
         let out = execute(
@@ -557,6 +640,31 @@ mod tests {
         assert!(private(&mut s, 1, 2, Some("a-2")).result.unwrap().is_some());
         assert_eq!(s.offline_count(2), 4);
         assert_eq!(private(&mut s, 1, 9, Some("x")).result, Ok(None));
+    }
+
+    #[test]
+    fn a_banned_user_with_the_right_password_is_refused_as_banned() {
+        let (mut s, h) = (MemStore::new(), hasher());
+        reg(&mut s, &h, 1, "pw");
+        s.modify_user(1, &mut |r| r.banned = true).unwrap();
+        assert_eq!(
+            login(&mut s, &h, 1, "bad"),
+            Outcome::Login(Err(LoginError::WrongPassword))
+        );
+        let out = login(&mut s, &h, 1, "pw");
+        assert_eq!(out, Outcome::Login(Err(LoginError::Banned)));
+        assert!(out.hashed());
+        // A seed record too, and its plaintext is then left as it is.
+        s.create_user(
+            &UserRecord::from_json(r#"{"userId":2,"userPwd":"123456","banned":true}"#).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            login(&mut s, &h, 2, "123456"),
+            Outcome::Login(Err(LoginError::Banned))
+        );
+        s.modify_user(1, &mut |r| r.banned = false).unwrap();
+        assert!(matches!(login(&mut s, &h, 1, "pw"), Outcome::Login(Ok(_))));
     }
 
     #[test]

@@ -15,7 +15,9 @@
 //! - [`conn`]: one connection's state machine: frame assembly buffer, session, bounded
 //!   output queue of shared frames. A module of the hub, so its fields are the hub's.
 //! - `handlers/`: one file per command (login, register, group and private messages,
-//!   online list, ping and logout), behind one dispatcher; modules of the hub too.
+//!   online list, ping and logout, history), behind one dispatcher; modules of the hub
+//!   too. `handlers/history.rs` also batches the appending of accepted messages to
+//!   their conversations' history, one store job per loop turn.
 //! - [`offline`]: delivery of stored private messages to one session, as a state
 //!   machine: when to fetch, when what was delivered may leave the store.
 //! - [`admission`]: whether a login can be hashed in time, and when to pause writes so
@@ -25,6 +27,10 @@
 //! - [`job`]: the contract between the hub and whoever runs its store jobs, and the
 //!   jobs' logic over two traits ([`store::Store`], [`job::Passwords`]).
 //! - [`store`]: the `Store` trait and the types it keeps.
+//! - [`admin`]: the operators' commands (`chat-server users ...`, `backup`): what each
+//!   does to a store, and the admin socket's requests and answers. The hub's side (a
+//!   ban or removal ends the user's sessions) is `handlers/admin.rs`.
+//! - [`metrics`]: the counters a scrape shows, and their Prometheus text.
 //!
 //! The server side (the default `server` feature), the only code that does I/O:
 //!
@@ -35,10 +41,19 @@
 //! - `tls`: the TLS transport: rustls's `ServerConnection` driven sans-I/O by the
 //!   reactor (ciphertext in and out of the socket, plaintext to the hub), and the TLS
 //!   listener's certificate, reloaded on SIGHUP.
+//! - `web`: the browser client (`--web-listen`): the page (`src/web/`, compiled in)
+//!   over HTTP/1.1, and the WebSocket transport that carries the protocol for it.
 //! - `worker`: the worker threads that run store jobs, with `auth` (argon2id) and the
 //!   store backends `store::embedded` (redb) and `store::redis`.
 //! - `logging`: a log sink that never blocks the reactor.
-//! - `sys`: every OS call (descriptor limit, socket options, thread priority, heap trim).
+//! - `sys`: every OS call (descriptor limit, socket options, thread priority, heap trim,
+//!   a Unix socket's peer, the terminal's echo).
+//! - `control`: requests of the operators' threads to the loop (a channel and its
+//!   `Waker`), answered at its next turn.
+//! - `admin_server`: the admin socket (`DATA_DIR/admin.sock`) on a thread of its own;
+//!   `metrics_http`: `--metrics-listen`, `GET /metrics`, on another.
+//! - `operator`: the `users` and `backup` subcommands (through the admin socket, the
+//!   data file, or Redis); `config`: `--config FILE` (TOML) turned into flags.
 //!
 //! Tests only (`cfg(test)`, or the `testkit` feature for the fuzz targets): `testkit`,
 //! which drives the hub as the reactor does, with no sockets, and `store::mem`.
@@ -46,33 +61,48 @@
 //! The binaries: `chat-server` (`src/bin/chat-server.rs`) and, in the `client/`
 //! workspace member, the terminal client `chat`.
 
+pub mod admin;
 pub mod admission;
 pub mod cluster;
 pub mod fit;
 pub mod hub;
 pub mod job;
+pub mod metrics;
 pub mod offline;
+pub mod presence;
 pub mod proto;
 pub mod rate;
+pub mod roster;
 pub mod store;
 pub mod users;
 
 pub use hub::conn;
 
 #[cfg(feature = "server")]
+pub mod admin_server;
+#[cfg(feature = "server")]
 pub mod auth;
 #[cfg(feature = "server")]
 pub mod cluster_redis;
 #[cfg(feature = "server")]
+pub mod config;
+#[cfg(feature = "server")]
+pub mod control;
+#[cfg(feature = "server")]
 pub mod link;
 #[cfg(feature = "server")]
 pub mod logging;
+#[cfg(feature = "server")]
+pub mod metrics_http;
+#[cfg(feature = "server")]
+pub mod operator;
 #[cfg(feature = "server")]
 pub mod reactor;
 #[cfg(feature = "server")]
 pub mod sys;
 #[cfg(feature = "server")]
 pub mod tls;
+pub mod web;
 #[cfg(feature = "server")]
 pub mod worker;
 
@@ -80,8 +110,12 @@ pub mod worker;
 pub mod testkit;
 
 #[cfg(test)]
+mod admin_tests;
+#[cfg(test)]
 mod cluster_tests;
 #[cfg(test)]
 mod fuzz_replay;
+#[cfg(test)]
+mod history_tests;
 #[cfg(test)]
 mod hub_tests;

@@ -24,7 +24,9 @@ use mio::net::TcpStream;
 ///   `WouldBlock` only when the socket said `WouldBlock` and nothing decoded is left
 ///   over. The reactor reads again until then (within its budget). What reading
 ///   produces of the transport's own (a handshake's answer) it writes itself, as far
-///   as the socket takes it.
+///   as the socket takes it. `Interrupted` means the transport has taken its share
+///   of the socket's input for now without producing protocol bytes (a stream of
+///   control frames): the reactor reads it again on its next turn, after the others.
 /// - [`write_vectored`](Transport::write_vectored) takes protocol bytes and returns how
 ///   many it took (`WouldBlock` if none); what it took is the transport's to deliver.
 /// - [`flush`](Transport::flush) writes the transport's own pending bytes and returns

@@ -43,6 +43,8 @@ pub mod kind {
     pub const PONG: &str = "PongMes";
     pub const ERROR_RES: &str = "ErrorResMes";
     pub const OFFLINE_ACK: &str = "OfflineAckMes";
+    pub const HISTORY: &str = "HistoryMes";
+    pub const HISTORY_RES: &str = "HistoryResMes";
 }
 
 /// Status codes used on the wire.
@@ -60,7 +62,11 @@ pub mod code {
     pub const NOT_FOUND: u16 = 404;
     /// The same user logged in on another connection.
     pub const CONFLICT: u16 = 409;
+    /// The account was removed by an operator (its sessions are closed).
+    pub const GONE: u16 = 410;
     pub const TOO_LARGE: u16 = 413;
+    /// The account is banned by an operator: login refused, sessions closed.
+    pub const BANNED: u16 = 423;
     pub const TOO_MANY: u16 = 429;
     /// Login: no such user (the seed's code).
     pub const NO_SUCH_USER: u16 = 500;
@@ -376,6 +382,72 @@ pub struct OfflineAckMes {
     pub upto: u64,
 }
 
+/// `HistoryMes` (extension, client to server): a page of the group conversation, or
+/// with `with`, of the private conversation between the caller and that user.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct HistoryMes {
+    /// Only entries with an id below this one; 0: the latest.
+    #[serde(default)]
+    pub before: u64,
+    /// How many entries at most; the server serves at most [`HISTORY_PAGE_MAX`], and
+    /// [`HISTORY_PAGE_DEFAULT`] when this is 0 or less. Any JSON number is taken (a
+    /// larger ask is served the most there is, never refused).
+    #[serde(default, deserialize_with = "any_count")]
+    pub limit: i64,
+    /// The other user of a private conversation; none: the group conversation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub with: Option<i64>,
+}
+
+/// The most history entries served in one `HistoryResMes`.
+pub const HISTORY_PAGE_MAX: usize = 100;
+/// Entries served when `HistoryMes` names no `limit`.
+pub const HISTORY_PAGE_DEFAULT: usize = 50;
+
+/// One entry of a conversation's history, as `HistoryResMes` lists it (and as the
+/// stores keep it).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct HistoryEntry {
+    /// Increasing and unique within its conversation, from 1; 0 only before the store
+    /// numbered it (and then left out of the JSON).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub id: u64,
+    /// The server's time of acceptance, unix milliseconds.
+    #[serde(default)]
+    pub time: u64,
+    #[serde(rename = "userId")]
+    pub user_id: i64,
+    #[serde(rename = "userName", default)]
+    pub user_name: String,
+    #[serde(default)]
+    pub content: String,
+    /// The recipient, on private entries only.
+    #[serde(rename = "toUserId", default, skip_serializing_if = "Option::is_none")]
+    pub to_user_id: Option<i64>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Any JSON number as an `i64`: fractions cut, numbers out of range saturated.
+fn any_count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    let n = serde_json::Number::deserialize(d)?;
+    Ok(n.as_i64()
+        .or_else(|| n.as_u64().map(|_| i64::MAX))
+        .or_else(|| n.as_f64().map(|f| f as i64))
+        .unwrap_or(0))
+}
+
+/// `HistoryResMes` (extension, server to client): oldest first; `more` says whether
+/// older entries exist.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct HistoryResMes {
+    pub messages: Vec<HistoryEntry>,
+    #[serde(default)]
+    pub more: bool,
+}
+
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
 pub struct OnlineUsersResMes {
     pub users: Vec<UserInfo>,
@@ -396,6 +468,7 @@ pub enum ClientMessage {
     Logout,
     Ping,
     OfflineAck(OfflineAckMes),
+    History(HistoryMes),
 }
 
 /// Every message the server may send.
@@ -410,6 +483,7 @@ pub enum ServerMessage {
     OnlineUsersRes(OnlineUsersResMes),
     Pong,
     Error(CodeRes),
+    HistoryRes(HistoryResMes),
 }
 
 fn envelope(body: &[u8]) -> Result<Envelope<'_>, ParseError> {
@@ -437,6 +511,7 @@ impl ClientMessage {
             kind::LOGOUT => empty(kind::LOGOUT, d, ClientMessage::Logout)?,
             kind::PING => empty(kind::PING, d, ClientMessage::Ping)?,
             kind::OFFLINE_ACK => ClientMessage::OfflineAck(data(kind::OFFLINE_ACK, d)?),
+            kind::HISTORY => ClientMessage::History(data(kind::HISTORY, d)?),
             other => return Err(ParseError::UnknownType(truncate(other))),
         })
     }
@@ -452,6 +527,7 @@ impl ClientMessage {
             ClientMessage::Logout => encode(kind::LOGOUT, &Empty {}),
             ClientMessage::Ping => encode(kind::PING, &Empty {}),
             ClientMessage::OfflineAck(m) => encode(kind::OFFLINE_ACK, m),
+            ClientMessage::History(m) => encode(kind::HISTORY, m),
         }
     }
 }
@@ -475,6 +551,7 @@ impl ServerMessage {
             }
             kind::PONG => empty(kind::PONG, d, ServerMessage::Pong)?,
             kind::ERROR_RES => ServerMessage::Error(data(kind::ERROR_RES, d)?),
+            kind::HISTORY_RES => ServerMessage::HistoryRes(data(kind::HISTORY_RES, d)?),
             other => return Err(ParseError::UnknownType(truncate(other))),
         })
     }
@@ -491,6 +568,7 @@ impl ServerMessage {
             ServerMessage::OnlineUsersRes(m) => encode(kind::ONLINE_USERS_RES, m),
             ServerMessage::Pong => encode(kind::PONG, &Empty {}),
             ServerMessage::Error(m) => encode(kind::ERROR_RES, m),
+            ServerMessage::HistoryRes(m) => encode(kind::HISTORY_RES, m),
         }
     }
 }

@@ -5,8 +5,8 @@
 //! until `WouldBlock` or its per-wake-up budget, hands the bytes to the [`Hub`], then
 //! executes the hub's outputs: store jobs go to the worker pool (before and after the
 //! writes, which can themselves queue jobs), queued output is written through
-//! [`Hub::write`] (vectored; at most once per flush interval under steady traffic, at
-//! once after a quiet spell), and connections marked for closing are dropped at the
+//! [`Hub::write`] (vectored, at the end of the turn, so everything a turn produced for
+//! one connection leaves in one write), and connections marked for closing are dropped at the
 //! end of the turn, so a stale token in the same batch of events can never reach a
 //! reused slot. It sleeps until the hub's next deadline ([`Hub::poll_timeout`]) or the
 //! next event. Worker results come back over a channel and wake the loop through
@@ -30,6 +30,7 @@ use crate::auth::{HashParams, Hasher};
 use crate::cluster::Input;
 use crate::cluster_redis::{ClusterConfig, ClusterLink, QUEUE};
 use crate::conn::ConnRef;
+use crate::control::{Control, ControlHandle};
 use crate::hub::{Hub, HubConfig, Now};
 use crate::job::JobResult;
 use crate::link::{Link, Wrapper};
@@ -69,10 +70,11 @@ pub struct ServerConfig {
     pub handle_signals: bool,
     /// Scheduling of the worker threads against the reactor.
     pub worker_priority: WorkerPriority,
-    /// Shortest time between two rounds of writes. Under steady traffic each round
-    /// carries the messages of this interval in one vectored write per recipient,
-    /// instead of one write per message per recipient: far fewer system calls, at the
-    /// price of at most this much latency. Zero writes after every loop turn.
+    /// Shortest time between two rounds of writes. Zero (the default) writes at the
+    /// end of every loop turn, as Redis does: what arrived in one turn leaves in one
+    /// vectored write per recipient, so batching grows with the load by itself and a
+    /// quiet server answers at once. A longer interval trades latency for fewer
+    /// system calls under steady traffic.
     pub flush_interval: Duration,
     /// Several nodes on one Redis, one chat: this node's link (None: a lone server).
     pub cluster: Option<ClusterConfig>,
@@ -88,7 +90,7 @@ impl Default for ServerConfig {
             shutdown_grace_ms: 2_000,
             handle_signals: false,
             worker_priority: WorkerPriority::Idle,
-            flush_interval: Duration::from_micros(500),
+            flush_interval: Duration::ZERO,
             cluster: None,
         }
     }
@@ -214,6 +216,11 @@ pub struct Server {
     accept_paused_until: Option<u64>,
     started: Instant,
     io: IoStats,
+    /// Requests of the operators' threads (admin socket, metrics), and the sender they
+    /// are handed.
+    control: (mpsc::Sender<Control>, mpsc::Receiver<Control>),
+    /// How long each turn of the loop worked, for the metrics.
+    turn_seconds: crate::metrics::Histogram,
 }
 
 /// Counts of the loop's work, logged at exit.
@@ -326,6 +333,8 @@ impl Server {
             accept_paused_until: None,
             started: Instant::now(),
             io: IoStats::default(),
+            control: mpsc::channel(),
+            turn_seconds: Default::default(),
         })
     }
 
@@ -355,6 +364,28 @@ impl Server {
             wrap: Some(wrap),
         });
         Ok(addr)
+    }
+
+    /// Where the operators' threads send their requests ([`Control`]).
+    pub fn control_handle(&self) -> ControlHandle {
+        ControlHandle::new(self.control.0.clone(), self.waker.clone())
+    }
+
+    /// Answers an operator's request at once.
+    fn control(&mut self, c: Control, t: Now) {
+        match c {
+            Control::Kick { user, kick, reply } => {
+                let n = self.hub.handle_admin(user, kick, t);
+                let _ = reply.try_send(n);
+            }
+            Control::Metrics { reply } => {
+                let mut snap = self.hub.metrics(t);
+                snap.loop_turns = self.io.turns;
+                snap.loop_seconds = self.turn_seconds.clone();
+                snap.uptime = self.started.elapsed();
+                let _ = reply.try_send(snap);
+            }
+        }
     }
 
     pub fn shutdown_handle(&self) -> ShutdownHandle {
@@ -388,10 +419,10 @@ impl Server {
         let mut events = Events::with_capacity(1024);
         let mut next_trim: u64 = TRIM_MS;
         let mut shutdown_deadline: Option<u64> = None;
-        // Output is written at most once per flush interval (see ServerConfig): the
-        // first turn after a quiet spell writes at once, busier turns are coalesced.
-        // While logins wait for hashing, a long round of writes is followed by a pause
-        // (`Admission::next_flush_at`). An interval of zero writes after every turn.
+        // Output is written at the end of each turn, or with a flush interval (see
+        // ServerConfig) at most once per interval: the first turn after a quiet spell
+        // writes at once, busier turns are coalesced. While logins wait for hashing, a
+        // long round of writes is followed by a pause (`Admission::next_flush_at`).
         let interval = self.cfg.flush_interval;
         let mut next_flush = Instant::now();
         let mut flush_due: Option<Instant> = None;
@@ -421,6 +452,7 @@ impl Server {
                 }
                 return Err(e);
             }
+            let turn_start = Instant::now();
             let t = now(self.started);
             self.io.turns += 1;
             self.handle_events(&events, signals.as_mut(), t);
@@ -452,6 +484,9 @@ impl Server {
                     // The last one taken this turn: look again at once, after the sockets.
                     cluster_more = n == CLUSTER_PER_TURN;
                 }
+            }
+            while let Ok(c) = self.control.1.try_recv() {
+                self.control(c, t);
             }
             for r in std::mem::take(&mut self.read_again) {
                 self.read(r, t);
@@ -496,6 +531,7 @@ impl Server {
             } else {
                 flush_due = None;
             }
+            self.turn_seconds.observe(turn_start.elapsed());
             if let Some(deadline) = shutdown_deadline
                 && (self.hub.conn_count() == 0 || t.mono_ms >= deadline)
             {
@@ -512,18 +548,26 @@ impl Server {
             log::info!("waiting for {jobs} store jobs to finish");
         }
         self.workers.shutdown();
+        // The last results (the last history appends among them) count in the line below.
+        let t = now(self.started);
+        while let Ok(res) = self.results.try_recv() {
+            self.hub.handle_result(res, t);
+        }
         if let Some(c) = self.cluster.take() {
             c.shutdown();
         }
         let st = &self.hub.stats;
         log::info!(
             "stopped; {} connections served, {} frames in, {} group messages, {} deliveries, \
-             {} slow consumers dropped; {} loop turns, {} reads, {} writes",
+             {} slow consumers dropped, {} history entries kept, {} lost; {} loop turns, \
+             {} reads, {} writes",
             st.accepted,
             st.frames_in,
             st.group_messages,
             st.deliveries,
             st.slow_consumers_dropped,
+            st.history_appended,
+            st.history_lost,
             self.io.turns,
             self.io.reads,
             self.io.writes
@@ -721,7 +765,15 @@ impl Server {
                     budget -= n;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    if sock.is_wrapped() {
+                        // The transport worked through its share of input without
+                        // producing protocol bytes: others get a turn first.
+                        self.read_again.push(r);
+                        return;
+                    }
+                    continue;
+                }
                 Err(e) => {
                     self.hub.handle_hangup(r, &format!("read failed: {e}"), t);
                     return;

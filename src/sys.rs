@@ -127,3 +127,66 @@ pub fn set_thread_priority(p: Priority) {
         );
     }
 }
+
+/// The uid of the process at the other end of a Unix socket (`SO_PEERCRED`: as it
+/// was when it connected).
+pub fn peer_uid(sock: &std::os::unix::net::UnixStream) -> io::Result<u32> {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, which we own, on a
+    // descriptor that `sock` keeps open.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cred.uid)
+}
+
+/// This process's effective uid.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Whether standard input is a terminal.
+pub fn stdin_is_tty() -> bool {
+    // SAFETY: isatty only inspects the descriptor.
+    unsafe { libc::isatty(0) == 1 }
+}
+
+/// Reads one line from the terminal on standard input with echo off, restoring the
+/// terminal's settings afterwards (and if reading fails).
+pub fn read_line_no_echo() -> io::Result<String> {
+    // SAFETY: a zeroed termios is a valid value to be filled by tcgetattr.
+    let mut old: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: tcgetattr fills `old`, which we own, for descriptor 0.
+    if unsafe { libc::tcgetattr(0, &mut old) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut quiet = old;
+    quiet.c_lflag &= !libc::ECHO;
+    quiet.c_lflag |= libc::ECHONL;
+    // SAFETY: sets descriptor 0's attributes from a termios we own.
+    if unsafe { libc::tcsetattr(0, libc::TCSAFLUSH, &quiet) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut line = String::new();
+    let read = io::stdin().read_line(&mut line);
+    // SAFETY: restores the attributes read above.
+    unsafe { libc::tcsetattr(0, libc::TCSAFLUSH, &old) };
+    read?;
+    Ok(line)
+}

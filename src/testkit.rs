@@ -152,6 +152,14 @@ impl Harness {
         self.pump();
     }
 
+    /// An operator banned or removed `user` (the store already changed): returns
+    /// how many sessions the hub closed.
+    pub fn admin(&mut self, user: i64, kick: crate::admin::Kick) -> usize {
+        let n = self.hub.handle_admin(user, kick, self.now);
+        self.pump();
+        n
+    }
+
     /// Something from the cluster link.
     pub fn cluster(&mut self, input: crate::cluster::Input) {
         self.hub.handle_cluster(input, self.now);
@@ -346,6 +354,16 @@ impl Harness {
     }
 }
 
+/// The hub's defaults, but presence notices sent at the end of each turn (instead of
+/// up to 50 ms later) so that tests read them at once. Tests of the interval itself
+/// set it.
+pub fn test_config() -> HubConfig {
+    HubConfig {
+        presence_interval_ms: 0,
+        ..HubConfig::default()
+    }
+}
+
 pub fn login_msg(id: i64, pwd: &str) -> ClientMessage {
     ClientMessage::Login(proto::LoginMes {
         user_id: id,
@@ -369,7 +387,7 @@ pub fn fuzz_hub(data: &[u8]) {
         max_frame: 4096,
         max_jobs: 8,
         offline_batch: 4,
-        ..HubConfig::default()
+        ..test_config()
     });
     // Two users exist, so logins and private messages can succeed.
     let pw_hash = t.hasher.hash("pw").expect("hash");

@@ -54,6 +54,9 @@ pub struct UserRecord {
     /// Read from a record in the earlier shape (hash in `pwdHash` only, `userPwd`
     /// empty or plaintext): rewrite it in the current shape. Not stored.
     pub stale_shape: bool,
+    /// Banned by an operator (`chat-server users ban`): logins are refused. Stored as
+    /// `"banned":true` only when set, a field the seed's server ignores.
+    pub banned: bool,
 }
 
 impl std::fmt::Debug for UserRecord {
@@ -64,6 +67,7 @@ impl std::fmt::Debug for UserRecord {
             .field("has_hash", &!self.pwd_hash.is_empty())
             .field("has_legacy_pwd", &!self.legacy_pwd.is_empty())
             .field("extra_fields", &self.extra.keys().collect::<Vec<_>>())
+            .field("banned", &self.banned)
             .finish()
     }
 }
@@ -75,6 +79,7 @@ const F_HASH: &str = "pwdHash";
 /// How a PHC string of argon2 begins.
 const ARGON2: &str = "$argon2";
 const F_TOKEN: &str = "regToken";
+const F_BANNED: &str = "banned";
 
 impl Serialize for UserRecord {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -100,6 +105,9 @@ impl Serialize for UserRecord {
         if !self.reg_token.is_empty() {
             m.serialize_entry(F_TOKEN, &self.reg_token)?;
         }
+        if self.banned {
+            m.serialize_entry(F_BANNED, &true)?;
+        }
         m.end()
     }
 }
@@ -123,6 +131,11 @@ impl<'de> Deserialize<'de> for UserRecord {
         let pwd = text(F_PWD)?;
         let hash = text(F_HASH)?;
         let reg_token = text(F_TOKEN)?;
+        let banned = match map.remove(F_BANNED) {
+            None | Some(serde_json::Value::Null) => false,
+            Some(serde_json::Value::Bool(b)) => b,
+            Some(other) => return Err(D::Error::custom(format!("banned is not a bool: {other}"))),
+        };
         let (pwd_hash, legacy_pwd, stale_shape) = if pwd.starts_with(ARGON2) || pwd == hash {
             (pwd, String::new(), false)
         } else if !hash.is_empty() {
@@ -138,6 +151,7 @@ impl<'de> Deserialize<'de> for UserRecord {
             reg_token,
             extra: map,
             stale_shape,
+            banned,
         })
     }
 }
@@ -318,6 +332,8 @@ pub struct OnlineEntry {
 #[derive(Debug, Default)]
 pub struct Registry {
     by_id: BTreeMap<i64, OnlineEntry>,
+    /// Changes with every insertion and removal (see `roster`).
+    version: u64,
 }
 
 impl Registry {
@@ -327,6 +343,7 @@ impl Registry {
 
     /// Puts `id` online at `conn`; returns the entry it replaced, if any.
     pub fn insert(&mut self, id: i64, entry: OnlineEntry) -> Option<OnlineEntry> {
+        self.version += 1;
         self.by_id.insert(id, entry)
     }
 
@@ -334,6 +351,7 @@ impl Registry {
     pub fn remove_if(&mut self, id: i64, conn: ConnRef) -> bool {
         if self.by_id.get(&id).is_some_and(|e| e.conn == conn) {
             self.by_id.remove(&id);
+            self.version += 1;
             true
         } else {
             false
@@ -342,6 +360,11 @@ impl Registry {
 
     pub fn len(&self) -> usize {
         self.by_id.len()
+    }
+
+    /// A number that changes whenever someone comes or goes.
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     pub fn is_empty(&self) -> bool {
@@ -370,6 +393,22 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_banned_flag_is_stored_only_when_set() {
+        let seed = r#"{"userId":7,"userPwd":"pw","userName":"s","sex":"m"}"#;
+        let mut rec = UserRecord::from_json(seed).unwrap();
+        assert!(!rec.banned);
+        assert!(!rec.to_json().contains("banned"));
+        rec.banned = true;
+        let json = rec.to_json();
+        assert!(json.contains(r#""banned":true"#), "{json}");
+        let back = UserRecord::from_json(&json).unwrap();
+        assert!(back.banned);
+        assert_eq!(back.extra.get("sex"), Some(&serde_json::json!("m")));
+        assert!(!back.extra.contains_key("banned"));
+        assert!(UserRecord::from_json(r#"{"userId":7,"banned":"yes"}"#).is_err());
+    }
 
     #[test]
     fn registration_rules() {

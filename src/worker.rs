@@ -32,7 +32,10 @@ pub type ResultSink = Arc<dyn Fn(JobResult) + Send + Sync>;
 /// Two lanes, so that a storm of logins (each an argon2id hash, ~10 ms of CPU) never
 /// makes a private message to an offline user wait behind it; and so the hashing
 /// threads can run at a lower priority than the event loop while the storage thread,
-/// whose jobs are short, runs like the loop.
+/// whose jobs are short, runs like the loop. A third, one thread like the storage
+/// lane, with its own store handle, runs the history jobs (appends and the pages read
+/// after them, in order): a history append stuck on a slow store never holds up a
+/// private message.
 ///
 /// Each job is stamped when submitted; a job that waited in its queue longer than
 /// `max_wait` (storage slow or down, queue backed up) is answered with a storage error
@@ -41,6 +44,7 @@ pub type ResultSink = Arc<dyn Fn(JobResult) + Send + Sync>;
 pub struct Workers {
     hashing: Lane,
     storage: Lane,
+    history: Lane,
 }
 
 /// Threads that share one job queue.
@@ -144,7 +148,20 @@ impl Workers {
             max_wait,
             WorkerPriority::Normal,
         )?;
-        Ok(Workers { hashing, storage })
+        let history = Lane::start(
+            "history",
+            1,
+            factory,
+            &hasher,
+            &sink,
+            max_wait,
+            WorkerPriority::Normal,
+        )?;
+        Ok(Workers {
+            hashing,
+            storage,
+            history,
+        })
     }
 
     /// Hands a job to its lane. The queues' lengths are bounded by the hub, which
@@ -152,6 +169,8 @@ impl Workers {
     pub fn submit(&self, job: Job) {
         if job.kind.hashes() {
             self.hashing.submit(job)
+        } else if job.kind.is_history() {
+            self.history.submit(job)
         } else {
             self.storage.submit(job)
         }
@@ -161,6 +180,7 @@ impl Workers {
     pub fn shutdown(mut self) {
         self.hashing.shutdown();
         self.storage.shutdown();
+        self.history.shutdown();
     }
 }
 

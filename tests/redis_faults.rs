@@ -297,3 +297,22 @@ fn a_stalled_reply_gives_504_and_a_resend_with_the_msg_id_is_delivered_once() {
     assert_eq!(b.recv().data["content"], "stalled-reply-text");
     b.expect_nothing_pending();
 }
+
+#[test]
+fn a_history_batch_whose_answer_was_lost_is_appended_once() {
+    let r = RedisProc::start(false);
+    let p = Proxy::start(r.port);
+    let mut s = RedisStore::new(&p.url(), RedisTimeouts::default()).unwrap();
+    let batch = [
+        chat::store::suite::entry(1, None, "lost-history-reply"),
+        chat::store::suite::entry(1, Some(2), "and a private one"),
+    ];
+    p.drop_reply_once("lost-history-reply");
+    assert_eq!(s.append_history(&batch, 10), Ok(()));
+    assert_eq!(p.drops(), 1, "the reply was really lost");
+    let count = |key: &str| -> i64 { redis::cmd("ZCARD").arg(key).query(&mut r.client()).unwrap() };
+    assert_eq!(count("history:group"), 1, "appended once, not twice");
+    assert_eq!(count("history:pm:1:2"), 1);
+    let (got, more) = s.read_history(chat::store::Conv::Group, 0, 10).unwrap();
+    assert_eq!((got.len(), got[0].id, more), (1, 1, false));
+}

@@ -98,9 +98,8 @@ fn start(data: &Path, p: &Pki, extra: &[&str]) -> (ServerProc, SocketAddr) {
     args.extend(extra.iter().map(|s| s.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut s = ServerProc::start(data, &args);
-    let line = s.wait_log("TLS listening on ");
-    let addr = line.rsplit("TLS listening on ").next().unwrap().trim();
-    (s, addr.parse().unwrap())
+    let addr = s.listener_addr("TLS");
+    (s, addr)
 }
 
 /// Waits for a status notice about `id`, skipping anything else.
@@ -381,8 +380,8 @@ fn a_tls_client_that_stops_reading_is_dropped_as_a_slow_consumer() {
         // The server has taken them all (it answers in order).
         sender.send("PingMes", json!({}));
         sender.recv_until("PongMes");
-        dropped = s.logged("slow consumer");
-        if dropped.is_some() {
+        if s.saw_log("slow consumer") {
+            dropped = Some(s.wait_log("slow consumer"));
             break;
         }
     }

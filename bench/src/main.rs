@@ -120,6 +120,12 @@ fn tls_setup(c: &Common) -> Res<Option<net::TlsSetup>> {
     }))
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
+pub(crate) enum WindowAt {
+    Ack,
+    Delivery,
+}
+
 #[derive(Args, Clone)]
 pub(crate) struct FanoutArgs {
     #[command(flatten)]
@@ -134,9 +140,15 @@ pub(crate) struct FanoutArgs {
     #[arg(long, short = 's', default_value_t = 64)]
     size: usize,
     /// Messages in flight per publisher (saturation mode): a message is in flight
-    /// until the server has taken it (PUBLISH's reply; a PingMes's PongMes for chat).
+    /// until the server has taken it (PUBLISH's reply; a PingMes's PongMes for chat),
+    /// or with `--window-at delivery` until every receiver has it.
     #[arg(long, short = 'w', default_value_t = 8)]
     window: usize,
+    /// When a message stops counting as in flight: `ack`, the server's reply to the
+    /// publisher; `delivery`, its arrival at every receiver (the same for both servers:
+    /// what a publisher waiting on its audience would see).
+    #[arg(long, value_enum, default_value = "ack")]
+    window_at: WindowAt,
     /// Fixed total publish rate in messages/s instead of saturation.
     #[arg(long)]
     rate: Option<f64>,
@@ -185,6 +197,10 @@ struct StormArgs {
     /// Registrations of the storm's users in flight at once, beforehand.
     #[arg(long, default_value_t = 200)]
     register_conns: usize,
+    /// The server's process id: report its CPU time per login and its peak memory
+    /// during the storm against its memory once the storm is over.
+    #[arg(long)]
+    server_pid: Option<u32>,
 }
 
 fn main() {
@@ -214,14 +230,39 @@ fn cpu_time() -> Duration {
 }
 
 pub(crate) fn rss_kib(pid: u32) -> Res<u64> {
+    proc_status_kib(pid, "VmRSS:")
+}
+
+/// A memory figure of `/proc/PID/status` (`VmRSS:`, `VmHWM:`), in KiB.
+fn proc_status_kib(pid: u32, field: &str) -> Res<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .map_err(|e| format!("cannot read /proc/{pid}/status: {e}"))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .ok_or_else(|| "no VmRSS line".to_string())
+        .ok_or_else(|| format!("no {field} line"))
+}
+
+/// Starts a new peak-RSS measurement of process `pid` (VmHWM back to the current RSS).
+fn reset_peak_rss(pid: u32) -> Res<()> {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
+        .map_err(|e| format!("cannot reset the peak RSS of {pid}: {e}"))
+}
+
+/// User + system CPU time of process `pid`, every thread, from `/proc/PID/stat`.
+fn proc_cpu(pid: u32) -> Res<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| format!("cannot read /proc/{pid}/stat: {e}"))?;
+    // The fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15 of the line, 11 and 12 after the name.
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Ok(Duration::from_millis((ticks(11) + ticks(12)) * 1000 / hz))
 }
 
 /// Latency samples in nanoseconds.
@@ -367,6 +408,20 @@ impl Fleet {
 
     fn ready_count(&self) -> usize {
         self.conns.iter().filter(|c| c.ready).count()
+    }
+
+    /// Messages published that some receiver has not got yet. Every receiver sees the
+    /// messages in the server's one order, so the slowest receiver's count says how
+    /// many have reached everyone.
+    fn undelivered(&self) -> u64 {
+        let everyone = self
+            .conns
+            .iter()
+            .filter(|c| c.role == Role::Receiver)
+            .map(|c| c.count)
+            .min()
+            .unwrap_or(self.published);
+        self.published.saturating_sub(everyone)
     }
 
     fn now_ns(&self) -> u64 {
@@ -560,6 +615,9 @@ impl Report {
     fn print(mut self, a: &FanoutArgs) {
         let mode = match a.rate {
             Some(r) => format!("fixed rate {r} msg/s"),
+            None if a.window_at == WindowAt::Delivery => {
+                format!("saturation, window {} counted at delivery", a.window)
+            }
             None => format!("saturation, window {}", a.window),
         };
         println!(
@@ -686,11 +744,23 @@ pub(crate) fn measure_until(
         f.conns[i].next_send =
             t0 + interval.map_or(Duration::ZERO, |iv| iv * k as u32 / pubs.len() as u32);
     }
+    let by_delivery = a.window_at == WindowAt::Delivery && interval.is_none();
+    // Counted at delivery: the publishers share a window of `window` messages each.
+    let shared_cap = (a.window.max(1) * pubs.len()) as u64;
     while Instant::now() < end {
         let now = Instant::now();
         let mut next_due = end;
+        if by_delivery {
+            let mut k = 0;
+            while f.undelivered() < shared_cap {
+                let i = pubs[k % pubs.len()];
+                f.publish(i, a.size);
+                k += 1;
+            }
+        }
         for &i in &pubs {
             match interval {
+                None if by_delivery => {}
                 None => {
                     while f.conns[i].inflight < cap {
                         f.publish(i, a.size);
@@ -854,6 +924,14 @@ fn storm(a: &StormArgs) -> Res<()> {
 
     // The storm: K new connections, each logging in, all at once.
     let first = f.conns.len();
+    let server_before = match a.server_pid {
+        Some(pid) => {
+            reset_peak_rss(pid)?;
+            Some((proc_cpu(pid)?, rss_kib(pid)?))
+        }
+        None => None,
+    };
+    let mut server_cpu = None;
     let t0 = Instant::now();
     let mut opened = 0usize;
     let k = a.logins;
@@ -894,6 +972,9 @@ fn storm(a: &StormArgs) -> Res<()> {
         if storm_secs.is_none() && opened == k && done >= k {
             storm_secs = Some(t0.elapsed().as_secs_f64());
             storm_failures = f.login_failures;
+            if let Some(pid) = a.server_pid {
+                server_cpu = Some(proc_cpu(pid)?);
+            }
         }
         Ok(storm_secs.is_some())
     })?;
@@ -921,6 +1002,24 @@ fn storm(a: &StormArgs) -> Res<()> {
             f.login_retries,
             f.reconnects
         ),
+    }
+    if let (Some(pid), Some((cpu0, rss0)), Some(cpu1)) = (a.server_pid, server_before, server_cpu) {
+        let peak = proc_status_kib(pid, "VmHWM:")?;
+        // The server hands freed memory back every 2 s: read the steady state after.
+        std::thread::sleep(Duration::from_secs(3));
+        let after = rss_kib(pid)?;
+        println!(
+            "  server CPU      {:.3} ms per login ({:.2} s for {k})",
+            (cpu1 - cpu0).as_secs_f64() * 1000.0 / k as f64,
+            (cpu1 - cpu0).as_secs_f64()
+        );
+        println!(
+            "  server memory   {} KiB before, peak {} KiB during, {} KiB after (peak / after {:.2})",
+            rss0,
+            peak,
+            after,
+            peak as f64 / after.max(1) as f64
+        );
     }
     println!("  fan-out before  {}", base_lat.summary());
     println!("  fan-out during  {}", rep.lat.summary());

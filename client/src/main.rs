@@ -1,10 +1,17 @@
 //! `chat`: the plain terminal client.
 //!
 //! The seed's menus, by number: `1` log in, `2` register, `3` exit; once logged in,
-//! `1` online users, `2` group message, `3` private message, `4` log out. Everything
-//! the server pushes (messages, people coming and going, errors) is printed the moment
-//! it arrives, whatever prompt is showing. Input is read line by line from stdin, so a
-//! script can drive it through a pipe; end of input logs out and exits with status 0.
+//! `1` online users, `2` group message, `3` private message, `4` log out, and `5`
+//! earlier group messages. At login it shows the last group messages (history), and
+//! before a private message the last lines with that person. Everything the server
+//! pushes (messages, people coming and going, errors) is printed the moment it
+//! arrives, whatever prompt is showing.
+//!
+//! On a terminal, input goes through a line editor (rustyline): a message that
+//! arrives is printed above the line being typed, which stays as it was; the usual
+//! editing keys work, and up and down go through what was typed before. Through a
+//! pipe, input is read line by line as it comes, so a script can drive the client;
+//! end of input logs out and exits with status 0.
 //!
 //! With `--tls` (or `--tls-ca PEM`) it connects over TLS and verifies the server's
 //! certificate for the host it was given; one that does not verify is refused.
@@ -27,7 +34,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use chat::proto::{
-    ClientMessage, LoginMes, RegisterMes, ServerMessage, SmsMes, SmsPrivateMes, User, code,
+    ClientMessage, HistoryMes, LoginMes, RegisterMes, ServerMessage, SmsMes, SmsPrivateMes, User,
+    code,
 };
 
 use link::{Link, MAX_FRAME, WaitError};
@@ -65,13 +73,51 @@ struct Args {
     tls_ca: Option<std::path::PathBuf>,
 }
 
+/// Group messages shown at login, and per page of earlier ones.
+const EARLIER_PAGE: i64 = 20;
+/// Lines of a private conversation shown before writing in it.
+const PRIVATE_LINES: i64 = 5;
+
 /// Lines from stdin; `None` at end of input.
 struct Input {
     lines: io::Lines<io::StdinLock<'static>>,
+    /// On a terminal: the line editor.
+    editor: Option<rustyline::DefaultEditor>,
 }
 
 impl Input {
+    /// The line editor if stdin and stdout are both a terminal, plain lines otherwise.
+    fn new() -> Input {
+        // SAFETY: isatty only looks at the descriptors.
+        let tty = unsafe { libc::isatty(0) == 1 && libc::isatty(1) == 1 };
+        let editor = tty.then(editor).flatten();
+        Input {
+            lines: io::stdin().lock().lines(),
+            editor,
+        }
+    }
+
     fn ask(&mut self, prompt: &str) -> Option<String> {
+        if let Some(rl) = self.editor.as_mut() {
+            return match rl.readline(prompt) {
+                Ok(line) => {
+                    if !line.trim().is_empty() {
+                        let _ = rl.add_history_entry(line.as_str());
+                    }
+                    Some(line)
+                }
+                // Ctrl-C: this answer is dropped, as an empty line would be.
+                Err(rustyline::error::ReadlineError::Interrupted) => Some(String::new()),
+                // Ctrl-D, or the terminal gone: end of input.
+                Err(_) => None,
+            };
+        }
+        self.ask_plain(prompt)
+    }
+
+    /// A plain line from stdin, never through the line editor (which would show it
+    /// and keep it in its history).
+    fn ask_plain(&mut self, prompt: &str) -> Option<String> {
         show::prompt(prompt);
         let line = self.lines.next();
         show::answered();
@@ -87,7 +133,7 @@ impl Input {
     /// Like `ask`, with echo turned off when stdin is a terminal.
     fn ask_secret(&mut self, prompt: &str) -> Option<String> {
         let _guard = EchoOff::new();
-        let answer = self.ask(prompt);
+        let answer = self.ask_plain(prompt);
         if _guard.active() {
             show::line("");
         }
@@ -104,6 +150,18 @@ impl Input {
             }
         }
     }
+}
+
+/// A line editor whose printer carries the server's pushes, or `None` if the terminal
+/// cannot have one (the client then reads plain lines).
+fn editor() -> Option<rustyline::DefaultEditor> {
+    use rustyline::ExternalPrinter as _;
+    let mut rl = rustyline::DefaultEditor::new().ok()?;
+    let mut printer = rl.create_external_printer().ok()?;
+    show::set_printer(Box::new(move |s| {
+        let _ = printer.print(s);
+    }));
+    Some(rl)
 }
 
 /// Turns terminal echo off while alive (only when stdin is a terminal), so that a
@@ -178,9 +236,7 @@ fn main() -> ExitCode {
     let mut app = App {
         server: args.server,
         tls,
-        input: Input {
-            lines: io::stdin().lock().lines(),
-        },
+        input: Input::new(),
         unreachable: false,
     };
     app.main_menu();
@@ -383,6 +439,12 @@ impl App {
     fn session(&mut self, mut link: Link, id: i64, name: &str, seed: bool) -> Flow {
         // The seed's server does not know `LogoutMes`: just close.
         let logout = !seed;
+        // Where the next page of earlier group messages starts: `Some(0)` the latest,
+        // `None` nothing older.
+        let mut older = Some(0);
+        if !seed {
+            show_earlier(&mut link, id, &mut older, true);
+        }
         loop {
             if !link.is_alive() {
                 link.close(false);
@@ -397,7 +459,14 @@ impl App {
             show::line("  2  Send a group message");
             show::line("  3  Send a private message");
             show::line("  4  Log out");
-            let Some(choice) = self.input.ask("Choose (1-4): ") else {
+            if !seed {
+                show::line("  5  Earlier group messages");
+            }
+            let Some(choice) = self.input.ask(if seed {
+                "Choose (1-4): "
+            } else {
+                "Choose (1-5): "
+            }) else {
                 link.close(logout);
                 return Flow::Quit;
             };
@@ -443,6 +512,9 @@ impl App {
                         link.close(logout);
                         return Flow::Quit;
                     };
+                    if let Some(to) = to {
+                        show_conversation(&mut link, id, to);
+                    }
                     let Some(text) = self.input.ask("Message: ") else {
                         link.close(logout);
                         return Flow::Quit;
@@ -478,11 +550,92 @@ impl App {
                     show::line("Logged out.");
                     return Flow::Continue;
                 }
+                "5" if !seed => show_earlier(&mut link, id, &mut older, false),
                 "" => {}
-                _ => show::line("Please enter a number from 1 to 4."),
+                _ if seed => show::line("Please enter a number from 1 to 4."),
+                _ => show::line("Please enter a number from 1 to 5."),
             }
         }
     }
+}
+
+/// Asks for a page of history; `None` if there is no answer to show (an error frame
+/// is printed as it comes).
+fn history(link: &mut Link, req: HistoryMes) -> Option<(Vec<chat::proto::HistoryEntry>, bool)> {
+    match link.request(&ClientMessage::History(req)) {
+        Ok(ServerMessage::HistoryRes(r)) => Some((r.messages, r.more)),
+        Ok(_) => None,
+        Err(e) => {
+            wait_failed("No earlier messages", e);
+            None
+        }
+    }
+}
+
+/// The next page of earlier group messages, under a line that says what they are.
+/// `older` is where the page starts, and is moved on past it. At login (`first`) an
+/// empty history prints nothing.
+fn show_earlier(link: &mut Link, me: i64, older: &mut Option<u64>, first: bool) {
+    let Some(before) = *older else {
+        show::line("No earlier group messages.");
+        return;
+    };
+    let req = HistoryMes {
+        before,
+        limit: EARLIER_PAGE,
+        with: None,
+    };
+    let Some((msgs, more)) = history(link, req) else {
+        return;
+    };
+    *older = msgs.first().filter(|_| more).map(|e| e.id);
+    if msgs.is_empty() {
+        if !first {
+            show::line("No earlier group messages.");
+        }
+        return;
+    }
+    let what = if first {
+        format!("Earlier messages in the group (the last {})", msgs.len())
+    } else {
+        format!("Earlier messages in the group ({} more)", msgs.len())
+    };
+    show::line(&format!("---------- {what} ----------"));
+    for e in &msgs {
+        show::line(&show::earlier(e, me));
+    }
+    show::line(&if more {
+        "---------- (5 in the menu shows earlier ones) ----------".to_string()
+    } else {
+        "---------- (that is the beginning) ----------".to_string()
+    });
+}
+
+/// The last lines of the private conversation with `with`, if there are any.
+fn show_conversation(link: &mut Link, me: i64, with: i64) {
+    let req = HistoryMes {
+        before: 0,
+        limit: PRIVATE_LINES,
+        with: Some(with),
+    };
+    let Some((msgs, _)) = history(link, req) else {
+        return;
+    };
+    if msgs.is_empty() {
+        return;
+    }
+    let name = msgs
+        .iter()
+        .find(|e| e.user_id == with)
+        .map_or("", |e| e.user_name.as_str());
+    show::line(&format!(
+        "---------- Your last messages with {} ----------",
+        show::who(with, name)
+    ));
+    for e in &msgs {
+        show::line(&show::earlier(e, me));
+    }
+    show::line("----------");
 }
 
 /// The online list. From the seed's server it is only as good as its notices: it never

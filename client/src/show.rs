@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::sync::Mutex;
 
-use chat::proto::{SmsMes, SmsPrivateMes, code, status};
+use chat::proto::{HistoryEntry, SmsMes, SmsPrivateMes, code, status};
 
 /// Prints one whole line at once, so lines from the reader thread and the menus never
 /// interleave mid-line.
@@ -14,7 +14,18 @@ pub fn line(s: &str) {
     let _ = out.flush();
 }
 
-/// The prompt on screen while the menu thread waits for input, if any.
+/// Where pushes go on a terminal: the line editor's printer, which prints above the
+/// line being typed and draws it again (see `set_printer`).
+type Printer = Box<dyn FnMut(String) + Send>;
+static PRINTER: Mutex<Option<Printer>> = Mutex::new(None);
+
+/// From now on, pushes go through `print` (while no plain prompt is showing).
+pub fn set_printer(print: Printer) {
+    *PRINTER.lock().unwrap_or_else(|p| p.into_inner()) = Some(print);
+}
+
+/// The plain prompt on screen while the menu thread waits for input, if any (through
+/// a pipe, or a password on a terminal).
 static PROMPT: Mutex<Option<String>> = Mutex::new(None);
 
 fn current_prompt() -> std::sync::MutexGuard<'static, Option<String>> {
@@ -40,6 +51,13 @@ pub fn answered() {
 /// and the prompt is shown again, so the push never sticks to the prompt's text.
 pub fn push(s: &str) {
     let p = current_prompt();
+    if p.is_none() {
+        let mut printer = PRINTER.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(print) = printer.as_mut() {
+            print(format!("{s}\n"));
+            return;
+        }
+    }
     let out = std::io::stdout();
     let mut out = out.lock();
     let _ = match &*p {
@@ -78,6 +96,17 @@ pub fn private(m: &SmsPrivateMes) -> String {
     } else {
         format!("[private] {}: {}", who(m.user_id, &m.user_name), m.content)
     }
+}
+
+/// One entry of history: `[HH:MM UTC] scott (100): hi`; in a private conversation the
+/// caller's own lines read `you`.
+pub fn earlier(e: &HistoryEntry, me: i64) -> String {
+    let from = if e.to_user_id.is_some() && e.user_id == me {
+        "you".to_string()
+    } else {
+        who(e.user_id, &e.user_name)
+    };
+    format!("[{}] {from}: {}", clock(e.time), e.content)
 }
 
 pub fn status(id: i64, name: &str, s: u8) -> String {

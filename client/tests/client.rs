@@ -27,6 +27,10 @@ struct TestServer {
 
 impl TestServer {
     fn start() -> TestServer {
+        Self::start_with(chat::hub::HubConfig::default())
+    }
+
+    fn start_with(hub: chat::hub::HubConfig) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(dir.path()).unwrap();
         let factory: StoreFactory = Arc::new(move || Ok(Box::new(store.clone()) as Box<dyn Store>));
@@ -35,6 +39,7 @@ impl TestServer {
                 memory_kib: 64,
                 passes: 1,
             },
+            hub,
             ..ServerConfig::default()
         };
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -249,4 +254,71 @@ fn server_down_and_connection_lost() {
     let (code, out, err) = chat.finish();
     assert_eq!(code, 0, "{out}");
     assert!(!err.contains("panicked"), "{err}");
+}
+
+/// Earlier group messages at login and page by page from the menu; the last lines of
+/// a private conversation before writing in it.
+#[test]
+fn earlier_messages_at_login_and_on_request() {
+    // The peer sends more than the default rate allows in one go.
+    let server = TestServer::start_with(chat::hub::HubConfig {
+        msg_rate: 0,
+        ..Default::default()
+    });
+    let addr = server.addr.to_string();
+    let mut peer = Peer::register_and_login(server.addr, 200, "tiger");
+    let mut chat = Chat::start(&addr);
+    chat.type_lines(&["2", "100", "secret", "scott"]);
+    chat.expect("Registered as user 100");
+    for i in 0..25 {
+        peer.send(
+            "SmsMes",
+            json!({"content": format!("old {i}"), "userId": 200}),
+        );
+    }
+    peer.send(
+        "SmsPrivateMes",
+        json!({"toUserId": 100, "content": "while you were away"}),
+    );
+    // Answered: every frame before it was handled.
+    assert_eq!(peer.recv_kind("SmsResMes")["code"], 202);
+
+    chat.type_lines(&["1", "100", "secret"]);
+    chat.expect("Logged in as scott (100)");
+    chat.expect("Earlier messages in the group (the last 20)");
+    chat.expect("tiger (200): old 5");
+    chat.expect("tiger (200): old 24");
+    chat.expect("(5 in the menu shows earlier ones)");
+    chat.type_lines(&["5"]);
+    chat.expect("Earlier messages in the group (5 more)");
+    chat.expect("tiger (200): old 0");
+    chat.expect("tiger (200): old 4");
+    chat.expect("(that is the beginning)");
+    chat.type_lines(&["5"]);
+    chat.expect("No earlier group messages.");
+
+    // Before writing to tiger: the last lines with tiger.
+    chat.type_lines(&["3", "200", "thanks"]);
+    chat.expect("Your last messages with tiger (200)");
+    chat.expect("tiger (200): while you were away");
+    chat.expect("Delivered to user 200");
+    chat.type_lines(&["3", "200", "and again"]);
+    chat.expect("Your last messages with tiger (200)");
+    chat.expect("you: thanks");
+    chat.expect("Delivered to user 200");
+    let (code, out, err) = chat.finish();
+    assert_eq!(code, 0, "{out}\n{err}");
+    // The first page is exactly the last 20, oldest first.
+    let lines: Vec<&str> = out.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| l.contains("(the last 20)"))
+        .unwrap();
+    let page: Vec<&str> = lines[start + 1..start + 21]
+        .iter()
+        .map(|l| l.split("tiger (200): ").nth(1).unwrap())
+        .collect();
+    let want: Vec<String> = (5..25).map(|i| format!("old {i}")).collect();
+    assert_eq!(page, want);
+    assert!(lines[start + 21].contains("(5 in the menu shows earlier ones)"));
 }

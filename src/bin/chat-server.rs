@@ -1,11 +1,13 @@
-//! `chat-server`: parses the command line, sets up logging and the store, binds the
-//! listeners (plain, TLS) and runs the reactor until SIGTERM or SIGINT.
+//! `chat-server`: parses the command line (and the `--config` file), sets up logging
+//! and the store, binds the listeners (plain, TLS, web) and runs the reactor until
+//! SIGTERM or SIGINT; or runs an operator's subcommand (`users ...`, `backup`: see
+//! `chat::operator`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 use chat::admission::WorkerPriority;
 use chat::auth::HashParams;
@@ -19,12 +21,27 @@ use std::time::Duration;
 
 /// A multi-user chat server speaking the Go chat tutorial's wire protocol.
 ///
-/// Data (users, offline messages) is kept in one crash-safe file in the data
+/// Data (users, offline messages, history) is kept in one crash-safe file in the data
 /// directory. Stop it with SIGTERM or Ctrl-C: queued output is drained and every
 /// acknowledged write is kept. SIGHUP reloads the TLS certificate and key.
 #[derive(Parser, Debug)]
-#[command(name = "chat-server", version)]
+#[command(name = "chat-server", version, args_override_self = true)]
 struct Args {
+    /// An operator's command instead of running the server (`chat-server users
+    /// --help`).
+    #[command(subcommand)]
+    command: Option<chat::operator::Command>,
+
+    /// Read settings from this TOML file: keys are the long flag names (`listen =
+    /// "0.0.0.0:8889"`, `login-timeout = 30`); flags on the command line override it.
+    #[arg(long, value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (off by default; keep it on
+    /// a private address: it has no authentication).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
+
     /// Address and port to listen on for plain connections (port 0 picks a free port;
     /// the log says which), or `off` for none (TLS only).
     #[arg(long, default_value = "0.0.0.0:8889", value_name = "ADDR")]
@@ -45,13 +62,14 @@ struct Args {
     #[arg(long, value_name = "PEM", requires = "tls_listen")]
     tls_key: Option<PathBuf>,
 
-    /// Directory for the data file (chat.redb); created if missing.
-    #[arg(long, default_value = "./chat-data", value_name = "DIR")]
+    /// Directory for the data file (chat.redb) and the admin socket; created if
+    /// missing.
+    #[arg(long, default_value = "./chat-data", value_name = "DIR", global = true)]
     data: PathBuf,
 
     /// Keep users and offline messages in Redis instead of the data directory, e.g.
     /// redis://127.0.0.1:6379/0 (the seed's schema: hash `users`).
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", global = true)]
     redis: Option<String>,
 
     /// Timeout for each Redis call (and for connecting), in milliseconds.
@@ -71,7 +89,8 @@ struct Args {
     node_timeout: u64,
 
     /// Threads hashing passwords (logins and registrations); one more thread runs the
-    /// storage jobs (offline messages), so a login storm never holds those up.
+    /// storage jobs (offline messages), so a login storm never holds those up, and one
+    /// the history's.
     #[arg(long, default_value_t = ServerConfig::default().workers, value_name = "N")]
     workers: usize,
 
@@ -118,13 +137,24 @@ struct Args {
     #[arg(long, value_enum, default_value = "idle", value_name = "PRIORITY")]
     worker_priority: Priority,
 
-    /// Shortest time between two rounds of writes, in microseconds: under steady
-    /// traffic, the messages of one interval go to each recipient in one write. While
+    /// Shortest time between two rounds of writes, in microseconds. 0 (the default)
+    /// writes at the end of every loop turn: what arrived in one turn goes to each
+    /// recipient in one write, and a quiet server answers at once. A longer interval
+    /// gathers more per write under steady traffic, at the price of latency. While
     /// logins wait for a password hash, a round that took 1 ms or more (thousands of
     /// recipients) is followed by a pause as long, at most 50 ms, so the idle-priority
-    /// hashing gets CPU. 0 writes after every event.
+    /// hashing gets CPU.
     #[arg(long, default_value_t = ServerConfig::default().flush_interval.as_micros() as u64, value_name = "US")]
     flush_interval_us: u64,
+
+    /// Presence notices (who came online, who left) are gathered for this many
+    /// milliseconds and sent to everyone together, or at once before any message from
+    /// one user to another. A login storm then costs one round of writes per interval
+    /// instead of one per login. With many online the interval grows by 1 ms per 20
+    /// users (half a second at 10,000), which bounds that round's cost to about 5% of
+    /// the loop's time. 0: sent at the end of each loop turn.
+    #[arg(long, default_value_t = HubConfig::default().presence_interval_ms, value_name = "MS")]
+    presence_interval_ms: u64,
 
     /// Seconds a store job (a login, a registration, a stored message) may wait for a
     /// free worker before it is refused as "server busy". A login or registration whose
@@ -158,11 +188,28 @@ struct Args {
     #[arg(long, default_value_t = HubConfig::default().max_conns_per_addr, value_name = "N")]
     max_conns_per_addr: usize,
 
+    /// Also serve the chat to browsers on this address: plain HTTP/1.1, the page at
+    /// `/` and its WebSocket at `/ws` (off by default).
+    #[arg(long, value_name = "ADDR")]
+    web_listen: Option<String>,
+
+    /// An origin (`https://host[:port]`) whose pages may open the chat's WebSocket,
+    /// besides the page served by --web-listen itself; repeat it or separate with
+    /// commas. Any other origin is refused (cross-site WebSocket hijacking).
+    #[arg(long, value_name = "ORIGIN", value_delimiter = ',')]
+    web_origin: Vec<String>,
+
     /// argon2id memory cost in KiB for new password hashes. The default with 5 passes
     /// is one of OWASP's equally strong settings (another: 19456 KiB, 2 passes), the
     /// quickest of them here; each hashing thread holds this much while it works.
     #[arg(long, default_value_t = HashParams::default().memory_kib, value_name = "KIB")]
     argon2_memory_kib: u32,
+
+    /// Messages kept for the history clients ask for (`HistoryMes`): the last N of
+    /// the group, and the last N between each two users; 0 keeps none. Written in the
+    /// background: a storage outage costs history, never a live message.
+    #[arg(long, default_value_t = HubConfig::default().history, value_name = "N")]
+    history: usize,
 
     /// argon2id passes (time cost) for new password hashes.
     #[arg(long, default_value_t = HashParams::default().passes, value_name = "N")]
@@ -177,7 +224,35 @@ enum Priority {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let argv = match chat::config::expand(std::env::args_os().collect(), &Args::command()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("chat-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut args = Args::parse_from(argv);
+    if let Some(cmd) = args.command.take() {
+        let target = chat::operator::Target {
+            data: args.data.clone(),
+            redis: args.redis.clone(),
+            redis_timeout: Duration::from_millis(args.redis_timeout_ms.max(1)),
+            hash: HashParams {
+                memory_kib: args.argon2_memory_kib,
+                passes: args.argon2_passes,
+            },
+        };
+        return match chat::operator::run(cmd, &target) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("chat-server: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Err(e) = chat::logging::init(args.log_level, args.log_file.as_deref()) {
         eprintln!("chat-server: {e}");
         return ExitCode::FAILURE;
@@ -237,6 +312,13 @@ fn default_node_id() -> String {
     format!("{host}-{}-{:x}", std::process::id(), t & 0xff_ffff)
 }
 
+fn resolve(a: &str) -> Result<std::net::SocketAddr, String> {
+    std::net::ToSocketAddrs::to_socket_addrs(a)
+        .ok()
+        .and_then(|mut it| it.next())
+        .ok_or_else(|| format!("cannot listen on {a}: not an address"))
+}
+
 fn run(args: Args) -> Result<(), String> {
     chat::sys::raise_fd_limit();
     let factory = match &args.redis {
@@ -256,6 +338,8 @@ fn run(args: Args) -> Result<(), String> {
             login_rate: args.login_rate,
             max_conns: args.max_conns.unwrap_or(0),
             max_conns_per_addr: args.max_conns_per_addr,
+            history: args.history,
+            presence_interval_ms: args.presence_interval_ms,
             job_timeout_ms: args
                 .job_timeout
                 .unwrap_or_else(|| default_job_timeout_secs(args.redis.is_some()))
@@ -302,8 +386,23 @@ fn run(args: Args) -> Result<(), String> {
         )),
         _ => None,
     };
-    if plain.is_none() && tls.is_none() {
-        return Err("--listen off with no --tls-listen: nothing to listen on".into());
+    let web = match &args.web_listen {
+        Some(a) => {
+            let wrapper = chat::web::WebWrapper::new(&chat::web::WebConfig {
+                max_frame: cfg.hub.max_frame,
+                origins: args.web_origin.clone(),
+            })?;
+            let addr = resolve(a)?;
+            let l = chat::sys::listen(addr).map_err(|e| format!("cannot listen on {a}: {e}"))?;
+            Some((l, wrapper))
+        }
+        None if !args.web_origin.is_empty() => {
+            return Err("--web-origin needs --web-listen".into());
+        }
+        None => None,
+    };
+    if plain.is_none() && tls.is_none() && web.is_none() {
+        return Err("--listen off with no other listener: nothing to listen on".into());
     }
     let mut server =
         Server::with_listener(plain, &factory, cfg).map_err(|e| format!("cannot start: {e}"))?;
@@ -312,14 +411,43 @@ fn run(args: Args) -> Result<(), String> {
             .add_listener(listener, Box::new(wrapper))
             .map_err(|e| format!("cannot start the TLS listener: {e}"))?;
     }
+    if let Some((l, wrapper)) = web {
+        server
+            .add_listener(l, Box::new(wrapper))
+            .map_err(|e| format!("cannot start the web listener: {e}"))?;
+    }
+    // Operators' threads, stopped (and the admin socket removed) when these drop.
+    let _admin = match &args.redis {
+        // Without it the chat still runs; only the operators' commands wait for a stop.
+        None => {
+            chat::admin_server::AdminSocket::start(&args.data, &factory, server.control_handle())
+                .map_err(|e| {
+                    log::warn!(
+                        "no admin socket in {}: {e}; `chat-server users` and `backup` work only \
+                     while the server is stopped",
+                        args.data.display()
+                    )
+                })
+                .ok()
+        }
+        // With Redis, `chat-server users --redis URL` goes through Redis itself.
+        Some(_) => None,
+    };
+    let _metrics = match &args.metrics_listen {
+        Some(a) => {
+            let l = std::net::TcpListener::bind(a)
+                .map_err(|e| format!("cannot listen for metrics on {a}: {e}"))?;
+            Some(
+                chat::metrics_http::MetricsServer::start(l, server.control_handle())
+                    .map_err(|e| format!("cannot start the metrics listener: {e}"))?,
+            )
+        }
+        None => None,
+    };
     server.run().map_err(|e| format!("event loop failed: {e}"))
 }
 
 /// A listening socket on `addr` (a host name is resolved; its first address is used).
 fn bind(addr: &str) -> Result<std::net::TcpListener, String> {
-    let a: std::net::SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(addr)
-        .ok()
-        .and_then(|mut a| a.next())
-        .ok_or_else(|| format!("cannot listen on {addr}: not an address"))?;
-    chat::sys::listen(a).map_err(|e| format!("cannot listen on {addr}: {e}"))
+    chat::sys::listen(resolve(addr)?).map_err(|e| format!("cannot listen on {addr}: {e}"))
 }

@@ -4,7 +4,8 @@
 //! always empty, and `time` is added. The frame is encoded once and every recipient's
 //! queue shares those bytes. It is never echoed to the sender. Recipients whose client
 //! cannot read it whole (seed clients: 8,096 bytes) get it cut short, one shared
-//! shorter frame, and the sender is told (`ErrorResMes` 206).
+//! shorter frame, and the sender is told (`ErrorResMes` 206). It joins the group's
+//! history (see `history.rs`).
 #![forbid(unsafe_code)]
 
 use std::rc::Rc;
@@ -12,7 +13,9 @@ use std::rc::Rc;
 use crate::conn::Session;
 use crate::fit;
 use crate::hub::{Hub, Now};
-use crate::proto::{self, CodeRes, SEED_MAX_FRAME, ServerMessage, SmsMes, code, kind};
+use crate::proto::{
+    self, CodeRes, HistoryEntry, SEED_MAX_FRAME, ServerMessage, SmsMes, code, kind,
+};
 
 impl Hub {
     pub(crate) fn handle_group(&mut self, key: usize, m: SmsMes, now: Now) {
@@ -61,5 +64,14 @@ impl Hub {
                 &ServerMessage::Error(CodeRes::new(code::PARTIAL, text)),
             );
         }
+        // Whole, whoever got it cut short; the strings move, nothing is copied.
+        self.note_history(HistoryEntry {
+            id: 0,
+            time: now.unix_ms,
+            user_id: sms.user_id,
+            user_name: sms.user_name,
+            content: sms.content,
+            to_user_id: None,
+        });
     }
 }

@@ -12,9 +12,7 @@ use crate::fit;
 use crate::hub::{Hub, Now};
 use crate::job::{JobKind, LoginError, LoginOk};
 use crate::offline::OfflineSlot;
-use crate::proto::{
-    self, LoginMes, LoginResMes, NotifyUserStatusMes, ServerMessage, code, kind, status,
-};
+use crate::proto::{self, LoginMes, LoginResMes, ServerMessage, code, kind, status};
 use crate::users::{MAX_PASSWORD_BYTES, OnlineEntry};
 
 /// The refusal text for a login or registration that would wait too long: when to try
@@ -37,6 +35,15 @@ impl Hub {
     }
 
     fn login_res(&mut self, key: usize, code: u16, error: &str, retry_after: Option<u64>) {
+        // Counted by outcome (`metrics::LOGIN_OUTCOMES`); success is counted online.
+        let outcome = match (code, retry_after) {
+            (code::NO_SUCH_USER, _) => 1,
+            (code::WRONG_PASSWORD, _) => 2,
+            (code::BANNED, _) => 3,
+            (_, Some(_)) => 4,
+            _ => 5,
+        };
+        self.stats.logins[outcome] += 1;
         self.reply(
             key,
             &ServerMessage::LoginRes(LoginResMes {
@@ -89,26 +96,25 @@ impl Hub {
 
     /// The login reply for a client that reads frames of at most `limit` bytes: the
     /// whole lists if they fit; else without the `users` extension; else the caller
-    /// and as many others as fit (the rest it learns from the notices).
-    fn login_reply(&self, me: i64, limit: usize) -> Vec<u8> {
-        let res = LoginResMes {
-            code: code::OK,
-            users_id: self.all_ids(),
-            error: String::new(),
-            users: self.all_infos(),
-            retry_after: None,
-        };
-        // Encoded from a borrow: the lists grow with everyone online and are not copied.
-        let frame = proto::encode(kind::LOGIN_RES, &res);
-        if fit::fits(&frame, limit) {
-            return frame;
+    /// and as many others as fit (the rest it learns from the notices). Copied from
+    /// the roster, which is built again only if who is online changed otherwise than
+    /// by logins.
+    fn login_reply(&mut self, me: i64, limit: usize, now: Now) -> Vec<u8> {
+        self.roster_used_ms = now.mono_ms;
+        let version = self.roster_version();
+        if !self.roster.is_current(version) {
+            let infos = self.all_infos();
+            self.roster.rebuild(
+                version,
+                infos.iter().map(|u| (u.user_id, u.user_name.as_str())),
+            );
         }
-        let others: Vec<i64> = res
-            .users_id
-            .iter()
-            .copied()
-            .filter(|&id| id != me)
-            .collect();
+        for names in [true, false] {
+            if self.roster.body_len(names) <= limit {
+                return self.roster.reply(names);
+            }
+        }
+        let others: Vec<i64> = self.roster.ids().filter(|&id| id != me).collect();
         let with = |n: usize| {
             let r = LoginResMes {
                 code: code::OK,
@@ -145,6 +151,9 @@ impl Hub {
             Err(LoginError::WrongPassword) => {
                 self.login_failed(key, code::WRONG_PASSWORD, "wrong password", now)
             }
+            Err(LoginError::Banned) => {
+                self.login_failed(key, code::BANNED, "this account is banned", now)
+            }
             Err(LoginError::Store(e)) if e.is_timed_out() => {
                 let wait = self.admission.estimate(now.mono_ms);
                 let (text, secs) = self.refuse_busy(key, wait, now);
@@ -165,8 +174,12 @@ impl Hub {
         self.announce_departures(now);
         let me = self.conn_ref(key);
         let name: std::rc::Rc<str> = ok.name.as_str().into();
+        self.stats.logins[0] += 1;
         let conn = &mut self.conns[key];
         conn.login_failures = 0;
+        // Online: the login timeout no longer applies, and its timer is dropped at the
+        // next housekeeping.
+        conn.armed_ms = 0;
         conn.session = Session::Online {
             user_id: ok.user_id,
             name: name.clone(),
@@ -175,7 +188,19 @@ impl Hub {
             conn: me,
             name: name.clone(),
         };
-        match self.online.insert(ok.user_id, entry) {
+        // The roster follows a login without being built again.
+        let roster_current = self.roster.is_current(self.roster_version());
+        let listed = self.online.get(ok.user_id).is_some() || self.online_elsewhere(ok.user_id);
+        let replaced = self.online.insert(ok.user_id, entry);
+        if roster_current {
+            let version = self.roster_version();
+            if listed {
+                self.roster.touch(version);
+            } else {
+                self.roster.push(version, ok.user_id, &name);
+            }
+        }
+        match replaced {
             Some(old) if old.conn != me && self.get(old.conn).is_some() => {
                 // The newer session wins. The old one is no longer in the registry, so
                 // closing it tells nobody that the user went offline.
@@ -197,18 +222,11 @@ impl Hub {
             }
             _ => {
                 log::info!("user {} online", ok.user_id);
-                let frame = ServerMessage::NotifyUserStatus(NotifyUserStatusMes {
-                    user_id: ok.user_id,
-                    status: status::ONLINE,
-                    user_name: name.to_string(),
-                })
-                .encode()
-                .into();
-                self.broadcast(Some(key), &frame);
+                self.note_presence(ok.user_id, status::ONLINE, &name, now);
             }
         }
         self.cluster_login(ok.user_id, &name);
-        let frame = self.login_reply(ok.user_id, self.conns[key].max_frame());
+        let frame = self.login_reply(ok.user_id, self.conns[key].max_frame(), now);
         self.reply_frame(key, frame);
         let batch = self.cfg.offline_batch;
         self.deliver_offline(key, ok.offline, batch);

@@ -6,7 +6,9 @@
 //! method that the hub calls with the job's result.
 #![forbid(unsafe_code)]
 
+mod admin;
 mod group;
+pub(crate) mod history;
 pub(crate) mod login;
 mod online;
 mod private;
@@ -47,6 +49,7 @@ impl Hub {
             ClientMessage::OnlineUsers => self.handle_online_users(key),
             ClientMessage::Logout => self.handle_logout(key, now),
             ClientMessage::OfflineAck(m) => self.handle_offline_ack(key, m),
+            ClientMessage::History(m) => self.handle_history(key, m, now),
         }
     }
 }

@@ -6,7 +6,8 @@
 //! `offline: true` with their `offlineId`, in batches that respect the output queue
 //! limit; each batch is removed from the store only once it reached the client
 //! (written to its socket, or acknowledged by a client that said it would): see
-//! `offline.rs`.
+//! `offline.rs`. A message delivered or stored joins the pair's history (see
+//! `history.rs`).
 #![forbid(unsafe_code)]
 
 use crate::conn::{Pending, Session};
@@ -33,6 +34,7 @@ impl Hub {
     }
 
     pub(crate) fn handle_private(&mut self, key: usize, m: SmsPrivateMes, now: Now) {
+        self.stats.private_messages += 1;
         let Session::Online { user_id, name } = &self.conns[key].session else {
             return;
         };
@@ -61,7 +63,7 @@ impl Hub {
         };
         if let Some(to) = self.online.get(msg.to).map(|e| e.conn.key) {
             let (frame, cut) = self.private_frame_for(to, &msg, None);
-            if self.deliver(to, &frame.into()) {
+            if self.deliver_message(to, &frame.into()) {
                 if cut {
                     let text = format!(
                         "delivered cut short: the recipient's client reads at most {} bytes",
@@ -71,6 +73,7 @@ impl Hub {
                 } else {
                     self.sms_res_id(key, code::OK, "", msg_id);
                 }
+                self.note_private_history(msg);
                 return;
             }
             // The recipient's queue overflowed (it is being dropped as a slow
@@ -96,7 +99,7 @@ impl Hub {
     pub(crate) fn private_stored(&mut self, key: usize, stored: OfflineStored, now: Now) {
         // Result mapping: 504 when the store cannot tell whether it stored
         // the message; 503 only when it certainly did not. msgId echoed.
-        let OfflineStored { msg_id, result } = stored;
+        let OfflineStored { msg_id, result, .. } = stored;
         let to = match self.conns[key].pending {
             Some(Pending::Private { to }) => to,
             _ => 0,

@@ -10,10 +10,18 @@ use crate::users::validate_registration;
 
 impl Hub {
     fn register_res(&mut self, key: usize, code: u16, error: String) {
+        // Counted by outcome (`metrics::REGISTER_OUTCOMES`).
+        let outcome = match code {
+            code::OK => 0,
+            code::BAD_REQUEST => 1,
+            _ => 3,
+        };
+        self.stats.registrations[outcome] += 1;
         self.reply(key, &ServerMessage::RegisterRes(CodeRes::new(code, error)));
     }
 
     fn register_busy(&mut self, key: usize, wait_ms: u64, now: Now) {
+        self.stats.registrations[2] += 1;
         let (text, secs) = self.refuse_busy(key, wait_ms, now);
         let mut res = CodeRes::new(code::SERVER_ERROR, text);
         res.retry_after = Some(secs);

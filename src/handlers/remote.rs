@@ -16,9 +16,7 @@ use crate::conn::{Pending, Session};
 use crate::fit;
 use crate::hub::{Hub, Now};
 use crate::job::JobKind;
-use crate::proto::{
-    NotifyUserStatusMes, SEED_MAX_FRAME, ServerMessage, SmsMes, UserInfo, code, status,
-};
+use crate::proto::{SEED_MAX_FRAME, ServerMessage, SmsMes, UserInfo, code, status};
 use crate::store::OfflineMsg;
 
 impl Hub {
@@ -40,7 +38,7 @@ impl Hub {
         }
         match input {
             Input::Event(ev) => self.remote_event(ev, now),
-            Input::Snapshot(entries) => self.remote_snapshot(entries),
+            Input::Snapshot(entries) => self.remote_snapshot(entries, now),
             Input::LiveNodes(nodes) => {
                 let gone: Vec<Rc<str>> = self.cluster.as_ref().map_or_else(Vec::new, |c| {
                     let mut g: Vec<Rc<str>> = c
@@ -107,6 +105,14 @@ impl Hub {
     }
 
     /// Whether `user` is online on another node.
+    /// What the roster of everyone online depends on (see [`crate::roster`]).
+    pub(crate) fn roster_version(&self) -> crate::roster::Version {
+        (
+            self.online.version(),
+            self.cluster.as_ref().map_or(0, |c| c.remote_version),
+        )
+    }
+
     pub(crate) fn online_elsewhere(&self, user: i64) -> bool {
         self.cluster
             .as_ref()
@@ -271,6 +277,7 @@ impl Hub {
                     Some((_, true)) => {
                         // A login elsewhere, ordered after ours: it wins.
                         c.sessions.remove(&user);
+                        c.remote_version += 1;
                         c.remote.insert(
                             user,
                             RemoteUser {
@@ -286,6 +293,7 @@ impl Hub {
                         // closes that session.
                     }
                     None => {
+                        c.remote_version += 1;
                         let was = c
                             .remote
                             .insert(
@@ -298,7 +306,7 @@ impl Hub {
                             )
                             .is_some();
                         if !was && self.online.get(user).is_none() {
-                            self.notify_all(user, status::ONLINE, &name);
+                            self.notify_all(user, status::ONLINE, &name, now);
                         }
                     }
                 }
@@ -316,6 +324,7 @@ impl Hub {
                     .get(&user)
                     .is_some_and(|r| *r.node == *node && r.session == session);
                 if matches && let Some(r) = c.remote.remove(&user) {
+                    c.remote_version += 1;
                     self.remote_departure(user, r.name);
                 }
             }
@@ -343,7 +352,7 @@ impl Hub {
                 let delivered = match self.online.get(msg.to).map(|e| e.conn.key) {
                     Some(to) => {
                         let (frame, _) = self.private_frame_for(to, &msg, None);
-                        self.deliver(to, &frame.into())
+                        self.deliver_message(to, &frame.into())
                     }
                     None => false,
                 };
@@ -370,15 +379,22 @@ impl Hub {
                 };
                 if !delivered {
                     self.store_instead(p, now);
-                } else if self.get(p.conn).is_some() {
-                    self.sms_res_id(p.conn.key, code::OK, "", p.msg_id);
-                    self.resume(p.conn.key, now);
+                } else {
+                    if self.get(p.conn).is_some() {
+                        self.sms_res_id(p.conn.key, code::OK, "", p.msg_id);
+                        self.resume(p.conn.key, now);
+                    }
+                    // Delivered there, kept here: the sender's node writes the history.
+                    self.note_private_history(p.msg);
                 }
             }
             Event::Reset { node } => {
                 if !mine {
                     self.node_gone(&node, now);
                 }
+            }
+            Event::Kick { user, kick, .. } => {
+                self.handle_admin(user, kick, now);
             }
         }
     }
@@ -398,6 +414,7 @@ impl Hub {
         let mut left = Vec::new();
         for user in users {
             if let Some(r) = c.remote.remove(&user) {
+                c.remote_version += 1;
                 left.push((user, r.name));
             }
         }
@@ -421,7 +438,7 @@ impl Hub {
 
     /// Replaces what is known of other nodes by a snapshot, telling the users here of
     /// the differences.
-    fn remote_snapshot(&mut self, entries: Vec<PresenceEntry>) {
+    fn remote_snapshot(&mut self, entries: Vec<PresenceEntry>, now: Now) {
         let Some(c) = self.cluster.as_mut() else {
             return;
         };
@@ -440,6 +457,7 @@ impl Hub {
             );
         }
         let old = std::mem::replace(&mut c.remote, fresh);
+        c.remote_version += 1;
         let came: Vec<(i64, Rc<str>)> = c
             .remote
             .iter()
@@ -453,7 +471,7 @@ impl Hub {
             .collect();
         for (user, name) in came {
             if self.online.get(user).is_none() {
-                self.notify_all(user, status::ONLINE, &name);
+                self.notify_all(user, status::ONLINE, &name, now);
             }
         }
         for (user, name) in left {
@@ -486,15 +504,8 @@ impl Hub {
         );
     }
 
-    fn notify_all(&mut self, user: i64, st: u8, name: &str) {
-        let frame: Rc<[u8]> = ServerMessage::NotifyUserStatus(NotifyUserStatusMes {
-            user_id: user,
-            status: st,
-            user_name: name.to_string(),
-        })
-        .encode()
-        .into();
-        self.broadcast(None, &frame);
+    fn notify_all(&mut self, user: i64, st: u8, name: &str, now: Now) {
+        self.note_presence(user, st, name, now);
     }
 
     fn deliver_remote_group(&mut self, user: i64, name: &str, content: &str, time: u64) {

@@ -13,13 +13,19 @@
 //!   of stored messages, so that a repeated write stores nothing new (see
 //!   [`DEDUPE_WINDOW`]); `offline_id_exp`: (expiry, recipient, sender, tagged id), the
 //!   same entries by expiry, from which each write removes a few expired ones.
+//! - `history`: (conversation, id) → the entry's JSON; the group is conversation
+//!   (0, 0), a private one (lower user id, higher user id). `history_ids`:
+//!   conversation → its last id. An append numbers, inserts and trims in one
+//!   transaction: one commit (one sync) per batch.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{DEDUPE_WINDOW, OfflineId, OfflineMsg, Store, StoreError, StoredMsg};
+use super::{
+    Conv, DEDUPE_WINDOW, HistoryEntry, OfflineId, OfflineMsg, Store, StoreError, StoredMsg,
+};
 use crate::users::UserRecord;
 
 const USERS: TableDefinition<i64, &str> = TableDefinition::new("users");
@@ -27,6 +33,8 @@ const OFFLINE: TableDefinition<(i64, u64), &str> = TableDefinition::new("offline
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const IDS: TableDefinition<(i64, i64, &str), (u64, u64)> = TableDefinition::new("offline_ids");
 const ID_EXP: TableDefinition<(u64, i64, i64, &str), ()> = TableDefinition::new("offline_id_exp");
+const HISTORY: TableDefinition<(i64, i64, u64), &str> = TableDefinition::new("history");
+const HISTORY_IDS: TableDefinition<(i64, i64), u64> = TableDefinition::new("history_ids");
 const SEQ_KEY: &str = "offline_seq";
 /// Expired ids removed per write at most: more than one, so the table shrinks back
 /// after a burst.
@@ -45,6 +53,8 @@ pub const FILE_NAME: &str = "chat.redb";
 #[derive(Clone)]
 pub struct EmbeddedStore {
     db: Arc<Database>,
+    /// The data file, for [`Store::backup`].
+    path: Arc<std::path::PathBuf>,
 }
 
 macro_rules! tryx {
@@ -76,9 +86,14 @@ impl EmbeddedStore {
             tryx!(tx.open_table(META), "open meta");
             tryx!(tx.open_table(IDS), "open offline_ids");
             tryx!(tx.open_table(ID_EXP), "open offline_id_exp");
+            tryx!(tx.open_table(HISTORY), "open history");
+            tryx!(tx.open_table(HISTORY_IDS), "open history_ids");
         }
         tryx!(tx.commit(), "commit");
-        Ok(EmbeddedStore { db: Arc::new(db) })
+        Ok(EmbeddedStore {
+            db: Arc::new(db),
+            path: Arc::new(path),
+        })
     }
 }
 
@@ -207,6 +222,171 @@ impl Store for EmbeddedStore {
         tryx!(tx.commit(), "commit ack");
         Ok(())
     }
+
+    fn append_history(&mut self, entries: &[HistoryEntry], keep: usize) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let tx = tryx!(self.db.begin_write(), "begin write");
+        {
+            let mut t = tryx!(tx.open_table(HISTORY), "open history");
+            let mut ids = tryx!(tx.open_table(HISTORY_IDS), "open history_ids");
+            for e in entries {
+                let (a, b) = Conv::of(e).key();
+                let id = tryx!(ids.get((a, b)), "read history id").map_or(0, |v| v.value()) + 1;
+                tryx!(ids.insert((a, b), id), "write history id");
+                // Stored without its id: the key holds it.
+                let json = serde_json::to_string(&HistoryEntry { id: 0, ..e.clone() })
+                    .map_err(|e| StoreError::new("encode", e))?;
+                tryx!(t.insert((a, b, id), json.as_str()), "write history");
+                if id > keep as u64 {
+                    // Trimmed at every append, so this range holds one entry or so.
+                    tryx!(
+                        t.retain_in((a, b, 0)..=(a, b, id - keep as u64), |_, _| false),
+                        "trim history"
+                    );
+                }
+            }
+        }
+        tryx!(tx.commit(), "commit history");
+        Ok(())
+    }
+
+    fn read_history(
+        &mut self,
+        conv: Conv,
+        before: u64,
+        limit: usize,
+    ) -> Result<(Vec<HistoryEntry>, bool), StoreError> {
+        let tx = tryx!(self.db.begin_read(), "begin read");
+        let t = tryx!(tx.open_table(HISTORY), "open history");
+        let (a, b) = conv.key();
+        let below = if before == 0 { u64::MAX } else { before };
+        let mut out = Vec::new();
+        let mut more = false;
+        for item in tryx!(t.range((a, b, 0)..(a, b, below)), "range history").rev() {
+            let (k, v) = tryx!(item, "read history");
+            if out.len() == limit {
+                more = true;
+                break;
+            }
+            let e: HistoryEntry = serde_json::from_str(v.value())
+                .map_err(|e| StoreError::new("bad stored history entry", e))?;
+            out.push(HistoryEntry {
+                id: k.value().2,
+                ..e
+            });
+        }
+        out.reverse();
+        Ok((out, more))
+    }
+    fn list_users(&mut self) -> Result<Vec<UserRecord>, StoreError> {
+        let tx = tryx!(self.db.begin_read(), "begin read");
+        let t = tryx!(tx.open_table(USERS), "open users");
+        let mut out = Vec::new();
+        for item in tryx!(t.iter(), "list users") {
+            let (_, v) = tryx!(item, "read user");
+            out.push(UserRecord::from_json(v.value()).map_err(StoreError::Unavailable)?);
+        }
+        Ok(out)
+    }
+
+    fn remove_user(&mut self, id: i64) -> Result<bool, StoreError> {
+        let tx = tryx!(self.db.begin_write(), "begin write");
+        let existed;
+        {
+            let mut users = tryx!(tx.open_table(USERS), "open users");
+            existed = tryx!(users.remove(id), "remove user").is_some();
+            let mut t = tryx!(tx.open_table(OFFLINE), "open offline");
+            tryx!(
+                t.retain_in((id, 0)..=(id, u64::MAX), |_, _| false),
+                "remove messages"
+            );
+            // The ids of messages stored for this user go too (their expiry entries
+            // are pruned as usual: they no longer match an id).
+            let mut ids = tryx!(tx.open_table(IDS), "open offline_ids");
+            tryx!(
+                ids.retain_in(
+                    (id, i64::MIN, "")..(id.saturating_add(1), i64::MIN, ""),
+                    |_, _| { false }
+                ),
+                "remove ids"
+            );
+        }
+        tryx!(tx.commit(), "commit removal");
+        Ok(existed)
+    }
+
+    fn modify_user(
+        &mut self,
+        id: i64,
+        change: &mut dyn FnMut(&mut UserRecord),
+    ) -> Result<Option<UserRecord>, StoreError> {
+        // Read and written in one write transaction: redb serialises writers.
+        let tx = tryx!(self.db.begin_write(), "begin write");
+        let rec;
+        {
+            let mut t = tryx!(tx.open_table(USERS), "open users");
+            let Some(mut r) = tryx!(t.get(id), "read user")
+                .map(|v| UserRecord::from_json(v.value()))
+                .transpose()
+                .map_err(StoreError::Unavailable)?
+            else {
+                return Ok(None);
+            };
+            change(&mut r);
+            r.stale_shape = false;
+            tryx!(t.insert(id, r.to_json().as_str()), "write user");
+            rec = r;
+        }
+        tryx!(tx.commit(), "commit user");
+        Ok(Some(rec))
+    }
+
+    /// Copies the file while holding redb's write lock: no commit can start or be
+    /// under way meanwhile, and every commit before it was synced to disk (redb's
+    /// default durability), so the copy is the database as of its last commit, as
+    /// after a crash at that instant, which redb recovers from by design. Writers
+    /// (registrations, stored messages) wait for the copy; readers do not.
+    fn backup(&mut self, to: &Path) -> Result<u64, StoreError> {
+        let from = self.path.as_path().to_owned();
+        let tx = tryx!(self.db.begin_write(), "begin write");
+        let copied = copy_new(&from, to);
+        // Nothing was written in it.
+        tryx!(tx.abort(), "end backup");
+        let n = copied
+            .map_err(|e| StoreError::Unavailable(format!("backup to {}: {e}", to.display())))?;
+        // The copy is checked: opened (which recovers it as after a crash) and its
+        // checksums verified.
+        let bad = |e: &dyn std::fmt::Display| {
+            StoreError::Unavailable(format!("the backup {} is unusable: {e}", to.display()))
+        };
+        let mut check = Database::open(to).map_err(|e| bad(&e))?;
+        match check.check_integrity() {
+            Ok(true) => Ok(n),
+            Ok(false) => Err(bad(&"it needed repairs")),
+            Err(e) => Err(bad(&e)),
+        }
+    }
+}
+
+/// Copies `from` to a new file `to` (never over an existing one) and syncs it.
+fn copy_new(from: &Path, to: &Path) -> std::io::Result<u64> {
+    use std::io::Write;
+    let mut src = std::fs::File::open(from)?;
+    let mut dst = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(to)?;
+    let result = std::io::copy(&mut src, &mut dst).and_then(|n| {
+        dst.flush()?;
+        dst.sync_all()?;
+        Ok(n)
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(to);
+    }
+    result
 }
 
 #[cfg(test)]
@@ -218,6 +398,63 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(dir.path()).unwrap();
         super::super::suite::run(&|| Box::new(store.clone()));
+    }
+
+    #[test]
+    fn a_backup_taken_during_writes_is_a_whole_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (mut s, stop) = (store.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut id = 1;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let rec = UserRecord {
+                        id,
+                        name: format!("user {id}"),
+                        pwd_hash: "$argon2id$x".into(),
+                        ..UserRecord::default()
+                    };
+                    assert!(s.create_user(&rec).unwrap());
+                    id += 1;
+                }
+                id - 1
+            })
+        };
+        // Some writes before and during each copy.
+        while store.clone().get_user(50).unwrap().is_none() {
+            std::thread::yield_now();
+        }
+        let copies: Vec<_> = (0..3)
+            .map(|i| {
+                let to = dir.path().join(format!("copy-{i}.redb"));
+                let n = store.clone().backup(&to).unwrap();
+                assert!(n > 0);
+                to
+            })
+            .collect();
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let written = writer.join().unwrap();
+        let mut last = 0;
+        for to in copies {
+            let copy_dir = tempfile::tempdir().unwrap();
+            std::fs::rename(&to, copy_dir.path().join(FILE_NAME)).unwrap();
+            let mut c = EmbeddedStore::open(copy_dir.path()).unwrap();
+            let users = c.list_users().unwrap();
+            // Every record whole, and no gap: a prefix of what was written.
+            let ids: Vec<i64> = users.iter().map(|u| u.id).collect();
+            assert!(ids.len() >= 50 && ids.len() as i64 <= written);
+            assert_eq!(ids, (1..=ids.len() as i64).collect::<Vec<_>>());
+            assert!(users.iter().all(|u| u.name == format!("user {}", u.id)));
+            assert!(ids.len() >= last, "later copies hold more");
+            last = ids.len();
+        }
+        // Never over an existing file.
+        let there = dir.path().join("there.redb");
+        std::fs::write(&there, b"keep").unwrap();
+        assert!(store.clone().backup(&there).is_err());
+        assert_eq!(std::fs::read(&there).unwrap(), b"keep");
     }
 
     #[test]
@@ -235,5 +472,23 @@ mod tests {
         }
         let mut s = EmbeddedStore::open(dir.path()).unwrap();
         assert_eq!(s.get_user(5).unwrap().unwrap().name, "e");
+    }
+
+    #[test]
+    fn history_survives_reopening_and_numbering_goes_on() {
+        use crate::store::suite::entry;
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = EmbeddedStore::open(dir.path()).unwrap();
+            s.append_history(&[entry(1, None, "a"), entry(1, Some(2), "b")], 10)
+                .unwrap();
+        }
+        let mut s = EmbeddedStore::open(dir.path()).unwrap();
+        s.append_history(&[entry(2, None, "c")], 10).unwrap();
+        let (got, more) = s.read_history(Conv::Group, 0, 10).unwrap();
+        let got: Vec<(u64, &str)> = got.iter().map(|e| (e.id, e.content.as_str())).collect();
+        assert_eq!((got, more), (vec![(1, "a"), (2, "c")], false));
+        let (got, _) = s.read_history(Conv::pair(2, 1), 0, 10).unwrap();
+        assert_eq!(got[0].content, "b");
     }
 }

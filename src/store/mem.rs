@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use super::{OfflineId, OfflineMsg, Store, StoreError, StoredMsg};
+use super::{Conv, HistoryEntry, OfflineId, OfflineMsg, Store, StoreError, StoredMsg};
 use crate::users::UserRecord;
 
 #[derive(Default, Debug)]
@@ -17,6 +17,9 @@ struct Inner {
     /// Ids of stored messages: (recipient, sender, id) → seq. Kept for the life of the
     /// store (a test store: the window of the real backends is not modelled).
     ids: HashMap<(i64, i64, OfflineId), u64>,
+    /// History: (conversation, id) → entry; and each conversation's last id.
+    history: BTreeMap<((i64, i64), u64), HistoryEntry>,
+    history_ids: HashMap<(i64, i64), u64>,
     /// When set, every call fails with this error (to test outage handling).
     fail: Option<StoreError>,
     /// When set, writes are done but then reported as this error, as if the answer
@@ -162,6 +165,101 @@ impl Store for MemStore {
         }
         drop(g);
         self.answer(())
+    }
+
+    fn append_history(&mut self, entries: &[HistoryEntry], keep: usize) -> Result<(), StoreError> {
+        {
+            let mut g = self.checked()?;
+            for e in entries {
+                let conv = Conv::of(e).key();
+                let id = {
+                    let last = g.history_ids.entry(conv).or_insert(0);
+                    *last += 1;
+                    *last
+                };
+                g.history
+                    .insert((conv, id), HistoryEntry { id, ..e.clone() });
+                if id > keep as u64 {
+                    let old: Vec<_> = g
+                        .history
+                        .range((conv, 0)..=(conv, id - keep as u64))
+                        .map(|(k, _)| *k)
+                        .collect();
+                    for k in old {
+                        g.history.remove(&k);
+                    }
+                }
+            }
+        }
+        self.answer(())
+    }
+
+    fn read_history(
+        &mut self,
+        conv: Conv,
+        before: u64,
+        limit: usize,
+    ) -> Result<(Vec<HistoryEntry>, bool), StoreError> {
+        let g = self.checked()?;
+        let conv = conv.key();
+        let below = if before == 0 { u64::MAX } else { before };
+        let mut newest: Vec<HistoryEntry> = g
+            .history
+            .range((conv, 0)..(conv, below))
+            .rev()
+            .take(limit.saturating_add(1))
+            .map(|(_, e)| e.clone())
+            .collect();
+        let more = newest.len() > limit;
+        newest.truncate(limit);
+        newest.reverse();
+        Ok((newest, more))
+    }
+
+    fn list_users(&mut self) -> Result<Vec<UserRecord>, StoreError> {
+        let mut all: Vec<UserRecord> = self.checked()?.users.values().cloned().collect();
+        all.sort_by_key(|u| u.id);
+        Ok(all)
+    }
+
+    fn remove_user(&mut self, id: i64) -> Result<bool, StoreError> {
+        let removed = {
+            let mut g = self.checked()?;
+            let keys: Vec<(i64, u64)> = g
+                .offline
+                .range((id, 0)..=(id, u64::MAX))
+                .map(|(k, _)| *k)
+                .collect();
+            for k in keys {
+                g.offline.remove(&k);
+            }
+            g.ids.retain(|(to, _, _), _| *to != id);
+            g.users.remove(&id).is_some()
+        };
+        self.answer(removed)
+    }
+
+    fn modify_user(
+        &mut self,
+        id: i64,
+        change: &mut dyn FnMut(&mut UserRecord),
+    ) -> Result<Option<UserRecord>, StoreError> {
+        let rec = {
+            let mut g = self.checked()?;
+            g.users.get_mut(&id).map(|r| {
+                change(r);
+                r.stale_shape = false;
+                r.clone()
+            })
+        };
+        self.answer(rec)
+    }
+}
+
+impl MemStore {
+    /// Number of history entries held, over every conversation.
+    pub fn history_count(&self) -> usize {
+        self.lock().history.len()
     }
 }
 

@@ -19,6 +19,10 @@
 //! - `fetch_offline` returns the oldest messages first and removes nothing;
 //!   `ack_offline(user, upto)` removes those with `seq <= upto`. A crash between the two
 //!   can repeat a message, never lose one.
+//! - `append_history` numbers each entry within its conversation ([`Conv`]: the group,
+//!   or one pair of users) in the store itself, so ids are unique per conversation
+//!   whichever node wrote, and trims each conversation to its last entries;
+//!   `read_history` pages back through them by id.
 //! - A method that returned `Ok` has committed durably.
 #![forbid(unsafe_code)]
 
@@ -31,6 +35,7 @@ pub mod redis;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::proto::HistoryEntry;
 use crate::users::UserRecord;
 
 /// A storage failure. What the caller may tell its client depends on the kind: only
@@ -161,6 +166,37 @@ pub struct StoredMsg {
     pub msg: OfflineMsg,
 }
 
+/// A conversation whose history is kept: the group's, or one pair of users'.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Conv {
+    Group,
+    /// The private conversation of two users, the lower id first ([`Conv::pair`]).
+    Pair(i64, i64),
+}
+
+impl Conv {
+    /// The private conversation of `a` and `b`, whichever wrote.
+    pub fn pair(a: i64, b: i64) -> Conv {
+        Conv::Pair(a.min(b), a.max(b))
+    }
+
+    /// The conversation an entry belongs to: private if it has a recipient.
+    pub fn of(e: &HistoryEntry) -> Conv {
+        match e.to_user_id {
+            None => Conv::Group,
+            Some(to) => Conv::pair(e.user_id, to),
+        }
+    }
+
+    /// As two numbers, the group as (0, 0) (user ids are positive).
+    pub fn key(self) -> (i64, i64) {
+        match self {
+            Conv::Group => (0, 0),
+            Conv::Pair(a, b) => (a, b),
+        }
+    }
+}
+
 /// The storage interface every backend implements.
 pub trait Store: Send {
     fn get_user(&mut self, id: i64) -> Result<Option<UserRecord>, StoreError>;
@@ -180,6 +216,64 @@ pub trait Store: Send {
     fn fetch_offline(&mut self, user: i64, max: usize) -> Result<Vec<StoredMsg>, StoreError>;
     /// Removes `user`'s offline messages with `seq <= upto`.
     fn ack_offline(&mut self, user: i64, upto: u64) -> Result<(), StoreError>;
+    /// Appends each entry, in order, to its conversation ([`Conv::of`]) under the next
+    /// id of that conversation (the entry's own `id` is ignored), and keeps only the
+    /// last `keep` entries of each conversation it touched. All or nothing; a repeat
+    /// of the same call after a lost answer appends nothing twice.
+    fn append_history(&mut self, entries: &[HistoryEntry], keep: usize) -> Result<(), StoreError>;
+    /// The newest `limit` entries of `conv` with an id below `before` (0: any id),
+    /// oldest first, and whether older ones exist.
+    fn read_history(
+        &mut self,
+        conv: Conv,
+        before: u64,
+        limit: usize,
+    ) -> Result<(Vec<HistoryEntry>, bool), StoreError>;
+
+    // ----- operators' commands (`chat-server users`, see `admin`) -----
+
+    /// Every user, by id. Default: not supported.
+    fn list_users(&mut self) -> Result<Vec<UserRecord>, StoreError> {
+        Err(StoreError::Unavailable(
+            "listing users is not supported by this store".into(),
+        ))
+    }
+
+    /// Deletes the user and their offline messages; `Ok(false)` if there was no such
+    /// user. Default: not supported.
+    fn remove_user(&mut self, id: i64) -> Result<bool, StoreError> {
+        let _ = id;
+        Err(StoreError::Unavailable(
+            "removing users is not supported by this store".into(),
+        ))
+    }
+
+    /// Applies `change` to the stored record of `id` and writes it back, atomically
+    /// against other writers of that record (a login's password upgrade): a change is
+    /// never lost to a concurrent rewrite. `Ok(None)` if there is no such user, else
+    /// the record as written. `change` may be called more than once (a retry after a
+    /// concurrent write). The default reads then writes, without that guarantee.
+    fn modify_user(
+        &mut self,
+        id: i64,
+        change: &mut dyn FnMut(&mut UserRecord),
+    ) -> Result<Option<UserRecord>, StoreError> {
+        let Some(mut rec) = self.get_user(id)? else {
+            return Ok(None);
+        };
+        change(&mut rec);
+        self.update_user(&rec)?;
+        Ok(Some(rec))
+    }
+
+    /// Writes a consistent copy of the whole store to `to` (a new file), while it is
+    /// in use. Default: not supported (Redis has its own: `BGSAVE`).
+    fn backup(&mut self, to: &std::path::Path) -> Result<u64, StoreError> {
+        let _ = to;
+        Err(StoreError::Unavailable(
+            "backup is not supported by this store".into(),
+        ))
+    }
 }
 
 /// Makes a store handle for each worker thread.
@@ -228,6 +322,137 @@ pub mod suite {
         registration_repeats(&mut *make(), &mut *make());
         offline(&mut *make(), &mut *make());
         offline_dedupe(&mut *make(), &mut *make());
+        history(&mut *make(), &mut *make());
+        operators(&mut *make(), &mut *make());
+    }
+
+    /// A history entry of the group (`to` none) or a private one, not yet numbered.
+    pub fn entry(from: i64, to: Option<i64>, content: &str) -> HistoryEntry {
+        HistoryEntry {
+            id: 0,
+            time: 1000,
+            user_id: from,
+            user_name: format!("u{from}"),
+            content: content.into(),
+            to_user_id: to,
+        }
+    }
+
+    fn contents(got: &(Vec<HistoryEntry>, bool)) -> (Vec<&str>, bool) {
+        (got.0.iter().map(|e| e.content.as_str()).collect(), got.1)
+    }
+
+    fn history(a: &mut dyn Store, b: &mut dyn Store) {
+        assert_eq!(a.read_history(Conv::Group, 0, 10).unwrap(), (vec![], false));
+        // One batch over several conversations, then single appends from either handle.
+        a.append_history(
+            &[
+                entry(1, None, "g1"),
+                entry(1, Some(2), "p1"),
+                entry(2, None, "g2"),
+                entry(2, Some(1), "p2"),
+                entry(1, Some(3), "q1"),
+            ],
+            4,
+        )
+        .unwrap();
+        a.append_history(&[entry(3, None, "g3")], 4).unwrap();
+        b.append_history(&[entry(3, None, "g4")], 4).unwrap();
+        a.append_history(&[entry(3, None, "g5")], 4).unwrap();
+        // The newest page, oldest first, numbered 1, 2, ... within the conversation.
+        let page = b.read_history(Conv::Group, 0, 2).unwrap();
+        assert_eq!(contents(&page), (vec!["g4", "g5"], true));
+        assert_eq!(page.0.iter().map(|e| e.id).collect::<Vec<_>>(), [4, 5]);
+        assert_eq!(
+            page.0[0],
+            HistoryEntry {
+                id: 4,
+                ..entry(3, None, "g4")
+            }
+        );
+        // Paging back: only ids below `before`; the last `keep` (4) are kept.
+        let older = a.read_history(Conv::Group, 4, 2).unwrap();
+        assert_eq!(contents(&older), (vec!["g2", "g3"], false));
+        assert_eq!(older.0[0].id, 2);
+        assert_eq!(
+            contents(&a.read_history(Conv::Group, 0, 100).unwrap()),
+            (vec!["g2", "g3", "g4", "g5"], false)
+        );
+        assert_eq!(
+            contents(&a.read_history(Conv::Group, 2, 100).unwrap()),
+            (vec![], false)
+        );
+        assert_eq!(
+            contents(&a.read_history(Conv::Group, 1_000, 1).unwrap()),
+            (vec!["g5"], true)
+        );
+        // A pair's conversation holds both directions, and nobody else's.
+        let pair = b.read_history(Conv::pair(2, 1), 0, 10).unwrap();
+        assert_eq!(contents(&pair), (vec!["p1", "p2"], false));
+        assert_eq!(pair.0.iter().map(|e| e.id).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(pair.0[1].to_user_id, Some(1));
+        assert_eq!(pair.0[1].user_id, 2);
+        assert_eq!(
+            contents(&a.read_history(Conv::pair(3, 1), 0, 10).unwrap()),
+            (vec!["q1"], false)
+        );
+        assert_eq!(
+            a.read_history(Conv::pair(2, 3), 0, 10).unwrap(),
+            (vec![], false)
+        );
+        // Trimmed as new ones come: a pair keeps its last `keep` too.
+        let many: Vec<HistoryEntry> = (0..6)
+            .map(|i| entry(1, Some(2), &format!("m{i}")))
+            .collect();
+        a.append_history(&many, 3).unwrap();
+        let pair = b.read_history(Conv::pair(1, 2), 0, 10).unwrap();
+        assert_eq!(contents(&pair), (vec!["m3", "m4", "m5"], false));
+        assert_eq!(pair.0.iter().map(|e| e.id).collect::<Vec<_>>(), [6, 7, 8]);
+        // Nothing to append is no error.
+        a.append_history(&[], 3).unwrap();
+    }
+
+    /// What the operators' commands need: list, modify in place, remove.
+    fn operators(a: &mut dyn Store, b: &mut dyn Store) {
+        assert!(a.create_user(&user(40, "hal")).unwrap());
+        assert!(a.create_user(&user(41, "ida")).unwrap());
+        let listed: Vec<(i64, String)> = b
+            .list_users()
+            .unwrap()
+            .into_iter()
+            .filter(|u| u.id == 40 || u.id == 41)
+            .map(|u| (u.id, u.name))
+            .collect();
+        assert_eq!(listed, [(40, "hal".to_string()), (41, "ida".to_string())]);
+        let ids: Vec<i64> = a.list_users().unwrap().iter().map(|u| u.id).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "sorted by id: {ids:?}");
+        // Modified in place, every other field kept.
+        let got = b
+            .modify_user(40, &mut |r| r.banned = true)
+            .unwrap()
+            .unwrap();
+        assert!(got.banned);
+        let back = a.get_user(40).unwrap().unwrap();
+        assert!(back.banned);
+        assert_eq!(back.reg_token, user(40, "hal").reg_token);
+        assert_eq!(a.modify_user(49, &mut |r| r.banned = true).unwrap(), None);
+        assert!(
+            b.modify_user(40, &mut |r| r.banned = false)
+                .unwrap()
+                .is_some()
+        );
+        assert!(!a.get_user(40).unwrap().unwrap().banned);
+        // Removed with its offline messages; a removal of nobody says so.
+        push(a, &msg(41, 40, "for hal")).unwrap();
+        assert!(b.remove_user(40).unwrap());
+        assert_eq!(a.get_user(40).unwrap(), None);
+        assert!(a.fetch_offline(40, 10).unwrap().is_empty());
+        assert!(!a.remove_user(40).unwrap());
+        assert_eq!(push(a, &msg(41, 40, "too late")), None);
+        // The id is free again, and starts with no messages.
+        assert!(a.create_user(&user(40, "hal2")).unwrap());
+        assert!(b.fetch_offline(40, 10).unwrap().is_empty());
+        assert_eq!(a.get_user(41).unwrap().unwrap().name, "ida");
     }
 
     fn users(s: &mut dyn Store) {

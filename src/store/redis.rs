@@ -17,6 +17,11 @@
 //!   (the sender's `msgId`, or one this server chose), expiring after
 //!   [`DEDUPE_WINDOW`](super::DEDUPE_WINDOW).
 //!
+//! - `history:group`, `history:pm:<lower id>:<higher id>`: a conversation's history, a
+//!   sorted set of entries' JSON scored by id, trimmed to the last `--history`;
+//!   `history:group:seq`, `history:pm:<a>:<b>:seq`: the counters (`INCR`) that number
+//!   them. Appended by [`HISTORY_SCRIPT`], a whole batch at once.
+//!
 //! Every write is idempotent, so a lost answer is resolved by asking again, never by
 //! guessing. When a write's answer does not come (a timeout, a dropped connection),
 //! the command may or may not have run: the connection is dropped (a late reply would
@@ -38,7 +43,9 @@ use std::time::{Duration, Instant};
 
 use redis::{Connection, RedisError, RedisResult};
 
-use super::{DEDUPE_WINDOW, OfflineId, OfflineMsg, Store, StoreError, StoredMsg};
+use super::{
+    Conv, DEDUPE_WINDOW, HistoryEntry, OfflineId, OfflineMsg, Store, StoreError, StoredMsg,
+};
 use crate::users::UserRecord;
 
 const USERS: &str = "users";
@@ -97,6 +104,61 @@ end
 return n
 "#;
 
+/// A conversation's history key (a sorted set); its counter is this plus `:seq`.
+fn history_key(conv: Conv) -> String {
+    match conv {
+        Conv::Group => "history:group".to_string(),
+        Conv::Pair(a, b) => format!("history:pm:{a}:{b}"),
+    }
+}
+
+/// How long a store handle's last history batch number is remembered after its last
+/// batch (a handle of a stopped server leaves one key, gone after this).
+const HISTORY_WRITER_TTL_SECS: u64 = 3600;
+
+/// KEYS: `history-writer:<handle>`, then for each entry its conversation's sorted set
+/// and counter. ARGV: how many entries to keep per conversation, this batch's number
+/// (a handle's batches are numbered 1, 2, ... and sent one after the other), the
+/// writer key's lifetime in seconds, then each entry's JSON (an object without `id`).
+/// Appends nothing if the handle's last batch is this one (sent again after its
+/// answer was lost); else records it, numbers each entry with its conversation's
+/// `INCR`, adds it scored by that id and trims the conversation to its last entries.
+/// Returns how many it appended.
+pub const HISTORY_SCRIPT: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[2] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+local keep = tonumber(ARGV[1])
+for i = 4, #ARGV do
+  local z = KEYS[2 * (i - 3)]
+  local id = redis.call('INCR', KEYS[2 * (i - 3) + 1])
+  redis.call('ZADD', z, id, '{"id":' .. id .. ',' .. string.sub(ARGV[i], 2))
+  redis.call('ZREMRANGEBYRANK', z, 0, -keep - 1)
+end
+return #ARGV - 3
+"#;
+
+/// KEYS: users. ARGV: user id, the record as read, the record to write. Writes it
+/// only if the stored record is still the one read: 1; 0 if it changed meanwhile (read
+/// again and retry); -1 if it is gone.
+const SWAP_SCRIPT: &str = r#"
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur then return -1 end
+if cur ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
+"#;
+
+/// KEYS: users, offline:<user>. ARGV: user id. Removes the user and their offline
+/// messages together; returns whether the user existed.
+const REMOVE_SCRIPT: &str = r#"
+local n = redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[2])
+return n
+"#;
+
+/// How many times a record changed by someone else meanwhile is read again.
+const SWAP_TRIES: usize = 16;
+
 /// Whether a call changes anything: a write whose answer is lost is asked again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Call {
@@ -135,6 +197,8 @@ pub struct RedisStore {
     retry_at: Option<Instant>,
     /// When the connection last answered (or was made).
     last_used: Instant,
+    /// This handle's history batches: its key (random), and the last batch's number.
+    history_writer: (String, u64),
 }
 
 impl RedisStore {
@@ -150,6 +214,7 @@ impl RedisStore {
             backoff: t.backoff_min,
             retry_at: None,
             last_used: Instant::now(),
+            history_writer: (format!("history-writer:{}", super::random_token()), 0),
         })
     }
 
@@ -436,6 +501,156 @@ impl Store for RedisStore {
                 .query::<i64>(c)
         })?;
         Ok(())
+    }
+
+    fn append_history(&mut self, entries: &[HistoryEntry], keep: usize) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        self.history_writer.1 += 1;
+        let batch = self.history_writer.1;
+        let mut keys = Vec::with_capacity(1 + 2 * entries.len());
+        keys.push(self.history_writer.0.clone());
+        let mut jsons = Vec::with_capacity(entries.len());
+        for e in entries {
+            let key = history_key(Conv::of(e));
+            let seq = format!("{key}:seq");
+            keys.push(key);
+            keys.push(seq);
+            let json = serde_json::to_string(&HistoryEntry { id: 0, ..e.clone() })
+                .map_err(|e| StoreError::new("encode", e))?;
+            jsons.push(json);
+        }
+        // The same number for every send of this batch: a resend after a lost answer
+        // is recognised and appends nothing twice.
+        self.call(Call::Write, |c| {
+            redis::cmd("EVAL")
+                .arg(HISTORY_SCRIPT)
+                .arg(keys.len())
+                .arg(&keys)
+                .arg(keep)
+                .arg(batch)
+                .arg(HISTORY_WRITER_TTL_SECS)
+                .arg(&jsons)
+                .query::<i64>(c)
+        })?;
+        Ok(())
+    }
+
+    fn read_history(
+        &mut self,
+        conv: Conv,
+        before: u64,
+        limit: usize,
+    ) -> Result<(Vec<HistoryEntry>, bool), StoreError> {
+        let key = history_key(conv);
+        let max = if before == 0 {
+            "+inf".to_string()
+        } else {
+            format!("({before}")
+        };
+        let raw: Vec<String> = self.call(Call::Read, |c| {
+            redis::cmd("ZREVRANGEBYSCORE")
+                .arg(&key)
+                .arg(&max)
+                .arg("-inf")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit.saturating_add(1))
+                .query(c)
+        })?;
+        let more = raw.len() > limit;
+        let mut out = raw
+            .iter()
+            .take(limit)
+            .map(|s| {
+                serde_json::from_str(s).map_err(|e| StoreError::new("bad stored history entry", e))
+            })
+            .collect::<Result<Vec<HistoryEntry>, StoreError>>()?;
+        out.reverse();
+        Ok((out, more))
+    }
+
+    fn list_users(&mut self) -> Result<Vec<UserRecord>, StoreError> {
+        // HSCAN, not HGETALL: a large hash is read in steps that never hold Redis up.
+        let mut cursor: u64 = 0;
+        let mut out = Vec::new();
+        loop {
+            let (next, pairs): (u64, Vec<(String, String)>) = self.call(Call::Read, |c| {
+                redis::cmd("HSCAN")
+                    .arg(USERS)
+                    .arg(cursor)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query(c)
+            })?;
+            for (field, json) in pairs {
+                let rec = UserRecord::from_json(&json)
+                    .map_err(|e| StoreError::Unavailable(format!("user {field}: {e}")))?;
+                out.push(rec);
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        // HSCAN may return a field twice.
+        out.sort_by_key(|u| u.id);
+        out.dedup_by_key(|u| u.id);
+        Ok(out)
+    }
+
+    fn remove_user(&mut self, id: i64) -> Result<bool, StoreError> {
+        let key = offline_key(id);
+        let n: i64 = self.call(Call::Write, |c| {
+            redis::cmd("EVAL")
+                .arg(REMOVE_SCRIPT)
+                .arg(2)
+                .arg(USERS)
+                .arg(&key)
+                .arg(id)
+                .query(c)
+        })?;
+        Ok(n > 0)
+    }
+
+    fn modify_user(
+        &mut self,
+        id: i64,
+        change: &mut dyn FnMut(&mut UserRecord),
+    ) -> Result<Option<UserRecord>, StoreError> {
+        for _ in 0..SWAP_TRIES {
+            let raw: Option<String> = self.call(Call::Read, |c| {
+                redis::cmd("HGET").arg(USERS).arg(id).query(c)
+            })?;
+            let Some(raw) = raw else {
+                return Ok(None);
+            };
+            let mut rec = UserRecord::from_json(&raw).map_err(StoreError::Unavailable)?;
+            change(&mut rec);
+            rec.stale_shape = false;
+            let json = rec.to_json();
+            let n: i64 = self.call(Call::Write, |c| {
+                redis::cmd("EVAL")
+                    .arg(SWAP_SCRIPT)
+                    .arg(1)
+                    .arg(USERS)
+                    .arg(id)
+                    .arg(&raw)
+                    .arg(&json)
+                    .query(c)
+            })?;
+            match n {
+                1 => return Ok(Some(rec)),
+                -1 => return Ok(None),
+                // Rewritten by someone else meanwhile (or by this very write, whose
+                // first answer was lost): read it again.
+                _ => continue,
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "user {id}: the record kept changing; try again"
+        )))
     }
 }
 

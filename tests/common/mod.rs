@@ -102,12 +102,21 @@ impl ServerProc {
         }
     }
 
-    /// A log line containing `needle` among those logged so far, without waiting.
-    pub fn logged(&mut self, needle: &str) -> Option<String> {
+    /// The address another listener logged ("web listening on ADDR" for `name`
+    /// "web").
+    pub fn listener_addr(&mut self, name: &str) -> SocketAddr {
+        let needle = format!("{name} listening on ");
+        let line = self.wait_log(&needle);
+        let addr = line.rsplit(&needle).next().unwrap().trim();
+        addr.parse().expect("address in the log")
+    }
+
+    /// Whether a log line containing `needle` has come, without waiting.
+    pub fn saw_log(&mut self, needle: &str) -> bool {
         while let Ok(line) = self.log.try_recv() {
             self.log_lines.push(line);
         }
-        self.log_lines.iter().find(|l| l.contains(needle)).cloned()
+        self.log_lines.iter().any(|l| l.contains(needle))
     }
 
     pub fn connect(&self) -> SeedClient {

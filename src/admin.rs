@@ -1,0 +1,364 @@
+//! Operators' commands (`chat-server users ...`, `chat-server backup`): what each does
+//! to the store, and the requests and answers of the admin socket that carries them to
+//! a running server.
+//!
+//! A command is applied to a [`Store`] by [`apply`], the same code whether the server
+//! is stopped (the command line opens the data file, or Redis, itself) or running (its
+//! admin socket thread runs it against its own store handle). A ban or a removal then
+//! also ends the user's live sessions: [`Done::kick`] says so, and whoever applied the
+//! command hands it to the hub ([`Hub::handle_admin`](crate::hub::Hub::handle_admin)),
+//! directly through the running server's loop, or as a cluster event
+//! ([`Event::Kick`](crate::cluster::Event::Kick)) that every node on one Redis takes.
+//!
+//! The admin socket speaks one line of JSON each way: a [`Request`], then a
+//! [`Response`]. Passwords never cross it: the command line hashes them itself and
+//! sends the PHC string.
+#![forbid(unsafe_code)]
+
+use serde::{Deserialize, Serialize};
+
+use crate::job::LoginError;
+use crate::proto::code;
+use crate::store::{Store, StoreError};
+use crate::users::{UserRecord, validate_registration};
+
+/// Longest request line the admin socket reads, in bytes.
+pub const MAX_REQUEST: usize = 64 * 1024;
+
+/// The admin socket's file name, in the data directory.
+pub const SOCKET_NAME: &str = "admin.sock";
+
+/// Why an operator ends a user's sessions.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub enum Kick {
+    /// Banned: logins are refused until unbanned.
+    Banned,
+    /// The account and its offline messages are deleted.
+    Removed,
+}
+
+impl Kick {
+    /// The `ErrorResMes` a live session gets before it is closed.
+    pub fn error(self) -> (u16, &'static str) {
+        match self {
+            Kick::Banned => (code::BANNED, "this account is banned"),
+            Kick::Removed => (code::GONE, "this account was removed"),
+        }
+    }
+
+    /// What a login of this user in flight at the time comes to.
+    pub fn login_error(self) -> LoginError {
+        match self {
+            Kick::Banned => LoginError::Banned,
+            Kick::Removed => LoginError::NoSuchUser,
+        }
+    }
+}
+
+/// One command, as sent over the admin socket.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(tag = "cmd", rename_all = "camelCase")]
+pub enum Request {
+    List,
+    /// A new account; `hash` is the password's argon2id PHC string.
+    Add {
+        id: i64,
+        name: String,
+        hash: String,
+    },
+    Passwd {
+        id: i64,
+        hash: String,
+    },
+    Remove {
+        id: i64,
+    },
+    Ban {
+        id: i64,
+    },
+    Unban {
+        id: i64,
+    },
+    /// A consistent copy of the embedded data file, to a new file at `path` (a path
+    /// the server process can write).
+    Backup {
+        path: String,
+    },
+}
+
+/// One user as `list` shows it: never a password or a hash.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct UserLine {
+    pub id: i64,
+    pub name: String,
+    pub banned: bool,
+}
+
+/// The answer to a [`Request`].
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct Response {
+    pub ok: bool,
+    /// What was done, or what went wrong, in a sentence.
+    pub text: String,
+    /// For `list`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users: Option<Vec<UserLine>>,
+}
+
+impl Response {
+    pub fn failed(text: impl Into<String>) -> Response {
+        Response {
+            ok: false,
+            text: text.into(),
+            users: None,
+        }
+    }
+}
+
+/// What [`apply`] did, and what remains for the hub.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Done {
+    pub text: String,
+    pub users: Option<Vec<UserLine>>,
+    /// Sessions of this user must end (a ban, a removal).
+    pub kick: Option<(i64, Kick)>,
+}
+
+impl Done {
+    fn said(text: String) -> Done {
+        Done {
+            text,
+            users: None,
+            kick: None,
+        }
+    }
+
+    /// The answer, once the kick (if any) ended `sessions` sessions (`None`: not
+    /// known, as with Redis, where each node ends its own).
+    pub fn response(self, sessions: Option<String>) -> Response {
+        let text = match sessions {
+            Some(s) => format!("{}; {s}", self.text),
+            None => self.text,
+        };
+        Response {
+            ok: true,
+            text,
+            users: self.users,
+        }
+    }
+}
+
+/// Whether `hash` looks like a password hash this server can verify.
+fn check_hash(hash: &str) -> Result<(), String> {
+    if hash.starts_with("$argon2") {
+        Ok(())
+    } else {
+        Err("the password must come hashed (an argon2id PHC string)".into())
+    }
+}
+
+fn no_such_user(id: i64) -> String {
+    format!("no such user: {id}")
+}
+
+fn store_failed(e: StoreError) -> String {
+    format!("storage error: {e}")
+}
+
+/// Applies one command to the store. `Backup` is the store's own
+/// ([`Store::backup`]).
+pub fn apply(store: &mut dyn Store, req: Request) -> Result<Done, String> {
+    match req {
+        Request::List => {
+            let users = store
+                .list_users()
+                .map_err(store_failed)?
+                .into_iter()
+                .map(|u: UserRecord| UserLine {
+                    id: u.id,
+                    name: u.name,
+                    banned: u.banned,
+                })
+                .collect::<Vec<_>>();
+            Ok(Done {
+                text: format!("{} users", users.len()),
+                users: Some(users),
+                kick: None,
+            })
+        }
+        Request::Add { id, name, hash } => {
+            // The password itself was checked where it was typed.
+            validate_registration(id, &name, "-")?;
+            check_hash(&hash)?;
+            let rec = UserRecord {
+                id,
+                name,
+                pwd_hash: hash,
+                ..UserRecord::default()
+            };
+            if store.create_user(&rec).map_err(store_failed)? {
+                Ok(Done::said(format!("user {id} added")))
+            } else {
+                Err(format!("user id {id} is already taken"))
+            }
+        }
+        Request::Passwd { id, hash } => {
+            check_hash(&hash)?;
+            let set = &mut |r: &mut UserRecord| {
+                r.pwd_hash = hash.clone();
+                r.legacy_pwd.clear();
+            };
+            match store.modify_user(id, set).map_err(store_failed)? {
+                Some(_) => Ok(Done::said(format!(
+                    "password of user {id} changed (sessions stay open)"
+                ))),
+                None => Err(no_such_user(id)),
+            }
+        }
+        Request::Ban { id } | Request::Unban { id } => {
+            let ban = matches!(req, Request::Ban { .. });
+            match store
+                .modify_user(id, &mut |r| r.banned = ban)
+                .map_err(store_failed)?
+            {
+                Some(_) if ban => Ok(Done {
+                    text: format!("user {id} banned"),
+                    users: None,
+                    kick: Some((id, Kick::Banned)),
+                }),
+                Some(_) => Ok(Done::said(format!("user {id} unbanned"))),
+                None => Err(no_such_user(id)),
+            }
+        }
+        Request::Remove { id } => {
+            if store.remove_user(id).map_err(store_failed)? {
+                Ok(Done {
+                    text: format!("user {id} removed, with their offline messages"),
+                    users: None,
+                    kick: Some((id, Kick::Removed)),
+                })
+            } else {
+                Err(no_such_user(id))
+            }
+        }
+        Request::Backup { path } => {
+            let n = store
+                .backup(std::path::Path::new(&path))
+                .map_err(|e| e.to_string())?;
+            Ok(Done::said(format!("{n} bytes copied to {path}")))
+        }
+    }
+}
+
+/// How many sessions a kick ended, in words.
+pub fn sessions_ended(n: usize) -> String {
+    match n {
+        1 => "1 session closed".into(),
+        n => format!("{n} sessions closed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::mem::MemStore;
+
+    fn add(s: &mut MemStore, id: i64, name: &str) -> Result<Done, String> {
+        apply(
+            s,
+            Request::Add {
+                id,
+                name: name.into(),
+                hash: format!("$argon2id$fake-{id}"),
+            },
+        )
+    }
+
+    #[test]
+    fn every_command_against_a_store() {
+        let mut s = MemStore::new();
+        add(&mut s, 2, "bo").unwrap();
+        add(&mut s, 1, "al").unwrap();
+        assert_eq!(
+            add(&mut s, 1, "again").unwrap_err(),
+            "user id 1 is already taken"
+        );
+        assert!(add(&mut s, 3, " padded").is_err());
+        assert!(add(&mut s, 0, "zero").is_err());
+        let bad_hash = Request::Add {
+            id: 4,
+            name: "d".into(),
+            hash: "plaintext".into(),
+        };
+        assert!(apply(&mut s, bad_hash).unwrap_err().contains("hashed"));
+
+        let done = apply(&mut s, Request::Ban { id: 2 }).unwrap();
+        assert_eq!(done.kick, Some((2, Kick::Banned)));
+        assert_eq!(
+            apply(&mut s, Request::Ban { id: 9 }).unwrap_err(),
+            "no such user: 9"
+        );
+        let list = apply(&mut s, Request::List).unwrap().users.unwrap();
+        assert_eq!(
+            list,
+            [
+                UserLine {
+                    id: 1,
+                    name: "al".into(),
+                    banned: false
+                },
+                UserLine {
+                    id: 2,
+                    name: "bo".into(),
+                    banned: true
+                }
+            ]
+        );
+        // No hash in what `list` answers.
+        let json =
+            serde_json::to_string(&Done::response(apply(&mut s, Request::List).unwrap(), None))
+                .unwrap();
+        assert!(!json.contains("argon2"), "{json}");
+
+        let done = apply(&mut s, Request::Unban { id: 2 }).unwrap();
+        assert_eq!(done.kick, None);
+        assert!(!s.get_user_for_test(2).banned);
+
+        let hash = "$argon2id$new".to_string();
+        let done = apply(&mut s, Request::Passwd { id: 1, hash }).unwrap();
+        assert_eq!(done.kick, None, "a new password ends no session");
+        assert_eq!(s.get_user_for_test(1).pwd_hash, "$argon2id$new");
+
+        let done = apply(&mut s, Request::Remove { id: 1 }).unwrap();
+        assert_eq!(done.kick, Some((1, Kick::Removed)));
+        assert!(apply(&mut s, Request::Remove { id: 1 }).is_err());
+        let backup = Request::Backup {
+            path: "/nonexistent/x".into(),
+        };
+        assert!(apply(&mut s, backup).unwrap_err().contains("not supported"));
+    }
+
+    #[test]
+    fn requests_and_answers_are_one_line_of_json() {
+        let r: Request = serde_json::from_str(r#"{"cmd":"ban","id":5}"#).unwrap();
+        assert_eq!(r, Request::Ban { id: 5 });
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"format-disk"}"#).is_err());
+        let line = serde_json::to_string(&Request::Add {
+            id: 1,
+            name: "a\nb".into(),
+            hash: "h".into(),
+        })
+        .unwrap();
+        assert!(!line.contains('\n'));
+        let ok = Response {
+            ok: true,
+            text: "done".into(),
+            users: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&ok).unwrap(),
+            r#"{"ok":true,"text":"done"}"#
+        );
+    }
+}

@@ -1,0 +1,190 @@
+//! The admin socket of a running server: `DATA_DIR/admin.sock`, a Unix socket that
+//! `chat-server users ...` and `chat-server backup` talk to while the server holds the
+//! data file (redb locks it against other processes).
+//!
+//! One thread of its own accepts connections, one at a time, and answers one request
+//! each ([`Request`] in, [`Response`] out, a line of JSON each way). It runs the
+//! command against its own store handle ([`apply`]); a ban or a removal then ends the
+//! user's sessions through the event loop ([`ControlHandle::kick`]), which never waits
+//! for this thread.
+//!
+//! Who may talk to it: the socket is created with mode 0600 (and connecting to a Unix
+//! socket needs write permission on it), and every connection's peer is checked with
+//! `SO_PEERCRED`: only this server's own uid and root are served; anyone else gets a
+//! refusal and the close. A request is at most [`MAX_REQUEST`] bytes and must arrive
+//! within [`IO_TIMEOUT`]; anything else (garbage, a silent or endless client) gets an
+//! error and the close, and the next connection is served.
+//!
+//! The socket is created at start, after the data file was opened (so no other server
+//! uses this directory: a socket left by a killed server is replaced), and removed at
+//! exit.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::admin::{MAX_REQUEST, Request, Response, SOCKET_NAME, apply, sessions_ended};
+use crate::control::ControlHandle;
+use crate::store::{Store, StoreFactory};
+
+/// How long a client may take to send its request and read the answer.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the event loop may take to end a user's sessions.
+const KICK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The running admin socket; stopped and its file removed when dropped.
+pub struct AdminSocket {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl AdminSocket {
+    /// Creates `dir/admin.sock` (replacing a stale one) and starts its thread.
+    pub fn start(
+        dir: &Path,
+        store: &StoreFactory,
+        control: ControlHandle,
+    ) -> io::Result<AdminSocket> {
+        let path = dir.join(SOCKET_NAME);
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_socket() => std::fs::remove_file(&path)?,
+            Ok(_) => {
+                return Err(io::Error::other(format!(
+                    "{} exists and is not a socket; move it away",
+                    path.display()
+                )));
+            }
+            Err(_) => {}
+        }
+        let listener = UnixListener::bind(&path)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        let mut store = store().map_err(io::Error::other)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("chat-admin".into())
+                .spawn(move || {
+                    for conn in listener.incoming() {
+                        if stop.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        match conn {
+                            Ok(c) => serve(c, &mut *store, &control),
+                            Err(e) => log::warn!("admin socket: accept failed: {e}"),
+                        }
+                    }
+                })?
+        };
+        log::info!("admin socket at {}", path.display());
+        Ok(AdminSocket {
+            path,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for AdminSocket {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the thread out of accept().
+        let _ = UnixStream::connect(&self.path);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Whether the peer may give commands: this server's own user, or root.
+fn allowed(uid: u32) -> bool {
+    uid == crate::sys::euid() || uid == 0
+}
+
+fn serve(mut conn: UnixStream, store: &mut dyn Store, control: &ControlHandle) {
+    let answer = match crate::sys::peer_uid(&conn) {
+        Ok(uid) if allowed(uid) => {
+            let _ = conn.set_read_timeout(Some(IO_TIMEOUT));
+            let _ = conn.set_write_timeout(Some(IO_TIMEOUT));
+            match read_request(&conn) {
+                Ok(Some(req)) => run(req, store, control),
+                Ok(None) => return,
+                Err(e) => Response::failed(e),
+            }
+        }
+        Ok(uid) => {
+            log::warn!(
+                "admin socket: refused a connection from uid {uid} (only uid {} and root may)",
+                crate::sys::euid()
+            );
+            Response::failed(format!(
+                "permission denied: uid {uid} is not the server's user"
+            ))
+        }
+        Err(e) => Response::failed(format!("cannot tell who is connecting: {e}")),
+    };
+    let mut line = serde_json::to_vec(&answer).expect("responses serialise");
+    line.push(b'\n');
+    let _ = conn.write_all(&line);
+}
+
+/// One line of JSON; `None` if the peer closed without a byte.
+fn read_request(conn: &UnixStream) -> Result<Option<Request>, String> {
+    let mut line = Vec::new();
+    let n = BufReader::new(conn)
+        .take(MAX_REQUEST as u64 + 1)
+        .read_until(b'\n', &mut line)
+        .map_err(|e| format!("reading the request: {e}"))?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if line.last() != Some(&b'\n') {
+        return Err(if line.len() > MAX_REQUEST {
+            format!("request longer than {MAX_REQUEST} bytes")
+        } else {
+            "request not ended by a newline".into()
+        });
+    }
+    serde_json::from_slice(&line)
+        .map(Some)
+        .map_err(|e| format!("bad request: {e}"))
+}
+
+fn run(req: Request, store: &mut dyn Store, control: &ControlHandle) -> Response {
+    log::info!("admin: {}", describe(&req));
+    let done = match apply(store, req) {
+        Ok(d) => d,
+        Err(e) => {
+            log::info!("admin: refused: {e}");
+            return Response::failed(e);
+        }
+    };
+    let sessions = match done.kick {
+        Some((user, kick)) => match control.kick(user, kick, KICK_TIMEOUT) {
+            Ok(n) => sessions_ended(n),
+            Err(e) => format!("live sessions not closed: {e}"),
+        },
+        None => return done.response(None),
+    };
+    done.response(Some(sessions))
+}
+
+/// The request for the log: never a hash.
+fn describe(req: &Request) -> String {
+    match req {
+        Request::List => "list".into(),
+        Request::Add { id, .. } => format!("add {id}"),
+        Request::Passwd { id, .. } => format!("passwd {id}"),
+        Request::Remove { id } => format!("remove {id}"),
+        Request::Ban { id } => format!("ban {id}"),
+        Request::Unban { id } => format!("unban {id}"),
+        Request::Backup { path } => format!("backup to {path}"),
+    }
+}

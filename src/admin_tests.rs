@@ -1,0 +1,230 @@
+//! Deterministic tests of what operators do to a running hub: a ban or a removal ends
+//! the user's sessions (a word first, then the close), refuses the logins in flight,
+//! and reaches every node of a cluster as an event; and the counters a scrape shows.
+
+use crate::admin::{Kick, Request, apply};
+use crate::cluster::{Event, Input};
+use crate::proto::{ClientMessage, CodeRes, LoginResMes, ServerMessage, SmsMes, code, status};
+use crate::store::Store;
+use crate::testkit::{Harness, login_msg};
+
+fn h() -> Harness {
+    Harness::new(crate::testkit::test_config())
+}
+
+fn err(code: u16, text: &str) -> ServerMessage {
+    ServerMessage::Error(CodeRes::new(code, text))
+}
+
+fn offline(id: i64) -> ServerMessage {
+    ServerMessage::NotifyUserStatus(crate::proto::NotifyUserStatusMes {
+        user_id: id,
+        status: status::OFFLINE,
+        user_name: format!("u{id}"),
+    })
+}
+
+fn login_refused(code: u16, text: &str) -> ServerMessage {
+    ServerMessage::LoginRes(LoginResMes {
+        code,
+        error: text.into(),
+        ..LoginResMes::default()
+    })
+}
+
+/// What the admin socket's thread does: the store first, then the hub.
+fn operator(t: &mut Harness, req: Request) -> usize {
+    let done = apply(&mut t.store.clone(), req).expect("applied");
+    match done.kick {
+        Some((user, kick)) => t.admin(user, kick),
+        None => 0,
+    }
+}
+
+#[test]
+fn a_ban_closes_the_session_with_a_word_and_refuses_the_next_login() {
+    let mut t = h();
+    let [a, b] = t.everyone_online([1, 2]);
+    assert_eq!(operator(&mut t, Request::Ban { id: 2 }), 1);
+    assert_eq!(t.recv(b), [err(code::BANNED, "this account is banned")]);
+    assert!(t.is_closed(b));
+    assert_eq!(t.recv(a), [offline(2)]);
+    assert_eq!(t.hub.stats.kicked, 1);
+    // The right password now gets a clear refusal; a wrong one is still just wrong.
+    let c = t.connect();
+    t.send(c, &login_msg(2, "nope"));
+    t.run_jobs();
+    assert_eq!(
+        t.recv(c),
+        [login_refused(code::WRONG_PASSWORD, "wrong password")]
+    );
+    t.send(c, &login_msg(2, "pw2"));
+    t.run_jobs();
+    assert_eq!(
+        t.recv(c),
+        [login_refused(code::BANNED, "this account is banned")]
+    );
+    assert!(t.recv(a).is_empty(), "nobody hears of a refused login");
+    // Unbanned, the same connection logs in.
+    assert_eq!(operator(&mut t, Request::Unban { id: 2 }), 0);
+    t.send(c, &login_msg(2, "pw2"));
+    t.run_jobs();
+    assert!(matches!(&t.recv(c)[..], [ServerMessage::LoginRes(r)] if r.code == 200));
+    assert_eq!(t.hub.stats.logins[3], 1, "one login refused as banned");
+}
+
+#[test]
+fn a_login_in_flight_when_the_ban_lands_is_refused() {
+    let mut t = h();
+    t.register(3);
+    let [a] = t.everyone_online([4]);
+    let c = t.connect();
+    t.send(c, &login_msg(3, "pw3"));
+    assert_eq!(t.jobs.len(), 1, "the login is with a worker");
+    // The worker read the record before the ban: its answer says "ok".
+    let job = t.jobs.pop_front().unwrap();
+    let outcome = crate::job::execute(
+        &mut t.store.clone(),
+        &crate::testkit::TestPasswords,
+        job.kind,
+    );
+    assert!(matches!(outcome, crate::job::Outcome::Login(Ok(_))));
+    assert_eq!(operator(&mut t, Request::Ban { id: 3 }), 0);
+    t.feed(crate::job::JobResult {
+        conn: job.conn,
+        outcome,
+        took: Some(std::time::Duration::from_millis(1)),
+    });
+    assert_eq!(
+        t.recv(c),
+        [login_refused(code::BANNED, "this account is banned")]
+    );
+    assert!(t.recv(a).is_empty(), "never seen online");
+    assert!(t.hub.revoked.is_empty());
+    assert_eq!(t.hub.online_count(), 1);
+}
+
+#[test]
+fn a_removal_closes_the_session_and_deletes_the_account_and_its_messages() {
+    let mut t = h();
+    let [a, b] = t.everyone_online([5, 6]);
+    t.hangup(b);
+    t.recv(a);
+    t.send(
+        a,
+        &ClientMessage::Private(crate::proto::SmsPrivateMes {
+            to_user_id: 6,
+            content: "kept for 6".into(),
+            ..Default::default()
+        }),
+    );
+    t.run_jobs();
+    t.recv(a);
+    assert_eq!(t.store.offline_count(6), 1);
+    let b = t.login(6);
+    t.recv(a);
+    t.hangup(b);
+    t.recv(a);
+    let b = t.login(6);
+    t.recv(a);
+    assert_eq!(operator(&mut t, Request::Remove { id: 6 }), 1);
+    assert_eq!(t.recv(b), [err(code::GONE, "this account was removed")]);
+    assert!(t.is_closed(b));
+    assert_eq!(t.recv(a), [offline(6)]);
+    assert_eq!(t.store.offline_count(6), 0);
+    let c = t.connect();
+    t.send(c, &login_msg(6, "pw6"));
+    t.run_jobs();
+    assert_eq!(
+        t.recv(c),
+        [login_refused(code::NO_SUCH_USER, "no such user")]
+    );
+}
+
+#[test]
+fn a_new_password_ends_no_session_but_the_old_password() {
+    let mut t = h();
+    let [a] = t.everyone_online([7]);
+    let hash = crate::job::Passwords::hash(&crate::testkit::TestPasswords, "new").unwrap();
+    // The admin path insists on argon2 hashes; the test store takes its own.
+    t.store
+        .clone()
+        .modify_user(7, &mut |r| r.pwd_hash = hash.clone())
+        .unwrap();
+    t.send(a, &ClientMessage::OnlineUsers);
+    assert!(matches!(&t.recv(a)[..], [ServerMessage::OnlineUsersRes(_)]));
+    let c = t.connect();
+    t.send(c, &login_msg(7, "pw7"));
+    t.run_jobs();
+    assert_eq!(
+        t.recv(c),
+        [login_refused(code::WRONG_PASSWORD, "wrong password")]
+    );
+    t.send(c, &login_msg(7, "new"));
+    t.run_jobs();
+    assert!(matches!(&t.recv(c)[..], [ServerMessage::LoginRes(r)] if r.code == 200));
+}
+
+#[test]
+fn a_kick_event_ends_the_session_on_every_node_that_has_one() {
+    let mut a = h();
+    let mut b = h();
+    b.store = a.store.clone();
+    a.hub.enable_cluster("a", 5_000);
+    b.hub.enable_cluster("b", 5_000);
+    a.cluster(Input::Link(true));
+    b.cluster(Input::Link(true));
+    a.register(8);
+    let c = b.login(8);
+    let ev = Event::Kick {
+        node: "chat-server-users-1".into(),
+        user: 8,
+        kick: Kick::Banned,
+    };
+    a.cluster(Input::Event(ev.clone()));
+    b.cluster(Input::Event(ev));
+    assert_eq!(b.recv(c), [err(code::BANNED, "this account is banned")]);
+    assert!(b.is_closed(c));
+    assert_eq!(a.hub.stats.kicked, 0);
+    assert_eq!(b.hub.stats.kicked, 1);
+}
+
+#[test]
+fn the_counters_follow_what_happened() {
+    let mut t = h();
+    let [a, b] = t.everyone_online([10, 11]);
+    t.send(
+        a,
+        &ClientMessage::Sms(SmsMes {
+            content: "hi".into(),
+            ..Default::default()
+        }),
+    );
+    t.recv(b);
+    let c = t.connect();
+    t.send(c, &login_msg(10, "bad"));
+    t.send(c, &login_msg(99, "x"));
+    t.run_jobs();
+    t.recv(c);
+    t.send_bytes(c, &(1_000_000u32).to_be_bytes());
+    t.recv(c);
+    let m = t.hub.metrics(t.now);
+    let st = &m.stats;
+    assert_eq!(m.connections, 2);
+    assert_eq!(m.online_here, 2);
+    assert_eq!(st.logins, [2, 1, 1, 0, 0, 0]);
+    assert_eq!(st.registrations, [2, 0, 0, 0]);
+    assert_eq!(st.frames_by_type[0], 4, "four LoginMes");
+    assert_eq!(st.frames_by_type[1], 2, "two RegisterMes");
+    assert_eq!(st.frames_by_type[2], 1, "one SmsMes");
+    assert_eq!(st.group_messages, 1);
+    assert_eq!(st.refused_too_large, 1);
+    assert_eq!(st.job_seconds[0].count(), 6, "every login and registration");
+    assert_eq!(st.hash_latency.count(), 6);
+    assert!(st.bytes_in > 0 && st.bytes_out > st.bytes_in / 2);
+    let text = crate::metrics::render(&m);
+    assert!(
+        text.contains("chat_logins_total{outcome=\"wrong_password\"} 1\n"),
+        "{text}"
+    );
+}

@@ -1,0 +1,191 @@
+//! `--config FILE`: a TOML file whose keys are the long flag names of the command
+//! line (`listen = "0.0.0.0:8889"`, `login-timeout = 30`, ...).
+//!
+//! The file is turned into flags that go before those of the command line, and the
+//! command line parses with "the last occurrence wins": a flag given on the command
+//! line overrides the file, and every value goes through the same parser and checks
+//! as if typed. A key that is no flag, a value of the wrong kind or a file that does
+//! not parse is an error that names the file and the key.
+
+use std::ffi::OsString;
+use std::path::Path;
+
+/// The `--config` value in `args` (program name first), if any.
+pub fn config_path(args: &[OsString]) -> Option<OsString> {
+    let mut it = args.iter().skip(1);
+    while let Some(a) = it.next() {
+        if a == "--" {
+            return None;
+        }
+        if a == "--config" {
+            return it.next().cloned();
+        }
+        if let Some(v) = a.to_str().and_then(|s| s.strip_prefix("--config=")) {
+            return Some(v.into());
+        }
+    }
+    None
+}
+
+/// Flags from the TOML text `text` (read from `file`, named in errors), for the
+/// top-level arguments of `cmd`.
+pub fn flags_from_toml(
+    text: &str,
+    file: &Path,
+    cmd: &clap::Command,
+) -> Result<Vec<OsString>, String> {
+    let at = |key: &str, what: String| format!("{}: `{key}`: {what}", file.display());
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| format!("{}: {e}", file.display()))?;
+    let mut out = Vec::new();
+    for (key, value) in table {
+        if key == "config" {
+            return Err(at(&key, "a config file cannot name another".into()));
+        }
+        let Some(arg) = cmd
+            .get_arguments()
+            .find(|a| a.get_long() == Some(key.as_str()))
+        else {
+            return Err(at(
+                &key,
+                "no such setting (keys are the long flag names of `chat-server --help`)".into(),
+            ));
+        };
+        let takes_value = arg.get_action().takes_values();
+        let flag = format!("--{key}");
+        let values = match value {
+            toml::Value::Array(items) => items,
+            one => vec![one],
+        };
+        for v in values {
+            let text = match v {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) if !takes_value => {
+                    if b {
+                        out.push(OsString::from(&flag));
+                    }
+                    continue;
+                }
+                toml::Value::Boolean(b) => b.to_string(),
+                other => {
+                    return Err(at(
+                        &key,
+                        format!("a {} is not a value for it", other.type_str()),
+                    ));
+                }
+            };
+            if !takes_value {
+                return Err(at(&key, "give it true or false".into()));
+            }
+            out.push(OsString::from(&flag));
+            out.push(OsString::from(text));
+        }
+    }
+    Ok(out)
+}
+
+/// `args` with the flags of the `--config` file, if one is named, put right after
+/// the program name.
+pub fn expand(args: Vec<OsString>, cmd: &clap::Command) -> Result<Vec<OsString>, String> {
+    let Some(path) = config_path(&args) else {
+        return Ok(args);
+    };
+    let path = Path::new(&path);
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the config file {}: {e}", path.display()))?;
+    let flags = flags_from_toml(&text, path, cmd)?;
+    let mut out = Vec::with_capacity(args.len() + flags.len());
+    let mut it = args.into_iter();
+    out.extend(it.next());
+    out.extend(flags);
+    out.extend(it);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{Arg, ArgAction, Command};
+
+    fn cmd() -> Command {
+        Command::new("t")
+            .args_override_self(true)
+            .arg(Arg::new("listen").long("listen").default_value("0.0.0.0:1"))
+            .arg(
+                Arg::new("login-timeout")
+                    .long("login-timeout")
+                    .value_parser(clap::value_parser!(u64)),
+            )
+            .arg(
+                Arg::new("verbose")
+                    .long("verbose")
+                    .action(ArgAction::SetTrue),
+            )
+            .arg(Arg::new("config").long("config"))
+    }
+
+    fn os(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn the_file_gives_flags_and_the_command_line_overrides_them() {
+        let f = Path::new("c.toml");
+        let flags = flags_from_toml(
+            "listen = \"127.0.0.1:5\"\nlogin-timeout = 7\nverbose = true\n",
+            f,
+            &cmd(),
+        )
+        .unwrap();
+        assert_eq!(
+            flags,
+            os(&[
+                "--listen",
+                "127.0.0.1:5",
+                "--login-timeout",
+                "7",
+                "--verbose"
+            ])
+        );
+        let mut argv = os(&["t"]);
+        argv.extend(flags);
+        argv.extend(os(&["--login-timeout", "9"]));
+        let m = cmd().try_get_matches_from(argv).unwrap();
+        assert_eq!(m.get_one::<String>("listen").unwrap(), "127.0.0.1:5");
+        assert_eq!(*m.get_one::<u64>("login-timeout").unwrap(), 9);
+        assert!(m.get_flag("verbose"));
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_the_key() {
+        let f = Path::new("c.toml");
+        let e = flags_from_toml("lisen = \"x\"", f, &cmd()).unwrap_err();
+        assert!(e.contains("c.toml: `lisen`: no such setting"), "{e}");
+        let e = flags_from_toml("verbose = 3", f, &cmd()).unwrap_err();
+        assert!(e.contains("true or false"), "{e}");
+        let e = flags_from_toml("listen = { a = 1 }", f, &cmd()).unwrap_err();
+        assert!(e.contains("`listen`"), "{e}");
+        assert!(flags_from_toml("listen = ", f, &cmd()).is_err());
+        assert!(flags_from_toml("config = \"x\"", f, &cmd()).is_err());
+        // False leaves a switch off.
+        assert!(
+            flags_from_toml("verbose = false", f, &cmd())
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn the_config_flag_is_found_in_either_spelling() {
+        assert_eq!(config_path(&os(&["t", "--config", "a"])), Some("a".into()));
+        assert_eq!(
+            config_path(&os(&["t", "x", "--config=b"])),
+            Some("b".into())
+        );
+        assert_eq!(config_path(&os(&["t", "--", "--config", "c"])), None);
+        assert_eq!(config_path(&os(&["t"])), None);
+    }
+}

@@ -1,0 +1,252 @@
+//! `HistoryMes`: what was said before, in the group or in one private conversation;
+//! and the appending of every message to its conversation's history.
+//!
+//! Appending is off the loop and off the fan-out: a message accepted (a group message
+//! broadcast, a private one delivered or stored) is noted here, and every message
+//! noted in one loop turn goes to the store as one job ([`Hub::poll_job`] takes them).
+//! The store numbers each entry within its conversation and trims the conversation to
+//! its last `--history` entries. A store that is down or slow costs history entries,
+//! never a live delivery: at most [`MAX_APPEND_JOBS`] appends are in flight (the
+//! workers run them on a thread of their own), entries wait meanwhile up to
+//! [`MAX_PENDING_BYTES`], and whatever cannot be kept is counted
+//! (`Stats::history_lost`) and summed up in the log. A page asked for sends what waits
+//! at once, ahead of itself, so it shows every message accepted before it.
+//!
+//! Reading is a store job for the asking connection, whose later frames wait for its
+//! answer as for any other request. The answer fits what the client reads: the oldest
+//! entries of a page are left out (and `more` set) when the page would not fit.
+#![forbid(unsafe_code)]
+
+use std::collections::VecDeque;
+
+use crate::conn::Pending;
+use crate::fit;
+use crate::hub::{Hub, Now};
+use crate::job::{JobKind, Outcome};
+use crate::proto::{
+    self, HISTORY_PAGE_DEFAULT, HISTORY_PAGE_MAX, HistoryEntry, HistoryMes, HistoryResMes, code,
+    kind,
+};
+use crate::store::{Conv, OfflineMsg, StoreError};
+
+/// Append jobs in flight at once: more entries wait in the hub and go together, so a
+/// slow store never fills the job queue with history and refuses private messages.
+pub const MAX_APPEND_JOBS: usize = 2;
+/// Bytes of content waiting to be appended at most; past it the oldest are dropped
+/// (counted as lost).
+pub const MAX_PENDING_BYTES: usize = 1 << 20;
+/// The largest `HistoryResMes` body sent, whatever the client reads.
+pub const MAX_REPLY_BYTES: usize = 1 << 20;
+
+/// Entries noted and not yet handed to a worker.
+#[derive(Debug, Default)]
+pub(crate) struct Appends {
+    pending: VecDeque<HistoryEntry>,
+    pending_bytes: usize,
+    in_flight: usize,
+    /// The server is stopping: whatever waits goes now, whatever is in flight.
+    last_call: bool,
+}
+
+impl Appends {
+    fn can_submit(&self) -> bool {
+        !self.pending.is_empty() && (self.in_flight < MAX_APPEND_JOBS || self.last_call)
+    }
+}
+
+impl Hub {
+    /// A message accepted for its conversation: appended with this turn's others.
+    pub(crate) fn note_history(&mut self, e: HistoryEntry) {
+        if self.cfg.history == 0 {
+            return;
+        }
+        let h = &mut self.appends;
+        h.pending_bytes += e.content.len() + e.user_name.len();
+        h.pending.push_back(e);
+        while h.pending_bytes > MAX_PENDING_BYTES && h.pending.len() > 1 {
+            let old = h.pending.pop_front().expect("not empty");
+            h.pending_bytes -= old.content.len() + old.user_name.len();
+            self.stats.history_lost += 1;
+            self.summary.history_lost += 1;
+        }
+    }
+
+    /// A private message delivered or stored: it joins the pair's history.
+    pub(crate) fn note_private_history(&mut self, m: OfflineMsg) {
+        self.note_history(HistoryEntry {
+            id: 0,
+            time: m.time,
+            user_id: m.from,
+            user_name: m.from_name,
+            content: m.content,
+            to_user_id: Some(m.to),
+        });
+    }
+
+    /// Hands the entries noted so far to a worker as one job, if one may go now.
+    pub(crate) fn flush_history(&mut self) {
+        if !self.appends.can_submit() || self.jobs_in_flight() >= self.cfg.max_jobs {
+            return;
+        }
+        self.submit_appends();
+    }
+
+    /// Hands the entries noted so far to a worker as one job, whatever is in flight.
+    fn submit_appends(&mut self) {
+        if self.appends.pending.is_empty() {
+            return;
+        }
+        let h = &mut self.appends;
+        let entries: Vec<HistoryEntry> = std::mem::take(&mut h.pending).into();
+        h.pending_bytes = 0;
+        h.in_flight += 1;
+        let keep = self.cfg.history;
+        self.submit_always(None, JobKind::AppendHistory { entries, keep });
+    }
+
+    /// Whether entries wait that could be handed to a worker now.
+    pub(crate) fn history_waits(&self) -> bool {
+        self.appends.can_submit() && self.jobs_in_flight() < self.cfg.max_jobs
+    }
+
+    /// The server is stopping: what waits is appended now, in-flight limit or not.
+    pub(crate) fn history_last_call(&mut self) {
+        self.appends.last_call = true;
+    }
+
+    /// Takes the history part of a job's outcome: the end of an append (true: nothing
+    /// more to do with it), or a private message stored, which joins its history.
+    pub(crate) fn history_outcome(&mut self, outcome: &mut Outcome) -> bool {
+        match outcome {
+            Outcome::AppendHistory { count, result } => {
+                self.appends.in_flight = self.appends.in_flight.saturating_sub(1);
+                match result {
+                    Ok(()) => self.stats.history_appended += *count as u64,
+                    Err(e) => {
+                        self.stats.history_lost += *count as u64;
+                        self.summary.history_lost += *count as u64;
+                        self.store_error(&format!(
+                            "{count} history entries not kept (live delivery is not \
+                             affected): {e}"
+                        ));
+                    }
+                }
+                true
+            }
+            Outcome::StoreOffline(o) => {
+                if let (Ok(Some(_)), Some(m)) = (&o.result, o.msg.take()) {
+                    self.note_private_history(m);
+                }
+                false
+            }
+            _ => false,
+        }
+    }
+
+    pub(crate) fn handle_history(&mut self, key: usize, m: HistoryMes, _now: Now) {
+        let Some(me) = self.conns[key].user_id() else {
+            return;
+        };
+        let conv = match m.with {
+            None => Conv::Group,
+            Some(with) if with > 0 => Conv::pair(me, with),
+            Some(_) => {
+                self.error(
+                    key,
+                    code::BAD_REQUEST,
+                    "with: a user id is a positive number",
+                );
+                return;
+            }
+        };
+        if self.cfg.history == 0 {
+            // History is off: there is none.
+            self.reply_history(key, Vec::new(), false);
+            return;
+        }
+        let limit = if m.limit <= 0 {
+            HISTORY_PAGE_DEFAULT
+        } else {
+            (m.limit as u64).min(HISTORY_PAGE_MAX as u64) as usize
+        };
+        // What was noted goes first, so that a page asked for after a message was
+        // accepted shows it (the history jobs run in order). Past the limit of appends
+        // in flight too: reads are bounded (one per connection at a time).
+        self.submit_appends();
+        let job = JobKind::ReadHistory {
+            conv,
+            before: m.before,
+            limit,
+        };
+        if self.submit(Some(key), job) {
+            self.conns[key].pending = Some(Pending::History);
+        } else {
+            self.error_retry(key, code::UNAVAILABLE, "server busy, try again", 1);
+        }
+    }
+
+    pub(crate) fn history_read(
+        &mut self,
+        key: usize,
+        result: Result<(Vec<HistoryEntry>, bool), StoreError>,
+        now: Now,
+    ) {
+        match result {
+            Ok((messages, more)) => self.reply_history(key, messages, more),
+            Err(e) if e.is_timed_out() => {
+                self.error_retry(key, code::UNAVAILABLE, "server busy, try again", 1)
+            }
+            Err(e) => {
+                self.store_error(&format!("history not read: {e}"));
+                self.error(
+                    key,
+                    code::UNAVAILABLE,
+                    "storage unavailable: history cannot be read now",
+                );
+            }
+        }
+        self.resume(key, now);
+    }
+
+    /// Sends a page of history, as much of it as the client reads in one frame: the
+    /// newest entries, the oldest left out (then `more` is set), and if not even one
+    /// fits whole, the newest cut short.
+    fn reply_history(&mut self, key: usize, mut messages: Vec<HistoryEntry>, more: bool) {
+        let limit = self.conns[key].max_frame().min(MAX_REPLY_BYTES);
+        let encode = |messages: &[HistoryEntry], more: bool| {
+            proto::encode(
+                kind::HISTORY_RES,
+                &HistoryResMes {
+                    messages: messages.to_vec(),
+                    more,
+                },
+            )
+        };
+        let frame = encode(&messages, more);
+        if fit::fits(&frame, limit) {
+            self.reply_frame(key, frame);
+            return;
+        }
+        let len = messages.len();
+        let n = fit::largest(len, |n| {
+            fit::fits(&encode(&messages[len - n..], true), limit)
+        });
+        let frame = if n > 0 {
+            encode(&messages[len - n..], true)
+        } else {
+            // One entry alone is too long for this client: the newest, cut short.
+            let newest = messages
+                .pop()
+                .expect("a page that does not fit has entries");
+            let cut = |content: &str| {
+                let e = HistoryEntry {
+                    content: content.to_string(),
+                    ..newest.clone()
+                };
+                encode(std::slice::from_ref(&e), true)
+            };
+            fit::cut_to_fit(&newest.content, limit, cut).unwrap_or_else(|| encode(&[], true))
+        };
+        self.reply_frame(key, frame);
+    }
+}

@@ -1,0 +1,372 @@
+//! What the server counts, and its Prometheus text exposition (`--metrics-listen`).
+//!
+//! The hub keeps its counters in plain fields ([`Stats`], single-threaded, no atomics
+//! on the hot path). When a scrape comes, the metrics thread asks the event loop for a
+//! [`Snapshot`] over a channel (waking it like a worker result), the loop copies the
+//! numbers in one turn, and the thread renders the text ([`render`]) off the loop.
+#![forbid(unsafe_code)]
+
+use std::fmt::Write;
+use std::time::Duration;
+
+use crate::hub::Stats;
+use crate::proto::ClientMessage;
+
+/// Upper bounds of the histograms' buckets, in seconds (plus +Inf).
+pub const BUCKETS: [f64; 14] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+    5.0,
+];
+
+/// A histogram of durations with the fixed [`BUCKETS`]: counts per bucket (not
+/// cumulative; the exposition sums them), their sum and count.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Histogram {
+    counts: [u64; BUCKETS.len() + 1],
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    pub fn observe(&mut self, d: Duration) {
+        let s = d.as_secs_f64();
+        let i = BUCKETS
+            .iter()
+            .position(|&b| s <= b)
+            .unwrap_or(BUCKETS.len());
+        self.counts[i] += 1;
+        self.sum += s;
+        self.count += 1;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+}
+
+/// Labels of the frame types counted in [`Stats::frames_by_type`].
+pub const FRAME_TYPES: [&str; 11] = [
+    "LoginMes",
+    "RegisterMes",
+    "SmsMes",
+    "SmsPrivateMes",
+    "OnlineUsersMes",
+    "LogoutMes",
+    "PingMes",
+    "OfflineAckMes",
+    "HistoryMes",
+    "other",
+    "unreadable",
+];
+
+/// The index of a received frame's type in [`FRAME_TYPES`].
+pub fn frame_index<E>(msg: &Result<ClientMessage, E>) -> usize {
+    match msg {
+        Ok(ClientMessage::Login(_)) => 0,
+        Ok(ClientMessage::Register(_)) => 1,
+        Ok(ClientMessage::Sms(_)) => 2,
+        Ok(ClientMessage::Private(_)) => 3,
+        Ok(ClientMessage::OnlineUsers) => 4,
+        Ok(ClientMessage::Logout) => 5,
+        Ok(ClientMessage::Ping) => 6,
+        Ok(ClientMessage::OfflineAck(_)) => 7,
+        Ok(ClientMessage::History(_)) => 8,
+        #[allow(unreachable_patterns)]
+        Ok(_) => 9,
+        Err(_) => 10,
+    }
+}
+
+/// Outcomes of logins, the labels of [`Stats::logins`].
+pub const LOGIN_OUTCOMES: [&str; 6] = [
+    "ok",
+    "no_such_user",
+    "wrong_password",
+    "banned",
+    "busy",
+    "error",
+];
+
+/// Outcomes of registrations, the labels of [`Stats::registrations`].
+pub const REGISTER_OUTCOMES: [&str; 4] = ["ok", "refused", "busy", "error"];
+
+/// The lanes of the worker pool, the labels of [`Stats::job_seconds`].
+pub const LANES: [&str; 2] = ["hash", "store"];
+
+/// Everything a scrape shows, copied by the event loop in one turn.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub stats: Stats,
+    pub connections: usize,
+    /// Users logged in on this server.
+    pub online_here: usize,
+    /// Users logged in on any node (this one alone without a cluster).
+    pub online_all: usize,
+    pub jobs_in_flight: usize,
+    /// Logins and registrations waiting for a password hash, and the estimated wait
+    /// of the next one, in ms.
+    pub hashing_queued: usize,
+    pub hashing_wait_ms: u64,
+    /// The event loop's own: turns, and how long each took (from the end of its wait
+    /// to the next wait).
+    pub loop_turns: u64,
+    pub loop_seconds: Histogram,
+    pub uptime: Duration,
+}
+
+struct Out(String);
+
+impl Out {
+    fn head(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP chat_{name} {help}");
+        let _ = writeln!(self.0, "# TYPE chat_{name} {kind}");
+    }
+
+    fn one(&mut self, name: &str, kind: &str, help: &str, v: impl std::fmt::Display) {
+        self.head(name, kind, help);
+        let _ = writeln!(self.0, "chat_{name} {v}");
+    }
+
+    fn labelled(&mut self, name: &str, help: &str, label: &str, vals: &[(&str, u64)]) {
+        self.head(name, "counter", help);
+        for (l, v) in vals {
+            let _ = writeln!(self.0, "chat_{name}{{{label}=\"{l}\"}} {v}");
+        }
+    }
+
+    fn histogram(&mut self, name: &str, help: &str, series: &[(Option<(&str, &str)>, &Histogram)]) {
+        self.head(name, "histogram", help);
+        for (label, h) in series {
+            let (pre, sep) = match label {
+                Some((k, v)) => (format!("{k}=\"{v}\""), ","),
+                None => (String::new(), ""),
+            };
+            let mut acc = 0;
+            for (i, b) in BUCKETS.iter().enumerate() {
+                acc += h.counts[i];
+                let _ = writeln!(self.0, "chat_{name}_bucket{{{pre}{sep}le=\"{b}\"}} {acc}");
+            }
+            acc += h.counts[BUCKETS.len()];
+            let _ = writeln!(self.0, "chat_{name}_bucket{{{pre}{sep}le=\"+Inf\"}} {acc}");
+            let braces = if pre.is_empty() {
+                String::new()
+            } else {
+                format!("{{{pre}}}")
+            };
+            let _ = writeln!(self.0, "chat_{name}_sum{braces} {}", h.sum);
+            let _ = writeln!(self.0, "chat_{name}_count{braces} {}", h.count);
+        }
+    }
+}
+
+fn pairs<'a>(labels: &[&'a str], vals: &[u64]) -> Vec<(&'a str, u64)> {
+    labels.iter().copied().zip(vals.iter().copied()).collect()
+}
+
+/// The Prometheus text exposition (version 0.0.4) of a snapshot.
+pub fn render(s: &Snapshot) -> String {
+    let st = &s.stats;
+    let mut o = Out(String::with_capacity(8 * 1024));
+    o.one(
+        "connections_open",
+        "gauge",
+        "Client connections open now.",
+        s.connections,
+    );
+    o.one(
+        "users_online",
+        "gauge",
+        "Users logged in on this server.",
+        s.online_here,
+    );
+    o.one(
+        "users_online_cluster",
+        "gauge",
+        "Users logged in on any node of the cluster (this server alone without one).",
+        s.online_all,
+    );
+    o.one(
+        "connections_accepted_total",
+        "counter",
+        "Client connections accepted.",
+        st.accepted,
+    );
+    o.labelled(
+        "logins_total",
+        "Logins answered, by outcome.",
+        "outcome",
+        &pairs(&LOGIN_OUTCOMES, &st.logins),
+    );
+    o.labelled(
+        "registrations_total",
+        "Registrations answered, by outcome (refused: id taken or a field breaks the rules).",
+        "outcome",
+        &pairs(&REGISTER_OUTCOMES, &st.registrations),
+    );
+    o.labelled(
+        "frames_in_total",
+        "Frames received, by type.",
+        "type",
+        &pairs(&FRAME_TYPES, &st.frames_by_type),
+    );
+    o.one(
+        "group_messages_total",
+        "counter",
+        "Group messages delivered to this server's users (sent here or on another node).",
+        st.group_messages,
+    );
+    o.one(
+        "private_messages_total",
+        "counter",
+        "Private messages sent by this server's users.",
+        st.private_messages,
+    );
+    o.one(
+        "deliveries_total",
+        "counter",
+        "Frames queued for clients (one per recipient).",
+        st.deliveries,
+    );
+    o.one(
+        "bytes_in_total",
+        "counter",
+        "Bytes read from clients.",
+        st.bytes_in,
+    );
+    o.one(
+        "bytes_out_total",
+        "counter",
+        "Bytes written to clients.",
+        st.bytes_out,
+    );
+    o.labelled(
+        "refusals_total",
+        "Requests refused: 429 too many (messages, logins, failed logins), 413 frame too large.",
+        "code",
+        &[("429", st.refused_too_many), ("413", st.refused_too_large)],
+    );
+    o.one(
+        "slow_consumers_dropped_total",
+        "counter",
+        "Clients disconnected for not reading their output.",
+        st.slow_consumers_dropped,
+    );
+    o.labelled(
+        "history_entries_total",
+        "Messages appended to their conversation's history (kept), or not (lost: storage \
+         failed or too slow; live delivery went on).",
+        "outcome",
+        &[("kept", st.history_appended), ("lost", st.history_lost)],
+    );
+    o.one(
+        "sessions_kicked_total",
+        "counter",
+        "Sessions closed by an operator (ban, removal).",
+        st.kicked,
+    );
+    o.one(
+        "hashing_queue",
+        "gauge",
+        "Logins and registrations waiting for a password hash.",
+        s.hashing_queued,
+    );
+    o.one(
+        "hashing_wait_seconds",
+        "gauge",
+        "Estimated wait of the next login or registration for a password hash.",
+        s.hashing_wait_ms as f64 / 1000.0,
+    );
+    o.histogram(
+        "hashing_latency_seconds",
+        "From a login or registration queued to its answer from a worker (wait and hash).",
+        &[(None, &st.hash_latency)],
+    );
+    o.one(
+        "store_jobs_in_flight",
+        "gauge",
+        "Store jobs queued or running.",
+        s.jobs_in_flight,
+    );
+    o.histogram(
+        "store_job_seconds",
+        "Time a worker took to run a store job, by lane (hash: logins and registrations).",
+        &[
+            (Some(("lane", LANES[0])), &st.job_seconds[0]),
+            (Some(("lane", LANES[1])), &st.job_seconds[1]),
+        ],
+    );
+    o.one(
+        "store_errors_total",
+        "counter",
+        "Requests that failed on a storage error.",
+        st.store_errors,
+    );
+    o.one(
+        "loop_turns_total",
+        "counter",
+        "Turns of the event loop.",
+        s.loop_turns,
+    );
+    o.histogram(
+        "loop_turn_seconds",
+        "Time the event loop worked per turn (between two waits for events).",
+        &[(None, &s.loop_seconds)],
+    );
+    o.one(
+        "uptime_seconds",
+        "gauge",
+        "Seconds since the server started.",
+        s.uptime.as_secs(),
+    );
+    o.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_count_into_cumulative_buckets() {
+        let mut h = Histogram::default();
+        h.observe(Duration::from_micros(30));
+        h.observe(Duration::from_millis(3));
+        h.observe(Duration::from_secs(60));
+        let s = Snapshot {
+            loop_seconds: h,
+            ..Snapshot::default()
+        };
+        let text = render(&s);
+        assert!(
+            text.contains("chat_loop_turn_seconds_bucket{le=\"0.00005\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("chat_loop_turn_seconds_bucket{le=\"0.0025\"} 1\n"));
+        assert!(text.contains("chat_loop_turn_seconds_bucket{le=\"0.005\"} 2\n"));
+        assert!(text.contains("chat_loop_turn_seconds_bucket{le=\"5\"} 2\n"));
+        assert!(text.contains("chat_loop_turn_seconds_bucket{le=\"+Inf\"} 3\n"));
+        assert!(text.contains("chat_loop_turn_seconds_count 3\n"));
+        assert!(text.contains("chat_store_job_seconds_count{lane=\"hash\"} 0\n"));
+    }
+
+    #[test]
+    fn every_sample_line_is_well_formed() {
+        let mut s = Snapshot::default();
+        s.stats.logins[0] = 4;
+        s.stats.frames_by_type[2] = 7;
+        s.connections = 3;
+        let text = render(&s);
+        assert!(text.contains("chat_logins_total{outcome=\"ok\"} 4\n"));
+        assert!(text.contains("chat_frames_in_total{type=\"SmsMes\"} 7\n"));
+        assert!(text.contains("chat_connections_open 3\n"));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (name, value) = line.rsplit_once(' ').expect(line);
+            assert!(name.starts_with("chat_"), "{line}");
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+        // Each metric is declared once.
+        let mut types: Vec<&str> = text.lines().filter(|l| l.starts_with("# TYPE")).collect();
+        let n = types.len();
+        types.dedup();
+        assert_eq!(types.len(), n);
+    }
+}

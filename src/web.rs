@@ -1,0 +1,815 @@
+//! The browser client's transport: plain HTTP/1.1 for the page, then a WebSocket
+//! that carries the chat protocol (`--web-listen`).
+//!
+//! One listener serves both. A connection starts by reading an HTTP request head
+//! (at most [`MAX_HEAD`] bytes):
+//!
+//! - `GET /`, `/app.js`, `/app.css`: the page (the files in `src/web/`, compiled into
+//!   the binary), answered with `Connection: close`.
+//! - `GET /ws`: the `Origin` is checked (the page's own origin, or one listed with
+//!   `--web-origin`; a request without `Origin` does not come from a browser page and
+//!   is let through), then `101 Switching Protocols`.
+//! - anything else: a short 404; a malformed head 400, one too long 431, a refused
+//!   origin 403.
+//!
+//! After an HTTP answer the write side is shut once the answer is out, the rest of
+//! the request is read and dropped, and the connection closes when the browser closes
+//! its end (or at the login timeout, which the hub counts for every connection).
+//!
+//! After the upgrade, one WebSocket text message is one protocol envelope: exactly
+//! the bytes that follow the 4-byte length on TCP. [`WebTransport::read`] hands the
+//! hub each incoming message as `length + envelope`; [`WebTransport::write_vectored`]
+//! cuts the hub's length-prefixed stream back into frames and sends each as one text
+//! message. tungstenite's [`WebSocketContext`] decodes the frames (masking,
+//! fragments, control frames, UTF-8, size limits) and answers pings and closes; the
+//! socket is ours: it reads through an adapter that counts what it takes, and writes
+//! into our output buffer, which [`WebTransport::flush`] hands to the socket.
+//!
+//! Limits: a message longer than `--max-frame` is refused from its frame header (the
+//! hub is handed an oversized length, so it answers `ErrorResMes` 413 as on TCP and
+//! closes), and the WebSocket is closed with status 1009. Other protocol violations
+//! close with 1002 (1007 for text that is not UTF-8). More than
+//! [`MAX_CONTROL_FRAMES`] pings or pongs in [`CONTROL_WINDOW`] close with 1008.
+//! Socket input is taken at most [`RAW_PER_TURN`] bytes at a time without handing the
+//! hub anything (a stream of control frames or empty fragments): then `read` says
+//! `Interrupted` and the reactor gives the other connections their turn.
+
+use std::cell::Cell;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use tungstenite::error::{Error as WsError, ProtocolError};
+use tungstenite::handshake::machine::TryParse;
+use tungstenite::handshake::server::{Request, create_response, write_response};
+use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tungstenite::protocol::frame::{CloseFrame, FrameHeader};
+use tungstenite::protocol::{Message, Role, WebSocketConfig, WebSocketContext};
+
+use crate::link::{Transport, Wrapper};
+use crate::proto::HEADER_LEN;
+
+/// Largest HTTP request head accepted; longer gets 431 and a close.
+pub const MAX_HEAD: usize = 8 * 1024;
+/// Output held by a transport before it tells the hub to wait (`WouldBlock`), so that
+/// the hub's own limit for slow readers (`--max-outbuf`) applies as on TCP.
+pub const OUT_BOUND: usize = 64 * 1024;
+/// Socket bytes read without producing protocol bytes before `read` yields.
+pub const RAW_PER_TURN: usize = 256 * 1024;
+/// Pings and pongs allowed from one client per [`CONTROL_WINDOW`].
+pub const MAX_CONTROL_FRAMES: u32 = 30;
+pub const CONTROL_WINDOW: Duration = Duration::from_secs(10);
+/// A buffer larger than this is given back once empty.
+const KEEP_BUFFER: usize = 8 * 1024;
+/// What is read and dropped after an HTTP answer before closing regardless.
+const MAX_DRAIN: usize = 64 * 1024;
+
+const PAGE_HTML: &str = include_str!("web/index.html");
+const PAGE_JS: &str = include_str!("web/app.js");
+const PAGE_CSS: &str = include_str!("web/app.css");
+
+/// The page's Content-Security-Policy: its own script, style and WebSocket, nothing
+/// from anywhere else, no inline script.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+                   connect-src 'self'; img-src 'self' data:; base-uri 'none'; \
+                   form-action 'none'; frame-ancestors 'none'";
+
+/// What the web listener is configured with.
+#[derive(Debug, Clone)]
+pub struct WebConfig {
+    /// Largest message accepted (the hub's `max_frame`), and announced to the page.
+    pub max_frame: usize,
+    /// Origins allowed to open the WebSocket besides the page's own
+    /// (`scheme://host[:port]`).
+    pub origins: Vec<String>,
+}
+
+/// What every connection of the listener shares: the answers, built once.
+struct Shared {
+    page: Vec<u8>,
+    js: Vec<u8>,
+    css: Vec<u8>,
+    origins: Vec<String>,
+    ws: WebSocketConfig,
+    max_frame: usize,
+    /// Refused origins: the first is logged at once, then one line per
+    /// [`REFUSAL_LOG_INTERVAL`] with the count, so a flood of them costs little log.
+    refused: Cell<u64>,
+    refusal_logged: Cell<Option<Instant>>,
+}
+
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+impl Shared {
+    fn log_refusal(&self, peer: SocketAddr, origin: &str) {
+        self.refused.set(self.refused.get() + 1);
+        let due = self
+            .refusal_logged
+            .get()
+            .is_none_or(|at| at.elapsed() >= REFUSAL_LOG_INTERVAL);
+        if due {
+            let n = self.refused.replace(0);
+            let others = if n > 1 {
+                format!(" ({} refused in all since the last such line)", n)
+            } else {
+                String::new()
+            };
+            log::info!(
+                "refused a WebSocket from {peer}: origin {origin:?} is not allowed (see --web-origin){others}"
+            );
+            self.refusal_logged.set(Some(Instant::now()));
+        }
+    }
+}
+
+/// Wraps the web listener's connections.
+pub struct WebWrapper {
+    shared: Rc<Shared>,
+}
+
+impl WebWrapper {
+    /// Checks the configuration and builds the page's answers.
+    pub fn new(cfg: &WebConfig) -> Result<WebWrapper, String> {
+        let origins = cfg
+            .origins
+            .iter()
+            .map(|o| normalize_origin(o))
+            .collect::<Result<Vec<_>, _>>()?;
+        let html = PAGE_HTML.replace("{{MAX_FRAME}}", &cfg.max_frame.to_string());
+        let ws = WebSocketConfig::default()
+            // Allocated for every connection: small, since idle pages are the many
+            // (a long message is read a kilobyte at a time).
+            .read_buffer_size(1024)
+            .write_buffer_size(0)
+            .max_message_size(Some(cfg.max_frame))
+            .max_frame_size(Some(cfg.max_frame));
+        Ok(WebWrapper {
+            shared: Rc::new(Shared {
+                page: ok_response("text/html; charset=utf-8", html.as_bytes()),
+                js: ok_response("text/javascript; charset=utf-8", PAGE_JS.as_bytes()),
+                css: ok_response("text/css; charset=utf-8", PAGE_CSS.as_bytes()),
+                origins,
+                ws,
+                max_frame: cfg.max_frame,
+                refused: Cell::new(0),
+                refusal_logged: Cell::new(None),
+            }),
+        })
+    }
+}
+
+impl Wrapper for WebWrapper {
+    fn name(&self) -> &str {
+        "web"
+    }
+
+    fn wrap(&mut self, sock: TcpStream, peer: SocketAddr) -> io::Result<Box<dyn Transport>> {
+        Ok(Box::new(WebTransport {
+            sock,
+            peer,
+            shared: self.shared.clone(),
+            out: Vec::new(),
+            sent: 0,
+            raw: 0,
+            yielded: false,
+            phase: Phase::Head(Vec::new()),
+        }))
+    }
+}
+
+/// `scheme://host[:port]`, lower case, no trailing slash; anything else is refused.
+fn normalize_origin(o: &str) -> Result<String, String> {
+    let lower = o.trim().trim_end_matches('/').to_ascii_lowercase();
+    let rest = lower
+        .strip_prefix("http://")
+        .or_else(|| lower.strip_prefix("https://"));
+    match rest {
+        Some(host) if !host.is_empty() && !host.contains(['/', '?', '#', ' ']) => Ok(lower),
+        _ => Err(format!(
+            "--web-origin {o:?}: give an origin such as https://chat.example.com or http://localhost:8080"
+        )),
+    }
+}
+
+/// Whether a WebSocket upgrade with this `Origin` may go on: none (not a browser
+/// page), the page's own (the `Host` it asked for, over http or https: behind a
+/// proxy that terminates TLS the page is https), or one of `allowed`.
+pub fn origin_allowed(origin: Option<&str>, host: Option<&str>, allowed: &[String]) -> bool {
+    let Some(origin) = origin else { return true };
+    let origin = origin.trim().to_ascii_lowercase();
+    if let Some(host) = host.map(|h| h.trim().to_ascii_lowercase())
+        && !host.is_empty()
+        && (origin.strip_prefix("http://") == Some(host.as_str())
+            || origin.strip_prefix("https://") == Some(host.as_str()))
+    {
+        return true;
+    }
+    allowed.contains(&origin)
+}
+
+fn ok_response(content_type: &str, body: &[u8]) -> Vec<u8> {
+    let mut r = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Cache-Control: no-cache\r\nX-Content-Type-Options: nosniff\r\n\
+         Referrer-Policy: no-referrer\r\nContent-Security-Policy: {CSP}\r\n\
+         Connection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    r.extend_from_slice(body);
+    r
+}
+
+fn error_response(status: &str, text: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\
+         X-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n{text}\n",
+        text.len() + 1
+    )
+    .into_bytes()
+}
+
+enum Phase {
+    /// Reading the request head.
+    Head(Vec<u8>),
+    /// An HTTP answer is queued; once it is out, the write side is shut, and what the
+    /// client still sends is dropped until it closes.
+    Answered { shut: bool, drained: usize },
+    /// Upgraded.
+    Ws(Box<Ws>),
+}
+
+struct Ws {
+    ctx: WebSocketContext,
+    /// The hub's output: a frame not yet complete.
+    cutter: Cutter,
+    /// Input for the hub: `length + envelope` of the last message, from `in_pos`.
+    input: Vec<u8>,
+    in_pos: usize,
+    /// The transport ended the WebSocket itself (a protocol violation): what is
+    /// queued goes out, then the connection closes.
+    ended: bool,
+    /// The close status to send when the connection is dropped (normal, or 1009
+    /// after an oversized message).
+    close_code: CloseCode,
+    control: (Instant, u32),
+}
+
+/// One web connection.
+pub struct WebTransport {
+    sock: TcpStream,
+    peer: SocketAddr,
+    shared: Rc<Shared>,
+    /// Bytes for the socket (HTTP answers, WebSocket frames), from `sent`.
+    out: Vec<u8>,
+    sent: usize,
+    /// Socket bytes read since the reactor last got `WouldBlock` or `Interrupted`.
+    raw: usize,
+    /// The adapter stopped reading at `RAW_PER_TURN`: its `WouldBlock` was ours.
+    yielded: bool,
+    phase: Phase,
+}
+
+/// What tungstenite reads from and writes to: the socket for reading (counted and
+/// capped), the transport's output buffer for writing (never blocks).
+struct Io<'a> {
+    sock: &'a mut TcpStream,
+    out: &'a mut Vec<u8>,
+    raw: &'a mut usize,
+    yielded: &'a mut bool,
+}
+
+impl Read for Io<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if *self.raw >= RAW_PER_TURN {
+            *self.yielded = true;
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = self.sock.read(buf)?;
+        *self.raw += n;
+        Ok(n)
+    }
+}
+
+impl Write for Io<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl WebTransport {
+    fn pending(&self) -> usize {
+        self.out.len() - self.sent
+    }
+
+    /// Writes the output buffer until it is empty (true) or the socket is full.
+    fn write_out(&mut self) -> io::Result<bool> {
+        while self.sent < self.out.len() {
+            match self.sock.write(&self.out[self.sent..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if self.sent >= OUT_BOUND {
+                        self.out.drain(..self.sent);
+                        self.sent = 0;
+                    }
+                    return Ok(false);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.out.clear();
+        self.sent = 0;
+        if self.out.capacity() > KEEP_BUFFER {
+            // A burst (a login reply listing thousands) is not kept by an idle client.
+            self.out = Vec::new();
+        }
+        Ok(true)
+    }
+
+    /// Queues an HTTP answer and moves on to closing.
+    fn answer(&mut self, bytes: &[u8], what: &str) {
+        log::debug!("{} {what}", self.peer);
+        self.out.extend_from_slice(bytes);
+        self.phase = Phase::Answered {
+            shut: false,
+            drained: 0,
+        };
+    }
+
+    /// A request head is complete in `head[..size]`: answer it.
+    fn route(&mut self, req: Request, tail: Vec<u8>) {
+        let path = req.uri().path().to_string();
+        let shared = self.shared.clone();
+        match path.as_str() {
+            "/" | "/index.html" => self.answer(&shared.page, "GET / 200"),
+            "/app.js" => self.answer(&shared.js, "GET /app.js 200"),
+            "/app.css" => self.answer(&shared.css, "GET /app.css 200"),
+            "/ws" => self.upgrade(req, tail),
+            _ => self.answer(&error_response("404 Not Found", "not found"), "404"),
+        }
+    }
+
+    fn upgrade(&mut self, req: Request, tail: Vec<u8>) {
+        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+        let origin = header("Origin");
+        if !origin_allowed(origin, header("Host"), &self.shared.origins) {
+            let text = "this origin may not open the chat's WebSocket";
+            self.shared.log_refusal(self.peer, origin.unwrap_or(""));
+            return self.answer(&error_response("403 Forbidden", text), "403 origin");
+        }
+        let resp = match create_response(&req) {
+            Ok(r) => r,
+            Err(e) => {
+                let text = format!("expected a WebSocket upgrade: {e}");
+                return self.answer(&error_response("400 Bad Request", &text), "400 upgrade");
+            }
+        };
+        if write_response(&mut self.out, &resp).is_err() {
+            return self.answer(
+                &error_response("400 Bad Request", "bad upgrade"),
+                "400 upgrade",
+            );
+        }
+        log::debug!("{} WebSocket open", self.peer);
+        let ctx = WebSocketContext::from_partially_read(tail, Role::Server, Some(self.shared.ws));
+        self.phase = Phase::Ws(Box::new(Ws {
+            ctx,
+            cutter: Cutter::default(),
+            input: Vec::new(),
+            in_pos: 0,
+            ended: false,
+            close_code: CloseCode::Normal,
+            control: (Instant::now(), 0),
+        }));
+    }
+
+    /// Reads the request head; answers it once complete.
+    fn read_head(&mut self) -> io::Result<()> {
+        let Phase::Head(head) = &mut self.phase else {
+            return Ok(());
+        };
+        let start = head.len();
+        // Read through a small buffer: a head is usually a few hundred bytes, and
+        // what a connection allocates while it waits is what idle clients cost.
+        let mut chunk = [0u8; 1024];
+        let want = chunk.len().min(MAX_HEAD - start);
+        let n = self.sock.read(&mut chunk[..want])?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        head.extend_from_slice(&chunk[..n]);
+        // Parse only once the blank line that ends the head has arrived.
+        let from = start.saturating_sub(3);
+        let ended = head[from..].windows(4).any(|w| w == b"\r\n\r\n")
+            || head[start.saturating_sub(1)..]
+                .windows(2)
+                .any(|w| w == b"\n\n");
+        if !ended {
+            if head.len() >= MAX_HEAD {
+                let r = error_response("431 Request Header Fields Too Large", "request too long");
+                self.answer(&r, "431");
+            }
+            return Ok(());
+        }
+        match Request::try_parse(head) {
+            Ok(Some((size, req))) => {
+                let tail = head[size..].to_vec();
+                self.route(req, tail);
+            }
+            Err(WsError::Protocol(ProtocolError::WrongHttpMethod)) => {
+                self.answer(&error_response("404 Not Found", "not found"), "404 method");
+            }
+            Ok(None) | Err(_) => {
+                let r = error_response("400 Bad Request", "not an HTTP request");
+                self.answer(&r, "400");
+            }
+        }
+        Ok(())
+    }
+
+    /// After an HTTP answer: writes it, shuts the write side, drops what the client
+    /// still sends; `Ok(0)` once it closes.
+    fn read_answered(&mut self) -> io::Result<usize> {
+        if !self.write_out()? {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let Phase::Answered { shut, drained } = &mut self.phase else {
+            return Ok(0);
+        };
+        if !*shut {
+            *shut = true;
+            let _ = self.sock.shutdown(Shutdown::Write);
+        }
+        let mut scratch = [0u8; 4096];
+        loop {
+            match self.sock.read(&mut scratch) {
+                Ok(0) => return Ok(0),
+                Ok(n) => {
+                    *drained += n;
+                    if *drained > MAX_DRAIN {
+                        return Ok(0);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(e),
+                // Reset by the client: it has gone, which is all we wait for.
+                Err(_) => return Ok(0),
+            }
+        }
+    }
+
+    /// Upgraded: the next protocol bytes, decoded from WebSocket messages.
+    fn read_ws(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let Phase::Ws(ws) = &mut self.phase else {
+                return Ok(0);
+            };
+            if ws.in_pos < ws.input.len() {
+                let n = buf.len().min(ws.input.len() - ws.in_pos);
+                buf[..n].copy_from_slice(&ws.input[ws.in_pos..ws.in_pos + n]);
+                ws.in_pos += n;
+                return Ok(n);
+            }
+            if ws.ended {
+                return if self.write_out()? {
+                    Ok(0)
+                } else {
+                    Err(io::ErrorKind::WouldBlock.into())
+                };
+            }
+            let mut io = Io {
+                sock: &mut self.sock,
+                out: &mut self.out,
+                raw: &mut self.raw,
+                yielded: &mut self.yielded,
+            };
+            let fail = match ws.ctx.read(&mut io) {
+                Ok(Message::Text(t)) => {
+                    ws.set_input(t.as_bytes());
+                    None
+                }
+                Ok(Message::Binary(b)) => {
+                    ws.set_input(&b);
+                    None
+                }
+                Ok(Message::Ping(_) | Message::Pong(_)) => {
+                    let (since, count) = &mut ws.control;
+                    if since.elapsed() > CONTROL_WINDOW {
+                        *since = Instant::now();
+                        *count = 0;
+                    }
+                    *count += 1;
+                    (*count > MAX_CONTROL_FRAMES)
+                        .then_some((CloseCode::Policy, "too many pings".to_string()))
+                }
+                // The next read sends the answering close and ends.
+                Ok(Message::Close(_) | Message::Frame(_)) => None,
+                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.raw = 0;
+                    let ours = std::mem::take(&mut self.yielded);
+                    self.write_out()?;
+                    return Err(if ours {
+                        io::ErrorKind::Interrupted.into()
+                    } else {
+                        e
+                    });
+                }
+                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => None,
+                Err(WsError::Io(e)) => return Err(e),
+                Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
+                    let _ = self.write_out();
+                    return Ok(0);
+                }
+                Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => {
+                    return Ok(0);
+                }
+                Err(WsError::Capacity(e)) => {
+                    // The hub refuses it as it refuses an oversized TCP frame (413, then
+                    // a close); the WebSocket closes with 1009.
+                    log::debug!("{}: {e}", self.peer);
+                    ws.close_code = CloseCode::Size;
+                    ws.set_input(&[]);
+                    ws.input[..HEADER_LEN].copy_from_slice(&u32::MAX.to_be_bytes());
+                    ws.ended = true;
+                    ws.in_pos = 0;
+                    continue;
+                }
+                Err(WsError::Utf8(e)) => Some((CloseCode::Invalid, format!("not UTF-8: {e}"))),
+                Err(WsError::Protocol(e)) => Some((CloseCode::Protocol, e.to_string())),
+                Err(e) => Some((CloseCode::Error, e.to_string())),
+            };
+            if let Some((code, reason)) = fail {
+                log::debug!("{}: closing the WebSocket ({code}): {reason}", self.peer);
+                let frame = CloseFrame {
+                    code,
+                    reason: reason.into(),
+                };
+                let mut io = Io {
+                    sock: &mut self.sock,
+                    out: &mut self.out,
+                    raw: &mut self.raw,
+                    yielded: &mut self.yielded,
+                };
+                let _ = ws.ctx.close(&mut io, Some(frame));
+                ws.ended = true;
+            }
+        }
+    }
+}
+
+impl Ws {
+    /// The next message for the hub: its length and its bytes.
+    fn set_input(&mut self, msg: &[u8]) {
+        if self.input.capacity() > KEEP_BUFFER && msg.len() <= KEEP_BUFFER {
+            self.input = Vec::new();
+        }
+        self.input.clear();
+        self.input
+            .extend_from_slice(&(msg.len() as u32).to_be_bytes());
+        self.input.extend_from_slice(msg);
+        self.in_pos = 0;
+    }
+}
+
+impl Transport for WebTransport {
+    fn socket(&mut self) -> &mut TcpStream {
+        &mut self.sock
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match &self.phase {
+                Phase::Head(_) => match self.read_head() {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                    Err(e) => return Err(e),
+                },
+                Phase::Answered { .. } => return self.read_answered(),
+                Phase::Ws(_) => return self.read_ws(buf),
+            }
+        }
+    }
+
+    fn write_vectored(&mut self, iov: &[IoSlice<'_>]) -> io::Result<usize> {
+        let total: usize = iov.iter().map(|s| s.len()).sum();
+        // No WebSocket (yet, or any more): the hub's frames have no reader. It writes
+        // to such a connection only to refuse or close it.
+        let Phase::Ws(ws) = &mut self.phase else {
+            return Ok(total);
+        };
+        if ws.ended && ws.close_code != CloseCode::Size || !ws.ctx.can_write() {
+            return Ok(total);
+        }
+        if self.out.len() - self.sent > OUT_BOUND {
+            self.write_out()?;
+            if self.pending() > OUT_BOUND {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+        }
+        let Phase::Ws(ws) = &mut self.phase else {
+            return Ok(total);
+        };
+        let mut taken = 0;
+        for s in iov {
+            let take = s.len().min(OUT_BOUND - taken);
+            ws.cutter
+                .push(&s[..take], |frame| text_frame(frame, &mut self.out));
+            taken += take;
+            if taken == OUT_BOUND {
+                break;
+            }
+        }
+        self.write_out()?;
+        Ok(taken)
+    }
+
+    fn flush(&mut self) -> io::Result<bool> {
+        self.write_out()
+    }
+}
+
+impl Drop for WebTransport {
+    /// The hub closed the connection: the WebSocket says so, best effort.
+    fn drop(&mut self) {
+        if let Phase::Ws(ws) = &mut self.phase
+            && ws.ctx.can_write()
+        {
+            let frame = CloseFrame {
+                code: ws.close_code,
+                reason: match ws.close_code {
+                    CloseCode::Size => {
+                        format!("message too big: at most {} bytes", self.shared.max_frame).into()
+                    }
+                    _ => "".into(),
+                },
+            };
+            let mut io = Io {
+                sock: &mut self.sock,
+                out: &mut self.out,
+                raw: &mut self.raw,
+                yielded: &mut self.yielded,
+            };
+            let _ = ws.ctx.close(&mut io, Some(frame));
+            let _ = self.write_out();
+        }
+    }
+}
+
+/// One protocol envelope as one WebSocket text message, appended to `out`.
+fn text_frame(envelope: &[u8], out: &mut Vec<u8>) {
+    let header = FrameHeader {
+        opcode: OpCode::Data(Data::Text),
+        ..FrameHeader::default()
+    };
+    // The hub writes JSON, which is UTF-8; a text message must be.
+    let text = String::from_utf8_lossy(envelope);
+    let _ = header.format(text.len() as u64, out);
+    out.extend_from_slice(text.as_bytes());
+}
+
+/// Cuts a stream of length-prefixed frames, arriving in pieces of any size, into
+/// the frames' bodies.
+#[derive(Default)]
+pub struct Cutter {
+    partial: Vec<u8>,
+}
+
+impl Cutter {
+    /// Takes all of `data`; calls `emit` with each body completed by it, in order.
+    pub fn push(&mut self, mut data: &[u8], mut emit: impl FnMut(&[u8])) {
+        while !self.partial.is_empty() && !data.is_empty() {
+            if self.partial.len() < HEADER_LEN {
+                let take = (HEADER_LEN - self.partial.len()).min(data.len());
+                self.partial.extend_from_slice(&data[..take]);
+                data = &data[take..];
+                if self.partial.len() < HEADER_LEN {
+                    return;
+                }
+            }
+            let want = HEADER_LEN + body_len(&self.partial);
+            let take = (want - self.partial.len()).min(data.len());
+            self.partial.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.partial.len() == want {
+                emit(&self.partial[HEADER_LEN..]);
+                self.partial.clear();
+            }
+        }
+        // Whole frames straight from the caller's bytes.
+        while data.len() >= HEADER_LEN {
+            let end = HEADER_LEN + body_len(data);
+            if data.len() < end {
+                break;
+            }
+            emit(&data[HEADER_LEN..end]);
+            data = &data[end..];
+        }
+        self.partial.extend_from_slice(data);
+        if self.partial.is_empty() && self.partial.capacity() > KEEP_BUFFER {
+            self.partial = Vec::new();
+        }
+    }
+}
+
+fn body_len(frame: &[u8]) -> usize {
+    u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(bodies: &[&str]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for b in bodies {
+            v.extend_from_slice(&(b.len() as u32).to_be_bytes());
+            v.extend_from_slice(b.as_bytes());
+        }
+        v
+    }
+
+    #[test]
+    fn cutter_splits_at_every_byte() {
+        let bodies = [
+            "{\"type\":\"PongMes\",\"data\":\"{}\"}",
+            "",
+            "x",
+            "héllo wörld",
+        ];
+        let stream = frames(&bodies);
+        for a in 0..=stream.len() {
+            for b in a..=stream.len() {
+                let mut c = Cutter::default();
+                let mut got: Vec<String> = Vec::new();
+                for piece in [&stream[..a], &stream[a..b], &stream[b..]] {
+                    c.push(piece, |f| got.push(String::from_utf8(f.to_vec()).unwrap()));
+                }
+                assert_eq!(got, bodies, "cut at {a} and {b}");
+                assert!(c.partial.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn origins() {
+        let allowed = vec!["https://chat.example.com".to_string()];
+        let host = Some("127.0.0.1:8080");
+        assert!(origin_allowed(None, host, &allowed));
+        assert!(origin_allowed(
+            Some("http://127.0.0.1:8080"),
+            host,
+            &allowed
+        ));
+        assert!(origin_allowed(
+            Some("HTTPS://127.0.0.1:8080"),
+            host,
+            &allowed
+        ));
+        assert!(origin_allowed(
+            Some("https://chat.example.com"),
+            host,
+            &allowed
+        ));
+        assert!(!origin_allowed(
+            Some("http://127.0.0.1:8081"),
+            host,
+            &allowed
+        ));
+        assert!(!origin_allowed(Some("http://evil.example"), host, &allowed));
+        assert!(!origin_allowed(Some("null"), host, &allowed));
+        assert!(!origin_allowed(Some("http://127.0.0.1:8080"), None, &[]));
+        assert!(!origin_allowed(Some("http://"), Some(""), &[]));
+    }
+
+    #[test]
+    fn configured_origins_are_checked() {
+        assert_eq!(
+            normalize_origin("https://Chat.Example.com/").unwrap(),
+            "https://chat.example.com"
+        );
+        assert!(normalize_origin("chat.example.com").is_err());
+        assert!(normalize_origin("https://chat.example.com/path").is_err());
+        assert!(normalize_origin("https://").is_err());
+    }
+
+    #[test]
+    fn text_frames_carry_the_envelope() {
+        let mut out = Vec::new();
+        text_frame(b"{}", &mut out);
+        assert_eq!(out, [0x81, 2, b'{', b'}']);
+        out.clear();
+        let long = vec![b'a'; 300];
+        text_frame(&long, &mut out);
+        assert_eq!(&out[..4], &[0x81, 126, 1, 44]);
+        assert_eq!(out.len(), 4 + 300);
+    }
+}

@@ -1,0 +1,651 @@
+//! Running it for real: `chat-server users ...` and `backup` on a stopped and on a
+//! running server (embedded store, through the admin socket) and on Redis (several
+//! nodes), bans and removals of users who are online, the admin socket's permissions
+//! and its bad clients, `--metrics-listen` checked against what the test did, and
+//! `--config` with flags overriding it.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use common::{FAST_HASH, RedisProc, SeedClient, ServerProc, online};
+use serde_json::json;
+
+/// Runs `chat-server [pre...] args...` with `stdin` as its standard input.
+fn cli(pre: &[&str], args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chat-server"))
+        .args(FAST_HASH)
+        .args(pre)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run chat-server");
+    // A command that fails before it reads its input closes it: no matter.
+    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
+    child.wait_with_output().unwrap()
+}
+
+/// `chat-server users ARGS --data DIR`, which must succeed; its stdout.
+fn users(dir: &Path, args: &[&str], stdin: &str) -> String {
+    let mut all = vec!["users"];
+    all.extend(args);
+    all.extend(["--data", dir.to_str().unwrap()]);
+    let out = cli(&[], &all, stdin);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "users {args:?} failed: {}{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// The same, which must fail; its stderr.
+fn users_fails(dir: &Path, args: &[&str], stdin: &str) -> String {
+    let mut all = vec!["users"];
+    all.extend(args);
+    all.extend(["--data", dir.to_str().unwrap()]);
+    let out = cli(&[], &all, stdin);
+    assert!(!out.status.success(), "users {args:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The rows of `users list`: (id, banned, name).
+fn rows(list: &str) -> Vec<(i64, bool, String)> {
+    list.lines()
+        .skip(1)
+        .filter(|l| !l.ends_with(" users"))
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[0].parse().unwrap(), f[1] == "yes", f[2].to_string())
+        })
+        .collect()
+}
+
+fn login_code(c: &mut SeedClient, id: i64, pwd: &str) -> i64 {
+    c.login(id, pwd).data["code"].as_i64().unwrap()
+}
+
+/// A user logged in on a new connection, with the password given.
+fn logged_in(server: &ServerProc, id: i64, pwd: &str) -> SeedClient {
+    let mut c = server.connect();
+    assert_eq!(login_code(&mut c, id, pwd), 200);
+    c
+}
+
+#[test]
+fn accounts_on_a_stopped_server_then_on_the_running_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Stopped: the commands open the data file.
+    assert!(users(d, &["add", "1", "ann"], "pw1\n").contains("user 1 added"));
+    users(d, &["add", "2", "bob"], "pw2\n");
+    users(d, &["add", "4", "dee"], "pw4\r\n");
+    assert!(users_fails(d, &["add", "1", "again"], "x\n").contains("already taken"));
+    assert!(users_fails(d, &["add", "5", " pad"], "x\n").contains("userName"));
+    assert!(users_fails(d, &["add", "5", "eve"], "\n").contains("must not be empty"));
+    assert!(users_fails(d, &["ban", "9"], "").contains("no such user: 9"));
+    users(d, &["ban", "2"], "");
+    assert!(users(d, &["passwd", "1"], "new1\n").contains("password of user 1 changed"));
+    let list = users(d, &["list"], "");
+    assert_eq!(
+        rows(&list),
+        [
+            (1, false, "ann".into()),
+            (2, true, "bob".into()),
+            (4, false, "dee".into())
+        ]
+    );
+    assert!(!list.contains("argon2") && !list.contains("pw"), "{list}");
+
+    let mut server = ServerProc::start(d, &[]);
+    let sock = d.join("admin.sock");
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode();
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "the admin socket is the server user's only"
+    );
+    let mut ann = logged_in(&server, 1, "new1");
+    let mut c = server.connect();
+    assert_eq!(login_code(&mut c, 1, "pw1"), 403);
+    let refused = c.login(2, "pw2");
+    assert_eq!(refused.data["code"], 423, "{refused:?}");
+    assert_eq!(refused.data["error"], "this account is banned");
+
+    // Running: through the admin socket, at once.
+    assert_eq!(rows(&users(d, &["list"], "")).len(), 3);
+    users(d, &["unban", "2"], "");
+    assert_eq!(login_code(&mut c, 2, "pw2"), 200);
+    let (_, _) = ann.recv_until("NotifyUserStatusMes");
+    users(d, &["add", "3", "cy"], "pw3\n");
+    let mut cy = logged_in(&server, 3, "pw3");
+    ann.recv_until("NotifyUserStatusMes");
+    c.recv_until("NotifyUserStatusMes");
+    // A new password ends no session.
+    users(d, &["passwd", "3"], "new3\n");
+    cy.expect_nothing_pending();
+    let mut other = server.connect();
+    assert_eq!(login_code(&mut other, 3, "pw3"), 403);
+    assert_eq!(login_code(&mut other, 3, "new3"), 200);
+    // That login replaced cy's older session (409), as any second login does.
+    let (g, _) = cy.recv_until("ErrorResMes");
+    assert_eq!(g.data["code"], 409);
+    let mut cy = other;
+
+    // Ban of an online user: an error frame, then the close; the others see them go.
+    let out = users(d, &["ban", "2"], "");
+    assert!(out.contains("user 2 banned; 1 session closed"), "{out}");
+    let got = c.expect_closed();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].kind, "ErrorResMes");
+    assert_eq!(got[0].data["code"], 423);
+    let (n, _) = ann.recv_until("NotifyUserStatusMes");
+    assert_eq!(
+        (n.data["userId"].as_i64(), n.data["status"].as_i64()),
+        (Some(2), Some(1))
+    );
+    let mut c = server.connect();
+    assert_eq!(c.login(2, "pw2").data["code"], 423);
+    server.wait_log("user 2: 1 sessions closed (banned by an operator)");
+
+    // Removal of an online user: the same, and the account and its messages go.
+    let mut dee_msgs = server.connect();
+    dee_msgs.register(6, "pw6", "fay");
+    assert_eq!(login_code(&mut dee_msgs, 6, "pw6"), 200);
+    dee_msgs.send(
+        "SmsPrivateMes",
+        json!({"toUserId": 4, "content": "for dee"}),
+    );
+    let (r, _) = dee_msgs.recv_until("SmsResMes");
+    assert_eq!(r.data["code"], 202, "dee is offline: stored");
+    let out = users(d, &["remove", "3"], "");
+    assert!(out.contains("1 session closed"), "{out}");
+    let got = cy.expect_closed();
+    assert_eq!(got.last().unwrap().data["code"], 410, "{got:?}");
+    assert_eq!(login_code(&mut c, 3, "new3"), 500);
+    assert!(users(d, &["remove", "4"], "").contains("0 sessions closed"));
+    users(d, &["add", "4", "dee2"], "pw4\n");
+    let mut dee = server.connect();
+    dee.login(4, "pw4");
+    dee.expect_nothing_pending();
+
+    // A consistent copy while it runs, and the server goes on.
+    let copy = tempfile::tempdir().unwrap();
+    let file = copy.path().join("chat.redb");
+    let out = cli(
+        &[],
+        &[
+            "backup",
+            file.to_str().unwrap(),
+            "--data",
+            d.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("bytes copied"));
+    let out = cli(
+        &[],
+        &[
+            "backup",
+            file.to_str().unwrap(),
+            "--data",
+            d.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(!out.status.success(), "never over an existing file");
+    dee.expect_nothing_pending();
+
+    let st = server.signal_and_wait(libc::SIGTERM);
+    assert!(st.success());
+    assert!(!sock.exists(), "the admin socket is removed at exit");
+    // Stopped again: straight from the file; and the backup holds the same accounts.
+    let names = |dir: &Path| -> Vec<(i64, bool, String)> { rows(&users(dir, &["list"], "")) };
+    let now = names(d);
+    assert_eq!(
+        now,
+        [
+            (1, false, "ann".into()),
+            (2, true, "bob".into()),
+            (4, false, "dee2".into()),
+            (6, false, "fay".into())
+        ]
+    );
+    assert_eq!(names(copy.path()), now);
+}
+
+/// A child process that connects to `sock` as uid/gid 65534 and sends a list
+/// request; its exit status: 0 refused by the server (the answer says permission
+/// denied), 1 could not connect, 2 any other answer. Only async-signal-safe calls
+/// after the fork.
+fn connect_as_nobody(sock: &Path) -> i32 {
+    use std::os::unix::ffi::OsStrExt;
+    let path = sock.as_os_str().as_bytes();
+    // SAFETY: zeroed sockaddr_un is valid; the path fits (checked).
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    assert!(path.len() < addr.sun_path.len());
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (i, b) in path.iter().enumerate() {
+        addr.sun_path[i] = *b as libc::c_char;
+    }
+    let req = b"{\"cmd\":\"list\"}\n";
+    let needle = b"permission denied";
+    // SAFETY: the child only makes system calls on memory prepared before the fork,
+    // and leaves with _exit.
+    unsafe {
+        let pid = libc::fork();
+        assert!(pid >= 0);
+        if pid == 0 {
+            if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
+                libc::_exit(3);
+            }
+            let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+            let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+            if libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len) != 0 {
+                libc::_exit(1);
+            }
+            libc::write(fd, req.as_ptr().cast(), req.len());
+            let mut buf = [0u8; 512];
+            let mut got = 0usize;
+            loop {
+                let n = libc::read(fd, buf[got..].as_mut_ptr().cast(), buf.len() - got);
+                if n <= 0 {
+                    break;
+                }
+                got += n as usize;
+                if got == buf.len() {
+                    break;
+                }
+            }
+            let mut found = false;
+            let mut i = 0;
+            while i + needle.len() <= got {
+                if buf[i..i + needle.len()] == needle[..] {
+                    found = true;
+                }
+                i += 1;
+            }
+            libc::_exit(if found { 0 } else { 2 });
+        }
+        let mut status = 0;
+        libc::waitpid(pid, &mut status, 0);
+        libc::WEXITSTATUS(status)
+    }
+}
+
+#[test]
+fn the_admin_socket_refuses_other_users_and_survives_garbage() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    users(d, &["add", "1", "ann"], "pw1\n");
+    let mut server = ServerProc::start(d, &[]);
+    let sock = d.join("admin.sock");
+    let ask = |bytes: &[u8]| -> String {
+        let mut s = UnixStream::connect(&sock).unwrap();
+        // The server may answer and close before reading all of a long request.
+        let _ = s.write_all(bytes);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    let bad = ask(b"\x00\xff garbage \n");
+    assert!(
+        bad.starts_with(r#"{"ok":false,"text":"bad request"#),
+        "{bad}"
+    );
+    let bad = ask(br#"{"cmd":"rm -rf","id":1}"#);
+    assert!(bad.contains("not ended by a newline"), "{bad}");
+    let bad = ask(&vec![b'x'; 100_000]);
+    assert!(bad.contains("longer than 65536 bytes"), "{bad}");
+    assert!(ask(br#"{"cmd":"passwd","id":1,"hash":"plain"}"#.as_slice()).contains("ok\":false"));
+    assert_eq!(ask(b""), "", "a client that says nothing gets nothing");
+    // One that connects and says nothing holds the socket for its timeout at most;
+    // meanwhile the chat goes on.
+    let _silent = UnixStream::connect(&sock).unwrap();
+    let mut c = logged_in(&server, 1, "pw1");
+    c.expect_nothing_pending();
+    drop(_silent);
+    assert_eq!(rows(&users(d, &["list"], "")).len(), 1);
+    let ok = ask(b"{\"cmd\":\"list\"}\n");
+    assert!(
+        ok.starts_with(r#"{"ok":true"#) && !ok.contains("argon2"),
+        "{ok}"
+    );
+
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: the test of another user's connection needs to switch users");
+        return;
+    }
+    // Mode 0600: another user cannot even connect.
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(connect_as_nobody(&sock), 1);
+    // Opened up by hand, the peer's uid still decides.
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    assert_eq!(connect_as_nobody(&sock), 0);
+    server.wait_log("refused a connection from uid 65534");
+    c.expect_nothing_pending();
+    assert_eq!(rows(&users(d, &["list"], "")).len(), 1);
+}
+
+#[test]
+fn accounts_on_redis_with_two_running_nodes() {
+    let redis = RedisProc::start(false);
+    let url = redis.url();
+    let r = |args: &[&str], stdin: &str| -> Output {
+        let mut all = vec!["users"];
+        all.extend(args);
+        all.extend(["--redis", url.as_str()]);
+        cli(&[], &all, stdin)
+    };
+    let ok = |o: Output| -> String {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    // No server running: straight to Redis, in the seed's schema.
+    ok(r(&["add", "1", "ann"], "pw1\n"));
+    ok(r(&["add", "2", "bob"], "pw2\n"));
+    ok(r(&["add", "3", "cy"], "pw3\n"));
+    let out = ok(r(&["ban", "3"], ""));
+    assert!(out.contains("no running server"), "{out}");
+    let mut rc = redis.client();
+    let raw: String = redis::cmd("HGET")
+        .arg("users")
+        .arg(3)
+        .query(&mut rc)
+        .unwrap();
+    let rec: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(rec["banned"], true);
+    assert_eq!(rec["userName"], "cy");
+    assert!(rec["userPwd"].as_str().unwrap().starts_with("$argon2id$"));
+    ok(r(&["unban", "3"], ""));
+    let raw: String = redis::cmd("HGET")
+        .arg("users")
+        .arg(3)
+        .query(&mut rc)
+        .unwrap();
+    assert!(!raw.contains("banned"), "{raw}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let n1 = ServerProc::start(dir.path(), &["--redis", &url, "--node-id", "n1"]);
+    let mut n2 = ServerProc::start(dir.path(), &["--redis", &url, "--node-id", "n2"]);
+    assert!(
+        !dir.path().join("admin.sock").exists(),
+        "no admin socket with Redis"
+    );
+    let mut ann = logged_in(&n1, 1, "pw1");
+    let mut bob = logged_in(&n2, 2, "pw2");
+    ann.recv_until("NotifyUserStatusMes");
+    let mut cy = logged_in(&n1, 3, "pw3");
+    ann.recv_until("NotifyUserStatusMes");
+    bob.recv_until("NotifyUserStatusMes");
+
+    // A ban reaches the node that holds the session.
+    let out = ok(r(&["ban", "2"], ""));
+    assert!(out.contains("2 running servers told"), "{out}");
+    let got = bob.expect_closed();
+    assert_eq!(got.last().unwrap().data["code"], 423, "{got:?}");
+    let (n, _) = ann.recv_until("NotifyUserStatusMes");
+    assert_eq!(
+        (n.data["userId"].as_i64(), n.data["status"].as_i64()),
+        (Some(2), Some(1))
+    );
+    n2.wait_log("user 2: 1 sessions closed");
+    let mut c = n1.connect();
+    assert_eq!(c.login(2, "pw2").data["code"], 423);
+    assert_eq!(n2.connect().login(2, "pw2").data["code"], 423);
+
+    // passwd ends nothing; the new password works on every node at once.
+    ok(r(&["passwd", "1"], "new1\n"));
+    ann.expect_nothing_pending();
+    assert_eq!(n2.connect().login(1, "pw1").data["code"], 403);
+
+    // Remove: session closed, account and offline messages gone.
+    ann.send("SmsPrivateMes", json!({"toUserId": 2, "content": "kept"}));
+    assert_eq!(ann.recv_until("SmsResMes").0.data["code"], 202);
+    ok(r(&["remove", "2"], ""));
+    let n: i64 = redis::cmd("LLEN").arg("offline:2").query(&mut rc).unwrap();
+    assert_eq!(n, 0);
+    ok(r(&["remove", "3"], ""));
+    let got = cy.expect_closed();
+    assert_eq!(got.last().unwrap().data["code"], 410, "{got:?}");
+    assert_eq!(c.login(3, "pw3").data["code"], 500);
+    let list = ok(r(&["list"], ""));
+    assert_eq!(rows(&list), [(1, false, "ann".into())]);
+    let out = r(&["remove", "3"], "");
+    assert!(!out.status.success());
+    let out = cli(&[], &["backup", "/tmp/x.redb", "--redis", &url], "");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("BGSAVE"));
+}
+
+/// GET `path` from `addr`; the status line and the body.
+fn http_get(addr: &str, path: &str) -> (String, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut all = String::new();
+    s.read_to_string(&mut all).unwrap();
+    let (head, body) = all.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+/// The value of one sample line of the exposition.
+fn sample(text: &str, name: &str) -> f64 {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn metrics_count_what_clients_did() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProc::start(
+        dir.path(),
+        &["--metrics-listen", "127.0.0.1:0", "--msg-rate", "3"],
+    );
+    let line = server.wait_log("metrics at http://");
+    let addr = line
+        .rsplit("http://")
+        .next()
+        .unwrap()
+        .trim_end_matches("/metrics")
+        .to_string();
+    let mut a = online(&server, 1);
+    let mut b = online(&server, 2);
+    a.recv_until("NotifyUserStatusMes");
+    let mut c = server.connect();
+    assert_eq!(login_code(&mut c, 1, "wrong"), 403);
+    assert_eq!(login_code(&mut c, 77, "x"), 500);
+    a.send("SmsMes", json!({"content": "hi all"}));
+    b.recv_until("SmsMes");
+    b.send("SmsPrivateMes", json!({"toUserId": 1, "content": "psst"}));
+    assert_eq!(b.recv_until("SmsResMes").0.data["code"], 200);
+    a.recv_until("SmsPrivateMes");
+    // Over the message rate: count the refusals the client saw.
+    for _ in 0..8 {
+        a.send("PingMes", json!({}));
+    }
+    let mut too_many = 0;
+    for _ in 0..8 {
+        let g = a.recv();
+        if g.kind == "ErrorResMes" {
+            assert_eq!(g.data["code"], 429);
+            too_many += 1;
+        }
+    }
+    assert!(too_many > 0);
+    let mut big = server.connect();
+    big.send_raw(&(1u32 << 20).to_be_bytes());
+    let got = big.expect_closed();
+    assert_eq!(got[0].data["code"], 413);
+
+    let (status, text) = http_get(&addr, "/metrics");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let v = |name: &str| sample(&text, name);
+    assert_eq!(v("chat_connections_open"), 3.0, "a, b and c");
+    assert_eq!(v("chat_users_online"), 2.0);
+    assert_eq!(v("chat_logins_total{outcome=\"ok\"}"), 2.0);
+    assert_eq!(v("chat_logins_total{outcome=\"wrong_password\"}"), 1.0);
+    assert_eq!(v("chat_logins_total{outcome=\"no_such_user\"}"), 1.0);
+    assert_eq!(v("chat_registrations_total{outcome=\"ok\"}"), 2.0);
+    assert_eq!(v("chat_frames_in_total{type=\"SmsMes\"}"), 1.0);
+    assert_eq!(v("chat_frames_in_total{type=\"SmsPrivateMes\"}"), 1.0);
+    assert_eq!(v("chat_frames_in_total{type=\"LoginMes\"}"), 4.0);
+    assert_eq!(v("chat_group_messages_total"), 1.0);
+    assert_eq!(v("chat_private_messages_total"), 1.0);
+    assert_eq!(v("chat_refusals_total{code=\"429\"}"), too_many as f64);
+    assert_eq!(v("chat_refusals_total{code=\"413\"}"), 1.0);
+    assert_eq!(v("chat_slow_consumers_dropped_total"), 0.0);
+    assert_eq!(v("chat_store_errors_total"), 0.0);
+    assert_eq!(
+        v("chat_hashing_latency_seconds_count"),
+        6.0,
+        "2 registrations, 4 logins"
+    );
+    assert!(v("chat_bytes_in_total") > 0.0 && v("chat_bytes_out_total") > 0.0);
+    assert!(v("chat_loop_turns_total") > 0.0);
+    assert_eq!(
+        v("chat_loop_turn_seconds_count"),
+        v("chat_loop_turns_total") - 1.0,
+        "every turn before this one was timed"
+    );
+    assert_eq!(v("chat_store_job_seconds_count{lane=\"hash\"}"), 6.0);
+    // Counters only grow, and the server keeps serving.
+    let (_, again) = http_get(&addr, "/metrics");
+    assert!(sample(&again, "chat_bytes_out_total") >= v("chat_bytes_out_total"));
+    assert_eq!(http_get(&addr, "/").0, "HTTP/1.1 404 Not Found");
+    let mut junk = std::net::TcpStream::connect(&addr).unwrap();
+    // Longer than a request head may be, and all of it read by the server.
+    junk.write_all(&[0xff; 8_500]).unwrap();
+    let _ = junk.shutdown(std::net::Shutdown::Write);
+    let mut out = Vec::new();
+    let _ = junk.read_to_end(&mut out);
+    assert!(
+        out.starts_with(b"HTTP/1.1 400"),
+        "{:?}",
+        String::from_utf8_lossy(&out)
+    );
+    server.connect().expect_nothing_pending();
+}
+
+#[test]
+fn the_config_file_sets_flags_and_the_command_line_overrides_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("chat-server.toml");
+    std::fs::write(
+        &conf,
+        "# one connection per address\nmax-conns-per-addr = 1\nlogin-timeout = 600\nlog-level = \"debug\"\n",
+    )
+    .unwrap();
+    let conf_s = conf.to_str().unwrap();
+    let data = dir.path().join("d1");
+    let server = ServerProc::start(&data, &["--config", conf_s]);
+    let mut first = server.connect();
+    first.expect_nothing_pending();
+    let mut second = server.connect();
+    let got = second.expect_closed();
+    assert_eq!(got[0].data["code"], 503, "{got:?}");
+    drop(server);
+
+    let data = dir.path().join("d2");
+    let server = ServerProc::start(&data, &["--config", conf_s, "--max-conns-per-addr", "2"]);
+    let mut first = server.connect();
+    let mut second = server.connect();
+    first.expect_nothing_pending();
+    second.expect_nothing_pending();
+    let got = server.connect().expect_closed();
+    assert_eq!(got[0].data["code"], 503, "{got:?}");
+
+    // The operators' commands read it too: here, where the data is.
+    std::fs::write(
+        &conf,
+        format!("data = {:?}\n", dir.path().join("d3").to_str().unwrap()),
+    )
+    .unwrap();
+    let out = cli(
+        &[],
+        &["users", "add", "9", "zed", "--config", conf_s],
+        "pw\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("d3").join("chat.redb").exists());
+
+    // A mistake in the file stops the server before it starts, naming the key.
+    std::fs::write(&conf, "max-conns-per-adr = 1\n").unwrap();
+    let out = cli(&[], &["--config", conf_s, "--listen", "127.0.0.1:0"], "");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`max-conns-per-adr`: no such setting"),
+        "{err}"
+    );
+    std::fs::write(&conf, "login-timeout = \"soon\"\n").unwrap();
+    let out = cli(&[], &["--config", conf_s, "--listen", "127.0.0.1:0"], "");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--login-timeout"));
+}
+
+#[test]
+fn the_example_config_names_every_flag_and_the_server_takes_each_key() {
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/dist/chat-server.toml"
+    ))
+    .unwrap();
+    // Keys are shown commented out: `# key = value`.
+    let keys: Vec<(&str, &str)> = example
+        .lines()
+        .filter_map(|l| l.strip_prefix("# ")?.split_once(" = "))
+        .filter(|(k, _)| !k.contains(' '))
+        .collect();
+    let help = cli(&[], &["--help"], "");
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    for flag in help
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("--"))
+        .map(|w| w.trim_end_matches(|c: char| !c.is_ascii_alphanumeric()))
+    {
+        if ["help", "version", "config"].contains(&flag) {
+            continue;
+        }
+        assert!(
+            keys.iter().any(|(k, _)| *k == flag),
+            "dist/chat-server.toml does not show `{flag}`"
+        );
+    }
+    // Uncommented, every key and value is accepted (the server checks the whole file
+    // before it reads --help).
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("all.toml");
+    let all: String = keys
+        .iter()
+        .map(|(k, v)| {
+            let v = v.split(" #").next().unwrap();
+            format!("{k} = {v}\n")
+        })
+        .collect();
+    std::fs::write(&f, &all).unwrap();
+    let out = cli(&[], &["--config", f.to_str().unwrap(), "--help"], "");
+    assert!(
+        out.status.success(),
+        "{all}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
