@@ -102,6 +102,7 @@ pub mod reactor;
 pub mod sys;
 #[cfg(feature = "server")]
 pub mod tls;
+#[cfg(feature = "server")]
 pub mod web;
 #[cfg(feature = "server")]
 pub mod worker;
