@@ -9,7 +9,9 @@
 //! - Reading: plaintext rustls already holds first; then one `read_tls` from the socket,
 //!   `process_new_packets`, and what that produced of rustls's own (the handshake's
 //!   next flight, an alert) is written at once. `WouldBlock` only when the socket said
-//!   so and no plaintext is left, as the reactor's edge-triggered loop needs.
+//!   so and no plaintext is left, as the reactor's edge-triggered loop needs;
+//!   `Interrupted` after `READ_SHARE` (64 KiB) of ciphertext that produced no plaintext, so
+//!   the reactor reads the rest on its next turn, after the others.
 //! - Writing: the hub's bytes go through `writer()`, which encrypts them into rustls's
 //!   send buffer, bounded by [`SEND_BUFFER`]: once that much ciphertext waits for the
 //!   socket, [`Transport::write_vectored`] says `WouldBlock` and the hub's own output
@@ -48,6 +50,11 @@ use crate::link::{Transport, Wrapper};
 /// Ciphertext (or, during the handshake, plaintext) rustls may hold unsent for one
 /// connection before writes are refused with `WouldBlock`.
 pub const SEND_BUFFER: usize = 32 * 1024;
+
+/// Ciphertext one read takes from the socket without producing plaintext (records
+/// that carry nothing for the hub: a key update, a handshake message) before it lets
+/// the other connections have a turn: a stream of such records cannot hold the loop.
+const READ_SHARE: usize = 64 * 1024;
 
 /// Reads a certificate chain and its private key (PEM files) into a server
 /// configuration: TLS 1.2 and 1.3, ring as the crypto provider, no client
@@ -159,6 +166,7 @@ impl Transport for TlsTransport {
     }
 
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut taken = 0;
         loop {
             // Plaintext already decrypted first: the socket may have nothing more.
             match self.tls.reader().read(buf) {
@@ -169,9 +177,14 @@ impl Transport for TlsTransport {
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
                 Err(e) => return Err(e),
             }
+            if taken >= READ_SHARE {
+                // Its share for now, and nothing for the hub: read again next turn.
+                return Err(io::ErrorKind::Interrupted.into());
+            }
             match self.tls.read_tls(&mut self.sock) {
-                // End of stream: processed below, then the reader says which kind.
-                Ok(_) => {}
+                // 0, the end of the stream: processed below, then the reader says
+                // which kind.
+                Ok(n) => taken += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
