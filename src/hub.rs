@@ -1241,6 +1241,12 @@ impl Hub {
         self.presence.note(user_id, status, name, now.mono_ms);
     }
 
+    /// `user_id` logged in again, telling nobody: its new connection gets only the
+    /// notices noted after its login reply.
+    pub(crate) fn mark_presence(&mut self, user_id: i64) {
+        self.presence.mark(user_id);
+    }
+
     fn presence_if_due(&mut self, now: Now) {
         if self
             .presence

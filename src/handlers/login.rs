@@ -211,6 +211,7 @@ impl Hub {
                 self.conns[old.conn.key].session = Session::Anonymous;
                 self.error(old.conn.key, code::CONFLICT, "logged in elsewhere");
                 self.close(old.conn.key, true, "replaced by a newer login", now);
+                self.mark_presence(ok.user_id);
             }
             _ if self.online_elsewhere(ok.user_id) => {
                 // Online on another node until now: this login replaces that session
@@ -219,6 +220,7 @@ impl Hub {
                     "user {} online here, replacing a session elsewhere",
                     ok.user_id
                 );
+                self.mark_presence(ok.user_id);
             }
             _ => {
                 log::info!("user {} online", ok.user_id);
