@@ -184,10 +184,7 @@ impl Hub {
             user_id: ok.user_id,
             name: name.clone(),
         };
-        let entry = OnlineEntry {
-            conn: me,
-            name: name.clone(),
-        };
+        let entry = OnlineEntry { conn: me };
         // The roster follows a login without being built again.
         let roster_current = self.roster.is_current(self.roster_version());
         let listed = self.online.get(ok.user_id).is_some() || self.online_elsewhere(ok.user_id);
