@@ -234,7 +234,9 @@ pub fn apply(store: &mut dyn Store, req: Request) -> Result<Done, String> {
         Request::Remove { id } => {
             if store.remove_user(id).map_err(store_failed)? {
                 Ok(Done {
-                    text: format!("user {id} removed, with their offline messages"),
+                    text: format!(
+                        "user {id} removed, with their offline messages and private history"
+                    ),
                     users: None,
                     kick: Some((id, Kick::Removed)),
                 })

@@ -30,9 +30,10 @@ use std::time::Duration;
 
 use crate::admin::{MAX_REQUEST, Request, Response, SOCKET_NAME, apply, sessions_ended};
 use crate::control::ControlHandle;
+use crate::deadline::Timed;
 use crate::store::{Store, StoreFactory};
 
-/// How long a client may take to send its request and read the answer.
+/// How long a client may take to send its request, and then to read the answer.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the event loop may take to end a user's sessions.
 const KICK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -108,17 +109,13 @@ fn allowed(uid: u32) -> bool {
     uid == crate::sys::euid() || uid == 0
 }
 
-fn serve(mut conn: UnixStream, store: &mut dyn Store, control: &ControlHandle) {
+fn serve(conn: UnixStream, store: &mut dyn Store, control: &ControlHandle) {
     let answer = match crate::sys::peer_uid(&conn) {
-        Ok(uid) if allowed(uid) => {
-            let _ = conn.set_read_timeout(Some(IO_TIMEOUT));
-            let _ = conn.set_write_timeout(Some(IO_TIMEOUT));
-            match read_request(&conn) {
-                Ok(Some(req)) => run(req, store, control),
-                Ok(None) => return,
-                Err(e) => Response::failed(e),
-            }
-        }
+        Ok(uid) if allowed(uid) => match read_request(Timed::new(&conn, IO_TIMEOUT)) {
+            Ok(Some(req)) => run(req, store, control),
+            Ok(None) => return,
+            Err(e) => Response::failed(e),
+        },
         Ok(uid) => {
             log::warn!(
                 "admin socket: refused a connection from uid {uid} (only uid {} and root may)",
@@ -132,11 +129,11 @@ fn serve(mut conn: UnixStream, store: &mut dyn Store, control: &ControlHandle) {
     };
     let mut line = serde_json::to_vec(&answer).expect("responses serialise");
     line.push(b'\n');
-    let _ = conn.write_all(&line);
+    let _ = Timed::new(&conn, IO_TIMEOUT).write_all(&line);
 }
 
 /// One line of JSON; `None` if the peer closed without a byte.
-fn read_request(conn: &UnixStream) -> Result<Option<Request>, String> {
+fn read_request(conn: Timed<'_, UnixStream>) -> Result<Option<Request>, String> {
     let mut line = Vec::new();
     let n = BufReader::new(conn)
         .take(MAX_REQUEST as u64 + 1)

@@ -382,3 +382,26 @@ fn every_message_joins_the_history_once_whichever_node_took_it() {
         "{got:?}"
     );
 }
+
+#[test]
+fn a_login_replacing_another_nodes_session_is_told_only_what_came_after_it() {
+    let mut net = Net::new(2);
+    net.nodes[0].hub.cfg.presence_interval_ms = 50;
+    registered(&mut net, &[1, 2, 3]);
+    let watcher = net.login(0, 2);
+    net.login(1, 1);
+    net.nodes[0].advance(50);
+    assert_eq!(net.recv(0, watcher), [notify(1, 0)]);
+    // Within one interval on node a: 3 comes and goes, then 1 logs in there,
+    // replacing its session on node b (its login reply lists 1 and 2).
+    let c = net.login(0, 3);
+    net.nodes[0].hangup(c);
+    let here = net.login(0, 1);
+    net.nodes[0].advance(50);
+    assert_eq!(
+        net.recv(0, here),
+        [],
+        "nothing its login reply already told it"
+    );
+    assert_eq!(net.recv(0, watcher), [notify(3, 0), notify(3, 1)]);
+}

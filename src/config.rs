@@ -4,7 +4,7 @@
 //! The file is turned into flags that go before those of the command line, and the
 //! command line parses with "the last occurrence wins": a flag given on the command
 //! line overrides the file, and every value goes through the same parser and checks
-//! as if typed. A key that is no flag, a value of the wrong kind or a file that does
+//! as if typed (as `--key=value`, so that a value starting with `-` is the key's). A key that is no flag, a value of the wrong kind or a file that does
 //! not parse is an error that names the file and the key.
 
 use std::ffi::OsString;
@@ -80,8 +80,8 @@ pub fn flags_from_toml(
             if !takes_value {
                 return Err(at(&key, "give it true or false".into()));
             }
-            out.push(OsString::from(&flag));
-            out.push(OsString::from(text));
+            // `--key=value`: a value that starts with `-` is the key's, never a flag.
+            out.push(OsString::from(format!("{flag}={text}")));
         }
     }
     Ok(out)
@@ -142,13 +142,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             flags,
-            os(&[
-                "--listen",
-                "127.0.0.1:5",
-                "--login-timeout",
-                "7",
-                "--verbose"
-            ])
+            os(&["--listen=127.0.0.1:5", "--login-timeout=7", "--verbose"])
         );
         let mut argv = os(&["t"]);
         argv.extend(flags);
@@ -176,6 +170,23 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn a_value_that_looks_like_a_flag_is_taken_as_the_keys_value() {
+        let f = Path::new("c.toml");
+        let parse = |text: &str| {
+            let mut argv = os(&["t"]);
+            argv.extend(flags_from_toml(text, f, &cmd()).unwrap());
+            cmd().try_get_matches_from(argv)
+        };
+        // Refused by the key's own parser, naming the key.
+        let e = parse("login-timeout = -5").unwrap_err().to_string();
+        assert!(e.contains("'-5'") && e.contains("--login-timeout"), "{e}");
+        // A string is the key's value, never another flag.
+        let m = parse("listen = \"--verbose\"").unwrap();
+        assert_eq!(m.get_one::<String>("listen").unwrap(), "--verbose");
+        assert!(!m.get_flag("verbose"));
     }
 
     #[test]

@@ -22,7 +22,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 
 use crate::offline::OfflineSlot;
@@ -290,7 +290,9 @@ pub enum Pending {
 #[derive(Debug)]
 pub struct Conn {
     pub(super) generation: u32,
-    pub(super) peer: SocketAddr,
+    /// The client's address, kept apart from its port: a `SocketAddr` takes 32 bytes.
+    pub(super) peer_ip: IpAddr,
+    pub(super) peer_port: u16,
     /// Flood control: frames this connection may still send right now.
     pub(super) msg_bucket: Bucket,
     pub(super) session: Session,
@@ -330,7 +332,8 @@ impl Conn {
     pub fn new(generation: u32, peer: SocketAddr, now_ms: u64, msg_burst: u32) -> Conn {
         Conn {
             generation,
-            peer,
+            peer_ip: peer.ip(),
+            peer_port: peer.port(),
             msg_bucket: Bucket::new(msg_burst, now_ms),
             session: Session::Anonymous,
             pending: None,
@@ -360,7 +363,7 @@ impl Conn {
     }
 
     pub fn peer(&self) -> SocketAddr {
-        self.peer
+        SocketAddr::new(self.peer_ip, self.peer_port)
     }
 
     pub fn session(&self) -> &Session {
@@ -378,6 +381,14 @@ impl Conn {
     /// The frames queued and not yet written (shared with other queues).
     pub fn queued_frames(&self) -> Vec<Rc<[u8]>> {
         self.out.chunks.iter().cloned().collect()
+    }
+
+    /// The name of the user logged in here ("" if none).
+    pub fn user_name(&self) -> &str {
+        match &self.session {
+            Session::Online { name, .. } => name,
+            Session::Anonymous => "",
+        }
     }
 
     pub fn user_id(&self) -> Option<i64> {

@@ -719,7 +719,7 @@ impl Hub {
         let mut per_addr: HashMap<IpAddr, u32> = HashMap::new();
         let mut pending = 0;
         for (key, c) in &self.conns {
-            *per_addr.entry(addr_key(c.peer.ip())).or_insert(0) += 1;
+            *per_addr.entry(addr_key(c.peer_ip)).or_insert(0) += 1;
             if let Session::Online { user_id, .. } = c.session
                 && c.closing.is_none()
             {
@@ -788,7 +788,7 @@ impl Hub {
         if let Some(Pending::Login { user_id }) = conn.pending {
             self.unmark_login(user_id);
         }
-        let addr = addr_key(conn.peer.ip());
+        let addr = addr_key(conn.peer_ip);
         if let Some(n) = self.per_addr.get_mut(&addr) {
             *n -= 1;
             if *n == 0 {
@@ -957,7 +957,7 @@ impl Hub {
 
     /// Per-address limit on requests that cost a password hash. Sends the refusal.
     pub(crate) fn over_login_rate(&mut self, key: usize, now: Now) -> bool {
-        let ip = self.conns[key].peer.ip();
+        let ip = self.conns[key].peer_ip;
         if self.login_limits.take(ip, now.mono_ms, self.cfg.login_rate) {
             return false;
         }
@@ -1241,6 +1241,12 @@ impl Hub {
         self.presence.note(user_id, status, name, now.mono_ms);
     }
 
+    /// `user_id` logged in again, telling nobody: its new connection gets only the
+    /// notices noted after its login reply.
+    pub(crate) fn mark_presence(&mut self, user_id: i64) {
+        self.presence.mark(user_id);
+    }
+
     fn presence_if_due(&mut self, now: Now) {
         if self
             .presence
@@ -1308,8 +1314,8 @@ impl Hub {
         conn.inbuf = Vec::new();
         if first {
             match conn.user_id() {
-                Some(id) => log::info!("conn {key} ({}, user {id}) closing: {reason}", conn.peer),
-                None => log::debug!("conn {key} ({}) closing: {reason}", conn.peer),
+                Some(id) => log::info!("conn {key} ({}, user {id}) closing: {reason}", conn.peer()),
+                None => log::debug!("conn {key} ({}) closing: {reason}", conn.peer()),
             }
         }
         if !flush || conn.out.is_empty() {
@@ -1328,7 +1334,7 @@ impl Hub {
                 self.stats.slow_consumers_dropped += 1;
                 let limit = self.cfg.max_outbuf;
                 let reason = format!("slow consumer: output queue over {limit} bytes");
-                log::warn!("conn {key} ({}): {reason}", self.conns[key].peer);
+                log::warn!("conn {key} ({}): {reason}", self.conns[key].peer());
                 self.close(key, false, &reason, now);
             }
         }

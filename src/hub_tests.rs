@@ -1558,3 +1558,36 @@ fn with_many_online_presence_waits_longer_and_the_roster_is_dropped_when_idle() 
         (n as usize + 1, n as usize + 1)
     );
 }
+
+#[test]
+fn a_second_login_is_told_only_what_came_after_its_login_reply() {
+    let mut t = Harness::new(HubConfig {
+        presence_interval_ms: 50,
+        ..HubConfig::default()
+    });
+    for id in [1, 2, 3] {
+        t.register(id);
+    }
+    let old = t.login(1);
+    t.advance(50);
+    // Within one interval: 3 comes and goes, then 1 logs in again (its reply lists
+    // only itself), then 2 comes.
+    let c = t.login(3);
+    t.hangup(c);
+    let new = t.connect();
+    t.send(new, &login_msg(1, "pw1"));
+    t.run_jobs();
+    let got = t.recv(new);
+    assert!(
+        matches!(&got[..], [ServerMessage::LoginRes(r)] if r.users_id == [1]),
+        "{got:?}"
+    );
+    t.login(2);
+    t.advance(50);
+    assert_eq!(
+        t.recv(new),
+        [notify(2, 0)],
+        "nothing its login reply already told it"
+    );
+    assert_eq!(t.recv(old), [err(409, "logged in elsewhere")]);
+}

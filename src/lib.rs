@@ -51,7 +51,8 @@
 //! - `control`: requests of the operators' threads to the loop (a channel and its
 //!   `Waker`), answered at its next turn.
 //! - `admin_server`: the admin socket (`DATA_DIR/admin.sock`) on a thread of its own;
-//!   `metrics_http`: `--metrics-listen`, `GET /metrics`, on another.
+//!   `metrics_http`: `--metrics-listen`, `GET /metrics`, on another. Both serve one
+//!   client at a time, each within a deadline for its whole exchange (`deadline`).
 //! - `operator`: the `users` and `backup` subcommands (through the admin socket, the
 //!   data file, or Redis); `config`: `--config FILE` (TOML) turned into flags.
 //!
@@ -88,6 +89,8 @@ pub mod cluster_redis;
 pub mod config;
 #[cfg(feature = "server")]
 pub mod control;
+#[cfg(feature = "server")]
+pub mod deadline;
 #[cfg(feature = "server")]
 pub mod link;
 #[cfg(feature = "server")]

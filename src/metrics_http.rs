@@ -6,7 +6,8 @@
 //! text here, off the loop. The loop does no work between scrapes and the hot path
 //! bumps plain fields, no atomics; a scrape costs the loop one copy of the counters
 //! (a few hundred bytes). Connections are served one at a time, each within
-//! [`IO_TIMEOUT`]; a request head is at most [`MAX_HEAD`] bytes. Anything but `GET
+//! [`IO_TIMEOUT`] to send its whole request (then 408) and as much to read the answer;
+//! a request head is at most [`MAX_HEAD`] bytes. Anything but `GET
 //! /metrics` gets a plain 404, 405 or 400.
 
 use std::io::{self, Read, Write};
@@ -17,9 +18,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::control::ControlHandle;
+use crate::deadline::Timed;
 use crate::metrics::render;
 
-/// How long a scraper may take to send its request and read the answer.
+/// How long a scraper may take to send its request, and then to read the answer.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest request head read.
 pub const MAX_HEAD: usize = 8 * 1024;
@@ -111,7 +113,7 @@ fn route(head: &[u8]) -> Result<(), (u16, &'static str)> {
 }
 
 /// Reads the request head: up to the blank line, at most [`MAX_HEAD`] bytes.
-fn read_head(conn: &mut TcpStream) -> io::Result<Option<Vec<u8>>> {
+fn read_head(mut conn: Timed<'_, TcpStream>) -> io::Result<Option<Vec<u8>>> {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
@@ -128,10 +130,19 @@ fn read_head(conn: &mut TcpStream) -> io::Result<Option<Vec<u8>>> {
 }
 
 fn serve(mut conn: TcpStream, control: &ControlHandle) {
-    let _ = conn.set_read_timeout(Some(IO_TIMEOUT));
-    let _ = conn.set_write_timeout(Some(IO_TIMEOUT));
-    let head = match read_head(&mut conn) {
+    let head = match read_head(Timed::new(&conn, IO_TIMEOUT)) {
         Ok(Some(h)) => h,
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+            let body = format!("408 Request Timeout: the request took over {IO_TIMEOUT:?}\n");
+            reply(
+                &mut conn,
+                408,
+                "Request Timeout",
+                "text/plain",
+                body.as_bytes(),
+            );
+            return;
+        }
         Ok(None) => {
             reply(
                 &mut conn,
@@ -179,6 +190,7 @@ fn serve(mut conn: TcpStream, control: &ControlHandle) {
 }
 
 fn reply(conn: &mut TcpStream, code: u16, reason: &str, ctype: &str, body: &[u8]) {
+    let mut conn = Timed::new(&*conn, IO_TIMEOUT);
     let head = format!(
         "HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\
          Connection: close\r\n\r\n",

@@ -10,7 +10,9 @@
 //!
 //! A connection whose own user has a notice in the batch (it arrived during the
 //! interval) gets only the notices that came after its own: its login reply listed
-//! everyone online then, and nobody is told of their own comings and goings.
+//! everyone online then, and nobody is told of their own comings and goings. A login
+//! that tells nobody (it replaced the user's older session) leaves a mark in the
+//! batch to the same end.
 #![forbid(unsafe_code)]
 
 use std::collections::HashSet;
@@ -23,7 +25,8 @@ use crate::proto::{NotifyUserStatusMes, ServerMessage};
 #[derive(Debug, Default)]
 pub struct Presence {
     buf: Vec<u8>,
-    /// Each notice's user and where its frame is in `buf`.
+    /// Each notice's user and where its frame is in `buf`; an empty range is a mark
+    /// ([`Presence::mark`]).
     entries: Vec<(i64, Range<usize>)>,
     /// When the first notice waiting was noted.
     since_ms: Option<u64>,
@@ -34,6 +37,8 @@ pub struct Batch {
     pub all: Rc<[u8]>,
     entries: Vec<(i64, Range<usize>)>,
     users: HashSet<i64>,
+    /// Entries that are notices (not marks).
+    notices: usize,
 }
 
 impl Presence {
@@ -49,6 +54,16 @@ impl Presence {
         self.buf.extend_from_slice(&frame);
         self.entries.push((user_id, start..self.buf.len()));
         self.since_ms.get_or_insert(now_ms);
+    }
+
+    /// `user_id` logged in again without a notice (its older session replaced): its new
+    /// connection is to get only the notices after this, as after a notice of its own.
+    /// Nothing to mark when no notice waits.
+    pub fn mark(&mut self, user_id: i64) {
+        if !self.is_empty() {
+            let at = self.buf.len();
+            self.entries.push((user_id, at..at));
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -71,10 +86,12 @@ impl Presence {
         self.since_ms = None;
         let entries = std::mem::take(&mut self.entries);
         let users = entries.iter().map(|(u, _)| *u).collect();
+        let notices = entries.iter().filter(|(_, r)| !r.is_empty()).count();
         Batch {
             all,
             entries,
             users,
+            notices,
         }
     }
 }
@@ -82,30 +99,30 @@ impl Presence {
 impl Batch {
     /// Notices in the batch.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.notices
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.notices == 0
     }
 
-    /// Whether `user_id` has a notice of its own in the batch.
+    /// Whether `user_id` has a notice (or a mark) of its own in the batch.
     pub fn concerns(&self, user_id: i64) -> bool {
         self.users.contains(&user_id)
     }
 
-    /// What `user_id` is to get of the batch: the notices after its own last one,
-    /// and how many.
+    /// What `user_id` is to get of the batch: the notices after its own last one
+    /// (or mark), and how many.
     pub fn since_own(&self, user_id: i64) -> (Rc<[u8]>, usize) {
         let last = self.entries.iter().rposition(|(u, _)| *u == user_id);
         let after = &self.entries[last.map_or(0, |i| i + 1)..];
         let mut out = Vec::new();
-        for (u, r) in after {
-            if *u != user_id {
-                out.extend_from_slice(&self.all[r.clone()]);
-            }
+        let mut n = 0;
+        for (_, r) in after.iter().filter(|(_, r)| !r.is_empty()) {
+            out.extend_from_slice(&self.all[r.clone()]);
+            n += 1;
         }
-        (out.into(), after.len())
+        (out.into(), n)
     }
 }
 
@@ -157,5 +174,23 @@ mod tests {
         let (own, n) = b.since_own(2);
         assert_eq!(n, 1);
         assert_eq!(frames(&own), [notice(1, status::OFFLINE, "a")]);
+    }
+
+    #[test]
+    fn a_mark_hides_what_came_before_it_from_its_user_only() {
+        let mut p = Presence::default();
+        p.mark(3);
+        assert!(p.is_empty(), "nothing waits: nothing to mark");
+        p.note(1, status::ONLINE, "a", 100);
+        p.mark(3);
+        p.mark(4);
+        p.note(2, status::ONLINE, "b", 110);
+        let b = p.take();
+        assert_eq!(b.len(), 2, "marks are no notices");
+        assert_eq!(frames(&b.all).len(), 2);
+        let (own, n) = b.since_own(3);
+        assert_eq!((frames(&own), n), (vec![notice(2, status::ONLINE, "b")], 1));
+        let (_, n) = b.since_own(1);
+        assert_eq!(n, 1, "another's mark counts for nothing");
     }
 }

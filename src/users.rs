@@ -9,12 +9,10 @@
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
-use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::conn::ConnRef;
-use crate::proto::UserInfo;
 
 /// Longest accepted user name, in characters.
 pub const MAX_NAME_CHARS: usize = 32;
@@ -321,11 +319,12 @@ fn is_visible(c: char) -> bool {
     !is_blank(c) && !is_combining_mark(c)
 }
 
-/// One online session as the registry sees it.
+/// One online session as the registry sees it. The user's name is in the session
+/// (`Session::Online`), not repeated here: an entry is per user online, and idle
+/// memory counts.
 #[derive(Debug, Clone)]
 pub struct OnlineEntry {
     pub conn: ConnRef,
-    pub name: Rc<str>,
 }
 
 /// Who is online on this server. Ordered by id so lists are stable.
@@ -373,16 +372,6 @@ impl Registry {
 
     pub fn ids(&self) -> Vec<i64> {
         self.by_id.keys().copied().collect()
-    }
-
-    pub fn infos(&self) -> Vec<UserInfo> {
-        self.by_id
-            .iter()
-            .map(|(id, e)| UserInfo {
-                user_id: *id,
-                user_name: e.name.to_string(),
-            })
-            .collect()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (i64, &OnlineEntry)> {
@@ -650,20 +639,8 @@ mod tests {
             key: 2,
             generation: 1,
         };
-        reg.insert(
-            7,
-            OnlineEntry {
-                conn: a,
-                name: "x".into(),
-            },
-        );
-        let old = reg.insert(
-            7,
-            OnlineEntry {
-                conn: b,
-                name: "x".into(),
-            },
-        );
+        reg.insert(7, OnlineEntry { conn: a });
+        let old = reg.insert(7, OnlineEntry { conn: b });
         assert_eq!(old.unwrap().conn, a);
         assert!(!reg.remove_if(7, a));
         assert!(reg.remove_if(7, b));

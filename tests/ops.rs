@@ -649,3 +649,87 @@ fn the_example_config_names_every_flag_and_the_server_takes_each_key() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Sends `bytes` one at a time, each after waiting up to a second for the server to
+/// answer or close (less than either listener's timeout for one read), as a client
+/// that trickles a request would; stops at the server's answer or close. Returns how
+/// many bytes were sent then, and what the server said.
+fn trickle<S: Read + Write>(mut s: S, set_timeout: impl Fn(&S), bytes: &[u8]) -> (usize, String) {
+    set_timeout(&s);
+    let mut got = Vec::new();
+    for (i, b) in bytes.iter().enumerate() {
+        if s.write_all(std::slice::from_ref(b)).is_err() {
+            return (i, String::from_utf8_lossy(&got).into());
+        }
+        let mut buf = [0u8; 4096];
+        match s.read(&mut buf) {
+            Ok(0) => return (i + 1, String::from_utf8_lossy(&got).into()),
+            Ok(n) => {
+                got.extend_from_slice(&buf[..n]);
+                let _ = s.read_to_end(&mut got);
+                return (i + 1, String::from_utf8_lossy(&got).into());
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return (i + 1, String::from_utf8_lossy(&got).into()),
+        }
+    }
+    (bytes.len(), String::from_utf8_lossy(&got).into())
+}
+
+#[test]
+fn a_request_trickled_in_holds_the_admin_socket_for_its_timeout_at_most() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    users(d, &["add", "1", "ann"], "pw1\n");
+    let _server = ServerProc::start(d, &[]);
+    // A whole request, padded with blanks to take three times the timeout (10 s).
+    let mut request = br#"{"cmd":"list""#.to_vec();
+    request.extend(std::iter::repeat_n(b' ', 30));
+    request.extend_from_slice(b"}\n");
+    let slow = UnixStream::connect(d.join("admin.sock")).unwrap();
+    let set = |s: &UnixStream| {
+        s.set_read_timeout(Some(std::time::Duration::from_secs(1)))
+            .unwrap()
+    };
+    let (sent, said) = trickle(slow, set, &request);
+    assert!(
+        sent < 15 && said.contains("timed out"),
+        "a slow client is cut off at the timeout: sent {sent} of {} bytes, got {said:?}",
+        request.len()
+    );
+    assert_eq!(rows(&users(d, &["list"], "")).len(), 1);
+}
+
+#[test]
+fn a_request_trickled_in_holds_the_metrics_listener_for_its_timeout_at_most() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProc::start(dir.path(), &["--metrics-listen", "127.0.0.1:0"]);
+    let line = server.wait_log("metrics at http://");
+    let addr = line
+        .rsplit("http://")
+        .next()
+        .unwrap()
+        .trim_end_matches("/metrics")
+        .to_string();
+    // Three times the timeout (5 s), a byte a second.
+    let mut request = b"GET /metrics HTTP/1.1\r\nX-Slow: ".to_vec();
+    request.extend(std::iter::repeat_n(b'a', 15));
+    request.extend_from_slice(b"\r\n\r\n");
+    let slow = std::net::TcpStream::connect(&addr).unwrap();
+    let set = |s: &std::net::TcpStream| {
+        s.set_read_timeout(Some(std::time::Duration::from_secs(1)))
+            .unwrap()
+    };
+    let (sent, said) = trickle(slow, set, &request);
+    assert!(
+        sent < 10 && said.starts_with("HTTP/1.1 408"),
+        "a slow client is cut off at the timeout: sent {sent} of {} bytes, got {said:?}",
+        request.len()
+    );
+    let (status, body) = http_get(&addr, "/metrics");
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+}

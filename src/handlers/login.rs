@@ -184,10 +184,7 @@ impl Hub {
             user_id: ok.user_id,
             name: name.clone(),
         };
-        let entry = OnlineEntry {
-            conn: me,
-            name: name.clone(),
-        };
+        let entry = OnlineEntry { conn: me };
         // The roster follows a login without being built again.
         let roster_current = self.roster.is_current(self.roster_version());
         let listed = self.online.get(ok.user_id).is_some() || self.online_elsewhere(ok.user_id);
@@ -211,6 +208,7 @@ impl Hub {
                 self.conns[old.conn.key].session = Session::Anonymous;
                 self.error(old.conn.key, code::CONFLICT, "logged in elsewhere");
                 self.close(old.conn.key, true, "replaced by a newer login", now);
+                self.mark_presence(ok.user_id);
             }
             _ if self.online_elsewhere(ok.user_id) => {
                 // Online on another node until now: this login replaces that session
@@ -219,6 +217,7 @@ impl Hub {
                     "user {} online here, replacing a session elsewhere",
                     ok.user_id
                 );
+                self.mark_presence(ok.user_id);
             }
             _ => {
                 log::info!("user {} online", ok.user_id);

@@ -89,7 +89,14 @@ impl Hub {
 
     /// Everyone online on every node, with names, sorted by id.
     pub(crate) fn all_infos(&self) -> Vec<UserInfo> {
-        let mut infos = self.online.infos();
+        let mut infos: Vec<UserInfo> = self
+            .online
+            .iter()
+            .map(|(id, e)| UserInfo {
+                user_id: id,
+                user_name: self.conns[e.conn.key].user_name().to_string(),
+            })
+            .collect();
         if let Some(c) = &self.cluster {
             for (id, r) in &c.remote {
                 if self.online.get(*id).is_none() {

@@ -312,6 +312,26 @@ impl Store for EmbeddedStore {
                 ),
                 "remove ids"
             );
+            // Their private conversations go, found through the conversations'
+            // counters (one per conversation; the pairs with the user second are not
+            // one range). The counters stay: a conversation of whoever registers the
+            // id next is numbered after them.
+            let convs = tryx!(tx.open_table(HISTORY_IDS), "open history_ids");
+            let mut pairs = Vec::new();
+            for item in tryx!(convs.iter(), "list conversations") {
+                let (k, _) = tryx!(item, "read conversation");
+                let (a, b) = k.value();
+                if (a, b) != (0, 0) && (a == id || b == id) {
+                    pairs.push((a, b));
+                }
+            }
+            let mut t = tryx!(tx.open_table(HISTORY), "open history");
+            for (a, b) in pairs {
+                tryx!(
+                    t.retain_in((a, b, 0)..=(a, b, u64::MAX), |_, _| false),
+                    "remove history"
+                );
+            }
         }
         tryx!(tx.commit(), "commit removal");
         Ok(existed)

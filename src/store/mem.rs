@@ -234,6 +234,10 @@ impl Store for MemStore {
                 g.offline.remove(&k);
             }
             g.ids.retain(|(to, _, _), _| *to != id);
+            // Their private conversations go (the counters stay: a conversation of
+            // whoever registers the id next is numbered after them).
+            g.history
+                .retain(|((a, b), _), _| (*a, *b) == (0, 0) || (*a != id && *b != id));
             g.users.remove(&id).is_some()
         };
         self.answer(removed)

@@ -239,8 +239,9 @@ pub trait Store: Send {
         ))
     }
 
-    /// Deletes the user and their offline messages; `Ok(false)` if there was no such
-    /// user. Default: not supported.
+    /// Deletes the user, their offline messages and the history of their private
+    /// conversations (not their counters); `Ok(false)` if there was no such user.
+    /// Default: not supported.
     fn remove_user(&mut self, id: i64) -> Result<bool, StoreError> {
         let _ = id;
         Err(StoreError::Unavailable(
@@ -442,6 +443,18 @@ pub mod suite {
                 .is_some()
         );
         assert!(!a.get_user(40).unwrap().unwrap().banned);
+        // Private history with 40 on either side of the pair, and some that is not.
+        a.append_history(
+            &[
+                entry(40, Some(41), "hal to ida"),
+                entry(39, Some(40), "39 to hal"),
+                entry(40, None, "hal to all"),
+                entry(41, Some(42), "ida to 42"),
+                entry(41, Some(400), "ida to 400"),
+            ],
+            10,
+        )
+        .unwrap();
         // Removed with its offline messages; a removal of nobody says so.
         push(a, &msg(41, 40, "for hal")).unwrap();
         assert!(b.remove_user(40).unwrap());
@@ -449,9 +462,39 @@ pub mod suite {
         assert!(a.fetch_offline(40, 10).unwrap().is_empty());
         assert!(!a.remove_user(40).unwrap());
         assert_eq!(push(a, &msg(41, 40, "too late")), None);
-        // The id is free again, and starts with no messages.
+        // The id is free again, and starts with no messages: whoever registers it
+        // next reads none of the removed user's private conversations.
         assert!(a.create_user(&user(40, "hal2")).unwrap());
         assert!(b.fetch_offline(40, 10).unwrap().is_empty());
+        assert_eq!(
+            b.read_history(Conv::pair(40, 41), 0, 10).unwrap(),
+            (vec![], false)
+        );
+        assert_eq!(
+            a.read_history(Conv::pair(39, 40), 0, 10).unwrap(),
+            (vec![], false)
+        );
+        // Nobody else's conversation goes, and the group's history stays.
+        assert_eq!(
+            contents(&a.read_history(Conv::pair(41, 42), 0, 10).unwrap()),
+            (vec!["ida to 42"], false)
+        );
+        assert_eq!(
+            contents(&a.read_history(Conv::pair(41, 400), 0, 10).unwrap()),
+            (vec!["ida to 400"], false)
+        );
+        assert!(
+            contents(&a.read_history(Conv::Group, 0, 100).unwrap())
+                .0
+                .contains(&"hal to all")
+        );
+        // A new conversation of the id goes on numbering after the old one, so that
+        // a client that saw the old entries takes none of the new for one of them.
+        a.append_history(&[entry(41, Some(40), "ida to hal2")], 10)
+            .unwrap();
+        let fresh = b.read_history(Conv::pair(40, 41), 0, 10).unwrap();
+        assert_eq!(contents(&fresh), (vec!["ida to hal2"], false));
+        assert!(fresh.0[0].id > 1, "numbered after the removed entries");
         assert_eq!(a.get_user(41).unwrap().unwrap().name, "ida");
     }
 

@@ -156,6 +156,20 @@ redis.call('DEL', KEYS[2])
 return n
 "#;
 
+/// Whether `key` is the history of a private conversation that `id` is part of.
+fn is_private_history_of(key: &str, id: i64) -> bool {
+    let Some(pair) = key.strip_prefix("history:pm:") else {
+        return false;
+    };
+    let mut parts = pair.split(':');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(a), Some(b), None) => {
+            a.parse::<i64>().ok() == Some(id) || b.parse::<i64>().ok() == Some(id)
+        }
+        _ => false,
+    }
+}
+
 /// How many times a record changed by someone else meanwhile is read again.
 const SWAP_TRIES: usize = 16;
 
@@ -285,6 +299,32 @@ impl RedisStore {
                 self.fail_connect();
             }
         }
+    }
+
+    /// The keys of the private conversations' histories that involve `id`: a `SCAN`
+    /// of them all (an operator's command, never on a client's path).
+    fn private_histories_of(&mut self, id: i64) -> Result<Vec<String>, StoreError> {
+        let mut found = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = self.call(Call::Read, |c| {
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg("history:pm:*")
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query(c)
+            })?;
+            found.extend(keys.into_iter().filter(|k| is_private_history_of(k, id)));
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        found.sort();
+        found.dedup();
+        Ok(found)
     }
 
     /// Runs `f` on a live connection.
@@ -601,6 +641,12 @@ impl Store for RedisStore {
     }
 
     fn remove_user(&mut self, id: i64) -> Result<bool, StoreError> {
+        // Their private conversations first, so that a removal that fails here can
+        // be asked again (the counters stay: a conversation of whoever registers the
+        // id next is numbered after them).
+        for key in self.private_histories_of(id)? {
+            self.call(Call::Write, |c| redis::cmd("DEL").arg(&key).query::<i64>(c))?;
+        }
         let key = offline_key(id);
         let n: i64 = self.call(Call::Write, |c| {
             redis::cmd("EVAL")
