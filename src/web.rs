@@ -607,7 +607,14 @@ impl Transport for WebTransport {
             return Ok(total);
         };
         if ws.ended && ws.close_code != CloseCode::Size || !ws.ctx.can_write() {
-            return Ok(total);
+            // The WebSocket is closing: what the hub still sends has no reader. Saying
+            // so closes the session, so that a peer that stopped reading (and so never
+            // takes the closing frame) does not stay online with what others send it
+            // going nowhere.
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the WebSocket is closing",
+            ));
         }
         if self.out.len() - self.sent > OUT_BOUND {
             self.write_out()?;

@@ -100,6 +100,17 @@ impl Driver {
 
     /// One HTTP request to chromedriver; the JSON answer's `value`.
     fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
+        self.try_call(method, path, body)
+            .unwrap_or_else(|(err, message)| panic!("{method} {path}: {err}: {message}"))
+    }
+
+    /// As [`Driver::call`], with WebDriver's error (its name and message) returned.
+    fn try_call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, (Value, Value)> {
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("reach chromedriver");
         s.set_read_timeout(Some(COMMAND_WAIT)).unwrap();
         let body = body.map(Value::to_string).unwrap_or_default();
@@ -141,9 +152,9 @@ impl Driver {
             .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {head}"));
         let value = v.get("value").cloned().unwrap_or(Value::Null);
         if let Some(err) = value.get("error") {
-            panic!("{method} {path}: {err}: {}", value["message"]);
+            return Err((err.clone(), value["message"].clone()));
         }
-        value
+        Ok(value)
     }
 
     fn session(&self) -> Session<'_> {
@@ -250,9 +261,18 @@ impl Session<'_> {
             .to_string()
     }
 
+    /// Clicks the element `css` finds. Lists are drawn again when news comes (someone
+    /// came online): an element found just before that is gone, and is found again.
     fn click(&self, css: &str) {
-        let e = self.element(css);
-        self.call("POST", &format!("element/{e}/click"), json!({}));
+        loop {
+            let e = self.element(css);
+            let path = format!("/session/{}/element/{e}/click", self.id);
+            match self.driver.try_call("POST", &path, Some(&json!({}))) {
+                Ok(_) => return,
+                Err((err, _)) if err == "stale element reference" => continue,
+                Err((err, message)) => panic!("POST {path}: {err}: {message}"),
+            }
+        }
     }
 
     fn clear(&self, css: &str) {

@@ -562,3 +562,38 @@ fn a_flood_of_empty_fragments_does_not_starve_the_others() {
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     flooder.join().unwrap();
 }
+
+#[test]
+fn a_websocket_that_stops_reading_then_breaks_the_protocol_is_closed() {
+    let (s, web, _d) = start(&["--msg-rate", "0", "--max-outbuf", "67108864"]);
+    let mut w = WsClient::online(web, 1);
+    let mut t = online(&s, 2);
+    // 16 MB for user 1, who reads none of it: its socket and the transport's buffer
+    // fill, and the rest waits in the hub, under its limit.
+    let content = "p".repeat(8000);
+    let n = 2000;
+    for _ in 0..n {
+        t.send(
+            "SmsPrivateMes",
+            json!({"toUserId": 1, "content": content, "msgId": "m"}),
+        );
+    }
+    for _ in 0..n {
+        assert_eq!(t.recv_until("SmsResMes").0.data["code"], 200);
+    }
+    // Then a frame no client may send (unmasked): the server cannot write its closing
+    // frame to a socket that is full, and must close the connection all the same,
+    // not leave the user online swallowing what others send.
+    w.ws.get_mut().write_all(&[0x81, 0x01, b'x']).unwrap();
+    let gone = t.recv_until("NotifyUserStatusMes").0;
+    assert_eq!(
+        gone.data,
+        json!({"userId": 1, "status": 1, "userName": "u1"})
+    );
+    t.send("SmsPrivateMes", json!({"toUserId": 1, "content": "later"}));
+    assert_eq!(
+        t.recv_until("SmsResMes").0.data["code"],
+        202,
+        "stored, not lost"
+    );
+}
