@@ -10,9 +10,14 @@
 //!
 //! A plain connection costs no allocation and no dynamic call: [`Link::Plain`] holds
 //! the socket itself.
+//!
+//! A transport that carries another protocol over a byte stream (the web transport:
+//! HTTP and WebSocket) is generic over a [`Stream`]: the plain socket, or TLS's
+//! plaintext (HTTPS). Over a plain socket the stream's calls are the socket's own,
+//! statically dispatched.
 
 use std::io::{self, IoSlice, Read, Write};
-use std::net::SocketAddr;
+use std::net::{Shutdown, SocketAddr};
 
 use mio::net::TcpStream;
 
@@ -38,6 +43,55 @@ pub trait Transport {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize>;
     fn write_vectored(&mut self, iov: &[IoSlice<'_>]) -> io::Result<usize>;
     fn flush(&mut self) -> io::Result<bool>;
+}
+
+/// The byte stream under a transport that carries another protocol: a plain socket,
+/// or the plaintext of a TLS connection ([`crate::tls::TlsTransport`]).
+///
+/// The contract is [`Transport`]'s: [`read`](Stream::read) returns `Ok(0)` at the
+/// end, `WouldBlock` only once the socket is drained and nothing decoded is left,
+/// `Interrupted` when it has taken its share of the socket for now;
+/// [`write`](Stream::write) says `WouldBlock` when it can hold no more;
+/// [`flush`](Stream::flush) writes what it holds of its own.
+pub trait Stream {
+    /// Whether the stream is encrypted (what an `https://` page is served over).
+    const TLS: bool;
+    fn socket(&mut self) -> &mut TcpStream;
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize>;
+    /// Writes the stream's own pending bytes; returns whether they are all out.
+    fn flush(&mut self) -> io::Result<bool>;
+    /// Nothing more will be written: the peer is told the output has ended (once
+    /// what is pending is out, for TLS). Best effort.
+    fn shutdown_write(&mut self);
+}
+
+impl Stream for TcpStream {
+    const TLS: bool = false;
+
+    #[inline]
+    fn socket(&mut self) -> &mut TcpStream {
+        self
+    }
+
+    #[inline]
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        Read::read(self, buf)
+    }
+
+    #[inline]
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Write::write(self, buf)
+    }
+
+    #[inline]
+    fn flush(&mut self) -> io::Result<bool> {
+        Ok(true)
+    }
+
+    fn shutdown_write(&mut self) {
+        let _ = self.shutdown(Shutdown::Write);
+    }
 }
 
 /// Wraps accepted sockets of one listener into transports.
@@ -68,7 +122,7 @@ impl Link {
 
     pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
-            Link::Plain(s) => s.read(buf),
+            Link::Plain(s) => Read::read(s, buf),
             Link::Wrapped(t) => t.read(buf),
         }
     }

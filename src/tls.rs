@@ -45,7 +45,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ServerConfig, ServerConnection};
 
-use crate::link::{Transport, Wrapper};
+use crate::link::{Stream, Transport, Wrapper};
 
 /// Ciphertext (or, during the handshake, plaintext) rustls may hold unsent for one
 /// connection before writes are refused with `WouldBlock`.
@@ -118,6 +118,13 @@ impl TlsWrapper {
             key: key.to_path_buf(),
         })
     }
+
+    /// A TLS connection over `sock` with the current configuration.
+    pub fn connection(&self, sock: TcpStream) -> io::Result<TlsTransport> {
+        let mut tls = ServerConnection::new(self.config.clone()).map_err(io::Error::other)?;
+        tls.set_buffer_limit(Some(SEND_BUFFER));
+        Ok(TlsTransport { sock, tls })
+    }
 }
 
 impl Wrapper for TlsWrapper {
@@ -126,9 +133,7 @@ impl Wrapper for TlsWrapper {
     }
 
     fn wrap(&mut self, sock: TcpStream, _peer: SocketAddr) -> io::Result<Box<dyn Transport>> {
-        let mut tls = ServerConnection::new(self.config.clone()).map_err(io::Error::other)?;
-        tls.set_buffer_limit(Some(SEND_BUFFER));
-        Ok(Box::new(TlsTransport { sock, tls }))
+        Ok(Box::new(self.connection(sock)?))
     }
 
     fn reload(&mut self) -> Result<(), String> {
@@ -137,7 +142,8 @@ impl Wrapper for TlsWrapper {
     }
 }
 
-/// One TLS connection: the socket and rustls's state for it.
+/// One TLS connection: the socket and rustls's state for it. A [`Transport`] for the
+/// chat protocol itself, and a [`Stream`] for the web transport (HTTPS).
 pub struct TlsTransport {
     sock: TcpStream,
     tls: ServerConnection,
@@ -214,6 +220,38 @@ impl Transport for TlsTransport {
 
     fn flush(&mut self) -> io::Result<bool> {
         self.send_pending()
+    }
+}
+
+/// The plaintext, for a transport that runs over TLS (the web listener's HTTPS).
+impl Stream for TlsTransport {
+    const TLS: bool = true;
+
+    fn socket(&mut self) -> &mut TcpStream {
+        &mut self.sock
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        Transport::read(self, buf)
+    }
+
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.send_pending()?;
+        let n = self.tls.writer().write(buf)?;
+        if n == 0 && !buf.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<bool> {
+        self.send_pending()
+    }
+
+    /// `close_notify`; what the socket does not take now goes out with the next flush.
+    fn shutdown_write(&mut self) {
+        self.tls.send_close_notify();
+        let _ = self.send_pending();
     }
 }
 

@@ -1,18 +1,25 @@
-//! The browser client's transport: plain HTTP/1.1 for the page, then a WebSocket
-//! that carries the chat protocol (`--web-listen`).
+//! The browser client's transport: HTTP/1.1 for the page, then a WebSocket that
+//! carries the chat protocol: plain (`--web-listen`), or inside TLS
+//! (`--web-tls-listen`: `https://` and `wss://`).
 //!
-//! One listener serves both. A connection starts by reading an HTTP request head
+//! One listener serves both. The transport is generic over its byte stream
+//! ([`Stream`]): the socket itself for the plain listener (no extra copy, no dynamic
+//! call), the plaintext of a [`TlsTransport`] for HTTPS, which uses the TLS
+//! listener's certificate and key (`--tls-cert`, `--tls-key`, reloaded on SIGHUP). A connection starts by reading an HTTP request head
 //! (at most [`MAX_HEAD`] bytes):
 //!
 //! - `GET /`, `/app.js`, `/app.css`: the page (the files in `src/web/`, compiled into
 //!   the binary), answered with `Connection: close`.
 //! - `GET /ws`: the `Origin` is checked (the page's own origin, or one listed with
 //!   `--web-origin`; a request without `Origin` does not come from a browser page and
-//!   is let through), then `101 Switching Protocols`.
+//!   is let through), then `101 Switching Protocols`. The page's own origin is
+//!   `https://` + `Host` over HTTPS; over plain HTTP `http://` or `https://` + `Host`
+//!   (behind a proxy that terminates TLS the page is https).
 //! - anything else: a short 404; a malformed head 400, one too long 431, a refused
 //!   origin 403.
 //!
-//! After an HTTP answer the write side is shut once the answer is out, the rest of
+//! After an HTTP answer the write side is shut once the answer is out (over TLS:
+//! `close_notify`), the rest of
 //! the request is read and dropped, and the connection closes when the browser closes
 //! its end (or at the login timeout, which the hub counts for every connection).
 //!
@@ -36,7 +43,7 @@
 
 use std::cell::Cell;
 use std::io::{self, IoSlice, Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -48,8 +55,9 @@ use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tungstenite::protocol::frame::{CloseFrame, FrameHeader};
 use tungstenite::protocol::{Message, Role, WebSocketConfig, WebSocketContext};
 
-use crate::link::{Transport, Wrapper};
+use crate::link::{Stream, Transport, Wrapper};
 use crate::proto::HEADER_LEN;
+use crate::tls::{TlsTransport, TlsWrapper};
 
 /// Largest HTTP request head accepted; longer gets 431 and a close.
 pub const MAX_HEAD: usize = 8 * 1024;
@@ -124,9 +132,10 @@ impl Shared {
     }
 }
 
-/// Wraps the web listener's connections.
+/// Wraps the web listener's connections: plain, or inside TLS.
 pub struct WebWrapper {
     shared: Rc<Shared>,
+    tls: Option<TlsWrapper>,
 }
 
 impl WebWrapper {
@@ -156,26 +165,45 @@ impl WebWrapper {
                 refused: Cell::new(0),
                 refusal_logged: Cell::new(None),
             }),
+            tls: None,
         })
+    }
+
+    /// The same page and WebSocket inside TLS, with `tls`'s certificate (HTTPS);
+    /// shares this wrapper's answers.
+    pub fn https(&self, tls: TlsWrapper) -> WebWrapper {
+        WebWrapper {
+            shared: self.shared.clone(),
+            tls: Some(tls),
+        }
     }
 }
 
 impl Wrapper for WebWrapper {
     fn name(&self) -> &str {
-        "web"
+        match self.tls {
+            None => "web",
+            Some(_) => "HTTPS",
+        }
     }
 
     fn wrap(&mut self, sock: TcpStream, peer: SocketAddr) -> io::Result<Box<dyn Transport>> {
-        Ok(Box::new(WebTransport {
-            sock,
-            peer,
-            shared: self.shared.clone(),
-            out: Vec::new(),
-            sent: 0,
-            raw: 0,
-            yielded: false,
-            phase: Phase::Head(Vec::new()),
-        }))
+        let shared = self.shared.clone();
+        Ok(match &self.tls {
+            None => Box::new(WebTransport::new(sock, peer, shared)),
+            Some(tls) => Box::new(WebTransport::<TlsTransport>::new(
+                tls.connection(sock)?,
+                peer,
+                shared,
+            )),
+        })
+    }
+
+    fn reload(&mut self) -> Result<(), String> {
+        match &mut self.tls {
+            Some(tls) => tls.reload(),
+            None => Ok(()),
+        }
     }
 }
 
@@ -194,15 +222,21 @@ fn normalize_origin(o: &str) -> Result<String, String> {
 }
 
 /// Whether a WebSocket upgrade with this `Origin` may go on: none (not a browser
-/// page), the page's own (the `Host` it asked for, over http or https: behind a
-/// proxy that terminates TLS the page is https), or one of `allowed`.
-pub fn origin_allowed(origin: Option<&str>, host: Option<&str>, allowed: &[String]) -> bool {
+/// page), the page's own (the `Host` it asked for, over https; over http too unless
+/// `tls`, since behind a proxy that terminates TLS the page is https while the
+/// request arrives plain), or one of `allowed`.
+pub fn origin_allowed(
+    origin: Option<&str>,
+    host: Option<&str>,
+    allowed: &[String],
+    tls: bool,
+) -> bool {
     let Some(origin) = origin else { return true };
     let origin = origin.trim().to_ascii_lowercase();
     if let Some(host) = host.map(|h| h.trim().to_ascii_lowercase())
         && !host.is_empty()
-        && (origin.strip_prefix("http://") == Some(host.as_str())
-            || origin.strip_prefix("https://") == Some(host.as_str()))
+        && (origin.strip_prefix("https://") == Some(host.as_str())
+            || !tls && origin.strip_prefix("http://") == Some(host.as_str()))
     {
         return true;
     }
@@ -257,9 +291,9 @@ struct Ws {
     control: (Instant, u32),
 }
 
-/// One web connection.
-pub struct WebTransport {
-    sock: TcpStream,
+/// One web connection over `S`: a plain socket, or TLS.
+pub struct WebTransport<S: Stream = TcpStream> {
+    sock: S,
     peer: SocketAddr,
     shared: Rc<Shared>,
     /// Bytes for the socket (HTTP answers, WebSocket frames), from `sent`.
@@ -274,26 +308,35 @@ pub struct WebTransport {
 
 /// What tungstenite reads from and writes to: the socket for reading (counted and
 /// capped), the transport's output buffer for writing (never blocks).
-struct Io<'a> {
-    sock: &'a mut TcpStream,
+struct Io<'a, S> {
+    sock: &'a mut S,
     out: &'a mut Vec<u8>,
     raw: &'a mut usize,
     yielded: &'a mut bool,
 }
 
-impl Read for Io<'_> {
+impl<S: Stream> Read for Io<'_, S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if *self.raw >= RAW_PER_TURN {
             *self.yielded = true;
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        let n = self.sock.read(buf)?;
-        *self.raw += n;
-        Ok(n)
+        match self.sock.read(buf) {
+            Ok(n) => {
+                *self.raw += n;
+                Ok(n)
+            }
+            // The stream (TLS) took its share of the socket: so do we.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                *self.yielded = true;
+                Err(io::ErrorKind::WouldBlock.into())
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 
-impl Write for Io<'_> {
+impl<S> Write for Io<'_, S> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.out.extend_from_slice(buf);
         Ok(buf.len())
@@ -304,12 +347,26 @@ impl Write for Io<'_> {
     }
 }
 
-impl WebTransport {
+impl<S: Stream> WebTransport<S> {
+    fn new(sock: S, peer: SocketAddr, shared: Rc<Shared>) -> WebTransport<S> {
+        WebTransport {
+            sock,
+            peer,
+            shared,
+            out: Vec::new(),
+            sent: 0,
+            raw: 0,
+            yielded: false,
+            phase: Phase::Head(Vec::new()),
+        }
+    }
+
     fn pending(&self) -> usize {
         self.out.len() - self.sent
     }
 
-    /// Writes the output buffer until it is empty (true) or the socket is full.
+    /// Writes the output buffer, and what the stream holds of its own, until all is
+    /// out (true) or the socket is full.
     fn write_out(&mut self) -> io::Result<bool> {
         while self.sent < self.out.len() {
             match self.sock.write(&self.out[self.sent..]) {
@@ -332,7 +389,7 @@ impl WebTransport {
             // A burst (a login reply listing thousands) is not kept by an idle client.
             self.out = Vec::new();
         }
-        Ok(true)
+        self.sock.flush()
     }
 
     /// Queues an HTTP answer and moves on to closing.
@@ -361,7 +418,7 @@ impl WebTransport {
     fn upgrade(&mut self, req: Request, tail: Vec<u8>) {
         let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
         let origin = header("Origin");
-        if !origin_allowed(origin, header("Host"), &self.shared.origins) {
+        if !origin_allowed(origin, header("Host"), &self.shared.origins, S::TLS) {
             let text = "this origin may not open the chat's WebSocket";
             self.shared.log_refusal(self.peer, origin.unwrap_or(""));
             return self.answer(&error_response("403 Forbidden", text), "403 origin");
@@ -447,7 +504,7 @@ impl WebTransport {
         };
         if !*shut {
             *shut = true;
-            let _ = self.sock.shutdown(Shutdown::Write);
+            self.sock.shutdown_write();
         }
         let mut scratch = [0u8; 4096];
         loop {
@@ -459,9 +516,10 @@ impl WebTransport {
                         return Ok(0);
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // Its share for now (TLS records with nothing in them for us).
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(e),
-                // Reset by the client: it has gone, which is all we wait for.
+                // Reset by the client (or TLS it broke): it has gone, which is all we wait for.
                 Err(_) => return Ok(0),
             }
         }
@@ -580,9 +638,9 @@ impl Ws {
     }
 }
 
-impl Transport for WebTransport {
+impl<S: Stream> Transport for WebTransport<S> {
     fn socket(&mut self) -> &mut TcpStream {
-        &mut self.sock
+        self.sock.socket()
     }
 
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -644,7 +702,7 @@ impl Transport for WebTransport {
     }
 }
 
-impl Drop for WebTransport {
+impl<S: Stream> Drop for WebTransport<S> {
     /// The hub closed the connection: the WebSocket says so, best effort.
     fn drop(&mut self) {
         if let Phase::Ws(ws) = &mut self.phase
@@ -770,31 +828,27 @@ mod tests {
     fn origins() {
         let allowed = vec!["https://chat.example.com".to_string()];
         let host = Some("127.0.0.1:8080");
-        assert!(origin_allowed(None, host, &allowed));
-        assert!(origin_allowed(
-            Some("http://127.0.0.1:8080"),
-            host,
-            &allowed
-        ));
-        assert!(origin_allowed(
-            Some("HTTPS://127.0.0.1:8080"),
-            host,
-            &allowed
-        ));
-        assert!(origin_allowed(
-            Some("https://chat.example.com"),
-            host,
-            &allowed
-        ));
-        assert!(!origin_allowed(
-            Some("http://127.0.0.1:8081"),
-            host,
-            &allowed
-        ));
-        assert!(!origin_allowed(Some("http://evil.example"), host, &allowed));
-        assert!(!origin_allowed(Some("null"), host, &allowed));
-        assert!(!origin_allowed(Some("http://127.0.0.1:8080"), None, &[]));
-        assert!(!origin_allowed(Some("http://"), Some(""), &[]));
+        let ok = |origin: Option<&str>, host: Option<&str>, allowed: &[String], tls: bool| {
+            origin_allowed(origin, host, allowed, tls)
+        };
+        for tls in [false, true] {
+            assert!(ok(None, host, &allowed, tls));
+            assert!(ok(Some("HTTPS://127.0.0.1:8080"), host, &allowed, tls));
+            assert!(ok(Some("https://chat.example.com"), host, &allowed, tls));
+            assert!(!ok(Some("https://127.0.0.1:8081"), host, &allowed, tls));
+            assert!(!ok(Some("http://127.0.0.1:8081"), host, &allowed, tls));
+            assert!(!ok(Some("http://evil.example"), host, &allowed, tls));
+            assert!(!ok(Some("null"), host, &allowed, tls));
+            assert!(!ok(Some("http://127.0.0.1:8080"), None, &[], tls));
+            assert!(!ok(Some("https://127.0.0.1:8080"), None, &[], tls));
+            assert!(!ok(Some("http://"), Some(""), &[], tls));
+        }
+        // Plain HTTP: the page may be http, or https through a proxy that ends TLS.
+        assert!(ok(Some("http://127.0.0.1:8080"), host, &allowed, false));
+        // HTTPS: the page served here is https; an http page of the same host name is
+        // another origin (another port, another server).
+        assert!(!ok(Some("http://127.0.0.1:8080"), host, &allowed, true));
+        assert!(!ok(Some("http://chat.example.com"), host, &allowed, true));
     }
 
     #[test]

@@ -26,6 +26,9 @@ use std::time::Duration;
 /// acknowledged write is kept. SIGHUP reloads the TLS certificate and key.
 #[derive(Parser, Debug)]
 #[command(name = "chat-server", version, args_override_self = true)]
+#[command(group = clap::ArgGroup::new("tls_listeners")
+    .args(["tls_listen", "web_tls_listen"])
+    .multiple(true))]
 struct Args {
     /// An operator's command instead of running the server (`chat-server users
     /// --help`).
@@ -54,12 +57,12 @@ struct Args {
 
     /// The TLS certificate: a PEM file, the server's certificate first, then any
     /// intermediate certificates (a Let's Encrypt `fullchain.pem`). Read again on
-    /// SIGHUP, with the key.
-    #[arg(long, value_name = "PEM", requires = "tls_listen")]
+    /// SIGHUP, with the key. Also --web-tls-listen's.
+    #[arg(long, value_name = "PEM", requires = "tls_listeners")]
     tls_cert: Option<PathBuf>,
 
     /// The TLS certificate's private key: a PEM file, PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
-    #[arg(long, value_name = "PEM", requires = "tls_listen")]
+    #[arg(long, value_name = "PEM", requires = "tls_listeners")]
     tls_key: Option<PathBuf>,
 
     /// Directory for the data file (chat.redb) and the admin socket; created if
@@ -193,8 +196,14 @@ struct Args {
     #[arg(long, value_name = "ADDR")]
     web_listen: Option<String>,
 
+    /// Also serve the chat to browsers over HTTPS on this address: the same page and
+    /// WebSocket inside TLS (`https://`, `wss://`), with --tls-cert and --tls-key
+    /// (off by default).
+    #[arg(long, value_name = "ADDR", requires_all = ["tls_cert", "tls_key"])]
+    web_tls_listen: Option<String>,
+
     /// An origin (`https://host[:port]`) whose pages may open the chat's WebSocket,
-    /// besides the page served by --web-listen itself; repeat it or separate with
+    /// besides the page served by --web-listen or --web-tls-listen itself; repeat it or separate with
     /// commas. Any other origin is refused (cross-site WebSocket hijacking).
     #[arg(long, value_name = "ORIGIN", value_delimiter = ',')]
     web_origin: Vec<String>,
@@ -379,29 +388,36 @@ fn run(args: Args) -> Result<(), String> {
         Some(bind(&args.listen)?)
     };
     // The certificate is read before anything starts: a wrong path fails at once.
-    let tls = match (&args.tls_listen, &args.tls_cert, &args.tls_key) {
-        (Some(addr), Some(cert), Some(key)) => Some((
-            bind(addr)?,
-            chat::tls::TlsWrapper::new(cert, key).map_err(|e| format!("TLS: {e}"))?,
-        )),
-        _ => None,
+    let tls_wrapper = || match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            chat::tls::TlsWrapper::new(cert, key).map_err(|e| format!("TLS: {e}"))
+        }
+        _ => Err("TLS needs --tls-cert and --tls-key".to_string()),
     };
-    let web = match &args.web_listen {
-        Some(a) => {
-            let wrapper = chat::web::WebWrapper::new(&chat::web::WebConfig {
-                max_frame: cfg.hub.max_frame,
-                origins: args.web_origin.clone(),
-            })?;
-            let addr = resolve(a)?;
-            let l = chat::sys::listen(addr).map_err(|e| format!("cannot listen on {a}: {e}"))?;
-            Some((l, wrapper))
-        }
-        None if !args.web_origin.is_empty() => {
-            return Err("--web-origin needs --web-listen".into());
-        }
+    let tls = match &args.tls_listen {
+        Some(addr) => Some((bind(addr)?, tls_wrapper()?)),
         None => None,
     };
-    if plain.is_none() && tls.is_none() && web.is_none() {
+    let (web, web_tls) = if args.web_listen.is_some() || args.web_tls_listen.is_some() {
+        let wrapper = chat::web::WebWrapper::new(&chat::web::WebConfig {
+            max_frame: cfg.hub.max_frame,
+            origins: args.web_origin.clone(),
+        })?;
+        let web_tls = match &args.web_tls_listen {
+            Some(a) => Some((bind(a)?, wrapper.https(tls_wrapper()?))),
+            None => None,
+        };
+        let web = match &args.web_listen {
+            Some(a) => Some((bind(a)?, wrapper)),
+            None => None,
+        };
+        (web, web_tls)
+    } else if !args.web_origin.is_empty() {
+        return Err("--web-origin needs --web-listen or --web-tls-listen".into());
+    } else {
+        (None, None)
+    };
+    if plain.is_none() && tls.is_none() && web.is_none() && web_tls.is_none() {
         return Err("--listen off with no other listener: nothing to listen on".into());
     }
     let mut server =
@@ -415,6 +431,11 @@ fn run(args: Args) -> Result<(), String> {
         server
             .add_listener(l, Box::new(wrapper))
             .map_err(|e| format!("cannot start the web listener: {e}"))?;
+    }
+    if let Some((l, wrapper)) = web_tls {
+        server
+            .add_listener(l, Box::new(wrapper))
+            .map_err(|e| format!("cannot start the HTTPS listener: {e}"))?;
     }
     // Operators' threads, stopped (and the admin socket removed) when these drop.
     let _admin = match &args.redis {
