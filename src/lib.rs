@@ -42,7 +42,9 @@
 //!   reactor (ciphertext in and out of the socket, plaintext to the hub), and the TLS
 //!   listener's certificate, reloaded on SIGHUP.
 //! - `web`: the browser client (`--web-listen`): the page (`src/web/`, compiled in)
-//!   over HTTP/1.1, and the WebSocket transport that carries the protocol for it.
+//!   over HTTP/1.1, and the WebSocket transport that carries the protocol for it;
+//!   generic over its byte stream (`link::Stream`), so `--web-tls-listen` runs it over
+//!   a `tls` connection's plaintext (HTTPS, `wss://`).
 //! - `worker`: the worker threads that run store jobs, with `auth` (argon2id) and the
 //!   store backends `store::embedded` (redb) and `store::redis`.
 //! - `logging`: a log sink that never blocks the reactor.

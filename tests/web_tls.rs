@@ -45,9 +45,11 @@ fn client_config(ca: &Path) -> Arc<ClientConfig> {
 fn try_tls(addr: SocketAddr, ca: &Path) -> Result<Tls, String> {
     let tcp = TcpStream::connect(addr).unwrap();
     tcp.set_read_timeout(Some(WAIT)).unwrap();
-    let conn =
-        ClientConnection::new(client_config(ca), ServerName::try_from("localhost").unwrap())
-            .unwrap();
+    let conn = ClientConnection::new(
+        client_config(ca),
+        ServerName::try_from("localhost").unwrap(),
+    )
+    .unwrap();
     let mut s = StreamOwned::new(conn, tcp);
     while s.conn.is_handshaking() {
         s.conn.complete_io(&mut s.sock).map_err(|e| e.to_string())?;
@@ -140,7 +142,10 @@ impl Wss {
         match self.ws.read().expect("a message") {
             Message::Text(t) => {
                 let outer: Value = serde_json::from_str(&t).expect("an envelope");
-                let raw = outer["data"].as_str().expect("data is a string").to_string();
+                let raw = outer["data"]
+                    .as_str()
+                    .expect("data is a string")
+                    .to_string();
                 Got {
                     kind: outer["type"].as_str().unwrap().to_string(),
                     data: serde_json::from_str(&raw).expect("data holds JSON"),
@@ -372,9 +377,9 @@ fn sighup_reloads_the_https_certificate() {
     unsafe { libc::kill(s.pid() as i32, libc::SIGHUP) };
     s.wait_log("HTTPS: reloaded");
     // New connections get the new certificate; the WebSocket opened before goes on.
-    let err = try_tls(addr, &old.ca)
-        .err()
-        .expect("the old CA must not verify the new certificate");
+    let Err(err) = try_tls(addr, &old.ca) else {
+        panic!("the old CA must not verify the new certificate");
+    };
     assert!(err.contains("certificate"), "{err}");
     let mut after = Wss::online(addr, &new.ca, 2);
     after.send("SmsMes", json!({"content": "after the reload"}));

@@ -57,7 +57,7 @@ struct Args {
 
     /// The TLS certificate: a PEM file, the server's certificate first, then any
     /// intermediate certificates (a Let's Encrypt `fullchain.pem`). Read again on
-    /// SIGHUP, with the key. Also --web-tls-listen's.
+    /// SIGHUP, with the key. Used by --tls-listen and --web-tls-listen.
     #[arg(long, value_name = "PEM", requires = "tls_listeners")]
     tls_cert: Option<PathBuf>,
 
