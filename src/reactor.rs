@@ -5,8 +5,9 @@
 //! until `WouldBlock` or its per-wake-up budget, hands the bytes to the [`Hub`], then
 //! executes the hub's outputs: store jobs go to the worker pool (before and after the
 //! writes, which can themselves queue jobs), queued output is written through
-//! [`Hub::write`] (vectored, at the end of the turn, so everything a turn produced for
-//! one connection leaves in one write), and connections marked for closing are dropped at the
+//! [`Hub::write`] (vectored: as soon as the loop finds nothing more to read, and while
+//! it is busy at least once per flush interval), and connections marked for closing
+//! are dropped at the
 //! end of the turn, so a stale token in the same batch of events can never reach a
 //! reused slot. It sleeps until the hub's next deadline ([`Hub::poll_timeout`]) or the
 //! next event. Worker results come back over a channel and wake the loop through
@@ -70,11 +71,11 @@ pub struct ServerConfig {
     pub handle_signals: bool,
     /// Scheduling of the worker threads against the reactor.
     pub worker_priority: WorkerPriority,
-    /// Shortest time between two rounds of writes. Zero (the default) writes at the
-    /// end of every loop turn, as Redis does: what arrived in one turn leaves in one
-    /// vectored write per recipient, so batching grows with the load by itself and a
-    /// quiet server answers at once. A longer interval trades latency for fewer
-    /// system calls under steady traffic.
+    /// Longest time output waits while input keeps coming. Output is written as soon
+    /// as the loop finds nothing more to read (so a quiet server answers at once,
+    /// with no timer), and while it is busy, at least this often: the messages of a
+    /// busy stretch go to each recipient in one vectored write instead of one per
+    /// turn. Zero writes at the end of every turn.
     pub flush_interval: Duration,
     /// Several nodes on one Redis, one chat: this node's link (None: a lone server).
     pub cluster: Option<ClusterConfig>,
@@ -90,7 +91,7 @@ impl Default for ServerConfig {
             shutdown_grace_ms: 2_000,
             handle_signals: false,
             worker_priority: WorkerPriority::Idle,
-            flush_interval: Duration::ZERO,
+            flush_interval: Duration::from_micros(500),
             cluster: None,
         }
     }
@@ -419,13 +420,18 @@ impl Server {
         let mut events = Events::with_capacity(1024);
         let mut next_trim: u64 = TRIM_MS;
         let mut shutdown_deadline: Option<u64> = None;
-        // Output is written at the end of each turn, or with a flush interval (see
-        // ServerConfig) at most once per interval: the first turn after a quiet spell
-        // writes at once, busier turns are coalesced. While logins wait for hashing, a
-        // long round of writes is followed by a pause (`Admission::next_flush_at`).
+        // Output is written once the loop has nothing more to read (a poll that finds
+        // nothing: a quiet server answers at once), and while input keeps coming at
+        // least once per flush interval (see ServerConfig), so a busy server gathers
+        // what a stretch of turns produced into one write per recipient. While logins
+        // wait for hashing, a long round of writes is followed by a pause
+        // (`Admission::next_flush_at`).
         let interval = self.cfg.flush_interval;
         let mut next_flush = Instant::now();
         let mut flush_due: Option<Instant> = None;
+        // A pause after a long round of writes, for the hashing (see above): output
+        // then waits for its time even when the loop is idle.
+        let mut holding = false;
         let mut cluster_more = false;
         loop {
             let t = now(self.started);
@@ -441,7 +447,14 @@ impl Server {
                 sooner(Duration::from_millis(until.saturating_sub(t.mono_ms)));
             }
             if let Some(at) = flush_due {
-                sooner(at.saturating_duration_since(Instant::now()));
+                // Output waits for the interval while input keeps coming, never while
+                // the loop would sleep: look for input without sleeping, and write if
+                // there is none.
+                sooner(if holding {
+                    at.saturating_duration_since(Instant::now())
+                } else {
+                    Duration::ZERO
+                });
             }
             if let Some(deadline) = shutdown_deadline {
                 sooner(Duration::from_millis(deadline.saturating_sub(t.mono_ms)));
@@ -453,6 +466,7 @@ impl Server {
                 return Err(e);
             }
             let turn_start = Instant::now();
+            let idle = events.is_empty();
             let t = now(self.started);
             self.io.turns += 1;
             self.handle_events(&events, signals.as_mut(), t);
@@ -519,9 +533,11 @@ impl Server {
             }
             self.submit_jobs();
             let now_i = Instant::now();
-            if shutdown_deadline.is_some() || now_i >= next_flush {
+            if shutdown_deadline.is_some() || now_i >= next_flush || (idle && !holding) {
                 self.flush_and_close(t);
-                next_flush = self.hub.next_flush_at(now_i, Instant::now(), interval);
+                let done = Instant::now();
+                next_flush = self.hub.next_flush_at(now_i, done, interval);
+                holding = next_flush > done + interval;
                 flush_due = None;
                 // Writing can queue jobs (the removal of stored messages that reached
                 // a client, the next batch of them): they go now, not next turn.

@@ -140,13 +140,13 @@ struct Args {
     #[arg(long, value_enum, default_value = "idle", value_name = "PRIORITY")]
     worker_priority: Priority,
 
-    /// Shortest time between two rounds of writes, in microseconds. 0 (the default)
-    /// writes at the end of every loop turn: what arrived in one turn goes to each
-    /// recipient in one write, and a quiet server answers at once. A longer interval
-    /// gathers more per write under steady traffic, at the price of latency. While
-    /// logins wait for a password hash, a round that took 1 ms or more (thousands of
-    /// recipients) is followed by a pause as long, at most 50 ms, so the idle-priority
-    /// hashing gets CPU.
+    /// Longest time output waits while input keeps coming, in microseconds. Output
+    /// is written as soon as the loop finds nothing more to read, so a quiet server
+    /// answers at once; while it is busy, at least this often, so the messages of a
+    /// busy stretch go to each recipient in one write. 0 writes after every turn.
+    /// While logins wait for a password hash, a round of writes that took 1 ms or more
+    /// (thousands of recipients) is followed by a pause as long, at most 50 ms, so the
+    /// idle-priority hashing gets CPU.
     #[arg(long, default_value_t = ServerConfig::default().flush_interval.as_micros() as u64, value_name = "US")]
     flush_interval_us: u64,
 
