@@ -57,8 +57,13 @@ both() {
 # Cheap hashing for the fan-out and idle shapes: they measure delivery, not logins.
 # Output queues of 32 MiB, Redis's default hard limit for pub/sub clients: at
 # saturation the bench's receivers can fall behind this server (1 MiB would drop them).
+# CHAT_FLAGS: extra flags for this build only (not BASELINE), e.g. "--history 0".
 chat_up() {
-    chat_start --argon2-memory-kib 64 --argon2-passes 1 --max-outbuf 33554432 "$@"
+    local own=()
+    if [ "$SERVER_BIN" = "$B/chat-server" ] && [ -n "${CHAT_FLAGS:-}" ]; then
+        read -r -a own <<< "$CHAT_FLAGS"
+    fi
+    chat_start --argon2-memory-kib 64 --argon2-passes 1 --max-outbuf 33554432 "${own[@]}" "$@"
 }
 redis_up() {
     taskset -c 0 redis-server --port 19002 --bind 127.0.0.1 --save "" --appendonly no \
