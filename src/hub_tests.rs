@@ -1455,18 +1455,23 @@ fn queued_output_alone_does_not_wake_the_loop() {
     assert!(at > t.now.mono_ms, "no wake-up at once for queued output");
 }
 
-#[test]
-fn presence_notices_within_the_interval_go_out_together() {
+/// Users 1, 2 and 3 logged in one after the other, presence notices gathered for
+/// `interval_ms` and not yet sent.
+fn three_logged_in(interval_ms: u64) -> (Harness, [ConnRef; 3]) {
     let mut t = Harness::new(HubConfig {
-        presence_interval_ms: 50,
+        presence_interval_ms: interval_ms,
         ..HubConfig::default()
     });
     for id in [1, 2, 3] {
         t.register(id);
     }
-    let a = t.login(1);
-    let b = t.login(2);
-    let c = t.login(3);
+    let conns = [1, 2, 3].map(|id| t.login(id));
+    (t, conns)
+}
+
+#[test]
+fn presence_notices_within_the_interval_go_out_together() {
+    let (mut t, [a, b, c]) = three_logged_in(50);
     assert_eq!(t.recv(a), [], "not yet: the notices wait for the interval");
     assert!(!t.write_pending(a));
     let delivered = t.hub.stats.deliveries;
@@ -1492,16 +1497,7 @@ fn presence_notices_within_the_interval_go_out_together() {
 
 #[test]
 fn a_newcomer_is_announced_before_what_they_say() {
-    let mut t = Harness::new(HubConfig {
-        presence_interval_ms: 60_000,
-        ..HubConfig::default()
-    });
-    for id in [1, 2, 3] {
-        t.register(id);
-    }
-    let a = t.login(1);
-    let b = t.login(2);
-    let c = t.login(3);
+    let (mut t, [a, b, c]) = three_logged_in(60_000);
     t.recv(b);
     t.send(b, &sms("hello"));
     let got = t.recv(a);

@@ -149,33 +149,6 @@ fn private<A: Read + Write, B: Read + Write>(
     );
 }
 
-/// Reads until the server closes the connection; returns what came before.
-fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return got,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return got,
-            Err(e) => panic!("no close from the server: {e} (got {got:?})"),
-        }
-    }
-}
-
-/// Whether `b` is nothing or TLS alert records only (content type 21).
-fn alerts_only(mut b: &[u8]) -> bool {
-    while b.len() >= 5 {
-        let len = u16::from_be_bytes([b[3], b[4]]) as usize;
-        if b[0] != 21 || b.len() < 5 + len {
-            return false;
-        }
-        b = &b[5 + len..];
-    }
-    b.is_empty()
-}
-
 #[test]
 fn tls_and_plain_users_share_one_chat() {
     let dir = tempfile::tempdir().unwrap();
