@@ -65,12 +65,71 @@ pub enum Flush {
     Blocked,
 }
 
+/// A piece of shared encoded bytes: `bytes[start..end]`. Most are whole frames; a
+/// frame can also span several parts (a login reply built from the shared blocks of
+/// the roster), and a part can be the tail of a shared buffer (the presence notices
+/// that came after a newcomer's own). The queue is a byte stream; parts only say
+/// where its bytes are.
+#[derive(Debug, Clone)]
+pub struct Part {
+    bytes: Rc<[u8]>,
+    start: u32,
+    end: u32,
+}
+
+impl Part {
+    /// All of `bytes`.
+    pub fn whole(bytes: Rc<[u8]>) -> Part {
+        let end = bytes.len() as u32;
+        Part {
+            bytes,
+            start: 0,
+            end,
+        }
+    }
+
+    /// `bytes[start..]`.
+    pub fn tail(bytes: Rc<[u8]>, start: usize) -> Part {
+        let end = bytes.len() as u32;
+        Part {
+            bytes,
+            start: (start as u32).min(end),
+            end,
+        }
+    }
+
+    /// `bytes[start..end]`.
+    pub fn range(bytes: Rc<[u8]>, start: usize, end: usize) -> Part {
+        let end = end.min(bytes.len()) as u32;
+        Part {
+            bytes,
+            start: (start as u32).min(end),
+            end,
+        }
+    }
+
+    #[inline]
+    pub fn as_slice(&self) -> &[u8] {
+        &self.bytes[self.start as usize..self.end as usize]
+    }
+
+    #[inline]
+    #[allow(clippy::len_without_is_empty)]
+    pub fn len(&self) -> usize {
+        (self.end - self.start) as usize
+    }
+
+    /// Whether both parts are of the same shared buffer.
+    pub fn same_bytes(&self, other: &Part) -> bool {
+        Rc::ptr_eq(&self.bytes, &other.bytes)
+    }
+}
+
 /// A bounded queue of shared encoded frames.
 #[derive(Debug, Default)]
 pub struct OutQueue {
-    chunks: VecDeque<Rc<[u8]>>,
-    /// Bytes of the front chunk already written.
-    head_written: u32,
+    /// What is left to write; the front part's `start` moves as it is written.
+    chunks: VecDeque<Part>,
     /// Bytes ever queued.
     queued_total: u64,
     /// Bytes ever written.
@@ -94,10 +153,15 @@ pub const GATHER_FRAME: usize = 4096;
 impl OutQueue {
     /// Queues `frame` unless that would take the queue over `limit` bytes.
     pub fn push(&mut self, frame: Rc<[u8]>, limit: usize) -> Result<(), Overflow> {
-        if self.counted() + frame.len() > limit {
+        self.push_part(Part::whole(frame), limit)
+    }
+
+    /// Queues `part` unless that would take the queue over `limit` bytes.
+    pub fn push_part(&mut self, part: Part, limit: usize) -> Result<(), Overflow> {
+        if self.counted() + part.len() > limit {
             return Err(Overflow);
         }
-        self.push_unchecked(frame);
+        self.push_unchecked(part);
         Ok(())
     }
 
@@ -106,15 +170,27 @@ impl OutQueue {
     /// it fails to read, not by the size of an answer it asked for. A second answer
     /// while the first is unread counts like any frame.
     pub fn push_reply(&mut self, frame: Rc<[u8]>, limit: usize) -> Result<(), Overflow> {
+        self.push_reply_parts(std::slice::from_ref(&Part::whole(frame)), limit)
+    }
+
+    /// [`OutQueue::push_reply`] for an answer in several parts.
+    pub fn push_reply_parts(&mut self, parts: &[Part], limit: usize) -> Result<(), Overflow> {
+        let len: usize = parts.iter().map(Part::len).sum();
         if self.reply_pending() {
-            return self.push(frame, limit);
-        }
-        if self.counted() > limit {
+            if self.counted() + len > limit {
+                return Err(Overflow);
+            }
+        } else if self.counted() > limit {
             return Err(Overflow);
         }
-        self.reply_len = frame.len() as u32;
-        self.push_unchecked(frame);
-        self.reply_end = self.queued_total;
+        let counted_reply = !self.reply_pending();
+        for p in parts {
+            self.push_unchecked(p.clone());
+        }
+        if counted_reply {
+            self.reply_len = len as u32;
+            self.reply_end = self.queued_total;
+        }
         Ok(())
     }
 
@@ -128,9 +204,12 @@ impl OutQueue {
         self.len_bytes().saturating_sub(self.reply_len as usize)
     }
 
-    fn push_unchecked(&mut self, frame: Rc<[u8]>) {
-        self.queued_total += frame.len() as u64;
-        self.chunks.push_back(frame);
+    fn push_unchecked(&mut self, part: Part) {
+        if part.len() == 0 {
+            return;
+        }
+        self.queued_total += part.len() as u64;
+        self.chunks.push_back(part);
     }
 
     /// Bytes ever queued on this connection.
@@ -168,21 +247,17 @@ impl OutQueue {
     {
         // Which part of the write each slice is: a range of `scratch` or a whole chunk.
         #[derive(Clone, Copy)]
-        enum Part {
+        enum Slot {
             Copied(usize, usize),
             Chunk(usize),
         }
-        let mut parts = [Part::Chunk(0); MAX_IOV];
+        let mut parts = [Slot::Chunk(0); MAX_IOV];
         while !self.chunks.is_empty() {
             scratch.clear();
             let mut n_parts = 0;
             let mut copied_from = 0;
             for (i, c) in self.chunks.iter().enumerate() {
-                let bytes = if i == 0 {
-                    &c[self.head_written as usize..]
-                } else {
-                    &c[..]
-                };
+                let bytes = c.as_slice();
                 if n_parts >= MAX_IOV - 1 {
                     break;
                 }
@@ -194,23 +269,22 @@ impl OutQueue {
                     continue;
                 }
                 if scratch.len() > copied_from {
-                    parts[n_parts] = Part::Copied(copied_from, scratch.len());
+                    parts[n_parts] = Slot::Copied(copied_from, scratch.len());
                     n_parts += 1;
                     copied_from = scratch.len();
                 }
-                parts[n_parts] = Part::Chunk(i);
+                parts[n_parts] = Slot::Chunk(i);
                 n_parts += 1;
             }
             if scratch.len() > copied_from {
-                parts[n_parts] = Part::Copied(copied_from, scratch.len());
+                parts[n_parts] = Slot::Copied(copied_from, scratch.len());
                 n_parts += 1;
             }
             let mut iov = [IoSlice::new(&[]); MAX_IOV];
             for (slot, p) in iov.iter_mut().zip(&parts[..n_parts]) {
                 *slot = match *p {
-                    Part::Copied(a, b) => IoSlice::new(&scratch[a..b]),
-                    Part::Chunk(0) => IoSlice::new(&self.chunks[0][self.head_written as usize..]),
-                    Part::Chunk(i) => IoSlice::new(&self.chunks[i]),
+                    Slot::Copied(a, b) => IoSlice::new(&scratch[a..b]),
+                    Slot::Chunk(i) => IoSlice::new(self.chunks[i].as_slice()),
                 };
             }
             let n = match write(&iov[..n_parts]) {
@@ -231,14 +305,13 @@ impl OutQueue {
             self.reply_len = 0;
         }
         while n > 0 {
-            let front = self.chunks.front().expect("wrote more than was queued");
-            let left = front.len() - self.head_written as usize;
+            let front = self.chunks.front_mut().expect("wrote more than was queued");
+            let left = front.len();
             if n >= left {
                 n -= left;
-                self.head_written = 0;
                 self.chunks.pop_front();
             } else {
-                self.head_written += n as u32;
+                front.start += n as u32;
                 n = 0;
             }
         }
@@ -250,15 +323,6 @@ impl OutQueue {
         if self.chunks.is_empty() && self.chunks.capacity() > 0 {
             self.chunks = VecDeque::new();
         }
-    }
-
-    /// Removes and returns every queued frame (for tests and state-machine drivers that
-    /// have no socket). A partly written front frame is returned whole.
-    pub fn drain_frames(&mut self) -> Vec<Rc<[u8]>> {
-        self.written_total = self.queued_total;
-        self.head_written = 0;
-        self.reply_len = 0;
-        std::mem::take(&mut self.chunks).into_iter().collect()
     }
 }
 
@@ -378,8 +442,8 @@ impl Conn {
         self.out.len_bytes()
     }
 
-    /// The frames queued and not yet written (shared with other queues).
-    pub fn queued_frames(&self) -> Vec<Rc<[u8]>> {
+    /// The parts queued and not yet written (shared with other queues).
+    pub fn queued_parts(&self) -> Vec<Part> {
         self.out.chunks.iter().cloned().collect()
     }
 
@@ -457,6 +521,49 @@ mod tests {
         assert_eq!(q.push(frame(&[2; 5]), 10), Err(Overflow));
         assert!(q.push(frame(&[3; 4]), 10).is_ok());
         assert_eq!(q.len_bytes(), 10);
+    }
+
+    fn write_all(q: &mut OutQueue) -> Vec<u8> {
+        let mut out = Vec::new();
+        let r = q.write_with(&mut Vec::new(), |iov| {
+            for s in iov {
+                out.extend_from_slice(s);
+            }
+            Ok(iov.iter().map(|s| s.len()).sum())
+        });
+        assert_eq!(r.unwrap(), Flush::Drained);
+        out
+    }
+
+    #[test]
+    fn parts_write_their_own_bytes_and_a_reply_in_parts_is_one_reply() {
+        let shared = frame(b"0123456789");
+        let mut q = OutQueue::default();
+        q.push_part(Part::tail(shared.clone(), 7), 100).unwrap();
+        q.push_part(Part::range(shared.clone(), 2, 4), 100).unwrap();
+        q.push_part(Part::range(shared.clone(), 5, 5), 100).unwrap();
+        q.push_part(Part::tail(shared.clone(), 99), 100).unwrap();
+        assert_eq!(q.len_bytes(), 5);
+        assert_eq!(write_all(&mut q), b"78923");
+
+        // A reply in parts is exempt from the limit as a whole, once.
+        let parts = [Part::whole(shared.clone()), Part::tail(shared.clone(), 4)];
+        q.push_reply_parts(&parts, 8).unwrap();
+        assert_eq!(q.len_bytes(), 16);
+        assert_eq!(
+            q.push(frame(&[1; 9]), 8),
+            Err(Overflow),
+            "the limit still holds"
+        );
+        q.push(frame(&[1; 8]), 8).unwrap();
+        assert_eq!(
+            q.push_reply_parts(&parts, 8),
+            Err(Overflow),
+            "a second reply while the first is unread counts"
+        );
+        let out = write_all(&mut q);
+        assert_eq!(&out[..16], b"0123456789456789");
+        assert_eq!(q.push(frame(&[1; 8]), 8), Ok(()), "written: nothing counts");
     }
 
     #[test]

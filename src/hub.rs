@@ -39,7 +39,7 @@ use crate::proto::{self, ClientMessage, CodeRes, ServerMessage, code, status};
 use crate::rate::{PerAddr, addr_key};
 use crate::roster::Roster;
 use crate::users::Registry;
-use conn::{Closing, Conn, ConnRef, Flush, Pending, Session};
+use conn::{Closing, Conn, ConnRef, Flush, OutQueue, Overflow, Part, Pending, Session};
 
 /// Limits and timings. The server's command line sets them (`chat-server --help`
 /// names each); these defaults are the command line's.
@@ -609,6 +609,20 @@ impl Hub {
         !self.writes.is_empty() || !self.closes.is_empty() || !self.departures.is_empty()
     }
 
+    /// `r`'s socket can take more after a write that blocked: what it has queued is
+    /// written at the next round of writes with everyone else's, not at once. Written
+    /// at once, each small opening a slow reader's socket makes would cost a system
+    /// call of its own.
+    pub fn handle_writable(&mut self, r: ConnRef) {
+        if self
+            .conns
+            .get(r.key)
+            .is_some_and(|c| c.generation == r.generation && !c.out.is_empty())
+        {
+            self.writes.push(r);
+        }
+    }
+
     /// The next connection with output to write.
     pub fn poll_write(&mut self) -> Option<ConnRef> {
         self.writes.pop()
@@ -1147,6 +1161,12 @@ impl Hub {
         self.outputs().0.deliver(key, &frame, true)
     }
 
+    /// Queues an answer to `key`'s own request made of `parts`, which the caller
+    /// fitted to what the client reads.
+    pub(crate) fn reply_parts(&mut self, key: usize, parts: &[Part]) -> bool {
+        self.outputs().0.deliver_reply_parts(key, parts)
+    }
+
     /// Sends `ErrorResMes`.
     pub(crate) fn error(&mut self, key: usize, code: u16, text: &str) {
         self.count_refusal(code);
@@ -1280,12 +1300,12 @@ impl Hub {
         let (mut out, online) = self.outputs();
         for (user_id, e) in online.iter() {
             if batch.concerns(user_id) {
-                let (own, n) = batch.since_own(user_id);
+                let (from, n) = batch.since_own(user_id);
                 if n > 0 {
-                    out.deliver_chunk(e.conn.key, &own, n);
+                    out.deliver_chunk(e.conn.key, Part::tail(batch.all.clone(), from), n);
                 }
             } else {
-                out.deliver_chunk(e.conn.key, &batch.all, batch.len());
+                out.deliver_chunk(e.conn.key, Part::whole(batch.all.clone()), batch.len());
             }
         }
     }
@@ -1357,52 +1377,33 @@ impl Outputs<'_> {
     /// the inner loop of every broadcast.
     #[inline]
     fn deliver_fitted(&mut self, key: usize, full: &Rc<[u8]>, cut: Option<&Rc<[u8]>>) -> bool {
+        let limit = self.limit;
         let conn = &mut self.conns[key];
-        let limit = conn.max_frame();
-        if fit::fits(full, limit) {
-            queue(
-                conn,
-                key,
-                full,
-                false,
-                self.limit,
-                self.writes,
-                self.overflowed,
-                self.stats,
-            );
+        let max = conn.max_frame();
+        if fit::fits(full, max) {
+            queue(conn, key, self.writes, self.overflowed, self.stats, |q| {
+                q.push(full.clone(), limit)
+            });
             return true;
         }
         if let Some(cut) = cut
-            && fit::fits(cut, limit)
+            && fit::fits(cut, max)
         {
-            queue(
-                conn,
-                key,
-                cut,
-                false,
-                self.limit,
-                self.writes,
-                self.overflowed,
-                self.stats,
-            );
+            queue(conn, key, self.writes, self.overflowed, self.stats, |q| {
+                q.push(cut.clone(), limit)
+            });
         }
         false
     }
 
-    /// Queues a chunk of `frames` presence notices (each small enough for any client)
-    /// on `key`.
-    fn deliver_chunk(&mut self, key: usize, chunk: &Rc<[u8]>, frames: usize) {
+    /// Queues `part`, presence notices (`frames` of them, each small enough for any
+    /// client), on `key`.
+    fn deliver_chunk(&mut self, key: usize, part: Part, frames: usize) {
+        let limit = self.limit;
         let conn = &mut self.conns[key];
-        if queue(
-            conn,
-            key,
-            chunk,
-            false,
-            self.limit,
-            self.writes,
-            self.overflowed,
-            self.stats,
-        ) {
+        if queue(conn, key, self.writes, self.overflowed, self.stats, |q| {
+            q.push_part(part, limit)
+        }) {
             self.stats.deliveries += frames as u64 - 1;
         }
     }
@@ -1411,6 +1412,7 @@ impl Outputs<'_> {
     /// accepted whatever its size while what the client left unread is within the
     /// limit. A frame the client could not read is never queued.
     fn deliver(&mut self, key: usize, frame: &Rc<[u8]>, reply: bool) -> bool {
+        let limit = self.limit;
         let conn = &mut self.conns[key];
         if !fit::fits(frame, conn.max_frame()) {
             // Callers fit what they send; this is the last guard, so that no frame
@@ -1422,43 +1424,42 @@ impl Outputs<'_> {
             );
             return true;
         }
-        queue(
-            conn,
-            key,
-            frame,
-            reply,
-            self.limit,
-            self.writes,
-            self.overflowed,
-            self.stats,
-        )
+        queue(conn, key, self.writes, self.overflowed, self.stats, |q| {
+            if reply {
+                q.push_reply(frame.clone(), limit)
+            } else {
+                q.push(frame.clone(), limit)
+            }
+        })
+    }
+
+    /// Queues an answer to `key`'s own request made of `parts`, which the caller
+    /// fitted to what the client reads.
+    fn deliver_reply_parts(&mut self, key: usize, parts: &[Part]) -> bool {
+        let limit = self.limit;
+        let conn = &mut self.conns[key];
+        queue(conn, key, self.writes, self.overflowed, self.stats, |q| {
+            q.push_reply_parts(parts, limit)
+        })
     }
 }
 
-/// Queues a frame known to fit on one connection: the output queue, the list of
-/// connections to write, the list of those that overflowed.
+/// Queues output known to fit on one connection with `push`, keeping the list of
+/// connections to write and of those that overflowed.
 #[inline]
-#[allow(clippy::too_many_arguments)]
 fn queue(
     conn: &mut Conn,
     key: usize,
-    frame: &Rc<[u8]>,
-    reply: bool,
-    limit: usize,
     writes: &mut Vec<ConnRef>,
     overflowed: &mut Vec<usize>,
     stats: &mut Stats,
+    push: impl FnOnce(&mut OutQueue) -> Result<(), Overflow>,
 ) -> bool {
     if matches!(conn.closing, Some(Closing { flush: false, .. })) {
         return false;
     }
     let was_empty = conn.out.is_empty();
-    let pushed = if reply {
-        conn.out.push_reply(frame.clone(), limit)
-    } else {
-        conn.out.push(frame.clone(), limit)
-    };
-    match pushed {
+    match push(&mut conn.out) {
         Ok(()) => {
             if was_empty {
                 writes.push(ConnRef {
@@ -1469,7 +1470,7 @@ fn queue(
             stats.deliveries += 1;
             true
         }
-        Err(_) => {
+        Err(Overflow) => {
             if conn.closing.is_none() {
                 overflowed.push(key);
             }

@@ -235,11 +235,11 @@ fn group_message_is_stamped_shared_and_not_echoed() {
     let mut t = h();
     let [a, b, c] = t.everyone_online([1, 2, 3]);
     t.send(a, &sms("hello all"));
-    let qb = t.hub.get(b).unwrap().queued_frames();
-    let qc = t.hub.get(c).unwrap().queued_frames();
+    let qb = t.hub.get(b).unwrap().queued_parts();
+    let qc = t.hub.get(c).unwrap().queued_parts();
     assert_eq!(qb.len(), 1);
     assert!(
-        Rc::ptr_eq(&qb[0], &qc[0]),
+        qb[0].same_bytes(&qc[0]),
         "encoded once, shared by every recipient"
     );
     let fb = t.recv_frames(b);

@@ -9,8 +9,8 @@
 //! the notice that the user came online).
 //!
 //! A connection whose own user has a notice in the batch (it arrived during the
-//! interval) gets only the notices that came after its own: its login reply listed
-//! everyone online then, and nobody is told of their own comings and goings. A login
+//! interval) gets only the notices that came after its own (the tail of the shared
+//! buffer, not a copy): its login reply listed everyone online then, and nobody is told of their own comings and goings. A login
 //! that tells nobody (it replaced the user's older session) leaves a mark in the
 //! batch to the same end.
 #![forbid(unsafe_code)]
@@ -112,17 +112,19 @@ impl Batch {
     }
 
     /// What `user_id` is to get of the batch: the notices after its own last one
-    /// (or mark), and how many.
-    pub fn since_own(&self, user_id: i64) -> (Rc<[u8]>, usize) {
+    /// (or mark), as where they start in [`Batch::all`] (they run to its end), and
+    /// how many.
+    pub fn since_own(&self, user_id: i64) -> (usize, usize) {
         let last = self.entries.iter().rposition(|(u, _)| *u == user_id);
-        let after = &self.entries[last.map_or(0, |i| i + 1)..];
-        let mut out = Vec::new();
-        let mut n = 0;
-        for (_, r) in after.iter().filter(|(_, r)| !r.is_empty()) {
-            out.extend_from_slice(&self.all[r.clone()]);
-            n += 1;
-        }
-        (out.into(), n)
+        let Some(last) = last else {
+            return (0, self.notices);
+        };
+        let from = self.entries[last].1.end;
+        let n = self.entries[last + 1..]
+            .iter()
+            .filter(|(_, r)| !r.is_empty())
+            .count();
+        (from, n)
     }
 }
 
@@ -169,11 +171,15 @@ mod tests {
             ]
         );
         assert!(b.concerns(1) && b.concerns(2) && !b.concerns(3));
-        let (own, n) = b.since_own(1);
-        assert_eq!((n, own.len()), (0, 0), "nothing after user 1's last notice");
-        let (own, n) = b.since_own(2);
+        let (from, n) = b.since_own(1);
+        assert_eq!(
+            (n, from),
+            (0, b.all.len()),
+            "nothing after user 1's last notice"
+        );
+        let (from, n) = b.since_own(2);
         assert_eq!(n, 1);
-        assert_eq!(frames(&own), [notice(1, status::OFFLINE, "a")]);
+        assert_eq!(frames(&b.all[from..]), [notice(1, status::OFFLINE, "a")]);
     }
 
     #[test]
@@ -188,8 +194,11 @@ mod tests {
         let b = p.take();
         assert_eq!(b.len(), 2, "marks are no notices");
         assert_eq!(frames(&b.all).len(), 2);
-        let (own, n) = b.since_own(3);
-        assert_eq!((frames(&own), n), (vec![notice(2, status::ONLINE, "b")], 1));
+        let (from, n) = b.since_own(3);
+        assert_eq!(
+            (frames(&b.all[from..]), n),
+            (vec![notice(2, status::ONLINE, "b")], 1)
+        );
         let (_, n) = b.since_own(1);
         assert_eq!(n, 1, "another's mark counts for nothing");
     }

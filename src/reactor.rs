@@ -815,7 +815,8 @@ impl Server {
     }
 
     /// The socket can take more: a transport's own bytes first, then what it decoded
-    /// meanwhile or the close it waited to report, then the hub's output.
+    /// meanwhile or the close it waited to report; the hub's output goes with the next
+    /// round of writes.
     fn writable(&mut self, r: ConnRef, t: Now) {
         if let Some(Some(sock)) = self.socks.get_mut(r.key)
             && sock.is_wrapped()
@@ -826,6 +827,6 @@ impl Server {
             }
             self.read(r, t);
         }
-        self.write(r, t);
+        self.hub.handle_writable(r);
     }
 }

@@ -13,18 +13,74 @@
 //! for the same lists (tested).
 #![forbid(unsafe_code)]
 
+use std::rc::Rc;
+
+use crate::conn::Part;
 use crate::proto::{self, UserInfo};
 
 /// What the roster was built from: the registry's and the cluster's versions.
 pub type Version = (u64, u64);
 
+/// A list's bytes are sealed into shared blocks of about this size. A reply is then
+/// the blocks themselves (shared by every reply queued at once) and a copy of the
+/// open end: a storm of logins, each reply unread for a while, holds one roster's
+/// worth of memory, not one per login.
+const BLOCK: usize = 16 * 1024;
+
+/// One of the two lists, `a,b,c`: sealed blocks (each ending with a comma) and the
+/// open end, which holds the last item (never empty unless the list is).
+#[derive(Debug, Default)]
+struct List {
+    sealed: Vec<Rc<[u8]>>,
+    open: String,
+}
+
+impl List {
+    fn clear(&mut self) {
+        self.sealed.clear();
+        self.open.clear();
+    }
+
+    fn push(&mut self, item: &str) {
+        if self.open.len() >= BLOCK {
+            self.open.push(',');
+            self.sealed.push(self.open.as_bytes().into());
+            self.open.clear();
+        }
+        if !self.open.is_empty() {
+            self.open.push(',');
+        }
+        self.open.push_str(item);
+    }
+
+    fn len(&self) -> usize {
+        self.sealed.iter().map(|b| b.len()).sum::<usize>() + self.open.len()
+    }
+
+    /// The sealed blocks as parts, then `open` followed by `after` as one fresh part.
+    fn parts(&self, after: &str, out: &mut Vec<Part>) {
+        out.extend(self.sealed.iter().map(|b| Part::whole(b.clone())));
+        let mut last = Vec::with_capacity(self.open.len() + after.len());
+        last.extend_from_slice(self.open.as_bytes());
+        last.extend_from_slice(after.as_bytes());
+        out.push(Part::whole(last.into()));
+    }
+
+    fn bytes(&self) -> impl Iterator<Item = &[u8]> {
+        self.sealed
+            .iter()
+            .map(|b| &b[..])
+            .chain(std::iter::once(self.open.as_bytes()))
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Roster {
     version: Option<Version>,
     /// `1,2,3`: numbers read the same escaped or not.
-    ids: String,
+    ids: List,
     /// `{\"userId\":1,\"userName\":\"a\"},...`, escaped for the envelope.
-    infos: String,
+    infos: List,
     count: usize,
 }
 
@@ -88,12 +144,8 @@ impl Roster {
     }
 
     fn append(&mut self, id: i64, name: &str) {
-        if self.count > 0 {
-            self.ids.push(',');
-            self.infos.push(',');
-        }
-        self.ids.push_str(&id.to_string());
-        self.infos.push_str(&info_fragment(id, name));
+        self.ids.push(&id.to_string());
+        self.infos.push(&info_fragment(id, name));
         self.count += 1;
     }
 
@@ -106,28 +158,34 @@ impl Roster {
         }
     }
 
-    /// The login reply (`LoginResMes` 200) listing everyone, with their names or not.
-    pub fn reply(&self, names: bool) -> Vec<u8> {
+    /// The login reply (`LoginResMes` 200) listing everyone, with their names or not,
+    /// as parts: the roster's shared blocks and a few bytes of its own.
+    pub fn reply(&self, names: bool) -> Vec<Part> {
         let len = self.body_len(names);
-        let mut out = Vec::with_capacity(proto::HEADER_LEN + len);
-        out.extend_from_slice(&(len as u32).to_be_bytes());
-        out.extend_from_slice(HEAD.as_bytes());
-        out.extend_from_slice(self.ids.as_bytes());
+        let mut head = Vec::with_capacity(proto::HEADER_LEN + HEAD.len());
+        head.extend_from_slice(&(len as u32).to_be_bytes());
+        head.extend_from_slice(HEAD.as_bytes());
+        let mut out = Vec::with_capacity(3 + self.ids.sealed.len() + self.infos.sealed.len());
+        out.push(Part::whole(head.into()));
         if names && self.count > 0 {
-            out.extend_from_slice(MID.as_bytes());
-            out.extend_from_slice(self.infos.as_bytes());
-            out.extend_from_slice(USERS_TAIL.as_bytes());
+            self.ids.parts(MID, &mut out);
+            self.infos.parts(USERS_TAIL, &mut out);
         } else {
-            out.extend_from_slice(NO_USERS.as_bytes());
-            out.extend_from_slice(TAIL.as_bytes());
+            self.ids.parts(&[NO_USERS, TAIL].concat(), &mut out);
         }
-        debug_assert_eq!(out.len(), proto::HEADER_LEN + len);
+        debug_assert_eq!(
+            out.iter().map(Part::len).sum::<usize>(),
+            proto::HEADER_LEN + len
+        );
         out
     }
 
     /// The ids listed, in order (for a reply cut to fit a seed client).
     pub fn ids(&self) -> impl Iterator<Item = i64> + '_ {
-        self.ids.split(',').filter_map(|s| s.parse().ok())
+        self.ids
+            .bytes()
+            .flat_map(|b| b.split(|&c| c == b','))
+            .filter_map(|s| std::str::from_utf8(s).ok()?.parse().ok())
     }
 }
 
@@ -136,6 +194,10 @@ mod tests {
     use super::*;
     use crate::proto::{LoginResMes, kind};
     use proptest::prelude::*;
+
+    fn bytes(parts: Vec<Part>) -> Vec<u8> {
+        parts.iter().flat_map(|p| p.as_slice().to_vec()).collect()
+    }
 
     fn serde_reply(users: &[(i64, String)], names: bool) -> Vec<u8> {
         proto::encode(
@@ -176,12 +238,40 @@ mod tests {
             r.push((2, 0), *id, n);
         }
         assert_eq!(r.len(), 4);
-        assert_eq!(r.reply(true), serde_reply(&users, true));
-        assert_eq!(r.reply(false), serde_reply(&users, false));
-        assert_eq!(r.body_len(true) + proto::HEADER_LEN, r.reply(true).len());
+        assert_eq!(bytes(r.reply(true)), serde_reply(&users, true));
+        assert_eq!(bytes(r.reply(false)), serde_reply(&users, false));
+        assert_eq!(
+            r.body_len(true) + proto::HEADER_LEN,
+            bytes(r.reply(true)).len()
+        );
         assert_eq!(r.ids().collect::<Vec<_>>(), [1, -7, 42, i64::MAX]);
         r.rebuild((3, 1), std::iter::empty());
-        assert_eq!(r.reply(true), serde_reply(&[], true));
+        assert_eq!(bytes(r.reply(true)), serde_reply(&[], true));
+    }
+
+    #[test]
+    fn a_large_roster_is_shared_blocks_and_reads_as_serde_writes() {
+        let mut users: Vec<(i64, String)> = (1..=3000).map(|i| (i, format!("user {i}"))).collect();
+        let mut r = Roster::default();
+        for (id, n) in &users {
+            r.push((1, 0), *id, n);
+        }
+        let first = r.reply(true);
+        users.push((3001, "one more".into()));
+        r.push((2, 0), 3001, "one more");
+        let second = r.reply(true);
+        assert!(second.len() > 10, "blocks sealed: {} parts", second.len());
+        // The second reply copies at most the open ends and a few bytes of its own.
+        let fresh: usize = second
+            .iter()
+            .filter(|p| !first.iter().any(|q| q.same_bytes(p)))
+            .map(Part::len)
+            .sum();
+        assert!(fresh <= 2 * BLOCK + 200, "{fresh} bytes not shared");
+        assert_eq!(bytes(first), serde_reply(&users[..3000], true));
+        assert_eq!(bytes(second), serde_reply(&users, true));
+        assert_eq!(bytes(r.reply(false)), serde_reply(&users, false));
+        assert_eq!(r.ids().collect::<Vec<_>>(), (1..=3001).collect::<Vec<_>>());
     }
 
     proptest! {
@@ -191,7 +281,7 @@ mod tests {
         ) {
             let mut r = Roster::default();
             r.rebuild((0, 0), users.iter().map(|(i, n)| (*i, n.as_str())));
-            prop_assert_eq!(r.reply(true), serde_reply(&users, true));
+            prop_assert_eq!(bytes(r.reply(true)), serde_reply(&users, true));
         }
     }
 }

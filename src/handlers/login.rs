@@ -7,7 +7,7 @@
 //! `ErrorResMes` 409 and is closed, and the others see no offline/online flicker.
 #![forbid(unsafe_code)]
 
-use crate::conn::Session;
+use crate::conn::{Part, Session};
 use crate::fit;
 use crate::hub::{Hub, Now};
 use crate::job::{JobKind, LoginError, LoginOk};
@@ -96,10 +96,10 @@ impl Hub {
 
     /// The login reply for a client that reads frames of at most `limit` bytes: the
     /// whole lists if they fit; else without the `users` extension; else the caller
-    /// and as many others as fit (the rest it learns from the notices). Copied from
-    /// the roster, which is built again only if who is online changed otherwise than
-    /// by logins.
-    fn login_reply(&mut self, me: i64, limit: usize, now: Now) -> Vec<u8> {
+    /// and as many others as fit (the rest it learns from the notices). Made of the
+    /// roster's shared blocks, which are built again only if who is online changed
+    /// otherwise than by logins.
+    fn login_reply(&mut self, me: i64, limit: usize, now: Now) -> Vec<Part> {
         self.roster_used_ms = now.mono_ms;
         let version = self.roster_version();
         if !self.roster.is_current(version) {
@@ -126,7 +126,7 @@ impl Hub {
             proto::encode(kind::LOGIN_RES, &r)
         };
         let n = fit::largest(others.len(), |n| fit::fits(&with(n), limit));
-        with(n)
+        vec![Part::whole(with(n).into())]
     }
 
     fn login_failed(&mut self, key: usize, code: u16, text: &str, now: Now) {
@@ -225,8 +225,8 @@ impl Hub {
             }
         }
         self.cluster_login(ok.user_id, &name);
-        let frame = self.login_reply(ok.user_id, self.conns[key].max_frame(), now);
-        self.reply_frame(key, frame);
+        let parts = self.login_reply(ok.user_id, self.conns[key].max_frame(), now);
+        self.reply_parts(key, &parts);
         let batch = self.cfg.offline_batch;
         self.deliver_offline(key, ok.offline, batch);
     }
