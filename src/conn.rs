@@ -6,8 +6,11 @@
 //! and its output queue. The reactor owns the socket and moves bytes; everything else
 //! about a connection lives here and is testable without one.
 //!
-//! The output queue ([`OutQueue`]) holds shared, already-encoded frames (`Rc<[u8]>`): a
-//! group message is encoded once and every recipient's queue points at the same bytes.
+//! The output queue ([`OutQueue`]) holds parts of shared, already-encoded buffers
+//! ([`Part`]: a range of an `Rc<[u8]>`): a group message is encoded once and every
+//! recipient's queue points at the same bytes; a login reply is mostly the shared
+//! blocks of the roster; a newcomer's presence notices are the tail of the batch
+//! everyone else gets whole.
 //! It is bounded in bytes; a client that stops reading hits the bound and is dropped,
 //! so nobody else ever waits for it. A direct answer to the client's own request (the
 //! login reply, the online list) is always queued if what the client has not read yet

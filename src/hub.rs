@@ -252,6 +252,9 @@ pub struct Hub {
     /// Logins in flight of users an operator banned or removed meanwhile: refused
     /// when their result comes, whatever it says.
     pub(crate) revoked: HashMap<ConnRef, Kick>,
+    /// Removals of delivered offline messages in flight, by user (see
+    /// `handlers::private`).
+    pub(crate) removing: HashMap<i64, handlers::private::Removing>,
     pub stats: Stats,
 }
 
@@ -295,6 +298,7 @@ impl Hub {
             cluster: None,
             appends: Default::default(),
             revoked: HashMap::new(),
+            removing: HashMap::new(),
             stats: Stats::default(),
         }
     }
@@ -397,6 +401,12 @@ impl Hub {
                 .hash_latency
                 .observe(std::time::Duration::from_millis(waited));
         }
+        if let Outcome::AckOffline {
+            user_id, result, ..
+        } = &res.outcome
+        {
+            self.removal_done(*user_id, result.is_ok());
+        }
         if let (Some(r), Outcome::Login(result)) = (res.conn, &mut res.outcome)
             && let Some(kick) = self.revoked.remove(&r)
             && result.is_ok()
@@ -427,7 +437,7 @@ impl Hub {
                 batch,
                 result,
             } => self.offline_fetched(r.key, user_id, batch, result, now),
-            Outcome::AckOffline { upto, result } => self.offline_acked(r.key, upto, result),
+            Outcome::AckOffline { upto, result, .. } => self.offline_acked(r.key, upto, result),
             Outcome::History(result) => self.history_read(r.key, result, now),
             Outcome::AppendHistory { .. } => {}
         }
@@ -695,6 +705,8 @@ impl Hub {
                 None => self.online.len(),
             },
             jobs_in_flight: self.jobs_in_flight,
+            output_queued_bytes: self.conns.iter().map(|(_, c)| c.out.len_bytes()).sum(),
+            output_queues: self.conns.iter().filter(|(_, c)| !c.out.is_empty()).count(),
             hashing_queued: self.admission.queued(),
             hashing_wait_ms: self.admission.estimate(now.mono_ms),
             ..metrics::Snapshot::default()
@@ -812,7 +824,7 @@ impl Hub {
         if let Some(msg) = conn.offline.on_close().zip(conn.user_id()) {
             let (upto, user_id) = msg;
             // What reached the client goes from the store, even as it leaves.
-            self.submit_always(None, JobKind::AckOffline { user_id, upto });
+            self.submit_removal(None, user_id, upto);
         }
     }
 
@@ -835,6 +847,7 @@ impl Hub {
         if self.logging_in.len() < self.logging_in.capacity() / 4 {
             self.logging_in.shrink_to_fit();
         }
+        self.forget_removals();
         self.login_limits.prune(now.mono_ms, self.cfg.login_rate);
         if !self.roster.is_empty() && now.mono_ms >= self.roster_used_ms + ROSTER_KEEP_MS {
             self.roster = Roster::default();
@@ -1060,6 +1073,11 @@ impl Hub {
         self.unmark_login(user_id);
     }
 
+    /// Whether a login of `user_id` is in flight.
+    pub(crate) fn is_logging_in(&self, user_id: i64) -> bool {
+        self.logging_in.contains_key(&user_id)
+    }
+
     fn unmark_login(&mut self, user_id: i64) {
         if let Some(n) = self.logging_in.get_mut(&user_id) {
             *n -= 1;
@@ -1119,9 +1137,7 @@ impl Hub {
                     self.offline_action(key, action);
                 }
             }
-            Action::Ack(upto) => {
-                self.submit_always(Some(key), JobKind::AckOffline { user_id, upto });
-            }
+            Action::Ack(upto) => self.submit_removal(Some(key), user_id, upto),
         }
     }
 

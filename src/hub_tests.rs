@@ -6,7 +6,7 @@ use std::rc::Rc;
 
 use crate::conn::ConnRef;
 use crate::hub::HubConfig;
-use crate::job::{JobResult, LoginError, Outcome, execute};
+use crate::job::{JobKind, JobResult, LoginError, Outcome, execute};
 use crate::proto::{
     ClientMessage, CodeRes, LoginResMes, NotifyUserStatusMes, OnlineUsersResMes, RegisterMes,
     ServerMessage, SmsMes, SmsPrivateMes, User, UserInfo, code,
@@ -1586,4 +1586,58 @@ fn a_second_login_is_told_only_what_came_after_its_login_reply() {
         "nothing its login reply already told it"
     );
     assert_eq!(t.recv(old), [err(409, "logged in elsewhere")]);
+}
+
+/// The index of the first job of a kind in the harness's queue.
+fn job_index(t: &Harness, ack: bool) -> usize {
+    t.jobs
+        .iter()
+        .position(|j| matches!(j.kind, JobKind::AckOffline { .. }) == ack)
+        .expect("no such job")
+}
+
+#[test]
+fn a_quick_relogin_never_gets_again_what_the_last_session_got() {
+    // The removal of what the first session got runs on the storage workers, the next
+    // login's fetch on the hashing workers: either may finish first.
+    for removal_first in [false, true] {
+        let mut t = h();
+        let a = stored_for_2(&mut t, 2);
+        let b = t.connect();
+        t.send(b, &login_msg(2, "pw2"));
+        t.run_jobs();
+        assert_eq!(offline_contents(&t.recv(b)), ["m0", "m1"]);
+        // Written: the removal is asked for; the client logs out and straight back in.
+        assert_eq!(t.jobs.len(), 1, "{:?}", t.jobs);
+        t.send(b, &ClientMessage::Logout);
+        t.recv(b);
+        let b2 = t.connect();
+        t.send(b2, &login_msg(2, "pw2"));
+        // The login's fetch reads the store before the removal runs.
+        let login = t.jobs.remove(job_index(&t, false)).unwrap();
+        let outcome = execute(&mut t.store.clone(), &t.hasher, login.kind);
+        if removal_first {
+            t.run_job(job_index(&t, true));
+        }
+        t.feed(JobResult {
+            conn: login.conn,
+            outcome,
+            took: None,
+        });
+        t.run_jobs();
+        let got = t.recv(b2);
+        assert!(
+            matches!(got.first(), Some(ServerMessage::LoginRes(r)) if r.code == 200),
+            "{got:?}"
+        );
+        assert!(offline_contents(&got).is_empty(), "sent twice: {got:?}");
+        assert_eq!(t.store.offline_count(2), 0);
+        assert!(t.jobs.is_empty(), "{:?}", t.jobs);
+        t.send(a, &private(2, "live"));
+        let got = t.recv(b2);
+        assert!(
+            matches!(&got[..], [ServerMessage::Private(p)] if p.content == "live" && !p.offline),
+            "{got:?}"
+        );
+    }
 }

@@ -121,7 +121,8 @@ impl JobKind {
                 batch,
                 result: Err(e),
             },
-            JobKind::AckOffline { upto, .. } => Outcome::AckOffline {
+            JobKind::AckOffline { user_id, upto } => Outcome::AckOffline {
+                user_id,
                 upto,
                 result: Err(e),
             },
@@ -191,6 +192,7 @@ pub enum Outcome {
     },
     /// The removal of a user's offline messages up to `upto`.
     AckOffline {
+        user_id: i64,
         upto: u64,
         result: Result<(), StoreError>,
     },
@@ -269,6 +271,7 @@ pub fn execute(store: &mut dyn Store, hasher: &dyn Passwords, kind: JobKind) -> 
             result: store.fetch_offline(user_id, batch),
         },
         JobKind::AckOffline { user_id, upto } => Outcome::AckOffline {
+            user_id,
             upto,
             result: store.ack_offline(user_id, upto),
         },

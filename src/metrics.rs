@@ -103,6 +103,9 @@ pub struct Snapshot {
     /// Users logged in on any node (this one alone without a cluster).
     pub online_all: usize,
     pub jobs_in_flight: usize,
+    /// Bytes queued for clients and not written yet, and in how many queues.
+    pub output_queued_bytes: usize,
+    pub output_queues: usize,
     /// Logins and registrations waiting for a password hash, and the estimated wait
     /// of the next one, in ms.
     pub hashing_queued: usize,
@@ -280,6 +283,18 @@ pub fn render(s: &Snapshot) -> String {
         "hashing_latency_seconds",
         "From a login or registration queued to its answer from a worker (wait and hash).",
         &[(None, &st.hash_latency)],
+    );
+    o.one(
+        "output_queued_bytes",
+        "gauge",
+        "Bytes queued for clients and not written yet (shared bytes counted once per queue).",
+        s.output_queued_bytes,
+    );
+    o.one(
+        "output_queues_waiting",
+        "gauge",
+        "Connections with output not written yet.",
+        s.output_queues,
     );
     o.one(
         "store_jobs_in_flight",

@@ -11,7 +11,7 @@ mod group;
 pub(crate) mod history;
 pub(crate) mod login;
 mod online;
-mod private;
+pub(crate) mod private;
 mod register;
 mod remote;
 mod session;

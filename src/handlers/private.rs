@@ -8,6 +8,11 @@
 //! (written to its socket, or acknowledged by a client that said it would): see
 //! `offline.rs`. A message delivered or stored joins the pair's history (see
 //! `history.rs`).
+//!
+//! A removal runs on the storage workers while a new login of the same user may be
+//! fetching on the hashing workers: a client that logs out and straight back in could
+//! be sent again what it just got. The hub remembers the removals in flight, and a
+//! login's batch skips what they cover; once they are done the session looks again.
 #![forbid(unsafe_code)]
 
 use crate::conn::{Pending, Session};
@@ -16,6 +21,16 @@ use crate::hub::{Hub, Now};
 use crate::job::{JobKind, OfflineStored};
 use crate::proto::{CodeRes, MAX_MSG_ID, OfflineAckMes, ServerMessage, SmsPrivateMes, code};
 use crate::store::{OfflineMsg, StoreError, StoredMsg};
+
+/// A user's removals of delivered offline messages in flight.
+#[derive(Debug, Default)]
+pub(crate) struct Removing {
+    jobs: u32,
+    /// The highest sequence number they remove up to.
+    upto: u64,
+    /// A login's batch skipped messages they cover: look again once they are done.
+    recheck: bool,
+}
 
 impl Hub {
     // Every answer echoes the message's `msgId`.
@@ -146,8 +161,23 @@ impl Hub {
         }
         let mut full = msgs.len() >= batch;
         let mut skipped = false;
+        let user_id = self.conns[key].user_id().unwrap_or_default();
+        let (removed, in_flight) = self
+            .removing
+            .get(&user_id)
+            .map_or((0, false), |r| (r.upto, r.jobs > 0));
         for m in msgs {
             let conn = &self.conns[key];
+            if m.seq <= removed {
+                // Delivered to an earlier session, and removed since or being removed.
+                // What lies beyond this batch is looked at once the removal is done
+                // (see `removal_done`).
+                if in_flight && let Some(r) = self.removing.get_mut(&user_id) {
+                    r.recheck = true;
+                    full = false;
+                }
+                continue;
+            }
             if conn.offline.already_seen(m.seq) {
                 // Delivered earlier in this session, but its removal failed: removed
                 // again below, never shown twice.
@@ -168,6 +198,48 @@ impl Hub {
         }
         let action = self.conns[key].offline.batch_done(skipped, full);
         self.offline_action(key, action);
+    }
+
+    /// Asks the store to remove `user_id`'s stored messages up to `upto`, which reached
+    /// the client of `key` (or of a session that has ended).
+    pub(crate) fn submit_removal(&mut self, key: Option<usize>, user_id: i64, upto: u64) {
+        let r = self.removing.entry(user_id).or_default();
+        r.jobs += 1;
+        r.upto = r.upto.max(upto);
+        self.submit_always(key, JobKind::AckOffline { user_id, upto });
+    }
+
+    /// A removal of `user_id`'s messages finished (`ok`) or failed. With none left in
+    /// flight, a session of the user that skipped messages they covered looks again.
+    /// The record stays while a login of the user is in flight (its batch, fetched
+    /// perhaps before the removal, must skip them too), until the next housekeeping.
+    pub(crate) fn removal_done(&mut self, user_id: i64, ok: bool) {
+        let Some(r) = self.removing.get_mut(&user_id) else {
+            return;
+        };
+        r.jobs -= 1;
+        if r.jobs > 0 {
+            return;
+        }
+        let recheck = std::mem::take(&mut r.recheck);
+        if !ok || !self.is_logging_in(user_id) {
+            self.removing.remove(&user_id);
+        }
+        let Some(e) = self.online.get(user_id) else {
+            return;
+        };
+        let conn = e.conn;
+        if recheck && self.get(conn).is_some() {
+            let action = self.conns[conn.key].offline.poke();
+            self.offline_action(conn.key, action);
+        }
+    }
+
+    /// Forgets removals done for users with no login in flight.
+    pub(crate) fn forget_removals(&mut self) {
+        let mut removing = std::mem::take(&mut self.removing);
+        removing.retain(|&user_id, r| r.jobs > 0 || self.is_logging_in(user_id));
+        self.removing = removing;
     }
 
     /// `OfflineAckMes`: the client has every offline message up to `upto`.
