@@ -17,8 +17,56 @@ fn h() -> Harness {
         msg_rate: 0,
         // Presence notices at the end of each turn: read away with the logins.
         presence_interval_ms: 0,
+        // Entries go at the end of each turn (the gathering has its own test).
+        history_gather_ms: 0,
         ..HubConfig::default()
     })
+}
+
+#[test]
+fn entries_are_gathered_into_one_commit_until_due_or_asked_for() {
+    let mut t = Harness::new(HubConfig {
+        msg_rate: 0,
+        presence_interval_ms: 0,
+        history_gather_ms: 20,
+        ..HubConfig::default()
+    });
+    let [a, b] = t.everyone_online([1, 2]);
+    for i in 0..5 {
+        t.send(a, &sms(&format!("m{i}")));
+        t.advance(3);
+    }
+    assert_eq!(append_sizes(&t.jobs), Vec::<usize>::new(), "gathering");
+    assert!(
+        t.hub
+            .poll_timeout(t.now)
+            .is_some_and(|at| at > t.now.mono_ms),
+        "the loop sleeps until they are due"
+    );
+    t.advance(5);
+    assert_eq!(append_sizes(&t.jobs), [5], "due 20 ms after the first");
+    t.run_jobs();
+
+    // A page asked for takes what waits along at once.
+    t.send(a, &sms("late"));
+    t.recv(b);
+    t.send(b, &ask(0, 10, None));
+    assert_eq!(append_sizes(&t.jobs), [1]);
+    t.run_jobs();
+    let got = t.recv(b);
+    assert!(
+        matches!(&got[..], [ServerMessage::HistoryRes(r)] if r.messages.len() == 6),
+        "{got:?}"
+    );
+
+    // Enough waiting goes at once.
+    for i in 0..crate::hub::handlers::history::GATHER_ENTRIES {
+        t.send(a, &sms(&format!("n{i}")));
+    }
+    assert_eq!(
+        append_sizes(&t.jobs),
+        [crate::hub::handlers::history::GATHER_ENTRIES]
+    );
 }
 
 fn sms(content: &str) -> ClientMessage {
@@ -483,7 +531,7 @@ fn the_last_entries_are_appended_at_shutdown_whatever_is_in_flight() {
     }
     assert_eq!(append_sizes(&t.jobs), [1, 1]);
     t.hub.handle_shutdown(t.now);
-    let job = t.hub.poll_job().expect("the rest goes now");
+    let job = t.hub.poll_job(t.now).expect("the rest goes now");
     assert_eq!(append_sizes(&std::collections::VecDeque::from([job])), [3]);
 }
 

@@ -18,7 +18,7 @@
 #[path = "conn.rs"]
 pub mod conn;
 #[path = "handlers/mod.rs"]
-mod handlers;
+pub(crate) mod handlers;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -83,6 +83,10 @@ pub struct HubConfig {
     /// Messages kept per conversation (the group's, each pair's) for `HistoryMes`
     /// (`--history`); 0: no history.
     pub history: usize,
+    /// History entries wait at most this long after the first of them before they
+    /// go to the store together, as one commit (sooner when a page is asked for, or
+    /// when [`handlers::history::GATHER_ENTRIES`] wait). 0: at the end of each turn.
+    pub history_gather_ms: u64,
     /// Presence notices (who came online, who left) are sent together at most this
     /// long after the first of them, or at once before any message from one user to
     /// another (see [`crate::presence`]). 0: at the end of each turn.
@@ -108,6 +112,7 @@ impl Default for HubConfig {
             login_rate: 30,
             summary_interval_ms: 10_000,
             history: 1000,
+            history_gather_ms: 20,
             presence_interval_ms: 50,
         }
     }
@@ -566,8 +571,8 @@ impl Hub {
     // ----- outputs ------------------------------------------------------------------
 
     /// The next store job to hand to a worker.
-    pub fn poll_job(&mut self) -> Option<Job> {
-        self.flush_history();
+    pub fn poll_job(&mut self, now: Now) -> Option<Job> {
+        self.flush_history(now);
         self.jobs.pop_front()
     }
 
@@ -578,7 +583,7 @@ impl Hub {
     /// interval).
     pub fn poll_timeout(&self, now: Now) -> Option<u64> {
         if !self.jobs.is_empty()
-            || self.history_waits()
+            || self.history_waits(now)
             || !self.reads.is_empty()
             || self.cluster.as_ref().is_some_and(|c| !c.out.is_empty())
         {
@@ -596,7 +601,11 @@ impl Hub {
             || self.admission.hashing())
         .then_some(self.next_housekeeping_ms);
         let presence = self.presence.due_at(self.presence_interval());
-        [timer, housekeeping, presence].into_iter().flatten().min()
+        let history = self.history_due_at();
+        [timer, housekeeping, presence, history]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Whether logins or registrations are waiting for a password hash.

@@ -1448,7 +1448,7 @@ fn queued_output_alone_does_not_wake_the_loop() {
     assert!(t.hub.has_output(), "a round of writes is asked for");
     // The reactor hands jobs to the workers every turn before it polls (here: the
     // message's history append).
-    while let Some(j) = t.hub.poll_job() {
+    while let Some(j) = t.hub.poll_job(t.now) {
         t.jobs.push_back(j);
     }
     let at = t.hub.poll_timeout(t.now).unwrap();

@@ -531,7 +531,7 @@ impl Server {
                 self.hub.handle_shutdown(t);
                 shutdown_deadline = Some(t.mono_ms + self.cfg.shutdown_grace_ms);
             }
-            self.submit_jobs();
+            self.submit_jobs(t);
             let now_i = Instant::now();
             if shutdown_deadline.is_some() || now_i >= next_flush || (idle && !holding) {
                 self.flush_and_close(t);
@@ -541,7 +541,7 @@ impl Server {
                 flush_due = None;
                 // Writing can queue jobs (the removal of stored messages that reached
                 // a client, the next batch of them): they go now, not next turn.
-                self.submit_jobs();
+                self.submit_jobs(t);
             } else if self.hub.has_output() {
                 flush_due = Some(next_flush);
             } else {
@@ -628,8 +628,8 @@ impl Server {
         }
     }
 
-    fn submit_jobs(&mut self) {
-        while let Some(job) = self.hub.poll_job() {
+    fn submit_jobs(&mut self, t: Now) {
+        while let Some(job) = self.hub.poll_job(t) {
             self.workers.submit(job);
         }
         while let Some(ev) = self.hub.poll_publish() {

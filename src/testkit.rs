@@ -208,7 +208,7 @@ impl Harness {
                 self.inbox.remove(&r);
                 self.closed.push(r);
             }
-            while let Some(j) = self.hub.poll_job() {
+            while let Some(j) = self.hub.poll_job(self.now) {
                 did = true;
                 self.jobs.push_back(j);
             }
@@ -360,6 +360,7 @@ impl Harness {
 pub fn test_config() -> HubConfig {
     HubConfig {
         presence_interval_ms: 0,
+        history_gather_ms: 0,
         ..HubConfig::default()
     }
 }

@@ -220,6 +220,12 @@ struct Args {
     #[arg(long, default_value_t = HubConfig::default().history, value_name = "N")]
     history: usize,
 
+    /// History entries wait at most this long before they go to the store together,
+    /// one commit for all of them (sooner when a page is asked for or 512 wait); 0:
+    /// a commit per loop turn. A crash loses at most this much history.
+    #[arg(long, default_value_t = HubConfig::default().history_gather_ms, value_name = "MS")]
+    history_gather_ms: u64,
+
     /// argon2id passes (time cost) for new password hashes.
     #[arg(long, default_value_t = HashParams::default().passes, value_name = "N")]
     argon2_passes: u32,
@@ -348,6 +354,7 @@ fn run(args: Args) -> Result<(), String> {
             max_conns: args.max_conns.unwrap_or(0),
             max_conns_per_addr: args.max_conns_per_addr,
             history: args.history,
+            history_gather_ms: args.history_gather_ms,
             presence_interval_ms: args.presence_interval_ms,
             job_timeout_ms: args
                 .job_timeout

@@ -3,7 +3,9 @@
 //!
 //! Appending is off the loop and off the fan-out: a message accepted (a group message
 //! broadcast, a private one delivered or stored) is noted here, and every message
-//! noted in one loop turn goes to the store as one job ([`Hub::poll_job`] takes them).
+//! noted within `--history-gather-ms` (20 ms; or 512 of them) goes to the store as one
+//! job, one commit ([`Hub::poll_job`] takes them): per loop turn, a quiet server's
+//! every message would cost a commit of its own, on the same core as the loop.
 //! The store numbers each entry within its conversation and trims the conversation to
 //! its last `--history` entries. A store that is down or slow costs history entries,
 //! never a live delivery: at most [`MAX_APPEND_JOBS`] appends are in flight (the
@@ -35,6 +37,8 @@ pub const MAX_APPEND_JOBS: usize = 2;
 /// Bytes of content waiting to be appended at most; past it the oldest are dropped
 /// (counted as lost).
 pub const MAX_PENDING_BYTES: usize = 1 << 20;
+/// Entries waiting that go to the store at once, gathering time or not.
+pub const GATHER_ENTRIES: usize = 512;
 /// The largest `HistoryResMes` body sent, whatever the client reads.
 pub const MAX_REPLY_BYTES: usize = 1 << 20;
 
@@ -44,6 +48,8 @@ pub(crate) struct Appends {
     pending: VecDeque<HistoryEntry>,
     pending_bytes: usize,
     in_flight: usize,
+    /// When the loop first saw entries waiting (monotonic ms).
+    since_ms: Option<u64>,
     /// The server is stopping: whatever waits goes now, whatever is in flight.
     last_call: bool,
 }
@@ -51,6 +57,18 @@ pub(crate) struct Appends {
 impl Appends {
     fn can_submit(&self) -> bool {
         !self.pending.is_empty() && (self.in_flight < MAX_APPEND_JOBS || self.last_call)
+    }
+
+    /// When what waits is due: at once if enough waits or the server is stopping,
+    /// else `gather_ms` after the loop first saw it.
+    fn due_at(&self, gather_ms: u64) -> Option<u64> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        if self.last_call || self.pending.len() >= GATHER_ENTRIES {
+            return Some(0);
+        }
+        Some(self.since_ms.map_or(0, |t| t.saturating_add(gather_ms)))
     }
 }
 
@@ -83,12 +101,24 @@ impl Hub {
         });
     }
 
-    /// Hands the entries noted so far to a worker as one job, if one may go now.
-    pub(crate) fn flush_history(&mut self) {
-        if !self.appends.can_submit() || self.jobs_in_flight() >= self.cfg.max_jobs {
+    /// Hands the entries noted so far to a worker as one job, if one may go now and
+    /// they are due (see `HubConfig::history_gather_ms`).
+    pub(crate) fn flush_history(&mut self, now: Now) {
+        if !self.appends.pending.is_empty() && self.appends.since_ms.is_none() {
+            self.appends.since_ms = Some(now.mono_ms);
+        }
+        if !self.history_waits(now) {
             return;
         }
         self.submit_appends();
+    }
+
+    /// When entries waiting are due to go, if they can go then.
+    pub(crate) fn history_due_at(&self) -> Option<u64> {
+        if !self.appends.can_submit() {
+            return None;
+        }
+        self.appends.due_at(self.cfg.history_gather_ms)
     }
 
     /// Hands the entries noted so far to a worker as one job, whatever is in flight.
@@ -99,14 +129,16 @@ impl Hub {
         let h = &mut self.appends;
         let entries: Vec<HistoryEntry> = std::mem::take(&mut h.pending).into();
         h.pending_bytes = 0;
+        h.since_ms = None;
         h.in_flight += 1;
         let keep = self.cfg.history;
         self.submit_always(None, JobKind::AppendHistory { entries, keep });
     }
 
-    /// Whether entries wait that could be handed to a worker now.
-    pub(crate) fn history_waits(&self) -> bool {
-        self.appends.can_submit() && self.jobs_in_flight() < self.cfg.max_jobs
+    /// Whether entries wait that are due and could be handed to a worker now.
+    pub(crate) fn history_waits(&self, now: Now) -> bool {
+        self.history_due_at().is_some_and(|at| at <= now.mono_ms)
+            && self.jobs_in_flight() < self.cfg.max_jobs
     }
 
     /// The server is stopping: what waits is appended now, in-flight limit or not.
