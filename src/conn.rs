@@ -93,12 +93,7 @@ impl Part {
 
     /// `bytes[start..]`.
     pub fn tail(bytes: Rc<[u8]>, start: usize) -> Part {
-        let end = bytes.len() as u32;
-        Part {
-            bytes,
-            start: (start as u32).min(end),
-            end,
-        }
+        Part::range(bytes, start, usize::MAX)
     }
 
     /// `bytes[start..end]`.

@@ -24,6 +24,38 @@ fn h() -> Harness {
 }
 
 #[test]
+fn entries_due_while_the_job_queue_is_full_do_not_make_the_loop_spin() {
+    let mut t = Harness::new(HubConfig {
+        msg_rate: 0,
+        presence_interval_ms: 0,
+        history_gather_ms: 20,
+        max_jobs: 1,
+        ..HubConfig::default()
+    });
+    let [a, b] = t.everyone_online([1, 2]);
+    t.register(3);
+    // A private message to a user offline: its storing job fills the queue.
+    t.send(a, &private(3, "stored"));
+    assert_eq!(t.jobs.len(), 1);
+    t.send(b, &sms("waits"));
+    t.advance(25);
+    assert!(
+        t.jobs
+            .iter()
+            .all(|j| !matches!(j.kind, JobKind::AppendHistory { .. }))
+    );
+    assert!(
+        t.hub
+            .poll_timeout(t.now)
+            .is_none_or(|at| at > t.now.mono_ms),
+        "no wake-up at once for entries that cannot go"
+    );
+    // The job's end lets them go.
+    t.run_job(0);
+    assert_eq!(append_sizes(&t.jobs), [2]);
+}
+
+#[test]
 fn entries_are_gathered_into_one_commit_until_due_or_asked_for() {
     let mut t = Harness::new(HubConfig {
         msg_rate: 0,

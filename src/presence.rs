@@ -10,9 +10,9 @@
 //!
 //! A connection whose own user has a notice in the batch (it arrived during the
 //! interval) gets only the notices that came after its own (the tail of the shared
-//! buffer, not a copy): its login reply listed everyone online then, and nobody is told of their own comings and goings. A login
-//! that tells nobody (it replaced the user's older session) leaves a mark in the
-//! batch to the same end.
+//! buffer, not a copy): its login reply listed everyone online then, and nobody is
+//! told of their own comings and goings. A login that tells nobody (it replaced the
+//! user's older session) leaves a mark in the batch to the same end.
 #![forbid(unsafe_code)]
 
 use std::collections::HashSet;

@@ -113,9 +113,11 @@ impl Hub {
         self.submit_appends();
     }
 
-    /// When entries waiting are due to go, if they can go then.
+    /// When entries waiting are due to go, if they can go then. `None` while the
+    /// job queue is full: a finished job wakes the loop, and a due time in the past
+    /// would only make it spin.
     pub(crate) fn history_due_at(&self) -> Option<u64> {
-        if !self.appends.can_submit() {
+        if !self.appends.can_submit() || self.jobs_in_flight() >= self.cfg.max_jobs {
             return None;
         }
         self.appends.due_at(self.cfg.history_gather_ms)
@@ -138,7 +140,6 @@ impl Hub {
     /// Whether entries wait that are due and could be handed to a worker now.
     pub(crate) fn history_waits(&self, now: Now) -> bool {
         self.history_due_at().is_some_and(|at| at <= now.mono_ms)
-            && self.jobs_in_flight() < self.cfg.max_jobs
     }
 
     /// The server is stopping: what waits is appended now, in-flight limit or not.
