@@ -34,7 +34,8 @@ const FULL: u8 = u8::MAX;
 /// An item comes in as a block of its own (level 0); two blocks of the same level
 /// merge into one of the next, as in a binary counter, until a block reaches
 /// [`BLOCK`] bytes and stays as it is. Each item is so copied a few times in all
-/// (once per level, about 9), and a reply has a few dozen parts at 10,000 users.
+/// (once per level, about 9), and a reply has a few dozen parts at 10,000 users. A
+/// list built again from everyone online is cut straight into such blocks.
 #[derive(Debug, Default)]
 struct List {
     blocks: Vec<(Rc<[u8]>, u8)>,
@@ -43,9 +44,28 @@ struct List {
 }
 
 impl List {
-    fn clear(&mut self) {
-        self.blocks.clear();
-        self.bytes = 0;
+    /// The list of `items` in one pass: blocks of [`BLOCK`] bytes that merge no
+    /// more (the last one perhaps shorter), each item copied once.
+    fn build<I: AsRef<str>>(items: impl Iterator<Item = I>) -> List {
+        let mut list = List::default();
+        let mut buf = Vec::new();
+        for item in items {
+            buf.extend_from_slice(item.as_ref().as_bytes());
+            buf.push(b',');
+            if buf.len() >= BLOCK {
+                list.seal(&mut buf);
+            }
+        }
+        if !buf.is_empty() {
+            list.seal(&mut buf);
+        }
+        list
+    }
+
+    fn seal(&mut self, buf: &mut Vec<u8>) {
+        self.bytes += buf.len();
+        self.blocks.push((buf.as_slice().into(), FULL));
+        buf.clear();
     }
 
     fn push(&mut self, item: &str) {
@@ -155,12 +175,10 @@ impl Roster {
 
     /// Builds the roster again from everyone online.
     pub fn rebuild<'a>(&mut self, version: Version, users: impl Iterator<Item = (i64, &'a str)>) {
-        self.ids.clear();
-        self.infos.clear();
-        self.count = 0;
-        for (id, name) in users {
-            self.append(id, name);
-        }
+        let users: Vec<(i64, &str)> = users.collect();
+        self.ids = List::build(users.iter().map(|(id, _)| id.to_string()));
+        self.infos = List::build(users.iter().map(|(id, name)| info_fragment(*id, name)));
+        self.count = users.len();
         self.version = Some(version);
     }
 
@@ -289,7 +307,9 @@ mod tests {
     fn a_large_roster_is_shared_blocks_and_reads_as_serde_writes() {
         let mut users: Vec<(i64, String)> = (1..=3000).map(|i| (i, format!("user {i}"))).collect();
         let mut r = Roster::default();
-        for (id, n) in &users {
+        // Half built again at once (blocks cut straight), half come in one by one.
+        r.rebuild((0, 0), users[..1500].iter().map(|(i, n)| (*i, n.as_str())));
+        for (id, n) in &users[1500..] {
             r.push((1, 0), *id, n);
         }
         let first = r.reply(true);
