@@ -483,7 +483,11 @@ impl Conn {
     /// Gives back idle buffers (see [`OutQueue::shrink_if_empty`]).
     pub fn shrink_idle(&mut self) {
         self.out.shrink_if_empty();
-        self.shrink_inbuf();
+        if self.inbuf.is_empty() && self.inbuf.capacity() > 0 {
+            // Often the rest of a read that came while a login was in flight: some
+            // 100 bytes per connection, kept for as long as it stays idle.
+            self.inbuf = Vec::new();
+        }
     }
 
     /// Gives back the input buffer's memory once it is empty.
