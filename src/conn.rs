@@ -700,4 +700,21 @@ mod tests {
         assert!(c.wants_read());
         assert!(!c.wants_write());
     }
+
+    #[test]
+    fn idle_connections_give_back_small_empty_buffers_but_keep_what_is_waiting() {
+        let mut c = Conn::new(1, "127.0.0.1:1".parse().unwrap(), 0, 20);
+        c.inbuf.extend_from_slice(b"half a frame");
+        c.out.push(frame(b"unwritten"), 100).unwrap();
+        c.shrink_idle();
+        assert_eq!(c.inbuf, b"half a frame");
+        assert_eq!(c.out.len_bytes(), 9);
+
+        c.inbuf.clear();
+        c.out.consume(9);
+        assert!(c.inbuf.capacity() > 0 && c.out.chunks.capacity() > 0);
+        c.shrink_idle();
+        assert_eq!(c.inbuf.capacity(), 0);
+        assert_eq!(c.out.chunks.capacity(), 0);
+    }
 }
