@@ -70,6 +70,12 @@ struct Args {
     #[arg(long, default_value = "./chat-data", value_name = "DIR", global = true)]
     data: PathBuf,
 
+    /// Memory for the data file's pages (MiB): what is read often stays in memory up
+    /// to this much. Not used with --redis.
+    #[arg(long, default_value_t = chat::store::embedded::DEFAULT_CACHE_MIB as u32,
+          value_name = "MIB", value_parser = clap::value_parser!(u32).range(1..=1 << 20))]
+    store_cache_mib: u32,
+
     /// Keep users and offline messages in Redis instead of the data directory, e.g.
     /// redis://127.0.0.1:6379/0 (the seed's schema: hash `users`).
     #[arg(long, value_name = "URL", global = true)]
@@ -283,10 +289,10 @@ fn main() -> ExitCode {
     code
 }
 
-fn embedded_store(dir: &std::path::Path) -> Result<StoreFactory, String> {
+fn embedded_store(dir: &std::path::Path, cache_mib: usize) -> Result<StoreFactory, String> {
     std::fs::create_dir_all(dir)
         .map_err(|e| format!("cannot create data directory {}: {e}", dir.display()))?;
-    let store = EmbeddedStore::open(dir).map_err(|e| e.to_string())?;
+    let store = EmbeddedStore::open_with_cache(dir, cache_mib << 20).map_err(|e| e.to_string())?;
     log::info!(
         "data in {}",
         dir.join(chat::store::embedded::FILE_NAME).display()
@@ -338,7 +344,7 @@ fn run(args: Args) -> Result<(), String> {
     chat::sys::raise_fd_limit();
     let factory = match &args.redis {
         Some(url) => redis_store(url, args.redis_timeout_ms)?,
-        None => embedded_store(&args.data)?,
+        None => embedded_store(&args.data, args.store_cache_mib as usize)?,
     };
 
     let cfg = ServerConfig {

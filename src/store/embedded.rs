@@ -49,6 +49,12 @@ fn now_ms() -> u64 {
 /// The file name inside the data directory.
 pub const FILE_NAME: &str = "chat.redb";
 
+/// Memory for the data file's pages, by default. redb's own default is 1 GiB, which a
+/// small machine does not have: history alone would fill it over time. The file's
+/// pages stay in the kernel's page cache as well, so a page that misses costs a copy,
+/// not a disk read.
+pub const DEFAULT_CACHE_MIB: usize = 32;
+
 /// A handle onto the shared database; cheap to clone, one per worker.
 #[derive(Clone)]
 pub struct EmbeddedStore {
@@ -64,21 +70,31 @@ macro_rules! tryx {
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) `DIR/chat.redb`, creating the tables if missing.
+    /// Opens (or creates) `DIR/chat.redb`, creating the tables if missing, with a
+    /// cache of [`DEFAULT_CACHE_MIB`].
     pub fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
+        EmbeddedStore::open_with_cache(dir, DEFAULT_CACHE_MIB << 20)
+    }
+
+    /// [`EmbeddedStore::open`] with at most `cache_bytes` of the file's pages kept in
+    /// memory (read and not yet written ones together).
+    pub fn open_with_cache(dir: &Path, cache_bytes: usize) -> Result<EmbeddedStore, StoreError> {
         let path = dir.join(FILE_NAME);
-        let db = Database::create(&path).map_err(|e| {
-            StoreError::Unavailable(format!(
-                "cannot open the data file {}: {}",
-                path.display(),
-                match e {
-                    redb::DatabaseError::DatabaseAlreadyOpen => {
-                        "it is in use by another process (is another server running on this data directory?)".to_string()
-                    }
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(&path)
+            .map_err(|e| {
+                let why = match e {
+                    redb::DatabaseError::DatabaseAlreadyOpen => "it is in use by another \
+                        process (is another server running on this data directory?)"
+                        .to_string(),
                     other => other.to_string(),
-                }
-            ))
-        })?;
+                };
+                StoreError::Unavailable(format!(
+                    "cannot open the data file {}: {why}",
+                    path.display()
+                ))
+            })?;
         let tx = tryx!(db.begin_write(), "begin write");
         {
             tryx!(tx.open_table(USERS), "open users");
