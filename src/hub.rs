@@ -112,7 +112,7 @@ impl Default for HubConfig {
             login_rate: 30,
             summary_interval_ms: 10_000,
             history: 1000,
-            history_gather_ms: 20,
+            history_gather_ms: 100,
             presence_interval_ms: 50,
         }
     }
