@@ -129,6 +129,9 @@ impl Link {
 
     pub fn write_vectored(&mut self, iov: &[IoSlice<'_>]) -> io::Result<usize> {
         match self {
+            // One slice (the common case at light load): `write`, which the kernel
+            // takes without reading an iovec array.
+            Link::Plain(s) if iov.len() == 1 => Write::write(s, &iov[0]),
             Link::Plain(s) => s.write_vectored(iov),
             Link::Wrapped(t) => t.write_vectored(iov),
         }
