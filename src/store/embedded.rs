@@ -18,6 +18,7 @@
 //!   conversation → its last id. An append numbers, inserts and trims in one
 //!   transaction: one commit (one sync) per batch.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -247,16 +248,36 @@ impl Store for EmbeddedStore {
         {
             let mut t = tryx!(tx.open_table(HISTORY), "open history");
             let mut ids = tryx!(tx.open_table(HISTORY_IDS), "open history_ids");
+            // Each conversation's last id, read once and written once per append (a
+            // busy group's append is hundreds of entries of one conversation).
+            let mut last: HashMap<(i64, i64), u64> = HashMap::new();
             for e in entries {
-                let (a, b) = Conv::of(e).key();
-                let id = tryx!(ids.get((a, b)), "read history id").map_or(0, |v| v.value()) + 1;
+                let conv = Conv::of(e).key();
+                let id = match last.get_mut(&conv) {
+                    Some(id) => id,
+                    None => {
+                        let stored = tryx!(ids.get(conv), "read history id").map(|v| v.value());
+                        last.entry(conv).or_insert(stored.unwrap_or(0))
+                    }
+                };
+                *id += 1;
+                // Stored without its id: the key holds it (the hub's entries have none).
+                let json = if e.id == 0 {
+                    serde_json::to_string(e)
+                } else {
+                    serde_json::to_string(&HistoryEntry { id: 0, ..e.clone() })
+                }
+                .map_err(|e| StoreError::new("encode", e))?;
+                tryx!(
+                    t.insert((conv.0, conv.1, *id), json.as_str()),
+                    "write history"
+                );
+            }
+            for ((a, b), id) in last {
                 tryx!(ids.insert((a, b), id), "write history id");
-                // Stored without its id: the key holds it.
-                let json = serde_json::to_string(&HistoryEntry { id: 0, ..e.clone() })
-                    .map_err(|e| StoreError::new("encode", e))?;
-                tryx!(t.insert((a, b, id), json.as_str()), "write history");
                 if id > keep as u64 {
-                    // Trimmed at every append, so this range holds one entry or so.
+                    // Trimmed at every append, so this range holds what this one
+                    // pushed past the limit.
                     tryx!(
                         t.retain_in((a, b, 0)..=(a, b, id - keep as u64), |_, _| false),
                         "trim history"
