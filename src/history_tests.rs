@@ -101,6 +101,27 @@ fn entries_are_gathered_into_one_commit_until_due_or_asked_for() {
     );
 }
 
+#[test]
+fn long_messages_go_to_the_store_at_once_instead_of_being_dropped() {
+    use crate::hub::handlers::history::{GATHER_CONTENT_BYTES, MAX_PENDING_BYTES};
+    let mut t = gathering(HubConfig::default().max_jobs);
+    let [a, _] = t.everyone_online([1, 2]);
+    let long = "x".repeat(16 * 1024);
+    let n = GATHER_CONTENT_BYTES / long.len();
+    assert!(n * long.len() < MAX_PENDING_BYTES);
+    for _ in 0..n {
+        t.send(a, &sms(&long));
+    }
+    assert_eq!(append_sizes(&t.jobs), [n], "due at once, not after 20 ms");
+    t.run_jobs();
+    // Twice as much again while the store keeps up: still nothing lost.
+    for _ in 0..2 * n {
+        t.send(a, &sms(&long));
+        t.run_jobs();
+    }
+    assert_eq!(t.hub.stats.history_lost, 0);
+}
+
 fn sms(content: &str) -> ClientMessage {
     ClientMessage::Sms(SmsMes {
         content: content.into(),

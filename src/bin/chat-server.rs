@@ -227,7 +227,7 @@ struct Args {
     history: usize,
 
     /// History entries wait at most this long before they go to the store together,
-    /// one commit for all of them (sooner when a page is asked for or 512 wait); 0:
+    /// one commit for all of them (sooner when a page is asked for or 4,096 wait); 0:
     /// a commit per loop turn. A crash loses at most this much history.
     #[arg(long, default_value_t = HubConfig::default().history_gather_ms, value_name = "MS")]
     history_gather_ms: u64,

@@ -3,7 +3,7 @@
 //!
 //! Appending is off the loop and off the fan-out: a message accepted (a group message
 //! broadcast, a private one delivered or stored) is noted here, and every message
-//! noted within `--history-gather-ms` (100 ms; or 512 of them) goes to the store as one
+//! noted within `--history-gather-ms` (100 ms; or 4,096 of them, or 256 KiB) goes to the store as one
 //! job, one commit ([`Hub::poll_job`] takes them): per loop turn, a quiet server's
 //! every message would cost a commit of its own, on the same core as the loop. A
 //! commit syncs the file: 10 a second is little CPU and leaves a slow disk idle;
@@ -39,8 +39,14 @@ pub const MAX_APPEND_JOBS: usize = 2;
 /// Bytes of content waiting to be appended at most; past it the oldest are dropped
 /// (counted as lost).
 pub const MAX_PENDING_BYTES: usize = 1 << 20;
-/// Entries waiting that go to the store at once, gathering time or not.
-pub const GATHER_ENTRIES: usize = 512;
+/// Entries waiting that go to the store at once, gathering time or not. At saturation
+/// on one core, 4,096 instead of 512 (14 commits a second instead of 110) raised
+/// deliveries by about a tenth.
+pub const GATHER_ENTRIES: usize = 4096;
+/// Bytes of content waiting that go to the store at once: well before
+/// [`MAX_PENDING_BYTES`], so that long messages are sent on, not dropped, while the
+/// store keeps up.
+pub const GATHER_CONTENT_BYTES: usize = MAX_PENDING_BYTES / 4;
 /// The largest `HistoryResMes` body sent, whatever the client reads.
 pub const MAX_REPLY_BYTES: usize = 1 << 20;
 
@@ -67,7 +73,10 @@ impl Appends {
         if self.pending.is_empty() {
             return None;
         }
-        if self.last_call || self.pending.len() >= GATHER_ENTRIES {
+        if self.last_call
+            || self.pending.len() >= GATHER_ENTRIES
+            || self.pending_bytes >= GATHER_CONTENT_BYTES
+        {
             return Some(0);
         }
         Some(self.since_ms.map_or(0, |t| t.saturating_add(gather_ms)))
