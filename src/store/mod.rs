@@ -411,6 +411,16 @@ pub mod suite {
         assert_eq!(pair.0.iter().map(|e| e.id).collect::<Vec<_>>(), [6, 7, 8]);
         // Nothing to append is no error.
         a.append_history(&[], 3).unwrap();
+        // More than one script's worth at once (Redis runs them in slices): numbered
+        // on without a gap, in order.
+        let lots: Vec<HistoryEntry> = (0..1_100)
+            .map(|i| entry(5, Some(6), &format!("l{i}")))
+            .collect();
+        a.append_history(&lots, 2_000).unwrap();
+        let (got, more) = b.read_history(Conv::pair(5, 6), 0, 2_000).unwrap();
+        assert!(!more);
+        assert!(got.iter().map(|e| e.id).eq(1..=1_100));
+        assert!(got.iter().zip(&lots).all(|(g, l)| g.content == l.content));
     }
 
     /// What the operators' commands need: list, modify in place, remove.
