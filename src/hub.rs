@@ -85,7 +85,8 @@ pub struct HubConfig {
     pub history: usize,
     /// History entries wait at most this long after the first of them before they
     /// go to the store together, as one commit (sooner when a page is asked for, or
-    /// when [`handlers::history::GATHER_ENTRIES`] wait). 0: at the end of each turn.
+    /// when [`handlers::history::GATHER_ENTRIES`] or
+    /// [`handlers::history::GATHER_CONTENT_BYTES`] wait). 0: at the end of each turn.
     pub history_gather_ms: u64,
     /// Presence notices (who came online, who left) are sent together at most this
     /// long after the first of them, or at once before any message from one user to

@@ -128,6 +128,7 @@ impl JobKind {
             },
             JobKind::AppendHistory { entries, .. } => Outcome::AppendHistory {
                 count: entries.len(),
+                kept: 0,
                 result: Err(e),
             },
             JobKind::ReadHistory { .. } => Outcome::History(Err(e)),
@@ -199,6 +200,8 @@ pub enum Outcome {
     /// `count` history entries appended (or lost, on an error).
     AppendHistory {
         count: usize,
+        /// Of them, appended before a slice failed (all of them when `result` is ok).
+        kept: usize,
         result: Result<(), StoreError>,
     },
     /// A page of history, oldest first, and whether older entries exist.
@@ -275,10 +278,22 @@ pub fn execute(store: &mut dyn Store, hasher: &dyn Passwords, kind: JobKind) -> 
             upto,
             result: store.ack_offline(user_id, upto),
         },
-        JobKind::AppendHistory { entries, keep } => Outcome::AppendHistory {
-            count: entries.len(),
-            result: store.append_history(&entries, keep),
-        },
+        JobKind::AppendHistory { entries, keep } => {
+            let mut kept = 0;
+            let mut result = Ok(());
+            for slice in entries.chunks(store.history_slice().max(1)) {
+                result = store.append_history(slice, keep);
+                if result.is_err() {
+                    break;
+                }
+                kept += slice.len();
+            }
+            Outcome::AppendHistory {
+                count: entries.len(),
+                kept,
+                result,
+            }
+        }
         JobKind::ReadHistory {
             conv,
             before,
@@ -618,6 +633,90 @@ mod tests {
         );
         s.set_failing(None);
         assert!(s.get_user(3).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_long_append_goes_in_the_stores_slices_and_says_how_many_were_kept() {
+        // Slices of two; the store goes down after the first slice.
+        struct Sliced(MemStore, usize);
+        impl Store for Sliced {
+            fn history_slice(&self) -> usize {
+                2
+            }
+            fn append_history(
+                &mut self,
+                e: &[HistoryEntry],
+                keep: usize,
+            ) -> Result<(), StoreError> {
+                assert!(e.len() <= 2, "a slice of {}", e.len());
+                self.1 += 1;
+                let r = self.0.append_history(e, keep);
+                self.0.set_failing(Some("down"));
+                r
+            }
+            fn get_user(&mut self, id: i64) -> Result<Option<UserRecord>, StoreError> {
+                self.0.get_user(id)
+            }
+            fn create_user(&mut self, rec: &UserRecord) -> Result<bool, StoreError> {
+                self.0.create_user(rec)
+            }
+            fn update_user(&mut self, rec: &UserRecord) -> Result<(), StoreError> {
+                self.0.update_user(rec)
+            }
+            fn push_offline(
+                &mut self,
+                msg: &OfflineMsg,
+                id: &OfflineId,
+            ) -> Result<Option<u64>, StoreError> {
+                self.0.push_offline(msg, id)
+            }
+            fn fetch_offline(&mut self, u: i64, max: usize) -> Result<Vec<StoredMsg>, StoreError> {
+                self.0.fetch_offline(u, max)
+            }
+            fn ack_offline(&mut self, u: i64, upto: u64) -> Result<(), StoreError> {
+                self.0.ack_offline(u, upto)
+            }
+            fn read_history(
+                &mut self,
+                conv: Conv,
+                before: u64,
+                limit: usize,
+            ) -> Result<(Vec<HistoryEntry>, bool), StoreError> {
+                self.0.read_history(conv, before, limit)
+            }
+        }
+        let entries: Vec<HistoryEntry> = (0..5)
+            .map(|i| HistoryEntry {
+                user_id: 1,
+                content: format!("m{i}"),
+                ..HistoryEntry::default()
+            })
+            .collect();
+        let mut s = MemStore::new();
+        let mut w = Sliced(s.clone(), 0);
+        let out = execute(
+            &mut w,
+            &hasher(),
+            JobKind::AppendHistory { entries, keep: 10 },
+        );
+        assert!(
+            matches!(
+                out,
+                Outcome::AppendHistory {
+                    count: 5,
+                    kept: 2,
+                    result: Err(_)
+                }
+            ),
+            "{out:?}"
+        );
+        assert_eq!(w.1, 2, "no slice after the failed one");
+        s.set_failing(None);
+        let (kept, _) = s.read_history(Conv::Group, 0, 10).unwrap();
+        assert_eq!(
+            kept.iter().map(|e| e.content.as_str()).collect::<Vec<_>>(),
+            ["m0", "m1"]
+        );
     }
 
     #[test]

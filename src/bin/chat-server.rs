@@ -227,7 +227,7 @@ struct Args {
     history: usize,
 
     /// History entries wait at most this long before they go to the store together,
-    /// one commit for all of them (sooner when a page is asked for or 4,096 wait); 0:
+    /// one commit for all of them (sooner when a page is asked for, or 4,096 or 256 KiB wait); 0:
     /// a commit per loop turn. A crash loses at most this much history.
     #[arg(long, default_value_t = HubConfig::default().history_gather_ms, value_name = "MS")]
     history_gather_ms: u64,
@@ -292,7 +292,8 @@ fn main() -> ExitCode {
 fn embedded_store(dir: &std::path::Path, cache_mib: usize) -> Result<StoreFactory, String> {
     std::fs::create_dir_all(dir)
         .map_err(|e| format!("cannot create data directory {}: {e}", dir.display()))?;
-    let store = EmbeddedStore::open_with_cache(dir, cache_mib << 20).map_err(|e| e.to_string())?;
+    let store = EmbeddedStore::open_with_cache(dir, cache_mib.saturating_mul(1 << 20))
+        .map_err(|e| e.to_string())?;
     log::info!(
         "data in {}",
         dir.join(chat::store::embedded::FILE_NAME).display()

@@ -36,14 +36,14 @@ use crate::store::{Conv, OfflineMsg, StoreError};
 /// Append jobs in flight at once: more entries wait in the hub and go together, so a
 /// slow store never fills the job queue with history and refuses private messages.
 pub const MAX_APPEND_JOBS: usize = 2;
-/// Bytes of content waiting to be appended at most; past it the oldest are dropped
-/// (counted as lost).
+/// Bytes of content (and names) waiting to be appended at most; past it the oldest
+/// are dropped (counted as lost).
 pub const MAX_PENDING_BYTES: usize = 1 << 20;
 /// Entries waiting that go to the store at once, gathering time or not. At saturation
 /// on one core, 4,096 instead of 512 (14 commits a second instead of 110) raised
 /// deliveries by about a tenth.
 pub const GATHER_ENTRIES: usize = 4096;
-/// Bytes of content waiting that go to the store at once: well before
+/// Bytes of content (and names) waiting that go to the store at once: well before
 /// [`MAX_PENDING_BYTES`], so that long messages are sent on, not dropped, while the
 /// store keeps up.
 pub const GATHER_CONTENT_BYTES: usize = MAX_PENDING_BYTES / 4;
@@ -162,16 +162,22 @@ impl Hub {
     /// more to do with it), or a private message stored, which joins its history.
     pub(crate) fn history_outcome(&mut self, outcome: &mut Outcome) -> bool {
         match outcome {
-            Outcome::AppendHistory { count, result } => {
+            Outcome::AppendHistory {
+                count,
+                kept,
+                result,
+            } => {
                 self.appends.in_flight = self.appends.in_flight.saturating_sub(1);
                 match result {
                     Ok(()) => self.stats.history_appended += *count as u64,
                     Err(e) => {
-                        self.stats.history_lost += *count as u64;
-                        self.summary.history_lost += *count as u64;
+                        let lost = count.saturating_sub(*kept);
+                        self.stats.history_appended += *kept as u64;
+                        self.stats.history_lost += lost as u64;
+                        self.summary.history_lost += lost as u64;
                         self.store_error(&format!(
-                            "{count} history entries not kept (live delivery is not \
-                             affected): {e}"
+                            "{lost} of {count} history entries not kept (live delivery \
+                             is not affected): {e}"
                         ));
                     }
                 }

@@ -221,6 +221,11 @@ pub trait Store: Send {
     /// last `keep` entries of each conversation it touched. All or nothing; a repeat
     /// of the same call after a lost answer appends nothing twice.
     fn append_history(&mut self, entries: &[HistoryEntry], keep: usize) -> Result<(), StoreError>;
+    /// The most entries one [`Store::append_history`] should take: a longer append is
+    /// made in slices of this many, one after the other. Default: no limit.
+    fn history_slice(&self) -> usize {
+        usize::MAX
+    }
     /// The newest `limit` entries of `conv` with an id below `before` (0: any id),
     /// oldest first, and whether older ones exist.
     fn read_history(
@@ -411,8 +416,8 @@ pub mod suite {
         assert_eq!(pair.0.iter().map(|e| e.id).collect::<Vec<_>>(), [6, 7, 8]);
         // Nothing to append is no error.
         a.append_history(&[], 3).unwrap();
-        // More than one script's worth at once (Redis runs them in slices): numbered
-        // on without a gap, in order.
+        // Many at once (more than a Redis store's slice): numbered on without a gap,
+        // in order.
         let lots: Vec<HistoryEntry> = (0..1_100)
             .map(|i| entry(5, Some(6), &format!("l{i}")))
             .collect();
