@@ -432,6 +432,76 @@ mod tests {
         )
     }
 
+    /// A handle on a `MemStore` that misbehaves on purpose, as a test sets it.
+    struct Hooked {
+        s: MemStore,
+        /// After a user is created: the answer lost, and the store down.
+        lose_creates: bool,
+        /// The store's history slice; the store goes down after each append.
+        slice: usize,
+        appends: usize,
+    }
+
+    impl Hooked {
+        fn new(s: &MemStore) -> Hooked {
+            Hooked {
+                s: s.clone(),
+                lose_creates: false,
+                slice: usize::MAX,
+                appends: 0,
+            }
+        }
+    }
+
+    impl Store for Hooked {
+        fn get_user(&mut self, id: i64) -> Result<Option<UserRecord>, StoreError> {
+            self.s.get_user(id)
+        }
+        fn create_user(&mut self, rec: &UserRecord) -> Result<bool, StoreError> {
+            let r = self.s.create_user(rec);
+            if !self.lose_creates {
+                return r;
+            }
+            r?;
+            self.s.set_failing(Some("down"));
+            Err(StoreError::Uncertain("reply lost".into()))
+        }
+        fn update_user(&mut self, rec: &UserRecord) -> Result<(), StoreError> {
+            self.s.update_user(rec)
+        }
+        fn push_offline(
+            &mut self,
+            msg: &OfflineMsg,
+            id: &OfflineId,
+        ) -> Result<Option<u64>, StoreError> {
+            self.s.push_offline(msg, id)
+        }
+        fn fetch_offline(&mut self, u: i64, max: usize) -> Result<Vec<StoredMsg>, StoreError> {
+            self.s.fetch_offline(u, max)
+        }
+        fn ack_offline(&mut self, u: i64, upto: u64) -> Result<(), StoreError> {
+            self.s.ack_offline(u, upto)
+        }
+        fn history_slice(&self) -> usize {
+            self.slice
+        }
+        fn append_history(&mut self, e: &[HistoryEntry], keep: usize) -> Result<(), StoreError> {
+            assert!(e.len() <= self.slice, "a slice of {}", e.len());
+            self.appends += 1;
+            let r = self.s.append_history(e, keep);
+            self.s.set_failing(Some("down"));
+            r
+        }
+        fn read_history(
+            &mut self,
+            conv: Conv,
+            before: u64,
+            limit: usize,
+        ) -> Result<(Vec<HistoryEntry>, bool), StoreError> {
+            self.s.read_history(conv, before, limit)
+        }
+    }
+
     fn private(s: &mut MemStore, from: i64, to: i64, msg_id: Option<&str>) -> OfflineStored {
         let h = hasher();
         let kind = JobKind::StoreOffline {
@@ -573,49 +643,8 @@ mod tests {
     fn an_uncertain_registration_that_cannot_be_checked_stays_uncertain() {
         let (mut s, h) = (MemStore::new(), hasher());
         // Created, the answer lost, and the store unreadable right after.
-        struct LoseThenFail(MemStore);
-        impl Store for LoseThenFail {
-            fn get_user(&mut self, id: i64) -> Result<Option<UserRecord>, StoreError> {
-                self.0.get_user(id)
-            }
-            fn create_user(&mut self, rec: &UserRecord) -> Result<bool, StoreError> {
-                self.0.create_user(rec)?;
-                self.0.set_failing(Some("down"));
-                Err(StoreError::Uncertain("reply lost".into()))
-            }
-            fn update_user(&mut self, rec: &UserRecord) -> Result<(), StoreError> {
-                self.0.update_user(rec)
-            }
-            fn push_offline(
-                &mut self,
-                msg: &OfflineMsg,
-                id: &OfflineId,
-            ) -> Result<Option<u64>, StoreError> {
-                self.0.push_offline(msg, id)
-            }
-            fn fetch_offline(&mut self, u: i64, max: usize) -> Result<Vec<StoredMsg>, StoreError> {
-                self.0.fetch_offline(u, max)
-            }
-            fn ack_offline(&mut self, u: i64, upto: u64) -> Result<(), StoreError> {
-                self.0.ack_offline(u, upto)
-            }
-            fn append_history(
-                &mut self,
-                e: &[HistoryEntry],
-                keep: usize,
-            ) -> Result<(), StoreError> {
-                self.0.append_history(e, keep)
-            }
-            fn read_history(
-                &mut self,
-                conv: Conv,
-                before: u64,
-                limit: usize,
-            ) -> Result<(Vec<HistoryEntry>, bool), StoreError> {
-                self.0.read_history(conv, before, limit)
-            }
-        }
-        let mut w = LoseThenFail(s.clone());
+        let mut w = Hooked::new(&s);
+        w.lose_creates = true;
         let out = execute(
             &mut w,
             &h,
@@ -637,54 +666,6 @@ mod tests {
 
     #[test]
     fn a_long_append_goes_in_the_stores_slices_and_says_how_many_were_kept() {
-        // Slices of two; the store goes down after the first slice.
-        struct Sliced(MemStore, usize);
-        impl Store for Sliced {
-            fn history_slice(&self) -> usize {
-                2
-            }
-            fn append_history(
-                &mut self,
-                e: &[HistoryEntry],
-                keep: usize,
-            ) -> Result<(), StoreError> {
-                assert!(e.len() <= 2, "a slice of {}", e.len());
-                self.1 += 1;
-                let r = self.0.append_history(e, keep);
-                self.0.set_failing(Some("down"));
-                r
-            }
-            fn get_user(&mut self, id: i64) -> Result<Option<UserRecord>, StoreError> {
-                self.0.get_user(id)
-            }
-            fn create_user(&mut self, rec: &UserRecord) -> Result<bool, StoreError> {
-                self.0.create_user(rec)
-            }
-            fn update_user(&mut self, rec: &UserRecord) -> Result<(), StoreError> {
-                self.0.update_user(rec)
-            }
-            fn push_offline(
-                &mut self,
-                msg: &OfflineMsg,
-                id: &OfflineId,
-            ) -> Result<Option<u64>, StoreError> {
-                self.0.push_offline(msg, id)
-            }
-            fn fetch_offline(&mut self, u: i64, max: usize) -> Result<Vec<StoredMsg>, StoreError> {
-                self.0.fetch_offline(u, max)
-            }
-            fn ack_offline(&mut self, u: i64, upto: u64) -> Result<(), StoreError> {
-                self.0.ack_offline(u, upto)
-            }
-            fn read_history(
-                &mut self,
-                conv: Conv,
-                before: u64,
-                limit: usize,
-            ) -> Result<(Vec<HistoryEntry>, bool), StoreError> {
-                self.0.read_history(conv, before, limit)
-            }
-        }
         let entries: Vec<HistoryEntry> = (0..5)
             .map(|i| HistoryEntry {
                 user_id: 1,
@@ -692,8 +673,10 @@ mod tests {
                 ..HistoryEntry::default()
             })
             .collect();
+        // Slices of two; the store goes down after the first slice.
         let mut s = MemStore::new();
-        let mut w = Sliced(s.clone(), 0);
+        let mut w = Hooked::new(&s);
+        w.slice = 2;
         let out = execute(
             &mut w,
             &hasher(),
@@ -710,7 +693,7 @@ mod tests {
             ),
             "{out:?}"
         );
-        assert_eq!(w.1, 2, "no slice after the failed one");
+        assert_eq!(w.appends, 2, "no slice after the failed one");
         s.set_failing(None);
         let (kept, _) = s.read_history(Conv::Group, 0, 10).unwrap();
         assert_eq!(
