@@ -504,16 +504,19 @@ impl Conn {
     /// Gives back idle buffers (see [`OutQueue::shrink_if_empty`]).
     pub fn shrink_idle(&mut self) {
         self.out.shrink_if_empty();
-        if self.inbuf.is_empty() && self.inbuf.capacity() > 0 {
-            // Often the rest of a read that came while a login was in flight: some
-            // 100 bytes per connection, kept for as long as it stays idle.
-            self.inbuf = Vec::new();
-        }
+        // However small: often the rest of a read that came while a login was in
+        // flight, some 100 bytes per connection, kept for as long as it stays idle.
+        self.shrink_inbuf_over(0);
     }
 
-    /// Gives back the input buffer's memory once it is empty.
+    /// Gives back the input buffer's memory once it is empty, if it is over
+    /// [`KEEP_INBUF`] (a busy connection keeps a small one).
     pub fn shrink_inbuf(&mut self) {
-        if self.inbuf.is_empty() && self.inbuf.capacity() > KEEP_INBUF {
+        self.shrink_inbuf_over(KEEP_INBUF);
+    }
+
+    fn shrink_inbuf_over(&mut self, keep: usize) {
+        if self.inbuf.is_empty() && self.inbuf.capacity() > keep {
             self.inbuf = Vec::new();
         }
     }
