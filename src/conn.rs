@@ -8,7 +8,9 @@
 //!
 //! The output queue ([`OutQueue`]) holds parts of shared, already-encoded buffers
 //! ([`Part`]: a range of an `Rc<[u8]>`): a group message is encoded once and every
-//! recipient's queue points at the same bytes; a login reply is mostly the shared
+//! recipient's queue points at the same bytes, and the group messages of a busy
+//! stretch of turns share one buffer ([`TurnBuf`]), so that a recipient's run of them
+//! is one part; a login reply is mostly the shared
 //! blocks of the roster; a newcomer's presence notices are the tail of the batch
 //! everyone else gets whole.
 //! It is bounded in bytes; a client that stops reading hits the bound and is dropped,
@@ -119,7 +121,84 @@ impl Part {
 
     /// Whether both parts are of the same shared buffer.
     pub fn same_bytes(&self, other: &Part) -> bool {
-        Rc::ptr_eq(&self.bytes, &other.bytes)
+        self.same_bytes_as(&other.bytes)
+    }
+
+    #[inline]
+    fn same_bytes_as(&self, bytes: &Rc<[u8]>) -> bool {
+        Rc::ptr_eq(&self.bytes, bytes)
+    }
+}
+
+/// The small broadcast frames of a stretch of turns, back to back in one buffer that
+/// becomes one shared `Rc<[u8]>` ([`TurnBuf::seal`]) before anything is written.
+///
+/// Until then the recipients' queues hold ranges of it that point at `mark`, an empty
+/// buffer of its own, and a recipient's consecutive frames are one range
+/// ([`OutQueue::push_turn`]). At saturation a loop turn broadcasts tens of group
+/// messages: one part per recipient instead of one per message and recipient makes
+/// queuing cheaper, and a queue of one part is written straight from the shared
+/// bytes, with no copy into the write buffer.
+#[derive(Debug)]
+pub struct TurnBuf {
+    buf: Vec<u8>,
+    mark: Rc<[u8]>,
+    /// The connections with parts pointing at `mark` (a slab key can be there again
+    /// for a connection that took a closed one's place: sealing it finds nothing).
+    touched: Vec<usize>,
+}
+
+/// Frames up to this size go into the turn's buffer; longer ones are shared on their
+/// own (written from where they are, see [`GATHER_FRAME`]).
+pub const TURN_FRAME: usize = GATHER_FRAME;
+/// The turn's buffer is sealed, and another started, past this size: a slow reader
+/// holding part of a buffer keeps all of it.
+pub const TURN_BYTES: usize = 256 * 1024;
+
+impl Default for TurnBuf {
+    fn default() -> TurnBuf {
+        TurnBuf {
+            buf: Vec::new(),
+            mark: Rc::from(Vec::new()),
+            touched: Vec::new(),
+        }
+    }
+}
+
+impl TurnBuf {
+    /// Appends `frame` (at most [`TURN_FRAME`] bytes) and returns its range.
+    pub fn add(&mut self, frame: &[u8]) -> (usize, usize) {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(frame);
+        (start, self.buf.len())
+    }
+
+    /// Whether the buffer is due to be sealed before more is added.
+    pub fn is_full(&self) -> bool {
+        self.buf.len() >= TURN_BYTES
+    }
+
+    /// Notes that `key`'s queue got its first part of this buffer.
+    pub fn touched(&mut self, key: usize) {
+        self.touched.push(key);
+    }
+
+    /// Makes the shared bytes and points every part queued so far at them; the buffer
+    /// starts again empty.
+    pub fn seal(&mut self, conns: &mut slab::Slab<Conn>) {
+        if self.buf.is_empty() {
+            return;
+        }
+        let bytes: Rc<[u8]> = Rc::from(self.buf.as_slice());
+        self.buf.clear();
+        if self.buf.capacity() > 2 * TURN_BYTES {
+            self.buf.shrink_to(TURN_BYTES);
+        }
+        for key in self.touched.drain(..) {
+            if let Some(c) = conns.get_mut(key) {
+                c.out.seal(&self.mark, &bytes);
+            }
+        }
     }
 }
 
@@ -137,6 +216,8 @@ pub struct OutQueue {
     /// `queued_total`.
     reply_len: u32,
     reply_end: u64,
+    /// Parts that still point at a [`TurnBuf`]'s mark (see [`OutQueue::push_turn`]).
+    unsealed: u32,
 }
 
 /// Slices handed to one vectored write, kept on the stack. Every slice but the copied
@@ -192,6 +273,54 @@ impl OutQueue {
         Ok(())
     }
 
+    /// Queues `buf[start..end]` of the turn's shared buffer, `turn`, which is not made
+    /// yet: the part points at its mark until [`OutQueue::seal`]. Right after a part of
+    /// the same buffer that ends where this one starts, the two are one part: a
+    /// recipient of every group message of a busy turn holds one part for all of them,
+    /// written with one `send` and no copy. Returns whether this is the queue's first
+    /// part of the buffer (the caller notes the queue, to seal it). Unless that would
+    /// take the queue over `limit` bytes.
+    pub fn push_turn(
+        &mut self,
+        turn: &TurnBuf,
+        start: usize,
+        end: usize,
+        limit: usize,
+    ) -> Result<bool, Overflow> {
+        let len = end - start;
+        if self.counted() + len > limit {
+            return Err(Overflow);
+        }
+        self.queued_total += len as u64;
+        if let Some(last) = self.chunks.back_mut()
+            && last.end as usize == start
+            && last.same_bytes_as(&turn.mark)
+        {
+            last.end = end as u32;
+            return Ok(false);
+        }
+        self.chunks.push_back(Part {
+            bytes: turn.mark.clone(),
+            start: start as u32,
+            end: end as u32,
+        });
+        self.unsealed += 1;
+        Ok(self.unsealed == 1)
+    }
+
+    /// Points the parts of the turn's buffer (at `mark`) at its bytes, now made.
+    fn seal(&mut self, mark: &Rc<[u8]>, bytes: &Rc<[u8]>) {
+        for part in self.chunks.iter_mut().rev() {
+            if self.unsealed == 0 {
+                break;
+            }
+            if part.same_bytes_as(mark) {
+                part.bytes = bytes.clone();
+                self.unsealed -= 1;
+            }
+        }
+    }
+
     fn reply_pending(&self) -> bool {
         self.reply_len > 0
     }
@@ -243,6 +372,10 @@ impl OutQueue {
     where
         W: FnMut(&[IoSlice<'_>]) -> io::Result<usize>,
     {
+        debug_assert_eq!(
+            self.unsealed, 0,
+            "a turn's buffer not sealed before a write"
+        );
         // Which part of the write each slice is: a range of `scratch` or a whole chunk.
         #[derive(Clone, Copy)]
         enum Slot {
@@ -714,6 +847,55 @@ mod tests {
             q.write_with(&mut scratch, |_| Err(io::ErrorKind::ConnectionReset.into()))
                 .is_err()
         );
+    }
+
+    #[test]
+    fn a_turns_broadcasts_are_one_part_per_recipient_in_order_with_other_frames() {
+        let mut conns = slab::Slab::new();
+        let conn = || Conn::new(1, "127.0.0.1:1".parse().unwrap(), 0, 20);
+        let (a, b, gone) = (
+            conns.insert(conn()),
+            conns.insert(conn()),
+            conns.insert(conn()),
+        );
+        let mut turn = TurnBuf::default();
+        // What the hub does: a queue's first part of the buffer is noted, to be sealed.
+        let push = |turn: &mut TurnBuf, conns: &mut slab::Slab<Conn>, key, range, limit| {
+            let (start, end) = range;
+            let first = conns[key].out.push_turn(turn, start, end, limit)?;
+            if first {
+                turn.touched(key);
+            }
+            Ok::<bool, Overflow>(first)
+        };
+        let one = turn.add(b"one");
+        for key in [a, b, gone] {
+            assert_eq!(push(&mut turn, &mut conns, key, one, 100), Ok(true));
+        }
+        // Another frame between two broadcasts keeps its place.
+        conns[a].out.push(frame(b"X"), 100).unwrap();
+        let two = turn.add(b"two");
+        for key in [a, b] {
+            assert_eq!(push(&mut turn, &mut conns, key, two, 100), Ok(false));
+        }
+        // Over the limit, like any frame: nothing queued.
+        let three = turn.add(b"three");
+        assert_eq!(push(&mut turn, &mut conns, b, three, 8), Err(Overflow));
+        assert_eq!(conns[b].out.len_bytes(), 6);
+        // b's two broadcasts are one part; a's are two, around its own frame.
+        assert_eq!(conns[b].out.chunks.len(), 1);
+        assert_eq!(conns[a].out.chunks.len(), 3);
+        // A connection that went before the seal takes nothing with it.
+        conns.remove(gone);
+        turn.seal(&mut conns);
+        assert_eq!(write_all(&mut conns[a].out), b"oneXtwo");
+        assert_eq!(write_all(&mut conns[b].out), b"onetwo");
+        // The next buffer starts over: a queue's first part of it is noted again.
+        let four = turn.add(b"four");
+        assert_eq!(four, (0, 4));
+        assert_eq!(push(&mut turn, &mut conns, b, four, 100), Ok(true));
+        turn.seal(&mut conns);
+        assert_eq!(write_all(&mut conns[b].out), b"four");
     }
 
     #[test]

@@ -39,7 +39,9 @@ use crate::proto::{self, ClientMessage, CodeRes, ServerMessage, code, status};
 use crate::rate::{PerAddr, addr_key};
 use crate::roster::Roster;
 use crate::users::Registry;
-use conn::{Closing, Conn, ConnRef, Flush, OutQueue, Overflow, Part, Pending, Session};
+use conn::{
+    Closing, Conn, ConnRef, Flush, OutQueue, Overflow, Part, Pending, Session, TURN_FRAME, TurnBuf,
+};
 
 /// Limits and timings. The server's command line sets them (`chat-server --help`
 /// names each); these defaults are the command line's.
@@ -246,6 +248,8 @@ pub struct Hub {
     pub(crate) pong: Rc<[u8]>,
     /// Where small frames are copied together for one write (see `OutQueue::write_with`).
     gather: Vec<u8>,
+    /// The small broadcast frames queued since the last write, in one buffer.
+    turn: TurnBuf,
     /// When buffers are next trimmed.
     next_housekeeping_ms: u64,
     /// When the summary of refusals may next be logged.
@@ -298,6 +302,7 @@ impl Hub {
             roster_used_ms: 0,
             pong: ServerMessage::Pong.encode().into(),
             gather: Vec::new(),
+            turn: TurnBuf::default(),
             next_housekeeping_ms: 0,
             next_summary_ms: 0,
             summary: Summary::default(),
@@ -468,6 +473,9 @@ impl Hub {
         if conn.out.is_empty() {
             return Written::Drained;
         }
+        // Whatever was broadcast since the last write is made into its shared bytes.
+        self.turn.seal(&mut self.conns);
+        let conn = &mut self.conns[r.key];
         let before = conn.out.written_total();
         let res = conn.out.write_with(&mut self.gather, write);
         self.stats.bytes_out += conn.out.written_total() - before;
@@ -1168,6 +1176,7 @@ impl Hub {
     fn outputs(&mut self) -> (Outputs<'_>, &Registry) {
         let out = Outputs {
             conns: &mut self.conns,
+            turn: &mut self.turn,
             writes: &mut self.writes,
             overflowed: &mut self.overflowed,
             stats: &mut self.stats,
@@ -1217,15 +1226,25 @@ impl Hub {
 
     /// Queues `full` on every online connection but `except` that can read it, and
     /// `cut` (a shorter version, shared too) on those that cannot. Returns how many
-    /// got the cut version (or, with none, nothing).
+    /// got the cut version (or, with none, nothing). A small frame joins the turn's
+    /// shared buffer ([`TurnBuf`]), a longer one is shared on its own.
     pub(crate) fn broadcast_fitted(
         &mut self,
         except: Option<usize>,
-        full: &Rc<[u8]>,
+        full: Vec<u8>,
         cut: Option<&Rc<[u8]>>,
     ) -> usize {
         // Who came online is told before what they say.
         self.send_presence();
+        let full = if full.len() <= TURN_FRAME {
+            if self.turn.is_full() {
+                self.turn.seal(&mut self.conns);
+            }
+            let (start, end) = self.turn.add(&full);
+            Shared::Turn { start, end }
+        } else {
+            Shared::Own(full.into())
+        };
         let (mut out, online) = self.outputs();
         let mut cut_for = 0;
         // Overflowing queues are only noted here (closing them changes the registry
@@ -1234,7 +1253,7 @@ impl Hub {
             if Some(e.conn.key) == except {
                 continue;
             }
-            if !out.deliver_fitted(e.conn.key, full, cut) {
+            if !out.deliver_fitted(e.conn.key, &full, cut) {
                 cut_for += 1;
             }
         }
@@ -1391,6 +1410,7 @@ impl Hub {
 /// so that a broadcast can walk the registry while it queues.
 struct Outputs<'a> {
     conns: &'a mut Slab<Conn>,
+    turn: &'a mut TurnBuf,
     writes: &'a mut Vec<ConnRef>,
     overflowed: &'a mut Vec<usize>,
     stats: &'a mut Stats,
@@ -1402,14 +1422,28 @@ impl Outputs<'_> {
     /// fits). Returns whether it got `full`. One look-up of the connection: this is
     /// the inner loop of every broadcast.
     #[inline]
-    fn deliver_fitted(&mut self, key: usize, full: &Rc<[u8]>, cut: Option<&Rc<[u8]>>) -> bool {
+    fn deliver_fitted(&mut self, key: usize, full: &Shared, cut: Option<&Rc<[u8]>>) -> bool {
         let limit = self.limit;
         let conn = &mut self.conns[key];
         let max = conn.max_frame();
-        if fit::fits(full, max) {
-            queue(conn, key, self.writes, self.overflowed, self.stats, |q| {
-                q.push(full.clone(), limit)
-            });
+        if full.len() <= max + proto::HEADER_LEN {
+            let turn = &mut *self.turn;
+            queue(
+                conn,
+                key,
+                self.writes,
+                self.overflowed,
+                self.stats,
+                |q| match *full {
+                    Shared::Turn { start, end } => {
+                        if q.push_turn(turn, start, end, limit)? {
+                            turn.touched(key);
+                        }
+                        Ok(())
+                    }
+                    Shared::Own(ref frame) => q.push(frame.clone(), limit),
+                },
+            );
             return true;
         }
         if let Some(cut) = cut
@@ -1467,6 +1501,21 @@ impl Outputs<'_> {
         queue(conn, key, self.writes, self.overflowed, self.stats, |q| {
             q.push_reply_parts(parts, limit)
         })
+    }
+}
+
+/// A broadcast frame: a range of the turn's buffer, or shared on its own.
+enum Shared {
+    Turn { start: usize, end: usize },
+    Own(Rc<[u8]>),
+}
+
+impl Shared {
+    fn len(&self) -> usize {
+        match self {
+            Shared::Turn { start, end } => end - start,
+            Shared::Own(frame) => frame.len(),
+        }
     }
 }
 

@@ -35,7 +35,7 @@ impl Hub {
             sex: String::new(),
             time: Some(now.unix_ms),
         };
-        let frame: Rc<[u8]> = proto::encode(kind::SMS, &sms).into();
+        let frame = proto::encode(kind::SMS, &sms);
         // Seed clients cannot read a longer frame: they get it cut short.
         let cut: Option<Rc<[u8]>> = if fit::fits(&frame, SEED_MAX_FRAME) {
             None
@@ -53,7 +53,7 @@ impl Hub {
         if self.cluster.is_some() {
             self.cluster_group(sms.user_id, &sms.user_name, &sms.content, now.unix_ms);
         }
-        let cut_for = self.broadcast_fitted(Some(key), &frame, cut.as_ref());
+        let cut_for = self.broadcast_fitted(Some(key), frame, cut.as_ref());
         if cut_for > 0 {
             let text = format!(
                 "your message was cut short for {cut_for} users whose clients read at most \

@@ -526,13 +526,13 @@ impl Hub {
             })
             .encode()
         };
-        let frame: Rc<[u8]> = encode(content).into();
+        let frame = encode(content);
         let cut: Option<Rc<[u8]>> = (!fit::fits(&frame, SEED_MAX_FRAME))
             .then(|| fit::cut_to_fit(content, SEED_MAX_FRAME, encode))
             .flatten()
             .map(Into::into);
         self.stats.group_messages += 1;
         // Its sender is on another node and is not told who got it cut short here.
-        self.broadcast_fitted(None, &frame, cut.as_ref());
+        self.broadcast_fitted(None, frame, cut.as_ref());
     }
 }

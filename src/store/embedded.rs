@@ -25,7 +25,8 @@ use std::sync::Arc;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{
-    Conv, DEDUPE_WINDOW, HistoryEntry, OfflineId, OfflineMsg, Store, StoreError, StoredMsg,
+    Conv, DEDUPE_WINDOW, HistoryEntry, OfflineId, OfflineMsg, Outliving, Store, StoreError,
+    StoredMsg,
 };
 use crate::users::UserRecord;
 
@@ -251,6 +252,7 @@ impl Store for EmbeddedStore {
             // Each conversation's last id, read once and written once per append (a
             // busy group's append is hundreds of entries of one conversation).
             let mut last: HashMap<(i64, i64), u64> = HashMap::new();
+            let mut outliving = Outliving::new(entries, keep);
             for e in entries {
                 let conv = Conv::of(e).key();
                 let id = match last.get_mut(&conv) {
@@ -261,6 +263,9 @@ impl Store for EmbeddedStore {
                     }
                 };
                 *id += 1;
+                if !outliving.next(conv) {
+                    continue;
+                }
                 // Stored without its id: the key holds it (the hub's entries have none).
                 let json = if e.id == 0 {
                     serde_json::to_string(e)

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use super::{Conv, HistoryEntry, OfflineId, OfflineMsg, Store, StoreError, StoredMsg};
+use super::{Conv, HistoryEntry, OfflineId, OfflineMsg, Outliving, Store, StoreError, StoredMsg};
 use crate::users::UserRecord;
 
 #[derive(Default, Debug)]
@@ -170,6 +170,7 @@ impl Store for MemStore {
     fn append_history(&mut self, entries: &[HistoryEntry], keep: usize) -> Result<(), StoreError> {
         {
             let mut g = self.checked()?;
+            let mut outliving = Outliving::new(entries, keep);
             for e in entries {
                 let conv = Conv::of(e).key();
                 let id = {
@@ -177,6 +178,9 @@ impl Store for MemStore {
                     *last += 1;
                     *last
                 };
+                if !outliving.next(conv) {
+                    continue;
+                }
                 g.history
                     .insert((conv, id), HistoryEntry { id, ..e.clone() });
                 if id > keep as u64 {

@@ -197,6 +197,38 @@ impl Conv {
     }
 }
 
+/// Which entries of one append outlive it: an entry followed in the same append by
+/// `keep` or more of its own conversation is trimmed by that append, so a store need
+/// never write it (its id is used all the same). At saturation an append holds
+/// thousands of the group's messages and `--history` keeps 1,000: most of them would
+/// be written and deleted in one transaction.
+pub(crate) struct Outliving {
+    /// Per conversation, the entries of the append not yet taken.
+    left: std::collections::HashMap<(i64, i64), usize>,
+    keep: usize,
+}
+
+impl Outliving {
+    pub(crate) fn new(entries: &[HistoryEntry], keep: usize) -> Outliving {
+        let mut left = std::collections::HashMap::new();
+        for e in entries {
+            *left.entry(Conv::of(e).key()).or_insert(0) += 1;
+        }
+        Outliving { left, keep }
+    }
+
+    /// Takes the next entry of `conv` (in the append's order): whether it is among
+    /// the last `keep` of its conversation when the append ends.
+    pub(crate) fn next(&mut self, conv: (i64, i64)) -> bool {
+        let left = self
+            .left
+            .get_mut(&conv)
+            .expect("an entry of the append counted");
+        *left -= 1;
+        *left < self.keep
+    }
+}
+
 /// The storage interface every backend implements.
 pub trait Store: Send {
     fn get_user(&mut self, id: i64) -> Result<Option<UserRecord>, StoreError>;
@@ -426,6 +458,46 @@ pub mod suite {
         assert!(!more);
         assert!(got.iter().map(|e| e.id).eq(1..=1_100));
         assert!(got.iter().zip(&lots).all(|(g, l)| g.content == l.content));
+        // An append longer than what is kept, two conversations interleaved: each keeps
+        // its own last `keep`, numbered as if every entry had been written, and the
+        // next append numbers on.
+        let mixed: Vec<HistoryEntry> = (0..30)
+            .map(|i| match i % 3 {
+                0 => entry(7, Some(8), &format!("x{i}")),
+                _ => entry(6, Some(5), &format!("y{i}")),
+            })
+            .collect();
+        a.append_history(&mixed, 4).unwrap();
+        let page = |s: &mut dyn Store, conv| {
+            let (got, more) = s.read_history(conv, 0, 100).unwrap();
+            assert!(!more);
+            got.into_iter()
+                .map(|e| (e.id, e.content))
+                .collect::<Vec<_>>()
+        };
+        let want = |v: &[(u64, &str)]| {
+            v.iter()
+                .map(|&(id, c)| (id, c.to_string()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            page(b, Conv::pair(5, 6)),
+            want(&[
+                (1_117, "y25"),
+                (1_118, "y26"),
+                (1_119, "y28"),
+                (1_120, "y29")
+            ])
+        );
+        assert_eq!(
+            page(b, Conv::pair(7, 8)),
+            want(&[(7, "x18"), (8, "x21"), (9, "x24"), (10, "x27")])
+        );
+        a.append_history(&[entry(8, Some(7), "x30")], 4).unwrap();
+        assert_eq!(
+            page(b, Conv::pair(7, 8)),
+            want(&[(8, "x21"), (9, "x24"), (10, "x27"), (11, "x30")])
+        );
     }
 
     /// What the operators' commands need: list, modify in place, remove.
