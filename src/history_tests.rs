@@ -55,9 +55,10 @@ fn entries_due_while_the_job_queue_is_full_do_not_make_the_loop_spin() {
             .is_none_or(|at| at > t.now.mono_ms),
         "no wake-up at once for entries that cannot go"
     );
-    // The job's end lets them go.
+    // The job's end lets them go (the group message: the stored one joined the
+    // history in the store's own write).
     t.run_job(0);
-    assert_eq!(append_sizes(&t.jobs), [2]);
+    assert_eq!(append_sizes(&t.jobs), [1]);
 }
 
 #[test]
@@ -610,4 +611,36 @@ fn a_page_asked_for_while_appends_wait_shows_them_all() {
         matches!(&got[..], [ServerMessage::HistoryRes(r)] if r.messages.len() == 5),
         "{got:?}"
     );
+}
+
+#[test]
+fn a_stored_message_resent_with_its_msg_id_is_in_the_history_once() {
+    let mut t = h();
+    let [one] = t.everyone_online([1]);
+    t.register(2);
+    let hello = ClientMessage::Private(SmsPrivateMes {
+        to_user_id: 2,
+        content: "hello".into(),
+        msg_id: Some("m-1".into()),
+        ..Default::default()
+    });
+    let answer = |t: &mut Harness| match &t.recv(one)[..] {
+        [ServerMessage::SmsRes(r)] => r.code,
+        other => panic!("{other:?}"),
+    };
+    // Stored, but the answer is lost: the sender is told it may or may not be.
+    t.store
+        .set_losing_answers(Some(StoreError::Uncertain("reply lost".into())));
+    t.send(one, &hello);
+    t.run_jobs();
+    t.store.set_losing_answers(None);
+    assert_eq!(answer(&mut t), code::UNCERTAIN);
+    // Resent, as the answer says is safe, and once more for good measure.
+    for _ in 0..2 {
+        t.send(one, &hello);
+        t.run_jobs();
+        assert_eq!(answer(&mut t), code::STORED);
+    }
+    assert_eq!(t.store.offline_count(2), 1);
+    assert_eq!(contents(&page(&mut t, one, 0, 10, Some(2))), ["hello"]);
 }

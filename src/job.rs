@@ -50,6 +50,9 @@ pub enum JobKind {
     StoreOffline {
         msg: OfflineMsg,
         msg_id: Option<String>,
+        /// History entries kept per conversation (`--history`; 0: none): a message
+        /// stored joins its pair's history in the same write.
+        history: usize,
     },
     /// Fetch more offline messages for a logged-in user.
     FetchOffline { user_id: i64, batch: usize },
@@ -111,10 +114,9 @@ impl JobKind {
         match self {
             JobKind::Login { .. } => Outcome::Login(Err(LoginError::Store(e))),
             JobKind::Register { .. } => Outcome::Register(Err(RegisterError::Store(e))),
-            JobKind::StoreOffline { msg, msg_id } => Outcome::StoreOffline(OfflineStored {
+            JobKind::StoreOffline { msg_id, .. } => Outcome::StoreOffline(OfflineStored {
                 msg_id,
                 result: Err(e),
-                msg: Some(msg),
             }),
             JobKind::FetchOffline { user_id, batch } => Outcome::FetchOffline {
                 user_id,
@@ -176,8 +178,6 @@ pub struct OfflineStored {
     /// `Ok(None)`: the recipient does not exist; `Err(Uncertain)`: may be stored;
     /// any other `Err`: not stored.
     pub result: Result<Option<u64>, StoreError>,
-    /// The message, given back: once stored, it joins its conversation's history.
-    pub msg: Option<OfflineMsg>,
 }
 
 /// What came of a job.
@@ -257,15 +257,18 @@ pub fn execute(store: &mut dyn Store, hasher: &dyn Passwords, kind: JobKind) -> 
             };
             Outcome::Register(register(store, hasher, rec, &password))
         }
-        JobKind::StoreOffline { msg, msg_id } => {
+        JobKind::StoreOffline {
+            msg,
+            msg_id,
+            history,
+        } => {
             let id = match &msg_id {
                 Some(m) => OfflineId::Client(m.clone()),
                 None => OfflineId::fresh(),
             };
             Outcome::StoreOffline(OfflineStored {
-                result: store.push_offline(&msg, &id),
+                result: store.push_offline(&msg, &id, history),
                 msg_id,
-                msg: Some(msg),
             })
         }
         JobKind::FetchOffline { user_id, batch } => Outcome::FetchOffline {
@@ -473,8 +476,9 @@ mod tests {
             &mut self,
             msg: &OfflineMsg,
             id: &OfflineId,
+            history: usize,
         ) -> Result<Option<u64>, StoreError> {
-            self.s.push_offline(msg, id)
+            self.s.push_offline(msg, id, history)
         }
         fn fetch_offline(&mut self, u: i64, max: usize) -> Result<Vec<StoredMsg>, StoreError> {
             self.s.fetch_offline(u, max)
@@ -513,6 +517,7 @@ mod tests {
                 time: 1,
             },
             msg_id: msg_id.map(str::to_owned),
+            history: 10,
         };
         match execute(s, &h, kind) {
             Outcome::StoreOffline(o) => o,

@@ -272,6 +272,7 @@ mod tests {
                     time: 0,
                 },
                 msg_id: None,
+                history: 0,
             },
         });
         pool.shutdown();

@@ -189,12 +189,15 @@ fn the_store_resolves_a_lost_answer_by_asking_again() {
 
     p.drop_reply_once("lost-reply-msg");
     let id = OfflineId::fresh();
-    let seq = s.push_offline(&msg(2, 1, "lost-reply-msg"), &id).unwrap();
+    let seq = s
+        .push_offline(&msg(2, 1, "lost-reply-msg"), &id, 0)
+        .unwrap();
     assert!(seq.is_some());
     assert_eq!(p.drops(), 2);
     assert_eq!(offline_len(&r, 1), 1, "stored once");
     assert_eq!(
-        s.push_offline(&msg(2, 1, "lost-reply-msg"), &id).unwrap(),
+        s.push_offline(&msg(2, 1, "lost-reply-msg"), &id, 0)
+            .unwrap(),
         seq
     );
     assert_eq!(offline_len(&r, 1), 1);
@@ -218,13 +221,15 @@ fn a_write_whose_answer_never_comes_is_uncertain_not_unavailable() {
     assert_eq!(s.create_user(&rec), Ok(true));
     p.stall_replies("stalled-msg");
     let id = OfflineId::Client("m-1".into());
-    let e = s.push_offline(&msg(2, 1, "stalled-msg"), &id).unwrap_err();
+    let e = s
+        .push_offline(&msg(2, 1, "stalled-msg"), &id, 0)
+        .unwrap_err();
     assert!(matches!(e, StoreError::Uncertain(_)), "{e}");
     // Sent, then sent again on a fresh connection: both held.
     assert_eq!(p.stalls(), 2);
     p.release();
     // It ran (twice), and is stored once; the resend finds it.
-    let seq = s.push_offline(&msg(2, 1, "stalled-msg"), &id).unwrap();
+    let seq = s.push_offline(&msg(2, 1, "stalled-msg"), &id, 0).unwrap();
     assert!(seq.is_some());
     assert_eq!(offline_len(&r, 1), 1);
 }

@@ -158,8 +158,10 @@ impl Hub {
         self.appends.last_call = true;
     }
 
-    /// Takes the history part of a job's outcome: the end of an append (true: nothing
-    /// more to do with it), or a private message stored, which joins its history.
+    /// Takes the end of an append (true: nothing more to do with it). A private
+    /// message stored for later joins its history in the store's own write
+    /// ([`crate::store::Store::push_offline`]), not here: a resend after a lost answer
+    /// must not add it twice.
     pub(crate) fn history_outcome(&mut self, outcome: &mut Outcome) -> bool {
         match outcome {
             Outcome::AppendHistory {
@@ -182,12 +184,6 @@ impl Hub {
                     }
                 }
                 true
-            }
-            Outcome::StoreOffline(o) => {
-                if let (Ok(Some(_)), Some(m)) = (&o.result, o.msg.take()) {
-                    self.note_private_history(m);
-                }
-                false
             }
             _ => false,
         }

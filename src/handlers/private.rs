@@ -103,6 +103,7 @@ impl Hub {
         let job = JobKind::StoreOffline {
             msg,
             msg_id: msg_id.clone(),
+            history: self.cfg.history,
         };
         if self.submit(Some(key), job) {
             self.conns[key].pending = Some(Pending::Private { to });

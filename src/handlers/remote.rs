@@ -250,6 +250,7 @@ impl Hub {
         let job = JobKind::StoreOffline {
             msg: p.msg,
             msg_id: p.msg_id,
+            history: self.cfg.history,
         };
         if self.get(p.conn).is_some() {
             // The sender still waits (its `pending` is set): the store's answer ends it.

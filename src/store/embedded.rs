@@ -158,6 +158,7 @@ impl Store for EmbeddedStore {
         &mut self,
         msg: &OfflineMsg,
         id: &OfflineId,
+        history: usize,
     ) -> Result<Option<u64>, StoreError> {
         let json = serde_json::to_string(msg).map_err(|e| StoreError::new("encode", e))?;
         let tagged = id.tagged();
@@ -208,6 +209,9 @@ impl Store for EmbeddedStore {
                 }
             }
         }
+        if history > 0 {
+            append_in(&tx, std::slice::from_ref(&msg.history_entry()), history)?;
+        }
         tryx!(tx.commit(), "commit message");
         Ok(Some(seq))
     }
@@ -246,50 +250,7 @@ impl Store for EmbeddedStore {
             return Ok(());
         }
         let tx = tryx!(self.db.begin_write(), "begin write");
-        {
-            let mut t = tryx!(tx.open_table(HISTORY), "open history");
-            let mut ids = tryx!(tx.open_table(HISTORY_IDS), "open history_ids");
-            // Each conversation's last id, read once and written once per append (a
-            // busy group's append is hundreds of entries of one conversation).
-            let mut last: HashMap<(i64, i64), u64> = HashMap::new();
-            let mut outliving = Outliving::new(entries, keep);
-            for e in entries {
-                let conv = Conv::of(e).key();
-                let id = match last.get_mut(&conv) {
-                    Some(id) => id,
-                    None => {
-                        let stored = tryx!(ids.get(conv), "read history id").map(|v| v.value());
-                        last.entry(conv).or_insert(stored.unwrap_or(0))
-                    }
-                };
-                *id += 1;
-                if !outliving.next(conv) {
-                    continue;
-                }
-                // Stored without its id: the key holds it (the hub's entries have none).
-                let json = if e.id == 0 {
-                    serde_json::to_string(e)
-                } else {
-                    serde_json::to_string(&HistoryEntry { id: 0, ..e.clone() })
-                }
-                .map_err(|e| StoreError::new("encode", e))?;
-                tryx!(
-                    t.insert((conv.0, conv.1, *id), json.as_str()),
-                    "write history"
-                );
-            }
-            for ((a, b), id) in last {
-                tryx!(ids.insert((a, b), id), "write history id");
-                if id > keep as u64 {
-                    // Trimmed at every append, so this range holds what this one
-                    // pushed past the limit.
-                    tryx!(
-                        t.retain_in((a, b, 0)..=(a, b, id - keep as u64), |_, _| false),
-                        "trim history"
-                    );
-                }
-            }
-        }
+        append_in(&tx, entries, keep)?;
         tryx!(tx.commit(), "commit history");
         Ok(())
     }
@@ -430,6 +391,58 @@ impl Store for EmbeddedStore {
             Err(e) => Err(bad(&e)),
         }
     }
+}
+
+/// Appends `entries` to their conversations' history within `tx` and trims each
+/// conversation it touched to its last `keep` (see [`Store::append_history`]).
+fn append_in(
+    tx: &redb::WriteTransaction,
+    entries: &[HistoryEntry],
+    keep: usize,
+) -> Result<(), StoreError> {
+    let mut t = tryx!(tx.open_table(HISTORY), "open history");
+    let mut ids = tryx!(tx.open_table(HISTORY_IDS), "open history_ids");
+    // Each conversation's last id, read once and written once per append (a
+    // busy group's append is hundreds of entries of one conversation).
+    let mut last: HashMap<(i64, i64), u64> = HashMap::new();
+    let mut outliving = Outliving::new(entries, keep);
+    for e in entries {
+        let conv = Conv::of(e).key();
+        let id = match last.get_mut(&conv) {
+            Some(id) => id,
+            None => {
+                let stored = tryx!(ids.get(conv), "read history id").map(|v| v.value());
+                last.entry(conv).or_insert(stored.unwrap_or(0))
+            }
+        };
+        *id += 1;
+        if !outliving.next(conv) {
+            continue;
+        }
+        // Stored without its id: the key holds it (the hub's entries have none).
+        let json = if e.id == 0 {
+            serde_json::to_string(e)
+        } else {
+            serde_json::to_string(&HistoryEntry { id: 0, ..e.clone() })
+        }
+        .map_err(|e| StoreError::new("encode", e))?;
+        tryx!(
+            t.insert((conv.0, conv.1, *id), json.as_str()),
+            "write history"
+        );
+    }
+    for ((a, b), id) in last {
+        tryx!(ids.insert((a, b), id), "write history id");
+        if id > keep as u64 {
+            // Trimmed at every append, so this range holds what this one
+            // pushed past the limit.
+            tryx!(
+                t.retain_in((a, b, 0)..=(a, b, id - keep as u64), |_, _| false),
+                "trim history"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Copies `from` to a new file `to` (never over an existing one) and syncs it.

@@ -27,6 +27,36 @@ struct Inner {
     lose_answers: Option<StoreError>,
 }
 
+impl Inner {
+    /// Numbers each entry in its conversation and keeps the last `keep` of each.
+    fn append_history(&mut self, entries: &[HistoryEntry], keep: usize) {
+        let mut outliving = Outliving::new(entries, keep);
+        for e in entries {
+            let conv = Conv::of(e).key();
+            let id = {
+                let last = self.history_ids.entry(conv).or_insert(0);
+                *last += 1;
+                *last
+            };
+            if !outliving.next(conv) {
+                continue;
+            }
+            self.history
+                .insert((conv, id), HistoryEntry { id, ..e.clone() });
+            if id > keep as u64 {
+                let old: Vec<_> = self
+                    .history
+                    .range((conv, 0)..=(conv, id - keep as u64))
+                    .map(|(k, _)| *k)
+                    .collect();
+                for k in old {
+                    self.history.remove(&k);
+                }
+            }
+        }
+    }
+}
+
 /// A handle onto a shared in-memory store; clones see the same data.
 #[derive(Clone, Default, Debug)]
 pub struct MemStore {
@@ -121,6 +151,7 @@ impl Store for MemStore {
         &mut self,
         msg: &OfflineMsg,
         id: &OfflineId,
+        history: usize,
     ) -> Result<Option<u64>, StoreError> {
         let seq = {
             let mut g = self.checked()?;
@@ -134,6 +165,9 @@ impl Store for MemStore {
                 let seq = g.next_seq;
                 g.offline.insert((msg.to, seq), msg.clone());
                 g.ids.insert(key, seq);
+                if history > 0 {
+                    g.append_history(std::slice::from_ref(&msg.history_entry()), history);
+                }
                 Some(seq)
             }
         };
@@ -168,33 +202,7 @@ impl Store for MemStore {
     }
 
     fn append_history(&mut self, entries: &[HistoryEntry], keep: usize) -> Result<(), StoreError> {
-        {
-            let mut g = self.checked()?;
-            let mut outliving = Outliving::new(entries, keep);
-            for e in entries {
-                let conv = Conv::of(e).key();
-                let id = {
-                    let last = g.history_ids.entry(conv).or_insert(0);
-                    *last += 1;
-                    *last
-                };
-                if !outliving.next(conv) {
-                    continue;
-                }
-                g.history
-                    .insert((conv, id), HistoryEntry { id, ..e.clone() });
-                if id > keep as u64 {
-                    let old: Vec<_> = g
-                        .history
-                        .range((conv, 0)..=(conv, id - keep as u64))
-                        .map(|(k, _)| *k)
-                        .collect();
-                    for k in old {
-                        g.history.remove(&k);
-                    }
-                }
-            }
-        }
+        self.checked()?.append_history(entries, keep);
         self.answer(())
     }
 

@@ -158,6 +158,20 @@ pub struct OfflineMsg {
     pub time: u64,
 }
 
+impl OfflineMsg {
+    /// The message as an entry of its pair's history.
+    pub fn history_entry(&self) -> HistoryEntry {
+        HistoryEntry {
+            id: 0,
+            time: self.time,
+            user_id: self.from,
+            user_name: self.from_name.clone(),
+            content: self.content.clone(),
+            to_user_id: Some(self.to),
+        }
+    }
+}
+
 /// An offline message with the sequence number the store gave it.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct StoredMsg {
@@ -242,8 +256,15 @@ pub trait Store: Send {
     /// Stores `msg` for `msg.to` under `id`; `Ok(None)` if that user does not exist.
     /// If a message with this `id` from `msg.from` to `msg.to` was stored within
     /// [`DEDUPE_WINDOW`], nothing is stored and its sequence number is returned.
-    fn push_offline(&mut self, msg: &OfflineMsg, id: &OfflineId)
-    -> Result<Option<u64>, StoreError>;
+    /// With `history` above 0, a message stored now joins its pair's history in the
+    /// same write (as [`Store::append_history`] with `keep` = `history`): a message
+    /// resent after a lost answer is in the history once, whichever send stored it.
+    fn push_offline(
+        &mut self,
+        msg: &OfflineMsg,
+        id: &OfflineId,
+        history: usize,
+    ) -> Result<Option<u64>, StoreError>;
     /// Up to `max` of `user`'s offline messages, oldest first, removing none.
     fn fetch_offline(&mut self, user: i64, max: usize) -> Result<Vec<StoredMsg>, StoreError>;
     /// Removes `user`'s offline messages with `seq <= upto`.
@@ -346,7 +367,7 @@ pub mod suite {
 
     /// Pushes with a new server-chosen id, as a message without `msgId` is.
     fn push(s: &mut dyn Store, m: &OfflineMsg) -> Option<u64> {
-        s.push_offline(m, &OfflineId::fresh()).unwrap()
+        s.push_offline(m, &OfflineId::fresh(), 0).unwrap()
     }
 
     fn client_id(id: &str) -> OfflineId {
@@ -361,6 +382,7 @@ pub mod suite {
         offline(&mut *make(), &mut *make());
         offline_dedupe(&mut *make(), &mut *make());
         history(&mut *make(), &mut *make());
+        stored_history(&mut *make(), &mut *make());
         operators(&mut *make(), &mut *make());
     }
 
@@ -498,6 +520,57 @@ pub mod suite {
             page(b, Conv::pair(7, 8)),
             want(&[(8, "x21"), (9, "x24"), (10, "x27"), (11, "x30")])
         );
+    }
+
+    /// A private message stored for later joins its pair's history in the same write,
+    /// once whatever is resent, numbered with the entries appended around it.
+    fn stored_history(a: &mut dyn Store, b: &mut dyn Store) {
+        assert!(a.create_user(&user(50, "kim")).unwrap());
+        assert!(a.create_user(&user(51, "lou")).unwrap());
+        let page = |s: &mut dyn Store| -> Vec<(u64, String)> {
+            let (got, _) = s.read_history(Conv::pair(50, 51), 0, 100).unwrap();
+            got.into_iter().map(|e| (e.id, e.content)).collect()
+        };
+        let want = |v: &[(u64, &str)]| -> Vec<(u64, String)> {
+            v.iter().map(|&(id, c)| (id, c.to_string())).collect()
+        };
+        a.append_history(&[entry(50, Some(51), "live")], 10)
+            .unwrap();
+        let id = client_id("h-1");
+        let seq = a.push_offline(&msg(50, 51, "stored"), &id, 10).unwrap();
+        assert!(seq.is_some());
+        // Resent (its answer lost) from any handle: stored once, in the history once.
+        assert_eq!(
+            b.push_offline(&msg(50, 51, "stored"), &id, 10).unwrap(),
+            seq
+        );
+        assert_eq!(
+            a.push_offline(&msg(50, 51, "stored"), &id, 10).unwrap(),
+            seq
+        );
+        assert_eq!(page(b), want(&[(1, "live"), (2, "stored")]));
+        // History off: stored, not in the history.
+        let off = client_id("h-2");
+        assert!(
+            a.push_offline(&msg(50, 51, "quiet"), &off, 0)
+                .unwrap()
+                .is_some()
+        );
+        // No such user: nothing stored, no history.
+        assert_eq!(a.push_offline(&msg(50, 97, "x"), &off, 10).unwrap(), None);
+        let (none, _) = b.read_history(Conv::pair(50, 97), 0, 10).unwrap();
+        assert!(none.is_empty());
+        // Trimmed to what is kept, and appends number on.
+        let reply = client_id("h-3");
+        assert!(
+            b.push_offline(&msg(51, 50, "reply"), &reply, 2)
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(page(a), want(&[(2, "stored"), (3, "reply")]));
+        b.append_history(&[entry(51, Some(50), "after")], 10)
+            .unwrap();
+        assert_eq!(page(a), want(&[(2, "stored"), (3, "reply"), (4, "after")]));
     }
 
     /// What the operators' commands need: list, modify in place, remove.
@@ -679,28 +752,35 @@ pub mod suite {
         // A resend with the sender's msgId stores nothing new and returns the same seq,
         // from any handle.
         let id = client_id("m-1");
-        let s1 = a.push_offline(&msg(31, 30, "hello"), &id).unwrap().unwrap();
+        let s1 = a
+            .push_offline(&msg(31, 30, "hello"), &id, 0)
+            .unwrap()
+            .unwrap();
         assert_eq!(
-            b.push_offline(&msg(31, 30, "hello"), &id).unwrap(),
+            b.push_offline(&msg(31, 30, "hello"), &id, 0).unwrap(),
             Some(s1)
         );
         assert_eq!(
-            a.push_offline(&msg(31, 30, "hello"), &id).unwrap(),
+            a.push_offline(&msg(31, 30, "hello"), &id, 0).unwrap(),
             Some(s1)
         );
         assert_eq!(contents(a, 30), ["hello"]);
         // The same msgId from another sender, or to another recipient, is another
         // message; a server id equal to a client's msgId text is another id.
         let s2 = a
-            .push_offline(&msg(32, 30, "from gus"), &id)
+            .push_offline(&msg(32, 30, "from gus"), &id, 0)
             .unwrap()
             .unwrap();
         let s3 = a
-            .push_offline(&msg(31, 32, "to gus"), &id)
+            .push_offline(&msg(31, 32, "to gus"), &id, 0)
             .unwrap()
             .unwrap();
         let s4 = a
-            .push_offline(&msg(31, 30, "server id"), &OfflineId::Server("m-1".into()))
+            .push_offline(
+                &msg(31, 30, "server id"),
+                &OfflineId::Server("m-1".into()),
+                0,
+            )
             .unwrap()
             .unwrap();
         assert!(s1 < s2 && s2 < s3 && s3 < s4, "{s1} {s2} {s3} {s4}");
@@ -708,30 +788,33 @@ pub mod suite {
         // A server-chosen id repeated (the store's own retry) is idempotent too.
         let sid = OfflineId::fresh();
         let s5 = a
-            .push_offline(&msg(31, 30, "retried"), &sid)
+            .push_offline(&msg(31, 30, "retried"), &sid, 0)
             .unwrap()
             .unwrap();
         assert_eq!(
-            b.push_offline(&msg(31, 30, "retried"), &sid).unwrap(),
+            b.push_offline(&msg(31, 30, "retried"), &sid, 0).unwrap(),
             Some(s5)
         );
         assert_eq!(contents(a, 30).len(), 4);
         // Delivered and removed, a resend within the window still stores nothing.
         a.ack_offline(30, s5).unwrap();
         assert_eq!(
-            a.push_offline(&msg(31, 30, "hello"), &id).unwrap(),
+            a.push_offline(&msg(31, 30, "hello"), &id, 0).unwrap(),
             Some(s1)
         );
         assert_eq!(
-            b.push_offline(&msg(31, 30, "retried"), &sid).unwrap(),
+            b.push_offline(&msg(31, 30, "retried"), &sid, 0).unwrap(),
             Some(s5)
         );
         assert!(contents(a, 30).is_empty());
         // No such user, with an id: nothing stored, nothing remembered.
         let ghost = client_id("g");
-        assert_eq!(a.push_offline(&msg(31, 99, "x"), &ghost).unwrap(), None);
+        assert_eq!(a.push_offline(&msg(31, 99, "x"), &ghost, 0).unwrap(), None);
         assert!(a.create_user(&user(99, "late")).unwrap());
-        let s6 = a.push_offline(&msg(31, 99, "x"), &ghost).unwrap().unwrap();
+        let s6 = a
+            .push_offline(&msg(31, 99, "x"), &ghost, 0)
+            .unwrap()
+            .unwrap();
         assert!(s6 > s5);
     }
 }

@@ -62,10 +62,14 @@ fn offline_id_key(msg: &OfflineMsg, id: &OfflineId) -> String {
     format!("offline-id:{}:{}:{}", msg.to, msg.from, id.tagged())
 }
 
-/// KEYS: users, offline_seq, offline:<to>, offline-id:<to>:<from>:<id>.
-/// ARGV: to, message JSON (an object), the id's lifetime in seconds.
+/// KEYS: users, offline_seq, offline:<to>, offline-id:<to>:<from>:<id>, the pair's
+/// history (sorted set) and its counter.
+/// ARGV: to, message JSON (an object), the id's lifetime in seconds, how many history
+/// entries to keep (0: none appended), the history entry's JSON (an object without
+/// `id`).
 /// Returns the sequence number of the message stored under that id (now, or before),
-/// or 0 if the user does not exist.
+/// or 0 if the user does not exist. A message stored now joins the history as in
+/// [`HISTORY_SCRIPT`].
 pub const PUSH_SCRIPT: &str = r#"
 local done = redis.call('GET', KEYS[4])
 if done then return tonumber(done) end
@@ -73,6 +77,12 @@ if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
 local seq = redis.call('INCR', KEYS[2])
 redis.call('RPUSH', KEYS[3], '{"seq":' .. seq .. ',' .. string.sub(ARGV[2], 2))
 redis.call('SET', KEYS[4], seq, 'EX', ARGV[3])
+local keep = tonumber(ARGV[4])
+if keep > 0 then
+  local id = redis.call('INCR', KEYS[6])
+  redis.call('ZADD', KEYS[5], id, '{"id":' .. id .. ',' .. string.sub(ARGV[5], 2))
+  redis.call('ZREMRANGEBYRANK', KEYS[5], 0, -keep - 1)
+end
 return seq
 "#;
 
@@ -499,21 +509,30 @@ impl Store for RedisStore {
         &mut self,
         msg: &OfflineMsg,
         id: &OfflineId,
+        history: usize,
     ) -> Result<Option<u64>, StoreError> {
         let json = serde_json::to_string(msg).map_err(|e| StoreError::new("encode", e))?;
+        let entry = serde_json::to_string(&msg.history_entry())
+            .map_err(|e| StoreError::new("encode", e))?;
         let key = offline_key(msg.to);
         let id_key = offline_id_key(msg, id);
+        let history_key = history_key(Conv::pair(msg.from, msg.to));
+        let history_seq = format!("{history_key}:seq");
         let seq: u64 = self.call(Call::Write, |c| {
             redis::cmd("EVAL")
                 .arg(PUSH_SCRIPT)
-                .arg(4)
+                .arg(6)
                 .arg(USERS)
                 .arg(SEQ)
                 .arg(&key)
                 .arg(&id_key)
+                .arg(&history_key)
+                .arg(&history_seq)
                 .arg(msg.to)
                 .arg(&json)
                 .arg(DEDUPE_WINDOW.as_secs())
+                .arg(history)
+                .arg(&entry)
                 .query(c)
         })?;
         Ok((seq > 0).then_some(seq))
