@@ -183,6 +183,11 @@ impl TurnBuf {
         self.touched.push(key);
     }
 
+    /// Whether `key` is among the queues to seal.
+    pub fn is_touched(&self, key: usize) -> bool {
+        self.touched.contains(&key)
+    }
+
     /// Makes the shared bytes and points every part queued so far at them; the buffer
     /// starts again empty.
     pub fn seal(&mut self, conns: &mut slab::Slab<Conn>) {
@@ -288,6 +293,9 @@ impl OutQueue {
         limit: usize,
     ) -> Result<bool, Overflow> {
         let len = end - start;
+        if len == 0 {
+            return Ok(false);
+        }
         if self.counted() + len > limit {
             return Err(Overflow);
         }
@@ -306,6 +314,11 @@ impl OutQueue {
         });
         self.unsealed += 1;
         Ok(self.unsealed == 1)
+    }
+
+    /// Whether parts of a turn's buffer not sealed yet are queued.
+    pub fn has_unsealed(&self) -> bool {
+        self.unsealed > 0
     }
 
     /// Points the parts of the turn's buffer (at `mark`) at its bytes, now made.
@@ -594,8 +607,11 @@ impl Conn {
         self.out.len_bytes()
     }
 
-    /// The parts queued and not yet written (shared with other queues).
-    pub fn queued_parts(&self) -> Vec<Part> {
+    /// The parts queued and not yet written (shared with other queues), once the
+    /// turn's buffer is sealed (`Hub::seal_output`).
+    #[cfg(test)]
+    pub(crate) fn queued_parts(&self) -> Vec<Part> {
+        assert_eq!(self.out.unsealed, 0, "parts of an unsealed turn buffer");
         self.out.chunks.iter().cloned().collect()
     }
 

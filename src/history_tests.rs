@@ -644,3 +644,36 @@ fn a_stored_message_resent_with_its_msg_id_is_in_the_history_once() {
     assert_eq!(t.store.offline_count(2), 1);
     assert_eq!(contents(&page(&mut t, one, 0, 10, Some(2))), ["hello"]);
 }
+
+#[test]
+fn a_stored_private_message_is_numbered_after_the_live_ones_sent_before_it() {
+    let mut t = gathering(HubConfig::default().max_jobs);
+    let [a, b, c] = t.everyone_online([1, 2, 3]);
+    t.send(a, &private(2, "live"));
+    t.send(a, &private(3, "another pair"));
+    t.hangup(b);
+    t.send(a, &private(2, "stored"));
+    // The pair's entry still gathering goes ahead of the storing job, in the lane
+    // that runs history jobs in order; the other pair's goes with it.
+    let lane: Vec<(bool, bool)> = t
+        .jobs
+        .iter()
+        .map(|j| {
+            let kind = &j.kind;
+            (
+                kind.is_history(),
+                matches!(kind, JobKind::StoreOffline { .. }),
+            )
+        })
+        .collect();
+    assert_eq!(lane, [(true, false), (true, true)]);
+    assert_eq!(append_sizes(&t.jobs), [2]);
+    t.run_jobs();
+    let r = page(&mut t, a, 0, 10, Some(2));
+    assert_eq!(contents(&r), ["live", "stored"]);
+    assert!(r.messages[0].id < r.messages[1].id);
+    // With nothing of the pair waiting, nothing is hurried.
+    t.send(c, &sms("group"));
+    t.send(a, &private(2, "stored again"));
+    assert_eq!(append_sizes(&t.jobs), Vec::<usize>::new());
+}

@@ -139,7 +139,9 @@ pub struct Stats {
     pub group_messages: u64,
     pub deliveries: u64,
     pub slow_consumers_dropped: u64,
-    /// History entries appended, and lost (storage failed or too slow).
+    /// History entries appended after delivery, and lost (storage failed or too slow).
+    /// Private messages stored for later join the history with the message itself and
+    /// are not counted.
     pub history_appended: u64,
     pub history_lost: u64,
     /// Frames received by type ([`metrics::FRAME_TYPES`]).
@@ -473,8 +475,7 @@ impl Hub {
         if conn.out.is_empty() {
             return Written::Drained;
         }
-        // Whatever was broadcast since the last write is made into its shared bytes.
-        self.turn.seal(&mut self.conns);
+        self.seal_output();
         let conn = &mut self.conns[r.key];
         let before = conn.out.written_total();
         let res = conn.out.write_with(&mut self.gather, write);
@@ -632,6 +633,12 @@ impl Hub {
         self.admission.next_flush_at(start, done, interval)
     }
 
+    /// Makes whatever was broadcast since the last write into its shared bytes (see
+    /// [`TurnBuf`]): before anything queued is written or looked at.
+    pub(crate) fn seal_output(&mut self) {
+        self.turn.seal(&mut self.conns);
+    }
+
     /// Whether writes, closes or departures are waiting for the reactor.
     pub fn has_output(&self) -> bool {
         !self.writes.is_empty() || !self.closes.is_empty() || !self.departures.is_empty()
@@ -764,6 +771,10 @@ impl Hub {
         let mut pending = 0;
         for (key, c) in &self.conns {
             *per_addr.entry(addr_key(c.peer_ip)).or_insert(0) += 1;
+            assert!(
+                !c.out.has_unsealed() || self.turn.is_touched(key),
+                "conn {key} holds parts of the turn's buffer that no seal would reach"
+            );
             if let Session::Online { user_id, .. } = c.session
                 && c.closing.is_none()
             {

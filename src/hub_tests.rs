@@ -235,6 +235,7 @@ fn group_message_is_stamped_shared_and_not_echoed() {
     let mut t = h();
     let [a, b, c] = t.everyone_online([1, 2, 3]);
     t.send(a, &sms("hello all"));
+    t.hub.seal_output();
     let qb = t.hub.get(b).unwrap().queued_parts();
     let qc = t.hub.get(c).unwrap().queued_parts();
     assert_eq!(qb.len(), 1);

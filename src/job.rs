@@ -100,12 +100,16 @@ impl JobKind {
         matches!(self, JobKind::Login { .. } | JobKind::Register { .. })
     }
 
-    /// Whether this job is about history (appends, and the pages read after them):
-    /// run apart from the other storage jobs, in order.
+    /// Whether this job is about history (appends, the pages read after them, and
+    /// private messages stored with their history entry): run apart from the other
+    /// storage jobs, in order, so that an entry written with its stored message comes
+    /// after the entries of the same conversation noted before it.
     pub fn is_history(&self) -> bool {
         matches!(
             self,
-            JobKind::AppendHistory { .. } | JobKind::ReadHistory { .. }
+            JobKind::AppendHistory { .. }
+                | JobKind::ReadHistory { .. }
+                | JobKind::StoreOffline { history: 1.., .. }
         )
     }
 

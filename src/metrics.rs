@@ -256,8 +256,10 @@ pub fn render(s: &Snapshot) -> String {
     );
     o.labelled(
         "history_entries_total",
-        "Messages appended to their conversation's history (kept), or not (lost: storage \
-         failed or too slow; live delivery went on).",
+        "Messages appended to their conversation's history after delivery (kept), or not \
+         (lost: storage failed or too slow; live delivery went on). A private message \
+         stored for an offline user joins the history in the same write and is not counted \
+         here.",
         "outcome",
         &[("kept", st.history_appended), ("lost", st.history_lost)],
     );

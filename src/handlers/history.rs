@@ -2,7 +2,7 @@
 //! and the appending of every message to its conversation's history.
 //!
 //! Appending is off the loop and off the fan-out: a message accepted (a group message
-//! broadcast, a private one delivered or stored) is noted here, and every message
+//! broadcast, a private one delivered) is noted here, and every message
 //! noted within `--history-gather-ms` (100 ms; or 4,096 of them, or 256 KiB) goes to the store as one
 //! job, one commit ([`Hub::poll_job`] takes them): per loop turn, a quiet server's
 //! every message would cost a commit of its own, on the same core as the loop. A
@@ -14,7 +14,10 @@
 //! workers run them on a thread of their own), entries wait meanwhile up to
 //! [`MAX_PENDING_BYTES`], and whatever cannot be kept is counted
 //! (`Stats::history_lost`) and summed up in the log. A page asked for sends what waits
-//! at once, ahead of itself, so it shows every message accepted before it.
+//! at once, ahead of itself, so it shows every message accepted before it. A private
+//! message stored for an offline user is not noted: the store appends it to the
+//! history in the write that stores it (once, however often it is resent), a job of
+//! the history lane that the pair's entries noted before it precede.
 //!
 //! Reading is a store job for the asking connection, whose later frames wait for its
 //! answer as for any other request. The answer fits what the client reads: the oldest
@@ -100,7 +103,7 @@ impl Hub {
         }
     }
 
-    /// A private message delivered or stored: it joins the pair's history.
+    /// A private message delivered: it joins the pair's history.
     pub(crate) fn note_private_history(&mut self, m: OfflineMsg) {
         self.note_history(HistoryEntry {
             id: 0,
@@ -132,6 +135,15 @@ impl Hub {
             return None;
         }
         self.appends.due_at(self.cfg.history_gather_ms)
+    }
+
+    /// A private message of `conv` is about to be stored with its history entry (a
+    /// job of the history lane, see [`JobKind::is_history`]): the entries of that
+    /// conversation noted before it go first, so that it is numbered after them.
+    pub(crate) fn history_before_stored(&mut self, conv: Conv) {
+        if self.appends.pending.iter().any(|e| Conv::of(e) == conv) {
+            self.submit_appends();
+        }
     }
 
     /// Hands the entries noted so far to a worker as one job, whatever is in flight.

@@ -20,7 +20,7 @@ use crate::fit;
 use crate::hub::{Hub, Now};
 use crate::job::{JobKind, OfflineStored};
 use crate::proto::{CodeRes, MAX_MSG_ID, OfflineAckMes, ServerMessage, SmsPrivateMes, code};
-use crate::store::{OfflineMsg, StoreError, StoredMsg};
+use crate::store::{Conv, OfflineMsg, StoreError, StoredMsg};
 
 /// A user's removals of delivered offline messages in flight.
 #[derive(Debug, Default)]
@@ -99,6 +99,7 @@ impl Hub {
             return;
         }
         let to = msg.to;
+        self.history_before_stored(Conv::pair(msg.from, msg.to));
         // The job carries the msgId: the store dedupes on it.
         let job = JobKind::StoreOffline {
             msg,

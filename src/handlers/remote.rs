@@ -17,7 +17,7 @@ use crate::fit;
 use crate::hub::{Hub, Now};
 use crate::job::JobKind;
 use crate::proto::{SEED_MAX_FRAME, ServerMessage, SmsMes, UserInfo, code, status};
-use crate::store::OfflineMsg;
+use crate::store::{Conv, OfflineMsg};
 
 impl Hub {
     /// Makes this hub a node of a cluster named `node`. A private message handed to
@@ -247,6 +247,7 @@ impl Hub {
     /// A private message another node did not deliver: stored for the recipient's
     /// next login, answered 202 once stored (or 503/504 as for any store).
     fn store_instead(&mut self, p: PendingPrivate, _now: Now) {
+        self.history_before_stored(Conv::pair(p.msg.from, p.msg.to));
         let job = JobKind::StoreOffline {
             msg: p.msg,
             msg_id: p.msg_id,

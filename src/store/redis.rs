@@ -20,7 +20,8 @@
 //! - `history:group`, `history:pm:<lower id>:<higher id>`: a conversation's history, a
 //!   sorted set of entries' JSON scored by id, trimmed to the last `--history`;
 //!   `history:group:seq`, `history:pm:<a>:<b>:seq`: the counters (`INCR`) that number
-//!   them. Appended by [`HISTORY_SCRIPT`], a whole batch at once.
+//!   them. Appended by [`HISTORY_SCRIPT`], a whole batch at once, and by
+//!   [`PUSH_SCRIPT`] for a private message stored for later, with the message.
 //!
 //! Every write is idempotent, so a lost answer is resolved by asking again, never by
 //! guessing. When a write's answer does not come (a timeout, a dropped connection),
