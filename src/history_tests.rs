@@ -672,8 +672,32 @@ fn a_stored_private_message_is_numbered_after_the_live_ones_sent_before_it() {
     let r = page(&mut t, a, 0, 10, Some(2));
     assert_eq!(contents(&r), ["live", "stored"]);
     assert!(r.messages[0].id < r.messages[1].id);
-    // With nothing of the pair waiting, nothing is hurried.
+    // With nothing of the pair waiting or being written, nothing is hurried and the
+    // storing runs in the storage lane, where no history append holds it up.
     t.send(c, &sms("group"));
     t.send(a, &private(2, "stored again"));
     assert_eq!(append_sizes(&t.jobs), Vec::<usize>::new());
+    assert!(!t.jobs[0].kind.is_history());
+    t.run_jobs();
+    // An append of the pair still being written: the storing goes after it.
+    let b = t.login(2);
+    t.run_jobs();
+    t.recv(b);
+    t.send(a, &private(2, "live again"));
+    t.advance(25);
+    assert_eq!(append_sizes(&t.jobs), [2], "the group's and the pair's");
+    t.hangup(b);
+    t.send(a, &private(2, "stored last"));
+    assert!(t.jobs.back().unwrap().kind.is_history());
+    t.run_jobs();
+    assert_eq!(
+        contents(&page(&mut t, a, 0, 10, Some(2))),
+        [
+            "live",
+            "stored",
+            "stored again",
+            "live again",
+            "stored last"
+        ]
+    );
 }

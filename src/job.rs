@@ -53,6 +53,8 @@ pub enum JobKind {
         /// History entries kept per conversation (`--history`; 0: none): a message
         /// stored joins its pair's history in the same write.
         history: usize,
+        /// Run in the history lane, after appends that hold entries of its pair.
+        after_history: bool,
     },
     /// Fetch more offline messages for a logged-in user.
     FetchOffline { user_id: i64, batch: usize },
@@ -100,8 +102,8 @@ impl JobKind {
         matches!(self, JobKind::Login { .. } | JobKind::Register { .. })
     }
 
-    /// Whether this job is about history (appends, the pages read after them, and
-    /// private messages stored with their history entry): run apart from the other
+    /// Whether this job is about history (appends, the pages read after them, and a
+    /// private message stored after appends of its pair): run apart from the other
     /// storage jobs, in order, so that an entry written with its stored message comes
     /// after the entries of the same conversation noted before it.
     pub fn is_history(&self) -> bool {
@@ -109,7 +111,10 @@ impl JobKind {
             self,
             JobKind::AppendHistory { .. }
                 | JobKind::ReadHistory { .. }
-                | JobKind::StoreOffline { history: 1.., .. }
+                | JobKind::StoreOffline {
+                    after_history: true,
+                    ..
+                }
         )
     }
 
@@ -265,6 +270,7 @@ pub fn execute(store: &mut dyn Store, hasher: &dyn Passwords, kind: JobKind) -> 
             msg,
             msg_id,
             history,
+            ..
         } => {
             let id = match &msg_id {
                 Some(m) => OfflineId::Client(m.clone()),
@@ -522,6 +528,7 @@ mod tests {
             },
             msg_id: msg_id.map(str::to_owned),
             history: 10,
+            after_history: false,
         };
         match execute(s, &h, kind) {
             Outcome::StoreOffline(o) => o,

@@ -16,8 +16,9 @@
 //! (`Stats::history_lost`) and summed up in the log. A page asked for sends what waits
 //! at once, ahead of itself, so it shows every message accepted before it. A private
 //! message stored for an offline user is not noted: the store appends it to the
-//! history in the write that stores it (once, however often it is resent), a job of
-//! the history lane that the pair's entries noted before it precede.
+//! history in the write that stores it (once, however often it is resent); when
+//! entries of its pair were noted before it and are not written yet, that write runs
+//! in the history lane, after them.
 //!
 //! Reading is a store job for the asking connection, whose later frames wait for its
 //! answer as for any other request. The answer fits what the client reads: the oldest
@@ -59,6 +60,9 @@ pub(crate) struct Appends {
     pending: VecDeque<HistoryEntry>,
     pending_bytes: usize,
     in_flight: usize,
+    /// The private conversations of each append in flight, oldest first (the history
+    /// lane runs them in order): a message of one of them stored now must follow it.
+    pairs_in_flight: VecDeque<Vec<Conv>>,
     /// When the loop first saw entries waiting (monotonic ms).
     since_ms: Option<u64>,
     /// The server is stopping: whatever waits goes now, whatever is in flight.
@@ -137,13 +141,23 @@ impl Hub {
         self.appends.due_at(self.cfg.history_gather_ms)
     }
 
-    /// A private message of `conv` is about to be stored with its history entry (a
-    /// job of the history lane, see [`JobKind::is_history`]): the entries of that
-    /// conversation noted before it go first, so that it is numbered after them.
-    pub(crate) fn history_before_stored(&mut self, conv: Conv) {
+    /// A private message of `conv` is about to be stored with its history entry.
+    /// Returns whether the storing must run in the history lane, after the entries of
+    /// that conversation noted before it, so that it is numbered after them (see
+    /// [`JobKind::is_history`]); those still waiting go first, now. Otherwise it runs
+    /// in the storage lane, where no history append can hold it up.
+    pub(crate) fn history_before_stored(&mut self, conv: Conv) -> bool {
+        if self.cfg.history == 0 {
+            return false;
+        }
         if self.appends.pending.iter().any(|e| Conv::of(e) == conv) {
             self.submit_appends();
+            return true;
         }
+        self.appends
+            .pairs_in_flight
+            .iter()
+            .any(|v| v.contains(&conv))
     }
 
     /// Hands the entries noted so far to a worker as one job, whatever is in flight.
@@ -153,6 +167,14 @@ impl Hub {
         }
         let h = &mut self.appends;
         let entries: Vec<HistoryEntry> = std::mem::take(&mut h.pending).into();
+        let mut pairs: Vec<Conv> = entries
+            .iter()
+            .filter(|e| e.to_user_id.is_some())
+            .map(Conv::of)
+            .collect();
+        pairs.sort_unstable();
+        pairs.dedup();
+        h.pairs_in_flight.push_back(pairs);
         h.pending_bytes = 0;
         h.since_ms = None;
         h.in_flight += 1;
@@ -182,6 +204,7 @@ impl Hub {
                 result,
             } => {
                 self.appends.in_flight = self.appends.in_flight.saturating_sub(1);
+                self.appends.pairs_in_flight.pop_front();
                 match result {
                     Ok(()) => self.stats.history_appended += *count as u64,
                     Err(e) => {

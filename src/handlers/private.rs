@@ -99,12 +99,13 @@ impl Hub {
             return;
         }
         let to = msg.to;
-        self.history_before_stored(Conv::pair(msg.from, msg.to));
+        let after_history = self.history_before_stored(Conv::pair(msg.from, msg.to));
         // The job carries the msgId: the store dedupes on it.
         let job = JobKind::StoreOffline {
             msg,
             msg_id: msg_id.clone(),
             history: self.cfg.history,
+            after_history,
         };
         if self.submit(Some(key), job) {
             self.conns[key].pending = Some(Pending::Private { to });

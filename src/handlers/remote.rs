@@ -247,11 +247,12 @@ impl Hub {
     /// A private message another node did not deliver: stored for the recipient's
     /// next login, answered 202 once stored (or 503/504 as for any store).
     fn store_instead(&mut self, p: PendingPrivate, _now: Now) {
-        self.history_before_stored(Conv::pair(p.msg.from, p.msg.to));
+        let after_history = self.history_before_stored(Conv::pair(p.msg.from, p.msg.to));
         let job = JobKind::StoreOffline {
             msg: p.msg,
             msg_id: p.msg_id,
             history: self.cfg.history,
+            after_history,
         };
         if self.get(p.conn).is_some() {
             // The sender still waits (its `pending` is set): the store's answer ends it.
