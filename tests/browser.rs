@@ -3,7 +3,9 @@
 //! register, see each other online, exchange a group and a private message, a
 //! terminal (TCP) user reads and writes in the same chat, a message kept while a
 //! page was logged out is shown at its next login, a wrong password gets its
-//! sentence, and a page whose server went away reconnects and logs in again.
+//! sentence, and a page whose server went away reconnects and logs in again. And a
+//! page over `https://`, whose WebSocket is then `wss://`, with a certificate made at
+//! run time (`common/pki.rs`), chatting with a terminal user.
 //!
 //! Needs `chromium` and `chromedriver` (Debian: `apt-get install chromium
 //! chromium-driver`; `scripts/test.sh` installs them when run as root). Other
@@ -13,6 +15,8 @@
 //! in DIR; the README's come from there.
 
 mod common;
+#[path = "common/pki.rs"]
+mod pki;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -158,13 +162,25 @@ impl Driver {
     }
 
     fn session(&self) -> Session<'_> {
+        self.session_with(&[])
+    }
+
+    /// A session whose browser gets `extra` command-line flags.
+    fn session_with(&self, extra: &[&str]) -> Session<'_> {
+        let mut args = vec![
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--window-size=1100,720",
+            "--force-device-scale-factor=1",
+        ];
+        args.extend_from_slice(extra);
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {
                 "binary": self.chrome,
-                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                         "--disable-dev-shm-usage", "--window-size=1100,720",
-                         "--force-device-scale-factor=1"],
+                "args": args,
             },
         }}});
         let v = self.call("POST", "/session", Some(&caps));
@@ -605,4 +621,46 @@ fn refusals_are_said_in_sentences() {
         p.js("return document.getElementById('submit').disabled;"),
         json!(true)
     );
+}
+
+#[test]
+fn a_page_over_https_chats_with_a_terminal_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = pki::make(dir.path(), "web", pki::KeyFormat::Pkcs8);
+    let data = dir.path().join("data");
+    // The page over HTTPS only: its WebSocket can only be `wss://` on the same port.
+    let mut server = ServerProc::start(
+        &data,
+        &[
+            "--web-tls-listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            certs.cert.to_str().unwrap(),
+            "--tls-key",
+            certs.key.to_str().unwrap(),
+        ],
+    );
+    let https = server.listener_addr("HTTPS");
+    let driver = Driver::start();
+    // The browser does not know the test's CA: the chain itself is checked by the
+    // rustls clients of `web_tls.rs`; here it is the browser's TLS and `wss://`.
+    let p = driver.session_with(&["--ignore-certificate-errors"]);
+    p.go(&format!("https://127.0.0.1:{}/", https.port()));
+    assert_eq!(p.js("return location.protocol;"), json!("https:"));
+    register(&p, 2001, "erin", "erin-pw");
+    assert!(p.text("#me-name").contains("erin (2001)"));
+
+    let mut t = server.connect();
+    assert_eq!(t.register(2002, "finn-pw", "finn").data["code"], 200);
+    assert_eq!(t.login(2002, "finn-pw").data["code"], 200);
+    p.wait(
+        "finn online",
+        &format!("document.querySelector('{}')", conv(2002)),
+    );
+    p.type_in("#text", &format!("over TLS{ENTER}"));
+    let g = t.recv_until("SmsMes").0;
+    assert_eq!(g.data["content"], "over TLS");
+    assert_eq!(g.data["userId"], 2001);
+    t.send("SmsMes", json!({"content": "and back", "userId": 2002}));
+    p.wait_text("#log .text", "and back");
 }
