@@ -538,10 +538,17 @@ impl<S: Stream> WebTransport<S> {
                 return Ok(n);
             }
             if ws.ended {
+                // The closing frame, and what was queued before it, go out if the
+                // socket takes them. A peer that broke the protocol and stopped
+                // reading is not waited for: its socket would never take them, and
+                // nothing else would end the session.
                 return if self.write_out()? {
                     Ok(0)
                 } else {
-                    Err(io::ErrorKind::WouldBlock.into())
+                    Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        "WebSocket closed for a protocol error; the peer takes nothing more",
+                    ))
                 };
             }
             let mut io = Io {
