@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::ServerProc;
+use common::{SeedClient, ServerProc};
 use serde_json::{Value, json};
 
 /// WebDriver's key for Enter.
@@ -421,6 +421,20 @@ fn conv(id: i64) -> String {
     format!("#convs button[data-conv=\"{id}\"]")
 }
 
+/// A user on the terminal client's protocol (password `<name>-pw`) registers and logs
+/// in; returns once `page` lists them online.
+fn terminal_user(server: &ServerProc, page: &Session, id: i64, name: &str) -> SeedClient {
+    let pwd = format!("{name}-pw");
+    let mut t = server.connect();
+    assert_eq!(t.register(id, &pwd, name).data["code"], 200);
+    assert_eq!(t.login(id, &pwd).data["code"], 200);
+    page.wait(
+        &format!("{name} online"),
+        &format!("document.querySelector('{}')", conv(id)),
+    );
+    t
+}
+
 fn start_server(data: &Path, web: &str) -> (ServerProc, SocketAddr) {
     let mut s = ServerProc::start(data, &["--web-listen", web]);
     let addr = s.listener_addr("web");
@@ -453,13 +467,7 @@ fn two_pages_and_a_terminal_user_chat() {
     assert!(a.text("#me-name").contains("alice (1001)"));
 
     // Someone on the terminal client's protocol joins.
-    let mut t = server.connect();
-    assert_eq!(t.register(1003, "carol-pw", "carol").data["code"], 200);
-    assert_eq!(t.login(1003, "carol-pw").data["code"], 200);
-    a.wait(
-        "carol online",
-        &format!("document.querySelector('{}')", conv(1003)),
-    );
+    let mut t = terminal_user(&server, &a, 1003, "carol");
 
     // A group message from a page reaches the other page and the terminal.
     a.type_in("#text", &format!("Hello everyone!{ENTER}"));
@@ -650,13 +658,7 @@ fn a_page_over_https_chats_with_a_terminal_user() {
     register(&p, 2001, "erin", "erin-pw");
     assert!(p.text("#me-name").contains("erin (2001)"));
 
-    let mut t = server.connect();
-    assert_eq!(t.register(2002, "finn-pw", "finn").data["code"], 200);
-    assert_eq!(t.login(2002, "finn-pw").data["code"], 200);
-    p.wait(
-        "finn online",
-        &format!("document.querySelector('{}')", conv(2002)),
-    );
+    let mut t = terminal_user(&server, &p, 2002, "finn");
     p.type_in("#text", &format!("over TLS{ENTER}"));
     let g = t.recv_until("SmsMes").0;
     assert_eq!(g.data["content"], "over TLS");
