@@ -17,7 +17,12 @@ pub const CUT_NOTE: &str = " [… cut short: the whole message is too long for t
 /// Whether an encoded frame (prefix included) fits a client that reads bodies of at
 /// most `limit` bytes.
 pub fn fits(frame: &[u8], limit: usize) -> bool {
-    frame.len() <= limit + HEADER_LEN
+    fits_len(frame.len(), limit)
+}
+
+/// [`fits`] for a frame of `len` bytes, header included.
+pub fn fits_len(len: usize, limit: usize) -> bool {
+    len <= limit + HEADER_LEN
 }
 
 /// The longest start of `content` (whole characters) that, followed by

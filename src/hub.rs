@@ -1249,7 +1249,7 @@ impl Hub {
         self.send_presence();
         let full = if full.len() <= TURN_FRAME {
             if self.turn.is_full() {
-                self.turn.seal(&mut self.conns);
+                self.seal_output();
             }
             let (start, end) = self.turn.add(&full);
             Shared::Turn { start, end }
@@ -1437,7 +1437,7 @@ impl Outputs<'_> {
         let limit = self.limit;
         let conn = &mut self.conns[key];
         let max = conn.max_frame();
-        if full.len() <= max + proto::HEADER_LEN {
+        if fit::fits_len(full.len(), max) {
             let turn = &mut *self.turn;
             queue(
                 conn,
