@@ -109,14 +109,7 @@ impl Hub {
 
     /// A private message delivered: it joins the pair's history.
     pub(crate) fn note_private_history(&mut self, m: OfflineMsg) {
-        self.note_history(HistoryEntry {
-            id: 0,
-            time: m.time,
-            user_id: m.from,
-            user_name: m.from_name,
-            content: m.content,
-            to_user_id: Some(m.to),
-        });
+        self.note_history(m.into());
     }
 
     /// Hands the entries noted so far to a worker as one job, if one may go now and

@@ -161,13 +161,20 @@ pub struct OfflineMsg {
 impl OfflineMsg {
     /// The message as an entry of its pair's history.
     pub fn history_entry(&self) -> HistoryEntry {
+        self.clone().into()
+    }
+}
+
+impl From<OfflineMsg> for HistoryEntry {
+    /// Not numbered yet (`id` 0): the store numbers it.
+    fn from(m: OfflineMsg) -> HistoryEntry {
         HistoryEntry {
             id: 0,
-            time: self.time,
-            user_id: self.from,
-            user_name: self.from_name.clone(),
-            content: self.content.clone(),
-            to_user_id: Some(self.to),
+            time: m.time,
+            user_id: m.from,
+            user_name: m.from_name,
+            content: m.content,
+            to_user_id: Some(m.to),
         }
     }
 }
