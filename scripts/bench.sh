@@ -27,8 +27,13 @@ RUNS="${1:-3}"
 B="${CARGO_TARGET_DIR:-target}/release"
 cargo build --release -q -p chat -p chat-bench
 TMP="$(mktemp -d)"
-# On exit (an interrupted run too): stop what this script started, by process id.
-trap 'for p in ${SERVER:-} ${NODE1:-} ${NODE2:-} ${CLUSTER_REDIS:-}; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"' EXIT
+# On exit (an interrupted run too): stop what this script started, by process id. A
+# failed shape also shows the end of the chat server's log.
+trap 'rc=$?
+if [ "$rc" != 0 ] && [ -s "$TMP/server.log" ]; then
+    echo "bench.sh failed ($rc); end of the chat server log:" >&2; tail -n 20 "$TMP/server.log" >&2
+fi
+for p in ${SERVER:-} ${NODE1:-} ${NODE2:-} ${CLUSTER_REDIS:-}; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"' EXIT
 
 # The chat server on a fresh data directory, with no rate limits (the bench is one
 # address sending flat out) and the default argon2id cost unless flags say otherwise.

@@ -590,10 +590,22 @@ impl Fleet {
             .zip(&self.conns)
             .position(|(c, k)| c.closed && k.role != Role::Storm)
         {
-            Some(i) => Err(format!(
-                "connection {i} ({:?}, {} frames in) was closed by the server",
-                self.conns[i].role, self.conns[i].count
-            )),
+            Some(i) => {
+                let (c, k) = (&self.pool.clients[i], &self.conns[i]);
+                let state = if k.ready {
+                    "logged in"
+                } else {
+                    "not logged in"
+                };
+                let how = match &c.error {
+                    Some(e) => format!("failed: {e}"),
+                    None => "was closed by the server".to_string(),
+                };
+                Err(format!(
+                    "connection {i} ({:?}, {state}, {} messages in) {how}",
+                    k.role, k.count
+                ))
+            }
             None => Ok(()),
         }
     }

@@ -34,6 +34,9 @@ pub struct Client {
     out: Vec<u8>,
     out_pos: usize,
     pub closed: bool,
+    /// Why the socket failed, when it did (`closed` with no error: the server closed it
+    /// cleanly).
+    pub error: Option<String>,
     /// When input last arrived: latency is measured to the read that brought a frame
     /// in, not to when the loop got round to parsing it after reading every other
     /// socket.
@@ -102,10 +105,7 @@ impl Client {
                     Ok(true)
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
-                Err(e) => {
-                    self.closed = true;
-                    Err(e)
-                }
+                Err(e) => Err(self.failed(e)),
             };
         }
         match sock.read(&mut self.buf[self.end..]) {
@@ -119,11 +119,15 @@ impl Client {
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(true),
-            Err(e) => {
-                self.closed = true;
-                Err(e)
-            }
+            Err(e) => Err(self.failed(e)),
         }
+    }
+
+    /// Marks the connection closed by a socket error, which is kept for the report.
+    fn failed(&mut self, e: io::Error) -> io::Error {
+        self.closed = true;
+        self.error = Some(e.to_string());
+        e
     }
 
     fn flush(&mut self) {
@@ -137,8 +141,8 @@ impl Client {
                 self.out.clear();
                 self.out_pos = 0;
             }
-            if send_tls(tls, sock).is_err() {
-                self.closed = true;
+            if let Err(e) = send_tls(tls, sock) {
+                self.failed(e);
             }
             return;
         }
@@ -152,8 +156,8 @@ impl Client {
                     return;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    self.closed = true;
+                Err(e) => {
+                    self.failed(e);
                     return;
                 }
             }
@@ -220,6 +224,7 @@ impl Pool {
             out: Vec::new(),
             out_pos: 0,
             closed: false,
+            error: None,
             read_at: Instant::now(),
         });
         Ok(i)
