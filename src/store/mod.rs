@@ -223,12 +223,14 @@ impl Conv {
 /// never write it (its id is used all the same). At saturation an append holds
 /// thousands of the group's messages and `--history` keeps 1,000: most of them would
 /// be written and deleted in one transaction.
+#[cfg(any(test, feature = "server", feature = "testkit"))]
 pub(crate) struct Outliving {
     /// Per conversation, the entries of the append not yet taken.
     left: std::collections::HashMap<(i64, i64), usize>,
     keep: usize,
 }
 
+#[cfg(any(test, feature = "server", feature = "testkit"))]
 impl Outliving {
     pub(crate) fn new(entries: &[HistoryEntry], keep: usize) -> Outliving {
         let mut left = std::collections::HashMap::new();
