@@ -228,3 +228,50 @@ fn the_counters_follow_what_happened() {
         "{text}"
     );
 }
+
+/// A node of a cluster that was cut off from Redis when an operator banned some of its
+/// users never heard of it: once its link is back (the presence snapshot comes), it
+/// looks its users up in the store and ends the banned ones' sessions. A user whose
+/// record is missing keeps the session: the store may have lost its data (a Redis
+/// restarted without persistence knows nobody).
+#[test]
+fn a_node_back_from_an_outage_ends_the_sessions_of_users_banned_meanwhile() {
+    let mut t = h();
+    t.hub.enable_cluster("a", 5_000);
+    t.cluster(Input::Link(true));
+    let [x, y, z, w] = t.everyone_online([1, 2, 3, 4]);
+    t.recv(x);
+    t.cluster(Input::Link(false));
+    // Meanwhile the operator's commands change the store; their events never come here.
+    apply(&mut t.store.clone(), Request::Ban { id: 2 }).expect("banned");
+    apply(&mut t.store.clone(), Request::Ban { id: 4 }).expect("banned");
+    apply(&mut t.store.clone(), Request::Remove { id: 3 }).expect("removed");
+    t.cluster(Input::Link(true));
+    t.cluster(Input::Snapshot(Vec::new()));
+    assert!(t.recv(y).is_empty(), "nothing before the store answers");
+    // The store is down at first: the check is tried again later.
+    t.store.set_failing(Some("down"));
+    t.run_jobs();
+    assert!(t.recv(y).is_empty());
+    assert!(!t.is_closed(y));
+    t.store.set_failing(None);
+    t.advance(5_000);
+    t.run_jobs();
+    for banned in [y, w] {
+        assert_eq!(
+            t.recv(banned),
+            [err(code::BANNED, "this account is banned")]
+        );
+        assert!(t.is_closed(banned));
+    }
+    for stays in [x, z] {
+        assert_eq!(t.recv(stays), [offline(2), offline(4)]);
+    }
+    assert!(!t.is_closed(x) && !t.is_closed(z));
+    assert_eq!(t.hub.stats.kicked, 2);
+    // Another snapshot, nobody banned left: the check finds nothing.
+    t.cluster(Input::Snapshot(Vec::new()));
+    t.run_jobs();
+    assert!(t.recv(x).is_empty());
+    assert!(!t.is_closed(x));
+}

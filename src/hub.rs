@@ -267,6 +267,8 @@ pub struct Hub {
     /// Removals of delivered offline messages in flight, by user (see
     /// `handlers::private`).
     pub(crate) removing: HashMap<i64, handlers::private::Removing>,
+    /// The check of this node's users for bans after its cluster link came back.
+    pub(crate) bans_check: handlers::admin::BansCheck,
     pub stats: Stats,
 }
 
@@ -312,6 +314,7 @@ impl Hub {
             appends: Default::default(),
             revoked: HashMap::new(),
             removing: HashMap::new(),
+            bans_check: Default::default(),
             stats: Stats::default(),
         }
     }
@@ -426,6 +429,11 @@ impl Hub {
         {
             *result = Err(kick.login_error());
         }
+        if let Outcome::CheckBans(result) = res.outcome {
+            self.bans_checked(result, now);
+            self.settle(now);
+            return;
+        }
         let Some(r) = res.conn else {
             if let Outcome::AckOffline { result: Err(e), .. } = &res.outcome {
                 self.store_error(&format!(
@@ -452,7 +460,7 @@ impl Hub {
             } => self.offline_fetched(r.key, user_id, batch, result, now),
             Outcome::AckOffline { upto, result, .. } => self.offline_acked(r.key, upto, result),
             Outcome::History(result) => self.history_read(r.key, result, now),
-            Outcome::AppendHistory { .. } => {}
+            Outcome::AppendHistory { .. } | Outcome::CheckBans(_) => {}
         }
         self.settle(now);
     }
@@ -877,6 +885,7 @@ impl Hub {
             self.logging_in.shrink_to_fit();
         }
         self.forget_removals();
+        self.check_bans_if_due(now);
         self.login_limits.prune(now.mono_ms, self.cfg.login_rate);
         if !self.roster.is_empty() && now.mono_ms >= self.roster_used_ms + ROSTER_KEEP_MS {
             self.roster = Roster::default();

@@ -72,6 +72,10 @@ pub enum JobKind {
         before: u64,
         limit: usize,
     },
+    /// Which of these users (online on this node) an operator banned: asked when a
+    /// node's link to the other nodes is back, since a ban published meanwhile did
+    /// not reach it.
+    CheckBans { users: Vec<i64> },
 }
 
 impl std::fmt::Debug for JobKind {
@@ -91,6 +95,7 @@ impl std::fmt::Debug for JobKind {
             JobKind::ReadHistory { conv, before, .. } => {
                 write!(f, "ReadHistory({conv:?}, before {before})")
             }
+            JobKind::CheckBans { users } => write!(f, "CheckBans({} users)", users.len()),
         }
     }
 }
@@ -143,6 +148,7 @@ impl JobKind {
                 result: Err(e),
             },
             JobKind::ReadHistory { .. } => Outcome::History(Err(e)),
+            JobKind::CheckBans { .. } => Outcome::CheckBans(Err(e)),
         }
     }
 }
@@ -215,6 +221,8 @@ pub enum Outcome {
     },
     /// A page of history, oldest first, and whether older entries exist.
     History(Result<(Vec<HistoryEntry>, bool), StoreError>),
+    /// The users asked about who are banned.
+    CheckBans(Result<Vec<i64>, StoreError>),
 }
 
 impl Outcome {
@@ -312,7 +320,21 @@ pub fn execute(store: &mut dyn Store, hasher: &dyn Passwords, kind: JobKind) -> 
             before,
             limit,
         } => Outcome::History(store.read_history(conv, before, limit)),
+        JobKind::CheckBans { users } => Outcome::CheckBans(banned(store, &users)),
     }
+}
+
+/// The users among `users` whose account is banned. One with no account is not among
+/// them: it may have been removed, but a store that lost its data (a Redis restarted
+/// without persistence) knows nobody, and that must not end everyone's session.
+fn banned(store: &mut dyn Store, users: &[i64]) -> Result<Vec<i64>, StoreError> {
+    let mut banned = Vec::new();
+    for &id in users {
+        if store.get_user(id)?.is_some_and(|rec| rec.banned) {
+            banned.push(id);
+        }
+    }
+    Ok(banned)
 }
 
 fn login(

@@ -430,6 +430,108 @@ fn accounts_on_redis_with_two_running_nodes() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("BGSAVE"));
 }
 
+/// A TCP proxy to Redis that can cut a node off: while cut, the connections through
+/// it are closed, and new ones closed as soon as they come.
+struct Cuttable {
+    port: u16,
+    /// Whether it is cut, and the two ends of every connection open through it.
+    state: std::sync::Arc<std::sync::Mutex<(bool, Vec<std::net::TcpStream>)>>,
+}
+
+impl Cuttable {
+    fn start(upstream: u16) -> Cuttable {
+        use std::net::{Shutdown, TcpListener, TcpStream};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = std::sync::Arc::new(std::sync::Mutex::new((false, Vec::new())));
+        let st = state.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let mut st = st.lock().unwrap();
+                if st.0 {
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                st.1.push(client.try_clone().unwrap());
+                st.1.push(server.try_clone().unwrap());
+                let ends = [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ];
+                for (mut from, mut to) in ends {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(Shutdown::Both);
+                        let _ = from.shutdown(Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Cuttable { port, state }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn cut(&self) {
+        let mut st = self.state.lock().unwrap();
+        st.0 = true;
+        for s in st.1.drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn mend(&self) {
+        self.state.lock().unwrap().0 = false;
+    }
+}
+
+/// A ban published while a node is cut off from Redis does not reach it; once its link
+/// is back, the node looks its users up and ends the banned one's session.
+#[test]
+fn a_ban_while_a_node_is_cut_off_takes_effect_when_it_is_back() {
+    let redis = RedisProc::start(false);
+    let url = redis.url();
+    let link = Cuttable::start(redis.port);
+    let ok = |args: &[&str], stdin: &str| -> String {
+        let mut all = vec!["users"];
+        all.extend(args);
+        all.extend(["--redis", url.as_str()]);
+        let o = cli(&[], &all, stdin);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    ok(&["add", "1", "ann"], "pw1\n");
+    ok(&["add", "2", "bob"], "pw2\n");
+    let dir = tempfile::tempdir().unwrap();
+    let n1 = ServerProc::start(dir.path(), &["--redis", &url, "--node-id", "n1"]);
+    let mut n2 = ServerProc::start(dir.path(), &["--redis", &link.url(), "--node-id", "n2"]);
+    let mut ann = logged_in(&n1, 1, "pw1");
+    let mut bob = logged_in(&n2, 2, "pw2");
+    ann.recv_until("NotifyUserStatusMes");
+
+    link.cut();
+    n2.wait_log("unreachable");
+    let out = ok(&["ban", "2"], "");
+    assert!(out.contains("1 running servers told"), "{out}");
+    // Cut off, n2 heard nothing: bob's session goes on.
+    bob.send("PingMes", json!({}));
+    bob.recv_until("PongMes");
+
+    link.mend();
+    let got = bob.expect_closed();
+    assert_eq!(got.last().unwrap().data["code"], 423, "{got:?}");
+    n2.wait_log("user 2: banned while this node was cut off from Redis");
+    assert_eq!(n2.connect().login(2, "pw2").data["code"], 423);
+    // ann's session, on the node that was never cut off, goes on.
+    ann.send("PingMes", json!({}));
+    ann.recv_until("PongMes");
+}
+
 /// GET `path` from `addr`; the status line and the body.
 fn http_get(addr: &str, path: &str) -> (String, String) {
     let mut s = std::net::TcpStream::connect(addr).unwrap();

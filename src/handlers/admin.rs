@@ -5,11 +5,31 @@
 //! command line on Redis, which then publishes a cluster event every node takes), so
 //! every login that reads the record from now on sees the change. A login in flight
 //! read it before: it is refused when its result comes, whatever that says.
+//!
+//! A node of a cluster that was cut off from Redis missed what was published
+//! meanwhile, bans included: when its link is back, it looks its users online up in
+//! the store ([`BansCheck`]) and ends the sessions of the banned ones, as if it had
+//! heard. (A removal is not caught that way: a store that lost its data, such as a
+//! Redis restarted without persistence, knows nobody, and that must not end every
+//! session. The removed user's session lasts until it ends; no login follows.)
 #![forbid(unsafe_code)]
 
 use crate::admin::Kick;
 use crate::conn::{Pending, Session};
 use crate::hub::{Hub, Now};
+use crate::job::JobKind;
+use crate::store::StoreError;
+
+/// How long after a failed or refused check for bans the next one is tried.
+const BANS_RETRY_MS: u64 = 5_000;
+
+/// The check of this node's users online for bans (see `JobKind::CheckBans`).
+#[derive(Debug, Default)]
+pub(crate) struct BansCheck {
+    /// From when one is wanted (`None`: none).
+    due_ms: Option<u64>,
+    in_flight: bool,
+}
 
 impl Hub {
     /// Ends every session of `user` on this server: `ErrorResMes` (423 banned, 410
@@ -17,6 +37,14 @@ impl Hub {
     /// user in flight are refused when they come back. Returns the number of sessions
     /// closed.
     pub fn handle_admin(&mut self, user: i64, kick: Kick, now: Now) -> usize {
+        let closed = self.end_sessions(user, kick, now);
+        self.announce_departures(now);
+        closed
+    }
+
+    /// [`Hub::handle_admin`] but for telling the others: the caller announces the
+    /// departures once it has ended every session it meant to.
+    fn end_sessions(&mut self, user: i64, kick: Kick, now: Now) -> usize {
         let (code, text) = kick.error();
         let reason = match kick {
             Kick::Banned => "banned by an operator",
@@ -53,7 +81,62 @@ impl Hub {
             log::info!("user {user}: {closed} sessions closed ({reason})");
         }
         self.stats.kicked += closed as u64;
-        self.announce_departures(now);
         closed
+    }
+}
+
+impl Hub {
+    /// The cluster link is back (a snapshot of presence came): bans published while it
+    /// was down were not heard here, so the users online here are looked up in the
+    /// store.
+    pub(crate) fn check_bans_soon(&mut self, now: Now) {
+        self.bans_check.due_ms = Some(now.mono_ms);
+        self.check_bans_if_due(now);
+    }
+
+    /// Submits the check if one is wanted now and none is in flight.
+    pub(crate) fn check_bans_if_due(&mut self, now: Now) {
+        let c = &self.bans_check;
+        if c.in_flight || c.due_ms.is_none_or(|due| due > now.mono_ms) {
+            return;
+        }
+        let users = self.online.ids();
+        if users.is_empty() {
+            self.bans_check.due_ms = None;
+            return;
+        }
+        if self.submit(None, JobKind::CheckBans { users }) {
+            self.bans_check = BansCheck {
+                due_ms: None,
+                in_flight: true,
+            };
+        } else {
+            self.bans_check.due_ms = Some(now.mono_ms + BANS_RETRY_MS);
+        }
+    }
+
+    /// The store said which users online here are banned: their sessions end. A
+    /// failed check is tried again a little later.
+    pub(crate) fn bans_checked(&mut self, result: Result<Vec<i64>, StoreError>, now: Now) {
+        self.bans_check.in_flight = false;
+        match result {
+            Ok(banned) => {
+                for user in banned {
+                    if self.online.get(user).is_some() {
+                        log::info!("user {user}: banned while this node was cut off from Redis");
+                        self.end_sessions(user, Kick::Banned, now);
+                    }
+                }
+                // Told once all are gone: nobody leaving hears of the others.
+                self.announce_departures(now);
+            }
+            Err(e) => {
+                self.store_error(&format!("users online not checked for bans: {e}"));
+                let retry = now.mono_ms + BANS_RETRY_MS;
+                let due = self.bans_check.due_ms.map_or(retry, |d| d.min(retry));
+                self.bans_check.due_ms = Some(due);
+            }
+        }
+        self.check_bans_if_due(now);
     }
 }

@@ -6,7 +6,7 @@
 //! method that the hub calls with the job's result.
 #![forbid(unsafe_code)]
 
-mod admin;
+pub(crate) mod admin;
 mod group;
 pub(crate) mod history;
 pub(crate) mod login;
