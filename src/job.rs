@@ -328,13 +328,13 @@ pub fn execute(store: &mut dyn Store, hasher: &dyn Passwords, kind: JobKind) -> 
 /// them: it may have been removed, but a store that lost its data (a Redis restarted
 /// without persistence) knows nobody, and that must not end everyone's session.
 fn banned(store: &mut dyn Store, users: &[i64]) -> Result<Vec<i64>, StoreError> {
-    let mut banned = Vec::new();
-    for &id in users {
-        if store.get_user(id)?.is_some_and(|rec| rec.banned) {
-            banned.push(id);
-        }
-    }
-    Ok(banned)
+    let records = store.get_users(users)?;
+    Ok(users
+        .iter()
+        .zip(records)
+        .filter(|(_, rec)| rec.as_ref().is_some_and(|r| r.banned))
+        .map(|(&id, _)| id)
+        .collect())
 }
 
 fn login(

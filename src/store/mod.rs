@@ -255,6 +255,11 @@ impl Outliving {
 /// The storage interface every backend implements.
 pub trait Store: Send {
     fn get_user(&mut self, id: i64) -> Result<Option<UserRecord>, StoreError>;
+    /// The records of `ids`, in their order (`None`: no such user). A store that can
+    /// read many at once does (Redis: `HMGET`); otherwise one by one.
+    fn get_users(&mut self, ids: &[i64]) -> Result<Vec<Option<UserRecord>>, StoreError> {
+        ids.iter().map(|&id| self.get_user(id)).collect()
+    }
     /// Creates the user; `Ok(false)` if the id is taken (nothing is overwritten).
     /// `Ok(true)` too if the stored record is this very registration (same non-empty
     /// `reg_token`): a repeat of a registration whose answer was lost.
@@ -672,6 +677,24 @@ pub mod suite {
         assert!(s.create_user(&user(1, "ann")).unwrap());
         assert!(!s.create_user(&user(1, "impostor")).unwrap());
         assert_eq!(s.get_user(1).unwrap().unwrap().name, "ann");
+        // Many at once: in the order asked, the missing ones as such.
+        assert!(s.create_user(&user(5, "eve")).unwrap());
+        let names: Vec<Option<String>> = s
+            .get_users(&[5, 4, 1, 5])
+            .unwrap()
+            .into_iter()
+            .map(|r| r.map(|r| r.name))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                Some("eve".into()),
+                None,
+                Some("ann".into()),
+                Some("eve".into())
+            ]
+        );
+        assert!(s.get_users(&[]).unwrap().is_empty());
         let mut up = user(1, "ann");
         up.pwd_hash = "$argon2id$new".into();
         s.update_user(&up).unwrap();

@@ -468,6 +468,23 @@ impl Store for RedisStore {
         }
     }
 
+    fn get_users(&mut self, ids: &[i64]) -> Result<Vec<Option<UserRecord>>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        // A thousand per command: one round trip each, no reply of unbounded size.
+        for chunk in ids.chunks(1000) {
+            let raw: Vec<Option<String>> = self.call(Call::Read, |c| {
+                redis::cmd("HMGET").arg(USERS).arg(chunk).query(c)
+            })?;
+            for r in raw {
+                out.push(match r {
+                    Some(s) => Some(UserRecord::from_json(&s).map_err(StoreError::Unavailable)?),
+                    None => None,
+                });
+            }
+        }
+        Ok(out)
+    }
+
     fn create_user(&mut self, rec: &UserRecord) -> Result<bool, StoreError> {
         let json = rec.to_json();
         let token = if rec.reg_token.is_empty() {
