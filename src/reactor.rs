@@ -502,7 +502,14 @@ impl Server {
             while let Ok(c) = self.control.1.try_recv() {
                 self.control(c, t);
             }
-            for r in std::mem::take(&mut self.read_again) {
+            // Once each. A connection with input left over is read here, not for its
+            // readiness events (above): otherwise one that always has input left (a
+            // flood) gained a read per turn, every turn, and the others waited longer
+            // and longer.
+            let mut again = std::mem::take(&mut self.read_again);
+            again.sort_unstable_by_key(|r| (r.key, r.generation));
+            again.dedup();
+            for r in again {
                 self.read(r, t);
             }
             while let Some(r) = self.hub.poll_read() {
@@ -617,7 +624,10 @@ impl Server {
                 }
                 token => {
                     let r = ConnRef::from_token(token.0);
-                    if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                    // One left with input last turn is read later in this one, once.
+                    if (ev.is_readable() || ev.is_read_closed() || ev.is_error())
+                        && !self.read_again.contains(&r)
+                    {
                         self.read(r, t);
                     }
                     if ev.is_writable() {

@@ -528,9 +528,9 @@ fn a_websocket_reader_that_stops_is_dropped_at_the_output_limit() {
 
 #[test]
 fn a_flood_of_empty_fragments_does_not_starve_the_others() {
-    // No message rate limit: the 20 pings below (after a register and a login) may all
+    // No message rate limit: the 40 pings below (after a register and a login) may all
     // be answered within a second, which is what is tested, not the limit.
-    let (_s, web, _d) = start(&["--msg-rate", "0"]);
+    let (mut s, web, _d) = start(&["--msg-rate", "0"]);
     // Logged in first: while the flood keeps the loop busy, logins wait for the
     // password hashing, which runs at idle priority.
     let mut w = WsClient::online(web, 1);
@@ -557,12 +557,24 @@ fn a_flood_of_empty_fragments_does_not_starve_the_others() {
         })
     };
     // Meanwhile others are served: each answer within the read timeout.
-    for _ in 0..20 {
+    for _ in 0..40 {
         w.send("PingMes", json!({}));
         assert_eq!(w.recv().kind, "PongMes");
     }
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     flooder.join().unwrap();
+    // And the flood had its share of each turn, no more: one read (the server's last
+    // line counts its turns and reads). A flood that gained a read every turn made the
+    // turns ever longer, and the pings' answers ever later (16 reads a turn here).
+    // SAFETY: a signal to our own child process.
+    unsafe { libc::kill(s.pid() as i32, libc::SIGTERM) };
+    let last = s.wait_log(" loop turns, ");
+    let count = |what: &str| -> u64 {
+        let before = last.split(what).next().unwrap();
+        before.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let (turns, reads) = (count(" loop turns"), count(" reads"));
+    assert!(reads <= 5 * turns, "{reads} reads in {turns} turns");
 }
 
 #[test]
