@@ -275,3 +275,34 @@ fn a_node_back_from_an_outage_ends_the_sessions_of_users_banned_meanwhile() {
     assert!(t.recv(x).is_empty());
     assert!(!t.is_closed(x));
 }
+
+/// A login that read the record before the ban, still in flight when the node's link
+/// comes back: the check covers it, and it is refused when its result comes.
+#[test]
+fn a_login_in_flight_when_a_node_is_back_is_checked_too() {
+    let mut t = h();
+    t.hub.enable_cluster("a", 5_000);
+    t.cluster(Input::Link(true));
+    t.register(6);
+    let c = t.connect();
+    t.send(c, &login_msg(6, "pw6"));
+    // The worker runs the login now (the record is not banned yet); its result comes
+    // back only after the check.
+    let job = t.jobs.pop_front().expect("the login");
+    let outcome = crate::job::execute(&mut t.store.clone(), &t.hasher, job.kind);
+    assert!(matches!(outcome, crate::job::Outcome::Login(Ok(_))));
+    t.cluster(Input::Link(false));
+    apply(&mut t.store.clone(), Request::Ban { id: 6 }).expect("banned");
+    t.cluster(Input::Link(true));
+    t.cluster(Input::Snapshot(Vec::new()));
+    t.run_jobs();
+    t.feed(crate::job::JobResult {
+        conn: job.conn,
+        outcome,
+        took: None,
+    });
+    assert_eq!(
+        t.recv(c),
+        [login_refused(code::BANNED, "this account is banned")]
+    );
+}

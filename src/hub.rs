@@ -233,7 +233,7 @@ pub struct Hub {
     per_addr: HashMap<IpAddr, u32>,
     /// Logins in flight, counted by user: a message stored for one of them meanwhile
     /// is fetched once it is online.
-    logging_in: HashMap<i64, u32>,
+    pub(crate) logging_in: HashMap<i64, u32>,
     /// Hash-costing requests per client address.
     pub(crate) login_limits: PerAddr,
     /// Users who went offline this turn, not yet announced.

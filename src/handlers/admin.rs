@@ -100,7 +100,13 @@ impl Hub {
         if c.in_flight || c.due_ms.is_none_or(|due| due > now.mono_ms) {
             return;
         }
-        let users = self.online.ids();
+        // Logins in flight too: one may have read the record before the ban.
+        let mut users = self.online.ids();
+        users.extend(
+            self.logging_in
+                .keys()
+                .filter(|u| self.online.get(**u).is_none()),
+        );
         if users.is_empty() {
             self.bans_check.due_ms = None;
             return;
@@ -115,16 +121,16 @@ impl Hub {
         }
     }
 
-    /// The store said which users online here are banned: their sessions end. A
-    /// failed check is tried again a little later.
+    /// The store said which users online or logging in here are banned: their sessions
+    /// end and their logins in flight are refused. A failed check is tried again a
+    /// little later.
     pub(crate) fn bans_checked(&mut self, result: Result<Vec<i64>, StoreError>, now: Now) {
         self.bans_check.in_flight = false;
         match result {
             Ok(banned) => {
                 for user in banned {
-                    if self.online.get(user).is_some() {
+                    if self.end_sessions(user, Kick::Banned, now) > 0 {
                         log::info!("user {user}: banned while this node was cut off from Redis");
-                        self.end_sessions(user, Kick::Banned, now);
                     }
                 }
                 // Told once all are gone: nobody leaving hears of the others.

@@ -255,8 +255,9 @@ impl Outliving {
 /// The storage interface every backend implements.
 pub trait Store: Send {
     fn get_user(&mut self, id: i64) -> Result<Option<UserRecord>, StoreError>;
-    /// The records of `ids`, in their order (`None`: no such user). A store that can
-    /// read many at once does (Redis: `HMGET`); otherwise one by one.
+    /// The records of `ids`, in their order (`None`: no such user, or, from Redis, a
+    /// record that cannot be read, logged). A store that can read many at once does
+    /// (Redis: `HMGET`); otherwise one by one.
     fn get_users(&mut self, ids: &[i64]) -> Result<Vec<Option<UserRecord>>, StoreError> {
         ids.iter().map(|&id| self.get_user(id)).collect()
     }

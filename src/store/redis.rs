@@ -475,11 +475,16 @@ impl Store for RedisStore {
             let raw: Vec<Option<String>> = self.call(Call::Read, |c| {
                 redis::cmd("HMGET").arg(USERS).arg(chunk).query(c)
             })?;
-            for r in raw {
-                out.push(match r {
-                    Some(s) => Some(UserRecord::from_json(&s).map_err(StoreError::Unavailable)?),
-                    None => None,
-                });
+            for (id, r) in chunk.iter().zip(raw) {
+                // One unreadable record must not fail the whole read: it counts as
+                // missing, and says so (its user's login fails the same way).
+                out.push(r.and_then(|s| match UserRecord::from_json(&s) {
+                    Ok(rec) => Some(rec),
+                    Err(e) => {
+                        log::warn!("user {id}: unreadable record in Redis: {e}");
+                        None
+                    }
+                }));
             }
         }
         Ok(out)
