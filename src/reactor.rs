@@ -16,6 +16,7 @@
 //! Tokens carry the connection's generation ([`ConnRef::token`]); an event whose
 //! generation does not match the slot's current occupant is ignored.
 
+use std::collections::HashSet;
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -211,6 +212,8 @@ pub struct Server {
     cfg: ServerConfig,
     scratch: Vec<u8>,
     read_again: Vec<ConnRef>,
+    /// The connections in `read_again`, to look them up.
+    again: HashSet<ConnRef>,
     /// The cluster link and what it brings for the hub, if this is one of several nodes.
     cluster: Option<ClusterLink>,
     cluster_rx: Option<mpsc::Receiver<Input>>,
@@ -329,6 +332,7 @@ impl Server {
             cfg,
             scratch: vec![0; READ_CHUNK],
             read_again: Vec::new(),
+            again: HashSet::new(),
             cluster,
             cluster_rx,
             accept_paused_until: None,
@@ -506,9 +510,8 @@ impl Server {
             // readiness events (above): otherwise one that always has input left (a
             // flood) gained a read per turn, every turn, and the others waited longer
             // and longer.
-            let mut again = std::mem::take(&mut self.read_again);
-            again.sort_unstable_by_key(|r| (r.key, r.generation));
-            again.dedup();
+            let again = std::mem::take(&mut self.read_again);
+            self.again.clear();
             for r in again {
                 self.read(r, t);
             }
@@ -626,7 +629,7 @@ impl Server {
                     let r = ConnRef::from_token(token.0);
                     // One left with input last turn is read later in this one, once.
                     if (ev.is_readable() || ev.is_read_closed() || ev.is_error())
-                        && !self.read_again.contains(&r)
+                        && (self.again.is_empty() || !self.again.contains(&r))
                     {
                         self.read(r, t);
                     }
@@ -760,6 +763,13 @@ impl Server {
         log::debug!("conn {} from {peer}", r.key);
     }
 
+    /// Reads `r` again next turn, once however often this is called.
+    fn read_later(&mut self, r: ConnRef) {
+        if self.again.insert(r) {
+            self.read_again.push(r);
+        }
+    }
+
     fn read(&mut self, r: ConnRef, t: Now) {
         let mut budget = self.cfg.read_budget;
         loop {
@@ -785,7 +795,7 @@ impl Server {
                     }
                     if n >= budget {
                         // Others get a turn; this one is read again next turn.
-                        self.read_again.push(r);
+                        self.read_later(r);
                         return;
                     }
                     budget -= n;
@@ -795,7 +805,7 @@ impl Server {
                     if sock.is_wrapped() {
                         // The transport worked through its share of input without
                         // producing protocol bytes: others get a turn first.
-                        self.read_again.push(r);
+                        self.read_later(r);
                         return;
                     }
                     continue;
