@@ -49,7 +49,11 @@ chat_start() {
     taskset -c 0 "$SERVER_BIN" --listen 127.0.0.1:19001 --data "$TMP/data" \
         --msg-rate 0 --login-rate 0 "${per_addr[@]}" --log-level warn "$@" 2>"$TMP/server.log" &
     SERVER=$!
-    until ss -ltn | grep -q ":19001 "; do sleep 0.05; done
+    until ss -ltn | grep -q ":19001 "; do
+        # A server that exits at start (a bad flag, a busy port) is not waited for.
+        kill -0 "$SERVER" 2>/dev/null || { echo "bench.sh: the chat server did not start" >&2; exit 1; }
+        sleep 0.05
+    done
 }
 # Runs "$@" (a chat shape) against this build, then against BASELINE if set.
 both() {
@@ -135,7 +139,11 @@ if [ "${CLUSTER:-0}" = 1 ]; then
                 --max-conns-per-addr 0 --argon2-memory-kib 64 --argon2-passes 1 \
                 --max-outbuf 33554432 --log-level warn 2>"$TMP/node$n.log" &
             eval "NODE$n=\$!"
-            until ss -ltn | grep -q ":1901$n "; do sleep 0.05; done
+            until ss -ltn | grep -q ":1901$n "; do
+                kill -0 "$(eval "echo \$NODE$n")" 2>/dev/null \
+                    || { echo "bench.sh: node $n did not start" >&2; exit 1; }
+                sleep 0.05
+            done
         done
         bench fanout --target chat --addr 127.0.0.1:19011 --addr2 127.0.0.1:19012 \
             -n 100 -p 10 --rate 2000 -d 5
