@@ -247,10 +247,14 @@ fn redis_killed_and_restarted_under_a_running_server() {
         "{:?}",
         started.elapsed()
     );
+    // A store connection that already failed says "unavailable" (503); one that sent
+    // the write before it noticed Redis gone cannot know whether it ran (504). Which
+    // worker takes the message decides which: either is a clear answer.
     a.send("SmsPrivateMes", json!({"toUserId":3,"content":"stored?"}));
-    assert_eq!(
-        a.recv().raw,
-        r#"{"code":503,"error":"storage unavailable"}"#
+    let res = a.recv();
+    assert!(
+        [503, 504].contains(&res.data["code"].as_i64().unwrap()),
+        "{res:?}"
     );
     let mut e = s.connect();
     assert_eq!(e.register(9, "p", "n").data["code"], 505);
