@@ -83,9 +83,7 @@ impl Hub {
         self.stats.kicked += closed as u64;
         closed
     }
-}
 
-impl Hub {
     /// The cluster link is back (a snapshot of presence came): bans published while it
     /// was down were not heard here, so the users online here are looked up in the
     /// store.

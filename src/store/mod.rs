@@ -673,6 +673,15 @@ pub mod suite {
         assert_eq!(a.get_user(41).unwrap().unwrap().name, "ida");
     }
 
+    /// The names [`Store::get_users`] finds for `ids`, in their order (`None`: none).
+    pub fn names(s: &mut dyn Store, ids: &[i64]) -> Vec<Option<String>> {
+        s.get_users(ids)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.map(|r| r.name))
+            .collect()
+    }
+
     fn users(s: &mut dyn Store) {
         assert_eq!(s.get_user(1).unwrap(), None);
         assert!(s.create_user(&user(1, "ann")).unwrap());
@@ -680,14 +689,8 @@ pub mod suite {
         assert_eq!(s.get_user(1).unwrap().unwrap().name, "ann");
         // Many at once: in the order asked, the missing ones as such.
         assert!(s.create_user(&user(5, "eve")).unwrap());
-        let names: Vec<Option<String>> = s
-            .get_users(&[5, 4, 1, 5])
-            .unwrap()
-            .into_iter()
-            .map(|r| r.map(|r| r.name))
-            .collect();
         assert_eq!(
-            names,
+            names(s, &[5, 4, 1, 5]),
             [
                 Some("eve".into()),
                 None,
