@@ -307,7 +307,8 @@ struct Conn {
     /// Frames counted (messages for receivers, replies for publishers).
     count: u64,
     next_send: Instant,
-    /// A refused login is tried again at this time (storm connections).
+    /// A login refused as busy is tried again at this time (and a storm's login
+    /// refused for any reason).
     retry_at: Option<Instant>,
     /// The user id this connection logs in as.
     id: i64,
@@ -406,6 +407,25 @@ impl Fleet {
         self.pool.clients[i].send(&bytes);
     }
 
+    /// Sends again the logins (after a registration, for a fan-out's connections)
+    /// refused as busy whose time has come.
+    fn retry_logins(&mut self, now: Instant) {
+        for i in 0..self.conns.len() {
+            self.retry_login(i, now);
+        }
+    }
+
+    fn retry_login(&mut self, i: usize, now: Instant) {
+        let conn = &mut self.conns[i];
+        if conn.ready || conn.retry_at.is_none_or(|at| at > now) {
+            return;
+        }
+        conn.retry_at = None;
+        let register = conn.role != Role::Storm;
+        self.pool.clients[i].send(&wire::chat_login(conn.id, "bench-password", register));
+        self.pool.flush_one(i);
+    }
+
     fn ready_count(&self) -> usize {
         self.conns.iter().filter(|c| c.ready).count()
     }
@@ -500,7 +520,10 @@ impl Fleet {
                 ChatKind::LoginRes => {
                     if is_ok_code(body) {
                         conn.ready = true;
-                    } else if conn.role == Role::Storm {
+                    } else if conn.retry_at.is_some() {
+                        // The registration before it was refused as busy: both go
+                        // again then.
+                    } else if conn.role == Role::Storm || wire::has_retry_after(body) {
                         // Refused as busy: like a well-behaved client, try again when
                         // the server says (half a second if it does not), not sooner,
                         // and spread over up to half as long again (at most 10 s, well
@@ -526,7 +549,19 @@ impl Fleet {
                     self.login_retries += 1;
                     conn.retry_at = Some(retry_time(hint_ms, self.login_retries, i));
                 }
-                ChatKind::RegisterRes => self.registers_done += 1,
+                ChatKind::RegisterRes => {
+                    self.registers_done += 1;
+                    // A fan-out's registration refused as busy (its login, pipelined
+                    // behind it, would find no such user): both go again when the
+                    // server says.
+                    if conn.role != Role::Storm
+                        && !is_ok_code(body)
+                        && let Some(s) = wire::retry_hint(body)
+                    {
+                        self.login_retries += 1;
+                        conn.retry_at = Some(retry_time(s * 1000, self.login_retries, i));
+                    }
+                }
                 ChatKind::ErrorRes | ChatKind::Other => {}
             }
             c.consume(total);
@@ -567,6 +602,7 @@ impl Fleet {
             if done(self) {
                 return Ok(true);
             }
+            self.retry_logins(Instant::now());
             self.pool.flush();
             self.pool
                 .poll(Some(Duration::from_millis(5)))
@@ -974,10 +1010,8 @@ fn storm(a: &StormArgs) -> Res<()> {
                 f.pool.close(i);
                 let j = f.add(addr, Role::Storm)?;
                 f.join(j, id, false);
-            } else if f.conns[i].retry_at.is_some_and(|at| at <= now) {
-                f.conns[i].retry_at = None;
-                f.pool.clients[i].send(&wire::chat_login(id, "bench-password", false));
-                f.pool.flush_one(i);
+            } else {
+                f.retry_login(i, now);
             }
         }
         let done = f.conns[first..].iter().filter(|c| c.ready).count() + f.login_failures;
