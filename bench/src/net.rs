@@ -7,6 +7,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,6 +35,8 @@ pub struct Client {
     out: Vec<u8>,
     out_pos: usize,
     pub closed: bool,
+    /// What arrives is dropped unread ([`Pool::discard`]).
+    discard: bool,
     /// Why the socket failed, when it did (`closed` with no error: the server closed it
     /// cleanly).
     pub error: Option<String>,
@@ -120,6 +123,48 @@ impl Client {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(true),
             Err(e) => Err(self.failed(e)),
+        }
+    }
+
+    /// Drops everything the socket holds, in the kernel: with `MSG_TRUNC` a TCP socket
+    /// consumes the bytes without copying them out.
+    fn drain_discarding(&mut self) {
+        const LEN: usize = 1 << 20;
+        let Some(sock) = self.sock.as_ref() else {
+            return;
+        };
+        loop {
+            // SAFETY: with MSG_TRUNC, TCP writes nothing to the buffer; it is null, so
+            // that a kernel which did would fail the call (EFAULT) instead of writing
+            // anywhere.
+            let n = unsafe {
+                libc::recv(
+                    sock.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    LEN,
+                    libc::MSG_TRUNC | libc::MSG_DONTWAIT,
+                )
+            };
+            match n {
+                0 => {
+                    self.closed = true;
+                    return;
+                }
+                // A short read drained the socket (new data raises a new edge).
+                n if n > 0 && (n as usize) < LEN => return,
+                n if n > 0 => {}
+                _ => {
+                    let e = io::Error::last_os_error();
+                    match e.kind() {
+                        io::ErrorKind::WouldBlock => return,
+                        io::ErrorKind::Interrupted => {}
+                        _ => {
+                            self.failed(e);
+                            return;
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -224,6 +269,7 @@ impl Pool {
             out: Vec::new(),
             out_pos: 0,
             closed: false,
+            discard: false,
             error: None,
             read_at: Instant::now(),
         });
@@ -241,6 +287,23 @@ impl Pool {
         c.buf = Vec::new();
         c.start = 0;
         c.end = 0;
+    }
+
+    /// From now on the connection's input is dropped unread, in the kernel, without
+    /// being copied to the bench (what it held unparsed too): for a storm's users once
+    /// logged in, who only have to keep reading, so that the bench's own copying does
+    /// not slow the storm down. Input over TLS must be decrypted: read as before.
+    pub fn discard(&mut self, i: usize) {
+        let c = &mut self.clients[i];
+        if c.discard || c.closed || c.tls.is_some() {
+            return;
+        }
+        c.discard = true;
+        c.buf = Vec::new();
+        c.start = 0;
+        c.end = 0;
+        // What is there already raises no new edge.
+        c.drain_discarding();
     }
 
     /// Writes what every client has queued.
@@ -287,6 +350,13 @@ impl Pool {
         readable.dedup();
         for i in readable {
             let c = &mut self.clients[i];
+            if c.discard {
+                c.drain_discarding();
+                if c.closed {
+                    self.ready.push(i);
+                }
+                continue;
+            }
             let mut got = false;
             // Read until WouldBlock (edge-triggered) or the buffer is full. A short
             // read means the socket was drained: new data will raise a new edge, so
