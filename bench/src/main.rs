@@ -197,9 +197,9 @@ struct StormArgs {
     /// Drop what the storm's users receive once logged in, in the kernel, unread
     /// (plain TCP only). A storm of 10,000 that stay is sent about 8 GB of presence
     /// notices and login replies; copying them out keeps the bench's core busy, and the
-    /// bench then sets the storm's pace and adds its own delay to the fan-out's
+    /// bench may then set the storm's pace and add its own delay to the fan-out's
     /// latency during the storm.
-    #[arg(long)]
+    #[arg(long, requires = "stay")]
     storm_discard: bool,
     /// Registrations of the storm's users in flight at once, beforehand.
     #[arg(long, default_value_t = 200)]
@@ -319,6 +319,9 @@ struct Conn {
     retry_at: Option<Instant>,
     /// The user id this connection logs in as.
     id: i64,
+    /// Its registration was answered other than busy (a fan-out's connections
+    /// register before logging in).
+    registered: bool,
     /// Closed by the server and replaced by a new connection (storm connections).
     replaced: bool,
 }
@@ -392,6 +395,7 @@ impl Fleet {
             count: 0,
             next_send: Instant::now(),
             retry_at: None,
+            registered: false,
             id: 0,
             replaced: false,
         });
@@ -414,11 +418,14 @@ impl Fleet {
         self.pool.clients[i].send(&bytes);
     }
 
-    /// Sends again the logins (after a registration, for a fan-out's connections)
-    /// refused as busy whose time has come.
+    /// Sends again a fan-out's logins (after its registration if that was refused)
+    /// refused as busy whose time has come. The storm's own connections are retried
+    /// by the storm's loop: those of its registration fleet only register.
     fn retry_logins(&mut self, now: Instant) {
         for i in 0..self.conns.len() {
-            self.retry_login(i, now);
+            if self.conns[i].role != Role::Storm {
+                self.retry_login(i, now);
+            }
         }
     }
 
@@ -428,7 +435,7 @@ impl Fleet {
             return;
         }
         conn.retry_at = None;
-        let register = conn.role != Role::Storm;
+        let register = conn.role != Role::Storm && !conn.registered;
         self.pool.clients[i].send(&wire::chat_login(conn.id, "bench-password", register));
         self.pool.flush_one(i);
     }
@@ -530,7 +537,7 @@ impl Fleet {
                     } else if conn.retry_at.is_some() {
                         // The registration before it was refused as busy: both go
                         // again then.
-                    } else if conn.role == Role::Storm || wire::has_retry_after(body) {
+                    } else if conn.role == Role::Storm || wire::retry_hint(body).is_some() {
                         // Refused as busy: like a well-behaved client, try again when
                         // the server says (half a second if it does not), not sooner,
                         // and spread over up to half as long again (at most 10 s, well
@@ -560,13 +567,16 @@ impl Fleet {
                     self.registers_done += 1;
                     // A fan-out's registration refused as busy (its login, pipelined
                     // behind it, would find no such user): both go again when the
-                    // server says.
-                    if conn.role != Role::Storm
-                        && !is_ok_code(body)
-                        && let Some(s) = wire::retry_hint(body)
-                    {
-                        self.login_retries += 1;
-                        conn.retry_at = Some(retry_time(s * 1000, self.login_retries, i));
+                    // server says. Any other answer (done, or the id already taken)
+                    // leaves the user registered.
+                    match wire::retry_hint(body).filter(|_| !is_ok_code(body)) {
+                        Some(s) => {
+                            if conn.role != Role::Storm {
+                                self.login_retries += 1;
+                                conn.retry_at = Some(retry_time(s * 1000, self.login_retries, i));
+                            }
+                        }
+                        None => conn.registered = true,
                     }
                 }
                 ChatKind::ErrorRes | ChatKind::Other => {}
@@ -740,9 +750,11 @@ pub(crate) fn fleet_for(a: &FanoutArgs, extra_buf: bool) -> Res<Fleet> {
     let ok = f.run_until(Duration::from_secs(120), |f| f.ready_count() == total)?;
     if !ok {
         return Err(format!(
-            "only {} of {total} connections got ready ({} login failures)",
+            "only {} of {total} connections got ready ({} login failures, {} refused as busy \
+             and tried again)",
             f.ready_count(),
-            f.login_failures
+            f.login_failures,
+            f.login_retries
         ));
     }
     // Let the login notices drain before measuring (chat: each login is announced
@@ -988,6 +1000,8 @@ fn storm(a: &StormArgs) -> Res<()> {
     };
     let mut server_cpu = None;
     let bench_cpu0 = cpu_time();
+    // The fan-out's setup may have retried logins too: count the storm's only.
+    let retries0 = f.login_retries;
     let mut bench_cpu = Duration::ZERO;
     let t0 = Instant::now();
     let mut opened = 0usize;
@@ -1050,19 +1064,19 @@ fn storm(a: &StormArgs) -> Res<()> {
             "  storm           {k} logins in {s:.2} s ({:.0} logins/s), {storm_failures} failed, \
              {} refused as busy and retried, {} reconnected after the login timeout",
             k as f64 / s,
-            f.login_retries,
+            f.login_retries - retries0,
             f.reconnects
         ),
         None => println!(
             "  storm           not finished within {storm_limit} s: {} of {k} logged in, \
              {} refused as busy and retried, {} reconnected after the login timeout",
             f.conns[first..].iter().filter(|c| c.ready).count(),
-            f.login_retries,
+            f.login_retries - retries0,
             f.reconnects
         ),
     }
     if let Some(s) = storm_secs {
-        // A saturated bench sets the storm's pace (and so how long the background
+        // A saturated bench may set the storm's pace (and so how long the background
         // fan-out runs on the server during it).
         let share = bench_cpu.as_secs_f64() / s.max(1e-9);
         println!(
@@ -1112,5 +1126,124 @@ fn storm(a: &StormArgs) -> Res<()> {
 fn raise_fd_limit() {
     if let Err(e) = rlimit::increase_nofile_limit(1 << 20) {
         eprintln!("chat-bench: cannot raise the descriptor limit: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chat::proto::{ClientMessage, CodeRes, LoginResMes, ServerMessage};
+    use std::io::{Read, Write};
+    use std::sync::mpsc;
+    use std::thread::JoinHandle;
+
+    /// A chat server for one connection that answers the requests, in turn, with
+    /// `answers`; returns what it was asked, once told to hang up or hung up on.
+    fn scripted_server(
+        answers: Vec<ServerMessage>,
+    ) -> (SocketAddr, mpsc::Sender<()>, JoinHandle<Vec<&'static str>>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (hang_up, told) = mpsc::channel();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut asked = Vec::new();
+            for answer in answers {
+                // The bench hung up before asking everything: what it asked so far.
+                let mut len = [0u8; 4];
+                if s.read_exact(&mut len).is_err() {
+                    return asked;
+                }
+                let mut body = vec![0; u32::from_be_bytes(len) as usize];
+                if s.read_exact(&mut body).is_err() {
+                    return asked;
+                }
+                asked.push(match ClientMessage::parse(&body).unwrap() {
+                    ClientMessage::Register(_) => "register",
+                    ClientMessage::Login(_) => "login",
+                    _ => "other",
+                });
+                s.write_all(&answer.encode()).unwrap();
+            }
+            let _ = told.recv();
+            asked
+        });
+        (addr, hang_up, server)
+    }
+
+    /// A busy refusal that says to come back at once (the server says at least 1 s).
+    fn busy() -> CodeRes {
+        CodeRes {
+            code: 505,
+            error: "server busy, try again in 1 s".into(),
+            retry_after: Some(0),
+            ..CodeRes::default()
+        }
+    }
+
+    fn registered() -> ServerMessage {
+        ServerMessage::RegisterRes(CodeRes::new(200, ""))
+    }
+
+    fn login(code: u16) -> ServerMessage {
+        ServerMessage::LoginRes(LoginResMes {
+            code,
+            ..LoginResMes::default()
+        })
+    }
+
+    /// A fan-out receiver joining (register then login, pipelined) against `answers`:
+    /// the requests the server got, the connection ready or not, failures, retries.
+    fn join(answers: Vec<ServerMessage>) -> (Vec<&'static str>, bool, usize, usize) {
+        let (addr, hang_up, server) = scripted_server(answers);
+        let mut f = Fleet::new(Target::Chat, 1, 64 * 1024).unwrap();
+        let i = f.add(addr, Role::Receiver).unwrap();
+        f.join(i, 42, true);
+        f.run_until(Duration::from_secs(60), |f| {
+            f.ready_count() == 1 || f.login_failures > 0
+        })
+        .unwrap();
+        let (ready, failures, retries) = (f.ready_count() == 1, f.login_failures, f.login_retries);
+        drop(f);
+        let _ = hang_up.send(());
+        (server.join().unwrap(), ready, failures, retries)
+    }
+
+    #[test]
+    fn a_setup_registration_refused_as_busy_goes_again_with_its_login() {
+        let answers = vec![
+            ServerMessage::RegisterRes(busy()),
+            login(500), // no such user: the registration was refused
+            registered(),
+            login(200),
+        ];
+        assert_eq!(
+            join(answers),
+            (vec!["register", "login", "register", "login"], true, 0, 1)
+        );
+    }
+
+    #[test]
+    fn a_setup_login_refused_as_busy_goes_again_alone() {
+        let answers = vec![
+            registered(),
+            ServerMessage::LoginRes(LoginResMes {
+                code: busy().code,
+                error: busy().error,
+                retry_after: busy().retry_after,
+                ..LoginResMes::default()
+            }),
+            login(200),
+        ];
+        assert_eq!(
+            join(answers),
+            (vec!["register", "login", "login"], true, 0, 1)
+        );
+    }
+
+    #[test]
+    fn a_setup_login_refused_for_good_is_a_failure() {
+        let answers = vec![registered(), login(403)];
+        assert_eq!(join(answers), (vec!["register", "login"], false, 1, 0));
     }
 }

@@ -134,9 +134,9 @@ impl Client {
             return;
         };
         loop {
-            // SAFETY: with MSG_TRUNC, TCP writes nothing to the buffer; it is null, so
-            // that a kernel which did would fail the call (EFAULT) instead of writing
-            // anywhere.
+            // SAFETY: with MSG_TRUNC, Linux's TCP discards the bytes and writes nothing
+            // to the buffer (tcp(7)); it is null, so that a kernel which did would fail
+            // the call (EFAULT) instead of writing anywhere.
             let n = unsafe {
                 libc::recv(
                     sock.as_raw_fd(),
@@ -292,7 +292,7 @@ impl Pool {
     /// From now on the connection's input is dropped unread, in the kernel, without
     /// being copied to the bench (what it held unparsed too): for a storm's users once
     /// logged in, who only have to keep reading, so that the bench's own copying does
-    /// not slow the storm down. Input over TLS must be decrypted: read as before.
+    /// not hold the storm up. Input over TLS must be decrypted: read as before.
     pub fn discard(&mut self, i: usize) {
         let c = &mut self.clients[i];
         if c.discard || c.closed || c.tls.is_some() {
