@@ -1025,7 +1025,7 @@ fn storm(a: &StormArgs) -> Res<()> {
             let id = f.conns[i].id;
             if f.conns[i].ready && !stay && !f.pool.clients[i].closed {
                 f.pool.close(i);
-            } else if f.conns[i].ready && stay && a.storm_discard {
+            } else if f.conns[i].ready && a.storm_discard {
                 f.pool.discard(i);
             } else if f.pool.clients[i].closed && !f.conns[i].ready && !f.conns[i].replaced {
                 // Closed while waiting (the server's login timeout): like a real
@@ -1088,7 +1088,7 @@ fn storm(a: &StormArgs) -> Res<()> {
             } else {
                 ""
             },
-            if stay && a.storm_discard && f.pool.tls.is_none() {
+            if a.storm_discard && f.pool.tls.is_none() {
                 "; storm users' input dropped unread once logged in"
             } else {
                 ""

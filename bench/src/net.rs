@@ -168,6 +168,13 @@ impl Client {
         }
     }
 
+    /// Forgets the input read and not consumed, and its buffer's memory.
+    fn drop_input(&mut self) {
+        self.buf = Vec::new();
+        self.start = 0;
+        self.end = 0;
+    }
+
     /// Marks the connection closed by a socket error, which is kept for the report.
     fn failed(&mut self, e: io::Error) -> io::Error {
         self.closed = true;
@@ -284,9 +291,7 @@ impl Pool {
         }
         c.tls = None;
         c.closed = true;
-        c.buf = Vec::new();
-        c.start = 0;
-        c.end = 0;
+        c.drop_input();
     }
 
     /// From now on the connection's input is dropped unread, in the kernel, without
@@ -299,9 +304,7 @@ impl Pool {
             return;
         }
         c.discard = true;
-        c.buf = Vec::new();
-        c.start = 0;
-        c.end = 0;
+        c.drop_input();
         // What is there already raises no new edge.
         c.drain_discarding();
     }
