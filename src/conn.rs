@@ -540,6 +540,8 @@ pub struct Conn {
     /// Largest frame body this client reads (`maxFrame`; a seed client's limit until
     /// it says otherwise).
     pub(super) max_frame_out: u32,
+    /// The client reads the compact forms of presence (`compact` in its login).
+    pub(super) compact: bool,
     /// The earliest deadline of this connection in the hub's timer heap (0: none).
     pub(super) armed_ms: u64,
     /// Delivery of its stored private messages, once online.
@@ -572,6 +574,7 @@ impl Conn {
             login_clock_ms: now_ms,
             login_failures: 0,
             max_frame_out: crate::proto::SEED_MAX_FRAME as u32,
+            compact: false,
             armed_ms: 0,
             offline: OfflineSlot::new(false),
         }
@@ -580,6 +583,11 @@ impl Conn {
     /// Largest frame body this client reads.
     pub fn max_frame(&self) -> usize {
         self.max_frame_out as usize
+    }
+
+    /// Whether the client reads the compact forms of presence.
+    pub fn compact(&self) -> bool {
+        self.compact
     }
 
     /// The client declared `maxFrame`: never less than a seed client reads.

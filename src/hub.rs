@@ -1362,15 +1362,32 @@ impl Hub {
             return;
         }
         let batch = self.presence.take();
+        let compact = &batch.compact;
         let (mut out, online) = self.outputs();
         for (user_id, e) in online.iter() {
+            let key = e.conn.key;
+            let is_compact = out.conns[key].compact();
             if batch.concerns(user_id) {
                 let (from, n) = batch.since_own(user_id);
-                if n > 0 {
-                    out.deliver_chunk(e.conn.key, Part::tail(batch.all.clone(), from), n);
+                if n == 0 {
+                    continue;
                 }
+                if !is_compact {
+                    out.deliver_chunk(key, Part::tail(batch.all.clone(), from), n);
+                    continue;
+                }
+                let (own, rest, shared) = compact.since(batch.len() - n);
+                if let Some(own) = own {
+                    out.deliver_chunk(key, Part::whole(own.into()), 1);
+                }
+                if shared > 0 {
+                    out.deliver_chunk(key, Part::tail(compact.all.clone(), rest), shared);
+                }
+            } else if is_compact {
+                let frames = compact.frames();
+                out.deliver_chunk(key, Part::whole(compact.all.clone()), frames);
             } else {
-                out.deliver_chunk(e.conn.key, Part::whole(batch.all.clone()), batch.len());
+                out.deliver_chunk(key, Part::whole(batch.all.clone()), batch.len());
             }
         }
     }

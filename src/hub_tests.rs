@@ -1642,3 +1642,66 @@ fn a_quick_relogin_never_gets_again_what_the_last_session_got() {
         );
     }
 }
+
+/// Logs `id` in as a client that reads the compact forms, and returns the connection
+/// and its login reply.
+fn login_compact(t: &mut Harness, id: i64) -> (ConnRef, LoginResMes) {
+    let c = t.connect();
+    let ClientMessage::Login(mut m) = login_msg(id, &format!("pw{id}")) else {
+        unreachable!()
+    };
+    m.max_frame = Some(1 << 20);
+    m.compact = true;
+    t.send(c, &ClientMessage::Login(m));
+    t.run_jobs();
+    match &t.recv(c)[..] {
+        [ServerMessage::LoginRes(r)] => (c, r.clone()),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn changes(got: &[ServerMessage]) -> Vec<(i64, u8, String)> {
+    got.iter()
+        .flat_map(|m| match m {
+            ServerMessage::Presence(p) => p.changes.clone(),
+            other => panic!("not a PresenceMes: {other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn compact_clients_are_told_who_is_online_in_the_compact_forms_and_others_as_before() {
+    let mut t = Harness::new(HubConfig {
+        presence_interval_ms: 50,
+        login_rate: 0,
+        ..crate::testkit::test_config()
+    });
+    for id in 1..=5 {
+        t.register(id);
+    }
+    let (compact, r) = login_compact(&mut t, 1);
+    assert_eq!(
+        (r.users_id, r.names, r.users),
+        (vec![1], vec!["u1".into()], vec![])
+    );
+    let (full, _) = login_as(&mut t, 2, Some(1 << 20));
+    let (seed, _) = login_as(&mut t, 3, None);
+    t.advance(50);
+    let u = |id: i64, s: u8| (id, s, format!("u{id}"));
+    assert_eq!(changes(&t.recv(compact)), [u(2, 0), u(3, 0)]);
+    assert_eq!(t.recv(full), [notify(3, 0)]);
+    // A newcomer (compact) in the next batch: its reply names everyone in the order
+    // of the ids, and it is told only what came after it.
+    let (late, r) = login_compact(&mut t, 4);
+    assert_eq!(r.users_id, [1, 2, 3, 4]);
+    assert_eq!(r.names, ["u1", "u2", "u3", "u4"]);
+    assert!(r.users.is_empty());
+    let five = t.login(5);
+    t.send(five, &ClientMessage::Logout);
+    t.advance(50);
+    assert_eq!(changes(&t.recv(compact)), [u(4, 0), u(5, 0), u(5, 1)]);
+    assert_eq!(changes(&t.recv(late)), [u(5, 0), u(5, 1)]);
+    for c in [full, seed] {
+        assert_eq!(t.recv(c), [notify(4, 0), notify(5, 0), notify(5, 1)]);
+    }
+}

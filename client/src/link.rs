@@ -254,7 +254,10 @@ fn read_loop(
 
 /// Message types the server sends unasked (never as the reply to a request).
 fn is_push(k: &str) -> bool {
-    matches!(k, kind::NOTIFY_USER_STATUS | kind::SMS | kind::SMS_PRIVATE)
+    matches!(
+        k,
+        kind::NOTIFY_USER_STATUS | kind::PRESENCE | kind::SMS | kind::SMS_PRIVATE
+    )
 }
 
 /// Parses one frame body like [`ServerMessage::parse`], but reads a JSON `null` in the
@@ -288,25 +291,36 @@ fn without_nulls(body: &[u8]) -> Option<ServerMessage> {
     ServerMessage::parse(&serde_json::to_vec(&env).ok()?).ok()
 }
 
+/// Keeps the roster current with one change of who is online, and prints it.
+fn status_changed(r: &mut BTreeMap<i64, String>, id: i64, st: u8, name: &str) {
+    let name = if name.is_empty() {
+        r.get(&id).cloned().unwrap_or_default()
+    } else {
+        name.to_string()
+    };
+    match st {
+        status::OFFLINE => {
+            r.remove(&id);
+        }
+        _ => {
+            r.insert(id, name.clone());
+        }
+    }
+    show::push(&show::status(id, &name, st));
+}
+
 /// Prints pushes and keeps the roster current. Returns true if `msg` was a push only.
 fn handle_push(msg: &ServerMessage, roster: &Roster) -> bool {
     let mut r = roster.lock().unwrap_or_else(|p| p.into_inner());
     match msg {
         ServerMessage::NotifyUserStatus(n) => {
-            let name = if n.user_name.is_empty() {
-                r.get(&n.user_id).cloned().unwrap_or_default()
-            } else {
-                n.user_name.clone()
-            };
-            match n.status {
-                status::OFFLINE => {
-                    r.remove(&n.user_id);
-                }
-                _ => {
-                    r.insert(n.user_id, name.clone());
-                }
+            status_changed(&mut r, n.user_id, n.status, &n.user_name);
+            true
+        }
+        ServerMessage::Presence(p) => {
+            for (id, st, name) in &p.changes {
+                status_changed(&mut r, *id, *st, name);
             }
-            show::push(&show::status(n.user_id, &name, n.status));
             true
         }
         ServerMessage::Sms(m) => {
@@ -322,8 +336,8 @@ fn handle_push(msg: &ServerMessage, roster: &Roster) -> bool {
             for id in &res.users_id {
                 r.insert(*id, String::new());
             }
-            for u in &res.users {
-                r.insert(u.user_id, u.user_name.clone());
+            for u in res.named() {
+                r.insert(u.user_id, u.user_name);
             }
             false
         }
@@ -385,8 +399,34 @@ mod tests {
     }
 
     #[test]
+    fn the_compact_forms_keep_the_roster_as_the_seed_forms_do() {
+        let roster: Roster = Arc::default();
+        let names = |r: &Roster| {
+            let r = r.lock().unwrap();
+            r.iter().map(|(id, n)| (*id, n.clone())).collect::<Vec<_>>()
+        };
+        let login = proto::LoginResMes {
+            code: 200,
+            users_id: vec![1, 2],
+            names: vec!["ann".into(), "bob".into()],
+            ..Default::default()
+        };
+        assert!(!handle_push(&ServerMessage::LoginRes(login), &roster));
+        assert_eq!(names(&roster), [(1, "ann".into()), (2, "bob".into())]);
+        let presence = ServerMessage::Presence(proto::PresenceMes {
+            changes: vec![
+                (3, status::ONLINE, "cy".into()),
+                (1, status::OFFLINE, "ann".into()),
+            ],
+        });
+        assert!(handle_push(&presence, &roster));
+        assert_eq!(names(&roster), [(2, "bob".into()), (3, "cy".into())]);
+    }
+
+    #[test]
     fn pushes_and_replies_are_told_apart() {
         assert!(is_push(kind::SMS) && is_push(kind::NOTIFY_USER_STATUS));
+        assert!(is_push(kind::PRESENCE));
         assert!(!is_push(kind::LOGIN_RES) && !is_push(kind::ERROR_RES));
     }
 }

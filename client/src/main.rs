@@ -20,7 +20,10 @@
 //! failed, or its certificate was refused (so a script can tell that the server was
 //! down).
 //!
-//! Against the seed's own Go server (its login reply has no `users` extension) the
+//! It logs in `compact`: who is online comes as `names` in the login reply and
+//! `PresenceMes` batches (the seed's server ignores the flag).
+//!
+//! Against the seed's own Go server (its login reply names nobody) the
 //! online list is the login reply's ids kept current by the status notices, and private
 //! messages are refused at once: that server would not answer them.
 
@@ -377,15 +380,16 @@ impl App {
             user_pwd: pwd,
             user_name: String::new(),
             max_frame: Some(MAX_FRAME as u32),
+            compact: true,
             ..LoginMes::default()
         });
         let (name, seed) = match link.request(&msg) {
             Ok(ServerMessage::LoginRes(r)) if r.code == code::OK => {
                 // This project's server always names the users it lists (the caller
-                // at least); a reply without `users` comes from the seed's server.
-                let seed = r.users.is_empty();
-                let name = r
-                    .users
+                // at least); a reply without names comes from the seed's server.
+                let named = r.named();
+                let seed = named.is_empty();
+                let name = named
                     .iter()
                     .find(|u| u.user_id == id)
                     .map(|u| u.user_name.clone())

@@ -13,6 +13,7 @@ use crate::hub::{Hub, Now};
 use crate::job::{JobKind, LoginError, LoginOk};
 use crate::offline::OfflineSlot;
 use crate::proto::{self, LoginMes, LoginResMes, ServerMessage, code, kind, status};
+use crate::roster::Listing;
 use crate::users::{MAX_PASSWORD_BYTES, OnlineEntry};
 
 /// The refusal text for a login or registration that would wait too long: when to try
@@ -83,6 +84,7 @@ impl Hub {
                 self.login_started(key, user_id);
                 let conn = &mut self.conns[key];
                 conn.offline = OfflineSlot::new(m.ack_offline);
+                conn.compact = m.compact;
                 if let Some(n) = m.max_frame {
                     conn.set_max_frame(n);
                 }
@@ -95,11 +97,12 @@ impl Hub {
     }
 
     /// The login reply for a client that reads frames of at most `limit` bytes: the
-    /// whole lists if they fit; else without the `users` extension; else the caller
+    /// whole lists if they fit (the names as `users`, or as `names` for a `compact`
+    /// client); else without the names; else the caller
     /// and as many others as fit (the rest it learns from the notices). Made of the
     /// roster's shared blocks, which are built again only if who is online changed
     /// otherwise than by logins.
-    fn login_reply(&mut self, me: i64, limit: usize, now: Now) -> Vec<Part> {
+    fn login_reply(&mut self, me: i64, limit: usize, compact: bool, now: Now) -> Vec<Part> {
         self.roster_used_ms = now.mono_ms;
         let version = self.roster_version();
         if !self.roster.is_current(version) {
@@ -109,9 +112,14 @@ impl Hub {
                 infos.iter().map(|u| (u.user_id, u.user_name.as_str())),
             );
         }
-        for names in [true, false] {
-            if self.roster.body_len(names) <= limit {
-                return self.roster.reply(names);
+        let names = if compact {
+            Listing::Names
+        } else {
+            Listing::Users
+        };
+        for listing in [names, Listing::Ids] {
+            if self.roster.body_len(listing) <= limit {
+                return self.roster.reply(listing);
             }
         }
         let others: Vec<i64> = self.roster.ids().filter(|&id| id != me).collect();
@@ -225,7 +233,8 @@ impl Hub {
             }
         }
         self.cluster_login(ok.user_id, &name);
-        let parts = self.login_reply(ok.user_id, self.conns[key].max_frame(), now);
+        let conn = &self.conns[key];
+        let parts = self.login_reply(ok.user_id, conn.max_frame(), conn.compact(), now);
         self.reply_parts(key, &parts);
         let batch = self.cfg.offline_batch;
         self.deliver_offline(key, ok.offline, batch);

@@ -217,7 +217,7 @@
   function sendLogin() {
     send('LoginMes', {
       userId: st.creds.id, userPwd: st.creds.pwd, userName: '',
-      maxFrame: READ_FRAME, ackOffline: true,
+      maxFrame: READ_FRAME, ackOffline: true, compact: true,
     });
   }
 
@@ -381,11 +381,12 @@
     ui.reconnect.hidden = true;
     st.phase = 'in';
     st.attempt = 0;
-    const myName = nameFromList(d.users, st.creds.id) || st.creds.name || st.names.get(st.creds.id) || '';
+    const users = listed(d);
+    const myName = nameFromList(users, st.creds.id) || st.creds.name || st.names.get(st.creds.id) || '';
     st.me = { id: st.creds.id, name: myName };
     st.online = new Map();
-    if (Array.isArray(d.users)) {
-      for (const u of d.users) setOnline(u.userId, u.userName);
+    if (users) {
+      for (const u of users) setOnline(u.userId, u.userName);
     } else {
       for (const id of d.UsersId || []) setOnline(id, st.names.get(id) || '');
       // The list was too long to come with names: ask for it.
@@ -433,6 +434,16 @@
     st.current = 'group';
     busy();
     authBusy(false);
+  }
+
+  // The users a login reply names: its `users`, or `names` beside `UsersId` (the
+  // compact form this page asks for); null if it names nobody.
+  function listed(d) {
+    if (Array.isArray(d.users)) return d.users;
+    if (Array.isArray(d.names) && Array.isArray(d.UsersId)) {
+      return d.UsersId.map((id, i) => ({ userId: id, userName: d.names[i] || '' }));
+    }
+    return null;
   }
 
   function nameFromList(list, id) {
@@ -487,6 +498,7 @@
       case 'LoginResMes': return onLoginRes(d);
       case 'RegisterResMes': return onRegisterRes(d);
       case 'NotifyUserStatusMes': return onStatus(d);
+      case 'PresenceMes': return onPresence(d);
       case 'SmsMes': return onGroup(d);
       case 'SmsPrivateMes': return onPrivate(d);
       case 'SmsResMes': return onSmsRes(d);
@@ -501,16 +513,28 @@
 
   function onStatus(d) {
     if (st.phase !== 'in') return;
-    if (d.userName) st.names.set(d.userId, d.userName);
-    if (d.status === 1) {
-      if (st.online.delete(d.userId)) system('group', `${who(d.userId)} went offline.`);
-    } else {
-      const known = st.online.has(d.userId);
-      setOnline(d.userId, d.userName);
-      if (!known) system('group', `${who(d.userId)} came online.`);
-    }
+    statusChanged(d.userId, d.status, d.userName);
     renderConvs();
     renderHead();
+  }
+
+  // Changes of who is online, in order, each [userId, status, userName]: drawn once.
+  function onPresence(d) {
+    if (st.phase !== 'in') return;
+    for (const [id, status, name] of d.changes || []) statusChanged(id, status, name);
+    renderConvs();
+    renderHead();
+  }
+
+  function statusChanged(id, status, name) {
+    if (name) st.names.set(id, name);
+    if (status === 1) {
+      if (st.online.delete(id)) system('group', `${who(id)} went offline.`);
+    } else {
+      const known = st.online.has(id);
+      setOnline(id, name);
+      if (!known) system('group', `${who(id)} came online.`);
+    }
   }
 
   function onOnline(d) {
