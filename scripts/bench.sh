@@ -17,7 +17,9 @@
 # light-load shapes: 2,000 msg/s from 10 publishers to 100 receivers, and one publisher
 # whose window of 8 is counted at delivery (to every receiver), N=100 and N=1000.
 # STORM10K=1 adds 10,000 users (cheap hashing) logging in at once and staying, with the
-# server's CPU per login and its peak memory during the storm against after it. TLS=1
+# server's CPU per login and its peak memory during the storm against after it: as this
+# project's clients log in (compact presence) and as the seed's do, with the background
+# chat at 1 msg/s and at 10, and that chat's cost by itself against Redis's. TLS=1
 # adds plain against TLS on one server (both listeners open, a certificate made with
 # openssl for the run): saturated fan-out, light-load latency and idle memory, each over
 # the plain port then over the TLS port (reported as target "chat-tls").
@@ -91,10 +93,12 @@ chat_storm() {
     bench login-storm --addr 127.0.0.1:19001 -n 100 -p 10 --rate 5000 -d 3 -k 1000 2>/dev/null
     down
 }
+# The storm's background chat runs at $1 msg/s; further arguments go to the bench.
 chat_storm10k() {
+    local rate=$1; shift
     chat_start --argon2-memory-kib 64 --argon2-passes 1
-    bench login-storm --addr 127.0.0.1:19001 -n 10 -p 1 --rate 10 -d 2 -k 10000 --stay \
-        --storm-limit 900 --server-pid "$SERVER" 2>/dev/null
+    bench login-storm --addr 127.0.0.1:19001 -n 10 -p 1 --rate "$rate" -d 2 -k 10000 --stay \
+        --storm-limit 900 --server-pid "$SERVER" "$@" 2>/dev/null
     down
 }
 
@@ -207,9 +211,26 @@ if [ "${LIGHT:-0}" = 1 ]; then
 fi
 
 if [ "${STORM10K:-0}" = 1 ]; then
+    # The storm's users log in as this project's clients do (compact presence), then as
+    # the seed's clients do; and with the background chat at 10 msg/s, which every user
+    # online gets. What that chat costs a server by itself is the last shape, side by
+    # side with Redis: 10 msg/s to 5,000 receivers (the storm's average online).
     for run in $(seq "$RUNS"); do
-        echo "### run $run login storm: 10,000 users (cheap hashing) log in at once and stay"
-        both chat_storm10k
+        echo "### run $run login storm: 10,000 users (cheap hashing) log in at once and stay, chat at 1 msg/s"
+        both chat_storm10k 1
+        echo "### run $run login storm: 10,000 users (cheap hashing), chat at 1 msg/s, seed forms of presence"
+        both chat_storm10k 1 --seed-forms
+        echo "### run $run login storm: 10,000 users (cheap hashing), chat at 10 msg/s"
+        both chat_storm10k 10
+        echo "### run $run fanout N=5000 P=1 at 10 msg/s (the storm's chat by itself)"
+        chat_up
+        bench fanout --target chat --addr 127.0.0.1:19001 -n 5000 -p 1 --rate 10 -d 10 \
+            --server-pid "$SERVER"
+        down
+        redis_up
+        bench fanout --target redis --addr 127.0.0.1:19002 -n 5000 -p 1 --rate 10 -d 10 \
+            --server-pid "$SERVER"
+        down
     done
 fi
 

@@ -13,6 +13,8 @@ PATTERNS = {
     "latency p50 (ms)": (r"^\s+latency\s+p50 ([\d.]+) ms", 1),
     "latency p99 (ms)": (r"^\s+latency\s+.*?p99 ([\d.]+) ms", 1),
     "bench CPU (%)": (r"^\s+bench CPU\s+[\d.]+ s of [\d.]+ s wall \((\d+)%\)", 1),
+    "server CPU (%)": (r"^\s+server CPU\s+[\d.]+ s of [\d.]+ s wall \((\d+)%\)", 1),
+    "server CPU per delivery (us)": (r"^\s+server CPU\s+.*wall.*, ([\d.]+) us per delivery", 1),
     "lost": (r"^\s+lost\s+(\d+)$", 1),
     "bytes per connection": (r"^\s+per connection\s+(\d+) bytes", 1),
     "storm logins/s": (r"^\s+storm\s+\d+ logins in [\d.]+ s \((\d+) logins/s\)", 1),

@@ -86,6 +86,12 @@ struct Common {
     /// With --tls-ca, the name the server's certificate must be for.
     #[arg(long, default_value = "localhost", value_name = "HOST")]
     tls_name: String,
+    /// Chat target: log in without `compact`, as the seed's clients do, so that who is
+    /// online comes as one `NotifyUserStatusMes` per change and the login reply names
+    /// everyone as `users`. By default the bench asks for the compact forms, as this
+    /// project's own clients (terminal and browser) do.
+    #[arg(long)]
+    seed_forms: bool,
 }
 
 /// The TLS settings `c` asks for, if any.
@@ -162,6 +168,10 @@ pub(crate) struct FanoutArgs {
     /// receiver connects there, so its messages cross from node to node.
     #[arg(long, value_name = "ADDR")]
     addr2: Option<SocketAddr>,
+    /// The server's process id: report its CPU time during the measurement (and, in
+    /// login-storm, per login and its peak memory during the storm against after).
+    #[arg(long)]
+    server_pid: Option<u32>,
 }
 
 #[derive(Args, Clone)]
@@ -204,10 +214,6 @@ struct StormArgs {
     /// Registrations of the storm's users in flight at once, beforehand.
     #[arg(long, default_value_t = 200)]
     register_conns: usize,
-    /// The server's process id: report its CPU time per login and its peak memory
-    /// during the storm against its memory once the storm is over.
-    #[arg(long)]
-    server_pid: Option<u32>,
 }
 
 fn main() {
@@ -347,6 +353,8 @@ struct Fleet {
     tolerate_closes: bool,
     /// Storm connections closed by the server and opened again.
     reconnects: usize,
+    /// Logins ask for the compact forms of presence (see `--seed-forms`).
+    compact: bool,
 }
 
 /// When to try a refused login again: at the hinted time, not sooner, spread over up to
@@ -380,6 +388,7 @@ impl Fleet {
             login_retries: 0,
             tolerate_closes: false,
             reconnects: 0,
+            compact: true,
         })
     }
 
@@ -406,7 +415,7 @@ impl Fleet {
     fn join(&mut self, i: usize, id: i64, register: bool) {
         self.conns[i].id = id;
         let bytes = match self.target {
-            Target::Chat => wire::chat_login(id, "bench-password", register),
+            Target::Chat => wire::chat_login(id, "bench-password", register, self.compact),
             Target::Redis => match self.conns[i].role {
                 Role::Receiver => wire::redis_cmd(&[b"SUBSCRIBE", wire::CHANNEL.as_bytes()]),
                 _ => {
@@ -436,7 +445,8 @@ impl Fleet {
         }
         conn.retry_at = None;
         let register = conn.role != Role::Storm && !conn.registered;
-        self.pool.clients[i].send(&wire::chat_login(conn.id, "bench-password", register));
+        let login = wire::chat_login(conn.id, "bench-password", register, self.compact);
+        self.pool.clients[i].send(&login);
         self.pool.flush_one(i);
     }
 
@@ -674,6 +684,8 @@ pub(crate) struct Report {
     lat: Lat,
     cpu: Duration,
     saturated_bench: bool,
+    /// The server's CPU time meanwhile, if its process id was given.
+    server_cpu: Option<Duration>,
 }
 
 impl Report {
@@ -722,6 +734,16 @@ impl Report {
                 ""
             }
         );
+        if let Some(server) = self.server_cpu {
+            let deliveries = (self.delivered + self.to_publishers).max(1);
+            println!(
+                "  server CPU      {:.2} s of {:.2} s wall ({:.0}%), {:.2} us per delivery",
+                server.as_secs_f64(),
+                self.secs,
+                100.0 * server.as_secs_f64() / self.secs,
+                server.as_secs_f64() * 1e6 / deliveries as f64
+            );
+        }
     }
 }
 
@@ -729,6 +751,7 @@ impl Report {
 pub(crate) fn fleet_for(a: &FanoutArgs, extra_buf: bool) -> Res<Fleet> {
     let buf = if extra_buf { 256 * 1024 } else { 64 * 1024 };
     let mut f = Fleet::new(a.common.target, a.sample, buf)?;
+    f.compact = !a.common.seed_forms;
     f.pool.tls = tls_setup(&a.common)?;
     let total = a.receivers + a.publishers;
     for k in 0..total {
@@ -804,6 +827,7 @@ pub(crate) fn measure_until(
     });
     f.lat.0.reserve(expect.min(16_000_000.0) as usize);
     let cpu0 = cpu_time();
+    let server0 = a.server_pid.map(proc_cpu).transpose()?;
     let t0 = Instant::now();
     let end = t0 + Duration::from_secs_f64(secs);
     for (k, &i) in pubs.iter().enumerate() {
@@ -859,6 +883,10 @@ pub(crate) fn measure_until(
     }
     let secs = t0.elapsed().as_secs_f64();
     let cpu = cpu_time() - cpu0;
+    let server_cpu = match (a.server_pid, server0) {
+        (Some(pid), Some(c0)) => Some(proc_cpu(pid)?.saturating_sub(c0)),
+        _ => None,
+    };
     let published = f.published - start_pub;
     let delivered_in_window = f.delivered - start_del;
     let to_publishers = f.delivered_to_publishers - start_dpub;
@@ -878,6 +906,7 @@ pub(crate) fn measure_until(
         lat,
         cpu,
         saturated_bench: cpu.as_secs_f64() > 0.9 * secs,
+        server_cpu,
     })
 }
 
@@ -991,7 +1020,7 @@ fn storm(a: &StormArgs) -> Res<()> {
 
     // The storm: K new connections, each logging in, all at once.
     let first = f.conns.len();
-    let server_before = match a.server_pid {
+    let server_before = match fa.server_pid {
         Some(pid) => {
             reset_peak_rss(pid)?;
             Some((proc_cpu(pid)?, rss_kib(pid)?))
@@ -1044,7 +1073,7 @@ fn storm(a: &StormArgs) -> Res<()> {
             storm_secs = Some(t0.elapsed().as_secs_f64());
             bench_cpu = cpu_time() - bench_cpu0;
             storm_failures = f.login_failures;
-            if let Some(pid) = a.server_pid {
+            if let Some(pid) = fa.server_pid {
                 server_cpu = Some(proc_cpu(pid)?);
             }
         }
@@ -1052,11 +1081,16 @@ fn storm(a: &StormArgs) -> Res<()> {
     })?;
     let mut base_lat = base.lat;
     println!(
-        "login-storm K={k} with fanout N={} P={} S={} at {} msg/s",
+        "login-storm K={k} with fanout N={} P={} S={} at {} msg/s, {}",
         fa.receivers,
         fa.publishers,
         fa.size,
-        fa.rate.unwrap_or(0.0)
+        fa.rate.unwrap_or(0.0),
+        if f.compact {
+            "compact presence"
+        } else {
+            "seed forms of presence (--seed-forms)"
+        }
     );
     println!("  registering K users took {reg_secs:.2} s (not part of the storm)");
     match storm_secs {
@@ -1095,7 +1129,9 @@ fn storm(a: &StormArgs) -> Res<()> {
             }
         );
     }
-    if let (Some(pid), Some((cpu0, rss0)), Some(cpu1)) = (a.server_pid, server_before, server_cpu) {
+    if let (Some(pid), Some((cpu0, rss0)), Some(cpu1)) =
+        (a.fanout.server_pid, server_before, server_cpu)
+    {
         let peak = proc_status_kib(pid, "VmHWM:")?;
         // The server hands freed memory back every 2 s: read the steady state after.
         std::thread::sleep(Duration::from_secs(3));

@@ -50,7 +50,7 @@ fn read_to_close(s: &mut TcpStream) -> Vec<ServerMessage> {
 }
 
 fn login(s: &mut TcpStream, id: i64) -> bool {
-    let frames = wire::chat_login(id, "soak-password", true);
+    let frames = wire::chat_login(id, "soak-password", true, true);
     if s.write_all(&frames).is_err() {
         return false;
     }

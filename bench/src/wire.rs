@@ -19,8 +19,9 @@ pub const CHANNEL: &str = "bench";
 /// (the fan-out's receivers take any size; the soak's clients this much).
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
 
-/// Register (ignored if the id exists) then log in, pipelined.
-pub fn chat_login(id: i64, password: &str, register: bool) -> Vec<u8> {
+/// Register (ignored if the id exists) then log in, pipelined; `compact`: asking for
+/// the compact forms of presence.
+pub fn chat_login(id: i64, password: &str, register: bool, compact: bool) -> Vec<u8> {
     let mut out = if register {
         chat_register(id, password)
     } else {
@@ -32,6 +33,7 @@ pub fn chat_login(id: i64, password: &str, register: bool) -> Vec<u8> {
             user_pwd: password.into(),
             user_name: String::new(),
             max_frame: Some(MAX_FRAME as u32),
+            compact,
             ..LoginMes::default()
         })
         .encode(),
@@ -333,7 +335,7 @@ mod tests {
 
     #[test]
     fn logins_and_registrations_declare_max_frame() {
-        let bytes = chat_login(7, "pw", true);
+        let bytes = chat_login(7, "pw", true, true);
         let (total, body) = chat_frame(&bytes).unwrap();
         let reg = inner(&bytes[body]).unwrap();
         assert_eq!(reg["maxFrame"].as_u64(), Some(MAX_FRAME as u64));
@@ -341,5 +343,13 @@ mod tests {
         let login = inner(&bytes[total..][body]).unwrap();
         assert_eq!(login["userId"], 7);
         assert_eq!(login["maxFrame"].as_u64(), Some(MAX_FRAME as u64));
+        assert_eq!(login["compact"], true);
+        let (_, body) = chat_frame(&chat_login(7, "pw", false, false)).unwrap();
+        assert!(
+            inner(&chat_login(7, "pw", false, false)[body])
+                .unwrap()
+                .get("compact")
+                .is_none()
+        );
     }
 }
