@@ -57,12 +57,10 @@ enum Mode {
 pub(crate) struct SoakArgs {
     #[command(flatten)]
     fanout: FanoutArgs,
-    /// Minutes to run.
+    /// Minutes to run (the server's process id, `--server-pid`, is required: its
+    /// memory is read over time).
     #[arg(long, default_value_t = 10.0)]
     minutes: f64,
-    /// The server's process id, to read its memory.
-    #[arg(long)]
-    server_pid: u32,
     /// Bad clients started per second.
     #[arg(long, default_value_t = 10)]
     bad_per_sec: u32,
@@ -168,8 +166,9 @@ pub(crate) struct FanoutArgs {
     /// receiver connects there, so its messages cross from node to node.
     #[arg(long, value_name = "ADDR")]
     addr2: Option<SocketAddr>,
-    /// The server's process id: report its CPU time during the measurement (and, in
-    /// login-storm, per login and its peak memory during the storm against after).
+    /// The server's process id: fanout reports its CPU time during the measurement,
+    /// login-storm its CPU time per login and its peak memory during the storm against
+    /// after, soak (where it is required) its memory over time.
     #[arg(long)]
     server_pid: Option<u32>,
 }
@@ -1168,6 +1167,23 @@ fn raise_fd_limit() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed_and_every_mode_takes_the_server_pid() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        for mode in ["fanout", "login-storm", "soak"] {
+            let cli = Cli::try_parse_from(["chat-bench", mode, "--server-pid", "7"])
+                .unwrap_or_else(|e| panic!("{mode}: {e}"));
+            let pid = match cli.mode {
+                Mode::Fanout(a) => a.server_pid,
+                Mode::LoginStorm(a) => a.fanout.server_pid,
+                Mode::Soak(a) => a.fanout.server_pid,
+                Mode::Idle(_) => unreachable!(),
+            };
+            assert_eq!(pid, Some(7), "{mode}");
+        }
+    }
     use chat::proto::{ClientMessage, CodeRes, LoginResMes, ServerMessage};
     use std::io::{Read, Write};
     use std::sync::mpsc;

@@ -147,13 +147,16 @@ fn bad_client(kind: u64, addr: SocketAddr, id: i64, t: &Tally) {
 
 pub fn run(a: &SoakArgs) -> Res<()> {
     let addr = a.fanout.common.addr;
-    let rss0 = rss_kib(a.server_pid)?;
+    let Some(server_pid) = a.fanout.server_pid else {
+        return Err("soak needs --server-pid: it reads the server's memory over time".into());
+    };
+    let rss0 = rss_kib(server_pid)?;
     println!(
         "soak: {} minutes, server RSS at start {rss0} KiB",
         a.minutes
     );
     let mut f = fleet_for(&a.fanout, false)?;
-    let rss_ready = rss_kib(a.server_pid)?;
+    let rss_ready = rss_kib(server_pid)?;
     println!("  fan-out fleet ready, server RSS {rss_ready} KiB");
 
     let tally = Arc::new(Tally::default());
@@ -186,7 +189,7 @@ pub fn run(a: &SoakArgs) -> Res<()> {
     let started = Instant::now();
     let mut next_report = Duration::from_secs(60);
     let mut peak = rss_ready;
-    let pid = a.server_pid;
+    let pid = server_pid;
     let rep = measure_until(&mut f, &a.fanout, a.minutes * 60.0, |_| {
         let el = started.elapsed();
         if el >= next_report {
@@ -200,7 +203,7 @@ pub fn run(a: &SoakArgs) -> Res<()> {
     stop.store(true, Ordering::Relaxed);
     let _ = spawner.join();
     let mut rep = rep?;
-    let rss_end = rss_kib(a.server_pid)?;
+    let rss_end = rss_kib(server_pid)?;
     println!(
         "  server RSS at end {rss_end} KiB (start {rss0}, with fleet {rss_ready}, peak sampled {peak})"
     );
