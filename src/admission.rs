@@ -40,6 +40,11 @@ const LONG_FLUSH: Duration = Duration::from_millis(1);
 /// Longest pause after a round of writes, however long that round took.
 const MAX_FLUSH_GATHER: Duration = Duration::from_millis(50);
 
+/// The times between completions averaged for the estimate: enough that one long
+/// round of writes (during which idle-priority hashing gets no CPU at all) counts for
+/// its share of a while, not for every hash ahead.
+const GAP_SAMPLES: usize = 256;
+
 /// Folds `sample` into a moving average (weight 1/8).
 fn average(avg: &mut Option<f64>, sample: f64) {
     *avg = Some(match *avg {
@@ -59,9 +64,11 @@ pub struct Admission {
     in_flight: VecDeque<u64>,
     /// What one hash has cost lately, in ms (a moving average of worker times).
     cost_ms: Option<f64>,
-    /// Time between hash completions while hashes were waiting, in ms (a moving
-    /// average): what the threads really deliver, starved of CPU or not.
-    gap_ms: Option<f64>,
+    /// Times between hash completions while hashes were waiting, in ms, the last
+    /// [`GAP_SAMPLES`] of them, and their sum: their mean is what the threads really
+    /// deliver, starved of CPU or not.
+    gaps: VecDeque<f64>,
+    gap_sum: f64,
     /// When the last hash completed, if others were still in flight then.
     last_done: Option<u64>,
     /// Requests refused as busy since [`Admission::take_refused`] was last called.
@@ -75,7 +82,8 @@ impl Admission {
             max_wait_ms,
             in_flight: VecDeque::new(),
             cost_ms: None,
-            gap_ms: None,
+            gaps: VecDeque::new(),
+            gap_sum: 0.0,
             last_done: None,
             refused: 0,
         }
@@ -88,13 +96,20 @@ impl Admission {
 
     /// How long a new login would wait for a hashing thread: the hashes ahead of it
     /// times the time each takes, which is the larger of the recent cost of one shared
-    /// among the threads and the recent time between completions (the threads run only
-    /// on CPU the loop leaves); and at least as long as the oldest has waited, in case
-    /// the threads are making no progress at all.
+    /// among the threads and the mean time between the last completions (the threads
+    /// run only on CPU the loop leaves: a mean over hundreds, so that a pause during
+    /// one long round of writes does not make every login wait as if all were that
+    /// slow); and at least as long as the oldest has waited, in case the threads are
+    /// making no progress at all.
     pub fn estimate(&self, now_ms: u64) -> u64 {
         let ahead = self.in_flight.len() as f64;
         let shared = self.cost_ms.unwrap_or(0.0) / self.workers as f64;
-        let each = shared.max(self.gap_ms.unwrap_or(0.0));
+        let gap = if self.gaps.is_empty() {
+            0.0
+        } else {
+            self.gap_sum / self.gaps.len() as f64
+        };
+        let each = shared.max(gap);
         let queued = each * ahead;
         let oldest = self
             .in_flight
@@ -132,7 +147,14 @@ impl Admission {
                 average(&mut self.cost_ms, took.as_secs_f64() * 1000.0);
             }
             if let Some(prev) = self.last_done {
-                average(&mut self.gap_ms, now_ms.saturating_sub(prev) as f64);
+                let gap = now_ms.saturating_sub(prev) as f64;
+                self.gaps.push_back(gap);
+                self.gap_sum += gap;
+                if self.gaps.len() > GAP_SAMPLES
+                    && let Some(old) = self.gaps.pop_front()
+                {
+                    self.gap_sum -= old;
+                }
             }
         }
         self.last_done = (!self.in_flight.is_empty()).then_some(now_ms);
@@ -192,6 +214,32 @@ mod tests {
         assert_eq!(a.check(100), Err(1_050));
         assert_eq!(a.take_refused(), 1);
         assert_eq!(a.take_refused(), 0);
+    }
+
+    #[test]
+    fn one_long_pause_counts_for_its_share_and_a_lasting_slowdown_for_all() {
+        let mut a = Admission::new(2, 30_000);
+        let mut now = 0;
+        for _ in 0..1_000 {
+            a.submitted(0);
+        }
+        // Hashes complete 1 ms apart, then one after 100 ms (a long round of writes):
+        // just after it, 850 ahead at about 1.7 ms each (the mean of 150 gaps), not at
+        // 13 ms (a moving average of the last few).
+        for i in 0..151 {
+            now += if i == 150 { 100 } else { 1 };
+            a.completed(now, Some(Duration::from_millis(1)), true);
+        }
+        a.submitted(now);
+        let est = a.estimate(now);
+        assert!((1_300..=1_500).contains(&est), "{est}");
+        // Hashes that keep coming 50 ms apart are waited for as such.
+        for _ in 0..300 {
+            now += 50;
+            a.completed(now, Some(Duration::from_millis(1)), true);
+            a.submitted(now);
+        }
+        assert_eq!(a.estimate(now), 50 * 850);
     }
 
     #[test]
