@@ -240,6 +240,9 @@ pub struct Hub {
     departures: Vec<(i64, Rc<str>)>,
     /// Presence notices waiting to be sent to everyone.
     presence: Presence,
+    /// What writing one connection's output has cost the loop lately, in µs: a moving
+    /// average over rounds of writes to many (see `Hub::note_round`).
+    write_cost_us: Option<f64>,
     /// Everyone online, encoded as the login reply lists them. Dropped when logins
     /// stop for a while (it costs some 50 bytes per user online), built again on the
     /// next one.
@@ -275,6 +278,13 @@ pub struct Hub {
 /// With this many users online or more per millisecond of presence interval, the
 /// interval grows (see `Hub::presence_interval`).
 const PRESENCE_USERS_PER_MS: u64 = 20;
+/// A round of presence notices to everyone takes at most this share of the loop's
+/// time: the interval is at least this many times as long as the round.
+const PRESENCE_ROUNDS_SHARE: f64 = 20.0;
+/// The longest the presence interval grows to, whatever a round costs.
+const MAX_PRESENCE_INTERVAL_MS: u64 = 2_000;
+/// Rounds of writes to fewer connections than this say little of what one costs.
+const ROUND_SAMPLE: usize = 100;
 
 /// How long the roster is kept after the last login (see `Hub::roster`).
 const ROSTER_KEEP_MS: u64 = 2_000;
@@ -302,6 +312,7 @@ impl Hub {
             login_limits: PerAddr::default(),
             departures: Vec::new(),
             presence: Presence::default(),
+            write_cost_us: None,
             roster: Roster::default(),
             roster_used_ms: 0,
             pong: ServerMessage::Pong.encode().into(),
@@ -1343,16 +1354,37 @@ impl Hub {
     }
 
     /// How long presence notices may wait: the configured interval, or longer with
-    /// many online, so that the round of writes they cause (one per connection, a few
-    /// microseconds each) takes at most about 5% of the loop's time: 1 ms per 20 users,
-    /// half a second at 10,000. A message from a newcomer still sends them at once.
+    /// many online, so that the round of writes they cause (one per connection)
+    /// takes at most about 5% of the loop's time: 20 times what a round to everyone
+    /// costs as measured lately (up to 2 s), and at least 1 ms per 20 users (half a
+    /// second at 10,000). A message from a newcomer still sends them at once.
     fn presence_interval(&self) -> u64 {
         if self.cfg.presence_interval_ms == 0 {
             return 0;
         }
+        let online = self.online.len();
+        let measured = self.write_cost_us.map_or(0, |us| {
+            let round_ms = online as f64 * us / 1000.0;
+            ((round_ms * PRESENCE_ROUNDS_SHARE) as u64).min(MAX_PRESENCE_INTERVAL_MS)
+        });
         self.cfg
             .presence_interval_ms
-            .max(self.online.len() as u64 / PRESENCE_USERS_PER_MS)
+            .max(online as u64 / PRESENCE_USERS_PER_MS)
+            .max(measured)
+    }
+
+    /// The reactor wrote `written` connections' output in one round, in `took`: what
+    /// one costs (the system calls, the kernel's copying, waking the readers) sets how
+    /// long presence notices wait with many online. Small rounds are not counted.
+    pub fn note_round(&mut self, written: usize, took: std::time::Duration) {
+        if written < ROUND_SAMPLE {
+            return;
+        }
+        let us = took.as_secs_f64() * 1e6 / written as f64;
+        self.write_cost_us = Some(match self.write_cost_us {
+            Some(avg) => avg + (us - avg) / 8.0,
+            None => us,
+        });
     }
 
     /// Sends the presence notices waiting, to everyone online: one shared chunk each,
@@ -1494,14 +1526,14 @@ impl Outputs<'_> {
     }
 
     /// Queues `part`, presence notices (`frames` of them, each small enough for any
-    /// client), on `key`.
+    /// client: `NotifyUserStatusMes` or `PresenceMes` frames), on `key`.
     fn deliver_chunk(&mut self, key: usize, part: Part, frames: usize) {
         let limit = self.limit;
         let conn = &mut self.conns[key];
         if queue(conn, key, self.writes, self.overflowed, self.stats, |q| {
             q.push_part(part, limit)
         }) {
-            self.stats.deliveries += frames as u64 - 1;
+            self.stats.deliveries += (frames as u64).saturating_sub(1);
         }
     }
 

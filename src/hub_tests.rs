@@ -3,6 +3,7 @@
 //! moved by hand. No sockets, threads or sleeps.
 
 use std::rc::Rc;
+use std::time::Duration;
 
 use crate::conn::ConnRef;
 use crate::hub::HubConfig;
@@ -1704,4 +1705,41 @@ fn compact_clients_are_told_who_is_online_in_the_compact_forms_and_others_as_bef
     for c in [full, seed] {
         assert_eq!(t.recv(c), [notify(4, 0), notify(5, 0), notify(5, 1)]);
     }
+}
+
+#[test]
+fn presence_waits_twenty_times_what_a_round_of_writes_to_everyone_costs() {
+    let mut t = Harness::new(HubConfig {
+        presence_interval_ms: 50,
+        login_rate: 0,
+        max_conns_per_addr: 0,
+        ..HubConfig::default()
+    });
+    for id in 1..=202 {
+        t.register(id);
+    }
+    let first = t.login(1);
+    for id in 2..=200 {
+        t.login(id);
+    }
+    t.advance(1_000);
+    t.recv(first);
+    let due_in = |t: &mut Harness, id: i64| {
+        t.login(id);
+        t.hub.poll_timeout(t.now).unwrap() - t.now.mono_ms
+    };
+    // Rounds of writes to a few say nothing; one to 200 that took 10 ms says 50 us
+    // each: a round to the 201 online takes 10 ms, and notices wait 20 times that.
+    t.hub.note_round(99, Duration::from_secs(1));
+    t.hub.note_round(200, Duration::from_millis(10));
+    assert_eq!(due_in(&mut t, 201), 201);
+    t.advance(1_000);
+    assert_eq!(t.recv(first), [notify(201, 0)]);
+    // However slow the writes, notices wait at most 2 s.
+    t.hub.note_round(1_000, Duration::from_secs(10));
+    t.login(202);
+    t.advance(1_999);
+    assert_eq!(t.recv(first), []);
+    t.advance(1);
+    assert_eq!(t.recv(first), [notify(202, 0)]);
 }

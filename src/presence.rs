@@ -1,4 +1,5 @@
-//! Presence notices (`NotifyUserStatusMes`), gathered and sent to everyone together.
+//! Presence notices (`NotifyUserStatusMes`, or `PresenceMes` for clients that logged in
+//! `compact`), gathered and sent to everyone together.
 //!
 //! Every arrival and departure concerns everyone online: sent one by one, a storm of
 //! 10,000 logins would queue and write 10,000 notices to each of up to 10,000
@@ -15,7 +16,8 @@
 //! user's older session) leaves a mark in the batch to the same end.
 //!
 //! A client that logged in `compact` gets the same notices as `PresenceMes` frames,
-//! about 22 bytes a change against about 100: the batch is encoded a second time
+//! 23 bytes a change against a frame of 101 (user 500001, `s500001`): the batch is
+//! encoded a second time
 //! that way, cut into frames any client reads (8,096 bytes), and shared too. A
 //! newcomer's tail then starts inside a frame: that frame's remaining changes are
 //! encoded for it alone (at most one frame's worth), the frames after it shared.
@@ -26,6 +28,11 @@ use std::ops::Range;
 use std::rc::Rc;
 
 use crate::proto::{NotifyUserStatusMes, SEED_MAX_FRAME, ServerMessage};
+
+/// Longest name a notice carries, in characters. Registration allows 32, but accounts
+/// stored before that rule (or by the seed's server, in Redis) may have any: a notice
+/// must fit every client whatever the name (at most about 2 KB with this).
+const MAX_NOTICE_NAME_CHARS: usize = 256;
 
 /// Notices waiting to be sent.
 #[derive(Debug, Default)]
@@ -71,6 +78,10 @@ pub struct Batch {
 impl Presence {
     /// Notes that `user_id` changed to `status`.
     pub fn note(&mut self, user_id: i64, status: u8, name: &str, now_ms: u64) {
+        let name = match name.char_indices().nth(MAX_NOTICE_NAME_CHARS) {
+            Some((cut, _)) => &name[..cut],
+            None => name,
+        };
         let frame = ServerMessage::NotifyUserStatus(NotifyUserStatusMes {
             user_id,
             status,
@@ -341,6 +352,19 @@ mod tests {
         }
         assert_eq!(both_ways(&b, 5), [], "its own last notice is the last one");
         assert_eq!(both_ways(&b, 600).len(), 1);
+    }
+
+    #[test]
+    fn a_very_long_name_is_cut_so_that_notices_fit_any_client() {
+        let mut p = Presence::default();
+        let long = "\u{1}\"é".repeat(5_000);
+        p.note(1, status::ONLINE, &long, 0);
+        let b = p.take();
+        let seed = seed_changes(&b.all);
+        assert!(b.all.len() <= SEED_MAX_FRAME, "{} bytes", b.all.len());
+        assert_eq!(seed[0].2.chars().count(), MAX_NOTICE_NAME_CHARS);
+        assert!(long.starts_with(&seed[0].2));
+        assert_eq!(compact_changes(&b.compact.all), seed);
     }
 
     proptest::proptest! {

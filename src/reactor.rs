@@ -544,8 +544,9 @@ impl Server {
             self.submit_jobs(t);
             let now_i = Instant::now();
             if shutdown_deadline.is_some() || now_i >= next_flush || (idle && !holding) {
-                self.flush_and_close(t);
+                let written = self.flush_and_close(t);
                 let done = Instant::now();
+                self.hub.note_round(written, done - now_i);
                 next_flush = self.hub.next_flush_at(now_i, done, interval);
                 holding = next_flush > done + interval;
                 flush_due = None;
@@ -654,12 +655,15 @@ impl Server {
 
     /// Announces departures, writes every connection with pending output, then drops
     /// the connections marked for closing; repeated while closing produces more.
-    fn flush_and_close(&mut self, t: Now) {
+    /// Returns how many connections were written.
+    fn flush_and_close(&mut self, t: Now) -> usize {
+        let mut written = 0;
         loop {
             let mut did = self.hub.has_departures();
             self.hub.announce_departures(t);
             while let Some(r) = self.hub.poll_write() {
                 did = true;
+                written += 1;
                 self.write(r, t);
             }
             while let Some(r) = self.hub.poll_close(t) {
@@ -674,6 +678,7 @@ impl Server {
                 break;
             }
         }
+        written
     }
 
     /// SIGHUP: every listener reads its configuration again.

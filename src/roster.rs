@@ -9,8 +9,8 @@
 //! the roster stale, and the next login builds it again, once.
 //!
 //! A client that logged in `compact` gets the names as a list of their own, `names`,
-//! in the order of `UsersId` (about 11 bytes a user against 45 for `users`): the
-//! roster keeps that list too.
+//! in the order of `UsersId` (12 bytes for user 500001 named `s500001`, against 45 in
+//! `users`): the roster keeps that list too.
 //!
 //! The fragments are escaped for where they end up: inside the envelope's `data`
 //! string, itself JSON. A reply is byte for byte what `proto::encode` would produce

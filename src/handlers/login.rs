@@ -2,7 +2,8 @@
 //! messages; then the session goes online here.
 //!
 //! On success the caller gets `LoginResMes` 200 listing everyone online (itself
-//! included), then its offline messages; the others get `NotifyUserStatusMes` status 0.
+//! included), then its offline messages; the others get `NotifyUserStatusMes` status 0
+//! (`PresenceMes` for clients that logged in `compact`).
 //! If the user was already online on another connection, that older session gets
 //! `ErrorResMes` 409 and is closed, and the others see no offline/online flicker.
 #![forbid(unsafe_code)]
@@ -112,12 +113,12 @@ impl Hub {
                 infos.iter().map(|u| (u.user_id, u.user_name.as_str())),
             );
         }
-        let names = if compact {
+        let named = if compact {
             Listing::Names
         } else {
             Listing::Users
         };
-        for listing in [names, Listing::Ids] {
+        for listing in [named, Listing::Ids] {
             if self.roster.body_len(listing) <= limit {
                 return self.roster.reply(listing);
             }
