@@ -242,10 +242,22 @@ impl OutQueue {
 
     /// Queues `part` unless that would take the queue over `limit` bytes.
     pub fn push_part(&mut self, part: Part, limit: usize) -> Result<(), Overflow> {
-        if self.counted() + part.len() > limit {
+        self.push_parts([part], limit)
+    }
+
+    /// Queues `parts`, one frame or more, all or none.
+    pub fn push_parts<const N: usize>(
+        &mut self,
+        parts: [Part; N],
+        limit: usize,
+    ) -> Result<(), Overflow> {
+        let len: usize = parts.iter().map(Part::len).sum();
+        if self.counted() + len > limit {
             return Err(Overflow);
         }
-        self.push_unchecked(part);
+        for part in parts {
+            self.push_unchecked(part);
+        }
         Ok(())
     }
 

@@ -1408,12 +1408,14 @@ impl Hub {
                     out.deliver_chunk(key, Part::tail(batch.all.clone(), from), n);
                     continue;
                 }
-                let (own, rest, shared) = compact.since(batch.len() - n);
-                if let Some(own) = own {
-                    out.deliver_chunk(key, Part::whole(own.into()), 1);
-                }
-                if shared > 0 {
-                    out.deliver_chunk(key, Part::tail(compact.all.clone(), rest), shared);
+                let (head, from, frames) = compact.since(batch.len() - n);
+                let tail = Part::tail(compact.all.clone(), from);
+                match head {
+                    Some(head) => {
+                        out.deliver_chunk_parts(key, [Part::whole(head.into()), tail], frames)
+                    }
+                    None if frames > 0 => out.deliver_chunk_parts(key, [tail], frames),
+                    None => {}
                 }
             } else if is_compact {
                 let frames = compact.frames();
@@ -1528,10 +1530,15 @@ impl Outputs<'_> {
     /// Queues `part`, presence notices (`frames` of them, each small enough for any
     /// client: `NotifyUserStatusMes` or `PresenceMes` frames), on `key`.
     fn deliver_chunk(&mut self, key: usize, part: Part, frames: usize) {
+        self.deliver_chunk_parts(key, [part], frames);
+    }
+
+    /// [`Outputs::deliver_chunk`] for a chunk in several parts, queued all or none.
+    fn deliver_chunk_parts<const N: usize>(&mut self, key: usize, parts: [Part; N], frames: usize) {
         let limit = self.limit;
         let conn = &mut self.conns[key];
         if queue(conn, key, self.writes, self.overflowed, self.stats, |q| {
-            q.push_part(part, limit)
+            q.push_parts(parts, limit)
         }) {
             self.stats.deliveries += (frames as u64).saturating_sub(1);
         }

@@ -19,8 +19,9 @@
 //! 23 bytes a change against a frame of 101 (user 500001, `s500001`): the batch is
 //! encoded a second time
 //! that way, cut into frames any client reads (8,096 bytes), and shared too. A
-//! newcomer's tail then starts inside a frame: that frame's remaining changes are
-//! encoded for it alone (at most one frame's worth), the frames after it shared.
+//! newcomer's tail then starts inside a frame: it gets a frame start of its own (the
+//! length and the opening, a few dozen bytes) followed by the shared bytes from its
+//! first change on, through that frame's end and the frames after it.
 #![forbid(unsafe_code)]
 
 use std::collections::HashSet;
@@ -60,9 +61,8 @@ pub struct CompactBatch {
     /// Per frame: where it starts in `all`, and the index (among the notices) of its
     /// first change.
     frames: Vec<(usize, usize)>,
-    /// Each notice's change, escaped, and where it is in it.
-    changes: Rc<[u8]>,
-    ranges: Vec<Range<usize>>,
+    /// Per notice: where its change starts in `all`.
+    starts: Vec<usize>,
 }
 
 /// Notices taken out to be sent.
@@ -159,18 +159,23 @@ impl Presence {
         }
         let mut all = Vec::with_capacity(changes.len() + 64);
         let mut frames = Vec::new();
+        let mut starts = Vec::with_capacity(ranges.len());
         let mut first = 0;
         while first < ranges.len() {
             let (frame, next) = compact_frame(&changes, &ranges, first);
             frames.push((all.len(), first));
+            let mut at = all.len() + crate::proto::HEADER_LEN + COMPACT_HEAD.len();
+            for r in &ranges[first..next] {
+                starts.push(at);
+                at += r.len() + 1;
+            }
             all.extend_from_slice(&frame);
             first = next;
         }
         CompactBatch {
             all: all.into(),
             frames,
-            changes,
-            ranges,
+            starts,
         }
     }
 }
@@ -205,26 +210,27 @@ impl CompactBatch {
     }
 
     /// What a client that is to get the notices from number `from` on (see
-    /// [`Batch::since_own`]) gets as `PresenceMes` frames: a frame of its own for the
-    /// rest of the frame `from` falls inside, unless it starts one; then where the
-    /// shared frames after that start in [`CompactBatch::all`] (they run to its end),
-    /// and how many they are.
+    /// [`Batch::since_own`]) gets as `PresenceMes` frames: unless `from` starts a
+    /// frame, the start of one of its own (length and opening) for the rest of the
+    /// frame `from` falls inside; then where the shared bytes start in
+    /// [`CompactBatch::all`] (they run to its end); and how many frames in all.
     pub fn since(&self, from: usize) -> (Option<Vec<u8>>, usize, usize) {
-        if from >= self.ranges.len() {
+        if from >= self.starts.len() {
             return (None, self.all.len(), 0);
         }
         let f = self.frames.partition_point(|&(_, first)| first <= from) - 1;
         let (at, first) = self.frames[f];
+        let frames = self.frames.len() - f;
         if first == from {
-            return (None, at, self.frames.len() - f);
+            return (None, at, frames);
         }
-        let next = self
-            .frames
-            .get(f + 1)
-            .map_or(self.ranges.len(), |&(_, n)| n);
-        let (own, _) = compact_frame(&self.changes, &self.ranges[..next], from);
-        let rest = self.frames.get(f + 1).map_or(self.all.len(), |&(at, _)| at);
-        (Some(own), rest, self.frames.len() - f - 1)
+        let end = self.frames.get(f + 1).map_or(self.all.len(), |&(at, _)| at);
+        let tail = self.starts[from];
+        let len = COMPACT_HEAD.len() + (end - tail);
+        let mut head = Vec::with_capacity(crate::proto::HEADER_LEN + COMPACT_HEAD.len());
+        head.extend_from_slice(&(len as u32).to_be_bytes());
+        head.extend_from_slice(COMPACT_HEAD.as_bytes());
+        (Some(head), tail, frames)
     }
 }
 
@@ -306,14 +312,26 @@ mod tests {
         out
     }
 
+    fn compact_frames(mut bytes: &[u8]) -> usize {
+        let mut n = 0;
+        while !bytes.is_empty() {
+            let len = u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
+            bytes = &bytes[4 + len..];
+            n += 1;
+        }
+        n
+    }
+
     /// What `user_id` gets of `b` as seed frames and as compact ones: the same.
     fn both_ways(b: &Batch, user_id: i64) -> Vec<(i64, u8, String)> {
         let (seed, compact) = if b.concerns(user_id) {
             let (from, n) = b.since_own(user_id);
-            let (own, rest, shared) = b.compact.since(b.len() - n);
-            let mut bytes = own.unwrap_or_default();
+            let (head, rest, frames) = b.compact.since(b.len() - n);
+            let mut bytes = head.clone().unwrap_or_default();
+            assert!(bytes.len() < 64, "a frame start of its own, no more");
             bytes.extend_from_slice(&b.compact.all[rest..]);
-            assert_eq!(shared > 0, rest < b.compact.all.len());
+            assert_eq!(frames > 0, rest < b.compact.all.len());
+            assert_eq!(frames, compact_frames(&bytes));
             (seed_changes(&b.all[from..]), compact_changes(&bytes))
         } else {
             (seed_changes(&b.all), compact_changes(&b.compact.all))
