@@ -242,7 +242,11 @@ impl OutQueue {
 
     /// Queues `part` unless that would take the queue over `limit` bytes.
     pub fn push_part(&mut self, part: Part, limit: usize) -> Result<(), Overflow> {
-        self.push_parts([part], limit)
+        if self.counted() + part.len() > limit {
+            return Err(Overflow);
+        }
+        self.push_unchecked(part);
+        Ok(())
     }
 
     /// Queues `parts`, one frame or more, all or none.

@@ -92,9 +92,8 @@ impl Presence {
         self.buf.extend_from_slice(&frame);
         self.entries.push((user_id, start..self.buf.len()));
         let change = serde_json::to_string(&(user_id, status, name)).expect("a change serialises");
-        let escaped = serde_json::to_string(&change).expect("a string serialises");
         self.compact
-            .extend_from_slice(&escaped.as_bytes()[1..escaped.len() - 1]);
+            .extend_from_slice(crate::proto::json_escaped(&change).as_bytes());
         self.compact_ends.push(self.compact.len());
         self.since_ms.get_or_insert(now_ms);
     }
@@ -151,26 +150,24 @@ impl Presence {
             }
             start = end;
         }
-        let changes: Rc<[u8]> = self.compact.as_slice().into();
-        self.compact.clear();
-        self.compact_ends.clear();
-        if self.compact.capacity() > 64 * 1024 {
-            self.compact = Vec::new();
-        }
-        let mut all = Vec::with_capacity(changes.len() + 64);
+        let mut all = Vec::with_capacity(self.compact.len() + 64);
         let mut frames = Vec::new();
         let mut starts = Vec::with_capacity(ranges.len());
         let mut first = 0;
         while first < ranges.len() {
-            let (frame, next) = compact_frame(&changes, &ranges, first);
             frames.push((all.len(), first));
             let mut at = all.len() + crate::proto::HEADER_LEN + COMPACT_HEAD.len();
+            let next = compact_frame(&mut all, &self.compact, &ranges, first);
             for r in &ranges[first..next] {
                 starts.push(at);
                 at += r.len() + 1;
             }
-            all.extend_from_slice(&frame);
             first = next;
+        }
+        self.compact.clear();
+        self.compact_ends.clear();
+        if self.compact.capacity() > 64 * 1024 {
+            self.compact = Vec::new();
         }
         CompactBatch {
             all: all.into(),
@@ -180,9 +177,15 @@ impl Presence {
     }
 }
 
-/// One `PresenceMes` frame of the changes from `first` on, as many as fit a body of
-/// [`SEED_MAX_FRAME`] bytes (at least one); and the index of the first change left out.
-fn compact_frame(changes: &[u8], ranges: &[Range<usize>], first: usize) -> (Vec<u8>, usize) {
+/// Appends to `out` one `PresenceMes` frame of the changes from `first` on, as many as
+/// fit a body of [`SEED_MAX_FRAME`] bytes (at least one); returns the index of the
+/// first change left out.
+fn compact_frame(
+    out: &mut Vec<u8>,
+    changes: &[u8],
+    ranges: &[Range<usize>],
+    first: usize,
+) -> usize {
     let fixed = COMPACT_HEAD.len() + COMPACT_TAIL.len();
     let mut len = fixed + ranges[first].len();
     let mut next = first + 1;
@@ -190,17 +193,16 @@ fn compact_frame(changes: &[u8], ranges: &[Range<usize>], first: usize) -> (Vec<
         len += 1 + ranges[next].len();
         next += 1;
     }
-    let mut frame = Vec::with_capacity(crate::proto::HEADER_LEN + len);
-    frame.extend_from_slice(&(len as u32).to_be_bytes());
-    frame.extend_from_slice(COMPACT_HEAD.as_bytes());
+    out.extend_from_slice(&(len as u32).to_be_bytes());
+    out.extend_from_slice(COMPACT_HEAD.as_bytes());
     for (i, r) in ranges[first..next].iter().enumerate() {
         if i > 0 {
-            frame.push(b',');
+            out.push(b',');
         }
-        frame.extend_from_slice(&changes[r.clone()]);
+        out.extend_from_slice(&changes[r.clone()]);
     }
-    frame.extend_from_slice(COMPACT_TAIL.as_bytes());
-    (frame, next)
+    out.extend_from_slice(COMPACT_TAIL.as_bytes());
+    next
 }
 
 impl CompactBatch {

@@ -626,6 +626,13 @@ fn truncate(s: &str) -> String {
     s.chars().take(64).collect()
 }
 
+/// `s` as it reads inside a JSON string, without the quotes: an inner message's JSON
+/// as it reads inside the envelope's `data` (for fragments encoded once and reused).
+pub(crate) fn json_escaped(s: &str) -> String {
+    let quoted = serde_json::to_string(s).expect("a string serialises");
+    quoted[1..quoted.len() - 1].to_string()
+}
+
 /// Encodes `{"type": kind, "data": json(msg)}` with its length prefix, as one buffer.
 pub fn encode<T: Serialize>(kind: &str, msg: &T) -> Vec<u8> {
     // Serialising plain structs of strings and numbers cannot fail.

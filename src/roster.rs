@@ -157,14 +157,8 @@ pub struct Roster {
     pieces: Pieces,
 }
 
-/// `s` as it reads inside a JSON string (without the quotes).
-fn escaped(s: &str) -> String {
-    let quoted = serde_json::to_string(s).expect("a string serialises");
-    quoted[1..quoted.len() - 1].to_string()
-}
-
 fn name_fragment(name: &str) -> String {
-    escaped(&serde_json::to_string(name).expect("a string serialises"))
+    proto::json_escaped(&serde_json::to_string(name).expect("a string serialises"))
 }
 
 fn info_fragment(id: i64, name: &str) -> String {
@@ -173,7 +167,7 @@ fn info_fragment(id: i64, name: &str) -> String {
         user_name: name.to_string(),
     })
     .expect("a user serialises");
-    escaped(&inner)
+    proto::json_escaped(&inner)
 }
 
 const HEAD: &str = r#"{"type":"LoginResMes","data":"{\"code\":200,\"UsersId\":["#;
