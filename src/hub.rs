@@ -220,6 +220,8 @@ pub struct Hub {
     pub(crate) admission: Admission,
     /// Connections whose queue went from empty to non-empty: to be written this turn.
     writes: Vec<ConnRef>,
+    /// The stretch of the round of writes under way (see [`Hub::poll_write`]).
+    stretch: Vec<ConnRef>,
     /// Connections that stopped reading for a job and may read again.
     reads: Vec<ConnRef>,
     /// Connections to close at the end of this turn.
@@ -303,6 +305,7 @@ impl Hub {
             jobs: VecDeque::new(),
             jobs_in_flight: 0,
             writes: Vec::new(),
+            stretch: Vec::new(),
             reads: Vec::new(),
             closes: Vec::new(),
             overflowed: Vec::new(),
@@ -660,7 +663,10 @@ impl Hub {
 
     /// Whether writes, closes or departures are waiting for the reactor.
     pub fn has_output(&self) -> bool {
-        !self.writes.is_empty() || !self.closes.is_empty() || !self.departures.is_empty()
+        !self.writes.is_empty()
+            || !self.stretch.is_empty()
+            || !self.closes.is_empty()
+            || !self.departures.is_empty()
     }
 
     /// `r`'s socket can take more after a write that blocked: what it has queued is
@@ -678,8 +684,18 @@ impl Hub {
     }
 
     /// The next connection with output to write.
+    ///
+    /// A round of writes goes in stretches: the connections that had output when the
+    /// stretch began, then those that got output meanwhile. Input taken in during a
+    /// round (the reactor looks for it, see `Server::flush_and_close`) joins the
+    /// output of connections not yet written, in the same write, and a connection
+    /// already written gets its share in the next stretch, after all the others: no
+    /// one's output waits twice behind another's.
     pub fn poll_write(&mut self) -> Option<ConnRef> {
-        self.writes.pop()
+        if self.stretch.is_empty() {
+            std::mem::swap(&mut self.stretch, &mut self.writes);
+        }
+        self.stretch.pop()
     }
 
     /// The next connection that may read from its socket again.

@@ -258,6 +258,77 @@ fn group_message_is_stamped_shared_and_not_echoed() {
     );
 }
 
+/// What the reactor does when input comes during a round of writes: the recipients
+/// not yet written get the new message in the same write as the one before it, and
+/// those already written get it after them, not ahead of them.
+#[test]
+fn a_message_taken_in_during_a_round_joins_it_and_the_written_come_after_the_rest() {
+    let mut t = h();
+    let [a, b, c, d] = t.everyone_online([1, 2, 3, 4]);
+    let now = t.now;
+    // The reactor's side, by hand: input straight to the hub, writes in its order.
+    t.hub.handle_input(a, &sms("first").encode(), now);
+    let mut writes: Vec<(ConnRef, Vec<u8>, usize)> = Vec::new();
+    let write = |t: &mut Harness, r: ConnRef, writes: &mut Vec<(ConnRef, Vec<u8>, usize)>| {
+        let mut bytes = Vec::new();
+        let mut calls = 0;
+        t.hub.write(r, now, |iov| {
+            calls += 1;
+            for s in iov {
+                bytes.extend_from_slice(s);
+            }
+            Ok(iov.iter().map(|s| s.len()).sum())
+        });
+        writes.push((r, bytes, calls));
+    };
+    let first = t.hub.poll_write().expect("a recipient to write");
+    write(&mut t, first, &mut writes);
+    // The second message comes while the round is under way.
+    t.hub.handle_input(a, &sms("second").encode(), now);
+    while let Some(r) = t.hub.poll_write() {
+        write(&mut t, r, &mut writes);
+    }
+    let order: Vec<ConnRef> = writes.iter().map(|w| w.0).collect();
+    let mut rest: Vec<ConnRef> = vec![b, c, d];
+    rest.retain(|&r| r != first);
+    assert_eq!(order.len(), 4, "{order:?}");
+    assert_eq!(order[0], first);
+    assert_eq!(
+        {
+            let mut middle = order[1..3].to_vec();
+            middle.sort_by_key(|r| r.key);
+            middle
+        },
+        rest,
+        "the recipients still waiting are written before the one written already"
+    );
+    assert_eq!(
+        order[3], first,
+        "its second message comes after the others' writes"
+    );
+    let contents = |bytes: &[u8]| -> Vec<String> {
+        let mut out = Vec::new();
+        let mut buf = bytes.to_vec();
+        while let Ok(Some(n)) = crate::proto::check(&buf, usize::MAX >> 8) {
+            let body: serde_json::Value = serde_json::from_slice(&buf[4..n]).unwrap();
+            let data: serde_json::Value =
+                serde_json::from_str(body["data"].as_str().unwrap()).unwrap();
+            out.push(data["content"].as_str().unwrap().to_string());
+            buf.drain(..n);
+        }
+        assert!(buf.is_empty());
+        out
+    };
+    assert_eq!(contents(&writes[0].1), ["first"]);
+    for w in &writes[1..3] {
+        assert_eq!(contents(&w.1), ["first", "second"], "both in one write");
+        assert_eq!(w.2, 1, "one call");
+    }
+    assert_eq!(contents(&writes[3].1), ["second"]);
+    assert!(t.hub.poll_write().is_none());
+    assert!(t.recv(a).is_empty(), "never echoed to the sender");
+}
+
 #[test]
 fn anonymous_connections_may_only_log_in_register_and_ping() {
     let mut t = h();

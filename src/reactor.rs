@@ -52,6 +52,9 @@ const CLUSTER_PER_TURN: usize = 4096;
 const TRIM_MS: u64 = 2_000;
 /// Pause before accepting again after running out of descriptors.
 const ACCEPT_BACKOFF_MS: u64 = 100;
+/// During a round of writes, how often the loop looks for input that came meanwhile
+/// (see `Server::flush_and_close`).
+const PEEK_EVERY: Duration = Duration::from_micros(50);
 
 /// Everything the server is configured with. The defaults are the command line's.
 #[derive(Debug, Clone)]
@@ -225,6 +228,34 @@ pub struct Server {
     control: (mpsc::Sender<Control>, mpsc::Receiver<Control>),
     /// How long each turn of the loop worked, for the metrics.
     turn_seconds: crate::metrics::Histogram,
+}
+
+/// When a round of writes looks for input that came meanwhile: every [`PEEK_EVERY`],
+/// for its first stretch of time (nothing after that: the round then ends, and the
+/// loop's other work gets its turn however busy the sockets are).
+#[derive(Debug)]
+struct Peeks {
+    last: Instant,
+    until: Instant,
+}
+
+impl Peeks {
+    fn new(start: Instant, peek_for: Duration) -> Peeks {
+        Peeks {
+            last: start,
+            until: start + peek_for,
+        }
+    }
+
+    /// Whether to look now; if so, the next look is due [`PEEK_EVERY`] from now.
+    #[inline]
+    fn due(&mut self, now: Instant) -> bool {
+        if now >= self.until || now < self.last + PEEK_EVERY {
+            return false;
+        }
+        self.last = now;
+        true
+    }
 }
 
 /// Counts of the loop's work, logged at exit.
@@ -544,7 +575,12 @@ impl Server {
             self.submit_jobs(t);
             let now_i = Instant::now();
             if shutdown_deadline.is_some() || now_i >= next_flush || (idle && !holding) {
-                let written = self.flush_and_close(t);
+                let peek_for = if shutdown_deadline.is_some() || holding {
+                    Duration::ZERO
+                } else {
+                    interval
+                };
+                let written = self.flush_and_close(t, peek_for, &mut events, signals.as_mut());
                 let done = Instant::now();
                 self.hub.note_round(written, done - now_i);
                 next_flush = self.hub.next_flush_at(now_i, done, interval);
@@ -656,8 +692,21 @@ impl Server {
     /// Announces departures, writes every connection with pending output, then drops
     /// the connections marked for closing; repeated while closing produces more.
     /// Returns how many connections were written.
-    fn flush_and_close(&mut self, t: Now) -> usize {
+    ///
+    /// For its first `peek_for`, the round looks for input every [`PEEK_EVERY`] and
+    /// takes it in (`events` is the loop's, reused): a message that came while the
+    /// round was writing goes out with it, in the same write, to the recipients not
+    /// yet written, and to the others right after them (see [`Hub::poll_write`]),
+    /// instead of waiting for the round to end and then for a round of its own.
+    fn flush_and_close(
+        &mut self,
+        t: Now,
+        peek_for: Duration,
+        events: &mut Events,
+        mut signals: Option<&mut signal_hook_mio::v1_0::Signals>,
+    ) -> usize {
         let mut written = 0;
+        let mut peeks = Peeks::new(Instant::now(), peek_for);
         loop {
             let mut did = self.hub.has_departures();
             self.hub.announce_departures(t);
@@ -665,6 +714,12 @@ impl Server {
                 did = true;
                 written += 1;
                 self.write(r, t);
+                if peeks.due(Instant::now())
+                    && self.poll.poll(events, Some(Duration::ZERO)).is_ok()
+                    && !events.is_empty()
+                {
+                    self.handle_events(events, signals.as_deref_mut(), now(self.started));
+                }
             }
             while let Some(r) = self.hub.poll_close(t) {
                 did = true;
@@ -853,5 +908,31 @@ impl Server {
             self.read(r, t);
         }
         self.hub.handle_writable(r);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Virtual time: the looks a round of writes takes, from its start.
+    #[test]
+    fn a_round_looks_for_input_every_peek_every_during_its_first_peek_for_only() {
+        let start = Instant::now();
+        let us = |n: u64| start + Duration::from_micros(n);
+        let mut p = Peeks::new(start, Duration::from_micros(500));
+        assert!(!p.due(start));
+        assert!(!p.due(us(49)));
+        assert!(p.due(us(50)));
+        assert!(!p.due(us(60)), "the next one is 50 us after the last");
+        assert!(!p.due(us(99)));
+        assert!(p.due(us(130)));
+        assert!(!p.due(us(179)));
+        assert!(p.due(us(480)), "a long write in between: one look, at once");
+        assert!(!p.due(us(500)), "none after the first 500 us");
+        assert!(!p.due(us(10_000)));
+        let mut never = Peeks::new(start, Duration::ZERO);
+        assert!(!never.due(us(50)), "a round that is not to look never does");
+        assert!(!never.due(us(1_000)));
     }
 }
