@@ -355,7 +355,12 @@ fn a_redis_slower_than_the_timeout_gets_a_clear_error_in_bounded_time() {
     let _sleeper = put_redis_to_sleep(&r, 3);
     let started = Instant::now();
     a.send("SmsPrivateMes", json!({"toUserId":2,"content":"x"}));
-    assert_eq!(a.recv().data["code"], 503);
+    // 503 (not stored) when the storage connection had been idle for 10 s or had
+    // none yet, so a PING went first; 504 (may be stored) when another job had used
+    // it within 10 s: the write itself was sent, then its answer did not come. Both
+    // are clear answers; which one depends on the jobs that ran before.
+    let code = a.recv().data["code"].clone();
+    assert!(code == 503 || code == 504, "{code}");
     assert!(
         started.elapsed() < Duration::from_millis(2500),
         "{:?}",
