@@ -76,12 +76,15 @@ pub struct Admission {
 }
 
 impl Admission {
-    pub fn new(workers: usize, max_wait_ms: u64) -> Admission {
+    /// `first_cost`: what one hash costs, if known before any has been run (timed
+    /// when the server started), so that a storm's first logins are not all admitted
+    /// before the first hash tells what they will cost.
+    pub fn new(workers: usize, max_wait_ms: u64, first_cost: Option<Duration>) -> Admission {
         Admission {
             workers: workers.max(1),
             max_wait_ms,
             in_flight: VecDeque::new(),
-            cost_ms: None,
+            cost_ms: first_cost.map(|d| d.as_secs_f64() * 1000.0),
             gaps: VecDeque::new(),
             gap_sum: 0.0,
             last_done: None,
@@ -198,7 +201,7 @@ mod tests {
 
     #[test]
     fn logins_are_admitted_while_they_can_be_served_in_time() {
-        let mut a = Admission::new(2, 1_000);
+        let mut a = Admission::new(2, 1_000, None);
         // Nothing measured yet: everything is admitted.
         for _ in 0..10 {
             assert_eq!(a.check(0), Ok(()));
@@ -217,8 +220,26 @@ mod tests {
     }
 
     #[test]
+    fn a_hash_timed_at_start_bounds_a_storm_before_any_completes() {
+        // 100 ms a hash on 2 threads: 50 ms for each one ahead. The 21st waits
+        // 1,000 ms (admitted), the 22nd 1,050 (refused); with nothing known, all 22
+        // would have been.
+        let mut a = Admission::new(2, 1_000, Some(Duration::from_millis(100)));
+        for _ in 0..21 {
+            assert_eq!(a.check(0), Ok(()));
+            a.submitted(0);
+        }
+        assert_eq!(a.check(0), Err(1_050));
+        let mut blind = Admission::new(2, 1_000, None);
+        for _ in 0..22 {
+            assert_eq!(blind.check(0), Ok(()));
+            blind.submitted(0);
+        }
+    }
+
+    #[test]
     fn one_long_pause_counts_for_its_share_and_a_lasting_slowdown_for_all() {
-        let mut a = Admission::new(2, 30_000);
+        let mut a = Admission::new(2, 30_000, None);
         let mut now = 0;
         for _ in 0..1_000 {
             a.submitted(0);
@@ -244,7 +265,7 @@ mod tests {
 
     #[test]
     fn a_stalled_pool_is_judged_by_its_oldest_waiter() {
-        let mut a = Admission::new(1, 1_000);
+        let mut a = Admission::new(1, 1_000, None);
         a.submitted(0);
         assert_eq!(a.check(500), Ok(()));
         assert_eq!(a.check(1_500), Err(1_500));
@@ -252,7 +273,7 @@ mod tests {
 
     #[test]
     fn jobs_that_did_not_hash_do_not_lower_the_cost() {
-        let mut a = Admission::new(1, 10_000);
+        let mut a = Admission::new(1, 10_000, None);
         a.submitted(0);
         a.submitted(0);
         a.completed(10, Some(Duration::from_millis(10)), true);
@@ -269,7 +290,7 @@ mod tests {
         let us = Duration::from_micros;
         let ms = Duration::from_millis;
         let interval = us(500);
-        let mut a = Admission::new(1, 1_000);
+        let mut a = Admission::new(1, 1_000, None);
         for hashing in [false, true] {
             if hashing {
                 a.submitted(0);

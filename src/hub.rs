@@ -59,8 +59,15 @@ pub struct HubConfig {
     /// Connections held at once from one address (an IPv6 /64 counts as one); more
     /// are refused with `ErrorResMes` 503. 0: no limit.
     pub max_conns_per_addr: usize,
-    /// Store jobs queued or running at once, over all connections.
+    /// Store jobs queued or running at once, over all connections, password hashes
+    /// not counted: a storm of logins does not turn private messages away.
     pub max_jobs: usize,
+    /// Password hashes (logins, registrations) queued or running at once, besides the
+    /// estimate that admits one only if it can be served within the job timeout.
+    pub max_hash_jobs: usize,
+    /// What one hash costs, as timed when the server started: the wait estimate's
+    /// first figure, before any login has been hashed (None: nothing until then).
+    pub hash_cost: Option<std::time::Duration>,
     /// Threads hashing passwords (logins and registrations).
     pub hash_workers: usize,
     /// Longest a store job may wait for a worker (`--job-timeout`). A login or
@@ -105,6 +112,8 @@ impl Default for HubConfig {
             max_conns: 0,
             max_conns_per_addr: 64,
             max_jobs: 1024,
+            max_hash_jobs: 16_384,
+            hash_cost: None,
             hash_workers: 2,
             job_timeout_ms: 30_000,
             login_timeout_ms: 30_000,
@@ -173,7 +182,8 @@ pub struct Summary {
     pub jobs_refused: u64,
     /// Jobs that waited past the job timeout and were refused unrun.
     pub jobs_expired: u64,
-    /// Logins and registrations refused as busy (estimated wait too long).
+    /// Logins and registrations refused as busy (estimated wait too long, or the
+    /// hashing queue full).
     pub hash_refused: u64,
     /// Logins and registrations over the per-address rate.
     pub login_rate_refused: u64,
@@ -297,7 +307,7 @@ const HOUSEKEEPING_MS: u64 = 1_000;
 impl Hub {
     pub fn new(cfg: HubConfig) -> Hub {
         Hub {
-            admission: Admission::new(cfg.hash_workers, cfg.job_timeout_ms),
+            admission: Admission::new(cfg.hash_workers, cfg.job_timeout_ms, cfg.hash_cost),
             cfg,
             conns: Slab::new(),
             next_gen: 0,
@@ -764,7 +774,7 @@ impl Hub {
                 Some(_) => self.all_ids().len(),
                 None => self.online.len(),
             },
-            jobs_in_flight: self.jobs_in_flight,
+            jobs_in_flight: self.store_jobs_in_flight(),
             output_queued_bytes: self.conns.iter().map(|(_, c)| c.out.len_bytes()).sum(),
             output_queues: self.conns.iter().filter(|(_, c)| !c.out.is_empty()).count(),
             hashing_queued: self.admission.queued(),
@@ -950,7 +960,7 @@ impl Hub {
         );
         add(
             s.hash_refused,
-            "logins/registrations refused as busy (hashing wait too long)",
+            "logins/registrations refused as busy (hashing wait too long or queue full)",
         );
         add(s.jobs_refused, "requests refused (store job queue full)");
         add(
@@ -1093,9 +1103,14 @@ impl Hub {
         }
     }
 
-    /// Queues a job for a worker if the pool has room.
+    /// Store jobs queued or running, password hashes not counted.
+    pub(crate) fn store_jobs_in_flight(&self) -> usize {
+        self.jobs_in_flight.saturating_sub(self.admission.queued())
+    }
+
+    /// Queues a store job for a worker if the pool has room.
     pub(crate) fn submit(&mut self, key: Option<usize>, kind: JobKind) -> bool {
-        if self.jobs_in_flight >= self.cfg.max_jobs {
+        if self.store_jobs_in_flight() >= self.cfg.max_jobs {
             // Counted, and logged in the summary: a storm must not flood the log.
             self.summary.jobs_refused += 1;
             log::debug!("store job queue full: refusing {kind:?}");
@@ -1109,9 +1124,11 @@ impl Hub {
     /// time. `Err` carries the estimated wait in ms when it cannot.
     pub(crate) fn submit_hash(&mut self, key: usize, kind: JobKind, now: Now) -> Result<(), u64> {
         self.admission.check(now.mono_ms)?;
-        if !self.submit(Some(key), kind) {
+        if self.admission.queued() >= self.cfg.max_hash_jobs {
+            self.summary.hash_refused += 1;
             return Err(self.admission.estimate(now.mono_ms).max(1000));
         }
+        self.submit_always(Some(key), kind);
         self.admission.submitted(now.mono_ms);
         Ok(())
     }

@@ -703,9 +703,9 @@ fn silent_connections_are_closed_at_the_login_timeout() {
 }
 
 #[test]
-fn a_full_job_queue_refuses_instead_of_queueing() {
+fn a_full_hashing_queue_refuses_instead_of_queueing() {
     let mut t = Harness::new(HubConfig {
-        max_jobs: 1,
+        max_hash_jobs: 1,
         ..crate::testkit::test_config()
     });
     let a = t.connect();
@@ -722,6 +722,54 @@ fn a_full_job_queue_refuses_instead_of_queueing() {
     );
     t.run_jobs();
     assert_eq!(t.recv(a), [ServerMessage::RegisterRes(code_res(200, ""))]);
+}
+
+/// Logins waiting for their hashes and store jobs have a bound each: a storm of
+/// logins leaves room for private messages, and a full store queue does not stop
+/// logins.
+#[test]
+fn logins_waiting_for_hashes_leave_room_for_store_jobs_and_the_reverse() {
+    let mut t = Harness::new(HubConfig {
+        max_jobs: 1,
+        max_hash_jobs: 3,
+        ..crate::testkit::test_config()
+    });
+    for id in 1..=6 {
+        t.register(id);
+    }
+    let a = t.login(1);
+    t.recv(a);
+    // Three logins wait for their hashes (not run yet): the hashing queue is full.
+    let waiting: Vec<ConnRef> = (2..=4)
+        .map(|id| {
+            let c = t.connect();
+            t.send(c, &login_msg(id, &format!("pw{id}")));
+            c
+        })
+        .collect();
+    assert_eq!(t.jobs.len(), 3);
+    // A private message to an offline user is a store job: it still gets in.
+    t.send(a, &private(6, "stored"));
+    assert_eq!(t.jobs.len(), 4);
+    // The store queue is full now (1); a login is refused by the hashing queue only.
+    let late = t.connect();
+    t.send(late, &login_msg(5, "pw5"));
+    assert_eq!(login_code(&t.recv(late)).0, 505);
+    t.run_jobs();
+    assert_eq!(
+        t.recv(a).last(),
+        Some(&ServerMessage::SmsRes(code_res(202, "")))
+    );
+    for c in waiting {
+        assert_eq!(login_code(&t.recv(c)).0, 200);
+    }
+    // With the store queue full again, a login is still admitted.
+    t.send(a, &private(6, "again"));
+    assert_eq!(t.jobs.len(), 1);
+    t.send(late, &login_msg(5, "pw5"));
+    assert_eq!(t.jobs.len(), 2, "admitted beside a full store queue");
+    t.run_jobs();
+    assert_eq!(login_code(&t.recv(late)).0, 200);
 }
 
 /// Users 1 to `n` (registered) log in, each on a new connection, in order.

@@ -301,7 +301,7 @@ pub fn render(s: &Snapshot) -> String {
     o.one(
         "store_jobs_in_flight",
         "gauge",
-        "Store jobs queued or running.",
+        "Store jobs queued or running, password hashes not counted (see hashing_queued).",
         s.jobs_in_flight,
     );
     o.histogram(

@@ -6,9 +6,9 @@
 //! executes the hub's outputs: store jobs go to the worker pool (before and after the
 //! writes, which can themselves queue jobs), queued output is written through
 //! [`Hub::write`] (vectored: as soon as the loop finds nothing more to read, and while
-//! it is busy at least once per flush interval), and connections marked for closing
-//! are dropped at the
-//! end of the turn, so a stale token in the same batch of events can never reach a
+//! it is busy at least once per flush interval; a round of writes takes in input that
+//! came meanwhile, so a message read mid-round joins it), and connections marked for
+//! closing are dropped at the end of the turn, so a stale token in the same batch of events can never reach a
 //! reused slot. It sleeps until the hub's next deadline ([`Hub::poll_timeout`]) or the
 //! next event. Worker results come back over a channel and wake the loop through
 //! `mio::Waker`.
@@ -310,6 +310,12 @@ impl Server {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let hasher = Hasher::new(cfg.hash).map_err(io::Error::other)?;
         cfg.hub.hash_workers = cfg.workers.max(1);
+        if cfg.hub.hash_cost.is_none() {
+            // One hash, timed: what a storm's first logins are estimated to cost.
+            let started = Instant::now();
+            hasher.hash("a password").map_err(io::Error::other)?;
+            cfg.hub.hash_cost = Some(started.elapsed());
+        }
         if cfg.hub.max_conns == 0 {
             cfg.hub.max_conns = crate::sys::max_conns_for_fd_limit();
         }

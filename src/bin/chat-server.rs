@@ -133,10 +133,17 @@ struct Args {
     #[arg(long, value_name = "N")]
     max_conns: Option<usize>,
 
-    /// Store jobs (logins, registrations, offline messages) queued at once; over it,
-    /// requests are refused as "server busy".
+    /// Store jobs (offline messages, history, account changes) queued at once; over
+    /// it, requests are refused as "server busy". Password hashes have their own
+    /// bound (--max-hash-jobs), so a storm of logins does not turn these away.
     #[arg(long, default_value_t = HubConfig::default().max_jobs, value_name = "N")]
     max_jobs: usize,
+
+    /// Logins and registrations waiting for a password hash at once; over it, or when
+    /// the estimated wait is longer than the job timeout, they are refused as "server
+    /// busy" with a time to try again.
+    #[arg(long, default_value_t = HubConfig::default().max_hash_jobs, value_name = "N")]
+    max_hash_jobs: usize,
 
     /// Scheduling of the password-hashing threads against the event loop: idle
     /// (SCHED_IDLE: hashing only gets CPU the event loop leaves, so logins never delay
@@ -354,6 +361,7 @@ fn run(args: Args) -> Result<(), String> {
             prelogin_max_frame: args.max_prelogin_frame.min(args.max_frame),
             max_outbuf: args.max_outbuf,
             max_jobs: args.max_jobs.max(1),
+            max_hash_jobs: args.max_hash_jobs.max(1),
             login_timeout_ms: args.login_timeout.saturating_mul(1000),
             max_login_failures: args.max_login_failures.max(1),
             msg_rate: args.msg_rate,

@@ -128,7 +128,7 @@ impl Hub {
     /// job queue is full: a finished job wakes the loop, and a due time in the past
     /// would only make it spin.
     pub(crate) fn history_due_at(&self) -> Option<u64> {
-        if !self.appends.can_submit() || self.jobs_in_flight() >= self.cfg.max_jobs {
+        if !self.appends.can_submit() || self.store_jobs_in_flight() >= self.cfg.max_jobs {
             return None;
         }
         self.appends.due_at(self.cfg.history_gather_ms)
