@@ -20,12 +20,32 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
+/// CPU time (user + system) in clock ticks from a /proc `stat` file, with the name
+/// it gives.
+fn stat_ticks(path: &str) -> (String, u64) {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+        return (String::new(), 0);
+    };
+    let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+    let ticks = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    (stat[open + 1..close].to_owned(), ticks)
+}
+
 /// The server's CPU time (user + system) in clock ticks, from /proc.
 fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = after.split_whitespace().collect();
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+    stat_ticks(&format!("/proc/{pid}/stat")).1
+}
+
+/// Each of the server's threads with its CPU time in clock ticks.
+fn thread_ticks(pid: u32) -> Vec<(String, u64)> {
+    let mut v: Vec<(String, u64)> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| stat_ticks(&format!("{}/stat", e.path().display())))
+        .collect();
+    v.sort();
+    v
 }
 
 #[test]
@@ -188,7 +208,7 @@ fn running_out_of_descriptors_neither_crashes_nor_spins() {
     let child = std::process::Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "ulimit -n 48 && exec {} --listen 127.0.0.1:0 --data {} {} --max-conns 1000",
+            "ulimit -n 48 && exec {} --listen 127.0.0.1:0 --data {} {} --max-conns 1000 --log-level debug",
             env!("CARGO_BIN_EXE_chat-server"),
             dir.path().display(),
             FAST_HASH.join(" ")
@@ -204,6 +224,7 @@ fn running_out_of_descriptors_neither_crashes_nor_spins() {
     }
     s.wait_log("Too many open files");
     let ticks = cpu_ticks(s.pid());
+    let before = thread_ticks(s.pid());
     // A second of wall time with descriptors exhausted, as the measurement window.
     let window = Instant::now();
     while window.elapsed() < Duration::from_secs(1) {
@@ -211,10 +232,14 @@ fn running_out_of_descriptors_neither_crashes_nor_spins() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let used = cpu_ticks(s.pid()) - ticks;
+    s.saw_log("");
     // Clock ticks are 1/100 s: a spinning loop would use about 100.
     assert!(
         used < 50,
-        "server used {used} ticks in 1 s while out of descriptors"
+        "server used {used} ticks in 1 s while out of descriptors; by thread, before \
+         {before:?}, after {:?}; its log: {}",
+        thread_ticks(s.pid()),
+        s.log_lines.join("\n")
     );
     drop(flood);
     // It serves new clients again once descriptors are free.
