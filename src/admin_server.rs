@@ -78,6 +78,12 @@ impl AdminSocket {
                         }
                         match conn {
                             Ok(c) => serve(c, &mut *store, &control),
+                            Err(e) if crate::sys::is_resource_exhaustion(&e) => {
+                                // The connection stays queued: trying again at once
+                                // would only spin while descriptors are short.
+                                log::warn!("admin socket: accept failed: {e}; pausing 100 ms");
+                                std::thread::sleep(std::time::Duration::from_millis(100));
+                            }
                             Err(e) => log::warn!("admin socket: accept failed: {e}"),
                         }
                     }
