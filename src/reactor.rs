@@ -581,7 +581,12 @@ impl Server {
             self.submit_jobs(t);
             let now_i = Instant::now();
             if shutdown_deadline.is_some() || now_i >= next_flush || (idle && !holding) {
-                let peek_for = if shutdown_deadline.is_some() || holding {
+                // A round that starts because the loop found nothing to read looks
+                // for input while it writes: what comes meanwhile goes out in it. One
+                // that starts because the interval ran out while input kept coming
+                // does not: the load batches itself, and looking would only cut the
+                // batches short (about 9% fewer deliveries at saturation).
+                let peek_for = if shutdown_deadline.is_some() || holding || !idle {
                     Duration::ZERO
                 } else {
                     interval
