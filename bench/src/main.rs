@@ -171,6 +171,11 @@ pub(crate) struct FanoutArgs {
     /// after, soak (where it is required) its memory over time.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Connect and log in the publishers before the receivers, so that they have the
+    /// lowest user ids and the oldest connections (by default they come last). A
+    /// server's throughput should not depend on which of its users are talking.
+    #[arg(long)]
+    publishers_first: bool,
 }
 
 #[derive(Args, Clone)]
@@ -747,6 +752,20 @@ impl Report {
 }
 
 /// Connects and readies a fan-out fleet: receivers first, then publishers.
+/// The role of the `k`th connection a fan-out makes: the receivers come first, unless
+/// `publishers_first` says how many publishers go before them.
+fn role_of(k: usize, receivers: usize, publishers_first: Option<usize>) -> Role {
+    let publisher = match publishers_first {
+        Some(p) => k < p,
+        None => k >= receivers,
+    };
+    if publisher {
+        Role::Publisher
+    } else {
+        Role::Receiver
+    }
+}
+
 pub(crate) fn fleet_for(a: &FanoutArgs, extra_buf: bool) -> Res<Fleet> {
     let buf = if extra_buf { 256 * 1024 } else { 64 * 1024 };
     let mut f = Fleet::new(a.common.target, a.sample, buf)?;
@@ -754,11 +773,7 @@ pub(crate) fn fleet_for(a: &FanoutArgs, extra_buf: bool) -> Res<Fleet> {
     f.pool.tls = tls_setup(&a.common)?;
     let total = a.receivers + a.publishers;
     for k in 0..total {
-        let role = if k < a.receivers {
-            Role::Receiver
-        } else {
-            Role::Publisher
-        };
+        let role = role_of(k, a.receivers, a.publishers_first.then_some(a.publishers));
         let addr = match a.addr2 {
             Some(other) if role == Role::Receiver && k % 2 == 1 => other,
             _ => a.common.addr,
@@ -1259,6 +1274,14 @@ mod tests {
         drop(f);
         let _ = hang_up.send(());
         (server.join().unwrap(), ready, failures, retries)
+    }
+
+    #[test]
+    fn publishers_come_last_unless_asked_to_come_first() {
+        let roles = |first| (0..5).map(|k| role_of(k, 3, first)).collect::<Vec<_>>();
+        let (r, p) = (Role::Receiver, Role::Publisher);
+        assert_eq!(roles(None), [r, r, r, p, p]);
+        assert_eq!(roles(Some(2)), [p, p, r, r, r]);
     }
 
     #[test]
