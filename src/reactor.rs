@@ -237,6 +237,9 @@ pub struct Server {
 struct Peeks {
     last: Instant,
     until: Instant,
+    /// The round may still look: false once `until` has passed, and from the start
+    /// for a round that is not to look. Then [`Peeks::look`] reads no clock.
+    open: bool,
 }
 
 /// Why a round of writes starts, for [`Peeks::window`].
@@ -271,13 +274,26 @@ impl Peeks {
         Peeks {
             last: start,
             until: start + peek_for,
+            open: !peek_for.is_zero(),
         }
     }
 
-    /// Whether to look now; if so, the next look is due [`PEEK_EVERY`] from now.
+    /// Whether to look now, after a write: the clock is read only while the round
+    /// may still look (a round at saturation writes thousands of times and never
+    /// looks).
+    #[inline]
+    fn look(&mut self) -> bool {
+        self.open && self.due(Instant::now())
+    }
+
+    /// Whether to look at `now`; if so, the next look is due [`PEEK_EVERY`] from now.
     #[inline]
     fn due(&mut self, now: Instant) -> bool {
-        if now >= self.until || now < self.last + PEEK_EVERY {
+        if now >= self.until {
+            self.open = false;
+            return false;
+        }
+        if now < self.last + PEEK_EVERY {
             return false;
         }
         self.last = now;
@@ -748,7 +764,7 @@ impl Server {
                 did = true;
                 written += 1;
                 self.write(r, t);
-                if peeks.due(Instant::now())
+                if peeks.look()
                     && self.poll.poll(events, Some(Duration::ZERO)).is_ok()
                     && !events.is_empty()
                 {
@@ -982,9 +998,14 @@ mod tests {
         assert!(p.due(us(130)));
         assert!(!p.due(us(179)));
         assert!(p.due(us(480)), "a long write in between: one look, at once");
+        assert!(p.open);
         assert!(!p.due(us(500)), "none after the first 500 us");
+        assert!(!p.open, "and no clock is read for it any more");
         assert!(!p.due(us(10_000)));
+        assert!(!p.look());
         let mut never = Peeks::new(start, Duration::ZERO);
+        assert!(!never.open, "a round that is not to look reads no clock");
+        assert!(!never.look());
         assert!(!never.due(us(50)), "a round that is not to look never does");
         assert!(!never.due(us(1_000)));
     }
