@@ -751,7 +751,6 @@ impl Report {
     }
 }
 
-/// Connects and readies a fan-out fleet: receivers first, then publishers.
 /// The role of the `k`th connection a fan-out makes: the receivers come first, unless
 /// `publishers_first` says how many publishers go before them.
 fn role_of(k: usize, receivers: usize, publishers_first: Option<usize>) -> Role {
@@ -766,6 +765,8 @@ fn role_of(k: usize, receivers: usize, publishers_first: Option<usize>) -> Role 
     }
 }
 
+/// Connects and readies a fan-out fleet: receivers first, then publishers (the other
+/// way round with `--publishers-first`).
 pub(crate) fn fleet_for(a: &FanoutArgs, extra_buf: bool) -> Res<Fleet> {
     let buf = if extra_buf { 256 * 1024 } else { 64 * 1024 };
     let mut f = Fleet::new(a.common.target, a.sample, buf)?;
