@@ -334,6 +334,10 @@ struct Conn {
     registered: bool,
     /// Closed by the server and replaced by a new connection (storm connections).
     replaced: bool,
+    /// Its registration was refused as busy and the login sent behind it is still to
+    /// be answered: that answer (no such user) is not a failure, whenever it comes,
+    /// before or after the two are sent again.
+    login_behind_refusal: bool,
 }
 
 /// Connections for a fan-out, logged in (chat) or subscribed (Redis).
@@ -411,6 +415,7 @@ impl Fleet {
             registered: false,
             id: 0,
             replaced: false,
+            login_behind_refusal: false,
         });
         Ok(i)
     }
@@ -546,11 +551,12 @@ impl Fleet {
                 }
                 ChatKind::Pong => conn.inflight = conn.inflight.saturating_sub(1),
                 ChatKind::LoginRes => {
+                    let behind_refusal = std::mem::take(&mut conn.login_behind_refusal);
                     if is_ok_code(body) {
                         conn.ready = true;
-                    } else if conn.retry_at.is_some() {
+                    } else if behind_refusal || conn.retry_at.is_some() {
                         // The registration before it was refused as busy: both go
-                        // again then.
+                        // again (or went already, if their time came first).
                     } else if conn.role == Role::Storm || wire::retry_hint(body).is_some() {
                         // Refused as busy: like a well-behaved client, try again when
                         // the server says (half a second if it does not), not sooner,
@@ -586,6 +592,7 @@ impl Fleet {
                     match wire::retry_hint(body).filter(|_| !is_ok_code(body)) {
                         Some(s) => {
                             if conn.role != Role::Storm {
+                                conn.login_behind_refusal = true;
                                 self.login_retries += 1;
                                 conn.retry_at = Some(retry_time(s * 1000, self.login_retries, i));
                             }
@@ -1206,9 +1213,11 @@ mod tests {
     use std::thread::JoinHandle;
 
     /// A chat server for one connection that answers the requests, in turn, with
-    /// `answers`; returns what it was asked, once told to hang up or hung up on.
+    /// `answers` (for each request the frames it then writes, none to hold its answer
+    /// back for a later one); returns what it was asked, once told to hang up or hung
+    /// up on.
     fn scripted_server(
-        answers: Vec<ServerMessage>,
+        answers: Vec<Vec<ServerMessage>>,
     ) -> (SocketAddr, mpsc::Sender<()>, JoinHandle<Vec<&'static str>>) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
@@ -1231,7 +1240,9 @@ mod tests {
                     ClientMessage::Login(_) => "login",
                     _ => "other",
                 });
-                s.write_all(&answer.encode()).unwrap();
+                for frame in answer {
+                    s.write_all(&frame.encode()).unwrap();
+                }
             }
             let _ = told.recv();
             asked
@@ -1260,9 +1271,14 @@ mod tests {
         })
     }
 
-    /// A fan-out receiver joining (register then login, pipelined) against `answers`:
-    /// the requests the server got, the connection ready or not, failures, retries.
+    /// A fan-out receiver joining (register then login, pipelined) against `answers`,
+    /// one to each request: the requests the server got, the connection ready or not,
+    /// failures, retries.
     fn join(answers: Vec<ServerMessage>) -> (Vec<&'static str>, bool, usize, usize) {
+        join_scripted(answers.into_iter().map(|a| vec![a]).collect())
+    }
+
+    fn join_scripted(answers: Vec<Vec<ServerMessage>>) -> (Vec<&'static str>, bool, usize, usize) {
         let (addr, hang_up, server) = scripted_server(answers);
         let mut f = Fleet::new(Target::Chat, 1, 64 * 1024).unwrap();
         let i = f.add(addr, Role::Receiver).unwrap();
@@ -1295,6 +1311,22 @@ mod tests {
         ];
         assert_eq!(
             join(answers),
+            (vec!["register", "login", "register", "login"], true, 0, 1)
+        );
+    }
+
+    /// The login behind a refused registration answered only after both were sent
+    /// again (a slow server, or a short time to wait): still not a failure.
+    #[test]
+    fn a_refused_registrations_login_answered_after_the_retry_is_no_failure() {
+        let answers = vec![
+            vec![ServerMessage::RegisterRes(busy())],
+            vec![], // held back: the bench sends both again meanwhile
+            vec![login(500), registered()],
+            vec![login(200)],
+        ];
+        assert_eq!(
+            join_scripted(answers),
             (vec!["register", "login", "register", "login"], true, 0, 1)
         );
     }
