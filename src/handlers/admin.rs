@@ -126,6 +126,7 @@ impl Hub {
         self.bans_check.in_flight = false;
         match result {
             Ok(banned) => {
+                log::debug!("users online checked for bans: {} banned", banned.len());
                 for user in banned {
                     if self.end_sessions(user, Kick::Banned, now) > 0 {
                         log::info!("user {user}: banned while this node was cut off from Redis");
