@@ -554,7 +554,7 @@ impl Fleet {
                     let behind_refusal = std::mem::take(&mut conn.login_behind_refusal);
                     if is_ok_code(body) {
                         conn.ready = true;
-                    } else if behind_refusal || conn.retry_at.is_some() {
+                    } else if behind_refusal {
                         // The registration before it was refused as busy: both go
                         // again (or went already, if their time came first).
                     } else if conn.role == Role::Storm || wire::retry_hint(body).is_some() {
