@@ -2,13 +2,13 @@
 //!
 //! Hashing is deliberately slow, so it runs only on worker threads. The defaults are
 //! one of the argon2id settings OWASP's password storage guidance lists as equally
-//! strong (7 MiB, 5 passes, 1 lane; its first choice is 19 MiB, 2 passes): measured on
-//! this project's benchmark machine a check takes 9.6 ms with it against 14.4 ms with
-//! 19 MiB, since 7 MiB stays closer to the CPU caches, and each hashing thread holds
-//! 7 MiB instead of 19 while it works. That is a third off the time a crowd of clients
-//! needs to log back in after a restart (BENCHMARKS.md). Operators can change them with
-//! `--argon2-memory-kib` / `--argon2-passes`; tests lower them. A stored hash carries
-//! its own parameters, so changing them never locks anyone out.
+//! strong (7 MiB, 5 passes, 1 lane; its first choice is 19 MiB, 2 passes): the smaller
+//! memory stays closer to the CPU caches, so a check is quicker than with the first
+//! choice (BENCHMARKS.md), which shortens the time a crowd of clients needs to log
+//! back in after a restart, and each hashing thread holds 7 MiB instead of 19 while it
+//! works. Operators can change them with `--argon2-memory-kib` / `--argon2-passes`;
+//! tests lower them. A stored hash carries its own parameters, so changing them never
+//! locks anyone out.
 
 use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
 use argon2::{Algorithm, Argon2, Params, Version};

@@ -29,17 +29,18 @@ pub type ResultSink = Arc<dyn Fn(JobResult) + Send + Sync>;
 /// The worker threads: a hashing lane for logins and registrations and a storage lane
 /// for everything else, each a fixed set of threads sharing one queue.
 ///
-/// Two lanes, so that a storm of logins (each an argon2id hash, ~10 ms of CPU) never
-/// makes a private message to an offline user wait behind it; and so the hashing
+/// Two lanes, so that a storm of logins (each an argon2id hash, milliseconds of CPU)
+/// never makes a private message to an offline user wait behind it; and so the hashing
 /// threads can run at a lower priority than the event loop while the storage thread,
 /// whose jobs are short, runs like the loop. A third, one thread with its own store
 /// handle, runs the history jobs in order: appends, the pages read after them, and a
 /// private message stored while an append holding entries of its pair is on its way
 /// (so that it is numbered after them). A history append stuck on a slow store holds
 /// up no other private message. The history thread runs at nice 10: its commits
-/// (ten a second, each with a sync) then wait for the loop instead of delaying the
-/// deliveries of a light load; at saturation on one core it still gets about a tenth
-/// of the core, twice what the appends take there.
+/// (entries gathered over `--history-gather-ms`, each commit with a sync) then wait
+/// for the loop instead of delaying the deliveries of a light load; at saturation on
+/// one core the scheduler still gives a nice-10 thread its weighted share of the core,
+/// which the saturated benchmarks found enough for every append (BENCHMARKS.md).
 ///
 /// Each job is stamped when submitted; a job that waited in its queue longer than
 /// `max_wait` (storage slow or down, queue backed up) is answered with a storage error

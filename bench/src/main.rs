@@ -209,8 +209,9 @@ struct StormArgs {
     #[arg(long)]
     stay: bool,
     /// Drop what the storm's users receive once logged in, in the kernel, unread
-    /// (plain TCP only). A storm of 10,000 that stay is sent about 8 GB of presence
-    /// notices and login replies; copying them out keeps the bench's core busy, and the
+    /// (plain TCP only). The users of a storm that stay are sent a presence notice for
+    /// every later login and a login reply listing everyone online, gigabytes for a
+    /// storm of thousands; copying them out keeps the bench's core busy, and the
     /// bench may then set the storm's pace and add its own delay to the fan-out's
     /// latency during the storm.
     #[arg(long, requires = "stay")]
