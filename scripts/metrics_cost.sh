@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# What a scrape of --metrics-listen costs the event loop (see BENCHMARKS.md,
-# "Metrics: the cost of a scrape"). Two measures, both of CPU time per thread (from
-# /proc), which holds up on a loaded machine better than throughput does:
+# What a scrape of --metrics-listen costs the event loop (see BENCHMARKS.md, and the
+# journal's "Metrics: the cost of a scrape" in docs/benchmarks/). Two measures, both
+# of CPU time per thread (from /proc), which holds up on a loaded machine better than
+# throughput does:
 #  1. idle: N back-to-back scrapes of an idle server; the loop's (main thread) and
 #     the metrics thread's CPU per scrape, and the scrapes' latency;
 #  2. under a steady fan-out (N=100, P=10, RATE msg/s), the loop's CPU over 5 s with
