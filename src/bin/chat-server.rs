@@ -166,9 +166,10 @@ struct Args {
     /// Presence notices (who came online, who left) are gathered for this many
     /// milliseconds and sent to everyone together, or at once before any message from
     /// one user to another. A login storm then costs one round of writes per interval
-    /// instead of one per login. With many online the interval grows by 1 ms per 20
-    /// users (half a second at 10,000), which bounds that round's cost to about 5% of
-    /// the loop's time. 0: sent at the end of each loop turn.
+    /// instead of one per login. With many online the interval grows: to 20 times what
+    /// a round of writes to everyone has cost lately (at most 2 s), and at least 1 ms
+    /// per 20 users, so that those rounds take about a twentieth of the loop's time. 0:
+    /// sent at the end of each loop turn.
     #[arg(long, default_value_t = HubConfig::default().presence_interval_ms, value_name = "MS")]
     presence_interval_ms: u64,
 
