@@ -1,46 +1,51 @@
-//! Logging that never blocks the reactor, nor makes it wait for another thread.
+//! Logging that never makes the event loop wait for the log's sink.
 //!
-//! A log call formats only its message on the calling thread, stamps it with the
-//! wall clock, and hands a small record to a bounded channel with `try_send`: no lock
-//! is shared with other logging threads, and nothing waits for the sink. A background
-//! thread ("chat-log") formats the time and level and writes the lines to stderr or the
-//! log file. If the sink cannot keep up and the channel is full, lines are dropped and
-//! counted, and the count is written once the log thread has caught up:
+//! simplelog formats the lines. Its `WriteLogger` formats a record, on the thread that
+//! logs, into a writer of ours (`LineWriter`) that keeps the line in memory; the whole
+//! line is then handed to a bounded channel with `try_send`, and a background thread
+//! ("chat-log") writes the lines to stderr or the log file. If the sink cannot keep up and
+//! the channel is full, lines are dropped and counted, and the count is written once the
+//! log thread has caught up:
 //!
 //! ```text
-//! 2026-12-01T14:07:40.123Z INFO  [chat-reactor] chat::reactor: listening on 127.0.0.1:8889
-//! 2026-12-01T14:07:41.002Z WARN  [log] 17 lines dropped: sink too slow
+//! 2026-12-01T14:07:40.123Z [INFO ] (chat-reactor) chat::reactor: listening on 127.0.0.1:8889
+//! 2026-12-01T14:07:41.002Z [WARN ] (chat-log) chat::logging: 17 lines dropped: sink too slow
 //! ```
 //!
-//! The time is UTC with milliseconds; the thread name is left out for unnamed threads.
+//! The time is UTC with milliseconds; the thread's name is left out for unnamed threads.
+//!
+//! A `WriteLogger` holds a `Mutex` around its writer while it formats a record. Each
+//! thread that logs has a `WriteLogger` of its own, so that lock is never contended: it
+//! is held only while this thread formats one line into memory. No thread waits for
+//! another's formatting, let alone for the sink's I/O. Handing the line over takes no lock
+//! the log thread holds while it writes, and never waits (a full channel drops the line).
+//! A slow or stuck sink therefore never makes the event loop wait.
 
-use std::borrow::Cow;
+use std::cell::RefCell;
+use std::fmt;
+use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 pub use log::LevelFilter;
 use log::{Level, Log, Metadata, Record};
+use simplelog::{ConfigBuilder, LevelPadding, ThreadLogMode, WriteLogger, format_description};
 
 /// Lines the channel holds for the log thread before new ones are dropped.
 pub const CHANNEL_CAPACITY: usize = 4096;
 /// How long `flush` waits for the lines already handed over.
 pub const FLUSH_WAIT: Duration = Duration::from_secs(2);
-
-/// One log line as it crosses to the log thread: everything but the formatting.
-struct Line {
-    time: SystemTime,
-    level: Level,
-    target: Cow<'static, str>,
-    thread: Option<Arc<str>>,
-    message: String,
-}
+/// Room reserved before a line is formatted, so that most lines need no regrowth.
+const LINE_ROOM: usize = 160;
 
 enum Msg {
-    Line(Line),
+    /// One formatted record, its final newline included (a message with newlines of
+    /// its own goes as one piece all the same).
+    Line(Vec<u8>),
     /// Answered once every message before it is written and the sink flushed.
     Flush(SyncSender<()>),
 }
@@ -50,6 +55,8 @@ enum Msg {
 struct Shared {
     /// Lines refused because the channel was full (or the log thread gone).
     dropped: AtomicU64,
+    /// Set by [`Logger::reopen`]; the log thread reopens the file before its next line.
+    reopen: AtomicBool,
     /// Batches the log thread has finished; `flush` waits on it for room in the channel.
     batches: Mutex<u64>,
     progress: Condvar,
@@ -61,12 +68,66 @@ impl Shared {
     }
 }
 
-thread_local! {
-    /// The calling thread's name, looked up once per thread.
-    static THREAD_NAME: Option<Arc<str>> = std::thread::current().name().map(Arc::from);
+/// The writer simplelog formats into: it appends to the calling thread's line buffer.
+struct LineWriter;
+
+impl Write for LineWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        LINE.try_with(|l| l.borrow_mut().extend_from_slice(buf))
+            .map_err(|_| io::Error::other("the thread's line buffer is gone"))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
-/// A `log::Log` that hands lines to a background writer thread.
+thread_local! {
+    /// The line being formatted on this thread.
+    static LINE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// This thread's formatter: simplelog's logger, every level, writing to [`LINE`].
+    static FORMAT: RefCell<Box<WriteLogger<LineWriter>>> =
+        RefCell::new(WriteLogger::new(LevelFilter::Trace, line_format(), LineWriter));
+}
+
+/// `2026-12-01T14:07:40.123Z [INFO ] (thread) target: message`
+///
+/// simplelog shows a part for records at the level it is set to and every more verbose
+/// one: set to `Error`, a part is on every line.
+fn line_format() -> simplelog::Config {
+    ConfigBuilder::new()
+        .set_time_level(LevelFilter::Error)
+        .set_time_format_custom(format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+        ))
+        .set_max_level(LevelFilter::Error)
+        .set_level_padding(LevelPadding::Right)
+        .set_thread_level(LevelFilter::Error)
+        .set_thread_mode(ThreadLogMode::Names)
+        .set_target_level(LevelFilter::Error)
+        .set_location_level(LevelFilter::Off)
+        .build()
+}
+
+/// Formats `record` on this thread, whatever its level. `None` for a record logged while
+/// this thread is already formatting one (from a `Display` that logs), or while the
+/// thread is being torn down.
+fn format_line(record: &Record) -> Option<Vec<u8>> {
+    FORMAT
+        .try_with(|format| {
+            let format = format.try_borrow_mut().ok()?;
+            LINE.try_with(|l| l.borrow_mut().reserve(LINE_ROOM)).ok()?;
+            format.log(record);
+            LINE.try_with(|l| std::mem::take(&mut *l.borrow_mut())).ok()
+        })
+        .ok()
+        .flatten()
+        .filter(|line| !line.is_empty())
+}
+
+/// A `log::Log` that formats lines with simplelog and hands them to a background writer
+/// thread.
 pub struct Logger {
     level: LevelFilter,
     tx: SyncSender<Msg>,
@@ -82,10 +143,31 @@ impl Logger {
         sink: Box<dyn Write + Send>,
         capacity: usize,
     ) -> io::Result<Logger> {
+        Logger::start(level, sink, None, capacity)
+    }
+
+    /// Like [`Logger::new`], appending to the file at `path` (created if missing), which
+    /// [`Logger::reopen`] opens again.
+    pub fn open(level: LevelFilter, path: &Path, capacity: usize) -> io::Result<Logger> {
+        let file = open_log(path)?;
+        Logger::start(level, Box::new(file), Some(path.to_owned()), capacity)
+    }
+
+    fn start(
+        level: LevelFilter,
+        out: Box<dyn Write + Send>,
+        path: Option<PathBuf>,
+        capacity: usize,
+    ) -> io::Result<Logger> {
         let capacity = capacity.max(1);
         let (tx, rx) = mpsc::sync_channel::<Msg>(capacity);
         let shared = Arc::new(Shared::default());
         let theirs = shared.clone();
+        let sink = Sink {
+            out: BufWriter::new(out),
+            path,
+            reported: 0,
+        };
         std::thread::Builder::new()
             .name("chat-log".into())
             .spawn(move || write_lines(rx, sink, &theirs, capacity))?;
@@ -101,6 +183,12 @@ impl Logger {
     pub fn dropped(&self) -> u64 {
         self.shared.dropped.load(Ordering::Relaxed)
     }
+
+    /// Asks the log thread to open the log file again (one moved away by log rotation)
+    /// before it writes its next line. Nothing happens for a sink that is not a file.
+    pub fn reopen(&self) {
+        self.shared.reopen.store(true, Ordering::Relaxed);
+    }
 }
 
 impl Log for Logger {
@@ -112,18 +200,9 @@ impl Log for Logger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let target = match record.module_path_static() {
-            Some(m) if m == record.target() => Cow::Borrowed(m),
-            _ => Cow::Owned(record.target().to_owned()),
-        };
-        let line = Line {
-            time: SystemTime::now(),
-            level: record.level(),
-            target,
-            thread: THREAD_NAME.try_with(Clone::clone).ok().flatten(),
-            message: std::fmt::format(*record.args()),
-        };
-        if self.tx.try_send(Msg::Line(line)).is_err() {
+        let sent =
+            format_line(record).is_some_and(|line| self.tx.try_send(Msg::Line(line)).is_ok());
+        if !sent {
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -158,22 +237,68 @@ impl Log for Logger {
     }
 }
 
+/// The log thread's end: where the lines go.
+struct Sink {
+    out: BufWriter<Box<dyn Write + Send>>,
+    /// The log file's path, to open it again; `None` for another sink.
+    path: Option<PathBuf>,
+    /// Dropped lines already reported.
+    reported: u64,
+}
+
+impl Sink {
+    /// Writes a line of the log thread's own.
+    fn notice(&mut self, level: Level, args: fmt::Arguments) {
+        let record = Record::builder()
+            .level(level)
+            .target(module_path!())
+            .args(args)
+            .build();
+        if let Some(line) = format_line(&record) {
+            let _ = self.out.write_all(&line);
+        }
+    }
+
+    fn report_drops(&mut self, shared: &Shared) {
+        let dropped = shared.dropped.load(Ordering::Relaxed);
+        if dropped > self.reported {
+            let n = dropped - self.reported;
+            self.notice(
+                Level::Warn,
+                format_args!("{n} lines dropped: sink too slow"),
+            );
+            self.reported = dropped;
+        }
+    }
+
+    /// Opens the log file again; if that fails, says so and keeps the one open.
+    fn reopen(&mut self) {
+        let Some(path) = &self.path else { return };
+        let _ = self.out.flush();
+        match open_log(path) {
+            Ok(file) => self.out = BufWriter::new(Box::new(file)),
+            Err(e) => self.notice(Level::Warn, format_args!("{e}; writing on to the old one")),
+        }
+    }
+}
+
 /// The log thread: writes lines in batches of at most `batch`, flushing the sink and
 /// reporting dropped lines after each batch (so at the latest once it has caught up).
-fn write_lines(rx: Receiver<Msg>, sink: Box<dyn Write + Send>, shared: &Shared, batch: usize) {
-    let mut out = BufWriter::new(sink);
-    let mut reported = 0;
+fn write_lines(rx: Receiver<Msg>, mut sink: Sink, shared: &Shared, batch: usize) {
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
         let mut n = 0;
         while let Some(msg) = next {
             match msg {
                 Msg::Line(line) => {
-                    let _ = write_line(&mut out, &line);
+                    if shared.reopen.swap(false, Ordering::Relaxed) {
+                        sink.reopen();
+                    }
+                    let _ = sink.out.write_all(&line);
                 }
                 Msg::Flush(done) => {
-                    report_drops(&mut out, shared, &mut reported);
-                    let _ = out.flush();
+                    sink.report_drops(shared);
+                    let _ = sink.out.flush();
                     let _ = done.send(());
                 }
             }
@@ -181,66 +306,25 @@ fn write_lines(rx: Receiver<Msg>, sink: Box<dyn Write + Send>, shared: &Shared, 
             // Empty or disconnected ends the batch alike.
             next = if n < batch { rx.try_recv().ok() } else { None };
         }
-        report_drops(&mut out, shared, &mut reported);
-        let _ = out.flush();
+        sink.report_drops(shared);
+        let _ = sink.out.flush();
         *shared.batches() += 1;
         shared.progress.notify_all();
     }
 }
 
-fn report_drops(out: &mut impl Write, shared: &Shared, reported: &mut u64) {
-    let dropped = shared.dropped.load(Ordering::Relaxed);
-    if dropped > *reported {
-        let _ = write_stamp(out, SystemTime::now());
-        let _ = writeln!(
-            out,
-            " {:<5} [log] {} lines dropped: sink too slow",
-            Level::Warn,
-            dropped - *reported
-        );
-        *reported = dropped;
-    }
-}
-
-/// `2026-12-01T14:07:40.123Z INFO  [thread] target: message`
-fn write_line(out: &mut impl Write, line: &Line) -> io::Result<()> {
-    write_stamp(out, line.time)?;
-    write!(out, " {:<5} ", line.level)?;
-    if let Some(t) = &line.thread {
-        write!(out, "[{t}] ")?;
-    }
-    writeln!(out, "{}: {}", line.target, line.message)
-}
-
-/// Writes `time` as UTC, `YYYY-MM-DDTHH:MM:SS.mmmZ` (a clock before 1970 shows 1970).
-fn write_stamp(out: &mut impl Write, time: SystemTime) -> io::Result<()> {
-    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    let (y, mo, d) = civil_from_days((secs / 86_400) as i64);
-    let s = secs % 86_400;
-    write!(
-        out,
-        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        s / 3600,
-        s / 60 % 60,
-        s % 60,
-        since.subsec_millis()
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
-/// (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097); // [0, 146096]
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
-    let mp = (5 * doy + 2) / 153; // [0, 11], March first
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+/// Opens the log file at `path` for appending, creating it if missing.
+fn open_log(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot open log file {}: {e}", path.display()),
+            )
+        })
 }
 
 /// Parses a level name for the command line: off, error, warn, info, debug or trace.
@@ -249,29 +333,29 @@ pub fn parse_level(s: &str) -> Result<LevelFilter, String> {
         .map_err(|_| format!("unknown log level {s:?}: use off, error, warn, info, debug or trace"))
 }
 
+/// What [`reopen`] reaches: the installed logger's shared state.
+static INSTALLED: OnceLock<Arc<Shared>> = OnceLock::new();
+
 /// Installs the global logger at `level`, writing to `file` (appended) or stderr.
 pub fn init(level: LevelFilter, file: Option<&Path>) -> io::Result<()> {
-    let sink: Box<dyn Write + Send> = match file {
-        Some(p) => Box::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .map_err(|e| {
-                    io::Error::new(
-                        e.kind(),
-                        format!("cannot open log file {}: {e}", p.display()),
-                    )
-                })?,
-        ),
-        None => Box::new(io::stderr()),
+    let logger = match file {
+        Some(p) => Logger::open(level, p, CHANNEL_CAPACITY)?,
+        None => Logger::new(level, Box::new(io::stderr()), CHANNEL_CAPACITY)?,
     };
-    let logger = Logger::new(level, sink, CHANNEL_CAPACITY)?;
+    let shared = logger.shared.clone();
     // Installed once for the life of the process.
     log::set_logger(Box::leak(Box::new(logger)))
         .map_err(|e| io::Error::new(io::ErrorKind::AlreadyExists, e.to_string()))?;
     log::set_max_level(level);
+    let _ = INSTALLED.set(shared);
     Ok(())
+}
+
+/// [`Logger::reopen`] for the logger [`init`] installed (none installed: nothing).
+pub fn reopen() {
+    if let Some(shared) = INSTALLED.get() {
+        shared.reopen.store(true, Ordering::Relaxed);
+    }
 }
 
 #[cfg(test)]
@@ -280,25 +364,19 @@ mod tests {
 
     /// A sink the test can read, whose first write can be held until released.
     #[derive(Clone, Default)]
-    struct Sink(Arc<Mutex<Vec<u8>>>);
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
 
-    impl Sink {
+    impl Buffer {
         fn text(&self) -> String {
             String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
         }
         /// The lines written, each without its time stamp.
         fn lines(&self) -> Vec<String> {
-            self.text()
-                .lines()
-                .map(|l| {
-                    assert!(is_stamp(&l[..24]), "{l}");
-                    l[25..].to_owned()
-                })
-                .collect()
+            unstamped(&self.text())
         }
     }
 
-    impl Write for Sink {
+    impl Write for Buffer {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
             self.0.lock().unwrap().extend_from_slice(buf);
             Ok(buf.len())
@@ -308,10 +386,21 @@ mod tests {
         }
     }
 
+    /// The lines of `text`, each without its time stamp (which must be there).
+    fn unstamped(text: &str) -> Vec<String> {
+        text.lines()
+            .map(|l| {
+                assert!(is_stamp(&l[..24]), "{l}");
+                assert_eq!(&l[24..25], " ", "{l}");
+                l[25..].to_owned()
+            })
+            .collect()
+    }
+
     /// Writes into `inner`, but the first write says so on `entered` and then waits
     /// until `release` gets a value or is dropped.
     struct Gated {
-        inner: Sink,
+        inner: Buffer,
         gate: Option<(SyncSender<()>, Receiver<()>)>,
     }
 
@@ -329,8 +418,8 @@ mod tests {
     }
 
     /// A sink held at its first write: (sink, written, entered, release).
-    fn gated() -> (Box<Gated>, Sink, Receiver<()>, SyncSender<()>) {
-        let written = Sink::default();
+    fn gated() -> (Box<Gated>, Buffer, Receiver<()>, SyncSender<()>) {
+        let written = Buffer::default();
         let (entered_tx, entered_rx) = mpsc::sync_channel(1);
         let (release_tx, release_rx) = mpsc::sync_channel(1);
         let sink = Gated {
@@ -352,32 +441,40 @@ mod tests {
             })
     }
 
-    fn log(logger: &Logger, level: Level, n: usize) {
+    fn log_args(logger: &Logger, level: Level, args: fmt::Arguments) {
         logger.log(
             &Record::builder()
                 .level(level)
                 .target("chat::test")
                 .module_path_static(Some("chat::test"))
-                .args(format_args!("line {n}"))
+                .args(args)
                 .build(),
         );
     }
 
+    fn log(logger: &Logger, level: Level, n: usize) {
+        log_args(logger, level, format_args!("line {n}"));
+    }
+
+    fn me() -> String {
+        std::thread::current().name().unwrap().to_owned()
+    }
+
     #[test]
     fn lines_arrive_in_order_formatted_and_filtered() {
-        let sink = Sink::default();
+        let sink = Buffer::default();
         let logger = Logger::new(LevelFilter::Info, Box::new(sink.clone()), 128).unwrap();
         for n in 0..100 {
             let level = [Level::Error, Level::Warn, Level::Info, Level::Debug][n % 4];
             log(&logger, level, n);
         }
         logger.flush();
-        let me = std::thread::current().name().unwrap().to_owned();
+        let me = me();
         let want: Vec<String> = (0..100)
             .filter(|n| n % 4 != 3)
             .map(|n| {
                 let level = ["ERROR", "WARN ", "INFO "][n % 4];
-                format!("{level} [{me}] chat::test: line {n}")
+                format!("[{level}] ({me}) chat::test: line {n}")
             })
             .collect();
         assert_eq!(sink.lines(), want);
@@ -385,38 +482,40 @@ mod tests {
     }
 
     #[test]
-    fn line_format_has_utc_time_level_thread_and_target() {
-        let mut out = Vec::new();
-        let line = Line {
-            time: UNIX_EPOCH + Duration::from_millis(1_796_134_060_123),
-            level: Level::Info,
-            target: Cow::Borrowed("chat::reactor"),
-            thread: Some(Arc::from("chat-reactor")),
-            message: "listening on 127.0.0.1:8889".into(),
-        };
-        write_line(&mut out, &line).unwrap();
-        let unnamed = Line {
-            time: UNIX_EPOCH + Duration::from_millis(951_868_799_999),
-            level: Level::Error,
-            thread: None,
-            message: "x".into(),
-            ..line
-        };
-        write_line(&mut out, &unnamed).unwrap();
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "2026-12-01T14:07:40.123Z INFO  [chat-reactor] chat::reactor: listening on 127.0.0.1:8889\n\
-             2000-02-29T23:59:59.999Z ERROR chat::reactor: x\n"
+    fn a_line_has_the_utc_time_and_names_its_thread_if_it_has_one() {
+        let sink = Buffer::default();
+        let logger = Arc::new(Logger::new(LevelFilter::Trace, Box::new(sink.clone()), 16).unwrap());
+        let stamp = format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
         );
-    }
-
-    #[test]
-    fn civil_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(-1), (1969, 12, 31));
-        assert_eq!(civil_from_days(951_868_799 / 86_400), (2000, 2, 29));
-        assert_eq!(civil_from_days(4_107_542_400 / 86_400), (2100, 3, 1));
-        assert_eq!(civil_from_days(4_107_542_400 / 86_400 - 1), (2100, 2, 28));
+        let before = time::OffsetDateTime::now_utc().format(stamp).unwrap();
+        let l = logger.clone();
+        std::thread::Builder::new()
+            .name("chat-reactor".into())
+            .spawn(move || log(&l, Level::Info, 0))
+            .unwrap()
+            .join()
+            .unwrap();
+        let l = logger.clone();
+        std::thread::spawn(move || log(&l, Level::Trace, 1))
+            .join()
+            .unwrap();
+        logger.flush();
+        let after = time::OffsetDateTime::now_utc().format(stamp).unwrap();
+        let text = sink.text();
+        for line in text.lines() {
+            assert!(
+                before.as_str() <= &line[..24] && &line[..24] <= after.as_str(),
+                "{line}"
+            );
+        }
+        assert_eq!(
+            unstamped(&text),
+            [
+                "[INFO ] (chat-reactor) chat::test: line 0",
+                "[TRACE] chat::test: line 1"
+            ]
+        );
     }
 
     #[test]
@@ -434,18 +533,117 @@ mod tests {
         assert_eq!(written.text(), "");
         release.send(()).unwrap();
         logger.flush();
-        let lines = written.lines();
-        let me = std::thread::current().name().unwrap().to_owned();
+        let me = me();
         let mut want: Vec<String> = (0..=4)
-            .map(|n| format!("INFO  [{me}] chat::test: line {n}"))
+            .map(|n| format!("[INFO ] ({me}) chat::test: line {n}"))
             .collect();
-        want.push("WARN  [log] 3 lines dropped: sink too slow".into());
-        assert_eq!(lines, want);
+        want.push("[WARN ] (chat-log) chat::logging: 3 lines dropped: sink too slow".into());
+        assert_eq!(written.lines(), want);
         // Reported once: later lines come without a repeat.
         log(&logger, Level::Info, 8);
         logger.flush();
         assert_eq!(written.lines().len(), 7);
         assert_eq!(logger.dropped(), 3);
+    }
+
+    #[test]
+    fn a_record_of_several_lines_is_handed_over_or_dropped_whole() {
+        let (sink, written, entered, release) = gated();
+        let logger = Logger::new(LevelFilter::Trace, sink, 1).unwrap();
+        log(&logger, Level::Info, 0);
+        entered.recv().unwrap();
+        // One place in the channel: the first record takes it whole, the second goes.
+        log_args(&logger, Level::Info, format_args!("first\n  and more"));
+        log_args(&logger, Level::Info, format_args!("second\n  and more"));
+        assert_eq!(logger.dropped(), 1);
+        release.send(()).unwrap();
+        logger.flush();
+        let me = me();
+        let text = written.text();
+        let lines: Vec<&str> = text.lines().map(|l| l.get(25..).unwrap_or(l)).collect();
+        assert_eq!(
+            lines,
+            [
+                format!("[INFO ] ({me}) chat::test: line 0"),
+                format!("[INFO ] ({me}) chat::test: first"),
+                "  and more".into(),
+                "[WARN ] (chat-log) chat::logging: 1 lines dropped: sink too slow".into(),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_record_logged_while_formatting_one_is_dropped_not_a_deadlock() {
+        struct Logs<'a>(&'a Logger);
+        impl fmt::Display for Logs<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                log(self.0, Level::Info, 1);
+                f.write_str("outer")
+            }
+        }
+        let sink = Buffer::default();
+        let logger = Logger::new(LevelFilter::Trace, Box::new(sink.clone()), 16).unwrap();
+        log_args(&logger, Level::Info, format_args!("{}", Logs(&logger)));
+        assert_eq!(logger.dropped(), 1);
+        logger.flush();
+        assert_eq!(
+            sink.lines(),
+            [
+                format!("[INFO ] ({}) chat::test: outer", me()),
+                "[WARN ] (chat-log) chat::logging: 1 lines dropped: sink too slow".into(),
+            ]
+        );
+    }
+
+    #[test]
+    fn reopen_moves_on_to_a_new_file_at_the_next_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chat.log");
+        let moved = dir.path().join("chat.log.1");
+        let logger = Logger::open(LevelFilter::Trace, &path, 16).unwrap();
+        log(&logger, Level::Info, 0);
+        logger.flush();
+        std::fs::rename(&path, &moved).unwrap();
+        // Until the log thread reopens it, the file moved away still takes the lines.
+        log(&logger, Level::Info, 1);
+        logger.flush();
+        logger.reopen();
+        log(&logger, Level::Info, 2);
+        logger.flush();
+        let me = me();
+        let read = |p: &Path| unstamped(&std::fs::read_to_string(p).unwrap());
+        assert_eq!(
+            read(&moved),
+            [
+                format!("[INFO ] ({me}) chat::test: line 0"),
+                format!("[INFO ] ({me}) chat::test: line 1"),
+            ]
+        );
+        assert_eq!(read(&path), [format!("[INFO ] ({me}) chat::test: line 2")]);
+    }
+
+    #[test]
+    fn a_failed_reopen_is_logged_and_the_old_file_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("logs");
+        std::fs::create_dir(&sub).unwrap();
+        let path = sub.join("chat.log");
+        let logger = Logger::open(LevelFilter::Trace, &path, 16).unwrap();
+        // The folder moves away with the open file: the path cannot be opened again.
+        let moved = dir.path().join("old");
+        std::fs::rename(&sub, &moved).unwrap();
+        logger.reopen();
+        log(&logger, Level::Info, 0);
+        logger.flush();
+        let lines = unstamped(&std::fs::read_to_string(moved.join("chat.log")).unwrap());
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(
+            lines[0].starts_with("[WARN ] (chat-log) chat::logging: cannot open log file ")
+                && lines[0].ends_with("; writing on to the old one"),
+            "{lines:?}"
+        );
+        assert_eq!(lines[1], format!("[INFO ] ({}) chat::test: line 0", me()));
+        assert!(!path.exists());
     }
 
     #[test]
