@@ -15,8 +15,6 @@
 //! in DIR; the README's come from there.
 
 mod common;
-#[path = "common/pki.rs"]
-mod pki;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -24,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{SeedClient, ServerProc};
+use common::{SeedClient, ServerProc, pki};
 use serde_json::{Value, json};
 
 /// WebDriver's key for Enter.

@@ -3,8 +3,6 @@
 //! `common/pki.rs`), and raw sockets for what a TLS client would never send.
 
 mod common;
-#[path = "common/pki.rs"]
-mod pki;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -12,8 +10,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
+use common::pki::{self, KeyFormat, Pki};
 use common::*;
-use pki::{KeyFormat, Pki};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};

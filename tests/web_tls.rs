@@ -5,16 +5,14 @@
 //! the certificate.
 
 mod common;
-#[path = "common/pki.rs"]
-mod pki;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::sync::Arc;
 
+use common::pki::{self, KeyFormat, Pki};
 use common::{Got, ServerProc, WAIT, alerts_only, read_to_close};
-use pki::{KeyFormat, Pki};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
