@@ -434,9 +434,7 @@ fn terminal_user(server: &ServerProc, page: &Session, id: i64, name: &str) -> Se
 }
 
 fn start_server(data: &Path, web: &str) -> (ServerProc, SocketAddr) {
-    let mut s = ServerProc::start(data, &["--web-listen", web]);
-    let addr = s.listener_addr("web");
-    (s, addr)
+    ServerProc::start_listener(data, &["--web-listen", web], "web")
 }
 
 #[test]
@@ -585,7 +583,7 @@ fn two_pages_and_a_terminal_user_chat() {
 #[test]
 fn refusals_are_said_in_sentences() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = ServerProc::start(
+    let (_server, web) = ServerProc::start_listener(
         dir.path(),
         &[
             "--web-listen",
@@ -595,8 +593,8 @@ fn refusals_are_said_in_sentences() {
             "--max-frame",
             "9000",
         ],
+        "web",
     );
-    let web = server.listener_addr("web");
     let driver = Driver::start();
     let p = driver.session();
     p.go(&format!("http://{web}/"));
@@ -635,7 +633,7 @@ fn a_page_over_https_chats_with_a_terminal_user() {
     let certs = pki::make(dir.path(), "web", pki::KeyFormat::Pkcs8);
     let data = dir.path().join("data");
     // The page over HTTPS only: its WebSocket can only be `wss://` on the same port.
-    let mut server = ServerProc::start(
+    let (server, https) = ServerProc::start_listener(
         &data,
         &[
             "--web-tls-listen",
@@ -645,8 +643,8 @@ fn a_page_over_https_chats_with_a_terminal_user() {
             "--tls-key",
             certs.key.to_str().unwrap(),
         ],
+        "HTTPS",
     );
-    let https = server.listener_addr("HTTPS");
     let driver = Driver::start();
     // The browser does not know the test's CA: the chain itself is checked by the
     // rustls clients of `web_tls.rs`; here it is the browser's TLS and `wss://`.

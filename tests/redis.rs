@@ -13,14 +13,6 @@ use chat::store::{Store, suite};
 use common::*;
 use serde_json::json;
 
-fn start_chat(r: &RedisProc, extra: &[&str]) -> (ServerProc, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let url = r.url();
-    let mut args = vec!["--redis", url.as_str()];
-    args.extend_from_slice(extra);
-    (ServerProc::start(dir.path(), &args), dir)
-}
-
 #[test]
 fn redis_backend_passes_the_storage_suite() {
     let r = RedisProc::start(false);
@@ -73,7 +65,7 @@ fn seed_records_log_in_and_are_upgraded_to_a_hash() {
         .arg(r#"{"userId":100,"userPwd":"123456","userName":"Scott","userStatus":1,"sex":"m"}"#)
         .query::<i64>(&mut rc)
         .unwrap();
-    let (s, _d) = start_chat(&r, &[]);
+    let (s, _d) = r.chat(&[]);
     let mut c = s.connect();
     assert_eq!(c.login(100, "wrong").data["code"], 403);
     let ok = c.login(100, "123456");
@@ -129,7 +121,7 @@ fn seed_records_log_in_and_are_upgraded_to_a_hash() {
 fn records_of_the_earlier_shape_are_read_and_rewritten() {
     let r = RedisProc::start(false);
     let mut rc = r.client();
-    let (s, _d) = start_chat(&r, &[]);
+    let (s, _d) = r.chat(&[]);
     let mut c = s.connect();
     assert_eq!(c.register(8, "pw8", "eight").data["code"], 200);
     // As an earlier version of this server wrote it: the hash in `pwdHash` alone.
@@ -155,8 +147,8 @@ fn records_of_the_earlier_shape_are_read_and_rewritten() {
 fn two_nodes_registering_one_id_at_once_cannot_both_win() {
     let r = RedisProc::start(false);
     let unlimited = ["--msg-rate", "0", "--login-rate", "0"];
-    let (a, _da) = start_chat(&r, &unlimited);
-    let (b, _db) = start_chat(&r, &unlimited);
+    let (a, _da) = r.chat(&unlimited);
+    let (b, _db) = r.chat(&unlimited);
     let handles: Vec<_> = [a.addr, b.addr]
         .into_iter()
         .enumerate()
@@ -196,7 +188,7 @@ fn two_nodes_registering_one_id_at_once_cannot_both_win() {
 #[test]
 fn offline_messages_survive_a_server_kill_and_are_removed_once_delivered() {
     let r = RedisProc::start(false);
-    let (s, _d) = start_chat(&r, &[]);
+    let (s, _d) = r.chat(&[]);
     let mut a = online(&s, 1);
     let mut b = s.connect();
     assert_eq!(b.register(2, "pw2", "two").data["code"], 200);
@@ -209,7 +201,7 @@ fn offline_messages_survive_a_server_kill_and_are_removed_once_delivered() {
     let len: i64 = redis::cmd("LLEN").arg("offline:2").query(&mut rc).unwrap();
     assert_eq!(len, 2);
 
-    let (s, _d) = start_chat(&r, &[]);
+    let (s, _d) = r.chat(&[]);
     let mut b = s.connect();
     assert_eq!(b.login(2, "pw2").data["code"], 200);
     assert_eq!(b.recv().data["content"], "first");
@@ -225,7 +217,7 @@ fn offline_messages_survive_a_server_kill_and_are_removed_once_delivered() {
 #[test]
 fn redis_killed_and_restarted_under_a_running_server() {
     let mut r = RedisProc::start(true);
-    let (s, _d) = start_chat(&r, &["--login-rate", "0"]);
+    let (s, _d) = r.chat(&["--login-rate", "0"]);
     let mut a = online(&s, 1);
     let mut b = online(&s, 2);
     assert_eq!(a.recv().data["userId"], 2);
@@ -321,7 +313,7 @@ fn put_redis_to_sleep(r: &RedisProc, secs: u32) -> std::net::TcpStream {
 #[test]
 fn the_reactor_stays_responsive_while_redis_sleeps() {
     let r = RedisProc::start(false);
-    let (s, _d) = start_chat(&r, &["--redis-timeout-ms", "5000"]);
+    let (s, _d) = r.chat(&["--redis-timeout-ms", "5000"]);
     let mut a = online(&s, 1);
     let mut b = s.connect();
     assert_eq!(b.register(2, "pw2", "two").data["code"], 200);
@@ -350,7 +342,7 @@ fn the_reactor_stays_responsive_while_redis_sleeps() {
 #[test]
 fn a_redis_slower_than_the_timeout_gets_a_clear_error_in_bounded_time() {
     let r = RedisProc::start(false);
-    let (s, _d) = start_chat(&r, &["--redis-timeout-ms", "500"]);
+    let (s, _d) = r.chat(&["--redis-timeout-ms", "500"]);
     let mut a = online(&s, 1);
     let _sleeper = put_redis_to_sleep(&r, 3);
     let started = Instant::now();
@@ -373,7 +365,7 @@ fn a_redis_slower_than_the_timeout_gets_a_clear_error_in_bounded_time() {
 fn a_message_sent_while_redis_is_paused_is_uncertain_and_a_resend_stores_it_once() {
     use std::io::Read;
     let r = RedisProc::start(false);
-    let (mut s, _d) = start_chat(&r, &["--redis-timeout-ms", "500", "--log-level", "debug"]);
+    let (mut s, _d) = r.chat(&["--redis-timeout-ms", "500", "--log-level", "debug"]);
     let mut a = online(&s, 1);
     let mut b = s.connect();
     assert_eq!(b.register(2, "pw2", "two").data["code"], 200);

@@ -156,13 +156,6 @@ fn pipe(mut client: TcpStream, mut server: TcpStream, st: Arc<(Mutex<Faults>, Co
     });
 }
 
-fn start_chat(url: &str, extra: &[&str]) -> (ServerProc, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut args = vec!["--redis", url];
-    args.extend_from_slice(extra);
-    (ServerProc::start(dir.path(), &args), dir)
-}
-
 fn offline_len(r: &RedisProc, user: i64) -> i64 {
     redis::cmd("LLEN")
         .arg(format!("offline:{user}"))
@@ -238,7 +231,7 @@ fn a_write_whose_answer_never_comes_is_uncertain_not_unavailable() {
 fn a_registration_through_a_dropped_reply_ends_in_200() {
     let r = RedisProc::start(false);
     let p = Proxy::start(r.port);
-    let (s, _d) = start_chat(&p.url(), &[]);
+    let (s, _d) = start_on_redis(&p.url(), &[]);
     let mut c = s.connect();
     // The user's name is in the command that creates the record, and only there.
     p.drop_reply_once("dropped-reply-name");
@@ -252,7 +245,7 @@ fn a_registration_through_a_dropped_reply_ends_in_200() {
 fn a_private_message_through_a_dropped_reply_is_stored_and_delivered_once() {
     let r = RedisProc::start(false);
     let p = Proxy::start(r.port);
-    let (s, _d) = start_chat(&p.url(), &[]);
+    let (s, _d) = start_on_redis(&p.url(), &[]);
     let mut a = online(&s, 1);
     let mut b = s.connect();
     assert_eq!(b.register(2, "pw2", "two").data["code"], 200);
@@ -274,7 +267,7 @@ fn a_private_message_through_a_dropped_reply_is_stored_and_delivered_once() {
 fn a_stalled_reply_gives_504_and_a_resend_with_the_msg_id_is_delivered_once() {
     let r = RedisProc::start(false);
     let p = Proxy::start(r.port);
-    let (s, _d) = start_chat(&p.url(), &["--redis-timeout-ms", "500"]);
+    let (s, _d) = start_on_redis(&p.url(), &["--redis-timeout-ms", "500"]);
     let mut a = online(&s, 1);
     let mut b = s.connect();
     assert_eq!(b.register(2, "pw2", "two").data["code"], 200);

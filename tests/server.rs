@@ -231,9 +231,7 @@ fn sigterm_exits_cleanly_and_keeps_data() {
 fn a_second_server_on_the_same_data_says_why_it_cannot_start() {
     let dir = tempfile::tempdir().unwrap();
     let _s = ServerProc::start(dir.path(), &[]);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_chat-server"))
-        .args(["--listen", "127.0.0.1:0", "--data"])
-        .arg(dir.path())
+    let out = ServerProc::command(dir.path(), "127.0.0.1:0")
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -95,9 +95,7 @@ fn start(data: &Path, p: &Pki, extra: &[&str]) -> (ServerProc, SocketAddr) {
     let mut args = tls_args(p);
     args.extend(extra.iter().map(|s| s.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut s = ServerProc::start(data, &args);
-    let addr = s.listener_addr("TLS");
-    (s, addr)
+    ServerProc::start_listener(data, &args, "TLS")
 }
 
 /// Waits for a status notice about `id`, skipping anything else.
@@ -193,17 +191,11 @@ fn a_key_in_sec1_and_tls_only_with_listen_off() {
             .unwrap()
             .starts_with("-----BEGIN EC PRIVATE KEY")
     );
-    let child = Command::new(env!("CARGO_BIN_EXE_chat-server"))
-        .args(["--listen", "off", "--data"])
-        .arg(dir.path().join("data"))
-        .args(FAST_HASH)
-        .args(tls_args(&p))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let s = ServerProc::adopt_on(child, &dir.path().join("data"), "TLS listening on ");
+    let data = dir.path().join("data");
+    let args = tls_args(&p);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let child = ServerProc::spawn(&data, "off", &args);
+    let s = ServerProc::adopt_on(child, &data, "TLS listening on ");
     let mut a = tls_online(s.addr, &p.ca, 1);
     let mut b = tls_online(s.addr, &p.ca, 2);
     notice(&mut a, 2, 0);
@@ -384,8 +376,7 @@ fn sighup_reloads_the_certificate_and_keeps_open_connections() {
 
     pki::replace(&new.cert, &live.cert);
     pki::replace(&new.key, &live.key);
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(s.pid() as i32, libc::SIGHUP) };
+    s.signal(libc::SIGHUP);
     s.wait_log("TLS: reloaded");
     // New connections get the new certificate: a client that trusts only the old CA
     // refuses it, one that trusts the new CA logs in.
@@ -404,7 +395,7 @@ fn sighup_reloads_the_certificate_and_keeps_open_connections() {
     // A reload that fails (a key that does not belong to the certificate) keeps what
     // was loaded and says why.
     pki::replace(&old.key, &live.key);
-    unsafe { libc::kill(s.pid() as i32, libc::SIGHUP) };
+    s.signal(libc::SIGHUP);
     let line = s.wait_log("TLS: reload failed");
     assert!(line.contains("keeping what was loaded"), "{line}");
     let mut again = tls_online(tls_addr, &new.ca, 4);
@@ -412,7 +403,7 @@ fn sighup_reloads_the_certificate_and_keeps_open_connections() {
     // So does one with no key at all.
     std::fs::write(&live.key, "not a key\n").unwrap();
     s.log_lines.clear();
-    unsafe { libc::kill(s.pid() as i32, libc::SIGHUP) };
+    s.signal(libc::SIGHUP);
     let line = s.wait_log("TLS: reload failed");
     assert!(line.contains("no private key"), "{line}");
     let mut last = tls(tls_addr, &new.ca);
@@ -432,14 +423,11 @@ fn a_bad_certificate_or_key_stops_the_server_at_start() {
         (&p.cert, &other.key, "certificate"),
     ];
     for (cert, key, says) in cases {
-        let out = Command::new(env!("CARGO_BIN_EXE_chat-server"))
-            .args(["--listen", "127.0.0.1:0", "--data"])
-            .arg(dir.path().join("data"))
+        let out = ServerProc::command(&dir.path().join("data"), "127.0.0.1:0")
             .args(["--tls-listen", "127.0.0.1:0", "--tls-cert"])
             .arg(cert)
             .arg("--tls-key")
             .arg(key)
-            .stdin(Stdio::null())
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
@@ -453,29 +441,9 @@ fn tls_and_plain_users_on_two_nodes() {
     let r = RedisProc::start(false);
     let dir = tempfile::tempdir().unwrap();
     let p = pki::make(dir.path(), "n", KeyFormat::Pkcs8);
-    let url = r.url();
-    let node = |name: &str, extra: &[&str]| {
-        let mut args = vec!["--redis", url.as_str(), "--node-timeout", "2"];
-        args.extend_from_slice(extra);
-        let mut s = ServerProc::start(&dir.path().join(name), &args);
-        s.wait_log("cluster: linked to Redis");
-        s
-    };
-    let a = node(
-        "a",
-        &tls_args(&p).iter().map(String::as_str).collect::<Vec<_>>(),
-    );
-    let tls_addr: SocketAddr = a
-        .log_lines
-        .iter()
-        .find_map(|l| {
-            l.rsplit_once("TLS listening on ")
-                .map(|(_, a)| a.trim().to_string())
-        })
-        .unwrap()
-        .parse()
-        .unwrap();
-    let b = node("b", &[]);
+    let (mut a, _da) = r.node(&tls_args(&p).iter().map(String::as_str).collect::<Vec<_>>());
+    let tls_addr = a.listener_addr("TLS");
+    let (b, _db) = r.node(&[]);
     let mut t = tls_online(tls_addr, &p.ca, 1);
     let mut plain = online(&b, 2);
     notice(&mut t, 2, 0);

@@ -18,10 +18,8 @@ use tungstenite::{HandshakeError, Message, WebSocket};
 /// A server with the web listener; returns it and the web address.
 fn start(extra: &[&str]) -> (ServerProc, SocketAddr, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let mut args = vec!["--web-listen", "127.0.0.1:0"];
-    args.extend_from_slice(extra);
-    let mut s = ServerProc::start(dir.path(), &args);
-    let web = s.listener_addr("web");
+    let args = [&["--web-listen", "127.0.0.1:0"], extra].concat();
+    let (s, web) = ServerProc::start_listener(dir.path(), &args, "web");
     (s, web, dir)
 }
 
@@ -569,8 +567,7 @@ fn a_flood_of_empty_fragments_does_not_starve_the_others() {
     // And the flood had its share of each turn, no more: one read (the server's last
     // line counts its turns and reads). A flood that gained a read every turn made the
     // turns ever longer, and the pings' answers ever later (16 reads a turn here).
-    // SAFETY: a signal to our own child process.
-    unsafe { libc::kill(s.pid() as i32, libc::SIGTERM) };
+    s.signal(libc::SIGTERM);
     let last = s.wait_log(" loop turns, ");
     let count = |what: &str| -> u64 {
         let before = last.split(what).next().unwrap();

@@ -72,9 +72,7 @@ fn start(data: &Path, p: &Pki, extra: &[&str]) -> (ServerProc, SocketAddr) {
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut s = ServerProc::start(data, &args);
-    let addr = s.listener_addr("HTTPS");
-    (s, addr)
+    ServerProc::start_listener(data, &args, "HTTPS")
 }
 
 /// An HTTPS exchange: sends `request`, reads to the end, which must be a TLS
@@ -344,8 +342,7 @@ fn sighup_reloads_the_https_certificate() {
 
     pki::replace(&new.cert, &live.cert);
     pki::replace(&new.key, &live.key);
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(s.pid() as i32, libc::SIGHUP) };
+    s.signal(libc::SIGHUP);
     s.wait_log("HTTPS: reloaded");
     // New connections get the new certificate; the WebSocket opened before goes on.
     let Err(err) = try_tls(addr, &old.ca) else {
@@ -359,7 +356,7 @@ fn sighup_reloads_the_https_certificate() {
 
     // A reload that fails keeps what was loaded and says why.
     pki::replace(&old.key, &live.key);
-    unsafe { libc::kill(s.pid() as i32, libc::SIGHUP) };
+    s.signal(libc::SIGHUP);
     let line = s.wait_log("HTTPS: reload failed");
     assert!(line.contains("keeping what was loaded"), "{line}");
     let (status, _, _) = get(addr, &new.ca, "/");

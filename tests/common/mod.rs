@@ -18,7 +18,7 @@ use std::time::Duration;
 #[allow(unused_imports)]
 pub use client::{Got, SeedClient, online, seed_frame};
 #[allow(unused_imports)]
-pub use redis_server::RedisProc;
+pub use redis_server::{RedisProc, start_on_redis};
 #[allow(unused_imports)]
 pub use server::{FAST_HASH, ServerProc};
 

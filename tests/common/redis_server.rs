@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::WAIT;
+use super::{ServerProc, WAIT};
 
 /// A `redis-server` of the test's own, on a free loopback port in a temporary
 /// directory; killed on drop. Never the machine's Redis on 6379.
@@ -69,6 +69,29 @@ impl RedisProc {
             .unwrap()
     }
 
+    /// A chat server on this Redis, in a temporary data directory of its own.
+    pub fn chat(&self, extra: &[&str]) -> (ServerProc, tempfile::TempDir) {
+        start_on_redis(&self.url(), extra)
+    }
+
+    /// A node of a cluster on this Redis, with a short node timeout so that a dead
+    /// node is noticed quickly, in a temporary data directory of its own; returns once
+    /// it has linked to Redis.
+    pub fn node(&self, extra: &[&str]) -> (ServerProc, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        (self.node_in(dir.path(), extra), dir)
+    }
+
+    /// Like [`RedisProc::node`], with its data in `data` (a node started again).
+    pub fn node_in(&self, data: &Path, extra: &[&str]) -> ServerProc {
+        let url = self.url();
+        let mut args = vec!["--redis", url.as_str(), "--node-timeout", "2"];
+        args.extend_from_slice(extra);
+        let mut s = ServerProc::start(data, &args);
+        s.wait_log("cluster: linked to Redis");
+        s
+    }
+
     /// SIGKILL.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -94,6 +117,15 @@ impl Drop for RedisProc {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A chat server on the Redis at `url` (one of the test's own, or a proxy to it), in
+/// a temporary data directory of its own.
+pub fn start_on_redis(url: &str, extra: &[&str]) -> (ServerProc, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec!["--redis", url];
+    args.extend_from_slice(extra);
+    (ServerProc::start(dir.path(), &args), dir)
 }
 
 /// Spawns redis-server and waits until it answers PING; `None` if it exited (the port

@@ -22,20 +22,40 @@ pub struct ServerProc {
 pub const FAST_HASH: [&str; 4] = ["--argon2-memory-kib", "64", "--argon2-passes", "1"];
 
 impl ServerProc {
+    /// `chat-server --listen LISTEN --data DATA` with cheap hashing ([`FAST_HASH`]) and
+    /// no standard input, for the caller to add flags to and run.
+    pub fn command(data: &Path, listen: &str) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_chat-server"));
+        c.args(["--listen", listen, "--data"])
+            .arg(data)
+            .args(FAST_HASH)
+            .stdin(Stdio::null());
+        c
+    }
+
     /// Starts the server on a free loopback port with its data in `data`, and waits for
     /// its "listening on" line.
     pub fn start(data: &Path, extra: &[&str]) -> ServerProc {
-        let child = Command::new(env!("CARGO_BIN_EXE_chat-server"))
-            .args(["--listen", "127.0.0.1:0", "--data"])
-            .arg(data)
-            .args(FAST_HASH)
+        Self::adopt(Self::spawn(data, "127.0.0.1:0", extra), data)
+    }
+
+    /// Starts the server with `extra`; returns it and the address its listener `name`
+    /// logged ("web", "TLS", "HTTPS": see [`ServerProc::listener_addr`]).
+    pub fn start_listener(data: &Path, extra: &[&str], name: &str) -> (ServerProc, SocketAddr) {
+        let mut s = Self::start(data, extra);
+        let addr = s.listener_addr(name);
+        (s, addr)
+    }
+
+    /// Spawns the server listening on `listen` ("off": no plain listener), its stderr
+    /// piped for [`ServerProc::adopt`].
+    pub fn spawn(data: &Path, listen: &str, extra: &[&str]) -> Child {
+        Self::command(data, listen)
             .args(extra)
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("start chat-server");
-        Self::adopt(child, data)
+            .expect("start chat-server")
     }
 
     /// Takes over a started server process (its stderr piped), and waits for its
@@ -122,11 +142,15 @@ impl ServerProc {
         self.child.wait().unwrap();
     }
 
+    /// Sends `sig` (SIGHUP: reload the certificate) and returns at once.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: sending a signal to our own child process, not reaped before drop.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
     /// Sends `sig` and waits for the process to exit.
     pub fn signal_and_wait(mut self, sig: i32) -> ExitStatus {
-        let pid = self.child.id() as i32;
-        // SAFETY: sending a signal to our own child process.
-        unsafe { libc::kill(pid, sig) };
+        self.signal(sig);
         let deadline = Instant::now() + WAIT;
         loop {
             if let Some(st) = self.child.try_wait().unwrap() {
