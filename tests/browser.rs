@@ -633,18 +633,7 @@ fn a_page_over_https_chats_with_a_terminal_user() {
     let certs = pki::make(dir.path(), "web", pki::KeyFormat::Pkcs8);
     let data = dir.path().join("data");
     // The page over HTTPS only: its WebSocket can only be `wss://` on the same port.
-    let (server, https) = ServerProc::start_listener(
-        &data,
-        &[
-            "--web-tls-listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            certs.cert.to_str().unwrap(),
-            "--tls-key",
-            certs.key.to_str().unwrap(),
-        ],
-        "HTTPS",
-    );
+    let (server, https) = common::tls::start(&data, "--web-tls-listen", "HTTPS", &certs, &[]);
     let driver = Driver::start();
     // The browser does not know the test's CA: the chain itself is checked by the
     // rustls clients of `web_tls.rs`; here it is the browser's TLS and `wss://`.

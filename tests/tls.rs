@@ -8,55 +8,24 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 
 use common::pki::{self, KeyFormat, Pki};
+use common::tls::{Tls, alerts_only, client_config, listen_args, try_connect};
 use common::*;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use serde_json::json;
 
-type Tls = StreamOwned<ClientConnection, TcpStream>;
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// A client configuration trusting only the CA in `ca`, speaking `versions`.
-fn client_config(
-    ca: &Path,
-    versions: &[&'static rustls::SupportedProtocolVersion],
-) -> Arc<ClientConfig> {
-    let mut roots = RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    Arc::new(
-        ClientConfig::builder_with_provider(provider())
-            .with_protocol_versions(versions)
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    )
-}
-
-/// Connects to `addr` as `localhost` and completes the handshake; the error says why
-/// it failed.
-fn try_tls_with(addr: SocketAddr, cfg: Arc<ClientConfig>) -> Result<SeedClient<Tls>, String> {
-    let tcp = TcpStream::connect(addr).unwrap();
-    tcp.set_read_timeout(Some(WAIT)).unwrap();
-    tcp.set_nodelay(true).unwrap();
-    let conn = ClientConnection::new(cfg, ServerName::try_from("localhost").unwrap()).unwrap();
-    let mut s = StreamOwned::new(conn, tcp);
-    while s.conn.is_handshaking() {
-        s.conn.complete_io(&mut s.sock).map_err(|e| e.to_string())?;
-    }
-    Ok(SeedClient { stream: s })
+/// A seed-format client over TLS, handshake done; the error says why it failed.
+fn try_tls_with(
+    addr: SocketAddr,
+    cfg: std::sync::Arc<rustls::ClientConfig>,
+) -> Result<SeedClient<Tls>, String> {
+    try_connect(addr, cfg).map(|stream| SeedClient { stream })
 }
 
 fn tls(addr: SocketAddr, ca: &Path) -> SeedClient<Tls> {
-    try_tls_with(addr, client_config(ca, rustls::DEFAULT_VERSIONS)).expect("TLS handshake")
+    SeedClient {
+        stream: common::tls::connect(addr, ca),
+    }
 }
 
 /// Registers `id` (as `common::online` does) and logs in, reading frames of up to
@@ -80,22 +49,12 @@ fn tls_online(addr: SocketAddr, ca: &Path, id: i64) -> SeedClient<Tls> {
 }
 
 fn tls_args(p: &Pki) -> Vec<String> {
-    vec![
-        "--tls-listen".into(),
-        "127.0.0.1:0".into(),
-        "--tls-cert".into(),
-        p.cert.display().to_string(),
-        "--tls-key".into(),
-        p.key.display().to_string(),
-    ]
+    listen_args("--tls-listen", p)
 }
 
 /// The server with a plain and a TLS listener; returns it and the TLS address.
 fn start(data: &Path, p: &Pki, extra: &[&str]) -> (ServerProc, SocketAddr) {
-    let mut args = tls_args(p);
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    ServerProc::start_listener(data, &args, "TLS")
+    common::tls::start(data, "--tls-listen", "TLS", p, extra)
 }
 
 /// Waits for a status notice about `id`, skipping anything else.
@@ -362,20 +321,13 @@ fn sighup_reloads_the_certificate_and_keeps_open_connections() {
     let old = pki::make(dir.path(), "old", KeyFormat::Pkcs8);
     let new = pki::make(dir.path(), "new", KeyFormat::Sec1);
     // The files the server is given: the old certificate now, the new one later.
-    let live = Pki {
-        ca: old.ca.clone(),
-        cert: dir.path().join("live-cert.pem"),
-        key: dir.path().join("live-key.pem"),
-    };
-    pki::replace(&old.cert, &live.cert);
-    pki::replace(&old.key, &live.key);
+    let live = Pki::live(dir.path(), &old);
     let (mut s, tls_addr) = start(&dir.path().join("data"), &live, &[]);
     let mut before = tls_online(tls_addr, &old.ca, 1);
     let mut plain = online(&s, 2);
     notice(&mut before, 2, 0);
 
-    pki::replace(&new.cert, &live.cert);
-    pki::replace(&new.key, &live.key);
+    live.install(&new);
     s.signal(libc::SIGHUP);
     s.wait_log("TLS: reloaded");
     // New connections get the new certificate: a client that trusts only the old CA

@@ -9,70 +9,28 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::sync::Arc;
 
 use common::pki::{self, KeyFormat, Pki};
-use common::{Got, ServerProc, WAIT, alerts_only, read_to_close};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use common::tls::{Tls, alerts_only, client_config, try_connect};
+use common::{Got, ServerProc, read_to_close};
 use serde_json::{Value, json};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::{HandshakeError, Message, WebSocket};
 
-type Tls = StreamOwned<ClientConnection, TcpStream>;
-
-/// A client configuration trusting only the CA in `ca`.
-fn client_config(ca: &Path) -> Arc<ClientConfig> {
-    let mut roots = RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Arc::new(
-        ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    )
-}
-
-/// A TLS connection to `addr` as `localhost`, handshake done; the error says why it
-/// failed.
+/// A TLS connection to `addr` trusting the CA in `ca`, handshake done; the error says
+/// why it failed.
 fn try_tls(addr: SocketAddr, ca: &Path) -> Result<Tls, String> {
-    let tcp = TcpStream::connect(addr).unwrap();
-    tcp.set_read_timeout(Some(WAIT)).unwrap();
-    let conn = ClientConnection::new(
-        client_config(ca),
-        ServerName::try_from("localhost").unwrap(),
-    )
-    .unwrap();
-    let mut s = StreamOwned::new(conn, tcp);
-    while s.conn.is_handshaking() {
-        s.conn.complete_io(&mut s.sock).map_err(|e| e.to_string())?;
-    }
-    Ok(s)
+    try_connect(addr, client_config(ca, rustls::DEFAULT_VERSIONS))
 }
 
 fn tls(addr: SocketAddr, ca: &Path) -> Tls {
-    try_tls(addr, ca).expect("TLS handshake")
+    common::tls::connect(addr, ca)
 }
 
 /// The server with only the HTTPS listener besides the plain one; returns it and the
 /// HTTPS address.
 fn start(data: &Path, p: &Pki, extra: &[&str]) -> (ServerProc, SocketAddr) {
-    let mut args = vec![
-        "--web-tls-listen".to_string(),
-        "127.0.0.1:0".into(),
-        "--tls-cert".into(),
-        p.cert.display().to_string(),
-        "--tls-key".into(),
-        p.key.display().to_string(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    ServerProc::start_listener(data, &args, "HTTPS")
+    common::tls::start(data, "--web-tls-listen", "HTTPS", p, extra)
 }
 
 /// An HTTPS exchange: sends `request`, reads to the end, which must be a TLS
@@ -330,18 +288,11 @@ fn sighup_reloads_the_https_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let old = pki::make(dir.path(), "old", KeyFormat::Pkcs8);
     let new = pki::make(dir.path(), "new", KeyFormat::Sec1);
-    let live = Pki {
-        ca: old.ca.clone(),
-        cert: dir.path().join("live-cert.pem"),
-        key: dir.path().join("live-key.pem"),
-    };
-    pki::replace(&old.cert, &live.cert);
-    pki::replace(&old.key, &live.key);
+    let live = Pki::live(dir.path(), &old);
     let (mut s, addr) = start(&dir.path().join("data"), &live, &[]);
     let mut before = Wss::online(addr, &old.ca, 1);
 
-    pki::replace(&new.cert, &live.cert);
-    pki::replace(&new.key, &live.key);
+    live.install(&new);
     s.signal(libc::SIGHUP);
     s.wait_log("HTTPS: reloaded");
     // New connections get the new certificate; the WebSocket opened before goes on.

@@ -35,7 +35,9 @@ pub struct Got {
 
 impl SeedClient {
     pub fn connect(addr: SocketAddr) -> SeedClient {
-        Self::from_stream(TcpStream::connect(addr).expect("connect"))
+        SeedClient {
+            stream: super::connect(addr),
+        }
     }
 
     pub fn from_stream(stream: TcpStream) -> SeedClient {

@@ -1,7 +1,8 @@
 //! Shared pieces of the integration tests: the real `chat-server` binary started on
 //! `127.0.0.1:0` in a temporary data directory (`server.rs`), a client that speaks the
 //! seed's wire format byte for byte (`client.rs`), a `redis-server` of the test's own
-//! (`redis_server.rs`), and certificates made at run time (`pki.rs`).
+//! (`redis_server.rs`), and TLS clients trusting certificates made at run time
+//! (`tls.rs`, `pki.rs`).
 
 #![allow(dead_code)]
 
@@ -9,9 +10,10 @@ mod client;
 pub mod pki;
 mod redis_server;
 mod server;
+pub mod tls;
 
 use std::io::Read;
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 // Each test binary uses some of them.
@@ -24,6 +26,14 @@ pub use server::{FAST_HASH, ServerProc};
 
 /// How long any single expected event may take before a test fails.
 pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A TCP connection to `addr` whose reads fail after [`WAIT`], with Nagle off.
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
 
 /// Reads until the server closes the connection; returns what came before.
 pub fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
@@ -38,16 +48,4 @@ pub fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
             Err(e) => panic!("no close from the server: {e} (got {got:?})"),
         }
     }
-}
-
-/// Whether `b` is nothing or TLS alert records only (content type 21).
-pub fn alerts_only(mut b: &[u8]) -> bool {
-    while b.len() >= 5 {
-        let len = u16::from_be_bytes([b[3], b[4]]) as usize;
-        if b[0] != 21 || b.len() < 5 + len {
-            return false;
-        }
-        b = &b[5 + len..];
-    }
-    b.is_empty()
 }
