@@ -12,7 +12,8 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use common::{FAST_HASH, RedisProc, SeedClient, ServerProc, online};
+use common::web::exchange;
+use common::{FAST_HASH, RedisProc, SeedClient, ServerProc, connect, online};
 use serde_json::json;
 
 /// Runs `chat-server [pre...] args...` with `stdin` as its standard input.
@@ -534,12 +535,9 @@ fn a_ban_while_a_node_is_cut_off_takes_effect_when_it_is_back() {
 
 /// GET `path` from `addr`; the status line and the body.
 fn http_get(addr: &str, path: &str) -> (String, String) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut all = String::new();
-    s.read_to_string(&mut all).unwrap();
-    let (head, body) = all.split_once("\r\n\r\n").unwrap();
-    (head.lines().next().unwrap().to_string(), body.to_string())
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let (status, _, body) = exchange(connect(addr.parse().unwrap()), request.as_bytes());
+    (status, String::from_utf8(body).unwrap())
 }
 
 /// The value of one sample line of the exposition.

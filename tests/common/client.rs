@@ -15,10 +15,15 @@ pub struct SeedClient<S = TcpStream> {
     pub stream: S,
 }
 
-/// `{"type": t, "data": json(inner)}` with its 4-byte big-endian length.
-pub fn seed_frame(t: &str, inner: &Value) -> Vec<u8> {
+/// `{"type": t, "data": json(inner)}`: the envelope of every message.
+pub fn envelope(t: &str, inner: &Value) -> String {
     let data = serde_json::to_string(inner).unwrap();
-    let outer = serde_json::to_string(&json!({"type": t, "data": data})).unwrap();
+    serde_json::to_string(&json!({"type": t, "data": data})).unwrap()
+}
+
+/// The [`envelope`] with its 4-byte big-endian length.
+pub fn seed_frame(t: &str, inner: &Value) -> Vec<u8> {
+    let outer = envelope(t, inner);
     let mut f = (outer.len() as u32).to_be_bytes().to_vec();
     f.extend(outer.as_bytes());
     f
@@ -31,6 +36,22 @@ pub struct Got {
     pub data: Value,
     /// The inner JSON exactly as sent.
     pub raw: String,
+}
+
+impl Got {
+    /// Reads an [`envelope`].
+    pub fn from_envelope(outer: &[u8]) -> Got {
+        let outer: Value = serde_json::from_slice(outer).expect("an envelope");
+        let raw = outer["data"]
+            .as_str()
+            .expect("data is a string")
+            .to_string();
+        Got {
+            kind: outer["type"].as_str().unwrap().to_string(),
+            data: serde_json::from_str(&raw).expect("data holds JSON"),
+            raw,
+        }
+    }
 }
 
 impl SeedClient {
@@ -78,16 +99,7 @@ impl<S: Read + Write> SeedClient<S> {
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return None,
             Err(e) => panic!("read failed: {e}"),
         }
-        let outer: Value = serde_json::from_slice(&body).unwrap();
-        let raw = outer["data"]
-            .as_str()
-            .expect("data is a string")
-            .to_string();
-        Some(Got {
-            kind: outer["type"].as_str().unwrap().to_string(),
-            data: serde_json::from_str(&raw).expect("data holds JSON"),
-            raw,
-        })
+        Some(Got::from_envelope(&body))
     }
 
     /// Reads until a frame of type `kind` arrives; returns it and what came before.

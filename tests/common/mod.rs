@@ -1,8 +1,8 @@
 //! Shared pieces of the integration tests: the real `chat-server` binary started on
 //! `127.0.0.1:0` in a temporary data directory (`server.rs`), a client that speaks the
 //! seed's wire format byte for byte (`client.rs`), a `redis-server` of the test's own
-//! (`redis_server.rs`), and TLS clients trusting certificates made at run time
-//! (`tls.rs`, `pki.rs`).
+//! (`redis_server.rs`), TLS clients trusting certificates made at run time (`tls.rs`,
+//! `pki.rs`), and the web listener's clients, HTTP and WebSocket (`web.rs`).
 
 #![allow(dead_code)]
 
@@ -11,6 +11,7 @@ pub mod pki;
 mod redis_server;
 mod server;
 pub mod tls;
+pub mod web;
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
@@ -18,7 +19,7 @@ use std::time::Duration;
 
 // Each test binary uses some of them.
 #[allow(unused_imports)]
-pub use client::{Got, SeedClient, online, seed_frame};
+pub use client::{Got, SeedClient, envelope, online, seed_frame};
 #[allow(unused_imports)]
 pub use redis_server::{RedisProc, start_on_redis};
 #[allow(unused_imports)]
