@@ -7,16 +7,6 @@ mod common;
 use common::*;
 use serde_json::json;
 
-/// Waits for a status notice about `id`, skipping anything else.
-fn notice(c: &mut SeedClient, id: i64, status: i64) {
-    loop {
-        let g = c.recv();
-        if g.kind == "NotifyUserStatusMes" && g.data["userId"] == id && g.data["status"] == status {
-            return;
-        }
-    }
-}
-
 fn online_ids(c: &mut SeedClient) -> Vec<i64> {
     c.send("OnlineUsersMes", json!({}));
     let (g, _) = c.recv_until("OnlineUsersResMes");
@@ -35,13 +25,13 @@ fn presence_group_and_private_messages_cross_nodes() {
     let (b, _db) = r.node(&[]);
     let mut one = online(&a, 1);
     let mut two = online(&b, 2);
-    notice(&mut one, 2, 0);
+    one.wait_notice(2, 0);
     assert_eq!(online_ids(&mut one), [1, 2]);
     assert_eq!(online_ids(&mut two), [1, 2]);
     // A login on a lists the users of b too.
     let mut three = online(&a, 3);
-    notice(&mut two, 3, 0);
-    notice(&mut one, 3, 0);
+    two.wait_notice(3, 0);
+    one.wait_notice(3, 0);
     // Group: once each, everywhere, never back to the sender, in order.
     for i in 0..5 {
         two.send("SmsMes", json!({ "content": format!("g{i}") }));
@@ -64,7 +54,7 @@ fn presence_group_and_private_messages_cross_nodes() {
     );
     // Logout on b: offline on a.
     two.send("LogoutMes", json!({}));
-    notice(&mut one, 2, 1);
+    one.wait_notice(2, 1);
     assert_eq!(online_ids(&mut one), [1, 3]);
 }
 
@@ -75,7 +65,7 @@ fn one_session_per_user_across_nodes_without_flicker() {
     let (b, _db) = r.node(&[]);
     let mut watcher = online(&a, 9);
     let mut first = online(&a, 1);
-    notice(&mut watcher, 1, 0);
+    watcher.wait_notice(1, 0);
     let mut second = b.connect();
     assert_eq!(second.login(1, "pw1").data["code"], 200);
     let closed = first.expect_closed();
@@ -129,10 +119,10 @@ fn a_killed_node_s_users_go_offline_and_their_messages_are_stored() {
     let (b, db) = r.node(&["--node-id", "bee"]);
     let mut one = online(&a, 1);
     let _two = online(&b, 2);
-    notice(&mut one, 2, 0);
+    one.wait_notice(2, 0);
     b.kill_hard();
     // Within the node timeout (2 s) plus a beat, 2 is offline on a.
-    notice(&mut one, 2, 1);
+    one.wait_notice(2, 1);
     one.send(
         "SmsPrivateMes",
         json!({"toUserId": 2, "content": "while away"}),
@@ -145,7 +135,7 @@ fn a_killed_node_s_users_go_offline_and_their_messages_are_stored() {
     let (p, _) = two.recv_until("SmsPrivateMes");
     assert_eq!(p.data["content"], "while away");
     assert_eq!(p.data["offline"], true);
-    notice(&mut one, 2, 0);
+    one.wait_notice(2, 0);
 }
 
 #[test]
@@ -156,7 +146,7 @@ fn a_node_that_lost_redis_resynchronises_when_it_is_back() {
     let (b, _db) = r.node(&[]);
     let mut one = online(&a, 1);
     let mut two = online(&b, 2);
-    notice(&mut one, 2, 0);
+    one.wait_notice(2, 0);
     r.kill();
     // Each node serves its own users meanwhile.
     one.send("PingMes", json!({}));

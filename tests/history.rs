@@ -39,11 +39,7 @@ fn page(
 /// connection.
 fn login_reading_1mib(s: &ServerProc, id: i64) -> SeedClient {
     let mut c = s.connect();
-    c.send(
-        "LoginMes",
-        json!({"userId": id, "userPwd": format!("pw{id}"), "maxFrame": 1 << 20}),
-    );
-    assert_eq!(c.recv_until("LoginResMes").0.data["code"], 200);
+    assert_eq!(c.login_1mib(id, &format!("pw{id}")).data["code"], 200);
     c
 }
 

@@ -28,23 +28,10 @@ fn tls(addr: SocketAddr, ca: &Path) -> SeedClient<Tls> {
     }
 }
 
-/// Registers `id` (as `common::online` does) and logs in, reading frames of up to
-/// 1 MiB (the seed's clients read 8 KiB).
-fn join<S: Read + Write>(c: &mut SeedClient<S>, id: i64) {
-    let r = c.register(id, &format!("pw{id}"), &format!("u{id}"));
-    assert_eq!(r.data["code"], 200, "{r:?}");
-    c.send(
-        "LoginMes",
-        json!({"userId": id, "userPwd": format!("pw{id}"), "userName": "", "maxFrame": 1 << 20}),
-    );
-    let r = c.recv_until("LoginResMes").0;
-    assert_eq!(r.data["code"], 200, "{r:?}");
-}
-
 /// Registers `id` and logs in over TLS.
 fn tls_online(addr: SocketAddr, ca: &Path, id: i64) -> SeedClient<Tls> {
     let mut c = tls(addr, ca);
-    join(&mut c, id);
+    c.join(id);
     c
 }
 
@@ -55,16 +42,6 @@ fn tls_args(p: &Pki) -> Vec<String> {
 /// The server with a plain and a TLS listener; returns it and the TLS address.
 fn start(data: &Path, p: &Pki, extra: &[&str]) -> (ServerProc, SocketAddr) {
     common::tls::start(data, "--tls-listen", "TLS", p, extra)
-}
-
-/// Waits for a status notice about `id`, skipping anything else.
-fn notice<S: Read + Write>(c: &mut SeedClient<S>, id: i64, status: i64) {
-    loop {
-        let g = c.recv();
-        if g.kind == "NotifyUserStatusMes" && g.data["userId"] == id && g.data["status"] == status {
-            return;
-        }
-    }
 }
 
 /// `from` sends a group message; `to` receives it from `from_id`.
@@ -111,9 +88,9 @@ fn tls_and_plain_users_share_one_chat() {
     let (s, tls_addr) = start(&dir.path().join("data"), &p, &[]);
     let mut t = tls_online(tls_addr, &p.ca, 1);
     let mut plain = s.connect();
-    join(&mut plain, 2);
+    plain.join(2);
     // Presence crosses: the TLS user sees the plain one arrive, and the other way.
-    notice(&mut t, 2, 0);
+    t.wait_notice(2, 0);
     let mut t12 = {
         let mut c = try_tls_with(tls_addr, client_config(&p.ca, &[&rustls::version::TLS12]))
             .expect("TLS 1.2 handshake");
@@ -121,8 +98,8 @@ fn tls_and_plain_users_share_one_chat() {
         assert_eq!(c.login(3, "pw3").data["code"], 200);
         c
     };
-    notice(&mut plain, 3, 0);
-    notice(&mut t, 3, 0);
+    plain.wait_notice(3, 0);
+    t.wait_notice(3, 0);
     // Group and private messages, every direction, TLS 1.3 and 1.2 alike.
     group(&mut t, 1, &mut plain, "from tls");
     group(&mut plain, 2, &mut t, "from plain");
@@ -136,7 +113,7 @@ fn tls_and_plain_users_share_one_chat() {
     group(&mut t, 1, &mut plain, &big);
     // Logging out over TLS: offline for the plain user.
     t.send("LogoutMes", json!({}));
-    notice(&mut plain, 1, 1);
+    plain.wait_notice(1, 1);
     t.expect_closed();
     plain.expect_nothing_pending();
 }
@@ -157,7 +134,7 @@ fn a_key_in_sec1_and_tls_only_with_listen_off() {
     let s = ServerProc::adopt_on(child, &data, "TLS listening on ");
     let mut a = tls_online(s.addr, &p.ca, 1);
     let mut b = tls_online(s.addr, &p.ca, 2);
-    notice(&mut a, 2, 0);
+    a.wait_notice(2, 0);
     group(&mut a, 1, &mut b, "only tls here");
     // No plain listener was opened.
     assert!(s.log_lines.iter().all(|l| !l.contains(": listening on ")));
@@ -219,7 +196,7 @@ fn garbage_and_plain_frames_on_the_tls_port_get_a_clean_close() {
     let (s, tls_addr) = start(&dir.path().join("data"), &p, &[]);
     let mut t = tls_online(tls_addr, &p.ca, 1);
     let mut plain = online(&s, 2);
-    notice(&mut t, 2, 0);
+    t.wait_notice(2, 0);
     let hostile: Vec<Vec<u8>> = vec![
         // A seed client that picked the wrong port.
         seed_frame(
@@ -289,8 +266,8 @@ fn a_tls_client_that_stops_reading_is_dropped_as_a_slow_consumer() {
     );
     let mut stalled = tls_online(tls_addr, &p.ca, 1);
     let mut sender = s.connect();
-    join(&mut sender, 2);
-    notice(&mut stalled, 2, 0);
+    sender.join(2);
+    stalled.wait_notice(2, 0);
     // The stalled client reads nothing from now on. What the server queues for it is
     // bounded: rustls takes a little, then refuses, and the hub's own limit drops it.
     let text = "z".repeat(4000);
@@ -325,7 +302,7 @@ fn sighup_reloads_the_certificate_and_keeps_open_connections() {
     let (mut s, tls_addr) = start(&dir.path().join("data"), &live, &[]);
     let mut before = tls_online(tls_addr, &old.ca, 1);
     let mut plain = online(&s, 2);
-    notice(&mut before, 2, 0);
+    before.wait_notice(2, 0);
 
     live.install(&new);
     s.signal(libc::SIGHUP);
@@ -339,7 +316,7 @@ fn sighup_reloads_the_certificate_and_keeps_open_connections() {
     assert!(err.contains("certificate"), "{err}");
     let mut after = tls_online(tls_addr, &new.ca, 3);
     // The connection opened before the reload goes on as before.
-    notice(&mut before, 3, 0);
+    before.wait_notice(3, 0);
     group(&mut before, 1, &mut after, "opened before");
     group(&mut after, 3, &mut before, "opened after");
     private(&mut plain, 2, &mut before, 1, "still readable");
@@ -398,7 +375,7 @@ fn tls_and_plain_users_on_two_nodes() {
     let (b, _db) = r.node(&[]);
     let mut t = tls_online(tls_addr, &p.ca, 1);
     let mut plain = online(&b, 2);
-    notice(&mut t, 2, 0);
+    t.wait_notice(2, 0);
     group(&mut t, 1, &mut plain, "tls on a");
     group(&mut plain, 2, &mut t, "plain on b");
     private(&mut t, 1, &mut plain, 2, "a to b");

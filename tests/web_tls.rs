@@ -104,12 +104,7 @@ fn a_wss_user_and_a_tcp_user_talk() {
     let mut w = wss_online(addr, &p.ca, 100);
     // A TCP user that reads frames of up to 1 MiB (the seed's clients read 8 KiB).
     let mut t = s.connect();
-    assert_eq!(t.register(200, "pw200", "u200").data["code"], 200);
-    t.send(
-        "LoginMes",
-        json!({"userId": 200, "userPwd": "pw200", "userName": "", "maxFrame": 1 << 20}),
-    );
-    assert_eq!(t.recv_until("LoginResMes").0.data["code"], 200);
+    t.join(200);
     let n = w.recv_until("NotifyUserStatusMes");
     assert_eq!(
         n.data,
@@ -142,12 +137,7 @@ fn a_wss_user_and_a_tcp_user_talk() {
 
     // Closing the WebSocket logs the user out: the TCP user is told.
     w.ws.close(None).unwrap();
-    loop {
-        let (g, _) = t.recv_until("NotifyUserStatusMes");
-        if g.data["userId"] == 100 && g.data["status"] == 1 {
-            break;
-        }
-    }
+    t.wait_notice(100, 1);
 }
 
 #[test]

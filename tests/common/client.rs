@@ -146,6 +146,39 @@ impl<S: Read + Write> SeedClient<S> {
         );
         self.recv_until("LoginResMes").0
     }
+
+    /// Logs in declaring frames of up to 1 MiB (`maxFrame`), as this project's clients
+    /// do (the seed's read 8 KiB, and are sent longer messages cut short).
+    pub fn login_1mib(&mut self, id: i64, pwd: &str) -> Got {
+        self.send(
+            "LoginMes",
+            json!({"userId": id, "userPwd": pwd, "userName": "", "maxFrame": 1 << 20}),
+        );
+        self.recv_until("LoginResMes").0
+    }
+
+    /// Registers `id` (name `u<id>`, password `pw<id>`, as [`online`] does) and logs in
+    /// reading frames of up to 1 MiB.
+    pub fn join(&mut self, id: i64) {
+        let r = self.register(id, &format!("pw{id}"), &format!("u{id}"));
+        assert_eq!(r.data["code"], 200, "{r:?}");
+        let r = self.login_1mib(id, &format!("pw{id}"));
+        assert_eq!(r.data["code"], 200, "{r:?}");
+    }
+
+    /// Waits for a status notice about `id` with `status` (0 online, 1 offline),
+    /// skipping anything else.
+    pub fn wait_notice(&mut self, id: i64, status: i64) {
+        loop {
+            let g = self.recv();
+            if g.kind == "NotifyUserStatusMes"
+                && g.data["userId"] == id
+                && g.data["status"] == status
+            {
+                return;
+            }
+        }
+    }
 }
 
 /// Registers `id` (name `u<id>`, password `pw<id>`) and logs in on a new connection.
