@@ -225,10 +225,6 @@ fn start_on(r: &RedisProc, extra: &[&str]) -> (ServerProc, tempfile::TempDir) {
     r.chat(&[&FAST[..], extra].concat())
 }
 
-fn zcard(r: &RedisProc, key: &str) -> i64 {
-    redis::cmd("ZCARD").arg(key).query(&mut r.client()).unwrap()
-}
-
 #[test]
 fn history_in_redis_is_shared_by_the_nodes_bounded_and_survives_a_restart() {
     let r = RedisProc::start(false);
@@ -262,12 +258,12 @@ fn history_in_redis_is_shared_by_the_nodes_bounded_and_survives_a_restart() {
     assert!(!more);
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
     assert_eq!(ids[4], 8, "numbered by Redis, across the nodes");
-    assert_eq!(zcard(&r, "history:group"), 5);
+    assert_eq!(r.zcard("history:group"), 5);
     // A private message across the nodes: appended once, by the sender's node.
     a.send("SmsPrivateMes", json!({"toUserId": 2, "content": "across"}));
     assert_eq!(a.recv_until("SmsResMes").0.data["code"], 200);
     assert_eq!(page(&mut a, 0, 10, Some(2)).0, ["across"]);
-    assert_eq!(zcard(&r, "history:pm:1:2"), 1);
+    assert_eq!(r.zcard("history:pm:1:2"), 1);
     // Both nodes go; a new one reads the same history.
     drop(s1);
     drop(s2);

@@ -49,9 +49,8 @@ fn an_unreadable_record_does_not_fail_a_read_of_many() {
     );
 }
 
-fn hget_user(rc: &mut redis::Connection, id: i64) -> serde_json::Value {
-    let rec: String = redis::cmd("HGET").arg("users").arg(id).query(rc).unwrap();
-    serde_json::from_str(&rec).unwrap()
+fn hget_user(r: &RedisProc, id: i64) -> serde_json::Value {
+    serde_json::from_str(&r.user_record(id)).unwrap()
 }
 
 #[test]
@@ -74,7 +73,7 @@ fn seed_records_log_in_and_are_upgraded_to_a_hash() {
     // The seed's shape, the hash in `userPwd` itself: the seed's own server, which
     // compares `userPwd` with what is typed, matches no password, the empty one
     // included. Every other field is as it was.
-    let rec = hget_user(&mut rc, 100);
+    let rec = hget_user(&r, 100);
     let pwd = rec["userPwd"].as_str().unwrap();
     assert!(pwd.starts_with("$argon2id$"), "plaintext replaced: {rec}");
     assert!(!rec.to_string().contains("123456"), "{rec}");
@@ -99,7 +98,7 @@ fn seed_records_log_in_and_are_upgraded_to_a_hash() {
         json!({"user": {"userId": 7, "userPwd": "pw7", "userName": "seven", "userStatus": 2, "sex": "f"}}),
     );
     assert_eq!(c3.recv().data["code"], 200);
-    let rec = hget_user(&mut rc, 7);
+    let rec = hget_user(&r, 7);
     assert!(!rec.to_string().contains("pw7"), "{rec}");
     assert!(
         rec["userPwd"].as_str().unwrap().starts_with("$argon2id$"),
@@ -125,10 +124,7 @@ fn records_of_the_earlier_shape_are_read_and_rewritten() {
     let mut c = s.connect();
     assert_eq!(c.register(8, "pw8", "eight").data["code"], 200);
     // As an earlier version of this server wrote it: the hash in `pwdHash` alone.
-    let hash = hget_user(&mut rc, 8)["userPwd"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let hash = hget_user(&r, 8)["userPwd"].as_str().unwrap().to_string();
     let old = json!({"userId": 8, "userName": "eight", "pwdHash": hash, "sex": "x"});
     redis::cmd("HSET")
         .arg("users")
@@ -138,7 +134,7 @@ fn records_of_the_earlier_shape_are_read_and_rewritten() {
         .unwrap();
     assert_eq!(c.login(8, "").data["code"], 403);
     assert_eq!(c.login(8, "pw8").data["code"], 200);
-    let rec = hget_user(&mut rc, 8);
+    let rec = hget_user(&r, 8);
     assert_eq!(rec["userPwd"], json!(hash), "{rec}");
     assert_eq!(rec["sex"], "x");
 }
@@ -169,18 +165,13 @@ fn two_nodes_registering_one_id_at_once_cannot_both_win() {
         })
         .collect();
     let results: Vec<Vec<i64>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-    let mut rc = r.client();
     for id in 1..=30usize {
         let codes = [results[0][id - 1], results[1][id - 1]];
         let mut sorted = codes;
         sorted.sort();
         assert_eq!(sorted, [200, 400], "id {id}: {codes:?}");
         let winner = if codes[0] == 200 { "node0" } else { "node1" };
-        let rec: String = redis::cmd("HGET")
-            .arg("users")
-            .arg(id)
-            .query(&mut rc)
-            .unwrap();
+        let rec = r.user_record(id as i64);
         assert!(rec.contains(winner), "the winner's record stands: {rec}");
     }
 }
@@ -197,9 +188,7 @@ fn offline_messages_survive_a_server_kill_and_are_removed_once_delivered() {
         assert_eq!(a.recv().data["code"], 202);
     }
     s.kill_hard();
-    let mut rc = r.client();
-    let len: i64 = redis::cmd("LLEN").arg("offline:2").query(&mut rc).unwrap();
-    assert_eq!(len, 2);
+    assert_eq!(r.llen("offline:2"), 2);
 
     let (s, _d) = r.chat(&[]);
     let mut b = s.connect();

@@ -69,6 +69,31 @@ impl RedisProc {
             .unwrap()
     }
 
+    /// The user record `id` as stored in the `users` hash.
+    pub fn user_record(&self, id: i64) -> String {
+        redis::cmd("HGET")
+            .arg("users")
+            .arg(id)
+            .query(&mut self.client())
+            .unwrap()
+    }
+
+    /// The length of the list `key` (`offline:<id>`: messages kept for a user).
+    pub fn llen(&self, key: &str) -> i64 {
+        redis::cmd("LLEN")
+            .arg(key)
+            .query(&mut self.client())
+            .unwrap()
+    }
+
+    /// The number of members of the sorted set `key` (`history:group`, ...).
+    pub fn zcard(&self, key: &str) -> i64 {
+        redis::cmd("ZCARD")
+            .arg(key)
+            .query(&mut self.client())
+            .unwrap()
+    }
+
     /// A chat server on this Redis, in a temporary data directory of its own.
     pub fn chat(&self, extra: &[&str]) -> (ServerProc, tempfile::TempDir) {
         start_on_redis(&self.url(), extra)
