@@ -179,32 +179,23 @@ fn accounts_on_a_stopped_server_then_on_the_running_one() {
     // A consistent copy while it runs, and the server goes on.
     let copy = tempfile::tempdir().unwrap();
     let file = copy.path().join("chat.redb");
-    let out = cli(
-        &[],
-        &[
+    let backup = || {
+        let args = [
             "backup",
             file.to_str().unwrap(),
             "--data",
             d.to_str().unwrap(),
-        ],
-        "",
-    );
+        ];
+        cli(&[], &args, "")
+    };
+    let out = backup();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("bytes copied"));
-    let out = cli(
-        &[],
-        &[
-            "backup",
-            file.to_str().unwrap(),
-            "--data",
-            d.to_str().unwrap(),
-        ],
-        "",
-    );
+    let out = backup();
     assert!(!out.status.success(), "never over an existing file");
     dee.expect_nothing_pending();
 
