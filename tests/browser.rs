@@ -15,8 +15,6 @@
 //! in DIR; the README's come from there.
 
 mod common;
-#[path = "common/pki.rs"]
-mod pki;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -24,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{SeedClient, ServerProc};
+use common::{SeedClient, ServerProc, pki};
 use serde_json::{Value, json};
 
 /// WebDriver's key for Enter.
@@ -436,9 +434,7 @@ fn terminal_user(server: &ServerProc, page: &Session, id: i64, name: &str) -> Se
 }
 
 fn start_server(data: &Path, web: &str) -> (ServerProc, SocketAddr) {
-    let mut s = ServerProc::start(data, &["--web-listen", web]);
-    let addr = s.listener_addr("web");
-    (s, addr)
+    ServerProc::start_listener(data, &["--web-listen", web], "web")
 }
 
 #[test]
@@ -587,7 +583,7 @@ fn two_pages_and_a_terminal_user_chat() {
 #[test]
 fn refusals_are_said_in_sentences() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = ServerProc::start(
+    let (_server, web) = ServerProc::start_listener(
         dir.path(),
         &[
             "--web-listen",
@@ -597,8 +593,8 @@ fn refusals_are_said_in_sentences() {
             "--max-frame",
             "9000",
         ],
+        "web",
     );
-    let web = server.listener_addr("web");
     let driver = Driver::start();
     let p = driver.session();
     p.go(&format!("http://{web}/"));
@@ -637,18 +633,7 @@ fn a_page_over_https_chats_with_a_terminal_user() {
     let certs = pki::make(dir.path(), "web", pki::KeyFormat::Pkcs8);
     let data = dir.path().join("data");
     // The page over HTTPS only: its WebSocket can only be `wss://` on the same port.
-    let mut server = ServerProc::start(
-        &data,
-        &[
-            "--web-tls-listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            certs.cert.to_str().unwrap(),
-            "--tls-key",
-            certs.key.to_str().unwrap(),
-        ],
-    );
-    let https = server.listener_addr("HTTPS");
+    let (server, https) = common::tls::start(&data, "--web-tls-listen", "HTTPS", &certs, &[]);
     let driver = Driver::start();
     // The browser does not know the test's CA: the chain itself is checked by the
     // rustls clients of `web_tls.rs`; here it is the browser's TLS and `wss://`.

@@ -7,27 +7,6 @@ mod common;
 use common::*;
 use serde_json::json;
 
-/// A node on `r`, with a short node timeout so that a dead node is noticed quickly.
-fn node(r: &RedisProc, extra: &[&str]) -> (ServerProc, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let url = r.url();
-    let mut args = vec!["--redis", url.as_str(), "--node-timeout", "2"];
-    args.extend_from_slice(extra);
-    let mut s = ServerProc::start(dir.path(), &args);
-    s.wait_log("cluster: linked to Redis");
-    (s, dir)
-}
-
-/// Waits for a status notice about `id`, skipping anything else.
-fn notice(c: &mut SeedClient, id: i64, status: i64) {
-    loop {
-        let g = c.recv();
-        if g.kind == "NotifyUserStatusMes" && g.data["userId"] == id && g.data["status"] == status {
-            return;
-        }
-    }
-}
-
 fn online_ids(c: &mut SeedClient) -> Vec<i64> {
     c.send("OnlineUsersMes", json!({}));
     let (g, _) = c.recv_until("OnlineUsersResMes");
@@ -42,17 +21,17 @@ fn online_ids(c: &mut SeedClient) -> Vec<i64> {
 #[test]
 fn presence_group_and_private_messages_cross_nodes() {
     let r = RedisProc::start(false);
-    let (a, _da) = node(&r, &[]);
-    let (b, _db) = node(&r, &[]);
+    let (a, _da) = r.node(&[]);
+    let (b, _db) = r.node(&[]);
     let mut one = online(&a, 1);
     let mut two = online(&b, 2);
-    notice(&mut one, 2, 0);
+    one.wait_notice(2, 0);
     assert_eq!(online_ids(&mut one), [1, 2]);
     assert_eq!(online_ids(&mut two), [1, 2]);
     // A login on a lists the users of b too.
     let mut three = online(&a, 3);
-    notice(&mut two, 3, 0);
-    notice(&mut one, 3, 0);
+    two.wait_notice(3, 0);
+    one.wait_notice(3, 0);
     // Group: once each, everywhere, never back to the sender, in order.
     for i in 0..5 {
         two.send("SmsMes", json!({ "content": format!("g{i}") }));
@@ -75,18 +54,18 @@ fn presence_group_and_private_messages_cross_nodes() {
     );
     // Logout on b: offline on a.
     two.send("LogoutMes", json!({}));
-    notice(&mut one, 2, 1);
+    one.wait_notice(2, 1);
     assert_eq!(online_ids(&mut one), [1, 3]);
 }
 
 #[test]
 fn one_session_per_user_across_nodes_without_flicker() {
     let r = RedisProc::start(false);
-    let (a, _da) = node(&r, &[]);
-    let (b, _db) = node(&r, &[]);
+    let (a, _da) = r.node(&[]);
+    let (b, _db) = r.node(&[]);
     let mut watcher = online(&a, 9);
     let mut first = online(&a, 1);
-    notice(&mut watcher, 1, 0);
+    watcher.wait_notice(1, 0);
     let mut second = b.connect();
     assert_eq!(second.login(1, "pw1").data["code"], 200);
     let closed = first.expect_closed();
@@ -136,50 +115,38 @@ fn one_session_per_user_across_nodes_without_flicker() {
 #[test]
 fn a_killed_node_s_users_go_offline_and_their_messages_are_stored() {
     let r = RedisProc::start(false);
-    let (a, _da) = node(&r, &[]);
-    let (b, db) = node(&r, &["--node-id", "bee"]);
+    let (a, _da) = r.node(&[]);
+    let (b, db) = r.node(&["--node-id", "bee"]);
     let mut one = online(&a, 1);
     let _two = online(&b, 2);
-    notice(&mut one, 2, 0);
+    one.wait_notice(2, 0);
     b.kill_hard();
     // Within the node timeout (2 s) plus a beat, 2 is offline on a.
-    notice(&mut one, 2, 1);
+    one.wait_notice(2, 1);
     one.send(
         "SmsPrivateMes",
         json!({"toUserId": 2, "content": "while away"}),
     );
     assert_eq!(one.recv_until("SmsResMes").0.data["code"], 202);
     // b restarts under its name: it starts clean, and 2 gets the message there.
-    let url = r.url();
-    let mut b = ServerProc::start(
-        db.path(),
-        &[
-            "--redis",
-            url.as_str(),
-            "--node-timeout",
-            "2",
-            "--node-id",
-            "bee",
-        ],
-    );
-    b.wait_log("cluster: linked to Redis");
+    let b = r.node_in(db.path(), &["--node-id", "bee"]);
     let mut two = b.connect();
     assert_eq!(two.login(2, "pw2").data["code"], 200);
     let (p, _) = two.recv_until("SmsPrivateMes");
     assert_eq!(p.data["content"], "while away");
     assert_eq!(p.data["offline"], true);
-    notice(&mut one, 2, 0);
+    one.wait_notice(2, 0);
 }
 
 #[test]
 fn a_node_that_lost_redis_resynchronises_when_it_is_back() {
     // No persistence: the Redis that comes back knows nothing; the nodes rebuild it.
     let mut r = RedisProc::start(false);
-    let (mut a, _da) = node(&r, &[]);
-    let (b, _db) = node(&r, &[]);
+    let (mut a, _da) = r.node(&[]);
+    let (b, _db) = r.node(&[]);
     let mut one = online(&a, 1);
     let mut two = online(&b, 2);
-    notice(&mut one, 2, 0);
+    one.wait_notice(2, 0);
     r.kill();
     // Each node serves its own users meanwhile.
     one.send("PingMes", json!({}));

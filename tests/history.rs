@@ -39,11 +39,7 @@ fn page(
 /// connection.
 fn login_reading_1mib(s: &ServerProc, id: i64) -> SeedClient {
     let mut c = s.connect();
-    c.send(
-        "LoginMes",
-        json!({"userId": id, "userPwd": format!("pw{id}"), "maxFrame": 1 << 20}),
-    );
-    assert_eq!(c.recv_until("LoginResMes").0.data["code"], 200);
+    assert_eq!(c.login_1mib(id, &format!("pw{id}")).data["code"], 200);
     c
 }
 
@@ -224,24 +220,16 @@ fn seed_clients_get_no_unsolicited_frame() {
 
 // ----- Redis -----------------------------------------------------------------------
 
-fn start_on_redis(r: &RedisProc, extra: &[&str]) -> (ServerProc, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let url = r.url();
-    let mut args = vec!["--redis", url.as_str()];
-    args.extend_from_slice(&FAST);
-    args.extend_from_slice(extra);
-    (ServerProc::start(dir.path(), &args), dir)
-}
-
-fn zcard(r: &RedisProc, key: &str) -> i64 {
-    redis::cmd("ZCARD").arg(key).query(&mut r.client()).unwrap()
+/// A server on `r` without the message and login rates.
+fn start_on(r: &RedisProc, extra: &[&str]) -> (ServerProc, tempfile::TempDir) {
+    r.chat(&[&FAST[..], extra].concat())
 }
 
 #[test]
 fn history_in_redis_is_shared_by_the_nodes_bounded_and_survives_a_restart() {
     let r = RedisProc::start(false);
-    let (s1, _d1) = start_on_redis(&r, &["--history", "5"]);
-    let (s2, _d2) = start_on_redis(&r, &["--history", "5"]);
+    let (s1, _d1) = start_on(&r, &["--history", "5"]);
+    let (s2, _d2) = start_on(&r, &["--history", "5"]);
     let mut a = online(&s1, 1);
     let mut b = s2.connect();
     assert_eq!(b.register(2, "pw2", "u2").data["code"], 200);
@@ -270,16 +258,16 @@ fn history_in_redis_is_shared_by_the_nodes_bounded_and_survives_a_restart() {
     assert!(!more);
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
     assert_eq!(ids[4], 8, "numbered by Redis, across the nodes");
-    assert_eq!(zcard(&r, "history:group"), 5);
+    assert_eq!(r.zcard("history:group"), 5);
     // A private message across the nodes: appended once, by the sender's node.
     a.send("SmsPrivateMes", json!({"toUserId": 2, "content": "across"}));
     assert_eq!(a.recv_until("SmsResMes").0.data["code"], 200);
     assert_eq!(page(&mut a, 0, 10, Some(2)).0, ["across"]);
-    assert_eq!(zcard(&r, "history:pm:1:2"), 1);
+    assert_eq!(r.zcard("history:pm:1:2"), 1);
     // Both nodes go; a new one reads the same history.
     drop(s1);
     drop(s2);
-    let (s3, _d3) = start_on_redis(&r, &[]);
+    let (s3, _d3) = start_on(&r, &[]);
     let mut b = s3.connect();
     assert_eq!(b.login(2, "pw2").data["code"], 200);
     assert_eq!(page(&mut b, 0, 100, None).0, texts);
@@ -289,7 +277,7 @@ fn history_in_redis_is_shared_by_the_nodes_bounded_and_survives_a_restart() {
 #[test]
 fn redis_lost_in_a_burst_costs_history_entries_never_a_live_message() {
     let mut r = RedisProc::start(false);
-    let (mut s, _d) = start_on_redis(&r, &["--redis-timeout-ms", "500"]);
+    let (mut s, _d) = start_on(&r, &["--redis-timeout-ms", "500"]);
     let mut a = online(&s, 1);
     let mut b = online(&s, 2);
     let b_again = login_reading_1mib(&s, 2);

@@ -12,7 +12,8 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use common::{FAST_HASH, RedisProc, SeedClient, ServerProc, online};
+use common::web::exchange;
+use common::{FAST_HASH, RedisProc, SeedClient, ServerProc, connect, online};
 use serde_json::json;
 
 /// Runs `chat-server [pre...] args...` with `stdin` as its standard input.
@@ -31,12 +32,14 @@ fn cli(pre: &[&str], args: &[&str], stdin: &str) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// `chat-server users ARGS STORE...` (`--data DIR`, `--redis URL`).
+fn users_cli(args: &[&str], store: [&str; 2], stdin: &str) -> Output {
+    cli(&[], &[&["users"], args, &store].concat(), stdin)
+}
+
 /// `chat-server users ARGS --data DIR`, which must succeed; its stdout.
 fn users(dir: &Path, args: &[&str], stdin: &str) -> String {
-    let mut all = vec!["users"];
-    all.extend(args);
-    all.extend(["--data", dir.to_str().unwrap()]);
-    let out = cli(&[], &all, stdin);
+    let out = users_cli(args, ["--data", dir.to_str().unwrap()], stdin);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -48,10 +51,7 @@ fn users(dir: &Path, args: &[&str], stdin: &str) -> String {
 
 /// The same, which must fail; its stderr.
 fn users_fails(dir: &Path, args: &[&str], stdin: &str) -> String {
-    let mut all = vec!["users"];
-    all.extend(args);
-    all.extend(["--data", dir.to_str().unwrap()]);
-    let out = cli(&[], &all, stdin);
+    let out = users_cli(args, ["--data", dir.to_str().unwrap()], stdin);
     assert!(!out.status.success(), "users {args:?} succeeded");
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -179,32 +179,23 @@ fn accounts_on_a_stopped_server_then_on_the_running_one() {
     // A consistent copy while it runs, and the server goes on.
     let copy = tempfile::tempdir().unwrap();
     let file = copy.path().join("chat.redb");
-    let out = cli(
-        &[],
-        &[
+    let backup = || {
+        let args = [
             "backup",
             file.to_str().unwrap(),
             "--data",
             d.to_str().unwrap(),
-        ],
-        "",
-    );
+        ];
+        cli(&[], &args, "")
+    };
+    let out = backup();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("bytes copied"));
-    let out = cli(
-        &[],
-        &[
-            "backup",
-            file.to_str().unwrap(),
-            "--data",
-            d.to_str().unwrap(),
-        ],
-        "",
-    );
+    let out = backup();
     assert!(!out.status.success(), "never over an existing file");
     dee.expect_nothing_pending();
 
@@ -344,12 +335,7 @@ fn the_admin_socket_refuses_other_users_and_survives_garbage() {
 fn accounts_on_redis_with_two_running_nodes() {
     let redis = RedisProc::start(false);
     let url = redis.url();
-    let r = |args: &[&str], stdin: &str| -> Output {
-        let mut all = vec!["users"];
-        all.extend(args);
-        all.extend(["--redis", url.as_str()]);
-        cli(&[], &all, stdin)
-    };
+    let r = |args: &[&str], stdin: &str| -> Output { users_cli(args, ["--redis", &url], stdin) };
     let ok = |o: Output| -> String {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         String::from_utf8_lossy(&o.stdout).into_owned()
@@ -360,22 +346,13 @@ fn accounts_on_redis_with_two_running_nodes() {
     ok(r(&["add", "3", "cy"], "pw3\n"));
     let out = ok(r(&["ban", "3"], ""));
     assert!(out.contains("no running server"), "{out}");
-    let mut rc = redis.client();
-    let raw: String = redis::cmd("HGET")
-        .arg("users")
-        .arg(3)
-        .query(&mut rc)
-        .unwrap();
+    let raw = redis.user_record(3);
     let rec: serde_json::Value = serde_json::from_str(&raw).unwrap();
     assert_eq!(rec["banned"], true);
     assert_eq!(rec["userName"], "cy");
     assert!(rec["userPwd"].as_str().unwrap().starts_with("$argon2id$"));
     ok(r(&["unban", "3"], ""));
-    let raw: String = redis::cmd("HGET")
-        .arg("users")
-        .arg(3)
-        .query(&mut rc)
-        .unwrap();
+    let raw = redis.user_record(3);
     assert!(!raw.contains("banned"), "{raw}");
 
     let dir = tempfile::tempdir().unwrap();
@@ -416,8 +393,7 @@ fn accounts_on_redis_with_two_running_nodes() {
     ann.send("SmsPrivateMes", json!({"toUserId": 2, "content": "kept"}));
     assert_eq!(ann.recv_until("SmsResMes").0.data["code"], 202);
     ok(r(&["remove", "2"], ""));
-    let n: i64 = redis::cmd("LLEN").arg("offline:2").query(&mut rc).unwrap();
-    assert_eq!(n, 0);
+    assert_eq!(redis.llen("offline:2"), 0);
     ok(r(&["remove", "3"], ""));
     let got = cy.expect_closed();
     assert_eq!(got.last().unwrap().data["code"], 410, "{got:?}");
@@ -498,10 +474,7 @@ fn a_ban_while_a_node_is_cut_off_takes_effect_when_it_is_back() {
     let url = redis.url();
     let link = Cuttable::start(redis.port);
     let ok = |args: &[&str], stdin: &str| -> String {
-        let mut all = vec!["users"];
-        all.extend(args);
-        all.extend(["--redis", url.as_str()]);
-        let o = cli(&[], &all, stdin);
+        let o = users_cli(args, ["--redis", &url], stdin);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         String::from_utf8_lossy(&o.stdout).into_owned()
     };
@@ -532,14 +505,21 @@ fn a_ban_while_a_node_is_cut_off_takes_effect_when_it_is_back() {
     ann.recv_until("PongMes");
 }
 
+/// The metrics listener's address, from the server's log.
+fn metrics_addr(server: &mut ServerProc) -> String {
+    let line = server.wait_log("metrics at http://");
+    line.rsplit("http://")
+        .next()
+        .unwrap()
+        .trim_end_matches("/metrics")
+        .to_string()
+}
+
 /// GET `path` from `addr`; the status line and the body.
 fn http_get(addr: &str, path: &str) -> (String, String) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut all = String::new();
-    s.read_to_string(&mut all).unwrap();
-    let (head, body) = all.split_once("\r\n\r\n").unwrap();
-    (head.lines().next().unwrap().to_string(), body.to_string())
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let (status, _, body) = exchange(connect(addr.parse().unwrap()), request.as_bytes());
+    (status, String::from_utf8(body).unwrap())
 }
 
 /// The value of one sample line of the exposition.
@@ -558,13 +538,7 @@ fn metrics_count_what_clients_did() {
         dir.path(),
         &["--metrics-listen", "127.0.0.1:0", "--msg-rate", "3"],
     );
-    let line = server.wait_log("metrics at http://");
-    let addr = line
-        .rsplit("http://")
-        .next()
-        .unwrap()
-        .trim_end_matches("/metrics")
-        .to_string();
+    let addr = metrics_addr(&mut server);
     let mut a = online(&server, 1);
     let mut b = online(&server, 2);
     a.recv_until("NotifyUserStatusMes");
@@ -810,13 +784,7 @@ fn a_request_trickled_in_holds_the_admin_socket_for_its_timeout_at_most() {
 fn a_request_trickled_in_holds_the_metrics_listener_for_its_timeout_at_most() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = ServerProc::start(dir.path(), &["--metrics-listen", "127.0.0.1:0"]);
-    let line = server.wait_log("metrics at http://");
-    let addr = line
-        .rsplit("http://")
-        .next()
-        .unwrap()
-        .trim_end_matches("/metrics")
-        .to_string();
+    let addr = metrics_addr(&mut server);
     // Three times the timeout (5 s), a byte a second.
     let mut request = b"GET /metrics HTTP/1.1\r\nX-Slow: ".to_vec();
     request.extend(std::iter::repeat_n(b'a', 15));

@@ -13,14 +13,6 @@ use chat::store::{Store, suite};
 use common::*;
 use serde_json::json;
 
-fn start_chat(r: &RedisProc, extra: &[&str]) -> (ServerProc, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let url = r.url();
-    let mut args = vec!["--redis", url.as_str()];
-    args.extend_from_slice(extra);
-    (ServerProc::start(dir.path(), &args), dir)
-}
-
 #[test]
 fn redis_backend_passes_the_storage_suite() {
     let r = RedisProc::start(false);
@@ -57,9 +49,8 @@ fn an_unreadable_record_does_not_fail_a_read_of_many() {
     );
 }
 
-fn hget_user(rc: &mut redis::Connection, id: i64) -> serde_json::Value {
-    let rec: String = redis::cmd("HGET").arg("users").arg(id).query(rc).unwrap();
-    serde_json::from_str(&rec).unwrap()
+fn hget_user(r: &RedisProc, id: i64) -> serde_json::Value {
+    serde_json::from_str(&r.user_record(id)).unwrap()
 }
 
 #[test]
@@ -73,7 +64,7 @@ fn seed_records_log_in_and_are_upgraded_to_a_hash() {
         .arg(r#"{"userId":100,"userPwd":"123456","userName":"Scott","userStatus":1,"sex":"m"}"#)
         .query::<i64>(&mut rc)
         .unwrap();
-    let (s, _d) = start_chat(&r, &[]);
+    let (s, _d) = r.chat(&[]);
     let mut c = s.connect();
     assert_eq!(c.login(100, "wrong").data["code"], 403);
     let ok = c.login(100, "123456");
@@ -82,7 +73,7 @@ fn seed_records_log_in_and_are_upgraded_to_a_hash() {
     // The seed's shape, the hash in `userPwd` itself: the seed's own server, which
     // compares `userPwd` with what is typed, matches no password, the empty one
     // included. Every other field is as it was.
-    let rec = hget_user(&mut rc, 100);
+    let rec = hget_user(&r, 100);
     let pwd = rec["userPwd"].as_str().unwrap();
     assert!(pwd.starts_with("$argon2id$"), "plaintext replaced: {rec}");
     assert!(!rec.to_string().contains("123456"), "{rec}");
@@ -107,7 +98,7 @@ fn seed_records_log_in_and_are_upgraded_to_a_hash() {
         json!({"user": {"userId": 7, "userPwd": "pw7", "userName": "seven", "userStatus": 2, "sex": "f"}}),
     );
     assert_eq!(c3.recv().data["code"], 200);
-    let rec = hget_user(&mut rc, 7);
+    let rec = hget_user(&r, 7);
     assert!(!rec.to_string().contains("pw7"), "{rec}");
     assert!(
         rec["userPwd"].as_str().unwrap().starts_with("$argon2id$"),
@@ -129,14 +120,11 @@ fn seed_records_log_in_and_are_upgraded_to_a_hash() {
 fn records_of_the_earlier_shape_are_read_and_rewritten() {
     let r = RedisProc::start(false);
     let mut rc = r.client();
-    let (s, _d) = start_chat(&r, &[]);
+    let (s, _d) = r.chat(&[]);
     let mut c = s.connect();
     assert_eq!(c.register(8, "pw8", "eight").data["code"], 200);
     // As an earlier version of this server wrote it: the hash in `pwdHash` alone.
-    let hash = hget_user(&mut rc, 8)["userPwd"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let hash = hget_user(&r, 8)["userPwd"].as_str().unwrap().to_string();
     let old = json!({"userId": 8, "userName": "eight", "pwdHash": hash, "sex": "x"});
     redis::cmd("HSET")
         .arg("users")
@@ -146,7 +134,7 @@ fn records_of_the_earlier_shape_are_read_and_rewritten() {
         .unwrap();
     assert_eq!(c.login(8, "").data["code"], 403);
     assert_eq!(c.login(8, "pw8").data["code"], 200);
-    let rec = hget_user(&mut rc, 8);
+    let rec = hget_user(&r, 8);
     assert_eq!(rec["userPwd"], json!(hash), "{rec}");
     assert_eq!(rec["sex"], "x");
 }
@@ -155,8 +143,8 @@ fn records_of_the_earlier_shape_are_read_and_rewritten() {
 fn two_nodes_registering_one_id_at_once_cannot_both_win() {
     let r = RedisProc::start(false);
     let unlimited = ["--msg-rate", "0", "--login-rate", "0"];
-    let (a, _da) = start_chat(&r, &unlimited);
-    let (b, _db) = start_chat(&r, &unlimited);
+    let (a, _da) = r.chat(&unlimited);
+    let (b, _db) = r.chat(&unlimited);
     let handles: Vec<_> = [a.addr, b.addr]
         .into_iter()
         .enumerate()
@@ -177,18 +165,13 @@ fn two_nodes_registering_one_id_at_once_cannot_both_win() {
         })
         .collect();
     let results: Vec<Vec<i64>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-    let mut rc = r.client();
     for id in 1..=30usize {
         let codes = [results[0][id - 1], results[1][id - 1]];
         let mut sorted = codes;
         sorted.sort();
         assert_eq!(sorted, [200, 400], "id {id}: {codes:?}");
         let winner = if codes[0] == 200 { "node0" } else { "node1" };
-        let rec: String = redis::cmd("HGET")
-            .arg("users")
-            .arg(id)
-            .query(&mut rc)
-            .unwrap();
+        let rec = r.user_record(id as i64);
         assert!(rec.contains(winner), "the winner's record stands: {rec}");
     }
 }
@@ -196,7 +179,7 @@ fn two_nodes_registering_one_id_at_once_cannot_both_win() {
 #[test]
 fn offline_messages_survive_a_server_kill_and_are_removed_once_delivered() {
     let r = RedisProc::start(false);
-    let (s, _d) = start_chat(&r, &[]);
+    let (s, _d) = r.chat(&[]);
     let mut a = online(&s, 1);
     let mut b = s.connect();
     assert_eq!(b.register(2, "pw2", "two").data["code"], 200);
@@ -205,11 +188,9 @@ fn offline_messages_survive_a_server_kill_and_are_removed_once_delivered() {
         assert_eq!(a.recv().data["code"], 202);
     }
     s.kill_hard();
-    let mut rc = r.client();
-    let len: i64 = redis::cmd("LLEN").arg("offline:2").query(&mut rc).unwrap();
-    assert_eq!(len, 2);
+    assert_eq!(r.llen("offline:2"), 2);
 
-    let (s, _d) = start_chat(&r, &[]);
+    let (s, _d) = r.chat(&[]);
     let mut b = s.connect();
     assert_eq!(b.login(2, "pw2").data["code"], 200);
     assert_eq!(b.recv().data["content"], "first");
@@ -225,7 +206,7 @@ fn offline_messages_survive_a_server_kill_and_are_removed_once_delivered() {
 #[test]
 fn redis_killed_and_restarted_under_a_running_server() {
     let mut r = RedisProc::start(true);
-    let (s, _d) = start_chat(&r, &["--login-rate", "0"]);
+    let (s, _d) = r.chat(&["--login-rate", "0"]);
     let mut a = online(&s, 1);
     let mut b = online(&s, 2);
     assert_eq!(a.recv().data["userId"], 2);
@@ -321,7 +302,7 @@ fn put_redis_to_sleep(r: &RedisProc, secs: u32) -> std::net::TcpStream {
 #[test]
 fn the_reactor_stays_responsive_while_redis_sleeps() {
     let r = RedisProc::start(false);
-    let (s, _d) = start_chat(&r, &["--redis-timeout-ms", "5000"]);
+    let (s, _d) = r.chat(&["--redis-timeout-ms", "5000"]);
     let mut a = online(&s, 1);
     let mut b = s.connect();
     assert_eq!(b.register(2, "pw2", "two").data["code"], 200);
@@ -350,7 +331,7 @@ fn the_reactor_stays_responsive_while_redis_sleeps() {
 #[test]
 fn a_redis_slower_than_the_timeout_gets_a_clear_error_in_bounded_time() {
     let r = RedisProc::start(false);
-    let (s, _d) = start_chat(&r, &["--redis-timeout-ms", "500"]);
+    let (s, _d) = r.chat(&["--redis-timeout-ms", "500"]);
     let mut a = online(&s, 1);
     let _sleeper = put_redis_to_sleep(&r, 3);
     let started = Instant::now();
@@ -373,7 +354,7 @@ fn a_redis_slower_than_the_timeout_gets_a_clear_error_in_bounded_time() {
 fn a_message_sent_while_redis_is_paused_is_uncertain_and_a_resend_stores_it_once() {
     use std::io::Read;
     let r = RedisProc::start(false);
-    let (mut s, _d) = start_chat(&r, &["--redis-timeout-ms", "500", "--log-level", "debug"]);
+    let (mut s, _d) = r.chat(&["--redis-timeout-ms", "500", "--log-level", "debug"]);
     let mut a = online(&s, 1);
     let mut b = s.connect();
     assert_eq!(b.register(2, "pw2", "two").data["code"], 200);

@@ -156,20 +156,6 @@ fn pipe(mut client: TcpStream, mut server: TcpStream, st: Arc<(Mutex<Faults>, Co
     });
 }
 
-fn start_chat(url: &str, extra: &[&str]) -> (ServerProc, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut args = vec!["--redis", url];
-    args.extend_from_slice(extra);
-    (ServerProc::start(dir.path(), &args), dir)
-}
-
-fn offline_len(r: &RedisProc, user: i64) -> i64 {
-    redis::cmd("LLEN")
-        .arg(format!("offline:{user}"))
-        .query(&mut r.client())
-        .unwrap()
-}
-
 #[test]
 fn the_store_resolves_a_lost_answer_by_asking_again() {
     let r = RedisProc::start(false);
@@ -194,13 +180,13 @@ fn the_store_resolves_a_lost_answer_by_asking_again() {
         .unwrap();
     assert!(seq.is_some());
     assert_eq!(p.drops(), 2);
-    assert_eq!(offline_len(&r, 1), 1, "stored once");
+    assert_eq!(r.llen("offline:1"), 1, "stored once");
     assert_eq!(
         s.push_offline(&msg(2, 1, "lost-reply-msg"), &id, 0)
             .unwrap(),
         seq
     );
-    assert_eq!(offline_len(&r, 1), 1);
+    assert_eq!(r.llen("offline:1"), 1);
 }
 
 #[test]
@@ -231,14 +217,14 @@ fn a_write_whose_answer_never_comes_is_uncertain_not_unavailable() {
     // It ran (twice), and is stored once; the resend finds it.
     let seq = s.push_offline(&msg(2, 1, "stalled-msg"), &id, 0).unwrap();
     assert!(seq.is_some());
-    assert_eq!(offline_len(&r, 1), 1);
+    assert_eq!(r.llen("offline:1"), 1);
 }
 
 #[test]
 fn a_registration_through_a_dropped_reply_ends_in_200() {
     let r = RedisProc::start(false);
     let p = Proxy::start(r.port);
-    let (s, _d) = start_chat(&p.url(), &[]);
+    let (s, _d) = start_on_redis(&p.url(), &[]);
     let mut c = s.connect();
     // The user's name is in the command that creates the record, and only there.
     p.drop_reply_once("dropped-reply-name");
@@ -252,7 +238,7 @@ fn a_registration_through_a_dropped_reply_ends_in_200() {
 fn a_private_message_through_a_dropped_reply_is_stored_and_delivered_once() {
     let r = RedisProc::start(false);
     let p = Proxy::start(r.port);
-    let (s, _d) = start_chat(&p.url(), &[]);
+    let (s, _d) = start_on_redis(&p.url(), &[]);
     let mut a = online(&s, 1);
     let mut b = s.connect();
     assert_eq!(b.register(2, "pw2", "two").data["code"], 200);
@@ -264,7 +250,7 @@ fn a_private_message_through_a_dropped_reply_is_stored_and_delivered_once() {
     let res = a.recv();
     assert_eq!(res.data["code"], 202, "{res:?}");
     assert_eq!(p.drops(), 1, "the reply was really lost");
-    assert_eq!(offline_len(&r, 2), 1, "stored once");
+    assert_eq!(r.llen("offline:2"), 1, "stored once");
     assert_eq!(b.login(2, "pw2").data["code"], 200);
     assert_eq!(b.recv().data["content"], "dropped-reply-text");
     b.expect_nothing_pending();
@@ -274,7 +260,7 @@ fn a_private_message_through_a_dropped_reply_is_stored_and_delivered_once() {
 fn a_stalled_reply_gives_504_and_a_resend_with_the_msg_id_is_delivered_once() {
     let r = RedisProc::start(false);
     let p = Proxy::start(r.port);
-    let (s, _d) = start_chat(&p.url(), &["--redis-timeout-ms", "500"]);
+    let (s, _d) = start_on_redis(&p.url(), &["--redis-timeout-ms", "500"]);
     let mut a = online(&s, 1);
     let mut b = s.connect();
     assert_eq!(b.register(2, "pw2", "two").data["code"], 200);
@@ -297,7 +283,7 @@ fn a_stalled_reply_gives_504_and_a_resend_with_the_msg_id_is_delivered_once() {
     let res = a.recv();
     assert_eq!(res.data["code"], 202, "{res:?}");
     assert_eq!(res.data["msgId"], "m-1");
-    assert_eq!(offline_len(&r, 2), 1, "stored once");
+    assert_eq!(r.llen("offline:2"), 1, "stored once");
     assert_eq!(b.login(2, "pw2").data["code"], 200);
     assert_eq!(b.recv().data["content"], "stalled-reply-text");
     b.expect_nothing_pending();
@@ -315,9 +301,8 @@ fn a_history_batch_whose_answer_was_lost_is_appended_once() {
     p.drop_reply_once("lost-history-reply");
     assert_eq!(s.append_history(&batch, 10), Ok(()));
     assert_eq!(p.drops(), 1, "the reply was really lost");
-    let count = |key: &str| -> i64 { redis::cmd("ZCARD").arg(key).query(&mut r.client()).unwrap() };
-    assert_eq!(count("history:group"), 1, "appended once, not twice");
-    assert_eq!(count("history:pm:1:2"), 1);
+    assert_eq!(r.zcard("history:group"), 1, "appended once, not twice");
+    assert_eq!(r.zcard("history:pm:1:2"), 1);
     let (got, more) = s.read_history(chat::store::Conv::Group, 0, 10).unwrap();
     assert_eq!((got.len(), got[0].id, more), (1, 1, false));
 }

@@ -231,9 +231,7 @@ fn sigterm_exits_cleanly_and_keeps_data() {
 fn a_second_server_on_the_same_data_says_why_it_cannot_start() {
     let dir = tempfile::tempdir().unwrap();
     let _s = ServerProc::start(dir.path(), &[]);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_chat-server"))
-        .args(["--listen", "127.0.0.1:0", "--data"])
-        .arg(dir.path())
+    let out = ServerProc::command(dir.path(), "127.0.0.1:0")
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -265,9 +263,7 @@ fn offline_backlog_survives_kill_9_during_delivery() {
     // holds the rest of a batch, and is killed then.
     // (It declares that it reads frames this long: a seed client would get each one
     // cut short to 8 KB.)
-    let login = json!({"userId": 2, "userPwd": "pw2", "maxFrame": 1 << 20});
-    b.send("LoginMes", login.clone());
-    assert_eq!(b.recv_until("LoginResMes").0.data["code"], 200);
+    assert_eq!(b.login_1mib(2, "pw2").data["code"], 200);
     s.wait_log("socket full, ");
     s.kill_hard();
     let mut seen = std::collections::BTreeSet::new();
@@ -279,8 +275,7 @@ fn offline_backlog_survives_kill_9_during_delivery() {
     assert!(first < N, "the kill came before the end");
     let s = ServerProc::start(dir.path(), &flags);
     let mut b = s.connect();
-    b.send("LoginMes", login);
-    assert_eq!(b.recv_until("LoginResMes").0.data["code"], 200);
+    assert_eq!(b.login_1mib(2, "pw2").data["code"], 200);
     while seen.len() < N {
         let g = b.recv();
         assert_eq!(g.kind, "SmsPrivateMes", "{g:?}");
@@ -350,11 +345,7 @@ fn seed_clients_survive_long_messages_and_a_crowded_login() {
         json!({"user": {"userId": 8, "userPwd": "pw8", "userName": "seed"}}),
     );
     assert_eq!(sender.recv().data["code"], 200);
-    sender.send(
-        "LoginMes",
-        json!({"userId": 7, "userPwd": "pw7", "maxFrame": 1 << 20}),
-    );
-    let (ok, _) = sender.recv_until("LoginResMes");
+    let ok = sender.login_1mib(7, "pw7");
     assert_eq!(ok.data["code"], 200);
     assert_eq!(
         ok.data["UsersId"].as_array().unwrap().len() as i64,

@@ -3,113 +3,45 @@
 //! `common/pki.rs`), and raw sockets for what a TLS client would never send.
 
 mod common;
-#[path = "common/pki.rs"]
-mod pki;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 
+use common::pki::{self, KeyFormat, Pki};
+use common::tls::{Tls, alerts_only, client_config, listen_args, try_connect};
 use common::*;
-use pki::{KeyFormat, Pki};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use serde_json::json;
 
-type Tls = StreamOwned<ClientConnection, TcpStream>;
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// A client configuration trusting only the CA in `ca`, speaking `versions`.
-fn client_config(
-    ca: &Path,
-    versions: &[&'static rustls::SupportedProtocolVersion],
-) -> Arc<ClientConfig> {
-    let mut roots = RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    Arc::new(
-        ClientConfig::builder_with_provider(provider())
-            .with_protocol_versions(versions)
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    )
-}
-
-/// Connects to `addr` as `localhost` and completes the handshake; the error says why
-/// it failed.
-fn try_tls_with(addr: SocketAddr, cfg: Arc<ClientConfig>) -> Result<SeedClient<Tls>, String> {
-    let tcp = TcpStream::connect(addr).unwrap();
-    tcp.set_read_timeout(Some(WAIT)).unwrap();
-    tcp.set_nodelay(true).unwrap();
-    let conn = ClientConnection::new(cfg, ServerName::try_from("localhost").unwrap()).unwrap();
-    let mut s = StreamOwned::new(conn, tcp);
-    while s.conn.is_handshaking() {
-        s.conn.complete_io(&mut s.sock).map_err(|e| e.to_string())?;
-    }
-    Ok(SeedClient { stream: s })
+/// A seed-format client over TLS, handshake done; the error says why it failed.
+fn try_tls_with(
+    addr: SocketAddr,
+    cfg: std::sync::Arc<rustls::ClientConfig>,
+) -> Result<SeedClient<Tls>, String> {
+    try_connect(addr, cfg).map(|stream| SeedClient { stream })
 }
 
 fn tls(addr: SocketAddr, ca: &Path) -> SeedClient<Tls> {
-    try_tls_with(addr, client_config(ca, rustls::DEFAULT_VERSIONS)).expect("TLS handshake")
-}
-
-/// Registers `id` (as `common::online` does) and logs in, reading frames of up to
-/// 1 MiB (the seed's clients read 8 KiB).
-fn join<S: Read + Write>(c: &mut SeedClient<S>, id: i64) {
-    let r = c.register(id, &format!("pw{id}"), &format!("u{id}"));
-    assert_eq!(r.data["code"], 200, "{r:?}");
-    c.send(
-        "LoginMes",
-        json!({"userId": id, "userPwd": format!("pw{id}"), "userName": "", "maxFrame": 1 << 20}),
-    );
-    let r = c.recv_until("LoginResMes").0;
-    assert_eq!(r.data["code"], 200, "{r:?}");
+    SeedClient {
+        stream: common::tls::connect(addr, ca),
+    }
 }
 
 /// Registers `id` and logs in over TLS.
 fn tls_online(addr: SocketAddr, ca: &Path, id: i64) -> SeedClient<Tls> {
     let mut c = tls(addr, ca);
-    join(&mut c, id);
+    c.join(id);
     c
 }
 
 fn tls_args(p: &Pki) -> Vec<String> {
-    vec![
-        "--tls-listen".into(),
-        "127.0.0.1:0".into(),
-        "--tls-cert".into(),
-        p.cert.display().to_string(),
-        "--tls-key".into(),
-        p.key.display().to_string(),
-    ]
+    listen_args("--tls-listen", p)
 }
 
 /// The server with a plain and a TLS listener; returns it and the TLS address.
 fn start(data: &Path, p: &Pki, extra: &[&str]) -> (ServerProc, SocketAddr) {
-    let mut args = tls_args(p);
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut s = ServerProc::start(data, &args);
-    let addr = s.listener_addr("TLS");
-    (s, addr)
-}
-
-/// Waits for a status notice about `id`, skipping anything else.
-fn notice<S: Read + Write>(c: &mut SeedClient<S>, id: i64, status: i64) {
-    loop {
-        let g = c.recv();
-        if g.kind == "NotifyUserStatusMes" && g.data["userId"] == id && g.data["status"] == status {
-            return;
-        }
-    }
+    common::tls::start(data, "--tls-listen", "TLS", p, extra)
 }
 
 /// `from` sends a group message; `to` receives it from `from_id`.
@@ -156,9 +88,9 @@ fn tls_and_plain_users_share_one_chat() {
     let (s, tls_addr) = start(&dir.path().join("data"), &p, &[]);
     let mut t = tls_online(tls_addr, &p.ca, 1);
     let mut plain = s.connect();
-    join(&mut plain, 2);
+    plain.join(2);
     // Presence crosses: the TLS user sees the plain one arrive, and the other way.
-    notice(&mut t, 2, 0);
+    t.wait_notice(2, 0);
     let mut t12 = {
         let mut c = try_tls_with(tls_addr, client_config(&p.ca, &[&rustls::version::TLS12]))
             .expect("TLS 1.2 handshake");
@@ -166,8 +98,8 @@ fn tls_and_plain_users_share_one_chat() {
         assert_eq!(c.login(3, "pw3").data["code"], 200);
         c
     };
-    notice(&mut plain, 3, 0);
-    notice(&mut t, 3, 0);
+    plain.wait_notice(3, 0);
+    t.wait_notice(3, 0);
     // Group and private messages, every direction, TLS 1.3 and 1.2 alike.
     group(&mut t, 1, &mut plain, "from tls");
     group(&mut plain, 2, &mut t, "from plain");
@@ -181,7 +113,7 @@ fn tls_and_plain_users_share_one_chat() {
     group(&mut t, 1, &mut plain, &big);
     // Logging out over TLS: offline for the plain user.
     t.send("LogoutMes", json!({}));
-    notice(&mut plain, 1, 1);
+    plain.wait_notice(1, 1);
     t.expect_closed();
     plain.expect_nothing_pending();
 }
@@ -195,20 +127,14 @@ fn a_key_in_sec1_and_tls_only_with_listen_off() {
             .unwrap()
             .starts_with("-----BEGIN EC PRIVATE KEY")
     );
-    let child = Command::new(env!("CARGO_BIN_EXE_chat-server"))
-        .args(["--listen", "off", "--data"])
-        .arg(dir.path().join("data"))
-        .args(FAST_HASH)
-        .args(tls_args(&p))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let s = ServerProc::adopt_on(child, &dir.path().join("data"), "TLS listening on ");
+    let data = dir.path().join("data");
+    let args = tls_args(&p);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let child = ServerProc::spawn(&data, "off", &args);
+    let s = ServerProc::adopt_on(child, &data, "TLS listening on ");
     let mut a = tls_online(s.addr, &p.ca, 1);
     let mut b = tls_online(s.addr, &p.ca, 2);
-    notice(&mut a, 2, 0);
+    a.wait_notice(2, 0);
     group(&mut a, 1, &mut b, "only tls here");
     // No plain listener was opened.
     assert!(s.log_lines.iter().all(|l| !l.contains(": listening on ")));
@@ -270,7 +196,7 @@ fn garbage_and_plain_frames_on_the_tls_port_get_a_clean_close() {
     let (s, tls_addr) = start(&dir.path().join("data"), &p, &[]);
     let mut t = tls_online(tls_addr, &p.ca, 1);
     let mut plain = online(&s, 2);
-    notice(&mut t, 2, 0);
+    t.wait_notice(2, 0);
     let hostile: Vec<Vec<u8>> = vec![
         // A seed client that picked the wrong port.
         seed_frame(
@@ -340,8 +266,8 @@ fn a_tls_client_that_stops_reading_is_dropped_as_a_slow_consumer() {
     );
     let mut stalled = tls_online(tls_addr, &p.ca, 1);
     let mut sender = s.connect();
-    join(&mut sender, 2);
-    notice(&mut stalled, 2, 0);
+    sender.join(2);
+    stalled.wait_notice(2, 0);
     // The stalled client reads nothing from now on. What the server queues for it is
     // bounded: rustls takes a little, then refuses, and the hub's own limit drops it.
     let text = "z".repeat(4000);
@@ -372,22 +298,14 @@ fn sighup_reloads_the_certificate_and_keeps_open_connections() {
     let old = pki::make(dir.path(), "old", KeyFormat::Pkcs8);
     let new = pki::make(dir.path(), "new", KeyFormat::Sec1);
     // The files the server is given: the old certificate now, the new one later.
-    let live = Pki {
-        ca: old.ca.clone(),
-        cert: dir.path().join("live-cert.pem"),
-        key: dir.path().join("live-key.pem"),
-    };
-    pki::replace(&old.cert, &live.cert);
-    pki::replace(&old.key, &live.key);
+    let live = Pki::live(dir.path(), &old);
     let (mut s, tls_addr) = start(&dir.path().join("data"), &live, &[]);
     let mut before = tls_online(tls_addr, &old.ca, 1);
     let mut plain = online(&s, 2);
-    notice(&mut before, 2, 0);
+    before.wait_notice(2, 0);
 
-    pki::replace(&new.cert, &live.cert);
-    pki::replace(&new.key, &live.key);
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(s.pid() as i32, libc::SIGHUP) };
+    live.install(&new);
+    s.signal(libc::SIGHUP);
     s.wait_log("TLS: reloaded");
     // New connections get the new certificate: a client that trusts only the old CA
     // refuses it, one that trusts the new CA logs in.
@@ -398,7 +316,7 @@ fn sighup_reloads_the_certificate_and_keeps_open_connections() {
     assert!(err.contains("certificate"), "{err}");
     let mut after = tls_online(tls_addr, &new.ca, 3);
     // The connection opened before the reload goes on as before.
-    notice(&mut before, 3, 0);
+    before.wait_notice(3, 0);
     group(&mut before, 1, &mut after, "opened before");
     group(&mut after, 3, &mut before, "opened after");
     private(&mut plain, 2, &mut before, 1, "still readable");
@@ -406,7 +324,7 @@ fn sighup_reloads_the_certificate_and_keeps_open_connections() {
     // A reload that fails (a key that does not belong to the certificate) keeps what
     // was loaded and says why.
     pki::replace(&old.key, &live.key);
-    unsafe { libc::kill(s.pid() as i32, libc::SIGHUP) };
+    s.signal(libc::SIGHUP);
     let line = s.wait_log("TLS: reload failed");
     assert!(line.contains("keeping what was loaded"), "{line}");
     let mut again = tls_online(tls_addr, &new.ca, 4);
@@ -414,7 +332,7 @@ fn sighup_reloads_the_certificate_and_keeps_open_connections() {
     // So does one with no key at all.
     std::fs::write(&live.key, "not a key\n").unwrap();
     s.log_lines.clear();
-    unsafe { libc::kill(s.pid() as i32, libc::SIGHUP) };
+    s.signal(libc::SIGHUP);
     let line = s.wait_log("TLS: reload failed");
     assert!(line.contains("no private key"), "{line}");
     let mut last = tls(tls_addr, &new.ca);
@@ -434,14 +352,11 @@ fn a_bad_certificate_or_key_stops_the_server_at_start() {
         (&p.cert, &other.key, "certificate"),
     ];
     for (cert, key, says) in cases {
-        let out = Command::new(env!("CARGO_BIN_EXE_chat-server"))
-            .args(["--listen", "127.0.0.1:0", "--data"])
-            .arg(dir.path().join("data"))
+        let out = ServerProc::command(&dir.path().join("data"), "127.0.0.1:0")
             .args(["--tls-listen", "127.0.0.1:0", "--tls-cert"])
             .arg(cert)
             .arg("--tls-key")
             .arg(key)
-            .stdin(Stdio::null())
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
@@ -455,32 +370,12 @@ fn tls_and_plain_users_on_two_nodes() {
     let r = RedisProc::start(false);
     let dir = tempfile::tempdir().unwrap();
     let p = pki::make(dir.path(), "n", KeyFormat::Pkcs8);
-    let url = r.url();
-    let node = |name: &str, extra: &[&str]| {
-        let mut args = vec!["--redis", url.as_str(), "--node-timeout", "2"];
-        args.extend_from_slice(extra);
-        let mut s = ServerProc::start(&dir.path().join(name), &args);
-        s.wait_log("cluster: linked to Redis");
-        s
-    };
-    let a = node(
-        "a",
-        &tls_args(&p).iter().map(String::as_str).collect::<Vec<_>>(),
-    );
-    let tls_addr: SocketAddr = a
-        .log_lines
-        .iter()
-        .find_map(|l| {
-            l.rsplit_once("TLS listening on ")
-                .map(|(_, a)| a.trim().to_string())
-        })
-        .unwrap()
-        .parse()
-        .unwrap();
-    let b = node("b", &[]);
+    let (mut a, _da) = r.node(&tls_args(&p).iter().map(String::as_str).collect::<Vec<_>>());
+    let tls_addr = a.listener_addr("TLS");
+    let (b, _db) = r.node(&[]);
     let mut t = tls_online(tls_addr, &p.ca, 1);
     let mut plain = online(&b, 2);
-    notice(&mut t, 2, 0);
+    t.wait_notice(2, 0);
     group(&mut t, 1, &mut plain, "tls on a");
     group(&mut plain, 2, &mut t, "plain on b");
     private(&mut t, 1, &mut plain, 2, "a to b");

@@ -7,40 +7,26 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 
-use common::{Got, ServerProc, WAIT, online};
-use serde_json::{Value, json};
-use tungstenite::client::IntoClientRequest;
+use common::web::{WsClient, exchange, upgrade};
+use common::{Got, ServerProc, WAIT, connect, online};
+use serde_json::json;
+use tungstenite::Message;
 use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::{HandshakeError, Message, WebSocket};
 
 /// A server with the web listener; returns it and the web address.
 fn start(extra: &[&str]) -> (ServerProc, SocketAddr, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let mut args = vec!["--web-listen", "127.0.0.1:0"];
-    args.extend_from_slice(extra);
-    let mut s = ServerProc::start(dir.path(), &args);
-    let web = s.listener_addr("web");
+    let args = [&["--web-listen", "127.0.0.1:0"], extra].concat();
+    let (s, web) = ServerProc::start_listener(dir.path(), &args, "web");
     (s, web, dir)
 }
 
 /// An HTTP exchange: sends `request` as is, reads to the end (the server closes).
 /// Returns the status line, the head and the body.
 fn http(addr: SocketAddr, request: &[u8]) -> (String, String, Vec<u8>) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    s.write_all(request).unwrap();
-    let mut all = Vec::new();
-    s.read_to_end(&mut all)
-        .expect("the server closes after its answer");
-    let end = all
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("an HTTP answer");
-    let head = String::from_utf8(all[..end].to_vec()).unwrap();
-    let status = head.lines().next().unwrap().to_string();
-    (status, head, all[end + 4..].to_vec())
+    exchange(connect(addr), request)
 }
 
 fn get(addr: SocketAddr, path: &str) -> (String, String, Vec<u8>) {
@@ -50,119 +36,19 @@ fn get(addr: SocketAddr, path: &str) -> (String, String, Vec<u8>) {
     )
 }
 
-/// A WebSocket client speaking the protocol: one envelope per text message.
-struct WsClient {
-    ws: WebSocket<TcpStream>,
-}
-
 fn ws_try(addr: SocketAddr, origin: Option<&str>) -> Result<WsClient, u16> {
-    let stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    let mut req = format!("ws://{addr}/ws").into_client_request().unwrap();
-    if let Some(o) = origin {
-        req.headers_mut().insert("Origin", o.parse().unwrap());
-    }
-    match tungstenite::client::client(req, stream) {
-        Ok((ws, _)) => Ok(WsClient { ws }),
-        Err(HandshakeError::Failure(tungstenite::Error::Http(resp))) => Err(resp.status().as_u16()),
-        Err(e) => panic!("handshake failed: {e}"),
-    }
+    upgrade(connect(addr), &format!("ws://{addr}/ws"), origin)
 }
 
 fn ws(addr: SocketAddr) -> WsClient {
     ws_try(addr, Some(&format!("http://{addr}"))).expect("the page's own origin is let in")
 }
 
-fn envelope(t: &str, inner: &Value) -> String {
-    serde_json::to_string(&json!({"type": t, "data": serde_json::to_string(inner).unwrap()}))
-        .unwrap()
-}
-
-/// What ended a WebSocket: the close status the server sent (None: no close frame).
-#[derive(Debug, PartialEq)]
-enum End {
-    Closed(Option<CloseCode>),
-}
-
-impl WsClient {
-    fn send(&mut self, t: &str, inner: Value) {
-        self.ws.send(Message::text(envelope(t, &inner))).unwrap();
-    }
-
-    /// The next protocol message, or how the connection ended.
-    fn next(&mut self) -> Result<Got, End> {
-        match self.ws.read() {
-            Ok(Message::Text(t)) => {
-                let outer: Value = serde_json::from_str(&t).expect("an envelope");
-                let raw = outer["data"]
-                    .as_str()
-                    .expect("data is a string")
-                    .to_string();
-                Ok(Got {
-                    kind: outer["type"].as_str().unwrap().to_string(),
-                    data: serde_json::from_str(&raw).expect("data holds JSON"),
-                    raw,
-                })
-            }
-            Ok(Message::Close(frame)) => Err(End::Closed(frame.map(|f| f.code))),
-            Ok(other) => panic!("unexpected message {other:?}"),
-            Err(tungstenite::Error::ConnectionClosed)
-            | Err(tungstenite::Error::AlreadyClosed)
-            | Err(tungstenite::Error::Protocol(
-                tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
-            )) => Err(End::Closed(None)),
-            Err(e) => panic!("read failed: {e}"),
-        }
-    }
-
-    fn recv(&mut self) -> Got {
-        self.next().expect("a message, not the end")
-    }
-
-    fn recv_until(&mut self, kind: &str) -> Got {
-        loop {
-            let g = self.recv();
-            if g.kind == kind {
-                return g;
-            }
-        }
-    }
-
-    /// Reads until the server closes; returns the close status and what came before.
-    fn until_closed(&mut self) -> (Option<CloseCode>, Vec<Got>) {
-        let mut got = Vec::new();
-        loop {
-            match self.next() {
-                Ok(g) => got.push(g),
-                Err(End::Closed(code)) => return (code, got),
-            }
-        }
-    }
-
-    fn register(&mut self, id: i64, pwd: &str, name: &str) -> Got {
-        self.send(
-            "RegisterMes",
-            json!({"user": {"userId": id, "userPwd": pwd, "userName": name, "userStatus": 0, "sex": ""}}),
-        );
-        self.recv_until("RegisterResMes")
-    }
-
-    fn login(&mut self, id: i64, pwd: &str) -> Got {
-        self.send(
-            "LoginMes",
-            json!({"userId": id, "userPwd": pwd, "userName": "", "maxFrame": 1 << 20}),
-        );
-        self.recv_until("LoginResMes")
-    }
-
-    fn online(addr: SocketAddr, id: i64) -> WsClient {
-        let mut c = ws(addr);
-        let r = c.register(id, &format!("pw{id}"), &format!("u{id}"));
-        assert_eq!(r.data["code"], 200, "{r:?}");
-        let r = c.login(id, &format!("pw{id}"));
-        assert_eq!(r.data["code"], 200, "{r:?}");
-        c
-    }
+/// Registers `id` (name `u<id>`, password `pw<id>`) and logs in over a new WebSocket.
+fn ws_online(addr: SocketAddr, id: i64) -> WsClient {
+    let mut c = ws(addr);
+    c.join(id);
+    c
 }
 
 #[test]
@@ -252,7 +138,7 @@ fn the_upgrade_checks_the_origin() {
 #[test]
 fn a_websocket_user_and_a_tcp_user_talk() {
     let (s, web, _d) = start(&[]);
-    let mut w = WsClient::online(web, 100);
+    let mut w = ws_online(web, 100);
     let mut t = online(&s, 200);
     let n = w.recv_until("NotifyUserStatusMes");
     assert_eq!(
@@ -334,7 +220,7 @@ fn a_websocket_user_and_a_tcp_user_talk() {
 #[test]
 fn a_message_over_max_frame_is_refused_with_1009() {
     let (_s, web, _d) = start(&["--max-frame", "10000"]);
-    let mut w = WsClient::online(web, 1);
+    let mut w = ws_online(web, 1);
     let big = "x".repeat(10_001);
     w.ws.send(Message::text(big)).unwrap();
     let (code, got) = w.until_closed();
@@ -361,7 +247,7 @@ fn a_message_over_max_frame_is_refused_with_1009() {
     );
 
     // Just under it is an ordinary (if useless) message.
-    let mut w = WsClient::online(web, 2);
+    let mut w = ws_online(web, 2);
     let mut content = "y".repeat(9_000);
     w.send("SmsMes", json!({"content": content}));
     content.clear();
@@ -451,9 +337,8 @@ fn garbage_gets_the_protocols_answers_or_a_close() {
 }
 
 /// Upgrades by hand, for frames no WebSocket library would send.
-fn raw_upgrade(web: SocketAddr) -> TcpStream {
-    let mut s = TcpStream::connect(web).unwrap();
-    s.set_read_timeout(Some(WAIT)).unwrap();
+fn raw_upgrade(web: SocketAddr) -> std::net::TcpStream {
+    let mut s = connect(web);
     write!(
         s,
         "GET /ws HTTP/1.1\r\nHost: {web}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
@@ -485,8 +370,7 @@ fn the_login_timeout_and_rate_limits_apply() {
     assert_eq!(got[0].data["code"], 401);
     assert_eq!(code, Some(CloseCode::Normal));
     // A request head that never ends: closed at the same timeout.
-    let mut h = TcpStream::connect(web).unwrap();
-    h.set_read_timeout(Some(WAIT)).unwrap();
+    let mut h = connect(web);
     h.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
     let mut rest = Vec::new();
     h.read_to_end(&mut rest).unwrap();
@@ -511,7 +395,7 @@ fn the_login_timeout_and_rate_limits_apply() {
 #[test]
 fn a_websocket_reader_that_stops_is_dropped_at_the_output_limit() {
     let (mut s, web, _d) = start(&["--msg-rate", "0", "--max-outbuf", "200000"]);
-    let w = WsClient::online(web, 1);
+    let w = ws_online(web, 1);
     let mut t = online(&s, 2);
     let content = "z".repeat(1000);
     // The browser user reads nothing: its socket, the transport's bounded buffer and
@@ -536,7 +420,7 @@ fn a_flood_of_empty_fragments_does_not_starve_the_others() {
     let (mut s, web, _d) = start(&["--msg-rate", "0"]);
     // Logged in first: while the flood keeps the loop busy, logins wait for the
     // password hashing, which runs at idle priority.
-    let mut w = WsClient::online(web, 1);
+    let mut w = ws_online(web, 1);
     let mut flood = raw_upgrade(web);
     // A text message begun and never finished: endless empty continuation frames,
     // which give the hub nothing, written as fast as the socket takes them.
@@ -569,8 +453,7 @@ fn a_flood_of_empty_fragments_does_not_starve_the_others() {
     // And the flood had its share of each turn, no more: one read (the server's last
     // line counts its turns and reads). A flood that gained a read every turn made the
     // turns ever longer, and the pings' answers ever later (16 reads a turn here).
-    // SAFETY: a signal to our own child process.
-    unsafe { libc::kill(s.pid() as i32, libc::SIGTERM) };
+    s.signal(libc::SIGTERM);
     let last = s.wait_log(" loop turns, ");
     let count = |what: &str| -> u64 {
         let before = last.split(what).next().unwrap();
@@ -583,7 +466,7 @@ fn a_flood_of_empty_fragments_does_not_starve_the_others() {
 #[test]
 fn a_websocket_that_stops_reading_then_breaks_the_protocol_is_closed() {
     let (s, web, _d) = start(&["--msg-rate", "0", "--max-outbuf", "67108864"]);
-    let mut w = WsClient::online(web, 1);
+    let mut w = ws_online(web, 1);
     let mut t = online(&s, 2);
     // 16 MB for user 1, who reads none of it: its socket and the transport's buffer
     // fill, and the rest waits in the hub, under its limit.

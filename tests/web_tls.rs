@@ -5,96 +5,38 @@
 //! the certificate.
 
 mod common;
-#[path = "common/pki.rs"]
-mod pki;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::sync::Arc;
 
-use common::{Got, ServerProc, WAIT, alerts_only, read_to_close};
-use pki::{KeyFormat, Pki};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
-use serde_json::{Value, json};
-use tungstenite::client::IntoClientRequest;
-use tungstenite::{HandshakeError, Message, WebSocket};
+use common::pki::{self, KeyFormat, Pki};
+use common::tls::{Tls, alerts_only, client_config, try_connect};
+use common::web::{WsClient, exchange, upgrade};
+use common::{ServerProc, read_to_close};
+use serde_json::json;
 
-type Tls = StreamOwned<ClientConnection, TcpStream>;
-
-/// A client configuration trusting only the CA in `ca`.
-fn client_config(ca: &Path) -> Arc<ClientConfig> {
-    let mut roots = RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Arc::new(
-        ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    )
-}
-
-/// A TLS connection to `addr` as `localhost`, handshake done; the error says why it
-/// failed.
+/// A TLS connection to `addr` trusting the CA in `ca`, handshake done; the error says
+/// why it failed.
 fn try_tls(addr: SocketAddr, ca: &Path) -> Result<Tls, String> {
-    let tcp = TcpStream::connect(addr).unwrap();
-    tcp.set_read_timeout(Some(WAIT)).unwrap();
-    let conn = ClientConnection::new(
-        client_config(ca),
-        ServerName::try_from("localhost").unwrap(),
-    )
-    .unwrap();
-    let mut s = StreamOwned::new(conn, tcp);
-    while s.conn.is_handshaking() {
-        s.conn.complete_io(&mut s.sock).map_err(|e| e.to_string())?;
-    }
-    Ok(s)
+    try_connect(addr, client_config(ca, rustls::DEFAULT_VERSIONS))
 }
 
 fn tls(addr: SocketAddr, ca: &Path) -> Tls {
-    try_tls(addr, ca).expect("TLS handshake")
+    common::tls::connect(addr, ca)
 }
 
 /// The server with only the HTTPS listener besides the plain one; returns it and the
 /// HTTPS address.
 fn start(data: &Path, p: &Pki, extra: &[&str]) -> (ServerProc, SocketAddr) {
-    let mut args = vec![
-        "--web-tls-listen".to_string(),
-        "127.0.0.1:0".into(),
-        "--tls-cert".into(),
-        p.cert.display().to_string(),
-        "--tls-key".into(),
-        p.key.display().to_string(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut s = ServerProc::start(data, &args);
-    let addr = s.listener_addr("HTTPS");
-    (s, addr)
+    common::tls::start(data, "--web-tls-listen", "HTTPS", p, extra)
 }
 
 /// An HTTPS exchange: sends `request`, reads to the end, which must be a TLS
 /// `close_notify` (rustls reports a cut stream as an error). Returns the status line,
 /// the head and the body.
 fn https(addr: SocketAddr, ca: &Path, request: &str) -> (String, String, Vec<u8>) {
-    let mut s = tls(addr, ca);
-    s.write_all(request.as_bytes()).unwrap();
-    let mut all = Vec::new();
-    s.read_to_end(&mut all)
-        .expect("the server ends its answer with close_notify");
-    let end = all
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("an HTTP answer");
-    let head = String::from_utf8(all[..end].to_vec()).unwrap();
-    let status = head.lines().next().unwrap().to_string();
-    (status, head, all[end + 4..].to_vec())
+    exchange(tls(addr, ca), request.as_bytes())
 }
 
 fn get(addr: SocketAddr, ca: &Path, path: &str) -> (String, String, Vec<u8>) {
@@ -107,24 +49,12 @@ fn get(addr: SocketAddr, ca: &Path, path: &str) -> (String, String, Vec<u8>) {
 }
 
 /// A `wss://` client speaking the protocol: one envelope per text message.
-struct Wss {
-    ws: WebSocket<Tls>,
-}
+type Wss = WsClient<Tls>;
 
 /// Opens `wss://localhost:PORT/ws` with this `Origin`; the error is the HTTP status.
 fn wss_try(addr: SocketAddr, ca: &Path, origin: Option<&str>) -> Result<Wss, u16> {
-    let stream = tls(addr, ca);
-    let mut req = format!("wss://localhost:{}/ws", addr.port())
-        .into_client_request()
-        .unwrap();
-    if let Some(o) = origin {
-        req.headers_mut().insert("Origin", o.parse().unwrap());
-    }
-    match tungstenite::client::client(req, stream) {
-        Ok((ws, _)) => Ok(Wss { ws }),
-        Err(HandshakeError::Failure(tungstenite::Error::Http(resp))) => Err(resp.status().as_u16()),
-        Err(e) => panic!("handshake failed: {e}"),
-    }
+    let url = format!("wss://localhost:{}/ws", addr.port());
+    upgrade(tls(addr, ca), &url, origin)
 }
 
 /// The page's own origin, as a browser on `https://localhost:PORT/` sends it.
@@ -132,60 +62,11 @@ fn own_origin(addr: SocketAddr) -> String {
     format!("https://localhost:{}", addr.port())
 }
 
-impl Wss {
-    fn send(&mut self, t: &str, inner: Value) {
-        let env = json!({"type": t, "data": serde_json::to_string(&inner).unwrap()});
-        self.ws.send(Message::text(env.to_string())).unwrap();
-    }
-
-    fn recv(&mut self) -> Got {
-        match self.ws.read().expect("a message") {
-            Message::Text(t) => {
-                let outer: Value = serde_json::from_str(&t).expect("an envelope");
-                let raw = outer["data"]
-                    .as_str()
-                    .expect("data is a string")
-                    .to_string();
-                Got {
-                    kind: outer["type"].as_str().unwrap().to_string(),
-                    data: serde_json::from_str(&raw).expect("data holds JSON"),
-                    raw,
-                }
-            }
-            other => panic!("unexpected message {other:?}"),
-        }
-    }
-
-    fn recv_until(&mut self, kind: &str) -> Got {
-        loop {
-            let g = self.recv();
-            if g.kind == kind {
-                return g;
-            }
-        }
-    }
-
-    /// Registers `id` and logs in.
-    fn join(&mut self, id: i64) {
-        self.send(
-            "RegisterMes",
-            json!({"user": {"userId": id, "userPwd": format!("pw{id}"), "userName": format!("u{id}"), "userStatus": 0, "sex": ""}}),
-        );
-        let r = self.recv_until("RegisterResMes");
-        assert_eq!(r.data["code"], 200, "{r:?}");
-        self.send(
-            "LoginMes",
-            json!({"userId": id, "userPwd": format!("pw{id}"), "userName": "", "maxFrame": 1 << 20}),
-        );
-        let r = self.recv_until("LoginResMes");
-        assert_eq!(r.data["code"], 200, "{r:?}");
-    }
-
-    fn online(addr: SocketAddr, ca: &Path, id: i64) -> Wss {
-        let mut c = wss_try(addr, ca, Some(&own_origin(addr))).expect("the page's own origin");
-        c.join(id);
-        c
-    }
+/// Registers `id` and logs in over a new `wss://` connection from the page's origin.
+fn wss_online(addr: SocketAddr, ca: &Path, id: i64) -> Wss {
+    let mut c = wss_try(addr, ca, Some(&own_origin(addr))).expect("the page's own origin");
+    c.join(id);
+    c
 }
 
 #[test]
@@ -220,15 +101,10 @@ fn a_wss_user_and_a_tcp_user_talk() {
     let dir = tempfile::tempdir().unwrap();
     let p = pki::make(dir.path(), "talk", KeyFormat::Pkcs8);
     let (s, addr) = start(&dir.path().join("data"), &p, &[]);
-    let mut w = Wss::online(addr, &p.ca, 100);
+    let mut w = wss_online(addr, &p.ca, 100);
     // A TCP user that reads frames of up to 1 MiB (the seed's clients read 8 KiB).
     let mut t = s.connect();
-    assert_eq!(t.register(200, "pw200", "u200").data["code"], 200);
-    t.send(
-        "LoginMes",
-        json!({"userId": 200, "userPwd": "pw200", "userName": "", "maxFrame": 1 << 20}),
-    );
-    assert_eq!(t.recv_until("LoginResMes").0.data["code"], 200);
+    t.join(200);
     let n = w.recv_until("NotifyUserStatusMes");
     assert_eq!(
         n.data,
@@ -261,12 +137,7 @@ fn a_wss_user_and_a_tcp_user_talk() {
 
     // Closing the WebSocket logs the user out: the TCP user is told.
     w.ws.close(None).unwrap();
-    loop {
-        let (g, _) = t.recv_until("NotifyUserStatusMes");
-        if g.data["userId"] == 100 && g.data["status"] == 1 {
-            break;
-        }
-    }
+    t.wait_notice(100, 1);
 }
 
 #[test]
@@ -310,7 +181,7 @@ fn plain_http_on_the_https_port_gets_a_clean_close() {
     let dir = tempfile::tempdir().unwrap();
     let p = pki::make(dir.path(), "plain", KeyFormat::Pkcs8);
     let (_s, addr) = start(&dir.path().join("data"), &p, &[]);
-    let mut w = Wss::online(addr, &p.ca, 1);
+    let mut w = wss_online(addr, &p.ca, 1);
     for bytes in [
         &b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"[..],
         &b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -334,34 +205,26 @@ fn sighup_reloads_the_https_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let old = pki::make(dir.path(), "old", KeyFormat::Pkcs8);
     let new = pki::make(dir.path(), "new", KeyFormat::Sec1);
-    let live = Pki {
-        ca: old.ca.clone(),
-        cert: dir.path().join("live-cert.pem"),
-        key: dir.path().join("live-key.pem"),
-    };
-    pki::replace(&old.cert, &live.cert);
-    pki::replace(&old.key, &live.key);
+    let live = Pki::live(dir.path(), &old);
     let (mut s, addr) = start(&dir.path().join("data"), &live, &[]);
-    let mut before = Wss::online(addr, &old.ca, 1);
+    let mut before = wss_online(addr, &old.ca, 1);
 
-    pki::replace(&new.cert, &live.cert);
-    pki::replace(&new.key, &live.key);
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(s.pid() as i32, libc::SIGHUP) };
+    live.install(&new);
+    s.signal(libc::SIGHUP);
     s.wait_log("HTTPS: reloaded");
     // New connections get the new certificate; the WebSocket opened before goes on.
     let Err(err) = try_tls(addr, &old.ca) else {
         panic!("the old CA must not verify the new certificate");
     };
     assert!(err.contains("certificate"), "{err}");
-    let mut after = Wss::online(addr, &new.ca, 2);
+    let mut after = wss_online(addr, &new.ca, 2);
     after.send("SmsMes", json!({"content": "after the reload"}));
     let g = before.recv_until("SmsMes");
     assert_eq!(g.data["content"], "after the reload");
 
     // A reload that fails keeps what was loaded and says why.
     pki::replace(&old.key, &live.key);
-    unsafe { libc::kill(s.pid() as i32, libc::SIGHUP) };
+    s.signal(libc::SIGHUP);
     let line = s.wait_log("HTTPS: reload failed");
     assert!(line.contains("keeping what was loaded"), "{line}");
     let (status, _, _) = get(addr, &new.ca, "/");

@@ -11,41 +11,16 @@
 
 mod common;
 
-use common::Chat;
+use common::{Chat, Peer, read_frame, write_frame};
 
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
-
-// ---------------------------------------------------------------------------------
-// Frames, as the seed writes them: 4-byte big-endian length, then
-// {"type":..,"data":"<inner JSON>"}.
-
-fn write_frame(s: &mut TcpStream, kind: &str, inner: &str) -> std::io::Result<()> {
-    let outer = json!({"type": kind, "data": inner}).to_string();
-    let mut buf = (outer.len() as u32).to_be_bytes().to_vec();
-    buf.extend_from_slice(outer.as_bytes());
-    s.write_all(&buf)
-}
-
-/// The next frame as (type, inner JSON text); `None` at end of stream.
-fn read_frame(s: &mut TcpStream) -> Option<(String, String)> {
-    let mut len = [0; 4];
-    s.read_exact(&mut len).ok()?;
-    let mut body = vec![0; u32::from_be_bytes(len) as usize];
-    s.read_exact(&mut body).ok()?;
-    let v: Value = serde_json::from_slice(&body).expect("the client sends JSON");
-    Some((
-        v["type"].as_str().expect("a type").to_string(),
-        v["data"].as_str().expect("data is a string").to_string(),
-    ))
-}
 
 // ---------------------------------------------------------------------------------
 // The stand-in server: a std listener, a thread per connection, every frame received
@@ -261,36 +236,6 @@ fn assert_in_order(out: &str, sentences: &[&str]) {
             Some(at) => rest = &rest[at + s.len()..],
             None => panic!("expected {s:?} (after the ones before it) in:\n{out}"),
         }
-    }
-}
-
-/// A seed-format client written here, independent of the `chat` binary.
-struct Peer {
-    s: TcpStream,
-}
-
-impl Peer {
-    fn login(addr: SocketAddr, id: i64, pwd: &str) -> Peer {
-        let mut s = TcpStream::connect(addr).unwrap();
-        let inner = json!({"userId": id, "userPwd": pwd, "userName": ""}).to_string();
-        write_frame(&mut s, "LoginMes", &inner).unwrap();
-        let mut p = Peer { s };
-        let r = p.recv_kind("LoginResMes");
-        assert_eq!(r["code"], 200, "{r}");
-        p
-    }
-
-    fn recv_kind(&mut self, kind: &str) -> Value {
-        loop {
-            let (k, d) = read_frame(&mut self.s).expect("the stand-in keeps the peer");
-            if k == kind {
-                return serde_json::from_str(&d).unwrap();
-            }
-        }
-    }
-
-    fn send(&mut self, kind: &str, inner: Value) {
-        write_frame(&mut self.s, kind, &inner.to_string()).unwrap();
     }
 }
 

@@ -7,136 +7,19 @@ mod common;
 #[path = "../../tests/common/pki.rs"]
 mod pki;
 
-use common::Chat;
+use common::{Chat, Peer, TestServer};
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
 
-use chat::auth::HashParams;
-use chat::reactor::{Running, ServerConfig};
-use chat::store::embedded::EmbeddedStore;
-use chat::store::{Store, StoreFactory};
-use chat::tls::TlsWrapper;
-use pki::{KeyFormat, Pki};
-use serde_json::{Value, json};
-
-const WAIT: Duration = Duration::from_secs(20);
-
-/// The server with a plain and a TLS listener, its certificate from `p`.
-struct TlsServer {
-    plain: SocketAddr,
-    tls: SocketAddr,
-    running: Option<Running>,
-    _dir: tempfile::TempDir,
-}
-
-impl TlsServer {
-    fn start(p: &Pki) -> TlsServer {
-        let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(dir.path()).unwrap();
-        let factory: StoreFactory = Arc::new(move || Ok(Box::new(store.clone()) as Box<dyn Store>));
-        let cfg = ServerConfig {
-            hash: HashParams {
-                memory_kib: 64,
-                passes: 1,
-            },
-            ..ServerConfig::default()
-        };
-        let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let tls = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let wrapper = TlsWrapper::new(&p.cert, &p.key).unwrap();
-        let running =
-            chat::reactor::spawn_with(plain, vec![(tls, Box::new(wrapper))], factory, cfg).unwrap();
-        TlsServer {
-            plain: running.addr,
-            tls: running.wrapped[0],
-            running: Some(running),
-            _dir: dir,
-        }
-    }
-
-    /// `localhost:PORT` of the TLS listener (the name the certificate is for).
-    fn tls_name(&self) -> String {
-        format!("localhost:{}", self.tls.port())
-    }
-}
-
-impl Drop for TlsServer {
-    fn drop(&mut self) {
-        if let Some(r) = self.running.take() {
-            r.shutdown().unwrap();
-        }
-    }
-}
-
-/// A plain seed-format client written here.
-struct Peer {
-    s: TcpStream,
-}
-
-impl Peer {
-    fn online(addr: SocketAddr, id: i64, name: &str) -> Peer {
-        let s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(WAIT)).unwrap();
-        let mut p = Peer { s };
-        p.send(
-            "RegisterMes",
-            json!({"user":{"userId":id,"userPwd":"peerpw","userName":name}}),
-        );
-        assert_eq!(p.recv_kind("RegisterResMes")["code"], 200);
-        p.send(
-            "LoginMes",
-            json!({"userId":id,"userPwd":"peerpw","userName":""}),
-        );
-        assert_eq!(p.recv_kind("LoginResMes")["code"], 200);
-        p
-    }
-
-    fn send(&mut self, t: &str, inner: Value) {
-        let outer = json!({"type": t, "data": inner.to_string()}).to_string();
-        let mut f = (outer.len() as u32).to_be_bytes().to_vec();
-        f.extend(outer.as_bytes());
-        self.s.write_all(&f).unwrap();
-    }
-
-    fn recv_kind(&mut self, kind: &str) -> Value {
-        loop {
-            let mut len = [0; 4];
-            self.s.read_exact(&mut len).unwrap();
-            let mut body = vec![0; u32::from_be_bytes(len) as usize];
-            self.s.read_exact(&mut body).unwrap();
-            let v: Value = serde_json::from_slice(&body).unwrap();
-            if v["type"] == kind {
-                return serde_json::from_str(v["data"].as_str().unwrap()).unwrap();
-            }
-        }
-    }
-
-    /// Whether `id` is a registered user: a wrong password says so, an unknown id
-    /// says otherwise.
-    fn is_registered(addr: SocketAddr, id: i64) -> bool {
-        let s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(WAIT)).unwrap();
-        let mut p = Peer { s };
-        p.send(
-            "LoginMes",
-            json!({"userId":id,"userPwd":"not it","userName":""}),
-        );
-        let r = p.recv_kind("LoginResMes");
-        assert_ne!(r["code"], 200);
-        r["error"] != "no such user"
-    }
-}
+use pki::KeyFormat;
+use serde_json::json;
 
 #[test]
 fn the_client_chats_over_tls_with_a_private_ca() {
     let dir = tempfile::tempdir().unwrap();
     let p = pki::make(dir.path(), "c", KeyFormat::Pkcs8);
-    let server = TlsServer::start(&p);
-    let mut peer = Peer::online(server.plain, 200, "tiger");
+    let server = TestServer::start_tls(&p.cert, &p.key);
+    let mut peer = Peer::register_and_login(server.addr, 200, "tiger");
     let ca = p.ca.display().to_string();
     let name = server.tls_name();
     let mut chat = Chat::start_with(&["--server", &name, "--tls-ca", &ca], &[]);
@@ -175,7 +58,7 @@ fn the_client_chats_over_tls_with_a_private_ca() {
 fn the_client_trusts_the_systems_roots_with_tls() {
     let dir = tempfile::tempdir().unwrap();
     let p = pki::make(dir.path(), "sys", KeyFormat::Sec1);
-    let server = TlsServer::start(&p);
+    let server = TestServer::start_tls(&p.cert, &p.key);
     let name = server.tls_name();
     // The system's store, as rustls-native-certs reads it: here, our CA alone.
     let empty = tempfile::tempdir().unwrap();
@@ -209,7 +92,7 @@ fn a_certificate_that_does_not_verify_is_refused_with_a_reason() {
     let dir = tempfile::tempdir().unwrap();
     let p = pki::make(dir.path(), "real", KeyFormat::Pkcs8);
     let other = pki::make(dir.path(), "other", KeyFormat::Pkcs8);
-    let server = TlsServer::start(&p);
+    let server = TestServer::start_tls(&p.cert, &p.key);
     let name = server.tls_name();
     let empty = tempfile::tempdir().unwrap();
 
@@ -229,7 +112,7 @@ fn a_certificate_that_does_not_verify_is_refused_with_a_reason() {
 
     // Signed by the trusted CA, for another name.
     let elsewhere = pki::make_for(dir.path(), "elsewhere", KeyFormat::Pkcs8, &["chat.example"]);
-    let server2 = TlsServer::start(&elsewhere);
+    let server2 = TestServer::start_tls(&elsewhere.cert, &elsewhere.key);
     let ca = elsewhere.ca.display().to_string();
     let out = refused(&["--server", &server2.tls_name(), "--tls-ca", &ca], &[]);
     assert!(
@@ -238,14 +121,14 @@ fn a_certificate_that_does_not_verify_is_refused_with_a_reason() {
     );
 
     // TLS to the plain port.
-    let plain = server.plain.to_string();
+    let plain = server.addr.to_string();
     let ca = p.ca.display().to_string();
     let out = refused(&["--server", &plain, "--tls-ca", &ca], &[]);
     assert!(out.contains("did not answer in TLS"), "{out}");
 
     // Nothing got through.
-    assert!(!Peer::is_registered(server.plain, 9));
-    assert!(!Peer::is_registered(server2.plain, 9));
+    assert!(!Peer::is_registered(server.addr, 9));
+    assert!(!Peer::is_registered(server2.addr, 9));
 }
 
 #[test]

@@ -28,6 +28,27 @@ pub struct Pki {
     pub key: PathBuf,
 }
 
+impl Pki {
+    /// The files a server is given, `<dir>/live-cert.pem` and `live-key.pem`, holding
+    /// `from`'s certificate and key until [`Pki::install`] replaces them (a renewal),
+    /// with `from`'s CA.
+    pub fn live(dir: &Path, from: &Pki) -> Pki {
+        let live = Pki {
+            ca: from.ca.clone(),
+            cert: dir.join("live-cert.pem"),
+            key: dir.join("live-key.pem"),
+        };
+        live.install(from);
+        live
+    }
+
+    /// Replaces this set's certificate and key files with `from`'s, each in one step.
+    pub fn install(&self, from: &Pki) {
+        replace(&from.cert, &self.cert);
+        replace(&from.key, &self.key);
+    }
+}
+
 fn ca_params(name: &str) -> CertificateParams {
     let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);

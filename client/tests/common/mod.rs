@@ -1,5 +1,16 @@
-//! The `chat` binary driven through a pipe: shared by the client's test files.
+//! Shared by the client's test files: the `chat` binary driven through a pipe, the
+//! real server run in this process (`server.rs`), and a seed-format client for the
+//! other side of a conversation (`peer.rs`).
 #![allow(dead_code)]
+
+mod peer;
+mod server;
+
+// Each test file uses some of them.
+#[allow(unused_imports)]
+pub use peer::{Peer, read_frame, write_frame};
+#[allow(unused_imports)]
+pub use server::TestServer;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
