@@ -24,6 +24,7 @@
 //!   that hashing gets the CPU.
 //! - [`users`]: the stored user record, registration rules, the online registry.
 //! - [`rate`]: token buckets for flood control.
+//! - [`priority`]: how the worker threads are scheduled against the event loop.
 //! - [`job`]: the contract between the hub and whoever runs its store jobs, and the
 //!   jobs' logic over two traits ([`store::Store`], [`job::Passwords`]).
 //! - [`store`]: the `Store` trait and the types it keeps.
@@ -73,6 +74,7 @@ pub mod job;
 pub mod metrics;
 pub mod offline;
 pub mod presence;
+pub mod priority;
 pub mod proto;
 pub mod rate;
 pub mod roster;

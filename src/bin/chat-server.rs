@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 use clap::{CommandFactory, Parser};
 
-use chat::admission::WorkerPriority;
 use chat::auth::HashParams;
 use chat::cluster_redis::ClusterConfig;
 use chat::hub::HubConfig;
+use chat::priority::WorkerPriority;
 use chat::reactor::{Server, ServerConfig, default_job_timeout_secs};
 use chat::store::embedded::EmbeddedStore;
 use chat::store::redis::{RedisStore, RedisTimeouts};
@@ -151,7 +151,7 @@ struct Args {
     /// are refused as busy), low (nice 10: logins always progress, but a login storm
     /// delays messages on a shared core) or normal.
     #[arg(long, value_enum, default_value = "idle", value_name = "PRIORITY")]
-    worker_priority: Priority,
+    worker_priority: WorkerPriority,
 
     /// Longest time output waits while input keeps coming, in microseconds. Output
     /// is written as soon as the loop finds nothing more to read, so a quiet server
@@ -242,13 +242,6 @@ struct Args {
     /// argon2id passes (time cost) for new password hashes.
     #[arg(long, default_value_t = HashParams::default().passes, value_name = "N")]
     argon2_passes: u32,
-}
-
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum Priority {
-    Normal,
-    Low,
-    Idle,
 }
 
 fn main() -> ExitCode {
@@ -385,11 +378,7 @@ fn run(args: Args) -> Result<(), String> {
         },
         handle_signals: true,
         flush_interval: Duration::from_micros(args.flush_interval_us),
-        worker_priority: match args.worker_priority {
-            Priority::Normal => WorkerPriority::Normal,
-            Priority::Low => WorkerPriority::Low,
-            Priority::Idle => WorkerPriority::Idle,
-        },
+        worker_priority: args.worker_priority,
         cluster: args.redis.as_ref().map(|url| ClusterConfig {
             url: url.clone(),
             node: args.node_id.clone().unwrap_or_else(default_node_id),
