@@ -71,6 +71,14 @@ impl std::fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
+/// A record that does not parse is a store that cannot answer (certainly nothing
+/// written).
+impl From<crate::users::BadRecord> for StoreError {
+    fn from(e: crate::users::BadRecord) -> StoreError {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
 impl StoreError {
     /// [`Unavailable`](StoreError::Unavailable), with a context for the log.
     pub fn new(context: &str, e: impl std::fmt::Display) -> StoreError {
