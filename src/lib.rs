@@ -59,8 +59,9 @@
 //! - `operator`: the `users` and `backup` subcommands (through the admin socket, the
 //!   data file, or Redis); `config`: `--config FILE` (TOML) turned into flags.
 //!
-//! Tests only (`cfg(test)`, or the `testkit` feature for the fuzz targets): `testkit`,
-//! which drives the hub as the reactor does, with no sockets, and `store::mem`.
+//! Tests only (`cfg(test)`, or the `testkit` feature for the fuzz targets and the
+//! integration tests): `testkit`, which drives the hub as the reactor does, with no
+//! sockets, `store::mem`, and `store::suite`, the checks every store backend passes.
 //!
 //! The binaries: `chat-server` (`src/bin/chat-server.rs`) and, in the `client/`
 //! workspace member, the terminal client `chat`.
