@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::job::LoginError;
 use crate::proto::code;
 use crate::store::{Store, StoreError};
-use crate::users::{UserRecord, validate_registration};
+use crate::users::{InvalidRegistration, UserRecord, validate_registration};
 
 /// Longest request line the admin socket reads, in bytes.
 pub const MAX_REQUEST: usize = 64 * 1024;
@@ -149,31 +149,69 @@ impl Done {
     }
 }
 
-/// Whether `hash` looks like a password hash this server can verify.
-fn check_hash(hash: &str) -> Result<(), String> {
-    if hash.starts_with("$argon2") {
-        Ok(())
-    } else {
-        Err("the password must come hashed (an argon2id PHC string)".into())
+/// Why a command was refused; its text is the operator's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminError {
+    /// The id or name of a new account.
+    Invalid(InvalidRegistration),
+    /// A password that does not come as an argon2 PHC string.
+    NotHashed,
+    /// `add` of an id that exists.
+    Taken(i64),
+    NoSuchUser(i64),
+    Store(StoreError),
+    /// The store's own backup failed, or it has none.
+    Backup(StoreError),
+}
+
+impl std::fmt::Display for AdminError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdminError::Invalid(e) => e.fmt(f),
+            AdminError::NotHashed => {
+                f.write_str("the password must come hashed (an argon2id PHC string)")
+            }
+            AdminError::Taken(id) => write!(f, "user id {id} is already taken"),
+            AdminError::NoSuchUser(id) => write!(f, "no such user: {id}"),
+            AdminError::Store(e) => write!(f, "storage error: {e}"),
+            AdminError::Backup(e) => e.fmt(f),
+        }
     }
 }
 
-fn no_such_user(id: i64) -> String {
-    format!("no such user: {id}")
+impl std::error::Error for AdminError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            AdminError::Invalid(e) => Some(e),
+            AdminError::Store(e) | AdminError::Backup(e) => Some(e),
+            _ => None,
+        }
+    }
 }
 
-fn store_failed(e: StoreError) -> String {
-    format!("storage error: {e}")
+impl From<InvalidRegistration> for AdminError {
+    fn from(e: InvalidRegistration) -> AdminError {
+        AdminError::Invalid(e)
+    }
+}
+
+/// Whether `hash` looks like a password hash this server can verify.
+fn check_hash(hash: &str) -> Result<(), AdminError> {
+    if hash.starts_with("$argon2") {
+        Ok(())
+    } else {
+        Err(AdminError::NotHashed)
+    }
 }
 
 /// Applies one command to the store. `Backup` is the store's own
 /// ([`Store::backup`]).
-pub fn apply(store: &mut dyn Store, req: Request) -> Result<Done, String> {
+pub fn apply(store: &mut dyn Store, req: Request) -> Result<Done, AdminError> {
     match req {
         Request::List => {
             let users = store
                 .list_users()
-                .map_err(store_failed)?
+                .map_err(AdminError::Store)?
                 .into_iter()
                 .map(|u: UserRecord| UserLine {
                     id: u.id,
@@ -197,10 +235,10 @@ pub fn apply(store: &mut dyn Store, req: Request) -> Result<Done, String> {
                 pwd_hash: hash,
                 ..UserRecord::default()
             };
-            if store.create_user(&rec).map_err(store_failed)? {
+            if store.create_user(&rec).map_err(AdminError::Store)? {
                 Ok(Done::said(format!("user {id} added")))
             } else {
-                Err(format!("user id {id} is already taken"))
+                Err(AdminError::Taken(id))
             }
         }
         Request::Passwd { id, hash } => {
@@ -209,18 +247,18 @@ pub fn apply(store: &mut dyn Store, req: Request) -> Result<Done, String> {
                 r.pwd_hash = hash.clone();
                 r.legacy_pwd.clear();
             };
-            match store.modify_user(id, set).map_err(store_failed)? {
+            match store.modify_user(id, set).map_err(AdminError::Store)? {
                 Some(_) => Ok(Done::said(format!(
                     "password of user {id} changed (sessions stay open)"
                 ))),
-                None => Err(no_such_user(id)),
+                None => Err(AdminError::NoSuchUser(id)),
             }
         }
         Request::Ban { id } | Request::Unban { id } => {
             let ban = matches!(req, Request::Ban { .. });
             match store
                 .modify_user(id, &mut |r| r.banned = ban)
-                .map_err(store_failed)?
+                .map_err(AdminError::Store)?
             {
                 Some(_) if ban => Ok(Done {
                     text: format!("user {id} banned"),
@@ -228,11 +266,11 @@ pub fn apply(store: &mut dyn Store, req: Request) -> Result<Done, String> {
                     kick: Some((id, Kick::Banned)),
                 }),
                 Some(_) => Ok(Done::said(format!("user {id} unbanned"))),
-                None => Err(no_such_user(id)),
+                None => Err(AdminError::NoSuchUser(id)),
             }
         }
         Request::Remove { id } => {
-            if store.remove_user(id).map_err(store_failed)? {
+            if store.remove_user(id).map_err(AdminError::Store)? {
                 Ok(Done {
                     text: format!(
                         "user {id} removed, with their offline messages and private history"
@@ -241,13 +279,13 @@ pub fn apply(store: &mut dyn Store, req: Request) -> Result<Done, String> {
                     kick: Some((id, Kick::Removed)),
                 })
             } else {
-                Err(no_such_user(id))
+                Err(AdminError::NoSuchUser(id))
             }
         }
         Request::Backup { path } => {
             let n = store
                 .backup(std::path::Path::new(&path))
-                .map_err(|e| e.to_string())?;
+                .map_err(AdminError::Backup)?;
             Ok(Done::said(format!("{n} bytes copied to {path}")))
         }
     }
@@ -266,7 +304,7 @@ mod tests {
     use super::*;
     use crate::store::mem::MemStore;
 
-    fn add(s: &mut MemStore, id: i64, name: &str) -> Result<Done, String> {
+    fn add(s: &mut MemStore, id: i64, name: &str) -> Result<Done, AdminError> {
         apply(
             s,
             Request::Add {
@@ -278,12 +316,35 @@ mod tests {
     }
 
     #[test]
+    fn refusals_read_as_the_operator_is_told() {
+        let store = || StoreError::Unavailable("disk gone".into());
+        assert_eq!(
+            AdminError::Invalid(InvalidRegistration::NameEmpty).to_string(),
+            "userName must not be empty"
+        );
+        assert_eq!(
+            AdminError::NotHashed.to_string(),
+            "the password must come hashed (an argon2id PHC string)"
+        );
+        assert_eq!(
+            AdminError::Taken(3).to_string(),
+            "user id 3 is already taken"
+        );
+        assert_eq!(AdminError::NoSuchUser(3).to_string(), "no such user: 3");
+        assert_eq!(
+            AdminError::Store(store()).to_string(),
+            "storage error: disk gone"
+        );
+        assert_eq!(AdminError::Backup(store()).to_string(), "disk gone");
+    }
+
+    #[test]
     fn every_command_against_a_store() {
         let mut s = MemStore::new();
         add(&mut s, 2, "bo").unwrap();
         add(&mut s, 1, "al").unwrap();
         assert_eq!(
-            add(&mut s, 1, "again").unwrap_err(),
+            add(&mut s, 1, "again").unwrap_err().to_string(),
             "user id 1 is already taken"
         );
         assert!(add(&mut s, 3, " padded").is_err());
@@ -293,12 +354,14 @@ mod tests {
             name: "d".into(),
             hash: "plaintext".into(),
         };
-        assert!(apply(&mut s, bad_hash).unwrap_err().contains("hashed"));
+        assert_eq!(apply(&mut s, bad_hash).unwrap_err(), AdminError::NotHashed);
 
         let done = apply(&mut s, Request::Ban { id: 2 }).unwrap();
         assert_eq!(done.kick, Some((2, Kick::Banned)));
         assert_eq!(
-            apply(&mut s, Request::Ban { id: 9 }).unwrap_err(),
+            apply(&mut s, Request::Ban { id: 9 })
+                .unwrap_err()
+                .to_string(),
             "no such user: 9"
         );
         let list = apply(&mut s, Request::List).unwrap().users.unwrap();
@@ -338,7 +401,12 @@ mod tests {
         let backup = Request::Backup {
             path: "/nonexistent/x".into(),
         };
-        assert!(apply(&mut s, backup).unwrap_err().contains("not supported"));
+        assert!(
+            apply(&mut s, backup)
+                .unwrap_err()
+                .to_string()
+                .contains("not supported")
+        );
     }
 
     #[test]

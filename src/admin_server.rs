@@ -120,7 +120,7 @@ fn serve(conn: UnixStream, store: &mut dyn Store, control: &ControlHandle) {
         Ok(uid) if allowed(uid) => match read_request(Timed::new(&conn, IO_TIMEOUT)) {
             Ok(Some(req)) => run(req, store, control),
             Ok(None) => return,
-            Err(e) => Response::failed(e),
+            Err(e) => Response::failed(e.to_string()),
         },
         Ok(uid) => {
             log::warn!(
@@ -138,26 +138,59 @@ fn serve(conn: UnixStream, store: &mut dyn Store, control: &ControlHandle) {
     let _ = Timed::new(&conn, IO_TIMEOUT).write_all(&line);
 }
 
+/// Why a request line was not read; the client is told, then closed.
+#[derive(Debug)]
+enum BadRequest {
+    Read(io::Error),
+    /// More than [`MAX_REQUEST`] bytes without a newline.
+    TooLong,
+    /// The client stopped sending before the newline.
+    Unended,
+    /// Not a [`Request`].
+    Json(serde_json::Error),
+}
+
+impl std::fmt::Display for BadRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BadRequest::Read(e) => write!(f, "reading the request: {e}"),
+            BadRequest::TooLong => write!(f, "request longer than {MAX_REQUEST} bytes"),
+            BadRequest::Unended => f.write_str("request not ended by a newline"),
+            BadRequest::Json(e) => write!(f, "bad request: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for BadRequest {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            BadRequest::Read(e) => Some(e),
+            BadRequest::Json(e) => Some(e),
+            BadRequest::TooLong | BadRequest::Unended => None,
+        }
+    }
+}
+
 /// One line of JSON; `None` if the peer closed without a byte.
-fn read_request(conn: Timed<'_, UnixStream>) -> Result<Option<Request>, String> {
+fn read_request(conn: Timed<'_, UnixStream>) -> Result<Option<Request>, BadRequest> {
     let mut line = Vec::new();
     let n = BufReader::new(conn)
         .take(MAX_REQUEST as u64 + 1)
         .read_until(b'\n', &mut line)
-        .map_err(|e| format!("reading the request: {e}"))?;
+        .map_err(BadRequest::Read)?;
     if n == 0 {
         return Ok(None);
     }
     if line.last() != Some(&b'\n') {
         return Err(if line.len() > MAX_REQUEST {
-            format!("request longer than {MAX_REQUEST} bytes")
+            BadRequest::TooLong
         } else {
-            "request not ended by a newline".into()
+            BadRequest::Unended
         });
     }
     serde_json::from_slice(&line)
         .map(Some)
-        .map_err(|e| format!("bad request: {e}"))
+        .map_err(BadRequest::Json)
 }
 
 fn run(req: Request, store: &mut dyn Store, control: &ControlHandle) -> Response {
@@ -166,7 +199,7 @@ fn run(req: Request, store: &mut dyn Store, control: &ControlHandle) -> Response
         Ok(d) => d,
         Err(e) => {
             log::info!("admin: refused: {e}");
-            return Response::failed(e);
+            return Response::failed(e.to_string());
         }
     };
     let sessions = match done.kick {

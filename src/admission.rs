@@ -16,22 +16,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-/// How the hashing threads are scheduled against the event loop (the storage thread
-/// always runs like the loop: its jobs are short).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WorkerPriority {
-    /// Like the loop.
-    Normal,
-    /// nice 10: on a shared core the loop gets most of the CPU and hashing a
-    /// guaranteed share, so logins never stall, but a storm of them delays messages
-    /// (measured: fan-out p99 from 2 to 7 ms during a storm on one core).
-    Low,
-    /// SCHED_IDLE: hashing runs only on CPU the loop leaves, and gives it up the moment
-    /// the loop wakes, so a storm of logins does not delay messages. While traffic
-    /// keeps the loop's core fully busy, logins slow down; they are then refused as
-    /// busy (with a time to try again) rather than queued. The default.
-    Idle,
-}
+pub use crate::priority::WorkerPriority;
 
 /// While passwords wait to be hashed, a round of writes this long (thousands of
 /// receivers) is followed by a pause as long as itself, so that the hashing threads,

@@ -13,6 +13,8 @@
 use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
 use argon2::{Algorithm, Argon2, Params, Version};
 
+pub use crate::job::HashError;
+
 /// argon2id parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HashParams {
@@ -38,20 +40,20 @@ pub struct Hasher {
 }
 
 impl Hasher {
-    pub fn new(p: HashParams) -> Result<Hasher, String> {
+    pub fn new(p: HashParams) -> Result<Hasher, HashError> {
         let params = Params::new(p.memory_kib, p.passes, 1, None)
-            .map_err(|e| format!("bad argon2 parameters: {e}"))?;
+            .map_err(|e| HashError::BadParams(e.to_string()))?;
         Ok(Hasher {
             argon: Argon2::new(Algorithm::Argon2id, Version::V0x13, params),
         })
     }
 
     /// A PHC string (`$argon2id$v=19$m=...`) with a fresh random salt.
-    pub fn hash(&self, password: &str) -> Result<String, String> {
+    pub fn hash(&self, password: &str) -> Result<String, HashError> {
         self.argon
             .hash_password(password.as_bytes())
             .map(|h| h.to_string())
-            .map_err(|e| format!("hashing failed: {e}"))
+            .map_err(|e| HashError::Failed(e.to_string()))
     }
 
     /// Whether `password` matches the PHC string `hash`. A malformed hash never matches.
@@ -63,7 +65,7 @@ impl Hasher {
 }
 
 impl crate::job::Passwords for Hasher {
-    fn hash(&self, password: &str) -> Result<String, String> {
+    fn hash(&self, password: &str) -> Result<String, HashError> {
         Hasher::hash(self, password)
     }
 

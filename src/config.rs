@@ -8,7 +8,65 @@
 //! not parse is an error that names the file and the key.
 
 use std::ffi::OsString;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Why the config file gives no flags; the text names the file (and the key).
+#[derive(Debug)]
+pub enum ConfigError {
+    Read(PathBuf, std::io::Error),
+    /// Not TOML.
+    Parse(PathBuf, toml::de::Error),
+    /// A key that cannot be taken, and why.
+    Key(PathBuf, String, KeyError),
+}
+
+/// What is wrong with one key of the config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyError {
+    /// `config` itself.
+    NamesAnother,
+    /// No long flag of that name.
+    NoSuchSetting,
+    /// A value of this TOML type (a table, a datetime, ...).
+    WrongKind(&'static str),
+    /// A value for a switch that is not a boolean.
+    NotTrueOrFalse,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigError::Read(path, e) => {
+                write!(f, "cannot read the config file {}: {e}", path.display())
+            }
+            ConfigError::Parse(path, e) => write!(f, "{}: {e}", path.display()),
+            ConfigError::Key(path, key, e) => write!(f, "{}: `{key}`: {e}", path.display()),
+        }
+    }
+}
+
+impl std::fmt::Display for KeyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyError::NamesAnother => f.write_str("a config file cannot name another"),
+            KeyError::NoSuchSetting => f.write_str(
+                "no such setting (keys are the long flag names of `chat-server --help`)",
+            ),
+            KeyError::WrongKind(kind) => write!(f, "a {kind} is not a value for it"),
+            KeyError::NotTrueOrFalse => f.write_str("give it true or false"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConfigError::Read(_, e) => Some(e),
+            ConfigError::Parse(_, e) => Some(e),
+            ConfigError::Key(..) => None,
+        }
+    }
+}
 
 /// The `--config` value in `args` (program name first), if any.
 pub fn config_path(args: &[OsString]) -> Option<OsString> {
@@ -33,24 +91,21 @@ pub fn flags_from_toml(
     text: &str,
     file: &Path,
     cmd: &clap::Command,
-) -> Result<Vec<OsString>, String> {
-    let at = |key: &str, what: String| format!("{}: `{key}`: {what}", file.display());
+) -> Result<Vec<OsString>, ConfigError> {
+    let at = |key: &str, e: KeyError| ConfigError::Key(file.to_path_buf(), key.to_string(), e);
     let table: toml::Table = text
         .parse()
-        .map_err(|e: toml::de::Error| format!("{}: {e}", file.display()))?;
+        .map_err(|e: toml::de::Error| ConfigError::Parse(file.to_path_buf(), e))?;
     let mut out = Vec::new();
     for (key, value) in table {
         if key == "config" {
-            return Err(at(&key, "a config file cannot name another".into()));
+            return Err(at(&key, KeyError::NamesAnother));
         }
         let Some(arg) = cmd
             .get_arguments()
             .find(|a| a.get_long() == Some(key.as_str()))
         else {
-            return Err(at(
-                &key,
-                "no such setting (keys are the long flag names of `chat-server --help`)".into(),
-            ));
+            return Err(at(&key, KeyError::NoSuchSetting));
         };
         let takes_value = arg.get_action().takes_values();
         let flag = format!("--{key}");
@@ -71,14 +126,11 @@ pub fn flags_from_toml(
                 }
                 toml::Value::Boolean(b) => b.to_string(),
                 other => {
-                    return Err(at(
-                        &key,
-                        format!("a {} is not a value for it", other.type_str()),
-                    ));
+                    return Err(at(&key, KeyError::WrongKind(other.type_str())));
                 }
             };
             if !takes_value {
-                return Err(at(&key, "give it true or false".into()));
+                return Err(at(&key, KeyError::NotTrueOrFalse));
             }
             // `--key=value`: a value that starts with `-` is the key's, never a flag.
             out.push(OsString::from(format!("{flag}={text}")));
@@ -89,13 +141,13 @@ pub fn flags_from_toml(
 
 /// `args` with the flags of the `--config` file, if one is named, put right after
 /// the program name.
-pub fn expand(args: Vec<OsString>, cmd: &clap::Command) -> Result<Vec<OsString>, String> {
+pub fn expand(args: Vec<OsString>, cmd: &clap::Command) -> Result<Vec<OsString>, ConfigError> {
     let Some(path) = config_path(&args) else {
         return Ok(args);
     };
     let path = Path::new(&path);
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read the config file {}: {e}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.to_path_buf(), e))?;
     let flags = flags_from_toml(&text, path, cmd)?;
     let mut out = Vec::with_capacity(args.len() + flags.len());
     let mut it = args.into_iter();
@@ -154,13 +206,49 @@ mod tests {
     }
 
     #[test]
+    fn refusals_read_as_before() {
+        let f = Path::new("c.toml");
+        let err = |text: &str| flags_from_toml(text, f, &cmd()).unwrap_err().to_string();
+        assert_eq!(
+            err("config = \"x\""),
+            "c.toml: `config`: a config file cannot name another"
+        );
+        assert_eq!(
+            err("lisen = 1"),
+            "c.toml: `lisen`: no such setting (keys are the long flag names of \
+             `chat-server --help`)"
+        );
+        assert_eq!(
+            err("listen = { a = 1 }"),
+            "c.toml: `listen`: a table is not a value for it"
+        );
+        assert_eq!(
+            err("verbose = 3"),
+            "c.toml: `verbose`: give it true or false"
+        );
+        assert!(err("listen = ").starts_with("c.toml: "));
+        let missing = ["t", "--config", "/nonexistent/c.toml"];
+        let e = expand(os(&missing), &cmd()).unwrap_err().to_string();
+        assert!(
+            e.starts_with("cannot read the config file /nonexistent/c.toml: "),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn bad_files_are_refused_with_the_key() {
         let f = Path::new("c.toml");
-        let e = flags_from_toml("lisen = \"x\"", f, &cmd()).unwrap_err();
+        let e = flags_from_toml("lisen = \"x\"", f, &cmd())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("c.toml: `lisen`: no such setting"), "{e}");
-        let e = flags_from_toml("verbose = 3", f, &cmd()).unwrap_err();
+        let e = flags_from_toml("verbose = 3", f, &cmd())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("true or false"), "{e}");
-        let e = flags_from_toml("listen = { a = 1 }", f, &cmd()).unwrap_err();
+        let e = flags_from_toml("listen = { a = 1 }", f, &cmd())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("`listen`"), "{e}");
         assert!(flags_from_toml("listen = ", f, &cmd()).is_err());
         assert!(flags_from_toml("config = \"x\"", f, &cmd()).is_err());

@@ -28,6 +28,26 @@ pub enum Control {
     Metrics { reply: mpsc::SyncSender<Snapshot> },
 }
 
+/// Why a request to the loop got no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlError {
+    /// The loop is stopping (or gone): the request was dropped.
+    Stopping,
+    /// The loop did not answer within this time.
+    NoAnswer(Duration),
+}
+
+impl std::fmt::Display for ControlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ControlError::Stopping => f.write_str("the server is stopping"),
+            ControlError::NoAnswer(t) => write!(f, "the server did not answer within {t:?}"),
+        }
+    }
+}
+
+impl std::error::Error for ControlError {}
+
 /// Sends [`Control`] requests to a running server's loop. Cheap to clone.
 #[derive(Clone)]
 pub struct ControlHandle {
@@ -44,27 +64,37 @@ impl ControlHandle {
         &self,
         make: impl FnOnce(mpsc::SyncSender<T>) -> Control,
         timeout: Duration,
-    ) -> Result<T, String> {
+    ) -> Result<T, ControlError> {
         let (tx, rx) = mpsc::sync_channel(1);
-        self.tx
-            .send(make(tx))
-            .map_err(|_| "the server is stopping".to_string())?;
+        self.tx.send(make(tx)).map_err(|_| ControlError::Stopping)?;
         let _ = self.waker.wake();
         rx.recv_timeout(timeout).map_err(|e| match e {
-            mpsc::RecvTimeoutError::Timeout => {
-                format!("the server did not answer within {timeout:?}")
-            }
-            mpsc::RecvTimeoutError::Disconnected => "the server is stopping".to_string(),
+            mpsc::RecvTimeoutError::Timeout => ControlError::NoAnswer(timeout),
+            mpsc::RecvTimeoutError::Disconnected => ControlError::Stopping,
         })
     }
 
     /// Ends `user`'s sessions; the number closed.
-    pub fn kick(&self, user: i64, kick: Kick, timeout: Duration) -> Result<usize, String> {
+    pub fn kick(&self, user: i64, kick: Kick, timeout: Duration) -> Result<usize, ControlError> {
         self.ask(|reply| Control::Kick { user, kick, reply }, timeout)
     }
 
     /// The counters, as of the loop's next turn.
-    pub fn metrics(&self, timeout: Duration) -> Result<Snapshot, String> {
+    pub fn metrics(&self, timeout: Duration) -> Result<Snapshot, ControlError> {
         self.ask(|reply| Control::Metrics { reply }, timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_read_as_the_operator_is_told() {
+        assert_eq!(ControlError::Stopping.to_string(), "the server is stopping");
+        assert_eq!(
+            ControlError::NoAnswer(Duration::from_secs(10)).to_string(),
+            "the server did not answer within 10s"
+        );
     }
 }

@@ -22,10 +22,30 @@ use crate::users::UserRecord;
 /// stand-in in the state-machine tests.
 pub trait Passwords {
     /// A PHC string for `password`.
-    fn hash(&self, password: &str) -> Result<String, String>;
+    fn hash(&self, password: &str) -> Result<String, HashError>;
     /// Whether `password` matches the PHC string `phc`.
     fn verify(&self, password: &str, phc: &str) -> bool;
 }
+
+/// Why passwords cannot be hashed (the hashing library's own words with each).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashError {
+    /// The parameters were refused (`--argon2-*`).
+    BadParams(String),
+    /// Hashing one password failed.
+    Failed(String),
+}
+
+impl std::fmt::Display for HashError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HashError::BadParams(m) => write!(f, "bad argon2 parameters: {m}"),
+            HashError::Failed(m) => write!(f, "hashing failed: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for HashError {}
 
 /// What a worker is asked to do.
 pub enum JobKind {
@@ -421,7 +441,7 @@ fn register(
     }
     rec.pwd_hash = hasher
         .hash(password)
-        .map_err(|e| RegisterError::Store(StoreError::Hashing(e)))?;
+        .map_err(|e| RegisterError::Store(StoreError::Hashing(e.to_string())))?;
     // This attempt's own mark: if the answer to the write is lost, the store (and the
     // check below) recognise the record as this registration's, not someone else's.
     rec.reg_token = crate::store::random_token();

@@ -24,6 +24,7 @@
 //!   that hashing gets the CPU.
 //! - [`users`]: the stored user record, registration rules, the online registry.
 //! - [`rate`]: token buckets for flood control.
+//! - [`priority`]: how the worker threads are scheduled against the event loop.
 //! - [`job`]: the contract between the hub and whoever runs its store jobs, and the
 //!   jobs' logic over two traits ([`store::Store`], [`job::Passwords`]).
 //! - [`store`]: the `Store` trait and the types it keeps.
@@ -58,8 +59,9 @@
 //! - `operator`: the `users` and `backup` subcommands (through the admin socket, the
 //!   data file, or Redis); `config`: `--config FILE` (TOML) turned into flags.
 //!
-//! Tests only (`cfg(test)`, or the `testkit` feature for the fuzz targets): `testkit`,
-//! which drives the hub as the reactor does, with no sockets, and `store::mem`.
+//! Tests only (`cfg(test)`, or the `testkit` feature for the fuzz targets and the
+//! integration tests): `testkit`, which drives the hub as the reactor does, with no
+//! sockets, `store::mem`, and `store::suite`, the checks every store backend passes.
 //!
 //! The binaries: `chat-server` (`src/bin/chat-server.rs`) and, in the `client/`
 //! workspace member, the terminal client `chat`.
@@ -73,6 +75,7 @@ pub mod job;
 pub mod metrics;
 pub mod offline;
 pub mod presence;
+pub mod priority;
 pub mod proto;
 pub mod rate;
 pub mod roster;

@@ -19,13 +19,13 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::admin::{Done, Request, Response, SOCKET_NAME, UserLine, apply};
-use crate::auth::{HashParams, Hasher};
+use crate::admin::{AdminError, Done, Request, Response, SOCKET_NAME, UserLine, apply};
+use crate::auth::{HashError, HashParams, Hasher};
 use crate::cluster::{CHANNEL, Event};
-use crate::store::Store;
 use crate::store::embedded::{EmbeddedStore, FILE_NAME};
 use crate::store::redis::{RedisStore, RedisTimeouts};
-use crate::users::{MAX_PASSWORD_BYTES, validate_registration};
+use crate::store::{Store, StoreError};
+use crate::users::{InvalidRegistration, MAX_PASSWORD_BYTES, validate_registration};
 
 /// `chat-server <command>`: without one, the server runs.
 #[derive(clap::Subcommand, Debug, Clone, PartialEq, Eq)]
@@ -71,8 +71,124 @@ pub struct Target {
     pub hash: HashParams,
 }
 
+/// Why a command failed; its text is printed after `chat-server: `.
+#[derive(Debug)]
+pub enum OperatorError {
+    /// The id or name given for a new account.
+    Invalid(InvalidRegistration),
+    Hash(HashError),
+    /// `backup` with `--redis`.
+    BackupWithRedis,
+    /// The backup file's path could not be made absolute.
+    Path(PathBuf, std::io::Error),
+    /// Reading the password from the terminal.
+    ReadPassword(std::io::Error),
+    /// Reading the password from standard input.
+    ReadPasswordStdin(std::io::Error),
+    PasswordsDiffer,
+    PasswordEmpty,
+    /// Longer than [`MAX_PASSWORD_BYTES`].
+    PasswordTooLong,
+    /// Opening the store.
+    Store(StoreError),
+    /// The admin socket exists but cannot be connected to.
+    Unreachable(PathBuf, std::io::Error),
+    /// No data file, for a command other than `add`.
+    NoDataFile(PathBuf),
+    CreateDataDir(PathBuf, std::io::Error),
+    /// Talking over the admin socket.
+    AdminSocket(PathBuf, std::io::Error),
+    /// The server closed the admin socket without an answer.
+    NoAnswer(PathBuf),
+    /// The server's answer does not parse.
+    BadAnswer(PathBuf, serde_json::Error),
+    /// The command was refused (by the store's rules, here or in a running server):
+    /// the answer's text.
+    Refused(String),
+}
+
+impl std::fmt::Display for OperatorError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use OperatorError as E;
+        match self {
+            E::Invalid(e) => e.fmt(f),
+            E::Hash(e) => e.fmt(f),
+            E::BackupWithRedis => f.write_str(
+                "backup copies the embedded data file; with Redis, use Redis's \
+                 own persistence (BGSAVE, its RDB or AOF files)",
+            ),
+            E::Path(p, e) => write!(f, "{}: {e}", p.display()),
+            E::ReadPassword(e) => write!(f, "reading the password: {e}"),
+            E::ReadPasswordStdin(e) => write!(f, "reading the password from stdin: {e}"),
+            E::PasswordsDiffer => f.write_str("the two passwords differ"),
+            E::PasswordEmpty => f.write_str("the password must not be empty"),
+            E::PasswordTooLong => {
+                write!(f, "the password must be at most {MAX_PASSWORD_BYTES} bytes")
+            }
+            E::Store(e) => e.fmt(f),
+            E::Unreachable(sock, e) => write!(
+                f,
+                "cannot reach the running server through {}: {e} (run this as the \
+                 server's user, or root)",
+                sock.display()
+            ),
+            E::NoDataFile(file) => write!(f, "no data file at {}", file.display()),
+            E::CreateDataDir(dir, e) => {
+                write!(f, "cannot create data directory {}: {e}", dir.display())
+            }
+            E::AdminSocket(sock, e) => write!(f, "admin socket {}: {e}", sock.display()),
+            E::NoAnswer(sock) => write!(
+                f,
+                "admin socket {}: the server closed it without an answer",
+                sock.display()
+            ),
+            E::BadAnswer(sock, e) => {
+                write!(f, "admin socket {}: unreadable answer: {e}", sock.display())
+            }
+            E::Refused(text) => f.write_str(text),
+        }
+    }
+}
+
+impl std::error::Error for OperatorError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        use OperatorError as E;
+        match self {
+            E::Invalid(e) => Some(e),
+            E::Hash(e) => Some(e),
+            E::Store(e) => Some(e),
+            E::Path(_, e)
+            | E::ReadPassword(e)
+            | E::ReadPasswordStdin(e)
+            | E::Unreachable(_, e)
+            | E::CreateDataDir(_, e)
+            | E::AdminSocket(_, e) => Some(e),
+            E::BadAnswer(_, e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<InvalidRegistration> for OperatorError {
+    fn from(e: InvalidRegistration) -> OperatorError {
+        OperatorError::Invalid(e)
+    }
+}
+
+impl From<HashError> for OperatorError {
+    fn from(e: HashError) -> OperatorError {
+        OperatorError::Hash(e)
+    }
+}
+
+impl From<StoreError> for OperatorError {
+    fn from(e: StoreError) -> OperatorError {
+        OperatorError::Store(e)
+    }
+}
+
 /// Runs one command; the text to print on success.
-pub fn run(cmd: Command, t: &Target) -> Result<String, String> {
+pub fn run(cmd: Command, t: &Target) -> Result<String, OperatorError> {
     let req = request(cmd, t)?;
     let list = req == Request::List;
     let res = match &t.redis {
@@ -80,7 +196,7 @@ pub fn run(cmd: Command, t: &Target) -> Result<String, String> {
         None => via_data_dir(&t.data, req)?,
     };
     if !res.ok {
-        return Err(res.text);
+        return Err(OperatorError::Refused(res.text));
     }
     Ok(match (list, res.users) {
         (true, Some(users)) => table(&users),
@@ -88,7 +204,7 @@ pub fn run(cmd: Command, t: &Target) -> Result<String, String> {
     })
 }
 
-fn request(cmd: Command, t: &Target) -> Result<Request, String> {
+fn request(cmd: Command, t: &Target) -> Result<Request, OperatorError> {
     Ok(match cmd {
         Command::Users { action } => match action {
             UsersAction::List => Request::List,
@@ -107,15 +223,11 @@ fn request(cmd: Command, t: &Target) -> Result<Request, String> {
         },
         Command::Backup { file } => {
             if t.redis.is_some() {
-                return Err(
-                    "backup copies the embedded data file; with Redis, use Redis's \
-                            own persistence (BGSAVE, its RDB or AOF files)"
-                        .into(),
-                );
+                return Err(OperatorError::BackupWithRedis);
             }
             // The server resolves no path of ours: an absolute one.
             let file =
-                std::path::absolute(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+                std::path::absolute(&file).map_err(|e| OperatorError::Path(file.clone(), e))?;
             Request::Backup {
                 path: file.to_string_lossy().into_owned(),
             }
@@ -125,17 +237,17 @@ fn request(cmd: Command, t: &Target) -> Result<Request, String> {
 
 /// Reads a password: from the terminal without echo (twice), or the first line of
 /// standard input.
-fn password(prompt: &str) -> Result<String, String> {
+fn password(prompt: &str) -> Result<String, OperatorError> {
     let pw = if crate::sys::stdin_is_tty() {
-        let ask = |p: &str| -> Result<String, String> {
+        let ask = |p: &str| -> Result<String, OperatorError> {
             eprint!("{p}: ");
             let _ = std::io::stderr().flush();
-            crate::sys::read_line_no_echo().map_err(|e| format!("reading the password: {e}"))
+            crate::sys::read_line_no_echo().map_err(OperatorError::ReadPassword)
         };
         let a = ask(prompt)?;
         let b = ask("Again")?;
         if a != b {
-            return Err("the two passwords differ".into());
+            return Err(OperatorError::PasswordsDiffer);
         }
         a
     } else {
@@ -143,23 +255,21 @@ fn password(prompt: &str) -> Result<String, String> {
         std::io::stdin()
             .lock()
             .read_line(&mut line)
-            .map_err(|e| format!("reading the password from stdin: {e}"))?;
+            .map_err(OperatorError::ReadPasswordStdin)?;
         line
     };
     let pw = pw.strip_suffix('\n').unwrap_or(&pw);
     let pw = pw.strip_suffix('\r').unwrap_or(pw).to_string();
     if pw.is_empty() {
-        return Err("the password must not be empty".into());
+        return Err(OperatorError::PasswordEmpty);
     }
     if pw.len() > MAX_PASSWORD_BYTES {
-        return Err(format!(
-            "the password must be at most {MAX_PASSWORD_BYTES} bytes"
-        ));
+        return Err(OperatorError::PasswordTooLong);
     }
     Ok(pw)
 }
 
-fn hashed(pw: &str, t: &Target) -> Result<String, String> {
+fn hashed(pw: &str, t: &Target) -> Result<String, HashError> {
     Hasher::new(t.hash)?.hash(pw)
 }
 
@@ -179,24 +289,24 @@ fn table(users: &[UserLine]) -> String {
     out
 }
 
-fn answer(r: Result<Done, String>, sessions: Option<String>) -> Response {
+fn answer(r: Result<Done, AdminError>, sessions: Option<String>) -> Response {
     match r {
         Ok(done) => done.response(sessions),
-        Err(e) => Response::failed(e),
+        Err(e) => Response::failed(e.to_string()),
     }
 }
 
 /// Redis: applied there, and a ban or removal published to every node.
-fn via_redis(url: &str, timeout: Duration, req: Request) -> Result<Response, String> {
+fn via_redis(url: &str, timeout: Duration, req: Request) -> Result<Response, OperatorError> {
     let t = RedisTimeouts {
         connect: timeout,
         io: timeout,
         ..RedisTimeouts::default()
     };
-    let mut store = RedisStore::new(url, t).map_err(|e| e.to_string())?;
+    let mut store = RedisStore::new(url, t)?;
     let done = match apply(&mut store, req) {
         Ok(d) => d,
-        Err(e) => return Ok(Response::failed(e)),
+        Err(e) => return Ok(Response::failed(e.to_string())),
     };
     let Some((user, kick)) = done.kick else {
         return Ok(answer(Ok(done), None));
@@ -224,7 +334,7 @@ fn via_redis(url: &str, timeout: Duration, req: Request) -> Result<Response, Str
 }
 
 /// The data directory: through a running server's admin socket, or the file itself.
-fn via_data_dir(dir: &Path, req: Request) -> Result<Response, String> {
+fn via_data_dir(dir: &Path, req: Request) -> Result<Response, OperatorError> {
     let sock = dir.join(SOCKET_NAME);
     match UnixStream::connect(&sock) {
         Ok(conn) => return ask_server(conn, &req, &sock),
@@ -235,27 +345,23 @@ fn via_data_dir(dir: &Path, req: Request) -> Result<Response, String> {
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
             ) => {}
         Err(e) => {
-            return Err(format!(
-                "cannot reach the running server through {}: {e} (run this as the \
-                 server's user, or root)",
-                sock.display()
-            ));
+            return Err(OperatorError::Unreachable(sock, e));
         }
     }
     let file = dir.join(FILE_NAME);
     if !file.exists() {
         if !matches!(req, Request::Add { .. }) {
-            return Err(format!("no data file at {}", file.display()));
+            return Err(OperatorError::NoDataFile(file));
         }
         std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create data directory {}: {e}", dir.display()))?;
+            .map_err(|e| OperatorError::CreateDataDir(dir.to_path_buf(), e))?;
     }
-    let mut store = EmbeddedStore::open(dir).map_err(|e| e.to_string())?;
+    let mut store = EmbeddedStore::open(dir)?;
     Ok(answer(apply(&mut store as &mut dyn Store, req), None))
 }
 
-fn ask_server(mut conn: UnixStream, req: &Request, sock: &Path) -> Result<Response, String> {
-    let fail = |e: std::io::Error| format!("admin socket {}: {e}", sock.display());
+fn ask_server(mut conn: UnixStream, req: &Request, sock: &Path) -> Result<Response, OperatorError> {
+    let fail = |e: std::io::Error| OperatorError::AdminSocket(sock.to_path_buf(), e);
     // A backup or a long list may take a while; a server that does not answer at all
     // is reported rather than waited for without end.
     conn.set_read_timeout(Some(Duration::from_secs(600)))
@@ -266,18 +372,79 @@ fn ask_server(mut conn: UnixStream, req: &Request, sock: &Path) -> Result<Respon
     let mut answer = String::new();
     BufReader::new(&conn).read_line(&mut answer).map_err(fail)?;
     if answer.is_empty() {
-        return Err(format!(
-            "admin socket {}: the server closed it without an answer",
-            sock.display()
-        ));
+        return Err(OperatorError::NoAnswer(sock.to_path_buf()));
     }
-    serde_json::from_str(&answer)
-        .map_err(|e| format!("admin socket {}: unreadable answer: {e}", sock.display()))
+    serde_json::from_str(&answer).map_err(|e| OperatorError::BadAnswer(sock.to_path_buf(), e))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_read_as_the_operator_is_told() {
+        use OperatorError as E;
+        let io = || std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let sock = || PathBuf::from("/d/admin.sock");
+        let cases = [
+            (
+                E::BackupWithRedis,
+                "backup copies the embedded data file; with Redis, use Redis's own \
+                 persistence (BGSAVE, its RDB or AOF files)"
+                    .to_string(),
+            ),
+            (E::Path("f".into(), io()), format!("f: {}", io())),
+            (
+                E::ReadPassword(io()),
+                format!("reading the password: {}", io()),
+            ),
+            (
+                E::ReadPasswordStdin(io()),
+                format!("reading the password from stdin: {}", io()),
+            ),
+            (E::PasswordsDiffer, "the two passwords differ".into()),
+            (E::PasswordEmpty, "the password must not be empty".into()),
+            (
+                E::PasswordTooLong,
+                "the password must be at most 256 bytes".into(),
+            ),
+            (
+                E::Unreachable(sock(), io()),
+                format!(
+                    "cannot reach the running server through /d/admin.sock: {} (run this as \
+                     the server's user, or root)",
+                    io()
+                ),
+            ),
+            (
+                E::NoDataFile("/d/chat.redb".into()),
+                "no data file at /d/chat.redb".into(),
+            ),
+            (
+                E::CreateDataDir("/d".into(), io()),
+                format!("cannot create data directory /d: {}", io()),
+            ),
+            (
+                E::AdminSocket(sock(), io()),
+                format!("admin socket /d/admin.sock: {}", io()),
+            ),
+            (
+                E::NoAnswer(sock()),
+                "admin socket /d/admin.sock: the server closed it without an answer".into(),
+            ),
+            (
+                E::Refused("no such user: 9".into()),
+                "no such user: 9".into(),
+            ),
+            (
+                E::Store(StoreError::Unavailable("redis down".into())),
+                "redis down".into(),
+            ),
+        ];
+        for (e, text) in cases {
+            assert_eq!(e.to_string(), text);
+        }
+    }
 
     #[test]
     fn the_list_shows_no_secrets_and_escapes_control_characters() {

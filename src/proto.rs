@@ -494,34 +494,94 @@ pub struct OnlineUsersResMes {
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Empty {}
 
-/// Every message a client may send.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClientMessage {
-    Login(LoginMes),
-    Register(RegisterMes),
-    Sms(SmsMes),
-    Private(SmsPrivateMes),
-    OnlineUsers,
-    Logout,
-    Ping,
-    OfflineAck(OfflineAckMes),
-    History(HistoryMes),
+/// Declares a message enum and its `parse` and `encode` from one table: each variant
+/// with its wire kind, and the body it carries (none for the empty messages).
+macro_rules! messages {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $( $variant:ident $( ($body:ty) )? = $kind:path, )*
+        }
+    ) => {
+        $(#[$meta])*
+        pub enum $name {
+            $( $variant $( ($body) )?, )*
+        }
+
+        impl $name {
+            /// Parses one frame body (without the length prefix).
+            pub fn parse(body: &[u8]) -> Result<$name, ParseError> {
+                let env = envelope(body)?;
+                let d = &*env.data;
+                Ok(match &*env.kind {
+                    $( $kind => messages!(@parse $name::$variant, $kind, d, [$($body)?]), )*
+                    other => return Err(ParseError::UnknownType(truncate(other))),
+                })
+            }
+
+            /// Encodes this message as one whole frame, prefix included.
+            pub fn encode(&self) -> Vec<u8> {
+                match self {
+                    $(
+                        messages!(@pattern $name::$variant, m, [$($body)?])
+                            => messages!(@encode $kind, m, [$($body)?]),
+                    )*
+                }
+            }
+        }
+    };
+    (@parse $name:ident::$variant:ident, $kind:path, $d:ident, [$body:ty]) => {
+        $name::$variant(data($kind, $d)?)
+    };
+    (@parse $name:ident::$variant:ident, $kind:path, $d:ident, []) => {
+        empty($kind, $d, $name::$variant)?
+    };
+    (@pattern $name:ident::$variant:ident, $m:ident, [$body:ty]) => {
+        $name::$variant($m)
+    };
+    (@pattern $name:ident::$variant:ident, $m:ident, []) => {
+        $name::$variant
+    };
+    (@encode $kind:path, $m:ident, [$body:ty]) => {
+        encode($kind, $m)
+    };
+    (@encode $kind:path, $m:ident, []) => {
+        encode($kind, &Empty {})
+    };
 }
 
-/// Every message the server may send.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ServerMessage {
-    LoginRes(LoginResMes),
-    RegisterRes(CodeRes),
-    NotifyUserStatus(NotifyUserStatusMes),
-    Presence(PresenceMes),
-    Sms(SmsMes),
-    Private(SmsPrivateMes),
-    SmsRes(CodeRes),
-    OnlineUsersRes(OnlineUsersResMes),
-    Pong,
-    Error(CodeRes),
-    HistoryRes(HistoryResMes),
+messages! {
+    /// Every message a client may send.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum ClientMessage {
+        Login(LoginMes) = kind::LOGIN,
+        Register(RegisterMes) = kind::REGISTER,
+        Sms(SmsMes) = kind::SMS,
+        Private(SmsPrivateMes) = kind::SMS_PRIVATE,
+        OnlineUsers = kind::ONLINE_USERS,
+        Logout = kind::LOGOUT,
+        Ping = kind::PING,
+        OfflineAck(OfflineAckMes) = kind::OFFLINE_ACK,
+        History(HistoryMes) = kind::HISTORY,
+    }
+}
+
+messages! {
+    /// Every message the server may send.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum ServerMessage {
+        LoginRes(LoginResMes) = kind::LOGIN_RES,
+        RegisterRes(CodeRes) = kind::REGISTER_RES,
+        NotifyUserStatus(NotifyUserStatusMes) = kind::NOTIFY_USER_STATUS,
+        Presence(PresenceMes) = kind::PRESENCE,
+        Sms(SmsMes) = kind::SMS,
+        Private(SmsPrivateMes) = kind::SMS_PRIVATE,
+        SmsRes(CodeRes) = kind::SMS_RES,
+        OnlineUsersRes(OnlineUsersResMes) = kind::ONLINE_USERS_RES,
+        Pong = kind::PONG,
+        Error(CodeRes) = kind::ERROR_RES,
+        HistoryRes(HistoryResMes) = kind::HISTORY_RES,
+    }
 }
 
 fn envelope(body: &[u8]) -> Result<Envelope<'_>, ParseError> {
@@ -533,84 +593,6 @@ fn data<'de, T: Deserialize<'de>>(kind: &'static str, data: &'de str) -> Result<
         kind,
         detail: e.to_string(),
     })
-}
-
-impl ClientMessage {
-    /// Parses one frame body (without the length prefix).
-    pub fn parse(body: &[u8]) -> Result<ClientMessage, ParseError> {
-        let env = envelope(body)?;
-        let d = &*env.data;
-        Ok(match &*env.kind {
-            kind::LOGIN => ClientMessage::Login(data(kind::LOGIN, d)?),
-            kind::REGISTER => ClientMessage::Register(data(kind::REGISTER, d)?),
-            kind::SMS => ClientMessage::Sms(data(kind::SMS, d)?),
-            kind::SMS_PRIVATE => ClientMessage::Private(data(kind::SMS_PRIVATE, d)?),
-            kind::ONLINE_USERS => empty(kind::ONLINE_USERS, d, ClientMessage::OnlineUsers)?,
-            kind::LOGOUT => empty(kind::LOGOUT, d, ClientMessage::Logout)?,
-            kind::PING => empty(kind::PING, d, ClientMessage::Ping)?,
-            kind::OFFLINE_ACK => ClientMessage::OfflineAck(data(kind::OFFLINE_ACK, d)?),
-            kind::HISTORY => ClientMessage::History(data(kind::HISTORY, d)?),
-            other => return Err(ParseError::UnknownType(truncate(other))),
-        })
-    }
-
-    /// Encodes this message as one whole frame, prefix included.
-    pub fn encode(&self) -> Vec<u8> {
-        match self {
-            ClientMessage::Login(m) => encode(kind::LOGIN, m),
-            ClientMessage::Register(m) => encode(kind::REGISTER, m),
-            ClientMessage::Sms(m) => encode(kind::SMS, m),
-            ClientMessage::Private(m) => encode(kind::SMS_PRIVATE, m),
-            ClientMessage::OnlineUsers => encode(kind::ONLINE_USERS, &Empty {}),
-            ClientMessage::Logout => encode(kind::LOGOUT, &Empty {}),
-            ClientMessage::Ping => encode(kind::PING, &Empty {}),
-            ClientMessage::OfflineAck(m) => encode(kind::OFFLINE_ACK, m),
-            ClientMessage::History(m) => encode(kind::HISTORY, m),
-        }
-    }
-}
-
-impl ServerMessage {
-    /// Parses one frame body (without the length prefix).
-    pub fn parse(body: &[u8]) -> Result<ServerMessage, ParseError> {
-        let env = envelope(body)?;
-        let d = &*env.data;
-        Ok(match &*env.kind {
-            kind::LOGIN_RES => ServerMessage::LoginRes(data(kind::LOGIN_RES, d)?),
-            kind::REGISTER_RES => ServerMessage::RegisterRes(data(kind::REGISTER_RES, d)?),
-            kind::NOTIFY_USER_STATUS => {
-                ServerMessage::NotifyUserStatus(data(kind::NOTIFY_USER_STATUS, d)?)
-            }
-            kind::PRESENCE => ServerMessage::Presence(data(kind::PRESENCE, d)?),
-            kind::SMS => ServerMessage::Sms(data(kind::SMS, d)?),
-            kind::SMS_PRIVATE => ServerMessage::Private(data(kind::SMS_PRIVATE, d)?),
-            kind::SMS_RES => ServerMessage::SmsRes(data(kind::SMS_RES, d)?),
-            kind::ONLINE_USERS_RES => {
-                ServerMessage::OnlineUsersRes(data(kind::ONLINE_USERS_RES, d)?)
-            }
-            kind::PONG => empty(kind::PONG, d, ServerMessage::Pong)?,
-            kind::ERROR_RES => ServerMessage::Error(data(kind::ERROR_RES, d)?),
-            kind::HISTORY_RES => ServerMessage::HistoryRes(data(kind::HISTORY_RES, d)?),
-            other => return Err(ParseError::UnknownType(truncate(other))),
-        })
-    }
-
-    /// Encodes this message as one whole frame, prefix included.
-    pub fn encode(&self) -> Vec<u8> {
-        match self {
-            ServerMessage::LoginRes(m) => encode(kind::LOGIN_RES, m),
-            ServerMessage::RegisterRes(m) => encode(kind::REGISTER_RES, m),
-            ServerMessage::NotifyUserStatus(m) => encode(kind::NOTIFY_USER_STATUS, m),
-            ServerMessage::Presence(m) => encode(kind::PRESENCE, m),
-            ServerMessage::Sms(m) => encode(kind::SMS, m),
-            ServerMessage::Private(m) => encode(kind::SMS_PRIVATE, m),
-            ServerMessage::SmsRes(m) => encode(kind::SMS_RES, m),
-            ServerMessage::OnlineUsersRes(m) => encode(kind::ONLINE_USERS_RES, m),
-            ServerMessage::Pong => encode(kind::PONG, &Empty {}),
-            ServerMessage::Error(m) => encode(kind::ERROR_RES, m),
-            ServerMessage::HistoryRes(m) => encode(kind::HISTORY_RES, m),
-        }
-    }
 }
 
 /// Bodies of the empty messages are ignored beyond being JSON: `{}`, `""` (the Go zero

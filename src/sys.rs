@@ -4,6 +4,8 @@
 
 use std::io;
 
+use crate::priority::WorkerPriority;
+
 /// Descriptors kept free for the data file, the log, worker threads and epoll.
 pub const FD_HEADROOM: u64 = 64;
 
@@ -90,30 +92,20 @@ pub fn trim_heap() {
     }
 }
 
-/// How a thread is scheduled against the reactor thread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Priority {
-    /// Like the reactor.
-    Normal,
-    /// nice 10.
-    Low,
-    /// SCHED_IDLE: only CPU that nothing else wants.
-    Idle,
-}
-
-/// Sets the calling thread's scheduling; logs a warning if the system refuses.
-pub fn set_thread_priority(p: Priority) {
+/// Sets the calling thread's scheduling (nice 10 for `Low`, SCHED_IDLE for `Idle`);
+/// logs a warning if the system refuses.
+pub fn set_thread_priority(p: WorkerPriority) {
     let ok = match p {
-        Priority::Normal => true,
+        WorkerPriority::Normal => true,
         #[cfg(target_os = "linux")]
         // SAFETY: gettid and setpriority act on the calling thread only.
-        Priority::Low => unsafe {
+        WorkerPriority::Low => unsafe {
             let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
             libc::setpriority(libc::PRIO_PROCESS, tid, 10) == 0
         },
         #[cfg(target_os = "linux")]
         // SAFETY: acts on the calling thread (pid 0) with a sched_param we own.
-        Priority::Idle => unsafe {
+        WorkerPriority::Idle => unsafe {
             let param = libc::sched_param { sched_priority: 0 };
             libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) == 0
         },

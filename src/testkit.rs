@@ -63,7 +63,7 @@ impl TestPasswords {
 }
 
 impl Passwords for TestPasswords {
-    fn hash(&self, password: &str) -> Result<String, String> {
+    fn hash(&self, password: &str) -> Result<String, crate::job::HashError> {
         Ok(Self::digest(password))
     }
 

@@ -159,10 +159,80 @@ impl UserRecord {
         serde_json::to_string(self).expect("record serialises")
     }
 
-    pub fn from_json(s: &str) -> Result<UserRecord, String> {
-        serde_json::from_str(s).map_err(|e| format!("bad user record: {e}"))
+    pub fn from_json(s: &str) -> Result<UserRecord, BadRecord> {
+        serde_json::from_str(s).map_err(BadRecord)
     }
 }
+
+/// A stored user record that does not parse (the JSON parser's complaint).
+#[derive(Debug)]
+pub struct BadRecord(pub serde_json::Error);
+
+impl std::fmt::Display for BadRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "bad user record: {}", self.0)
+    }
+}
+
+impl std::error::Error for BadRecord {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+/// Why the fields of a registration are refused; its text goes to the client as is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvalidRegistration {
+    /// `userId` is zero or negative.
+    IdNotPositive,
+    NameEmpty,
+    /// Longer than [`MAX_NAME_CHARS`].
+    NameTooLong,
+    NameControl,
+    /// The first bidirectional control character found.
+    NameBidiControl(char),
+    /// The first zero-width or other format character found.
+    NameFormat(char),
+    /// No visible character at all.
+    NameInvisible,
+    /// Whitespace or blank filler at either end.
+    NameBlankEnd,
+    NameCombiningStart,
+    PasswordEmpty,
+    /// Longer than [`MAX_PASSWORD_BYTES`].
+    PasswordTooLong,
+}
+
+impl std::fmt::Display for InvalidRegistration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use InvalidRegistration as I;
+        match *self {
+            I::IdNotPositive => f.write_str("userId must be a positive number"),
+            I::NameEmpty => f.write_str("userName must not be empty"),
+            I::NameTooLong => write!(f, "userName must be at most {MAX_NAME_CHARS} characters"),
+            I::NameControl => f.write_str("userName must not contain control characters"),
+            I::NameBidiControl(c) => write!(
+                f,
+                "userName must not contain bidirectional control characters (found U+{:04X})",
+                u32::from(c)
+            ),
+            I::NameFormat(c) => write!(
+                f,
+                "userName must not contain zero-width or other format characters (found U+{:04X})",
+                u32::from(c)
+            ),
+            I::NameInvisible => f.write_str("userName must contain at least one visible character"),
+            I::NameBlankEnd => f.write_str(
+                "userName must not start or end with whitespace or an invisible character",
+            ),
+            I::NameCombiningStart => f.write_str("userName must not start with a combining mark"),
+            I::PasswordEmpty => f.write_str("userPwd must not be empty"),
+            I::PasswordTooLong => write!(f, "userPwd must be at most {MAX_PASSWORD_BYTES} bytes"),
+        }
+    }
+}
+
+impl std::error::Error for InvalidRegistration {}
 
 /// Checks the fields of a registration; the error text goes to the client as is.
 ///
@@ -171,52 +241,45 @@ impl UserRecord {
 /// characters anywhere, at least one visible character, no whitespace or blank filler
 /// at either end (refused, not trimmed), and does not start with a combining mark.
 /// Only registration checks this; existing accounts keep their names.
-pub fn validate_registration(id: i64, name: &str, password: &str) -> Result<(), String> {
+pub fn validate_registration(
+    id: i64,
+    name: &str,
+    password: &str,
+) -> Result<(), InvalidRegistration> {
+    use InvalidRegistration as I;
     if id <= 0 {
-        return Err("userId must be a positive number".into());
+        return Err(I::IdNotPositive);
     }
     if name.is_empty() {
-        return Err("userName must not be empty".into());
+        return Err(I::NameEmpty);
     }
     if name.chars().count() > MAX_NAME_CHARS {
-        return Err(format!(
-            "userName must be at most {MAX_NAME_CHARS} characters"
-        ));
+        return Err(I::NameTooLong);
     }
     if name.chars().any(char::is_control) {
-        return Err("userName must not contain control characters".into());
+        return Err(I::NameControl);
     }
     if let Some(c) = name.chars().find(|&c| is_bidi_control(c)) {
-        return Err(format!(
-            "userName must not contain bidirectional control characters (found U+{:04X})",
-            u32::from(c)
-        ));
+        return Err(I::NameBidiControl(c));
     }
     if let Some(c) = name.chars().find(|&c| is_format(c)) {
-        return Err(format!(
-            "userName must not contain zero-width or other format characters (found U+{:04X})",
-            u32::from(c)
-        ));
+        return Err(I::NameFormat(c));
     }
     if !name.chars().any(is_visible) {
-        return Err("userName must contain at least one visible character".into());
+        return Err(I::NameInvisible);
     }
     let (first, last) = (name.chars().next(), name.chars().next_back());
     if first.is_some_and(is_blank) || last.is_some_and(is_blank) {
-        return Err(
-            "userName must not start or end with whitespace or an invisible character".into(),
-        );
+        return Err(I::NameBlankEnd);
     }
     if first.is_some_and(is_combining_mark) {
-        return Err("userName must not start with a combining mark".into());
+        return Err(I::NameCombiningStart);
     }
     if password.is_empty() {
-        return Err("userPwd must not be empty".into());
+        return Err(I::PasswordEmpty);
     }
     if password.len() > MAX_PASSWORD_BYTES {
-        return Err(format!(
-            "userPwd must be at most {MAX_PASSWORD_BYTES} bytes"
-        ));
+        return Err(I::PasswordTooLong);
     }
     Ok(())
 }
@@ -413,10 +476,53 @@ mod tests {
         assert!(validate_registration(1, "scott", &"p".repeat(257)).is_err());
     }
 
+    #[test]
+    fn every_refusal_reads_as_the_client_is_told() {
+        use InvalidRegistration as I;
+        let cases = [
+            (I::IdNotPositive, "userId must be a positive number"),
+            (I::NameEmpty, "userName must not be empty"),
+            (I::NameTooLong, "userName must be at most 32 characters"),
+            (
+                I::NameControl,
+                "userName must not contain control characters",
+            ),
+            (
+                I::NameBidiControl('\u{202E}'),
+                "userName must not contain bidirectional control characters (found U+202E)",
+            ),
+            (
+                I::NameFormat('\u{200B}'),
+                "userName must not contain zero-width or other format characters (found U+200B)",
+            ),
+            (
+                I::NameInvisible,
+                "userName must contain at least one visible character",
+            ),
+            (
+                I::NameBlankEnd,
+                "userName must not start or end with whitespace or an invisible character",
+            ),
+            (
+                I::NameCombiningStart,
+                "userName must not start with a combining mark",
+            ),
+            (I::PasswordEmpty, "userPwd must not be empty"),
+            (I::PasswordTooLong, "userPwd must be at most 256 bytes"),
+        ];
+        for (e, text) in cases {
+            assert_eq!(e.to_string(), text);
+        }
+        assert_eq!(validate_registration(0, "a", "pw"), Err(I::IdNotPositive));
+        assert_eq!(validate_registration(1, "a", ""), Err(I::PasswordEmpty));
+        let bad = UserRecord::from_json("{").unwrap_err().to_string();
+        assert!(bad.starts_with("bad user record: "), "{bad}");
+    }
+
     fn name_error(name: &str) -> String {
         match validate_registration(1, name, "pw") {
             Ok(()) => panic!("{name:?} was accepted"),
-            Err(e) => e,
+            Err(e) => e.to_string(),
         }
     }
 

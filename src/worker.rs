@@ -13,15 +13,7 @@ use crate::auth::Hasher;
 use crate::job::{Job, JobResult, execute};
 use crate::store::{StoreError, StoreFactory};
 
-pub use crate::admission::WorkerPriority;
-
-fn lower_priority(p: WorkerPriority) {
-    crate::sys::set_thread_priority(match p {
-        WorkerPriority::Normal => crate::sys::Priority::Normal,
-        WorkerPriority::Low => crate::sys::Priority::Low,
-        WorkerPriority::Idle => crate::sys::Priority::Idle,
-    });
-}
+pub use crate::priority::WorkerPriority;
 
 /// Where results go: the real server sends them on a channel and wakes the reactor.
 pub type ResultSink = Arc<dyn Fn(JobResult) + Send + Sync>;
@@ -79,7 +71,7 @@ impl Lane {
             let h = std::thread::Builder::new()
                 .name(format!("chat-{name}-{i}"))
                 .spawn(move || {
-                    lower_priority(priority);
+                    crate::sys::set_thread_priority(priority);
                     loop {
                         // The lock is held only while waiting for the next job.
                         let (queued, job) =

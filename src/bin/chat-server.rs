@@ -3,20 +3,21 @@
 //! SIGTERM or SIGINT; or runs an operator's subcommand (`users ...`, `backup`: see
 //! `chat::operator`).
 
+use std::io;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{CommandFactory, Parser};
 
-use chat::admission::WorkerPriority;
-use chat::auth::HashParams;
+use chat::auth::{HashError, HashParams};
 use chat::cluster_redis::ClusterConfig;
 use chat::hub::HubConfig;
+use chat::priority::WorkerPriority;
 use chat::reactor::{Server, ServerConfig, default_job_timeout_secs};
 use chat::store::embedded::EmbeddedStore;
 use chat::store::redis::{RedisStore, RedisTimeouts};
-use chat::store::{Store, StoreFactory};
+use chat::store::{Store, StoreError, StoreFactory};
 use std::time::Duration;
 
 /// A multi-user chat server speaking the Go chat tutorial's wire protocol.
@@ -151,7 +152,7 @@ struct Args {
     /// are refused as busy), low (nice 10: logins always progress, but a login storm
     /// delays messages on a shared core) or normal.
     #[arg(long, value_enum, default_value = "idle", value_name = "PRIORITY")]
-    worker_priority: Priority,
+    worker_priority: WorkerPriority,
 
     /// Longest time output waits while input keeps coming, in microseconds. Output
     /// is written as soon as the loop finds nothing more to read, so a quiet server
@@ -245,13 +246,6 @@ struct Args {
     argon2_passes: u32,
 }
 
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum Priority {
-    Normal,
-    Low,
-    Idle,
-}
-
 fn main() -> ExitCode {
     let argv = match chat::config::expand(std::env::args_os().collect(), &Args::command()) {
         Ok(a) => a,
@@ -297,11 +291,71 @@ fn main() -> ExitCode {
     code
 }
 
-fn embedded_store(dir: &std::path::Path, cache_mib: usize) -> Result<StoreFactory, String> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| format!("cannot create data directory {}: {e}", dir.display()))?;
-    let store = EmbeddedStore::open_with_cache(dir, cache_mib.saturating_mul(1 << 20))
-        .map_err(|e| e.to_string())?;
+/// Why the server did not start, or its loop failed; logged as the last line.
+#[derive(Debug)]
+enum StartError {
+    CreateDataDir(PathBuf, io::Error),
+    Store(StoreError),
+    /// `--node-id` with spaces, or empty.
+    NodeId(String),
+    Hash(HashError),
+    /// A listen address that resolves to nothing.
+    NotAnAddress(String),
+    Listen(String, io::Error),
+    /// The certificate or key (`TlsWrapper::new`'s words).
+    Tls(String),
+    TlsNeedsCertAndKey,
+    /// `--web-origin` (`WebWrapper::new`'s words).
+    Web(String),
+    WebOriginAlone,
+    NothingToListenOn,
+    Start(io::Error),
+    /// Adding a listener: which one, and why not.
+    AddListener(&'static str, io::Error),
+    MetricsListen(String, io::Error),
+    MetricsStart(io::Error),
+    EventLoop(io::Error),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use StartError as E;
+        match self {
+            E::CreateDataDir(dir, e) => {
+                write!(f, "cannot create data directory {}: {e}", dir.display())
+            }
+            E::Store(e) => e.fmt(f),
+            E::NodeId(id) => write!(f, "--node-id {id:?}: give a name without spaces"),
+            E::Hash(e) => e.fmt(f),
+            E::NotAnAddress(a) => write!(f, "cannot listen on {a}: not an address"),
+            E::Listen(a, e) => write!(f, "cannot listen on {a}: {e}"),
+            E::Tls(e) => write!(f, "TLS: {e}"),
+            E::TlsNeedsCertAndKey => f.write_str("TLS needs --tls-cert and --tls-key"),
+            E::Web(e) => f.write_str(e),
+            E::WebOriginAlone => f.write_str("--web-origin needs --web-listen or --web-tls-listen"),
+            E::NothingToListenOn => {
+                f.write_str("--listen off with no other listener: nothing to listen on")
+            }
+            E::Start(e) => write!(f, "cannot start: {e}"),
+            E::AddListener(which, e) => write!(f, "cannot start the {which} listener: {e}"),
+            E::MetricsListen(a, e) => write!(f, "cannot listen for metrics on {a}: {e}"),
+            E::MetricsStart(e) => write!(f, "cannot start the metrics listener: {e}"),
+            E::EventLoop(e) => write!(f, "event loop failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl From<StoreError> for StartError {
+    fn from(e: StoreError) -> StartError {
+        StartError::Store(e)
+    }
+}
+
+fn embedded_store(dir: &std::path::Path, cache_mib: usize) -> Result<StoreFactory, StartError> {
+    std::fs::create_dir_all(dir).map_err(|e| StartError::CreateDataDir(dir.to_path_buf(), e))?;
+    let store = EmbeddedStore::open_with_cache(dir, cache_mib.saturating_mul(1 << 20))?;
     log::info!(
         "data in {}",
         dir.join(chat::store::embedded::FILE_NAME).display()
@@ -311,14 +365,14 @@ fn embedded_store(dir: &std::path::Path, cache_mib: usize) -> Result<StoreFactor
     }))
 }
 
-fn redis_store(url: &str, timeout_ms: u64) -> Result<StoreFactory, String> {
+fn redis_store(url: &str, timeout_ms: u64) -> Result<StoreFactory, StartError> {
     let timeout = Duration::from_millis(timeout_ms.max(1));
     let t = RedisTimeouts {
         connect: timeout,
         io: timeout,
         ..RedisTimeouts::default()
     };
-    let mut probe = RedisStore::new(url, t).map_err(|e| e.to_string())?;
+    let mut probe = RedisStore::new(url, t)?;
     // Redis being down at startup is not fatal: the workers keep trying, and requests
     // that need storage get a clear error meanwhile.
     match probe.ping() {
@@ -342,14 +396,14 @@ fn default_node_id() -> String {
     format!("{host}-{}-{:x}", std::process::id(), t & 0xff_ffff)
 }
 
-fn resolve(a: &str) -> Result<std::net::SocketAddr, String> {
+fn resolve(a: &str) -> Result<std::net::SocketAddr, StartError> {
     std::net::ToSocketAddrs::to_socket_addrs(a)
         .ok()
         .and_then(|mut it| it.next())
-        .ok_or_else(|| format!("cannot listen on {a}: not an address"))
+        .ok_or_else(|| StartError::NotAnAddress(a.to_string()))
 }
 
-fn run(args: Args) -> Result<(), String> {
+fn run(args: Args) -> Result<(), StartError> {
     chat::sys::raise_fd_limit();
     let factory = match &args.redis {
         Some(url) => redis_store(url, args.redis_timeout_ms)?,
@@ -386,11 +440,7 @@ fn run(args: Args) -> Result<(), String> {
         },
         handle_signals: true,
         flush_interval: Duration::from_micros(args.flush_interval_us),
-        worker_priority: match args.worker_priority {
-            Priority::Normal => WorkerPriority::Normal,
-            Priority::Low => WorkerPriority::Low,
-            Priority::Idle => WorkerPriority::Idle,
-        },
+        worker_priority: args.worker_priority,
         cluster: args.redis.as_ref().map(|url| ClusterConfig {
             url: url.clone(),
             node: args.node_id.clone().unwrap_or_else(default_node_id),
@@ -402,9 +452,9 @@ fn run(args: Args) -> Result<(), String> {
     if let Some(id) = &args.node_id
         && (id.is_empty() || id.contains(char::is_whitespace))
     {
-        return Err(format!("--node-id {id:?}: give a name without spaces"));
+        return Err(StartError::NodeId(id.clone()));
     }
-    chat::auth::Hasher::new(cfg.hash)?;
+    chat::auth::Hasher::new(cfg.hash).map_err(StartError::Hash)?;
     let plain = if args.listen == "off" {
         None
     } else {
@@ -412,10 +462,8 @@ fn run(args: Args) -> Result<(), String> {
     };
     // The certificate is read before anything starts: a wrong path fails at once.
     let tls_wrapper = || match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => {
-            chat::tls::TlsWrapper::new(cert, key).map_err(|e| format!("TLS: {e}"))
-        }
-        _ => Err("TLS needs --tls-cert and --tls-key".to_string()),
+        (Some(cert), Some(key)) => chat::tls::TlsWrapper::new(cert, key).map_err(StartError::Tls),
+        _ => Err(StartError::TlsNeedsCertAndKey),
     };
     let tls = match &args.tls_listen {
         Some(addr) => Some((bind(addr)?, tls_wrapper()?)),
@@ -425,7 +473,8 @@ fn run(args: Args) -> Result<(), String> {
         let wrapper = chat::web::WebWrapper::new(&chat::web::WebConfig {
             max_frame: cfg.hub.max_frame,
             origins: args.web_origin.clone(),
-        })?;
+        })
+        .map_err(StartError::Web)?;
         let web_tls = match &args.web_tls_listen {
             Some(a) => Some((bind(a)?, wrapper.https(tls_wrapper()?))),
             None => None,
@@ -436,29 +485,28 @@ fn run(args: Args) -> Result<(), String> {
         };
         (web, web_tls)
     } else if !args.web_origin.is_empty() {
-        return Err("--web-origin needs --web-listen or --web-tls-listen".into());
+        return Err(StartError::WebOriginAlone);
     } else {
         (None, None)
     };
     if plain.is_none() && tls.is_none() && web.is_none() && web_tls.is_none() {
-        return Err("--listen off with no other listener: nothing to listen on".into());
+        return Err(StartError::NothingToListenOn);
     }
-    let mut server =
-        Server::with_listener(plain, &factory, cfg).map_err(|e| format!("cannot start: {e}"))?;
+    let mut server = Server::with_listener(plain, &factory, cfg).map_err(StartError::Start)?;
     if let Some((listener, wrapper)) = tls {
         server
             .add_listener(listener, Box::new(wrapper))
-            .map_err(|e| format!("cannot start the TLS listener: {e}"))?;
+            .map_err(|e| StartError::AddListener("TLS", e))?;
     }
     if let Some((l, wrapper)) = web {
         server
             .add_listener(l, Box::new(wrapper))
-            .map_err(|e| format!("cannot start the web listener: {e}"))?;
+            .map_err(|e| StartError::AddListener("web", e))?;
     }
     if let Some((l, wrapper)) = web_tls {
         server
             .add_listener(l, Box::new(wrapper))
-            .map_err(|e| format!("cannot start the HTTPS listener: {e}"))?;
+            .map_err(|e| StartError::AddListener("HTTPS", e))?;
     }
     // Operators' threads, stopped (and the admin socket removed) when these drop.
     let _admin = match &args.redis {
@@ -480,18 +528,18 @@ fn run(args: Args) -> Result<(), String> {
     let _metrics = match &args.metrics_listen {
         Some(a) => {
             let l = std::net::TcpListener::bind(a)
-                .map_err(|e| format!("cannot listen for metrics on {a}: {e}"))?;
+                .map_err(|e| StartError::MetricsListen(a.clone(), e))?;
             Some(
                 chat::metrics_http::MetricsServer::start(l, server.control_handle())
-                    .map_err(|e| format!("cannot start the metrics listener: {e}"))?,
+                    .map_err(StartError::MetricsStart)?,
             )
         }
         None => None,
     };
-    server.run().map_err(|e| format!("event loop failed: {e}"))
+    server.run().map_err(StartError::EventLoop)
 }
 
 /// A listening socket on `addr` (a host name is resolved; its first address is used).
-fn bind(addr: &str) -> Result<std::net::TcpListener, String> {
-    chat::sys::listen(resolve(addr)?).map_err(|e| format!("cannot listen on {addr}: {e}"))
+fn bind(addr: &str) -> Result<std::net::TcpListener, StartError> {
+    chat::sys::listen(resolve(addr)?).map_err(|e| StartError::Listen(addr.to_string(), e))
 }

@@ -122,7 +122,7 @@ impl Store for EmbeddedStore {
         match tryx!(t.get(id), "read user") {
             Some(v) => UserRecord::from_json(v.value())
                 .map(Some)
-                .map_err(StoreError::Unavailable),
+                .map_err(StoreError::from),
             None => Ok(None),
         }
     }
@@ -289,7 +289,7 @@ impl Store for EmbeddedStore {
         let mut out = Vec::new();
         for item in tryx!(t.iter(), "list users") {
             let (_, v) = tryx!(item, "read user");
-            out.push(UserRecord::from_json(v.value()).map_err(StoreError::Unavailable)?);
+            out.push(UserRecord::from_json(v.value()).map_err(StoreError::from)?);
         }
         Ok(out)
     }
@@ -353,7 +353,7 @@ impl Store for EmbeddedStore {
             let Some(mut r) = tryx!(t.get(id), "read user")
                 .map(|v| UserRecord::from_json(v.value()))
                 .transpose()
-                .map_err(StoreError::Unavailable)?
+                .map_err(StoreError::from)?
             else {
                 return Ok(None);
             };

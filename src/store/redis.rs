@@ -463,7 +463,7 @@ impl Store for RedisStore {
         match raw {
             Some(s) => UserRecord::from_json(&s)
                 .map(Some)
-                .map_err(StoreError::Unavailable),
+                .map_err(StoreError::from),
             None => Ok(None),
         }
     }
@@ -720,7 +720,7 @@ impl Store for RedisStore {
             let Some(raw) = raw else {
                 return Ok(None);
             };
-            let mut rec = UserRecord::from_json(&raw).map_err(StoreError::Unavailable)?;
+            let mut rec = UserRecord::from_json(&raw).map_err(StoreError::from)?;
             change(&mut rec);
             rec.stale_shape = false;
             let json = rec.to_json();
