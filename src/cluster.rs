@@ -21,8 +21,8 @@ use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::conn::ConnRef;
 use crate::store::OfflineMsg;
+use crate::types::ConnRef;
 
 /// The pub/sub channel every node publishes on and listens to.
 pub const CHANNEL: &str = "chat:events";

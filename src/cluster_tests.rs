@@ -3,9 +3,9 @@
 //! the publisher included, as Redis does. No sockets, threads or sleeps.
 
 use crate::cluster::{Event, Input, PresenceEntry};
-use crate::conn::ConnRef;
 use crate::proto::{ClientMessage, ServerMessage, SmsMes, SmsPrivateMes};
 use crate::testkit::{Harness, login_msg};
+use crate::types::ConnRef;
 
 /// Nodes "a", "b", "c", ... sharing one store, as they share one Redis.
 struct Net {

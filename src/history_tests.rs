@@ -2,7 +2,6 @@
 //! message): scripted conversations through the test kit, against the in-memory store,
 //! with jobs run in a chosen order. No sockets, threads or sleeps.
 
-use crate::conn::ConnRef;
 use crate::hub::HubConfig;
 use crate::job::{Job, JobKind};
 use crate::proto::{
@@ -11,6 +10,7 @@ use crate::proto::{
 };
 use crate::store::StoreError;
 use crate::testkit::Harness;
+use crate::types::ConnRef;
 
 fn h() -> Harness {
     Harness::new(HubConfig {

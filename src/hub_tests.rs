@@ -5,7 +5,6 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::conn::ConnRef;
 use crate::hub::HubConfig;
 use crate::job::{JobKind, JobResult, LoginError, Outcome, execute};
 use crate::proto::{
@@ -14,6 +13,7 @@ use crate::proto::{
 };
 use crate::store::StoreError;
 use crate::testkit::{Harness, login_msg};
+use crate::types::ConnRef;
 
 fn h() -> Harness {
     Harness::new(crate::testkit::test_config())

@@ -13,11 +13,14 @@
 //!   the store jobs in flight. Inputs in (`handle_*`), outputs drained (`poll_*`), the
 //!   next deadline out (`poll_timeout`), time passed in as a value.
 //! - [`conn`]: one connection's state machine: frame assembly buffer, session, bounded
-//!   output queue of shared frames. A module of the hub, so its fields are the hub's.
-//! - `handlers/`: one file per command (login, register, group and private messages,
-//!   online list, ping and logout, history), behind one dispatcher; modules of the hub
-//!   too. `handlers/history.rs` also batches the appending of accepted messages to
-//!   their conversations' history, one store job per loop turn.
+//!   output queue of shared frames. Its fields are the core's; the reactor sees a
+//!   connection only through the hub.
+//! - `hub/handlers/`: one file per command (login, register, group and private
+//!   messages, online list, ping and logout, history), behind one dispatcher; modules
+//!   of the hub. `hub/handlers/history.rs` also batches the appending of accepted
+//!   messages to their conversations' history, one store job per loop turn.
+//! - [`types`]: the small types the whole core shares (a connection's handle, the
+//!   time passed in, a piece of shared bytes); they import nothing of the crate.
 //! - [`offline`]: delivery of stored private messages to one session, as a state
 //!   machine: when to fetch, when what was delivered may leave the store.
 //! - [`admission`]: whether a login can be hashed in time, and when to pause writes so
@@ -29,7 +32,7 @@
 //! - [`store`]: the `Store` trait and the types it keeps.
 //! - [`admin`]: the operators' commands (`chat-server users ...`, `backup`): what each
 //!   does to a store, and the admin socket's requests and answers. The hub's side (a
-//!   ban or removal ends the user's sessions) is `handlers/admin.rs`.
+//!   ban or removal ends the user's sessions) is `hub/handlers/admin.rs`.
 //! - [`metrics`]: the counters a scrape shows, and their Prometheus text.
 //!
 //! The server side (the default `server` feature), the only code that does I/O:
@@ -67,6 +70,7 @@
 pub mod admin;
 pub mod admission;
 pub mod cluster;
+pub mod conn;
 pub mod fit;
 pub mod hub;
 pub mod job;
@@ -77,9 +81,8 @@ pub mod proto;
 pub mod rate;
 pub mod roster;
 pub mod store;
+pub mod types;
 pub mod users;
-
-pub use hub::conn;
 
 #[cfg(feature = "server")]
 pub mod admin_server;

@@ -9,8 +9,43 @@
 use std::fmt::Write;
 use std::time::Duration;
 
-use crate::hub::Stats;
 use crate::proto::ClientMessage;
+
+/// Counters for the log, the benchmark and the metrics (`metrics`): plain fields,
+/// bumped on the loop's thread, copied out when a scrape asks.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub accepted: u64,
+    pub closed: u64,
+    pub frames_in: u64,
+    pub group_messages: u64,
+    pub deliveries: u64,
+    pub slow_consumers_dropped: u64,
+    /// History entries appended after delivery, and lost (storage failed or too slow).
+    /// Private messages stored for later join the history with the message itself and
+    /// are not counted.
+    pub history_appended: u64,
+    pub history_lost: u64,
+    /// Frames received by type ([`FRAME_TYPES`]).
+    pub frames_by_type: [u64; FRAME_TYPES.len()],
+    /// Logins and registrations answered, by outcome ([`LOGIN_OUTCOMES`],
+    /// [`REGISTER_OUTCOMES`]).
+    pub logins: [u64; LOGIN_OUTCOMES.len()],
+    pub registrations: [u64; REGISTER_OUTCOMES.len()],
+    pub private_messages: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Refusals with code 429 (too many) and 413 (frame too large).
+    pub refused_too_many: u64,
+    pub refused_too_large: u64,
+    pub store_errors: u64,
+    /// Sessions closed by an operator (ban, removal).
+    pub kicked: u64,
+    /// From a hashing job queued to its result.
+    pub hash_latency: Histogram,
+    /// How long workers ran jobs, by lane ([`LANES`]).
+    pub job_seconds: [Histogram; 2],
+}
 
 /// Upper bounds of the histograms' buckets, in seconds (plus +Inf).
 pub const BUCKETS: [f64; 14] = [

@@ -11,13 +11,10 @@
 //! it the same way, feeding frames and job results in whatever order they choose.
 //!
 //! The message handlers live in `handlers/`, one file per command, as further
-//! `impl Hub` blocks behind one dispatcher. They and [`conn`] are modules of this one,
-//! so a connection's fields are private to the hub.
+//! `impl Hub` blocks behind one dispatcher. A connection's state is [`crate::conn`]'s
+//! [`Conn`], whose fields the core reads and the reactor never sees.
 #![forbid(unsafe_code)]
 
-#[path = "conn.rs"]
-pub mod conn;
-#[path = "handlers/mod.rs"]
 pub(crate) mod handlers;
 
 use std::cmp::Reverse;
@@ -30,18 +27,21 @@ use slab::Slab;
 
 use crate::admin::Kick;
 use crate::admission::Admission;
+use crate::conn::{
+    Closing, Conn, Flush, OutQueue, Overflow, Pending, Session, TURN_FRAME, TurnBuf,
+};
 use crate::fit;
 use crate::job::{Job, JobKind, JobResult, Outcome};
 use crate::metrics;
+pub use crate::metrics::Stats;
 use crate::offline::Action;
 use crate::presence::Presence;
 use crate::proto::{self, ClientMessage, CodeRes, ServerMessage, code, status};
 use crate::rate::{PerAddr, addr_key};
 use crate::roster::Roster;
+pub use crate::types::Now;
+use crate::types::{ConnRef, Part};
 use crate::users::Registry;
-use conn::{
-    Closing, Conn, ConnRef, Flush, OutQueue, Overflow, Part, Pending, Session, TURN_FRAME, TurnBuf,
-};
 
 /// Limits and timings. The server's command line sets them (`chat-server --help`
 /// names each); these defaults are the command line's.
@@ -128,50 +128,6 @@ impl Default for HubConfig {
             presence_interval_ms: 50,
         }
     }
-}
-
-/// The time, as the caller sees it: a monotonic clock for timeouts and the wall clock
-/// for the timestamps put on messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Now {
-    pub mono_ms: u64,
-    pub unix_ms: u64,
-}
-
-/// Counters for the log, the benchmark and the metrics (`metrics`): plain fields,
-/// bumped on the loop's thread, copied out when a scrape asks.
-#[derive(Debug, Default, Clone)]
-pub struct Stats {
-    pub accepted: u64,
-    pub closed: u64,
-    pub frames_in: u64,
-    pub group_messages: u64,
-    pub deliveries: u64,
-    pub slow_consumers_dropped: u64,
-    /// History entries appended after delivery, and lost (storage failed or too slow).
-    /// Private messages stored for later join the history with the message itself and
-    /// are not counted.
-    pub history_appended: u64,
-    pub history_lost: u64,
-    /// Frames received by type ([`metrics::FRAME_TYPES`]).
-    pub frames_by_type: [u64; metrics::FRAME_TYPES.len()],
-    /// Logins and registrations answered, by outcome ([`metrics::LOGIN_OUTCOMES`],
-    /// [`metrics::REGISTER_OUTCOMES`]).
-    pub logins: [u64; metrics::LOGIN_OUTCOMES.len()],
-    pub registrations: [u64; metrics::REGISTER_OUTCOMES.len()],
-    pub private_messages: u64,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    /// Refusals with code 429 (too many) and 413 (frame too large).
-    pub refused_too_many: u64,
-    pub refused_too_large: u64,
-    pub store_errors: u64,
-    /// Sessions closed by an operator (ban, removal).
-    pub kicked: u64,
-    /// From a hashing job queued to its result.
-    pub hash_latency: metrics::Histogram,
-    /// How long workers ran jobs, by lane ([`metrics::LANES`]).
-    pub job_seconds: [metrics::Histogram; 2],
 }
 
 /// Refusals and failures counted between two summaries in the log, so that a flood

@@ -8,13 +8,14 @@
 //! `ErrorResMes` 409 and is closed, and the others see no offline/online flicker.
 #![forbid(unsafe_code)]
 
-use crate::conn::{Part, Session};
+use crate::conn::Session;
 use crate::fit;
 use crate::hub::{Hub, Now};
 use crate::job::{JobKind, LoginError, LoginOk};
 use crate::offline::OfflineSlot;
 use crate::proto::{self, LoginMes, LoginResMes, ServerMessage, code, kind, status};
 use crate::roster::Listing;
+use crate::types::Part;
 use crate::users::{MAX_PASSWORD_BYTES, OnlineEntry};
 
 /// The refusal text for a login or registration that would wait too long: when to try
