@@ -489,7 +489,7 @@ fn a_storage_failure_costs_history_never_live_delivery() {
     assert_eq!(t.recv(b).len(), 30);
     assert_eq!(t.recv(c).len(), 30);
     assert_eq!(t.hub.stats.history_lost, 30);
-    assert_eq!(t.hub.summary.history_lost, 30);
+    assert_eq!(t.hub.summary().history_lost, 30);
     assert_eq!(t.hub.stats.history_appended, 0);
     // Reading fails clearly.
     t.send(b, &ask(0, 10, None));

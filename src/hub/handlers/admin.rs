@@ -54,6 +54,7 @@ impl Hub {
         // The registry's session, and any other connection logged in as this user
         // (none today: a newer login replaces the older one at once).
         let keys: Vec<usize> = self
+            .core
             .conns
             .iter()
             .filter(|(_, c)| c.closing.is_none())
@@ -63,18 +64,19 @@ impl Hub {
             .map(|(k, _)| k)
             .collect();
         for key in keys {
-            self.error(key, code, text);
-            self.close(key, true, reason, now);
+            self.cx().error(key, code, text);
+            self.core.close(key, true, reason, now);
             closed += 1;
         }
         let logging_in: Vec<usize> = self
+            .core
             .conns
             .iter()
             .filter(|(_, c)| c.pending == Some(Pending::Login { user_id: user }))
             .map(|(k, _)| k)
             .collect();
         for key in logging_in {
-            let r = self.conn_ref(key);
+            let r = self.core.conn_ref(key);
             self.revoked.insert(r, kick);
         }
         if closed > 0 {
@@ -99,17 +101,18 @@ impl Hub {
             return;
         }
         // Logins in flight too: one may have read the record before the ban.
-        let mut users = self.online.ids();
+        let mut users = self.core.online.ids();
         users.extend(
-            self.logging_in
+            self.core
+                .logging_in
                 .keys()
-                .filter(|u| self.online.get(**u).is_none()),
+                .filter(|u| self.core.online.get(**u).is_none()),
         );
         if users.is_empty() {
             self.bans_check.due_ms = None;
             return;
         }
-        if self.submit(None, JobKind::CheckBans { users }) {
+        if self.core.submit(None, JobKind::CheckBans { users }) {
             self.bans_check = BansCheck {
                 due_ms: None,
                 in_flight: true,
@@ -136,7 +139,8 @@ impl Hub {
                 self.announce_departures(now);
             }
             Err(e) => {
-                self.store_error(&format!("users online not checked for bans: {e}"));
+                self.cx()
+                    .store_error(&format!("users online not checked for bans: {e}"));
                 let retry = now.mono_ms + BANS_RETRY_MS;
                 let due = self.bans_check.due_ms.map_or(retry, |d| d.min(retry));
                 self.bans_check.due_ms = Some(due);

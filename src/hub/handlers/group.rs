@@ -19,11 +19,11 @@ use crate::proto::{
 
 impl Hub {
     pub(crate) fn handle_group(&mut self, key: usize, m: SmsMes, now: Now) {
-        let Session::Online { user_id, name } = &self.conns[key].session else {
+        let Session::Online { user_id, name } = &self.core.conns[key].session else {
             return;
         };
         if m.content.is_empty() {
-            self.error(key, code::BAD_REQUEST, "empty message");
+            self.cx().error(key, code::BAD_REQUEST, "empty message");
             return;
         }
         let sms = SmsMes {
@@ -53,13 +53,13 @@ impl Hub {
         if self.cluster.is_some() {
             self.cluster_group(sms.user_id, &sms.user_name, &sms.content, now.unix_ms);
         }
-        let cut_for = self.broadcast_fitted(Some(key), frame, cut.as_ref());
+        let cut_for = self.cx().broadcast_fitted(Some(key), frame, cut.as_ref());
         if cut_for > 0 {
             let text = format!(
                 "your message was cut short for {cut_for} users whose clients read at most \
                  {SEED_MAX_FRAME} bytes"
             );
-            self.reply(
+            self.cx().reply(
                 key,
                 &ServerMessage::Error(CodeRes::new(code::PARTIAL, text)),
             );

@@ -93,7 +93,7 @@ impl Appends {
 impl Hub {
     /// A message accepted for its conversation: appended with this turn's others.
     pub(crate) fn note_history(&mut self, e: HistoryEntry) {
-        if self.cfg.history == 0 {
+        if self.core.cfg.history == 0 {
             return;
         }
         let h = &mut self.appends;
@@ -103,7 +103,7 @@ impl Hub {
             let old = h.pending.pop_front().expect("not empty");
             h.pending_bytes -= old.content.len() + old.user_name.len();
             self.stats.history_lost += 1;
-            self.summary.history_lost += 1;
+            self.core.summary.history_lost += 1;
         }
     }
 
@@ -128,10 +128,11 @@ impl Hub {
     /// job queue is full: a finished job wakes the loop, and a due time in the past
     /// would only make it spin.
     pub(crate) fn history_due_at(&self) -> Option<u64> {
-        if !self.appends.can_submit() || self.store_jobs_in_flight() >= self.cfg.max_jobs {
+        if !self.appends.can_submit() || self.core.store_jobs_in_flight() >= self.core.cfg.max_jobs
+        {
             return None;
         }
-        self.appends.due_at(self.cfg.history_gather_ms)
+        self.appends.due_at(self.core.cfg.history_gather_ms)
     }
 
     /// A private message of `conv` is about to be stored with its history entry.
@@ -140,7 +141,7 @@ impl Hub {
     /// [`JobKind::is_history`]); those still waiting go first, now. Otherwise it runs
     /// in the storage lane, where no history append can hold it up.
     pub(crate) fn history_before_stored(&mut self, conv: Conv) -> bool {
-        if self.cfg.history == 0 {
+        if self.core.cfg.history == 0 {
             return false;
         }
         if self.appends.pending.iter().any(|e| Conv::of(e) == conv) {
@@ -171,8 +172,9 @@ impl Hub {
         h.pending_bytes = 0;
         h.since_ms = None;
         h.in_flight += 1;
-        let keep = self.cfg.history;
-        self.submit_always(None, JobKind::AppendHistory { entries, keep });
+        let keep = self.core.cfg.history;
+        self.core
+            .submit_always(None, JobKind::AppendHistory { entries, keep });
     }
 
     /// Whether entries wait that are due and could be handed to a worker now.
@@ -204,8 +206,8 @@ impl Hub {
                         let lost = count.saturating_sub(*kept);
                         self.stats.history_appended += *kept as u64;
                         self.stats.history_lost += lost as u64;
-                        self.summary.history_lost += lost as u64;
-                        self.store_error(&format!(
+                        self.core.summary.history_lost += lost as u64;
+                        self.cx().store_error(&format!(
                             "{lost} of {count} history entries not kept (live delivery \
                              is not affected): {e}"
                         ));
@@ -218,14 +220,14 @@ impl Hub {
     }
 
     pub(crate) fn handle_history(&mut self, key: usize, m: HistoryMes, _now: Now) {
-        let Some(me) = self.conns[key].user_id() else {
+        let Some(me) = self.core.conns[key].user_id() else {
             return;
         };
         let conv = match m.with {
             None => Conv::Group,
             Some(with) if with > 0 => Conv::pair(me, with),
             Some(_) => {
-                self.error(
+                self.cx().error(
                     key,
                     code::BAD_REQUEST,
                     "with: a user id is a positive number",
@@ -233,7 +235,7 @@ impl Hub {
                 return;
             }
         };
-        if self.cfg.history == 0 {
+        if self.core.cfg.history == 0 {
             // History is off: there is none.
             self.reply_history(key, Vec::new(), false);
             return;
@@ -252,10 +254,11 @@ impl Hub {
             before: m.before,
             limit,
         };
-        if self.submit(Some(key), job) {
-            self.conns[key].pending = Some(Pending::History);
+        if self.core.submit(Some(key), job) {
+            self.core.conns[key].pending = Some(Pending::History);
         } else {
-            self.error_retry(key, code::UNAVAILABLE, "server busy, try again", 1);
+            self.cx()
+                .error_retry(key, code::UNAVAILABLE, "server busy, try again", 1);
         }
     }
 
@@ -268,11 +271,12 @@ impl Hub {
         match result {
             Ok((messages, more)) => self.reply_history(key, messages, more),
             Err(e) if e.is_timed_out() => {
-                self.error_retry(key, code::UNAVAILABLE, "server busy, try again", 1)
+                self.cx()
+                    .error_retry(key, code::UNAVAILABLE, "server busy, try again", 1)
             }
             Err(e) => {
-                self.store_error(&format!("history not read: {e}"));
-                self.error(
+                self.cx().store_error(&format!("history not read: {e}"));
+                self.cx().error(
                     key,
                     code::UNAVAILABLE,
                     "storage unavailable: history cannot be read now",
@@ -286,7 +290,7 @@ impl Hub {
     /// newest entries, the oldest left out (then `more` is set), and if not even one
     /// fits whole, the newest cut short.
     fn reply_history(&mut self, key: usize, mut messages: Vec<HistoryEntry>, more: bool) {
-        let limit = self.conns[key].max_frame().min(MAX_REPLY_BYTES);
+        let limit = self.core.conns[key].max_frame().min(MAX_REPLY_BYTES);
         let encode = |messages: &[HistoryEntry], more: bool| {
             proto::encode(
                 kind::HISTORY_RES,
@@ -298,7 +302,7 @@ impl Hub {
         };
         let frame = encode(&messages, more);
         if fit::fits(&frame, limit) {
-            self.reply_frame(key, frame);
+            self.cx().reply_frame(key, frame);
             return;
         }
         let len = messages.len();
@@ -321,6 +325,6 @@ impl Hub {
             };
             fit::cut_to_fit(&newest.content, limit, cut).unwrap_or_else(|| encode(&[], true))
         };
-        self.reply_frame(key, frame);
+        self.cx().reply_frame(key, frame);
     }
 }

@@ -32,7 +32,7 @@ impl Hub {
     /// time to come back in seconds. The login timeout starts again from then: a
     /// client that waits as asked is not closed for having waited.
     pub(crate) fn refuse_busy(&mut self, key: usize, wait_ms: u64, now: Now) -> (String, u64) {
-        let c = &mut self.conns[key];
+        let c = &mut self.core.conns[key];
         c.login_clock_ms = c.login_clock_ms.max(now.mono_ms.saturating_add(wait_ms));
         (busy(wait_ms), wait_ms.div_ceil(1000).max(1))
     }
@@ -47,7 +47,7 @@ impl Hub {
             _ => 5,
         };
         self.stats.logins[outcome] += 1;
-        self.reply(
+        self.cx().reply(
             key,
             &ServerMessage::LoginRes(LoginResMes {
                 code,
@@ -60,8 +60,8 @@ impl Hub {
     }
 
     pub(crate) fn handle_login(&mut self, key: usize, m: LoginMes, now: Now) {
-        if self.conns[key].is_online() {
-            self.error(key, code::BAD_REQUEST, "already logged in");
+        if self.core.conns[key].is_online() {
+            self.cx().error(key, code::BAD_REQUEST, "already logged in");
             return;
         }
         if m.user_id <= 0 {
@@ -78,13 +78,13 @@ impl Hub {
         let job = JobKind::Login {
             user_id: m.user_id,
             password: m.user_pwd.clone(),
-            offline_batch: self.cfg.offline_batch,
+            offline_batch: self.core.cfg.offline_batch,
         };
         let user_id = m.user_id;
-        match self.submit_hash(key, job, now) {
+        match self.core.submit_hash(key, job, now) {
             Ok(()) => {
-                self.login_started(key, user_id);
-                let conn = &mut self.conns[key];
+                self.core.login_started(key, user_id);
+                let conn = &mut self.core.conns[key];
                 conn.offline = OfflineSlot::new(m.ack_offline);
                 conn.compact = m.compact;
                 if let Some(n) = m.max_frame {
@@ -141,16 +141,17 @@ impl Hub {
 
     fn login_failed(&mut self, key: usize, code: u16, text: &str, now: Now) {
         self.login_res(key, code, text, None);
-        let conn = &mut self.conns[key];
+        let conn = &mut self.core.conns[key];
         conn.login_failures += 1;
-        if conn.login_failures >= self.cfg.max_login_failures {
-            self.error(key, code::TOO_MANY, "too many failed logins");
-            self.close(key, true, "too many failed logins", now);
+        if conn.login_failures >= self.core.cfg.max_login_failures {
+            self.cx()
+                .error(key, code::TOO_MANY, "too many failed logins");
+            self.core.close(key, true, "too many failed logins", now);
         }
     }
 
     pub(crate) fn login_done(&mut self, key: usize, result: Result<LoginOk, LoginError>, now: Now) {
-        if self.conns[key].closing.is_some() {
+        if self.core.conns[key].closing.is_some() {
             return;
         }
         match result {
@@ -165,12 +166,12 @@ impl Hub {
                 self.login_failed(key, code::BANNED, "this account is banned", now)
             }
             Err(LoginError::Store(e)) if e.is_timed_out() => {
-                let wait = self.admission.estimate(now.mono_ms);
+                let wait = self.core.admission.estimate(now.mono_ms);
                 let (text, secs) = self.refuse_busy(key, wait, now);
                 self.login_res(key, code::SERVER_ERROR, &text, Some(secs));
             }
             Err(LoginError::Store(e)) => {
-                self.store_error(&format!("login failed: {e}"));
+                self.cx().store_error(&format!("login failed: {e}"));
                 let text = "server error: storage unavailable";
                 self.login_res(key, code::SERVER_ERROR, text, None);
             }
@@ -182,10 +183,10 @@ impl Hub {
         // Departures first, so that a user who left and came back this turn is seen
         // leaving, then coming back.
         self.announce_departures(now);
-        let me = self.conn_ref(key);
+        let me = self.core.conn_ref(key);
         let name: std::rc::Rc<str> = ok.name.as_str().into();
         self.stats.logins[0] += 1;
-        let conn = &mut self.conns[key];
+        let conn = &mut self.core.conns[key];
         conn.login_failures = 0;
         // Online: the login timeout no longer applies, and its timer is dropped at the
         // next housekeeping.
@@ -197,8 +198,9 @@ impl Hub {
         let entry = OnlineEntry { conn: me };
         // The roster follows a login without being built again.
         let roster_current = self.roster.is_current(self.roster_version());
-        let listed = self.online.get(ok.user_id).is_some() || self.online_elsewhere(ok.user_id);
-        let replaced = self.online.insert(ok.user_id, entry);
+        let listed =
+            self.core.online.get(ok.user_id).is_some() || self.online_elsewhere(ok.user_id);
+        let replaced = self.core.online.insert(ok.user_id, entry);
         if roster_current {
             let version = self.roster_version();
             if listed {
@@ -208,17 +210,19 @@ impl Hub {
             }
         }
         match replaced {
-            Some(old) if old.conn != me && self.get(old.conn).is_some() => {
+            Some(old) if old.conn != me && self.core.get(old.conn).is_some() => {
                 // The newer session wins. The old one is no longer in the registry, so
                 // closing it tells nobody that the user went offline.
                 log::info!(
                     "user {} logged in again: older session replaced",
                     ok.user_id
                 );
-                self.conns[old.conn.key].session = Session::Anonymous;
-                self.error(old.conn.key, code::CONFLICT, "logged in elsewhere");
-                self.close(old.conn.key, true, "replaced by a newer login", now);
-                self.mark_presence(ok.user_id);
+                self.core.conns[old.conn.key].session = Session::Anonymous;
+                self.cx()
+                    .error(old.conn.key, code::CONFLICT, "logged in elsewhere");
+                self.core
+                    .close(old.conn.key, true, "replaced by a newer login", now);
+                self.core.mark_presence(ok.user_id);
             }
             _ if self.online_elsewhere(ok.user_id) => {
                 // Online on another node until now: this login replaces that session
@@ -227,18 +231,19 @@ impl Hub {
                     "user {} online here, replacing a session elsewhere",
                     ok.user_id
                 );
-                self.mark_presence(ok.user_id);
+                self.core.mark_presence(ok.user_id);
             }
             _ => {
                 log::info!("user {} online", ok.user_id);
-                self.note_presence(ok.user_id, status::ONLINE, &name, now);
+                self.core
+                    .note_presence(ok.user_id, status::ONLINE, &name, now);
             }
         }
         self.cluster_login(ok.user_id, &name);
-        let conn = &self.conns[key];
+        let conn = &self.core.conns[key];
         let parts = self.login_reply(ok.user_id, conn.max_frame(), conn.compact(), now);
-        self.reply_parts(key, &parts);
-        let batch = self.cfg.offline_batch;
+        self.cx().reply_parts(key, &parts);
+        let batch = self.core.cfg.offline_batch;
         self.deliver_offline(key, ok.offline, batch);
     }
 }

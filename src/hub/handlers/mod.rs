@@ -32,7 +32,7 @@ impl Hub {
             Err(e) => {
                 // The length prefix was sound, so the stream is still in step: answer
                 // and go on.
-                self.error(key, code::BAD_REQUEST, &e.to_string());
+                self.cx().error(key, code::BAD_REQUEST, &e.to_string());
                 return;
             }
         };
@@ -40,9 +40,9 @@ impl Hub {
             ClientMessage::Ping => self.handle_ping(key),
             ClientMessage::Login(m) => self.handle_login(key, m, now),
             ClientMessage::Register(m) => self.handle_register(key, m, now),
-            _ if !self.conns[key].is_online() => {
-                self.summary.frames_refused += 1;
-                self.error(key, code::UNAUTHORIZED, "log in first");
+            _ if !self.core.conns[key].is_online() => {
+                self.core.summary.frames_refused += 1;
+                self.cx().error(key, code::UNAUTHORIZED, "log in first");
             }
             ClientMessage::Sms(m) => self.handle_group(key, m, now),
             ClientMessage::Private(m) => self.handle_private(key, m, now),

@@ -10,7 +10,7 @@ impl Hub {
     /// and as many others as fit.
     pub(crate) fn handle_online_users(&mut self, key: usize) {
         let users = self.all_infos();
-        let limit = self.conns[key].max_frame();
+        let limit = self.core.conns[key].max_frame();
         let encode = |users: Vec<UserInfo>| {
             proto::encode(kind::ONLINE_USERS_RES, &OnlineUsersResMes { users })
         };
@@ -18,12 +18,12 @@ impl Hub {
         let mut frame = proto::encode(kind::ONLINE_USERS_RES, &res);
         if !fit::fits(&frame, limit) {
             let users = res.users;
-            let me = self.conns[key].user_id();
+            let me = self.core.conns[key].user_id();
             let (mine, others): (Vec<UserInfo>, Vec<UserInfo>) =
                 users.into_iter().partition(|u| Some(u.user_id) == me);
             let with = |n: usize| encode(mine.iter().chain(&others[..n]).cloned().collect());
             frame = with(fit::largest(others.len(), |n| fit::fits(&with(n), limit)));
         }
-        self.reply_frame(key, frame);
+        self.cx().reply_frame(key, frame);
     }
 }

@@ -45,12 +45,12 @@ impl Hub {
             msg_id,
             ..CodeRes::new(code, error)
         };
-        self.reply(key, &ServerMessage::SmsRes(res));
+        self.cx().reply(key, &ServerMessage::SmsRes(res));
     }
 
     pub(crate) fn handle_private(&mut self, key: usize, m: SmsPrivateMes, now: Now) {
         self.stats.private_messages += 1;
-        let Session::Online { user_id, name } = &self.conns[key].session else {
+        let Session::Online { user_id, name } = &self.core.conns[key].session else {
             return;
         };
         let (from, from_name) = (*user_id, name.to_string());
@@ -76,13 +76,13 @@ impl Hub {
             content: m.content,
             time: now.unix_ms,
         };
-        if let Some(to) = self.online.get(msg.to).map(|e| e.conn.key) {
+        if let Some(to) = self.core.online.get(msg.to).map(|e| e.conn.key) {
             let (frame, cut) = self.private_frame_for(to, &msg, None);
-            if self.deliver_message(to, &frame.into()) {
+            if self.cx().deliver_message(to, &frame.into()) {
                 if cut {
                     let text = format!(
                         "delivered cut short: the recipient's client reads at most {} bytes",
-                        self.conns[to].max_frame()
+                        self.core.conns[to].max_frame()
                     );
                     self.sms_res_id(key, code::PARTIAL, &text, msg_id);
                 } else {
@@ -104,11 +104,11 @@ impl Hub {
         let job = JobKind::StoreOffline {
             msg,
             msg_id: msg_id.clone(),
-            history: self.cfg.history,
+            history: self.core.cfg.history,
             after_history,
         };
-        if self.submit(Some(key), job) {
-            self.conns[key].pending = Some(Pending::Private { to });
+        if self.core.submit(Some(key), job) {
+            self.core.conns[key].pending = Some(Pending::Private { to });
         } else {
             self.sms_res_id(key, code::UNAVAILABLE, "server busy, try again", msg_id);
         }
@@ -118,7 +118,7 @@ impl Hub {
         // Result mapping: 504 when the store cannot tell whether it stored
         // the message; 503 only when it certainly did not. msgId echoed.
         let OfflineStored { msg_id, result, .. } = stored;
-        let to = match self.conns[key].pending {
+        let to = match self.core.conns[key].pending {
             Some(Pending::Private { to }) => to,
             _ => 0,
         };
@@ -137,7 +137,8 @@ impl Hub {
                 msg_id,
             ),
             Err(e) if e.is_uncertain() => {
-                self.store_error(&format!("offline message may or may not be stored: {e}"));
+                self.cx()
+                    .store_error(&format!("offline message may or may not be stored: {e}"));
                 let text = if msg_id.is_some() {
                     "storage did not answer: the message may or may not be stored; \
                      resending it with the same msgId is safe"
@@ -148,7 +149,8 @@ impl Hub {
                 self.sms_res_id(key, code::UNCERTAIN, text, msg_id)
             }
             Err(e) => {
-                self.store_error(&format!("offline message not stored: {e}"));
+                self.cx()
+                    .store_error(&format!("offline message not stored: {e}"));
                 self.sms_res_id(key, code::UNAVAILABLE, "storage unavailable", msg_id)
             }
         }
@@ -159,18 +161,18 @@ impl Hub {
     /// are removed from the store once written (or acknowledged by the client). Stops
     /// early when the queue is half full; the rest is fetched after the removal.
     pub(crate) fn deliver_offline(&mut self, key: usize, msgs: Vec<StoredMsg>, batch: usize) {
-        if self.conns[key].user_id().is_none() {
+        if self.core.conns[key].user_id().is_none() {
             return;
         }
         let mut full = msgs.len() >= batch;
         let mut skipped = false;
-        let user_id = self.conns[key].user_id().unwrap_or_default();
+        let user_id = self.core.conns[key].user_id().unwrap_or_default();
         let (removed, in_flight) = self
             .removing
             .get(&user_id)
             .map_or((0, false), |r| (r.upto, r.jobs > 0));
         for m in msgs {
-            let conn = &self.conns[key];
+            let conn = &self.core.conns[key];
             if m.seq <= removed {
                 // Delivered to an earlier session, and removed since or being removed.
                 // What lies beyond this batch is looked at once the removal is done
@@ -187,19 +189,19 @@ impl Hub {
                 skipped = true;
                 continue;
             }
-            if conn.out.len_bytes() >= self.cfg.max_outbuf / 2 {
+            if conn.out.len_bytes() >= self.core.cfg.max_outbuf / 2 {
                 full = true;
                 break;
             }
             let (frame, _) = self.private_frame_for(key, &m.msg, Some(m.seq));
-            if !self.deliver(key, &frame.into()) {
+            if !self.cx().deliver(key, &frame.into()) {
                 return;
             }
-            let conn = &mut self.conns[key];
+            let conn = &mut self.core.conns[key];
             let total = conn.out.queued_total();
             conn.offline.queued(m.seq, total);
         }
-        let action = self.conns[key].offline.batch_done(skipped, full);
+        let action = self.core.conns[key].offline.batch_done(skipped, full);
         self.offline_action(key, action);
     }
 
@@ -209,7 +211,8 @@ impl Hub {
         let r = self.removing.entry(user_id).or_default();
         r.jobs += 1;
         r.upto = r.upto.max(upto);
-        self.submit_always(key, JobKind::AckOffline { user_id, upto });
+        self.core
+            .submit_always(key, JobKind::AckOffline { user_id, upto });
     }
 
     /// A removal of `user_id`'s messages finished (`ok`) or failed. With none left in
@@ -225,15 +228,15 @@ impl Hub {
             return;
         }
         let recheck = std::mem::take(&mut r.recheck);
-        if !ok || !self.is_logging_in(user_id) {
+        if !ok || !self.core.is_logging_in(user_id) {
             self.removing.remove(&user_id);
         }
-        let Some(e) = self.online.get(user_id) else {
+        let Some(e) = self.core.online.get(user_id) else {
             return;
         };
         let conn = e.conn;
-        if recheck && self.get(conn).is_some() {
-            let action = self.conns[conn.key].offline.poke();
+        if recheck && self.core.get(conn).is_some() {
+            let action = self.core.conns[conn.key].offline.poke();
             self.offline_action(conn.key, action);
         }
     }
@@ -241,13 +244,13 @@ impl Hub {
     /// Forgets removals done for users with no login in flight.
     pub(crate) fn forget_removals(&mut self) {
         let mut removing = std::mem::take(&mut self.removing);
-        removing.retain(|&user_id, r| r.jobs > 0 || self.is_logging_in(user_id));
+        removing.retain(|&user_id, r| r.jobs > 0 || self.core.is_logging_in(user_id));
         self.removing = removing;
     }
 
     /// `OfflineAckMes`: the client has every offline message up to `upto`.
     pub(crate) fn handle_offline_ack(&mut self, key: usize, m: OfflineAckMes) {
-        let action = self.conns[key].offline.client_ack(m.upto);
+        let action = self.core.conns[key].offline.client_ack(m.upto);
         self.offline_action(key, action);
     }
 
@@ -255,11 +258,11 @@ impl Hub {
     pub(crate) fn offline_acked(&mut self, key: usize, upto: u64, result: Result<(), StoreError>) {
         if let Err(e) = &result {
             // They stay stored and come again at the next login.
-            self.store_error(&format!(
+            self.cx().store_error(&format!(
                 "offline messages not removed (they will be offered again): {e}"
             ));
         }
-        let action = self.conns[key].offline.ack_done(upto, result.is_ok());
+        let action = self.core.conns[key].offline.ack_done(upto, result.is_ok());
         self.offline_action(key, action);
     }
 
@@ -271,17 +274,17 @@ impl Hub {
         result: Result<Vec<StoredMsg>, StoreError>,
         _now: Now,
     ) {
-        let conn = &self.conns[key];
+        let conn = &self.core.conns[key];
         if conn.user_id() != Some(user_id) || conn.closing.is_some() {
             return;
         }
         match result {
             Ok(msgs) => self.deliver_offline(key, msgs, batch),
             Err(e) => {
-                self.store_error(&format!(
+                self.cx().store_error(&format!(
                     "user {user_id}: offline messages not fetched: {e}"
                 ));
-                let action = self.conns[key].offline.fetch_failed();
+                let action = self.core.conns[key].offline.fetch_failed();
                 self.offline_action(key, action);
             }
         }
@@ -297,7 +300,7 @@ impl Hub {
         m: &OfflineMsg,
         offline_id: Option<u64>,
     ) -> (Vec<u8>, bool) {
-        let limit = self.conns[key].max_frame();
+        let limit = self.core.conns[key].max_frame();
         let frame = private_frame(m, &m.content, offline_id);
         if fit::fits(&frame, limit) {
             return (frame, false);

@@ -17,7 +17,8 @@ impl Hub {
             _ => 3,
         };
         self.stats.registrations[outcome] += 1;
-        self.reply(key, &ServerMessage::RegisterRes(CodeRes::new(code, error)));
+        self.cx()
+            .reply(key, &ServerMessage::RegisterRes(CodeRes::new(code, error)));
     }
 
     fn register_busy(&mut self, key: usize, wait_ms: u64, now: Now) {
@@ -25,12 +26,12 @@ impl Hub {
         let (text, secs) = self.refuse_busy(key, wait_ms, now);
         let mut res = CodeRes::new(code::SERVER_ERROR, text);
         res.retry_after = Some(secs);
-        self.reply(key, &ServerMessage::RegisterRes(res));
+        self.cx().reply(key, &ServerMessage::RegisterRes(res));
     }
 
     pub(crate) fn handle_register(&mut self, key: usize, m: RegisterMes, now: Now) {
         if let Some(n) = m.max_frame {
-            self.conns[key].set_max_frame(n);
+            self.core.conns[key].set_max_frame(n);
         }
         let u = m.user;
         if let Err(e) = validate_registration(u.user_id, &u.user_name, &u.user_pwd) {
@@ -48,8 +49,8 @@ impl Hub {
             status: u.user_status,
             sex: u.sex,
         };
-        match self.submit_hash(key, job, now) {
-            Ok(()) => self.conns[key].pending = Some(Pending::Register),
+        match self.core.submit_hash(key, job, now) {
+            Ok(()) => self.core.conns[key].pending = Some(Pending::Register),
             Err(wait_ms) => self.register_busy(key, wait_ms, now),
         }
     }
@@ -66,7 +67,7 @@ impl Hub {
                 self.register_res(key, code::BAD_REQUEST, "user id already taken".into())
             }
             Err(RegisterError::Store(e)) if e.is_timed_out() => {
-                let wait = self.admission.estimate(now.mono_ms);
+                let wait = self.core.admission.estimate(now.mono_ms);
                 self.register_busy(key, wait, now);
             }
             // The store could not tell whether the user was created.
@@ -81,7 +82,7 @@ impl Hub {
                 )
             }
             Err(RegisterError::Store(e)) => {
-                self.store_error(&format!("register failed: {e}"));
+                self.cx().store_error(&format!("register failed: {e}"));
                 self.register_res(
                     key,
                     code::SERVER_ERROR,

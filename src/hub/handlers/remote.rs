@@ -78,7 +78,7 @@ impl Hub {
 
     /// Ids of everyone online on every node, sorted.
     pub(crate) fn all_ids(&self) -> Vec<i64> {
-        let mut ids = self.online.ids();
+        let mut ids = self.core.online.ids();
         if let Some(c) = &self.cluster {
             ids.extend(c.remote.keys().copied());
             ids.sort_unstable();
@@ -90,16 +90,17 @@ impl Hub {
     /// Everyone online on every node, with names, sorted by id.
     pub(crate) fn all_infos(&self) -> Vec<UserInfo> {
         let mut infos: Vec<UserInfo> = self
+            .core
             .online
             .iter()
             .map(|(id, e)| UserInfo {
                 user_id: id,
-                user_name: self.conns[e.conn.key].user_name().to_string(),
+                user_name: self.core.conns[e.conn.key].user_name().to_string(),
             })
             .collect();
         if let Some(c) = &self.cluster {
             for (id, r) in &c.remote {
-                if self.online.get(*id).is_none() {
+                if self.core.online.get(*id).is_none() {
                     infos.push(UserInfo {
                         user_id: *id,
                         user_name: r.name.to_string(),
@@ -115,7 +116,7 @@ impl Hub {
     /// What the roster of everyone online depends on (see [`crate::roster`]).
     pub(crate) fn roster_version(&self) -> crate::roster::Version {
         (
-            self.online.version(),
+            self.core.online.version(),
             self.cluster.as_ref().map_or(0, |c| c.remote_version),
         )
     }
@@ -180,7 +181,7 @@ impl Hub {
         msg_id: &Option<String>,
         now: Now,
     ) -> bool {
-        let conn = self.conn_ref(key);
+        let conn = self.core.conn_ref(key);
         let Some(c) = self.cluster.as_mut() else {
             return false;
         };
@@ -208,7 +209,7 @@ impl Hub {
             to_node: to_node.to_string(),
             msg: msg.clone(),
         });
-        self.conns[key].pending = Some(Pending::Private { to: msg.to });
+        self.core.conns[key].pending = Some(Pending::Private { to: msg.to });
         true
     }
 
@@ -251,15 +252,15 @@ impl Hub {
         let job = JobKind::StoreOffline {
             msg: p.msg,
             msg_id: p.msg_id,
-            history: self.cfg.history,
+            history: self.core.cfg.history,
             after_history,
         };
-        if self.get(p.conn).is_some() {
+        if self.core.get(p.conn).is_some() {
             // The sender still waits (its `pending` is set): the store's answer ends it.
-            self.submit_always(Some(p.conn.key), job);
+            self.core.submit_always(Some(p.conn.key), job);
         } else {
             // The sender has gone; the message is kept all the same.
-            self.submit_always(None, job);
+            self.core.submit_always(None, job);
         }
     }
 
@@ -315,7 +316,7 @@ impl Hub {
                                 },
                             )
                             .is_some();
-                        if !was && self.online.get(user).is_none() {
+                        if !was && self.core.online.get(user).is_none() {
                             self.notify_all(user, status::ONLINE, &name, now);
                         }
                     }
@@ -359,10 +360,10 @@ impl Hub {
                     return;
                 }
                 let me = c.node.to_string();
-                let delivered = match self.online.get(msg.to).map(|e| e.conn.key) {
+                let delivered = match self.core.online.get(msg.to).map(|e| e.conn.key) {
                     Some(to) => {
                         let (frame, _) = self.private_frame_for(to, &msg, None);
-                        self.deliver_message(to, &frame.into())
+                        self.cx().deliver_message(to, &frame.into())
                     }
                     None => false,
                 };
@@ -390,7 +391,7 @@ impl Hub {
                 if !delivered {
                     self.store_instead(p, now);
                 } else {
-                    if self.get(p.conn).is_some() {
+                    if self.core.get(p.conn).is_some() {
                         self.sms_res_id(p.conn.key, code::OK, "", p.msg_id);
                         self.resume(p.conn.key, now);
                     }
@@ -480,7 +481,7 @@ impl Hub {
             .map(|(id, r)| (id, r.name))
             .collect();
         for (user, name) in came {
-            if self.online.get(user).is_none() {
+            if self.core.online.get(user).is_none() {
                 self.notify_all(user, status::ONLINE, &name, now);
             }
         }
@@ -492,22 +493,23 @@ impl Hub {
 
     /// A user of another node left: announced here unless online here.
     fn remote_departure(&mut self, user: i64, name: Rc<str>) {
-        if self.online.get(user).is_none() {
-            self.note_departure(user, name);
+        if self.core.online.get(user).is_none() {
+            self.core.note_departure(user, name);
         }
     }
 
     /// Closes this node's session of `user`, who logged in on another node since:
     /// the others see no offline/online flicker.
     fn kick_local(&mut self, user: i64, now: Now) {
-        let Some(e) = self.online.get(user).cloned() else {
+        let Some(e) = self.core.online.get(user).cloned() else {
             return;
         };
         log::info!("user {user} logged in on another node: session here replaced");
-        self.online.remove_if(user, e.conn);
-        self.conns[e.conn.key].session = Session::Anonymous;
-        self.error(e.conn.key, code::CONFLICT, "logged in elsewhere");
-        self.close(
+        self.core.online.remove_if(user, e.conn);
+        self.core.conns[e.conn.key].session = Session::Anonymous;
+        self.cx()
+            .error(e.conn.key, code::CONFLICT, "logged in elsewhere");
+        self.core.close(
             e.conn.key,
             true,
             "replaced by a newer login on another node",
@@ -516,7 +518,7 @@ impl Hub {
     }
 
     fn notify_all(&mut self, user: i64, st: u8, name: &str, now: Now) {
-        self.note_presence(user, st, name, now);
+        self.core.note_presence(user, st, name, now);
     }
 
     fn deliver_remote_group(&mut self, user: i64, name: &str, content: &str, time: u64) {
@@ -537,6 +539,6 @@ impl Hub {
             .map(Into::into);
         self.stats.group_messages += 1;
         // Its sender is on another node and is not told who got it cut short here.
-        self.broadcast_fitted(None, frame, cut.as_ref());
+        self.cx().broadcast_fitted(None, frame, cut.as_ref());
     }
 }

@@ -6,12 +6,12 @@ use crate::hub::{Hub, Now};
 
 impl Hub {
     pub(crate) fn handle_ping(&mut self, key: usize) {
-        let pong = self.pong.clone();
-        self.deliver(key, &pong);
+        let pong = self.core.pong.clone();
+        self.cx().deliver(key, &pong);
     }
 
     pub(crate) fn handle_logout(&mut self, key: usize, now: Now) {
-        self.go_offline(key, now);
-        self.close(key, true, "logged out", now);
+        self.core.go_offline(key, now);
+        self.core.close(key, true, "logged out", now);
     }
 }
