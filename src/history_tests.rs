@@ -93,18 +93,15 @@ fn entries_are_gathered_into_one_commit_until_due_or_asked_for() {
     );
 
     // Enough waiting goes at once.
-    for i in 0..crate::hub::handlers::history::GATHER_ENTRIES {
+    for i in 0..crate::hub::history::GATHER_ENTRIES {
         t.send(a, &sms(&format!("n{i}")));
     }
-    assert_eq!(
-        append_sizes(&t.jobs),
-        [crate::hub::handlers::history::GATHER_ENTRIES]
-    );
+    assert_eq!(append_sizes(&t.jobs), [crate::hub::history::GATHER_ENTRIES]);
 }
 
 #[test]
 fn long_messages_go_to_the_store_at_once_instead_of_being_dropped() {
-    use crate::hub::handlers::history::{GATHER_CONTENT_BYTES, MAX_PENDING_BYTES};
+    use crate::hub::history::{GATHER_CONTENT_BYTES, MAX_PENDING_BYTES};
     let mut t = gathering(HubConfig::default().max_jobs);
     let [a, _] = t.everyone_online([1, 2]);
     let long = "x".repeat(16 * 1024);

@@ -15,8 +15,20 @@
 //! [`Conn`], whose fields the core reads and the reactor never sees.
 #![forbid(unsafe_code)]
 
+/// The context a component acts through: the core and the counters, borrowed apart
+/// from the components.
+macro_rules! cx {
+    ($hub:expr) => {
+        &mut $crate::hub::cx::Cx {
+            core: &mut $hub.core,
+            stats: &mut $hub.stats,
+        }
+    };
+}
+
 mod cx;
 pub(crate) mod handlers;
+pub(crate) mod history;
 
 use std::cmp::Reverse;
 use std::collections::HashMap;
@@ -38,6 +50,7 @@ use crate::types::ConnRef;
 pub use crate::types::Now;
 use crate::users::Registry;
 use cx::{Core, Cx};
+use history::History;
 
 /// Limits and timings. The server's command line sets them (`chat-server --help`
 /// names each); these defaults are the command line's.
@@ -90,8 +103,8 @@ pub struct HubConfig {
     pub history: usize,
     /// History entries wait at most this long after the first of them before they
     /// go to the store together, as one commit (sooner when a page is asked for, or
-    /// when [`handlers::history::GATHER_ENTRIES`] or
-    /// [`handlers::history::GATHER_CONTENT_BYTES`] wait). 0: at the end of each turn.
+    /// when [`history::GATHER_ENTRIES`] or
+    /// [`history::GATHER_CONTENT_BYTES`] wait). 0: at the end of each turn.
     pub history_gather_ms: u64,
     /// Presence notices (who came online, who left) are sent together at most this
     /// long after the first of them, or at once before any message from one user to
@@ -189,7 +202,7 @@ pub struct Hub {
     /// This node's view of the cluster, if it is one of several.
     pub(crate) cluster: Option<crate::cluster::Cluster>,
     /// History entries waiting to be appended.
-    appends: handlers::history::Appends,
+    history: History,
     /// Logins in flight of users an operator banned or removed meanwhile: refused
     /// when their result comes, whatever it says.
     pub(crate) revoked: HashMap<ConnRef, Kick>,
@@ -217,7 +230,7 @@ impl Hub {
             next_housekeeping_ms: 0,
             next_summary_ms: 0,
             cluster: None,
-            appends: Default::default(),
+            history: History::default(),
             revoked: HashMap::new(),
             removing: HashMap::new(),
             bans_check: Default::default(),
@@ -326,7 +339,7 @@ impl Hub {
         if let Some(took) = res.took {
             self.stats.job_seconds[usize::from(!hashing)].observe(took);
         }
-        if self.history_outcome(&mut res.outcome) {
+        if self.history.outcome(cx!(self), &mut res.outcome) {
             return;
         }
         if hashing {
@@ -380,7 +393,10 @@ impl Hub {
                 result,
             } => self.offline_fetched(r.key, user_id, batch, result, now),
             Outcome::AckOffline { upto, result, .. } => self.offline_acked(r.key, upto, result),
-            Outcome::History(result) => self.history_read(r.key, result, now),
+            Outcome::History(result) => {
+                self.history.read_done(cx!(self), r.key, result);
+                self.resume(r.key, now);
+            }
             Outcome::AppendHistory { .. } | Outcome::CheckBans(_) => {}
         }
         self.settle(now);
@@ -505,7 +521,7 @@ impl Hub {
     pub fn handle_shutdown(&mut self, now: Now) {
         self.core.online = Registry::default();
         self.core.departures.clear();
-        self.history_last_call();
+        self.history.last_call();
         self.core.presence = Presence::default();
         for r in self.refs() {
             self.core.close(r.key, true, "server shutting down", now);
@@ -517,7 +533,7 @@ impl Hub {
 
     /// The next store job to hand to a worker.
     pub fn poll_job(&mut self, now: Now) -> Option<Job> {
-        self.flush_history(now);
+        self.history.flush(cx!(self), now);
         self.core.jobs.pop_front()
     }
 
@@ -528,7 +544,7 @@ impl Hub {
     /// interval).
     pub fn poll_timeout(&self, now: Now) -> Option<u64> {
         if !self.core.jobs.is_empty()
-            || self.history_waits(now)
+            || self.history.waits(&self.core, now)
             || !self.core.reads.is_empty()
             || self.cluster.as_ref().is_some_and(|c| !c.out.is_empty())
         {
@@ -546,7 +562,7 @@ impl Hub {
             || self.core.admission.hashing())
         .then_some(self.next_housekeeping_ms);
         let presence = self.core.presence.due_at(self.core.presence_interval());
-        let history = self.history_due_at();
+        let history = self.history.due_at(&self.core);
         [timer, housekeeping, presence, history]
             .into_iter()
             .flatten()

@@ -65,13 +65,16 @@ impl Hub {
             );
         }
         // Whole, whoever got it cut short; the strings move, nothing is copied.
-        self.note_history(HistoryEntry {
-            id: 0,
-            time: now.unix_ms,
-            user_id: sms.user_id,
-            user_name: sms.user_name,
-            content: sms.content,
-            to_user_id: None,
-        });
+        self.history.note(
+            cx!(self),
+            HistoryEntry {
+                id: 0,
+                time: now.unix_ms,
+                user_id: sms.user_id,
+                user_name: sms.user_name,
+                content: sms.content,
+                to_user_id: None,
+            },
+        );
     }
 }

@@ -8,7 +8,6 @@
 
 pub(crate) mod admin;
 mod group;
-pub(crate) mod history;
 pub(crate) mod login;
 mod online;
 pub(crate) mod private;
@@ -49,7 +48,7 @@ impl Hub {
             ClientMessage::OnlineUsers => self.handle_online_users(key),
             ClientMessage::Logout => self.handle_logout(key, now),
             ClientMessage::OfflineAck(m) => self.handle_offline_ack(key, m),
-            ClientMessage::History(m) => self.handle_history(key, m, now),
+            ClientMessage::History(m) => self.history.handle(cx!(self), key, m, now),
         }
     }
 }

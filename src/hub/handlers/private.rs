@@ -88,7 +88,7 @@ impl Hub {
                 } else {
                     self.sms_res_id(key, code::OK, "", msg_id);
                 }
-                self.note_private_history(msg);
+                self.history.note_private(cx!(self), msg);
                 return;
             }
             // The recipient's queue overflowed (it is being dropped as a slow
@@ -99,7 +99,9 @@ impl Hub {
             return;
         }
         let to = msg.to;
-        let after_history = self.history_before_stored(Conv::pair(msg.from, msg.to));
+        let after_history = self
+            .history
+            .before_stored(cx!(self), Conv::pair(msg.from, msg.to));
         // The job carries the msgId: the store dedupes on it.
         let job = JobKind::StoreOffline {
             msg,

@@ -248,7 +248,9 @@ impl Hub {
     /// A private message another node did not deliver: stored for the recipient's
     /// next login, answered 202 once stored (or 503/504 as for any store).
     fn store_instead(&mut self, p: PendingPrivate, _now: Now) {
-        let after_history = self.history_before_stored(Conv::pair(p.msg.from, p.msg.to));
+        let after_history = self
+            .history
+            .before_stored(cx!(self), Conv::pair(p.msg.from, p.msg.to));
         let job = JobKind::StoreOffline {
             msg: p.msg,
             msg_id: p.msg_id,
@@ -396,7 +398,7 @@ impl Hub {
                         self.resume(p.conn.key, now);
                     }
                     // Delivered there, kept here: the sender's node writes the history.
-                    self.note_private_history(p.msg);
+                    self.history.note_private(cx!(self), p.msg);
                 }
             }
             Event::Reset { node } => {
