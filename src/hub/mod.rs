@@ -29,6 +29,7 @@ macro_rules! cx {
 mod cx;
 pub(crate) mod handlers;
 pub(crate) mod history;
+mod moderation;
 
 use std::cmp::Reverse;
 use std::collections::HashMap;
@@ -51,6 +52,7 @@ pub use crate::types::Now;
 use crate::users::Registry;
 use cx::{Core, Cx};
 use history::History;
+use moderation::Moderation;
 
 /// Limits and timings. The server's command line sets them (`chat-server --help`
 /// names each); these defaults are the command line's.
@@ -203,14 +205,11 @@ pub struct Hub {
     pub(crate) cluster: Option<crate::cluster::Cluster>,
     /// History entries waiting to be appended.
     history: History,
-    /// Logins in flight of users an operator banned or removed meanwhile: refused
-    /// when their result comes, whatever it says.
-    pub(crate) revoked: HashMap<ConnRef, Kick>,
     /// Removals of delivered offline messages in flight, by user (see
     /// `handlers::private`).
     pub(crate) removing: HashMap<i64, handlers::private::Removing>,
-    /// The check of this node's users for bans after its cluster link came back.
-    pub(crate) bans_check: handlers::admin::BansCheck,
+    /// Bans, kicks and removals.
+    moderation: Moderation,
     pub stats: Stats,
 }
 
@@ -231,9 +230,8 @@ impl Hub {
             next_summary_ms: 0,
             cluster: None,
             history: History::default(),
-            revoked: HashMap::new(),
             removing: HashMap::new(),
-            bans_check: Default::default(),
+            moderation: Moderation::default(),
             stats: Stats::default(),
         }
     }
@@ -358,13 +356,15 @@ impl Hub {
             self.removal_done(*user_id, result.is_ok());
         }
         if let (Some(r), Outcome::Login(result)) = (res.conn, &mut res.outcome)
-            && let Some(kick) = self.revoked.remove(&r)
+            && let Some(kick) = self.moderation.revoked(r)
             && result.is_ok()
         {
             *result = Err(kick.login_error());
         }
         if let Outcome::CheckBans(result) = res.outcome {
-            self.bans_checked(result, now);
+            self.moderation.bans_checked(cx!(self), result, now);
+            // Told once all are gone: nobody leaving hears of the others.
+            self.announce_departures(now);
             self.settle(now);
             return;
         }
@@ -529,6 +529,16 @@ impl Hub {
         self.settle(now);
     }
 
+    /// Ends every session of `user` on this server: `ErrorResMes` (423 banned, 410
+    /// removed), then the close; the others see the user go offline. Logins of that
+    /// user in flight are refused when they come back. Returns the number of sessions
+    /// closed.
+    pub fn handle_admin(&mut self, user: i64, kick: Kick, now: Now) -> usize {
+        let closed = self.moderation.end_sessions(cx!(self), user, kick, now);
+        self.announce_departures(now);
+        closed
+    }
+
     // ----- outputs ------------------------------------------------------------------
 
     /// The next store job to hand to a worker.
@@ -661,6 +671,12 @@ impl Hub {
     #[cfg(test)]
     pub(crate) fn summary(&self) -> &Summary {
         &self.core.summary
+    }
+
+    /// Whether no login in flight waits to be refused for a ban (tests).
+    #[cfg(test)]
+    pub(crate) fn nothing_revoked(&self) -> bool {
+        self.moderation.nothing_revoked()
     }
 
     /// The limits and timings, to change in a test.
@@ -846,7 +862,7 @@ impl Hub {
             self.core.logging_in.shrink_to_fit();
         }
         self.forget_removals();
-        self.check_bans_if_due(now);
+        self.moderation.check_bans_if_due(cx!(self), now);
         self.login_limits
             .prune(now.mono_ms, self.core.cfg.login_rate);
         if !self.roster.is_empty() && now.mono_ms >= self.roster_used_ms + ROSTER_KEEP_MS {

@@ -6,7 +6,6 @@
 //! method that the hub calls with the job's result.
 #![forbid(unsafe_code)]
 
-pub(crate) mod admin;
 mod group;
 pub(crate) mod login;
 mod online;

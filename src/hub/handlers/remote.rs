@@ -490,7 +490,7 @@ impl Hub {
         for (user, name) in left {
             self.remote_departure(user, name);
         }
-        self.check_bans_soon(now);
+        self.moderation.check_bans_soon(cx!(self), now);
     }
 
     /// A user of another node left: announced here unless online here.
