@@ -30,6 +30,7 @@ mod cx;
 pub(crate) mod handlers;
 pub(crate) mod history;
 mod moderation;
+mod offline_delivery;
 
 use std::cmp::Reverse;
 use std::collections::HashMap;
@@ -39,10 +40,9 @@ use std::rc::Rc;
 
 use crate::admin::Kick;
 use crate::conn::{Closing, Conn, Flush, Pending, Session};
-use crate::job::{Job, JobKind, JobResult, Outcome};
+use crate::job::{Job, JobResult, Outcome};
 use crate::metrics;
 pub use crate::metrics::Stats;
-use crate::offline::Action;
 use crate::presence::Presence;
 use crate::proto::{self, ClientMessage, CodeRes, ServerMessage, code, status};
 use crate::rate::{PerAddr, addr_key};
@@ -53,6 +53,7 @@ use crate::users::Registry;
 use cx::{Core, Cx};
 use history::History;
 use moderation::Moderation;
+use offline_delivery::OfflineDelivery;
 
 /// Limits and timings. The server's command line sets them (`chat-server --help`
 /// names each); these defaults are the command line's.
@@ -205,9 +206,8 @@ pub struct Hub {
     pub(crate) cluster: Option<crate::cluster::Cluster>,
     /// History entries waiting to be appended.
     history: History,
-    /// Removals of delivered offline messages in flight, by user (see
-    /// `handlers::private`).
-    pub(crate) removing: HashMap<i64, handlers::private::Removing>,
+    /// Offline delivery, and the removals of what was delivered.
+    offline: OfflineDelivery,
     /// Bans, kicks and removals.
     moderation: Moderation,
     pub stats: Stats,
@@ -230,7 +230,7 @@ impl Hub {
             next_summary_ms: 0,
             cluster: None,
             history: History::default(),
-            removing: HashMap::new(),
+            offline: OfflineDelivery::default(),
             moderation: Moderation::default(),
             stats: Stats::default(),
         }
@@ -353,7 +353,8 @@ impl Hub {
             user_id, result, ..
         } = &res.outcome
         {
-            self.removal_done(*user_id, result.is_ok());
+            self.offline
+                .removal_done(cx!(self), *user_id, result.is_ok());
         }
         if let (Some(r), Outcome::Login(result)) = (res.conn, &mut res.outcome)
             && let Some(kick) = self.moderation.revoked(r)
@@ -391,8 +392,12 @@ impl Hub {
                 user_id,
                 batch,
                 result,
-            } => self.offline_fetched(r.key, user_id, batch, result, now),
-            Outcome::AckOffline { upto, result, .. } => self.offline_acked(r.key, upto, result),
+            } => self
+                .offline
+                .fetched(cx!(self), r.key, user_id, batch, result, now),
+            Outcome::AckOffline { upto, result, .. } => {
+                self.offline.acked(cx!(self), r.key, upto, result)
+            }
             Outcome::History(result) => {
                 self.history.read_done(cx!(self), r.key, result);
                 self.resume(r.key, now);
@@ -428,7 +433,7 @@ impl Hub {
         self.stats.bytes_out += conn.out.written_total() - before;
         if conn.offline.is_active() {
             let action = conn.offline.written(conn.out.written_total());
-            self.offline_action(r.key, action);
+            self.offline.action(cx!(self), r.key, action);
         }
         let written = match res {
             Ok(Flush::Drained) => {
@@ -836,7 +841,7 @@ impl Hub {
         if let Some(msg) = conn.offline.on_close().zip(conn.user_id()) {
             let (upto, user_id) = msg;
             // What reached the client goes from the store, even as it leaves.
-            self.submit_removal(None, user_id, upto);
+            self.offline.submit_removal(cx!(self), None, user_id, upto);
         }
     }
 
@@ -861,7 +866,7 @@ impl Hub {
         if self.core.logging_in.len() < self.core.logging_in.capacity() / 4 {
             self.core.logging_in.shrink_to_fit();
         }
-        self.forget_removals();
+        self.offline.forget_removals(cx!(self));
         self.moderation.check_bans_if_due(cx!(self), now);
         self.login_limits
             .prune(now.mono_ms, self.core.cfg.login_rate);
@@ -1001,64 +1006,6 @@ impl Hub {
             return;
         };
         self.core.unmark_login(user_id);
-    }
-
-    /// Something was stored for `user_id`: if the user is online here, or logging in,
-    /// their session fetches it (now, or once the step under way is done).
-    pub(crate) fn offline_news(&mut self, user_id: i64) {
-        let mut keys: Vec<usize> = self
-            .core
-            .online
-            .get(user_id)
-            .map(|e| e.conn.key)
-            .into_iter()
-            .collect();
-        if self.core.logging_in.contains_key(&user_id) {
-            // Rare (a message stored for a user at the moment they log in): a scan.
-            keys.extend(
-                self.core.conns.iter().filter_map(|(k, c)| {
-                    (c.pending == Some(Pending::Login { user_id })).then_some(k)
-                }),
-            );
-        }
-        for key in keys {
-            let conn = &mut self.core.conns[key];
-            if conn.is_online() {
-                let action = conn.offline.poke();
-                self.offline_action(key, action);
-            } else {
-                // Logging in: its session starts with a look at the store once online.
-                conn.offline.poke_later();
-            }
-        }
-    }
-
-    /// Carries out what a session's offline delivery asks for.
-    pub(crate) fn offline_action(&mut self, key: usize, action: Action) {
-        if action == Action::None {
-            return;
-        }
-        let conn = &mut self.core.conns[key];
-        let Some(user_id) = conn.user_id() else {
-            return;
-        };
-        match action {
-            Action::None => {}
-            Action::Fetch => {
-                if conn.closing.is_some() {
-                    return;
-                }
-                let batch = self.core.cfg.offline_batch;
-                if !self
-                    .core
-                    .submit(Some(key), JobKind::FetchOffline { user_id, batch })
-                {
-                    let action = self.core.conns[key].offline.fetch_failed();
-                    self.offline_action(key, action);
-                }
-            }
-            Action::Ack(upto) => self.submit_removal(Some(key), user_id, upto),
-        }
     }
 
     /// Tells everyone online about the users who went offline since the last call.

@@ -244,6 +244,6 @@ impl Hub {
         let parts = self.login_reply(ok.user_id, conn.max_frame(), conn.compact(), now);
         self.cx().reply_parts(key, &parts);
         let batch = self.core.cfg.offline_batch;
-        self.deliver_offline(key, ok.offline, batch);
+        self.offline.deliver(cx!(self), key, ok.offline, batch);
     }
 }

@@ -46,7 +46,7 @@ impl Hub {
             ClientMessage::Private(m) => self.handle_private(key, m, now),
             ClientMessage::OnlineUsers => self.handle_online_users(key),
             ClientMessage::Logout => self.handle_logout(key, now),
-            ClientMessage::OfflineAck(m) => self.handle_offline_ack(key, m),
+            ClientMessage::OfflineAck(m) => self.offline.handle_ack(cx!(self), key, m),
             ClientMessage::History(m) => self.history.handle(cx!(self), key, m, now),
         }
     }

@@ -11,6 +11,7 @@
 
 use std::rc::Rc;
 
+use super::private::private_frame_for;
 use crate::cluster::{Cluster, Event, Input, PendingPrivate, PresenceEntry, RemoteUser};
 use crate::conn::{Pending, Session};
 use crate::fit;
@@ -364,7 +365,8 @@ impl Hub {
                 let me = c.node.to_string();
                 let delivered = match self.core.online.get(msg.to).map(|e| e.conn.key) {
                     Some(to) => {
-                        let (frame, _) = self.private_frame_for(to, &msg, None);
+                        let (frame, _) =
+                            private_frame_for(self.core.conns[to].max_frame(), &msg, None);
                         self.cx().deliver_message(to, &frame.into())
                     }
                     None => false,
