@@ -386,7 +386,7 @@ impl Cx<'_> {
             turn: &mut self.core.turn,
             writes: &mut self.core.writes,
             overflowed: &mut self.core.overflowed,
-            stats: &mut self.stats,
+            stats: self.stats,
             limit: self.core.cfg.max_outbuf,
         };
         (out, &self.core.online)

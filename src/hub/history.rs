@@ -148,7 +148,7 @@ impl History {
             self.submit_appends(cx);
             return true;
         }
-        (*self).pairs_in_flight.iter().any(|v| v.contains(&conv))
+        self.pairs_in_flight.iter().any(|v| v.contains(&conv))
     }
 
     /// Hands the entries noted so far to a worker as one job, whatever is in flight.

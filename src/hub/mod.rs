@@ -26,6 +26,7 @@ macro_rules! cx {
     };
 }
 
+mod cluster;
 mod cx;
 pub(crate) mod handlers;
 pub(crate) mod history;
@@ -39,17 +40,19 @@ use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 
 use crate::admin::Kick;
+use crate::cluster::{Event, Input};
 use crate::conn::{Closing, Conn, Flush, Pending, Session};
 use crate::job::{Job, JobResult, Outcome};
 use crate::metrics;
 pub use crate::metrics::Stats;
 use crate::presence::Presence;
-use crate::proto::{self, ClientMessage, CodeRes, ServerMessage, code, status};
+use crate::proto::{self, ClientMessage, CodeRes, ServerMessage, UserInfo, code, status};
 use crate::rate::{PerAddr, addr_key};
 use crate::roster::Roster;
 use crate::types::ConnRef;
 pub use crate::types::Now;
 use crate::users::Registry;
+use cluster::Cluster;
 use cx::{Core, Cx};
 use history::History;
 use moderation::Moderation;
@@ -203,7 +206,7 @@ pub struct Hub {
     /// When the summary of refusals may next be logged.
     next_summary_ms: u64,
     /// This node's view of the cluster, if it is one of several.
-    pub(crate) cluster: Option<crate::cluster::Cluster>,
+    cluster: Option<Cluster>,
     /// History entries waiting to be appended.
     history: History,
     /// Offline delivery, and the removals of what was delivered.
@@ -515,7 +518,9 @@ impl Hub {
         if now.mono_ms >= self.next_housekeeping_ms {
             self.housekeeping(now);
         }
-        self.cluster_timeouts(now);
+        if let Some(c) = self.cluster.as_mut() {
+            c.timeouts(cx!(self), &mut self.history, now);
+        }
         self.cx().presence_if_due(now);
         self.settle(now);
     }
@@ -544,6 +549,79 @@ impl Hub {
         closed
     }
 
+    /// Makes this hub a node of a cluster named `node`. A private message handed to
+    /// another node is stored instead if that node has not answered in `answer_ms`.
+    pub fn enable_cluster(&mut self, node: &str, answer_ms: u64) {
+        self.cluster = Some(Cluster::new(node, answer_ms));
+    }
+
+    /// The next event to publish.
+    pub fn poll_publish(&mut self) -> Option<Event> {
+        self.cluster.as_mut()?.poll_publish()
+    }
+
+    /// Something from the cluster link: routed to the cluster, which answers the
+    /// requests other nodes answered; the departures it caused are announced.
+    pub fn handle_cluster(&mut self, input: Input, now: Now) {
+        let Some(cluster) = self.cluster.as_mut() else {
+            return;
+        };
+        let answered = cluster.handle(
+            cx!(self),
+            &mut self.history,
+            &mut self.moderation,
+            input,
+            now,
+        );
+        if let Some(r) = answered {
+            self.resume(r.key, now);
+        }
+        self.announce_departures(now);
+    }
+
+    /// Ids of everyone online on every node, sorted.
+    pub(crate) fn all_ids(&self) -> Vec<i64> {
+        let mut ids = self.core.online.ids();
+        if let Some(c) = &self.cluster {
+            ids.extend(c.remote_ids());
+            ids.sort_unstable();
+            ids.dedup();
+        }
+        ids
+    }
+
+    /// Everyone online on every node, with names, sorted by id.
+    pub(crate) fn all_infos(&self) -> Vec<UserInfo> {
+        let online = &self.core.online;
+        let mut infos: Vec<UserInfo> = online
+            .iter()
+            .map(|(id, e)| UserInfo {
+                user_id: id,
+                user_name: self.core.conns[e.conn.key].user_name().to_string(),
+            })
+            .collect();
+        if let Some(c) = &self.cluster {
+            infos.extend(c.remote_infos().filter(|u| online.get(u.user_id).is_none()));
+            infos.sort_by_key(|u| u.user_id);
+        }
+        infos
+    }
+
+    /// What the roster of everyone online depends on (see [`crate::roster`]).
+    pub(crate) fn roster_version(&self) -> crate::roster::Version {
+        (
+            self.core.online.version(),
+            self.cluster.as_ref().map_or(0, |c| c.remote_version()),
+        )
+    }
+
+    /// Whether `user` is online on another node.
+    pub(crate) fn online_elsewhere(&self, user: i64) -> bool {
+        self.cluster
+            .as_ref()
+            .is_some_and(|c| c.online_elsewhere(user))
+    }
+
     // ----- outputs ------------------------------------------------------------------
 
     /// The next store job to hand to a worker.
@@ -561,7 +639,7 @@ impl Hub {
         if !self.core.jobs.is_empty()
             || self.history.waits(&self.core, now)
             || !self.core.reads.is_empty()
-            || self.cluster.as_ref().is_some_and(|c| !c.out.is_empty())
+            || self.cluster.as_ref().is_some_and(|c| c.has_output())
         {
             return Some(now.mono_ms);
         }
@@ -811,10 +889,7 @@ impl Hub {
         assert_eq!(self.core.logging_in, logging_in, "logins in flight");
         // A request waits on a store job, or on another node's answer.
         let remote = self.cluster.as_ref().map_or(0, |c| {
-            c.pending
-                .values()
-                .filter(|p| self.core.get(p.conn).is_some())
-                .count()
+            c.waiting().filter(|r| self.core.get(*r).is_some()).count()
         });
         assert!(
             self.core.jobs_in_flight + remote >= pending,
@@ -866,7 +941,7 @@ impl Hub {
         if self.core.logging_in.len() < self.core.logging_in.capacity() / 4 {
             self.core.logging_in.shrink_to_fit();
         }
-        self.offline.forget_removals(cx!(self));
+        self.offline.forget_removals(&self.core);
         self.moderation.check_bans_if_due(cx!(self), now);
         self.login_limits
             .prune(now.mono_ms, self.core.cfg.login_rate);
@@ -1034,8 +1109,11 @@ impl Hub {
     /// sessions here ended. Called at the end of every input.
     fn settle(&mut self, now: Now) {
         self.cx().close_overflowed(now);
-        for user in std::mem::take(&mut self.core.logouts) {
-            self.cluster_logout(user);
+        let logouts = std::mem::take(&mut self.core.logouts);
+        if let Some(c) = self.cluster.as_mut() {
+            for user in logouts {
+                c.logout(user);
+            }
         }
     }
 }

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 
 use super::Now;
-use super::cx::Cx;
+use super::cx::{Core, Cx};
 use super::handlers::private::private_frame_for;
 use crate::conn::Pending;
 use crate::job::JobKind;
@@ -184,9 +184,9 @@ impl OfflineDelivery {
         }
     }
     /// Forgets removals done for users with no login in flight.
-    pub(crate) fn forget_removals(&mut self, cx: &Cx<'_>) {
+    pub(crate) fn forget_removals(&mut self, core: &Core) {
         self.removing
-            .retain(|&user_id, r| r.jobs > 0 || cx.is_logging_in(user_id));
+            .retain(|&user_id, r| r.jobs > 0 || core.is_logging_in(user_id));
     }
     /// `OfflineAckMes`: the client has every offline message up to `upto`.
     pub(crate) fn handle_ack(&mut self, cx: &mut Cx<'_>, key: usize, m: OfflineAckMes) {

@@ -50,8 +50,8 @@ impl Hub {
             fit::cut_to_fit(&sms.content, SEED_MAX_FRAME, encode).map(Into::into)
         };
         self.stats.group_messages += 1;
-        if self.cluster.is_some() {
-            self.cluster_group(sms.user_id, &sms.user_name, &sms.content, now.unix_ms);
+        if let Some(c) = self.cluster.as_mut() {
+            c.group(sms.user_id, &sms.user_name, &sms.content, now.unix_ms);
         }
         let cut_for = self.cx().broadcast_fitted(Some(key), frame, cut.as_ref());
         if cut_for > 0 {

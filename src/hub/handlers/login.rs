@@ -239,7 +239,9 @@ impl Hub {
                     .note_presence(ok.user_id, status::ONLINE, &name, now);
             }
         }
-        self.cluster_login(ok.user_id, &name);
+        if let Some(c) = self.cluster.as_mut() {
+            c.login(ok.user_id, &name);
+        }
         let conn = &self.core.conns[key];
         let parts = self.login_reply(ok.user_id, conn.max_frame(), conn.compact(), now);
         self.cx().reply_parts(key, &parts);

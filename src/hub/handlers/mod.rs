@@ -11,7 +11,6 @@ pub(crate) mod login;
 mod online;
 pub(crate) mod private;
 mod register;
-mod remote;
 mod session;
 
 use crate::hub::{Hub, Now};

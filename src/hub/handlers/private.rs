@@ -12,27 +12,13 @@
 
 use crate::conn::{Pending, Session};
 use crate::fit;
+use crate::hub::cx::Cx;
 use crate::hub::{Hub, Now};
 use crate::job::{JobKind, OfflineStored};
 use crate::proto::{CodeRes, MAX_MSG_ID, ServerMessage, SmsPrivateMes, code};
 use crate::store::{Conv, OfflineMsg};
 
 impl Hub {
-    // Every answer echoes the message's `msgId`.
-    pub(crate) fn sms_res_id(
-        &mut self,
-        key: usize,
-        code: u16,
-        error: &str,
-        msg_id: Option<String>,
-    ) {
-        let res = CodeRes {
-            msg_id,
-            ..CodeRes::new(code, error)
-        };
-        self.cx().reply(key, &ServerMessage::SmsRes(res));
-    }
-
     pub(crate) fn handle_private(&mut self, key: usize, m: SmsPrivateMes, now: Now) {
         self.stats.private_messages += 1;
         let Session::Online { user_id, name } = &self.core.conns[key].session else {
@@ -43,15 +29,21 @@ impl Hub {
         let msg_id = m.msg_id.filter(|id| !id.is_empty());
         if msg_id.as_ref().is_some_and(|id| id.len() > MAX_MSG_ID) {
             let text = format!("msgId must be at most {MAX_MSG_ID} bytes");
-            self.sms_res_id(key, code::BAD_REQUEST, &text, msg_id);
+            sms_res_id(&mut self.cx(), key, code::BAD_REQUEST, &text, msg_id);
             return;
         }
         if m.content.is_empty() {
-            self.sms_res_id(key, code::BAD_REQUEST, "empty message", msg_id);
+            sms_res_id(
+                &mut self.cx(),
+                key,
+                code::BAD_REQUEST,
+                "empty message",
+                msg_id,
+            );
             return;
         }
         if m.to_user_id <= 0 {
-            self.sms_res_id(key, code::NOT_FOUND, "no such user", msg_id);
+            sms_res_id(&mut self.cx(), key, code::NOT_FOUND, "no such user", msg_id);
             return;
         }
         let msg = OfflineMsg {
@@ -69,9 +61,9 @@ impl Hub {
                         "delivered cut short: the recipient's client reads at most {} bytes",
                         self.core.conns[to].max_frame()
                     );
-                    self.sms_res_id(key, code::PARTIAL, &text, msg_id);
+                    sms_res_id(&mut self.cx(), key, code::PARTIAL, &text, msg_id);
                 } else {
-                    self.sms_res_id(key, code::OK, "", msg_id);
+                    sms_res_id(&mut self.cx(), key, code::OK, "", msg_id);
                 }
                 self.history.note_private(cx!(self), msg);
                 return;
@@ -80,7 +72,9 @@ impl Hub {
             // consumer): keep the message for its next login instead of losing it.
         }
         // Online on another node: handed to that node, answered when it says.
-        if self.cluster_private(key, &msg, &msg_id, now) {
+        if let Some(c) = self.cluster.as_mut()
+            && c.hand_private(cx!(self), key, &msg, &msg_id, now)
+        {
             return;
         }
         let to = msg.to;
@@ -97,7 +91,13 @@ impl Hub {
         if self.core.submit(Some(key), job) {
             self.core.conns[key].pending = Some(Pending::Private { to });
         } else {
-            self.sms_res_id(key, code::UNAVAILABLE, "server busy, try again", msg_id);
+            sms_res_id(
+                &mut self.cx(),
+                key,
+                code::UNAVAILABLE,
+                "server busy, try again",
+                msg_id,
+            );
         }
     }
 
@@ -111,13 +111,14 @@ impl Hub {
         };
         match result {
             Ok(Some(_)) => {
-                self.sms_res_id(key, code::STORED, "", msg_id);
+                sms_res_id(&mut self.cx(), key, code::STORED, "", msg_id);
                 // The recipient may have logged in (or be logging in) while the message
                 // was being stored, after its login fetched the offline messages.
                 self.offline.news(cx!(self), to);
             }
-            Ok(None) => self.sms_res_id(key, code::NOT_FOUND, "no such user", msg_id),
-            Err(e) if e.is_timed_out() => self.sms_res_id(
+            Ok(None) => sms_res_id(&mut self.cx(), key, code::NOT_FOUND, "no such user", msg_id),
+            Err(e) if e.is_timed_out() => sms_res_id(
+                &mut self.cx(),
                 key,
                 code::UNAVAILABLE,
                 "server busy: message not stored",
@@ -133,12 +134,18 @@ impl Hub {
                     "storage did not answer: the message may or may not be stored; \
                      send a msgId to make a resend safe"
                 };
-                self.sms_res_id(key, code::UNCERTAIN, text, msg_id)
+                sms_res_id(&mut self.cx(), key, code::UNCERTAIN, text, msg_id)
             }
             Err(e) => {
                 self.cx()
                     .store_error(&format!("offline message not stored: {e}"));
-                self.sms_res_id(key, code::UNAVAILABLE, "storage unavailable", msg_id)
+                sms_res_id(
+                    &mut self.cx(),
+                    key,
+                    code::UNAVAILABLE,
+                    "storage unavailable",
+                    msg_id,
+                )
             }
         }
         self.resume(key, now);
@@ -174,4 +181,19 @@ fn private_frame(m: &OfflineMsg, content: &str, offline_id: Option<u64>) -> Vec<
         ..SmsPrivateMes::default()
     })
     .encode()
+}
+
+/// Answers a private message: `SmsResMes`, echoing the message's `msgId`.
+pub(crate) fn sms_res_id(
+    cx: &mut Cx<'_>,
+    key: usize,
+    code: u16,
+    error: &str,
+    msg_id: Option<String>,
+) {
+    let res = CodeRes {
+        msg_id,
+        ..CodeRes::new(code, error)
+    };
+    cx.reply(key, &ServerMessage::SmsRes(res));
 }
