@@ -1,10 +1,10 @@
-//! The hub's shared machinery and the context its handlers act through.
+//! The hub's shared machinery and the context its components act through.
 //!
 //! [`Core`] is what every part of the hub shares: the connection slab, the online
 //! registry, the output machinery (per-connection queues, the turn's shared buffer,
 //! the lists of connections to write, read and close), the store jobs waiting for a
 //! worker, the connections' deadlines, and the presence notices waiting. [`Cx`] is
-//! the core together with the counters, as a handler sees it: the few verbs it acts
+//! the core together with the counters, as a component sees it: the few verbs it acts
 //! through (reply, deliver, broadcast, submit a job, close, arm a timer, look up a
 //! session). The hot path lives here: [`Cx::broadcast_fitted`], `Outputs` and
 //! `queue`, one look-up per recipient.
@@ -19,7 +19,6 @@ use std::rc::Rc;
 use slab::Slab;
 
 use super::{Deadline, HubConfig, Summary};
-use crate::admission::Admission;
 use crate::conn::{Closing, Conn, OutQueue, Overflow, Pending, Session, TURN_FRAME, TurnBuf};
 use crate::fit;
 use crate::job::{Job, JobKind};
@@ -48,8 +47,9 @@ pub(crate) struct Core {
     pub(crate) online: Registry,
     pub(crate) jobs: VecDeque<Job>,
     pub(crate) jobs_in_flight: usize,
-    /// Which logins and registrations are admitted, given what hashing delivers.
-    pub(crate) admission: Admission,
+    /// Password-hashing jobs (logins, registrations) queued or running, among
+    /// `jobs_in_flight`.
+    pub(crate) hash_jobs: usize,
     /// Connections whose queue went from empty to non-empty: to be written this turn.
     pub(crate) writes: Vec<ConnRef>,
     /// The stretch of the round of writes under way (see [`Hub::poll_write`]).
@@ -90,13 +90,13 @@ pub(crate) struct Core {
 impl Core {
     pub(crate) fn new(cfg: HubConfig) -> Core {
         Core {
-            admission: Admission::new(cfg.hash_workers, cfg.job_timeout_ms, cfg.hash_cost),
             cfg,
             conns: Slab::new(),
             next_gen: 0,
             online: Registry::default(),
             jobs: VecDeque::new(),
             jobs_in_flight: 0,
+            hash_jobs: 0,
             writes: Vec::new(),
             stretch: Vec::new(),
             reads: Vec::new(),
@@ -156,7 +156,7 @@ impl Core {
     }
     /// Store jobs queued or running, password hashes not counted.
     pub(crate) fn store_jobs_in_flight(&self) -> usize {
-        self.jobs_in_flight.saturating_sub(self.admission.queued())
+        self.jobs_in_flight.saturating_sub(self.hash_jobs)
     }
     pub(crate) fn unmark_login(&mut self, user_id: i64) {
         if let Some(n) = self.logging_in.get_mut(&user_id) {
@@ -203,6 +203,13 @@ impl Core {
     pub(crate) fn note_departure(&mut self, user: i64, name: Rc<str>) {
         self.departures.push((user, name));
     }
+    /// Queues a password-hashing job (login or registration), which the sessions
+    /// admitted (see `Sessions::submit_hash`).
+    pub(crate) fn submit_hashing(&mut self, key: usize, kind: JobKind) {
+        self.hash_jobs += 1;
+        self.submit_always(Some(key), kind);
+    }
+
     /// Queues a job whatever the load (removals of delivered messages, which are
     /// bounded by the deliveries that caused them).
     pub(crate) fn submit_always(&mut self, key: Option<usize>, kind: JobKind) {
@@ -220,18 +227,6 @@ impl Core {
         }
         self.submit_always(key, kind);
         true
-    }
-    /// Queues a password-hashing job (login or registration) if it can be served in
-    /// time. `Err` carries the estimated wait in ms when it cannot.
-    pub(crate) fn submit_hash(&mut self, key: usize, kind: JobKind, now: Now) -> Result<(), u64> {
-        self.admission.check(now.mono_ms)?;
-        if self.admission.queued() >= self.cfg.max_hash_jobs {
-            self.summary.hash_refused += 1;
-            return Err(self.admission.estimate(now.mono_ms).max(1000));
-        }
-        self.submit_always(Some(key), kind);
-        self.admission.submitted(now.mono_ms);
-        Ok(())
     }
     /// Starts closing `key`. With `flush`, queued frames (an error, a goodbye) are
     /// written first, within the linger time; without it the connection goes at the
@@ -339,7 +334,7 @@ impl Core {
     }
 }
 
-/// The core as a handler sees it, with the counters (which the hub keeps in a field
+/// The core as a component sees it, with the counters (which the hub keeps in a field
 /// of its own, [`super::Hub::stats`]).
 pub(crate) struct Cx<'a> {
     pub(crate) core: &'a mut Core,

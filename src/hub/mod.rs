@@ -10,9 +10,28 @@
 //! is a thin loop around this and never touches a connection's state; the tests drive
 //! it the same way, feeding frames and job results in whatever order they choose.
 //!
-//! The message handlers live in `handlers/`, one file per command, as further
-//! `impl Hub` blocks behind one dispatcher. A connection's state is [`crate::conn`]'s
-//! [`Conn`], whose fields the core reads and the reactor never sees.
+//! The hub is a router. What every part shares, it keeps in `cx::Core`: the
+//! connection slab, the online registry, the output machinery, the store jobs, the
+//! connections' deadlines. The rest is components that own their state, each in a
+//! file named after the type it holds, each acting through the narrow context
+//! `cx::Cx` (reply, deliver, broadcast, submit a job, close, arm a timer, look up a
+//! session):
+//!
+//! - `sessions.rs`, `sessions::Sessions`: login, register, ping and logout; the
+//!   admission of password hashes and the per-address rate of logins.
+//! - `chat.rs`, `chat::Chat`: group and private messages, the online list, the
+//!   roster of everyone online that a login reply lists.
+//! - `offline_delivery.rs`, `offline_delivery::OfflineDelivery`: stored messages
+//!   delivered to their recipients, and removed once they reached them.
+//! - `history.rs`, `history::History`: `HistoryMes`, and the batching of appends.
+//! - `cluster.rs`, `cluster::Cluster`: what this node knows of the others, and the
+//!   rules that apply their events.
+//! - `moderation.rs`, `moderation::Moderation`: bans, kicks and removals.
+//!
+//! The hub routes each frame (`dispatch`), each job's outcome and each cluster input
+//! to the component it is for, and resumes a connection whose request was answered. A
+//! component needing another's work gets it as an argument, never its fields. A
+//! connection's state is [`crate::conn`]'s [`Conn`], which the reactor never sees.
 #![forbid(unsafe_code)]
 
 /// The context a component acts through: the core and the counters, borrowed apart
@@ -26,12 +45,13 @@ macro_rules! cx {
     };
 }
 
+mod chat;
 mod cluster;
 mod cx;
-pub(crate) mod handlers;
 pub(crate) mod history;
 mod moderation;
 mod offline_delivery;
+mod sessions;
 
 use std::cmp::Reverse;
 use std::collections::HashMap;
@@ -46,17 +66,18 @@ use crate::job::{Job, JobResult, Outcome};
 use crate::metrics;
 pub use crate::metrics::Stats;
 use crate::presence::Presence;
-use crate::proto::{self, ClientMessage, CodeRes, ServerMessage, UserInfo, code, status};
-use crate::rate::{PerAddr, addr_key};
-use crate::roster::Roster;
+use crate::proto::{self, ClientMessage, CodeRes, ParseError, ServerMessage, code, status};
+use crate::rate::addr_key;
 use crate::types::ConnRef;
 pub use crate::types::Now;
 use crate::users::Registry;
+use chat::Chat;
 use cluster::Cluster;
 use cx::{Core, Cx};
 use history::History;
 use moderation::Moderation;
 use offline_delivery::OfflineDelivery;
+use sessions::Sessions;
 
 /// Limits and timings. The server's command line sets them (`chat-server --help`
 /// names each); these defaults are the command line's.
@@ -193,14 +214,10 @@ type Deadline = Reverse<(u64, usize, u32)>;
 pub struct Hub {
     /// The connections, the registry, the output machinery, the jobs and timers.
     pub(crate) core: Core,
-    /// Hash-costing requests per client address.
-    pub(crate) login_limits: PerAddr,
-    /// Everyone online, encoded as the login reply lists them. Dropped when logins
-    /// stop for a while (it costs some 50 bytes per user online), built again on the
-    /// next one.
-    pub(crate) roster: Roster,
-    /// When a login last used the roster.
-    pub(crate) roster_used_ms: u64,
+    /// Logins, registrations and what admits them.
+    sessions: Sessions,
+    /// Group and private messages, the online list, the roster.
+    chat: Chat,
     /// When buffers are next trimmed.
     next_housekeeping_ms: u64,
     /// When the summary of refusals may next be logged.
@@ -216,19 +233,15 @@ pub struct Hub {
     pub stats: Stats,
 }
 
-/// How long the roster is kept after the last login (see `Hub::roster`).
-const ROSTER_KEEP_MS: u64 = 2_000;
-
 /// How often idle buffers are given back and per-address limits forgotten.
 const HOUSEKEEPING_MS: u64 = 1_000;
 
 impl Hub {
     pub fn new(cfg: HubConfig) -> Hub {
         Hub {
+            sessions: Sessions::new(&cfg),
             core: Core::new(cfg),
-            login_limits: PerAddr::default(),
-            roster: Roster::default(),
-            roster_used_ms: 0,
+            chat: Chat::default(),
             next_housekeeping_ms: 0,
             next_summary_ms: 0,
             cluster: None,
@@ -239,7 +252,7 @@ impl Hub {
         }
     }
 
-    /// The context a handler acts through.
+    /// The context a component acts through.
     #[inline]
     pub(crate) fn cx(&mut self) -> Cx<'_> {
         Cx {
@@ -344,10 +357,8 @@ impl Hub {
             return;
         }
         if hashing {
-            let waited = self
-                .core
-                .admission
-                .completed(now.mono_ms, res.took, res.outcome.hashed());
+            self.core.hash_jobs = self.core.hash_jobs.saturating_sub(1);
+            let waited = self.sessions.hash_done(now, res.took, res.outcome.hashed());
             self.stats
                 .hash_latency
                 .observe(std::time::Duration::from_millis(waited));
@@ -388,9 +399,33 @@ impl Hub {
             return;
         }
         match res.outcome {
-            Outcome::Login(result) => self.login_done(r.key, result, now),
-            Outcome::Register(result) => self.register_done(r.key, result, now),
-            Outcome::StoreOffline(result) => self.private_stored(r.key, result, now),
+            Outcome::Login(result) => {
+                if result.is_ok() && self.core.conns[r.key].closing.is_none() {
+                    // Departures first, so that a user who left and came back this
+                    // turn is seen leaving, then coming back.
+                    self.announce_departures(now);
+                }
+                let goes_on = self.sessions.login_done(
+                    cx!(self),
+                    &mut self.chat,
+                    self.cluster.as_mut(),
+                    &mut self.offline,
+                    r.key,
+                    result,
+                    now,
+                );
+                if goes_on {
+                    self.resume(r.key, now);
+                }
+            }
+            Outcome::Register(result) => {
+                self.sessions.register_done(cx!(self), r.key, result, now);
+                self.resume(r.key, now);
+            }
+            Outcome::StoreOffline(result) => {
+                Chat::private_stored(cx!(self), &mut self.offline, r.key, result);
+                self.resume(r.key, now);
+            }
             Outcome::FetchOffline {
                 user_id,
                 batch,
@@ -581,38 +616,7 @@ impl Hub {
 
     /// Ids of everyone online on every node, sorted.
     pub(crate) fn all_ids(&self) -> Vec<i64> {
-        let mut ids = self.core.online.ids();
-        if let Some(c) = &self.cluster {
-            ids.extend(c.remote_ids());
-            ids.sort_unstable();
-            ids.dedup();
-        }
-        ids
-    }
-
-    /// Everyone online on every node, with names, sorted by id.
-    pub(crate) fn all_infos(&self) -> Vec<UserInfo> {
-        let online = &self.core.online;
-        let mut infos: Vec<UserInfo> = online
-            .iter()
-            .map(|(id, e)| UserInfo {
-                user_id: id,
-                user_name: self.core.conns[e.conn.key].user_name().to_string(),
-            })
-            .collect();
-        if let Some(c) = &self.cluster {
-            infos.extend(c.remote_infos().filter(|u| online.get(u.user_id).is_none()));
-            infos.sort_by_key(|u| u.user_id);
-        }
-        infos
-    }
-
-    /// What the roster of everyone online depends on (see [`crate::roster`]).
-    pub(crate) fn roster_version(&self) -> crate::roster::Version {
-        (
-            self.core.online.version(),
-            self.cluster.as_ref().map_or(0, |c| c.remote_version()),
-        )
+        chat::all_ids(&self.core, self.cluster.as_ref())
     }
 
     /// Whether `user` is online on another node.
@@ -651,8 +655,8 @@ impl Hub {
         };
         let housekeeping = (!self.core.conns.is_empty()
             || !self.core.summary.is_empty()
-            || !self.login_limits.is_empty()
-            || self.core.admission.hashing())
+            || self.sessions.has_limits()
+            || self.sessions.hashing())
         .then_some(self.next_housekeeping_ms);
         let presence = self.core.presence.due_at(self.core.presence_interval());
         let history = self.history.due_at(&self.core);
@@ -664,7 +668,7 @@ impl Hub {
 
     /// Whether logins or registrations are waiting for a password hash.
     pub fn hashing(&self) -> bool {
-        self.core.admission.hashing()
+        self.sessions.hashing()
     }
 
     /// When the next round of writes may start (see `Admission::next_flush_at`).
@@ -674,7 +678,7 @@ impl Hub {
         done: std::time::Instant,
         interval: std::time::Duration,
     ) -> std::time::Instant {
-        self.core.admission.next_flush_at(start, done, interval)
+        self.sessions.next_flush_at(start, done, interval)
     }
 
     /// Whether writes, closes or departures are waiting for the reactor.
@@ -762,6 +766,12 @@ impl Hub {
         self.moderation.nothing_revoked()
     }
 
+    /// Whether the roster is dropped (tests).
+    #[cfg(test)]
+    pub(crate) fn roster_is_empty(&self) -> bool {
+        self.chat.roster_is_empty()
+    }
+
     /// The limits and timings, to change in a test.
     #[cfg(test)]
     pub(crate) fn config_mut(&mut self) -> &mut HubConfig {
@@ -817,8 +827,8 @@ impl Hub {
                 .iter()
                 .filter(|(_, c)| !c.out.is_empty())
                 .count(),
-            hashing_queued: self.core.admission.queued(),
-            hashing_wait_ms: self.core.admission.estimate(now.mono_ms),
+            hashing_queued: self.sessions.hashing_queued(),
+            hashing_wait_ms: self.sessions.hashing_wait_ms(now),
             ..metrics::Snapshot::default()
         }
     }
@@ -838,11 +848,8 @@ impl Hub {
     /// Checks the hub's own bookkeeping; panics with what is wrong. For tests and the
     /// fuzz target, after every step.
     pub fn check_invariants(&self) {
-        if self.roster.is_current(self.roster_version()) {
-            let mut listed: Vec<i64> = self.roster.ids().collect();
-            listed.sort_unstable();
-            assert_eq!(listed, self.all_ids(), "the roster lists who is online");
-        }
+        self.chat
+            .check_invariants(&self.core, self.cluster.as_ref());
         for (id, e) in self.core.online.iter() {
             let c = self
                 .get(e.conn)
@@ -899,7 +906,7 @@ impl Hub {
         assert!(self.core.jobs.len() <= self.core.jobs_in_flight);
     }
 
-    // ----- the machinery the handlers use ----------------------------------------------
+    // ----- the machinery of routing --------------------------------------------------
 
     /// A connection's state is gone: its address count and logins in flight with it.
     fn forget(&mut self, conn: &Conn) {
@@ -943,15 +950,12 @@ impl Hub {
         }
         self.offline.forget_removals(&self.core);
         self.moderation.check_bans_if_due(cx!(self), now);
-        self.login_limits
-            .prune(now.mono_ms, self.core.cfg.login_rate);
-        if !self.roster.is_empty() && now.mono_ms >= self.roster_used_ms + ROSTER_KEEP_MS {
-            self.roster = Roster::default();
-        }
+        let refused = self.sessions.housekeeping(&self.core.cfg, now);
+        self.chat.housekeeping(now);
         for (_, c) in &mut self.core.conns {
             c.shrink_idle();
         }
-        self.core.summary.hash_refused += self.core.admission.take_refused();
+        self.core.summary.hash_refused += refused;
         if now.mono_ms >= self.next_summary_ms && !self.core.summary.is_empty() {
             self.core.log_summary();
             self.next_summary_ms = now.mono_ms + self.core.cfg.summary_interval_ms;
@@ -1010,6 +1014,50 @@ impl Hub {
         pos
     }
 
+    /// Routes one parsed frame from connection `key` to the component it is for.
+    fn dispatch(&mut self, key: usize, msg: Result<ClientMessage, ParseError>, now: Now) {
+        let msg = match msg {
+            Ok(m) => m,
+            Err(e) => {
+                // The length prefix was sound, so the stream is still in step: answer
+                // and go on.
+                self.cx().error(key, code::BAD_REQUEST, &e.to_string());
+                return;
+            }
+        };
+        match msg {
+            ClientMessage::Ping => Sessions::handle_ping(cx!(self), key),
+            ClientMessage::Login(m) => self.sessions.handle_login(cx!(self), key, m, now),
+            ClientMessage::Register(m) => self.sessions.handle_register(cx!(self), key, m, now),
+            _ if !self.core.conns[key].is_online() => {
+                self.core.summary.frames_refused += 1;
+                self.cx().error(key, code::UNAUTHORIZED, "log in first");
+            }
+            ClientMessage::Sms(m) => Chat::handle_group(
+                cx!(self),
+                &mut self.history,
+                self.cluster.as_mut(),
+                key,
+                m,
+                now,
+            ),
+            ClientMessage::Private(m) => Chat::handle_private(
+                cx!(self),
+                &mut self.history,
+                self.cluster.as_mut(),
+                key,
+                m,
+                now,
+            ),
+            ClientMessage::OnlineUsers => {
+                Chat::handle_online_users(cx!(self), self.cluster.as_ref(), key)
+            }
+            ClientMessage::Logout => Sessions::handle_logout(cx!(self), key, now),
+            ClientMessage::OfflineAck(m) => self.offline.handle_ack(cx!(self), key, m),
+            ClientMessage::History(m) => self.history.handle(cx!(self), key, m, now),
+        }
+    }
+
     /// Flood control: every frame takes a token, except a logout.
     fn over_msg_rate(
         &mut self,
@@ -1024,26 +1072,6 @@ impl Hub {
         !self.core.conns[key]
             .msg_bucket
             .take(now.mono_ms, rate as f64, rate)
-    }
-
-    /// Per-address limit on requests that cost a password hash. Sends the refusal.
-    pub(crate) fn over_login_rate(&mut self, key: usize, now: Now) -> bool {
-        let ip = self.core.conns[key].peer_ip;
-        if self
-            .login_limits
-            .take(ip, now.mono_ms, self.core.cfg.login_rate)
-        {
-            return false;
-        }
-        self.core.summary.login_rate_refused += 1;
-        let wait = 60 / self.core.cfg.login_rate.max(1) as u64;
-        self.cx().error_retry(
-            key,
-            code::TOO_MANY,
-            "too many login attempts from your address; try again later",
-            wait.max(1),
-        );
-        true
     }
 
     /// Clears a connection's job-in-flight mark and handles the frames that waited.
