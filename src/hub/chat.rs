@@ -19,7 +19,7 @@ use std::rc::Rc;
 
 use super::Now;
 use super::cluster::Cluster;
-use super::cx::{Core, Cx};
+use super::cx::{Core, Cx, private_frame_for, sms_res_id};
 use super::history::History;
 use super::offline_delivery::OfflineDelivery;
 use crate::conn::{Pending, Session};
@@ -388,50 +388,4 @@ pub(crate) fn roster_version(core: &Core, cluster: Option<&Cluster>) -> Version 
         core.online.version(),
         cluster.map_or(0, |c| c.remote_version()),
     )
-}
-
-/// The frame of a private message for a client that reads frames of at most `limit`
-/// bytes: whole, or cut short (the second value) if it cannot read it whole.
-pub(crate) fn private_frame_for(
-    limit: usize,
-    m: &OfflineMsg,
-    offline_id: Option<u64>,
-) -> (Vec<u8>, bool) {
-    let frame = private_frame(m, &m.content, offline_id);
-    if fit::fits(&frame, limit) {
-        return (frame, false);
-    }
-    match fit::cut_to_fit(&m.content, limit, |c| private_frame(m, c, offline_id)) {
-        Some(cut) => (cut, true),
-        None => (frame, false),
-    }
-}
-
-fn private_frame(m: &OfflineMsg, content: &str, offline_id: Option<u64>) -> Vec<u8> {
-    ServerMessage::Private(SmsPrivateMes {
-        user_id: m.from,
-        user_name: m.from_name.clone(),
-        to_user_id: m.to,
-        content: content.to_string(),
-        time: m.time,
-        offline: offline_id.is_some(),
-        offline_id,
-        ..SmsPrivateMes::default()
-    })
-    .encode()
-}
-
-/// Answers a private message: `SmsResMes`, echoing the message's `msgId`.
-pub(crate) fn sms_res_id(
-    cx: &mut Cx<'_>,
-    key: usize,
-    code: u16,
-    error: &str,
-    msg_id: Option<String>,
-) {
-    let res = CodeRes {
-        msg_id,
-        ..CodeRes::new(code, error)
-    };
-    cx.reply(key, &ServerMessage::SmsRes(res));
 }

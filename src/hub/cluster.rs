@@ -21,8 +21,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;
 
 use super::Now;
-use super::chat::{private_frame_for, sms_res_id};
-use super::cx::Cx;
+use super::cx::{Cx, private_frame_for, sms_res_id};
 use super::history::History;
 use super::moderation::Moderation;
 use crate::cluster::{Event, Input, PresenceEntry};

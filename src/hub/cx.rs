@@ -24,7 +24,8 @@ use crate::fit;
 use crate::job::{Job, JobKind};
 use crate::metrics::Stats;
 use crate::presence::Presence;
-use crate::proto::{self, CodeRes, ServerMessage, code};
+use crate::proto::{self, CodeRes, ServerMessage, SmsPrivateMes, code};
+use crate::store::OfflineMsg;
 use crate::types::{ConnRef, Now, Part};
 use crate::users::Registry;
 
@@ -520,6 +521,52 @@ impl Cx<'_> {
         self.core.summary.last_store_error = text.to_string();
         log::debug!("storage error: {text}");
     }
+}
+
+/// The frame of a private message for a client that reads frames of at most `limit`
+/// bytes: whole, or cut short (the second value) if it cannot read it whole.
+pub(crate) fn private_frame_for(
+    limit: usize,
+    m: &OfflineMsg,
+    offline_id: Option<u64>,
+) -> (Vec<u8>, bool) {
+    let frame = private_frame(m, &m.content, offline_id);
+    if fit::fits(&frame, limit) {
+        return (frame, false);
+    }
+    match fit::cut_to_fit(&m.content, limit, |c| private_frame(m, c, offline_id)) {
+        Some(cut) => (cut, true),
+        None => (frame, false),
+    }
+}
+
+fn private_frame(m: &OfflineMsg, content: &str, offline_id: Option<u64>) -> Vec<u8> {
+    ServerMessage::Private(SmsPrivateMes {
+        user_id: m.from,
+        user_name: m.from_name.clone(),
+        to_user_id: m.to,
+        content: content.to_string(),
+        time: m.time,
+        offline: offline_id.is_some(),
+        offline_id,
+        ..SmsPrivateMes::default()
+    })
+    .encode()
+}
+
+/// Answers a private message: `SmsResMes`, echoing the message's `msgId`.
+pub(crate) fn sms_res_id(
+    cx: &mut Cx<'_>,
+    key: usize,
+    code: u16,
+    error: &str,
+    msg_id: Option<String>,
+) {
+    let res = CodeRes {
+        msg_id,
+        ..CodeRes::new(code, error)
+    };
+    cx.reply(key, &ServerMessage::SmsRes(res));
 }
 
 /// The parts of the hub that queuing output touches, borrowed apart from the registry

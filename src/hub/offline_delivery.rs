@@ -12,8 +12,7 @@
 use std::collections::HashMap;
 
 use super::Now;
-use super::chat::private_frame_for;
-use super::cx::{Core, Cx};
+use super::cx::{Core, Cx, private_frame_for};
 use crate::conn::Pending;
 use crate::job::JobKind;
 use crate::offline::Action;
