@@ -52,6 +52,7 @@ pub(crate) mod history;
 mod moderation;
 mod offline_delivery;
 mod sessions;
+mod timer;
 
 use std::cmp::Reverse;
 use std::collections::HashMap;
@@ -78,6 +79,7 @@ use history::History;
 use moderation::Moderation;
 use offline_delivery::OfflineDelivery;
 use sessions::Sessions;
+use timer::{Timer, TimerTable};
 
 /// Limits and timings. The server's command line sets them (`chat-server --help`
 /// names each); these defaults are the command line's.
@@ -230,6 +232,8 @@ pub struct Hub {
     offline: OfflineDelivery,
     /// Bans, kicks and removals.
     moderation: Moderation,
+    /// When each of the hub's timers is next due.
+    timers: TimerTable,
     pub stats: Stats,
 }
 
@@ -248,6 +252,7 @@ impl Hub {
             history: History::default(),
             offline: OfflineDelivery::default(),
             moderation: Moderation::default(),
+            timers: TimerTable::default(),
             stats: Stats::default(),
         }
     }
@@ -294,6 +299,7 @@ impl Hub {
         if let Some(text) = refusal {
             let mut res = CodeRes::new(code::UNAVAILABLE, text);
             res.retry_after = Some(1);
+            self.refresh_timers();
             return Err(ServerMessage::Error(res).encode().into());
         }
         *self.core.per_addr.entry(addr).or_insert(0) += 1;
@@ -307,6 +313,7 @@ impl Hub {
             generation,
             now.mono_ms.saturating_add(self.core.cfg.login_timeout_ms),
         );
+        self.refresh_timers();
         Ok(ConnRef { key, generation })
     }
 
@@ -354,6 +361,7 @@ impl Hub {
             self.stats.job_seconds[usize::from(!hashing)].observe(took);
         }
         if self.history.outcome(cx!(self), &mut res.outcome) {
+            self.refresh_timers();
             return;
         }
         if hashing {
@@ -389,6 +397,7 @@ impl Hub {
                     "offline messages not removed (they will be offered again): {e}"
                 ));
             }
+            self.refresh_timers();
             return;
         };
         if let Outcome::Login(_) = res.outcome {
@@ -396,6 +405,7 @@ impl Hub {
         }
         if self.core.get(r).is_none() {
             log::debug!("result for a connection that has gone: {:?}", res.outcome);
+            self.refresh_timers();
             return;
         }
         match res.outcome {
@@ -588,6 +598,7 @@ impl Hub {
     /// another node is stored instead if that node has not answered in `answer_ms`.
     pub fn enable_cluster(&mut self, node: &str, answer_ms: u64) {
         self.cluster = Some(Cluster::new(node, answer_ms));
+        self.refresh_timers();
     }
 
     /// The next event to publish.
@@ -631,12 +642,15 @@ impl Hub {
     /// The next store job to hand to a worker.
     pub fn poll_job(&mut self, now: Now) -> Option<Job> {
         self.history.flush(cx!(self), now);
-        self.core.jobs.pop_front()
+        let job = self.core.jobs.pop_front();
+        self.refresh_timers();
+        job
     }
 
     /// When the hub next needs the loop, on the monotonic clock: now if jobs, reads
-    /// or events to publish wait; otherwise the next login timeout, close deadline or
-    /// housekeeping; `None` if nothing at all is due. Output waiting to be written is
+    /// or events to publish wait; otherwise the soonest of its timers ([`Timer`]: a
+    /// login timeout or close deadline, housekeeping, presence notices, history to
+    /// store, another node's answer); `None` if nothing at all is due. Output waiting to be written is
     /// not counted here: when to write is the reactor's call (`has_output`, the flush
     /// interval).
     pub fn poll_timeout(&self, now: Now) -> Option<u64> {
@@ -647,12 +661,13 @@ impl Hub {
         {
             return Some(now.mono_ms);
         }
-        let timer = self.core.deadlines.peek().map(|Reverse((at, _, _))| *at);
-        let remote = self.cluster.as_ref().and_then(|c| c.next_deadline());
-        let timer = match (timer, remote) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        self.timers.next()
+    }
+
+    /// Sets the timer table from what the connections and the components say now.
+    /// Called at the end of every input that may have changed it.
+    fn refresh_timers(&mut self) {
+        let conns = self.core.deadlines.peek().map(|Reverse((at, _, _))| *at);
         let housekeeping = (!self.core.conns.is_empty()
             || !self.core.summary.is_empty()
             || self.sessions.has_limits()
@@ -660,10 +675,13 @@ impl Hub {
         .then_some(self.next_housekeeping_ms);
         let presence = self.core.presence.due_at(self.core.presence_interval());
         let history = self.history.due_at(&self.core);
-        [timer, housekeeping, presence, history]
-            .into_iter()
-            .flatten()
-            .min()
+        let answer = self.cluster.as_ref().and_then(|c| c.next_deadline());
+        let t = &mut self.timers;
+        t.set(Timer::Connections, conns);
+        t.set(Timer::Housekeeping, housekeeping);
+        t.set(Timer::Presence, presence);
+        t.set(Timer::HistoryFlush, history);
+        t.set(Timer::ClusterAnswer, answer);
     }
 
     /// Whether logins or registrations are waiting for a password hash.
@@ -752,6 +770,8 @@ impl Hub {
     /// `Core::note_round`).
     pub fn note_round(&mut self, written: usize, took: std::time::Duration) {
         self.core.note_round(written, took);
+        // The presence interval follows what a round costs.
+        self.refresh_timers();
     }
 
     /// The refusals and failures counted since the last summary (tests).
@@ -1143,5 +1163,6 @@ impl Hub {
                 c.logout(user);
             }
         }
+        self.refresh_timers();
     }
 }
