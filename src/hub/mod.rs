@@ -64,8 +64,8 @@ use crate::admin::Kick;
 use crate::cluster::{Event, Input};
 use crate::conn::{Closing, Conn, Flush, Pending, Session};
 use crate::job::{Job, JobResult, Outcome};
-use crate::metrics;
 pub use crate::metrics::Stats;
+use crate::metrics::{self, FrameType, Lane};
 use crate::presence::Presence;
 use crate::proto::{self, ClientMessage, CodeRes, ParseError, ServerMessage, code, status};
 use crate::rate::addr_key;
@@ -358,7 +358,8 @@ impl Hub {
         }
         let hashing = matches!(res.outcome, Outcome::Login(_) | Outcome::Register(_));
         if let Some(took) = res.took {
-            self.stats.job_seconds[usize::from(!hashing)].observe(took);
+            let lane = if hashing { Lane::Hash } else { Lane::Store };
+            self.stats.job_seconds[lane].observe(took);
         }
         if self.history.outcome(cx!(self), &mut res.outcome) {
             self.refresh_timers();
@@ -1009,7 +1010,7 @@ impl Hub {
                     let msg = ClientMessage::parse(&buf[pos + proto::HEADER_LEN..pos + total]);
                     pos += total;
                     self.stats.frames_in += 1;
-                    self.stats.frames_by_type[metrics::frame_index(&msg)] += 1;
+                    self.stats.frames_by_type[FrameType::of(&msg)] += 1;
                     if self.over_msg_rate(key, &msg, now) {
                         let rate = self.core.cfg.msg_rate;
                         let text = format!("too many messages: at most {rate} per second");

@@ -22,6 +22,7 @@ use super::{HubConfig, Now};
 use crate::admission::Admission;
 use crate::conn::{Pending, Session};
 use crate::job::{JobKind, LoginError, LoginOk, RegisterError};
+use crate::metrics::{LoginOutcome, RegisterOutcome};
 use crate::offline::OfflineSlot;
 use crate::proto::{CodeRes, LoginMes, LoginResMes, RegisterMes, ServerMessage, code, status};
 use crate::rate::PerAddr;
@@ -78,13 +79,13 @@ impl Sessions {
         error: &str,
         retry_after: Option<u64>,
     ) {
-        // Counted by outcome (`metrics::LOGIN_OUTCOMES`); success is counted online.
+        // Counted by outcome; success is counted online.
         let outcome = match (code, retry_after) {
-            (code::NO_SUCH_USER, _) => 1,
-            (code::WRONG_PASSWORD, _) => 2,
-            (code::BANNED, _) => 3,
-            (_, Some(_)) => 4,
-            _ => 5,
+            (code::NO_SUCH_USER, _) => LoginOutcome::NoSuchUser,
+            (code::WRONG_PASSWORD, _) => LoginOutcome::WrongPassword,
+            (code::BANNED, _) => LoginOutcome::Banned,
+            (_, Some(_)) => LoginOutcome::Busy,
+            _ => LoginOutcome::Error,
         };
         cx.stats.logins[outcome] += 1;
         cx.reply(
@@ -192,18 +193,18 @@ impl Sessions {
     }
 
     fn register_res(&mut self, cx: &mut Cx<'_>, key: usize, code: u16, error: String) {
-        // Counted by outcome (`metrics::REGISTER_OUTCOMES`).
+        // Counted by outcome.
         let outcome = match code {
-            code::OK => 0,
-            code::BAD_REQUEST => 1,
-            _ => 3,
+            code::OK => RegisterOutcome::Ok,
+            code::BAD_REQUEST => RegisterOutcome::Refused,
+            _ => RegisterOutcome::Error,
         };
         cx.stats.registrations[outcome] += 1;
         cx.reply(key, &ServerMessage::RegisterRes(CodeRes::new(code, error)));
     }
 
     fn register_busy(&mut self, cx: &mut Cx<'_>, key: usize, wait_ms: u64, now: Now) {
-        cx.stats.registrations[2] += 1;
+        cx.stats.registrations[RegisterOutcome::Busy] += 1;
         let (text, secs) = self.refuse_busy(cx, key, wait_ms, now);
         let mut res = CodeRes::new(code::SERVER_ERROR, text);
         res.retry_after = Some(secs);
@@ -385,7 +386,7 @@ fn go_online(
 ) {
     let me = cx.conn_ref(key);
     let name: std::rc::Rc<str> = ok.name.as_str().into();
-    cx.stats.logins[0] += 1;
+    cx.stats.logins[LoginOutcome::Ok] += 1;
     let conn = &mut cx.conns[key];
     conn.login_failures = 0;
     // Online: the login timeout no longer applies, and its timer is dropped at the
