@@ -56,7 +56,7 @@ impl Chat {
         m: SmsMes,
         now: Now,
     ) {
-        let Session::Online { user_id, name } = &cx.conns[key].session else {
+        let Session::Online { user_id, name } = &cx.conn(key).session else {
             return;
         };
         if m.content.is_empty() {
@@ -86,7 +86,7 @@ impl Chat {
             };
             fit::cut_to_fit(&sms.content, SEED_MAX_FRAME, encode).map(Into::into)
         };
-        cx.stats.group_messages += 1;
+        cx.stats().group_messages += 1;
         if let Some(c) = cluster {
             c.group(sms.user_id, &sms.user_name, &sms.content, now.unix_ms);
         }
@@ -122,8 +122,8 @@ impl Chat {
         m: SmsPrivateMes,
         now: Now,
     ) {
-        cx.stats.private_messages += 1;
-        let Session::Online { user_id, name } = &cx.conns[key].session else {
+        cx.stats().private_messages += 1;
+        let Session::Online { user_id, name } = &cx.conn(key).session else {
             return;
         };
         let (from, from_name) = (*user_id, name.to_string());
@@ -149,13 +149,13 @@ impl Chat {
             content: m.content,
             time: now.unix_ms,
         };
-        if let Some(to) = cx.online.get(msg.to).map(|e| e.conn.key) {
-            let (frame, cut) = private_frame_for(cx.conns[to].max_frame(), &msg, None);
+        if let Some(to) = cx.online().get(msg.to).map(|e| e.conn.key) {
+            let (frame, cut) = private_frame_for(cx.conn(to).max_frame(), &msg, None);
             if cx.deliver_message(to, &frame.into()) {
                 if cut {
                     let text = format!(
                         "delivered cut short: the recipient's client reads at most {} bytes",
-                        cx.conns[to].max_frame()
+                        cx.conn(to).max_frame()
                     );
                     sms_res_id(cx, key, code::PARTIAL, &text, msg_id);
                 } else {
@@ -179,11 +179,11 @@ impl Chat {
         let job = JobKind::StoreOffline {
             msg,
             msg_id: msg_id.clone(),
-            history: cx.cfg.history,
+            history: cx.cfg().history,
             after_history,
         };
         if cx.submit(Some(key), job) {
-            cx.conns[key].pending = Some(Pending::Private { to });
+            cx.conn_mut(key).pending = Some(Pending::Private { to });
         } else {
             sms_res_id(cx, key, code::UNAVAILABLE, "server busy, try again", msg_id);
         }
@@ -198,7 +198,7 @@ impl Chat {
         // Result mapping: 504 when the store cannot tell whether it stored
         // the message; 503 only when it certainly did not. msgId echoed.
         let OfflineStored { msg_id, result, .. } = stored;
-        let to = match cx.conns[key].pending {
+        let to = match cx.conn(key).pending {
             Some(Pending::Private { to }) => to,
             _ => 0,
         };
@@ -237,8 +237,8 @@ impl Chat {
     /// The whole list, or for a client that cannot read it in one frame, the caller
     /// and as many others as fit.
     pub(crate) fn handle_online_users(cx: &mut Cx<'_>, cluster: Option<&Cluster>, key: usize) {
-        let users = all_infos(cx, cluster);
-        let limit = cx.conns[key].max_frame();
+        let users = all_infos(cx.core(), cluster);
+        let limit = cx.conn(key).max_frame();
         let encode = |users: Vec<UserInfo>| {
             proto::encode(kind::ONLINE_USERS_RES, &OnlineUsersResMes { users })
         };
@@ -246,7 +246,7 @@ impl Chat {
         let mut frame = proto::encode(kind::ONLINE_USERS_RES, &res);
         if !fit::fits(&frame, limit) {
             let users = res.users;
-            let me = cx.conns[key].user_id();
+            let me = cx.conn(key).user_id();
             let (mine, others): (Vec<UserInfo>, Vec<UserInfo>) =
                 users.into_iter().partition(|u| Some(u.user_id) == me);
             let with = |n: usize| encode(mine.iter().chain(&others[..n]).cloned().collect());

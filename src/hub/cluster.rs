@@ -271,7 +271,7 @@ impl Cluster {
             to_node: to_node.to_string(),
             msg: msg.clone(),
         });
-        cx.conns[key].pending = Some(Pending::Private { to: msg.to });
+        cx.conn_mut(key).pending = Some(Pending::Private { to: msg.to });
         true
     }
 
@@ -357,7 +357,7 @@ impl Cluster {
                                 },
                             )
                             .is_some();
-                        if !was && cx.online.get(user).is_none() {
+                        if !was && cx.online().get(user).is_none() {
                             cx.note_presence(user, status::ONLINE, &name, now);
                         }
                     }
@@ -401,9 +401,9 @@ impl Cluster {
                     return None;
                 }
                 let me = self.node.to_string();
-                let delivered = match cx.online.get(msg.to).map(|e| e.conn.key) {
+                let delivered = match cx.online().get(msg.to).map(|e| e.conn.key) {
                     Some(to) => {
-                        let (frame, _) = private_frame_for(cx.conns[to].max_frame(), &msg, None);
+                        let (frame, _) = private_frame_for(cx.conn(to).max_frame(), &msg, None);
                         cx.deliver_message(to, &frame.into())
                     }
                     None => false,
@@ -521,7 +521,7 @@ impl Cluster {
             .map(|(id, r)| (id, r.name))
             .collect();
         for (user, name) in came {
-            if cx.online.get(user).is_none() {
+            if cx.online().get(user).is_none() {
                 cx.note_presence(user, status::ONLINE, &name, now);
             }
         }
@@ -539,7 +539,7 @@ fn store_instead(cx: &mut Cx<'_>, history: &mut History, p: PendingPrivate) {
     let job = JobKind::StoreOffline {
         msg: p.msg,
         msg_id: p.msg_id,
-        history: cx.cfg.history,
+        history: cx.cfg().history,
         after_history,
     };
     if cx.get(p.conn).is_some() {
@@ -553,7 +553,7 @@ fn store_instead(cx: &mut Cx<'_>, history: &mut History, p: PendingPrivate) {
 
 /// A user of another node left: announced here unless online here.
 fn remote_departure(cx: &mut Cx<'_>, user: i64, name: Rc<str>) {
-    if cx.online.get(user).is_none() {
+    if cx.online().get(user).is_none() {
         cx.note_departure(user, name);
     }
 }
@@ -561,12 +561,12 @@ fn remote_departure(cx: &mut Cx<'_>, user: i64, name: Rc<str>) {
 /// Closes this node's session of `user`, who logged in on another node since: the
 /// others see no offline/online flicker.
 fn kick_local(cx: &mut Cx<'_>, user: i64, now: Now) {
-    let Some(e) = cx.online.get(user).cloned() else {
+    let Some(e) = cx.online().get(user).cloned() else {
         return;
     };
     log::info!("user {user} logged in on another node: session here replaced");
-    cx.online.remove_if(user, e.conn);
-    cx.conns[e.conn.key].session = Session::Anonymous;
+    cx.take_offline(user, e.conn);
+    cx.conn_mut(e.conn.key).session = Session::Anonymous;
     cx.error(e.conn.key, code::CONFLICT, "logged in elsewhere");
     cx.close(
         e.conn.key,
@@ -592,7 +592,7 @@ fn deliver_remote_group(cx: &mut Cx<'_>, user: i64, name: &str, content: &str, t
         .then(|| fit::cut_to_fit(content, SEED_MAX_FRAME, encode))
         .flatten()
         .map(Into::into);
-    cx.stats.group_messages += 1;
+    cx.stats().group_messages += 1;
     // Its sender is on another node and is not told who got it cut short here.
     cx.broadcast_fitted(None, frame, cut.as_ref());
 }

@@ -13,7 +13,6 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::IpAddr;
-use std::ops::{Deref, DerefMut};
 use std::rc::Rc;
 
 use slab::Slab;
@@ -27,7 +26,7 @@ use crate::presence::Presence;
 use crate::proto::{self, CodeRes, ServerMessage, SmsPrivateMes, code};
 use crate::store::OfflineMsg;
 use crate::types::{ConnRef, Now, Part};
-use crate::users::Registry;
+use crate::users::{OnlineEntry, Registry};
 
 /// With this many users online or more per millisecond of presence interval, the
 /// interval grows (see `Core::presence_interval`).
@@ -337,25 +336,147 @@ impl Core {
 
 /// The core as a component sees it, with the counters (which the hub keeps in a field
 /// of its own, [`super::Hub::stats`]).
+///
+/// A component sees the core only through these methods: the shared state's fields
+/// are the router's.
 pub(crate) struct Cx<'a> {
-    pub(crate) core: &'a mut Core,
-    pub(crate) stats: &'a mut Stats,
+    core: &'a mut Core,
+    stats: &'a mut Stats,
 }
 
-impl Deref for Cx<'_> {
-    type Target = Core;
-    fn deref(&self) -> &Core {
-        self.core
-    }
-}
-
-impl DerefMut for Cx<'_> {
-    fn deref_mut(&mut self) -> &mut Core {
-        self.core
+impl<'a> Cx<'a> {
+    #[inline]
+    pub(super) fn new(core: &'a mut Core, stats: &'a mut Stats) -> Cx<'a> {
+        Cx { core, stats }
     }
 }
 
 impl Cx<'_> {
+    /// The whole shared state, read-only: for the few lookups that span it (who is
+    /// online everywhere, whether jobs may go).
+    #[inline]
+    pub(crate) fn core(&self) -> &Core {
+        self.core
+    }
+
+    /// The limits and timings.
+    #[inline]
+    pub(crate) fn cfg(&self) -> &HubConfig {
+        &self.core.cfg
+    }
+
+    /// Connection `key`'s state (a live key: the caller holds it from an input).
+    #[inline]
+    pub(crate) fn conn(&self, key: usize) -> &Conn {
+        &self.core.conns[key]
+    }
+
+    /// Connection `key`'s state, to change what the component keeps there.
+    #[inline]
+    pub(crate) fn conn_mut(&mut self, key: usize) -> &mut Conn {
+        &mut self.core.conns[key]
+    }
+
+    /// Every connection, read-only.
+    pub(crate) fn conns(&self) -> impl Iterator<Item = (usize, &Conn)> + '_ {
+        self.core.conns.iter()
+    }
+
+    /// `r`'s state, if it is still there.
+    pub(crate) fn get(&self, r: ConnRef) -> Option<&Conn> {
+        self.core.get(r)
+    }
+
+    pub(crate) fn conn_ref(&self, key: usize) -> ConnRef {
+        self.core.conn_ref(key)
+    }
+
+    /// Who is online here.
+    #[inline]
+    pub(crate) fn online(&self) -> &Registry {
+        &self.core.online
+    }
+
+    /// Puts `user` online at `entry`; returns the entry it replaced, if any.
+    pub(crate) fn put_online(&mut self, user: i64, entry: OnlineEntry) -> Option<OnlineEntry> {
+        self.core.online.insert(user, entry)
+    }
+
+    /// Takes `user` offline if still online at `conn`, telling nobody.
+    pub(crate) fn take_offline(&mut self, user: i64, conn: ConnRef) -> bool {
+        self.core.online.remove_if(user, conn)
+    }
+
+    /// The users with a login in flight here.
+    pub(crate) fn users_logging_in(&self) -> impl Iterator<Item = i64> + '_ {
+        self.core.logging_in.keys().copied()
+    }
+
+    pub(crate) fn is_logging_in(&self, user: i64) -> bool {
+        self.core.is_logging_in(user)
+    }
+
+    /// A login is in flight for `user` on `key`.
+    pub(crate) fn login_started(&mut self, key: usize, user: i64) {
+        self.core.login_started(key, user);
+    }
+
+    /// The counters.
+    #[inline]
+    pub(crate) fn stats(&mut self) -> &mut Stats {
+        self.stats
+    }
+
+    /// The refusals and failures counted for the next summary in the log.
+    pub(crate) fn summary(&mut self) -> &mut Summary {
+        &mut self.core.summary
+    }
+
+    /// `PongMes`, encoded once.
+    pub(crate) fn pong(&self) -> Rc<[u8]> {
+        self.core.pong.clone()
+    }
+
+    /// Queues a store job for a worker if the pool has room.
+    pub(crate) fn submit(&mut self, key: Option<usize>, kind: JobKind) -> bool {
+        self.core.submit(key, kind)
+    }
+
+    /// Queues a job whatever the load.
+    pub(crate) fn submit_always(&mut self, key: Option<usize>, kind: JobKind) {
+        self.core.submit_always(key, kind);
+    }
+
+    /// Queues a password-hashing job the sessions admitted.
+    pub(crate) fn submit_hashing(&mut self, key: usize, kind: JobKind) {
+        self.core.submit_hashing(key, kind);
+    }
+
+    /// Starts closing `key` (see `Core::close`).
+    pub(crate) fn close(&mut self, key: usize, flush: bool, reason: &str, now: Now) {
+        self.core.close(key, flush, reason, now);
+    }
+
+    /// Takes `key` offline if it holds its user's session (see `Core::go_offline`).
+    pub(crate) fn go_offline(&mut self, key: usize, now: Now) {
+        self.core.go_offline(key, now);
+    }
+
+    /// Notes a presence notice for everyone.
+    pub(crate) fn note_presence(&mut self, user: i64, status: u8, name: &str, now: Now) {
+        self.core.note_presence(user, status, name, now);
+    }
+
+    /// `user` logged in again, telling nobody.
+    pub(crate) fn mark_presence(&mut self, user: i64) {
+        self.core.mark_presence(user);
+    }
+
+    /// `user` went offline (here or on another node): announced at the end of the turn.
+    pub(crate) fn note_departure(&mut self, user: i64, name: Rc<str>) {
+        self.core.note_departure(user, name);
+    }
+
     /// Closes the connections whose queues overflowed. Called at the end of every
     /// input.
     pub(crate) fn close_overflowed(&mut self, now: Now) {
@@ -506,6 +627,7 @@ impl Cx<'_> {
     }
     pub(crate) fn presence_if_due(&mut self, now: Now) {
         if self
+            .core
             .presence
             .due_at(self.core.presence_interval())
             .is_some_and(|at| at <= now.mono_ms)

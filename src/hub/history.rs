@@ -94,7 +94,7 @@ impl History {
 impl History {
     /// A message accepted for its conversation: appended with this turn's others.
     pub(crate) fn note(&mut self, cx: &mut Cx<'_>, e: HistoryEntry) {
-        if cx.cfg.history == 0 {
+        if cx.cfg().history == 0 {
             return;
         }
         let h = &mut *self;
@@ -103,8 +103,8 @@ impl History {
         while h.pending_bytes > MAX_PENDING_BYTES && h.pending.len() > 1 {
             let old = h.pending.pop_front().expect("not empty");
             h.pending_bytes -= old.content.len() + old.user_name.len();
-            cx.stats.history_lost += 1;
-            cx.summary.history_lost += 1;
+            cx.stats().history_lost += 1;
+            cx.summary().history_lost += 1;
         }
     }
 
@@ -119,7 +119,7 @@ impl History {
         if !self.pending.is_empty() && self.since_ms.is_none() {
             self.since_ms = Some(now.mono_ms);
         }
-        if !self.waits(cx, now) {
+        if !self.waits(cx.core(), now) {
             return;
         }
         self.submit_appends(cx);
@@ -141,7 +141,7 @@ impl History {
     /// [`JobKind::is_history`]); those still waiting go first, now. Otherwise it runs
     /// in the storage lane, where no history append can hold it up.
     pub(crate) fn before_stored(&mut self, cx: &mut Cx<'_>, conv: Conv) -> bool {
-        if cx.cfg.history == 0 {
+        if cx.cfg().history == 0 {
             return false;
         }
         if self.pending.iter().any(|e| Conv::of(e) == conv) {
@@ -169,7 +169,7 @@ impl History {
         h.pending_bytes = 0;
         h.since_ms = None;
         h.in_flight += 1;
-        let keep = cx.cfg.history;
+        let keep = cx.cfg().history;
         cx.submit_always(None, JobKind::AppendHistory { entries, keep });
     }
 
@@ -197,12 +197,12 @@ impl History {
                 self.in_flight = self.in_flight.saturating_sub(1);
                 self.pairs_in_flight.pop_front();
                 match result {
-                    Ok(()) => cx.stats.history_appended += *count as u64,
+                    Ok(()) => cx.stats().history_appended += *count as u64,
                     Err(e) => {
                         let lost = count.saturating_sub(*kept);
-                        cx.stats.history_appended += *kept as u64;
-                        cx.stats.history_lost += lost as u64;
-                        cx.summary.history_lost += lost as u64;
+                        cx.stats().history_appended += *kept as u64;
+                        cx.stats().history_lost += lost as u64;
+                        cx.summary().history_lost += lost as u64;
                         cx.store_error(&format!(
                             "{lost} of {count} history entries not kept (live delivery \
                              is not affected): {e}"
@@ -216,7 +216,7 @@ impl History {
     }
 
     pub(crate) fn handle(&mut self, cx: &mut Cx<'_>, key: usize, m: HistoryMes, _now: Now) {
-        let Some(me) = cx.conns[key].user_id() else {
+        let Some(me) = cx.conn(key).user_id() else {
             return;
         };
         let conv = match m.with {
@@ -231,7 +231,7 @@ impl History {
                 return;
             }
         };
-        if cx.cfg.history == 0 {
+        if cx.cfg().history == 0 {
             // History is off: there is none.
             self.reply(cx, key, Vec::new(), false);
             return;
@@ -251,7 +251,7 @@ impl History {
             limit,
         };
         if cx.submit(Some(key), job) {
-            cx.conns[key].pending = Some(Pending::History);
+            cx.conn_mut(key).pending = Some(Pending::History);
         } else {
             cx.error_retry(key, code::UNAVAILABLE, "server busy, try again", 1);
         }
@@ -283,7 +283,7 @@ impl History {
     /// newest entries, the oldest left out (then `more` is set), and if not even one
     /// fits whole, the newest cut short.
     fn reply(&mut self, cx: &mut Cx<'_>, key: usize, mut messages: Vec<HistoryEntry>, more: bool) {
-        let limit = cx.conns[key].max_frame().min(MAX_REPLY_BYTES);
+        let limit = cx.conn(key).max_frame().min(MAX_REPLY_BYTES);
         let encode = |messages: &[HistoryEntry], more: bool| {
             proto::encode(
                 kind::HISTORY_RES,

@@ -38,10 +38,7 @@
 /// from the components.
 macro_rules! cx {
     ($hub:expr) => {
-        &mut $crate::hub::cx::Cx {
-            core: &mut $hub.core,
-            stats: &mut $hub.stats,
-        }
+        &mut $crate::hub::cx::Cx::new(&mut $hub.core, &mut $hub.stats)
     };
 }
 
@@ -260,10 +257,7 @@ impl Hub {
     /// The context a component acts through.
     #[inline]
     pub(crate) fn cx(&mut self) -> Cx<'_> {
-        Cx {
-            core: &mut self.core,
-            stats: &mut self.stats,
-        }
+        Cx::new(&mut self.core, &mut self.stats)
     }
 
     pub fn config(&self) -> &HubConfig {

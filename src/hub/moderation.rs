@@ -66,8 +66,7 @@ impl Moderation {
         // The registry's session, and any other connection logged in as this user
         // (none today: a newer login replaces the older one at once).
         let keys: Vec<usize> = cx
-            .conns
-            .iter()
+            .conns()
             .filter(|(_, c)| c.closing.is_none())
             .filter(
                 |(_, c)| matches!(&c.session, Session::Online { user_id, .. } if *user_id == user),
@@ -80,8 +79,7 @@ impl Moderation {
             closed += 1;
         }
         let logging_in: Vec<usize> = cx
-            .conns
-            .iter()
+            .conns()
             .filter(|(_, c)| c.pending == Some(Pending::Login { user_id: user }))
             .map(|(k, _)| k)
             .collect();
@@ -92,7 +90,7 @@ impl Moderation {
         if closed > 0 {
             log::info!("user {user}: {closed} sessions closed ({reason})");
         }
-        cx.stats.kicked += closed as u64;
+        cx.stats().kicked += closed as u64;
         closed
     }
 
@@ -122,11 +120,10 @@ impl Moderation {
             return;
         }
         // Logins in flight too: one may have read the record before the ban.
-        let mut users = cx.online.ids();
+        let mut users = cx.online().ids();
         users.extend(
-            cx.logging_in
-                .keys()
-                .filter(|u| cx.online.get(**u).is_none()),
+            cx.users_logging_in()
+                .filter(|u| cx.online().get(*u).is_none()),
         );
         if users.is_empty() {
             self.bans_check.due_ms = None;

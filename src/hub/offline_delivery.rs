@@ -41,21 +41,21 @@ impl OfflineDelivery {
     /// their session fetches it (now, or once the step under way is done).
     pub(crate) fn news(&mut self, cx: &mut Cx<'_>, user_id: i64) {
         let mut keys: Vec<usize> = cx
-            .online
+            .online()
             .get(user_id)
             .map(|e| e.conn.key)
             .into_iter()
             .collect();
-        if cx.logging_in.contains_key(&user_id) {
+        if cx.is_logging_in(user_id) {
             // Rare (a message stored for a user at the moment they log in): a scan.
             keys.extend(
-                cx.conns.iter().filter_map(|(k, c)| {
+                cx.conns().filter_map(|(k, c)| {
                     (c.pending == Some(Pending::Login { user_id })).then_some(k)
                 }),
             );
         }
         for key in keys {
-            let conn = &mut cx.conns[key];
+            let conn = cx.conn_mut(key);
             if conn.is_online() {
                 let action = conn.offline.poke();
                 self.action(cx, key, action);
@@ -70,7 +70,7 @@ impl OfflineDelivery {
         if action == Action::None {
             return;
         }
-        let conn = &mut cx.conns[key];
+        let conn = cx.conn_mut(key);
         let Some(user_id) = conn.user_id() else {
             return;
         };
@@ -80,9 +80,9 @@ impl OfflineDelivery {
                 if conn.closing.is_some() {
                     return;
                 }
-                let batch = cx.cfg.offline_batch;
+                let batch = cx.cfg().offline_batch;
                 if !cx.submit(Some(key), JobKind::FetchOffline { user_id, batch }) {
-                    let action = cx.conns[key].offline.fetch_failed();
+                    let action = cx.conn_mut(key).offline.fetch_failed();
                     self.action(cx, key, action);
                 }
             }
@@ -100,18 +100,18 @@ impl OfflineDelivery {
         msgs: Vec<StoredMsg>,
         batch: usize,
     ) {
-        if cx.conns[key].user_id().is_none() {
+        if cx.conn(key).user_id().is_none() {
             return;
         }
         let mut full = msgs.len() >= batch;
         let mut skipped = false;
-        let user_id = cx.conns[key].user_id().unwrap_or_default();
+        let user_id = cx.conn(key).user_id().unwrap_or_default();
         let (removed, in_flight) = self
             .removing
             .get(&user_id)
             .map_or((0, false), |r| (r.upto, r.jobs > 0));
         for m in msgs {
-            let conn = &cx.conns[key];
+            let conn = cx.conn(key);
             if m.seq <= removed {
                 // Delivered to an earlier session, and removed since or being removed.
                 // What lies beyond this batch is looked at once the removal is done
@@ -128,19 +128,19 @@ impl OfflineDelivery {
                 skipped = true;
                 continue;
             }
-            if conn.out.len_bytes() >= cx.cfg.max_outbuf / 2 {
+            if conn.out.len_bytes() >= cx.cfg().max_outbuf / 2 {
                 full = true;
                 break;
             }
-            let (frame, _) = private_frame_for(cx.conns[key].max_frame(), &m.msg, Some(m.seq));
+            let (frame, _) = private_frame_for(cx.conn(key).max_frame(), &m.msg, Some(m.seq));
             if !cx.deliver(key, &frame.into()) {
                 return;
             }
-            let conn = &mut cx.conns[key];
+            let conn = cx.conn_mut(key);
             let total = conn.out.queued_total();
             conn.offline.queued(m.seq, total);
         }
-        let action = cx.conns[key].offline.batch_done(skipped, full);
+        let action = cx.conn_mut(key).offline.batch_done(skipped, full);
         self.action(cx, key, action);
     }
     /// Asks the store to remove `user_id`'s stored messages up to `upto`, which reached
@@ -173,12 +173,12 @@ impl OfflineDelivery {
         if !ok || !cx.is_logging_in(user_id) {
             self.removing.remove(&user_id);
         }
-        let Some(e) = cx.online.get(user_id) else {
+        let Some(e) = cx.online().get(user_id) else {
             return;
         };
         let conn = e.conn;
         if recheck && cx.get(conn).is_some() {
-            let action = cx.conns[conn.key].offline.poke();
+            let action = cx.conn_mut(conn.key).offline.poke();
             self.action(cx, conn.key, action);
         }
     }
@@ -189,7 +189,7 @@ impl OfflineDelivery {
     }
     /// `OfflineAckMes`: the client has every offline message up to `upto`.
     pub(crate) fn handle_ack(&mut self, cx: &mut Cx<'_>, key: usize, m: OfflineAckMes) {
-        let action = cx.conns[key].offline.client_ack(m.upto);
+        let action = cx.conn_mut(key).offline.client_ack(m.upto);
         self.action(cx, key, action);
     }
     /// The removal of delivered offline messages finished.
@@ -206,7 +206,7 @@ impl OfflineDelivery {
                 "offline messages not removed (they will be offered again): {e}"
             ));
         }
-        let action = cx.conns[key].offline.ack_done(upto, result.is_ok());
+        let action = cx.conn_mut(key).offline.ack_done(upto, result.is_ok());
         self.action(cx, key, action);
     }
     pub(crate) fn fetched(
@@ -218,7 +218,7 @@ impl OfflineDelivery {
         result: Result<Vec<StoredMsg>, StoreError>,
         _now: Now,
     ) {
-        let conn = &cx.conns[key];
+        let conn = cx.conn(key);
         if conn.user_id() != Some(user_id) || conn.closing.is_some() {
             return;
         }
@@ -228,7 +228,7 @@ impl OfflineDelivery {
                 cx.store_error(&format!(
                     "user {user_id}: offline messages not fetched: {e}"
                 ));
-                let action = cx.conns[key].offline.fetch_failed();
+                let action = cx.conn_mut(key).offline.fetch_failed();
                 self.action(cx, key, action);
             }
         }

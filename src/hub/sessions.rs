@@ -66,7 +66,7 @@ impl Sessions {
         wait_ms: u64,
         now: Now,
     ) -> (String, u64) {
-        let c = &mut cx.conns[key];
+        let c = cx.conn_mut(key);
         c.login_clock_ms = c.login_clock_ms.max(now.mono_ms.saturating_add(wait_ms));
         (busy(wait_ms), wait_ms.div_ceil(1000).max(1))
     }
@@ -87,7 +87,7 @@ impl Sessions {
             (_, Some(_)) => LoginOutcome::Busy,
             _ => LoginOutcome::Error,
         };
-        cx.stats.logins[outcome] += 1;
+        cx.stats().logins[outcome] += 1;
         cx.reply(
             key,
             &ServerMessage::LoginRes(LoginResMes {
@@ -101,7 +101,7 @@ impl Sessions {
     }
 
     pub(crate) fn handle_login(&mut self, cx: &mut Cx<'_>, key: usize, m: LoginMes, now: Now) {
-        if cx.conns[key].is_online() {
+        if cx.conn(key).is_online() {
             cx.error(key, code::BAD_REQUEST, "already logged in");
             return;
         }
@@ -119,13 +119,13 @@ impl Sessions {
         let job = JobKind::Login {
             user_id: m.user_id,
             password: m.user_pwd.clone(),
-            offline_batch: cx.cfg.offline_batch,
+            offline_batch: cx.cfg().offline_batch,
         };
         let user_id = m.user_id;
         match self.submit_hash(cx, key, job, now) {
             Ok(()) => {
                 cx.login_started(key, user_id);
-                let conn = &mut cx.conns[key];
+                let conn = cx.conn_mut(key);
                 conn.offline = OfflineSlot::new(m.ack_offline);
                 conn.compact = m.compact;
                 if let Some(n) = m.max_frame {
@@ -141,9 +141,9 @@ impl Sessions {
 
     fn login_failed(&mut self, cx: &mut Cx<'_>, key: usize, code: u16, text: &str, now: Now) {
         self.login_res(cx, key, code, text, None);
-        let conn = &mut cx.conns[key];
+        let conn = cx.conn_mut(key);
         conn.login_failures += 1;
-        if conn.login_failures >= cx.cfg.max_login_failures {
+        if conn.login_failures >= cx.cfg().max_login_failures {
             cx.error(key, code::TOO_MANY, "too many failed logins");
             cx.close(key, true, "too many failed logins", now);
         }
@@ -164,7 +164,7 @@ impl Sessions {
         result: Result<LoginOk, LoginError>,
         now: Now,
     ) -> bool {
-        if cx.conns[key].closing.is_some() {
+        if cx.conn(key).closing.is_some() {
             return false;
         }
         match result {
@@ -199,12 +199,12 @@ impl Sessions {
             code::BAD_REQUEST => RegisterOutcome::Refused,
             _ => RegisterOutcome::Error,
         };
-        cx.stats.registrations[outcome] += 1;
+        cx.stats().registrations[outcome] += 1;
         cx.reply(key, &ServerMessage::RegisterRes(CodeRes::new(code, error)));
     }
 
     fn register_busy(&mut self, cx: &mut Cx<'_>, key: usize, wait_ms: u64, now: Now) {
-        cx.stats.registrations[RegisterOutcome::Busy] += 1;
+        cx.stats().registrations[RegisterOutcome::Busy] += 1;
         let (text, secs) = self.refuse_busy(cx, key, wait_ms, now);
         let mut res = CodeRes::new(code::SERVER_ERROR, text);
         res.retry_after = Some(secs);
@@ -219,7 +219,7 @@ impl Sessions {
         now: Now,
     ) {
         if let Some(n) = m.max_frame {
-            cx.conns[key].set_max_frame(n);
+            cx.conn_mut(key).set_max_frame(n);
         }
         let u = m.user;
         if let Err(e) = validate_registration(u.user_id, &u.user_name, &u.user_pwd) {
@@ -238,7 +238,7 @@ impl Sessions {
             sex: u.sex,
         };
         match self.submit_hash(cx, key, job, now) {
-            Ok(()) => cx.conns[key].pending = Some(Pending::Register),
+            Ok(()) => cx.conn_mut(key).pending = Some(Pending::Register),
             Err(wait_ms) => self.register_busy(cx, key, wait_ms, now),
         }
     }
@@ -284,7 +284,7 @@ impl Sessions {
         }
     }
     pub(crate) fn handle_ping(cx: &mut Cx<'_>, key: usize) {
-        let pong = cx.pong.clone();
+        let pong = cx.pong();
         cx.deliver(key, &pong);
     }
 
@@ -295,12 +295,12 @@ impl Sessions {
 
     /// Per-address limit on requests that cost a password hash. Sends the refusal.
     fn over_login_rate(&mut self, cx: &mut Cx<'_>, key: usize, now: Now) -> bool {
-        let ip = cx.conns[key].peer_ip;
-        if self.login_limits.take(ip, now.mono_ms, cx.cfg.login_rate) {
+        let ip = cx.conn(key).peer_ip;
+        if self.login_limits.take(ip, now.mono_ms, cx.cfg().login_rate) {
             return false;
         }
-        cx.summary.login_rate_refused += 1;
-        let wait = 60 / cx.cfg.login_rate.max(1) as u64;
+        cx.summary().login_rate_refused += 1;
+        let wait = 60 / cx.cfg().login_rate.max(1) as u64;
         cx.error_retry(
             key,
             code::TOO_MANY,
@@ -320,8 +320,8 @@ impl Sessions {
         now: Now,
     ) -> Result<(), u64> {
         self.admission.check(now.mono_ms)?;
-        if self.admission.queued() >= cx.cfg.max_hash_jobs {
-            cx.summary.hash_refused += 1;
+        if self.admission.queued() >= cx.cfg().max_hash_jobs {
+            cx.summary().hash_refused += 1;
             return Err(self.admission.estimate(now.mono_ms).max(1000));
         }
         cx.submit_hashing(key, kind);
@@ -386,8 +386,8 @@ fn go_online(
 ) {
     let me = cx.conn_ref(key);
     let name: std::rc::Rc<str> = ok.name.as_str().into();
-    cx.stats.logins[LoginOutcome::Ok] += 1;
-    let conn = &mut cx.conns[key];
+    cx.stats().logins[LoginOutcome::Ok] += 1;
+    let conn = cx.conn_mut(key);
     conn.login_failures = 0;
     // Online: the login timeout no longer applies, and its timer is dropped at the
     // next housekeeping.
@@ -401,11 +401,11 @@ fn go_online(
     let elsewhere = cluster
         .as_deref()
         .is_some_and(|c| c.online_elsewhere(ok.user_id));
-    let roster_current = chat.roster_current(cx, cluster.as_deref());
-    let listed = cx.online.get(ok.user_id).is_some() || elsewhere;
-    let replaced = cx.online.insert(ok.user_id, entry);
+    let roster_current = chat.roster_current(cx.core(), cluster.as_deref());
+    let listed = cx.online().get(ok.user_id).is_some() || elsewhere;
+    let replaced = cx.put_online(ok.user_id, entry);
     if roster_current {
-        chat.follow_login(cx, cluster.as_deref(), listed, ok.user_id, &name);
+        chat.follow_login(cx.core(), cluster.as_deref(), listed, ok.user_id, &name);
     }
     match replaced {
         Some(old) if old.conn != me && cx.get(old.conn).is_some() => {
@@ -415,7 +415,7 @@ fn go_online(
                 "user {} logged in again: older session replaced",
                 ok.user_id
             );
-            cx.conns[old.conn.key].session = Session::Anonymous;
+            cx.conn_mut(old.conn.key).session = Session::Anonymous;
             cx.error(old.conn.key, code::CONFLICT, "logged in elsewhere");
             cx.close(old.conn.key, true, "replaced by a newer login", now);
             cx.mark_presence(ok.user_id);
@@ -437,10 +437,17 @@ fn go_online(
     if let Some(c) = cluster.as_deref_mut() {
         c.login(ok.user_id, &name);
     }
-    let conn = &cx.conns[key];
+    let conn = cx.conn(key);
     let (limit, compact) = (conn.max_frame(), conn.compact());
-    let parts = chat.login_reply(cx, cluster.as_deref(), ok.user_id, limit, compact, now);
+    let parts = chat.login_reply(
+        cx.core(),
+        cluster.as_deref(),
+        ok.user_id,
+        limit,
+        compact,
+        now,
+    );
     cx.reply_parts(key, &parts);
-    let batch = cx.cfg.offline_batch;
+    let batch = cx.cfg().offline_batch;
     offline.deliver(cx, key, ok.offline, batch);
 }
