@@ -17,7 +17,6 @@
 
 use std::rc::Rc;
 
-use super::Now;
 use super::cluster::Cluster;
 use super::cx::{Core, Cx, private_frame_for, sms_res_id};
 use super::history::History;
@@ -31,7 +30,7 @@ use crate::proto::{
 };
 use crate::roster::{Listing, Roster, Version};
 use crate::store::{Conv, OfflineMsg};
-use crate::types::Part;
+use crate::types::{Now, Part};
 
 /// How long the roster is kept after the last login (see [`Chat::housekeeping`]).
 const ROSTER_KEEP_MS: u64 = 2_000;

@@ -20,7 +20,6 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;
 
-use super::Now;
 use super::cx::{Cx, private_frame_for, sms_res_id};
 use super::history::History;
 use super::moderation::Moderation;
@@ -30,7 +29,7 @@ use crate::fit;
 use crate::job::JobKind;
 use crate::proto::{SEED_MAX_FRAME, ServerMessage, SmsMes, UserInfo, code, status};
 use crate::store::{Conv, OfflineMsg};
-use crate::types::ConnRef;
+use crate::types::{ConnRef, Now};
 
 /// A user online on another node.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,7 +17,7 @@ use std::rc::Rc;
 
 use slab::Slab;
 
-use super::{Deadline, HubConfig, Summary};
+use super::config::HubConfig;
 use crate::conn::{Closing, Conn, OutQueue, Overflow, Pending, Session, TURN_FRAME, TurnBuf};
 use crate::fit;
 use crate::job::{Job, JobKind};
@@ -27,6 +27,40 @@ use crate::proto::{self, CodeRes, ServerMessage, SmsPrivateMes, code};
 use crate::store::OfflineMsg;
 use crate::types::{ConnRef, Now, Part};
 use crate::users::{OnlineEntry, Registry};
+
+/// Refusals and failures counted between two summaries in the log, so that a flood
+/// or an outage costs one log line per interval, not one per request.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// Store jobs refused: the job queue was full.
+    pub jobs_refused: u64,
+    /// Jobs that waited past the job timeout and were refused unrun.
+    pub jobs_expired: u64,
+    /// Logins and registrations refused as busy (estimated wait too long, or the
+    /// hashing queue full).
+    pub hash_refused: u64,
+    /// Logins and registrations over the per-address rate.
+    pub login_rate_refused: u64,
+    /// Frames refused before login (401) or over the message rate (429).
+    pub frames_refused: u64,
+    /// Connections refused: server full, or too many from one address.
+    pub conns_refused: u64,
+    pub conns_refused_per_addr: u64,
+    /// Requests that failed on a storage error, and the last such error.
+    pub store_errors: u64,
+    pub last_store_error: String,
+    /// History entries lost (storage failed or too slow); live delivery went on.
+    pub history_lost: u64,
+}
+
+impl Summary {
+    pub(crate) fn is_empty(&self) -> bool {
+        *self == Summary::default()
+    }
+}
+
+/// A timer: when, and for which connection.
+type Deadline = Reverse<(u64, usize, u32)>;
 
 /// With this many users online or more per millisecond of presence interval, the
 /// interval grows (see `Core::presence_interval`).

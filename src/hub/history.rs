@@ -27,7 +27,6 @@
 
 use std::collections::VecDeque;
 
-use super::Now;
 use super::cx::{Core, Cx};
 use crate::conn::Pending;
 use crate::fit;
@@ -37,6 +36,7 @@ use crate::proto::{
     kind,
 };
 use crate::store::{Conv, OfflineMsg, StoreError};
+use crate::types::Now;
 
 /// Append jobs in flight at once: more entries wait in the hub and go together, so a
 /// slow store never fills the job queue with history and refuses private messages.

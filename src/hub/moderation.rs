@@ -14,13 +14,12 @@
 //! session. The removed user's session lasts until it ends; no login follows.)
 #![forbid(unsafe_code)]
 
-use super::Now;
 use super::cx::Cx;
 use crate::admin::Kick;
 use crate::conn::{Pending, Session};
 use crate::job::JobKind;
 use crate::store::StoreError;
-use crate::types::ConnRef;
+use crate::types::{ConnRef, Now};
 use std::collections::HashMap;
 
 /// How long after a failed or refused check for bans the next one is tried.

@@ -11,13 +11,13 @@
 
 use std::collections::HashMap;
 
-use super::Now;
 use super::cx::{Core, Cx, private_frame_for};
 use crate::conn::Pending;
 use crate::job::JobKind;
 use crate::offline::Action;
 use crate::proto::OfflineAckMes;
 use crate::store::{StoreError, StoredMsg};
+use crate::types::Now;
 
 /// The offline delivery of every session, and the removals in flight.
 #[derive(Debug, Default)]

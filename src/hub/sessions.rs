@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use super::chat::Chat;
 use super::cluster::Cluster;
+use super::config::HubConfig;
 use super::cx::Cx;
 use super::offline_delivery::OfflineDelivery;
-use super::{HubConfig, Now};
 use crate::admission::Admission;
 use crate::conn::{Pending, Session};
 use crate::job::{JobKind, LoginError, LoginOk, RegisterError};
@@ -26,6 +26,7 @@ use crate::metrics::{LoginOutcome, RegisterOutcome};
 use crate::offline::OfflineSlot;
 use crate::proto::{CodeRes, LoginMes, LoginResMes, RegisterMes, ServerMessage, code, status};
 use crate::rate::PerAddr;
+use crate::types::Now;
 use crate::users::{MAX_PASSWORD_BYTES, OnlineEntry, validate_registration};
 
 /// The refusal text for a login or registration that would wait too long: when to try
