@@ -1,13 +1,13 @@
-//! Several servers, one chat: what nodes sharing one Redis tell each other, and what
-//! a node knows of the others' users.
+//! Several servers, one chat: what nodes sharing one Redis tell each other.
 //!
 //! Every node publishes [`Event`]s on one Redis pub/sub channel and hears everyone's,
 //! its own included, in the one order Redis gives them. Presence lives in Redis too
 //! (a hash of users per node, a sorted set of node heartbeats), so that a node that
 //! starts or comes back reads the whole picture ([`Input::Snapshot`]) and a node that
 //! dies is found by its silence ([`Input::LiveNodes`]). The I/O is on threads of the
-//! server side (`cluster_redis`); this file is the state and the rules, which the hub
-//! applies as inputs, so the cluster logic is tested without sockets like the rest.
+//! server side (`cluster_redis`); what a node knows of the others' users, and the rules
+//! that apply these inputs, are the hub's `Cluster` (`hub/cluster.rs`), so the cluster
+//! logic is tested without sockets like the rest.
 //!
 //! One session per user across nodes comes from that single order: a login is
 //! announced ([`Event::Online`]); when a node hears of a login of one of its own users
@@ -16,12 +16,8 @@
 //! ordered last.
 #![forbid(unsafe_code)]
 
-use std::collections::{BTreeMap, HashMap};
-use std::rc::Rc;
-
 use serde::{Deserialize, Serialize};
 
-use crate::conn::ConnRef;
 use crate::store::OfflineMsg;
 
 /// The pub/sub channel every node publishes on and listens to.
@@ -123,90 +119,6 @@ pub enum Input {
     LiveNodes(Vec<String>),
     /// The link to Redis is down (`false`) or back (`true`, a snapshot follows).
     Link(bool),
-}
-
-/// A user online on another node.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RemoteUser {
-    pub node: Rc<str>,
-    pub name: Rc<str>,
-    pub session: u64,
-}
-
-/// A private message handed to another node, waiting for its answer.
-#[derive(Debug, Clone)]
-pub struct PendingPrivate {
-    pub conn: ConnRef,
-    pub node: Rc<str>,
-    pub msg: OfflineMsg,
-    pub msg_id: Option<String>,
-    pub deadline_ms: u64,
-}
-
-/// This node's view of the cluster.
-#[derive(Debug)]
-pub struct Cluster {
-    pub node: Rc<str>,
-    /// Users online on other nodes.
-    pub remote: BTreeMap<i64, RemoteUser>,
-    /// Changes whenever `remote` does (see `roster`).
-    pub remote_version: u64,
-    /// This node's sessions: user → (session, whether its `Online` came back, i.e.
-    /// was ordered by Redis).
-    pub sessions: HashMap<i64, (u64, bool)>,
-    pub pending: HashMap<u64, PendingPrivate>,
-    next_id: u64,
-    next_session: u64,
-    /// Events to publish.
-    pub out: std::collections::VecDeque<Event>,
-    /// Whether the link to Redis is up.
-    pub up: bool,
-    /// How long a private message waits for another node's answer.
-    pub answer_ms: u64,
-}
-
-impl Cluster {
-    pub fn new(node: &str, answer_ms: u64) -> Cluster {
-        Cluster {
-            node: node.into(),
-            remote: BTreeMap::new(),
-            remote_version: 0,
-            sessions: HashMap::new(),
-            pending: HashMap::new(),
-            next_id: 1,
-            next_session: 1,
-            out: Default::default(),
-            up: false,
-            answer_ms,
-        }
-    }
-
-    pub fn is_me(&self, node: &str) -> bool {
-        *self.node == *node
-    }
-
-    /// A new session number for a local login.
-    pub fn session(&mut self) -> u64 {
-        let s = self.next_session;
-        self.next_session += 1;
-        s
-    }
-
-    /// A new private message id.
-    pub fn private_id(&mut self) -> u64 {
-        let s = self.next_id;
-        self.next_id += 1;
-        s
-    }
-
-    pub fn publish(&mut self, ev: Event) {
-        self.out.push_back(ev);
-    }
-
-    /// The earliest deadline of a private message waiting for another node.
-    pub fn next_deadline(&self) -> Option<u64> {
-        self.pending.values().map(|p| p.deadline_ms).min()
-    }
 }
 
 #[cfg(test)]

@@ -3,9 +3,9 @@
 //! the publisher included, as Redis does. No sockets, threads or sleeps.
 
 use crate::cluster::{Event, Input, PresenceEntry};
-use crate::conn::ConnRef;
 use crate::proto::{ClientMessage, ServerMessage, SmsMes, SmsPrivateMes};
 use crate::testkit::{Harness, login_msg};
+use crate::types::ConnRef;
 
 /// Nodes "a", "b", "c", ... sharing one store, as they share one Redis.
 struct Net {
@@ -386,7 +386,7 @@ fn every_message_joins_the_history_once_whichever_node_took_it() {
 #[test]
 fn a_login_replacing_another_nodes_session_is_told_only_what_came_after_it() {
     let mut net = Net::new(2);
-    net.nodes[0].hub.cfg.presence_interval_ms = 50;
+    net.nodes[0].hub.config_mut().presence_interval_ms = 50;
     registered(&mut net, &[1, 2, 3]);
     let watcher = net.login(0, 2);
     net.login(1, 1);

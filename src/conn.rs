@@ -21,8 +21,8 @@
 //! gives back the memory of idle ones now and then (`Conn::shrink_idle`), not on every
 //! drain, where a busy connection would reallocate each time.
 //!
-//! The fields are private to the hub: the reactor sees connections only through the
-//! hub's methods and the [`ConnRef`] handle.
+//! The fields are the core's (`pub(crate)`): the reactor sees connections only through
+//! the hub's methods and the [`ConnRef`] handle.
 #![forbid(unsafe_code)]
 
 use std::collections::VecDeque;
@@ -32,30 +32,7 @@ use std::rc::Rc;
 
 use crate::offline::OfflineSlot;
 use crate::rate::Bucket;
-
-/// A connection's identity: its slab key plus a generation, so that a late event or
-/// store result for a connection that has gone never reaches whoever reuses the slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ConnRef {
-    pub key: usize,
-    pub generation: u32,
-}
-
-impl ConnRef {
-    /// The mio token value: generation in the high half, slab key in the low half.
-    /// Generations start at 1, so no connection token is ever below 2^32 and the small
-    /// token values stay free for the listener, the waker and signals.
-    pub fn token(self) -> usize {
-        ((self.generation as usize) << 32) | (self.key & 0xffff_ffff)
-    }
-
-    pub fn from_token(token: usize) -> ConnRef {
-        ConnRef {
-            key: token & 0xffff_ffff,
-            generation: (token >> 32) as u32,
-        }
-    }
-}
+pub use crate::types::{ConnRef, Part};
 
 /// The output queue was full; the frame was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,66 +45,6 @@ pub enum Flush {
     Drained,
     /// The socket would block; the rest waits for the next writable event.
     Blocked,
-}
-
-/// A piece of shared encoded bytes: `bytes[start..end]`. Most are whole frames; a
-/// frame can also span several parts (a login reply built from the shared blocks of
-/// the roster), and a part can be the tail of a shared buffer (the presence notices
-/// that came after a newcomer's own). The queue is a byte stream; parts only say
-/// where its bytes are.
-#[derive(Debug, Clone)]
-pub struct Part {
-    bytes: Rc<[u8]>,
-    start: u32,
-    end: u32,
-}
-
-impl Part {
-    /// All of `bytes`.
-    pub fn whole(bytes: Rc<[u8]>) -> Part {
-        let end = bytes.len() as u32;
-        Part {
-            bytes,
-            start: 0,
-            end,
-        }
-    }
-
-    /// `bytes[start..]`.
-    pub fn tail(bytes: Rc<[u8]>, start: usize) -> Part {
-        Part::range(bytes, start, usize::MAX)
-    }
-
-    /// `bytes[start..end]`.
-    pub fn range(bytes: Rc<[u8]>, start: usize, end: usize) -> Part {
-        let end = end.min(bytes.len()) as u32;
-        Part {
-            bytes,
-            start: (start as u32).min(end),
-            end,
-        }
-    }
-
-    #[inline]
-    pub fn as_slice(&self) -> &[u8] {
-        &self.bytes[self.start as usize..self.end as usize]
-    }
-
-    #[inline]
-    #[allow(clippy::len_without_is_empty)]
-    pub fn len(&self) -> usize {
-        (self.end - self.start) as usize
-    }
-
-    /// Whether both parts are of the same shared buffer.
-    pub fn same_bytes(&self, other: &Part) -> bool {
-        self.same_bytes_as(&other.bytes)
-    }
-
-    #[inline]
-    fn same_bytes_as(&self, bytes: &Rc<[u8]>) -> bool {
-        Rc::ptr_eq(&self.bytes, bytes)
-    }
 }
 
 /// The small broadcast frames of a stretch of turns, back to back in one buffer that
@@ -540,34 +457,34 @@ pub enum Pending {
 /// One connection's state machine.
 #[derive(Debug)]
 pub struct Conn {
-    pub(super) generation: u32,
+    pub(crate) generation: u32,
     /// The client's address, kept apart from its port: a `SocketAddr` takes 32 bytes.
-    pub(super) peer_ip: IpAddr,
-    pub(super) peer_port: u16,
+    pub(crate) peer_ip: IpAddr,
+    pub(crate) peer_port: u16,
     /// Flood control: frames this connection may still send right now.
-    pub(super) msg_bucket: Bucket,
-    pub(super) session: Session,
+    pub(crate) msg_bucket: Bucket,
+    pub(crate) session: Session,
     /// A reply-bearing store job is in flight: later frames wait in `inbuf`.
-    pub(super) pending: Option<Pending>,
+    pub(crate) pending: Option<Pending>,
     /// Set once the connection is being closed: nothing more is read or handled.
-    pub(super) closing: Option<Closing>,
+    pub(crate) closing: Option<Closing>,
     /// Bytes received and not yet handled: a partial frame, or frames waiting for
     /// `pending` to clear.
-    pub(super) inbuf: Vec<u8>,
-    pub(super) out: OutQueue,
+    pub(crate) inbuf: Vec<u8>,
+    pub(crate) out: OutQueue,
     /// When the login timeout started counting: when the connection opened, or, after
     /// a busy refusal, the time the client was told to come back.
-    pub(super) login_clock_ms: u64,
-    pub(super) login_failures: u32,
+    pub(crate) login_clock_ms: u64,
+    pub(crate) login_failures: u32,
     /// Largest frame body this client reads (`maxFrame`; a seed client's limit until
     /// it says otherwise).
-    pub(super) max_frame_out: u32,
+    pub(crate) max_frame_out: u32,
     /// The client reads the compact forms of presence (`compact` in its login).
-    pub(super) compact: bool,
+    pub(crate) compact: bool,
     /// The earliest deadline of this connection in the hub's timer heap (0: none).
-    pub(super) armed_ms: u64,
+    pub(crate) armed_ms: u64,
     /// Delivery of its stored private messages, once online.
-    pub(super) offline: OfflineSlot,
+    pub(crate) offline: OfflineSlot,
 }
 
 /// How a closing connection goes.
@@ -613,7 +530,7 @@ impl Conn {
     }
 
     /// The client declared `maxFrame`: never less than a seed client reads.
-    pub(super) fn set_max_frame(&mut self, n: u32) {
+    pub(crate) fn set_max_frame(&mut self, n: u32) {
         self.max_frame_out = n.max(crate::proto::SEED_MAX_FRAME as u32);
     }
 

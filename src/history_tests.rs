@@ -2,7 +2,6 @@
 //! message): scripted conversations through the test kit, against the in-memory store,
 //! with jobs run in a chosen order. No sockets, threads or sleeps.
 
-use crate::conn::ConnRef;
 use crate::hub::HubConfig;
 use crate::job::{Job, JobKind};
 use crate::proto::{
@@ -11,6 +10,7 @@ use crate::proto::{
 };
 use crate::store::StoreError;
 use crate::testkit::Harness;
+use crate::types::ConnRef;
 
 fn h() -> Harness {
     Harness::new(HubConfig {
@@ -93,18 +93,15 @@ fn entries_are_gathered_into_one_commit_until_due_or_asked_for() {
     );
 
     // Enough waiting goes at once.
-    for i in 0..crate::hub::handlers::history::GATHER_ENTRIES {
+    for i in 0..crate::hub::history::GATHER_ENTRIES {
         t.send(a, &sms(&format!("n{i}")));
     }
-    assert_eq!(
-        append_sizes(&t.jobs),
-        [crate::hub::handlers::history::GATHER_ENTRIES]
-    );
+    assert_eq!(append_sizes(&t.jobs), [crate::hub::history::GATHER_ENTRIES]);
 }
 
 #[test]
 fn long_messages_go_to_the_store_at_once_instead_of_being_dropped() {
-    use crate::hub::handlers::history::{GATHER_CONTENT_BYTES, MAX_PENDING_BYTES};
+    use crate::hub::history::{GATHER_CONTENT_BYTES, MAX_PENDING_BYTES};
     let mut t = gathering(HubConfig::default().max_jobs);
     let [a, _] = t.everyone_online([1, 2]);
     let long = "x".repeat(16 * 1024);
@@ -489,7 +486,7 @@ fn a_storage_failure_costs_history_never_live_delivery() {
     assert_eq!(t.recv(b).len(), 30);
     assert_eq!(t.recv(c).len(), 30);
     assert_eq!(t.hub.stats.history_lost, 30);
-    assert_eq!(t.hub.summary.history_lost, 30);
+    assert_eq!(t.hub.summary().history_lost, 30);
     assert_eq!(t.hub.stats.history_appended, 0);
     // Reading fails clearly.
     t.send(b, &ask(0, 10, None));

@@ -5,7 +5,6 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::conn::ConnRef;
 use crate::hub::HubConfig;
 use crate::job::{JobKind, JobResult, LoginError, Outcome, execute};
 use crate::proto::{
@@ -14,6 +13,7 @@ use crate::proto::{
 };
 use crate::store::StoreError;
 use crate::testkit::{Harness, login_msg};
+use crate::types::ConnRef;
 
 fn h() -> Harness {
     Harness::new(crate::testkit::test_config())
@@ -1365,7 +1365,7 @@ fn one_address_cannot_take_every_connection() {
     // A slot freed is a slot to take again.
     t.hangup(held[0]);
     t.connect_from(attacker(10));
-    assert_eq!(t.hub.summary.conns_refused_per_addr, 2);
+    assert_eq!(t.hub.summary().conns_refused_per_addr, 2);
 }
 
 #[test]
@@ -1410,15 +1410,15 @@ fn refusals_before_login_are_counted_for_a_summary_not_logged_one_by_one() {
     for _ in 0..4 {
         t.send(c, &ClientMessage::OnlineUsers);
     }
-    assert_eq!(t.hub.summary.frames_refused, 4);
+    assert_eq!(t.hub.summary().frames_refused, 4);
     // Logged within a second, with its count; the next ones wait for the interval.
     t.advance(1_000);
-    assert_eq!(t.hub.summary.frames_refused, 0);
+    assert_eq!(t.hub.summary().frames_refused, 0);
     t.send(c, &ClientMessage::OnlineUsers);
     t.advance(1_000);
-    assert_eq!(t.hub.summary.frames_refused, 1);
+    assert_eq!(t.hub.summary().frames_refused, 1);
     t.advance(9_000);
-    assert_eq!(t.hub.summary.frames_refused, 0);
+    assert_eq!(t.hub.summary().frames_refused, 0);
 }
 
 #[test]
@@ -1645,19 +1645,16 @@ fn with_many_online_presence_waits_longer_and_the_roster_is_dropped_when_idle() 
         t.register(id);
         t.login(id);
     }
-    assert!(!t.hub.roster.is_empty());
+    assert!(!t.hub.roster_is_empty());
     // Notices of the last logins wait 1 ms per 20 users online: 55 ms, not 50.
     let now = t.now.mono_ms;
     let due = t.hub.poll_timeout(t.now).unwrap();
     assert_eq!(due, now + 55);
     t.advance(55);
-    assert_eq!(
-        t.recv(t.hub.online.get(1).unwrap().conn).len() as i64,
-        n - 1
-    );
+    assert_eq!(t.recv(t.hub.online_at(1).unwrap()).len() as i64, n - 1);
     // No login for a while: the roster goes, and comes back right for the next one.
     t.advance(3_000);
-    assert!(t.hub.roster.is_empty());
+    assert!(t.hub.roster_is_empty());
     t.register(n + 1);
     let c = t.connect();
     let ClientMessage::Login(mut m) = login_msg(n + 1, &format!("pw{}", n + 1)) else {

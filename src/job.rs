@@ -14,8 +14,8 @@
 
 use std::time::Duration;
 
-use crate::conn::ConnRef;
 use crate::store::{Conv, HistoryEntry, OfflineId, OfflineMsg, Store, StoreError, StoredMsg};
+use crate::types::ConnRef;
 use crate::users::UserRecord;
 
 /// Password hashing, as the jobs need it: argon2id in the server (`auth`), a cheap

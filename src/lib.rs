@@ -11,13 +11,19 @@
 //! - [`proto`]: the wire format: 4-byte big-endian length, JSON envelope, every message.
 //! - [`hub`]: the deterministic heart. Every connection's state, the online registry,
 //!   the store jobs in flight. Inputs in (`handle_*`), outputs drained (`poll_*`), the
-//!   next deadline out (`poll_timeout`), time passed in as a value.
+//!   next deadline out (`poll_timeout`), time passed in as a value. A small router
+//!   (`hub/mod.rs`) over what all share (`hub/cx.rs`: the connections, the output
+//!   machinery, the jobs, the deadlines) and components that own their state, one
+//!   file each: `sessions` (login, register, admission of hashes, per-address rates),
+//!   `chat` (group and private messages, online list, roster), `offline_delivery`,
+//!   `history` (pages, and the batching of appends, one store job per loop turn),
+//!   `cluster` (what this node knows of the others, and the rules for their events),
+//!   `moderation` (bans, kicks, removals).
 //! - [`conn`]: one connection's state machine: frame assembly buffer, session, bounded
-//!   output queue of shared frames. A module of the hub, so its fields are the hub's.
-//! - `handlers/`: one file per command (login, register, group and private messages,
-//!   online list, ping and logout, history), behind one dispatcher; modules of the hub
-//!   too. `handlers/history.rs` also batches the appending of accepted messages to
-//!   their conversations' history, one store job per loop turn.
+//!   output queue of shared frames. Its fields are the core's; the reactor sees a
+//!   connection only through the hub.
+//! - [`types`]: the small types the whole core shares (a connection's handle, the
+//!   time passed in, a piece of shared bytes); they import nothing of the crate.
 //! - [`offline`]: delivery of stored private messages to one session, as a state
 //!   machine: when to fetch, when what was delivered may leave the store.
 //! - [`admission`]: whether a login can be hashed in time, and when to pause writes so
@@ -30,7 +36,7 @@
 //! - [`store`]: the `Store` trait and the types it keeps.
 //! - [`admin`]: the operators' commands (`chat-server users ...`, `backup`): what each
 //!   does to a store, and the admin socket's requests and answers. The hub's side (a
-//!   ban or removal ends the user's sessions) is `handlers/admin.rs`.
+//!   ban or removal ends the user's sessions) is `hub/moderation.rs`.
 //! - [`metrics`]: the counters a scrape shows, and their Prometheus text.
 //!
 //! The server side (the default `server` feature), the only code that does I/O:
@@ -69,6 +75,7 @@
 pub mod admin;
 pub mod admission;
 pub mod cluster;
+pub mod conn;
 pub mod fit;
 pub mod hub;
 pub mod job;
@@ -80,9 +87,8 @@ pub mod proto;
 pub mod rate;
 pub mod roster;
 pub mod store;
+pub mod types;
 pub mod users;
-
-pub use hub::conn;
 
 #[cfg(feature = "server")]
 pub mod admin_server;

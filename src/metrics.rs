@@ -9,8 +9,43 @@
 use std::fmt::Write;
 use std::time::Duration;
 
-use crate::hub::Stats;
 use crate::proto::ClientMessage;
+
+/// Counters for the log, the benchmark and the metrics (`metrics`): plain fields,
+/// bumped on the loop's thread, copied out when a scrape asks.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub accepted: u64,
+    pub closed: u64,
+    pub frames_in: u64,
+    pub group_messages: u64,
+    pub deliveries: u64,
+    pub slow_consumers_dropped: u64,
+    /// History entries appended after delivery, and lost (storage failed or too slow).
+    /// Private messages stored for later join the history with the message itself and
+    /// are not counted.
+    pub history_appended: u64,
+    pub history_lost: u64,
+    /// Frames received by type ([`FRAME_TYPES`]).
+    pub frames_by_type: [u64; FRAME_TYPES.len()],
+    /// Logins and registrations answered, by outcome ([`LOGIN_OUTCOMES`],
+    /// [`REGISTER_OUTCOMES`]).
+    pub logins: [u64; LOGIN_OUTCOMES.len()],
+    pub registrations: [u64; REGISTER_OUTCOMES.len()],
+    pub private_messages: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Refusals with code 429 (too many) and 413 (frame too large).
+    pub refused_too_many: u64,
+    pub refused_too_large: u64,
+    pub store_errors: u64,
+    /// Sessions closed by an operator (ban, removal).
+    pub kicked: u64,
+    /// From a hashing job queued to its result.
+    pub hash_latency: Histogram,
+    /// How long workers ran jobs, by lane ([`LANES`]).
+    pub job_seconds: [Histogram; LANES.len()],
+}
 
 /// Upper bounds of the histograms' buckets, in seconds (plus +Inf).
 pub const BUCKETS: [f64; 14] = [
@@ -44,54 +79,124 @@ impl Histogram {
     }
 }
 
-/// Labels of the frame types counted in [`Stats::frames_by_type`].
-pub const FRAME_TYPES: [&str; 11] = [
-    "LoginMes",
-    "RegisterMes",
-    "SmsMes",
-    "SmsPrivateMes",
-    "OnlineUsersMes",
-    "LogoutMes",
-    "PingMes",
-    "OfflineAckMes",
-    "HistoryMes",
-    "other",
-    "unreadable",
-];
+/// Declares the labels of a labelled series as an enum, its variants in the order of
+/// the labels (the label array is the exposition's order), and lets the series' array
+/// be indexed by the enum, so that no count is picked by a bare number.
+macro_rules! series {
+    (
+        $(#[$meta:meta])*
+        $name:ident, $labels:ident, $n:literal,
+        [$($(#[$vmeta:meta])* $var:ident => $label:literal),+ $(,)?]
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name {
+            $($(#[$vmeta])* $var),+
+        }
 
-/// The index of a received frame's type in [`FRAME_TYPES`].
-pub fn frame_index<E>(msg: &Result<ClientMessage, E>) -> usize {
-    match msg {
-        Ok(ClientMessage::Login(_)) => 0,
-        Ok(ClientMessage::Register(_)) => 1,
-        Ok(ClientMessage::Sms(_)) => 2,
-        Ok(ClientMessage::Private(_)) => 3,
-        Ok(ClientMessage::OnlineUsers) => 4,
-        Ok(ClientMessage::Logout) => 5,
-        Ok(ClientMessage::Ping) => 6,
-        Ok(ClientMessage::OfflineAck(_)) => 7,
-        Ok(ClientMessage::History(_)) => 8,
-        #[allow(unreachable_patterns)]
-        Ok(_) => 9,
-        Err(_) => 10,
+        #[doc = concat!("The labels of [`", stringify!($name), "`], in the order of its variants.")]
+        pub const $labels: [&str; $n] = [$($label),+];
+
+        impl $name {
+            /// The label a scrape shows.
+            pub fn label(self) -> &'static str {
+                $labels[self as usize]
+            }
+        }
+
+        impl<T> std::ops::Index<$name> for [T; $n] {
+            type Output = T;
+            #[inline]
+            fn index(&self, k: $name) -> &T {
+                &self[k as usize]
+            }
+        }
+
+        impl<T> std::ops::IndexMut<$name> for [T; $n] {
+            #[inline]
+            fn index_mut(&mut self, k: $name) -> &mut T {
+                &mut self[k as usize]
+            }
+        }
+    };
+}
+
+series!(
+    /// The type of a frame received, the series of [`Stats::frames_by_type`].
+    FrameType, FRAME_TYPES, 11,
+    [
+        Login => "LoginMes",
+        Register => "RegisterMes",
+        Sms => "SmsMes",
+        Private => "SmsPrivateMes",
+        OnlineUsers => "OnlineUsersMes",
+        Logout => "LogoutMes",
+        Ping => "PingMes",
+        OfflineAck => "OfflineAckMes",
+        History => "HistoryMes",
+        /// A message of a type the server reads but does not count by name.
+        Other => "other",
+        /// A frame that did not parse.
+        Unreadable => "unreadable",
+    ]
+);
+
+impl FrameType {
+    /// The type of a received frame.
+    pub fn of<E>(msg: &Result<ClientMessage, E>) -> FrameType {
+        match msg {
+            Ok(ClientMessage::Login(_)) => FrameType::Login,
+            Ok(ClientMessage::Register(_)) => FrameType::Register,
+            Ok(ClientMessage::Sms(_)) => FrameType::Sms,
+            Ok(ClientMessage::Private(_)) => FrameType::Private,
+            Ok(ClientMessage::OnlineUsers) => FrameType::OnlineUsers,
+            Ok(ClientMessage::Logout) => FrameType::Logout,
+            Ok(ClientMessage::Ping) => FrameType::Ping,
+            Ok(ClientMessage::OfflineAck(_)) => FrameType::OfflineAck,
+            Ok(ClientMessage::History(_)) => FrameType::History,
+            #[allow(unreachable_patterns)]
+            Ok(_) => FrameType::Other,
+            Err(_) => FrameType::Unreadable,
+        }
     }
 }
 
-/// Outcomes of logins, the labels of [`Stats::logins`].
-pub const LOGIN_OUTCOMES: [&str; 6] = [
-    "ok",
-    "no_such_user",
-    "wrong_password",
-    "banned",
-    "busy",
-    "error",
-];
+series!(
+    /// How a login was answered, the series of [`Stats::logins`].
+    LoginOutcome, LOGIN_OUTCOMES, 6,
+    [
+        Ok => "ok",
+        NoSuchUser => "no_such_user",
+        WrongPassword => "wrong_password",
+        Banned => "banned",
+        /// Refused as busy: the hash would wait too long.
+        Busy => "busy",
+        Error => "error",
+    ]
+);
 
-/// Outcomes of registrations, the labels of [`Stats::registrations`].
-pub const REGISTER_OUTCOMES: [&str; 4] = ["ok", "refused", "busy", "error"];
+series!(
+    /// How a registration was answered, the series of [`Stats::registrations`].
+    RegisterOutcome, REGISTER_OUTCOMES, 4,
+    [
+        Ok => "ok",
+        /// The id is taken, or a field breaks the rules.
+        Refused => "refused",
+        Busy => "busy",
+        Error => "error",
+    ]
+);
 
-/// The lanes of the worker pool, the labels of [`Stats::job_seconds`].
-pub const LANES: [&str; 2] = ["hash", "store"];
+series!(
+    /// A lane of the worker pool, the series of [`Stats::job_seconds`].
+    Lane, LANES, 2,
+    [
+        /// Password hashes: logins and registrations.
+        Hash => "hash",
+        /// Every other store job.
+        Store => "store",
+    ]
+);
 
 /// Everything a scrape shows, copied by the event loop in one turn.
 #[derive(Debug, Clone, Default)]
@@ -308,8 +413,14 @@ pub fn render(s: &Snapshot) -> String {
         "store_job_seconds",
         "Time a worker took to run a store job, by lane (hash: logins and registrations).",
         &[
-            (Some(("lane", LANES[0])), &st.job_seconds[0]),
-            (Some(("lane", LANES[1])), &st.job_seconds[1]),
+            (
+                Some(("lane", Lane::Hash.label())),
+                &st.job_seconds[Lane::Hash],
+            ),
+            (
+                Some(("lane", Lane::Store.label())),
+                &st.job_seconds[Lane::Store],
+            ),
         ],
     );
     o.one(
@@ -368,8 +479,8 @@ mod tests {
     #[test]
     fn every_sample_line_is_well_formed() {
         let mut s = Snapshot::default();
-        s.stats.logins[0] = 4;
-        s.stats.frames_by_type[2] = 7;
+        s.stats.logins[LoginOutcome::Ok] = 4;
+        s.stats.frames_by_type[FrameType::Sms] = 7;
         s.connections = 3;
         let text = render(&s);
         assert!(text.contains("chat_logins_total{outcome=\"ok\"} 4\n"));

@@ -19,8 +19,8 @@
 
 use std::rc::Rc;
 
-use crate::conn::Part;
 use crate::proto::{self, UserInfo};
+use crate::types::Part;
 
 /// What the roster was built from: the registry's and the cluster's versions.
 pub type Version = (u64, u64);

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::conn::ConnRef;
+use crate::types::ConnRef;
 
 /// Longest accepted user name, in characters.
 pub const MAX_NAME_CHARS: usize = 32;

@@ -27,15 +27,16 @@
 
 use std::collections::VecDeque;
 
+use super::cx::{Core, Cx};
 use crate::conn::Pending;
 use crate::fit;
-use crate::hub::{Hub, Now};
 use crate::job::{JobKind, Outcome};
 use crate::proto::{
     self, HISTORY_PAGE_DEFAULT, HISTORY_PAGE_MAX, HistoryEntry, HistoryMes, HistoryResMes, code,
     kind,
 };
 use crate::store::{Conv, OfflineMsg, StoreError};
+use crate::types::Now;
 
 /// Append jobs in flight at once: more entries wait in the hub and go together, so a
 /// slow store never fills the job queue with history and refuses private messages.
@@ -56,7 +57,7 @@ pub const MAX_REPLY_BYTES: usize = 1 << 20;
 
 /// Entries noted and not yet handed to a worker.
 #[derive(Debug, Default)]
-pub(crate) struct Appends {
+pub(crate) struct History {
     pending: VecDeque<HistoryEntry>,
     pending_bytes: usize,
     in_flight: usize,
@@ -69,14 +70,14 @@ pub(crate) struct Appends {
     last_call: bool,
 }
 
-impl Appends {
+impl History {
     fn can_submit(&self) -> bool {
         !self.pending.is_empty() && (self.in_flight < MAX_APPEND_JOBS || self.last_call)
     }
 
     /// When what waits is due: at once if enough waits or the server is stopping,
     /// else `gather_ms` after the loop first saw it.
-    fn due_at(&self, gather_ms: u64) -> Option<u64> {
+    fn gathered_due_at(&self, gather_ms: u64) -> Option<u64> {
         if self.pending.is_empty() {
             return None;
         }
@@ -90,48 +91,48 @@ impl Appends {
     }
 }
 
-impl Hub {
+impl History {
     /// A message accepted for its conversation: appended with this turn's others.
-    pub(crate) fn note_history(&mut self, e: HistoryEntry) {
-        if self.cfg.history == 0 {
+    pub(crate) fn note(&mut self, cx: &mut Cx<'_>, e: HistoryEntry) {
+        if cx.cfg().history == 0 {
             return;
         }
-        let h = &mut self.appends;
+        let h = &mut *self;
         h.pending_bytes += e.content.len() + e.user_name.len();
         h.pending.push_back(e);
         while h.pending_bytes > MAX_PENDING_BYTES && h.pending.len() > 1 {
             let old = h.pending.pop_front().expect("not empty");
             h.pending_bytes -= old.content.len() + old.user_name.len();
-            self.stats.history_lost += 1;
-            self.summary.history_lost += 1;
+            cx.stats().history_lost += 1;
+            cx.summary().history_lost += 1;
         }
     }
 
     /// A private message delivered: it joins the pair's history.
-    pub(crate) fn note_private_history(&mut self, m: OfflineMsg) {
-        self.note_history(m.into());
+    pub(crate) fn note_private(&mut self, cx: &mut Cx<'_>, m: OfflineMsg) {
+        self.note(cx, m.into());
     }
 
     /// Hands the entries noted so far to a worker as one job, if one may go now and
     /// they are due (see `HubConfig::history_gather_ms`).
-    pub(crate) fn flush_history(&mut self, now: Now) {
-        if !self.appends.pending.is_empty() && self.appends.since_ms.is_none() {
-            self.appends.since_ms = Some(now.mono_ms);
+    pub(crate) fn flush(&mut self, cx: &mut Cx<'_>, now: Now) {
+        if !self.pending.is_empty() && self.since_ms.is_none() {
+            self.since_ms = Some(now.mono_ms);
         }
-        if !self.history_waits(now) {
+        if !self.waits(cx.core(), now) {
             return;
         }
-        self.submit_appends();
+        self.submit_appends(cx);
     }
 
     /// When entries waiting are due to go, if they can go then. `None` while the
     /// job queue is full: a finished job wakes the loop, and a due time in the past
     /// would only make it spin.
-    pub(crate) fn history_due_at(&self) -> Option<u64> {
-        if !self.appends.can_submit() || self.store_jobs_in_flight() >= self.cfg.max_jobs {
+    pub(crate) fn due_at(&self, cx: &Core) -> Option<u64> {
+        if !self.can_submit() || cx.store_jobs_in_flight() >= cx.cfg.max_jobs {
             return None;
         }
-        self.appends.due_at(self.cfg.history_gather_ms)
+        self.gathered_due_at(cx.cfg.history_gather_ms)
     }
 
     /// A private message of `conv` is about to be stored with its history entry.
@@ -139,26 +140,23 @@ impl Hub {
     /// that conversation noted before it, so that it is numbered after them (see
     /// [`JobKind::is_history`]); those still waiting go first, now. Otherwise it runs
     /// in the storage lane, where no history append can hold it up.
-    pub(crate) fn history_before_stored(&mut self, conv: Conv) -> bool {
-        if self.cfg.history == 0 {
+    pub(crate) fn before_stored(&mut self, cx: &mut Cx<'_>, conv: Conv) -> bool {
+        if cx.cfg().history == 0 {
             return false;
         }
-        if self.appends.pending.iter().any(|e| Conv::of(e) == conv) {
-            self.submit_appends();
+        if self.pending.iter().any(|e| Conv::of(e) == conv) {
+            self.submit_appends(cx);
             return true;
         }
-        self.appends
-            .pairs_in_flight
-            .iter()
-            .any(|v| v.contains(&conv))
+        self.pairs_in_flight.iter().any(|v| v.contains(&conv))
     }
 
     /// Hands the entries noted so far to a worker as one job, whatever is in flight.
-    fn submit_appends(&mut self) {
-        if self.appends.pending.is_empty() {
+    fn submit_appends(&mut self, cx: &mut Cx<'_>) {
+        if self.pending.is_empty() {
             return;
         }
-        let h = &mut self.appends;
+        let h = &mut *self;
         let entries: Vec<HistoryEntry> = std::mem::take(&mut h.pending).into();
         let mut pairs: Vec<Conv> = entries
             .iter()
@@ -171,41 +169,41 @@ impl Hub {
         h.pending_bytes = 0;
         h.since_ms = None;
         h.in_flight += 1;
-        let keep = self.cfg.history;
-        self.submit_always(None, JobKind::AppendHistory { entries, keep });
+        let keep = cx.cfg().history;
+        cx.submit_always(None, JobKind::AppendHistory { entries, keep });
     }
 
     /// Whether entries wait that are due and could be handed to a worker now.
-    pub(crate) fn history_waits(&self, now: Now) -> bool {
-        self.history_due_at().is_some_and(|at| at <= now.mono_ms)
+    pub(crate) fn waits(&self, cx: &Core, now: Now) -> bool {
+        self.due_at(cx).is_some_and(|at| at <= now.mono_ms)
     }
 
     /// The server is stopping: what waits is appended now, in-flight limit or not.
-    pub(crate) fn history_last_call(&mut self) {
-        self.appends.last_call = true;
+    pub(crate) fn last_call(&mut self) {
+        self.last_call = true;
     }
 
     /// Takes the end of an append (true: nothing more to do with it). A private
     /// message stored for later joins its history in the store's own write
     /// ([`crate::store::Store::push_offline`]), not here: a resend after a lost answer
     /// must not add it twice.
-    pub(crate) fn history_outcome(&mut self, outcome: &mut Outcome) -> bool {
+    pub(crate) fn outcome(&mut self, cx: &mut Cx<'_>, outcome: &mut Outcome) -> bool {
         match outcome {
             Outcome::AppendHistory {
                 count,
                 kept,
                 result,
             } => {
-                self.appends.in_flight = self.appends.in_flight.saturating_sub(1);
-                self.appends.pairs_in_flight.pop_front();
+                self.in_flight = self.in_flight.saturating_sub(1);
+                self.pairs_in_flight.pop_front();
                 match result {
-                    Ok(()) => self.stats.history_appended += *count as u64,
+                    Ok(()) => cx.stats().history_appended += *count as u64,
                     Err(e) => {
                         let lost = count.saturating_sub(*kept);
-                        self.stats.history_appended += *kept as u64;
-                        self.stats.history_lost += lost as u64;
-                        self.summary.history_lost += lost as u64;
-                        self.store_error(&format!(
+                        cx.stats().history_appended += *kept as u64;
+                        cx.stats().history_lost += lost as u64;
+                        cx.summary().history_lost += lost as u64;
+                        cx.store_error(&format!(
                             "{lost} of {count} history entries not kept (live delivery \
                              is not affected): {e}"
                         ));
@@ -217,15 +215,15 @@ impl Hub {
         }
     }
 
-    pub(crate) fn handle_history(&mut self, key: usize, m: HistoryMes, _now: Now) {
-        let Some(me) = self.conns[key].user_id() else {
+    pub(crate) fn handle(&mut self, cx: &mut Cx<'_>, key: usize, m: HistoryMes, _now: Now) {
+        let Some(me) = cx.conn(key).user_id() else {
             return;
         };
         let conv = match m.with {
             None => Conv::Group,
             Some(with) if with > 0 => Conv::pair(me, with),
             Some(_) => {
-                self.error(
+                cx.error(
                     key,
                     code::BAD_REQUEST,
                     "with: a user id is a positive number",
@@ -233,9 +231,9 @@ impl Hub {
                 return;
             }
         };
-        if self.cfg.history == 0 {
+        if cx.cfg().history == 0 {
             // History is off: there is none.
-            self.reply_history(key, Vec::new(), false);
+            self.reply(cx, key, Vec::new(), false);
             return;
         }
         let limit = if m.limit <= 0 {
@@ -246,47 +244,46 @@ impl Hub {
         // What was noted goes first, so that a page asked for after a message was
         // accepted shows it (the history jobs run in order). Past the limit of appends
         // in flight too: reads are bounded (one per connection at a time).
-        self.submit_appends();
+        self.submit_appends(cx);
         let job = JobKind::ReadHistory {
             conv,
             before: m.before,
             limit,
         };
-        if self.submit(Some(key), job) {
-            self.conns[key].pending = Some(Pending::History);
+        if cx.submit(Some(key), job) {
+            cx.conn_mut(key).pending = Some(Pending::History);
         } else {
-            self.error_retry(key, code::UNAVAILABLE, "server busy, try again", 1);
+            cx.error_retry(key, code::UNAVAILABLE, "server busy, try again", 1);
         }
     }
 
-    pub(crate) fn history_read(
+    pub(crate) fn read_done(
         &mut self,
+        cx: &mut Cx<'_>,
         key: usize,
         result: Result<(Vec<HistoryEntry>, bool), StoreError>,
-        now: Now,
     ) {
         match result {
-            Ok((messages, more)) => self.reply_history(key, messages, more),
+            Ok((messages, more)) => self.reply(cx, key, messages, more),
             Err(e) if e.is_timed_out() => {
-                self.error_retry(key, code::UNAVAILABLE, "server busy, try again", 1)
+                cx.error_retry(key, code::UNAVAILABLE, "server busy, try again", 1)
             }
             Err(e) => {
-                self.store_error(&format!("history not read: {e}"));
-                self.error(
+                cx.store_error(&format!("history not read: {e}"));
+                cx.error(
                     key,
                     code::UNAVAILABLE,
                     "storage unavailable: history cannot be read now",
                 );
             }
         }
-        self.resume(key, now);
     }
 
     /// Sends a page of history, as much of it as the client reads in one frame: the
     /// newest entries, the oldest left out (then `more` is set), and if not even one
     /// fits whole, the newest cut short.
-    fn reply_history(&mut self, key: usize, mut messages: Vec<HistoryEntry>, more: bool) {
-        let limit = self.conns[key].max_frame().min(MAX_REPLY_BYTES);
+    fn reply(&mut self, cx: &mut Cx<'_>, key: usize, mut messages: Vec<HistoryEntry>, more: bool) {
+        let limit = cx.conn(key).max_frame().min(MAX_REPLY_BYTES);
         let encode = |messages: &[HistoryEntry], more: bool| {
             proto::encode(
                 kind::HISTORY_RES,
@@ -298,7 +295,7 @@ impl Hub {
         };
         let frame = encode(&messages, more);
         if fit::fits(&frame, limit) {
-            self.reply_frame(key, frame);
+            cx.reply_frame(key, frame);
             return;
         }
         let len = messages.len();
@@ -321,6 +318,6 @@ impl Hub {
             };
             fit::cut_to_fit(&newest.content, limit, cut).unwrap_or_else(|| encode(&[], true))
         };
-        self.reply_frame(key, frame);
+        cx.reply_frame(key, frame);
     }
 }

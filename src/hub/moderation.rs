@@ -14,37 +14,48 @@
 //! session. The removed user's session lasts until it ends; no login follows.)
 #![forbid(unsafe_code)]
 
+use super::cx::Cx;
 use crate::admin::Kick;
 use crate::conn::{Pending, Session};
-use crate::hub::{Hub, Now};
 use crate::job::JobKind;
 use crate::store::StoreError;
+use crate::types::{ConnRef, Now};
+use std::collections::HashMap;
 
 /// How long after a failed or refused check for bans the next one is tried.
 const BANS_RETRY_MS: u64 = 5_000;
 
+/// Bans, kicks and removals: what the hub knows of them.
+#[derive(Debug, Default)]
+pub(crate) struct Moderation {
+    /// The check of this node's users for bans after its cluster link came back.
+    bans_check: BansCheck,
+    /// Logins in flight of users an operator banned or removed meanwhile: refused
+    /// when their result comes, whatever it says.
+    revoked: HashMap<ConnRef, Kick>,
+}
+
 /// The check of this node's users online for bans (see `JobKind::CheckBans`).
 #[derive(Debug, Default)]
-pub(crate) struct BansCheck {
+struct BansCheck {
     /// From when one is wanted (`None`: none).
     due_ms: Option<u64>,
     in_flight: bool,
 }
 
-impl Hub {
+impl Moderation {
     /// Ends every session of `user` on this server: `ErrorResMes` (423 banned, 410
-    /// removed), then the close; the others see the user go offline. Logins of that
-    /// user in flight are refused when they come back. Returns the number of sessions
-    /// closed.
-    pub fn handle_admin(&mut self, user: i64, kick: Kick, now: Now) -> usize {
-        let closed = self.end_sessions(user, kick, now);
-        self.announce_departures(now);
-        closed
-    }
-
-    /// [`Hub::handle_admin`] but for telling the others: the caller announces the
-    /// departures once it has ended every session it meant to.
-    fn end_sessions(&mut self, user: i64, kick: Kick, now: Now) -> usize {
+    /// removed), then the close; the others see the user go offline (the caller
+    /// announces the departures once it has ended every session it meant to). Logins
+    /// of that user in flight are refused when they come back. Returns the number of
+    /// sessions closed.
+    pub(crate) fn end_sessions(
+        &mut self,
+        cx: &mut Cx<'_>,
+        user: i64,
+        kick: Kick,
+        now: Now,
+    ) -> usize {
         let (code, text) = kick.error();
         let reason = match kick {
             Kick::Banned => "banned by an operator",
@@ -53,9 +64,8 @@ impl Hub {
         let mut closed = 0;
         // The registry's session, and any other connection logged in as this user
         // (none today: a newer login replaces the older one at once).
-        let keys: Vec<usize> = self
-            .conns
-            .iter()
+        let keys: Vec<usize> = cx
+            .conns()
             .filter(|(_, c)| c.closing.is_none())
             .filter(
                 |(_, c)| matches!(&c.session, Session::Online { user_id, .. } if *user_id == user),
@@ -63,53 +73,62 @@ impl Hub {
             .map(|(k, _)| k)
             .collect();
         for key in keys {
-            self.error(key, code, text);
-            self.close(key, true, reason, now);
+            cx.error(key, code, text);
+            cx.close(key, true, reason, now);
             closed += 1;
         }
-        let logging_in: Vec<usize> = self
-            .conns
-            .iter()
+        let logging_in: Vec<usize> = cx
+            .conns()
             .filter(|(_, c)| c.pending == Some(Pending::Login { user_id: user }))
             .map(|(k, _)| k)
             .collect();
         for key in logging_in {
-            let r = self.conn_ref(key);
+            let r = cx.conn_ref(key);
             self.revoked.insert(r, kick);
         }
         if closed > 0 {
             log::info!("user {user}: {closed} sessions closed ({reason})");
         }
-        self.stats.kicked += closed as u64;
+        cx.stats().kicked += closed as u64;
         closed
+    }
+
+    /// A login of `r` has come back: the kick of its user meanwhile, if any.
+    pub(crate) fn revoked(&mut self, r: ConnRef) -> Option<Kick> {
+        self.revoked.remove(&r)
+    }
+
+    /// Whether no login in flight waits to be refused (tests).
+    #[cfg(test)]
+    pub(crate) fn nothing_revoked(&self) -> bool {
+        self.revoked.is_empty()
     }
 
     /// The cluster link is back (a snapshot of presence came): bans published while it
     /// was down were not heard here, so the users online here are looked up in the
     /// store.
-    pub(crate) fn check_bans_soon(&mut self, now: Now) {
+    pub(crate) fn check_bans_soon(&mut self, cx: &mut Cx<'_>, now: Now) {
         self.bans_check.due_ms = Some(now.mono_ms);
-        self.check_bans_if_due(now);
+        self.check_bans_if_due(cx, now);
     }
 
     /// Submits the check if one is wanted now and none is in flight.
-    pub(crate) fn check_bans_if_due(&mut self, now: Now) {
+    pub(crate) fn check_bans_if_due(&mut self, cx: &mut Cx<'_>, now: Now) {
         let c = &self.bans_check;
         if c.in_flight || c.due_ms.is_none_or(|due| due > now.mono_ms) {
             return;
         }
         // Logins in flight too: one may have read the record before the ban.
-        let mut users = self.online.ids();
+        let mut users = cx.online().ids();
         users.extend(
-            self.logging_in
-                .keys()
-                .filter(|u| self.online.get(**u).is_none()),
+            cx.users_logging_in()
+                .filter(|u| cx.online().get(*u).is_none()),
         );
         if users.is_empty() {
             self.bans_check.due_ms = None;
             return;
         }
-        if self.submit(None, JobKind::CheckBans { users }) {
+        if cx.submit(None, JobKind::CheckBans { users }) {
             self.bans_check = BansCheck {
                 due_ms: None,
                 in_flight: true,
@@ -120,28 +139,32 @@ impl Hub {
     }
 
     /// The store said which users online or logging in here are banned: their sessions
-    /// end and their logins in flight are refused. A failed check is tried again a
-    /// little later.
-    pub(crate) fn bans_checked(&mut self, result: Result<Vec<i64>, StoreError>, now: Now) {
+    /// end and their logins in flight are refused (the caller announces the departures
+    /// once all are gone, so that nobody leaving hears of the others). A failed check
+    /// is tried again a little later.
+    pub(crate) fn bans_checked(
+        &mut self,
+        cx: &mut Cx<'_>,
+        result: Result<Vec<i64>, StoreError>,
+        now: Now,
+    ) {
         self.bans_check.in_flight = false;
         match result {
             Ok(banned) => {
                 log::debug!("users online checked for bans: {} banned", banned.len());
                 for user in banned {
-                    if self.end_sessions(user, Kick::Banned, now) > 0 {
+                    if self.end_sessions(cx, user, Kick::Banned, now) > 0 {
                         log::info!("user {user}: banned while this node was cut off from Redis");
                     }
                 }
-                // Told once all are gone: nobody leaving hears of the others.
-                self.announce_departures(now);
             }
             Err(e) => {
-                self.store_error(&format!("users online not checked for bans: {e}"));
+                cx.store_error(&format!("users online not checked for bans: {e}"));
                 let retry = now.mono_ms + BANS_RETRY_MS;
                 let due = self.bans_check.due_ms.map_or(retry, |d| d.min(retry));
                 self.bans_check.due_ms = Some(due);
             }
         }
-        self.check_bans_if_due(now);
+        self.check_bans_if_due(cx, now);
     }
 }

@@ -1,0 +1,91 @@
+//! The hub's limits and timings ([`HubConfig`]), which the server's command line sets.
+#![forbid(unsafe_code)]
+
+use crate::proto;
+
+/// Limits and timings. The server's command line sets them (`chat-server --help`
+/// names each); these defaults are the command line's.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Largest frame body from a logged-in client.
+    pub max_frame: usize,
+    /// Largest frame body before login.
+    pub prelogin_max_frame: usize,
+    /// Largest output queue per connection, in bytes.
+    pub max_outbuf: usize,
+    /// Connections held at once; more are refused with `ErrorResMes` 503. 0: no limit
+    /// here (the server sets it from the descriptor limit).
+    pub max_conns: usize,
+    /// Connections held at once from one address (an IPv6 /64 counts as one); more
+    /// are refused with `ErrorResMes` 503. 0: no limit.
+    pub max_conns_per_addr: usize,
+    /// Store jobs queued or running at once, over all connections, password hashes
+    /// not counted: a storm of logins does not turn private messages away.
+    pub max_jobs: usize,
+    /// Password hashes (logins, registrations) queued or running at once, besides the
+    /// estimate that admits one only if it can be served within the job timeout.
+    pub max_hash_jobs: usize,
+    /// What one hash costs, as timed when the server started: the wait estimate's
+    /// first figure, before any login has been hashed (None: nothing until then).
+    pub hash_cost: Option<std::time::Duration>,
+    /// Threads hashing passwords (logins and registrations).
+    pub hash_workers: usize,
+    /// Longest a store job may wait for a worker (`--job-timeout`). A login or
+    /// registration whose estimated wait is longer is refused at once as busy.
+    pub job_timeout_ms: u64,
+    /// A connection that has not logged in by then is closed.
+    pub login_timeout_ms: u64,
+    /// How long a closing connection may take to write its last frames.
+    pub close_linger_ms: u64,
+    /// Failed logins on one connection before it is closed.
+    pub max_login_failures: u32,
+    /// Offline messages fetched per store round trip.
+    pub offline_batch: usize,
+    /// Frames per second per connection (burst the same); over it, `ErrorResMes` 429
+    /// and the frame is not handled. 0: no limit.
+    pub msg_rate: u32,
+    /// Logins and registrations (each costs a password hash) per minute per client
+    /// address (burst the same); over it, `ErrorResMes` 429. 0: no limit.
+    pub login_rate: u32,
+    /// How often refusals and storage errors are summed up in the log.
+    pub summary_interval_ms: u64,
+    /// Messages kept per conversation (the group's, each pair's) for `HistoryMes`
+    /// (`--history`); 0: no history.
+    pub history: usize,
+    /// History entries wait at most this long after the first of them before they
+    /// go to the store together, as one commit (sooner when a page is asked for, or
+    /// when [`GATHER_ENTRIES`](crate::hub::history::GATHER_ENTRIES) or
+    /// [`GATHER_CONTENT_BYTES`](crate::hub::history::GATHER_CONTENT_BYTES) wait). 0: at the end of each turn.
+    pub history_gather_ms: u64,
+    /// Presence notices (who came online, who left) are sent together at most this
+    /// long after the first of them, or at once before any message from one user to
+    /// another (see [`crate::presence`]). 0: at the end of each turn.
+    pub presence_interval_ms: u64,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            max_frame: proto::DEFAULT_MAX_FRAME,
+            prelogin_max_frame: 8 * 1024,
+            max_outbuf: 1024 * 1024,
+            max_conns: 0,
+            max_conns_per_addr: 64,
+            max_jobs: 1024,
+            max_hash_jobs: 16_384,
+            hash_cost: None,
+            hash_workers: 2,
+            job_timeout_ms: 30_000,
+            login_timeout_ms: 30_000,
+            close_linger_ms: 2_000,
+            max_login_failures: 5,
+            offline_batch: 100,
+            msg_rate: 20,
+            login_rate: 30,
+            summary_interval_ms: 10_000,
+            history: 1000,
+            history_gather_ms: 100,
+            presence_interval_ms: 50,
+        }
+    }
+}

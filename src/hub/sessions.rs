@@ -1,0 +1,454 @@
+//! Sessions: `LoginMes` and `RegisterMes` (a worker checks or hashes the password),
+//! `PingMes` and `LogoutMes`, and what stands before a hash: the admission of hashing
+//! jobs ([`Admission`], the one home of that decision) and the per-address rate of
+//! logins and registrations.
+//!
+//! On a login's success the caller gets `LoginResMes` 200 listing everyone online
+//! (itself included), then its offline messages; the others get `NotifyUserStatusMes`
+//! status 0 (`PresenceMes` for clients that logged in `compact`). If the user was
+//! already online on another connection, that older session gets `ErrorResMes` 409
+//! and is closed, and the others see no offline/online flicker.
+//!
+//! `RegisterResMes` 200 goes out only after the store committed the new user.
+#![forbid(unsafe_code)]
+
+use std::time::{Duration, Instant};
+
+use super::chat::Chat;
+use super::cluster::Cluster;
+use super::config::HubConfig;
+use super::cx::Cx;
+use super::offline_delivery::OfflineDelivery;
+use crate::admission::Admission;
+use crate::conn::{Pending, Session};
+use crate::job::{JobKind, LoginError, LoginOk, RegisterError};
+use crate::metrics::{LoginOutcome, RegisterOutcome};
+use crate::offline::OfflineSlot;
+use crate::proto::{CodeRes, LoginMes, LoginResMes, RegisterMes, ServerMessage, code, status};
+use crate::rate::PerAddr;
+use crate::types::Now;
+use crate::users::{MAX_PASSWORD_BYTES, OnlineEntry, validate_registration};
+
+/// The refusal text for a login or registration that would wait too long: when to try
+/// again, rounded up to whole seconds.
+fn busy(wait_ms: u64) -> String {
+    format!(
+        "server busy, try again in {} s",
+        wait_ms.div_ceil(1000).max(1)
+    )
+}
+
+/// Logins, registrations and what admits them.
+#[derive(Debug)]
+pub(crate) struct Sessions {
+    /// Which logins and registrations are admitted, given what hashing delivers.
+    admission: Admission,
+    /// Hash-costing requests per client address.
+    login_limits: PerAddr,
+}
+
+impl Sessions {
+    pub(crate) fn new(cfg: &HubConfig) -> Sessions {
+        Sessions {
+            admission: Admission::new(cfg.hash_workers, cfg.job_timeout_ms, cfg.hash_cost),
+            login_limits: PerAddr::default(),
+        }
+    }
+}
+
+impl Sessions {
+    /// Refuses a login or registration as busy: returns the refusal text and the
+    /// time to come back in seconds. The login timeout starts again from then: a
+    /// client that waits as asked is not closed for having waited.
+    fn refuse_busy(
+        &mut self,
+        cx: &mut Cx<'_>,
+        key: usize,
+        wait_ms: u64,
+        now: Now,
+    ) -> (String, u64) {
+        let c = cx.conn_mut(key);
+        c.login_clock_ms = c.login_clock_ms.max(now.mono_ms.saturating_add(wait_ms));
+        (busy(wait_ms), wait_ms.div_ceil(1000).max(1))
+    }
+
+    fn login_res(
+        &mut self,
+        cx: &mut Cx<'_>,
+        key: usize,
+        code: u16,
+        error: &str,
+        retry_after: Option<u64>,
+    ) {
+        // Counted by outcome; success is counted online.
+        let outcome = match (code, retry_after) {
+            (code::NO_SUCH_USER, _) => LoginOutcome::NoSuchUser,
+            (code::WRONG_PASSWORD, _) => LoginOutcome::WrongPassword,
+            (code::BANNED, _) => LoginOutcome::Banned,
+            (_, Some(_)) => LoginOutcome::Busy,
+            _ => LoginOutcome::Error,
+        };
+        cx.stats().logins[outcome] += 1;
+        cx.reply(
+            key,
+            &ServerMessage::LoginRes(LoginResMes {
+                code,
+                users_id: Vec::new(),
+                error: error.to_string(),
+                retry_after,
+                ..LoginResMes::default()
+            }),
+        );
+    }
+
+    pub(crate) fn handle_login(&mut self, cx: &mut Cx<'_>, key: usize, m: LoginMes, now: Now) {
+        if cx.conn(key).is_online() {
+            cx.error(key, code::BAD_REQUEST, "already logged in");
+            return;
+        }
+        if m.user_id <= 0 {
+            self.login_failed(cx, key, code::NO_SUCH_USER, "no such user", now);
+            return;
+        }
+        if m.user_pwd.len() > MAX_PASSWORD_BYTES {
+            self.login_failed(cx, key, code::WRONG_PASSWORD, "wrong password", now);
+            return;
+        }
+        if self.over_login_rate(cx, key, now) {
+            return;
+        }
+        let job = JobKind::Login {
+            user_id: m.user_id,
+            password: m.user_pwd.clone(),
+            offline_batch: cx.cfg().offline_batch,
+        };
+        let user_id = m.user_id;
+        match self.submit_hash(cx, key, job, now) {
+            Ok(()) => {
+                cx.login_started(key, user_id);
+                let conn = cx.conn_mut(key);
+                conn.offline = OfflineSlot::new(m.ack_offline);
+                conn.compact = m.compact;
+                if let Some(n) = m.max_frame {
+                    conn.set_max_frame(n);
+                }
+            }
+            Err(wait_ms) => {
+                let (text, secs) = self.refuse_busy(cx, key, wait_ms, now);
+                self.login_res(cx, key, code::SERVER_ERROR, &text, Some(secs));
+            }
+        }
+    }
+
+    fn login_failed(&mut self, cx: &mut Cx<'_>, key: usize, code: u16, text: &str, now: Now) {
+        self.login_res(cx, key, code, text, None);
+        let conn = cx.conn_mut(key);
+        conn.login_failures += 1;
+        if conn.login_failures >= cx.cfg().max_login_failures {
+            cx.error(key, code::TOO_MANY, "too many failed logins");
+            cx.close(key, true, "too many failed logins", now);
+        }
+    }
+
+    /// A login's result. Returns whether the connection goes on (the hub then
+    /// handles the frames that waited); not if it is closing. The hub has announced
+    /// the departures of this turn before a login that succeeded, so that a user who
+    /// left and came back this turn is seen leaving, then coming back.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn login_done(
+        &mut self,
+        cx: &mut Cx<'_>,
+        chat: &mut Chat,
+        cluster: Option<&mut Cluster>,
+        offline: &mut OfflineDelivery,
+        key: usize,
+        result: Result<LoginOk, LoginError>,
+        now: Now,
+    ) -> bool {
+        if cx.conn(key).closing.is_some() {
+            return false;
+        }
+        match result {
+            Ok(ok) => go_online(cx, chat, cluster, offline, key, ok, now),
+            Err(LoginError::NoSuchUser) => {
+                self.login_failed(cx, key, code::NO_SUCH_USER, "no such user", now)
+            }
+            Err(LoginError::WrongPassword) => {
+                self.login_failed(cx, key, code::WRONG_PASSWORD, "wrong password", now)
+            }
+            Err(LoginError::Banned) => {
+                self.login_failed(cx, key, code::BANNED, "this account is banned", now)
+            }
+            Err(LoginError::Store(e)) if e.is_timed_out() => {
+                let wait = self.admission.estimate(now.mono_ms);
+                let (text, secs) = self.refuse_busy(cx, key, wait, now);
+                self.login_res(cx, key, code::SERVER_ERROR, &text, Some(secs));
+            }
+            Err(LoginError::Store(e)) => {
+                cx.store_error(&format!("login failed: {e}"));
+                let text = "server error: storage unavailable";
+                self.login_res(cx, key, code::SERVER_ERROR, text, None);
+            }
+        }
+        true
+    }
+
+    fn register_res(&mut self, cx: &mut Cx<'_>, key: usize, code: u16, error: String) {
+        // Counted by outcome.
+        let outcome = match code {
+            code::OK => RegisterOutcome::Ok,
+            code::BAD_REQUEST => RegisterOutcome::Refused,
+            _ => RegisterOutcome::Error,
+        };
+        cx.stats().registrations[outcome] += 1;
+        cx.reply(key, &ServerMessage::RegisterRes(CodeRes::new(code, error)));
+    }
+
+    fn register_busy(&mut self, cx: &mut Cx<'_>, key: usize, wait_ms: u64, now: Now) {
+        cx.stats().registrations[RegisterOutcome::Busy] += 1;
+        let (text, secs) = self.refuse_busy(cx, key, wait_ms, now);
+        let mut res = CodeRes::new(code::SERVER_ERROR, text);
+        res.retry_after = Some(secs);
+        cx.reply(key, &ServerMessage::RegisterRes(res));
+    }
+
+    pub(crate) fn handle_register(
+        &mut self,
+        cx: &mut Cx<'_>,
+        key: usize,
+        m: RegisterMes,
+        now: Now,
+    ) {
+        if let Some(n) = m.max_frame {
+            cx.conn_mut(key).set_max_frame(n);
+        }
+        let u = m.user;
+        if let Err(e) = validate_registration(u.user_id, &u.user_name, &u.user_pwd) {
+            self.register_res(cx, key, code::BAD_REQUEST, e);
+            return;
+        }
+        if self.over_login_rate(cx, key, now) {
+            return;
+        }
+        let job = JobKind::Register {
+            user_id: u.user_id,
+            name: u.user_name,
+            password: u.user_pwd,
+            // Stored as given: the record keeps the seed's shape.
+            status: u.user_status,
+            sex: u.sex,
+        };
+        match self.submit_hash(cx, key, job, now) {
+            Ok(()) => cx.conn_mut(key).pending = Some(Pending::Register),
+            Err(wait_ms) => self.register_busy(cx, key, wait_ms, now),
+        }
+    }
+
+    /// A registration's result; the hub then handles the frames that waited.
+    pub(crate) fn register_done(
+        &mut self,
+        cx: &mut Cx<'_>,
+        key: usize,
+        result: Result<(), RegisterError>,
+        now: Now,
+    ) {
+        match result {
+            Ok(()) => self.register_res(cx, key, code::OK, String::new()),
+            Err(RegisterError::Taken) => {
+                self.register_res(cx, key, code::BAD_REQUEST, "user id already taken".into())
+            }
+            Err(RegisterError::Store(e)) if e.is_timed_out() => {
+                let wait = self.admission.estimate(now.mono_ms);
+                self.register_busy(cx, key, wait, now);
+            }
+            // The store could not tell whether the user was created.
+            Err(RegisterError::Store(e)) if e.is_uncertain() => {
+                log::warn!("register outcome unknown: {e}");
+                self.register_res(
+                    cx,
+                    key,
+                    code::SERVER_ERROR,
+                    "server error: storage did not answer; the user may or may not be \
+                     registered: try logging in"
+                        .into(),
+                )
+            }
+            Err(RegisterError::Store(e)) => {
+                cx.store_error(&format!("register failed: {e}"));
+                self.register_res(
+                    cx,
+                    key,
+                    code::SERVER_ERROR,
+                    "server error: storage unavailable".into(),
+                )
+            }
+        }
+    }
+    pub(crate) fn handle_ping(cx: &mut Cx<'_>, key: usize) {
+        let pong = cx.pong();
+        cx.deliver(key, &pong);
+    }
+
+    pub(crate) fn handle_logout(cx: &mut Cx<'_>, key: usize, now: Now) {
+        cx.go_offline(key, now);
+        cx.close(key, true, "logged out", now);
+    }
+
+    /// Per-address limit on requests that cost a password hash. Sends the refusal.
+    fn over_login_rate(&mut self, cx: &mut Cx<'_>, key: usize, now: Now) -> bool {
+        let ip = cx.conn(key).peer_ip;
+        if self.login_limits.take(ip, now.mono_ms, cx.cfg().login_rate) {
+            return false;
+        }
+        cx.summary().login_rate_refused += 1;
+        let wait = 60 / cx.cfg().login_rate.max(1) as u64;
+        cx.error_retry(
+            key,
+            code::TOO_MANY,
+            "too many login attempts from your address; try again later",
+            wait.max(1),
+        );
+        true
+    }
+
+    /// Queues a password-hashing job (login or registration) if it can be served in
+    /// time. `Err` carries the estimated wait in ms when it cannot.
+    fn submit_hash(
+        &mut self,
+        cx: &mut Cx<'_>,
+        key: usize,
+        kind: JobKind,
+        now: Now,
+    ) -> Result<(), u64> {
+        self.admission.check(now.mono_ms)?;
+        if self.admission.queued() >= cx.cfg().max_hash_jobs {
+            cx.summary().hash_refused += 1;
+            return Err(self.admission.estimate(now.mono_ms).max(1000));
+        }
+        cx.submit_hashing(key, kind);
+        self.admission.submitted(now.mono_ms);
+        Ok(())
+    }
+
+    /// A password hash came back, after `took` on a worker (`None`: it waited past
+    /// the job timeout); `hashed` whether it really hashed. Returns how long it waited.
+    pub(crate) fn hash_done(&mut self, now: Now, took: Option<Duration>, hashed: bool) -> u64 {
+        self.admission.completed(now.mono_ms, took, hashed)
+    }
+
+    /// Whether logins or registrations are waiting for a password hash.
+    pub(crate) fn hashing(&self) -> bool {
+        self.admission.hashing()
+    }
+
+    /// Hashing jobs queued or running.
+    pub(crate) fn hashing_queued(&self) -> usize {
+        self.admission.queued()
+    }
+
+    /// How long a new login would wait for a hashing thread, in ms.
+    pub(crate) fn hashing_wait_ms(&self, now: Now) -> u64 {
+        self.admission.estimate(now.mono_ms)
+    }
+
+    /// When the next round of writes may start (see `Admission::next_flush_at`).
+    pub(crate) fn next_flush_at(
+        &self,
+        start: Instant,
+        done: Instant,
+        interval: Duration,
+    ) -> Instant {
+        self.admission.next_flush_at(start, done, interval)
+    }
+
+    /// Whether per-address limits are kept (housekeeping forgets full ones).
+    pub(crate) fn has_limits(&self) -> bool {
+        !self.login_limits.is_empty()
+    }
+
+    /// Forgets the full per-address buckets; returns the requests refused as busy
+    /// since the last call, for the summary.
+    pub(crate) fn housekeeping(&mut self, cfg: &HubConfig, now: Now) -> u64 {
+        self.login_limits.prune(now.mono_ms, cfg.login_rate);
+        self.admission.take_refused()
+    }
+}
+
+/// A login succeeded: the session goes online here, the others are told, the cluster
+/// hears of it, and the client gets the login reply and its first offline messages.
+fn go_online(
+    cx: &mut Cx<'_>,
+    chat: &mut Chat,
+    mut cluster: Option<&mut Cluster>,
+    offline: &mut OfflineDelivery,
+    key: usize,
+    ok: LoginOk,
+    now: Now,
+) {
+    let me = cx.conn_ref(key);
+    let name: std::rc::Rc<str> = ok.name.as_str().into();
+    cx.stats().logins[LoginOutcome::Ok] += 1;
+    let conn = cx.conn_mut(key);
+    conn.login_failures = 0;
+    // Online: the login timeout no longer applies, and its timer is dropped at the
+    // next housekeeping.
+    conn.armed_ms = 0;
+    conn.session = Session::Online {
+        user_id: ok.user_id,
+        name: name.clone(),
+    };
+    let entry = OnlineEntry { conn: me };
+    // The roster follows a login without being built again.
+    let elsewhere = cluster
+        .as_deref()
+        .is_some_and(|c| c.online_elsewhere(ok.user_id));
+    let roster_current = chat.roster_current(cx.core(), cluster.as_deref());
+    let listed = cx.online().get(ok.user_id).is_some() || elsewhere;
+    let replaced = cx.put_online(ok.user_id, entry);
+    if roster_current {
+        chat.follow_login(cx.core(), cluster.as_deref(), listed, ok.user_id, &name);
+    }
+    match replaced {
+        Some(old) if old.conn != me && cx.get(old.conn).is_some() => {
+            // The newer session wins. The old one is no longer in the registry, so
+            // closing it tells nobody that the user went offline.
+            log::info!(
+                "user {} logged in again: older session replaced",
+                ok.user_id
+            );
+            cx.conn_mut(old.conn.key).session = Session::Anonymous;
+            cx.error(old.conn.key, code::CONFLICT, "logged in elsewhere");
+            cx.close(old.conn.key, true, "replaced by a newer login", now);
+            cx.mark_presence(ok.user_id);
+        }
+        _ if elsewhere => {
+            // Online on another node until now: this login replaces that session
+            // (its node closes it on hearing of this one), with no flicker.
+            log::info!(
+                "user {} online here, replacing a session elsewhere",
+                ok.user_id
+            );
+            cx.mark_presence(ok.user_id);
+        }
+        _ => {
+            log::info!("user {} online", ok.user_id);
+            cx.note_presence(ok.user_id, status::ONLINE, &name, now);
+        }
+    }
+    if let Some(c) = cluster.as_deref_mut() {
+        c.login(ok.user_id, &name);
+    }
+    let conn = cx.conn(key);
+    let (limit, compact) = (conn.max_frame(), conn.compact());
+    let parts = chat.login_reply(
+        cx.core(),
+        cluster.as_deref(),
+        ok.user_id,
+        limit,
+        compact,
+        now,
+    );
+    cx.reply_parts(key, &parts);
+    let batch = cx.cfg().offline_batch;
+    offline.deliver(cx, key, ok.offline, batch);
+}
