@@ -31,6 +31,9 @@
 //!   does to a store, and the admin socket's requests and answers. The hub's side (a
 //!   ban or removal ends the user's sessions) is `handlers/admin.rs`.
 //! - [`metrics`]: the counters a scrape shows, and their Prometheus text.
+//! - [`turn`]: one turn of the event loop, in order, and when output is written,
+//!   over an I/O side ([`turn::Io`]) that the reactor implements with sockets and
+//!   `testkit` in memory, with virtual time.
 //!
 //! The server side (the default `server` feature), the only code that does I/O:
 //!
@@ -77,6 +80,7 @@ pub mod proto;
 pub mod rate;
 pub mod roster;
 pub mod store;
+pub mod turn;
 pub mod users;
 
 pub use hub::conn;
