@@ -639,4 +639,224 @@ mod tests {
         timers.set(Timer::AcceptResume, None);
         assert_eq!(timers.next(), Some(ms(30)));
     }
+
+    /// The write policy in virtual time, through the test harness (the same driver,
+    /// over in-memory sockets).
+    mod policy {
+        use super::*;
+        use crate::hub::HubConfig;
+        use crate::proto::{ClientMessage, SmsMes};
+        use crate::testkit::{Harness, login_msg, test_config};
+
+        const INTERVAL: Duration = Duration::from_micros(500);
+
+        fn us(n: u64) -> Duration {
+            Duration::from_micros(n)
+        }
+
+        fn sms(content: &str) -> ClientMessage {
+            ClientMessage::Sms(SmsMes {
+                content: content.into(),
+                ..Default::default()
+            })
+        }
+
+        /// No flood control: the tests send faster than a client may, and log many
+        /// in from one address.
+        fn harness() -> Harness {
+            Harness::new(HubConfig {
+                msg_rate: 0,
+                login_rate: 0,
+                max_conns_per_addr: 0,
+                ..test_config()
+            })
+        }
+
+        /// One sender and `N - 1` readers online, the readers reading all the time.
+        fn room<const N: usize>(t: &mut Harness) -> [ConnRef; N] {
+            let conns = t.everyone_online(std::array::from_fn(|i| i as i64 + 1));
+            for r in &conns[1..] {
+                t.keep_reading(*r);
+            }
+            conns
+        }
+
+        /// The writes since the `from`th: when, to whom.
+        fn writes_since(t: &Harness, from: usize) -> Vec<(Duration, ConnRef)> {
+            t.writes()[from..].iter().map(|w| (w.0, w.1)).collect()
+        }
+
+        fn contents(t: &mut Harness, r: ConnRef) -> Vec<String> {
+            t.recv(r)
+                .into_iter()
+                .filter_map(|m| match m {
+                    crate::proto::ServerMessage::Sms(m) => Some(m.content),
+                    _ => None,
+                })
+                .collect()
+        }
+
+        #[test]
+        fn a_quiet_loop_writes_at_once() {
+            let mut t = harness();
+            let [a, b] = room(&mut t);
+            let (from, at, turns) = (t.writes().len(), t.elapsed(), t.turns());
+            t.send(a, &sms("hello"));
+            assert_eq!(
+                writes_since(&t, from),
+                [(at, b)],
+                "written when it came, with no timer"
+            );
+            assert!(
+                t.turns() - turns <= 2,
+                "the turn that read it, and one whose poll found nothing: {}",
+                t.turns() - turns
+            );
+            assert_eq!(contents(&mut t, b), ["hello"]);
+        }
+
+        #[test]
+        fn while_input_keeps_coming_output_goes_at_least_once_per_flush_interval() {
+            let mut t = harness();
+            let [a, b] = room(&mut t);
+            // A message every 20 us, and a read takes 30: every poll finds input, the
+            // loop is never idle.
+            t.set_costs(us(30), us(5));
+            let n = 250;
+            for i in 0..n {
+                t.send_later(a, &sms(&format!("m{i}")), us(20 * (i + 1)));
+            }
+            let (from, start) = (t.writes().len(), t.elapsed());
+            t.advance_by(us(20 * n + 1_000));
+            let to_b: Vec<Duration> = writes_since(&t, from)
+                .into_iter()
+                .filter(|w| w.1 == b)
+                .map(|w| w.0 - start)
+                .collect();
+            let busy = us(20 * n);
+            let during: Vec<Duration> = to_b.iter().copied().filter(|w| *w <= busy).collect();
+            assert!(
+                during.len() >= (busy.as_micros() / INTERVAL.as_micros()) as usize - 1,
+                "{to_b:?}"
+            );
+            assert!(
+                to_b.len() < n as usize / 10,
+                "what a stretch of turns produced goes in one write: {to_b:?}"
+            );
+            let mut last = Duration::ZERO;
+            for w in &during {
+                assert!(
+                    *w - last <= INTERVAL + us(60),
+                    "at most an interval and a turn between writes: {to_b:?}"
+                );
+                last = *w;
+            }
+            let got = contents(&mut t, b);
+            assert_eq!(got.len(), n as usize, "nothing lost");
+            assert_eq!(got.last().map(String::as_str), Some("m249"));
+        }
+
+        #[test]
+        fn a_round_from_an_idle_loop_takes_in_input_that_comes_while_it_writes() {
+            let mut t = harness();
+            let conns: [ConnRef; 41] = room(&mut t);
+            let (a, readers) = (conns[0], &conns[1..]);
+            // A round to the 40 readers takes 400 us; the second message comes 100 us
+            // into it, when 10 readers have been written.
+            t.set_costs(Duration::ZERO, us(10));
+            t.send_later(a, &sms("second"), us(100));
+            let from = t.writes().len();
+            t.send(a, &sms("first"));
+            let writes = writes_since(&t, from);
+            let count = |r: &ConnRef| writes.iter().filter(|w| w.1 == *r).count();
+            let twice = readers.iter().filter(|r| count(r) == 2).count();
+            let once = readers.iter().filter(|r| count(r) == 1).count();
+            assert_eq!(
+                (once, twice),
+                (30, 10),
+                "the readers not yet written got both in one write, the others the \
+                 second right after: {writes:?}"
+            );
+            let end = writes.last().expect("writes").0;
+            assert!(
+                end < t.elapsed() && end - writes[0].0 < us(500),
+                "all in the one round: {writes:?}"
+            );
+            for r in readers {
+                assert_eq!(contents(&mut t, *r), ["first", "second"]);
+            }
+        }
+
+        #[test]
+        fn a_round_that_starts_while_input_keeps_coming_does_not_look_for_more() {
+            let mut t = harness();
+            let conns: [ConnRef; 41] = room(&mut t);
+            let (a, readers) = (conns[0], &conns[1..]);
+            // Input every 20 us, a read takes 30: the loop is never idle, and its
+            // rounds start because the interval ran out. Each takes 400 us.
+            t.set_costs(us(30), us(10));
+            for i in 0..100 {
+                t.send_later(a, &sms(&format!("m{i:03}")), us(20 * (i + 1)));
+            }
+            let from = t.writes().len();
+            t.advance(3);
+            // The first round: one write to each reader, all with what the round
+            // started with (messages coming meanwhile wait for the next round).
+            let first = &t.writes()[from..from + readers.len()];
+            let whom: HashSet<ConnRef> = first.iter().map(|w| w.1).collect();
+            assert_eq!(whom.len(), readers.len(), "{first:?}");
+            assert!(
+                first.iter().all(|w| w.2 == first[0].2),
+                "no input taken in during the round: {first:?}"
+            );
+            for r in readers {
+                assert_eq!(contents(&mut t, *r).len(), 100);
+            }
+        }
+
+        #[test]
+        fn while_hashing_a_long_round_of_writes_is_followed_by_a_pause() {
+            for hashing in [false, true] {
+                let mut t = harness();
+                let conns: [ConnRef; 41] = room(&mut t);
+                let (a, readers) = (conns[0], &conns[1..]);
+                if hashing {
+                    // A login waits for its hash (the job is not run).
+                    t.register(99);
+                    let c = t.connect();
+                    t.send(c, &login_msg(99, "pw99"));
+                    assert!(t.hub.hashing());
+                }
+                // A round to the 40 readers takes 1.2 ms: a long one.
+                t.set_costs(Duration::ZERO, us(30));
+                let from = t.writes().len();
+                let start = t.elapsed();
+                t.send(a, &sms("first"));
+                let took = t.elapsed() - start;
+                assert_eq!(took, us(1_200));
+                let second = t.writes().len();
+                t.send(a, &sms("second"));
+                let at_once = t.writes().len() > second;
+                assert_eq!(
+                    at_once, !hashing,
+                    "after a long round, output waits while logins wait for hashing"
+                );
+                t.advance(3);
+                let writes = writes_since(&t, from);
+                let first_after = writes[readers.len()].0 - start;
+                if hashing {
+                    assert_eq!(
+                        first_after,
+                        took + took,
+                        "a pause as long as the round: {writes:?}"
+                    );
+                } else {
+                    assert_eq!(first_after, took, "{writes:?}");
+                }
+                for r in readers {
+                    assert_eq!(contents(&mut t, *r), ["first", "second"]);
+                }
+            }
+        }
+    }
 }
