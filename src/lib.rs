@@ -38,13 +38,19 @@
 //!   does to a store, and the admin socket's requests and answers. The hub's side (a
 //!   ban or removal ends the user's sessions) is `hub/moderation.rs`.
 //! - [`metrics`]: the counters a scrape shows, and their Prometheus text.
+//! - [`turn`]: one turn of the event loop, in order, and when output is written,
+//!   over an I/O side ([`turn::Io`]) that the reactor implements with sockets and
+//!   `testkit` in memory, with virtual time.
 //!
 //! The server side (the default `server` feature), the only code that does I/O:
 //!
-//! - `reactor`: the mio event loop: listeners, sockets, `Waker`, signals. It moves
-//!   bytes and runs the hub's outputs; it never waits on anything else.
+//! - `reactor`: the I/O side of the event loop ([`turn::Io`] over mio): listeners,
+//!   sockets, `Waker`, signals, the worker pool and the cluster link. It moves bytes
+//!   and runs the hub's outputs in the order [`turn`] gives; it never waits on
+//!   anything else.
 //! - `link`: what carries a connection's bytes: the plain socket, or a transport
-//!   (TLS, WebSocket) that turns its socket's bytes into the TCP wire format.
+//!   (TLS, WebSocket) that turns its socket's bytes into the TCP wire format; and a
+//!   transport's "read me next turn" (`link::NextTurn`).
 //! - `tls`: the TLS transport: rustls's `ServerConnection` driven sans-I/O by the
 //!   reactor (ciphertext in and out of the socket, plaintext to the hub), and the TLS
 //!   listener's certificate, reloaded on SIGHUP.
@@ -66,8 +72,9 @@
 //!   data file, or Redis); `config`: `--config FILE` (TOML) turned into flags.
 //!
 //! Tests only (`cfg(test)`, or the `testkit` feature for the fuzz targets and the
-//! integration tests): `testkit`, which drives the hub as the reactor does, with no
-//! sockets, `store::mem`, and `store::suite`, the checks every store backend passes.
+//! integration tests): `testkit`, the loop's I/O side in memory under the same
+//! [`turn`] driver as the reactor, in virtual time, `store::mem`, and `store::suite`,
+//! the checks every store backend passes.
 //!
 //! The binaries: `chat-server` (`src/bin/chat-server.rs`) and, in the `client/`
 //! workspace member, the terminal client `chat`.
@@ -87,6 +94,7 @@ pub mod proto;
 pub mod rate;
 pub mod roster;
 pub mod store;
+pub mod turn;
 pub mod types;
 pub mod users;
 

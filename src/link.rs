@@ -16,10 +16,43 @@
 //! plaintext (HTTPS). Over a plain socket the stream's calls are the socket's own,
 //! statically dispatched.
 
+use std::fmt;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 
 use mio::net::TcpStream;
+
+/// A transport's "read me next turn": its `read` has taken its share of the socket's
+/// input for now without producing protocol bytes, and input is left. The reactor
+/// reads the connection again on its next turn, after the others
+/// ([`crate::turn::Read::NextTurn`]).
+///
+/// It travels as the error of an `io::Result` (so that it passes through the
+/// `io::Read` of a transport over another one), told apart from every real error,
+/// `Interrupted` included, by its type: see [`NextTurn::is`]. Raised at most once per
+/// share of input (tens of KiB), never per read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NextTurn;
+
+impl NextTurn {
+    /// The signal, as a read's error.
+    pub fn error() -> io::Error {
+        io::Error::other(NextTurn)
+    }
+
+    /// Whether a read's error is the signal.
+    pub fn is(e: &io::Error) -> bool {
+        e.get_ref().is_some_and(|inner| inner.is::<NextTurn>())
+    }
+}
+
+impl fmt::Display for NextTurn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("input left for the next turn")
+    }
+}
+
+impl std::error::Error for NextTurn {}
 
 /// A transport over one non-blocking socket.
 ///
@@ -29,7 +62,7 @@ use mio::net::TcpStream;
 ///   `WouldBlock` only when the socket said `WouldBlock` and nothing decoded is left
 ///   over. The reactor reads again until then (within its budget). What reading
 ///   produces of the transport's own (a handshake's answer) it writes itself, as far
-///   as the socket takes it. `Interrupted` means the transport has taken its share
+///   as the socket takes it. [`NextTurn`] means the transport has taken its share
 ///   of the socket's input for now without producing protocol bytes (a stream of
 ///   control frames): the reactor reads it again on its next turn, after the others.
 /// - [`write_vectored`](Transport::write_vectored) takes protocol bytes and returns how
@@ -50,7 +83,7 @@ pub trait Transport {
 ///
 /// The contract is [`Transport`]'s: [`read`](Stream::read) returns `Ok(0)` at the
 /// end, `WouldBlock` only once the socket is drained and nothing decoded is left,
-/// `Interrupted` when it has taken its share of the socket for now;
+/// [`NextTurn`] when it has taken its share of the socket for now;
 /// [`write`](Stream::write) says `WouldBlock` when it can hold no more;
 /// [`flush`](Stream::flush) writes what it holds of its own.
 pub trait Stream {

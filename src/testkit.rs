@@ -1,34 +1,52 @@
-//! A driver for the [`Hub`] with no sockets, threads or clocks: for the
-//! state-machine tests and the fuzz target.
+//! The loop's I/O side in memory, under the same turn driver as the reactor
+//! ([`Driver`]): for the state-machine tests and the fuzz target.
 //!
-//! It plays the reactor's part as the reactor plays it, so that a lost wake-up fails a
-//! test instead of being papered over:
+//! No sockets, threads or clocks. [`Harness`] implements [`Io`] over in-memory
+//! sockets and a virtual clock, and runs [`Driver::turn`] as the reactor does, so the
+//! order of a turn and the write policy are the server's own, and a lost wake-up fails
+//! a test instead of being papered over:
 //! - bytes a test sends wait "in the socket" and reach the hub only while it wants to
 //!   read, and again only when [`Hub::poll_read`] names the connection;
-//! - output reaches the test's side of the socket only through [`Hub::write`], and
-//!   only for connections that [`Hub::poll_write`] named (or whose last write
-//!   blocked, which the socket's writable edge would bring back);
-//! - store jobs are taken with [`Hub::poll_job`] in the order the hub gives them, and
-//!   wait in a queue until the test runs them (in order, or one chosen by index)
-//!   against an in-memory store;
-//! - time moves only when the test says so, and timers fire through
-//!   [`Hub::handle_timeout`];
+//! - a socket takes bytes only while its client reads ([`Harness::recv`], or
+//!   [`Harness::keep_reading`]): a write at any other time blocks, and output waits in
+//!   the hub's queue until the client reads and the socket's writable edge brings the
+//!   connection back ([`Hub::handle_writable`]);
+//! - store jobs wait in a queue until the test runs them (in order, or one chosen by
+//!   index) against an in-memory store; their results come back at the next turn;
+//! - what the hub publishes for other nodes is kept for the test
+//!   ([`Harness::take_published`]);
+//! - time moves only when the test says so ([`Harness::advance`]), from deadline to
+//!   deadline, with a turn at each (the driver's and the hub's: the timeout a poll
+//!   would sleep for); reads and writes can be given a cost in virtual time, to run
+//!   the write policy as a busy loop meets it;
 //! - [`Hub::check_invariants`] runs after every step.
 #![forbid(unsafe_code)]
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::io;
+use std::net::SocketAddr;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
+use crate::cluster::{Event, Input};
 use crate::conn::ConnRef;
 use crate::hub::{Hub, HubConfig, Now, Written};
 use crate::job::{Job, JobResult, Passwords, execute};
 use crate::proto::{self, ClientMessage, ServerMessage};
 use crate::store::mem::MemStore;
+use crate::turn::{Accept, Driver, DriverConfig, Io, Read, Ready};
+
+/// The hub's clock when a harness starts, in ms.
+const START_MS: u64 = 1_000;
+/// Turns one step may take before the harness says the loop spins.
+const MAX_TURNS: usize = 1_000_000;
 
 pub struct Harness {
     pub hub: Hub,
     pub store: MemStore,
     pub(crate) hasher: TestPasswords,
+    /// The hub's time now (the monotonic part follows the virtual clock; a test may
+    /// move the wall clock).
     pub now: Now,
     /// Jobs taken from the hub and not yet run.
     pub jobs: VecDeque<Job>,
@@ -37,14 +55,286 @@ pub struct Harness {
     /// What each hashing job "took" as reported to the hub (virtual: the harness
     /// runs jobs at once).
     pub hash_cost_ms: u64,
+    driver: Driver,
+    sockets: Sockets,
+}
+
+/// The in-memory side of every socket, the worker pool's and cluster link's queues,
+/// and the virtual clock.
+struct Sockets {
+    /// The loop's start, and the virtual time since.
+    base: Instant,
+    elapsed: Duration,
+    /// How far the step under way may move the clock: a poll sleeps until its timeout
+    /// or this, whichever comes first.
+    until: Duration,
+    /// Readiness for the next poll, and what the last poll found.
+    ready: Vec<Ready>,
+    polled: Vec<Ready>,
     /// Bytes sent by each test client that the hub has not read yet.
     inbox: HashMap<ConnRef, Vec<u8>>,
-    /// Connections the hub asked to have written (or whose write blocked).
-    writable: HashSet<ConnRef>,
-    /// Connections whose socket takes no more bytes for now.
+    /// Input scheduled to arrive: when, on which connection, what; in time order.
+    arrivals: VecDeque<(Duration, ConnRef, Vec<u8>)>,
+    /// Peers that hung up, seen at their socket's next read.
+    hung_up: HashSet<ConnRef>,
+    /// Peers waiting on the listener; the outcome of the last accept.
+    peers: VecDeque<SocketAddr>,
+    accepted: Option<Result<ConnRef, Rc<[u8]>>>,
+    /// Connections whose client reads now: their sockets take bytes.
+    reading: HashSet<ConnRef>,
+    /// Connections whose client reads all the time.
+    keep_reading: HashSet<ConnRef>,
+    /// Connections whose socket takes no bytes at all for now.
     stalled: HashSet<ConnRef>,
+    /// Connections whose last write blocked (output waits in the hub).
+    blocked: HashSet<ConnRef>,
     /// Bytes written to each connection's socket and not yet read by the test.
     wire: HashMap<ConnRef, Vec<u8>>,
+    results: VecDeque<JobResult>,
+    cluster: VecDeque<Input>,
+    published: Vec<Event>,
+    /// The operators' requests (ban or remove a user), and how many sessions the
+    /// last one closed.
+    admin: VecDeque<(i64, crate::admin::Kick)>,
+    admin_closed: usize,
+    /// Virtual time each read and each write takes.
+    read_cost: Duration,
+    write_cost: Duration,
+    /// Every write that reached a socket: when, to which connection, how many bytes.
+    writes: Vec<(Duration, ConnRef, usize)>,
+}
+
+impl Sockets {
+    fn new(base: Instant) -> Sockets {
+        Sockets {
+            base,
+            elapsed: Duration::ZERO,
+            until: Duration::ZERO,
+            ready: Vec::new(),
+            polled: Vec::new(),
+            inbox: HashMap::new(),
+            arrivals: VecDeque::new(),
+            hung_up: HashSet::new(),
+            peers: VecDeque::new(),
+            accepted: None,
+            reading: HashSet::new(),
+            keep_reading: HashSet::new(),
+            stalled: HashSet::new(),
+            blocked: HashSet::new(),
+            wire: HashMap::new(),
+            results: VecDeque::new(),
+            cluster: VecDeque::new(),
+            published: Vec::new(),
+            admin: VecDeque::new(),
+            admin_closed: 0,
+            read_cost: Duration::ZERO,
+            write_cost: Duration::ZERO,
+            writes: Vec::new(),
+        }
+    }
+
+    /// Whether job results, cluster inputs or operators' requests wait: they wake
+    /// the loop, as the reactor's waker does.
+    fn woken(&self) -> bool {
+        !self.results.is_empty() || !self.cluster.is_empty() || !self.admin.is_empty()
+    }
+
+    /// Bytes arrive on `r`'s socket: a readable edge.
+    fn arrive(&mut self, r: ConnRef, bytes: &[u8]) {
+        self.inbox.entry(r).or_default().extend_from_slice(bytes);
+        self.ready.push(Ready::Conn {
+            r,
+            read: true,
+            write: false,
+        });
+    }
+
+    /// `r`'s socket can take bytes again: a writable edge, if a write blocked.
+    fn open(&mut self, r: ConnRef) {
+        if self.blocked.contains(&r) {
+            self.ready.push(Ready::Conn {
+                r,
+                read: false,
+                write: true,
+            });
+        }
+    }
+}
+
+/// [`Io`] over a harness's sockets, for one turn.
+struct Mem<'a> {
+    s: &'a mut Sockets,
+    now: &'a mut Now,
+    jobs: &'a mut VecDeque<Job>,
+    closed: &'a mut Vec<ConnRef>,
+}
+
+impl Mem<'_> {
+    /// Moves the virtual clock to `elapsed` (never back), and the hub's time with it.
+    fn set_clock(&mut self, elapsed: Duration) {
+        if elapsed <= self.s.elapsed {
+            return;
+        }
+        let ms = |d: Duration| d.as_millis() as u64;
+        let step = ms(elapsed) - ms(self.s.elapsed);
+        self.s.elapsed = elapsed;
+        self.now.mono_ms += step;
+        self.now.unix_ms += step;
+    }
+
+    fn spend(&mut self, d: Duration) {
+        let to = self.s.elapsed + d;
+        self.set_clock(to);
+    }
+}
+
+impl Io for Mem<'_> {
+    fn clock(&mut self) -> Instant {
+        self.s.base + self.s.elapsed
+    }
+
+    fn now(&mut self, at: Instant) -> Now {
+        let mono_ms = START_MS + at.saturating_duration_since(self.s.base).as_millis() as u64;
+        let behind = self.now.mono_ms.saturating_sub(mono_ms);
+        Now {
+            mono_ms,
+            unix_ms: self.now.unix_ms - behind,
+        }
+    }
+
+    fn poll(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
+        let arrived = |s: &Sockets| s.arrivals.front().is_some_and(|a| a.0 <= s.elapsed);
+        let woken = self.s.woken();
+        if self.s.ready.is_empty() && !woken && !arrived(self.s) {
+            // Sleeps until the timeout, the next arrival, or the end of the step.
+            let mut wake = self.s.until;
+            if let Some(t) = timeout {
+                wake = wake.min(self.s.elapsed + t);
+            }
+            if let Some(a) = self.s.arrivals.front() {
+                wake = wake.min(a.0);
+            }
+            self.set_clock(wake);
+        }
+        while arrived(self.s) {
+            let (_, r, bytes) = self.s.arrivals.pop_front().expect("an arrival");
+            self.s.arrive(r, &bytes);
+        }
+        self.s.polled = std::mem::take(&mut self.s.ready);
+        Ok(woken || !self.s.polled.is_empty())
+    }
+
+    fn events<F: FnMut(&mut Self, Ready)>(&mut self, mut on: F) {
+        for ev in std::mem::take(&mut self.s.polled) {
+            on(self, ev);
+        }
+    }
+
+    /// What the reactor does on a readable edge. A hang-up reaches the hub at once,
+    /// as the old harness had it (a real socket's end is read only while the hub
+    /// reads).
+    fn read(&mut self, hub: &mut Hub, r: ConnRef, now: Now) -> Read {
+        if self.s.hung_up.remove(&r) {
+            self.s.inbox.remove(&r);
+            hub.handle_hangup(r, "test hangup", now);
+            return Read::Done;
+        }
+        if !hub.wants_read(r) {
+            return Read::Done;
+        }
+        let Some(bytes) = self.s.inbox.remove(&r) else {
+            return Read::Done;
+        };
+        self.spend(self.s.read_cost);
+        hub.handle_input(r, &bytes, now);
+        Read::Done
+    }
+
+    fn writable(&mut self, hub: &mut Hub, r: ConnRef, _now: Now) -> Read {
+        hub.handle_writable(r);
+        Read::Done
+    }
+
+    fn write(&mut self, hub: &mut Hub, r: ConnRef, now: Now) {
+        let open = self.s.reading.contains(&r) && !self.s.stalled.contains(&r);
+        let at = self.s.elapsed;
+        let wire = self.s.wire.entry(r).or_default();
+        let (mut called, mut took) = (false, 0);
+        let done = hub.write(r, now, |iov| {
+            called = true;
+            if !open {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let mut n = 0;
+            for s in iov {
+                wire.extend_from_slice(s);
+                n += s.len();
+            }
+            took += n;
+            Ok(n)
+        });
+        if done == Written::Blocked {
+            self.s.blocked.insert(r);
+        } else {
+            self.s.blocked.remove(&r);
+        }
+        if took > 0 {
+            self.s.writes.push((at, r, took));
+        }
+        if called {
+            // A write costs its system call whether the socket takes bytes or not.
+            self.spend(self.s.write_cost);
+        }
+    }
+
+    fn close(&mut self, r: ConnRef) {
+        self.s.blocked.remove(&r);
+        self.s.inbox.remove(&r);
+        self.closed.push(r);
+    }
+
+    fn accept(&mut self, hub: &mut Hub, _n: usize, now: Now) -> Accept {
+        while let Some(peer) = self.s.peers.pop_front() {
+            self.s.accepted = Some(hub.accept(peer, now));
+        }
+        Accept::Drained
+    }
+
+    fn listeners(&self) -> usize {
+        1
+    }
+
+    fn next_result(&mut self) -> Option<JobResult> {
+        self.s.results.pop_front()
+    }
+
+    fn next_cluster(&mut self) -> Option<Input> {
+        self.s.cluster.pop_front()
+    }
+
+    fn control(&mut self, hub: &mut Hub, now: Now, _turns: u64) {
+        while let Some((user, kick)) = self.s.admin.pop_front() {
+            self.s.admin_closed = hub.handle_admin(user, kick, now);
+        }
+    }
+
+    fn submit(&mut self, job: Job) {
+        self.jobs.push_back(job);
+    }
+
+    fn publish(&mut self, ev: Event) {
+        self.s.published.push(ev);
+    }
+
+    fn trim(&mut self) {}
+
+    fn stop_requested(&self) -> bool {
+        false
+    }
+
+    fn stop_accepting(&mut self) {}
+
+    fn turn_ended(&mut self, _started: Instant) {}
 }
 
 /// A stand-in for argon2id in the state-machine tests: a quick, non-secret digest
@@ -74,21 +364,27 @@ impl Passwords for TestPasswords {
 
 impl Harness {
     pub fn new(cfg: HubConfig) -> Harness {
+        // The virtual clock's origin; nothing reads the real clock after this.
+        let base = Instant::now();
         Harness {
             hub: Hub::new(cfg),
             store: MemStore::new(),
             hasher: TestPasswords,
             now: Now {
-                mono_ms: 1_000,
+                mono_ms: START_MS,
                 unix_ms: 1_700_000_000_000,
             },
             jobs: VecDeque::new(),
             closed: Vec::new(),
             hash_cost_ms: 10,
-            inbox: HashMap::new(),
-            writable: HashSet::new(),
-            stalled: HashSet::new(),
-            wire: HashMap::new(),
+            driver: Driver::new(
+                DriverConfig {
+                    flush_interval: Duration::from_micros(500),
+                    shutdown_grace: Duration::from_secs(2),
+                },
+                base,
+            ),
+            sockets: Sockets::new(base),
         }
     }
 
@@ -104,9 +400,13 @@ impl Harness {
 
     /// Connects, or returns the refusal the hub would write before closing.
     pub fn try_connect_from(&mut self, peer: std::net::SocketAddr) -> Result<ConnRef, Rc<[u8]>> {
-        let r = self.hub.accept(peer, self.now);
+        self.sockets.peers.push_back(peer);
+        self.sockets.ready.push(Ready::Listener(0));
         self.pump();
-        r
+        self.sockets
+            .accepted
+            .take()
+            .expect("the listener accepted the connection")
     }
 
     pub fn send(&mut self, r: ConnRef, msg: &ClientMessage) {
@@ -116,20 +416,17 @@ impl Harness {
     /// Bytes arrive on `r`'s socket: the hub reads them if it wants to read now,
     /// otherwise they wait until it names `r` in `poll_read`.
     pub fn send_bytes(&mut self, r: ConnRef, bytes: &[u8]) {
-        self.inbox.entry(r).or_default().extend_from_slice(bytes);
-        self.read(r);
+        self.sockets.arrive(r, bytes);
         self.pump();
     }
 
-    /// What the reactor does on a readable edge.
-    fn read(&mut self, r: ConnRef) {
-        if !self.hub.wants_read(r) {
-            return;
-        }
-        let Some(bytes) = self.inbox.remove(&r) else {
-            return;
-        };
-        self.hub.handle_input(r, &bytes, self.now);
+    /// `msg` arrives on `r`'s socket `after` from now, while time moves
+    /// ([`Harness::advance_by`]).
+    pub fn send_later(&mut self, r: ConnRef, msg: &ClientMessage, after: Duration) {
+        let at = self.sockets.elapsed + after;
+        let arrivals = &mut self.sockets.arrivals;
+        let i = arrivals.partition_point(|a| a.0 <= at);
+        arrivals.insert(i, (at, r, msg.encode().to_vec()));
     }
 
     pub fn hangup(&mut self, r: ConnRef) {
@@ -139,84 +436,137 @@ impl Harness {
     /// Several peers hang up in the same loop turn.
     pub fn hangup_all(&mut self, rs: &[ConnRef]) {
         for r in rs {
-            self.inbox.remove(r);
-            self.hub.handle_hangup(*r, "test hangup", self.now);
+            self.sockets.hung_up.insert(*r);
+            self.sockets.ready.push(Ready::Conn {
+                r: *r,
+                read: true,
+                write: false,
+            });
         }
         self.pump();
     }
 
-    /// Moves time forward and lets timers fire.
+    /// Moves time forward by `ms`, from deadline to deadline, with a turn at each.
     pub fn advance(&mut self, ms: u64) {
-        self.now.mono_ms += ms;
-        self.now.unix_ms += ms;
+        self.advance_by(Duration::from_millis(ms));
+    }
+
+    /// Moves time forward by `d` (see [`Harness::advance`]).
+    pub fn advance_by(&mut self, d: Duration) {
+        self.sockets.until = self.sockets.elapsed + d;
         self.pump();
+    }
+
+    /// Virtual time since the harness started.
+    pub fn elapsed(&self) -> Duration {
+        self.sockets.elapsed
+    }
+
+    /// Virtual time each read and each write (taken or blocked) takes from now on
+    /// (none at first).
+    pub fn set_costs(&mut self, read: Duration, write: Duration) {
+        self.sockets.read_cost = read;
+        self.sockets.write_cost = write;
+    }
+
+    /// `r`'s client reads all the time: its socket takes whatever is written at once.
+    pub fn keep_reading(&mut self, r: ConnRef) {
+        self.sockets.keep_reading.insert(r);
+        self.sockets.reading.insert(r);
+        self.sockets.open(r);
+        self.pump();
+    }
+
+    /// Every write that reached a socket so far: when (virtual time since the start),
+    /// to which connection, how many bytes (all the vectored write calls one
+    /// [`Hub::write`] made).
+    pub fn writes(&self) -> &[(Duration, ConnRef, usize)] {
+        &self.sockets.writes
+    }
+
+    /// Turns of the loop so far.
+    pub fn turns(&self) -> u64 {
+        self.driver.turns()
+    }
+
+    /// What the hub published for the other nodes since the last call.
+    pub fn take_published(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.sockets.published)
     }
 
     /// An operator banned or removed `user` (the store already changed): returns
     /// how many sessions the hub closed.
     pub fn admin(&mut self, user: i64, kick: crate::admin::Kick) -> usize {
-        let n = self.hub.handle_admin(user, kick, self.now);
+        self.sockets.admin.push_back((user, kick));
         self.pump();
-        n
+        self.sockets.admin_closed
     }
 
     /// Something from the cluster link.
     pub fn cluster(&mut self, input: crate::cluster::Input) {
-        self.hub.handle_cluster(input, self.now);
+        self.sockets.cluster.push_back(input);
         self.pump();
     }
 
     /// `r`'s socket stops taking bytes (its reader stalls), or takes them again.
     pub fn stall(&mut self, r: ConnRef, stalled: bool) {
         if stalled {
-            self.stalled.insert(r);
+            self.sockets.stalled.insert(r);
         } else {
-            self.stalled.remove(&r);
+            self.sockets.stalled.remove(&r);
+            self.sockets.open(r);
             self.pump();
         }
     }
 
-    /// Whether the hub has output queued for `r` that it has asked to have written.
+    /// Whether the hub has output queued for `r` that its socket has not taken.
     pub fn write_pending(&self, r: ConnRef) -> bool {
-        self.writable.contains(&r)
+        self.sockets.blocked.contains(&r)
     }
 
-    /// Collects what the hub asks of the reactor after an input, in the reactor's
-    /// order: reads it may resume, writes it wants, departures, closes, and jobs.
+    /// Runs turns of the loop while any is due before the end of the step under way
+    /// (now, outside [`Harness::advance`]): a poll would find events, or would not
+    /// sleep past the step; then time moves to the step's end.
+    ///
+    /// A test that called the hub directly (`t.hub.handle_shutdown(..)`) did so as if
+    /// within a turn: if that left output, the step starts with a turn.
     fn pump(&mut self) {
-        loop {
-            let mut did = false;
-            if self
-                .hub
-                .poll_timeout(self.now)
-                .is_some_and(|at| at <= self.now.mono_ms)
-            {
-                self.hub.handle_timeout(self.now);
-            }
-            while let Some(r) = self.hub.poll_read() {
-                did = true;
-                self.read(r);
-            }
-            while let Some(r) = self.hub.poll_write() {
-                did = true;
-                self.writable.insert(r);
-            }
-            self.hub.announce_departures(self.now);
-            while let Some(r) = self.hub.poll_close(self.now) {
-                did = true;
-                self.writable.remove(&r);
-                self.inbox.remove(&r);
-                self.closed.push(r);
-            }
-            while let Some(j) = self.hub.poll_job(self.now) {
-                did = true;
-                self.jobs.push_back(j);
-            }
-            if !did {
-                break;
-            }
+        let mut turns = 0;
+        let mut direct = self.hub.has_output();
+        while std::mem::take(&mut direct) || self.due() {
+            let mut io = Mem {
+                s: &mut self.sockets,
+                now: &mut self.now,
+                jobs: &mut self.jobs,
+                closed: &mut self.closed,
+            };
+            self.driver
+                .turn(&mut self.hub, &mut io)
+                .expect("the harness's I/O does not fail");
+            turns += 1;
+            assert!(turns < MAX_TURNS, "the loop does not settle");
         }
+        let mut io = Mem {
+            s: &mut self.sockets,
+            now: &mut self.now,
+            jobs: &mut self.jobs,
+            closed: &mut self.closed,
+        };
+        let until = io.s.until;
+        io.set_clock(until);
+        self.sockets.until = self.sockets.elapsed;
         self.hub.check_invariants();
+    }
+
+    /// Whether a turn is due before the step's end.
+    fn due(&self) -> bool {
+        let s = &self.sockets;
+        if !s.ready.is_empty() || s.woken() || s.arrivals.front().is_some_and(|a| a.0 <= s.until) {
+            return true;
+        }
+        self.driver
+            .timeout(&self.hub, s.base + s.elapsed, self.now)
+            .is_some_and(|d| s.elapsed + d <= s.until)
     }
 
     /// Runs the job at `index` (0 = oldest) and feeds its result back.
@@ -237,9 +587,9 @@ impl Harness {
         });
     }
 
-    /// Feeds a job result chosen by the test.
+    /// Feeds a job result chosen by the test: it comes back from the workers.
     pub fn feed(&mut self, res: JobResult) {
-        self.hub.handle_result(res, self.now);
+        self.sockets.results.push_back(res);
         self.pump();
     }
 
@@ -250,36 +600,23 @@ impl Harness {
         }
     }
 
-    /// Lets the hub write `r`'s output, if it asked to, and takes the whole frames
-    /// that reached the socket (as the client would read them).
+    /// `r`'s client reads: its socket takes what the hub writes meanwhile (a blocked
+    /// write comes back with the writable edge), and the whole frames that reached
+    /// the socket are taken (as the client would read them).
     pub fn recv_frames(&mut self, r: ConnRef) -> Vec<Rc<[u8]>> {
-        self.flush(r);
-        let wire = self.wire.entry(r).or_default();
+        let s = &mut self.sockets;
+        if s.reading.insert(r) {
+            s.open(r);
+            self.pump();
+            self.sockets.reading.remove(&r);
+        }
+        let wire = self.sockets.wire.entry(r).or_default();
         let mut frames = Vec::new();
         while let Ok(Some(n)) = proto::check(wire, usize::MAX >> 8) {
             frames.push(Rc::from(&wire[..n]));
             wire.drain(..n);
         }
         frames
-    }
-
-    /// The socket is writable: the hub writes `r`'s output, if it asked to.
-    fn flush(&mut self, r: ConnRef) {
-        if self.writable.contains(&r) && !self.stalled.contains(&r) {
-            let wire = self.wire.entry(r).or_default();
-            let done = self.hub.write(r, self.now, |iov| {
-                let mut n = 0;
-                for s in iov {
-                    wire.extend_from_slice(s);
-                    n += s.len();
-                }
-                Ok(n)
-            });
-            if done != Written::Blocked {
-                self.writable.remove(&r);
-            }
-            self.pump();
-        }
     }
 
     /// Takes and parses the frames queued for `r`.

@@ -10,7 +10,7 @@
 //!   `process_new_packets`, and what that produced of rustls's own (the handshake's
 //!   next flight, an alert) is written at once. `WouldBlock` only when the socket said
 //!   so and no plaintext is left, as the reactor's edge-triggered loop needs;
-//!   `Interrupted` after `READ_SHARE` (64 KiB) of ciphertext that produced no plaintext, so
+//!   [`NextTurn`] after `READ_SHARE` (64 KiB) of ciphertext that produced no plaintext, so
 //!   the reactor reads the rest on its next turn, after the others.
 //! - Writing: the hub's bytes go through `writer()`, which encrypts them into rustls's
 //!   send buffer, bounded by [`SEND_BUFFER`]: once that much ciphertext waits for the
@@ -45,7 +45,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ServerConfig, ServerConnection};
 
-use crate::link::{Stream, Transport, Wrapper};
+use crate::link::{NextTurn, Stream, Transport, Wrapper};
 
 /// Ciphertext (or, during the handshake, plaintext) rustls may hold unsent for one
 /// connection before writes are refused with `WouldBlock`.
@@ -185,7 +185,7 @@ impl Transport for TlsTransport {
             }
             if taken >= READ_SHARE {
                 // Its share for now, and nothing for the hub: read again next turn.
-                return Err(io::ErrorKind::Interrupted.into());
+                return Err(NextTurn::error());
             }
             match self.tls.read_tls(&mut self.sock) {
                 // 0, the end of the stream: processed below, then the reader says

@@ -39,7 +39,7 @@
 //! [`MAX_CONTROL_FRAMES`] pings or pongs in [`CONTROL_WINDOW`] close with 1008.
 //! Socket input is taken at most [`RAW_PER_TURN`] bytes at a time without handing the
 //! hub anything (a stream of control frames or empty fragments): then `read` says
-//! `Interrupted` and the reactor gives the other connections their turn.
+//! [`NextTurn`] and the reactor gives the other connections their turn.
 
 use std::cell::Cell;
 use std::io::{self, IoSlice, Read, Write};
@@ -55,7 +55,7 @@ use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tungstenite::protocol::frame::{CloseFrame, FrameHeader};
 use tungstenite::protocol::{Message, Role, WebSocketConfig, WebSocketContext};
 
-use crate::link::{Stream, Transport, Wrapper};
+use crate::link::{NextTurn, Stream, Transport, Wrapper};
 use crate::proto::HEADER_LEN;
 use crate::tls::{TlsTransport, TlsWrapper};
 
@@ -299,7 +299,7 @@ pub struct WebTransport<S: Stream = TcpStream> {
     /// Bytes for the socket (HTTP answers, WebSocket frames), from `sent`.
     out: Vec<u8>,
     sent: usize,
-    /// Socket bytes read since the reactor last got `WouldBlock` or `Interrupted`.
+    /// Socket bytes read since the reactor last got `WouldBlock` or [`NextTurn`].
     raw: usize,
     /// The adapter stopped reading at `RAW_PER_TURN`: its `WouldBlock` was ours.
     yielded: bool,
@@ -327,7 +327,7 @@ impl<S: Stream> Read for Io<'_, S> {
                 Ok(n)
             }
             // The stream (TLS) took its share of the socket: so do we.
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+            Err(e) if NextTurn::is(&e) => {
                 *self.yielded = true;
                 Err(io::ErrorKind::WouldBlock.into())
             }
@@ -517,7 +517,9 @@ impl<S: Stream> WebTransport<S> {
                     }
                 }
                 // Its share for now (TLS records with nothing in them for us).
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
+                Err(e) if NextTurn::is(&e) || e.kind() == io::ErrorKind::Interrupted => {
+                    return Err(e);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(e),
                 // Reset by the client (or TLS it broke): it has gone, which is all we wait for.
                 Err(_) => return Ok(0),
@@ -582,11 +584,7 @@ impl<S: Stream> WebTransport<S> {
                     self.raw = 0;
                     let ours = std::mem::take(&mut self.yielded);
                     self.write_out()?;
-                    return Err(if ours {
-                        io::ErrorKind::Interrupted.into()
-                    } else {
-                        e
-                    });
+                    return Err(if ours { NextTurn::error() } else { e });
                 }
                 Err(WsError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => None,
                 Err(WsError::Io(e)) => return Err(e),
