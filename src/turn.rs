@@ -19,19 +19,21 @@
 //! 5. accepts again after a pause for descriptors, fires the hub's timers, gives freed
 //!    heap memory back now and then, and starts shutting down when asked;
 //! 6. hands store jobs to the workers and events to the other nodes;
-//! 7. maybe runs a round of writes (below), then drops the connections closed.
+//! 7. runs a round of writes if it is time (below): departures announced, output
+//!    written, the connections closed dropped.
 //!
 //! The write policy: output is written as soon as a poll finds nothing to read (a
 //! quiet loop answers at once, with no timer), and while input keeps coming at least
 //! once per flush interval, so that what a busy stretch of turns produced goes to each
 //! recipient in one vectored write. A round that starts from an idle loop looks for
-//! input every [`PEEK_EVERY`] during its first interval ([`Peeks`]): a message that
+//! input every [`PEEK_EVERY`] during its first interval (`Peeks`): a message that
 //! comes meanwhile joins it. While logins wait for hashing, a long round is followed by
 //! a pause ([`Hub::next_flush_at`]) during which output waits even if the loop is idle.
 //!
 //! Time comes only from [`Io::clock`] (a monotonic instant, read a few times per turn,
-//! never per write or per event) and [`Io::now`] (the hub's clock, derived from it), so
-//! the harness runs all of this in virtual time.
+//! never per event, and per write only while a round looks for input) and [`Io::now`]
+//! (the hub's clock, derived from it), so the harness runs all of this in virtual
+//! time.
 #![forbid(unsafe_code)]
 
 use std::collections::HashSet;
