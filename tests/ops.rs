@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use common::web::exchange;
-use common::{FAST_HASH, RedisProc, SeedClient, ServerProc, connect, online};
+use common::{FAST_HASH, RedisProc, SeedClient, ServerProc, connect, online, read_to_close};
 use serde_json::json;
 
 /// Runs `chat-server [pre...] args...` with `stdin` as its standard input.
@@ -802,4 +802,65 @@ fn a_request_trickled_in_holds_the_metrics_listener_for_its_timeout_at_most() {
     );
     let (status, body) = http_get(&addr, "/metrics");
     assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+}
+
+#[test]
+fn idle_connections_do_not_delay_a_scrape_and_are_closed_at_their_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProc::start(dir.path(), &["--metrics-listen", "127.0.0.1:0"]);
+    let addr = metrics_addr(&mut server);
+    // Served one at a time, each of these would hold the listener for its whole
+    // timeout (5 s) before the scrape; served at once, none delays it.
+    let mut idle: Vec<_> = (0..10).map(|_| connect(addr.parse().unwrap())).collect();
+    let (status, body) = http_get(&addr, "/metrics");
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    // Each idle one is answered 408 and closed at its own deadline.
+    for s in &mut idle {
+        let said = String::from_utf8(read_to_close(s)).unwrap();
+        assert!(said.starts_with("HTTP/1.1 408"), "{said}");
+    }
+}
+
+#[test]
+fn the_metrics_listener_serves_a_bounded_number_of_clients_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProc::start(dir.path(), &["--metrics-listen", "127.0.0.1:0"]);
+    let addr = metrics_addr(&mut server);
+    let _idle: Vec<_> = (0..chat::metrics_http::MAX_CLIENTS)
+        .map(|_| connect(addr.parse().unwrap()))
+        .collect();
+    // One more is told so at once, not queued behind them.
+    let mut more = connect(addr.parse().unwrap());
+    let said = String::from_utf8(read_to_close(&mut more)).unwrap();
+    assert!(
+        said.starts_with("HTTP/1.1 503") && said.contains("busy"),
+        "{said}"
+    );
+}
+
+#[test]
+fn idle_admin_clients_do_not_delay_a_command_and_are_closed_at_their_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    users(d, &["add", "1", "ann"], "pw1\n");
+    let _server = ServerProc::start(d, &[]);
+    let sock = d.join("admin.sock");
+    let idle: Vec<_> = (0..5)
+        .map(|_| UnixStream::connect(&sock).unwrap())
+        .collect();
+    // Served one at a time, the command would wait out each idle client's timeout
+    // (10 s) first.
+    let mut s = UnixStream::connect(&sock).unwrap();
+    s.set_read_timeout(Some(common::WAIT)).unwrap();
+    s.write_all(b"{\"cmd\":\"list\"}\n").unwrap();
+    let mut ok = String::new();
+    s.read_to_string(&mut ok)
+        .expect("an answer while others are idle");
+    assert!(ok.starts_with(r#"{"ok":true"#), "{ok}");
+    for mut s in idle {
+        s.set_read_timeout(Some(common::WAIT)).unwrap();
+        let mut said = String::new();
+        s.read_to_string(&mut said).expect("closed at its deadline");
+        assert!(said.contains("timed out"), "{said}");
+    }
 }
