@@ -108,6 +108,8 @@ pub mod operator;
 #[cfg(feature = "server")]
 pub mod reactor;
 #[cfg(feature = "server")]
+pub mod redact;
+#[cfg(feature = "server")]
 pub mod sys;
 #[cfg(feature = "server")]
 pub mod tls;
