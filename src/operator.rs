@@ -356,7 +356,7 @@ fn via_data_dir(dir: &Path, req: Request) -> Result<Response, OperatorError> {
         if !matches!(req, Request::Add { .. }) {
             return Err(OperatorError::NoDataFile(file));
         }
-        std::fs::create_dir_all(dir)
+        crate::sys::create_private_dir_all(dir)
             .map_err(|e| OperatorError::CreateDataDir(dir.to_path_buf(), e))?;
     }
     let mut store = EmbeddedStore::open(dir)?;

@@ -354,7 +354,8 @@ impl From<StoreError> for StartError {
 }
 
 fn embedded_store(dir: &std::path::Path, cache_mib: usize) -> Result<StoreFactory, StartError> {
-    std::fs::create_dir_all(dir).map_err(|e| StartError::CreateDataDir(dir.to_path_buf(), e))?;
+    chat::sys::create_private_dir_all(dir)
+        .map_err(|e| StartError::CreateDataDir(dir.to_path_buf(), e))?;
     let store = EmbeddedStore::open_with_cache(dir, cache_mib.saturating_mul(1 << 20))?;
     log::info!(
         "data in {}",
