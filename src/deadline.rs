@@ -255,6 +255,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn clients_are_served_at_once_up_to_the_bound_and_stopped_together() {
+        let clients = Clients::new("test-conn", 2);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut ours = Vec::new();
+        for _ in 0..2 {
+            let (a, b) = UnixStream::pair().unwrap();
+            let tx = tx.clone();
+            clients
+                .serve(a, move |a| {
+                    // Waits for a byte that never comes, until shut down.
+                    let mut buf = [0u8; 1];
+                    let _ = (&a).read(&mut buf);
+                    let _ = tx.send(());
+                })
+                .unwrap();
+            ours.push(b);
+        }
+        assert_eq!(clients.live(), 2);
+        let (a, _b) = UnixStream::pair().unwrap();
+        match clients.serve(a, |_| {}) {
+            Err((_, Refused::Full(2))) => {}
+            other => panic!("a third is refused, not {:?}", other.map_err(|e| e.1)),
+        }
+        clients.stop();
+        assert_eq!(rx.try_iter().count(), 2, "both threads ended at the stop");
+        assert_eq!(clients.live(), 0);
+    }
+
+    #[test]
     fn a_trickle_is_cut_off_at_the_deadline_and_a_quick_exchange_is_not() {
         let (a, b) = UnixStream::pair().unwrap();
         let writer = std::thread::spawn(move || {
