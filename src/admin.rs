@@ -162,6 +162,10 @@ pub enum AdminError {
     Store(StoreError),
     /// The store's own backup failed, or it has none.
     Backup(StoreError),
+    /// A backup path that is not absolute: it would be taken from the server's
+    /// working directory, not the caller's (the `backup` command sends an absolute
+    /// one).
+    RelativeBackupPath(String),
 }
 
 impl std::fmt::Display for AdminError {
@@ -175,6 +179,11 @@ impl std::fmt::Display for AdminError {
             AdminError::NoSuchUser(id) => write!(f, "no such user: {id}"),
             AdminError::Store(e) => write!(f, "storage error: {e}"),
             AdminError::Backup(e) => e.fmt(f),
+            AdminError::RelativeBackupPath(p) => write!(
+                f,
+                "backup path {p:?} is relative: give an absolute one (the server's \
+                 working directory is not the caller's)"
+            ),
         }
     }
 }
@@ -283,6 +292,9 @@ pub fn apply(store: &mut dyn Store, req: Request) -> Result<Done, AdminError> {
             }
         }
         Request::Backup { path } => {
+            if !std::path::Path::new(&path).is_absolute() {
+                return Err(AdminError::RelativeBackupPath(path));
+            }
             let n = store
                 .backup(std::path::Path::new(&path))
                 .map_err(AdminError::Backup)?;
@@ -406,6 +418,13 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("not supported")
+        );
+        let relative = Request::Backup {
+            path: "backup.redb".into(),
+        };
+        assert_eq!(
+            apply(&mut s, relative).unwrap_err(),
+            AdminError::RelativeBackupPath("backup.redb".into())
         );
     }
 

@@ -2,18 +2,20 @@
 //! `chat-server users ...` and `chat-server backup` talk to while the server holds the
 //! data file (redb locks it against other processes).
 //!
-//! One thread of its own accepts connections, one at a time, and answers one request
-//! each ([`Request`] in, [`Response`] out, a line of JSON each way). It runs the
-//! command against its own store handle ([`apply`]); a ban or a removal then ends the
-//! user's sessions through the event loop ([`ControlHandle::kick`]), which never waits
-//! for this thread.
+//! One thread of its own accepts connections and serves each on a short-lived thread
+//! of its own, at most [`MAX_CLIENTS`] at once (one more is told the socket is busy),
+//! so an idle or slow client never delays another. Each connection carries one
+//! request ([`Request`] in, [`Response`] out, a line of JSON each way). The commands
+//! run one at a time against the socket's own store handle ([`apply`]); a ban or a
+//! removal then ends the user's sessions through the event loop
+//! ([`ControlHandle::kick`]), which never waits for these threads.
 //!
 //! Who may talk to it: the socket is created with mode 0600 (and connecting to a Unix
 //! socket needs write permission on it), and every connection's peer is checked with
 //! `SO_PEERCRED`: only this server's own uid and root are served; anyone else gets a
 //! refusal and the close. A request is at most [`MAX_REQUEST`] bytes and must arrive
 //! within [`IO_TIMEOUT`]; anything else (garbage, a silent or endless client) gets an
-//! error and the close, and the next connection is served.
+//! error and the close.
 //!
 //! The socket is created at start, after the data file was opened (so no other server
 //! uses this directory: a socket left by a killed server is replaced), and removed at
@@ -23,18 +25,23 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::admin::{MAX_REQUEST, Request, Response, SOCKET_NAME, apply, sessions_ended};
 use crate::control::ControlHandle;
-use crate::deadline::Timed;
+use crate::deadline::{Clients, Timed};
 use crate::store::{Store, StoreFactory};
 
 /// How long a client may take to send its request, and then to read the answer.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most connections served at once.
+pub const MAX_CLIENTS: usize = 16;
+/// How long the accepting thread may take to tell a client beyond [`MAX_CLIENTS`]
+/// the socket is busy (a short answer into a new connection's empty send buffer).
+const BUSY_TIMEOUT: Duration = Duration::from_millis(100);
 /// How long the event loop may take to end a user's sessions.
 const KICK_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -43,6 +50,7 @@ pub struct AdminSocket {
     path: PathBuf,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    clients: Arc<Clients<UnixStream>>,
 }
 
 impl AdminSocket {
@@ -65,10 +73,12 @@ impl AdminSocket {
         }
         let listener = UnixListener::bind(&path)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-        let mut store = store().map_err(io::Error::other)?;
+        let store = Arc::new(Mutex::new(store().map_err(io::Error::other)?));
         let stop = Arc::new(AtomicBool::new(false));
+        let clients = Arc::new(Clients::new("chat-admin-conn", MAX_CLIENTS));
         let thread = {
             let stop = stop.clone();
+            let clients = clients.clone();
             std::thread::Builder::new()
                 .name("chat-admin".into())
                 .spawn(move || {
@@ -77,7 +87,14 @@ impl AdminSocket {
                             break;
                         }
                         match conn {
-                            Ok(c) => serve(c, &mut *store, &control),
+                            Ok(c) => {
+                                let (store, control) = (store.clone(), control.clone());
+                                let served = clients.serve(c, move |c| serve(c, &store, &control));
+                                if let Err((c, why)) = served {
+                                    log::warn!("admin socket: {why}");
+                                    answer(&c, BUSY_TIMEOUT, &Response::failed(why.to_string()));
+                                }
+                            }
                             Err(e) if crate::sys::is_resource_exhaustion(&e) => {
                                 // The connection stays queued: trying again at once
                                 // would only spin while descriptors are short.
@@ -94,6 +111,7 @@ impl AdminSocket {
             path,
             stop,
             thread: Some(thread),
+            clients,
         })
     }
 }
@@ -106,6 +124,7 @@ impl Drop for AdminSocket {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        self.clients.stop();
         let _ = std::fs::remove_file(&self.path);
     }
 }
@@ -115,10 +134,17 @@ fn allowed(uid: u32) -> bool {
     uid == crate::sys::euid() || uid == 0
 }
 
-fn serve(conn: UnixStream, store: &mut dyn Store, control: &ControlHandle) {
-    let answer = match crate::sys::peer_uid(&conn) {
-        Ok(uid) if allowed(uid) => match read_request(Timed::new(&conn, IO_TIMEOUT)) {
-            Ok(Some(req)) => run(req, store, control),
+/// The socket's store handle, used by one command at a time.
+type Shared = Mutex<Box<dyn Store>>;
+
+fn serve(conn: UnixStream, store: &Shared, control: &ControlHandle) {
+    let deadline = Timed::new(&conn, IO_TIMEOUT);
+    let response = match crate::sys::peer_uid(&conn) {
+        Ok(uid) if allowed(uid) => match read_request(deadline) {
+            Ok(Some(req)) => {
+                let mut store = store.lock().unwrap_or_else(PoisonError::into_inner);
+                run(req, &mut **store, control)
+            }
             Ok(None) => return,
             Err(e) => Response::failed(e.to_string()),
         },
@@ -133,9 +159,14 @@ fn serve(conn: UnixStream, store: &mut dyn Store, control: &ControlHandle) {
         }
         Err(e) => Response::failed(format!("cannot tell who is connecting: {e}")),
     };
-    let mut line = serde_json::to_vec(&answer).expect("responses serialise");
+    answer(&conn, IO_TIMEOUT, &response);
+}
+
+/// Writes `response` as a line, within `within`.
+fn answer(conn: &UnixStream, within: Duration, response: &Response) {
+    let mut line = serde_json::to_vec(response).expect("responses serialise");
     line.push(b'\n');
-    let _ = Timed::new(&conn, IO_TIMEOUT).write_all(&line);
+    let _ = Timed::new(conn, within).write_all(&line);
 }
 
 /// Why a request line was not read; the client is told, then closed.

@@ -89,7 +89,8 @@ pub type InputSink = Arc<dyn Fn(Input) + Send + Sync>;
 
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
-    pub url: String,
+    /// Printed with its password masked.
+    pub url: crate::redact::SecretUrl,
     pub node: String,
     /// A node silent this long is taken for dead.
     pub node_timeout: Duration,
@@ -116,7 +117,8 @@ impl ClusterLink {
     /// Starts the publisher and the subscriber. They connect (and reconnect) on their
     /// own; until then the hub hears `Link(false)`.
     pub fn start(cfg: ClusterConfig, sink: InputSink) -> std::io::Result<ClusterLink> {
-        let client = redis::Client::open(cfg.url.as_str()).map_err(std::io::Error::other)?;
+        let client = redis::Client::open(cfg.url.expose())
+            .map_err(|e| std::io::Error::other(crate::redact::text(&e.to_string())))?;
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let publisher = {

@@ -39,7 +39,15 @@ impl std::fmt::Display for ConfigError {
             ConfigError::Read(path, e) => {
                 write!(f, "cannot read the config file {}: {e}", path.display())
             }
-            ConfigError::Parse(path, e) => write!(f, "{}: {e}", path.display()),
+            // The parser quotes the line at fault, which may hold a Redis URL.
+            ConfigError::Parse(path, e) => {
+                write!(
+                    f,
+                    "{}: {}",
+                    path.display(),
+                    crate::redact::text(&e.to_string())
+                )
+            }
             ConfigError::Key(path, key, e) => write!(f, "{}: `{key}`: {e}", path.display()),
         }
     }
@@ -203,6 +211,16 @@ mod tests {
         assert_eq!(m.get_one::<String>("listen").unwrap(), "127.0.0.1:5");
         assert_eq!(*m.get_one::<u64>("login-timeout").unwrap(), 9);
         assert!(m.get_flag("verbose"));
+    }
+
+    #[test]
+    fn a_syntax_error_does_not_quote_a_password() {
+        let text = "listen = \"redis://:s3cret@h:1/0\" trailing\n";
+        let e = flags_from_toml(text, Path::new("c.toml"), &cmd())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("redis://:***@h:1/0"), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
     }
 
     #[test]

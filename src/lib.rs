@@ -66,8 +66,9 @@
 //! - `control`: requests of the operators' threads to the loop (a channel and its
 //!   `Waker`), answered at its next turn.
 //! - `admin_server`: the admin socket (`DATA_DIR/admin.sock`) on a thread of its own;
-//!   `metrics_http`: `--metrics-listen`, `GET /metrics`, on another. Both serve one
-//!   client at a time, each within a deadline for its whole exchange (`deadline`).
+//!   `metrics_http`: `--metrics-listen`, `GET /metrics`, on another. Both serve a
+//!   bounded number of clients at once, each on a short-lived thread and within a
+//!   deadline for its whole exchange (`deadline`).
 //! - `operator`: the `users` and `backup` subcommands (through the admin socket, the
 //!   data file, or Redis); `config`: `--config FILE` (TOML) turned into flags.
 //!
@@ -120,6 +121,8 @@ pub mod metrics_http;
 pub mod operator;
 #[cfg(feature = "server")]
 pub mod reactor;
+#[cfg(feature = "server")]
+pub mod redact;
 #[cfg(feature = "server")]
 pub mod sys;
 #[cfg(feature = "server")]

@@ -5,10 +5,11 @@
 //! channel and the loop's waker, answered at the loop's next turn), then renders the
 //! text here, off the loop. The loop does no work between scrapes and the hot path
 //! bumps plain fields, no atomics; a scrape costs the loop one copy of the counters
-//! (a few hundred bytes). Connections are served one at a time, each within
-//! [`IO_TIMEOUT`] to send its whole request (then 408) and as much to read the answer;
-//! a request head is at most [`MAX_HEAD`] bytes. Anything but `GET
-//! /metrics` gets a plain 404, 405 or 400.
+//! (a few hundred bytes). Each connection is served on a short-lived thread of its
+//! own, at most [`MAX_CLIENTS`] at once (one more is answered 503 and closed), so an
+//! idle or slow scraper never delays another; each has [`IO_TIMEOUT`] to send its
+//! whole request (then 408) and as much to read the answer; a request head is at most
+//! [`MAX_HEAD`] bytes. Anything but `GET /metrics` gets a plain 404, 405 or 400.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -18,13 +19,18 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::control::ControlHandle;
-use crate::deadline::Timed;
+use crate::deadline::{Clients, Timed};
 use crate::metrics::render;
 
 /// How long a scraper may take to send its request, and then to read the answer.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest request head read.
 pub const MAX_HEAD: usize = 8 * 1024;
+/// Most connections served at once.
+pub const MAX_CLIENTS: usize = 32;
+/// How long the listener's thread may take to tell a client beyond [`MAX_CLIENTS`]
+/// it is busy (a short answer into a new connection's empty send buffer).
+const BUSY_TIMEOUT: Duration = Duration::from_millis(100);
 /// How long the event loop may take to copy its counters.
 const LOOP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -33,14 +39,17 @@ pub struct MetricsServer {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    clients: Arc<Clients<TcpStream>>,
 }
 
 impl MetricsServer {
     pub fn start(listener: TcpListener, control: ControlHandle) -> io::Result<MetricsServer> {
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
+        let clients = Arc::new(Clients::new("chat-metrics-conn", MAX_CLIENTS));
         let thread = {
             let stop = stop.clone();
+            let clients = clients.clone();
             std::thread::Builder::new()
                 .name("chat-metrics".into())
                 .spawn(move || {
@@ -49,7 +58,23 @@ impl MetricsServer {
                             break;
                         }
                         match conn {
-                            Ok(c) => serve(c, &control),
+                            Ok(c) => {
+                                let control = control.clone();
+                                if let Err((mut c, why)) =
+                                    clients.serve(c, move |c| serve(c, &control))
+                                {
+                                    log::debug!("metrics: {why}");
+                                    let body = format!("503 Service Unavailable: {why}\n");
+                                    reply_within(
+                                        &mut c,
+                                        BUSY_TIMEOUT,
+                                        503,
+                                        "Service Unavailable",
+                                        "text/plain",
+                                        body.as_bytes(),
+                                    );
+                                }
+                            }
                             Err(e) => {
                                 log::debug!("metrics: accept failed: {e}");
                                 if crate::sys::is_resource_exhaustion(&e) {
@@ -65,6 +90,7 @@ impl MetricsServer {
             addr,
             stop,
             thread: Some(thread),
+            clients,
         })
     }
 
@@ -87,6 +113,7 @@ impl Drop for MetricsServer {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        self.clients.stop();
     }
 }
 
@@ -190,7 +217,18 @@ fn serve(mut conn: TcpStream, control: &ControlHandle) {
 }
 
 fn reply(conn: &mut TcpStream, code: u16, reason: &str, ctype: &str, body: &[u8]) {
-    let mut conn = Timed::new(&*conn, IO_TIMEOUT);
+    reply_within(conn, IO_TIMEOUT, code, reason, ctype, body);
+}
+
+fn reply_within(
+    conn: &mut TcpStream,
+    within: Duration,
+    code: u16,
+    reason: &str,
+    ctype: &str,
+    body: &[u8],
+) {
+    let mut conn = Timed::new(&*conn, within);
     let head = format!(
         "HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\
          Connection: close\r\n\r\n",

@@ -328,7 +328,10 @@ fn via_redis(url: &str, timeout: Duration, req: Request) -> Result<Response, Ope
     let sessions = match told {
         Ok(0) => "no running server is listening on this Redis".to_string(),
         Ok(n) => format!("{n} running servers told to close the user's sessions"),
-        Err(e) => format!("running servers NOT told (their sessions of the user stay open): {e}"),
+        Err(e) => format!(
+            "running servers NOT told (their sessions of the user stay open): {}",
+            crate::redact::text(&e.to_string())
+        ),
     };
     Ok(answer(Ok(done), Some(sessions)))
 }
@@ -353,7 +356,7 @@ fn via_data_dir(dir: &Path, req: Request) -> Result<Response, OperatorError> {
         if !matches!(req, Request::Add { .. }) {
             return Err(OperatorError::NoDataFile(file));
         }
-        std::fs::create_dir_all(dir)
+        crate::sys::create_private_dir_all(dir)
             .map_err(|e| OperatorError::CreateDataDir(dir.to_path_buf(), e))?;
     }
     let mut store = EmbeddedStore::open(dir)?;

@@ -6,6 +6,56 @@ use std::io;
 
 use crate::priority::WorkerPriority;
 
+/// Mode of the directories the server creates for its data: its user's only.
+pub const PRIVATE_DIR: u32 = 0o700;
+/// Mode of the files it creates there (the data file, the admin socket, backups).
+pub const PRIVATE_FILE: u32 = 0o600;
+
+/// Creates `dir` and any missing parent with mode [`PRIVATE_DIR`] (whatever the
+/// umask leaves of it: 0700 under any usual umask); an existing directory is left
+/// as it is.
+pub fn create_private_dir_all(dir: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(PRIVATE_DIR)
+        .create(dir)
+}
+
+/// Opens `path` for writing with mode [`PRIVATE_FILE`] if it is created; with `new`,
+/// fails if it exists.
+pub fn open_private_file(path: &std::path::Path, new: bool) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut o = std::fs::OpenOptions::new();
+    o.read(true).write(true).mode(PRIVATE_FILE);
+    if new {
+        o.create_new(true);
+    } else {
+        o.create(true);
+    }
+    o.open(path)
+}
+
+/// Takes away any access of group and others to `path` (a data file written by an
+/// older version, under a loose umask); says in the log what it did. `Ok(false)`: it
+/// was private already.
+pub fn make_private(path: &std::path::Path) -> io::Result<bool> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)?.permissions().mode();
+    if mode & 0o077 == 0 {
+        return Ok(false);
+    }
+    let private = mode & 0o700;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(private))?;
+    log::warn!(
+        "{}: was mode {:o}, readable by other users; made {:o}",
+        path.display(),
+        mode & 0o777,
+        private
+    );
+    Ok(true)
+}
+
 /// Descriptors kept free for the data file, the log, worker threads and epoll.
 pub const FD_HEADROOM: u64 = 64;
 
@@ -181,4 +231,30 @@ pub fn read_line_no_echo() -> io::Result<String> {
     unsafe { libc::tcsetattr(0, libc::TCSAFLUSH, &old) };
     read?;
     Ok(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn private_files_and_directories() {
+        let top = tempfile::tempdir().unwrap();
+        let dir = top.path().join("a/b");
+        create_private_dir_all(&dir).unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir) & 0o077, 0);
+        let f = dir.join("f");
+        open_private_file(&f, true).unwrap();
+        assert_eq!(mode(&f) & 0o077, 0);
+        assert!(
+            open_private_file(&f, true).is_err(),
+            "never over an existing file"
+        );
+        assert!(!make_private(&f).unwrap());
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(make_private(&f).unwrap());
+        assert_eq!(mode(&f), 0o600);
+    }
 }

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use common::web::exchange;
-use common::{FAST_HASH, RedisProc, SeedClient, ServerProc, connect, online};
+use common::{FAST_HASH, RedisProc, SeedClient, ServerProc, connect, online, read_to_close};
 use serde_json::json;
 
 /// Runs `chat-server [pre...] args...` with `stdin` as its standard input.
@@ -802,4 +802,175 @@ fn a_request_trickled_in_holds_the_metrics_listener_for_its_timeout_at_most() {
     );
     let (status, body) = http_get(&addr, "/metrics");
     assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+}
+
+#[test]
+fn idle_connections_do_not_delay_a_scrape_and_are_closed_at_their_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProc::start(dir.path(), &["--metrics-listen", "127.0.0.1:0"]);
+    let addr = metrics_addr(&mut server);
+    // Served one at a time, each of these would hold the listener for its whole
+    // timeout (5 s) before the scrape; served at once, none delays it.
+    let mut idle: Vec<_> = (0..10).map(|_| connect(addr.parse().unwrap())).collect();
+    let (status, body) = http_get(&addr, "/metrics");
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    // Each idle one is answered 408 and closed at its own deadline.
+    for s in &mut idle {
+        let said = String::from_utf8(read_to_close(s)).unwrap();
+        assert!(said.starts_with("HTTP/1.1 408"), "{said}");
+    }
+}
+
+#[test]
+fn the_metrics_listener_serves_a_bounded_number_of_clients_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProc::start(dir.path(), &["--metrics-listen", "127.0.0.1:0"]);
+    let addr = metrics_addr(&mut server);
+    let _idle: Vec<_> = (0..chat::metrics_http::MAX_CLIENTS)
+        .map(|_| connect(addr.parse().unwrap()))
+        .collect();
+    // One more is told so at once, not queued behind them.
+    let mut more = connect(addr.parse().unwrap());
+    let said = String::from_utf8(read_to_close(&mut more)).unwrap();
+    assert!(
+        said.starts_with("HTTP/1.1 503") && said.contains("busy"),
+        "{said}"
+    );
+}
+
+#[test]
+fn idle_admin_clients_do_not_delay_a_command_and_are_closed_at_their_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    users(d, &["add", "1", "ann"], "pw1\n");
+    let _server = ServerProc::start(d, &[]);
+    let sock = d.join("admin.sock");
+    let idle: Vec<_> = (0..5)
+        .map(|_| UnixStream::connect(&sock).unwrap())
+        .collect();
+    // Served one at a time, the command would wait out each idle client's timeout
+    // (10 s) first.
+    let mut s = UnixStream::connect(&sock).unwrap();
+    s.set_read_timeout(Some(common::WAIT)).unwrap();
+    s.write_all(b"{\"cmd\":\"list\"}\n").unwrap();
+    let mut ok = String::new();
+    s.read_to_string(&mut ok)
+        .expect("an answer while others are idle");
+    assert!(ok.starts_with(r#"{"ok":true"#), "{ok}");
+    for mut s in idle {
+        s.set_read_timeout(Some(common::WAIT)).unwrap();
+        let mut said = String::new();
+        s.read_to_string(&mut said).expect("closed at its deadline");
+        assert!(said.contains("timed out"), "{said}");
+    }
+}
+
+/// `cmd` run with umask 022 (the common one, under which files are created
+/// world-readable unless their creator says otherwise).
+fn with_umask_022(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: umask is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::umask(0o022);
+            Ok(())
+        })
+    }
+}
+
+/// `chat-server ARGS` run in `cwd` with umask 022, which must succeed; its stdout.
+fn cli_in(cwd: &Path, args: &[&str]) -> String {
+    let out = with_umask_022(
+        Command::new(env!("CARGO_BIN_EXE_chat-server"))
+            .args(FAST_HASH)
+            .args(args)
+            .current_dir(cwd)
+            .stdin(Stdio::null()),
+    )
+    .output()
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn files_are_private_whatever_the_umask_and_backups_go_where_the_caller_is() {
+    let top = tempfile::tempdir().unwrap();
+    let d = top.path().join("data");
+    let data = d.to_str().unwrap();
+    let child = with_umask_022(
+        ServerProc::command(&d, "127.0.0.1:0")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    )
+    .spawn()
+    .unwrap();
+    let server = ServerProc::adopt(child, &d);
+    assert_eq!(mode(&d), 0o700, "the data directory");
+    assert_eq!(mode(&d.join("chat.redb")), 0o600, "the data file");
+    assert_eq!(mode(&d.join("admin.sock")), 0o600, "the admin socket");
+
+    // A relative path is the caller's: the copy lands in the command's working
+    // directory, not the server's.
+    let caller = tempfile::tempdir().unwrap();
+    let said = cli_in(caller.path(), &["backup", "running.redb", "--data", data]);
+    assert!(said.contains("bytes copied"), "{said}");
+    assert_eq!(mode(&caller.path().join("running.redb")), 0o600, "a backup");
+    assert!(!Path::new("running.redb").exists() && !d.join("running.redb").exists());
+    // The admin socket itself takes no relative path (it would be the server's).
+    let mut s = UnixStream::connect(d.join("admin.sock")).unwrap();
+    s.write_all(b"{\"cmd\":\"backup\",\"path\":\"raw.redb\"}\n")
+        .unwrap();
+    let mut said = String::new();
+    s.read_to_string(&mut said).unwrap();
+    assert!(
+        said.contains(r#""ok":false"#) && said.contains("relative"),
+        "{said}"
+    );
+    assert!(!Path::new("raw.redb").exists() && !d.join("raw.redb").exists());
+
+    assert!(server.signal_and_wait(libc::SIGTERM).success());
+    // Stopped: the command copies the file itself, privately too.
+    cli_in(caller.path(), &["backup", "stopped.redb", "--data", data]);
+    assert_eq!(mode(&caller.path().join("stopped.redb")), 0o600, "a backup");
+    // A data file left readable by others (by an older version) is made private when
+    // next opened.
+    std::fs::set_permissions(d.join("chat.redb"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    cli_in(caller.path(), &["users", "list", "--data", data]);
+    assert_eq!(mode(&d.join("chat.redb")), 0o600);
+
+    // The first account added to a stopped server creates the directory and the file.
+    let fresh = top.path().join("fresh/data");
+    let out = with_umask_022(
+        Command::new(env!("CARGO_BIN_EXE_chat-server"))
+            .args(FAST_HASH)
+            .args([
+                "users",
+                "add",
+                "1",
+                "ann",
+                "--data",
+                fresh.to_str().unwrap(),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )
+    .spawn()
+    .unwrap();
+    let mut out = out;
+    out.stdin.take().unwrap().write_all(b"pw1\n").unwrap();
+    assert!(out.wait().unwrap().success());
+    assert_eq!(mode(&fresh), 0o700);
+    assert_eq!(mode(&top.path().join("fresh")), 0o700);
+    assert_eq!(mode(&fresh.join("chat.redb")), 0o600);
 }

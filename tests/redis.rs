@@ -424,3 +424,86 @@ fn store_handles_see_each_others_writes() {
     assert!(s1.create_user(&rec).unwrap());
     assert_eq!(s2.get_user(5).unwrap().unwrap().name, "five");
 }
+
+/// Runs `chat-server` with `args` to its end; its standard output and error.
+fn run_cli(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_chat-server"))
+        .args(FAST_HASH)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{args:?}: {text}");
+    text
+}
+
+/// A server on a Redis that wants a password, given in the URL, logging at debug
+/// level: nothing it prints, from its start to its exit, nor what the `users` command
+/// and `--help` print, holds the password.
+#[test]
+fn the_redis_password_never_reaches_the_log() {
+    use std::io::BufRead;
+    const SECRET: &str = "s3cret-pw";
+    let r = RedisProc::start(false);
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg(SECRET)
+        .query(&mut r.client())
+        .unwrap();
+    for (id, url) in [
+        (1, format!("redis://:{SECRET}@127.0.0.1:{}/0", r.port)),
+        (
+            2,
+            format!("redis://default:{SECRET}@127.0.0.1:{}/0", r.port),
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = ServerProc::spawn(
+            dir.path(),
+            "127.0.0.1:0",
+            &["--redis", &url, "--log-level", "debug"],
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut log = Vec::new();
+        let addr = loop {
+            let line = rx.recv_timeout(WAIT).expect("a listening line");
+            log.push(line.clone());
+            if let Some((_, a)) = line.rsplit_once(": listening on ") {
+                break a.trim().parse().unwrap();
+            }
+        };
+        let mut a = SeedClient::connect(addr);
+        assert_eq!(a.register(id, "pw1", "ann").data["code"], 200);
+        let mut a = SeedClient::connect(addr);
+        assert_eq!(a.login(id, "pw1").data["code"], 200);
+        a.send("SmsMes", json!({"content":"hello"}));
+        a.send("SmsPrivateMes", json!({"toUserId":id,"content":"to me"}));
+        assert_eq!(a.recv_until("SmsResMes").0.data["code"], 200);
+        let list = run_cli(&["users", "list", "--redis", &url]);
+        assert!(list.contains("ann"), "{list}");
+        assert!(!list.contains(SECRET), "{list}");
+        // SAFETY: our own child, not yet reaped.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        assert!(child.wait().unwrap().success());
+        // Everything it wrote, to the end of its standard error.
+        log.extend(rx.iter());
+        let log = log.join("\n");
+        assert!(log.contains("data in Redis at"), "{log}");
+        assert!(log.contains("***@127.0.0.1"), "{log}");
+        assert!(!log.contains(SECRET), "the password is in the log:\n{log}");
+    }
+    let help = run_cli(&["--help"]);
+    assert!(!help.contains(SECRET));
+}

@@ -73,7 +73,8 @@ macro_rules! tryx {
 
 impl EmbeddedStore {
     /// Opens (or creates) `DIR/chat.redb`, creating the tables if missing, with a
-    /// cache of [`DEFAULT_CACHE_MIB`].
+    /// cache of [`DEFAULT_CACHE_MIB`]. The file is created with mode 0600, and one
+    /// that other users can read is made so (see `sys::make_private`).
     pub fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
         EmbeddedStore::open_with_cache(dir, DEFAULT_CACHE_MIB << 20)
     }
@@ -82,6 +83,20 @@ impl EmbeddedStore {
     /// memory (read and not yet written ones together).
     pub fn open_with_cache(dir: &Path, cache_bytes: usize) -> Result<EmbeddedStore, StoreError> {
         let path = dir.join(FILE_NAME);
+        // Created private (redb would create it as the umask says); an existing one
+        // made so. redb initialises an empty file as a new database.
+        if let Err(e) = crate::sys::open_private_file(&path, false) {
+            return Err(StoreError::Unavailable(format!(
+                "cannot open the data file {}: {e}",
+                path.display()
+            )));
+        }
+        if let Err(e) = crate::sys::make_private(&path) {
+            log::warn!(
+                "{}: readable by other users, and its mode cannot be changed: {e}",
+                path.display()
+            );
+        }
         let db = Database::builder()
             .set_cache_size(cache_bytes)
             .create(&path)
@@ -449,10 +464,7 @@ fn append_in(
 fn copy_new(from: &Path, to: &Path) -> std::io::Result<u64> {
     use std::io::Write;
     let mut src = std::fs::File::open(from)?;
-    let mut dst = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(to)?;
+    let mut dst = crate::sys::open_private_file(to, true)?;
     let result = std::io::copy(&mut src, &mut dst).and_then(|n| {
         dst.flush()?;
         dst.sync_all()?;

@@ -229,11 +229,16 @@ pub struct RedisStore {
 impl RedisStore {
     /// Parses the URL; does not connect (the first call does).
     pub fn new(url: &str, t: RedisTimeouts) -> Result<RedisStore, StoreError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| StoreError::Unavailable(format!("bad Redis URL {url:?}: {e}")))?;
+        let client = redis::Client::open(url).map_err(|e| {
+            StoreError::Unavailable(format!(
+                "bad Redis URL {:?}: {}",
+                crate::redact::url(url),
+                crate::redact::text(&e.to_string())
+            ))
+        })?;
         Ok(RedisStore {
             client,
-            url: redact(url),
+            url: crate::redact::url(url),
             conn: None,
             t,
             backoff: t.backoff_min,
@@ -439,14 +444,6 @@ impl RedisStore {
 fn is_server_reply(e: &RedisError) -> bool {
     !(e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal())
         && e.kind() != redis::ErrorKind::Parse
-}
-
-/// The URL without a password, for the log.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
-        _ => url.to_string(),
-    }
 }
 
 impl Store for RedisStore {
@@ -753,12 +750,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn passwords_are_kept_out_of_logged_urls() {
-        assert_eq!(
-            redact("redis://:hunter2@host:6380/1"),
-            "redis://***@host:6380/1"
-        );
-        assert_eq!(redact("redis://host:6380"), "redis://host:6380");
+    fn passwords_are_kept_out_of_logged_urls_and_errors() {
+        let s = RedisStore::new("redis://:hunter2@host:6380/1", RedisTimeouts::default());
+        assert_eq!(s.unwrap().url, "redis://:***@host:6380/1");
+        let Err(e) = RedisStore::new("redis://:hunter2@host:port/1", RedisTimeouts::default())
+        else {
+            panic!("a bad port is refused");
+        };
+        assert!(!e.to_string().contains("hunter2"), "{e}");
     }
 
     #[test]
