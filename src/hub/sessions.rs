@@ -224,7 +224,7 @@ impl Sessions {
         }
         let u = m.user;
         if let Err(e) = validate_registration(u.user_id, &u.user_name, &u.user_pwd) {
-            self.register_res(cx, key, code::BAD_REQUEST, e);
+            self.register_res(cx, key, code::BAD_REQUEST, e.to_string());
             return;
         }
         if self.over_login_rate(cx, key, now) {
