@@ -30,8 +30,8 @@ use std::io::{self, IoSlice};
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 
-use crate::offline::OfflineSlot;
-use crate::rate::Bucket;
+use crate::hub::offline::OfflineSlot;
+use crate::hub::rate::Bucket;
 pub use crate::types::{ConnRef, Part};
 
 /// The output queue was full; the frame was not queued.
@@ -310,9 +310,8 @@ impl OutQueue {
     /// [`GATHER_BYTES`] per call) and handed over as one slice; frames of
     /// [`GATHER_FRAME`] bytes or more go as slices of their own. The kernel's cost per
     /// slice of a vectored write is far higher than a user-space copy of a few hundred
-    /// bytes: at saturation, writing a round of 230-byte group messages as one slice
-    /// instead of one slice per frame raised deliveries/s by about a quarter
-    /// (BENCHMARKS.md). The frames themselves stay encoded once and shared; `scratch`
+    /// bytes, so small frames are copied together (the journal in docs/benchmarks/
+    /// has the measurement). The frames themselves stay encoded once and shared; `scratch`
     /// is one buffer for the whole server, reused by every write.
     pub fn write_with<W>(&mut self, scratch: &mut Vec<u8>, mut write: W) -> io::Result<Flush>
     where
@@ -379,9 +378,9 @@ impl OutQueue {
         }
         // An idle connection holds no output buffer. Given back at once, while other
         // connections are being written: the next one queued for reuses it, so a
-        // storm of logins does not leave one behind per connection (about 220 bytes
-        // of resident memory each, with the allocator's holes). At saturation the
-        // allocation per write costs about 3% of deliveries (BENCHMARKS.md).
+        // storm of logins does not leave one behind per connection (resident memory,
+        // with the allocator's holes). At saturation the allocation per write is a
+        // small cost, measured in the journal in docs/benchmarks/.
         self.shrink_if_empty();
         Ok(Flush::Drained)
     }
@@ -601,7 +600,7 @@ impl Conn {
     pub fn shrink_idle(&mut self) {
         self.out.shrink_if_empty();
         // However small: often the rest of a read that came while a login was in
-        // flight, some 100 bytes per connection, kept for as long as it stays idle.
+        // flight, kept for as long as the connection stays idle.
         self.shrink_inbuf_over(0);
     }
 

@@ -2,7 +2,7 @@
 //! worker pool and the cluster link.
 //!
 //! One thread, one mio `Poll`, edge-triggered. The order of each turn and when output
-//! is written are [`Driver::turn`]'s (`turn.rs`, the same driver the test harness
+//! is written are [`Driver::turn`]'s (`hub/turn.rs`, the same driver the test harness
 //! runs); this file implements its [`Io`]: it accepts until `WouldBlock` (and reports
 //! descriptor exhaustion, so accepting pauses instead of spinning), reads a socket
 //! until `WouldBlock` or its per-wake-up budget and hands the bytes to the [`Hub`],
@@ -24,18 +24,18 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::admission::WorkerPriority;
-use crate::auth::{HashParams, Hasher};
+use crate::cluster::redis::{ClusterConfig, ClusterLink, QUEUE};
 use crate::cluster::{Event, Input};
-use crate::cluster_redis::{ClusterConfig, ClusterLink, QUEUE};
 use crate::conn::ConnRef;
-use crate::control::{Control, ControlHandle};
+use crate::hub::admission::WorkerPriority;
+use crate::hub::turn::{ACCEPT_BACKOFF, Accept, Driver, DriverConfig, Flow, Io, Read, Ready};
 use crate::hub::{Hub, HubConfig, Now};
+use crate::job::auth::{HashParams, Hasher};
+use crate::job::worker::{ResultSink, Workers};
 use crate::job::{Job, JobResult};
-use crate::link::{Link, NextTurn, Wrapper};
+use crate::ops::control::{Control, ControlHandle};
 use crate::store::StoreFactory;
-use crate::turn::{ACCEPT_BACKOFF, Accept, Driver, DriverConfig, Flow, Io, Read, Ready};
-use crate::worker::{ResultSink, Workers};
+use crate::transport::{Link, NextTurn, Wrapper};
 
 const WAKER: Token = Token(1);
 const SIGNALS: Token = Token(2);

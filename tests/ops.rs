@@ -826,7 +826,7 @@ fn the_metrics_listener_serves_a_bounded_number_of_clients_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = ServerProc::start(dir.path(), &["--metrics-listen", "127.0.0.1:0"]);
     let addr = metrics_addr(&mut server);
-    let _idle: Vec<_> = (0..chat::metrics_http::MAX_CLIENTS)
+    let _idle: Vec<_> = (0..chat::ops::metrics_http::MAX_CLIENTS)
         .map(|_| connect(addr.parse().unwrap()))
         .collect();
     // One more is told so at once, not queued behind them.

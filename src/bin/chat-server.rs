@@ -1,7 +1,7 @@
 //! `chat-server`: parses the command line (and the `--config` file), sets up logging
 //! and the store, binds the listeners (plain, TLS, web) and runs the reactor until
 //! SIGTERM or SIGINT; or runs an operator's subcommand (`users ...`, `backup`: see
-//! `chat::operator`).
+//! `chat::ops::cli`).
 
 use std::io;
 use std::path::PathBuf;
@@ -10,9 +10,9 @@ use std::sync::Arc;
 
 use clap::{CommandFactory, Parser};
 
-use chat::auth::{HashError, HashParams};
-use chat::cluster_redis::ClusterConfig;
+use chat::cluster::redis::ClusterConfig;
 use chat::hub::HubConfig;
+use chat::job::auth::{HashError, HashParams};
 use chat::priority::WorkerPriority;
 use chat::reactor::{Server, ServerConfig, default_job_timeout_secs};
 use chat::store::embedded::EmbeddedStore;
@@ -34,7 +34,7 @@ struct Args {
     /// An operator's command instead of running the server (`chat-server users
     /// --help`).
     #[command(subcommand)]
-    command: Option<chat::operator::Command>,
+    command: Option<chat::ops::cli::Command>,
 
     /// Read settings from this TOML file: keys are the long flag names (`listen =
     /// "0.0.0.0:8889"`, `login-timeout = 30`); flags on the command line override it.
@@ -109,9 +109,9 @@ struct Args {
         long,
         default_value = "info",
         value_name = "LEVEL",
-        value_parser = chat::logging::parse_level
+        value_parser = chat::ops::logging::parse_level
     )]
-    log_level: chat::logging::LevelFilter,
+    log_level: chat::ops::logging::LevelFilter,
 
     /// Append the log to this file instead of writing it to stderr.
     #[arg(long, value_name = "PATH")]
@@ -247,7 +247,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let argv = match chat::config::expand(std::env::args_os().collect(), &Args::command()) {
+    let argv = match chat::ops::config::expand(std::env::args_os().collect(), &Args::command()) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("chat-server: {e}");
@@ -256,7 +256,7 @@ fn main() -> ExitCode {
     };
     let mut args = Args::parse_from(argv);
     if let Some(cmd) = args.command.take() {
-        let target = chat::operator::Target {
+        let target = chat::ops::cli::Target {
             data: args.data.clone(),
             redis: args.redis.clone(),
             redis_timeout: Duration::from_millis(args.redis_timeout_ms.max(1)),
@@ -265,7 +265,7 @@ fn main() -> ExitCode {
                 passes: args.argon2_passes,
             },
         };
-        return match chat::operator::run(cmd, &target) {
+        return match chat::ops::cli::run(cmd, &target) {
             Ok(text) => {
                 println!("{text}");
                 ExitCode::SUCCESS
@@ -276,7 +276,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    if let Err(e) = chat::logging::init(args.log_level, args.log_file.as_deref()) {
+    if let Err(e) = chat::ops::logging::init(args.log_level, args.log_file.as_deref()) {
         eprintln!("chat-server: {e}");
         return ExitCode::FAILURE;
     }
@@ -377,7 +377,7 @@ fn redis_store(url: &str, timeout_ms: u64) -> Result<StoreFactory, StartError> {
     // Redis being down at startup is not fatal: the workers keep trying, and requests
     // that need storage get a clear error meanwhile.
     match probe.ping() {
-        Ok(()) => log::info!("data in Redis at {}", chat::redact::url(url)),
+        Ok(()) => log::info!("data in Redis at {}", chat::ops::redact::url(url)),
         Err(e) => log::warn!("{e}; starting anyway, storage requests fail until it is back"),
     }
     let url = url.to_string();
@@ -443,7 +443,7 @@ fn run(args: Args) -> Result<(), StartError> {
         flush_interval: Duration::from_micros(args.flush_interval_us),
         worker_priority: args.worker_priority,
         cluster: args.redis.as_ref().map(|url| ClusterConfig {
-            url: chat::redact::SecretUrl::new(url.clone()),
+            url: chat::ops::redact::SecretUrl::new(url.clone()),
             node: args.node_id.clone().unwrap_or_else(default_node_id),
             node_timeout: Duration::from_secs(args.node_timeout.max(1)),
             io_timeout: Duration::from_millis(args.redis_timeout_ms.max(1)),
@@ -455,7 +455,7 @@ fn run(args: Args) -> Result<(), StartError> {
     {
         return Err(StartError::NodeId(id.clone()));
     }
-    chat::auth::Hasher::new(cfg.hash).map_err(StartError::Hash)?;
+    chat::job::auth::Hasher::new(cfg.hash).map_err(StartError::Hash)?;
     let plain = if args.listen == "off" {
         None
     } else {
@@ -463,7 +463,9 @@ fn run(args: Args) -> Result<(), StartError> {
     };
     // The certificate is read before anything starts: a wrong path fails at once.
     let tls_wrapper = || match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => chat::tls::TlsWrapper::new(cert, key).map_err(StartError::Tls),
+        (Some(cert), Some(key)) => {
+            chat::transport::tls::TlsWrapper::new(cert, key).map_err(StartError::Tls)
+        }
         _ => Err(StartError::TlsNeedsCertAndKey),
     };
     let tls = match &args.tls_listen {
@@ -471,7 +473,7 @@ fn run(args: Args) -> Result<(), StartError> {
         None => None,
     };
     let (web, web_tls) = if args.web_listen.is_some() || args.web_tls_listen.is_some() {
-        let wrapper = chat::web::WebWrapper::new(&chat::web::WebConfig {
+        let wrapper = chat::transport::web::WebWrapper::new(&chat::transport::web::WebConfig {
             max_frame: cfg.hub.max_frame,
             origins: args.web_origin.clone(),
         })
@@ -512,17 +514,19 @@ fn run(args: Args) -> Result<(), StartError> {
     // Operators' threads, stopped (and the admin socket removed) when these drop.
     let _admin = match &args.redis {
         // Without it the chat still runs; only the operators' commands wait for a stop.
-        None => {
-            chat::admin_server::AdminSocket::start(&args.data, &factory, server.control_handle())
-                .map_err(|e| {
-                    log::warn!(
-                        "no admin socket in {}: {e}; `chat-server users` and `backup` work only \
+        None => chat::ops::admin_socket::AdminSocket::start(
+            &args.data,
+            &factory,
+            server.control_handle(),
+        )
+        .map_err(|e| {
+            log::warn!(
+                "no admin socket in {}: {e}; `chat-server users` and `backup` work only \
                      while the server is stopped",
-                        args.data.display()
-                    )
-                })
-                .ok()
-        }
+                args.data.display()
+            )
+        })
+        .ok(),
         // With Redis, `chat-server users --redis URL` goes through Redis itself.
         Some(_) => None,
     };
@@ -531,7 +535,7 @@ fn run(args: Args) -> Result<(), StartError> {
             let l = std::net::TcpListener::bind(a)
                 .map_err(|e| StartError::MetricsListen(a.clone(), e))?;
             Some(
-                chat::metrics_http::MetricsServer::start(l, server.control_handle())
+                chat::ops::metrics_http::MetricsServer::start(l, server.control_handle())
                     .map_err(StartError::MetricsStart)?,
             )
         }

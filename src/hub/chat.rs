@@ -22,13 +22,13 @@ use super::cx::{Core, Cx, private_frame_for, sms_res_id};
 use super::history::History;
 use super::offline_delivery::OfflineDelivery;
 use crate::conn::{Pending, Session};
-use crate::fit;
+use crate::hub::frame_fit;
+use crate::hub::roster::{Listing, Roster, Version};
 use crate::job::{JobKind, OfflineStored};
 use crate::proto::{
     self, CodeRes, HistoryEntry, LoginResMes, MAX_MSG_ID, OnlineUsersResMes, SEED_MAX_FRAME,
     ServerMessage, SmsMes, SmsPrivateMes, UserInfo, code, kind,
 };
-use crate::roster::{Listing, Roster, Version};
 use crate::store::{Conv, OfflineMsg};
 use crate::types::{Now, Part};
 
@@ -73,7 +73,7 @@ impl Chat {
         };
         let frame = proto::encode(kind::SMS, &sms);
         // Seed clients cannot read a longer frame: they get it cut short.
-        let cut: Option<Rc<[u8]>> = if fit::fits(&frame, SEED_MAX_FRAME) {
+        let cut: Option<Rc<[u8]>> = if frame_fit::fits(&frame, SEED_MAX_FRAME) {
             None
         } else {
             let encode = |content: &str| {
@@ -83,7 +83,7 @@ impl Chat {
                 };
                 proto::encode(kind::SMS, &cut)
             };
-            fit::cut_to_fit(&sms.content, SEED_MAX_FRAME, encode).map(Into::into)
+            frame_fit::cut_to_fit(&sms.content, SEED_MAX_FRAME, encode).map(Into::into)
         };
         cx.stats().group_messages += 1;
         if let Some(c) = cluster {
@@ -243,13 +243,15 @@ impl Chat {
         };
         let res = OnlineUsersResMes { users };
         let mut frame = proto::encode(kind::ONLINE_USERS_RES, &res);
-        if !fit::fits(&frame, limit) {
+        if !frame_fit::fits(&frame, limit) {
             let users = res.users;
             let me = cx.conn(key).user_id();
             let (mine, others): (Vec<UserInfo>, Vec<UserInfo>) =
                 users.into_iter().partition(|u| Some(u.user_id) == me);
             let with = |n: usize| encode(mine.iter().chain(&others[..n]).cloned().collect());
-            frame = with(fit::largest(others.len(), |n| fit::fits(&with(n), limit)));
+            frame = with(frame_fit::largest(others.len(), |n| {
+                frame_fit::fits(&with(n), limit)
+            }));
         }
         cx.reply_frame(key, frame);
     }
@@ -298,7 +300,7 @@ impl Chat {
             };
             proto::encode(kind::LOGIN_RES, &r)
         };
-        let n = fit::largest(others.len(), |n| fit::fits(&with(n), limit));
+        let n = frame_fit::largest(others.len(), |n| frame_fit::fits(&with(n), limit));
         vec![Part::whole(with(n).into())]
     }
 
@@ -381,7 +383,7 @@ pub(crate) fn all_infos(core: &Core, cluster: Option<&Cluster>) -> Vec<UserInfo>
     infos
 }
 
-/// What the roster of everyone online depends on (see [`crate::roster`]).
+/// What the roster of everyone online depends on (see [`crate::hub::roster`]).
 pub(crate) fn roster_version(core: &Core, cluster: Option<&Cluster>) -> Version {
     (
         core.online.version(),

@@ -25,7 +25,7 @@ use super::history::History;
 use super::moderation::Moderation;
 use crate::cluster::{Event, Input, PresenceEntry};
 use crate::conn::{Pending, Session};
-use crate::fit;
+use crate::hub::frame_fit;
 use crate::job::JobKind;
 use crate::proto::{SEED_MAX_FRAME, ServerMessage, SmsMes, UserInfo, code, status};
 use crate::store::{Conv, OfflineMsg};
@@ -139,7 +139,7 @@ impl Cluster {
         })
     }
 
-    /// Changes whenever who is online elsewhere does (see [`crate::roster`]).
+    /// Changes whenever who is online elsewhere does (see [`crate::hub::roster`]).
     pub(crate) fn remote_version(&self) -> u64 {
         self.remote_version
     }
@@ -587,8 +587,8 @@ fn deliver_remote_group(cx: &mut Cx<'_>, user: i64, name: &str, content: &str, t
         .encode()
     };
     let frame = encode(content);
-    let cut: Option<Rc<[u8]>> = (!fit::fits(&frame, SEED_MAX_FRAME))
-        .then(|| fit::cut_to_fit(content, SEED_MAX_FRAME, encode))
+    let cut: Option<Rc<[u8]>> = (!frame_fit::fits(&frame, SEED_MAX_FRAME))
+        .then(|| frame_fit::cut_to_fit(content, SEED_MAX_FRAME, encode))
         .flatten()
         .map(Into::into);
     cx.stats().group_messages += 1;

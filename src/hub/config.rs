@@ -59,7 +59,7 @@ pub struct HubConfig {
     pub history_gather_ms: u64,
     /// Presence notices (who came online, who left) are sent together at most this
     /// long after the first of them, or at once before any message from one user to
-    /// another (see [`crate::presence`]). 0: at the end of each turn.
+    /// another (see [`crate::hub::presence`]). 0: at the end of each turn.
     pub presence_interval_ms: u64,
 }
 

@@ -19,10 +19,10 @@ use slab::Slab;
 
 use super::config::HubConfig;
 use crate::conn::{Closing, Conn, OutQueue, Overflow, Pending, Session, TURN_FRAME, TurnBuf};
-use crate::fit;
+use crate::hub::frame_fit;
+use crate::hub::presence::Presence;
 use crate::job::{Job, JobKind};
 use crate::metrics::Stats;
-use crate::presence::Presence;
 use crate::proto::{self, CodeRes, ServerMessage, SmsPrivateMes, code};
 use crate::store::OfflineMsg;
 use crate::types::{ConnRef, Now, Part};
@@ -224,7 +224,7 @@ impl Core {
             .max(online as u64 / PRESENCE_USERS_PER_MS)
             .max(measured)
     }
-    /// Notes a presence notice for everyone (see [`crate::presence`]).
+    /// Notes a presence notice for everyone (see [`crate::hub::presence`]).
     pub(crate) fn note_presence(&mut self, user_id: i64, status: u8, name: &str, now: Now) {
         self.presence.note(user_id, status, name, now.mono_ms);
     }
@@ -687,10 +687,10 @@ pub(crate) fn private_frame_for(
     offline_id: Option<u64>,
 ) -> (Vec<u8>, bool) {
     let frame = private_frame(m, &m.content, offline_id);
-    if fit::fits(&frame, limit) {
+    if frame_fit::fits(&frame, limit) {
         return (frame, false);
     }
-    match fit::cut_to_fit(&m.content, limit, |c| private_frame(m, c, offline_id)) {
+    match frame_fit::cut_to_fit(&m.content, limit, |c| private_frame(m, c, offline_id)) {
         Some(cut) => (cut, true),
         None => (frame, false),
     }
@@ -745,7 +745,7 @@ impl Outputs<'_> {
         let limit = self.limit;
         let conn = &mut self.conns[key];
         let max = conn.max_frame();
-        if fit::fits_len(full.len(), max) {
+        if frame_fit::fits_len(full.len(), max) {
             let turn = &mut *self.turn;
             queue(
                 conn,
@@ -766,7 +766,7 @@ impl Outputs<'_> {
             return true;
         }
         if let Some(cut) = cut
-            && fit::fits(cut, max)
+            && frame_fit::fits(cut, max)
         {
             queue(conn, key, self.writes, self.overflowed, self.stats, |q| {
                 q.push(cut.clone(), limit)
@@ -798,7 +798,7 @@ impl Outputs<'_> {
     fn deliver(&mut self, key: usize, frame: &Rc<[u8]>, reply: bool) -> bool {
         let limit = self.limit;
         let conn = &mut self.conns[key];
-        if !fit::fits(frame, conn.max_frame()) {
+        if !frame_fit::fits(frame, conn.max_frame()) {
             // Callers fit what they send; this is the last guard, so that no frame
             // ever crashes a client that cannot read it.
             log::warn!(

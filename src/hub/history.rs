@@ -6,8 +6,8 @@
 //! noted within `--history-gather-ms` (100 ms; or 4,096 of them, or 256 KiB) goes to the store as one
 //! job, one commit ([`Hub::poll_job`] takes them): per loop turn, a quiet server's
 //! every message would cost a commit of its own, on the same core as the loop. A
-//! commit syncs the file: 10 a second is little CPU and leaves a slow disk idle;
-//! 50 a second (20 ms) cost the loop's core 5% more at 1,000 messages a second.
+//! commit syncs the file: a few a second cost little CPU and leave a slow disk idle,
+//! while one per turn would take a share of the loop's core under load.
 //! The store numbers each entry within its conversation and trims the conversation to
 //! its last `--history` entries. A store that is down or slow costs history entries,
 //! never a live delivery: at most [`MAX_APPEND_JOBS`] appends are in flight (the
@@ -29,7 +29,7 @@ use std::collections::VecDeque;
 
 use super::cx::{Core, Cx};
 use crate::conn::Pending;
-use crate::fit;
+use crate::hub::frame_fit;
 use crate::job::{JobKind, Outcome};
 use crate::proto::{
     self, HISTORY_PAGE_DEFAULT, HISTORY_PAGE_MAX, HistoryEntry, HistoryMes, HistoryResMes, code,
@@ -44,9 +44,9 @@ pub const MAX_APPEND_JOBS: usize = 2;
 /// Bytes of content (and names) waiting to be appended at most; past it the oldest
 /// are dropped (counted as lost).
 pub const MAX_PENDING_BYTES: usize = 1 << 20;
-/// Entries waiting that go to the store at once, gathering time or not. At saturation
-/// on one core, 4,096 instead of 512 (14 commits a second instead of 110) raised
-/// deliveries by about a tenth.
+/// Entries waiting that go to the store at once, gathering time or not: large, so that
+/// at saturation commits stay few and the loop's core goes to delivery (the journal
+/// in docs/benchmarks/ has the measurement).
 pub const GATHER_ENTRIES: usize = 4096;
 /// Bytes of content (and names) waiting that go to the store at once: well before
 /// [`MAX_PENDING_BYTES`], so that long messages are sent on, not dropped, while the
@@ -294,13 +294,13 @@ impl History {
             )
         };
         let frame = encode(&messages, more);
-        if fit::fits(&frame, limit) {
+        if frame_fit::fits(&frame, limit) {
             cx.reply_frame(key, frame);
             return;
         }
         let len = messages.len();
-        let n = fit::largest(len, |n| {
-            fit::fits(&encode(&messages[len - n..], true), limit)
+        let n = frame_fit::largest(len, |n| {
+            frame_fit::fits(&encode(&messages[len - n..], true), limit)
         });
         let frame = if n > 0 {
             encode(&messages[len - n..], true)
@@ -316,7 +316,7 @@ impl History {
                 };
                 encode(std::slice::from_ref(&e), true)
             };
-            fit::cut_to_fit(&newest.content, limit, cut).unwrap_or_else(|| encode(&[], true))
+            frame_fit::cut_to_fit(&newest.content, limit, cut).unwrap_or_else(|| encode(&[], true))
         };
         cx.reply_frame(key, frame);
     }

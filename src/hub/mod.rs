@@ -42,15 +42,36 @@ macro_rules! cx {
     };
 }
 
+pub mod admission;
 mod chat;
 mod cluster;
 mod config;
 mod cx;
+pub mod frame_fit;
 pub(crate) mod history;
 mod moderation;
+pub mod offline;
 mod offline_delivery;
+pub mod presence;
+pub mod rate;
+pub mod roster;
 mod sessions;
 mod timer;
+pub mod turn;
+
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
+
+#[cfg(test)]
+mod cluster_tests;
+#[cfg(test)]
+mod fuzz_replay;
+#[cfg(test)]
+mod history_tests;
+#[cfg(test)]
+mod moderation_tests;
+#[cfg(test)]
+mod tests;
 
 use std::cmp::Reverse;
 use std::collections::HashMap;
@@ -58,15 +79,15 @@ use std::io::{self, IoSlice};
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 
-use crate::admin::Kick;
 use crate::cluster::{Event, Input};
 use crate::conn::{Closing, Conn, Flush, Pending, Session};
+use crate::hub::presence::Presence;
+use crate::hub::rate::addr_key;
 use crate::job::{Job, JobResult, Outcome};
 pub use crate::metrics::Stats;
 use crate::metrics::{self, FrameType, Lane};
-use crate::presence::Presence;
+use crate::ops::admin::Kick;
 use crate::proto::{self, ClientMessage, CodeRes, ParseError, ServerMessage, code, status};
-use crate::rate::addr_key;
 use crate::types::ConnRef;
 pub use crate::types::Now;
 use crate::users::Registry;

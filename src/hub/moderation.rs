@@ -15,9 +15,9 @@
 #![forbid(unsafe_code)]
 
 use super::cx::Cx;
-use crate::admin::Kick;
 use crate::conn::{Pending, Session};
 use crate::job::JobKind;
+use crate::ops::admin::Kick;
 use crate::store::StoreError;
 use crate::types::{ConnRef, Now};
 use std::collections::HashMap;

@@ -5,12 +5,12 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use chat::auth::HashParams;
 use chat::hub::HubConfig;
+use chat::job::auth::HashParams;
 use chat::reactor::{Running, ServerConfig};
 use chat::store::embedded::EmbeddedStore;
 use chat::store::{Store, StoreFactory};
-use chat::tls::TlsWrapper;
+use chat::transport::tls::TlsWrapper;
 
 pub struct TestServer {
     /// The plain listener.

@@ -16,6 +16,9 @@
 //! plaintext (HTTPS). Over a plain socket the stream's calls are the socket's own,
 //! statically dispatched.
 
+pub mod tls;
+pub mod web;
+
 use std::fmt;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr};
@@ -25,7 +28,7 @@ use mio::net::TcpStream;
 /// A transport's "read me next turn": its `read` has taken its share of the socket's
 /// input for now without producing protocol bytes, and input is left. The reactor
 /// reads the connection again on its next turn, after the others
-/// ([`crate::turn::Read::NextTurn`]).
+/// ([`crate::hub::turn::Read::NextTurn`]).
 ///
 /// It travels as the error of an `io::Result` (so that it passes through the
 /// `io::Read` of a transport over another one), told apart from every real error,
@@ -79,7 +82,7 @@ pub trait Transport {
 }
 
 /// The byte stream under a transport that carries another protocol: a plain socket,
-/// or the plaintext of a TLS connection ([`crate::tls::TlsTransport`]).
+/// or the plaintext of a TLS connection ([`crate::transport::tls::TlsTransport`]).
 ///
 /// The contract is [`Transport`]'s: [`read`](Stream::read) returns `Ok(0)` at the
 /// end, `WouldBlock` only once the socket is drained and nothing decoded is left,

@@ -45,7 +45,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ServerConfig, ServerConnection};
 
-use crate::link::{NextTurn, Stream, Transport, Wrapper};
+use crate::transport::{NextTurn, Stream, Transport, Wrapper};
 
 /// Ciphertext (or, during the handshake, plaintext) rustls may hold unsent for one
 /// connection before writes are refused with `WouldBlock`.

@@ -55,9 +55,9 @@ use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tungstenite::protocol::frame::{CloseFrame, FrameHeader};
 use tungstenite::protocol::{Message, Role, WebSocketConfig, WebSocketContext};
 
-use crate::link::{NextTurn, Stream, Transport, Wrapper};
 use crate::proto::HEADER_LEN;
-use crate::tls::{TlsTransport, TlsWrapper};
+use crate::transport::tls::{TlsTransport, TlsWrapper};
+use crate::transport::{NextTurn, Stream, Transport, Wrapper};
 
 /// Largest HTTP request head accepted; longer gets 431 and a close.
 pub const MAX_HEAD: usize = 8 * 1024;

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::auth::Hasher;
+use crate::job::auth::Hasher;
 use crate::job::{Job, JobResult, execute};
 use crate::store::{StoreError, StoreFactory};
 
@@ -184,7 +184,7 @@ impl Workers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::HashParams;
+    use crate::job::auth::HashParams;
     use crate::job::{JobKind, Outcome};
     use crate::store::mem::MemStore;
     use crate::store::{OfflineMsg, Store};

@@ -16,6 +16,9 @@
 //! ordered last.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "server")]
+pub mod redis;
+
 use serde::{Deserialize, Serialize};
 
 use crate::store::OfflineMsg;
@@ -71,7 +74,7 @@ pub enum Event {
     Kick {
         node: String,
         user: i64,
-        kick: crate::admin::Kick,
+        kick: crate::ops::admin::Kick,
     },
 }
 
@@ -150,7 +153,7 @@ mod tests {
             Event::Kick {
                 node: "admin".into(),
                 user: 4,
-                kick: crate::admin::Kick::Banned,
+                kick: crate::ops::admin::Kick::Banned,
             },
         ];
         for ev in evs {

@@ -30,11 +30,11 @@ use std::time::{Duration, Instant};
 
 use crate::cluster::{Event, Input};
 use crate::conn::ConnRef;
+use crate::hub::turn::{Accept, Driver, DriverConfig, Io, Read, Ready};
 use crate::hub::{Hub, HubConfig, Now, Written};
 use crate::job::{Job, JobResult, Passwords, execute};
 use crate::proto::{self, ClientMessage, ServerMessage};
 use crate::store::mem::MemStore;
-use crate::turn::{Accept, Driver, DriverConfig, Io, Read, Ready};
 
 /// The hub's clock when a harness starts, in ms.
 const START_MS: u64 = 1_000;
@@ -95,7 +95,7 @@ struct Sockets {
     published: Vec<Event>,
     /// The operators' requests (ban or remove a user), and how many sessions the
     /// last one closed.
-    admin: VecDeque<(i64, crate::admin::Kick)>,
+    admin: VecDeque<(i64, crate::ops::admin::Kick)>,
     admin_closed: usize,
     /// Virtual time each read and each write takes.
     read_cost: Duration,
@@ -496,7 +496,7 @@ impl Harness {
 
     /// An operator banned or removed `user` (the store already changed): returns
     /// how many sessions the hub closed.
-    pub fn admin(&mut self, user: i64, kick: crate::admin::Kick) -> usize {
+    pub fn admin(&mut self, user: i64, kick: crate::ops::admin::Kick) -> usize {
         self.sockets.admin.push_back((user, kick));
         self.pump();
         self.sockets.admin_closed

@@ -6,17 +6,17 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use crate::hub::HubConfig;
+use crate::hub::testkit::{Harness, login_msg};
 use crate::job::{JobKind, JobResult, LoginError, Outcome, execute};
 use crate::proto::{
     ClientMessage, CodeRes, LoginResMes, NotifyUserStatusMes, OnlineUsersResMes, RegisterMes,
     ServerMessage, SmsMes, SmsPrivateMes, User, UserInfo, code,
 };
 use crate::store::StoreError;
-use crate::testkit::{Harness, login_msg};
 use crate::types::ConnRef;
 
 fn h() -> Harness {
-    Harness::new(crate::testkit::test_config())
+    Harness::new(crate::hub::testkit::test_config())
 }
 
 fn reg_msg(id: i64, pwd: &str, name: &str) -> ClientMessage {
@@ -474,7 +474,7 @@ fn offline_backlog_larger_than_the_queue_arrives_in_rounds() {
         max_outbuf: 4096,
         offline_batch: 8,
         msg_rate: 0,
-        ..crate::testkit::test_config()
+        ..crate::hub::testkit::test_config()
     });
     t.register(1);
     t.register(2);
@@ -669,7 +669,7 @@ fn a_reader_that_stalls_is_dropped_and_nobody_else_waits() {
     let mut t = Harness::new(HubConfig {
         max_outbuf: 2000,
         msg_rate: 0,
-        ..crate::testkit::test_config()
+        ..crate::hub::testkit::test_config()
     });
     let [sender, reader, staller] = t.everyone_online([1, 2, 3]);
     let mut delivered = 0;
@@ -706,7 +706,7 @@ fn silent_connections_are_closed_at_the_login_timeout() {
 fn a_full_hashing_queue_refuses_instead_of_queueing() {
     let mut t = Harness::new(HubConfig {
         max_hash_jobs: 1,
-        ..crate::testkit::test_config()
+        ..crate::hub::testkit::test_config()
     });
     let a = t.connect();
     let b = t.connect();
@@ -732,7 +732,7 @@ fn logins_waiting_for_hashes_leave_room_for_store_jobs_and_the_reverse() {
     let mut t = Harness::new(HubConfig {
         max_jobs: 1,
         max_hash_jobs: 3,
-        ..crate::testkit::test_config()
+        ..crate::hub::testkit::test_config()
     });
     for id in 1..=6 {
         t.register(id);
@@ -806,7 +806,7 @@ fn one_thread_30_ms_hashes() -> Harness {
     let mut t = Harness::new(HubConfig {
         hash_workers: 1,
         job_timeout_ms: 100,
-        ..crate::testkit::test_config()
+        ..crate::hub::testkit::test_config()
     });
     t.hash_cost_ms = 30;
     for id in 1..=5 {
@@ -857,7 +857,7 @@ fn the_wait_estimate_follows_how_fast_hashes_really_complete() {
     let mut t = Harness::new(HubConfig {
         hash_workers: 2,
         job_timeout_ms: 2_000,
-        ..crate::testkit::test_config()
+        ..crate::hub::testkit::test_config()
     });
     t.hash_cost_ms = 10;
     for id in 1..=11 {
@@ -912,7 +912,7 @@ fn a_login_that_timed_out_in_the_queue_is_told_to_come_back() {
 fn a_stalled_hashing_thread_turns_new_logins_away() {
     let mut t = Harness::new(HubConfig {
         job_timeout_ms: 5_000,
-        ..crate::testkit::test_config()
+        ..crate::hub::testkit::test_config()
     });
     // The hashing threads get no CPU (the loop's core is saturated): nothing completes.
     let (a, b) = login_after_a_stall(&mut t, 6_000);
@@ -1013,7 +1013,7 @@ fn shutdown_closes_everyone_without_offline_storms() {
 fn floods_are_refused_with_429_and_never_silently_dropped() {
     let mut t = Harness::new(HubConfig {
         msg_rate: 5,
-        ..crate::testkit::test_config()
+        ..crate::hub::testkit::test_config()
     });
     t.register(1);
     t.register(2);
@@ -1057,7 +1057,7 @@ fn floods_are_refused_with_429_and_never_silently_dropped() {
 fn password_guessing_is_limited_per_address() {
     let mut t = Harness::new(HubConfig {
         login_rate: 3,
-        ..crate::testkit::test_config()
+        ..crate::hub::testkit::test_config()
     });
     let attacker: std::net::SocketAddr = "10.1.1.1:5000".parse().unwrap();
     let mut refused = 0;
@@ -1125,7 +1125,7 @@ fn a_failed_acknowledgement_never_loops_fetching_the_same_messages() {
     let mut t = Harness::new(HubConfig {
         offline_batch: 2,
         msg_rate: 0,
-        ..crate::testkit::test_config()
+        ..crate::hub::testkit::test_config()
     });
     t.register(1);
     t.register(2);
@@ -1209,7 +1209,7 @@ fn the_next_offline_batch_is_asked_for_as_soon_as_the_last_is_written() {
     let mut t = Harness::new(HubConfig {
         offline_batch: 2,
         msg_rate: 0,
-        ..crate::testkit::test_config()
+        ..crate::hub::testkit::test_config()
     });
     stored_for_2(&mut t, 5);
     let b = t.connect();
@@ -1340,7 +1340,7 @@ fn a_message_stored_during_the_recipients_login_arrives_in_that_session() {
 fn one_address_cannot_take_every_connection() {
     let mut t = Harness::new(HubConfig {
         max_conns_per_addr: 3,
-        ..crate::testkit::test_config()
+        ..crate::hub::testkit::test_config()
     });
     let attacker = |port| std::net::SocketAddr::from(([10, 0, 0, 1], port));
     let held: Vec<ConnRef> = (0..3).map(|p| t.connect_from(attacker(p))).collect();
@@ -1375,7 +1375,7 @@ fn the_login_reply_never_makes_logging_in_impossible() {
     let mut t = Harness::new(HubConfig {
         max_outbuf: 1024,
         login_rate: 0,
-        ..crate::testkit::test_config()
+        ..crate::hub::testkit::test_config()
     });
     let mut conns: Vec<ConnRef> = Vec::new();
     for id in 1..=40 {
@@ -1465,7 +1465,7 @@ fn body_len(f: &[u8]) -> usize {
 fn seed_clients_get_group_and_private_messages_cut_to_what_they_can_read() {
     let mut t = Harness::new(HubConfig {
         login_rate: 0,
-        ..crate::testkit::test_config()
+        ..crate::hub::testkit::test_config()
     });
     for id in 1..=3 {
         t.register(id);
@@ -1485,7 +1485,7 @@ fn seed_clients_get_group_and_private_messages_cut_to_what_they_can_read() {
         let ServerMessage::Sms(cut) = ServerMessage::parse(&to_seed[0][4..]).unwrap() else {
             panic!()
         };
-        assert!(cut.content.ends_with(crate::fit::CUT_NOTE));
+        assert!(cut.content.ends_with(crate::hub::frame_fit::CUT_NOTE));
         // The sender is told.
         let told = t.recv(big);
         assert!(
@@ -1512,7 +1512,7 @@ fn a_seed_client_can_log_in_with_hundreds_online_with_long_names() {
     let mut t = Harness::new(HubConfig {
         login_rate: 0,
         max_conns_per_addr: 0,
-        ..crate::testkit::test_config()
+        ..crate::hub::testkit::test_config()
     });
     let base = 1_000_000_000i64;
     let n = 800;
@@ -1791,7 +1791,7 @@ fn compact_clients_are_told_who_is_online_in_the_compact_forms_and_others_as_bef
     let mut t = Harness::new(HubConfig {
         presence_interval_ms: 50,
         login_rate: 0,
-        ..crate::testkit::test_config()
+        ..crate::hub::testkit::test_config()
     });
     for id in 1..=5 {
         t.register(id);

@@ -9,7 +9,7 @@
 //!
 //! ```text
 //! 2026-12-01T14:07:40.123Z [INFO ] (chat-reactor) chat::reactor: listening on 127.0.0.1:8889
-//! 2026-12-01T14:07:41.002Z [WARN ] (chat-log) chat::logging: 17 lines dropped: sink too slow
+//! 2026-12-01T14:07:41.002Z [WARN ] (chat-log) chat::ops::logging: 17 lines dropped: sink too slow
 //! ```
 //!
 //! The time is UTC with milliseconds; the thread's name is left out for unnamed threads.
@@ -537,7 +537,7 @@ mod tests {
         let mut want: Vec<String> = (0..=4)
             .map(|n| format!("[INFO ] ({me}) chat::test: line {n}"))
             .collect();
-        want.push("[WARN ] (chat-log) chat::logging: 3 lines dropped: sink too slow".into());
+        want.push("[WARN ] (chat-log) chat::ops::logging: 3 lines dropped: sink too slow".into());
         assert_eq!(written.lines(), want);
         // Reported once: later lines come without a repeat.
         log(&logger, Level::Info, 8);
@@ -567,7 +567,7 @@ mod tests {
                 format!("[INFO ] ({me}) chat::test: line 0"),
                 format!("[INFO ] ({me}) chat::test: first"),
                 "  and more".into(),
-                "[WARN ] (chat-log) chat::logging: 1 lines dropped: sink too slow".into(),
+                "[WARN ] (chat-log) chat::ops::logging: 1 lines dropped: sink too slow".into(),
             ]
         );
     }
@@ -590,7 +590,7 @@ mod tests {
             sink.lines(),
             [
                 format!("[INFO ] ({}) chat::test: outer", me()),
-                "[WARN ] (chat-log) chat::logging: 1 lines dropped: sink too slow".into(),
+                "[WARN ] (chat-log) chat::ops::logging: 1 lines dropped: sink too slow".into(),
             ]
         );
     }
@@ -638,7 +638,7 @@ mod tests {
         let lines = unstamped(&std::fs::read_to_string(moved.join("chat.log")).unwrap());
         assert_eq!(lines.len(), 2, "{lines:?}");
         assert!(
-            lines[0].starts_with("[WARN ] (chat-log) chat::logging: cannot open log file ")
+            lines[0].starts_with("[WARN ] (chat-log) chat::ops::logging: cannot open log file ")
                 && lines[0].ends_with("; writing on to the old one"),
             "{lines:?}"
         );

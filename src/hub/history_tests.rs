@@ -3,13 +3,13 @@
 //! with jobs run in a chosen order. No sockets, threads or sleeps.
 
 use crate::hub::HubConfig;
+use crate::hub::testkit::Harness;
 use crate::job::{Job, JobKind};
 use crate::proto::{
     ClientMessage, CodeRes, HistoryEntry, HistoryMes, HistoryResMes, LoginMes, ServerMessage,
     SmsMes, SmsPrivateMes, code,
 };
 use crate::store::StoreError;
-use crate::testkit::Harness;
 use crate::types::ConnRef;
 
 fn h() -> Harness {
@@ -468,7 +468,11 @@ fn a_page_too_long_for_the_client_drops_its_oldest_and_says_more() {
         panic!()
     };
     assert_eq!(r.messages.len(), 1);
-    assert!(r.messages[0].content.ends_with(crate::fit::CUT_NOTE));
+    assert!(
+        r.messages[0]
+            .content
+            .ends_with(crate::hub::frame_fit::CUT_NOTE)
+    );
     assert_eq!(r.messages[0].id, 11);
     assert!(r.more);
 }

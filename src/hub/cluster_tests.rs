@@ -3,8 +3,8 @@
 //! the publisher included, as Redis does. No sockets, threads or sleeps.
 
 use crate::cluster::{Event, Input, PresenceEntry};
+use crate::hub::testkit::{Harness, login_msg};
 use crate::proto::{ClientMessage, ServerMessage, SmsMes, SmsPrivateMes};
-use crate::testkit::{Harness, login_msg};
 use crate::types::ConnRef;
 
 /// Nodes "a", "b", "c", ... sharing one store, as they share one Redis.
@@ -16,11 +16,11 @@ struct Net {
 
 impl Net {
     fn new(n: usize) -> Net {
-        let first = Harness::new(crate::testkit::test_config());
+        let first = Harness::new(crate::hub::testkit::test_config());
         let store = first.store.clone();
         let mut nodes = vec![first];
         for _ in 1..n {
-            let mut h = Harness::new(crate::testkit::test_config());
+            let mut h = Harness::new(crate::hub::testkit::test_config());
             h.store = store.clone();
             nodes.push(h);
         }

@@ -30,9 +30,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::admin::{MAX_REQUEST, Request, Response, SOCKET_NAME, apply, sessions_ended};
-use crate::control::ControlHandle;
-use crate::deadline::{Clients, Timed};
+use crate::ops::admin::{MAX_REQUEST, Request, Response, SOCKET_NAME, apply, sessions_ended};
+use crate::ops::control::ControlHandle;
+use crate::ops::deadline::{Clients, Timed};
 use crate::store::{Store, StoreFactory};
 
 /// How long a client may take to send its request, and then to read the answer.

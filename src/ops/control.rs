@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use mio::Waker;
 
-use crate::admin::Kick;
 use crate::metrics::Snapshot;
+use crate::ops::admin::Kick;
 
 /// What an operator's thread asks of the loop.
 pub enum Control {

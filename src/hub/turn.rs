@@ -647,8 +647,8 @@ mod tests {
     mod policy {
         use super::*;
         use crate::hub::HubConfig;
+        use crate::hub::testkit::{Harness, login_msg, test_config};
         use crate::proto::{ClientMessage, SmsMes};
-        use crate::testkit::{Harness, login_msg, test_config};
 
         const INTERVAL: Duration = Duration::from_micros(500);
 

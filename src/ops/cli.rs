@@ -19,9 +19,9 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::admin::{AdminError, Done, Request, Response, SOCKET_NAME, UserLine, apply};
-use crate::auth::{HashError, HashParams, Hasher};
 use crate::cluster::{CHANNEL, Event};
+use crate::job::auth::{HashError, HashParams, Hasher};
+use crate::ops::admin::{AdminError, Done, Request, Response, SOCKET_NAME, UserLine, apply};
 use crate::store::embedded::{EmbeddedStore, FILE_NAME};
 use crate::store::redis::{RedisStore, RedisTimeouts};
 use crate::store::{Store, StoreError};
@@ -330,7 +330,7 @@ fn via_redis(url: &str, timeout: Duration, req: Request) -> Result<Response, Ope
         Ok(n) => format!("{n} running servers told to close the user's sessions"),
         Err(e) => format!(
             "running servers NOT told (their sessions of the user stay open): {}",
-            crate::redact::text(&e.to_string())
+            crate::ops::redact::text(&e.to_string())
         ),
     };
     Ok(answer(Ok(done), Some(sessions)))

@@ -18,9 +18,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::control::ControlHandle;
-use crate::deadline::{Clients, Timed};
 use crate::metrics::render;
+use crate::ops::control::ControlHandle;
+use crate::ops::deadline::{Clients, Timed};
 
 /// How long a scraper may take to send its request, and then to read the answer.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);

@@ -12,6 +12,11 @@
 //! themselves, in whatever order they choose, with no threads at all.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "server")]
+pub mod auth;
+#[cfg(feature = "server")]
+pub mod worker;
+
 use std::time::Duration;
 
 use crate::store::{Conv, HistoryEntry, OfflineId, OfflineMsg, Store, StoreError, StoredMsg};
@@ -466,8 +471,8 @@ fn constant_time_eq(a: &str, b: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hub::testkit::TestPasswords;
     use crate::store::mem::MemStore;
-    use crate::testkit::TestPasswords;
 
     fn hasher() -> TestPasswords {
         TestPasswords

@@ -2,15 +2,15 @@
 //! the user's sessions (a word first, then the close), refuses the logins in flight,
 //! and reaches every node of a cluster as an event; and the counters a scrape shows.
 
-use crate::admin::{Kick, Request, apply};
 use crate::cluster::{Event, Input};
+use crate::hub::testkit::{Harness, login_msg};
 use crate::metrics::{FrameType, Lane, LoginOutcome};
+use crate::ops::admin::{Kick, Request, apply};
 use crate::proto::{ClientMessage, CodeRes, LoginResMes, ServerMessage, SmsMes, code, status};
 use crate::store::Store;
-use crate::testkit::{Harness, login_msg};
 
 fn h() -> Harness {
-    Harness::new(crate::testkit::test_config())
+    Harness::new(crate::hub::testkit::test_config())
 }
 
 fn err(code: u16, text: &str) -> ServerMessage {
@@ -90,7 +90,7 @@ fn a_login_in_flight_when_the_ban_lands_is_refused() {
     let job = t.jobs.pop_front().unwrap();
     let outcome = crate::job::execute(
         &mut t.store.clone(),
-        &crate::testkit::TestPasswords,
+        &crate::hub::testkit::TestPasswords,
         job.kind,
     );
     assert!(matches!(outcome, crate::job::Outcome::Login(Ok(_))));
@@ -150,7 +150,7 @@ fn a_removal_closes_the_session_and_deletes_the_account_and_its_messages() {
 fn a_new_password_ends_no_session_but_the_old_password() {
     let mut t = h();
     let [a] = t.everyone_online([7]);
-    let hash = crate::job::Passwords::hash(&crate::testkit::TestPasswords, "new").unwrap();
+    let hash = crate::job::Passwords::hash(&crate::hub::testkit::TestPasswords, "new").unwrap();
     // The admin path insists on argon2 hashes; the test store takes its own.
     t.store
         .clone()

@@ -21,12 +21,12 @@ fn replay(dir: &str, run: fn(&[u8])) -> usize {
 
 #[test]
 fn saved_frame_inputs_never_panic() {
-    assert!(replay("frames", crate::testkit::fuzz_frames) > 0);
+    assert!(replay("frames", crate::hub::testkit::fuzz_frames) > 0);
 }
 
 #[test]
 fn saved_hub_inputs_never_panic() {
-    assert!(replay("hub", crate::testkit::fuzz_hub) > 0);
+    assert!(replay("hub", crate::hub::testkit::fuzz_hub) > 0);
 }
 
 proptest::proptest! {
@@ -35,11 +35,11 @@ proptest::proptest! {
     /// A little of the fuzzer's work in every test run: random scripts against the hub.
     #[test]
     fn random_client_scripts_never_panic(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
-        crate::testkit::fuzz_hub(&data);
+        crate::hub::testkit::fuzz_hub(&data);
     }
 
     #[test]
     fn random_bytes_never_panic_the_decoder(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048)) {
-        crate::testkit::fuzz_frames(&data);
+        crate::hub::testkit::fuzz_frames(&data);
     }
 }
