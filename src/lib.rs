@@ -64,7 +64,8 @@
 //!   socket, the data file, or Redis), `admin_socket` (`DATA_DIR/admin.sock`) and
 //!   `metrics_http` (`--metrics-listen`), each serving a bounded number of clients at
 //!   once within a deadline each (`deadline`), `control` (their requests to the loop,
-//!   answered at its next turn), `redact` (secrets masked wherever they are printed).
+//!   answered at its next turn).
+//! - `redact`: secrets (a Redis URL's password) masked wherever they are printed.
 //! - `sys`: every OS call (descriptor limit, socket options, thread priority, heap trim,
 //!   a Unix socket's peer, the terminal's echo, file modes).
 //!
@@ -90,6 +91,8 @@ pub mod users;
 
 #[cfg(feature = "server")]
 pub mod reactor;
+#[cfg(feature = "server")]
+pub mod redact;
 #[cfg(feature = "server")]
 pub mod sys;
 #[cfg(feature = "server")]

@@ -27,13 +27,13 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use crate::cluster::redis::{ClusterConfig, ClusterLink, QUEUE};
 use crate::cluster::{Event, Input};
 use crate::conn::ConnRef;
-use crate::hub::admission::WorkerPriority;
 use crate::hub::turn::{ACCEPT_BACKOFF, Accept, Driver, DriverConfig, Flow, Io, Read, Ready};
 use crate::hub::{Hub, HubConfig, Now};
 use crate::job::auth::{HashParams, Hasher};
 use crate::job::worker::{ResultSink, Workers};
 use crate::job::{Job, JobResult};
 use crate::ops::control::{Control, ControlHandle};
+use crate::priority::WorkerPriority;
 use crate::store::StoreFactory;
 use crate::transport::{Link, NextTurn, Wrapper};
 

@@ -377,7 +377,7 @@ fn redis_store(url: &str, timeout_ms: u64) -> Result<StoreFactory, StartError> {
     // Redis being down at startup is not fatal: the workers keep trying, and requests
     // that need storage get a clear error meanwhile.
     match probe.ping() {
-        Ok(()) => log::info!("data in Redis at {}", chat::ops::redact::url(url)),
+        Ok(()) => log::info!("data in Redis at {}", chat::redact::url(url)),
         Err(e) => log::warn!("{e}; starting anyway, storage requests fail until it is back"),
     }
     let url = url.to_string();
@@ -443,7 +443,7 @@ fn run(args: Args) -> Result<(), StartError> {
         flush_interval: Duration::from_micros(args.flush_interval_us),
         worker_priority: args.worker_priority,
         cluster: args.redis.as_ref().map(|url| ClusterConfig {
-            url: chat::ops::redact::SecretUrl::new(url.clone()),
+            url: chat::redact::SecretUrl::new(url.clone()),
             node: args.node_id.clone().unwrap_or_else(default_node_id),
             node_timeout: Duration::from_secs(args.node_timeout.max(1)),
             io_timeout: Duration::from_millis(args.redis_timeout_ms.max(1)),

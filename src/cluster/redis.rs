@@ -90,7 +90,7 @@ pub type InputSink = Arc<dyn Fn(Input) + Send + Sync>;
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
     /// Printed with its password masked.
-    pub url: crate::ops::redact::SecretUrl,
+    pub url: crate::redact::SecretUrl,
     pub node: String,
     /// A node silent this long is taken for dead.
     pub node_timeout: Duration,
@@ -118,7 +118,7 @@ impl ClusterLink {
     /// own; until then the hub hears `Link(false)`.
     pub fn start(cfg: ClusterConfig, sink: InputSink) -> std::io::Result<ClusterLink> {
         let client = redis::Client::open(cfg.url.expose())
-            .map_err(|e| std::io::Error::other(crate::ops::redact::text(&e.to_string())))?;
+            .map_err(|e| std::io::Error::other(crate::redact::text(&e.to_string())))?;
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let publisher = {

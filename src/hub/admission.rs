@@ -1,7 +1,7 @@
 //! Password hashing under load: one policy, one home.
 //!
 //! Every login and registration costs an argon2id hash (milliseconds of CPU). The
-//! hashing threads run at a lower priority than the event loop ([`WorkerPriority`]), so
+//! hashing threads run at a lower priority than the event loop ([`crate::priority::WorkerPriority`]), so
 //! a storm of logins never delays messages; in exchange the hub must not queue more
 //! logins than can be served in time. [`Admission`] keeps the measure of what hashing
 //! delivers now and admits a login only if its estimated wait fits within the job
@@ -15,8 +15,6 @@
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
-
-pub use crate::priority::WorkerPriority;
 
 /// While passwords wait to be hashed, a round of writes this long (thousands of
 /// receivers) is followed by a pause as long as itself, so that the hashing threads,

@@ -623,7 +623,7 @@ impl Hub {
     ///
     /// A round of writes goes in stretches: the connections that had output when the
     /// stretch began, then those that got output meanwhile. Input taken in during a
-    /// round (the reactor looks for it, see `Server::flush_and_close`) joins the
+    /// round (the turn driver looks for it, see `turn::Driver`) joins the
     /// output of connections not yet written, in the same write, and a connection
     /// already written gets its share in the next stretch, after all the others: no
     /// one's output waits twice behind another's.

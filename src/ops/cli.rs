@@ -330,7 +330,7 @@ fn via_redis(url: &str, timeout: Duration, req: Request) -> Result<Response, Ope
         Ok(n) => format!("{n} running servers told to close the user's sessions"),
         Err(e) => format!(
             "running servers NOT told (their sessions of the user stay open): {}",
-            crate::ops::redact::text(&e.to_string())
+            crate::redact::text(&e.to_string())
         ),
     };
     Ok(answer(Ok(done), Some(sessions)))

@@ -45,7 +45,7 @@ impl std::fmt::Display for ConfigError {
                     f,
                     "{}: {}",
                     path.display(),
-                    crate::ops::redact::text(&e.to_string())
+                    crate::redact::text(&e.to_string())
                 )
             }
             ConfigError::Key(path, key, e) => write!(f, "{}: `{key}`: {e}", path.display()),

@@ -1,5 +1,5 @@
 //! What an operator uses: the commands and the admin socket, the metrics listener, the
-//! configuration file, the log, and the masking of secrets in what is printed.
+//! configuration file, the log.
 //!
 //! Only [`admin`] (what each command does to a store, and the admin socket's requests
 //! and answers) belongs to the sans-I/O build; the rest is the server's.
@@ -20,5 +20,3 @@ pub mod deadline;
 pub mod logging;
 #[cfg(feature = "server")]
 pub mod metrics_http;
-#[cfg(feature = "server")]
-pub mod redact;

@@ -232,13 +232,13 @@ impl RedisStore {
         let client = redis::Client::open(url).map_err(|e| {
             StoreError::Unavailable(format!(
                 "bad Redis URL {:?}: {}",
-                crate::ops::redact::url(url),
-                crate::ops::redact::text(&e.to_string())
+                crate::redact::url(url),
+                crate::redact::text(&e.to_string())
             ))
         })?;
         Ok(RedisStore {
             client,
-            url: crate::ops::redact::url(url),
+            url: crate::redact::url(url),
             conn: None,
             t,
             backoff: t.backoff_min,
