@@ -30,8 +30,8 @@ use std::io::{self, IoSlice};
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 
-use crate::hub::offline::OfflineSlot;
-use crate::hub::rate::Bucket;
+use crate::offline::OfflineSlot;
+use crate::rate::Bucket;
 pub use crate::types::{ConnRef, Part};
 
 /// The output queue was full; the frame was not queued.

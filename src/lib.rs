@@ -21,9 +21,9 @@
 //!   (`hub/cx.rs`: the connections, the output machinery, the jobs, the deadlines,
 //!   reached by components only through the narrow context `Cx`) and components that
 //!   own their state, one file each: `sessions` (login, register, with `admission` of
-//!   password hashes and per-address `rate`s), `chat` (group and private messages,
-//!   online list, `presence` notices, the `roster`), `offline_delivery` (with the
-//!   per-session machine in `offline`), `history` (pages, and the batching of
+//!   password hashes and per-address rates), `chat` (group and private messages,
+//!   online list, `presence` notices, the `roster`), `offline_delivery`, `history`
+//!   (pages, and the batching of
 //!   appends), `cluster` (what this node knows of the others, and the rules for their
 //!   events), `moderation` (bans, kicks, removals). `hub::turn` is one turn of the
 //!   event loop, in order, and when output is written, over an I/O side
@@ -38,8 +38,11 @@
 //!   what each does to a store, and the admin socket's requests and answers. The hub's
 //!   side (a ban or removal ends the user's sessions) is `hub/moderation.rs`.
 //! - Leaves that import nothing above them: [`types`] (a connection's handle, the time
-//!   passed in, a piece of shared bytes), [`metrics`] (the counters a scrape shows, and
-//!   their Prometheus text), [`priority`] (how worker threads are scheduled).
+//!   passed in, a piece of shared bytes, why an operator ends a session), [`metrics`]
+//!   (the counters a scrape shows, and their Prometheus text), [`priority`] (how worker
+//!   threads are scheduled), [`offline`] (one session's delivery of stored private
+//!   messages, as a state machine), [`rate`] (token buckets for flood control): what a
+//!   connection's state ([`conn`]) holds.
 //!
 //! The server side (the default `server` feature), the code that does I/O:
 //!
@@ -82,9 +85,11 @@ pub mod conn;
 pub mod hub;
 pub mod job;
 pub mod metrics;
+pub mod offline;
 pub mod ops;
 pub mod priority;
 pub mod proto;
+pub mod rate;
 pub mod store;
 pub mod types;
 pub mod users;

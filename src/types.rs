@@ -1,5 +1,6 @@
 //! The small types every part of the core shares: a connection's handle, the time as
-//! the caller passes it in, and a piece of shared encoded bytes. They import nothing of
+//! the caller passes it in, a piece of shared encoded bytes, and why an operator ends a
+//! session. They import nothing of
 //! the crate, so that whoever uses them (the hub, its components, the jobs, the
 //! cluster, the registry) points down to them.
 #![forbid(unsafe_code)]
@@ -96,4 +97,15 @@ impl Part {
     pub(crate) fn same_bytes_as(&self, bytes: &Rc<[u8]>) -> bool {
         Rc::ptr_eq(&self.bytes, bytes)
     }
+}
+
+/// Why an operator ends a user's sessions (what each means for a session and a login
+/// in flight: `ops::admin`).
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub enum Kick {
+    /// Banned: logins are refused until unbanned.
+    Banned,
+    /// The account and its offline messages are deleted.
+    Removed,
 }

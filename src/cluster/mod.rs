@@ -74,7 +74,7 @@ pub enum Event {
     Kick {
         node: String,
         user: i64,
-        kick: crate::ops::admin::Kick,
+        kick: crate::types::Kick,
     },
 }
 
@@ -153,7 +153,7 @@ mod tests {
             Event::Kick {
                 node: "admin".into(),
                 user: 4,
-                kick: crate::ops::admin::Kick::Banned,
+                kick: crate::types::Kick::Banned,
             },
         ];
         for ev in evs {

@@ -17,8 +17,8 @@
 use super::cx::Cx;
 use crate::conn::{Pending, Session};
 use crate::job::JobKind;
-use crate::ops::admin::Kick;
 use crate::store::StoreError;
+use crate::types::Kick;
 use crate::types::{ConnRef, Now};
 use std::collections::HashMap;
 

@@ -1,6 +1,6 @@
 //! Delivery of stored private messages to the sessions of their recipients: when to
 //! fetch a batch, queuing it, and removing from the store what reached the client.
-//! Each session's own state machine is [`crate::hub::offline::OfflineSlot`], in its
+//! Each session's own state machine is [`crate::offline::OfflineSlot`], in its
 //! connection; this component drives them and keeps what outlives a session.
 //!
 //! A removal runs on the storage workers while a new login of the same user may be
@@ -13,8 +13,8 @@ use std::collections::HashMap;
 
 use super::cx::{Core, Cx, private_frame_for};
 use crate::conn::Pending;
-use crate::hub::offline::Action;
 use crate::job::JobKind;
+use crate::offline::Action;
 use crate::proto::OfflineAckMes;
 use crate::store::{StoreError, StoredMsg};
 use crate::types::Now;

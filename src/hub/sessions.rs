@@ -21,11 +21,11 @@ use super::cx::Cx;
 use super::offline_delivery::OfflineDelivery;
 use crate::conn::{Pending, Session};
 use crate::hub::admission::Admission;
-use crate::hub::offline::OfflineSlot;
-use crate::hub::rate::PerAddr;
 use crate::job::{JobKind, LoginError, LoginOk, RegisterError};
 use crate::metrics::{LoginOutcome, RegisterOutcome};
+use crate::offline::OfflineSlot;
 use crate::proto::{CodeRes, LoginMes, LoginResMes, RegisterMes, ServerMessage, code, status};
+use crate::rate::PerAddr;
 use crate::types::Now;
 use crate::users::{MAX_PASSWORD_BYTES, OnlineEntry, validate_registration};
 

@@ -28,15 +28,7 @@ pub const MAX_REQUEST: usize = 64 * 1024;
 /// The admin socket's file name, in the data directory.
 pub const SOCKET_NAME: &str = "admin.sock";
 
-/// Why an operator ends a user's sessions.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[serde(rename_all = "camelCase")]
-pub enum Kick {
-    /// Banned: logins are refused until unbanned.
-    Banned,
-    /// The account and its offline messages are deleted.
-    Removed,
-}
+pub use crate::types::Kick;
 
 impl Kick {
     /// The `ErrorResMes` a live session gets before it is closed.

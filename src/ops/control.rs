@@ -13,7 +13,7 @@ use std::time::Duration;
 use mio::Waker;
 
 use crate::metrics::Snapshot;
-use crate::ops::admin::Kick;
+use crate::types::Kick;
 
 /// What an operator's thread asks of the loop.
 pub enum Control {
