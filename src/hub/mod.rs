@@ -71,6 +71,7 @@ mod moderation_tests;
 #[cfg(test)]
 mod tests;
 
+use std::cell::Cell;
 use std::cmp::Reverse;
 use std::collections::HashMap;
 use std::io::{self, IoSlice};
@@ -130,7 +131,10 @@ pub struct Hub {
     /// Bans, kicks and removals.
     moderation: Moderation,
     /// When each of the hub's timers is next due.
-    timers: TimerTable,
+    timers: Cell<TimerTable>,
+    /// Something changed since the table was last brought up to date: it is, at the
+    /// next look (`poll_timeout`, once per turn of the loop), not after every input.
+    timers_stale: Cell<bool>,
     pub stats: Stats,
 }
 
@@ -149,7 +153,8 @@ impl Hub {
             history: History::default(),
             offline: OfflineDelivery::default(),
             moderation: Moderation::default(),
-            timers: TimerTable::default(),
+            timers: Cell::new(TimerTable::default()),
+            timers_stale: Cell::new(true),
             stats: Stats::default(),
         }
     }
@@ -556,27 +561,41 @@ impl Hub {
         {
             return Some(now.mono_ms);
         }
-        self.timers.next()
+        self.timer_table().next()
     }
 
-    /// Sets the timer table from what the connections and the components say now.
-    /// Called at the end of every input that may have changed it.
+    /// The timer table may have changed: it is brought up to date at its next look.
+    /// Called at the end of every input that may have changed it; a write is one, so
+    /// this must stay as cheap as setting a flag.
     fn refresh_timers(&mut self) {
-        let conns = self.core.deadlines.peek().map(|Reverse((at, _, _))| *at);
-        let housekeeping = (!self.core.conns.is_empty()
-            || !self.core.summary.is_empty()
-            || self.sessions.has_limits()
-            || self.sessions.hashing())
-        .then_some(self.next_housekeeping_ms);
-        let presence = self.core.presence.due_at(self.core.presence_interval());
-        let history = self.history.due_at(&self.core);
-        let answer = self.cluster.as_ref().and_then(|c| c.next_deadline());
-        let t = &mut self.timers;
-        t.set(Timer::Connections, conns);
-        t.set(Timer::Housekeeping, housekeeping);
-        t.set(Timer::Presence, presence);
-        t.set(Timer::HistoryFlush, history);
-        t.set(Timer::ClusterAnswer, answer);
+        self.timers_stale.set(true);
+    }
+
+    /// The timer table, set from what the connections and the components say now if
+    /// anything changed since it was last set.
+    fn timer_table(&self) -> TimerTable {
+        if self.timers_stale.replace(false) {
+            let mut t = TimerTable::default();
+            let conns = self.core.deadlines.peek().map(|Reverse((at, _, _))| *at);
+            let housekeeping = (!self.core.conns.is_empty()
+                || !self.core.summary.is_empty()
+                || self.sessions.has_limits()
+                || self.sessions.hashing())
+            .then_some(self.next_housekeeping_ms);
+            t.set(Timer::Connections, conns);
+            t.set(Timer::Housekeeping, housekeeping);
+            t.set(
+                Timer::Presence,
+                self.core.presence.due_at(self.core.presence_interval()),
+            );
+            t.set(Timer::HistoryFlush, self.history.due_at(&self.core));
+            t.set(
+                Timer::ClusterAnswer,
+                self.cluster.as_ref().and_then(|c| c.next_deadline()),
+            );
+            self.timers.set(t);
+        }
+        self.timers.get()
     }
 
     /// Whether logins or registrations are waiting for a password hash.

@@ -3,8 +3,9 @@
 //! through every component.
 //!
 //! Each entry holds the next time its owner needs the loop, on the monotonic clock in
-//! ms (`None`: nothing due). The hub sets them at the end of every input from what its
-//! components say ([`super::Hub`]'s `refresh_timers`); the connections' own deadlines
+//! ms (`None`: nothing due). The hub sets them from what its components say when the
+//! table is looked at after an input changed something (an input only marks it, so a
+//! write costs no more than a flag: [`super::Hub`]'s `timer_table`); the connections' own deadlines
 //! (login timeouts, close deadlines) live in one heap in the core, and the table holds
 //! its soonest.
 #![forbid(unsafe_code)]
@@ -34,7 +35,7 @@ impl Timer {
 }
 
 /// When each [`Timer`] is next due.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct TimerTable {
     at: [Option<u64>; Timer::COUNT],
 }
