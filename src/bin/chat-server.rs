@@ -302,11 +302,11 @@ enum StartError {
     /// A listen address that resolves to nothing.
     NotAnAddress(String),
     Listen(String, io::Error),
-    /// The certificate or key (`TlsWrapper::new`'s words).
-    Tls(String),
+    /// The certificate or key.
+    Tls(chat::transport::tls::TlsError),
     TlsNeedsCertAndKey,
-    /// `--web-origin` (`WebWrapper::new`'s words).
-    Web(String),
+    /// `--web-origin`.
+    Web(chat::transport::web::BadOrigin),
     WebOriginAlone,
     NothingToListenOn,
     Start(io::Error),
@@ -331,7 +331,7 @@ impl std::fmt::Display for StartError {
             E::Listen(a, e) => write!(f, "cannot listen on {a}: {e}"),
             E::Tls(e) => write!(f, "TLS: {e}"),
             E::TlsNeedsCertAndKey => f.write_str("TLS needs --tls-cert and --tls-key"),
-            E::Web(e) => f.write_str(e),
+            E::Web(e) => e.fmt(f),
             E::WebOriginAlone => f.write_str("--web-origin needs --web-listen or --web-tls-listen"),
             E::NothingToListenOn => {
                 f.write_str("--listen off with no other listener: nothing to listen on")

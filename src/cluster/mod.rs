@@ -95,8 +95,25 @@ impl Event {
         serde_json::to_string(self).expect("events serialise")
     }
 
-    pub fn from_json(s: &str) -> Result<Event, String> {
-        serde_json::from_str(s).map_err(|e| format!("bad cluster event: {e}"))
+    pub fn from_json(s: &str) -> Result<Event, BadEvent> {
+        serde_json::from_str(s).map_err(BadEvent)
+    }
+}
+
+/// An event that is not JSON of the shape [`Event`] has (another version's, or not
+/// ours), and what the parser found.
+#[derive(Debug)]
+pub struct BadEvent(pub serde_json::Error);
+
+impl std::fmt::Display for BadEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "bad cluster event: {}", self.0)
+    }
+}
+
+impl std::error::Error for BadEvent {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
     }
 }
 
@@ -160,7 +177,13 @@ mod tests {
             let json = ev.to_json();
             assert_eq!(Event::from_json(&json).unwrap(), ev, "{json}");
         }
-        assert!(Event::from_json("{\"kind\":\"nonsense\"}").is_err());
+        let bad = Event::from_json("{\"kind\":\"nonsense\"}").unwrap_err();
+        assert!(
+            bad.to_string()
+                .starts_with("bad cluster event: unknown variant `nonsense`"),
+            "{bad}"
+        );
+        assert!(std::error::Error::source(&bad).is_some());
         assert!(Event::to_json(&Event::Reset { node: "x".into() }).contains("\"kind\":\"reset\""));
     }
 }

@@ -328,10 +328,25 @@ fn open_log(path: &Path) -> io::Result<File> {
 }
 
 /// Parses a level name for the command line: off, error, warn, info, debug or trace.
-pub fn parse_level(s: &str) -> Result<LevelFilter, String> {
-    s.parse()
-        .map_err(|_| format!("unknown log level {s:?}: use off, error, warn, info, debug or trace"))
+pub fn parse_level(s: &str) -> Result<LevelFilter, UnknownLevel> {
+    s.parse().map_err(|_| UnknownLevel(s.to_string()))
 }
+
+/// A log level name that is none of off, error, warn, info, debug or trace (as given).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownLevel(pub String);
+
+impl fmt::Display for UnknownLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unknown log level {:?}: use off, error, warn, info, debug or trace",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for UnknownLevel {}
 
 /// What [`reopen`] reaches: the installed logger's shared state.
 static INSTALLED: OnceLock<Arc<Shared>> = OnceLock::new();
@@ -458,6 +473,15 @@ mod tests {
 
     fn me() -> String {
         std::thread::current().name().unwrap().to_owned()
+    }
+
+    #[test]
+    fn level_names() {
+        assert_eq!(parse_level("debug").unwrap(), LevelFilter::Debug);
+        assert_eq!(
+            parse_level("loud").unwrap_err().to_string(),
+            "unknown log level \"loud\": use off, error, warn, info, debug or trace"
+        );
     }
 
     #[test]

@@ -137,8 +137,37 @@ pub trait Wrapper {
     fn wrap(&mut self, sock: TcpStream, peer: SocketAddr) -> io::Result<Box<dyn Transport>>;
     /// SIGHUP: read configuration files again (a certificate renewed). On failure the
     /// old configuration stays, and the error says why.
-    fn reload(&mut self) -> Result<(), String> {
+    fn reload(&mut self) -> Result<(), ReloadError> {
         Ok(())
+    }
+}
+
+/// Why a [`Wrapper::reload`] failed (the old configuration stays).
+#[derive(Debug)]
+pub enum ReloadError {
+    /// The certificate or key read again.
+    Tls(tls::TlsError),
+}
+
+impl fmt::Display for ReloadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReloadError::Tls(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ReloadError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ReloadError::Tls(e) => e.source(),
+        }
+    }
+}
+
+impl From<tls::TlsError> for ReloadError {
+    fn from(e: tls::TlsError) -> ReloadError {
+        ReloadError::Tls(e)
     }
 }
 

@@ -41,11 +41,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use mio::net::TcpStream;
-use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::pem::{Error as PemError, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ServerConfig, ServerConnection};
 
-use crate::transport::{NextTurn, Stream, Transport, Wrapper};
+use crate::transport::{NextTurn, ReloadError, Stream, Transport, Wrapper};
 
 /// Ciphertext (or, during the handshake, plaintext) rustls may hold unsent for one
 /// connection before writes are refused with `WouldBlock`.
@@ -56,47 +56,101 @@ pub const SEND_BUFFER: usize = 32 * 1024;
 /// the other connections have a turn: a stream of such records cannot hold the loop.
 const READ_SHARE: usize = 64 * 1024;
 
+/// Why the certificate and key could not be loaded.
+#[derive(Debug)]
+pub enum TlsError {
+    /// The certificate file could not be read, or is not PEM.
+    CertFile(PathBuf, PemError),
+    /// The certificate file holds no certificate.
+    NoCertificate(PathBuf),
+    /// The key file could not be read, or is not PEM.
+    KeyFile(PathBuf, PemError),
+    /// The key file holds no private key.
+    NoKey(PathBuf),
+    /// rustls refused the protocol versions.
+    Setup(rustls::Error),
+    /// rustls refused the certificate with this key (not its key, an unusable key).
+    CertWithKey {
+        cert: PathBuf,
+        key: PathBuf,
+        error: rustls::Error,
+    },
+}
+
+impl std::fmt::Display for TlsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TlsError::CertFile(cert, e) => {
+                write!(f, "certificate file {}: {}", cert.display(), pem_error(e))
+            }
+            TlsError::NoCertificate(cert) => write!(
+                f,
+                "certificate file {}: no certificate in it (a PEM \"BEGIN CERTIFICATE\" section)",
+                cert.display()
+            ),
+            TlsError::KeyFile(key, e) => {
+                write!(f, "key file {}: {}", key.display(), pem_error(e))
+            }
+            TlsError::NoKey(key) => write!(
+                f,
+                "key file {}: no private key in it (a PEM \"BEGIN PRIVATE KEY\", \
+                 \"BEGIN RSA PRIVATE KEY\" or \"BEGIN EC PRIVATE KEY\" section)",
+                key.display()
+            ),
+            TlsError::Setup(e) => write!(f, "TLS setup: {e}"),
+            TlsError::CertWithKey { cert, key, error } => write!(
+                f,
+                "certificate {} with key {}: {error}",
+                cert.display(),
+                key.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for TlsError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TlsError::CertFile(_, e) | TlsError::KeyFile(_, e) => Some(e),
+            TlsError::Setup(e) | TlsError::CertWithKey { error: e, .. } => Some(e),
+            TlsError::NoCertificate(_) | TlsError::NoKey(_) => None,
+        }
+    }
+}
+
 /// Reads a certificate chain and its private key (PEM files) into a server
 /// configuration: TLS 1.2 and 1.3, ring as the crypto provider, no client
 /// certificates. The chain's first certificate is the server's; the key may be PKCS#8,
 /// PKCS#1 (RSA) or SEC1 (EC), and must belong to that certificate.
-pub fn load_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, String> {
+pub fn load_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
     let chain = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("certificate file {}: {}", cert.display(), pem_error(e)))?;
+        .map_err(|e| TlsError::CertFile(cert.to_path_buf(), e))?;
     if chain.is_empty() {
-        return Err(format!(
-            "certificate file {}: no certificate in it (a PEM \"BEGIN CERTIFICATE\" section)",
-            cert.display()
-        ));
+        return Err(TlsError::NoCertificate(cert.to_path_buf()));
     }
     let private = PrivateKeyDer::from_pem_file(key).map_err(|e| match e {
-        rustls::pki_types::pem::Error::NoItemsFound => format!(
-            "key file {}: no private key in it (a PEM \"BEGIN PRIVATE KEY\", \
-             \"BEGIN RSA PRIVATE KEY\" or \"BEGIN EC PRIVATE KEY\" section)",
-            key.display()
-        ),
-        e => format!("key file {}: {}", key.display(), pem_error(e)),
+        PemError::NoItemsFound => TlsError::NoKey(key.to_path_buf()),
+        e => TlsError::KeyFile(key.to_path_buf(), e),
     })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| format!("TLS setup: {e}"))?
+        .map_err(TlsError::Setup)?
         .with_no_client_auth()
         .with_single_cert(chain, private)
-        .map_err(|e| {
-            format!(
-                "certificate {} with key {}: {e}",
-                cert.display(),
-                key.display()
-            )
+        .map_err(|error| TlsError::CertWithKey {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            error,
         })?;
     Ok(Arc::new(config))
 }
 
-fn pem_error(e: rustls::pki_types::pem::Error) -> String {
+/// A PEM file's failure in words: unreadable, or not PEM.
+fn pem_error(e: &PemError) -> String {
     match e {
-        rustls::pki_types::pem::Error::Io(e) => format!("cannot read it: {e}"),
+        PemError::Io(e) => format!("cannot read it: {e}"),
         e => format!("not valid PEM: {e}"),
     }
 }
@@ -111,7 +165,7 @@ pub struct TlsWrapper {
 
 impl TlsWrapper {
     /// Loads the certificate chain and key (see [`load_config`]).
-    pub fn new(cert: &Path, key: &Path) -> Result<TlsWrapper, String> {
+    pub fn new(cert: &Path, key: &Path) -> Result<TlsWrapper, TlsError> {
         Ok(TlsWrapper {
             config: load_config(cert, key)?,
             cert: cert.to_path_buf(),
@@ -136,7 +190,7 @@ impl Wrapper for TlsWrapper {
         Ok(Box::new(self.connection(sock)?))
     }
 
-    fn reload(&mut self) -> Result<(), String> {
+    fn reload(&mut self) -> Result<(), ReloadError> {
         self.config = load_config(&self.cert, &self.key)?;
         Ok(())
     }
@@ -261,5 +315,35 @@ impl Drop for TlsTransport {
     fn drop(&mut self) {
         self.tls.send_close_notify();
         let _ = self.send_pending();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreadable_or_empty_files_say_which_and_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+
+        let e = load_config(&missing, &missing).unwrap_err();
+        assert!(matches!(e, TlsError::CertFile(..)), "{e:?}");
+        let text = e.to_string();
+        let want = format!("certificate file {}: cannot read it: ", missing.display());
+        assert!(text.starts_with(&want), "{text}");
+        assert!(std::error::Error::source(&e).is_some());
+
+        let e = load_config(&empty, &empty).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "certificate file {}: no certificate in it (a PEM \"BEGIN CERTIFICATE\" section)",
+                empty.display()
+            )
+        );
+        assert!(std::error::Error::source(&e).is_none());
     }
 }

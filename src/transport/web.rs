@@ -57,7 +57,7 @@ use tungstenite::protocol::{Message, Role, WebSocketConfig, WebSocketContext};
 
 use crate::proto::HEADER_LEN;
 use crate::transport::tls::{TlsTransport, TlsWrapper};
-use crate::transport::{NextTurn, Stream, Transport, Wrapper};
+use crate::transport::{NextTurn, ReloadError, Stream, Transport, Wrapper};
 
 /// Largest HTTP request head accepted; longer gets 431 and a close.
 pub const MAX_HEAD: usize = 8 * 1024;
@@ -140,7 +140,7 @@ pub struct WebWrapper {
 
 impl WebWrapper {
     /// Checks the configuration and builds the page's answers.
-    pub fn new(cfg: &WebConfig) -> Result<WebWrapper, String> {
+    pub fn new(cfg: &WebConfig) -> Result<WebWrapper, BadOrigin> {
         let origins = cfg
             .origins
             .iter()
@@ -199,7 +199,7 @@ impl Wrapper for WebWrapper {
         })
     }
 
-    fn reload(&mut self) -> Result<(), String> {
+    fn reload(&mut self) -> Result<(), ReloadError> {
         match &mut self.tls {
             Some(tls) => tls.reload(),
             None => Ok(()),
@@ -207,17 +207,31 @@ impl Wrapper for WebWrapper {
     }
 }
 
+/// A `--web-origin` that is not `scheme://host[:port]` (the value as given).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadOrigin(pub String);
+
+impl std::fmt::Display for BadOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "--web-origin {:?}: give an origin such as https://chat.example.com or http://localhost:8080",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for BadOrigin {}
+
 /// `scheme://host[:port]`, lower case, no trailing slash; anything else is refused.
-fn normalize_origin(o: &str) -> Result<String, String> {
+fn normalize_origin(o: &str) -> Result<String, BadOrigin> {
     let lower = o.trim().trim_end_matches('/').to_ascii_lowercase();
     let rest = lower
         .strip_prefix("http://")
         .or_else(|| lower.strip_prefix("https://"));
     match rest {
         Some(host) if !host.is_empty() && !host.contains(['/', '?', '#', ' ']) => Ok(lower),
-        _ => Err(format!(
-            "--web-origin {o:?}: give an origin such as https://chat.example.com or http://localhost:8080"
-        )),
+        _ => Err(BadOrigin(o.to_string())),
     }
 }
 
@@ -862,7 +876,13 @@ mod tests {
             normalize_origin("https://Chat.Example.com/").unwrap(),
             "https://chat.example.com"
         );
-        assert!(normalize_origin("chat.example.com").is_err());
+        assert_eq!(
+            normalize_origin("chat.example.com")
+                .unwrap_err()
+                .to_string(),
+            "--web-origin \"chat.example.com\": give an origin such as \
+             https://chat.example.com or http://localhost:8080"
+        );
         assert!(normalize_origin("https://chat.example.com/path").is_err());
         assert!(normalize_origin("https://").is_err());
     }
