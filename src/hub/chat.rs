@@ -327,8 +327,8 @@ impl Chat {
         }
     }
 
-    /// Drops the roster when logins stopped for a while (it costs some 50 bytes per
-    /// user online); the next login builds it again.
+    /// Drops the roster when logins stopped for a while (it holds every user online,
+    /// encoded); the next login builds it again.
     pub(crate) fn housekeeping(&mut self, now: Now) {
         if !self.roster.is_empty() && now.mono_ms >= self.roster_used_ms + ROSTER_KEEP_MS {
             self.roster = Roster::default();
