@@ -113,6 +113,7 @@ impl Chat {
             },
         );
     }
+
     pub(crate) fn handle_private(
         cx: &mut Cx<'_>,
         history: &mut History,
