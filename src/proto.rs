@@ -291,6 +291,10 @@ pub struct LoginResMes {
         skip_serializing_if = "Option::is_none"
     )]
     pub retry_after: Option<u64>,
+    /// Extension, on success to a client that declared a `maxFrame` larger than the
+    /// seed's: the largest frame body the server accepts from it (`--max-frame`).
+    #[serde(rename = "maxFrame", default, skip_serializing_if = "Option::is_none")]
+    pub max_frame: Option<u32>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]

@@ -274,6 +274,44 @@ impl Roster {
     }
 }
 
+/// The inner JSON that [`with_max_frame`] adds to a login reply, escaped as it is in
+/// the envelope's `data` string: `,\"maxFrame\":65536`.
+pub fn max_frame_field(max: u32) -> String {
+    format!(r#",\"maxFrame\":{max}"#)
+}
+
+/// A login reply (as `Chat::login_reply` makes it, of shared parts) with `maxFrame`
+/// added as its last inner field, as serde writes `LoginResMes::max_frame`: the
+/// frame's last part loses its closing `}"}`, a part of its own brings the field and
+/// the closing back, and the length prefix is written again. The shared blocks stay
+/// shared.
+pub fn with_max_frame(mut parts: Vec<Part>, max: u32) -> Vec<Part> {
+    const CLOSE: &[u8] = br#"}"}"#;
+    let field = max_frame_field(max);
+    let (Some(first), Some(last)) = (parts.first(), parts.last()) else {
+        return parts;
+    };
+    if first.len() < proto::HEADER_LEN || !last.as_slice().ends_with(CLOSE) {
+        debug_assert!(false, "not a whole frame");
+        return parts;
+    }
+    let body = parts.iter().map(Part::len).sum::<usize>() - proto::HEADER_LEN + field.len();
+    let mut tail = field.into_bytes();
+    tail.extend_from_slice(CLOSE);
+    let n = parts.len() - 1;
+    let last = &parts[n];
+    parts[n] = Part::range(
+        last.bytes.clone(),
+        last.start as usize,
+        last.end as usize - CLOSE.len(),
+    );
+    parts.push(Part::whole(tail.into()));
+    let mut head = parts[0].as_slice().to_vec();
+    head[..proto::HEADER_LEN].copy_from_slice(&(body as u32).to_be_bytes());
+    parts[0] = Part::whole(head.into());
+    parts
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,6 +346,7 @@ mod tests {
                     Vec::new()
                 },
                 retry_after: None,
+                max_frame: None,
             },
         )
     }
@@ -397,6 +436,43 @@ mod tests {
             "the compact listing is less than half the size"
         );
         assert_eq!(r.ids().collect::<Vec<_>>(), (1..=3001).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn max_frame_is_added_as_serde_writes_it() {
+        let users: Vec<(i64, String)> = (1..=2000).map(|i| (i, format!("u\"{i}"))).collect();
+        let mut r = Roster::default();
+        r.rebuild((0, 0), users.iter().map(|(i, n)| (*i, n.as_str())));
+        for listing in [Listing::Users, Listing::Names, Listing::Ids] {
+            let parts = with_max_frame(r.reply(listing), 65536);
+            let mut want = serde_reply(&users, listing);
+            let body: LoginResMes = match proto::ServerMessage::parse(&want[4..]) {
+                Ok(proto::ServerMessage::LoginRes(res)) => res,
+                other => panic!("{other:?}"),
+            };
+            want = proto::encode(
+                kind::LOGIN_RES,
+                &LoginResMes {
+                    max_frame: Some(65536),
+                    ..body
+                },
+            );
+            assert_eq!(bytes(parts), want);
+        }
+        // One whole frame (a reply cut to fit) as well.
+        let one = serde_reply(&users[..3], Listing::Ids);
+        let parts = with_max_frame(vec![Part::whole(one.into())], 9000);
+        let got = bytes(parts);
+        match proto::ServerMessage::parse(&got[4..]) {
+            Ok(proto::ServerMessage::LoginRes(res)) => {
+                assert_eq!((res.users_id, res.max_frame), (vec![1, 2, 3], Some(9000)))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            u32::from_be_bytes(got[..4].try_into().unwrap()) as usize,
+            got.len() - 4
+        );
     }
 
     proptest! {

@@ -440,14 +440,22 @@ fn go_online(
     }
     let conn = cx.conn(key);
     let (limit, compact) = (conn.max_frame(), conn.compact());
-    let parts = chat.login_reply(
+    // A client that declared a larger `maxFrame` than the seed's is told the server's
+    // own limit, so that it never sends a frame that would be refused as too large.
+    let announce = (limit > crate::proto::SEED_MAX_FRAME)
+        .then(|| u32::try_from(cx.cfg().max_frame).unwrap_or(u32::MAX));
+    let room = announce.map_or(0, |n| super::roster::max_frame_field(n).len());
+    let mut parts = chat.login_reply(
         cx.core(),
         cluster.as_deref(),
         ok.user_id,
-        limit,
+        limit - room,
         compact,
         now,
     );
+    if let Some(n) = announce {
+        parts = super::roster::with_max_frame(parts, n);
+    }
     cx.reply_parts(key, &parts);
     let batch = cx.cfg().offline_batch;
     offline.deliver(cx, key, ok.offline, batch);

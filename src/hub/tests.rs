@@ -1461,6 +1461,55 @@ fn body_len(f: &[u8]) -> usize {
     f.len() - crate::proto::HEADER_LEN
 }
 
+/// A client that declared a larger `maxFrame` is told the server's limit in its login
+/// reply (so it can refuse a longer message before sending it); a seed client gets the
+/// seed's reply, without it. Either way the reply fits what the client reads.
+#[test]
+fn the_login_reply_announces_the_frame_limit_to_clients_that_declared_theirs() {
+    let mut t = Harness::new(HubConfig {
+        login_rate: 0,
+        max_frame: 20_000,
+        ..crate::hub::testkit::test_config()
+    });
+    for id in 1..=3 {
+        t.register(id);
+    }
+    let reply = |frames: &[Rc<[u8]>]| match ServerMessage::parse(&frames[0][4..]) {
+        Ok(ServerMessage::LoginRes(r)) => r,
+        other => panic!("{other:?}"),
+    };
+    let (_, frames) = login_as(&mut t, 1, Some(1 << 20));
+    let r = reply(&frames);
+    assert_eq!((r.code, r.max_frame), (200, Some(20_000)));
+    assert_eq!(r.users_id, [1]);
+    // The raw bytes say it as serde would, last.
+    let body = std::str::from_utf8(&frames[0][4..]).unwrap();
+    assert!(body.ends_with(r#",\"maxFrame\":20000}"}"#), "{body}");
+    assert_eq!(body_len(&frames[0]), body.len());
+    let (_, frames) = login_as(&mut t, 2, None);
+    let r = reply(&frames);
+    assert_eq!((r.code, r.max_frame), (200, None));
+    assert!(
+        !std::str::from_utf8(&frames[0][4..])
+            .unwrap()
+            .contains("maxFrame")
+    );
+    // A compact client, with others online: the shared blocks and the field.
+    let c = t.connect();
+    let ClientMessage::Login(mut m) = login_msg(3, "pw3") else {
+        unreachable!()
+    };
+    m.max_frame = Some(9000);
+    m.compact = true;
+    t.send(c, &ClientMessage::Login(m));
+    t.run_jobs();
+    let frames = t.recv_frames(c);
+    let r = reply(&frames);
+    assert_eq!((r.users_id.len(), r.names.len()), (3, 3));
+    assert_eq!(r.max_frame, Some(20_000));
+    assert!(body_len(&frames[0]) <= 9000);
+}
+
 #[test]
 fn seed_clients_get_group_and_private_messages_cut_to_what_they_can_read() {
     let mut t = Harness::new(HubConfig {
@@ -1555,6 +1604,15 @@ fn a_seed_client_can_log_in_with_hundreds_online_with_long_names() {
     };
     assert_eq!(res.users_id.len(), n as usize + 1);
     assert_eq!(res.users.len(), n as usize + 1);
+    // One that declared a little more than the seed's: cut to fit, the server's limit
+    // announced within it.
+    let (_, frames) = login_as(&mut t, base + n, Some(8200));
+    assert!(body_len(&frames[0]) <= 8200, "{}", body_len(&frames[0]));
+    let ServerMessage::LoginRes(res) = ServerMessage::parse(&frames[0][4..]).unwrap() else {
+        panic!()
+    };
+    assert!(res.users_id.contains(&(base + n)));
+    assert_eq!(res.max_frame, Some(t.hub.config().max_frame as u32));
 }
 
 /// Output waiting for the next round of writes is the reactor's to time (the flush
