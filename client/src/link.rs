@@ -19,6 +19,12 @@ use crate::tls::{self, TlsWriter};
 /// The largest frame body this client reads; declared to the server as `maxFrame`.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
 
+/// The largest frame body this client sends until a login reply announces the server's
+/// own limit (`maxFrame`): what the seed's server reads (it fails on a longer body,
+/// and takes every connection down with it). Our server takes at least this before
+/// login too.
+pub const SEND_LIMIT: usize = proto::SEED_MAX_FRAME;
+
 /// What the reader thread passes to the menu thread.
 pub enum Event {
     /// A reply to a request (or an error frame, which may be one).
@@ -27,6 +33,8 @@ pub enum Event {
     Unreadable(String),
     /// The connection ended.
     Closed,
+    /// The server's first bytes were a TLS record: that port speaks TLS.
+    Tls,
 }
 
 /// Who is online, kept current from the server's pushes.
@@ -59,6 +67,9 @@ pub struct Link {
     /// Tells the reader that a login reply was shown (see `read_loop`).
     shown: mpsc::SyncSender<()>,
     pub roster: Roster,
+    /// The largest frame body the server takes from this client: [`SEND_LIMIT`], or
+    /// what a login reply announced.
+    send_limit: usize,
 }
 
 /// How long to wait for a reply (logins hash a password: allow for a busy server).
@@ -69,6 +80,34 @@ pub enum WaitError {
     TimedOut,
     /// The reply came but could not be read: what was wrong with it.
     Unreadable(String),
+    /// Not sent: the frame would be longer than the server takes.
+    TooLarge(TooLarge),
+    /// The server speaks TLS on that port (and the client did not).
+    Tls,
+}
+
+/// Why a frame was not sent.
+pub enum SendError {
+    /// The connection is gone.
+    Closed,
+    /// The frame would be longer than the server takes: nothing was sent.
+    TooLarge(TooLarge),
+}
+
+/// A frame that was not sent for its size: its body, and the most the server takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooLarge {
+    pub len: usize,
+    pub max: usize,
+}
+
+impl From<SendError> for WaitError {
+    fn from(e: SendError) -> WaitError {
+        match e {
+            SendError::Closed => WaitError::Closed,
+            SendError::TooLarge(t) => WaitError::TooLarge(t),
+        }
+    }
 }
 
 impl Link {
@@ -110,8 +149,13 @@ impl Link {
             let leaving = leaving.clone();
             let roster = roster.clone();
             std::thread::spawn(move || {
-                read_loop(&mut *rs, &tx, &roster, &shown_rx);
+                let end = read_loop(&mut *rs, &tx, &roster, &shown_rx);
                 alive.store(false, Ordering::SeqCst);
+                if end == End::Tls {
+                    // The request waiting for its reply says so.
+                    let _ = tx.send(Event::Tls);
+                    return;
+                }
                 if !leaving.load(Ordering::SeqCst) {
                     show::push("Connection to the server lost.");
                 }
@@ -127,6 +171,7 @@ impl Link {
             reader: Some(reader),
             shown,
             roster,
+            send_limit: SEND_LIMIT,
         })
     }
 
@@ -134,12 +179,26 @@ impl Link {
         self.alive.load(Ordering::SeqCst)
     }
 
-    pub fn send(&mut self, msg: &ClientMessage) -> io::Result<()> {
+    /// Sends `msg`, unless its frame would be longer than the server takes: then
+    /// nothing is sent (the server would close the connection, the seed's would fail
+    /// altogether) and the connection goes on.
+    pub fn send(&mut self, msg: &ClientMessage) -> Result<(), SendError> {
+        // The frame exactly as it goes: its JSON is encoded twice, so quotes,
+        // backslashes and control characters grow on the way, and every character
+        // takes its UTF-8 bytes.
+        let frame = msg.encode();
+        let len = frame.len() - proto::HEADER_LEN;
+        if len > self.send_limit {
+            return Err(SendError::TooLarge(TooLarge {
+                len,
+                max: self.send_limit,
+            }));
+        }
         // Replies left over from an earlier request (say, an error that arrived after
         // we stopped waiting) must not be taken for this request's reply.
         while let Ok(ev) = self.events.try_recv() {
             match ev {
-                Event::Closed => return Err(io::ErrorKind::ConnectionAborted.into()),
+                Event::Closed | Event::Tls => return Err(SendError::Closed),
                 // Nobody waited for it: say so now rather than never.
                 Event::Unreadable(what) => show::push(&format!(
                     "The server sent a reply this client cannot read ({what})."
@@ -147,13 +206,22 @@ impl Link {
                 Event::Reply(_) => {}
             }
         }
-        self.out.write_all(&msg.encode())
+        self.out.write_all(&frame).map_err(|_| SendError::Closed)
     }
 
     /// Waits for the next reply.
     pub fn wait(&mut self) -> Result<ServerMessage, WaitError> {
         match self.events.recv_timeout(REPLY_WAIT) {
+            Ok(Event::Reply(ServerMessage::LoginRes(r))) => {
+                if r.code == proto::code::OK {
+                    // From now on, the server's own limit (its `--max-frame`) if it
+                    // says; the seed's server does not, and keeps to the seed's.
+                    self.send_limit = r.max_frame.map_or(SEND_LIMIT, |n| n as usize);
+                }
+                Ok(ServerMessage::LoginRes(r))
+            }
             Ok(Event::Reply(m)) => Ok(m),
+            Ok(Event::Tls) => Err(WaitError::Tls),
             Ok(Event::Unreadable(what)) => Err(WaitError::Unreadable(what)),
             Ok(Event::Closed) | Err(RecvTimeoutError::Disconnected) => Err(WaitError::Closed),
             Err(RecvTimeoutError::Timeout) => Err(WaitError::TimedOut),
@@ -168,7 +236,7 @@ impl Link {
 
     /// Sends `msg` and waits for its reply.
     pub fn request(&mut self, msg: &ClientMessage) -> Result<ServerMessage, WaitError> {
-        self.send(msg).map_err(|_| WaitError::Closed)?;
+        self.send(msg)?;
         self.wait()
     }
 
@@ -194,19 +262,44 @@ impl Link {
     }
 }
 
+/// How the reader ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The connection closed, failed, or sent what this client cannot read.
+    Closed,
+    /// The server's first bytes were a TLS record.
+    Tls,
+}
+
+/// Whether a stream that starts with these two bytes is TLS: a handshake (0x16) or an
+/// alert (0x15, what a TLS server answers to bytes that are not TLS) of version 3.x.
+/// No frame of this protocol starts so: its length would be over 350 MB.
+pub fn is_tls(first: [u8; 2]) -> bool {
+    matches!(first, [0x15 | 0x16, 0x03])
+}
+
 fn read_loop(
     stream: &mut dyn Read,
     tx: &mpsc::Sender<Event>,
     roster: &Roster,
     shown: &Receiver<()>,
-) {
+) -> End {
     let mut dec = FrameDecoder::new(MAX_FRAME);
     let mut buf = vec![0u8; 64 * 1024];
+    // The stream's first two bytes, until they are known.
+    let mut first: Vec<u8> = Vec::with_capacity(2);
     loop {
         let n = match stream.read(&mut buf) {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => return End::Closed,
             Ok(n) => n,
         };
+        if first.len() < 2 {
+            let more = (2 - first.len()).min(n);
+            first.extend_from_slice(&buf[..more]);
+            if first.len() == 2 && is_tls([first[0], first[1]]) {
+                return End::Tls;
+            }
+        }
         dec.push(&buf[..n]);
         loop {
             let body = match dec.next_frame() {
@@ -216,7 +309,7 @@ fn read_loop(
                     show::push(&format!(
                         "The server sent a frame this client cannot read ({e})."
                     ));
-                    return;
+                    return End::Closed;
                 }
             };
             let msg = match parse(&body) {
@@ -234,14 +327,14 @@ fn read_loop(
                 // wait now, with the reason, rather than let it run out.
                 Err(e) => {
                     if tx.send(Event::Unreadable(e.to_string())).is_err() {
-                        return;
+                        return End::Closed;
                     }
                     continue;
                 }
             };
             let login_ok = matches!(&msg, ServerMessage::LoginRes(r) if r.code == proto::code::OK);
             if !handle_push(&msg, roster) && tx.send(Event::Reply(msg)).is_err() {
-                return;
+                return End::Closed;
             }
             if login_ok {
                 // Offline messages follow the login reply at once: let the menu thread
@@ -347,6 +440,12 @@ fn handle_push(msg: &ServerMessage, roster: &Roster) -> bool {
                 r.insert(u.user_id, u.user_name.clone());
             }
             false
+        }
+        ServerMessage::Error(e) if e.code == proto::code::PARTIAL => {
+            // Not a refusal, and no request waits for it: the group message it is
+            // about went out (and its sender does not wait for an answer).
+            show::push(&show::cut_short(&e.error));
+            true
         }
         ServerMessage::Error(e) => {
             // Printed at once (it may come unasked, like "logged in elsewhere"), and

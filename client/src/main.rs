@@ -41,7 +41,7 @@ use chat::proto::{
     code,
 };
 
-use link::{Link, MAX_FRAME, WaitError};
+use link::{Link, MAX_FRAME, SendError, WaitError};
 
 /// The seed's register code for a storage error (its 505 means "user exists").
 const SEED_REGISTER_FAILED: u16 = 506;
@@ -221,6 +221,9 @@ struct App {
     input: Input,
     /// The last attempt to reach the server failed.
     unreachable: bool,
+    /// A line typed at the logged-in menu after the connection was lost: the main
+    /// menu's choice, not dropped.
+    carried: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -241,6 +244,7 @@ fn main() -> ExitCode {
         tls,
         input: Input::new(),
         unreachable: false,
+        carried: None,
     };
     app.main_menu();
     if app.unreachable {
@@ -258,8 +262,15 @@ impl App {
             show::line("  1  Log in");
             show::line("  2  Register");
             show::line("  3  Exit");
-            let Some(choice) = self.input.ask("Choose (1-3): ") else {
-                return;
+            let choice = match self.carried.take() {
+                Some(c) => {
+                    show::line(&format!("Choose (1-3): {c}"));
+                    c
+                }
+                None => match self.input.ask("Choose (1-3): ") {
+                    Some(c) => c,
+                    None => return,
+                },
             };
             let flow = match choice.trim() {
                 "1" => self.login(),
@@ -475,7 +486,14 @@ impl App {
                 return Flow::Quit;
             };
             if !link.is_alive() {
+                // The line was typed once the connection was gone (it says so as it
+                // goes): it is the main menu's, so that the next thing typed, say a
+                // `1` to log in again once the server is back, is not lost.
                 link.close(false);
+                if !choice.trim().is_empty() {
+                    show::line("You are logged out: the connection to the server was lost.");
+                    self.carried = Some(choice);
+                }
                 return Flow::Continue;
             }
             match choice.trim() {
@@ -504,7 +522,13 @@ impl App {
                     });
                     match link.send(&msg) {
                         Ok(()) => show::line("Sent to everyone online."),
-                        Err(_) => show::line("Not sent: the connection is gone."),
+                        Err(SendError::TooLarge(t)) => show::line(&format!(
+                            "Not sent: {}. Nothing went out; you are still logged in.",
+                            show::too_large(t.len, t.max)
+                        )),
+                        Err(SendError::Closed) => {
+                            show::line("Not sent: the connection to the server is gone.")
+                        }
                     }
                 }
                 "3" if seed => show::line(
@@ -536,6 +560,9 @@ impl App {
                     match link.request(&msg) {
                         Ok(ServerMessage::SmsRes(r)) => show::line(&match r.code {
                             code::OK => format!("Delivered to user {to}."),
+                            code::PARTIAL => format!(
+                                "Delivered to user {to}, cut short: their client cannot take it whole."
+                            ),
                             code::STORED => format!(
                                 "User {to} is offline; the message will be delivered when they log in."
                             ),
@@ -668,5 +695,13 @@ fn wait_failed(failed: &str, e: WaitError) {
         WaitError::Unreadable(what) => {
             format!("{failed}: the server's answer could not be read ({what}).")
         }
+        WaitError::TooLarge(t) => format!(
+            "{failed}: {}. Nothing went out.",
+            show::too_large(t.len, t.max)
+        ),
+        WaitError::Tls => format!(
+            "{failed}: the server speaks TLS on that port. Start the client with --tls \
+             (or --tls-ca PEM for a private certificate)."
+        ),
     });
 }

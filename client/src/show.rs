@@ -130,10 +130,51 @@ pub fn server_error(c: u16, text: &str, retry_after: Option<u64>) -> String {
             None => format!("Too fast: {text}."),
         },
         code::TOO_LARGE => "That was too large for the server.".to_string(),
+        code::PARTIAL => return cut_short(text),
         code::UNAVAILABLE => format!("The server is unavailable: {text}."),
         _ => format!("The server refused that: {text}."),
     };
     format!("! {plain}")
+}
+
+/// The server's 206 about a group message ("your message was cut short for 3 users
+/// whose clients read at most 8096 bytes"): it went out, whole to everyone whose client
+/// can take it. Not a refusal.
+pub fn cut_short(text: &str) -> String {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let n = words
+        .windows(3)
+        .find(|w| w[0] == "for" && w[2].starts_with("user"))
+        .and_then(|w| w[1].parse::<u64>().ok());
+    let whom = match n {
+        Some(1) => "1 user whose client cannot take it".to_string(),
+        Some(n) => format!("{n} users whose clients cannot take it"),
+        None => "some users whose clients cannot take it".to_string(),
+    };
+    format!("Your group message was sent; cut short for {whom} whole.")
+}
+
+/// A frame not sent for its size, as the end of a sentence: "it is too long ...".
+pub fn too_large(len: usize, max: usize) -> String {
+    format!(
+        "it is too long for this server ({} bytes as sent, and it takes at most {}; \
+         quotes, backslashes and letters beyond ASCII count more than one)",
+        thousands(len),
+        thousands(max)
+    )
+}
+
+/// `70000` as `70,000`.
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn again_in(secs: u64) -> String {
@@ -175,6 +216,28 @@ mod tests {
             super::busy("server busy", None),
             "the server is busy; try again later"
         );
+    }
+
+    #[test]
+    fn a_cut_short_group_message_reads_as_sent() {
+        let text = "your message was cut short for 3 users whose clients read at most 8096 bytes";
+        assert_eq!(
+            super::cut_short(text),
+            "Your group message was sent; cut short for 3 users whose clients cannot take it whole."
+        );
+        assert_eq!(
+            super::server_error(206, &text.replace(" 3 ", " 1 "), None),
+            "Your group message was sent; cut short for 1 user whose client cannot take it whole."
+        );
+        assert!(super::cut_short("partial").contains("for some users"));
+    }
+
+    #[test]
+    fn sizes_read_with_thousands() {
+        assert_eq!(super::thousands(7), "7");
+        assert_eq!(super::thousands(8096), "8,096");
+        assert_eq!(super::thousands(140_012), "140,012");
+        assert_eq!(super::thousands(16_777_216), "16,777,216");
     }
 
     #[test]

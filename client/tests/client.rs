@@ -201,3 +201,111 @@ fn earlier_messages_at_login_and_on_request() {
     assert_eq!(page, want);
     assert!(lines[start + 21].contains("(5 in the menu shows earlier ones)"));
 }
+
+/// A message longer than the server takes (its `maxFrame`, announced at login) is
+/// refused before it is sent, with a sentence; the session goes on and the next
+/// message is delivered. The server would have closed the session for it.
+#[test]
+fn a_message_too_long_for_the_server_is_refused_before_it_is_sent() {
+    let server = TestServer::start();
+    let mut peer = Peer::register_and_login(server.addr, 200, "tiger");
+    let mut chat = Chat::start(&server.addr.to_string());
+    chat.type_lines(&["2", "100", "secret", "scott", "1", "100", "secret"]);
+    chat.expect("Logged in as scott (100)");
+    let long = "x".repeat(70_000);
+    chat.type_lines(&["2", &long, "2", "after the long one"]);
+    chat.type_lines(&["3", "200", &long, "3", "200", "a short private one"]);
+    chat.type_lines(&["4"]);
+    let (code, out, err) = chat.finish();
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains(
+            "Not sent: it is too long for this server (70,130 bytes as sent, and it takes \
+             at most 65,536;"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("Nothing went out; you are still logged in."),
+        "{out}"
+    );
+    assert!(
+        out.contains("Not sent: it is too long for this server (70,129 bytes"),
+        "{out}"
+    );
+    assert!(out.contains("Delivered to user 200."), "{out}");
+    assert!(out.contains("Logged out."), "{out}");
+    for bad in ["lost", "too large", "gone"] {
+        assert!(!out.contains(bad), "{bad:?} in:\n{out}");
+    }
+    // Nothing of the long ones reached the other side; what came after did.
+    assert_eq!(peer.recv_kind("SmsMes")["content"], "after the long one");
+    assert_eq!(
+        peer.recv_kind("SmsPrivateMes")["content"],
+        "a short private one"
+    );
+}
+
+/// A group or private message the server delivered cut short to a seed client (206)
+/// reads as sent, never as a refusal.
+#[test]
+fn messages_cut_short_for_some_read_as_sent() {
+    let server = TestServer::start();
+    // A seed-format client: it reads frames of 8,096 bytes at most.
+    let mut peer = Peer::register_and_login(server.addr, 200, "tiger");
+    let mut chat = Chat::start(&server.addr.to_string());
+    chat.type_lines(&["2", "100", "secret", "scott", "1", "100", "secret"]);
+    chat.expect("Logged in as scott (100)");
+    let long = "y".repeat(10_000);
+    // Logging out waits for the server's close: its answer to the message is in.
+    chat.type_lines(&["2", &long, "3", "200", &long, "4"]);
+    let (code, out, err) = chat.finish();
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("Sent to everyone online."), "{out}");
+    assert!(
+        out.contains(
+            "Your group message was sent; cut short for 1 user whose client cannot take it whole."
+        ),
+        "{out}"
+    );
+    // Privately too: delivered, cut short.
+    assert!(
+        out.contains("Delivered to user 200, cut short: their client cannot take it whole."),
+        "{out}"
+    );
+    assert!(!out.contains("refused"), "{out}");
+    assert!(!out.contains("Not sent"), "{out}");
+    let m = peer.recv_kind("SmsMes");
+    let got = m["content"].as_str().unwrap();
+    assert!(
+        got.starts_with("yyyy") && got.contains("cut short"),
+        "{got}"
+    );
+}
+
+/// After the server restarts, the line typed at the logged-in menu once the
+/// connection was lost is the main menu's: a `1` logs in again.
+#[test]
+fn the_line_typed_after_a_restart_is_not_lost() {
+    let mut server = TestServer::start();
+    let _peer = Peer::register_and_login(server.addr, 200, "tiger");
+    let mut chat = Chat::start(&server.addr.to_string());
+    chat.type_lines(&["2", "100", "secret", "scott", "1", "100", "secret"]);
+    chat.expect("Logged in as scott (100)");
+    // The menu is up: the client waits for a line.
+    chat.expect("5  Earlier group messages");
+    server.restart();
+    chat.expect("Connection to the server lost.");
+    let mut peer = Peer::login(server.addr, 200, "peerpw");
+    chat.type_lines(&["1", "100", "secret", "2", "back again"]);
+    let (code, out, err) = chat.finish();
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("You are logged out: the connection to the server was lost."),
+        "{out}"
+    );
+    assert_eq!(out.matches("Logged in as scott (100).").count(), 2, "{out}");
+    assert!(out.contains("Sent to everyone online."), "{out}");
+    assert!(!out.contains("Please enter"), "{out}");
+    assert_eq!(peer.recv_kind("SmsMes")["content"], "back again");
+}

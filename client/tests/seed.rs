@@ -15,6 +15,7 @@ use common::{Chat, Peer, read_frame, write_frame};
 
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
+use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -30,7 +31,12 @@ use serde_json::{Value, json};
 #[derive(Debug, Clone)]
 enum Seen {
     Opened,
-    Frame { kind: String, data: Value },
+    Frame {
+        kind: String,
+        data: Value,
+    },
+    /// A frame longer than the stand-in reads (its length): it went down for it.
+    TooLarge(usize),
     Closed,
 }
 
@@ -65,6 +71,12 @@ struct Stand {
 
 impl Stand {
     fn start(respond: Arc<Responder>) -> Stand {
+        Stand::start_reading_at_most(respond, usize::MAX)
+    }
+
+    /// A stand-in that, like the seed's server (its reader's buffer is 8,096 bytes),
+    /// fails on a frame body longer than `max`: it closes every connection.
+    fn start_reading_at_most(respond: Arc<Responder>, max: usize) -> Stand {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared::default());
@@ -76,7 +88,7 @@ impl Stand {
                 let _ = tx.send(Seen::Opened);
                 sh.conns.lock().unwrap().insert(n, s.try_clone().unwrap());
                 let (sh, tx, respond) = (sh.clone(), tx.clone(), respond.clone());
-                std::thread::spawn(move || serve(n, s, &sh, &tx, &*respond));
+                std::thread::spawn(move || serve(n, s, &sh, &tx, &*respond, max));
             }
         });
         Stand {
@@ -128,8 +140,37 @@ impl Stand {
     }
 }
 
-fn serve(n: usize, mut s: TcpStream, sh: &Shared, tx: &Sender<Seen>, respond: &Responder) {
-    while let Some((kind, data)) = read_frame(&mut s) {
+fn serve(
+    n: usize,
+    mut s: TcpStream,
+    sh: &Shared,
+    tx: &Sender<Seen>,
+    respond: &Responder,
+    max: usize,
+) {
+    loop {
+        let mut len = [0; 4];
+        if s.read_exact(&mut len).is_err() {
+            break;
+        }
+        let len = u32::from_be_bytes(len) as usize;
+        if len > max {
+            let _ = tx.send(Seen::TooLarge(len));
+            // The seed's server panics: everyone is disconnected.
+            for c in sh.conns.lock().unwrap().values() {
+                let _ = c.shutdown(std::net::Shutdown::Both);
+            }
+            break;
+        }
+        // The frame again, its length first, for the usual reader.
+        let mut frame = (len as u32).to_be_bytes().to_vec();
+        frame.resize(4 + len, 0);
+        if s.read_exact(&mut frame[4..]).is_err() {
+            break;
+        }
+        let Some((kind, data)) = read_frame(&mut &frame[..]) else {
+            break;
+        };
         let v = serde_json::from_str(&data).unwrap_or(Value::Null);
         let _ = tx.send(Seen::Frame {
             kind: kind.clone(),
@@ -413,4 +454,88 @@ fn busy_and_rate_limit_refusals_use_retry_after() {
             "Goodbye.",
         ],
     );
+}
+
+/// Against a server that announces no limit and, like the seed's, fails on any frame
+/// body over 8,096 bytes (closing everyone's connection), no message of any length
+/// takes it down: what fits goes, anything longer is refused before it is sent, and
+/// the session goes on.
+#[test]
+fn no_message_of_any_length_takes_the_seeds_server_down() {
+    use chat::proto::{ClientMessage, SEED_MAX_FRAME, SmsMes};
+    let mut stand = Stand::start_reading_at_most(Arc::new(seed), SEED_MAX_FRAME)
+        .with_users(&[(100, "pw100"), (200, "pw200")]);
+    let mut peer = Peer::login(stand.addr, 200, "pw200");
+    // The longest message of `x` that fits, as the client writes a group message to
+    // the seed's server (which names nobody: its user name is empty).
+    let body = |n: usize| {
+        let msg = ClientMessage::Sms(SmsMes {
+            content: "x".repeat(n),
+            user_id: 100,
+            ..SmsMes::default()
+        });
+        msg.encode().len() - 4
+    };
+    let fits = (0..SEED_MAX_FRAME)
+        .rev()
+        .find(|&n| body(n) <= SEED_MAX_FRAME)
+        .unwrap();
+    let mut messages: Vec<(String, bool)> = vec![
+        ("x".repeat(8_200), false),
+        ("x".repeat(fits), true),
+        ("x".repeat(fits + 1), false),
+        ("x".repeat(70_000), false),
+        // Twice encoded: a quote is 4 bytes, a control character 7; a CJK letter is 3.
+        ("\"".repeat(2_100), false),
+        ("\"".repeat(1_900), true),
+        ("\u{1}".repeat(1_200), false),
+        ("字".repeat(2_800), false),
+        ("字".repeat(2_600), true),
+        ("the last one".to_string(), true),
+    ];
+    let mut chat = Chat::start(&stand.addr.to_string());
+    chat.type_lines(&["1", "100", "pw100"]);
+    chat.expect("Logged in as user 100.");
+    for (text, _) in &messages {
+        chat.type_lines(&["2", text]);
+    }
+    chat.type_lines(&["4"]);
+    let (code, out, err) = chat.finish();
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(!out.contains("lost"), "{out}");
+    // Each message is either sent or refused with a sentence, as it fits or not.
+    let said: Vec<bool> = out
+        .lines()
+        .filter_map(|l| {
+            if l.contains("Sent to everyone online.") {
+                Some(true)
+            } else if l.contains("Not sent: it is too long for this server") {
+                assert!(l.contains("at most 8,096;"), "{l}");
+                Some(false)
+            } else {
+                None
+            }
+        })
+        .collect();
+    let want: Vec<bool> = messages.iter().map(|(_, sent)| *sent).collect();
+    assert_eq!(said, want, "{out}");
+    // What was sent arrived, in order; the seed's server never got a frame it fails on.
+    messages.retain(|(_, sent)| *sent);
+    for (text, _) in &messages {
+        assert_eq!(
+            peer.recv_kind("SmsMes")["content"].as_str(),
+            Some(&text[..])
+        );
+    }
+    drop(peer);
+    stand.frames_once_all_closed();
+    let too_large: Vec<usize> = stand
+        .log
+        .iter()
+        .filter_map(|s| match s {
+            Seen::TooLarge(len) => Some(*len),
+            _ => None,
+        })
+        .collect();
+    assert!(too_large.is_empty(), "{too_large:?}");
 }

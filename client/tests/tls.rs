@@ -141,3 +141,26 @@ fn a_ca_file_without_certificates_is_an_error_at_start() {
     assert_eq!(code, 1);
     assert!(err.contains("no certificate in it"), "{err}");
 }
+
+/// Pointed at a TLS port without `--tls`, the client says that the port speaks TLS
+/// (the server's alert is not taken for a frame), and sent nothing but its login.
+#[test]
+fn a_tls_port_without_tls_is_named_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pki::make(dir.path(), "plain", KeyFormat::Pkcs8);
+    let server = TestServer::start_tls(&p.cert, &p.key);
+    let tls = server.tls.unwrap().to_string();
+    let mut chat = Chat::start(&tls);
+    chat.type_lines(&["1", "100", "secret", "3"]);
+    let (code, out, err) = chat.finish();
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains(
+            "Login failed: the server speaks TLS on that port. Start the client with --tls"
+        ),
+        "{out}"
+    );
+    for bad in ["frame", "cannot read", "lost", "gone"] {
+        assert!(!out.contains(bad), "{bad:?} in:\n{out}");
+    }
+}

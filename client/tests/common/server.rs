@@ -38,6 +38,26 @@ impl TestServer {
 
     fn spawn(hub: HubConfig, tls: Option<(&Path, &Path)>) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::spawn_in(dir, listener, hub, tls)
+    }
+
+    /// Stops the server and starts it again on the same address with the same data
+    /// (plain listener only), as an operator's restart does.
+    pub fn restart(&mut self) {
+        self.stop();
+        let dir = std::mem::replace(&mut self._dir, tempfile::tempdir().unwrap());
+        // The old listener is closed: its port can be bound again.
+        let listener = std::net::TcpListener::bind(self.addr).unwrap();
+        *self = Self::spawn_in(dir, listener, HubConfig::default(), None);
+    }
+
+    fn spawn_in(
+        dir: tempfile::TempDir,
+        listener: std::net::TcpListener,
+        hub: HubConfig,
+        tls: Option<(&Path, &Path)>,
+    ) -> TestServer {
         let store = EmbeddedStore::open(dir.path()).unwrap();
         let factory: StoreFactory = Arc::new(move || Ok(Box::new(store.clone()) as Box<dyn Store>));
         let cfg = ServerConfig {
@@ -48,7 +68,6 @@ impl TestServer {
             hub,
             ..ServerConfig::default()
         };
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let running = match tls {
             None => chat::reactor::spawn(listener, factory, cfg),
             Some((cert, key)) => {
