@@ -22,7 +22,7 @@ pub const MAX_FRAME: usize = 16 * 1024 * 1024;
 /// The largest frame body this client sends until a login reply announces the server's
 /// own limit (`maxFrame`): what the seed's server reads (it fails on a longer body,
 /// and takes every connection down with it). Our server takes at least this before
-/// login too.
+/// login too (8 KiB).
 pub const SEND_LIMIT: usize = proto::SEED_MAX_FRAME;
 
 /// What the reader thread passes to the menu thread.
@@ -274,7 +274,7 @@ enum End {
 /// Whether a stream that starts with these two bytes is TLS: a handshake (0x16) or an
 /// alert (0x15, what a TLS server answers to bytes that are not TLS) of version 3.x.
 /// No frame of this protocol starts so: its length would be over 350 MB.
-pub fn is_tls(first: [u8; 2]) -> bool {
+fn is_tls(first: [u8; 2]) -> bool {
     matches!(first, [0x15 | 0x16, 0x03])
 }
 
@@ -520,6 +520,23 @@ mod tests {
         });
         assert!(handle_push(&presence, &roster));
         assert_eq!(names(&roster), [(2, "bob".into()), (3, "cy".into())]);
+    }
+
+    #[test]
+    fn tls_records_are_told_from_frames() {
+        // A TLS alert, a handshake; a frame's length is never so large.
+        assert!(is_tls([0x15, 0x03]) && is_tls([0x16, 0x03]));
+        assert!(!is_tls([0x00, 0x00]) && !is_tls([0x15, 0x00]) && !is_tls([0x17, 0x03]));
+        const { assert!(0x1503_0000 > MAX_FRAME) };
+    }
+
+    #[test]
+    fn a_cut_short_answer_is_a_push_not_a_reply() {
+        let roster: Roster = Arc::default();
+        let partial = proto::CodeRes::new(proto::code::PARTIAL, "cut short for 2 users");
+        assert!(handle_push(&ServerMessage::Error(partial), &roster));
+        let refusal = proto::CodeRes::new(proto::code::TOO_MANY, "slow down");
+        assert!(!handle_push(&ServerMessage::Error(refusal), &roster));
     }
 
     #[test]

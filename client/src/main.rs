@@ -26,6 +26,11 @@
 //! Against the seed's own Go server (its login reply names nobody) the
 //! online list is the login reply's ids kept current by the status notices, and private
 //! messages are refused at once: that server would not answer them.
+//!
+//! It never sends a frame longer than the server takes (see `link::SEND_LIMIT`): a
+//! longer message is refused here, with a sentence, and the session goes on. If the
+//! connection is lost while the logged-in menu waits, the line typed next is the main
+//! menu's.
 
 mod link;
 mod show;
@@ -486,9 +491,9 @@ impl App {
                 return Flow::Quit;
             };
             if !link.is_alive() {
-                // The line was typed once the connection was gone (it says so as it
-                // goes): it is the main menu's, so that the next thing typed, say a
-                // `1` to log in again once the server is back, is not lost.
+                // The line came after the connection was lost (which the reader has
+                // printed): it is the main menu's, so that a `1` typed to log in again
+                // once the server is back is not dropped.
                 link.close(false);
                 if !choice.trim().is_empty() {
                     show::line("You are logged out: the connection to the server was lost.");
