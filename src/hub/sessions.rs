@@ -173,7 +173,9 @@ impl Sessions {
             Err(LoginError::NoSuchUser) => {
                 self.login_failed(cx, key, code::NO_SUCH_USER, "no such user", now)
             }
-            Err(LoginError::WrongPassword) => {
+            // A stored hash over the server's limits is not checked: to the client,
+            // a wrong password (the worker logged it for the operator).
+            Err(LoginError::WrongPassword | LoginError::CostlyHash) => {
                 self.login_failed(cx, key, code::WRONG_PASSWORD, "wrong password", now)
             }
             Err(LoginError::Banned) => {
