@@ -13,8 +13,8 @@
 //! - `GET /ws`: the `Host` is checked, then the `Origin` (the page's own origin, or one
 //!   listed with `--web-origin`; a request without `Origin` does not come from a
 //!   browser page and is let through), then `101 Switching Protocols`. The page's own
-//!   origin is `https://` + `Host` over HTTPS; over plain HTTP `http://` or `https://`
-//!   + `Host` (behind a proxy that terminates TLS the page is https). So that a page
+//!   origin is `https://` + `Host` over HTTPS; over plain HTTP `http://` or
+//!   `https://` + `Host` (behind a proxy that terminates TLS the page is https). So that a page
 //!   of another site whose name was pointed at this server (DNS rebinding) is not
 //!   taken for the page's own, the `Host` must name this server: the address the
 //!   connection came in on (with its port; a loopback address also as `localhost`),
