@@ -12,7 +12,8 @@
 //! `RegisterResMes` 200 goes out only after the store committed the new user.
 //!
 //! A login still waiting for its hash when the job timeout has passed since it was
-//! queued (every hashing thread busy for that long) is answered busy then, with
+//! queued (every hashing thread busy for that long), and the time of one hash more
+//! (in case a worker took it up just before), is answered busy then, with
 //! `retryAfter`, from the hub's timer; its result, if it comes later, is dropped. A
 //! registration waits for its result (it may have created the user), which a worker
 //! gives at once for a job that waited longer than the timeout.
@@ -381,18 +382,20 @@ impl Sessions {
         }
     }
 
-    /// When the soonest waiting login reaches the job timeout, if any waits.
+    /// When the soonest waiting login is given up on (the job timeout and one hash
+    /// after it was queued), if any waits.
     pub(crate) fn next_login_deadline(&self) -> Option<u64> {
         self.queued
             .front()
-            .map(|&(at, _)| at.saturating_add(self.admission.max_wait_ms()))
+            .map(|&(at, _)| at.saturating_add(self.admission.give_up_after_ms()))
     }
 
-    /// Answers busy every login that has waited for its hash past the job timeout;
+    /// Answers busy every login that has waited for its hash past the job timeout (and
+    /// one hash);
     /// returns their connections, whose frames that waited the hub then handles.
     pub(crate) fn expire_logins(&mut self, cx: &mut Cx<'_>, now: Now) -> Vec<usize> {
         let mut answered = Vec::new();
-        let max_wait = self.admission.max_wait_ms();
+        let max_wait = self.admission.give_up_after_ms();
         while let Some(&(at, r)) = self.queued.front() {
             if self.waiting.get(&r) != Some(&at) {
                 self.queued.pop_front();

@@ -891,13 +891,14 @@ fn a_login_that_timed_out_in_the_queue_is_told_to_come_back() {
     let a = t.connect();
     t.send(a, &login_msg(1, "pw1"));
     let job = t.jobs.pop_front().unwrap();
-    // Every hashing thread busy: answered at the job timeout (30 s), from the timer.
-    t.advance(29_999);
+    // Every hashing thread busy: answered at the job timeout (30 s) and the time of
+    // one hash (10 ms, as registering measured), from the timer.
+    t.advance(30_009);
     assert_eq!(t.recv(a), []);
     t.advance(1);
     assert_eq!(
         login_code(&t.recv(a)),
-        (505, "server busy, try again in 30 s".to_string())
+        (505, "server busy, try again in 31 s".to_string())
     );
     // The worker's refusal comes later and is dropped.
     t.advance(1_000);
@@ -922,10 +923,10 @@ fn a_stalled_hashing_thread_turns_new_logins_away() {
     });
     // The hashing threads get no CPU (the loop's core is saturated): nothing completes.
     let (a, b) = login_after_a_stall(&mut t, 6_000);
-    // a was told at 5 s, when it had waited as long as allowed.
+    // a was told at 5 s (and a hash), when it had waited as long as allowed.
     assert_eq!(
         login_code(&t.recv(a)),
-        (505, "server busy, try again in 5 s".to_string())
+        (505, "server busy, try again in 6 s".to_string())
     );
     assert_eq!(
         login_code(&t.recv(b)),
@@ -970,21 +971,23 @@ fn a_login_waiting_past_the_job_timeout_is_answered_busy_at_the_deadline() {
     t.advance(1_000);
     t.send(c, &login_msg(3, "pw3"));
     assert_eq!(t.jobs.len(), 3);
-    // Nothing before the deadline; at 5 s a and b are told to come back, at 6 s c.
-    t.advance(3_999);
+    // Nothing before the deadline (5 s, and 10 ms for a hash a worker may have just
+    // taken up); then a and b are told to come back, c a second later.
+    t.advance(4_009);
     assert_eq!((t.recv(a), t.recv(b), t.recv(c)), (vec![], vec![], vec![]));
     t.advance(1);
-    assert_eq!(t.elapsed().as_millis() % 1_000, 0);
     for x in [a, b] {
         match &t.recv(x)[..] {
             [ServerMessage::LoginRes(r)] => {
-                assert_eq!((r.code, r.retry_after), (505, Some(5)), "{r:?}");
+                assert_eq!((r.code, r.retry_after), (505, Some(6)), "{r:?}");
             }
             other => panic!("{other:?}"),
         }
     }
     assert_eq!(t.recv(c), []);
-    t.advance(1_000);
+    t.advance(999);
+    assert_eq!(t.recv(c), []);
+    t.advance(1);
     assert_eq!(login_code(&t.recv(c)).0, 505);
     // Nobody is logging in any longer, and nobody is closed for it.
     assert!(![a, b, c].iter().any(|&x| t.is_closed(x)));
