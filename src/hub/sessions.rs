@@ -391,8 +391,8 @@ impl Sessions {
     }
 
     /// Answers busy every login that has waited for its hash past the job timeout (and
-    /// one hash);
-    /// returns their connections, whose frames that waited the hub then handles.
+    /// one hash); returns their connections, whose frames that waited the hub then
+    /// handles.
     pub(crate) fn expire_logins(&mut self, cx: &mut Cx<'_>, now: Now) -> Vec<usize> {
         let mut answered = Vec::new();
         let max_wait = self.admission.give_up_after_ms();
