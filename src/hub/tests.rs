@@ -1008,6 +1008,22 @@ fn a_login_waiting_past_the_job_timeout_is_answered_busy_at_the_deadline() {
 }
 
 #[test]
+fn a_login_refused_for_its_stored_hash_is_a_wrong_password_to_the_client() {
+    let mut t = h();
+    t.register(1);
+    let a = t.connect();
+    t.send(a, &login_msg(1, "pw1"));
+    let job = t.jobs.pop_front().unwrap();
+    t.feed(JobResult {
+        conn: job.conn,
+        outcome: Outcome::Login(Err(LoginError::CostlyHash)),
+        took: Some(std::time::Duration::ZERO),
+    });
+    assert_eq!(login_code(&t.recv(a)), (403, "wrong password".to_string()));
+    assert!(!t.is_closed(a));
+}
+
+#[test]
 fn a_login_result_for_a_closing_connection_counts_its_login_once() {
     let mut t = h();
     t.register(1);
