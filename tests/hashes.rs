@@ -67,3 +67,51 @@ fn a_hostile_stored_hash_stalls_neither_other_logins_nor_shutdown() {
     // And the server stops on SIGTERM (the harness fails a server that does not).
     assert_eq!(s.signal_and_wait(libc::SIGTERM).code(), Some(0));
 }
+
+#[test]
+fn shutdown_does_not_wait_for_a_hash_under_way() {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use chat::reactor::{ServerConfig, spawn};
+    use chat::store::StoreFactory;
+    use chat::store::mem::MemStore;
+
+    let store = MemStore::new();
+    let factory: StoreFactory = Arc::new(move || Ok(Box::new(store.clone()) as Box<dyn Store>));
+    let mut cfg = ServerConfig {
+        workers: 1,
+        // A hash of billions of passes: it does not end while the test runs.
+        hash: HashParams {
+            memory_kib: 8,
+            passes: u32::MAX,
+        },
+        ..ServerConfig::default()
+    };
+    // Its cost given, so that starting the server does not time one.
+    cfg.hub.hash_cost = Some(Duration::from_millis(1));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let running = spawn(listener, factory, cfg).unwrap();
+    // A registration the hashing thread takes up, and one queued behind it.
+    let mut a = SeedClient::connect(running.addr);
+    let mut b = SeedClient::connect(running.addr);
+    for (c, id) in [(&mut a, 1), (&mut b, 2)] {
+        c.send(
+            "RegisterMes",
+            serde_json::json!({"user": {"userId": id, "userPwd": "pw", "userName": "u"}}),
+        );
+    }
+    // The loop has read them once it answers a third connection.
+    let mut c = SeedClient::connect(running.addr);
+    c.send("PingMes", serde_json::json!({}));
+    assert_eq!(c.recv().kind, "PongMes");
+    // Stopping returns after the grace for output, not after the hash.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(running.shutdown().map_err(|e| e.to_string()));
+    });
+    let stopped = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the server did not stop (30 s)");
+    assert_eq!(stopped, Ok(()));
+}
