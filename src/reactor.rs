@@ -225,6 +225,8 @@ struct Reactor {
     control: (mpsc::Sender<Control>, mpsc::Receiver<Control>),
     /// How long each turn of the loop worked, for the metrics.
     turn_seconds: crate::metrics::Histogram,
+    /// At shutdown, how long a password hash still running is waited for.
+    hash_grace: Duration,
 }
 
 /// Counts of the loop's work, logged at exit.
@@ -353,6 +355,7 @@ impl Server {
             stats: IoStats::default(),
             control: mpsc::channel(),
             turn_seconds: Default::default(),
+            hash_grace: Duration::from_millis(cfg.shutdown_grace_ms),
         };
         Ok(Server { hub, driver, io })
     }
@@ -432,7 +435,7 @@ impl Server {
         if jobs > 0 {
             log::info!("waiting for {jobs} store jobs to finish");
         }
-        io.workers.shutdown();
+        io.workers.shutdown(io.hash_grace);
         // The last results (the last history appends among them) count in the line below.
         let t = now_at(io.started, Instant::now());
         while let Ok(res) = io.results.try_recv() {

@@ -135,6 +135,62 @@ fn the_upgrade_checks_the_origin() {
     assert_eq!(status, "HTTP/1.1 400 Bad Request");
 }
 
+/// An upgrade request for `/ws` with this `Host` and `Origin`, as a browser page
+/// sends it; returns the status line and the body of a refusal.
+fn upgrade_with_host(web: SocketAddr, host: &str, origin: &str) -> (String, String) {
+    let mut s = connect(web);
+    write!(
+        s,
+        "GET /ws HTTP/1.1\r\nHost: {host}\r\nOrigin: {origin}\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    .unwrap();
+    let mut all = Vec::new();
+    let mut b = [0u8; 1];
+    // The head, then (for a refusal) the body up to the close.
+    while !all.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut b).unwrap();
+        all.push(b[0]);
+    }
+    let head = String::from_utf8(all).unwrap();
+    let status = head.lines().next().unwrap().to_string();
+    let mut body = Vec::new();
+    if !status.starts_with("HTTP/1.1 101") {
+        s.read_to_end(&mut body).unwrap();
+    }
+    (status, String::from_utf8(body).unwrap())
+}
+
+#[test]
+fn the_upgrade_checks_the_host() {
+    let (_s, web, _d) = start(&["--web-origin", "https://chat.example.com"]);
+    let port = web.port();
+    // A page of another site whose name now resolves here (DNS rebinding): its
+    // Origin is its own Host, which names no address of this server.
+    for host in [format!("evil.example:{port}"), "evil.example".into()] {
+        let origin = format!("http://{host}");
+        let (status, body) = upgrade_with_host(web, &host, &origin);
+        assert_eq!(status, "HTTP/1.1 403 Forbidden", "{host}");
+        assert!(body.contains("does not answer to this host name"), "{body}");
+    }
+    // Its own address, localhost names for a loopback listener, a --web-origin host.
+    for (host, origin) in [
+        (
+            format!("127.0.0.1:{port}"),
+            format!("http://127.0.0.1:{port}"),
+        ),
+        (
+            format!("localhost:{port}"),
+            format!("http://localhost:{port}"),
+        ),
+        ("chat.example.com".into(), "https://chat.example.com".into()),
+    ] {
+        let (status, _) = upgrade_with_host(web, &host, &origin);
+        assert_eq!(status, "HTTP/1.1 101 Switching Protocols", "{host}");
+    }
+}
+
 #[test]
 fn a_websocket_user_and_a_tcp_user_talk() {
     let (s, web, _d) = start(&[]);
@@ -231,6 +287,13 @@ fn a_message_over_max_frame_is_refused_with_1009() {
         Some(json!(413)),
         "{got:?}"
     );
+
+    // Its text gives the message's real size.
+    let text = got.last().unwrap().data["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(text.contains("frame of 10001 bytes"), "{text}");
 
     // Before login, the 8 KiB limit of TCP: the same 413, then an ordinary close.
     let mut w = ws(web);

@@ -80,6 +80,14 @@ impl Admission {
         self.max_wait_ms
     }
 
+    /// How long after its job timeout a login still waiting for its hash is given up
+    /// on: the time one hash takes lately, so that one a worker took up just before
+    /// the timeout (no longer waiting, but hashing) can finish.
+    pub fn give_up_after_ms(&self) -> u64 {
+        self.max_wait_ms
+            .saturating_add(self.cost_ms.unwrap_or(0.0).ceil() as u64)
+    }
+
     /// How long a new login would wait for a hashing thread: the hashes ahead of it
     /// times the time each takes, which is the larger of the recent cost of one shared
     /// among the threads and the mean time between the last completions (the threads

@@ -455,6 +455,16 @@ impl Cx<'_> {
         self.core.login_started(key, user);
     }
 
+    /// The login in flight on `key` was answered without waiting for its result any
+    /// longer (the result is dropped when it comes): no longer in flight.
+    pub(crate) fn login_given_up(&mut self, key: usize) {
+        let conn = &mut self.core.conns[key];
+        if let Some(Pending::Login { user_id }) = conn.pending {
+            conn.pending = None;
+            self.core.unmark_login(user_id);
+        }
+    }
+
     /// The counters.
     #[inline]
     pub(crate) fn stats(&mut self) -> &mut Stats {

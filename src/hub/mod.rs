@@ -301,6 +301,12 @@ impl Hub {
             return;
         };
         if let Outcome::Login(_) = res.outcome {
+            if !self.sessions.login_result_wanted(r) {
+                // Answered busy at its deadline: the result comes too late.
+                log::debug!("conn {}: login result after the busy answer dropped", r.key);
+                self.settle(now);
+                return;
+            }
             self.login_settled(r);
         }
         if self.core.get(r).is_none() {
@@ -463,6 +469,9 @@ impl Hub {
         if now.mono_ms >= self.next_housekeeping_ms {
             self.housekeeping(now);
         }
+        for key in self.sessions.expire_logins(cx!(self), now) {
+            self.resume(key, now);
+        }
         if let Some(c) = self.cluster.as_mut() {
             c.timeouts(cx!(self), &mut self.history, now);
         }
@@ -593,6 +602,7 @@ impl Hub {
                 Timer::ClusterAnswer,
                 self.cluster.as_ref().and_then(|c| c.next_deadline()),
             );
+            t.set(Timer::LoginWait, self.sessions.next_login_deadline());
             self.timers.set(t);
         }
         self.timers.get()
@@ -1038,10 +1048,16 @@ impl Hub {
     }
 
     /// The login job for `r` has come back, whatever its outcome (or `r` has gone).
+    /// No longer pending: a connection closing meanwhile, which is not resumed, must
+    /// not count its login again when it goes.
     fn login_settled(&mut self, r: ConnRef) {
-        let Some(Pending::Login { user_id }) = self.core.get(r).and_then(|c| c.pending) else {
+        let Some(c) = self.core.get_mut(r) else {
             return;
         };
+        let Some(Pending::Login { user_id }) = c.pending else {
+            return;
+        };
+        c.pending = None;
         self.core.unmark_login(user_id);
     }
 

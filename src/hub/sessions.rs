@@ -10,8 +10,16 @@
 //! and is closed, and the others see no offline/online flicker.
 //!
 //! `RegisterResMes` 200 goes out only after the store committed the new user.
+//!
+//! A login still waiting for its hash when the job timeout has passed since it was
+//! queued (every hashing thread busy for that long), and the time of one hash more
+//! (in case a worker took it up just before), is answered busy then, with
+//! `retryAfter`, from the hub's timer; its result, if it comes later, is dropped. A
+//! registration waits for its result (it may have created the user), which a worker
+//! gives at once for a job that waited longer than the timeout.
 #![forbid(unsafe_code)]
 
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use super::chat::Chat;
@@ -26,7 +34,7 @@ use crate::metrics::{LoginOutcome, RegisterOutcome};
 use crate::offline::OfflineSlot;
 use crate::proto::{CodeRes, LoginMes, LoginResMes, RegisterMes, ServerMessage, code, status};
 use crate::rate::PerAddr;
-use crate::types::Now;
+use crate::types::{ConnRef, Now};
 use crate::users::{MAX_PASSWORD_BYTES, OnlineEntry, validate_registration};
 
 /// The refusal text for a login or registration that would wait too long: when to try
@@ -45,6 +53,14 @@ pub(crate) struct Sessions {
     admission: Admission,
     /// Hash-costing requests per client address.
     login_limits: PerAddr,
+    /// Logins waiting for their hash: when each was queued.
+    waiting: HashMap<ConnRef, u64>,
+    /// The same in the order queued, so the soonest deadline is the first (an entry
+    /// whose login was answered meanwhile is skipped).
+    queued: VecDeque<(u64, ConnRef)>,
+    /// Logins answered busy at their deadline whose result has not come back: it is
+    /// dropped when it does.
+    given_up: HashSet<ConnRef>,
 }
 
 impl Sessions {
@@ -52,6 +68,9 @@ impl Sessions {
         Sessions {
             admission: Admission::new(cfg.hash_workers, cfg.job_timeout_ms, cfg.hash_cost),
             login_limits: PerAddr::default(),
+            waiting: HashMap::new(),
+            queued: VecDeque::new(),
+            given_up: HashSet::new(),
         }
     }
 }
@@ -114,6 +133,13 @@ impl Sessions {
             self.login_failed(cx, key, code::WRONG_PASSWORD, "wrong password", now);
             return;
         }
+        if self.given_up.contains(&cx.conn_ref(key)) {
+            // Its last login is still with a worker: one at a time.
+            let wait = self.admission.estimate(now.mono_ms).max(1000);
+            let (text, secs) = self.refuse_busy(cx, key, wait, now);
+            self.login_res(cx, key, code::SERVER_ERROR, &text, Some(secs));
+            return;
+        }
         if self.over_login_rate(cx, key, now) {
             return;
         }
@@ -126,6 +152,9 @@ impl Sessions {
         match self.submit_hash(cx, key, job, now) {
             Ok(()) => {
                 cx.login_started(key, user_id);
+                let r = cx.conn_ref(key);
+                self.waiting.insert(r, now.mono_ms);
+                self.queued.push_back((now.mono_ms, r));
                 let conn = cx.conn_mut(key);
                 conn.offline = OfflineSlot::new(m.ack_offline);
                 conn.compact = m.compact;
@@ -173,7 +202,9 @@ impl Sessions {
             Err(LoginError::NoSuchUser) => {
                 self.login_failed(cx, key, code::NO_SUCH_USER, "no such user", now)
             }
-            Err(LoginError::WrongPassword) => {
+            // A stored hash over the server's limits is not checked: to the client,
+            // a wrong password (the worker logged it for the operator).
+            Err(LoginError::WrongPassword | LoginError::CostlyHash) => {
                 self.login_failed(cx, key, code::WRONG_PASSWORD, "wrong password", now)
             }
             Err(LoginError::Banned) => {
@@ -328,6 +359,68 @@ impl Sessions {
         cx.submit_hashing(key, kind);
         self.admission.submitted(now.mono_ms);
         Ok(())
+    }
+
+    /// The login job for `r` came back: whether its result is still wanted (not if
+    /// the login was answered busy at its deadline).
+    pub(crate) fn login_result_wanted(&mut self, r: ConnRef) -> bool {
+        if self.given_up.remove(&r) {
+            return false;
+        }
+        self.waiting.remove(&r);
+        self.skip_answered();
+        true
+    }
+
+    /// Drops the first queued entries of logins no longer waiting.
+    fn skip_answered(&mut self) {
+        while let Some(&(at, r)) = self.queued.front() {
+            if self.waiting.get(&r) == Some(&at) {
+                break;
+            }
+            self.queued.pop_front();
+        }
+    }
+
+    /// When the soonest waiting login is given up on (the job timeout and one hash
+    /// after it was queued), if any waits.
+    pub(crate) fn next_login_deadline(&self) -> Option<u64> {
+        self.queued
+            .front()
+            .map(|&(at, _)| at.saturating_add(self.admission.give_up_after_ms()))
+    }
+
+    /// Answers busy every login that has waited for its hash past the job timeout (and
+    /// one hash); returns their connections, whose frames that waited the hub then
+    /// handles.
+    pub(crate) fn expire_logins(&mut self, cx: &mut Cx<'_>, now: Now) -> Vec<usize> {
+        let mut answered = Vec::new();
+        let max_wait = self.admission.give_up_after_ms();
+        while let Some(&(at, r)) = self.queued.front() {
+            if self.waiting.get(&r) != Some(&at) {
+                self.queued.pop_front();
+                continue;
+            }
+            if at.saturating_add(max_wait) > now.mono_ms {
+                break;
+            }
+            self.queued.pop_front();
+            self.waiting.remove(&r);
+            let Some(c) = cx.get(r) else { continue };
+            if c.closing.is_some() || !matches!(c.pending, Some(Pending::Login { .. })) {
+                // Closing: its result, when it comes, is dropped as for any closing
+                // connection.
+                continue;
+            }
+            self.given_up.insert(r);
+            cx.login_given_up(r.key);
+            cx.summary().hash_refused += 1;
+            let wait = self.admission.estimate(now.mono_ms).max(1000);
+            let (text, secs) = self.refuse_busy(cx, r.key, wait, now);
+            self.login_res(cx, r.key, code::SERVER_ERROR, &text, Some(secs));
+            answered.push(r.key);
+        }
+        answered
     }
 
     /// A password hash came back, after `took` on a worker (`None`: it waited past

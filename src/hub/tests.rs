@@ -891,16 +891,23 @@ fn a_login_that_timed_out_in_the_queue_is_told_to_come_back() {
     let a = t.connect();
     t.send(a, &login_msg(1, "pw1"));
     let job = t.jobs.pop_front().unwrap();
-    t.advance(31_000);
+    // Every hashing thread busy: answered at the job timeout (30 s) and the time of
+    // one hash (10 ms, as registering measured), from the timer.
+    t.advance(30_009);
+    assert_eq!(t.recv(a), []);
+    t.advance(1);
+    assert_eq!(
+        login_code(&t.recv(a)),
+        (505, "server busy, try again in 31 s".to_string())
+    );
+    // The worker's refusal comes later and is dropped.
+    t.advance(1_000);
     t.feed(JobResult {
         conn: job.conn,
         outcome: job.kind.fail(StoreError::timed_out()),
         took: None,
     });
-    assert_eq!(
-        login_code(&t.recv(a)),
-        (505, "server busy, try again in 1 s".to_string())
-    );
+    assert_eq!(t.recv(a), []);
     // Not a failed login: the connection stays and may try again.
     assert!(!t.is_closed(a));
     t.send(a, &login_msg(1, "pw1"));
@@ -916,6 +923,11 @@ fn a_stalled_hashing_thread_turns_new_logins_away() {
     });
     // The hashing threads get no CPU (the loop's core is saturated): nothing completes.
     let (a, b) = login_after_a_stall(&mut t, 6_000);
+    // a was told at 5 s (and a hash), when it had waited as long as allowed.
+    assert_eq!(
+        login_code(&t.recv(a)),
+        (505, "server busy, try again in 6 s".to_string())
+    );
     assert_eq!(
         login_code(&t.recv(b)),
         (505, "server busy, try again in 6 s".to_string())
@@ -930,11 +942,113 @@ fn a_stalled_hashing_thread_turns_new_logins_away() {
             6
         ))]
     );
-    // Once it completes, logins are taken again.
+    // Once it completes (its result is dropped), logins are taken again.
+    t.run_jobs();
+    assert_eq!(t.recv(a), []);
+    t.send(b, &login_msg(2, "pw2"));
+    t.send(a, &login_msg(1, "pw1"));
+    assert_eq!(t.jobs.len(), 2);
     t.run_jobs();
     assert_eq!(login_code(&t.recv(a)).0, 200);
-    t.send(b, &login_msg(2, "pw2"));
-    assert_eq!(t.jobs.len(), 1);
+    assert_eq!(login_code(&t.recv(b)).0, 200);
+}
+
+#[test]
+fn a_login_waiting_past_the_job_timeout_is_answered_busy_at_the_deadline() {
+    let mut t = Harness::new(HubConfig {
+        hash_workers: 2,
+        job_timeout_ms: 5_000,
+        ..crate::hub::testkit::test_config()
+    });
+    for id in 1..=3 {
+        t.register(id);
+    }
+    // Two logins hold both hashing threads (a stored hash that never finishes); a
+    // third queues behind them at 1 s.
+    let (a, b, c) = (t.connect(), t.connect(), t.connect());
+    t.send(a, &login_msg(1, "x"));
+    t.send(b, &login_msg(2, "x"));
+    t.advance(1_000);
+    t.send(c, &login_msg(3, "pw3"));
+    assert_eq!(t.jobs.len(), 3);
+    // Nothing before the deadline (5 s, and 10 ms for a hash a worker may have just
+    // taken up); then a and b are told to come back, c a second later.
+    t.advance(4_009);
+    assert_eq!((t.recv(a), t.recv(b), t.recv(c)), (vec![], vec![], vec![]));
+    t.advance(1);
+    for x in [a, b] {
+        match &t.recv(x)[..] {
+            [ServerMessage::LoginRes(r)] => {
+                assert_eq!((r.code, r.retry_after), (505, Some(6)), "{r:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(t.recv(c), []);
+    t.advance(999);
+    assert_eq!(t.recv(c), []);
+    t.advance(1);
+    assert_eq!(login_code(&t.recv(c)).0, 505);
+    // Nobody is logging in any longer, and nobody is closed for it.
+    assert!(![a, b, c].iter().any(|&x| t.is_closed(x)));
+    // While a's job is still out, a's retry is refused at once (its result would
+    // be taken for the new one's).
+    t.send(a, &login_msg(1, "pw1"));
+    assert_eq!(login_code(&t.recv(a)).0, 505);
+    assert_eq!(t.jobs.len(), 3);
+    // The late results are dropped: c's would have logged it in.
+    t.run_jobs();
+    assert_eq!((t.recv(a), t.recv(b), t.recv(c)), (vec![], vec![], vec![]));
+    assert_eq!(t.hub.online_count(), 0);
+    // Then c's retry goes through as usual.
+    t.send(c, &login_msg(3, "pw3"));
+    t.run_jobs();
+    assert_eq!(login_code(&t.recv(c)).0, 200);
+    assert_eq!(t.hub.online_count(), 1);
+}
+
+#[test]
+fn a_login_refused_for_its_stored_hash_is_a_wrong_password_to_the_client() {
+    let mut t = h();
+    t.register(1);
+    let a = t.connect();
+    t.send(a, &login_msg(1, "pw1"));
+    let job = t.jobs.pop_front().unwrap();
+    t.feed(JobResult {
+        conn: job.conn,
+        outcome: Outcome::Login(Err(LoginError::CostlyHash)),
+        took: Some(std::time::Duration::ZERO),
+    });
+    assert_eq!(login_code(&t.recv(a)), (403, "wrong password".to_string()));
+    assert!(!t.is_closed(a));
+}
+
+#[test]
+fn a_login_result_for_a_closing_connection_counts_its_login_once() {
+    let mut t = h();
+    t.register(1);
+    // Two logins of the same user in flight; a's socket takes nothing, so when the
+    // server stops, a stays closing with its pong unwritten when its result comes.
+    let (a, b) = (t.connect(), t.connect());
+    t.stall(a, true);
+    let mut bytes = ClientMessage::Ping.encode();
+    bytes.extend(login_msg(1, "pw1").encode());
+    t.send_bytes(a, &bytes);
+    t.send(b, &login_msg(1, "pw1"));
+    let first = t.jobs.pop_front().unwrap();
+    assert_eq!(first.conn, Some(a));
+    t.hub.handle_shutdown(t.now);
+    // (the invariants, checked after every step, hold the count of logins in
+    // flight to the connections waiting for one)
+    t.feed(JobResult {
+        conn: first.conn,
+        outcome: Outcome::Login(Err(LoginError::WrongPassword)),
+        took: Some(std::time::Duration::from_millis(10)),
+    });
+    assert!(!t.is_closed(a));
+    t.advance(5_000);
+    assert!(t.is_closed(a));
+    t.run_jobs();
 }
 
 #[test]

@@ -23,10 +23,12 @@ pub(crate) enum Timer {
     HistoryFlush,
     /// A private message handed to another node waits for its answer until then.
     ClusterAnswer,
+    /// A login waiting for its password hash is answered busy then.
+    LoginWait,
 }
 
 impl Timer {
-    const COUNT: usize = 5;
+    const COUNT: usize = 6;
 
     #[inline]
     fn index(self) -> usize {

@@ -30,6 +30,32 @@ pub trait Passwords {
     fn hash(&self, password: &str) -> Result<String, HashError>;
     /// Whether `password` matches the PHC string `phc`.
     fn verify(&self, password: &str, phc: &str) -> bool;
+    /// How the stored `phc` compares with the parameters of new hashes, judged
+    /// without hashing anything (by default: current).
+    fn assess(&self, _phc: &str) -> StoredHash {
+        StoredHash::Current
+    }
+}
+
+/// The most memory a stored hash may ask for, in KiB, unless the server's own
+/// `--argon2-memory-kib` is more: 64 MiB, the memory of RFC 9106's second recommended
+/// setting.
+pub const MAX_STORED_MEMORY_KIB: u32 = 64 * 1024;
+
+/// The most work (memory in KiB times passes) a stored hash may ask for, unless the
+/// server's own parameters ask for more: that of RFC 9106's second recommended
+/// setting (64 MiB, 3 passes), five times the work of the default parameters.
+pub const MAX_STORED_WORK: u64 = 64 * 1024 * 3;
+
+/// What a stored hash's own parameters ask for, next to the server's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredHash {
+    /// The parameters of new hashes.
+    Current,
+    /// Other parameters within the limits: verified, then rehashed with the current.
+    Outdated,
+    /// More memory or work than the server allows: never verified.
+    TooCostly { memory_kib: u32, passes: u32 },
 }
 
 /// Why passwords cannot be hashed (the hashing library's own words with each).
@@ -200,6 +226,9 @@ pub enum LoginError {
     WrongPassword,
     /// The password matched, but an operator banned this account.
     Banned,
+    /// The stored hash asks for more than the server allows ([`StoredHash::TooCostly`]):
+    /// not checked, and answered as a wrong password.
+    CostlyHash,
     Store(StoreError),
 }
 
@@ -374,6 +403,15 @@ fn login(
         .map_err(LoginError::Store)?
         .ok_or(LoginError::NoSuchUser)?;
     if !rec.pwd_hash.is_empty() {
+        let stored = hasher.assess(&rec.pwd_hash);
+        if let StoredHash::TooCostly { memory_kib, passes } = stored {
+            log::warn!(
+                "user {user_id}: login refused: the stored password hash asks for \
+                 {memory_kib} KiB and {passes} passes, over the limits; set a new \
+                 password (users passwd)"
+            );
+            return Err(LoginError::CostlyHash);
+        }
         if !hasher.verify(password, &rec.pwd_hash) {
             return Err(LoginError::WrongPassword);
         }
@@ -390,6 +428,9 @@ fn login(
                 Ok(_) => log::info!("user {user_id}: record rewritten with the hash in userPwd"),
                 Err(e) => log::warn!("user {user_id}: record rewrite failed: {e}"),
             }
+        }
+        if stored == StoredHash::Outdated {
+            rehash(store, hasher, user_id, password, &rec.pwd_hash);
         }
     } else if !rec.legacy_pwd.is_empty() && constant_time_eq(&rec.legacy_pwd, password) {
         if rec.banned {
@@ -428,6 +469,28 @@ fn login(
         name: rec.name,
         offline,
     })
+}
+
+/// The password matched a hash of other parameters than the current ones: hashed again
+/// with the current ones, in place, unless the password was changed meanwhile. If that
+/// fails the login still stands; the rehash is tried at the next one.
+fn rehash(store: &mut dyn Store, hasher: &dyn Passwords, user_id: i64, password: &str, old: &str) {
+    let new = match hasher.hash(password) {
+        Ok(h) => h,
+        Err(e) => {
+            log::warn!("user {user_id}: password not rehashed: {e}");
+            return;
+        }
+    };
+    let update = &mut |r: &mut UserRecord| {
+        if r.pwd_hash == old {
+            r.pwd_hash = new.clone();
+        }
+    };
+    match store.modify_user(user_id, update) {
+        Ok(_) => log::info!("user {user_id}: password rehashed with the current parameters"),
+        Err(e) => log::warn!("user {user_id}: password not rehashed: {e}"),
+    }
 }
 
 fn register(
@@ -827,6 +890,112 @@ mod tests {
             reg(&mut s, &h, 1, "x"),
             Outcome::Register(Err(RegisterError::Store(_)))
         ));
+    }
+
+    /// The server's hasher (cheap parameters), counting the hashes it checks.
+    #[cfg(feature = "server")]
+    struct Counting {
+        h: crate::job::auth::Hasher,
+        verified: std::cell::Cell<usize>,
+    }
+
+    #[cfg(feature = "server")]
+    impl Passwords for Counting {
+        fn hash(&self, password: &str) -> Result<String, HashError> {
+            self.h.hash(password)
+        }
+        fn verify(&self, password: &str, phc: &str) -> bool {
+            self.verified.set(self.verified.get() + 1);
+            self.h.verify(password, phc)
+        }
+        fn assess(&self, phc: &str) -> StoredHash {
+            self.h.assess(phc)
+        }
+    }
+
+    #[cfg(feature = "server")]
+    fn counting(memory_kib: u32, passes: u32) -> Counting {
+        use crate::job::auth::{HashParams, Hasher};
+        Counting {
+            h: Hasher::new(HashParams { memory_kib, passes }).unwrap(),
+            verified: std::cell::Cell::new(0),
+        }
+    }
+
+    /// `phc` with its parameters replaced by `m` KiB and `t` passes.
+    #[cfg(feature = "server")]
+    fn reparam(phc: &str, m: u32, t: u32) -> String {
+        let at = phc.find("$m=").unwrap();
+        let end = at + phc[at + 1..].find('$').unwrap() + 1;
+        format!("{}$m={m},t={t},p=1{}", &phc[..at], &phc[end..])
+    }
+
+    #[cfg(feature = "server")]
+    #[test]
+    fn a_stored_hash_over_the_limits_is_refused_unhashed_as_a_wrong_password() {
+        let mut s = MemStore::new();
+        let h = counting(64, 1);
+        assert_eq!(
+            reg(&mut s, &TestPasswords, 1, "x"),
+            Outcome::Register(Ok(()))
+        );
+        // 64 MiB and a million passes, as a shared store or an import may hold.
+        let hostile = reparam(&h.hash("pw").unwrap(), 64 * 1024, 1_000_000);
+        s.modify_user(1, &mut |r| r.pwd_hash = hostile.clone())
+            .unwrap();
+        for pwd in ["pw", "wrong"] {
+            let out = execute(
+                &mut s,
+                &h,
+                JobKind::Login {
+                    user_id: 1,
+                    password: pwd.into(),
+                    offline_batch: 10,
+                },
+            );
+            assert_eq!(out, Outcome::Login(Err(LoginError::CostlyHash)));
+            assert!(!out.hashed(), "no hash was computed");
+        }
+        assert_eq!(h.verified.get(), 0, "the hostile hash was never checked");
+        assert_eq!(s.get_user_for_test(1).pwd_hash, hostile, "left as it is");
+    }
+
+    #[cfg(feature = "server")]
+    #[test]
+    fn a_hash_of_other_parameters_is_rehashed_at_login() {
+        let mut s = MemStore::new();
+        let old = counting(64, 2);
+        let now = counting(128, 1);
+        assert_eq!(
+            reg(&mut s, &TestPasswords, 1, "x"),
+            Outcome::Register(Ok(()))
+        );
+        let phc = old.hash("pw").unwrap();
+        s.modify_user(1, &mut |r| r.pwd_hash = phc.clone()).unwrap();
+        let login = |s: &mut MemStore, pwd: &str| {
+            execute(
+                s,
+                &now,
+                JobKind::Login {
+                    user_id: 1,
+                    password: pwd.into(),
+                    offline_batch: 10,
+                },
+            )
+        };
+        // A wrong password changes nothing.
+        assert_eq!(
+            login(&mut s, "bad"),
+            Outcome::Login(Err(LoginError::WrongPassword))
+        );
+        assert_eq!(s.get_user_for_test(1).pwd_hash, phc);
+        assert!(matches!(login(&mut s, "pw"), Outcome::Login(Ok(_))));
+        let new = s.get_user_for_test(1).pwd_hash;
+        assert_ne!(new, phc);
+        assert!(new.contains("$m=128,t=1,p=1$"), "{new}");
+        assert_eq!(now.assess(&new), StoredHash::Current);
+        assert!(matches!(login(&mut s, "pw"), Outcome::Login(Ok(_))));
+        assert_eq!(s.get_user_for_test(1).pwd_hash, new, "rehashed once");
     }
 
     #[test]

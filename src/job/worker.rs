@@ -4,6 +4,7 @@
 //! its own store handle ([`execute`], in `job`) and sends back a [`JobResult`] through a
 //! callback that wakes the reactor (a channel plus `mio::Waker` in the real server).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -48,6 +49,9 @@ pub struct Workers {
 struct Lane {
     tx: Option<mpsc::Sender<(Instant, Job)>>,
     handles: Vec<JoinHandle<()>>,
+    /// Set when the server stops: the jobs still queued are dropped unrun (only the
+    /// hashing lane's: its clients are gone, and its writes were never acknowledged).
+    stopping: Arc<AtomicBool>,
 }
 
 impl Lane {
@@ -62,10 +66,12 @@ impl Lane {
     ) -> Result<Lane, StoreError> {
         let (tx, rx) = mpsc::channel::<(Instant, Job)>();
         let rx = Arc::new(Mutex::new(rx));
+        let stopping = Arc::new(AtomicBool::new(false));
         let mut handles = Vec::new();
         for i in 0..n.max(1) {
             let mut store = factory()?;
             let rx = rx.clone();
+            let stopping = stopping.clone();
             let hasher = hasher.clone();
             let sink = sink.clone();
             let h = std::thread::Builder::new()
@@ -79,6 +85,9 @@ impl Lane {
                                 Ok(j) => j,
                                 Err(_) => break, // the reactor has gone: no more jobs
                             };
+                        if stopping.load(Ordering::Relaxed) {
+                            continue;
+                        }
                         let waited = queued.elapsed();
                         let (outcome, took) = if waited > max_wait {
                             // Counted and logged by the hub, once per tick.
@@ -105,6 +114,7 @@ impl Lane {
         Ok(Lane {
             tx: Some(tx),
             handles,
+            stopping,
         })
     }
 
@@ -121,6 +131,26 @@ impl Lane {
         for h in self.handles.drain(..) {
             let _ = h.join();
         }
+    }
+
+    /// Drops the jobs still queued, lets the ones running finish until `deadline`,
+    /// and leaves behind (detached, to end with the process) a thread still working
+    /// then. Returns how many were left.
+    fn abandon_after(&mut self, deadline: Instant) -> usize {
+        self.stopping.store(true, Ordering::Relaxed);
+        self.tx = None;
+        let mut left = 0;
+        for h in self.handles.drain(..) {
+            while !h.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if h.is_finished() {
+                let _ = h.join();
+            } else {
+                left += 1;
+            }
+        }
+        left
     }
 }
 
@@ -173,11 +203,19 @@ impl Workers {
         }
     }
 
-    /// Lets the workers finish every job already submitted, then joins them.
-    pub fn shutdown(mut self) {
-        self.hashing.shutdown();
+    /// Lets the storage and history workers finish every job already submitted, then
+    /// joins them: what they write was (or will be) acknowledged. The hashing workers'
+    /// queued jobs are dropped, and a hash still running after `hash_grace` is left
+    /// behind, so that no stored hash, however slow, holds the server up.
+    pub fn shutdown(mut self, hash_grace: Duration) {
+        let deadline = Instant::now() + hash_grace;
+        self.hashing.stopping.store(true, Ordering::Relaxed);
         self.storage.shutdown();
         self.history.shutdown();
+        let left = self.hashing.abandon_after(deadline);
+        if left > 0 {
+            log::warn!("{left} hashing threads still busy after {hash_grace:?}: left behind");
+        }
     }
 }
 
@@ -237,14 +275,49 @@ mod tests {
     fn pool_runs_jobs_and_drains_on_shutdown() {
         let (pool, rx) = pool(2, hasher());
         submit_registrations(&pool, 5);
-        pool.shutdown();
-        let results: Vec<JobResult> = rx.try_iter().collect();
+        let results: Vec<JobResult> = rx.iter().take(5).collect();
+        pool.shutdown(Duration::from_secs(60));
         assert_eq!(results.len(), 5);
         assert!(
             results
                 .iter()
                 .all(|r| r.outcome == Outcome::Register(Ok(())))
         );
+    }
+
+    #[test]
+    fn shutdown_does_not_wait_for_a_long_hash() {
+        // A hash of a second or more (a stored hash's parameters are checked before
+        // any work; this hasher's own are the only way to make one here).
+        let endless = Hasher::new(HashParams {
+            memory_kib: 8,
+            passes: 200_000,
+        })
+        .unwrap();
+        let (pool, rx) = pool(1, endless);
+        submit_registrations(&pool, 3);
+        pool.submit(Job {
+            conn: None,
+            kind: JobKind::StoreOffline {
+                msg: OfflineMsg {
+                    from: 1,
+                    from_name: "n".into(),
+                    to: 999,
+                    content: "hi".into(),
+                    time: 0,
+                },
+                msg_id: None,
+                history: 0,
+                after_history: false,
+            },
+        });
+        // The storage job was run; the hashing thread is in the first hash. Shutdown
+        // returns without waiting for it, and the registrations queued behind it are
+        // dropped.
+        let stored = rx.recv().unwrap();
+        assert!(matches!(stored.outcome, Outcome::StoreOffline(_)));
+        pool.shutdown(Duration::from_millis(50));
+        assert!(rx.try_iter().count() <= 1, "queued registrations were run");
     }
 
     #[test]
@@ -273,11 +346,12 @@ mod tests {
                 after_history: false,
             },
         });
-        pool.shutdown();
         let order: Vec<bool> = rx
-            .try_iter()
+            .iter()
+            .take(51)
             .map(|r| matches!(r.outcome, Outcome::StoreOffline(_)))
             .collect();
+        pool.shutdown(Duration::from_secs(60));
         assert_eq!(order.len(), 51);
         let at = order.iter().position(|&s| s).unwrap();
         assert!(at < 25, "the storage job came back after {at} hashes");

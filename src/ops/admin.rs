@@ -148,6 +148,11 @@ pub enum AdminError {
     Invalid(InvalidRegistration),
     /// A password that does not come as an argon2 PHC string.
     NotHashed,
+    /// A PHC string asking for more memory or work than a server accepts.
+    CostlyHash {
+        memory_kib: u32,
+        passes: u32,
+    },
     /// `add` of an id that exists.
     Taken(i64),
     NoSuchUser(i64),
@@ -167,6 +172,14 @@ impl std::fmt::Display for AdminError {
             AdminError::NotHashed => {
                 f.write_str("the password must come hashed (an argon2id PHC string)")
             }
+            AdminError::CostlyHash { memory_kib, passes } => write!(
+                f,
+                "the password hash asks for {memory_kib} KiB and {passes} passes, more than \
+                 a server checks (at most {} KiB, and {} KiB times passes); hash it with \
+                 the server's --argon2-* parameters",
+                crate::job::MAX_STORED_MEMORY_KIB,
+                crate::job::MAX_STORED_WORK
+            ),
             AdminError::Taken(id) => write!(f, "user id {id} is already taken"),
             AdminError::NoSuchUser(id) => write!(f, "no such user: {id}"),
             AdminError::Store(e) => write!(f, "storage error: {e}"),
@@ -196,12 +209,28 @@ impl From<InvalidRegistration> for AdminError {
     }
 }
 
-/// Whether `hash` looks like a password hash this server can verify.
+/// Whether `hash` looks like a password hash this server can verify, at a cost within
+/// the limits every server accepts (`job::MAX_STORED_*`).
 fn check_hash(hash: &str) -> Result<(), AdminError> {
-    if hash.starts_with("$argon2") {
-        Ok(())
-    } else {
-        Err(AdminError::NotHashed)
+    if !hash.starts_with("$argon2") {
+        return Err(AdminError::NotHashed);
+    }
+    #[cfg(feature = "server")]
+    check_cost(hash)?;
+    Ok(())
+}
+
+/// A hash over the limits is refused (the parser is the server's).
+#[cfg(feature = "server")]
+fn check_cost(hash: &str) -> Result<(), AdminError> {
+    use crate::job::StoredHash;
+    use crate::job::auth::{HashParams, Hasher};
+    let limits = Hasher::new(HashParams::default()).map_err(|_| AdminError::NotHashed)?;
+    match limits.assess(hash) {
+        StoredHash::TooCostly { memory_kib, passes } => {
+            Err(AdminError::CostlyHash { memory_kib, passes })
+        }
+        _ => Ok(()),
     }
 }
 
@@ -359,6 +388,46 @@ mod tests {
             hash: "plaintext".into(),
         };
         assert_eq!(apply(&mut s, bad_hash).unwrap_err(), AdminError::NotHashed);
+        // A hash asking for 64 MiB and a million passes is refused, with a sentence.
+        #[cfg(feature = "server")]
+        {
+            use crate::job::auth::{HashParams, Hasher};
+            let cheap = Hasher::new(HashParams {
+                memory_kib: 64,
+                passes: 1,
+            })
+            .unwrap();
+            let hostile = cheap
+                .hash("pw")
+                .unwrap()
+                .replace("$m=64,t=1,", "$m=65536,t=1000000,");
+            let hostile = hostile.as_str();
+            let costly = Request::Add {
+                id: 4,
+                name: "d".into(),
+                hash: hostile.into(),
+            };
+            let e = apply(&mut s, costly).unwrap_err();
+            assert_eq!(
+                e,
+                AdminError::CostlyHash {
+                    memory_kib: 65536,
+                    passes: 1_000_000
+                }
+            );
+            assert!(
+                e.to_string()
+                    .starts_with("the password hash asks for 65536 KiB")
+            );
+            let passwd = Request::Passwd {
+                id: 2,
+                hash: hostile.into(),
+            };
+            assert!(matches!(
+                apply(&mut s, passwd),
+                Err(AdminError::CostlyHash { .. })
+            ));
+        }
 
         let done = apply(&mut s, Request::Ban { id: 2 }).unwrap();
         assert_eq!(done.kick, Some((2, Kick::Banned)));

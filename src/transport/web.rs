@@ -10,13 +10,17 @@
 //!
 //! - `GET /`, `/app.js`, `/app.css`: the page (the files in `src/web/`, compiled into
 //!   the binary), answered with `Connection: close`.
-//! - `GET /ws`: the `Origin` is checked (the page's own origin, or one listed with
-//!   `--web-origin`; a request without `Origin` does not come from a browser page and
-//!   is let through), then `101 Switching Protocols`. The page's own origin is
-//!   `https://` + `Host` over HTTPS; over plain HTTP `http://` or `https://` + `Host`
-//!   (behind a proxy that terminates TLS the page is https).
+//! - `GET /ws`: the `Host` is checked, then the `Origin` (the page's own origin, or one
+//!   listed with `--web-origin`; a request without `Origin` does not come from a
+//!   browser page and is let through), then `101 Switching Protocols`. The page's own
+//!   origin is `https://` + `Host` over HTTPS; over plain HTTP `http://` or
+//!   `https://` + `Host` (behind a proxy that terminates TLS the page is https). So that a page
+//!   of another site whose name was pointed at this server (DNS rebinding) is not
+//!   taken for the page's own, the `Host` must name this server: the address the
+//!   connection came in on (with its port; a loopback address also as `localhost`),
+//!   or the host of a `--web-origin` ([`host_allowed`]).
 //! - anything else: a short 404; a malformed head 400, one too long 431, a refused
-//!   origin 403.
+//!   host or origin 403.
 //!
 //! After an HTTP answer the write side is shut once the answer is out (over TLS:
 //! `close_notify`), the rest of
@@ -48,7 +52,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
-use tungstenite::error::{Error as WsError, ProtocolError};
+use tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tungstenite::handshake::machine::TryParse;
 use tungstenite::handshake::server::{Request, create_response, write_response};
 use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
@@ -111,7 +115,8 @@ struct Shared {
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 impl Shared {
-    fn log_refusal(&self, peer: SocketAddr, origin: &str) {
+    /// `what`: `origin "..."` or `host "..."`.
+    fn log_refusal(&self, peer: SocketAddr, what: &str) {
         self.refused.set(self.refused.get() + 1);
         let due = self
             .refusal_logged
@@ -125,7 +130,7 @@ impl Shared {
                 String::new()
             };
             log::info!(
-                "refused a WebSocket from {peer}: origin {origin:?} is not allowed (see --web-origin){others}"
+                "refused a WebSocket from {peer}: {what} is not allowed (see --web-origin){others}"
             );
             self.refusal_logged.set(Some(Instant::now()));
         }
@@ -189,11 +194,13 @@ impl Wrapper for WebWrapper {
 
     fn wrap(&mut self, sock: TcpStream, peer: SocketAddr) -> io::Result<Box<dyn Transport>> {
         let shared = self.shared.clone();
+        let local = sock.local_addr().ok();
         Ok(match &self.tls {
-            None => Box::new(WebTransport::new(sock, peer, shared)),
+            None => Box::new(WebTransport::new(sock, peer, local, shared)),
             Some(tls) => Box::new(WebTransport::<TlsTransport>::new(
                 tls.connection(sock)?,
                 peer,
+                local,
                 shared,
             )),
         })
@@ -233,6 +240,69 @@ fn normalize_origin(o: &str) -> Result<String, BadOrigin> {
         Some(host) if !host.is_empty() && !host.contains(['/', '?', '#', ' ']) => Ok(lower),
         _ => Err(BadOrigin(o.to_string())),
     }
+}
+
+/// `host[:port]` split, `[v6]` unbracketed; `None` if it is no such thing.
+fn split_host(hostport: &str) -> Option<(&str, Option<u16>)> {
+    let (name, port) = if let Some(rest) = hostport.strip_prefix('[') {
+        let (name, after) = rest.split_once(']')?;
+        match after {
+            "" => (name, None),
+            p => (name, Some(p.strip_prefix(':')?)),
+        }
+    } else {
+        match hostport.split_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (hostport, None),
+        }
+    };
+    if name.is_empty() {
+        return None;
+    }
+    match port {
+        None => Some((name, None)),
+        Some(p) => Some((name, Some(p.parse().ok()?))),
+    }
+}
+
+/// Whether a WebSocket upgrade with this `Host` may go on: none (not a browser: every
+/// browser sends one), one that names this server at the address the connection came
+/// in on (`local`: the address and port, the port left out if it is the scheme's
+/// default; for a loopback address also `localhost`), or the host of one of the
+/// `allowed` origins (`scheme://host[:port]`; a `Host` without a port matches it by
+/// name, as behind a proxy).
+pub fn host_allowed(
+    host: Option<&str>,
+    local: Option<SocketAddr>,
+    allowed: &[String],
+    tls: bool,
+) -> bool {
+    let Some(host) = host else { return true };
+    let host = host.trim().to_ascii_lowercase();
+    let Some((name, port)) = split_host(&host) else {
+        return false;
+    };
+    if let Some(local) = local {
+        let default = if tls { 443 } else { 80 };
+        let ip = local.ip().to_canonical();
+        let named = name
+            .parse::<std::net::IpAddr>()
+            .ok()
+            .map(|a| a.to_canonical())
+            == Some(ip)
+            || ip.is_loopback() && (name == "localhost" || name.ends_with(".localhost"));
+        if named && port.unwrap_or(default) == local.port() {
+            return true;
+        }
+    }
+    allowed.iter().any(|origin| {
+        let (scheme, authority) = origin.split_once("://").unwrap_or(("", origin));
+        let Some((oname, oport)) = split_host(authority) else {
+            return false;
+        };
+        let oport = oport.unwrap_or(if scheme == "https" { 443 } else { 80 });
+        oname == name && port.is_none_or(|p| p == oport)
+    })
 }
 
 /// Whether a WebSocket upgrade with this `Origin` may go on: none (not a browser
@@ -309,6 +379,8 @@ struct Ws {
 pub struct WebTransport<S: Stream = TcpStream> {
     sock: S,
     peer: SocketAddr,
+    /// The address the connection came in on: what a `Host` may name.
+    local: Option<SocketAddr>,
     shared: Rc<Shared>,
     /// Bytes for the socket (HTTP answers, WebSocket frames), from `sent`.
     out: Vec<u8>,
@@ -362,10 +434,16 @@ impl<S> Write for Io<'_, S> {
 }
 
 impl<S: Stream> WebTransport<S> {
-    fn new(sock: S, peer: SocketAddr, shared: Rc<Shared>) -> WebTransport<S> {
+    fn new(
+        sock: S,
+        peer: SocketAddr,
+        local: Option<SocketAddr>,
+        shared: Rc<Shared>,
+    ) -> WebTransport<S> {
         WebTransport {
             sock,
             peer,
+            local,
             shared,
             out: Vec::new(),
             sent: 0,
@@ -431,10 +509,18 @@ impl<S: Stream> WebTransport<S> {
 
     fn upgrade(&mut self, req: Request, tail: Vec<u8>) {
         let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
-        let origin = header("Origin");
-        if !origin_allowed(origin, header("Host"), &self.shared.origins, S::TLS) {
+        let (origin, host) = (header("Origin"), header("Host"));
+        if !host_allowed(host, self.local, &self.shared.origins, S::TLS) {
+            let text = "this server does not answer to this host name \
+                        (its operator can allow it with --web-origin)";
+            let what = format!("host {:?}", host.unwrap_or(""));
+            self.shared.log_refusal(self.peer, &what);
+            return self.answer(&error_response("403 Forbidden", text), "403 host");
+        }
+        if !origin_allowed(origin, host, &self.shared.origins, S::TLS) {
             let text = "this origin may not open the chat's WebSocket";
-            self.shared.log_refusal(self.peer, origin.unwrap_or(""));
+            let what = format!("origin {:?}", origin.unwrap_or(""));
+            self.shared.log_refusal(self.peer, &what);
             return self.answer(&error_response("403 Forbidden", text), "403 origin");
         }
         let resp = match create_response(&req) {
@@ -611,11 +697,18 @@ impl<S: Stream> WebTransport<S> {
                 }
                 Err(WsError::Capacity(e)) => {
                     // The hub refuses it as it refuses an oversized TCP frame (413, then
-                    // a close); the WebSocket closes with 1009.
+                    // a close), with its size (as far as it is known: the fragments so
+                    // far); the WebSocket closes with 1009.
                     log::debug!("{}: {e}", self.peer);
+                    let size = match e {
+                        CapacityError::MessageTooLong { size, .. } => size,
+                        CapacityError::TooManyHeaders => self.shared.max_frame + 1,
+                    };
+                    let size =
+                        u32::try_from(size.max(self.shared.max_frame + 1)).unwrap_or(u32::MAX);
                     ws.close_code = CloseCode::Size;
                     ws.set_input(&[]);
-                    ws.input[..HEADER_LEN].copy_from_slice(&u32::MAX.to_be_bytes());
+                    ws.input[..HEADER_LEN].copy_from_slice(&size.to_be_bytes());
                     ws.ended = true;
                     ws.in_pos = 0;
                     continue;
@@ -868,6 +961,55 @@ mod tests {
         // another origin (another port, another server).
         assert!(!ok(Some("http://127.0.0.1:8080"), host, &allowed, true));
         assert!(!ok(Some("http://chat.example.com"), host, &allowed, true));
+    }
+
+    #[test]
+    fn the_host_must_name_this_server() {
+        let local: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let allowed = vec![
+            "https://chat.example.com".to_string(),
+            "http://other.example:8081".to_string(),
+        ];
+        let ok = |host: &str, tls: bool| host_allowed(Some(host), Some(local), &allowed, tls);
+        for tls in [false, true] {
+            for host in [
+                "127.0.0.1:8080",
+                "LOCALHOST:8080",
+                "app.localhost:8080",
+                "chat.example.com",
+                "chat.example.com:443",
+                "other.example:8081",
+                "other.example",
+            ] {
+                assert!(ok(host, tls), "{host}");
+            }
+            for host in [
+                // DNS rebinding: another site's name pointed at this address.
+                "evil.example:8080",
+                "evil.example",
+                "127.0.0.1:8081",
+                "127.0.0.1",
+                "localhost",
+                "chat.example.com:8080",
+                "other.example:8080",
+                "",
+                ":8080",
+                "127.0.0.1:x",
+                "[::1]:8080",
+            ] {
+                assert!(!ok(host, tls), "{host}");
+            }
+        }
+        assert!(host_allowed(None, Some(local), &[], false), "no browser");
+        // The default port may be left out; an IPv6 address is bracketed.
+        let v6: SocketAddr = "[::1]:443".parse().unwrap();
+        assert!(host_allowed(Some("[::1]"), Some(v6), &[], true));
+        assert!(host_allowed(Some("localhost"), Some(v6), &[], true));
+        assert!(!host_allowed(Some("[::1]"), Some(v6), &[], false));
+        // Not loopback: no `localhost`.
+        let lan: SocketAddr = "192.0.2.7:80".parse().unwrap();
+        assert!(host_allowed(Some("192.0.2.7"), Some(lan), &[], false));
+        assert!(!host_allowed(Some("localhost"), Some(lan), &[], false));
     }
 
     #[test]
