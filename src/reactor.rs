@@ -422,7 +422,13 @@ impl Server {
         if let Some(addr) = io.addr {
             log::info!("listening on {addr}");
         }
+        // Every listener is bound and the store open: tell systemd (`Type=notify`) the
+        // service is up. Without NOTIFY_SOCKET (not started by systemd) this does nothing.
+        if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+            log::warn!("cannot tell systemd the server is ready: {e}");
+        }
         while driver.turn(&mut hub, &mut io)? == Flow::Running {}
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         let left = hub.conn_count();
         if left > 0 {
             log::warn!("{left} connections did not finish writing in time; closing them");
@@ -462,8 +468,15 @@ impl Server {
 }
 
 impl Reactor {
-    /// SIGHUP: every listener reads its configuration again.
+    /// SIGHUP: the log file is opened again at its path (after logrotate moved it),
+    /// and every listener reads its configuration again.
     fn reload(&mut self) {
+        // systemd takes a reload notice only with the clock reading beside it.
+        if let Ok(at) = sd_notify::NotifyState::monotonic_usec_now() {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading, at]);
+        }
+        // Before the line below, so that it is the first line in the new file.
+        crate::ops::logging::reopen();
         log::info!("SIGHUP received: reloading");
         for l in &mut self.listeners {
             if let Some(w) = l.wrap.as_mut() {
@@ -475,6 +488,7 @@ impl Reactor {
                 }
             }
         }
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     }
 
     fn signals(&mut self) {

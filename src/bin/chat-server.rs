@@ -83,7 +83,7 @@ struct Args {
     redis: Option<String>,
 
     /// Timeout for each Redis call (and for connecting), in milliseconds.
-    #[arg(long, default_value_t = 3000, value_name = "MS")]
+    #[arg(long, default_value_t = 3000, value_name = "MS", global = true)]
     redis_timeout_ms: u64,
 
     /// With --redis, this server's name among the nodes sharing that Redis (every
@@ -226,7 +226,7 @@ struct Args {
     /// argon2id memory cost in KiB for new password hashes. The default with 5 passes
     /// is one of OWASP's equally strong settings (another: 19456 KiB, 2 passes), the
     /// quickest of them here; each hashing thread holds this much while it works.
-    #[arg(long, default_value_t = HashParams::default().memory_kib, value_name = "KIB")]
+    #[arg(long, default_value_t = HashParams::default().memory_kib, value_name = "KIB", global = true)]
     argon2_memory_kib: u32,
 
     /// Messages kept for the history clients ask for (`HistoryMes`): the last N of
@@ -242,7 +242,7 @@ struct Args {
     history_gather_ms: u64,
 
     /// argon2id passes (time cost) for new password hashes.
-    #[arg(long, default_value_t = HashParams::default().passes, value_name = "N")]
+    #[arg(long, default_value_t = HashParams::default().passes, value_name = "N", global = true)]
     argon2_passes: u32,
 }
 
@@ -254,7 +254,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut args = Args::parse_from(argv);
+    let mut args = match Args::try_parse_from(&argv) {
+        Ok(a) => a,
+        Err(e) => {
+            // A bad value from the config file: name the file and the key.
+            if let Some(why) = chat::ops::config::blame(&e, &argv, &Args::command()) {
+                eprintln!("chat-server: {why}");
+                return ExitCode::from(2);
+            }
+            e.exit()
+        }
+    };
     if let Some(cmd) = args.command.take() {
         let target = chat::ops::cli::Target {
             data: args.data.clone(),

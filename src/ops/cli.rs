@@ -51,7 +51,15 @@ pub enum UsersAction {
     /// Every account: id, banned or not, name.
     List,
     /// Creates an account; the password is read from the terminal (or stdin).
-    Add { id: i64, name: String },
+    Add {
+        id: i64,
+        name: String,
+        /// Start a new, empty data file if there is none in the data directory
+        /// (without it, a missing data file is an error: a wrong `--data` or config
+        /// would otherwise create a store the server never reads).
+        #[arg(long)]
+        create: bool,
+    },
     /// Sets a new password (read from the terminal or stdin); sessions stay open.
     Passwd { id: i64 },
     /// Deletes an account and its offline messages; its sessions are closed.
@@ -93,7 +101,7 @@ pub enum OperatorError {
     Store(StoreError),
     /// The admin socket exists but cannot be connected to.
     Unreachable(PathBuf, std::io::Error),
-    /// No data file, for a command other than `add`.
+    /// No data file (and, for `add`, no `--create`).
     NoDataFile(PathBuf),
     CreateDataDir(PathBuf, std::io::Error),
     /// Talking over the admin socket.
@@ -132,7 +140,12 @@ impl std::fmt::Display for OperatorError {
                  server's user, or root)",
                 sock.display()
             ),
-            E::NoDataFile(file) => write!(f, "no data file at {}", file.display()),
+            E::NoDataFile(file) => write!(
+                f,
+                "no data file at {} (is --data, or `data` in the config, where the server \
+                 keeps it? To start a new, empty store there: `users add ID NAME --create`)",
+                file.display()
+            ),
             E::CreateDataDir(dir, e) => {
                 write!(f, "cannot create data directory {}: {e}", dir.display())
             }
@@ -189,11 +202,17 @@ impl From<StoreError> for OperatorError {
 
 /// Runs one command; the text to print on success.
 pub fn run(cmd: Command, t: &Target) -> Result<String, OperatorError> {
+    let create = matches!(
+        cmd,
+        Command::Users {
+            action: UsersAction::Add { create: true, .. }
+        }
+    );
     let req = request(cmd, t)?;
     let list = req == Request::List;
     let res = match &t.redis {
         Some(url) => via_redis(url, t.redis_timeout, req)?,
-        None => via_data_dir(&t.data, req)?,
+        None => via_data_dir(&t.data, req, create)?,
     };
     if !res.ok {
         return Err(OperatorError::Refused(res.text));
@@ -208,7 +227,7 @@ fn request(cmd: Command, t: &Target) -> Result<Request, OperatorError> {
     Ok(match cmd {
         Command::Users { action } => match action {
             UsersAction::List => Request::List,
-            UsersAction::Add { id, name } => {
+            UsersAction::Add { id, name, .. } => {
                 validate_registration(id, &name, "-")?;
                 let hash = hashed(&password(&format!("Password for user {id}"))?, t)?;
                 Request::Add { id, name, hash }
@@ -336,8 +355,9 @@ fn via_redis(url: &str, timeout: Duration, req: Request) -> Result<Response, Ope
     Ok(answer(Ok(done), Some(sessions)))
 }
 
-/// The data directory: through a running server's admin socket, or the file itself.
-fn via_data_dir(dir: &Path, req: Request) -> Result<Response, OperatorError> {
+/// The data directory: through a running server's admin socket, or the file itself
+/// (created only for `add --create`).
+fn via_data_dir(dir: &Path, req: Request, create: bool) -> Result<Response, OperatorError> {
     let sock = dir.join(SOCKET_NAME);
     match UnixStream::connect(&sock) {
         Ok(conn) => return ask_server(conn, &req, &sock),
@@ -353,7 +373,7 @@ fn via_data_dir(dir: &Path, req: Request) -> Result<Response, OperatorError> {
     }
     let file = dir.join(FILE_NAME);
     if !file.exists() {
-        if !matches!(req, Request::Add { .. }) {
+        if !(create && matches!(req, Request::Add { .. })) {
             return Err(OperatorError::NoDataFile(file));
         }
         crate::sys::create_private_dir_all(dir)
@@ -421,7 +441,10 @@ mod tests {
             ),
             (
                 E::NoDataFile("/d/chat.redb".into()),
-                "no data file at /d/chat.redb".into(),
+                "no data file at /d/chat.redb (is --data, or `data` in the config, where the \
+                 server keeps it? To start a new, empty store there: `users add ID NAME \
+                 --create`)"
+                    .into(),
             ),
             (
                 E::CreateDataDir("/d".into(), io()),

@@ -1,0 +1,131 @@
+//! Running under a service manager: readiness, reload and stop notices on a stand-in
+//! for systemd's notify socket, the log file opened again on SIGHUP after logrotate
+//! moved it, and the `dist/` files agreeing with the binary.
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{SeedClient, ServerProc, WAIT};
+
+/// Waits until the file at `path` holds a line with `needle`; returns the whole text.
+fn wait_in_file(path: &Path, needle: &str) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no line with {needle:?} in {}; it holds:\n{text}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The next notice on the stand-in notify socket.
+fn notice(sock: &UnixDatagram) -> String {
+    let mut buf = [0u8; 4096];
+    let n = sock
+        .recv(&mut buf)
+        .expect("a notice on the notify socket before the wait ran out");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[test]
+fn systemd_is_told_ready_reloading_and_stopping_and_sighup_reopens_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(WAIT)).unwrap();
+    let log = dir.path().join("chat.log");
+    let data = dir.path().join("data");
+    let mut child = ServerProc::command(&data, "127.0.0.1:0")
+        .arg("--log-file")
+        .arg(&log)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+
+    // Ready only once it listens: a client connects right after the notice.
+    assert_eq!(notice(&notify), "READY=1\n");
+    let text = wait_in_file(&log, ": listening on ");
+    let line = text.lines().find(|l| l.contains(": listening on ")).unwrap();
+    let addr = line.rsplit(": listening on ").next().unwrap().trim();
+    let mut c = SeedClient::connect(addr.parse().unwrap());
+    c.register(1, "pw", "ann");
+
+    // logrotate moves the file, then sends SIGHUP.
+    let moved = dir.path().join("chat.log.1");
+    std::fs::rename(&log, &moved).unwrap();
+    // SAFETY: a signal to our own child, not yet reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    let reloading = notice(&notify);
+    assert!(reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="), "{reloading:?}");
+    assert_eq!(notice(&notify), "READY=1\n");
+    let fresh = wait_in_file(&log, "SIGHUP received: reloading");
+    assert!(!fresh.contains(": listening on "), "{fresh}");
+    // Lines after the reload go to the new file, none to the moved one.
+    c.login(1, "pw");
+    wait_in_file(&log, "user 1 online");
+    let old = std::fs::read_to_string(&moved).unwrap();
+    assert!(old.contains(": listening on "), "{old}");
+    assert!(!old.contains("SIGHUP received"), "{old}");
+    assert!(!old.contains("user 1 online"), "{old}");
+
+    // SAFETY: as above.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(notice(&notify), "STOPPING=1\n");
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "server did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn the_dist_unit_waits_for_readiness_and_its_config_names_the_data() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("dist");
+    let unit = std::fs::read_to_string(root.join("chat-server.service")).unwrap();
+    assert!(unit.contains("\nType=notify\n"), "{unit}");
+    let toml = std::fs::read_to_string(root.join("chat-server.toml")).unwrap();
+    let data_line = toml
+        .lines()
+        .find(|l| l.starts_with("data = "))
+        .expect("the dist config sets the data directory");
+    assert_eq!(data_line, "data = \"/var/lib/chat-server\"");
+    assert!(
+        unit.contains("StateDirectory=chat-server"),
+        "the unit's state directory is the config's data directory"
+    );
+    // The unit takes the data directory from the config, like every `users` command.
+    let exec = unit
+        .lines()
+        .find(|l| l.starts_with("ExecStart="))
+        .unwrap();
+    assert!(!exec.contains("--data"), "{exec}");
+    // A log file, if set, lies where the unit lets the server write.
+    if let Some(l) = toml.lines().find(|l| l.trim_start_matches("# ").starts_with("log-file = ")) {
+        assert!(l.contains("\"/var/log/chat-server/"), "{l}");
+        assert!(unit.contains("LogsDirectory=chat-server"), "{unit}");
+    }
+    // The binary takes the config as it is.
+    let out = Command::new(env!("CARGO_BIN_EXE_chat-server"))
+        .arg("--config")
+        .arg(root.join("chat-server.toml"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
