@@ -729,6 +729,18 @@ impl Io for Reactor {
                     let n = hub.handle_admin(user, kick, t);
                     let _ = reply.try_send(n);
                 }
+                Control::Online { reply } => {
+                    let lines = hub
+                        .sessions()
+                        .into_iter()
+                        .map(|(id, name, addr)| crate::ops::admin::OnlineLine {
+                            id,
+                            name,
+                            addr: addr.to_string(),
+                        })
+                        .collect();
+                    let _ = reply.try_send(lines);
+                }
                 Control::Metrics { reply } => {
                     let mut snap = hub.metrics(t);
                     snap.loop_turns = turns;

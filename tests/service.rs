@@ -57,7 +57,10 @@ fn systemd_is_told_ready_reloading_and_stopping_and_sighup_reopens_the_log() {
     // Ready only once it listens: a client connects right after the notice.
     assert_eq!(notice(&notify), "READY=1\n");
     let text = wait_in_file(&log, ": listening on ");
-    let line = text.lines().find(|l| l.contains(": listening on ")).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains(": listening on "))
+        .unwrap();
     let addr = line.rsplit(": listening on ").next().unwrap().trim();
     let mut c = SeedClient::connect(addr.parse().unwrap());
     c.register(1, "pw", "ann");
@@ -68,7 +71,10 @@ fn systemd_is_told_ready_reloading_and_stopping_and_sighup_reopens_the_log() {
     // SAFETY: a signal to our own child, not yet reaped.
     unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
     let reloading = notice(&notify);
-    assert!(reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="), "{reloading:?}");
+    assert!(
+        reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{reloading:?}"
+    );
     assert_eq!(notice(&notify), "READY=1\n");
     let fresh = wait_in_file(&log, "SIGHUP received: reloading");
     assert!(!fresh.contains(": listening on "), "{fresh}");
@@ -110,13 +116,13 @@ fn the_dist_unit_waits_for_readiness_and_its_config_names_the_data() {
         "the unit's state directory is the config's data directory"
     );
     // The unit takes the data directory from the config, like every `users` command.
-    let exec = unit
-        .lines()
-        .find(|l| l.starts_with("ExecStart="))
-        .unwrap();
+    let exec = unit.lines().find(|l| l.starts_with("ExecStart=")).unwrap();
     assert!(!exec.contains("--data"), "{exec}");
     // A log file, if set, lies where the unit lets the server write.
-    if let Some(l) = toml.lines().find(|l| l.trim_start_matches("# ").starts_with("log-file = ")) {
+    if let Some(l) = toml
+        .lines()
+        .find(|l| l.trim_start_matches("# ").starts_with("log-file = "))
+    {
         assert!(l.contains("\"/var/log/chat-server/"), "{l}");
         assert!(unit.contains("LogsDirectory=chat-server"), "{unit}");
     }
