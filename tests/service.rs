@@ -135,3 +135,48 @@ fn the_dist_unit_waits_for_readiness_and_its_config_names_the_data() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
 }
+
+#[test]
+fn metrics_carry_the_process_and_the_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProc::start(dir.path(), &["--metrics-listen", "127.0.0.1:0"]);
+    let line = server.wait_log("metrics at http://");
+    let addr = line
+        .rsplit("http://")
+        .next()
+        .unwrap()
+        .trim_end_matches("/metrics");
+    let (status, _, body) = common::web::exchange(
+        common::connect(addr.parse().unwrap()),
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert!(status.contains(" 200 "), "{status}");
+    let text = String::from_utf8(body).unwrap();
+    let sample = |name: &str| -> f64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(sample("process_resident_memory_bytes") > 1e6);
+    // The listeners, the store, the log: several descriptors, under the limit.
+    let fds = sample("process_open_fds");
+    assert!(fds >= 3.0 && fds < sample("process_max_fds"), "{fds}");
+    assert!(sample("process_cpu_seconds_total") >= 0.0);
+    // Started within the last day, by the machine's clock.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let start = sample("process_start_time_seconds");
+    assert!(
+        start <= now + 1.0 && start > now - 86_400.0,
+        "{start} {now}"
+    );
+    let version = format!(
+        "chat_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(text.lines().any(|l| l == version), "{text}");
+}
