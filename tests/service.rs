@@ -180,3 +180,63 @@ fn metrics_carry_the_process_and_the_build() {
     );
     assert!(text.lines().any(|l| l == version), "{text}");
 }
+
+#[test]
+fn failed_logins_and_registrations_are_logged_for_fail2ban() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProc::start(dir.path(), &[]);
+    let mut c = server.connect();
+    assert_eq!(c.register(1, "pw", "ann").data["code"], 200);
+    assert_eq!(c.register(1, "pw", "ann").data["code"], 400);
+    assert_eq!(c.login(1, "nope").data["code"], 403);
+    assert_eq!(c.login(7, "pw").data["code"], 500);
+    assert_eq!(c.login(1, "pw").data["code"], 200);
+    // One shape: target, what, user, address (no port), reason.
+    for line in [
+        "chat::security: registration failed: user=1 addr=127.0.0.1 reason=taken",
+        "chat::security: login failed: user=1 addr=127.0.0.1 reason=wrong-password",
+        "chat::security: login failed: user=7 addr=127.0.0.1 reason=no-such-user",
+        "user 1 online from 127.0.0.1:",
+    ] {
+        let l = server.wait_log(line);
+        assert!(l.contains(" [WARN ] ") || l.contains(" [INFO ] "), "{l}");
+    }
+    // A fail2ban filter's match: the address after `addr=`, as a word.
+    let l = server.wait_log("reason=wrong-password");
+    let addr = l.split("addr=").nth(1).unwrap().split(' ').next().unwrap();
+    assert_eq!(addr, "127.0.0.1");
+}
+
+#[test]
+fn closed_registration_leaves_accounts_to_the_operator() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProc::start(dir.path(), &["--registration", "closed"]);
+    let mut c = server.connect();
+    let got = c.register(1, "pw", "ann");
+    assert_eq!(got.data["code"], 403, "{got:?}");
+    assert!(
+        got.data["error"]
+            .as_str()
+            .unwrap()
+            .contains("registration is closed"),
+        "{got:?}"
+    );
+    server.wait_log("registration failed: user=1 addr=127.0.0.1 reason=registration-closed");
+    // The operator's command still creates accounts, on the running server.
+    let out = Command::new(env!("CARGO_BIN_EXE_chat-server"))
+        .args(common::FAST_HASH)
+        .args(["users", "add", "1", "ann", "--data"])
+        .arg(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut ch| {
+            use std::io::Write;
+            ch.stdin.take().unwrap().write_all(b"pw\n")?;
+            ch.wait_with_output()
+        })
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(c.login(1, "pw").data["code"], 200);
+}

@@ -200,6 +200,12 @@ struct Args {
     #[arg(long, default_value_t = HubConfig::default().login_rate, value_name = "N")]
     login_rate: u32,
 
+    /// Whether clients may register themselves (`RegisterMes`): `open`, or `closed`,
+    /// when only `chat-server users add` creates accounts (a registration is then
+    /// answered 403 with a sentence).
+    #[arg(long, value_enum, default_value = "open", value_name = "open|closed")]
+    registration: Registration,
+
     /// Connections held at once from one client address (an IPv6 /64 counts as one);
     /// more are refused with code 503, so one address cannot fill the server. 0: no
     /// limit (for instance behind a proxy that connects from one address).
@@ -244,6 +250,13 @@ struct Args {
     /// argon2id passes (time cost) for new password hashes.
     #[arg(long, default_value_t = HashParams::default().passes, value_name = "N", global = true)]
     argon2_passes: u32,
+}
+
+/// `--registration`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum Registration {
+    Open,
+    Closed,
 }
 
 fn main() -> ExitCode {
@@ -432,6 +445,7 @@ fn run(args: Args) -> Result<(), StartError> {
             max_login_failures: args.max_login_failures.max(1),
             msg_rate: args.msg_rate,
             login_rate: args.login_rate,
+            registration_open: args.registration == Registration::Open,
             max_conns: args.max_conns.unwrap_or(0),
             max_conns_per_addr: args.max_conns_per_addr,
             history: args.history,

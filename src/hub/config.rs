@@ -47,6 +47,9 @@ pub struct HubConfig {
     /// Logins and registrations (each costs a password hash) per minute per client
     /// address (burst the same); over it, `ErrorResMes` 429. 0: no limit.
     pub login_rate: u32,
+    /// Whether clients may register (`RegisterMes`); closed, only the operators'
+    /// `users add` creates accounts.
+    pub registration_open: bool,
     /// How often refusals and storage errors are summed up in the log.
     pub summary_interval_ms: u64,
     /// Messages kept per conversation (the group's, each pair's) for `HistoryMes`
@@ -82,6 +85,7 @@ impl Default for HubConfig {
             offline_batch: 100,
             msg_rate: 20,
             login_rate: 30,
+            registration_open: true,
             summary_interval_ms: 10_000,
             history: 1000,
             history_gather_ms: 100,

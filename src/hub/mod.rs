@@ -53,6 +53,7 @@ mod moderation;
 mod offline_delivery;
 pub mod presence;
 pub mod roster;
+mod security;
 mod sessions;
 mod timer;
 pub mod turn;
