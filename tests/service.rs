@@ -240,3 +240,145 @@ fn closed_registration_leaves_accounts_to_the_operator() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(c.login(1, "pw").data["code"], 200);
 }
+
+/// A tmpfs of `size` mounted at `at` for the life of the value (root only).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Result<Tmpfs, String> {
+        std::fs::create_dir_all(at).map_err(|e| e.to_string())?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(Tmpfs(at.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Fills the filesystem of `dir` with a file `dir/filler` until it is full.
+fn fill(dir: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(dir.join("filler")).unwrap();
+    let block = vec![7u8; 64 * 1024];
+    loop {
+        match f.write(&block) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+                break;
+            }
+        }
+    }
+    // Whatever fits in the last partial block too.
+    while f.write(&[7u8; 512]).is_ok_and(|n| n > 0) {}
+    let _ = f.sync_all();
+}
+
+#[test]
+fn a_full_disk_refuses_writes_then_the_store_heals_by_itself() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    let _fs = match Tmpfs::mount(&mnt, "8m") {
+        Ok(fs) => fs,
+        Err(e) => {
+            eprintln!("skipped: cannot mount a tmpfs here: {e}");
+            return;
+        }
+    };
+    let data = mnt.join("data");
+    let mut server = ServerProc::start(&data, &["--history", "0"]);
+    let mut ann = server.connect();
+    assert_eq!(ann.register(1, "pw", "ann").data["code"], 200);
+    assert_eq!(ann.register(2, "pw", "bob").data["code"], 200);
+    assert_eq!(ann.login(1, "pw").data["code"], 200);
+
+    // Bob is offline: each private message to him is a write. Fill the disk, then
+    // write until one is refused.
+    fill(&mnt);
+    let big = "x".repeat(60_000);
+    let mut stored = Vec::new();
+    let mut refused = None;
+    for i in 0..400 {
+        let content = format!("{i} {big}");
+        ann.send(
+            "SmsPrivateMes",
+            serde_json::json!({"toUserId": 2, "content": content}),
+        );
+        let res = ann.recv_until("SmsResMes").0;
+        match res.data["code"].as_i64().unwrap() {
+            202 => stored.push(i),
+            503 => {
+                refused = Some(i);
+                break;
+            }
+            other => panic!("unexpected answer {other}: {res:?}"),
+        }
+    }
+    let refused = refused.expect("a write refused on a full disk");
+    server.wait_log("No space left on device");
+    // While the disk is full, writes stay refused (and are not logged again).
+    ann.send(
+        "SmsPrivateMes",
+        serde_json::json!({"toUserId": 2, "content": "still full"}),
+    );
+    assert_eq!(ann.recv_until("SmsResMes").0.data["code"], 503);
+
+    // Space again: without a restart, writes succeed again.
+    std::fs::remove_file(mnt.join("filler")).unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        ann.send(
+            "SmsPrivateMes",
+            serde_json::json!({"toUserId": 2, "content": "after"}),
+        );
+        match ann.recv_until("SmsResMes").0.data["code"].as_i64().unwrap() {
+            202 => break,
+            503 => {}
+            other => panic!("unexpected answer {other}"),
+        }
+        assert!(Instant::now() < deadline, "writes did not resume");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    server.wait_log("writes succeed again");
+    let full_lines = server
+        .log_lines
+        .iter()
+        .filter(|l| l.contains("No space left on device") && l.contains("[ERROR]"))
+        .count();
+    assert_eq!(
+        full_lines,
+        1,
+        "the cause is logged once:\n{}",
+        server.log_lines.join("\n")
+    );
+
+    // Nothing acknowledged was lost: bob gets every message answered 202, in order.
+    let mut bob = server.connect();
+    assert_eq!(bob.login(2, "pw").data["code"], 200);
+    let mut got = Vec::new();
+    while got.len() < stored.len() + 1 {
+        let m = bob.recv_until("SmsPrivateMes").0;
+        got.push(m.data["content"].as_str().unwrap().to_string());
+    }
+    for (k, i) in stored.iter().enumerate() {
+        assert!(got[k].starts_with(&format!("{i} ")), "message {k}");
+    }
+    assert_eq!(got[stored.len()], "after");
+    assert!(!got.iter().any(|c| c.starts_with(&format!("{refused} "))));
+}
