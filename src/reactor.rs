@@ -225,7 +225,15 @@ struct Reactor {
     control: (mpsc::Sender<Control>, mpsc::Receiver<Control>),
     /// How long each turn of the loop worked, for the metrics.
     turn_seconds: crate::metrics::Histogram,
+    /// Reads the configuration again on SIGHUP (see [`Server::on_reload`]).
+    reload_hook: Option<ReloadHook>,
+    /// A SIGHUP came: the hook runs at the next turn, where the hub is at hand.
+    reload_due: bool,
 }
+
+/// What [`Server::on_reload`] takes: given the settings in force, the settings read
+/// again (`None`: the configuration could not be read, and the hook said why).
+pub type ReloadHook = Box<dyn FnMut(&HubConfig) -> Option<HubConfig>>;
 
 /// Counts of the loop's work, logged at exit.
 #[derive(Debug, Default)]
@@ -353,6 +361,8 @@ impl Server {
             stats: IoStats::default(),
             control: mpsc::channel(),
             turn_seconds: Default::default(),
+            reload_hook: None,
+            reload_due: false,
         };
         Ok(Server { hub, driver, io })
     }
@@ -396,6 +406,12 @@ impl Server {
             flag: self.io.stop.clone(),
             waker: self.io.waker.clone(),
         }
+    }
+
+    /// On SIGHUP, `hook` reads the configuration again; the hub takes what changed of
+    /// what applies without a restart ([`HubConfig::reload`]), and the log says what.
+    pub fn on_reload(&mut self, hook: ReloadHook) {
+        self.io.reload_hook = Some(hook);
     }
 
     /// Runs until shut down (signal or [`ShutdownHandle`]); then drains output for the
@@ -506,6 +522,7 @@ impl Reactor {
         }
         if reload {
             self.reload();
+            self.reload_due = true;
         }
     }
 
@@ -723,6 +740,18 @@ impl Io for Reactor {
 
     /// Answers each operator's request at once.
     fn control(&mut self, hub: &mut Hub, t: Now, turns: u64) {
+        if std::mem::take(&mut self.reload_due)
+            && let Some(hook) = self.reload_hook.as_mut()
+            && let Some(new) = hook(hub.config())
+        {
+            let changed = hub.reconfigure(&new);
+            if changed.is_empty() {
+                log::info!("configuration read again: no setting changed");
+            }
+            for c in changed {
+                log::info!("configuration read again: {c}");
+            }
+        }
         while let Ok(c) = self.control.1.try_recv() {
             match c {
                 Control::Kick { user, kick, reply } => {

@@ -382,3 +382,38 @@ fn a_full_disk_refuses_writes_then_the_store_heals_by_itself() {
     assert_eq!(got[stored.len()], "after");
     assert!(!got.iter().any(|c| c.starts_with(&format!("{refused} "))));
 }
+
+#[test]
+fn sighup_reads_the_config_again_and_says_what_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("chat.toml");
+    std::fs::write(
+        &conf,
+        "registration = \"open\"\nmax-jobs = 100\nlogin-rate = 30\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let mut server = ServerProc::start(&data, &["--config", conf.to_str().unwrap()]);
+    let mut c = server.connect();
+    assert_eq!(c.register(1, "pw", "ann").data["code"], 200);
+
+    std::fs::write(
+        &conf,
+        "registration = \"closed\"\nmax-jobs = 200\nlogin-rate = 60\nlog-level = \"debug\"\n",
+    )
+    .unwrap();
+    server.signal(libc::SIGHUP);
+    server.wait_log("configuration read again: registration open: true -> false");
+    server.wait_log("configuration read again: login-rate: 30 -> 60");
+    server.wait_log("configuration read again: log-level: INFO -> DEBUG");
+    server.wait_log("`max-jobs` changed; it takes effect at the next restart");
+    let got = c.register(2, "pw", "bob");
+    assert_eq!(got.data["code"], 403, "{got:?}");
+
+    // A file that no longer parses changes nothing, and says why.
+    std::fs::write(&conf, "registration = \"open\"\nlogin-timeout = \"soon\"\n").unwrap();
+    server.signal(libc::SIGHUP);
+    let line = server.wait_log("configuration not read again");
+    assert!(line.contains("`login-timeout`"), "{line}");
+    assert_eq!(c.register(2, "pw", "bob").data["code"], 403);
+}

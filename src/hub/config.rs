@@ -66,6 +66,41 @@ pub struct HubConfig {
     pub presence_interval_ms: u64,
 }
 
+impl HubConfig {
+    /// Takes from `new` the settings that apply without a restart (rates, per-address
+    /// and connection limits, the login timeout and failures, output limit,
+    /// registration); returns one line per change, named as the flag is.
+    pub fn reload(&mut self, new: &HubConfig) -> Vec<String> {
+        let mut changed = Vec::new();
+        macro_rules! take {
+            ($($field:ident => $flag:literal),* $(,)?) => {$(
+                if self.$field != new.$field {
+                    changed.push(format!("{}: {:?} -> {:?}", $flag, self.$field, new.$field));
+                    self.$field = new.$field;
+                }
+            )*};
+        }
+        take!(
+            msg_rate => "msg-rate",
+            login_rate => "login-rate",
+            max_conns_per_addr => "max-conns-per-addr",
+            login_timeout_ms => "login-timeout (ms)",
+            max_login_failures => "max-login-failures",
+            max_outbuf => "max-outbuf",
+            registration_open => "registration open",
+        );
+        // 0 ("from the descriptor limit") was worked out at start: kept.
+        if new.max_conns != 0 && new.max_conns != self.max_conns {
+            changed.push(format!(
+                "max-conns: {} -> {}",
+                self.max_conns, new.max_conns
+            ));
+            self.max_conns = new.max_conns;
+        }
+        changed
+    }
+}
+
 impl Default for HubConfig {
     fn default() -> Self {
         HubConfig {

@@ -741,6 +741,14 @@ impl Hub {
         self.core.online.len()
     }
 
+    /// Takes the settings of `new` that apply without a restart ([`HubConfig::reload`]);
+    /// returns one line per setting changed ("msg-rate: 20 -> 40").
+    pub fn reconfigure(&mut self, new: &HubConfig) -> Vec<String> {
+        let changed = self.core.cfg.reload(new);
+        self.refresh_timers();
+        changed
+    }
+
     /// The sessions logged in on this server: user id, name and client address, by
     /// user id (for the operators' `users online`).
     pub fn sessions(&self) -> Vec<(i64, String, std::net::SocketAddr)> {
