@@ -444,7 +444,9 @@ pub enum Pending {
     Login {
         user_id: i64,
     },
-    Register,
+    Register {
+        user_id: i64,
+    },
     /// A private message to `to` is being stored.
     Private {
         to: i64,

@@ -449,6 +449,79 @@ pub fn render(s: &Snapshot) -> String {
     o.0
 }
 
+/// What the kernel says of this process, for the metrics (Prometheus's standard
+/// `process_*` series).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ProcessStats {
+    pub resident_bytes: u64,
+    pub virtual_bytes: u64,
+    pub cpu_seconds: f64,
+    /// Unix time the process started, in seconds.
+    pub start_time: f64,
+    pub open_fds: u64,
+    pub max_fds: u64,
+}
+
+/// The standard `process_*` series and `chat_build_info`, as Prometheus's client
+/// libraries name them: read by the metrics thread itself, not the event loop.
+pub fn render_process(p: Option<&ProcessStats>) -> String {
+    let mut o = String::with_capacity(1024);
+    let mut one = |name: &str, kind: &str, help: &str, v: &dyn std::fmt::Display| {
+        let _ = writeln!(o, "# HELP {name} {help}");
+        let _ = writeln!(o, "# TYPE {name} {kind}");
+        let _ = writeln!(o, "{name} {v}");
+    };
+    if let Some(p) = p {
+        one(
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+            &p.resident_bytes,
+        );
+        one(
+            "process_virtual_memory_bytes",
+            "gauge",
+            "Virtual memory size in bytes.",
+            &p.virtual_bytes,
+        );
+        one(
+            "process_cpu_seconds_total",
+            "counter",
+            "Total user and system CPU time spent in seconds.",
+            &p.cpu_seconds,
+        );
+        one(
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since unix epoch in seconds.",
+            &p.start_time,
+        );
+        one(
+            "process_open_fds",
+            "gauge",
+            "Number of open file descriptors.",
+            &p.open_fds,
+        );
+        one(
+            "process_max_fds",
+            "gauge",
+            "Maximum number of open file descriptors.",
+            &p.max_fds,
+        );
+    }
+    let _ = writeln!(
+        o,
+        "# HELP chat_build_info The server's version, as a label."
+    );
+    let _ = writeln!(o, "# TYPE chat_build_info gauge");
+    let _ = writeln!(
+        o,
+        "chat_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    o
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

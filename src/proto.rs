@@ -59,6 +59,8 @@ pub mod code {
     pub const UNAUTHORIZED: u16 = 401;
     /// Login: wrong password.
     pub const WRONG_PASSWORD: u16 = 403;
+    /// Registration: closed on this server (only operators create accounts).
+    pub const FORBIDDEN: u16 = 403;
     /// Private message: no such user.
     pub const NOT_FOUND: u16 = 404;
     /// The same user logged in on another connection.

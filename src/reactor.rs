@@ -227,7 +227,15 @@ struct Reactor {
     turn_seconds: crate::metrics::Histogram,
     /// At shutdown, how long a password hash still running is waited for.
     hash_grace: Duration,
+    /// Reads the configuration again on SIGHUP (see [`Server::on_reload`]).
+    reload_hook: Option<ReloadHook>,
+    /// A SIGHUP came: the hook runs at the next turn, where the hub is at hand.
+    reload_due: bool,
 }
+
+/// What [`Server::on_reload`] takes: given the settings in force, the settings read
+/// again (`None`: the configuration could not be read, and the hook said why).
+pub type ReloadHook = Box<dyn FnMut(&HubConfig) -> Option<HubConfig>>;
 
 /// Counts of the loop's work, logged at exit.
 #[derive(Debug, Default)]
@@ -356,6 +364,8 @@ impl Server {
             control: mpsc::channel(),
             turn_seconds: Default::default(),
             hash_grace: Duration::from_millis(cfg.shutdown_grace_ms),
+            reload_hook: None,
+            reload_due: false,
         };
         Ok(Server { hub, driver, io })
     }
@@ -401,6 +411,12 @@ impl Server {
         }
     }
 
+    /// On SIGHUP, `hook` reads the configuration again; the hub takes what changed of
+    /// what applies without a restart ([`HubConfig::reload`]), and the log says what.
+    pub fn on_reload(&mut self, hook: ReloadHook) {
+        self.io.reload_hook = Some(hook);
+    }
+
     /// Runs until shut down (signal or [`ShutdownHandle`]); then drains output for the
     /// grace period, closes every connection and lets the workers finish their jobs.
     pub fn run(self) -> io::Result<()> {
@@ -425,7 +441,13 @@ impl Server {
         if let Some(addr) = io.addr {
             log::info!("listening on {addr}");
         }
+        // Every listener is bound and the store open: tell systemd (`Type=notify`) the
+        // service is up. Without NOTIFY_SOCKET (not started by systemd) this does nothing.
+        if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+            log::warn!("cannot tell systemd the server is ready: {e}");
+        }
         while driver.turn(&mut hub, &mut io)? == Flow::Running {}
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         let left = hub.conn_count();
         if left > 0 {
             log::warn!("{left} connections did not finish writing in time; closing them");
@@ -465,8 +487,15 @@ impl Server {
 }
 
 impl Reactor {
-    /// SIGHUP: every listener reads its configuration again.
+    /// SIGHUP: the log file is opened again at its path (after logrotate moved it),
+    /// and every listener reads its configuration again.
     fn reload(&mut self) {
+        // systemd takes a reload notice only with the clock reading beside it.
+        if let Ok(at) = sd_notify::NotifyState::monotonic_usec_now() {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading, at]);
+        }
+        // Before the line below, so that it is the first line in the new file.
+        crate::ops::logging::reopen();
         log::info!("SIGHUP received: reloading");
         for l in &mut self.listeners {
             if let Some(w) = l.wrap.as_mut() {
@@ -478,6 +507,7 @@ impl Reactor {
                 }
             }
         }
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     }
 
     fn signals(&mut self) {
@@ -495,6 +525,7 @@ impl Reactor {
         }
         if reload {
             self.reload();
+            self.reload_due = true;
         }
     }
 
@@ -712,11 +743,35 @@ impl Io for Reactor {
 
     /// Answers each operator's request at once.
     fn control(&mut self, hub: &mut Hub, t: Now, turns: u64) {
+        if std::mem::take(&mut self.reload_due)
+            && let Some(hook) = self.reload_hook.as_mut()
+            && let Some(new) = hook(hub.config())
+        {
+            let changed = hub.reconfigure(&new);
+            if changed.is_empty() {
+                log::info!("configuration read again: no setting changed");
+            }
+            for c in changed {
+                log::info!("configuration read again: {c}");
+            }
+        }
         while let Ok(c) = self.control.1.try_recv() {
             match c {
                 Control::Kick { user, kick, reply } => {
                     let n = hub.handle_admin(user, kick, t);
                     let _ = reply.try_send(n);
+                }
+                Control::Online { reply } => {
+                    let lines = hub
+                        .sessions()
+                        .into_iter()
+                        .map(|(id, name, addr)| crate::ops::admin::OnlineLine {
+                            id,
+                            name,
+                            addr: addr.to_string(),
+                        })
+                        .collect();
+                    let _ = reply.try_send(lines);
                 }
                 Control::Metrics { reply } => {
                     let mut snap = hub.metrics(t);

@@ -233,6 +233,38 @@ pub fn read_line_no_echo() -> io::Result<String> {
     Ok(line)
 }
 
+/// Reads [`ProcessStats`](crate::metrics::ProcessStats) from `/proc/self`; `None` where there is no procfs.
+pub fn process_stats() -> Option<crate::metrics::ProcessStats> {
+    use crate::metrics::ProcessStats;
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // After the command name in parentheses (which may hold spaces), fields from the
+    // third (state) on.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| -> Option<u64> { f.get(n - 3)?.parse().ok() };
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    // SAFETY: as above.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+    let boot: f64 = std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    let open_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
+    let max_fds = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(0, |(soft, _)| soft);
+    Some(ProcessStats {
+        resident_bytes: field(24)? * page,
+        virtual_bytes: field(23)?,
+        cpu_seconds: (field(14)? + field(15)?) as f64 / ticks,
+        start_time: boot + field(22)? as f64 / ticks,
+        open_fds,
+        max_fds,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

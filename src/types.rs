@@ -108,4 +108,6 @@ pub enum Kick {
     Banned,
     /// The account and its offline messages are deleted.
     Removed,
+    /// The session is closed and nothing else: the user may log in again at once.
+    Kicked,
 }

@@ -83,8 +83,15 @@ fn logged_in(server: &ServerProc, id: i64, pwd: &str) -> SeedClient {
 fn accounts_on_a_stopped_server_then_on_the_running_one() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    // Stopped: the commands open the data file.
-    assert!(users(d, &["add", "1", "ann"], "pw1\n").contains("user 1 added"));
+    // Stopped: the commands open the data file. None there yet: a new store only when
+    // asked for.
+    let err = users_fails(d, &["add", "1", "ann"], "pw1\n");
+    assert!(
+        err.contains("no data file at") && err.contains("--create"),
+        "{err}"
+    );
+    assert!(!d.join("chat.redb").exists());
+    assert!(users(d, &["add", "1", "ann", "--create"], "pw1\n").contains("user 1 added"));
     users(d, &["add", "2", "bob"], "pw2\n");
     users(d, &["add", "4", "dee"], "pw4\r\n");
     assert!(users_fails(d, &["add", "1", "again"], "x\n").contains("already taken"));
@@ -280,7 +287,7 @@ fn connect_as_nobody(sock: &Path) -> i32 {
 fn the_admin_socket_refuses_other_users_and_survives_garbage() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    users(d, &["add", "1", "ann"], "pw1\n");
+    users(d, &["add", "1", "ann", "--create"], "pw1\n");
     let mut server = ServerProc::start(d, &[]);
     let sock = d.join("admin.sock");
     let ask = |bytes: &[u8]| -> String {
@@ -645,15 +652,40 @@ fn the_config_file_sets_flags_and_the_command_line_overrides_it() {
     let got = server.connect().expect_closed();
     assert_eq!(got[0].data["code"], 503, "{got:?}");
 
-    // The operators' commands read it too: here, where the data is.
+    // The operators' commands read it too: here, where the data is. A data directory
+    // with no data file is a mistake unless the command says to start one.
     std::fs::write(
         &conf,
         format!("data = {:?}\n", dir.path().join("d3").to_str().unwrap()),
     )
     .unwrap();
+    let out = cli(&[], &["users", "list", "--config", conf_s], "");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("d3/chat.redb"), "{err}");
     let out = cli(
         &[],
         &["users", "add", "9", "zed", "--config", conf_s],
+        "pw\n",
+    );
+    assert!(!out.status.success());
+    assert!(!dir.path().join("d3").join("chat.redb").exists());
+    // Hashing flags go after the command too, as the README shows them.
+    let out = cli(
+        &[],
+        &[
+            "users",
+            "add",
+            "9",
+            "zed",
+            "--config",
+            conf_s,
+            "--create",
+            "--argon2-memory-kib",
+            "64",
+            "--argon2-passes",
+            "1",
+        ],
         "pw\n",
     );
     assert!(
@@ -674,8 +706,16 @@ fn the_config_file_sets_flags_and_the_command_line_overrides_it() {
     );
     std::fs::write(&conf, "login-timeout = \"soon\"\n").unwrap();
     let out = cli(&[], &["--config", conf_s, "--listen", "127.0.0.1:0"], "");
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--login-timeout"));
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{conf_s}: `login-timeout`: invalid value 'soon'")),
+        "{err}"
+    );
+    // The same value typed on the command line is clap's to report, as usual.
+    let out = cli(&[], &["--login-timeout", "soon"], "");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("`login-timeout`"));
 }
 
 #[test]
@@ -760,7 +800,7 @@ fn trickle<S: Read + Write>(mut s: S, set_timeout: impl Fn(&S), bytes: &[u8]) ->
 fn a_request_trickled_in_holds_the_admin_socket_for_its_timeout_at_most() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    users(d, &["add", "1", "ann"], "pw1\n");
+    users(d, &["add", "1", "ann", "--create"], "pw1\n");
     let _server = ServerProc::start(d, &[]);
     // A whole request, padded with blanks to take three times the timeout (10 s).
     let mut request = br#"{"cmd":"list""#.to_vec();
@@ -842,7 +882,7 @@ fn the_metrics_listener_serves_a_bounded_number_of_clients_at_once() {
 fn idle_admin_clients_do_not_delay_a_command_and_are_closed_at_their_deadline() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    users(d, &["add", "1", "ann"], "pw1\n");
+    users(d, &["add", "1", "ann", "--create"], "pw1\n");
     let _server = ServerProc::start(d, &[]);
     let sock = d.join("admin.sock");
     let idle: Vec<_> = (0..5)
@@ -924,6 +964,10 @@ fn files_are_private_whatever_the_umask_and_backups_go_where_the_caller_is() {
     let caller = tempfile::tempdir().unwrap();
     let said = cli_in(caller.path(), &["backup", "running.redb", "--data", data]);
     assert!(said.contains("bytes copied"), "{said}");
+    // The size said is the written file's.
+    let n: u64 = said.split_whitespace().next().unwrap().parse().unwrap();
+    let written = std::fs::metadata(caller.path().join("running.redb")).unwrap();
+    assert_eq!(n, written.len(), "{said}");
     assert_eq!(mode(&caller.path().join("running.redb")), 0o600, "a backup");
     assert!(!Path::new("running.redb").exists() && !d.join("running.redb").exists());
     // The admin socket itself takes no relative path (it would be the server's).
@@ -958,6 +1002,7 @@ fn files_are_private_whatever_the_umask_and_backups_go_where_the_caller_is() {
                 "add",
                 "1",
                 "ann",
+                "--create",
                 "--data",
                 fresh.to_str().unwrap(),
             ])
@@ -973,4 +1018,62 @@ fn files_are_private_whatever_the_umask_and_backups_go_where_the_caller_is() {
     assert_eq!(mode(&fresh), 0o700);
     assert_eq!(mode(&top.path().join("fresh")), 0o700);
     assert_eq!(mode(&fresh.join("chat.redb")), 0o600);
+}
+
+#[test]
+fn who_is_online_machine_readable_lists_and_a_kick_without_a_ban() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    users(d, &["add", "1", "ann", "--create"], "pw1\n");
+    users(d, &["add", "2", "bob"], "pw2\n");
+    users(d, &["ban", "2"], "");
+    let list: serde_json::Value = serde_json::from_str(&users(d, &["list", "--json"], "")).unwrap();
+    assert_eq!(
+        list,
+        json!([
+            {"id": 1, "name": "ann", "banned": false},
+            {"id": 2, "name": "bob", "banned": true},
+        ])
+    );
+    users(d, &["unban", "2"], "");
+    // Stopped: nobody is online, nobody to kick, and the command says why.
+    assert!(users_fails(d, &["online"], "").contains("no server is running"));
+    assert!(users_fails(d, &["kick", "1"], "").contains("no server is running"));
+
+    let server = ServerProc::start(d, &[]);
+    let mut ann = logged_in(&server, 1, "pw1");
+    let mut bob = logged_in(&server, 2, "pw2");
+    ann.wait_notice(2, 0);
+    let online: Vec<serde_json::Value> =
+        serde_json::from_str(&users(d, &["online", "--json"], "")).unwrap();
+    let ids: Vec<i64> = online.iter().map(|l| l["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids, [1, 2]);
+    assert_eq!(online[0]["name"], "ann");
+    let addr: std::net::SocketAddr = online[0]["addr"].as_str().unwrap().parse().unwrap();
+    assert!(addr.ip().is_loopback(), "{addr}");
+    let table = users(d, &["online"], "");
+    assert!(
+        table.contains("ann") && table.trim_end().ends_with("2 online"),
+        "{table}"
+    );
+
+    let said = users(d, &["kick", "1"], "");
+    assert!(
+        said.contains("user 1 kicked") && said.contains("1 session closed"),
+        "{said}"
+    );
+    let got = ann.expect_closed();
+    assert_eq!(got[0].kind, "ErrorResMes", "{got:?}");
+    assert_eq!(got[0].data["code"], 401);
+    assert!(
+        got[0].data["error"]
+            .as_str()
+            .unwrap()
+            .contains("an operator closed this session"),
+        "{got:?}"
+    );
+    bob.wait_notice(1, 1);
+    // Not a ban: the same password logs in again.
+    let _ann = logged_in(&server, 1, "pw1");
+    assert!(users_fails(d, &["kick", "9"], "").contains("no such user: 9"));
 }

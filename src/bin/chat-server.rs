@@ -83,7 +83,7 @@ struct Args {
     redis: Option<String>,
 
     /// Timeout for each Redis call (and for connecting), in milliseconds.
-    #[arg(long, default_value_t = 3000, value_name = "MS")]
+    #[arg(long, default_value_t = 3000, value_name = "MS", global = true)]
     redis_timeout_ms: u64,
 
     /// With --redis, this server's name among the nodes sharing that Redis (every
@@ -200,6 +200,12 @@ struct Args {
     #[arg(long, default_value_t = HubConfig::default().login_rate, value_name = "N")]
     login_rate: u32,
 
+    /// Whether clients may register themselves (`RegisterMes`): `open`, or `closed`,
+    /// when only `chat-server users add` creates accounts (a registration is then
+    /// answered 403 with a sentence).
+    #[arg(long, value_enum, default_value = "open", value_name = "open|closed")]
+    registration: Registration,
+
     /// Connections held at once from one client address (an IPv6 /64 counts as one);
     /// more are refused with code 503, so one address cannot fill the server. 0: no
     /// limit (for instance behind a proxy that connects from one address).
@@ -226,7 +232,7 @@ struct Args {
     /// argon2id memory cost in KiB for new password hashes. The default with 5 passes
     /// is one of OWASP's equally strong settings (another: 19456 KiB, 2 passes), the
     /// quickest of them here; each hashing thread holds this much while it works.
-    #[arg(long, default_value_t = HashParams::default().memory_kib, value_name = "KIB")]
+    #[arg(long, default_value_t = HashParams::default().memory_kib, value_name = "KIB", global = true)]
     argon2_memory_kib: u32,
 
     /// Messages kept for the history clients ask for (`HistoryMes`): the last N of
@@ -242,8 +248,15 @@ struct Args {
     history_gather_ms: u64,
 
     /// argon2id passes (time cost) for new password hashes.
-    #[arg(long, default_value_t = HashParams::default().passes, value_name = "N")]
+    #[arg(long, default_value_t = HashParams::default().passes, value_name = "N", global = true)]
     argon2_passes: u32,
+}
+
+/// `--registration`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum Registration {
+    Open,
+    Closed,
 }
 
 fn main() -> ExitCode {
@@ -254,7 +267,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut args = Args::parse_from(argv);
+    let mut args = match Args::try_parse_from(&argv) {
+        Ok(a) => a,
+        Err(e) => {
+            // A bad value from the config file: name the file and the key.
+            if let Some(why) = chat::ops::config::blame(&e, &argv, &Args::command()) {
+                eprintln!("chat-server: {why}");
+                return ExitCode::from(2);
+            }
+            e.exit()
+        }
+    };
     if let Some(cmd) = args.command.take() {
         let target = chat::ops::cli::Target {
             data: args.data.clone(),
@@ -412,28 +435,7 @@ fn run(args: Args) -> Result<(), StartError> {
     };
 
     let cfg = ServerConfig {
-        hub: HubConfig {
-            max_frame: args.max_frame,
-            prelogin_max_frame: args.max_prelogin_frame.min(args.max_frame),
-            max_outbuf: args.max_outbuf,
-            max_jobs: args.max_jobs.max(1),
-            max_hash_jobs: args.max_hash_jobs.max(1),
-            login_timeout_ms: args.login_timeout.saturating_mul(1000),
-            max_login_failures: args.max_login_failures.max(1),
-            msg_rate: args.msg_rate,
-            login_rate: args.login_rate,
-            max_conns: args.max_conns.unwrap_or(0),
-            max_conns_per_addr: args.max_conns_per_addr,
-            history: args.history,
-            history_gather_ms: args.history_gather_ms,
-            presence_interval_ms: args.presence_interval_ms,
-            job_timeout_ms: args
-                .job_timeout
-                .unwrap_or_else(|| default_job_timeout_secs(args.redis.is_some()))
-                .max(1)
-                * 1000,
-            ..HubConfig::default()
-        },
+        hub: hub_config(&args),
         workers: args.workers.max(1),
         hash: HashParams {
             memory_kib: args.argon2_memory_kib,
@@ -541,7 +543,109 @@ fn run(args: Args) -> Result<(), StartError> {
         }
         None => None,
     };
+    let started = restart_only(&args);
+    let mut level = args.log_level;
+    server.on_reload(Box::new(move |_| {
+        let new = read_config_again()?;
+        for (key, value) in restart_only(&new) {
+            let was = started.iter().find(|(k, _)| *k == key).map(|(_, v)| v);
+            if was != Some(&value) {
+                // Values are not shown: a URL may hold a password.
+                log::warn!(
+                    "configuration read again: `{key}` changed; it takes effect at the \
+                     next restart"
+                );
+            }
+        }
+        if new.log_level != level {
+            log::info!(
+                "configuration read again: log-level: {level} -> {}",
+                new.log_level
+            );
+            chat::ops::logging::set_level(new.log_level);
+            level = new.log_level;
+        }
+        Some(hub_config(&new))
+    }));
     server.run().map_err(StartError::EventLoop)
+}
+
+/// The hub's settings from the command line (and the config file).
+fn hub_config(args: &Args) -> HubConfig {
+    HubConfig {
+        max_frame: args.max_frame,
+        prelogin_max_frame: args.max_prelogin_frame.min(args.max_frame),
+        max_outbuf: args.max_outbuf,
+        max_jobs: args.max_jobs.max(1),
+        max_hash_jobs: args.max_hash_jobs.max(1),
+        login_timeout_ms: args.login_timeout.saturating_mul(1000),
+        max_login_failures: args.max_login_failures.max(1),
+        msg_rate: args.msg_rate,
+        login_rate: args.login_rate,
+        registration_open: args.registration == Registration::Open,
+        max_conns: args.max_conns.unwrap_or(0),
+        max_conns_per_addr: args.max_conns_per_addr,
+        history: args.history,
+        history_gather_ms: args.history_gather_ms,
+        presence_interval_ms: args.presence_interval_ms,
+        job_timeout_ms: args
+            .job_timeout
+            .unwrap_or_else(|| default_job_timeout_secs(args.redis.is_some()))
+            .max(1)
+            * 1000,
+        ..HubConfig::default()
+    }
+}
+
+/// The settings a running server does not take on SIGHUP, each with its value as
+/// text (for comparing, never for the log).
+fn restart_only(a: &Args) -> Vec<(&'static str, String)> {
+    macro_rules! fields {
+        ($($f:ident => $k:literal),* $(,)?) => {
+            vec![$(($k, format!("{:?}", a.$f))),*]
+        };
+    }
+    fields!(
+        listen => "listen", tls_listen => "tls-listen", web_listen => "web-listen",
+        web_tls_listen => "web-tls-listen", web_origin => "web-origin",
+        metrics_listen => "metrics-listen", data => "data", redis => "redis",
+        redis_timeout_ms => "redis-timeout-ms", node_id => "node-id",
+        node_timeout => "node-timeout", store_cache_mib => "store-cache-mib",
+        workers => "workers", worker_priority => "worker-priority",
+        log_file => "log-file", history => "history",
+        history_gather_ms => "history-gather-ms", max_frame => "max-frame",
+        max_prelogin_frame => "max-prelogin-frame", max_jobs => "max-jobs",
+        max_hash_jobs => "max-hash-jobs", job_timeout => "job-timeout",
+        presence_interval_ms => "presence-interval-ms",
+        flush_interval_us => "flush-interval-us",
+        argon2_memory_kib => "argon2-memory-kib", argon2_passes => "argon2-passes",
+    )
+}
+
+/// The command line and the config file read again (SIGHUP); `None`, with the reason
+/// in the log, if they no longer parse.
+fn read_config_again() -> Option<Args> {
+    let argv = match chat::ops::config::expand(std::env::args_os().collect(), &Args::command()) {
+        Ok(a) => a,
+        Err(e) => {
+            log::error!("configuration not read again: {e}; the settings in force stay");
+            return None;
+        }
+    };
+    match Args::try_parse_from(&argv) {
+        Ok(a) => Some(a),
+        Err(e) => {
+            let why = chat::ops::config::blame(&e, &argv, &Args::command()).unwrap_or_else(|| {
+                let text = e.render().to_string();
+                text.lines().next().unwrap_or_default().to_string()
+            });
+            log::error!(
+                "configuration not read again: {}; the settings in force stay",
+                chat::redact::text(&why)
+            );
+            None
+        }
+    }
 }
 
 /// A listening socket on `addr` (a host name is resolved; its first address is used).

@@ -47,6 +47,9 @@ pub struct HubConfig {
     /// Logins and registrations (each costs a password hash) per minute per client
     /// address (burst the same); over it, `ErrorResMes` 429. 0: no limit.
     pub login_rate: u32,
+    /// Whether clients may register (`RegisterMes`); closed, only the operators'
+    /// `users add` creates accounts.
+    pub registration_open: bool,
     /// How often refusals and storage errors are summed up in the log.
     pub summary_interval_ms: u64,
     /// Messages kept per conversation (the group's, each pair's) for `HistoryMes`
@@ -61,6 +64,41 @@ pub struct HubConfig {
     /// long after the first of them, or at once before any message from one user to
     /// another (see [`crate::hub::presence`]). 0: at the end of each turn.
     pub presence_interval_ms: u64,
+}
+
+impl HubConfig {
+    /// Takes from `new` the settings that apply without a restart (rates, per-address
+    /// and connection limits, the login timeout and failures, output limit,
+    /// registration); returns one line per change, named as the flag is.
+    pub fn reload(&mut self, new: &HubConfig) -> Vec<String> {
+        let mut changed = Vec::new();
+        macro_rules! take {
+            ($($field:ident => $flag:literal),* $(,)?) => {$(
+                if self.$field != new.$field {
+                    changed.push(format!("{}: {:?} -> {:?}", $flag, self.$field, new.$field));
+                    self.$field = new.$field;
+                }
+            )*};
+        }
+        take!(
+            msg_rate => "msg-rate",
+            login_rate => "login-rate",
+            max_conns_per_addr => "max-conns-per-addr",
+            login_timeout_ms => "login-timeout (ms)",
+            max_login_failures => "max-login-failures",
+            max_outbuf => "max-outbuf",
+            registration_open => "registration open",
+        );
+        // 0 ("from the descriptor limit") was worked out at start: kept.
+        if new.max_conns != 0 && new.max_conns != self.max_conns {
+            changed.push(format!(
+                "max-conns: {} -> {}",
+                self.max_conns, new.max_conns
+            ));
+            self.max_conns = new.max_conns;
+        }
+        changed
+    }
 }
 
 impl Default for HubConfig {
@@ -82,6 +120,7 @@ impl Default for HubConfig {
             offline_batch: 100,
             msg_rate: 20,
             login_rate: 30,
+            registration_open: true,
             summary_interval_ms: 10_000,
             history: 1000,
             history_gather_ms: 100,

@@ -53,6 +53,7 @@ mod moderation;
 mod offline_delivery;
 pub mod presence;
 pub mod roster;
+mod security;
 mod sessions;
 mod timer;
 pub mod turn;
@@ -280,9 +281,10 @@ impl Hub {
         }
         if let (Some(r), Outcome::Login(result)) = (res.conn, &mut res.outcome)
             && let Some(kick) = self.moderation.revoked(r)
+            && let Some(refusal) = kick.login_error()
             && result.is_ok()
         {
-            *result = Err(kick.login_error());
+            *result = Err(refusal);
         }
         if let Outcome::CheckBans(result) = res.outcome {
             self.moderation.bans_checked(cx!(self), result, now);
@@ -747,6 +749,28 @@ impl Hub {
 
     pub fn online_count(&self) -> usize {
         self.core.online.len()
+    }
+
+    /// Takes the settings of `new` that apply without a restart ([`HubConfig::reload`]);
+    /// returns one line per setting changed ("msg-rate: 20 -> 40").
+    pub fn reconfigure(&mut self, new: &HubConfig) -> Vec<String> {
+        let changed = self.core.cfg.reload(new);
+        self.refresh_timers();
+        changed
+    }
+
+    /// The sessions logged in on this server: user id, name and client address, by
+    /// user id (for the operators' `users online`).
+    pub fn sessions(&self) -> Vec<(i64, String, std::net::SocketAddr)> {
+        let mut out: Vec<_> = self
+            .core
+            .conns
+            .iter()
+            .filter(|(_, c)| c.is_online() && !c.is_closing())
+            .filter_map(|(_, c)| Some((c.user_id()?, c.user_name().to_string(), c.peer())))
+            .collect();
+        out.sort_by_key(|s| s.0);
+        out
     }
 
     pub fn jobs_in_flight(&self) -> usize {

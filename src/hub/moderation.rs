@@ -45,10 +45,10 @@ struct BansCheck {
 
 impl Moderation {
     /// Ends every session of `user` on this server: `ErrorResMes` (423 banned, 410
-    /// removed), then the close; the others see the user go offline (the caller
-    /// announces the departures once it has ended every session it meant to). Logins
-    /// of that user in flight are refused when they come back. Returns the number of
-    /// sessions closed.
+    /// removed, 401 kicked), then the close; the others see the user go offline (the
+    /// caller announces the departures once it has ended every session it meant to).
+    /// Logins of that user in flight are refused when they come back (not after a
+    /// kick). Returns the number of sessions closed.
     pub(crate) fn end_sessions(
         &mut self,
         cx: &mut Cx<'_>,
@@ -60,6 +60,7 @@ impl Moderation {
         let reason = match kick {
             Kick::Banned => "banned by an operator",
             Kick::Removed => "account removed by an operator",
+            Kick::Kicked => "kicked by an operator",
         };
         let mut closed = 0;
         // The registry's session, and any other connection logged in as this user
@@ -82,9 +83,12 @@ impl Moderation {
             .filter(|(_, c)| c.pending == Some(Pending::Login { user_id: user }))
             .map(|(k, _)| k)
             .collect();
-        for key in logging_in {
-            let r = cx.conn_ref(key);
-            self.revoked.insert(r, kick);
+        // A kick leaves them free to log in again: logins in flight go on.
+        if kick.login_error().is_some() {
+            for key in logging_in {
+                let r = cx.conn_ref(key);
+                self.revoked.insert(r, kick);
+            }
         }
         if closed > 0 {
             log::info!("user {user}: {closed} sessions closed ({reason})");

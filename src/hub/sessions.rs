@@ -27,6 +27,7 @@ use super::cluster::Cluster;
 use super::config::HubConfig;
 use super::cx::Cx;
 use super::offline_delivery::OfflineDelivery;
+use super::security::{Event, Reason, SecurityLog};
 use crate::conn::{Pending, Session};
 use crate::hub::admission::Admission;
 use crate::job::{JobKind, LoginError, LoginOk, RegisterError};
@@ -61,6 +62,8 @@ pub(crate) struct Sessions {
     /// Logins answered busy at their deadline whose result has not come back: it is
     /// dropped when it does.
     given_up: HashSet<ConnRef>,
+    /// Failed logins and registrations, for the operator (bounded).
+    security: SecurityLog,
 }
 
 impl Sessions {
@@ -71,6 +74,7 @@ impl Sessions {
             waiting: HashMap::new(),
             queued: VecDeque::new(),
             given_up: HashSet::new(),
+            security: SecurityLog::default(),
         }
     }
 }
@@ -126,11 +130,13 @@ impl Sessions {
             return;
         }
         if m.user_id <= 0 {
-            self.login_failed(cx, key, code::NO_SUCH_USER, "no such user", now);
+            let (code, text) = (code::NO_SUCH_USER, "no such user");
+            self.login_failed(cx, key, m.user_id, code, text, now);
             return;
         }
         if m.user_pwd.len() > MAX_PASSWORD_BYTES {
-            self.login_failed(cx, key, code::WRONG_PASSWORD, "wrong password", now);
+            let (code, text) = (code::WRONG_PASSWORD, "wrong password");
+            self.login_failed(cx, key, m.user_id, code, text, now);
             return;
         }
         if self.given_up.contains(&cx.conn_ref(key)) {
@@ -169,11 +175,30 @@ impl Sessions {
         }
     }
 
-    fn login_failed(&mut self, cx: &mut Cx<'_>, key: usize, code: u16, text: &str, now: Now) {
+    fn login_failed(
+        &mut self,
+        cx: &mut Cx<'_>,
+        key: usize,
+        user: i64,
+        code: u16,
+        text: &str,
+        now: Now,
+    ) {
+        let reason = match code {
+            code::NO_SUCH_USER => Reason::NoSuchUser,
+            code::BANNED => Reason::Banned,
+            _ => Reason::WrongPassword,
+        };
+        let addr = cx.conn(key).peer_ip;
+        self.security
+            .note(now.mono_ms, addr, Event::Login { user, reason });
         self.login_res(cx, key, code, text, None);
         let conn = cx.conn_mut(key);
         conn.login_failures += 1;
         if conn.login_failures >= cx.cfg().max_login_failures {
+            let reason = Reason::TooManyFailures;
+            self.security
+                .note(now.mono_ms, addr, Event::Login { user, reason });
             cx.error(key, code::TOO_MANY, "too many failed logins");
             cx.close(key, true, "too many failed logins", now);
         }
@@ -197,18 +222,23 @@ impl Sessions {
         if cx.conn(key).closing.is_some() {
             return false;
         }
+        let user = match cx.conn(key).pending {
+            Some(Pending::Login { user_id }) => user_id,
+            _ => 0,
+        };
         match result {
             Ok(ok) => go_online(cx, chat, cluster, offline, key, ok, now),
             Err(LoginError::NoSuchUser) => {
-                self.login_failed(cx, key, code::NO_SUCH_USER, "no such user", now)
+                self.login_failed(cx, key, user, code::NO_SUCH_USER, "no such user", now)
             }
             // A stored hash over the server's limits is not checked: to the client,
             // a wrong password (the worker logged it for the operator).
             Err(LoginError::WrongPassword | LoginError::CostlyHash) => {
-                self.login_failed(cx, key, code::WRONG_PASSWORD, "wrong password", now)
+                self.login_failed(cx, key, user, code::WRONG_PASSWORD, "wrong password", now)
             }
             Err(LoginError::Banned) => {
-                self.login_failed(cx, key, code::BANNED, "this account is banned", now)
+                let text = "this account is banned";
+                self.login_failed(cx, key, user, code::BANNED, text, now)
             }
             Err(LoginError::Store(e)) if e.is_timed_out() => {
                 let wait = self.admission.estimate(now.mono_ms);
@@ -228,7 +258,7 @@ impl Sessions {
         // Counted by outcome.
         let outcome = match code {
             code::OK => RegisterOutcome::Ok,
-            code::BAD_REQUEST => RegisterOutcome::Refused,
+            code::BAD_REQUEST | code::FORBIDDEN => RegisterOutcome::Refused,
             _ => RegisterOutcome::Error,
         };
         cx.stats().registrations[outcome] += 1;
@@ -254,7 +284,20 @@ impl Sessions {
             cx.conn_mut(key).set_max_frame(n);
         }
         let u = m.user;
+        let addr = cx.conn(key).peer_ip;
+        let user = u.user_id;
+        if !cx.cfg().registration_open {
+            let reason = Reason::Closed;
+            self.security
+                .note(now.mono_ms, addr, Event::Registration { user, reason });
+            let text = "registration is closed on this server: ask its operator for an account";
+            self.register_res(cx, key, code::FORBIDDEN, text.into());
+            return;
+        }
         if let Err(e) = validate_registration(u.user_id, &u.user_name, &u.user_pwd) {
+            let reason = Reason::Invalid;
+            self.security
+                .note(now.mono_ms, addr, Event::Registration { user, reason });
             self.register_res(cx, key, code::BAD_REQUEST, e.to_string());
             return;
         }
@@ -270,7 +313,7 @@ impl Sessions {
             sex: u.sex,
         };
         match self.submit_hash(cx, key, job, now) {
-            Ok(()) => cx.conn_mut(key).pending = Some(Pending::Register),
+            Ok(()) => cx.conn_mut(key).pending = Some(Pending::Register { user_id: user }),
             Err(wait_ms) => self.register_busy(cx, key, wait_ms, now),
         }
     }
@@ -286,6 +329,13 @@ impl Sessions {
         match result {
             Ok(()) => self.register_res(cx, key, code::OK, String::new()),
             Err(RegisterError::Taken) => {
+                let user = match cx.conn(key).pending {
+                    Some(Pending::Register { user_id }) => user_id,
+                    _ => 0,
+                };
+                let (addr, reason) = (cx.conn(key).peer_ip, Reason::Taken);
+                self.security
+                    .note(now.mono_ms, addr, Event::Registration { user, reason });
                 self.register_res(cx, key, code::BAD_REQUEST, "user id already taken".into())
             }
             Err(RegisterError::Store(e)) if e.is_timed_out() => {
@@ -332,6 +382,9 @@ impl Sessions {
             return false;
         }
         cx.summary().login_rate_refused += 1;
+        let reason = Reason::LoginRate;
+        self.security
+            .note(now.mono_ms, ip, Event::Throttled { reason });
         let wait = 60 / cx.cfg().login_rate.max(1) as u64;
         cx.error_retry(
             key,
@@ -463,6 +516,7 @@ impl Sessions {
     /// since the last call, for the summary.
     pub(crate) fn housekeeping(&mut self, cfg: &HubConfig, now: Now) -> u64 {
         self.login_limits.prune(now.mono_ms, cfg.login_rate);
+        self.security.flush(now.mono_ms);
         self.admission.take_refused()
     }
 }
@@ -506,8 +560,9 @@ fn go_online(
             // The newer session wins. The old one is no longer in the registry, so
             // closing it tells nobody that the user went offline.
             log::info!(
-                "user {} logged in again: older session replaced",
-                ok.user_id
+                "user {} logged in again from {}: older session replaced",
+                ok.user_id,
+                cx.conn(key).peer()
             );
             cx.conn_mut(old.conn.key).session = Session::Anonymous;
             cx.error(old.conn.key, code::CONFLICT, "logged in elsewhere");
@@ -518,13 +573,14 @@ fn go_online(
             // Online on another node until now: this login replaces that session
             // (its node closes it on hearing of this one), with no flicker.
             log::info!(
-                "user {} online here, replacing a session elsewhere",
-                ok.user_id
+                "user {} online here from {}, replacing a session elsewhere",
+                ok.user_id,
+                cx.conn(key).peer()
             );
             cx.mark_presence(ok.user_id);
         }
         _ => {
-            log::info!("user {} online", ok.user_id);
+            log::info!("user {} online from {}", ok.user_id, cx.conn(key).peer());
             cx.note_presence(ok.user_id, status::ONLINE, &name, now);
         }
     }

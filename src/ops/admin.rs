@@ -36,14 +36,19 @@ impl Kick {
         match self {
             Kick::Banned => (code::BANNED, "this account is banned"),
             Kick::Removed => (code::GONE, "this account was removed"),
+            Kick::Kicked => (
+                code::UNAUTHORIZED,
+                "an operator closed this session; you may log in again",
+            ),
         }
     }
 
-    /// What a login of this user in flight at the time comes to.
-    pub fn login_error(self) -> LoginError {
+    /// What a login of this user in flight at the time comes to (`None`: it goes on).
+    pub fn login_error(self) -> Option<LoginError> {
         match self {
-            Kick::Banned => LoginError::Banned,
-            Kick::Removed => LoginError::NoSuchUser,
+            Kick::Banned => Some(LoginError::Banned),
+            Kick::Removed => Some(LoginError::NoSuchUser),
+            Kick::Kicked => None,
         }
     }
 }
@@ -77,6 +82,21 @@ pub enum Request {
     Backup {
         path: String,
     },
+    /// Who is online on this server (a running one only).
+    Online,
+    /// Closes the user's sessions without a ban (a running server only).
+    Kick {
+        id: i64,
+    },
+}
+
+/// One session as `online` shows it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct OnlineLine {
+    pub id: i64,
+    pub name: String,
+    /// The client's address and port.
+    pub addr: String,
 }
 
 /// One user as `list` shows it: never a password or a hash.
@@ -96,6 +116,9 @@ pub struct Response {
     /// For `list`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub users: Option<Vec<UserLine>>,
+    /// For `online`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub online: Option<Vec<OnlineLine>>,
 }
 
 impl Response {
@@ -103,7 +126,7 @@ impl Response {
         Response {
             ok: false,
             text: text.into(),
-            users: None,
+            ..Response::default()
         }
     }
 }
@@ -137,6 +160,7 @@ impl Done {
             ok: true,
             text,
             users: self.users,
+            online: None,
         }
     }
 }
@@ -163,6 +187,8 @@ pub enum AdminError {
     /// working directory, not the caller's (the `backup` command sends an absolute
     /// one).
     RelativeBackupPath(String),
+    /// `online` or `kick` with no server running on this data.
+    NotRunning,
 }
 
 impl std::fmt::Display for AdminError {
@@ -188,6 +214,11 @@ impl std::fmt::Display for AdminError {
                 f,
                 "backup path {p:?} is relative: give an absolute one (the server's \
                  working directory is not the caller's)"
+            ),
+            AdminError::NotRunning => f.write_str(
+                "no server is running on this data, so nobody is online (`online` and \
+                 `kick` ask a running server, through the admin socket in its data \
+                 directory)",
             ),
         }
     }
@@ -312,6 +343,17 @@ pub fn apply(store: &mut dyn Store, req: Request) -> Result<Done, AdminError> {
                 Err(AdminError::NoSuchUser(id))
             }
         }
+        // Answered by the running server's loop (the admin socket asks it), never
+        // by the store.
+        Request::Online => Err(AdminError::NotRunning),
+        Request::Kick { id } => match store.get_user(id).map_err(AdminError::Store)? {
+            Some(_) => Ok(Done {
+                text: format!("user {id} kicked (not banned: they may log in again)"),
+                users: None,
+                kick: Some((id, Kick::Kicked)),
+            }),
+            None => Err(AdminError::NoSuchUser(id)),
+        },
         Request::Backup { path } => {
             if !std::path::Path::new(&path).is_absolute() {
                 return Err(AdminError::RelativeBackupPath(path));
@@ -505,6 +547,7 @@ mod tests {
             ok: true,
             text: "done".into(),
             users: None,
+            online: None,
         };
         assert_eq!(
             serde_json::to_string(&ok).unwrap(),

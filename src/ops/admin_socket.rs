@@ -226,6 +226,17 @@ fn read_request(conn: Timed<'_, UnixStream>) -> Result<Option<Request>, BadReque
 
 fn run(req: Request, store: &mut dyn Store, control: &ControlHandle) -> Response {
     log::info!("admin: {}", describe(&req));
+    if req == Request::Online {
+        return match control.online(KICK_TIMEOUT) {
+            Ok(lines) => Response {
+                ok: true,
+                text: format!("{} online", lines.len()),
+                online: Some(lines),
+                ..Response::default()
+            },
+            Err(e) => Response::failed(e.to_string()),
+        };
+    }
     let done = match apply(store, req) {
         Ok(d) => d,
         Err(e) => {
@@ -253,5 +264,7 @@ fn describe(req: &Request) -> String {
         Request::Ban { id } => format!("ban {id}"),
         Request::Unban { id } => format!("unban {id}"),
         Request::Backup { path } => format!("backup to {path}"),
+        Request::Online => "online".into(),
+        Request::Kick { id } => format!("kick {id}"),
     }
 }

@@ -21,7 +21,9 @@ use std::time::Duration;
 
 use crate::cluster::{CHANNEL, Event};
 use crate::job::auth::{HashError, HashParams, Hasher};
-use crate::ops::admin::{AdminError, Done, Request, Response, SOCKET_NAME, UserLine, apply};
+use crate::ops::admin::{
+    AdminError, Done, OnlineLine, Request, Response, SOCKET_NAME, UserLine, apply,
+};
 use crate::store::embedded::{EmbeddedStore, FILE_NAME};
 use crate::store::redis::{RedisStore, RedisTimeouts};
 use crate::store::{Store, StoreError};
@@ -49,9 +51,30 @@ pub enum Command {
 #[derive(clap::Subcommand, Debug, Clone, PartialEq, Eq)]
 pub enum UsersAction {
     /// Every account: id, banned or not, name.
-    List,
+    List {
+        /// One JSON array of {"id", "name", "banned"} instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Who is logged in on the running server: id, client address, name.
+    Online {
+        /// One JSON array of {"id", "name", "addr"} instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Closes the user's sessions on the running server (with a sentence), without a
+    /// ban: they may log in again.
+    Kick { id: i64 },
     /// Creates an account; the password is read from the terminal (or stdin).
-    Add { id: i64, name: String },
+    Add {
+        id: i64,
+        name: String,
+        /// Start a new, empty data file if there is none in the data directory
+        /// (without it, a missing data file is an error: a wrong `--data` or config
+        /// would otherwise create a store the server never reads).
+        #[arg(long)]
+        create: bool,
+    },
     /// Sets a new password (read from the terminal or stdin); sessions stay open.
     Passwd { id: i64 },
     /// Deletes an account and its offline messages; its sessions are closed.
@@ -93,7 +116,7 @@ pub enum OperatorError {
     Store(StoreError),
     /// The admin socket exists but cannot be connected to.
     Unreachable(PathBuf, std::io::Error),
-    /// No data file, for a command other than `add`.
+    /// No data file (and, for `add`, no `--create`).
     NoDataFile(PathBuf),
     CreateDataDir(PathBuf, std::io::Error),
     /// Talking over the admin socket.
@@ -132,7 +155,12 @@ impl std::fmt::Display for OperatorError {
                  server's user, or root)",
                 sock.display()
             ),
-            E::NoDataFile(file) => write!(f, "no data file at {}", file.display()),
+            E::NoDataFile(file) => write!(
+                f,
+                "no data file at {} (is --data, or `data` in the config, where the server \
+                 keeps it? To start a new, empty store there: `users add ID NAME --create`)",
+                file.display()
+            ),
             E::CreateDataDir(dir, e) => {
                 write!(f, "cannot create data directory {}: {e}", dir.display())
             }
@@ -189,17 +217,31 @@ impl From<StoreError> for OperatorError {
 
 /// Runs one command; the text to print on success.
 pub fn run(cmd: Command, t: &Target) -> Result<String, OperatorError> {
+    let create = matches!(
+        cmd,
+        Command::Users {
+            action: UsersAction::Add { create: true, .. }
+        }
+    );
+    let json = matches!(
+        cmd,
+        Command::Users {
+            action: UsersAction::List { json: true } | UsersAction::Online { json: true }
+        }
+    );
     let req = request(cmd, t)?;
-    let list = req == Request::List;
     let res = match &t.redis {
         Some(url) => via_redis(url, t.redis_timeout, req)?,
-        None => via_data_dir(&t.data, req)?,
+        None => via_data_dir(&t.data, req, create)?,
     };
     if !res.ok {
         return Err(OperatorError::Refused(res.text));
     }
-    Ok(match (list, res.users) {
-        (true, Some(users)) => table(&users),
+    Ok(match (res.users, res.online) {
+        (Some(users), _) if json => serde_json::to_string(&users).expect("users serialise"),
+        (Some(users), _) => table(&users),
+        (_, Some(online)) if json => serde_json::to_string(&online).expect("lines serialise"),
+        (_, Some(online)) => online_table(&online),
         _ => res.text,
     })
 }
@@ -207,8 +249,10 @@ pub fn run(cmd: Command, t: &Target) -> Result<String, OperatorError> {
 fn request(cmd: Command, t: &Target) -> Result<Request, OperatorError> {
     Ok(match cmd {
         Command::Users { action } => match action {
-            UsersAction::List => Request::List,
-            UsersAction::Add { id, name } => {
+            UsersAction::List { .. } => Request::List,
+            UsersAction::Online { .. } => Request::Online,
+            UsersAction::Kick { id } => Request::Kick { id },
+            UsersAction::Add { id, name, .. } => {
                 validate_registration(id, &name, "-")?;
                 let hash = hashed(&password(&format!("Password for user {id}"))?, t)?;
                 Request::Add { id, name, hash }
@@ -289,6 +333,20 @@ fn table(users: &[UserLine]) -> String {
     out
 }
 
+fn online_table(lines: &[OnlineLine]) -> String {
+    let mut out = format!("{:>12}  {:<40}  name\n", "id", "address");
+    for l in lines {
+        let name: String = if l.name.chars().any(char::is_control) {
+            l.name.escape_debug().to_string()
+        } else {
+            l.name.clone()
+        };
+        out.push_str(&format!("{:>12}  {:<40}  {name}\n", l.id, l.addr));
+    }
+    out.push_str(&format!("{} online", lines.len()));
+    out
+}
+
 fn answer(r: Result<Done, AdminError>, sessions: Option<String>) -> Response {
     match r {
         Ok(done) => done.response(sessions),
@@ -303,6 +361,12 @@ fn via_redis(url: &str, timeout: Duration, req: Request) -> Result<Response, Ope
         io: timeout,
         ..RedisTimeouts::default()
     };
+    if req == Request::Online {
+        return Ok(Response::failed(
+            "with --redis, `users online` is not available (it asks one server through \
+             the admin socket of its embedded store)",
+        ));
+    }
     let mut store = RedisStore::new(url, t)?;
     let done = match apply(&mut store, req) {
         Ok(d) => d,
@@ -336,8 +400,9 @@ fn via_redis(url: &str, timeout: Duration, req: Request) -> Result<Response, Ope
     Ok(answer(Ok(done), Some(sessions)))
 }
 
-/// The data directory: through a running server's admin socket, or the file itself.
-fn via_data_dir(dir: &Path, req: Request) -> Result<Response, OperatorError> {
+/// The data directory: through a running server's admin socket, or the file itself
+/// (created only for `add --create`).
+fn via_data_dir(dir: &Path, req: Request, create: bool) -> Result<Response, OperatorError> {
     let sock = dir.join(SOCKET_NAME);
     match UnixStream::connect(&sock) {
         Ok(conn) => return ask_server(conn, &req, &sock),
@@ -351,9 +416,13 @@ fn via_data_dir(dir: &Path, req: Request) -> Result<Response, OperatorError> {
             return Err(OperatorError::Unreachable(sock, e));
         }
     }
+    // Stopped: nobody is online, nobody to kick.
+    if matches!(req, Request::Online | Request::Kick { .. }) {
+        return Ok(Response::failed(AdminError::NotRunning.to_string()));
+    }
     let file = dir.join(FILE_NAME);
     if !file.exists() {
-        if !matches!(req, Request::Add { .. }) {
+        if !(create && matches!(req, Request::Add { .. })) {
             return Err(OperatorError::NoDataFile(file));
         }
         crate::sys::create_private_dir_all(dir)
@@ -421,7 +490,10 @@ mod tests {
             ),
             (
                 E::NoDataFile("/d/chat.redb".into()),
-                "no data file at /d/chat.redb".into(),
+                "no data file at /d/chat.redb (is --data, or `data` in the config, where the \
+                 server keeps it? To start a new, empty store there: `users add ID NAME \
+                 --create`)"
+                    .into(),
             ),
             (
                 E::CreateDataDir("/d".into(), io()),

@@ -165,6 +165,37 @@ pub fn expand(args: Vec<OsString>, cmd: &clap::Command) -> Result<Vec<OsString>,
     Ok(out)
 }
 
+/// When clap refused `args` (as [`expand`] made them) for a value that came from the
+/// `--config` file, the sentence that names the file and the key: clap's own text
+/// names only the flag, as if it had been typed.
+pub fn blame(err: &clap::Error, args: &[OsString], cmd: &clap::Command) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue};
+    let path = config_path(args)?;
+    let path = Path::new(&path);
+    let text = std::fs::read_to_string(path).ok()?;
+    let flags = flags_from_toml(&text, path, cmd).ok()?;
+    let Some(ContextValue::String(arg)) = err.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let Some(ContextValue::String(value)) = err.get(ContextKind::InvalidValue) else {
+        return None;
+    };
+    // "--login-timeout <SECS>" names the flag `login-timeout`.
+    let key = arg.strip_prefix("--")?.split([' ', '=']).next()?;
+    let from_file = format!("--{key}={value}");
+    if !flags.iter().any(|f| *f == *from_file) {
+        return None;
+    }
+    let rendered = err.render().to_string();
+    let first = rendered.lines().next().unwrap_or_default();
+    let why = first.strip_prefix("error: ").unwrap_or(first);
+    Some(format!(
+        "{}: `{key}`: {}",
+        path.display(),
+        crate::redact::text(why)
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,6 +13,7 @@ use std::time::Duration;
 use mio::Waker;
 
 use crate::metrics::Snapshot;
+use crate::ops::admin::OnlineLine;
 use crate::types::Kick;
 
 /// What an operator's thread asks of the loop.
@@ -26,6 +27,10 @@ pub enum Control {
     },
     /// Copy the counters for a scrape.
     Metrics { reply: mpsc::SyncSender<Snapshot> },
+    /// The sessions logged in here ([`Hub::sessions`](crate::hub::Hub::sessions)).
+    Online {
+        reply: mpsc::SyncSender<Vec<OnlineLine>>,
+    },
 }
 
 /// Why a request to the loop got no answer.
@@ -77,6 +82,11 @@ impl ControlHandle {
     /// Ends `user`'s sessions; the number closed.
     pub fn kick(&self, user: i64, kick: Kick, timeout: Duration) -> Result<usize, ControlError> {
         self.ask(|reply| Control::Kick { user, kick, reply }, timeout)
+    }
+
+    /// Who is logged in on this server.
+    pub fn online(&self, timeout: Duration) -> Result<Vec<OnlineLine>, ControlError> {
+        self.ask(|reply| Control::Online { reply }, timeout)
     }
 
     /// The counters, as of the loop's next turn.

@@ -26,7 +26,7 @@ use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -57,6 +57,8 @@ struct Shared {
     dropped: AtomicU64,
     /// Set by [`Logger::reopen`]; the log thread reopens the file before its next line.
     reopen: AtomicBool,
+    /// The most verbose level written (a `LevelFilter` as a number); see [`set_level`].
+    level: AtomicUsize,
     /// Batches the log thread has finished; `flush` waits on it for room in the channel.
     batches: Mutex<u64>,
     progress: Condvar,
@@ -129,7 +131,6 @@ fn format_line(record: &Record) -> Option<Vec<u8>> {
 /// A `log::Log` that formats lines with simplelog and hands them to a background writer
 /// thread.
 pub struct Logger {
-    level: LevelFilter,
     tx: SyncSender<Msg>,
     shared: Arc<Shared>,
     flush_wait: Duration,
@@ -162,6 +163,7 @@ impl Logger {
         let capacity = capacity.max(1);
         let (tx, rx) = mpsc::sync_channel::<Msg>(capacity);
         let shared = Arc::new(Shared::default());
+        shared.level.store(level as usize, Ordering::Relaxed);
         let theirs = shared.clone();
         let sink = Sink {
             out: BufWriter::new(out),
@@ -172,7 +174,6 @@ impl Logger {
             .name("chat-log".into())
             .spawn(move || write_lines(rx, sink, &theirs, capacity))?;
         Ok(Logger {
-            level,
             tx,
             shared,
             flush_wait: FLUSH_WAIT,
@@ -193,7 +194,7 @@ impl Logger {
 
 impl Log for Logger {
     fn enabled(&self, metadata: &Metadata) -> bool {
-        metadata.level() <= self.level
+        metadata.level() as usize <= self.shared.level.load(Ordering::Relaxed)
     }
 
     fn log(&self, record: &Record) {
@@ -364,6 +365,14 @@ pub fn init(level: LevelFilter, file: Option<&Path>) -> io::Result<()> {
     log::set_max_level(level);
     let _ = INSTALLED.set(shared);
     Ok(())
+}
+
+/// Changes the level of the logger [`init`] installed (a configuration reload).
+pub fn set_level(level: LevelFilter) {
+    if let Some(shared) = INSTALLED.get() {
+        shared.level.store(level as usize, Ordering::Relaxed);
+        log::set_max_level(level);
+    }
 }
 
 /// [`Logger::reopen`] for the logger [`init`] installed (none installed: nothing).

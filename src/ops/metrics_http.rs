@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::metrics::render;
+use crate::metrics::{render, render_process};
 use crate::ops::control::ControlHandle;
 use crate::ops::deadline::{Clients, Timed};
 
@@ -189,7 +189,8 @@ fn serve(mut conn: TcpStream, control: &ControlHandle) {
     }
     match control.metrics(LOOP_TIMEOUT) {
         Ok(snap) => {
-            let text = render(&snap);
+            let mut text = render(&snap);
+            text.push_str(&render_process(crate::sys::process_stats().as_ref()));
             let body: &[u8] = if head.starts_with(b"HEAD ") {
                 b""
             } else {

@@ -20,7 +20,8 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -60,9 +61,37 @@ pub const DEFAULT_CACHE_MIB: usize = 32;
 /// A handle onto the shared database; cheap to clone, one per worker.
 #[derive(Clone)]
 pub struct EmbeddedStore {
-    db: Arc<Database>,
-    /// The data file, for [`Store::backup`].
-    path: Arc<std::path::PathBuf>,
+    shared: Arc<Shared>,
+}
+
+/// How soon after a failed attempt the data file is opened again.
+const REOPEN_EVERY: Duration = Duration::from_secs(1);
+
+/// What every handle shares: the database, and whether it is failing.
+///
+/// After an I/O error (a full disk, most often) redb refuses every later transaction
+/// until the database is opened again. The first handle to see the error logs its OS
+/// cause, and the database is dropped here; requests are refused with that cause
+/// (the storage code) meanwhile. Each request then tries, at most once per
+/// [`REOPEN_EVERY`], to open the file again (which succeeds once the last handle of
+/// the old one is gone; redb recovers the file to its last commit, so every
+/// acknowledged write is there). The first commit that succeeds after that ends the
+/// episode, with a line saying so. A file that cannot be opened again for any other
+/// reason than I/O (it is damaged) ends the process with that cause, so that the
+/// service manager restarts it.
+struct Shared {
+    db: RwLock<Option<Arc<Database>>>,
+    /// The data file, for reopening and [`Store::backup`].
+    path: std::path::PathBuf,
+    cache_bytes: usize,
+    health: Mutex<Health>,
+}
+
+#[derive(Default)]
+struct Health {
+    /// The cause of the current failure (`None`: healthy).
+    failing: Option<String>,
+    last_attempt: Option<Instant>,
 }
 
 macro_rules! tryx {
@@ -112,27 +141,129 @@ impl EmbeddedStore {
                     path.display()
                 ))
             })?;
-        let tx = tryx!(db.begin_write(), "begin write");
-        {
-            tryx!(tx.open_table(USERS), "open users");
-            tryx!(tx.open_table(OFFLINE), "open offline");
-            tryx!(tx.open_table(META), "open meta");
-            tryx!(tx.open_table(IDS), "open offline_ids");
-            tryx!(tx.open_table(ID_EXP), "open offline_id_exp");
-            tryx!(tx.open_table(HISTORY), "open history");
-            tryx!(tx.open_table(HISTORY_IDS), "open history_ids");
-        }
-        tryx!(tx.commit(), "commit");
+        create_tables(&db)?;
         Ok(EmbeddedStore {
-            db: Arc::new(db),
-            path: Arc::new(path),
+            shared: Arc::new(Shared {
+                db: RwLock::new(Some(Arc::new(db))),
+                path,
+                cache_bytes,
+                health: Mutex::new(Health::default()),
+            }),
         })
     }
+
+    /// The database, or the cause of the failure while it is failing (trying to open
+    /// it again at most every [`REOPEN_EVERY`]).
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        let sh = &*self.shared;
+        if let Some(db) = sh.db.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            return Ok(db.clone());
+        }
+        let mut health = sh.health.lock().unwrap_or_else(|e| e.into_inner());
+        let cause = health.failing.clone().unwrap_or_default();
+        let refused = || StoreError::Unavailable(format!("storage failing: {cause}"));
+        if health
+            .last_attempt
+            .is_some_and(|t| t.elapsed() < REOPEN_EVERY)
+        {
+            return Err(refused());
+        }
+        health.last_attempt = Some(Instant::now());
+        let mut slot = sh.db.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(db) = slot.as_ref() {
+            return Ok(db.clone());
+        }
+        match Database::builder()
+            .set_cache_size(sh.cache_bytes)
+            .create(&sh.path)
+        {
+            Ok(db) => {
+                log::info!("data file {} opened again", sh.path.display());
+                let db = Arc::new(db);
+                *slot = Some(db.clone());
+                Ok(db)
+            }
+            // The old database is still held by a request under way, or the disk
+            // still fails: the next attempt comes soon.
+            Err(redb::DatabaseError::DatabaseAlreadyOpen)
+            | Err(redb::DatabaseError::Storage(redb::StorageError::Io(_))) => Err(refused()),
+            Err(e) => {
+                let why = format!(
+                    "the data file {} cannot be opened again after \"{cause}\": {e}",
+                    sh.path.display()
+                );
+                log::error!("{why}; exiting so that the service manager restarts the server");
+                log::logger().flush();
+                eprintln!("chat-server: {why}");
+                std::process::exit(1);
+            }
+        }
+    }
+
+    /// `r`, with an I/O error (or redb's "an earlier I/O error") starting or going on
+    /// with a failure (see [`Shared`]), and a success of a commit while failing
+    /// ending it.
+    fn io<T, E: Into<redb::Error>>(&self, r: Result<T, E>, ctx: &str) -> Result<T, StoreError> {
+        let sh = &*self.shared;
+        match r {
+            Ok(v) => {
+                if ctx.starts_with("commit") {
+                    let mut health = sh.health.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(cause) = health.failing.take() {
+                        log::warn!(
+                            "data file {}: writes succeed again (after \"{cause}\")",
+                            sh.path.display()
+                        );
+                    }
+                }
+                Ok(v)
+            }
+            Err(e) => {
+                let e: redb::Error = e.into();
+                if matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo) {
+                    let mut health = sh.health.lock().unwrap_or_else(|e| e.into_inner());
+                    if health.failing.is_none() {
+                        let cause = match &e {
+                            redb::Error::Io(io) => io.to_string(),
+                            other => other.to_string(),
+                        };
+                        log::error!(
+                            "data file {}: {ctx}: {cause}; storage requests are refused until \
+                             it can be written again",
+                            sh.path.display()
+                        );
+                        health.failing = Some(cause);
+                        health.last_attempt = None;
+                    }
+                    // Dropped here; closed once the requests under way let it go.
+                    sh.db.write().unwrap_or_else(|e| e.into_inner()).take();
+                }
+                Err(StoreError::new(ctx, e))
+            }
+        }
+    }
+}
+
+/// Creates the tables if missing (a new file).
+fn create_tables(db: &Database) -> Result<(), StoreError> {
+    let tx = tryx!(db.begin_write(), "begin write");
+    {
+        tryx!(tx.open_table(USERS), "open users");
+        tryx!(tx.open_table(OFFLINE), "open offline");
+        tryx!(tx.open_table(META), "open meta");
+        tryx!(tx.open_table(IDS), "open offline_ids");
+        tryx!(tx.open_table(ID_EXP), "open offline_id_exp");
+        tryx!(tx.open_table(HISTORY), "open history");
+        tryx!(tx.open_table(HISTORY_IDS), "open history_ids");
+    }
+    tryx!(tx.commit(), "commit");
+    Ok(())
 }
 
 impl Store for EmbeddedStore {
     fn get_user(&mut self, id: i64) -> Result<Option<UserRecord>, StoreError> {
-        let tx = tryx!(self.db.begin_read(), "begin read");
+        let db = self.db()?;
+        let tx = self.io(db.begin_read(), "begin read")?;
         let t = tryx!(tx.open_table(USERS), "open users");
         match tryx!(t.get(id), "read user") {
             Some(v) => UserRecord::from_json(v.value())
@@ -143,7 +274,8 @@ impl Store for EmbeddedStore {
     }
 
     fn create_user(&mut self, rec: &UserRecord) -> Result<bool, StoreError> {
-        let tx = tryx!(self.db.begin_write(), "begin write");
+        let db = self.db()?;
+        let tx = self.io(db.begin_write(), "begin write")?;
         {
             let mut t = tryx!(tx.open_table(USERS), "open users");
             if let Some(old) = tryx!(t.get(rec.id), "read user") {
@@ -155,17 +287,18 @@ impl Store for EmbeddedStore {
             }
             tryx!(t.insert(rec.id, rec.to_json().as_str()), "write user");
         }
-        tryx!(tx.commit(), "commit user");
+        self.io(tx.commit(), "commit user")?;
         Ok(true)
     }
 
     fn update_user(&mut self, rec: &UserRecord) -> Result<(), StoreError> {
-        let tx = tryx!(self.db.begin_write(), "begin write");
+        let db = self.db()?;
+        let tx = self.io(db.begin_write(), "begin write")?;
         {
             let mut t = tryx!(tx.open_table(USERS), "open users");
             tryx!(t.insert(rec.id, rec.to_json().as_str()), "write user");
         }
-        tryx!(tx.commit(), "commit user");
+        self.io(tx.commit(), "commit user")?;
         Ok(())
     }
 
@@ -178,7 +311,8 @@ impl Store for EmbeddedStore {
         let json = serde_json::to_string(msg).map_err(|e| StoreError::new("encode", e))?;
         let tagged = id.tagged();
         let now = now_ms();
-        let tx = tryx!(self.db.begin_write(), "begin write");
+        let db = self.db()?;
+        let tx = self.io(db.begin_write(), "begin write")?;
         let seq;
         {
             let mut ids = tryx!(tx.open_table(IDS), "open offline_ids");
@@ -227,12 +361,13 @@ impl Store for EmbeddedStore {
         if history > 0 {
             append_in(&tx, std::slice::from_ref(&msg.history_entry()), history)?;
         }
-        tryx!(tx.commit(), "commit message");
+        self.io(tx.commit(), "commit message")?;
         Ok(Some(seq))
     }
 
     fn fetch_offline(&mut self, user: i64, max: usize) -> Result<Vec<StoredMsg>, StoreError> {
-        let tx = tryx!(self.db.begin_read(), "begin read");
+        let db = self.db()?;
+        let tx = self.io(db.begin_read(), "begin read")?;
         let t = tryx!(tx.open_table(OFFLINE), "open offline");
         let mut out = Vec::new();
         for item in tryx!(t.range((user, 0)..=(user, u64::MAX)), "range").take(max) {
@@ -248,7 +383,8 @@ impl Store for EmbeddedStore {
     }
 
     fn ack_offline(&mut self, user: i64, upto: u64) -> Result<(), StoreError> {
-        let tx = tryx!(self.db.begin_write(), "begin write");
+        let db = self.db()?;
+        let tx = self.io(db.begin_write(), "begin write")?;
         {
             let mut t = tryx!(tx.open_table(OFFLINE), "open offline");
             tryx!(
@@ -256,7 +392,7 @@ impl Store for EmbeddedStore {
                 "remove messages"
             );
         }
-        tryx!(tx.commit(), "commit ack");
+        self.io(tx.commit(), "commit ack")?;
         Ok(())
     }
 
@@ -264,9 +400,10 @@ impl Store for EmbeddedStore {
         if entries.is_empty() {
             return Ok(());
         }
-        let tx = tryx!(self.db.begin_write(), "begin write");
+        let db = self.db()?;
+        let tx = self.io(db.begin_write(), "begin write")?;
         append_in(&tx, entries, keep)?;
-        tryx!(tx.commit(), "commit history");
+        self.io(tx.commit(), "commit history")?;
         Ok(())
     }
 
@@ -276,7 +413,8 @@ impl Store for EmbeddedStore {
         before: u64,
         limit: usize,
     ) -> Result<(Vec<HistoryEntry>, bool), StoreError> {
-        let tx = tryx!(self.db.begin_read(), "begin read");
+        let db = self.db()?;
+        let tx = self.io(db.begin_read(), "begin read")?;
         let t = tryx!(tx.open_table(HISTORY), "open history");
         let (a, b) = conv.key();
         let below = if before == 0 { u64::MAX } else { before };
@@ -299,7 +437,8 @@ impl Store for EmbeddedStore {
         Ok((out, more))
     }
     fn list_users(&mut self) -> Result<Vec<UserRecord>, StoreError> {
-        let tx = tryx!(self.db.begin_read(), "begin read");
+        let db = self.db()?;
+        let tx = self.io(db.begin_read(), "begin read")?;
         let t = tryx!(tx.open_table(USERS), "open users");
         let mut out = Vec::new();
         for item in tryx!(t.iter(), "list users") {
@@ -310,7 +449,8 @@ impl Store for EmbeddedStore {
     }
 
     fn remove_user(&mut self, id: i64) -> Result<bool, StoreError> {
-        let tx = tryx!(self.db.begin_write(), "begin write");
+        let db = self.db()?;
+        let tx = self.io(db.begin_write(), "begin write")?;
         let existed;
         {
             let mut users = tryx!(tx.open_table(USERS), "open users");
@@ -351,7 +491,7 @@ impl Store for EmbeddedStore {
                 );
             }
         }
-        tryx!(tx.commit(), "commit removal");
+        self.io(tx.commit(), "commit removal")?;
         Ok(existed)
     }
 
@@ -361,7 +501,8 @@ impl Store for EmbeddedStore {
         change: &mut dyn FnMut(&mut UserRecord),
     ) -> Result<Option<UserRecord>, StoreError> {
         // Read and written in one write transaction: redb serialises writers.
-        let tx = tryx!(self.db.begin_write(), "begin write");
+        let db = self.db()?;
+        let tx = self.io(db.begin_write(), "begin write")?;
         let rec;
         {
             let mut t = tryx!(tx.open_table(USERS), "open users");
@@ -377,7 +518,7 @@ impl Store for EmbeddedStore {
             tryx!(t.insert(id, r.to_json().as_str()), "write user");
             rec = r;
         }
-        tryx!(tx.commit(), "commit user");
+        self.io(tx.commit(), "commit user")?;
         Ok(Some(rec))
     }
 
@@ -387,8 +528,9 @@ impl Store for EmbeddedStore {
     /// after a crash at that instant, which redb recovers from by design. Writers
     /// (registrations, stored messages) wait for the copy; readers do not.
     fn backup(&mut self, to: &Path) -> Result<u64, StoreError> {
-        let from = self.path.as_path().to_owned();
-        let tx = tryx!(self.db.begin_write(), "begin write");
+        let from = self.shared.path.clone();
+        let db = self.db()?;
+        let tx = self.io(db.begin_write(), "begin write")?;
         let copied = copy_new(&from, to);
         // Nothing was written in it.
         tryx!(tx.abort(), "end backup");
@@ -401,7 +543,11 @@ impl Store for EmbeddedStore {
         };
         let mut check = Database::open(to).map_err(|e| bad(&e))?;
         match check.check_integrity() {
-            Ok(true) => Ok(n),
+            Ok(true) => {
+                drop(check);
+                // The size of the file written, as checked (what the operator keeps).
+                Ok(std::fs::metadata(to).map_or(n, |m| m.len()))
+            }
             Ok(false) => Err(bad(&"it needed repairs")),
             Err(e) => Err(bad(&e)),
         }
