@@ -373,6 +373,9 @@ fn redis_store(url: &str, timeout_ms: u64) -> Result<StoreFactory, StartError> {
         io: timeout,
         ..RedisTimeouts::default()
     };
+    // Refused credentials stop the start: nothing would work.
+    chat::cluster::redis::check_credentials(&chat::redact::SecretUrl::new(url), timeout)
+        .map_err(|why| StartError::Start(io::Error::other(why)))?;
     let mut probe = RedisStore::new(url, t)?;
     // Redis being down at startup is not fatal: the workers keep trying, and requests
     // that need storage get a clear error meanwhile.

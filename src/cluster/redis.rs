@@ -130,9 +130,13 @@ pub struct ClusterLink {
 impl ClusterLink {
     /// Starts the publisher and the subscriber. They connect (and reconnect) on their
     /// own; until then the hub hears `Link(false)`.
+    ///
+    /// Before that, if Redis answers, it checks that this node may join (see
+    /// [`check_start`]): an error says why not, in a sentence without the password.
     pub fn start(cfg: ClusterConfig, sink: InputSink) -> std::io::Result<ClusterLink> {
         let client = redis::Client::open(cfg.url.expose())
             .map_err(|e| std::io::Error::other(crate::redact::text(&e.to_string())))?;
+        check_start(&client, &cfg).map_err(std::io::Error::other)?;
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let local = Shared::default();
@@ -500,6 +504,131 @@ impl Publisher {
             (self.sink)(Input::LiveNodes(nodes));
         }
         Ok(())
+    }
+}
+
+/// How often a starting node looks at the heartbeat of a node with its id.
+const DUPLICATE_POLL: Duration = Duration::from_millis(100);
+
+/// Whether Redis refused this server's credentials: a wrong password (or user), or a
+/// password required and not given.
+fn refused_credentials(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("NOAUTH" | "WRONGPASS"))
+}
+
+/// Why Redis at `url` would not have this server, in a sentence without the password.
+fn refused_sentence(url: &crate::redact::SecretUrl, e: &redis::RedisError) -> String {
+    format!(
+        "Redis at {url} refused this server's credentials ({}): give the right password in --redis (redis://:PASSWORD@HOST:PORT/DB, or redis://USER:PASSWORD@... with ACL users)",
+        crate::redact::text(&e.to_string())
+    )
+}
+
+/// Whether Redis at `url` accepts the credentials in it (checked with a `PING`):
+/// an error, in a sentence without the password, only if Redis answered and refused
+/// them; Redis unreachable is no error here.
+pub fn check_credentials(url: &crate::redact::SecretUrl, timeout: Duration) -> Result<(), String> {
+    let Ok(client) = redis::Client::open(url.expose()) else {
+        // An unreadable URL: said by whoever parses it next.
+        return Ok(());
+    };
+    let ping = client
+        .get_connection_with_timeout(timeout)
+        .and_then(|mut c| {
+            c.set_read_timeout(Some(timeout))?;
+            redis::cmd("PING").query::<String>(&mut c)
+        });
+    match ping {
+        Err(e) if refused_credentials(&e) => Err(refused_sentence(url, &e)),
+        _ => Ok(()),
+    }
+}
+
+/// Checks that this node may join the cluster on `client`'s Redis, before anything
+/// starts:
+///
+/// - Redis accepts its credentials. A wrong or missing password is an error (the
+///   node would serve its users alone and none of their data).
+/// - No live node has its id. A node with the same id that beat within the node
+///   timeout is watched until the timeout has passed since its last beat: if it beats
+///   again, it is alive and this one must not join (two nodes of one name would each
+///   take the other's events for their own); if not, it is a dead run of this node
+///   (restarted at once after a crash) and this one takes its place.
+///
+/// Redis unreachable is no error: the node starts and connects when Redis is back.
+fn check_start(client: &redis::Client, cfg: &ClusterConfig) -> Result<(), String> {
+    let refused = |e: &redis::RedisError| refused_sentence(&cfg.url, e);
+    let mut conn = match client.get_connection_with_timeout(cfg.io_timeout) {
+        Ok(c) => c,
+        Err(e) if refused_credentials(&e) => return Err(refused(&e)),
+        Err(e) => {
+            log::warn!(
+                "cluster: Redis at {} unreachable at start ({}): starting anyway",
+                cfg.url,
+                crate::redact::text(&e.to_string())
+            );
+            return Ok(());
+        }
+    };
+    let _ = conn.set_read_timeout(Some(cfg.io_timeout));
+    let _ = conn.set_write_timeout(Some(cfg.io_timeout));
+    let timeout_ms = cfg.node_timeout.as_millis() as u64;
+    let look = |conn: &mut redis::Connection| -> redis::RedisResult<(Option<u64>, u64)> {
+        let (score, (secs, micros)): (Option<f64>, (u64, u64)) = redis::pipe()
+            .cmd("ZSCORE")
+            .arg(NODES)
+            .arg(&cfg.node)
+            .cmd("TIME")
+            .query(conn)?;
+        Ok((score.map(|s| s as u64), secs * 1000 + micros / 1000))
+    };
+    let checked = (|| -> redis::RedisResult<Result<(), String>> {
+        // A command alone first: a password required and not given shows here.
+        redis::cmd("PING").query::<String>(&mut conn)?;
+        let (first, now) = look(&mut conn)?;
+        let Some(first) = first else {
+            return Ok(Ok(()));
+        };
+        let age = now.saturating_sub(first);
+        if age >= timeout_ms {
+            return Ok(Ok(()));
+        }
+        log::info!(
+            "cluster: a node with id {} beat {age} ms ago: waiting up to {} ms to see whether it is alive",
+            cfg.node,
+            timeout_ms - age
+        );
+        loop {
+            std::thread::sleep(DUPLICATE_POLL);
+            let (score, now) = look(&mut conn)?;
+            match score {
+                // Stopped cleanly meanwhile, or found dead by another node.
+                None => return Ok(Ok(())),
+                Some(s) if s != first => {
+                    return Ok(Err(format!(
+                        "another node with --node-id {} is alive on Redis at {} (it beat {} ms ago): give each node its own --node-id, or stop the other one first",
+                        cfg.node,
+                        cfg.url,
+                        now.saturating_sub(s)
+                    )));
+                }
+                Some(_) if now.saturating_sub(first) >= timeout_ms => return Ok(Ok(())),
+                Some(_) => {}
+            }
+        }
+    })();
+    match checked {
+        Ok(r) => r,
+        Err(e) if refused_credentials(&e) => Err(refused(&e)),
+        Err(e) => {
+            log::warn!(
+                "cluster: Redis at {} did not answer at start ({}): starting anyway",
+                cfg.url,
+                crate::redact::text(&e.to_string())
+            );
+            Ok(())
+        }
     }
 }
 
