@@ -78,7 +78,8 @@ struct Args {
     store_cache_mib: u32,
 
     /// Keep users and offline messages in Redis instead of the data directory, e.g.
-    /// redis://127.0.0.1:6379/0 (the seed's schema: hash `users`).
+    /// redis://127.0.0.1:6379/0 (the seed's schema: hash `users`);
+    /// redis://:PASSWORD@HOST:PORT/DB with a password, rediss://... over TLS.
     #[arg(long, value_name = "URL", global = true)]
     redis: Option<String>,
 
