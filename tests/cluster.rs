@@ -284,3 +284,41 @@ fn a_replaced_session_stays_gone_after_reconnects_and_a_redis_restart() {
         [vec![5], vec![9], vec![7]]
     );
 }
+
+#[test]
+fn a_node_writes_back_presence_redis_lost_and_a_dead_node_s_presence_expires() {
+    let r = RedisProc::start(false);
+    let (a, _da) = r.node(&["--node-id", "a"]);
+    let _one = online(&a, 1);
+    wait_until("a's presence", || presence(&r, "a") == [1]);
+    // Redis loses the cluster's keys without restarting: at its next beat a finds
+    // itself missing and writes its presence again.
+    let _: () = redis::cmd("DEL")
+        .arg("nodes")
+        .arg("presence:a")
+        .query(&mut r.client())
+        .unwrap();
+    wait_until("a's presence written again", || presence(&r, "a") == [1]);
+    // Its life is one node timeout, renewed by each beat.
+    let ttl = || -> i64 {
+        redis::cmd("PTTL")
+            .arg("presence:a")
+            .query(&mut r.client())
+            .unwrap()
+    };
+    let mut last = ttl();
+    assert!(0 < last && last <= 2_000, "{last}");
+    wait_until("a's presence renewed", || {
+        let now = ttl();
+        let renewed = now > last;
+        last = now;
+        renewed
+    });
+    // a is killed and no node is left to clear up after it: its presence expires with
+    // its node timeout all the same, and a node started later lists nobody.
+    a.kill_hard();
+    wait_until("a's presence expired", || presence(&r, "a").is_empty());
+    let (b, _db) = r.node(&["--node-id", "b"]);
+    let mut two = online(&b, 2);
+    assert_eq!(online_ids(&mut two), [2]);
+}
