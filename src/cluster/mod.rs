@@ -214,6 +214,44 @@ mod tests {
     use super::*;
 
     #[test]
+    fn local_presence_holds_live_sessions_only() {
+        let online = |user: i64, session: u64| Event::Online {
+            node: "a".into(),
+            user,
+            name: format!("u{user}"),
+            session,
+        };
+        let offline = |user: i64, session: u64| Event::Offline {
+            node: "a".into(),
+            user,
+            session,
+        };
+        let mut p = LocalPresence::default();
+        for ev in [online(2, 1), online(1, 2), online(2, 3), offline(2, 1)] {
+            p.track(&ev);
+        }
+        // The end of an older session leaves the newer one.
+        assert!(p.contains(2));
+        assert_eq!(
+            p.announcements("a"),
+            [online(1, 2), online(2, 3)],
+            "in order of user"
+        );
+        p.track(&offline(2, 3));
+        p.track(&Event::Reset { node: "a".into() });
+        assert!(!p.contains(2));
+        assert_eq!(
+            p.entries("a"),
+            [PresenceEntry {
+                node: "a".into(),
+                user: 1,
+                name: "u1".into(),
+                session: 2,
+            }]
+        );
+    }
+
+    #[test]
     fn events_round_trip_as_json() {
         let evs = [
             Event::Online {

@@ -169,7 +169,9 @@ impl ClusterLink {
     /// This node's presence follows it all the same: a dropped event makes the
     /// publisher rewrite the presence hash whole as soon as it can.
     pub fn publish(&self, ev: Event) {
-        self.local.lock().track(&ev);
+        if matches!(ev, Event::Online { .. } | Event::Offline { .. }) {
+            self.local.lock().track(&ev);
+        }
         if let Some(tx) = &self.tx
             && let Err(TrySendError::Full(_)) = tx.try_send(Cmd::Publish(ev))
         {
