@@ -168,3 +168,157 @@ fn a_node_that_lost_redis_resynchronises_when_it_is_back() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
+
+/// The users in `presence:<node>`, in order.
+fn presence(r: &RedisProc, node: &str) -> Vec<i64> {
+    let mut ids: Vec<i64> = redis::cmd("HKEYS")
+        .arg(format!("presence:{node}"))
+        .query(&mut r.client())
+        .unwrap();
+    ids.sort();
+    ids
+}
+
+/// Polls `done` until it holds, failing the test after [`WAIT`].
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// `from` sends a group message; each of `to` receives it, with no 409 before it.
+/// Every event its node published before it has then been handled by theirs.
+fn mark(from: &mut SeedClient, to: &mut [&mut SeedClient], text: &str) {
+    from.send("SmsMes", json!({ "content": text }));
+    for c in to.iter_mut() {
+        let (g, before) = c.recv_until("SmsMes");
+        assert_eq!(g.data["content"], text);
+        assert!(
+            !before.iter().any(|g| g.kind == "ErrorResMes"),
+            "{before:?}"
+        );
+    }
+}
+
+#[test]
+fn a_replaced_session_stays_gone_after_reconnects_and_a_redis_restart() {
+    let mut r = RedisProc::start(false);
+    let (a, _da) = r.node(&["--node-id", "a"]);
+    let (b, _db) = r.node(&["--node-id", "b"]);
+    let mut five = online(&a, 5);
+    let mut watcher = online(&b, 9);
+    let mut first = online(&a, 1);
+    watcher.wait_notice(1, 0);
+    // 1 logs in on b: its session on a is replaced, and leaves a's presence.
+    let mut second = b.connect();
+    assert_eq!(second.login(1, "pw1").data["code"], 200);
+    let closed = first.expect_closed();
+    assert!(
+        closed
+            .iter()
+            .any(|g| g.kind == "ErrorResMes" && g.data["code"] == 409),
+        "{closed:?}"
+    );
+    wait_until("a's presence without 1", || presence(&r, "a") == [5]);
+    // Both nodes lose their connections to Redis and reconnect: each rewrites its
+    // presence (cleared here to see it done) and announces its users again.
+    let mut admin = r.client();
+    let _: () = redis::cmd("DEL")
+        .arg("presence:a")
+        .arg("presence:b")
+        .query(&mut admin)
+        .unwrap();
+    for kind in ["pubsub", "normal"] {
+        let _: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg(kind)
+            .query(&mut admin)
+            .unwrap();
+    }
+    wait_until("both presences rewritten", || {
+        presence(&r, "a").contains(&5) && presence(&r, "b").contains(&9)
+    });
+    assert_eq!(presence(&r, "a"), [5]);
+    mark(
+        &mut five,
+        &mut [&mut watcher, &mut second],
+        "after reconnect",
+    );
+    second.expect_nothing_pending();
+    assert_eq!(presence(&r, "b"), [1, 9]);
+    wait_until("lists agree", || {
+        online_ids(&mut five) == [1, 5, 9] && online_ids(&mut watcher) == [1, 5, 9]
+    });
+    // 1 logs in on a again, replacing b's session; then Redis restarts empty.
+    let mut third = a.connect();
+    assert_eq!(third.login(1, "pw1").data["code"], 200);
+    second.expect_closed();
+    wait_until("b's presence without 1", || presence(&r, "b") == [9]);
+    r.restart();
+    wait_until("both presences rewritten after the restart", || {
+        presence(&r, "a").contains(&5) && presence(&r, "b").contains(&9)
+    });
+    assert_eq!(presence(&r, "b"), [9]);
+    mark(&mut watcher, &mut [&mut five, &mut third], "after restart");
+    third.expect_nothing_pending();
+    assert_eq!(presence(&r, "a"), [1, 5]);
+    wait_until("lists agree after the restart", || {
+        online_ids(&mut five) == [1, 5, 9] && online_ids(&mut watcher) == [1, 5, 9]
+    });
+    // A node started afterwards lists exactly who is logged in.
+    let (c, _dc) = r.node(&["--node-id", "c"]);
+    let mut seven = online(&c, 7);
+    wait_until("c's list", || online_ids(&mut seven) == [1, 5, 7, 9]);
+    // 1 logs out: offline everywhere.
+    third.send("LogoutMes", json!({}));
+    watcher.wait_notice(1, 1);
+    seven.wait_notice(1, 1);
+    for c in [&mut five, &mut watcher, &mut seven] {
+        assert_eq!(online_ids(c), [5, 7, 9]);
+    }
+    assert_eq!(
+        [presence(&r, "a"), presence(&r, "b"), presence(&r, "c")],
+        [vec![5], vec![9], vec![7]]
+    );
+}
+
+#[test]
+fn a_node_writes_back_presence_redis_lost_and_a_dead_node_s_presence_expires() {
+    let r = RedisProc::start(false);
+    let (a, _da) = r.node(&["--node-id", "a"]);
+    let _one = online(&a, 1);
+    wait_until("a's presence", || presence(&r, "a") == [1]);
+    // Redis loses the cluster's keys without restarting: at its next beat a finds
+    // itself missing and writes its presence again.
+    let _: () = redis::cmd("DEL")
+        .arg("nodes")
+        .arg("presence:a")
+        .query(&mut r.client())
+        .unwrap();
+    wait_until("a's presence written again", || presence(&r, "a") == [1]);
+    // Its life is one node timeout, renewed by each beat.
+    let ttl = || -> i64 {
+        redis::cmd("PTTL")
+            .arg("presence:a")
+            .query(&mut r.client())
+            .unwrap()
+    };
+    let mut last = ttl();
+    assert!(0 < last && last <= 2_000, "{last}");
+    wait_until("a's presence renewed", || {
+        let now = ttl();
+        let renewed = now > last;
+        last = now;
+        renewed
+    });
+    // a is killed and no node is left to clear up after it: its presence expires with
+    // its node timeout all the same, and a node started later lists nobody.
+    a.kill_hard();
+    wait_until("a's presence expired", || presence(&r, "a").is_empty());
+    let (b, _db) = r.node(&["--node-id", "b"]);
+    let mut two = online(&b, 2);
+    assert_eq!(online_ids(&mut two), [2]);
+}

@@ -78,7 +78,8 @@ struct Args {
     store_cache_mib: u32,
 
     /// Keep users and offline messages in Redis instead of the data directory, e.g.
-    /// redis://127.0.0.1:6379/0 (the seed's schema: hash `users`).
+    /// redis://127.0.0.1:6379/0 (the seed's schema: hash `users`);
+    /// redis://:PASSWORD@HOST:PORT/DB with a password, rediss://... over TLS.
     #[arg(long, value_name = "URL", global = true)]
     redis: Option<String>,
 
@@ -396,6 +397,9 @@ fn redis_store(url: &str, timeout_ms: u64) -> Result<StoreFactory, StartError> {
         io: timeout,
         ..RedisTimeouts::default()
     };
+    // Refused credentials stop the start: nothing would work.
+    chat::cluster::redis::check_credentials(&chat::redact::SecretUrl::new(url), timeout)
+        .map_err(|why| StartError::Start(io::Error::other(why)))?;
     let mut probe = RedisStore::new(url, t)?;
     // Redis being down at startup is not fatal: the workers keep trying, and requests
     // that need storage get a clear error meanwhile.

@@ -126,6 +126,74 @@ pub struct PresenceEntry {
     pub session: u64,
 }
 
+/// A node's own users as its presence hash should hold them: kept from the events the
+/// node publishes, in the order it publishes them, and written whole to Redis on each
+/// resync. Only sessions that are live here are in it: a session ends with
+/// [`Event::Offline`], whether its user logged out or was replaced by a login on
+/// another node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LocalPresence {
+    users: std::collections::HashMap<i64, (String, u64)>,
+}
+
+impl LocalPresence {
+    /// Takes in one event this node publishes.
+    pub fn track(&mut self, ev: &Event) {
+        match ev {
+            Event::Online {
+                user,
+                name,
+                session,
+                ..
+            } => {
+                self.users.insert(*user, (name.clone(), *session));
+            }
+            Event::Offline { user, session, .. }
+                if self.users.get(user).is_some_and(|(_, s)| s == session) =>
+            {
+                self.users.remove(user);
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether `user` has a session here.
+    pub fn contains(&self, user: i64) -> bool {
+        self.users.contains_key(&user)
+    }
+
+    /// Every user with a session here, as the entries of `node`'s presence, in order
+    /// of user id.
+    pub fn entries(&self, node: &str) -> Vec<PresenceEntry> {
+        let mut v: Vec<PresenceEntry> = self
+            .users
+            .iter()
+            .map(|(user, (name, session))| PresenceEntry {
+                node: node.to_string(),
+                user: *user,
+                name: name.clone(),
+                session: *session,
+            })
+            .collect();
+        v.sort_by_key(|e| e.user);
+        v
+    }
+
+    /// The [`Event::Online`] a resync publishes again for each of them (for the nodes
+    /// that read their snapshot before this node's presence was rewritten).
+    pub fn announcements(&self, node: &str) -> Vec<Event> {
+        self.entries(node)
+            .into_iter()
+            .map(|e| Event::Online {
+                node: e.node,
+                user: e.user,
+                name: e.name,
+                session: e.session,
+            })
+            .collect()
+    }
+}
+
 /// What the cluster link hands the hub.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
@@ -144,6 +212,44 @@ pub enum Input {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_presence_holds_live_sessions_only() {
+        let online = |user: i64, session: u64| Event::Online {
+            node: "a".into(),
+            user,
+            name: format!("u{user}"),
+            session,
+        };
+        let offline = |user: i64, session: u64| Event::Offline {
+            node: "a".into(),
+            user,
+            session,
+        };
+        let mut p = LocalPresence::default();
+        for ev in [online(2, 1), online(1, 2), online(2, 3), offline(2, 1)] {
+            p.track(&ev);
+        }
+        // The end of an older session leaves the newer one.
+        assert!(p.contains(2));
+        assert_eq!(
+            p.announcements("a"),
+            [online(1, 2), online(2, 3)],
+            "in order of user"
+        );
+        p.track(&offline(2, 3));
+        p.track(&Event::Reset { node: "a".into() });
+        assert!(!p.contains(2));
+        assert_eq!(
+            p.entries("a"),
+            [PresenceEntry {
+                node: "a".into(),
+                user: 1,
+                name: "u1".into(),
+                session: 2,
+            }]
+        );
+    }
 
     #[test]
     fn events_round_trip_as_json() {

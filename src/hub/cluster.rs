@@ -324,10 +324,18 @@ impl Cluster {
                     }
                     return None;
                 }
-                match self.sessions.get(&user) {
-                    Some((_, true)) => {
-                        // A login elsewhere, ordered after ours: it wins.
+                match self.sessions.get(&user).copied() {
+                    Some((mine, true)) => {
+                        // A login elsewhere, ordered after ours: it wins. Our session
+                        // ends (and leaves this node's presence in Redis) without
+                        // anyone seeing the user go offline: the others already list
+                        // the newer session, which this offline does not match.
                         self.sessions.remove(&user);
+                        self.publish(Event::Offline {
+                            node: self.node.to_string(),
+                            user,
+                            session: mine,
+                        });
                         self.remote_version += 1;
                         self.remote.insert(
                             user,

@@ -2,7 +2,7 @@
 //! that orders every node's events into one sequence and hands each to every node,
 //! the publisher included, as Redis does. No sockets, threads or sleeps.
 
-use crate::cluster::{Event, Input, PresenceEntry};
+use crate::cluster::{Event, Input, LocalPresence, PresenceEntry};
 use crate::hub::testkit::{Harness, login_msg};
 use crate::proto::{ClientMessage, ServerMessage, SmsMes, SmsPrivateMes};
 use crate::types::ConnRef;
@@ -12,6 +12,8 @@ struct Net {
     nodes: Vec<Harness>,
     /// Every event published, in the order "Redis" gave them.
     log: Vec<Event>,
+    /// Each node's presence hash, kept from what it publishes as its link keeps it.
+    presence: Vec<LocalPresence>,
 }
 
 impl Net {
@@ -29,17 +31,61 @@ impl Net {
             h.cluster(Input::Link(true));
         }
         Net {
+            presence: vec![LocalPresence::default(); nodes.len()],
             nodes,
             log: Vec::new(),
         }
+    }
+
+    /// Everyone in every node's presence hash, as a node reads it after subscribing.
+    fn snapshot(&self) -> Vec<PresenceEntry> {
+        let mut all = Vec::new();
+        for (i, p) in self.presence.iter().enumerate() {
+            all.extend(p.entries(&name(i)));
+        }
+        all
+    }
+
+    /// Node `i` lost Redis and is back: it rewrites its presence hash, announces its
+    /// users again, and reads everyone's.
+    fn reconnect(&mut self, i: usize) {
+        self.nodes[i].cluster(Input::Link(false));
+        self.nodes[i].cluster(Input::Link(true));
+        for ev in self.presence[i].announcements(&name(i)) {
+            self.log.push(ev.clone());
+            for h in &mut self.nodes {
+                h.cluster(Input::Event(ev.clone()));
+            }
+        }
+        self.deliver();
+        let snap = self.snapshot();
+        self.nodes[i].cluster(Input::Snapshot(snap));
+        self.deliver();
+    }
+
+    /// A node started after the others: it reads everyone's presence.
+    fn start_node(&mut self) -> usize {
+        let mut h = Harness::new(crate::hub::testkit::test_config());
+        h.store = self.nodes[0].store.clone();
+        let i = self.nodes.len();
+        h.hub.enable_cluster(&name(i), 5_000);
+        h.cluster(Input::Link(true));
+        h.cluster(Input::Snapshot(self.snapshot()));
+        self.nodes.push(h);
+        self.presence.push(LocalPresence::default());
+        i
     }
 
     /// Delivers what was published, node by node in turn, until nothing is left.
     fn deliver(&mut self) {
         loop {
             let mut batch = Vec::new();
-            for h in &mut self.nodes {
-                batch.extend(h.take_published());
+            for (h, p) in self.nodes.iter_mut().zip(&mut self.presence) {
+                let evs = h.take_published();
+                for ev in &evs {
+                    p.track(ev);
+                }
+                batch.extend(evs);
             }
             if batch.is_empty() {
                 return;
@@ -402,4 +448,55 @@ fn a_login_replacing_another_nodes_session_is_told_only_what_came_after_it() {
         "nothing its login reply already told it"
     );
     assert_eq!(net.recv(0, watcher), [notify(3, 0), notify(3, 1)]);
+}
+
+#[test]
+fn a_session_replaced_on_another_node_is_not_brought_back_by_a_resync() {
+    let mut net = Net::new(3);
+    registered(&mut net, &[1, 9]);
+    let watcher = net.login(2, 9);
+    let old = net.login(0, 1);
+    let new = net.login(1, 1);
+    let got = net.recv(0, old);
+    assert!(
+        matches!(got.last(), Some(ServerMessage::Error(e)) if e.code == 409),
+        "{got:?}"
+    );
+    assert!(net.nodes[0].is_closed(old));
+    // The replaced session left a's presence, without anyone seeing 1 go offline.
+    assert_eq!(net.presence[0].entries("a"), []);
+    assert_eq!(net.recv(2, watcher), [notify(1, 0)]);
+    // a reconnects to Redis (and then every node does, as after a Redis restart): the
+    // live session of 1 on b stays, and every node lists exactly who is logged in.
+    for i in [0, 0, 1, 2] {
+        net.reconnect(i);
+        let got = net.recv(1, new);
+        assert!(
+            !got.iter()
+                .any(|m| matches!(m, ServerMessage::Error(e) if e.code == 409)),
+            "{got:?}"
+        );
+        assert!(!net.nodes[1].is_closed(new));
+        for h in &net.nodes {
+            assert_eq!(h.hub.all_ids(), [1, 9]);
+        }
+        // The watcher's own node losing Redis shows it the others leave and come
+        // back; another node's resync shows it nothing.
+        let seen = net.recv(2, watcher);
+        if i != 2 {
+            assert_eq!(seen, [], "after node {i} reconnected");
+        }
+    }
+    // So does a node started afterwards.
+    let late = net.start_node();
+    assert_eq!(net.nodes[late].hub.all_ids(), [1, 9]);
+    // When the live session ends, 1 is offline everywhere, and for nodes to come.
+    net.nodes[1].hangup(new);
+    net.deliver();
+    assert_eq!(net.recv(2, watcher), [notify(1, 1)]);
+    for h in &net.nodes {
+        assert_eq!(h.hub.all_ids(), [9]);
+    }
+    let later = net.start_node();
+    assert_eq!(net.nodes[later].hub.all_ids(), [9]);
 }

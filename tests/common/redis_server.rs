@@ -21,6 +21,12 @@ impl RedisProc {
     /// Starts one; `persist` turns on an fsync-always append-only file so that data
     /// survives a restart of this Redis.
     pub fn start(persist: bool) -> RedisProc {
+        Self::start_with(persist, &[])
+    }
+
+    /// Like [`RedisProc::start`], with more arguments for redis-server
+    /// (`--requirepass PASSWORD`, ...).
+    pub fn start_with(persist: bool, extra: &[&str]) -> RedisProc {
         let dir = tempfile::tempdir().unwrap();
         let mut args: Vec<String> = [
             "--bind",
@@ -40,6 +46,7 @@ impl RedisProc {
         } else {
             args.extend(["--appendonly", "no"].map(String::from));
         }
+        args.extend(extra.iter().map(|s| s.to_string()));
         for _ in 0..20 {
             let port = std::net::TcpListener::bind("127.0.0.1:0")
                 .unwrap()
@@ -193,5 +200,6 @@ fn redis_ping(port: u16) -> bool {
         return false;
     }
     let mut buf = [0u8; 7];
-    s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    // With `--requirepass`, an answer that asks for the password is an answer too.
+    s.read_exact(&mut buf).is_ok() && (&buf == b"+PONG\r\n" || &buf == b"-NOAUTH")
 }
