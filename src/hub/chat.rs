@@ -15,13 +15,14 @@
 //! stored joins its conversation's history (see `hub/history.rs`).
 #![forbid(unsafe_code)]
 
+use std::collections::VecDeque;
 use std::rc::Rc;
 
 use super::cluster::Cluster;
 use super::cx::{Core, Cx, private_frame_for, sms_res_id};
 use super::history::History;
 use super::offline_delivery::OfflineDelivery;
-use crate::conn::{Pending, Session};
+use crate::conn::{AwaitingWrite, Pending, Session};
 use crate::hub::frame_fit;
 use crate::hub::roster::{Listing, Roster, Version};
 use crate::job::{JobKind, OfflineStored};
@@ -150,17 +151,19 @@ impl Chat {
             time: now.unix_ms,
         };
         if let Some(to) = cx.online().get(msg.to).map(|e| e.conn.key) {
-            let (frame, cut) = private_frame_for(cx.conn(to).max_frame(), &msg, None);
+            let (frame, cut) = private_frame_for(cx.conn(to), &msg, None);
             if cx.deliver_message(to, &frame.into()) {
-                if cut {
-                    let text = format!(
-                        "delivered cut short: the recipient's client reads at most {} bytes",
-                        cx.conn(to).max_frame()
-                    );
-                    sms_res_id(cx, key, code::PARTIAL, &text, msg_id);
-                } else {
-                    sms_res_id(cx, key, code::OK, "", msg_id);
-                }
+                // Answered once the frame is written (see `Chat::written`), or stored
+                // if the recipient goes first (see `Chat::unwritten`).
+                let sender = cx.conn_ref(key);
+                let conn = cx.conn_mut(to);
+                conn.awaiting.push_back(AwaitingWrite {
+                    end: conn.out.queued_total(),
+                    sender,
+                    msg: msg.clone(),
+                    msg_id,
+                    cut,
+                });
                 history.note_private(cx, msg);
                 return;
             }
@@ -181,11 +184,58 @@ impl Chat {
             msg_id: msg_id.clone(),
             history: cx.cfg().history,
             after_history,
+            waits: true,
         };
         if cx.submit(Some(key), job) {
             cx.conn_mut(key).pending = Some(Pending::Private { to });
         } else {
             sms_res_id(cx, key, code::UNAVAILABLE, "server busy, try again", msg_id);
+        }
+    }
+
+    /// `key` has written more of its output: the senders of the private messages now
+    /// written are answered 200 (206 if cut short).
+    pub(crate) fn written(cx: &mut Cx<'_>, key: usize) {
+        let written = cx.conn(key).out.written_total();
+        let max_frame = cx.conn(key).max_frame();
+        while cx
+            .conn(key)
+            .awaiting
+            .front()
+            .is_some_and(|a| a.end <= written)
+        {
+            let Some(a) = cx.conn_mut(key).awaiting.pop_front() else {
+                break;
+            };
+            if cx.get(a.sender).is_none_or(|c| c.is_closing()) {
+                continue;
+            }
+            if a.cut {
+                let text = format!(
+                    "delivered cut short: the recipient's client reads at most {max_frame} bytes"
+                );
+                sms_res_id(cx, a.sender.key, code::PARTIAL, &text, a.msg_id);
+            } else {
+                sms_res_id(cx, a.sender.key, code::OK, "", a.msg_id);
+            }
+        }
+    }
+
+    /// A connection went with private messages queued and not written: each is stored
+    /// for the recipient's next login, its sender answered 202 once it is (or 503/504
+    /// as for any message stored). Already in history: not noted again.
+    pub(crate) fn unwritten(cx: &mut Cx<'_>, awaiting: VecDeque<AwaitingWrite>) {
+        for a in awaiting {
+            let sender = cx.get(a.sender).filter(|c| !c.is_closing()).map(|_| a.sender.key);
+            let job = JobKind::StoreOffline {
+                msg: a.msg,
+                msg_id: a.msg_id,
+                history: 0,
+                after_history: false,
+                waits: false,
+            };
+            // Bounded by the recipient's queue, which held them all.
+            cx.submit_always(sender, job);
         }
     }
 
@@ -197,11 +247,9 @@ impl Chat {
     ) {
         // Result mapping: 504 when the store cannot tell whether it stored
         // the message; 503 only when it certainly did not. msgId echoed.
-        let OfflineStored { msg_id, result, .. } = stored;
-        let to = match cx.conn(key).pending {
-            Some(Pending::Private { to }) => to,
-            _ => 0,
-        };
+        let OfflineStored {
+            msg_id, result, to, ..
+        } = stored;
         match result {
             Ok(Some(_)) => {
                 sms_res_id(cx, key, code::STORED, "", msg_id);

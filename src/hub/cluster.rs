@@ -402,7 +402,7 @@ impl Cluster {
                 let me = self.node.to_string();
                 let delivered = match cx.online().get(msg.to).map(|e| e.conn.key) {
                     Some(to) => {
-                        let (frame, _) = private_frame_for(cx.conn(to).max_frame(), &msg, None);
+                        let (frame, _) = private_frame_for(cx.conn(to), &msg, None);
                         cx.deliver_message(to, &frame.into())
                     }
                     None => false,
@@ -540,6 +540,7 @@ fn store_instead(cx: &mut Cx<'_>, history: &mut History, p: PendingPrivate) {
         msg_id: p.msg_id,
         history: cx.cfg().history,
         after_history,
+        waits: true,
     };
     if cx.get(p.conn).is_some() {
         // The sender still waits (its `pending` is set): the store's answer ends it.

@@ -291,6 +291,13 @@ impl Hub {
             self.settle(now);
             return;
         }
+        if let Outcome::StoreOffline(s) = &res.outcome
+            && matches!(s.result, Ok(Some(_)))
+            && res.conn.is_none_or(|r| self.core.get(r).is_none())
+        {
+            // Stored with no sender left to answer: its recipient may be logging in.
+            self.offline.news(cx!(self), s.to);
+        }
         let Some(r) = res.conn else {
             if let Outcome::AckOffline { result: Err(e), .. } = &res.outcome {
                 self.cx().store_error(&format!(
@@ -333,8 +340,11 @@ impl Hub {
                 self.resume(r.key, now);
             }
             Outcome::StoreOffline(result) => {
+                let waits = result.waits;
                 Chat::private_stored(cx!(self), &mut self.offline, r.key, result);
-                self.resume(r.key, now);
+                if waits {
+                    self.resume(r.key, now);
+                }
             }
             Outcome::FetchOffline {
                 user_id,
@@ -382,6 +392,10 @@ impl Hub {
         if conn.offline.is_active() {
             let action = conn.offline.written(conn.out.written_total());
             self.offline.action(cx!(self), r.key, action);
+        }
+        if !self.core.conns[r.key].awaiting.is_empty() {
+            // Private messages written: their senders are answered.
+            Chat::written(cx!(self), r.key);
         }
         let written = match res {
             Ok(Flush::Drained) => {
@@ -664,8 +678,12 @@ impl Hub {
                 continue; // closed twice in one turn
             }
             self.core.go_offline(r.key, now);
-            let conn = self.core.conns.remove(r.key);
+            let mut conn = self.core.conns.remove(r.key);
             self.forget(&conn);
+            if !conn.awaiting.is_empty() {
+                // Private messages it never wrote: stored instead.
+                Chat::unwritten(cx!(self), std::mem::take(&mut conn.awaiting));
+            }
             self.stats.closed += 1;
             self.settle(now);
             return Some(r);

@@ -132,6 +132,8 @@ impl Sessions {
                 if let Some(n) = m.max_frame {
                     conn.set_max_frame(n);
                 }
+                // Any extension declared: not the seed's client.
+                conn.extended |= m.ack_offline || m.compact;
             }
             Err(wait_ms) => {
                 let (text, secs) = self.refuse_busy(cx, key, wait_ms, now);

@@ -271,6 +271,7 @@ mod tests {
                 msg_id: None,
                 history: 0,
                 after_history: false,
+                waits: true,
             },
         });
         pool.shutdown();
