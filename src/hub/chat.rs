@@ -152,23 +152,26 @@ impl Chat {
         };
         if let Some(to) = cx.online().get(msg.to).map(|e| e.conn.key) {
             let (frame, cut) = private_frame_for(cx.conn(to), &msg, None);
-            if cx.deliver_message(to, &frame.into()) {
-                // Answered once the frame is written (see `Chat::written`), or stored
-                // if the recipient goes first (see `Chat::unwritten`).
-                let sender = cx.conn_ref(key);
-                let conn = cx.conn_mut(to);
-                conn.awaiting.push_back(AwaitingWrite {
-                    end: conn.out.queued_total(),
-                    sender,
-                    msg: msg.clone(),
-                    msg_id,
-                    cut,
-                });
-                history.note_private(cx, msg);
-                return;
-            }
-            // The recipient's queue overflowed (it is being dropped as a slow
-            // consumer): keep the message for its next login instead of losing it.
+            // Answered once the frame is written (see `Chat::written`), or stored if
+            // the recipient goes first (see `Chat::unwritten`).
+            let end = if cx.deliver_message(to, &frame.into()) {
+                cx.conn(to).out.queued_total()
+            } else {
+                // Not queued: the recipient is closing (its queue overflowed, it is
+                // being dropped as a slow consumer). Stored as it goes, after the
+                // messages queued before it, so that they keep their order.
+                u64::MAX
+            };
+            let sender = cx.conn_ref(key);
+            cx.conn_mut(to).awaiting.push_back(AwaitingWrite {
+                end,
+                sender,
+                msg: msg.clone(),
+                msg_id,
+                cut,
+            });
+            history.note_private(cx, msg);
+            return;
         }
         // Online on another node: handed to that node, answered when it says.
         if let Some(c) = cluster
@@ -226,7 +229,10 @@ impl Chat {
     /// as for any message stored). Already in history: not noted again.
     pub(crate) fn unwritten(cx: &mut Cx<'_>, awaiting: VecDeque<AwaitingWrite>) {
         for a in awaiting {
-            let sender = cx.get(a.sender).filter(|c| !c.is_closing()).map(|_| a.sender.key);
+            let sender = cx
+                .get(a.sender)
+                .filter(|c| !c.is_closing())
+                .map(|_| a.sender.key);
             let job = JobKind::StoreOffline {
                 msg: a.msg,
                 msg_id: a.msg_id,

@@ -566,8 +566,9 @@ fn kick_local(cx: &mut Cx<'_>, user: i64, now: Now) {
     };
     log::info!("user {user} logged in on another node: session here replaced");
     cx.take_offline(user, e.conn);
-    cx.conn_mut(e.conn.key).session = Session::Anonymous;
+    // Told as the session it was (a seed client shows it as a message).
     cx.error(e.conn.key, code::CONFLICT, "logged in elsewhere");
+    cx.conn_mut(e.conn.key).session = Session::Anonymous;
     cx.close(
         e.conn.key,
         true,

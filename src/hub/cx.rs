@@ -740,7 +740,10 @@ pub(crate) fn seed_private_frame(m: &OfflineMsg, content: &str, offline: bool) -
         ""
     };
     ServerMessage::Sms(SmsMes {
-        content: format!("[private from {} ({}){when}] {content}", m.from_name, m.from),
+        content: format!(
+            "[private from {} ({}){when}] {content}",
+            m.from_name, m.from
+        ),
         user_id: m.from,
         user_name: m.from_name.clone(),
         time: Some(m.time),

@@ -63,6 +63,8 @@ pub mod testkit;
 #[cfg(test)]
 mod cluster_tests;
 #[cfg(test)]
+mod delivery_tests;
+#[cfg(test)]
 mod fuzz_replay;
 #[cfg(test)]
 mod history_tests;

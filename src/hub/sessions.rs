@@ -418,8 +418,9 @@ fn go_online(
                 "user {} logged in again: older session replaced",
                 ok.user_id
             );
-            cx.conn_mut(old.conn.key).session = Session::Anonymous;
+            // Told as the session it was (a seed client shows it as a message).
             cx.error(old.conn.key, code::CONFLICT, "logged in elsewhere");
+            cx.conn_mut(old.conn.key).session = Session::Anonymous;
             cx.close(old.conn.key, true, "replaced by a newer login", now);
             cx.mark_presence(ok.user_id);
         }
