@@ -63,8 +63,10 @@ fn a_flood_is_refused_with_429_and_nothing_is_silently_dropped() {
     let mut refused = 0;
     a.send("LogoutMes", json!({}));
     for g in a.expect_closed() {
-        if g.kind == "ErrorResMes" {
-            assert_eq!(g.data["code"], 429);
+        // A seed client is told in words it shows: a message from the server.
+        if g.kind == "SmsMes" && g.data["userId"] == 0 {
+            let text = g.data["content"].as_str().unwrap();
+            assert!(text.starts_with("[server notice 429] "), "{text}");
             refused += 1;
         }
     }
@@ -306,7 +308,11 @@ fn before_login_frames_are_held_to_a_smaller_size() {
     let content = got.data["content"].as_str().unwrap();
     assert!(content.starts_with(&"x".repeat(7_000)), "{}", content.len());
     assert!(content.ends_with("too long for this client]"));
-    assert_eq!(b.recv_until("ErrorResMes").0.data["code"], 206);
+    // Told as a seed client is: a message from the server.
+    let told = b.recv_until("SmsMes").0;
+    assert_eq!(told.data["userId"], 0);
+    let text = told.data["content"].as_str().unwrap();
+    assert!(text.starts_with("[server notice 206] "), "{text}");
     // Nothing before login but login, register and ping.
     let mut anon = s.connect();
     for (t, d) in [

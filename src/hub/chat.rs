@@ -8,11 +8,16 @@
 //! whose client cannot read it whole (seed clients: 8,096 bytes) get it cut short, one
 //! shared shorter frame, and the sender is told (`ErrorResMes` 206).
 //!
-//! A private message for a recipient online here is delivered at once, `SmsResMes`
-//! 200. Otherwise a worker stores it if the user exists (`SmsResMes` 202 once
-//! committed) or finds no such user (404); stored messages are delivered at the
-//! recipient's next login (see `hub/offline_delivery.rs`). A message delivered or
-//! stored joins its conversation's history (see `hub/history.rs`).
+//! A private message for a recipient online here is queued on its connection, and the
+//! sender is answered `SmsResMes` 200 (206 cut short) once the frame is written to
+//! the recipient's socket ([`Chat::written`]); if the connection goes first, the
+//! message is stored instead and answered 202 ([`Chat::unwritten`]). The recipient's
+//! connection keeps these in `Conn::awaiting`, so a group message costs nothing more.
+//! Otherwise a worker stores it if the user exists (`SmsResMes` 202 once committed)
+//! or finds no such user (404); stored messages are delivered at the recipient's next
+//! login (see `hub/offline_delivery.rs`). A message delivered or stored joins its
+//! conversation's history (see `hub/history.rs`). A seed client gets a private
+//! message as an `SmsMes` it shows (see `cx::private_frame_for`).
 #![forbid(unsafe_code)]
 
 use std::collections::VecDeque;
