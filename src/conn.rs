@@ -501,6 +501,8 @@ pub struct Conn {
 pub(crate) struct AwaitingWrite {
     /// The output queue's count of bytes ever queued once the frame was queued.
     pub(crate) end: u64,
+    /// When it was queued (monotonic ms).
+    pub(crate) since_ms: u64,
     pub(crate) sender: ConnRef,
     pub(crate) msg: OfflineMsg,
     pub(crate) msg_id: Option<String>,

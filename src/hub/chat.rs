@@ -38,6 +38,11 @@ use crate::proto::{
 use crate::store::{Conv, OfflineMsg};
 use crate::types::{Now, Part};
 
+/// How long a private message may wait to be written to its recipient's socket: a
+/// connection that has not taken it by then is dropped as a slow consumer, and what it
+/// did not take is stored (202), so that its sender is answered in bounded time.
+pub(crate) const PRIVATE_WRITE_WAIT_MS: u64 = 10_000;
+
 /// How long the roster is kept after the last login (see [`Chat::housekeeping`]).
 const ROSTER_KEEP_MS: u64 = 2_000;
 
@@ -170,12 +175,14 @@ impl Chat {
             let sender = cx.conn_ref(key);
             cx.conn_mut(to).awaiting.push_back(AwaitingWrite {
                 end,
+                since_ms: now.mono_ms,
                 sender,
                 msg: msg.clone(),
                 msg_id,
                 cut,
             });
             history.note_private(cx, msg);
+            cx.arm(to, now.mono_ms.saturating_add(PRIVATE_WRITE_WAIT_MS));
             return;
         }
         // Online on another node: handed to that node, answered when it says.
@@ -227,6 +234,27 @@ impl Chat {
                 sms_res_id(cx, a.sender.key, code::OK, "", a.msg_id);
             }
         }
+    }
+
+    /// `key`'s deadline came: if its oldest private message waiting to be written has
+    /// waited [`PRIVATE_WRITE_WAIT_MS`], the connection is dropped as a slow consumer
+    /// (its unwritten messages are then stored, see [`Chat::unwritten`]).
+    pub(crate) fn write_due(cx: &mut Cx<'_>, key: usize, now: Now) {
+        let Some(since) = cx.conn(key).awaiting.front().map(|a| a.since_ms) else {
+            return;
+        };
+        let due = since.saturating_add(PRIVATE_WRITE_WAIT_MS);
+        if due > now.mono_ms {
+            cx.arm(key, due);
+            return;
+        }
+        cx.stats().slow_consumers_dropped += 1;
+        let reason = format!(
+            "slow consumer: a private message not taken in {} s",
+            PRIVATE_WRITE_WAIT_MS / 1000
+        );
+        log::warn!("conn {key} ({}): {reason}", cx.conn(key).peer());
+        cx.close(key, false, &reason, now);
     }
 
     /// A connection went with private messages queued and not written: each is stored

@@ -486,6 +486,12 @@ impl Cx<'_> {
         self.core.submit_hashing(key, kind);
     }
 
+    /// Puts a deadline of connection `key` in the timer heap (see `Core::arm`).
+    pub(crate) fn arm(&mut self, key: usize, at_ms: u64) {
+        let generation = self.core.conns[key].generation;
+        self.core.arm(key, generation, at_ms);
+    }
+
     /// Starts closing `key` (see `Core::close`).
     pub(crate) fn close(&mut self, key: usize, flush: bool, reason: &str, now: Now) {
         self.core.close(key, flush, reason, now);

@@ -323,3 +323,18 @@ fn a_seed_client_is_told_its_group_message_was_cut_short() {
         "{got:?}"
     );
 }
+
+#[test]
+fn a_recipient_that_takes_nothing_for_10_s_is_dropped_and_the_sender_answered_202() {
+    let mut t = Harness::new(test_config());
+    let [a, b] = t.everyone_online([1, 2]);
+    t.stall(b, true);
+    t.send(a, &private(2, "are you there?"));
+    t.advance(crate::hub::chat::PRIVATE_WRITE_WAIT_MS - 1);
+    assert!(!t.is_closed(b), "not yet");
+    assert_eq!(codes(&t.recv(a)), Vec::<u16>::new());
+    t.advance(1);
+    assert!(t.is_closed(b), "dropped: it took nothing");
+    assert_eq!(codes(&run_jobs_reading(&mut t, a)), [code::STORED]);
+    assert_eq!(t.store.offline_count(2), 1);
+}

@@ -456,7 +456,11 @@ impl Hub {
                 Some(cl) => self.core.arm(key, generation, cl.deadline_ms),
                 None if c.is_online() || matches!(c.pending, Some(Pending::Login { .. })) => {
                     // Logged in (or a login in flight, whose result decides): no
-                    // login timeout. A failed login arms it again.
+                    // login timeout. A failed login arms it again. A private message
+                    // waiting to be written may be due.
+                    if !c.awaiting.is_empty() {
+                        Chat::write_due(cx!(self), key, now);
+                    }
                 }
                 None => {
                     let due = c
