@@ -488,8 +488,9 @@ pub struct Conn {
     /// Private messages queued here whose senders wait for them to be written,
     /// oldest first.
     pub(crate) awaiting: VecDeque<AwaitingWrite>,
-    /// The client declared an extension (`maxFrame`); without one it is taken for the
-    /// seed's client, which shows only the seed's frame types.
+    /// The client declared an extension in its login or registration (`maxFrame`,
+    /// `ackOffline`, `compact`); without one it is taken for the seed's client, which
+    /// shows only the seed's frame types.
     pub(crate) extended: bool,
 }
 
