@@ -32,6 +32,7 @@ use std::rc::Rc;
 
 use crate::offline::OfflineSlot;
 use crate::rate::Bucket;
+use crate::store::OfflineMsg;
 pub use crate::types::{ConnRef, Part};
 
 /// The output queue was full; the frame was not queued.
@@ -486,6 +487,30 @@ pub struct Conn {
     pub(crate) armed_ms: u64,
     /// Delivery of its stored private messages, once online.
     pub(crate) offline: OfflineSlot,
+    /// Private messages queued here whose senders wait for them to be written,
+    /// oldest first.
+    pub(crate) awaiting: VecDeque<AwaitingWrite>,
+    /// The client declared an extension in its login or registration (`maxFrame`,
+    /// `ackOffline`, `compact`); without one it is taken for the seed's client, which
+    /// shows only the seed's frame types.
+    pub(crate) extended: bool,
+}
+
+/// A private message queued on this connection whose sender is answered once its
+/// frame is written: 200 (206 cut short) when the written count passes `end`, or, if
+/// the connection goes first, the message is stored for the recipient's next login
+/// (202).
+#[derive(Debug)]
+pub(crate) struct AwaitingWrite {
+    /// The output queue's count of bytes ever queued once the frame was queued.
+    pub(crate) end: u64,
+    /// When it was queued (monotonic ms).
+    pub(crate) since_ms: u64,
+    pub(crate) sender: ConnRef,
+    pub(crate) msg: OfflineMsg,
+    pub(crate) msg_id: Option<String>,
+    /// The recipient got it cut short.
+    pub(crate) cut: bool,
 }
 
 /// How a closing connection goes.
@@ -517,6 +542,8 @@ impl Conn {
             compact: false,
             armed_ms: 0,
             offline: OfflineSlot::new(false),
+            awaiting: VecDeque::new(),
+            extended: false,
         }
     }
 
@@ -533,6 +560,13 @@ impl Conn {
     /// The client declared `maxFrame`: never less than a seed client reads.
     pub(crate) fn set_max_frame(&mut self, n: u32) {
         self.max_frame_out = n.max(crate::proto::SEED_MAX_FRAME as u32);
+        self.extended = true;
+    }
+
+    /// Whether the client is taken for the seed's (it declared no extension): it is
+    /// sent only the frame types the seed's client shows.
+    pub fn is_seed_client(&self) -> bool {
+        !self.extended
     }
 
     pub fn generation(&self) -> u32 {

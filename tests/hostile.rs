@@ -300,8 +300,8 @@ fn before_login_frames_are_held_to_a_smaller_size() {
     let mut a = online(&s, 1);
     let mut b = online(&s, 2);
     b.send("SmsMes", big);
-    // Accepted after login; `a` reads like the seed's client (it declared no
-    // maxFrame), so it gets the message cut to fit, and the sender is told.
+    // Accepted after login; `a` reads what the seed's client reads (8,096 bytes), so
+    // it gets the message cut to fit, and the sender is told.
     let got = a.recv_until("SmsMes").0;
     let content = got.data["content"].as_str().unwrap();
     assert!(content.starts_with(&"x".repeat(7_000)), "{}", content.len());

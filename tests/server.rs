@@ -22,7 +22,7 @@ fn seed_login_and_register_rows_are_exact() {
     let r = a.register(0, "x", "bad");
     assert_eq!(r.data["code"], 400);
 
-    let r = a.login(100, "123456");
+    let r = a.login_seed(100, "123456");
     assert_eq!(r.kind, "LoginResMes");
     assert_eq!(
         r.raw,
@@ -30,11 +30,11 @@ fn seed_login_and_register_rows_are_exact() {
     );
     let mut b = s.connect();
     assert_eq!(
-        b.login(555, "x").raw,
+        b.login_seed(555, "x").raw,
         r#"{"code":500,"UsersId":[],"error":"no such user"}"#
     );
     assert_eq!(
-        b.login(100, "wrong").raw,
+        b.login_seed(100, "wrong").raw,
         r#"{"code":403,"UsersId":[],"error":"wrong password"}"#
     );
 }

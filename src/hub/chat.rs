@@ -8,20 +8,26 @@
 //! whose client cannot read it whole (seed clients: 8,096 bytes) get it cut short, one
 //! shared shorter frame, and the sender is told (`ErrorResMes` 206).
 //!
-//! A private message for a recipient online here is delivered at once, `SmsResMes`
-//! 200. Otherwise a worker stores it if the user exists (`SmsResMes` 202 once
-//! committed) or finds no such user (404); stored messages are delivered at the
-//! recipient's next login (see `hub/offline_delivery.rs`). A message delivered or
-//! stored joins its conversation's history (see `hub/history.rs`).
+//! A private message for a recipient online here is queued on its connection, and the
+//! sender is answered `SmsResMes` 200 (206 cut short) once the frame is written to
+//! the recipient's socket ([`Chat::written`]); if the connection goes first, the
+//! message is stored instead and answered 202 ([`Chat::unwritten`]). The recipient's
+//! connection keeps these in `Conn::awaiting`, so a group message costs nothing more.
+//! Otherwise a worker stores it if the user exists (`SmsResMes` 202 once committed)
+//! or finds no such user (404); stored messages are delivered at the recipient's next
+//! login (see `hub/offline_delivery.rs`). A message delivered or stored joins its
+//! conversation's history (see `hub/history.rs`). A seed client gets a private
+//! message as an `SmsMes` it shows (see `cx::private_frame_for`).
 #![forbid(unsafe_code)]
 
+use std::collections::VecDeque;
 use std::rc::Rc;
 
 use super::cluster::Cluster;
 use super::cx::{Core, Cx, private_frame_for, sms_res_id};
 use super::history::History;
 use super::offline_delivery::OfflineDelivery;
-use crate::conn::{Pending, Session};
+use crate::conn::{AwaitingWrite, Pending, Session};
 use crate::hub::frame_fit;
 use crate::hub::roster::{Listing, Roster, Version};
 use crate::job::{JobKind, OfflineStored};
@@ -31,6 +37,11 @@ use crate::proto::{
 };
 use crate::store::{Conv, OfflineMsg};
 use crate::types::{Now, Part};
+
+/// How long a private message may wait to be written to its recipient's socket: a
+/// connection that has not taken it by then is dropped as a slow consumer, and what it
+/// did not take is stored (202), so that its sender is answered in bounded time.
+pub(crate) const PRIVATE_WRITE_WAIT_MS: u64 = 10_000;
 
 /// How long the roster is kept after the last login (see [`Chat::housekeeping`]).
 const ROSTER_KEEP_MS: u64 = 2_000;
@@ -150,22 +161,29 @@ impl Chat {
             time: now.unix_ms,
         };
         if let Some(to) = cx.online().get(msg.to).map(|e| e.conn.key) {
-            let (frame, cut) = private_frame_for(cx.conn(to).max_frame(), &msg, None);
-            if cx.deliver_message(to, &frame.into()) {
-                if cut {
-                    let text = format!(
-                        "delivered cut short: the recipient's client reads at most {} bytes",
-                        cx.conn(to).max_frame()
-                    );
-                    sms_res_id(cx, key, code::PARTIAL, &text, msg_id);
-                } else {
-                    sms_res_id(cx, key, code::OK, "", msg_id);
-                }
-                history.note_private(cx, msg);
-                return;
-            }
-            // The recipient's queue overflowed (it is being dropped as a slow
-            // consumer): keep the message for its next login instead of losing it.
+            let (frame, cut) = private_frame_for(cx.conn(to), &msg, None);
+            // Answered once the frame is written (see `Chat::written`), or stored if
+            // the recipient goes first (see `Chat::unwritten`).
+            let end = if cx.deliver_message(to, &frame.into()) {
+                cx.conn(to).out.queued_total()
+            } else {
+                // Not queued: the recipient is closing (its queue overflowed, it is
+                // being dropped as a slow consumer). Stored as it goes, after the
+                // messages queued before it, so that they keep their order.
+                u64::MAX
+            };
+            let sender = cx.conn_ref(key);
+            cx.conn_mut(to).awaiting.push_back(AwaitingWrite {
+                end,
+                since_ms: now.mono_ms,
+                sender,
+                msg: msg.clone(),
+                msg_id,
+                cut,
+            });
+            history.note_private(cx, msg);
+            cx.arm(to, now.mono_ms.saturating_add(PRIVATE_WRITE_WAIT_MS));
+            return;
         }
         // Online on another node: handed to that node, answered when it says.
         if let Some(c) = cluster
@@ -181,11 +199,82 @@ impl Chat {
             msg_id: msg_id.clone(),
             history: cx.cfg().history,
             after_history,
+            waits: true,
         };
         if cx.submit(Some(key), job) {
             cx.conn_mut(key).pending = Some(Pending::Private { to });
         } else {
             sms_res_id(cx, key, code::UNAVAILABLE, "server busy, try again", msg_id);
+        }
+    }
+
+    /// `key` has written more of its output: the senders of the private messages now
+    /// written are answered 200 (206 if cut short).
+    pub(crate) fn written(cx: &mut Cx<'_>, key: usize) {
+        let written = cx.conn(key).out.written_total();
+        let max_frame = cx.conn(key).max_frame();
+        while cx
+            .conn(key)
+            .awaiting
+            .front()
+            .is_some_and(|a| a.end <= written)
+        {
+            let Some(a) = cx.conn_mut(key).awaiting.pop_front() else {
+                break;
+            };
+            if cx.get(a.sender).is_none_or(|c| c.is_closing()) {
+                continue;
+            }
+            if a.cut {
+                let text = format!(
+                    "delivered cut short: the recipient's client reads at most {max_frame} bytes"
+                );
+                sms_res_id(cx, a.sender.key, code::PARTIAL, &text, a.msg_id);
+            } else {
+                sms_res_id(cx, a.sender.key, code::OK, "", a.msg_id);
+            }
+        }
+    }
+
+    /// `key`'s deadline came: if its oldest private message waiting to be written has
+    /// waited [`PRIVATE_WRITE_WAIT_MS`], the connection is dropped as a slow consumer
+    /// (its unwritten messages are then stored, see [`Chat::unwritten`]).
+    pub(crate) fn write_due(cx: &mut Cx<'_>, key: usize, now: Now) {
+        let Some(since) = cx.conn(key).awaiting.front().map(|a| a.since_ms) else {
+            return;
+        };
+        let due = since.saturating_add(PRIVATE_WRITE_WAIT_MS);
+        if due > now.mono_ms {
+            cx.arm(key, due);
+            return;
+        }
+        cx.stats().slow_consumers_dropped += 1;
+        let reason = format!(
+            "slow consumer: a private message not taken in {} s",
+            PRIVATE_WRITE_WAIT_MS / 1000
+        );
+        log::warn!("conn {key} ({}): {reason}", cx.conn(key).peer());
+        cx.close(key, false, &reason, now);
+    }
+
+    /// A connection went with private messages queued and not written: each is stored
+    /// for the recipient's next login, its sender answered 202 once it is (or 503/504
+    /// as for any message stored). Already in history: not noted again.
+    pub(crate) fn unwritten(cx: &mut Cx<'_>, awaiting: VecDeque<AwaitingWrite>) {
+        for a in awaiting {
+            let sender = cx
+                .get(a.sender)
+                .filter(|c| !c.is_closing())
+                .map(|_| a.sender.key);
+            let job = JobKind::StoreOffline {
+                msg: a.msg,
+                msg_id: a.msg_id,
+                history: 0,
+                after_history: false,
+                waits: false,
+            };
+            // Bounded by the recipient's queue, which held them all.
+            cx.submit_always(sender, job);
         }
     }
 
@@ -197,11 +286,9 @@ impl Chat {
     ) {
         // Result mapping: 504 when the store cannot tell whether it stored
         // the message; 503 only when it certainly did not. msgId echoed.
-        let OfflineStored { msg_id, result, .. } = stored;
-        let to = match cx.conn(key).pending {
-            Some(Pending::Private { to }) => to,
-            _ => 0,
-        };
+        let OfflineStored {
+            msg_id, result, to, ..
+        } = stored;
         match result {
             Ok(Some(_)) => {
                 sms_res_id(cx, key, code::STORED, "", msg_id);

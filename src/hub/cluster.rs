@@ -410,7 +410,7 @@ impl Cluster {
                 let me = self.node.to_string();
                 let delivered = match cx.online().get(msg.to).map(|e| e.conn.key) {
                     Some(to) => {
-                        let (frame, _) = private_frame_for(cx.conn(to).max_frame(), &msg, None);
+                        let (frame, _) = private_frame_for(cx.conn(to), &msg, None);
                         cx.deliver_message(to, &frame.into())
                     }
                     None => false,
@@ -548,6 +548,7 @@ fn store_instead(cx: &mut Cx<'_>, history: &mut History, p: PendingPrivate) {
         msg_id: p.msg_id,
         history: cx.cfg().history,
         after_history,
+        waits: true,
     };
     if cx.get(p.conn).is_some() {
         // The sender still waits (its `pending` is set): the store's answer ends it.
@@ -573,8 +574,9 @@ fn kick_local(cx: &mut Cx<'_>, user: i64, now: Now) {
     };
     log::info!("user {user} logged in on another node: session here replaced");
     cx.take_offline(user, e.conn);
-    cx.conn_mut(e.conn.key).session = Session::Anonymous;
+    // Told as the session it was (a seed client shows it as a message).
     cx.error(e.conn.key, code::CONFLICT, "logged in elsewhere");
+    cx.conn_mut(e.conn.key).session = Session::Anonymous;
     cx.close(
         e.conn.key,
         true,

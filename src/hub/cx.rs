@@ -23,7 +23,7 @@ use crate::hub::frame_fit;
 use crate::hub::presence::Presence;
 use crate::job::{Job, JobKind};
 use crate::metrics::Stats;
-use crate::proto::{self, CodeRes, ServerMessage, SmsPrivateMes, code};
+use crate::proto::{self, CodeRes, ServerMessage, SmsMes, SmsPrivateMes, code};
 use crate::store::OfflineMsg;
 use crate::types::{ConnRef, Now, Part};
 use crate::users::{OnlineEntry, Registry};
@@ -496,6 +496,12 @@ impl Cx<'_> {
         self.core.submit_hashing(key, kind);
     }
 
+    /// Puts a deadline of connection `key` in the timer heap (see `Core::arm`).
+    pub(crate) fn arm(&mut self, key: usize, at_ms: u64) {
+        let generation = self.core.conns[key].generation;
+        self.core.arm(key, generation, at_ms);
+    }
+
     /// Starts closing `key` (see `Core::close`).
     pub(crate) fn close(&mut self, key: usize, flush: bool, reason: &str, now: Now) {
         self.core.close(key, flush, reason, now);
@@ -552,8 +558,17 @@ impl Cx<'_> {
         };
         (out, &self.core.online)
     }
-    /// Encodes `msg` and queues it on one connection as the answer to its request.
+    /// Encodes `msg` and queues it on one connection as the answer to its request. A
+    /// refusal or notice (`ErrorResMes`) to a seed client that is logged in goes as a
+    /// message from the server, which it shows (before login it reads every answer
+    /// as the `LoginResMes` or `RegisterResMes` it waits for: code and text show).
     pub(crate) fn reply(&mut self, key: usize, msg: &ServerMessage) -> bool {
+        if let ServerMessage::Error(res) = msg {
+            let conn = self.conn(key);
+            if conn.is_seed_client() && conn.is_online() {
+                return self.reply_frame(key, seed_notice_frame(res));
+            }
+        }
         self.reply_frame(key, msg.encode())
     }
     /// Queues an encoded answer to the connection's own request.
@@ -689,18 +704,29 @@ impl Cx<'_> {
     }
 }
 
-/// The frame of a private message for a client that reads frames of at most `limit`
-/// bytes: whole, or cut short (the second value) if it cannot read it whole.
+/// The frame of a private message for the client of `to`: whole, or cut short (the
+/// second value) if it cannot read it whole. A seed client, which shows no
+/// `SmsPrivateMes`, gets it as an `SmsMes` whose content says whom it is from and that
+/// it is private (see [`seed_private_frame`]).
 pub(crate) fn private_frame_for(
-    limit: usize,
+    to: &Conn,
     m: &OfflineMsg,
     offline_id: Option<u64>,
 ) -> (Vec<u8>, bool) {
-    let frame = private_frame(m, &m.content, offline_id);
+    let limit = to.max_frame();
+    let seed = to.is_seed_client();
+    let encode = |content: &str| {
+        if seed {
+            seed_private_frame(m, content, offline_id.is_some())
+        } else {
+            private_frame(m, content, offline_id)
+        }
+    };
+    let frame = encode(&m.content);
     if frame_fit::fits(&frame, limit) {
         return (frame, false);
     }
-    match frame_fit::cut_to_fit(&m.content, limit, |c| private_frame(m, c, offline_id)) {
+    match frame_fit::cut_to_fit(&m.content, limit, encode) {
         Some(cut) => (cut, true),
         None => (frame, false),
     }
@@ -716,6 +742,50 @@ fn private_frame(m: &OfflineMsg, content: &str, offline_id: Option<u64>) -> Vec<
         offline: offline_id.is_some(),
         offline_id,
         ..SmsPrivateMes::default()
+    })
+    .encode()
+}
+
+/// A private message as a seed client shows it: an `SmsMes` from its sender whose
+/// content starts `[private from scott (100)] ` (`[private from scott (100), sent while
+/// you were offline] ` for a stored one).
+pub(crate) fn seed_private_frame(m: &OfflineMsg, content: &str, offline: bool) -> Vec<u8> {
+    let when = if offline {
+        ", sent while you were offline"
+    } else {
+        ""
+    };
+    ServerMessage::Sms(SmsMes {
+        content: format!(
+            "[private from {} ({}){when}] {content}",
+            m.from_name, m.from
+        ),
+        user_id: m.from,
+        user_name: m.from_name.clone(),
+        time: Some(m.time),
+        ..SmsMes::default()
+    })
+    .encode()
+}
+
+/// The id and name of the sender of the server's notices to a seed client.
+pub const SERVER_ID: i64 = 0;
+pub const SERVER_NAME: &str = "server";
+
+/// A refusal or notice (`ErrorResMes`) as a seed client shows it, once logged in: an
+/// `SmsMes` from the server (`userId` 0, `userName` "server") whose content is
+/// `[server notice 429] <the error's text>` (and ` (try again in N s)` with a retry
+/// time).
+pub(crate) fn seed_notice_frame(res: &CodeRes) -> Vec<u8> {
+    let mut content = format!("[server notice {}] {}", res.code, res.error);
+    if let Some(secs) = res.retry_after {
+        content.push_str(&format!(" (try again in {secs} s)"));
+    }
+    ServerMessage::Sms(SmsMes {
+        content,
+        user_id: SERVER_ID,
+        user_name: SERVER_NAME.to_string(),
+        ..SmsMes::default()
     })
     .encode()
 }

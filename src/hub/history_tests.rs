@@ -652,6 +652,8 @@ fn a_stored_private_message_is_numbered_after_the_live_ones_sent_before_it() {
     let [a, b, c] = t.everyone_online([1, 2, 3]);
     t.send(a, &private(2, "live"));
     t.send(a, &private(3, "another pair"));
+    // Written to b (else it would be stored as b goes).
+    t.recv(b);
     t.hangup(b);
     t.send(a, &private(2, "stored"));
     // The pair's entry still gathering goes ahead of the storing job, in the lane

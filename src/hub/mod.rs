@@ -64,6 +64,8 @@ pub mod testkit;
 #[cfg(test)]
 mod cluster_tests;
 #[cfg(test)]
+mod delivery_tests;
+#[cfg(test)]
 mod fuzz_replay;
 #[cfg(test)]
 mod history_tests;
@@ -293,6 +295,13 @@ impl Hub {
             self.settle(now);
             return;
         }
+        if let Outcome::StoreOffline(s) = &res.outcome
+            && matches!(s.result, Ok(Some(_)))
+            && res.conn.is_none_or(|r| self.core.get(r).is_none())
+        {
+            // Stored with no sender left to answer: its recipient may be logging in.
+            self.offline.news(cx!(self), s.to);
+        }
         let Some(r) = res.conn else {
             if let Outcome::AckOffline { result: Err(e), .. } = &res.outcome {
                 self.cx().store_error(&format!(
@@ -341,8 +350,11 @@ impl Hub {
                 self.resume(r.key, now);
             }
             Outcome::StoreOffline(result) => {
+                let waits = result.waits;
                 Chat::private_stored(cx!(self), &mut self.offline, r.key, result);
-                self.resume(r.key, now);
+                if waits {
+                    self.resume(r.key, now);
+                }
             }
             Outcome::FetchOffline {
                 user_id,
@@ -390,6 +402,10 @@ impl Hub {
         if conn.offline.is_active() {
             let action = conn.offline.written(conn.out.written_total());
             self.offline.action(cx!(self), r.key, action);
+        }
+        if !self.core.conns[r.key].awaiting.is_empty() {
+            // Private messages written: their senders are answered.
+            Chat::written(cx!(self), r.key);
         }
         let written = match res {
             Ok(Flush::Drained) => {
@@ -448,7 +464,11 @@ impl Hub {
                 Some(cl) => self.core.arm(key, generation, cl.deadline_ms),
                 None if c.is_online() || matches!(c.pending, Some(Pending::Login { .. })) => {
                     // Logged in (or a login in flight, whose result decides): no
-                    // login timeout. A failed login arms it again.
+                    // login timeout. A failed login arms it again. A private message
+                    // waiting to be written may be due.
+                    if !c.awaiting.is_empty() {
+                        Chat::write_due(cx!(self), key, now);
+                    }
                 }
                 None => {
                     let due = c
@@ -676,8 +696,12 @@ impl Hub {
                 continue; // closed twice in one turn
             }
             self.core.go_offline(r.key, now);
-            let conn = self.core.conns.remove(r.key);
+            let mut conn = self.core.conns.remove(r.key);
             self.forget(&conn);
+            if !conn.awaiting.is_empty() {
+                // Private messages it never wrote: stored instead.
+                Chat::unwritten(cx!(self), std::mem::take(&mut conn.awaiting));
+            }
             self.stats.closed += 1;
             self.settle(now);
             return Some(r);

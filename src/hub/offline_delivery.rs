@@ -132,7 +132,7 @@ impl OfflineDelivery {
                 full = true;
                 break;
             }
-            let (frame, _) = private_frame_for(cx.conn(key).max_frame(), &m.msg, Some(m.seq));
+            let (frame, _) = private_frame_for(cx.conn(key), &m.msg, Some(m.seq));
             if !cx.deliver(key, &frame.into()) {
                 return;
             }

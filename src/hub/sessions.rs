@@ -167,6 +167,8 @@ impl Sessions {
                 if let Some(n) = m.max_frame {
                     conn.set_max_frame(n);
                 }
+                // Any extension declared: not the seed's client.
+                conn.extended |= m.ack_offline || m.compact;
             }
             Err(wait_ms) => {
                 let (text, secs) = self.refuse_busy(cx, key, wait_ms, now);
@@ -564,8 +566,9 @@ fn go_online(
                 ok.user_id,
                 cx.conn(key).peer()
             );
-            cx.conn_mut(old.conn.key).session = Session::Anonymous;
+            // Told as the session it was (a seed client shows it as a message).
             cx.error(old.conn.key, code::CONFLICT, "logged in elsewhere");
+            cx.conn_mut(old.conn.key).session = Session::Anonymous;
             cx.close(old.conn.key, true, "replaced by a newer login", now);
             cx.mark_presence(ok.user_id);
         }

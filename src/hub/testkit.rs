@@ -702,7 +702,21 @@ pub fn test_config() -> HubConfig {
     }
 }
 
+/// A login declaring `maxFrame` of the seed's own 8,096 bytes: an extension-aware
+/// client with the seed's frame size, answered in the extensions' frame types. See
+/// [`seed_login_msg`] for the seed's client itself.
 pub fn login_msg(id: i64, pwd: &str) -> ClientMessage {
+    ClientMessage::Login(proto::LoginMes {
+        user_id: id,
+        user_pwd: pwd.into(),
+        user_name: String::new(),
+        max_frame: Some(proto::SEED_MAX_FRAME as u32),
+        ..Default::default()
+    })
+}
+
+/// A login exactly as the seed's client sends it (no extension declared).
+pub fn seed_login_msg(id: i64, pwd: &str) -> ClientMessage {
     ClientMessage::Login(proto::LoginMes {
         user_id: id,
         user_pwd: pwd.into(),

@@ -359,7 +359,8 @@ fn private_messages_live_stored_and_unknown() {
     let b = t.login(2);
     t.recv(a);
     t.send(a, &private(2, "live"));
-    assert_eq!(t.recv(a), [ServerMessage::SmsRes(code_res(200, ""))]);
+    // Answered once written to the recipient's socket, not before.
+    assert_eq!(t.recv(a), []);
     assert_eq!(
         t.recv(b),
         [ServerMessage::Private(SmsPrivateMes {
@@ -372,6 +373,7 @@ fn private_messages_live_stored_and_unknown() {
             ..Default::default()
         })]
     );
+    assert_eq!(t.recv(a), [ServerMessage::SmsRes(code_res(200, ""))]);
     // Offline recipient: 202 only once the store has it.
     t.send(a, &private(3, "stored"));
     assert!(t.recv(a).is_empty());

@@ -106,6 +106,10 @@ pub enum JobKind {
         history: usize,
         /// Run in the history lane, after appends that hold entries of its pair.
         after_history: bool,
+        /// The sender's connection waits for the answer (its later frames wait);
+        /// false for a message taken back from a recipient that went before it was
+        /// written, whose sender is answered without having waited.
+        waits: bool,
     },
     /// Fetch more offline messages for a logged-in user.
     FetchOffline { user_id: i64, batch: usize },
@@ -179,8 +183,12 @@ impl JobKind {
         match self {
             JobKind::Login { .. } => Outcome::Login(Err(LoginError::Store(e))),
             JobKind::Register { .. } => Outcome::Register(Err(RegisterError::Store(e))),
-            JobKind::StoreOffline { msg_id, .. } => Outcome::StoreOffline(OfflineStored {
+            JobKind::StoreOffline {
+                msg, msg_id, waits, ..
+            } => Outcome::StoreOffline(OfflineStored {
                 msg_id,
+                to: msg.to,
+                waits,
                 result: Err(e),
             }),
             JobKind::FetchOffline { user_id, batch } => Outcome::FetchOffline {
@@ -243,6 +251,10 @@ pub enum RegisterError {
 pub struct OfflineStored {
     /// The sender's `msgId`, to echo in the answer.
     pub msg_id: Option<String>,
+    /// The recipient.
+    pub to: i64,
+    /// As in the job: the sender's connection waits for this answer.
+    pub waits: bool,
     /// `Ok(Some(seq))`: stored (now, or by an earlier write with the same id);
     /// `Ok(None)`: the recipient does not exist; `Err(Uncertain)`: may be stored;
     /// any other `Err`: not stored.
@@ -332,6 +344,7 @@ pub fn execute(store: &mut dyn Store, hasher: &dyn Passwords, kind: JobKind) -> 
             msg,
             msg_id,
             history,
+            waits,
             ..
         } => {
             let id = match &msg_id {
@@ -341,6 +354,8 @@ pub fn execute(store: &mut dyn Store, hasher: &dyn Passwords, kind: JobKind) -> 
             Outcome::StoreOffline(OfflineStored {
                 result: store.push_offline(&msg, &id, history),
                 msg_id,
+                to: msg.to,
+                waits,
             })
         }
         JobKind::FetchOffline { user_id, batch } => Outcome::FetchOffline {
@@ -639,6 +654,7 @@ mod tests {
             msg_id: msg_id.map(str::to_owned),
             history: 10,
             after_history: false,
+            waits: true,
         };
         match execute(s, &h, kind) {
             Outcome::StoreOffline(o) => o,

@@ -344,6 +344,7 @@ mod tests {
                 msg_id: None,
                 history: 0,
                 after_history: false,
+                waits: true,
             },
         });
         let order: Vec<bool> = rx

@@ -139,7 +139,20 @@ impl<S: Read + Write> SeedClient<S> {
         self.recv()
     }
 
+    /// Logs in declaring the seed's own frame size (`"maxFrame": 8096`): a client that
+    /// reads what the seed's reads, answered in the extensions' frame types
+    /// (`ErrorResMes`, `SmsPrivateMes`). [`SeedClient::login_seed`] logs in exactly as
+    /// the seed's client does, which is sent only what that client shows.
     pub fn login(&mut self, id: i64, pwd: &str) -> Got {
+        self.send(
+            "LoginMes",
+            json!({"userId": id, "userPwd": pwd, "userName": "", "maxFrame": 8096}),
+        );
+        self.recv_until("LoginResMes").0
+    }
+
+    /// Logs in exactly as the seed's client does (no extension declared).
+    pub fn login_seed(&mut self, id: i64, pwd: &str) -> Got {
         self.send(
             "LoginMes",
             json!({"userId": id, "userPwd": pwd, "userName": ""}),

@@ -39,7 +39,7 @@
     names: new Map(),     // id -> name, everyone seen
     convs: new Map(),     // 'group' or user id -> {items: [], unread: 0}
     current: 'group',
-    pendingPm: [],        // private messages awaiting their SmsResMes, in order
+    pendingPm: [],        // private messages awaiting their SmsResMes (by msgId)
     hist: new Map(),      // conversation -> {asked, more, firstId}: its history as fetched
     pendingHist: [],      // conversations whose HistoryResMes is awaited, in order
     lastSent: null,       // {item, at}: the message a refusal (429) is about
@@ -569,7 +569,10 @@
   }
 
   function onSmsRes(d) {
-    const item = st.pendingPm.shift();
+    // A message answered once written to its recipient may be answered after later
+    // ones: matched by its msgId.
+    const at = st.pendingPm.findIndex((p) => d.msgId && p.msgId === d.msgId);
+    const item = at >= 0 ? st.pendingPm.splice(at, 1)[0] : st.pendingPm.shift();
     if (!item) return;
     item.code = d.code;
     const texts = {
