@@ -309,6 +309,7 @@ mod tests {
                 msg_id: None,
                 history: 0,
                 after_history: false,
+                waits: true,
             },
         });
         // The storage job was run; the hashing thread is in the first hash. Shutdown
