@@ -30,11 +30,8 @@ use std::collections::VecDeque;
 use super::cx::{Core, Cx};
 use crate::conn::Pending;
 use crate::hub::frame_fit;
-use crate::job::{JobKind, Outcome};
-use crate::proto::{
-    self, HISTORY_PAGE_DEFAULT, HISTORY_PAGE_MAX, HistoryEntry, HistoryMes, HistoryResMes, code,
-    kind,
-};
+use crate::job::{JobKind, Outcome, Page};
+use crate::proto::{HISTORY_PAGE_DEFAULT, HISTORY_PAGE_MAX, HistoryEntry, HistoryMes, code};
 use crate::store::{Conv, OfflineMsg, StoreError};
 use crate::types::Now;
 
@@ -233,7 +230,8 @@ impl History {
         };
         if cx.cfg().history == 0 {
             // History is off: there is none.
-            self.reply(cx, key, Vec::new(), false);
+            let fit = Self::fit(cx, key);
+            cx.reply_frame(key, frame_fit::history_page(&[], false, fit));
             return;
         }
         let limit = if m.limit <= 0 {
@@ -249,6 +247,7 @@ impl History {
             conv,
             before: m.before,
             limit,
+            fit: Self::fit(cx, key),
         };
         if cx.submit(Some(key), job) {
             cx.conn_mut(key).pending = Some(Pending::History);
@@ -261,10 +260,13 @@ impl History {
         &mut self,
         cx: &mut Cx<'_>,
         key: usize,
-        result: Result<(Vec<HistoryEntry>, bool), StoreError>,
+        result: Result<Page, StoreError>,
     ) {
         match result {
-            Ok((messages, more)) => self.reply(cx, key, messages, more),
+            // Encoded and fitted by the worker: the loop only queues the bytes.
+            Ok(Page(frame)) => {
+                cx.reply_frame(key, frame);
+            }
             Err(e) if e.is_timed_out() => {
                 cx.error_retry(key, code::UNAVAILABLE, "server busy, try again", 1)
             }
@@ -279,45 +281,8 @@ impl History {
         }
     }
 
-    /// Sends a page of history, as much of it as the client reads in one frame: the
-    /// newest entries, the oldest left out (then `more` is set), and if not even one
-    /// fits whole, the newest cut short.
-    fn reply(&mut self, cx: &mut Cx<'_>, key: usize, mut messages: Vec<HistoryEntry>, more: bool) {
-        let limit = cx.conn(key).max_frame().min(MAX_REPLY_BYTES);
-        let encode = |messages: &[HistoryEntry], more: bool| {
-            proto::encode(
-                kind::HISTORY_RES,
-                &HistoryResMes {
-                    messages: messages.to_vec(),
-                    more,
-                },
-            )
-        };
-        let frame = encode(&messages, more);
-        if frame_fit::fits(&frame, limit) {
-            cx.reply_frame(key, frame);
-            return;
-        }
-        let len = messages.len();
-        let n = frame_fit::largest(len, |n| {
-            frame_fit::fits(&encode(&messages[len - n..], true), limit)
-        });
-        let frame = if n > 0 {
-            encode(&messages[len - n..], true)
-        } else {
-            // One entry alone is too long for this client: the newest, cut short.
-            let newest = messages
-                .pop()
-                .expect("a page that does not fit has entries");
-            let cut = |content: &str| {
-                let e = HistoryEntry {
-                    content: content.to_string(),
-                    ..newest.clone()
-                };
-                encode(std::slice::from_ref(&e), true)
-            };
-            frame_fit::cut_to_fit(&newest.content, limit, cut).unwrap_or_else(|| encode(&[], true))
-        };
-        cx.reply_frame(key, frame);
+    /// The largest `HistoryResMes` body `key`'s client gets.
+    fn fit(cx: &Cx<'_>, key: usize) -> usize {
+        cx.conn(key).max_frame().min(MAX_REPLY_BYTES)
     }
 }

@@ -19,6 +19,7 @@ pub mod worker;
 
 use std::time::Duration;
 
+use crate::hub::frame_fit::history_page;
 use crate::store::{Conv, HistoryEntry, OfflineId, OfflineMsg, Store, StoreError, StoredMsg};
 use crate::types::ConnRef;
 use crate::users::UserRecord;
@@ -91,11 +92,14 @@ pub enum JobKind {
         entries: Vec<HistoryEntry>,
         keep: usize,
     },
-    /// A page of a conversation's history (see [`Store::read_history`]).
+    /// A page of a conversation's history (see [`Store::read_history`]), encoded
+    /// here, off the loop, into the frame sent: at most `fit` body bytes (see
+    /// [`crate::hub::frame_fit::history_page`]).
     ReadHistory {
         conv: Conv,
         before: u64,
         limit: usize,
+        fit: usize,
     },
     /// Which of these users (online on this node) an operator banned: asked when a
     /// node's link to the other nodes is back, since a ban published meanwhile did
@@ -244,8 +248,8 @@ pub enum Outcome {
         kept: usize,
         result: Result<(), StoreError>,
     },
-    /// A page of history, oldest first, and whether older entries exist.
-    History(Result<(Vec<HistoryEntry>, bool), StoreError>),
+    /// A page of history, as the frame to send.
+    History(Result<Page, StoreError>),
     /// The users asked about who are banned.
     CheckBans(Result<Vec<i64>, StoreError>),
 }
@@ -260,6 +264,17 @@ impl Outcome {
             Outcome::Login(Ok(_) | Err(LoginError::WrongPassword | LoginError::Banned))
                 | Outcome::Register(Ok(()))
         )
+    }
+}
+
+/// A `HistoryResMes` frame, length prefix included, fitted to its reader.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Page(pub Vec<u8>);
+
+impl std::fmt::Debug for Page {
+    // A page may be a megabyte: its size says enough in a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Page({} bytes)", self.0.len())
     }
 }
 
@@ -344,7 +359,12 @@ pub fn execute(store: &mut dyn Store, hasher: &dyn Passwords, kind: JobKind) -> 
             conv,
             before,
             limit,
-        } => Outcome::History(store.read_history(conv, before, limit)),
+            fit,
+        } => Outcome::History(
+            store
+                .read_history(conv, before, limit)
+                .map(|(messages, more)| Page(history_page(&messages, more, fit))),
+        ),
         JobKind::CheckBans { users } => Outcome::CheckBans(banned(store, &users)),
     }
 }
