@@ -136,15 +136,21 @@ impl JobKind {
         matches!(self, JobKind::Login { .. } | JobKind::Register { .. })
     }
 
-    /// Whether this job is about history (appends, the pages read after them, and a
-    /// private message stored after appends of its pair): run apart from the other
-    /// storage jobs, in order, so that an entry written with its stored message comes
-    /// after the entries of the same conversation noted before it.
+    /// Whether this job reads a page of history: run in a lane of its own, so that
+    /// no number of pages asked for holds up another job (the hub hands a page over
+    /// once the appends before it have ended).
+    pub fn reads_history(&self) -> bool {
+        matches!(self, JobKind::ReadHistory { .. })
+    }
+
+    /// Whether this job writes history (appends, and a private message stored after
+    /// appends of its pair): run apart from the other storage jobs, in order, so that
+    /// an entry written with its stored message comes after the entries of the same
+    /// conversation noted before it.
     pub fn is_history(&self) -> bool {
         matches!(
             self,
             JobKind::AppendHistory { .. }
-                | JobKind::ReadHistory { .. }
                 | JobKind::StoreOffline {
                     after_history: true,
                     ..
