@@ -1231,6 +1231,7 @@ fn flood(a: &FloodArgs) -> Res<()> {
         a.fill
     );
     // The history: long group messages from one more user, each acknowledged.
+    let (last_fill_id, page_bytes);
     {
         let mut w = Fleet::new(Target::Chat, 1, 64 * 1024)?;
         w.pool.tls = tls_setup(&fa.common)?;
@@ -1254,8 +1255,13 @@ fn flood(a: &FloodArgs) -> Res<()> {
                 return Err("a message of the history was not answered".into());
             }
         }
-        // Gathered and committed by the server within its --history-gather-ms.
+        // Gathered and committed by the server within its --history-gather-ms. The
+        // fan-out's messages come after them in the history: the flood pages back from
+        // the newest of them.
         w.run_until(Duration::from_millis(500), |_| false)?;
+        let (_, newest) = history_page(&mut w, i, &history_ask(0, 1))?;
+        last_fill_id = wire::history_last_id(&newest).ok_or("the history is empty")?;
+        (page_bytes, _) = history_page(&mut w, i, &history_ask(last_fill_id + 1, 100))?;
     }
     let mut f = fleet_for(fa, false)?;
     // The flood's users are online in both runs (each gets the group's messages too):
@@ -1305,12 +1311,7 @@ fn flood(a: &FloodArgs) -> Res<()> {
     for (k, i) in (first..f.conns.len()).enumerate() {
         f.conns[i].next_send = t0 + interval * k as u32 / n;
     }
-    let ask = chat::proto::ClientMessage::History(chat::proto::HistoryMes {
-        before: 0,
-        limit: 100,
-        with: None,
-    })
-    .encode();
+    let ask = history_ask(last_fill_id + 1, 100);
     let mut asked = 0u64;
     let rep = measure_until(&mut f, fa, fa.duration, |f| {
         let now = Instant::now();
@@ -1326,10 +1327,11 @@ fn flood(a: &FloodArgs) -> Res<()> {
     let closed = f.pool.clients[first..].iter().filter(|c| c.closed).count();
     let (mut base_lat, mut lat) = (base_rep.lat, rep.lat);
     println!(
-        "history-flood U={} at {} pages/min each, {} messages of {} bytes in the history; \
-         fanout N={} P={} S={} at {} msg/s",
+        "history-flood U={} at {} pages/min each (pages before id {}), {} messages of {} bytes \
+         in the history; fanout N={} P={} S={} at {} msg/s",
         a.users,
         a.per_min,
+        last_fill_id + 1,
         a.fill,
         a.fill_size,
         fa.receivers,
@@ -1338,7 +1340,8 @@ fn flood(a: &FloodArgs) -> Res<()> {
         fa.rate.unwrap_or(0.0)
     );
     println!(
-        "  flood           {asked} pages asked for in {:.1} s ({:.0}/s), {closed} of the users closed by the server",
+        "  flood           {asked} pages of {page_bytes} bytes asked for in {:.1} s ({:.0}/s), \
+         {closed} of the users closed by the server",
         rep.secs,
         asked as f64 / rep.secs.max(1e-9)
     );
@@ -1353,6 +1356,42 @@ fn flood(a: &FloodArgs) -> Res<()> {
         base_rep.lost, rep.lost
     );
     Ok(())
+}
+
+/// Sends `ask` on `w`'s connection `i` and waits for the `HistoryResMes`: its length
+/// (prefix included) and body.
+fn history_page(w: &mut Fleet, i: usize, ask: &[u8]) -> Res<(usize, Vec<u8>)> {
+    w.pool.clients[i].send(ask);
+    let asked = Instant::now();
+    while asked.elapsed() < Duration::from_secs(10) {
+        w.pool.flush();
+        w.pool
+            .poll(Some(Duration::from_millis(5)))
+            .map_err(|e| e.to_string())?;
+        let c = &mut w.pool.clients[i];
+        while let Some((total, body)) = wire::chat_frame(c.input()) {
+            let body = c.input()[body].to_vec();
+            c.consume(total);
+            if body.starts_with(br#"{"type":"HistoryResMes""#) {
+                return Ok((total, body));
+            }
+        }
+        if let Some(want) = c.input().get(..4) {
+            let want = 4 + u32::from_be_bytes(want.try_into().expect("4 bytes")) as usize;
+            c.need(want);
+        }
+    }
+    Err("a page of history was not answered".into())
+}
+
+/// `HistoryMes` for the group's page of `limit` before `before`.
+fn history_ask(before: u64, limit: i64) -> Vec<u8> {
+    chat::proto::ClientMessage::History(chat::proto::HistoryMes {
+        before,
+        limit,
+        with: None,
+    })
+    .encode()
 }
 
 /// Raises the soft descriptor limit to the hard one: the bench holds many connections.

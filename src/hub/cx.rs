@@ -51,6 +51,8 @@ pub struct Summary {
     pub last_store_error: String,
     /// History entries lost (storage failed or too slow); live delivery went on.
     pub history_lost: u64,
+    /// History pages refused: the history queue was full, or the user over the rate.
+    pub history_refused: u64,
 }
 
 impl Summary {
@@ -273,7 +275,7 @@ impl Core {
     /// [`Core::queue_history_read`] (at once, or once the appends before it are done).
     pub(crate) fn reserve_history_read(&mut self) -> bool {
         if self.history_reads >= self.cfg.history_reads {
-            self.summary.jobs_refused += 1;
+            self.summary.history_refused += 1;
             return false;
         }
         self.history_reads += 1;
@@ -372,6 +374,10 @@ impl Core {
             "logins/registrations refused as busy (hashing wait too long or queue full)",
         );
         add(s.jobs_refused, "requests refused (store job queue full)");
+        add(
+            s.history_refused,
+            "history pages refused (history queue full, or over the per-user rate)",
+        );
         add(
             s.jobs_expired,
             "requests that waited past the job timeout for a worker",

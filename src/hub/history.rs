@@ -269,6 +269,7 @@ impl History {
             return;
         }
         if !self.within_rate(cx.cfg().history_rate, me, now) {
+            cx.summary().history_refused += 1;
             let per_min = cx.cfg().history_rate;
             cx.error_retry(
                 key,
