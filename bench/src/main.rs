@@ -1390,6 +1390,7 @@ fn history_ask(before: u64, limit: i64) -> Vec<u8> {
         before,
         limit,
         with: None,
+        after: None,
     })
     .encode()
 }

@@ -85,17 +85,23 @@ pub fn wire_len(c: char) -> usize {
 }
 
 /// `HistoryResMes` as a frame of at most `limit` body bytes, in one pass: each entry
-/// is encoded once, newest first, its size added to the envelope's, until the next
-/// would not fit; the page is then put together from the pieces, never encoded again.
-/// The result is the frame [`proto::encode`] gives for the largest run of newest
-/// entries that fits (`more` set when some were left out), byte for byte; if not
-/// even the newest fits alone, the newest cut short (with [`CUT_NOTE`]).
-pub fn history_page(messages: &[HistoryEntry], more: bool, limit: usize) -> Vec<u8> {
+/// is encoded once, from the end kept first, its size added to the envelope's, until
+/// the next would not fit; the page is then put together from the pieces, never
+/// encoded again. The result is the frame [`proto::encode`] gives for the longest run
+/// that fits (`more` set when some were left out), byte for byte: of the newest
+/// entries (a page back in time), or with `oldest` of the oldest (a page forwards).
+/// If not even one fits alone, that one cut short (with [`CUT_NOTE`]).
+pub fn history_page(messages: &[HistoryEntry], more: bool, limit: usize, oldest: bool) -> Vec<u8> {
     let cap = limit + HEADER_LEN;
     let shell = PageShell::new();
     let mut parts: Vec<String> = Vec::new();
     let mut sum = 0usize;
-    for e in messages.iter().rev() {
+    let order: Box<dyn Iterator<Item = &HistoryEntry>> = if oldest {
+        Box::new(messages.iter())
+    } else {
+        Box::new(messages.iter().rev())
+    };
+    for e in order {
         let part = escaped_entry(e);
         let add = part.len() + usize::from(!parts.is_empty());
         if shell.len(true) + sum + add > cap {
@@ -103,6 +109,9 @@ pub fn history_page(messages: &[HistoryEntry], more: bool, limit: usize) -> Vec<
         }
         sum += add;
         parts.push(part);
+    }
+    if !oldest {
+        parts.reverse();
     }
     if parts.len() == messages.len() {
         // All of them: with `more` as it is if that fits (`false` is a byte longer).
@@ -112,14 +121,17 @@ pub fn history_page(messages: &[HistoryEntry], more: bool, limit: usize) -> Vec<
     if !parts.is_empty() {
         return shell.frame(&parts, sum, true);
     }
-    // Not even the newest alone fits: the newest, cut short.
-    let newest = messages
-        .last()
-        .expect("a page that does not fit has entries");
+    // Not even one alone fits: the one kept first, cut short.
+    let first = if oldest {
+        messages.first()
+    } else {
+        messages.last()
+    };
+    let first = first.expect("a page that does not fit has entries");
     let noted = |content: String| {
         escaped_entry(&HistoryEntry {
             content,
-            ..newest.clone()
+            ..first.clone()
         })
     };
     let bare = noted(CUT_NOTE.to_string());
@@ -128,7 +140,7 @@ pub fn history_page(messages: &[HistoryEntry], more: bool, limit: usize) -> Vec<
     }
     let mut room = cap - shell.len(true) - bare.len();
     let mut end = 0;
-    for (i, c) in newest.content.char_indices() {
+    for (i, c) in first.content.char_indices() {
         let w = wire_len(c);
         if w > room {
             break;
@@ -136,7 +148,7 @@ pub fn history_page(messages: &[HistoryEntry], more: bool, limit: usize) -> Vec<
         room -= w;
         end = i + c.len_utf8();
     }
-    let part = noted(format!("{}{CUT_NOTE}", &newest.content[..end]));
+    let part = noted(format!("{}{CUT_NOTE}", &first.content[..end]));
     let len = part.len();
     shell.frame(&[part], len, true)
 }
@@ -183,14 +195,14 @@ impl PageShell {
         HEADER_LEN + self.head.len() + self.tail[usize::from(more)].len()
     }
 
-    /// The frame of `parts` (newest first, `sum` bytes with the commas between them).
+    /// The frame of `parts` (in order, `sum` bytes with the commas between them).
     fn frame(&self, parts: &[String], sum: usize, more: bool) -> Vec<u8> {
         let tail = &self.tail[usize::from(more)];
         let body = self.head.len() + sum + tail.len();
         let mut out = Vec::with_capacity(HEADER_LEN + body);
         out.extend_from_slice(&(body as u32).to_be_bytes());
         out.extend_from_slice(&self.head);
-        for (i, p) in parts.iter().rev().enumerate() {
+        for (i, p) in parts.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
@@ -247,7 +259,12 @@ mod tests {
     /// The exact fit as found by trying: the whole page if it fits, else the largest
     /// run of newest entries that fits (found by encoding the page again and again),
     /// else the newest cut short.
-    fn page_by_trying(messages: &[HistoryEntry], more: bool, limit: usize) -> Vec<u8> {
+    fn page_by_trying(
+        messages: &[HistoryEntry],
+        more: bool,
+        limit: usize,
+        oldest: bool,
+    ) -> Vec<u8> {
         let encode = |messages: &[HistoryEntry], more: bool| {
             proto::encode(
                 kind::HISTORY_RES,
@@ -262,11 +279,22 @@ mod tests {
             return frame;
         }
         let len = messages.len();
-        let n = largest(len, |n| fits(&encode(&messages[len - n..], true), limit));
+        let run = |n: usize| {
+            if oldest {
+                &messages[..n]
+            } else {
+                &messages[len - n..]
+            }
+        };
+        let n = largest(len, |n| fits(&encode(run(n), true), limit));
         if n > 0 {
-            return encode(&messages[len - n..], true);
+            return encode(run(n), true);
         }
-        let newest = messages.last().unwrap();
+        let newest = if oldest {
+            messages.first().unwrap()
+        } else {
+            messages.last().unwrap()
+        };
         let cut = |content: &str| {
             let e = HistoryEntry {
                 content: content.to_string(),
@@ -311,9 +339,10 @@ mod tests {
             messages in proptest::collection::vec(entry(), 0..40),
             more in any::<bool>(),
             limit in 60usize..12_000,
+            oldest in any::<bool>(),
         ) {
-            let got = history_page(&messages, more, limit);
-            let want = page_by_trying(&messages, more, limit);
+            let got = history_page(&messages, more, limit, oldest);
+            let want = page_by_trying(&messages, more, limit, oldest);
             prop_assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(&want));
             prop_assert!(fits(&got, limit) || !fits(&want, limit));
         }
@@ -334,12 +363,12 @@ mod tests {
             ..HistoryEntry::default()
         };
         let page = [e("a"), e("\"é\n"), e(&"x".repeat(900))];
-        for more in [false, true] {
-            let whole = page_by_trying(&page, more, usize::MAX / 2);
+        for (more, oldest) in [(false, false), (true, false), (false, true), (true, true)] {
+            let whole = page_by_trying(&page, more, usize::MAX / 2, oldest);
             for limit in whole.len() - HEADER_LEN - 3..whole.len() {
                 assert_eq!(
-                    history_page(&page, more, limit),
-                    page_by_trying(&page, more, limit),
+                    history_page(&page, more, limit, oldest),
+                    page_by_trying(&page, more, limit, oldest),
                     "limit {limit}"
                 );
             }

@@ -265,7 +265,7 @@ impl History {
         if cx.cfg().history == 0 {
             // History is off: there is none.
             let fit = Self::fit(cx, key);
-            cx.reply_frame(key, frame_fit::history_page(&[], false, fit));
+            cx.reply_frame(key, frame_fit::history_page(&[], false, fit, false));
             return;
         }
         if !self.within_rate(cx.cfg().history_rate, me, now) {
@@ -296,6 +296,7 @@ impl History {
         let job = JobKind::ReadHistory {
             conv,
             before: m.before,
+            after: m.after,
             limit,
             fit: Self::fit(cx, key),
         };

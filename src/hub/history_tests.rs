@@ -143,6 +143,7 @@ fn ask(before: u64, limit: i64, with: Option<i64>) -> ClientMessage {
         before,
         limit,
         with,
+        after: None,
     })
 }
 
@@ -838,4 +839,42 @@ fn a_user_over_the_history_rate_is_refused_429_until_it_refills() {
     page(&mut t, a, 0, 10, None);
     t.send(a, &ask(0, 10, None));
     assert!(error_of(&t.recv(a)).is_some_and(|e| e.code == code::TOO_MANY));
+}
+
+#[test]
+fn a_page_after_an_id_gives_the_newer_entries_oldest_first() {
+    let mut t = h();
+    let [a, b] = t.everyone_online([1, 2]);
+    for i in 0..5 {
+        t.send(a, &sms(&format!("m{i}")));
+    }
+    t.run_jobs();
+    t.recv(b);
+    let after = |t: &mut Harness, id: u64, limit: i64| {
+        t.send(
+            b,
+            &ClientMessage::History(HistoryMes {
+                // Not looked at when `after` is given.
+                before: 2,
+                limit,
+                with: None,
+                after: Some(id),
+            }),
+        );
+        t.run_jobs();
+        match &t.recv(b)[..] {
+            [ServerMessage::HistoryRes(r)] => r.clone(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let r = after(&mut t, 2, 2);
+    assert_eq!((contents(&r), r.more), (vec!["m2", "m3"], true));
+    assert_eq!(r.messages.iter().map(|e| e.id).collect::<Vec<_>>(), [3, 4]);
+    let r = after(&mut t, 4, 2);
+    assert_eq!((contents(&r), r.more), (vec!["m4"], false));
+    let r = after(&mut t, 0, 100);
+    assert_eq!(contents(&r).len(), 5);
+    assert!(!r.more);
+    let r = after(&mut t, 5, 100);
+    assert_eq!((r.messages.len(), r.more), (0, false));
 }

@@ -98,6 +98,8 @@ pub enum JobKind {
     ReadHistory {
         conv: Conv,
         before: u64,
+        /// Entries after this id, oldest first, instead ([`Store::read_history_after`]).
+        after: Option<u64>,
         limit: usize,
         fit: usize,
     },
@@ -121,9 +123,15 @@ impl std::fmt::Debug for JobKind {
             JobKind::AppendHistory { entries, .. } => {
                 write!(f, "AppendHistory({} entries)", entries.len())
             }
-            JobKind::ReadHistory { conv, before, .. } => {
-                write!(f, "ReadHistory({conv:?}, before {before})")
-            }
+            JobKind::ReadHistory {
+                conv,
+                before,
+                after,
+                ..
+            } => match after {
+                Some(after) => write!(f, "ReadHistory({conv:?}, after {after})"),
+                None => write!(f, "ReadHistory({conv:?}, before {before})"),
+            },
             JobKind::CheckBans { users } => write!(f, "CheckBans({} users)", users.len()),
         }
     }
@@ -364,13 +372,19 @@ pub fn execute(store: &mut dyn Store, hasher: &dyn Passwords, kind: JobKind) -> 
         JobKind::ReadHistory {
             conv,
             before,
+            after,
             limit,
             fit,
-        } => Outcome::History(
-            store
-                .read_history(conv, before, limit)
-                .map(|(messages, more)| Page(history_page(&messages, more, fit))),
-        ),
+        } => {
+            let read = match after {
+                Some(after) => store.read_history_after(conv, after, limit),
+                None => store.read_history(conv, before, limit),
+            };
+            let oldest = after.is_some();
+            Outcome::History(
+                read.map(|(messages, more)| Page(history_page(&messages, more, fit, oldest))),
+            )
+        }
         JobKind::CheckBans { users } => Outcome::CheckBans(banned(store, &users)),
     }
 }
