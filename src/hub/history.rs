@@ -268,6 +268,16 @@ impl History {
             cx.reply_frame(key, frame_fit::history_page(&[], false, fit, false));
             return;
         }
+        // A full queue refuses first: a page refused as busy costs none of the
+        // user's allowance.
+        let busy = |cx: &mut Cx<'_>| {
+            cx.error_retry(key, code::UNAVAILABLE, "server busy, try again", 1);
+        };
+        if cx.core().history_reads >= cx.cfg().history_reads {
+            cx.summary().history_refused += 1;
+            busy(cx);
+            return;
+        }
         if !self.within_rate(cx.cfg().history_rate, me, now) {
             cx.summary().history_refused += 1;
             let per_min = cx.cfg().history_rate;
@@ -285,7 +295,7 @@ impl History {
             (m.limit as u64).min(HISTORY_PAGE_MAX as u64) as usize
         };
         if !cx.reserve_history_read() {
-            cx.error_retry(key, code::UNAVAILABLE, "server busy, try again", 1);
+            busy(cx);
             return;
         }
         // What was noted goes first, so that a page asked for after a message was

@@ -842,6 +842,23 @@ fn a_user_over_the_history_rate_is_refused_429_until_it_refills() {
 }
 
 #[test]
+fn a_page_refused_as_busy_costs_none_of_the_users_allowance() {
+    let mut t = flooded(1, 1024, 2);
+    let [a, b] = t.everyone_online([1, 2]);
+    t.send(a, &ask(0, 10, None));
+    // The queue is full: b is told busy, again and again, and keeps its two.
+    for _ in 0..5 {
+        t.send(b, &ask(0, 10, None));
+        assert!(error_of(&t.recv(b)).is_some_and(|e| e.code == code::UNAVAILABLE));
+    }
+    t.run_jobs();
+    page(&mut t, b, 0, 10, None);
+    page(&mut t, b, 0, 10, None);
+    t.send(b, &ask(0, 10, None));
+    assert!(error_of(&t.recv(b)).is_some_and(|e| e.code == code::TOO_MANY));
+}
+
+#[test]
 fn a_page_after_an_id_gives_the_newer_entries_oldest_first() {
     let mut t = h();
     let [a, b] = t.everyone_online([1, 2]);
