@@ -215,6 +215,8 @@ pub struct Snapshot {
     /// of the next one, in ms.
     pub hashing_queued: usize,
     pub hashing_wait_ms: u64,
+    /// Whether the link to Redis is up (`None`: not a node of a cluster).
+    pub cluster_link_up: Option<bool>,
     /// The event loop's own: turns, and how long each took (from the end of its wait
     /// to the next wait).
     pub loop_turns: u64,
@@ -440,6 +442,14 @@ pub fn render(s: &Snapshot) -> String {
         "Time the event loop worked per turn (between two waits for events).",
         &[(None, &s.loop_seconds)],
     );
+    if let Some(up) = s.cluster_link_up {
+        o.one(
+            "cluster_link_up",
+            "gauge",
+            "Whether this node's link to Redis (the cluster's channel and presence) is up.",
+            u8::from(up),
+        );
+    }
     o.one(
         "uptime_seconds",
         "gauge",

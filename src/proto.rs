@@ -440,6 +440,10 @@ pub struct HistoryMes {
     /// The other user of a private conversation; none: the group conversation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub with: Option<i64>,
+    /// Only entries with an id above this one, the oldest of them first (`before` is
+    /// then not looked at): how a client fills the gap after a reconnect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<u64>,
 }
 
 /// The most history entries served in one `HistoryResMes`.

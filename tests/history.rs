@@ -312,3 +312,51 @@ fn redis_lost_in_a_burst_costs_history_entries_never_a_live_message() {
     group(&mut a, "after");
     assert_eq!(b.recv_until("SmsMes").0.data["content"], "after");
 }
+
+#[test]
+fn pages_after_an_id_and_the_per_user_rate_over_tcp() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut flags = FAST.to_vec();
+    flags.extend(["--history-rate", "3"]);
+    let s = ServerProc::start(dir.path(), &flags);
+    let mut a = online(&s, 1);
+    let mut b = online(&s, 2);
+    for i in 0..3 {
+        group(&mut a, &format!("m{i}"));
+    }
+    loop {
+        let (g, _) = b.recv_until("SmsMes");
+        if g.data["content"] == "m2" {
+            break;
+        }
+    }
+    // Forwards from the start, two at a time.
+    let forwards = |c: &mut SeedClient, after: u64| {
+        c.send("HistoryMes", json!({"after": after, "limit": 2}));
+        let (res, _) = c.recv_until("HistoryResMes");
+        let msgs = res.data["messages"].as_array().unwrap().clone();
+        let texts: Vec<String> = msgs
+            .iter()
+            .map(|m| m["content"].as_str().unwrap().to_string())
+            .collect();
+        let last = msgs.last().map_or(0, |m| m["id"].as_u64().unwrap());
+        (texts, last, res.data["more"].as_bool().unwrap())
+    };
+    let (texts, last, more) = forwards(&mut b, 0);
+    assert_eq!((texts, more), (vec!["m0".into(), "m1".into()], true));
+    let (texts, _, more) = forwards(&mut b, last);
+    assert_eq!((texts, more), (vec!["m2".into()], false));
+    // The third page of the minute is served; the fourth refused, saying when to try
+    // again; the connection goes on and live messages still arrive.
+    page(&mut b, 0, 10, None);
+    b.send("HistoryMes", json!({"before": 0, "limit": 10}));
+    let (err, _) = b.recv_until("ErrorResMes");
+    assert_eq!(
+        (&err.data["code"], &err.data["retryAfter"]),
+        (&json!(429), &json!(20)),
+        "{err:?}"
+    );
+    group(&mut a, "still live");
+    let (g, _) = b.recv_until("SmsMes");
+    assert_eq!(g.data["content"], "still live");
+}

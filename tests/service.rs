@@ -136,10 +136,8 @@ fn the_dist_unit_waits_for_readiness_and_its_config_names_the_data() {
     assert!(out.status.success(), "{out:?}");
 }
 
-#[test]
-fn metrics_carry_the_process_and_the_build() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut server = ServerProc::start(dir.path(), &["--metrics-listen", "127.0.0.1:0"]);
+/// The metrics text of a server started with `--metrics-listen 127.0.0.1:0`.
+fn scrape(server: &mut ServerProc) -> String {
     let line = server.wait_log("metrics at http://");
     let addr = line
         .rsplit("http://")
@@ -151,7 +149,29 @@ fn metrics_carry_the_process_and_the_build() {
         b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
     );
     assert!(status.contains(" 200 "), "{status}");
-    let text = String::from_utf8(body).unwrap();
+    String::from_utf8(body).unwrap()
+}
+
+#[test]
+fn a_node_shows_whether_its_link_to_redis_is_up() {
+    let redis = common::RedisProc::start(false);
+    let (mut node, _dir) = redis.node(&["--metrics-listen", "127.0.0.1:0"]);
+    let text = scrape(&mut node);
+    assert!(
+        text.lines().any(|l| l == "chat_cluster_link_up 1"),
+        "{text}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut alone = ServerProc::start(dir.path(), &["--metrics-listen", "127.0.0.1:0"]);
+    let text = scrape(&mut alone);
+    assert!(!text.contains("chat_cluster_link_up"), "{text}");
+}
+
+#[test]
+fn metrics_carry_the_process_and_the_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProc::start(dir.path(), &["--metrics-listen", "127.0.0.1:0"]);
+    let text = scrape(&mut server);
     let sample = |name: &str| -> f64 {
         let line = text
             .lines()

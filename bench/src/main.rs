@@ -10,6 +10,10 @@
 //!   memory per connection, from `/proc/PID/status`.
 //! - `login-storm`: K logins (real argon2 hashing) while a fixed-rate fan-out runs;
 //!   the fan-out's latency before and during the storm, and how long the storm took.
+//! - `history-flood`: U users each asking for a page of history at a fixed rate (the
+//!   server's `--history-rate`), pages made long beforehand, while a fixed-rate
+//!   fan-out runs; the fan-out's latency without and with the flood, and the server's
+//!   memory.
 //!
 //! With `--tls-ca`, every connection to the chat server is made over TLS (its
 //! `--tls-listen` port), trusting that CA: TLS against plain, side by side.
@@ -51,6 +55,31 @@ enum Mode {
     LoginStorm(StormArgs),
     /// Minutes of mixed load with bad clients; the server's memory over time.
     Soak(SoakArgs),
+    /// History pages asked for by many users during a fixed-rate fan-out.
+    HistoryFlood(FloodArgs),
+}
+
+#[derive(Args, Clone)]
+struct FloodArgs {
+    #[command(flatten)]
+    fanout: FanoutArgs,
+    /// Users asking for history.
+    #[arg(long, short = 'u', default_value_t = 1000)]
+    users: usize,
+    /// Pages each user asks for per minute (the server's `--history-rate`), whatever
+    /// the answers: asked for without reading them (plain TCP: dropped in the kernel).
+    #[arg(long, default_value_t = 30.0)]
+    per_min: f64,
+    /// Group messages written beforehand, so that the pages asked for are full.
+    #[arg(long, default_value_t = 200)]
+    fill: usize,
+    /// Bytes of each of them: quotes and non-ASCII text, which grow on the wire, so
+    /// that a page of 100 is over 1 MiB and has to be cut.
+    #[arg(long, default_value_t = 12_000)]
+    fill_size: usize,
+    /// Registrations of the flood's users in flight at once, beforehand.
+    #[arg(long, default_value_t = 200)]
+    register_conns: usize,
 }
 
 #[derive(Args, Clone)]
@@ -229,6 +258,7 @@ fn main() {
         Mode::Idle(a) => idle(&a),
         Mode::LoginStorm(a) => storm(&a),
         Mode::Soak(a) => soak::run(&a),
+        Mode::HistoryFlood(a) => flood(&a),
     };
     if let Err(e) = r {
         eprintln!("chat-bench: {e}");
@@ -1007,30 +1037,7 @@ fn storm(a: &StormArgs) -> Res<()> {
     // The storm's users, registered beforehand (registration hashes too: not timed).
     let storm_base = fa.common.base_id + 500_000;
     let reg_started = Instant::now();
-    {
-        // One registration per connection, a few hundred at a time: the server closes
-        // connections that do not log in within its login timeout, so a connection
-        // must not queue many slow (hashing) registrations.
-        let mut reg = Fleet::new(Target::Chat, 1, 4 * 1024)?;
-        reg.pool.tls = tls_setup(&fa.common)?;
-        reg.tolerate_closes = true;
-        let in_flight = a.register_conns.max(1);
-        let mut opened = 0;
-        while reg.registers_done < a.logins {
-            if reg_started.elapsed() > Duration::from_secs(3600) {
-                return Err("registering the storm's users did not finish".into());
-            }
-            while opened < a.logins && opened - reg.registers_done < in_flight {
-                let i = reg.add(addr, Role::Storm)?;
-                reg.pool.clients[i].send(&wire::chat_register(
-                    storm_base + opened as i64,
-                    "bench-password",
-                ));
-                opened += 1;
-            }
-            reg.run_until(Duration::from_millis(5), |_| false)?;
-        }
-    }
+    register_all(&fa.common, storm_base, a.logins, a.register_conns)?;
     let reg_secs = reg_started.elapsed().as_secs_f64();
 
     eprintln!(
@@ -1181,6 +1188,213 @@ fn storm(a: &StormArgs) -> Res<()> {
     Ok(())
 }
 
+/// Registers `n` users from `base` on, `in_flight` at a time (registration hashes: a
+/// setup step, not timed).
+fn register_all(common: &Common, base: i64, n: usize, in_flight: usize) -> Res<()> {
+    let addr = common.addr;
+    let reg_started = Instant::now();
+    // One registration per connection, a few hundred at a time: the server closes
+    // connections that do not log in within its login timeout, so a connection
+    // must not queue many slow (hashing) registrations.
+    let mut reg = Fleet::new(Target::Chat, 1, 4 * 1024)?;
+    reg.pool.tls = tls_setup(common)?;
+    reg.tolerate_closes = true;
+    let in_flight = in_flight.max(1);
+    let mut opened = 0;
+    while reg.registers_done < n {
+        if reg_started.elapsed() > Duration::from_secs(3600) {
+            return Err("registering the users did not finish".into());
+        }
+        while opened < n && opened - reg.registers_done < in_flight {
+            let i = reg.add(addr, Role::Storm)?;
+            reg.pool.clients[i].send(&wire::chat_register(base + opened as i64, "bench-password"));
+            opened += 1;
+        }
+        reg.run_until(Duration::from_millis(5), |_| false)?;
+    }
+    Ok(())
+}
+
+fn flood(a: &FloodArgs) -> Res<()> {
+    let fa = &a.fanout;
+    if fa.common.target != Target::Chat || fa.rate.is_none() {
+        return Err("history-flood needs --target chat and a fixed --rate".into());
+    }
+    let addr = fa.common.addr;
+    let base = fa.common.base_id + 700_000;
+    let reg_started = Instant::now();
+    register_all(&fa.common, base, a.users + 1, a.register_conns)?;
+    eprintln!(
+        "registered {} users in {:.1} s; writing {} long messages",
+        a.users + 1,
+        reg_started.elapsed().as_secs_f64(),
+        a.fill
+    );
+    // The history: long group messages from one more user, each acknowledged.
+    let (last_fill_id, page_bytes);
+    {
+        let mut w = Fleet::new(Target::Chat, 1, 64 * 1024)?;
+        w.pool.tls = tls_setup(&fa.common)?;
+        let i = w.add(addr, Role::Publisher)?;
+        w.join(i, base + a.users as i64, false);
+        if !w.run_until(Duration::from_secs(60), |w| w.ready_count() == 1)? {
+            return Err("the history's writer did not log in".into());
+        }
+        let unit = "\"字é<a> ";
+        let text: String = unit.repeat(a.fill_size / unit.len() + 1);
+        let mut cut = a.fill_size.min(text.len());
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        for k in 0..a.fill {
+            let c = &mut w.pool.clients[i];
+            c.send(&wire::chat_sms(&format!("{k} {}", &text[..cut])));
+            c.send(&wire::chat_ping());
+            w.conns[i].inflight += 1;
+            if !w.run_until(Duration::from_secs(10), |w| w.conns[i].inflight == 0)? {
+                return Err("a message of the history was not answered".into());
+            }
+        }
+        // Gathered and committed by the server within its --history-gather-ms. The
+        // fan-out's messages come after them in the history: the flood pages back from
+        // the newest of them.
+        w.run_until(Duration::from_millis(500), |_| false)?;
+        let (_, newest) = history_page(&mut w, i, &history_ask(0, 1))?;
+        last_fill_id = wire::history_last_id(&newest).ok_or("the history is empty")?;
+        (page_bytes, _) = history_page(&mut w, i, &history_ask(last_fill_id + 1, 100))?;
+    }
+    let mut f = fleet_for(fa, false)?;
+    // The flood's users are online in both runs (each gets the group's messages too):
+    // the only difference is their asking.
+    let first = f.conns.len();
+    for k in 0..a.users {
+        let i = f.add(addr, Role::Storm)?;
+        f.join(i, base + k as i64, false);
+        if k % 100 == 99 {
+            f.run_until(Duration::ZERO, |_| false)?;
+        }
+    }
+    let started = Instant::now();
+    let all_in = |f: &Fleet| {
+        f.conns[first..].iter().filter(|c| c.ready).count() + f.login_failures >= a.users
+    };
+    while !all_in(&f) && started.elapsed() < Duration::from_secs(300) {
+        let now = Instant::now();
+        for i in first..f.conns.len() {
+            f.retry_login(i, now);
+        }
+        f.run_until(Duration::from_millis(5), |_| false)?;
+    }
+    if !all_in(&f) {
+        return Err("the flood's users did not all log in".into());
+    }
+    for i in first..f.conns.len() {
+        f.pool.discard(i);
+    }
+    let quiet = Instant::now();
+    f.run_until(Duration::from_secs(2), |_| {
+        quiet.elapsed() > Duration::from_secs(1)
+    })?;
+    let base_rep = measure(&mut f, fa, fa.duration)?;
+    eprintln!("baseline measured; the flood starts");
+    let server_before = match fa.server_pid {
+        Some(pid) => {
+            reset_peak_rss(pid)?;
+            Some(rss_kib(pid)?)
+        }
+        None => None,
+    };
+    // Each user asks at its rate, the users spread over one interval.
+    let interval = Duration::from_secs_f64(60.0 / a.per_min.max(0.001));
+    let t0 = Instant::now();
+    let n = (f.conns.len() - first).max(1) as u32;
+    for (k, i) in (first..f.conns.len()).enumerate() {
+        f.conns[i].next_send = t0 + interval * k as u32 / n;
+    }
+    let ask = history_ask(last_fill_id + 1, 100);
+    let mut asked = 0u64;
+    let rep = measure_until(&mut f, fa, fa.duration, |f| {
+        let now = Instant::now();
+        for i in first..f.conns.len() {
+            if f.conns[i].next_send <= now && !f.pool.clients[i].closed {
+                f.pool.clients[i].send(&ask);
+                f.conns[i].next_send += interval;
+                asked += 1;
+            }
+        }
+        Ok(false)
+    })?;
+    let closed = f.pool.clients[first..].iter().filter(|c| c.closed).count();
+    let (mut base_lat, mut lat) = (base_rep.lat, rep.lat);
+    println!(
+        "history-flood U={} at {} pages/min each (pages before id {}), {} messages of {} bytes \
+         in the history; fanout N={} P={} S={} at {} msg/s",
+        a.users,
+        a.per_min,
+        last_fill_id + 1,
+        a.fill,
+        a.fill_size,
+        fa.receivers,
+        fa.publishers,
+        fa.size,
+        fa.rate.unwrap_or(0.0)
+    );
+    println!(
+        "  flood           {asked} pages of {page_bytes} bytes asked for in {:.1} s ({:.0}/s), \
+         {closed} of the users closed by the server",
+        rep.secs,
+        asked as f64 / rep.secs.max(1e-9)
+    );
+    if let (Some(pid), Some(rss0)) = (fa.server_pid, server_before) {
+        let peak = proc_status_kib(pid, "VmHWM:")?;
+        println!("  server memory   {rss0} KiB before the flood, peak {peak} KiB during");
+    }
+    println!("  fan-out without {}", base_lat.summary());
+    println!("  fan-out with    {}", lat.summary());
+    println!(
+        "  lost            {} without, {} with",
+        base_rep.lost, rep.lost
+    );
+    Ok(())
+}
+
+/// Sends `ask` on `w`'s connection `i` and waits for the `HistoryResMes`: its length
+/// (prefix included) and body.
+fn history_page(w: &mut Fleet, i: usize, ask: &[u8]) -> Res<(usize, Vec<u8>)> {
+    w.pool.clients[i].send(ask);
+    let asked = Instant::now();
+    while asked.elapsed() < Duration::from_secs(10) {
+        w.pool.flush();
+        w.pool
+            .poll(Some(Duration::from_millis(5)))
+            .map_err(|e| e.to_string())?;
+        let c = &mut w.pool.clients[i];
+        while let Some((total, body)) = wire::chat_frame(c.input()) {
+            let body = c.input()[body].to_vec();
+            c.consume(total);
+            if body.starts_with(br#"{"type":"HistoryResMes""#) {
+                return Ok((total, body));
+            }
+        }
+        if let Some(want) = c.input().get(..4) {
+            let want = 4 + u32::from_be_bytes(want.try_into().expect("4 bytes")) as usize;
+            c.need(want);
+        }
+    }
+    Err("a page of history was not answered".into())
+}
+
+/// `HistoryMes` for the group's page of `limit` before `before`.
+fn history_ask(before: u64, limit: i64) -> Vec<u8> {
+    chat::proto::ClientMessage::History(chat::proto::HistoryMes {
+        before,
+        limit,
+        with: None,
+        after: None,
+    })
+    .encode()
+}
+
 /// Raises the soft descriptor limit to the hard one: the bench holds many connections.
 fn raise_fd_limit() {
     if let Err(e) = rlimit::increase_nofile_limit(1 << 20) {
@@ -1196,13 +1410,14 @@ mod tests {
     fn the_command_line_is_well_formed_and_every_mode_takes_the_server_pid() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
-        for mode in ["fanout", "login-storm", "soak"] {
+        for mode in ["fanout", "login-storm", "soak", "history-flood"] {
             let cli = Cli::try_parse_from(["chat-bench", mode, "--server-pid", "7"])
                 .unwrap_or_else(|e| panic!("{mode}: {e}"));
             let pid = match cli.mode {
                 Mode::Fanout(a) => a.server_pid,
                 Mode::LoginStorm(a) => a.fanout.server_pid,
                 Mode::Soak(a) => a.fanout.server_pid,
+                Mode::HistoryFlood(a) => a.fanout.server_pid,
                 Mode::Idle(_) => unreachable!(),
             };
             assert_eq!(pid, Some(7), "{mode}");

@@ -104,6 +104,15 @@ fn inner(body: &[u8]) -> Option<serde_json::Value> {
     serde_json::from_str(v["data"].as_str()?).ok()
 }
 
+/// The id of the newest entry of a `HistoryResMes` frame (none for another frame, or
+/// an empty page).
+pub fn history_last_id(body: &[u8]) -> Option<u64> {
+    if !body.starts_with(br#"{"type":"HistoryResMes""#) {
+        return None;
+    }
+    inner(body)?["messages"].as_array()?.last()?["id"].as_u64()
+}
+
 /// The `code` of a reply frame.
 pub fn chat_code(body: &[u8]) -> Option<u64> {
     // The code comes first in this server's replies: read it there without parsing a

@@ -620,6 +620,7 @@ fn show_earlier(link: &mut Link, me: i64, older: &mut Option<u64>, first: bool) 
         before,
         limit: EARLIER_PAGE,
         with: None,
+        after: None,
     };
     let Some((msgs, more)) = history(link, req) else {
         return;
@@ -653,6 +654,7 @@ fn show_conversation(link: &mut Link, me: i64, with: i64) {
         before: 0,
         limit: PRIVATE_LINES,
         with: Some(with),
+        after: None,
     };
     let Some((msgs, _)) = history(link, req) else {
         return;

@@ -252,7 +252,7 @@ fn a_message_too_long_for_the_server_is_refused_before_it_is_sent() {
 fn messages_cut_short_for_some_read_as_sent() {
     let server = TestServer::start();
     // A seed-format client: it reads frames of 8,096 bytes at most.
-    let mut peer = Peer::register_and_login(server.addr, 200, "tiger");
+    let mut peer = Peer::register_and_login_seed(server.addr, 200, "tiger");
     let mut chat = Chat::start(&server.addr.to_string());
     chat.type_lines(&["2", "100", "secret", "scott", "1", "100", "secret"]);
     chat.expect("Logged in as scott (100)");

@@ -248,6 +248,17 @@ struct Args {
     #[arg(long, default_value_t = HubConfig::default().history_gather_ms, value_name = "MS")]
     history_gather_ms: u64,
 
+    /// History pages being read at once, over all users, in a queue of their own:
+    /// more are refused as busy (503). No other request waits for history; each page
+    /// in flight holds at most 1 MiB.
+    #[arg(long, default_value_t = HubConfig::default().history_reads, value_name = "N")]
+    history_reads: usize,
+
+    /// History pages one user may ask for per minute (bursts of the same size); over
+    /// it, refused with code 429. 0: no limit.
+    #[arg(long, default_value_t = HubConfig::default().history_rate, value_name = "N")]
+    history_rate: u32,
+
     /// argon2id passes (time cost) for new password hashes.
     #[arg(long, default_value_t = HashParams::default().passes, value_name = "N", global = true)]
     argon2_passes: u32,
@@ -591,6 +602,8 @@ fn hub_config(args: &Args) -> HubConfig {
         max_conns_per_addr: args.max_conns_per_addr,
         history: args.history,
         history_gather_ms: args.history_gather_ms,
+        history_reads: args.history_reads.max(1),
+        history_rate: args.history_rate,
         presence_interval_ms: args.presence_interval_ms,
         job_timeout_ms: args
             .job_timeout
@@ -617,7 +630,8 @@ fn restart_only(a: &Args) -> Vec<(&'static str, String)> {
         node_timeout => "node-timeout", store_cache_mib => "store-cache-mib",
         workers => "workers", worker_priority => "worker-priority",
         log_file => "log-file", history => "history",
-        history_gather_ms => "history-gather-ms", max_frame => "max-frame",
+        history_gather_ms => "history-gather-ms", history_reads => "history-reads",
+        max_frame => "max-frame",
         max_prelogin_frame => "max-prelogin-frame", max_jobs => "max-jobs",
         max_hash_jobs => "max-hash-jobs", job_timeout => "job-timeout",
         presence_interval_ms => "presence-interval-ms",

@@ -72,6 +72,11 @@ pub(crate) struct Cluster {
 }
 
 impl Cluster {
+    /// Whether the link to Redis is up (for the metrics).
+    pub(crate) fn is_up(&self) -> bool {
+        self.up
+    }
+
     pub(crate) fn new(node: &str, answer_ms: u64) -> Cluster {
         Cluster {
             node: node.into(),

@@ -408,6 +408,7 @@ fn every_message_joins_the_history_once_whichever_node_took_it() {
             before: 0,
             limit: 10,
             with,
+            after: None,
         })
     };
     net.nodes[1].send(c2, &ask(None));

@@ -60,6 +60,13 @@ pub struct HubConfig {
     /// when [`GATHER_ENTRIES`](crate::hub::history::GATHER_ENTRIES) or
     /// [`GATHER_CONTENT_BYTES`](crate::hub::history::GATHER_CONTENT_BYTES) wait). 0: at the end of each turn.
     pub history_gather_ms: u64,
+    /// History pages (`HistoryMes`) being read or waiting for a worker at once, over
+    /// all connections, in a queue of their own: past it a page is refused as busy
+    /// (503), and no other request ever waits for history (`--history-reads`).
+    pub history_reads: usize,
+    /// History pages one user may ask for per minute (bursts of the same size); over
+    /// it, `ErrorResMes` 429 (`--history-rate`). 0: no limit.
+    pub history_rate: u32,
     /// Presence notices (who came online, who left) are sent together at most this
     /// long after the first of them, or at once before any message from one user to
     /// another (see [`crate::hub::presence`]). 0: at the end of each turn.
@@ -83,6 +90,7 @@ impl HubConfig {
         take!(
             msg_rate => "msg-rate",
             login_rate => "login-rate",
+            history_rate => "history-rate",
             max_conns_per_addr => "max-conns-per-addr",
             login_timeout_ms => "login-timeout (ms)",
             max_login_failures => "max-login-failures",
@@ -124,6 +132,8 @@ impl Default for HubConfig {
             summary_interval_ms: 10_000,
             history: 1000,
             history_gather_ms: 100,
+            history_reads: 16,
+            history_rate: 30,
             presence_interval_ms: 50,
         }
     }

@@ -51,6 +51,8 @@ pub struct Summary {
     pub last_store_error: String,
     /// History entries lost (storage failed or too slow); live delivery went on.
     pub history_lost: u64,
+    /// History pages refused: the history queue was full, or the user over the rate.
+    pub history_refused: u64,
 }
 
 impl Summary {
@@ -84,6 +86,9 @@ pub(crate) struct Core {
     /// Password-hashing jobs (logins, registrations) queued or running, among
     /// `jobs_in_flight`.
     pub(crate) hash_jobs: usize,
+    /// History pages being read, among `jobs_in_flight`: they have a queue of their
+    /// own (`HubConfig::history_reads`), apart from the store jobs'.
+    pub(crate) history_reads: usize,
     /// Connections whose queue went from empty to non-empty: to be written this turn.
     pub(crate) writes: Vec<ConnRef>,
     /// The stretch of the round of writes under way (see [`Hub::poll_write`]).
@@ -131,6 +136,7 @@ impl Core {
             jobs: VecDeque::new(),
             jobs_in_flight: 0,
             hash_jobs: 0,
+            history_reads: 0,
             writes: Vec::new(),
             stretch: Vec::new(),
             reads: Vec::new(),
@@ -188,9 +194,11 @@ impl Core {
     pub(crate) fn is_logging_in(&self, user_id: i64) -> bool {
         self.logging_in.contains_key(&user_id)
     }
-    /// Store jobs queued or running, password hashes not counted.
+    /// Store jobs queued or running, password hashes and history pages not counted.
     pub(crate) fn store_jobs_in_flight(&self) -> usize {
-        self.jobs_in_flight.saturating_sub(self.hash_jobs)
+        self.jobs_in_flight
+            .saturating_sub(self.hash_jobs)
+            .saturating_sub(self.history_reads)
     }
     pub(crate) fn unmark_login(&mut self, user_id: i64) {
         if let Some(n) = self.logging_in.get_mut(&user_id) {
@@ -261,6 +269,35 @@ impl Core {
         }
         self.submit_always(key, kind);
         true
+    }
+    /// Takes a place in the history queue (`HubConfig::history_reads`) for a page to
+    /// be read, if there is one: counted in flight from now, queued for a worker by
+    /// [`Core::queue_history_read`] (at once, or once the appends before it are done).
+    pub(crate) fn reserve_history_read(&mut self) -> bool {
+        if self.history_reads >= self.cfg.history_reads {
+            self.summary.history_refused += 1;
+            return false;
+        }
+        self.history_reads += 1;
+        self.jobs_in_flight += 1;
+        true
+    }
+    /// Hands a page's reading, its place taken, to a worker; if the connection has
+    /// gone meanwhile, gives the place back.
+    pub(crate) fn queue_history_read(&mut self, conn: ConnRef, kind: JobKind) {
+        if self.get(conn).is_some() {
+            self.jobs.push_back(Job {
+                conn: Some(conn),
+                kind,
+            });
+        } else {
+            self.history_read_done();
+            self.jobs_in_flight = self.jobs_in_flight.saturating_sub(1);
+        }
+    }
+    /// A history page's reading ended (read, failed, refused unrun, or not started).
+    pub(crate) fn history_read_done(&mut self) {
+        self.history_reads = self.history_reads.saturating_sub(1);
     }
     /// Starts closing `key`. With `flush`, queued frames (an error, a goodbye) are
     /// written first, within the linger time; without it the connection goes at the
@@ -337,6 +374,10 @@ impl Core {
             "logins/registrations refused as busy (hashing wait too long or queue full)",
         );
         add(s.jobs_refused, "requests refused (store job queue full)");
+        add(
+            s.history_refused,
+            "history pages refused (history queue full, or over the per-user rate)",
+        );
         add(
             s.jobs_expired,
             "requests that waited past the job timeout for a worker",
@@ -484,6 +525,21 @@ impl Cx<'_> {
     /// Queues a store job for a worker if the pool has room.
     pub(crate) fn submit(&mut self, key: Option<usize>, kind: JobKind) -> bool {
         self.core.submit(key, kind)
+    }
+
+    /// Takes a place in the history queue, if there is one.
+    pub(crate) fn reserve_history_read(&mut self) -> bool {
+        self.core.reserve_history_read()
+    }
+
+    /// Hands a page's reading, its place taken, to a worker.
+    pub(crate) fn queue_history_read(&mut self, conn: ConnRef, kind: JobKind) {
+        self.core.queue_history_read(conn, kind);
+    }
+
+    /// A history page's reading ended.
+    pub(crate) fn history_read_done(&mut self) {
+        self.core.history_read_done();
     }
 
     /// Queues a job whatever the load.

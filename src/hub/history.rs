@@ -21,22 +21,26 @@
 //! in the history lane, after them.
 //!
 //! Reading is a store job for the asking connection, whose later frames wait for its
-//! answer as for any other request. The answer fits what the client reads: the oldest
-//! entries of a page are left out (and `more` set) when the page would not fit.
+//! answer as for any other request. The pages have a queue of their own, apart from
+//! every other job (`--history-reads` at once, in a worker lane of their own), and each
+//! user an allowance (`--history-rate` a minute): a flood of them is refused (503, 429)
+//! and holds up no live message, login or stored message. A page is read once the
+//! appends handed over before it have ended. The worker that reads a page encodes it
+//! into the frame sent ([`frame_fit::history_page`], one pass), fitted to what the
+//! client reads: the oldest entries of a page are left out (and `more` set) when the
+//! page would not fit. The loop only queues the bytes.
 #![forbid(unsafe_code)]
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use super::cx::{Core, Cx};
 use crate::conn::Pending;
 use crate::hub::frame_fit;
-use crate::job::{JobKind, Outcome};
-use crate::proto::{
-    self, HISTORY_PAGE_DEFAULT, HISTORY_PAGE_MAX, HistoryEntry, HistoryMes, HistoryResMes, code,
-    kind,
-};
+use crate::job::{JobKind, Outcome, Page};
+use crate::proto::{HISTORY_PAGE_DEFAULT, HISTORY_PAGE_MAX, HistoryEntry, HistoryMes, code};
+use crate::rate::Bucket;
 use crate::store::{Conv, OfflineMsg, StoreError};
-use crate::types::Now;
+use crate::types::{ConnRef, Now};
 
 /// Append jobs in flight at once: more entries wait in the hub and go together, so a
 /// slow store never fills the job queue with history and refuses private messages.
@@ -54,6 +58,8 @@ pub const GATHER_ENTRIES: usize = 4096;
 pub const GATHER_CONTENT_BYTES: usize = MAX_PENDING_BYTES / 4;
 /// The largest `HistoryResMes` body sent, whatever the client reads.
 pub const MAX_REPLY_BYTES: usize = 1 << 20;
+/// Users whose history rate is remembered before the full buckets are forgotten.
+const RATES_PRUNE_MIN: usize = 1024;
 
 /// Entries noted and not yet handed to a worker.
 #[derive(Debug, Default)]
@@ -68,6 +74,17 @@ pub(crate) struct History {
     since_ms: Option<u64>,
     /// The server is stopping: whatever waits goes now, whatever is in flight.
     last_call: bool,
+    /// Each user's pages asked for lately (`HubConfig::history_rate`); full buckets
+    /// are forgotten now and then.
+    rates: HashMap<i64, Bucket>,
+    /// Past this many users in `rates`, the full buckets are forgotten.
+    rates_prune_at: usize,
+    /// Appends handed to a worker so far, and of them ended (they end in order).
+    appends_sent: u64,
+    appends_done: u64,
+    /// Pages asked for while appends were on their way, each with the number of
+    /// appends that must end before it is read (its place in the history queue taken).
+    parked: VecDeque<(u64, ConnRef, JobKind)>,
 }
 
 impl History {
@@ -169,6 +186,7 @@ impl History {
         h.pending_bytes = 0;
         h.since_ms = None;
         h.in_flight += 1;
+        h.appends_sent += 1;
         let keep = cx.cfg().history;
         cx.submit_always(None, JobKind::AppendHistory { entries, keep });
     }
@@ -189,6 +207,11 @@ impl History {
     /// must not add it twice.
     pub(crate) fn outcome(&mut self, cx: &mut Cx<'_>, outcome: &mut Outcome) -> bool {
         match outcome {
+            Outcome::History(_) => {
+                // Its place in the history queue is free, whoever it was for.
+                cx.history_read_done();
+                false
+            }
             Outcome::AppendHistory {
                 count,
                 kept,
@@ -196,6 +219,14 @@ impl History {
             } => {
                 self.in_flight = self.in_flight.saturating_sub(1);
                 self.pairs_in_flight.pop_front();
+                self.appends_done += 1;
+                // The pages asked for after it can be read now.
+                while let Some((after, ..)) = self.parked.front()
+                    && *after <= self.appends_done
+                {
+                    let (_, conn, job) = self.parked.pop_front().expect("not empty");
+                    cx.queue_history_read(conn, job);
+                }
                 match result {
                     Ok(()) => cx.stats().history_appended += *count as u64,
                     Err(e) => {
@@ -215,7 +246,7 @@ impl History {
         }
     }
 
-    pub(crate) fn handle(&mut self, cx: &mut Cx<'_>, key: usize, m: HistoryMes, _now: Now) {
+    pub(crate) fn handle(&mut self, cx: &mut Cx<'_>, key: usize, m: HistoryMes, now: Now) {
         let Some(me) = cx.conn(key).user_id() else {
             return;
         };
@@ -233,7 +264,29 @@ impl History {
         };
         if cx.cfg().history == 0 {
             // History is off: there is none.
-            self.reply(cx, key, Vec::new(), false);
+            let fit = Self::fit(cx, key);
+            cx.reply_frame(key, frame_fit::history_page(&[], false, fit, false));
+            return;
+        }
+        // A full queue refuses first: a page refused as busy costs none of the
+        // user's allowance.
+        let busy = |cx: &mut Cx<'_>| {
+            cx.error_retry(key, code::UNAVAILABLE, "server busy, try again", 1);
+        };
+        if cx.core().history_reads >= cx.cfg().history_reads {
+            cx.summary().history_refused += 1;
+            busy(cx);
+            return;
+        }
+        if !self.within_rate(cx.cfg().history_rate, me, now) {
+            cx.summary().history_refused += 1;
+            let per_min = cx.cfg().history_rate;
+            cx.error_retry(
+                key,
+                code::TOO_MANY,
+                &format!("too many history requests: at most {per_min} a minute"),
+                60u64.div_ceil(u64::from(per_min)),
+            );
             return;
         }
         let limit = if m.limit <= 0 {
@@ -241,30 +294,60 @@ impl History {
         } else {
             (m.limit as u64).min(HISTORY_PAGE_MAX as u64) as usize
         };
+        if !cx.reserve_history_read() {
+            busy(cx);
+            return;
+        }
         // What was noted goes first, so that a page asked for after a message was
-        // accepted shows it (the history jobs run in order). Past the limit of appends
-        // in flight too: reads are bounded (one per connection at a time).
+        // accepted shows it: the page is read once the appends handed over before it
+        // have ended (pages are read in a lane of their own, so that no number of them
+        // holds up an append or a stored message).
         self.submit_appends(cx);
         let job = JobKind::ReadHistory {
             conv,
             before: m.before,
+            after: m.after,
             limit,
+            fit: Self::fit(cx, key),
         };
-        if cx.submit(Some(key), job) {
-            cx.conn_mut(key).pending = Some(Pending::History);
+        cx.conn_mut(key).pending = Some(Pending::History);
+        let conn = cx.conn_ref(key);
+        if self.appends_done < self.appends_sent {
+            self.parked.push_back((self.appends_sent, conn, job));
         } else {
-            cx.error_retry(key, code::UNAVAILABLE, "server busy, try again", 1);
+            cx.queue_history_read(conn, job);
         }
+    }
+
+    /// Takes one of `user`'s history requests from their allowance of `per_min` a
+    /// minute (0: no limit); false if none is left.
+    fn within_rate(&mut self, per_min: u32, user: i64, now: Now) -> bool {
+        if per_min == 0 {
+            return true;
+        }
+        let rate = f64::from(per_min) / 60.0;
+        let at = now.mono_ms;
+        if self.rates.len() >= self.rates_prune_at.max(RATES_PRUNE_MIN) {
+            self.rates.retain(|_, b| !b.is_full(at, rate, per_min));
+            self.rates_prune_at = 2 * self.rates.len();
+        }
+        self.rates
+            .entry(user)
+            .or_insert_with(|| Bucket::new(per_min, at))
+            .take(at, rate, per_min)
     }
 
     pub(crate) fn read_done(
         &mut self,
         cx: &mut Cx<'_>,
         key: usize,
-        result: Result<(Vec<HistoryEntry>, bool), StoreError>,
+        result: Result<Page, StoreError>,
     ) {
         match result {
-            Ok((messages, more)) => self.reply(cx, key, messages, more),
+            // Encoded and fitted by the worker: the loop only queues the bytes.
+            Ok(Page(frame)) => {
+                cx.reply_frame(key, frame);
+            }
             Err(e) if e.is_timed_out() => {
                 cx.error_retry(key, code::UNAVAILABLE, "server busy, try again", 1)
             }
@@ -279,45 +362,8 @@ impl History {
         }
     }
 
-    /// Sends a page of history, as much of it as the client reads in one frame: the
-    /// newest entries, the oldest left out (then `more` is set), and if not even one
-    /// fits whole, the newest cut short.
-    fn reply(&mut self, cx: &mut Cx<'_>, key: usize, mut messages: Vec<HistoryEntry>, more: bool) {
-        let limit = cx.conn(key).max_frame().min(MAX_REPLY_BYTES);
-        let encode = |messages: &[HistoryEntry], more: bool| {
-            proto::encode(
-                kind::HISTORY_RES,
-                &HistoryResMes {
-                    messages: messages.to_vec(),
-                    more,
-                },
-            )
-        };
-        let frame = encode(&messages, more);
-        if frame_fit::fits(&frame, limit) {
-            cx.reply_frame(key, frame);
-            return;
-        }
-        let len = messages.len();
-        let n = frame_fit::largest(len, |n| {
-            frame_fit::fits(&encode(&messages[len - n..], true), limit)
-        });
-        let frame = if n > 0 {
-            encode(&messages[len - n..], true)
-        } else {
-            // One entry alone is too long for this client: the newest, cut short.
-            let newest = messages
-                .pop()
-                .expect("a page that does not fit has entries");
-            let cut = |content: &str| {
-                let e = HistoryEntry {
-                    content: content.to_string(),
-                    ..newest.clone()
-                };
-                encode(std::slice::from_ref(&e), true)
-            };
-            frame_fit::cut_to_fit(&newest.content, limit, cut).unwrap_or_else(|| encode(&[], true))
-        };
-        cx.reply_frame(key, frame);
+    /// The largest `HistoryResMes` body `key`'s client gets.
+    fn fit(cx: &Cx<'_>, key: usize) -> usize {
+        cx.conn(key).max_frame().min(MAX_REPLY_BYTES)
     }
 }

@@ -143,6 +143,7 @@ fn ask(before: u64, limit: i64, with: Option<i64>) -> ClientMessage {
         before,
         limit,
         with,
+        after: None,
     })
 }
 
@@ -600,12 +601,16 @@ fn a_page_asked_for_while_appends_wait_shows_them_all() {
     assert_eq!(append_sizes(&t.jobs), [1, 1], "three wait");
     t.recv(b);
     t.send(b, &ask(0, 10, None));
-    // The three waiting went before the read, as one job.
+    // The three waiting went at once, as one job; the page is read once every
+    // append handed over before it has ended (the pages have a lane of their own).
     assert_eq!(append_sizes(&t.jobs), [1, 1, 3]);
-    assert!(matches!(
-        t.jobs.back().map(|j| &j.kind),
-        Some(JobKind::ReadHistory { .. })
-    ));
+    let reads = |t: &Harness| t.jobs.iter().filter(|j| j.kind.reads_history()).count();
+    assert_eq!(reads(&t), 0);
+    t.run_job(0);
+    t.run_job(0);
+    assert_eq!(reads(&t), 0, "an append is still on its way");
+    t.run_job(0);
+    assert_eq!(reads(&t), 1);
     t.run_jobs();
     let got = t.recv(b);
     assert!(
@@ -703,4 +708,192 @@ fn a_stored_private_message_is_numbered_after_the_live_ones_sent_before_it() {
             "stored last"
         ]
     );
+}
+
+/// As `h()`, with room for `reads` pages at once, `jobs` other store jobs, and
+/// `rate` pages a minute per user.
+fn flooded(reads: usize, jobs: usize, rate: u32) -> Harness {
+    Harness::new(HubConfig {
+        msg_rate: 0,
+        presence_interval_ms: 0,
+        history_gather_ms: 0,
+        history_reads: reads,
+        history_rate: rate,
+        max_jobs: jobs,
+        // Every login of the test comes from one address.
+        login_rate: 0,
+        ..HubConfig::default()
+    })
+}
+
+/// The error among what a client got (presence notices aside).
+fn error_of(got: &[ServerMessage]) -> Option<&CodeRes> {
+    got.iter().find_map(|m| match m {
+        ServerMessage::Error(e) => Some(e),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_history_flood_holds_up_no_live_message_stored_message_or_login() {
+    let mut t = flooded(4, 8, 0);
+    let [a, b] = t.everyone_online([1, 2]);
+    t.register(3);
+    t.register(4);
+    // Twelve users ask for pages, none read yet: four are taken, the rest told busy
+    // (checked below).
+    let ids: [i64; 12] = std::array::from_fn(|i| 10 + i as i64);
+    let flood = t.everyone_online(ids);
+    for &c in &flood {
+        t.send(c, &ask(0, 100, None));
+    }
+    // A live message is delivered at once (the others' logins read away first).
+    t.recv(a);
+    t.recv(b);
+    t.send(a, &sms("live"));
+    assert!(
+        matches!(&t.recv(b)[..], [ServerMessage::Sms(m)] if m.content == "live"),
+        "the group message arrives"
+    );
+    // A private message to a user offline is stored and answered 202, the pages
+    // still unread.
+    t.send(a, &private(3, "for later"));
+    let stored = t
+        .jobs
+        .iter()
+        .position(|j| matches!(j.kind, JobKind::StoreOffline { .. }))
+        .expect("the private message is handed to a worker");
+    t.run_job(stored);
+    assert!(
+        matches!(&t.recv(a)[..], [ServerMessage::SmsRes(r)] if r.code == code::STORED),
+        "answered 202"
+    );
+    // A login is admitted and answered.
+    let c = t.connect();
+    t.send(c, &crate::hub::testkit::login_msg(4, "pw4"));
+    let login = t
+        .jobs
+        .iter()
+        .position(|j| matches!(j.kind, JobKind::Login { .. }))
+        .expect("the login is handed to a worker");
+    t.run_job(login);
+    assert!(
+        matches!(t.recv(c).first(), Some(ServerMessage::LoginRes(r)) if r.code == 200),
+        "logged in"
+    );
+    let reads = |t: &Harness| t.jobs.iter().filter(|j| j.kind.reads_history()).count();
+    assert_eq!(reads(&t), 4, "the history queue holds four");
+    let busy = flood
+        .iter()
+        .filter(|&&c| {
+            let got = t.recv(c);
+            error_of(&got).is_some_and(|e| e.code == code::UNAVAILABLE && e.retry_after == Some(1))
+        })
+        .count();
+    assert_eq!(busy, 8);
+    // Asked again and again while the queue is full: refused at once, nothing queued.
+    for _ in 0..3 {
+        for &c in &flood[4..] {
+            t.send(c, &ask(0, 100, None));
+            assert!(error_of(&t.recv(c)).is_some_and(|e| e.code == code::UNAVAILABLE));
+        }
+    }
+    assert_eq!(reads(&t), 4);
+
+    assert_eq!(reads(&t), 4, "the pages are still on their way");
+    // The pages come; the queue has room again.
+    t.run_jobs();
+    for &c in &flood[..4] {
+        let got = t.recv(c);
+        assert!(
+            matches!(got.last(), Some(ServerMessage::HistoryRes(_))),
+            "{got:?}"
+        );
+    }
+    t.send(flood[4], &ask(0, 100, None));
+    assert_eq!(reads(&t), 1);
+}
+
+#[test]
+fn a_user_over_the_history_rate_is_refused_429_until_it_refills() {
+    let mut t = flooded(16, 1024, 3);
+    let [a, b] = t.everyone_online([1, 2]);
+    for _ in 0..3 {
+        page(&mut t, a, 0, 10, None);
+    }
+    t.send(a, &ask(0, 10, None));
+    assert!(t.jobs.is_empty(), "nothing read for the fourth");
+    let got = t.recv(a);
+    assert!(
+        error_of(&got).is_some_and(|e| e.code == code::TOO_MANY && e.retry_after == Some(20)),
+        "{got:?}"
+    );
+    // Another user has an allowance of their own, and so does the same user on a
+    // new connection (the allowance is the user's, not the connection's).
+    page(&mut t, b, 0, 10, None);
+    t.hangup(a);
+    let a = t.login(1);
+    t.recv(a);
+    t.send(a, &ask(0, 10, None));
+    assert!(error_of(&t.recv(a)).is_some_and(|e| e.code == code::TOO_MANY));
+    // One more a minute over three: twenty seconds on, one more.
+    t.advance(20_000);
+    page(&mut t, a, 0, 10, None);
+    t.send(a, &ask(0, 10, None));
+    assert!(error_of(&t.recv(a)).is_some_and(|e| e.code == code::TOO_MANY));
+}
+
+#[test]
+fn a_page_refused_as_busy_costs_none_of_the_users_allowance() {
+    let mut t = flooded(1, 1024, 2);
+    let [a, b] = t.everyone_online([1, 2]);
+    t.send(a, &ask(0, 10, None));
+    // The queue is full: b is told busy, again and again, and keeps its two.
+    for _ in 0..5 {
+        t.send(b, &ask(0, 10, None));
+        assert!(error_of(&t.recv(b)).is_some_and(|e| e.code == code::UNAVAILABLE));
+    }
+    t.run_jobs();
+    page(&mut t, b, 0, 10, None);
+    page(&mut t, b, 0, 10, None);
+    t.send(b, &ask(0, 10, None));
+    assert!(error_of(&t.recv(b)).is_some_and(|e| e.code == code::TOO_MANY));
+}
+
+#[test]
+fn a_page_after_an_id_gives_the_newer_entries_oldest_first() {
+    let mut t = h();
+    let [a, b] = t.everyone_online([1, 2]);
+    for i in 0..5 {
+        t.send(a, &sms(&format!("m{i}")));
+    }
+    t.run_jobs();
+    t.recv(b);
+    let after = |t: &mut Harness, id: u64, limit: i64| {
+        t.send(
+            b,
+            &ClientMessage::History(HistoryMes {
+                // Not looked at when `after` is given.
+                before: 2,
+                limit,
+                with: None,
+                after: Some(id),
+            }),
+        );
+        t.run_jobs();
+        match &t.recv(b)[..] {
+            [ServerMessage::HistoryRes(r)] => r.clone(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let r = after(&mut t, 2, 2);
+    assert_eq!((contents(&r), r.more), (vec!["m2", "m3"], true));
+    assert_eq!(r.messages.iter().map(|e| e.id).collect::<Vec<_>>(), [3, 4]);
+    let r = after(&mut t, 4, 2);
+    assert_eq!((contents(&r), r.more), (vec!["m4"], false));
+    let r = after(&mut t, 0, 100);
+    assert_eq!(contents(&r).len(), 5);
+    assert!(!r.more);
+    let r = after(&mut t, 5, 100);
+    assert_eq!((r.messages.len(), r.more), (0, false));
 }

@@ -821,6 +821,7 @@ impl Hub {
                 .count(),
             hashing_queued: self.sessions.hashing_queued(),
             hashing_wait_ms: self.sessions.hashing_wait_ms(now),
+            cluster_link_up: self.cluster.as_ref().map(|c| c.is_up()),
             ..metrics::Snapshot::default()
         }
     }

@@ -19,6 +19,7 @@ pub mod worker;
 
 use std::time::Duration;
 
+use crate::hub::frame_fit::history_page;
 use crate::store::{Conv, HistoryEntry, OfflineId, OfflineMsg, Store, StoreError, StoredMsg};
 use crate::types::ConnRef;
 use crate::users::UserRecord;
@@ -121,11 +122,16 @@ pub enum JobKind {
         entries: Vec<HistoryEntry>,
         keep: usize,
     },
-    /// A page of a conversation's history (see [`Store::read_history`]).
+    /// A page of a conversation's history (see [`Store::read_history`]), encoded
+    /// here, off the loop, into the frame sent: at most `fit` body bytes (see
+    /// [`crate::hub::frame_fit::history_page`]).
     ReadHistory {
         conv: Conv,
         before: u64,
+        /// Entries after this id, oldest first, instead ([`Store::read_history_after`]).
+        after: Option<u64>,
         limit: usize,
+        fit: usize,
     },
     /// Which of these users (online on this node) an operator banned: asked when a
     /// node's link to the other nodes is back, since a ban published meanwhile did
@@ -147,9 +153,15 @@ impl std::fmt::Debug for JobKind {
             JobKind::AppendHistory { entries, .. } => {
                 write!(f, "AppendHistory({} entries)", entries.len())
             }
-            JobKind::ReadHistory { conv, before, .. } => {
-                write!(f, "ReadHistory({conv:?}, before {before})")
-            }
+            JobKind::ReadHistory {
+                conv,
+                before,
+                after,
+                ..
+            } => match after {
+                Some(after) => write!(f, "ReadHistory({conv:?}, after {after})"),
+                None => write!(f, "ReadHistory({conv:?}, before {before})"),
+            },
             JobKind::CheckBans { users } => write!(f, "CheckBans({} users)", users.len()),
         }
     }
@@ -162,15 +174,21 @@ impl JobKind {
         matches!(self, JobKind::Login { .. } | JobKind::Register { .. })
     }
 
-    /// Whether this job is about history (appends, the pages read after them, and a
-    /// private message stored after appends of its pair): run apart from the other
-    /// storage jobs, in order, so that an entry written with its stored message comes
-    /// after the entries of the same conversation noted before it.
+    /// Whether this job reads a page of history: run in a lane of its own, so that
+    /// no number of pages asked for holds up another job (the hub hands a page over
+    /// once the appends before it have ended).
+    pub fn reads_history(&self) -> bool {
+        matches!(self, JobKind::ReadHistory { .. })
+    }
+
+    /// Whether this job writes history (appends, and a private message stored after
+    /// appends of its pair): run apart from the other storage jobs, in order, so that
+    /// an entry written with its stored message comes after the entries of the same
+    /// conversation noted before it.
     pub fn is_history(&self) -> bool {
         matches!(
             self,
             JobKind::AppendHistory { .. }
-                | JobKind::ReadHistory { .. }
                 | JobKind::StoreOffline {
                     after_history: true,
                     ..
@@ -285,8 +303,8 @@ pub enum Outcome {
         kept: usize,
         result: Result<(), StoreError>,
     },
-    /// A page of history, oldest first, and whether older entries exist.
-    History(Result<(Vec<HistoryEntry>, bool), StoreError>),
+    /// A page of history, as the frame to send.
+    History(Result<Page, StoreError>),
     /// The users asked about who are banned.
     CheckBans(Result<Vec<i64>, StoreError>),
 }
@@ -301,6 +319,17 @@ impl Outcome {
             Outcome::Login(Ok(_) | Err(LoginError::WrongPassword | LoginError::Banned))
                 | Outcome::Register(Ok(()))
         )
+    }
+}
+
+/// A `HistoryResMes` frame, length prefix included, fitted to its reader.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Page(pub Vec<u8>);
+
+impl std::fmt::Debug for Page {
+    // A page may be a megabyte: its size says enough in a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Page({} bytes)", self.0.len())
     }
 }
 
@@ -387,8 +416,19 @@ pub fn execute(store: &mut dyn Store, hasher: &dyn Passwords, kind: JobKind) -> 
         JobKind::ReadHistory {
             conv,
             before,
+            after,
             limit,
-        } => Outcome::History(store.read_history(conv, before, limit)),
+            fit,
+        } => {
+            let read = match after {
+                Some(after) => store.read_history_after(conv, after, limit),
+                None => store.read_history(conv, before, limit),
+            };
+            let oldest = after.is_some();
+            Outcome::History(
+                read.map(|(messages, more)| Page(history_page(&messages, more, fit, oldest))),
+            )
+        }
         JobKind::CheckBans { users } => Outcome::CheckBans(banned(store, &users)),
     }
 }

@@ -34,6 +34,9 @@ pub type ResultSink = Arc<dyn Fn(JobResult) + Send + Sync>;
 /// for the loop instead of delaying the deliveries of a light load; at saturation on
 /// one core the scheduler still gives a nice-10 thread its weighted share of the core,
 /// which the saturated benchmarks found enough for every append (BENCHMARKS.md).
+/// A fourth, one thread at nice 10 too, reads the pages of history clients ask for
+/// and encodes each into its frame: however many are asked for, no append, stored
+/// message or login waits behind them (the hub bounds them with `--history-reads`).
 ///
 /// Each job is stamped when submitted; a job that waited in its queue longer than
 /// `max_wait` (storage slow or down, queue backed up) is answered with a storage error
@@ -43,6 +46,7 @@ pub struct Workers {
     hashing: Lane,
     storage: Lane,
     history: Lane,
+    reads: Lane,
 }
 
 /// Threads that share one job queue.
@@ -184,10 +188,20 @@ impl Workers {
             max_wait,
             WorkerPriority::Low,
         )?;
+        let reads = Lane::start(
+            "history-read",
+            1,
+            factory,
+            &hasher,
+            &sink,
+            max_wait,
+            WorkerPriority::Low,
+        )?;
         Ok(Workers {
             hashing,
             storage,
             history,
+            reads,
         })
     }
 
@@ -196,6 +210,8 @@ impl Workers {
     pub fn submit(&self, job: Job) {
         if job.kind.hashes() {
             self.hashing.submit(job)
+        } else if job.kind.reads_history() {
+            self.reads.submit(job)
         } else if job.kind.is_history() {
             self.history.submit(job)
         } else {
@@ -212,6 +228,7 @@ impl Workers {
         self.hashing.stopping.store(true, Ordering::Relaxed);
         self.storage.shutdown();
         self.history.shutdown();
+        self.reads.shutdown();
         let left = self.hashing.abandon_after(deadline);
         if left > 0 {
             log::warn!("{left} hashing threads still busy after {hash_grace:?}: left behind");

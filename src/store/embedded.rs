@@ -436,6 +436,35 @@ impl Store for EmbeddedStore {
         out.reverse();
         Ok((out, more))
     }
+
+    fn read_history_after(
+        &mut self,
+        conv: Conv,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<HistoryEntry>, bool), StoreError> {
+        let db = self.db()?;
+        let tx = self.io(db.begin_read(), "begin read")?;
+        let t = tryx!(tx.open_table(HISTORY), "open history");
+        let (a, b) = conv.key();
+        let mut out = Vec::new();
+        let mut more = false;
+        let from = (a, b, after.saturating_add(1));
+        for item in tryx!(t.range(from..=(a, b, u64::MAX)), "range history") {
+            let (k, v) = tryx!(item, "read history");
+            if out.len() == limit {
+                more = true;
+                break;
+            }
+            let e: HistoryEntry = serde_json::from_str(v.value())
+                .map_err(|e| StoreError::new("bad stored history entry", e))?;
+            out.push(HistoryEntry {
+                id: k.value().2,
+                ..e
+            });
+        }
+        Ok((out, more))
+    }
     fn list_users(&mut self) -> Result<Vec<UserRecord>, StoreError> {
         let db = self.db()?;
         let tx = self.io(db.begin_read(), "begin read")?;

@@ -228,6 +228,25 @@ impl Store for MemStore {
         Ok((newest, more))
     }
 
+    fn read_history_after(
+        &mut self,
+        conv: Conv,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<HistoryEntry>, bool), StoreError> {
+        let g = self.checked()?;
+        let conv = conv.key();
+        let mut oldest: Vec<HistoryEntry> = g
+            .history
+            .range((conv, after.saturating_add(1))..=(conv, u64::MAX))
+            .take(limit.saturating_add(1))
+            .map(|(_, e)| e.clone())
+            .collect();
+        let more = oldest.len() > limit;
+        oldest.truncate(limit);
+        Ok((oldest, more))
+    }
+
     fn list_users(&mut self) -> Result<Vec<UserRecord>, StoreError> {
         let mut all: Vec<UserRecord> = self.checked()?.users.values().cloned().collect();
         all.sort_by_key(|u| u.id);

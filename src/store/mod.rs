@@ -312,6 +312,19 @@ pub trait Store: Send {
         before: u64,
         limit: usize,
     ) -> Result<(Vec<HistoryEntry>, bool), StoreError>;
+    /// The oldest `limit` entries of `conv` with an id above `after`, oldest first,
+    /// and whether newer ones exist. Default: not supported.
+    fn read_history_after(
+        &mut self,
+        conv: Conv,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<HistoryEntry>, bool), StoreError> {
+        let _ = (conv, after, limit);
+        Err(StoreError::Unavailable(
+            "reading history forwards is not supported by this store".into(),
+        ))
+    }
 
     // ----- operators' commands (`chat-server users`, see `admin`) -----
 

@@ -656,6 +656,33 @@ impl Store for RedisStore {
         Ok((out, more))
     }
 
+    fn read_history_after(
+        &mut self,
+        conv: Conv,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<HistoryEntry>, bool), StoreError> {
+        let key = history_key(conv);
+        let raw: Vec<String> = self.call(Call::Read, |c| {
+            redis::cmd("ZRANGEBYSCORE")
+                .arg(&key)
+                .arg(format!("({after}"))
+                .arg("+inf")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit.saturating_add(1))
+                .query(c)
+        })?;
+        let more = raw.len() > limit;
+        raw.iter()
+            .take(limit)
+            .map(|s| {
+                serde_json::from_str(s).map_err(|e| StoreError::new("bad stored history entry", e))
+            })
+            .collect::<Result<Vec<HistoryEntry>, StoreError>>()
+            .map(|out| (out, more))
+    }
+
     fn list_users(&mut self) -> Result<Vec<UserRecord>, StoreError> {
         // HSCAN, not HGETALL: a large hash is read in steps that never hold Redis up.
         let mut cursor: u64 = 0;

@@ -44,6 +44,7 @@ pub fn run(make: &dyn Fn() -> Box<dyn Store>) {
     offline(&mut *make(), &mut *make());
     offline_dedupe(&mut *make(), &mut *make());
     history(&mut *make(), &mut *make());
+    history_after(&mut *make(), &mut *make());
     stored_history(&mut *make(), &mut *make());
     operators(&mut *make(), &mut *make());
 }
@@ -62,6 +63,51 @@ pub fn entry(from: i64, to: Option<i64>, content: &str) -> HistoryEntry {
 
 fn contents(got: &(Vec<HistoryEntry>, bool)) -> (Vec<&str>, bool) {
     (got.0.iter().map(|e| e.content.as_str()).collect(), got.1)
+}
+
+/// Reading forwards: the entries after an id, oldest first, `more` while newer remain.
+/// (The store may hold the other checks' conversations: a pair of its own here.)
+fn history_after(a: &mut dyn Store, b: &mut dyn Store) {
+    let conv = Conv::pair(71, 70);
+    assert_eq!(a.read_history_after(conv, 0, 10).unwrap(), (vec![], false));
+    a.append_history(
+        &[
+            entry(70, Some(71), "p1"),
+            entry(70, Some(72), "q1"),
+            entry(71, Some(70), "p2"),
+        ],
+        4,
+    )
+    .unwrap();
+    for c in ["p3", "p4", "p5"] {
+        b.append_history(&[entry(70, Some(71), c)], 4).unwrap();
+    }
+    // The last four kept (p2..p5): from the start, two at a time.
+    let first = b.read_history_after(conv, 0, 2).unwrap();
+    assert_eq!(contents(&first), (vec!["p2", "p3"], true));
+    assert_eq!(first.0.iter().map(|e| e.id).collect::<Vec<_>>(), [2, 3]);
+    assert_eq!(
+        first.0[0],
+        HistoryEntry {
+            id: 2,
+            ..entry(71, Some(70), "p2")
+        }
+    );
+    let next = a.read_history_after(Conv::pair(70, 71), 3, 2).unwrap();
+    assert_eq!(contents(&next), (vec!["p4", "p5"], false));
+    assert_eq!(
+        contents(&a.read_history_after(conv, 4, 100).unwrap()),
+        (vec!["p5"], false)
+    );
+    assert_eq!(
+        contents(&a.read_history_after(conv, 5, 100).unwrap()),
+        (vec![], false)
+    );
+    // Nobody else's.
+    assert_eq!(
+        contents(&b.read_history_after(Conv::pair(70, 72), 0, 10).unwrap()),
+        (vec!["q1"], false)
+    );
 }
 
 fn history(a: &mut dyn Store, b: &mut dyn Store) {

@@ -43,30 +43,48 @@ impl Peer {
         Peer { s }
     }
 
-    /// Logs in as `id` on a new connection; the login must succeed.
+    /// Logs in as `id` on a new connection, as a client that reads every frame type
+    /// and frames up to 64 KiB; the login must succeed.
     pub fn login(addr: SocketAddr, id: i64, pwd: &str) -> Peer {
         let mut p = Peer::connect(addr);
         p.send(
             "LoginMes",
-            json!({"userId": id, "userPwd": pwd, "userName": ""}),
+            json!({"userId": id, "userPwd": pwd, "userName": "", "maxFrame": 65536}),
         );
         let r = p.recv_kind("LoginResMes");
         assert_eq!(r["code"], 200, "{r}");
         p
     }
 
-    /// Registers `id` as `name` (password `peerpw`) and logs in, on a new connection.
+    /// Registers `id` as `name` (password `peerpw`) and logs in, on a new connection,
+    /// as [`Peer::login`] does.
     pub fn register_and_login(addr: SocketAddr, id: i64, name: &str) -> Peer {
+        Peer::register_and_login_as(addr, id, name, Some(65536))
+    }
+
+    /// The same as a client of the seed's: no `maxFrame`, so the server sends it only
+    /// frames of 8,096 bytes at most and private messages as readable `SmsMes`.
+    pub fn register_and_login_seed(addr: SocketAddr, id: i64, name: &str) -> Peer {
+        Peer::register_and_login_as(addr, id, name, None)
+    }
+
+    fn register_and_login_as(
+        addr: SocketAddr,
+        id: i64,
+        name: &str,
+        max_frame: Option<u64>,
+    ) -> Peer {
         let mut p = Peer::connect(addr);
         p.send(
             "RegisterMes",
             json!({"user":{"userId":id,"userPwd":"peerpw","userName":name}}),
         );
         assert_eq!(p.recv_kind("RegisterResMes")["code"], 200);
-        p.send(
-            "LoginMes",
-            json!({"userId":id,"userPwd":"peerpw","userName":""}),
-        );
+        let mut login = json!({"userId":id,"userPwd":"peerpw","userName":""});
+        if let Some(n) = max_frame {
+            login["maxFrame"] = json!(n);
+        }
+        p.send("LoginMes", login);
         assert_eq!(p.recv_kind("LoginResMes")["code"], 200);
         p
     }
