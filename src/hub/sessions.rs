@@ -1,7 +1,8 @@
 //! Sessions: `LoginMes` and `RegisterMes` (a worker checks or hashes the password),
 //! `PingMes` and `LogoutMes`, and what stands before a hash: the admission of hashing
-//! jobs ([`Admission`], the one home of that decision) and the per-address rate of
-//! logins and registrations.
+//! jobs ([`Admission`], the one home of that decision) and the per-address rates of
+//! failed logins (a login that succeeds is not counted: a classroom behind one
+//! address logs in freely, a password guesser does not) and of registrations.
 //!
 //! On a login's success the caller gets `LoginResMes` 200 listing everyone online
 //! (itself included), then its offline messages; the others get `NotifyUserStatusMes`
@@ -43,8 +44,10 @@ fn busy(wait_ms: u64) -> String {
 pub(crate) struct Sessions {
     /// Which logins and registrations are admitted, given what hashing delivers.
     admission: Admission,
-    /// Hash-costing requests per client address.
+    /// Failed logins per client address.
     login_limits: PerAddr,
+    /// Registrations per client address.
+    register_limits: PerAddr,
 }
 
 impl Sessions {
@@ -52,6 +55,7 @@ impl Sessions {
         Sessions {
             admission: Admission::new(cfg.hash_workers, cfg.job_timeout_ms, cfg.hash_cost),
             login_limits: PerAddr::default(),
+            register_limits: PerAddr::default(),
         }
     }
 }
@@ -141,6 +145,11 @@ impl Sessions {
     }
 
     fn login_failed(&mut self, cx: &mut Cx<'_>, key: usize, code: u16, text: &str, now: Now) {
+        if matches!(code, code::NO_SUCH_USER | code::WRONG_PASSWORD) {
+            // What guessing looks like: counted against the address.
+            let ip = cx.conn(key).peer_ip;
+            self.login_limits.take(ip, now.mono_ms, cx.cfg().login_rate);
+        }
         self.login_res(cx, key, code, text, None);
         let conn = cx.conn_mut(key);
         conn.login_failures += 1;
@@ -227,7 +236,7 @@ impl Sessions {
             self.register_res(cx, key, code::BAD_REQUEST, e.to_string());
             return;
         }
-        if self.over_login_rate(cx, key, now) {
+        if self.over_register_rate(cx, key, now) {
             return;
         }
         let job = JobKind::Register {
@@ -294,19 +303,38 @@ impl Sessions {
         cx.close(key, true, "logged out", now);
     }
 
-    /// Per-address limit on requests that cost a password hash. Sends the refusal.
+    /// Per-address limit on failed logins: with none left, a login is refused before
+    /// it costs a hash (a login that succeeds takes nothing). Sends the refusal.
     fn over_login_rate(&mut self, cx: &mut Cx<'_>, key: usize, now: Now) -> bool {
-        let ip = cx.conn(key).peer_ip;
-        if self.login_limits.take(ip, now.mono_ms, cx.cfg().login_rate) {
+        let (ip, rate) = (cx.conn(key).peer_ip, cx.cfg().login_rate);
+        if self.login_limits.has(ip, now.mono_ms, rate) {
             return false;
         }
+        let wait = self.login_limits.wait_secs(ip, now.mono_ms, rate);
         cx.summary().login_rate_refused += 1;
-        let wait = 60 / cx.cfg().login_rate.max(1) as u64;
         cx.error_retry(
             key,
             code::TOO_MANY,
-            "too many login attempts from your address; try again later",
-            wait.max(1),
+            "too many failed logins from your address; try again later",
+            wait,
+        );
+        true
+    }
+
+    /// Per-address limit on registrations, each of which costs a password hash.
+    /// Sends the refusal.
+    fn over_register_rate(&mut self, cx: &mut Cx<'_>, key: usize, now: Now) -> bool {
+        let (ip, rate) = (cx.conn(key).peer_ip, cx.cfg().register_rate);
+        if self.register_limits.take(ip, now.mono_ms, rate) {
+            return false;
+        }
+        let wait = self.register_limits.wait_secs(ip, now.mono_ms, rate);
+        cx.summary().login_rate_refused += 1;
+        cx.error_retry(
+            key,
+            code::TOO_MANY,
+            "too many registrations from your address; try again later",
+            wait,
         );
         true
     }
@@ -363,13 +391,14 @@ impl Sessions {
 
     /// Whether per-address limits are kept (housekeeping forgets full ones).
     pub(crate) fn has_limits(&self) -> bool {
-        !self.login_limits.is_empty()
+        !self.login_limits.is_empty() || !self.register_limits.is_empty()
     }
 
     /// Forgets the full per-address buckets; returns the requests refused as busy
     /// since the last call, for the summary.
     pub(crate) fn housekeeping(&mut self, cfg: &HubConfig, now: Now) -> u64 {
         self.login_limits.prune(now.mono_ms, cfg.login_rate);
+        self.register_limits.prune(now.mono_ms, cfg.register_rate);
         self.admission.take_refused()
     }
 }

@@ -669,6 +669,7 @@ mod tests {
             Harness::new(HubConfig {
                 msg_rate: 0,
                 login_rate: 0,
+                register_rate: 0,
                 max_conns_per_addr: 0,
                 ..test_config()
             })
