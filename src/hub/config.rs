@@ -17,8 +17,8 @@ pub struct HubConfig {
     /// here (the server sets it from the descriptor limit).
     pub max_conns: usize,
     /// Connections held at once from one address (an IPv6 /64 counts as one), and at
-    /// most [`ADDR_SHARE`] of `max_conns`; more are refused with `ErrorResMes` 503.
-    /// 0: no limit.
+    /// most a share of `max_conns` ([`HubConfig::conns_per_addr`]); more are refused
+    /// with `ErrorResMes` 503. 0: no limit.
     pub max_conns_per_addr: usize,
     /// Store jobs queued or running at once, over all connections, password hashes
     /// not counted: a storm of logins does not turn private messages away.
@@ -71,18 +71,21 @@ pub struct HubConfig {
     pub presence_interval_ms: u64,
 }
 
-/// The share of `max_conns` (a divisor) that one address may hold at most.
+/// The share of `max_conns` (a divisor) that one address may hold at most...
 pub const ADDR_SHARE: usize = 4;
+/// ...unless that share is smaller than this (a server with few connections).
+pub const ADDR_SHARE_FLOOR: usize = 64;
 
 impl HubConfig {
     /// Connections one address may hold at once (0: no limit): `max_conns_per_addr`,
-    /// and never more than a quarter of `max_conns`, so that one address (a
-    /// classroom behind one router, or an attacker) leaves room for everyone else.
+    /// and never more than a quarter of `max_conns` (or [`ADDR_SHARE_FLOOR`], if
+    /// more), so that one address (a classroom behind one router, or an attacker)
+    /// leaves room for everyone else.
     pub fn conns_per_addr(&self) -> usize {
         match (self.max_conns_per_addr, self.max_conns) {
             (0, _) => 0,
             (n, 0) => n,
-            (n, max) => n.min((max / ADDR_SHARE).max(1)),
+            (n, max) => n.min((max / ADDR_SHARE).max(ADDR_SHARE_FLOOR)),
         }
     }
 }

@@ -315,7 +315,7 @@ impl Sessions {
         cx.error_retry(
             key,
             code::TOO_MANY,
-            "too many failed logins from your address; try again later",
+            "too many login attempts from your address; try again later",
             wait,
         );
         true

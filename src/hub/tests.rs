@@ -1126,7 +1126,7 @@ fn password_guessing_is_limited_per_address() {
         for m in t.recv(c) {
             if m == ServerMessage::Error(busy_res(
                 429,
-                "too many failed logins from your address; try again later",
+                "too many login attempts from your address; try again later",
                 20,
             )) {
                 refused += 1;
@@ -1486,19 +1486,21 @@ fn one_address_cannot_take_every_connection() {
 
 #[test]
 fn one_address_holds_at_most_a_quarter_of_the_connections() {
-    let mut t = Harness::new(HubConfig {
-        max_conns: 12,
+    let cfg = |max_conns| HubConfig {
+        max_conns,
         ..crate::hub::testkit::test_config()
-    });
-    assert_eq!(t.hub.config().conns_per_addr(), 3);
+    };
+    assert_eq!(cfg(0).conns_per_addr(), 256, "the default");
+    assert_eq!(cfg(10_000).conns_per_addr(), 256);
+    assert_eq!(cfg(1_000).conns_per_addr(), 250, "a quarter");
+    assert_eq!(cfg(100).conns_per_addr(), 64, "never fewer than 64");
+    let mut t = Harness::new(cfg(400));
     let class = |port| std::net::SocketAddr::from(([10, 0, 0, 1], port));
-    for p in 0..3 {
+    for p in 0..100 {
         t.connect_from(class(p));
     }
-    assert!(t.try_connect_from(class(9)).is_err());
-    for p in 0..9 {
-        t.connect_from(std::net::SocketAddr::from(([10, 0, 0, 2 + p as u8], 1)));
-    }
+    assert!(t.try_connect_from(class(999)).is_err());
+    t.connect_from(std::net::SocketAddr::from(([10, 0, 0, 2], 1)));
 }
 
 #[test]
