@@ -10,6 +10,8 @@
 //!   memory per connection, from `/proc/PID/status`.
 //! - `login-storm`: K logins (real argon2 hashing) while a fixed-rate fan-out runs;
 //!   the fan-out's latency before and during the storm, and how long the storm took.
+//! - `flood`: N connections sending group messages as fast as they can; the server's
+//!   CPU time meanwhile, and what it let through.
 //!
 //! With `--tls-ca`, every connection to the chat server is made over TLS (its
 //! `--tls-listen` port), trusting that CA: TLS against plain, side by side.
@@ -17,6 +19,7 @@
 //! Receivers count frames by their length prefix (RESP headers for Redis) and parse
 //! only every `--sample`th one, so the bench stays cheap. Every run ends by itself.
 
+mod flood;
 mod net;
 mod soak;
 mod wire;
@@ -51,6 +54,8 @@ enum Mode {
     LoginStorm(StormArgs),
     /// Minutes of mixed load with bad clients; the server's memory over time.
     Soak(SoakArgs),
+    /// Connections sending as fast as they can: what they cost the server.
+    Flood(flood::FloodArgs),
 }
 
 #[derive(Args, Clone)]
@@ -229,6 +234,7 @@ fn main() {
         Mode::Idle(a) => idle(&a),
         Mode::LoginStorm(a) => storm(&a),
         Mode::Soak(a) => soak::run(&a),
+        Mode::Flood(a) => flood::run(&a),
     };
     if let Err(e) = r {
         eprintln!("chat-bench: {e}");
@@ -1196,13 +1202,14 @@ mod tests {
     fn the_command_line_is_well_formed_and_every_mode_takes_the_server_pid() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
-        for mode in ["fanout", "login-storm", "soak"] {
+        for mode in ["fanout", "login-storm", "soak", "flood"] {
             let cli = Cli::try_parse_from(["chat-bench", mode, "--server-pid", "7"])
                 .unwrap_or_else(|e| panic!("{mode}: {e}"));
             let pid = match cli.mode {
                 Mode::Fanout(a) => a.server_pid,
                 Mode::LoginStorm(a) => a.fanout.server_pid,
                 Mode::Soak(a) => a.fanout.server_pid,
+                Mode::Flood(a) => Some(a.server_pid),
                 Mode::Idle(_) => unreachable!(),
             };
             assert_eq!(pid, Some(7), "{mode}");
