@@ -33,7 +33,7 @@ pub(crate) struct FloodArgs {
     base_id: i64,
     /// The server's process id, to read its CPU time.
     #[arg(long)]
-    server_pid: u32,
+    pub(crate) server_pid: u32,
 }
 
 /// Registers (ignored if taken) and logs `id` in on a new connection.
