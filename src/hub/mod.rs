@@ -177,24 +177,23 @@ impl Hub {
     pub fn accept(&mut self, peer: SocketAddr, now: Now) -> Result<ConnRef, Rc<[u8]>> {
         let addr = addr_key(peer.ip());
         let from_addr = self.core.per_addr.get(&addr).copied().unwrap_or(0) as usize;
-        let refusal = if self.core.cfg.max_conns > 0
-            && self.core.conns.len() >= self.core.cfg.max_conns
-        {
-            self.core.summary.conns_refused += 1;
-            Some(format!(
-                "server full ({} connections); try again later",
-                self.core.cfg.max_conns
-            ))
-        } else if self.core.cfg.conns_per_addr() > 0 && from_addr >= self.core.cfg.conns_per_addr()
-        {
-            self.core.summary.conns_refused_per_addr += 1;
-            Some(format!(
-                "too many connections from your address (at most {}); try again later",
-                self.core.cfg.conns_per_addr()
-            ))
-        } else {
-            None
-        };
+        let per_addr = self.core.cfg.conns_per_addr();
+        let refusal =
+            if self.core.cfg.max_conns > 0 && self.core.conns.len() >= self.core.cfg.max_conns {
+                self.core.summary.conns_refused += 1;
+                Some(format!(
+                    "server full ({} connections); try again later",
+                    self.core.cfg.max_conns
+                ))
+            } else if per_addr > 0 && from_addr >= per_addr {
+                self.core.summary.conns_refused_per_addr += 1;
+                Some(format!(
+                    "too many connections from your address (at most {per_addr}); try again \
+                     later"
+                ))
+            } else {
+                None
+            };
         if let Some(text) = refusal {
             let mut res = CodeRes::new(code::UNAVAILABLE, text);
             res.retry_after = Some(1);
@@ -413,8 +412,8 @@ impl Hub {
 
     /// Time passed: closes connections that did not log in in time and closing
     /// connections that did not manage to write their last frames, lets frames that
-    /// waited for the message rate go; now and then gives
-    /// back idle buffers and logs what was refused.
+    /// waited for the message rate go; now and then gives back idle buffers and logs
+    /// what was refused.
     pub fn handle_timeout(&mut self, now: Now) {
         // Connections whose frames waited for the message rate and may go now.
         let mut woken = Vec::new();
