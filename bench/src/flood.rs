@@ -67,14 +67,15 @@ fn online(addr: SocketAddr, id: i64) -> Res<TcpStream> {
 }
 
 /// Reads and drops everything until the peer closes (or `stop`); counts the group
-/// messages when `count` is given. Sets `closed` if the server closed first.
+/// messages when `count` is given. Returns whether the server closed first (not the
+/// bench's own shutdown at the end).
 fn drain(mut s: TcpStream, stop: Arc<AtomicBool>, count: Option<Arc<AtomicU64>>) -> bool {
     s.set_read_timeout(Some(Duration::from_millis(200))).ok();
     let mut buf = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
     while !stop.load(Ordering::Relaxed) {
         match s.read(&mut chunk) {
-            Ok(0) => return true,
+            Ok(0) => return !stop.load(Ordering::Relaxed),
             Ok(n) => {
                 if let Some(c) = &count {
                     buf.extend_from_slice(&chunk[..n]);
@@ -94,7 +95,7 @@ fn drain(mut s: TcpStream, stop: Arc<AtomicBool>, count: Option<Arc<AtomicU64>>)
                     e.kind(),
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) => {}
-            Err(_) => return true,
+            Err(_) => return !stop.load(Ordering::Relaxed),
         }
     }
     false
