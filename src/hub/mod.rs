@@ -825,6 +825,14 @@ impl Hub {
             if c.pending.is_some() {
                 pending += 1;
             }
+            if let Some(until) = c.msg_pace.until()
+                && c.closing.is_none()
+            {
+                assert!(
+                    c.armed_ms != 0 && c.armed_ms <= until,
+                    "conn {key} waits for its message rate with no deadline to wake it"
+                );
+            }
             if c.out.is_empty() {
                 continue;
             }
