@@ -382,10 +382,10 @@ fn a_class_behind_one_address_gets_in_and_guessing_is_still_throttled() {
             }
         }
     }
-    assert_eq!(
-        (wrong, refused),
-        (30, 10),
-        "30 failed logins a minute from one address"
-    );
+    // 30 failed logins a minute from one address (one more every 2 s): the first 30
+    // are let through, and the guessing is then throttled.
+    assert_eq!(wrong + refused, 40);
+    assert!(wrong >= 30, "{wrong} let through");
+    assert!(refused > 0, "{wrong} let through, none refused");
     drop(class);
 }
