@@ -49,6 +49,9 @@ chat_start() {
     if "$SERVER_BIN" --help | grep -q max-conns-per-addr; then
         per_addr=(--max-conns-per-addr 0)
     fi
+    if "$SERVER_BIN" --help | grep -q register-rate; then
+        per_addr+=(--register-rate 0)
+    fi
     taskset -c 0 "$SERVER_BIN" --listen 127.0.0.1:19001 --data "$TMP/data" \
         --msg-rate 0 --login-rate 0 "${per_addr[@]}" --log-level warn "$@" 2>"$TMP/server.log" &
     SERVER=$!
@@ -141,7 +144,7 @@ if [ "${CLUSTER:-0}" = 1 ]; then
             rm -rf "$TMP/node$n"; mkdir -p "$TMP/node$n"
             taskset -c 0 $B/chat-server --listen "127.0.0.1:1901$n" --data "$TMP/node$n" \
                 --redis redis://127.0.0.1:19003 --msg-rate 0 --login-rate 0 \
-                --max-conns-per-addr 0 --argon2-memory-kib 64 --argon2-passes 1 \
+                --register-rate 0 --max-conns-per-addr 0 --argon2-memory-kib 64 --argon2-passes 1 \
                 --max-outbuf 33554432 --log-level warn 2>"$TMP/node$n.log" &
             eval "NODE$n=\$!"
             until ss -ltn | grep -q ":1901$n "; do

@@ -45,7 +45,7 @@ PY
 start() {
     rm -rf "$T/data"; mkdir -p "$T/data"
     taskset -c 0 "$B/chat-server" --listen 127.0.0.1:19101 --data "$T/data" --msg-rate 0 \
-        --login-rate 0 --max-conns-per-addr 0 --log-level warn --argon2-memory-kib 64 \
+        --login-rate 0 --register-rate 0 --max-conns-per-addr 0 --log-level warn --argon2-memory-kib 64 \
         --argon2-passes 1 --max-outbuf 33554432 --metrics-listen 127.0.0.1:19102 2>"$T/log" &
     SERVER=$!
     until ss -ltn | grep -q ":19102 "; do sleep 0.05; done

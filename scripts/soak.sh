@@ -23,7 +23,7 @@ trap 'kill "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; rm
 # publishers send (40 messages and 40 pings a second each) but far below the floods.
 target/release/chat-server --listen "127.0.0.1:$PORT" --data "$DATA" \
     --argon2-memory-kib 1024 --argon2-passes 1 --login-timeout 5 --login-rate 100000 \
-    --msg-rate 100 --max-conns-per-addr 0 \
+    --register-rate 0 --msg-rate 100 --max-conns-per-addr 0 \
     --max-outbuf 262144 --log-level warn --log-file "$LOG" &
 SERVER=$!
 for _ in $(seq 100); do

@@ -5,10 +5,12 @@ Opens N connections to a running chat-server on loopback (TCP on TCP_PORT, the w
 listener on WEB_PORT), registers and logs each in (modes `tcp`, `ws`) or only connects
 (`tcponly`; `wsonly` upgrades), keeps them open and idle, and prints the growth of the
 server's RSS (PID) divided by N. Start the server with `--max-conns-per-addr 0
---login-rate 0` (all clients come from 127.0.0.1) and cheap hashing, for example:
+--login-rate 0 --register-rate 0` (all clients come from 127.0.0.1) and cheap hashing,
+for example:
 
     chat-server --listen 127.0.0.1:18940 --web-listen 127.0.0.1:18941 --data /tmp/d \\
-        --argon2-memory-kib 64 --argon2-passes 1 --max-conns-per-addr 0 --login-rate 0
+        --argon2-memory-kib 64 --argon2-passes 1 --max-conns-per-addr 0 --login-rate 0 \\
+        --register-rate 0
     ulimit -n 10000; scripts/web_idle.py ws 1000 18940 18941 $(pgrep -f 18940)
 
 Run each mode against a fresh server (user ids are fixed per mode).

@@ -31,7 +31,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 
 use crate::offline::OfflineSlot;
-use crate::rate::Bucket;
+use crate::rate::Pace;
 use crate::store::OfflineMsg;
 pub use crate::types::{ConnRef, Part};
 
@@ -463,8 +463,9 @@ pub struct Conn {
     /// The client's address, kept apart from its port: a `SocketAddr` takes 32 bytes.
     pub(crate) peer_ip: IpAddr,
     pub(crate) peer_port: u16,
-    /// Flood control: frames this connection may still send right now.
-    pub(crate) msg_bucket: Bucket,
+    /// Flood control: frames this connection may still send right now, and whether
+    /// one waits for its turn (later frames wait in `inbuf` and in the socket).
+    pub(crate) msg_pace: Pace,
     pub(crate) session: Session,
     /// A reply-bearing store job is in flight: later frames wait in `inbuf`.
     pub(crate) pending: Option<Pending>,
@@ -530,7 +531,7 @@ impl Conn {
             generation,
             peer_ip: peer.ip(),
             peer_port: peer.port(),
-            msg_bucket: Bucket::new(msg_burst, now_ms),
+            msg_pace: Pace::new(msg_burst, now_ms),
             session: Session::Anonymous,
             pending: None,
             closing: None,
@@ -616,14 +617,16 @@ impl Conn {
         matches!(self.session, Session::Online { .. })
     }
 
-    /// May frames be handled now? Not while a reply-bearing job is in flight, and not
-    /// once the connection is closing.
+    /// May frames be handled now? Not while a reply-bearing job is in flight, nor
+    /// while a frame waits for the message rate, and not once the connection is
+    /// closing.
     pub fn can_handle(&self) -> bool {
-        self.pending.is_none() && self.closing.is_none()
+        self.pending.is_none() && self.closing.is_none() && !self.msg_pace.waiting()
     }
 
     /// Should the reactor read from the socket? Only when frames can be handled, so
-    /// that a client waiting on a store job is held back by TCP, not by our memory.
+    /// that a client waiting on a store job, or sending faster than its rate, is held
+    /// back by TCP, not by our memory.
     pub fn wants_read(&self) -> bool {
         self.can_handle()
     }

@@ -589,7 +589,7 @@ fn refusals_are_said_in_sentences() {
             "--web-listen",
             "127.0.0.1:0",
             "--login-rate",
-            "3",
+            "2",
             "--max-frame",
             "9000",
         ],
@@ -599,10 +599,10 @@ fn refusals_are_said_in_sentences() {
     let p = driver.session();
     p.go(&format!("http://{web}/"));
 
-    // A user id that does not exist (one login attempt).
+    // A user id that does not exist (one failed login).
     login(&p, 4242, "whatever");
     p.wait_text("#auth-msg", "There is no user with id 4242.");
-    // Registering and the login that follows (two more).
+    // Registering and the login that follows (it succeeds: not counted).
     register(&p, 4242, "dora", "dora-pw");
 
     // A message longer than the server takes is not sent, and says why.
@@ -613,9 +613,12 @@ fn refusals_are_said_in_sentences() {
         "not sent: too long (the server takes at most 9000 bytes)",
     );
 
-    // A fourth attempt within the minute: refused, with the time to wait.
+    // A wrong password (the second failed login), then another attempt within the
+    // minute: refused, with the time to wait.
     p.click("#logout");
     p.wait("the login form", "!document.getElementById('auth').hidden");
+    login(&p, 4242, "not-dora-pw");
+    p.wait_text("#auth-msg", "Wrong password.");
     login(&p, 4242, "dora-pw");
     p.wait_text(
         "#auth-msg",

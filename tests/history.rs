@@ -10,7 +10,14 @@ mod common;
 use common::*;
 use serde_json::json;
 
-const FAST: [&str; 4] = ["--msg-rate", "0", "--login-rate", "0"];
+const FAST: [&str; 6] = [
+    "--msg-rate",
+    "0",
+    "--login-rate",
+    "0",
+    "--register-rate",
+    "0",
+];
 
 /// Asks for a page; returns (contents, ids, more).
 fn page(

@@ -49,40 +49,31 @@ fn thread_ticks(pid: u32) -> Vec<(String, u64)> {
 }
 
 #[test]
-fn a_flood_is_refused_with_429_and_nothing_is_silently_dropped() {
+fn a_burst_over_the_rate_is_slowed_and_every_message_arrives_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let s = ServerProc::start(dir.path(), &["--msg-rate", "10"]);
     let mut a = online(&s, 1);
     let mut b = online(&s, 2);
     let mut bytes = Vec::new();
-    for i in 0..100 {
+    for i in 0..40 {
         bytes.extend(seed_frame("SmsMes", &json!({"content": format!("m{i}")})));
     }
     a.send_raw(&bytes);
-    // The logout marks the end of the sender's stream (it is never rate limited).
-    let mut refused = 0;
+    // The logout marks the end of the sender's stream: it waits its turn too.
     a.send("LogoutMes", json!({}));
-    for g in a.expect_closed() {
-        if g.kind == "ErrorResMes" {
-            assert_eq!(g.data["code"], 429);
-            refused += 1;
-        }
-    }
-    let mut delivered = 0;
+    let told: Vec<Got> = a.expect_closed();
+    assert!(told.iter().all(|g| g.kind != "ErrorResMes"), "{told:?}");
+    let mut delivered = Vec::new();
     loop {
         let g = b.recv();
         match g.kind.as_str() {
-            "SmsMes" => delivered += 1,
+            "SmsMes" => delivered.push(g.data["content"].as_str().unwrap().to_string()),
             "NotifyUserStatusMes" if g.data["userId"] == 1 && g.data["status"] == 1 => break,
             _ => {}
         }
     }
-    assert!(refused > 0, "the flood was limited");
-    assert_eq!(
-        delivered + refused,
-        100,
-        "every message delivered or refused"
-    );
+    let sent: Vec<String> = (0..40).map(|i| format!("m{i}")).collect();
+    assert_eq!(delivered, sent, "every message, in order, none refused");
 }
 
 #[test]
@@ -353,4 +344,48 @@ fn one_address_cannot_take_every_connection_slot() {
     let mut other = connect_from([127, 0, 0, 2], s.addr);
     assert_eq!(other.register(7, "pw7", "seven").data["code"], 200);
     assert_eq!(other.login(7, "pw7").data["code"], 200);
+}
+
+/// A class of 100 behind one address (127.0.0.1) registers and logs in at the default
+/// limits; password guessing from that address is still throttled.
+#[test]
+fn a_class_behind_one_address_gets_in_and_guessing_is_still_throttled() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = ServerProc::start(dir.path(), &[]);
+    let mut class = Vec::new();
+    for id in 1..=100 {
+        class.push(online(&s, id));
+    }
+    // 40 wrong passwords, four on each connection (the fifth would close it).
+    let (mut wrong, mut refused) = (0, 0);
+    for _ in 0..10 {
+        let mut c = s.connect();
+        for _ in 0..4 {
+            c.send(
+                "LoginMes",
+                json!({"userId": 1, "userPwd": "guess", "userName": ""}),
+            );
+            let g = c.recv();
+            match (g.kind.as_str(), g.data["code"].as_i64()) {
+                ("LoginResMes", Some(403)) => wrong += 1,
+                ("ErrorResMes", Some(429)) => {
+                    assert!(
+                        g.data["error"]
+                            .as_str()
+                            .unwrap()
+                            .contains("too many login attempts from your address"),
+                        "{g:?}"
+                    );
+                    refused += 1;
+                }
+                _ => panic!("{g:?}"),
+            }
+        }
+    }
+    // 30 failed logins a minute from one address (one more every 2 s): the first 30
+    // are let through, and the guessing is then throttled.
+    assert_eq!(wrong + refused, 40);
+    assert!(wrong >= 30, "{wrong} let through");
+    assert!(refused > 0, "{wrong} let through, none refused");
+    drop(class);
 }

@@ -317,6 +317,8 @@ fn seed_clients_survive_long_messages_and_a_crowded_login() {
             "0",
             "--login-rate",
             "0",
+            "--register-rate",
+            "0",
             "--msg-rate",
             "0",
             "--worker-priority",

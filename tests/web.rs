@@ -439,20 +439,13 @@ fn the_login_timeout_and_rate_limits_apply() {
     h.read_to_end(&mut rest).unwrap();
     assert!(rest.is_empty(), "{rest:?}");
 
-    // Frames over the rate: 429 with retryAfter, and the connection goes on.
+    // Frames over the rate wait their turn: every one is answered, none refused.
     let mut w = ws(web);
-    for _ in 0..6 {
+    for _ in 0..5 {
         w.send("PingMes", json!({}));
     }
-    let got: Vec<Got> = (0..6).map(|_| w.recv()).collect();
-    let refused: Vec<&Got> = got.iter().filter(|g| g.kind == "ErrorResMes").collect();
-    assert!(!refused.is_empty(), "{got:?}");
-    assert!(
-        refused
-            .iter()
-            .all(|g| g.data["code"] == 429 && g.data["retryAfter"] == 1),
-        "{got:?}"
-    );
+    let got: Vec<Got> = (0..5).map(|_| w.recv()).collect();
+    assert!(got.iter().all(|g| g.kind != "ErrorResMes"), "{got:?}");
 }
 
 #[test]

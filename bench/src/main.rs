@@ -14,6 +14,8 @@
 //!   server's `--history-rate`), pages made long beforehand, while a fixed-rate
 //!   fan-out runs; the fan-out's latency without and with the flood, and the server's
 //!   memory.
+//! - `flood`: N connections sending group messages as fast as they can; the server's
+//!   CPU time meanwhile, and what it let through.
 //!
 //! With `--tls-ca`, every connection to the chat server is made over TLS (its
 //! `--tls-listen` port), trusting that CA: TLS against plain, side by side.
@@ -21,6 +23,7 @@
 //! Receivers count frames by their length prefix (RESP headers for Redis) and parse
 //! only every `--sample`th one, so the bench stays cheap. Every run ends by itself.
 
+mod flood;
 mod net;
 mod soak;
 mod wire;
@@ -56,11 +59,13 @@ enum Mode {
     /// Minutes of mixed load with bad clients; the server's memory over time.
     Soak(SoakArgs),
     /// History pages asked for by many users during a fixed-rate fan-out.
-    HistoryFlood(FloodArgs),
+    HistoryFlood(HistoryFloodArgs),
+    /// Connections sending as fast as they can: what they cost the server.
+    Flood(flood::FloodArgs),
 }
 
 #[derive(Args, Clone)]
-struct FloodArgs {
+struct HistoryFloodArgs {
     #[command(flatten)]
     fanout: FanoutArgs,
     /// Users asking for history.
@@ -258,7 +263,8 @@ fn main() {
         Mode::Idle(a) => idle(&a),
         Mode::LoginStorm(a) => storm(&a),
         Mode::Soak(a) => soak::run(&a),
-        Mode::HistoryFlood(a) => flood(&a),
+        Mode::HistoryFlood(a) => history_flood(&a),
+        Mode::Flood(a) => flood::run(&a),
     };
     if let Err(e) = r {
         eprintln!("chat-bench: {e}");
@@ -1215,7 +1221,7 @@ fn register_all(common: &Common, base: i64, n: usize, in_flight: usize) -> Res<(
     Ok(())
 }
 
-fn flood(a: &FloodArgs) -> Res<()> {
+fn history_flood(a: &HistoryFloodArgs) -> Res<()> {
     let fa = &a.fanout;
     if fa.common.target != Target::Chat || fa.rate.is_none() {
         return Err("history-flood needs --target chat and a fixed --rate".into());
@@ -1410,7 +1416,7 @@ mod tests {
     fn the_command_line_is_well_formed_and_every_mode_takes_the_server_pid() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
-        for mode in ["fanout", "login-storm", "soak", "history-flood"] {
+        for mode in ["fanout", "login-storm", "soak", "history-flood", "flood"] {
             let cli = Cli::try_parse_from(["chat-bench", mode, "--server-pid", "7"])
                 .unwrap_or_else(|e| panic!("{mode}: {e}"));
             let pid = match cli.mode {
@@ -1418,6 +1424,7 @@ mod tests {
                 Mode::LoginStorm(a) => a.fanout.server_pid,
                 Mode::Soak(a) => a.fanout.server_pid,
                 Mode::HistoryFlood(a) => a.fanout.server_pid,
+                Mode::Flood(a) => Some(a.server_pid),
                 Mode::Idle(_) => unreachable!(),
             };
             assert_eq!(pid, Some(7), "{mode}");

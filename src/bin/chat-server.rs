@@ -191,13 +191,19 @@ struct Args {
     #[arg(long, default_value_t = HubConfig::default().max_login_failures, value_name = "N")]
     max_login_failures: u32,
 
-    /// Frames per second one connection may send (bursts of the same size); over it,
-    /// messages are refused with code 429, never silently dropped. 0: no limit.
+    /// Frames per second one connection may send (bursts of the same size). A client
+    /// that sends faster is slowed, not refused: its frames wait their turn (the
+    /// server stops reading it meanwhile) and all arrive, in order, later. One whose
+    /// frames have waited without a break for 10 s is told (code 429) and closed.
+    /// 0: no limit.
     #[arg(long, default_value_t = HubConfig::default().msg_rate, value_name = "N")]
     msg_rate: u32,
 
-    /// Logins and registrations per minute from one client address (an IPv6 /64
-    /// counts as one address); over it, refused with code 429. 0: no limit.
+    /// Failed logins (wrong password, unknown user) per minute from one client
+    /// address (an IPv6 /64 counts as one address), bursts of the same size; once
+    /// spent, logins from that address are refused with code 429 until it refills.
+    /// Logins that succeed do not count, so a classroom behind one address logs in
+    /// freely while password guessing stays slow. 0: no limit.
     #[arg(long, default_value_t = HubConfig::default().login_rate, value_name = "N")]
     login_rate: u32,
 
@@ -207,8 +213,16 @@ struct Args {
     #[arg(long, value_enum, default_value = "open", value_name = "open|closed")]
     registration: Registration,
 
-    /// Connections held at once from one client address (an IPv6 /64 counts as one);
-    /// more are refused with code 503, so one address cannot fill the server. 0: no
+    /// Registrations per minute from one client address (bursts of the same size);
+    /// over it, refused with code 429. The default lets a class of 100 behind one
+    /// router register within a minute; each costs a password hash. 0: no limit.
+    #[arg(long, default_value_t = HubConfig::default().register_rate, value_name = "N")]
+    register_rate: u32,
+
+    /// Connections held at once from one client address (an IPv6 /64 counts as one),
+    /// and never more than a quarter of --max-conns; more are refused with code 503,
+    /// so one address cannot fill the server. The default leaves a class of 100
+    /// behind one router room for two connections each (terminal and browser). 0: no
     /// limit (for instance behind a proxy that connects from one address).
     #[arg(long, default_value_t = HubConfig::default().max_conns_per_addr, value_name = "N")]
     max_conns_per_addr: usize,
@@ -597,6 +611,7 @@ fn hub_config(args: &Args) -> HubConfig {
         max_login_failures: args.max_login_failures.max(1),
         msg_rate: args.msg_rate,
         login_rate: args.login_rate,
+        register_rate: args.register_rate,
         registration_open: args.registration == Registration::Open,
         max_conns: args.max_conns.unwrap_or(0),
         max_conns_per_addr: args.max_conns_per_addr,

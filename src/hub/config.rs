@@ -16,8 +16,9 @@ pub struct HubConfig {
     /// Connections held at once; more are refused with `ErrorResMes` 503. 0: no limit
     /// here (the server sets it from the descriptor limit).
     pub max_conns: usize,
-    /// Connections held at once from one address (an IPv6 /64 counts as one); more
-    /// are refused with `ErrorResMes` 503. 0: no limit.
+    /// Connections held at once from one address (an IPv6 /64 counts as one), and at
+    /// most a share of `max_conns` ([`HubConfig::conns_per_addr`]); more are refused
+    /// with `ErrorResMes` 503. 0: no limit.
     pub max_conns_per_addr: usize,
     /// Store jobs queued or running at once, over all connections, password hashes
     /// not counted: a storm of logins does not turn private messages away.
@@ -41,15 +42,22 @@ pub struct HubConfig {
     pub max_login_failures: u32,
     /// Offline messages fetched per store round trip.
     pub offline_batch: usize,
-    /// Frames per second per connection (burst the same); over it, `ErrorResMes` 429
-    /// and the frame is not handled. 0: no limit.
+    /// Frames per second per connection (burst the same); over it, a frame waits for
+    /// its turn, and the connection is not read meanwhile. 0: no limit.
     pub msg_rate: u32,
-    /// Logins and registrations (each costs a password hash) per minute per client
-    /// address (burst the same); over it, `ErrorResMes` 429. 0: no limit.
+    /// A connection whose frames have waited for `msg_rate` without a break for this
+    /// long is told (`ErrorResMes` 429) and closed.
+    pub flood_limit_ms: u64,
+    /// Failed logins (wrong password, unknown user) per minute per client address
+    /// (burst the same); with none left, logins from the address get `ErrorResMes`
+    /// 429. Logins that succeed do not count. 0: no limit.
     pub login_rate: u32,
     /// Whether clients may register (`RegisterMes`); closed, only the operators'
     /// `users add` creates accounts.
     pub registration_open: bool,
+    /// Registrations (each costs a password hash) per minute per client address
+    /// (burst the same); over it, `ErrorResMes` 429. 0: no limit.
+    pub register_rate: u32,
     /// How often refusals and storage errors are summed up in the log.
     pub summary_interval_ms: u64,
     /// Messages kept per conversation (the group's, each pair's) for `HistoryMes`
@@ -90,6 +98,7 @@ impl HubConfig {
         take!(
             msg_rate => "msg-rate",
             login_rate => "login-rate",
+            register_rate => "register-rate",
             history_rate => "history-rate",
             max_conns_per_addr => "max-conns-per-addr",
             login_timeout_ms => "login-timeout (ms)",
@@ -109,6 +118,25 @@ impl HubConfig {
     }
 }
 
+/// The share of `max_conns` (a divisor) that one address may hold at most...
+pub const ADDR_SHARE: usize = 4;
+/// ...unless that share is smaller than this (a server with few connections).
+pub const ADDR_SHARE_FLOOR: usize = 64;
+
+impl HubConfig {
+    /// Connections one address may hold at once (0: no limit): `max_conns_per_addr`,
+    /// and never more than a quarter of `max_conns` (or [`ADDR_SHARE_FLOOR`], if
+    /// more), so that one address (a classroom behind one router, or an attacker)
+    /// leaves room for everyone else.
+    pub fn conns_per_addr(&self) -> usize {
+        match (self.max_conns_per_addr, self.max_conns) {
+            (0, _) => 0,
+            (n, 0) => n,
+            (n, max) => n.min((max / ADDR_SHARE).max(ADDR_SHARE_FLOOR)),
+        }
+    }
+}
+
 impl Default for HubConfig {
     fn default() -> Self {
         HubConfig {
@@ -116,7 +144,7 @@ impl Default for HubConfig {
             prelogin_max_frame: 8 * 1024,
             max_outbuf: 1024 * 1024,
             max_conns: 0,
-            max_conns_per_addr: 64,
+            max_conns_per_addr: 256,
             max_jobs: 1024,
             max_hash_jobs: 16_384,
             hash_cost: None,
@@ -127,8 +155,10 @@ impl Default for HubConfig {
             max_login_failures: 5,
             offline_batch: 100,
             msg_rate: 20,
+            flood_limit_ms: crate::rate::FLOOD_LIMIT_MS,
             login_rate: 30,
             registration_open: true,
+            register_rate: 150,
             summary_interval_ms: 10_000,
             history: 1000,
             history_gather_ms: 100,

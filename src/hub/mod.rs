@@ -88,7 +88,7 @@ use crate::job::{Job, JobResult, Outcome};
 pub use crate::metrics::Stats;
 use crate::metrics::{self, FrameType, Lane};
 use crate::proto::{self, ClientMessage, CodeRes, ParseError, ServerMessage, code, status};
-use crate::rate::addr_key;
+use crate::rate::{Verdict, addr_key};
 use crate::types::ConnRef;
 use crate::types::Kick;
 pub use crate::types::Now;
@@ -180,6 +180,7 @@ impl Hub {
     pub fn accept(&mut self, peer: SocketAddr, now: Now) -> Result<ConnRef, Rc<[u8]>> {
         let addr = addr_key(peer.ip());
         let from_addr = self.core.per_addr.get(&addr).copied().unwrap_or(0) as usize;
+        let per_addr = self.core.cfg.conns_per_addr();
         let refusal =
             if self.core.cfg.max_conns > 0 && self.core.conns.len() >= self.core.cfg.max_conns {
                 self.core.summary.conns_refused += 1;
@@ -187,13 +188,11 @@ impl Hub {
                     "server full ({} connections); try again later",
                     self.core.cfg.max_conns
                 ))
-            } else if self.core.cfg.max_conns_per_addr > 0
-                && from_addr >= self.core.cfg.max_conns_per_addr
-            {
+            } else if per_addr > 0 && from_addr >= per_addr {
                 self.core.summary.conns_refused_per_addr += 1;
                 Some(format!(
-                    "too many connections from your address (at most {}); try again later",
-                    self.core.cfg.max_conns_per_addr
+                    "too many connections from your address (at most {per_addr}); try again \
+                     later"
                 ))
             } else {
                 None
@@ -436,9 +435,12 @@ impl Hub {
     }
 
     /// Time passed: closes connections that did not log in in time and closing
-    /// connections that did not manage to write their last frames; now and then gives
-    /// back idle buffers and logs what was refused.
+    /// connections that did not manage to write their last frames, lets frames that
+    /// waited for the message rate go; now and then gives back idle buffers and logs
+    /// what was refused.
     pub fn handle_timeout(&mut self, now: Now) {
+        // Connections whose frames waited for the message rate and may go now.
+        let mut woken = Vec::new();
         while let Some(&Reverse((at, key, generation))) = self.core.deadlines.peek() {
             if at > now.mono_ms {
                 break;
@@ -454,6 +456,12 @@ impl Hub {
                 continue;
             };
             c.armed_ms = 0;
+            let paced = c.msg_pace.until();
+            if paced.is_some() && c.msg_pace.wake(now.mono_ms) {
+                woken.push(key);
+            } else if let Some(until) = paced {
+                self.core.arm(key, generation, until);
+            }
             let c = &self.core.conns[key];
             match c.closing {
                 Some(cl) if now.mono_ms >= cl.deadline_ms => {
@@ -487,6 +495,9 @@ impl Hub {
                     self.core.close(key, true, "login timeout", now);
                 }
             }
+        }
+        for key in woken {
+            self.wake_paced(key, now);
         }
         if now.mono_ms >= self.next_housekeeping_ms {
             self.housekeeping(now);
@@ -873,6 +884,14 @@ impl Hub {
             if c.pending.is_some() {
                 pending += 1;
             }
+            if let Some(until) = c.msg_pace.until()
+                && c.closing.is_none()
+            {
+                assert!(
+                    c.armed_ms != 0 && c.armed_ms <= until,
+                    "conn {key} waits for its message rate with no deadline to wake it"
+                );
+            }
             if c.out.is_empty() {
                 continue;
             }
@@ -980,16 +999,23 @@ impl Hub {
                 Ok(None) => break,
                 Ok(Some(total)) => {
                     let msg = ClientMessage::parse(&buf[pos + proto::HEADER_LEN..pos + total]);
+                    match self.pace(key, &msg, now) {
+                        Verdict::Go => {}
+                        Verdict::Wait(until) => {
+                            // This frame and the rest wait: the connection is not read
+                            // until then (see `wake_paced`).
+                            let generation = self.core.conns[key].generation;
+                            self.core.arm(key, generation, until);
+                            break;
+                        }
+                        Verdict::Flood => {
+                            self.flood(key, now);
+                            return buf.len();
+                        }
+                    }
                     pos += total;
                     self.stats.frames_in += 1;
                     self.stats.frames_by_type[FrameType::of(&msg)] += 1;
-                    if self.over_msg_rate(key, &msg, now) {
-                        let rate = self.core.cfg.msg_rate;
-                        let text = format!("too many messages: at most {rate} per second");
-                        self.core.summary.frames_refused += 1;
-                        self.cx().error_retry(key, code::TOO_MANY, &text, 1);
-                        continue;
-                    }
                     self.dispatch(key, msg, now);
                 }
                 Err(e) => {
@@ -1051,20 +1077,54 @@ impl Hub {
         }
     }
 
-    /// Flood control: every frame takes a token, except a logout.
-    fn over_msg_rate(
+    /// Flood control: every frame takes a token, except a logout; one over the rate
+    /// waits for its token.
+    fn pace(
         &mut self,
         key: usize,
         msg: &Result<ClientMessage, proto::ParseError>,
         now: Now,
-    ) -> bool {
+    ) -> Verdict {
         let rate = self.core.cfg.msg_rate;
         if rate == 0 || matches!(msg, Ok(ClientMessage::Logout)) {
-            return false;
+            return Verdict::Go;
         }
-        !self.core.conns[key]
-            .msg_bucket
-            .take(now.mono_ms, rate as f64, rate)
+        let limit = self.core.cfg.flood_limit_ms;
+        self.core.conns[key].msg_pace.take(now.mono_ms, rate, limit)
+    }
+
+    /// A connection kept sending faster than its rate for longer than the flood
+    /// limit: told, and closed.
+    fn flood(&mut self, key: usize, now: Now) {
+        let (rate, secs) = (
+            self.core.cfg.msg_rate,
+            self.core.cfg.flood_limit_ms.div_ceil(1000),
+        );
+        let text = format!(
+            "too many messages: more than {rate} per second for {secs} s; closing the \
+             connection"
+        );
+        self.core.summary.frames_refused += 1;
+        self.cx().error(key, code::TOO_MANY, &text);
+        self.core.close(key, true, "flooding", now);
+    }
+
+    /// The frames of connection `key` that waited for the message rate may go: those
+    /// read already are handled (as far as the rate allows), and the socket is read
+    /// again.
+    fn wake_paced(&mut self, key: usize, now: Now) {
+        let conn = &mut self.core.conns[key];
+        if conn.closing.is_some() {
+            return;
+        }
+        if !conn.inbuf.is_empty() && conn.can_handle() {
+            let buf = std::mem::take(&mut conn.inbuf);
+            self.process_buffered(key, buf, now);
+        }
+        let conn = &self.core.conns[key];
+        if conn.wants_read() {
+            self.core.reads.push(self.core.conn_ref(key));
+        }
     }
 
     /// Clears a connection's job-in-flight mark and handles the frames that waited.

@@ -1,7 +1,8 @@
 //! Sessions: `LoginMes` and `RegisterMes` (a worker checks or hashes the password),
 //! `PingMes` and `LogoutMes`, and what stands before a hash: the admission of hashing
-//! jobs ([`Admission`], the one home of that decision) and the per-address rate of
-//! logins and registrations.
+//! jobs ([`Admission`], the one home of that decision) and the per-address rates of
+//! failed logins (a login that succeeds is not counted: a classroom behind one
+//! address logs in freely, a password guesser does not) and of registrations.
 //!
 //! On a login's success the caller gets `LoginResMes` 200 listing everyone online
 //! (itself included), then its offline messages; the others get `NotifyUserStatusMes`
@@ -52,7 +53,7 @@ fn busy(wait_ms: u64) -> String {
 pub(crate) struct Sessions {
     /// Which logins and registrations are admitted, given what hashing delivers.
     admission: Admission,
-    /// Hash-costing requests per client address.
+    /// Failed logins per client address.
     login_limits: PerAddr,
     /// Logins waiting for their hash: when each was queued.
     waiting: HashMap<ConnRef, u64>,
@@ -64,6 +65,8 @@ pub(crate) struct Sessions {
     given_up: HashSet<ConnRef>,
     /// Failed logins and registrations, for the operator (bounded).
     security: SecurityLog,
+    /// Registrations per client address.
+    register_limits: PerAddr,
 }
 
 impl Sessions {
@@ -75,6 +78,7 @@ impl Sessions {
             queued: VecDeque::new(),
             given_up: HashSet::new(),
             security: SecurityLog::default(),
+            register_limits: PerAddr::default(),
         }
     }
 }
@@ -186,6 +190,11 @@ impl Sessions {
         text: &str,
         now: Now,
     ) {
+        if matches!(code, code::NO_SUCH_USER | code::WRONG_PASSWORD) {
+            // What guessing looks like: counted against the address.
+            let ip = cx.conn(key).peer_ip;
+            self.login_limits.take(ip, now.mono_ms, cx.cfg().login_rate);
+        }
         let reason = match code {
             code::NO_SUCH_USER => Reason::NoSuchUser,
             code::BANNED => Reason::Banned,
@@ -303,7 +312,7 @@ impl Sessions {
             self.register_res(cx, key, code::BAD_REQUEST, e.to_string());
             return;
         }
-        if self.over_login_rate(cx, key, now) {
+        if self.over_register_rate(cx, key, now) {
             return;
         }
         let job = JobKind::Register {
@@ -377,22 +386,41 @@ impl Sessions {
         cx.close(key, true, "logged out", now);
     }
 
-    /// Per-address limit on requests that cost a password hash. Sends the refusal.
+    /// Per-address limit on failed logins: with none left, a login is refused before
+    /// it costs a hash (a login that succeeds takes nothing). Sends the refusal.
     fn over_login_rate(&mut self, cx: &mut Cx<'_>, key: usize, now: Now) -> bool {
-        let ip = cx.conn(key).peer_ip;
-        if self.login_limits.take(ip, now.mono_ms, cx.cfg().login_rate) {
+        let (ip, rate) = (cx.conn(key).peer_ip, cx.cfg().login_rate);
+        if self.login_limits.has(ip, now.mono_ms, rate) {
             return false;
         }
+        let wait = self.login_limits.wait_secs(ip, now.mono_ms, rate);
         cx.summary().login_rate_refused += 1;
         let reason = Reason::LoginRate;
         self.security
             .note(now.mono_ms, ip, Event::Throttled { reason });
-        let wait = 60 / cx.cfg().login_rate.max(1) as u64;
         cx.error_retry(
             key,
             code::TOO_MANY,
             "too many login attempts from your address; try again later",
-            wait.max(1),
+            wait,
+        );
+        true
+    }
+
+    /// Per-address limit on registrations, each of which costs a password hash.
+    /// Sends the refusal.
+    fn over_register_rate(&mut self, cx: &mut Cx<'_>, key: usize, now: Now) -> bool {
+        let (ip, rate) = (cx.conn(key).peer_ip, cx.cfg().register_rate);
+        if self.register_limits.take(ip, now.mono_ms, rate) {
+            return false;
+        }
+        let wait = self.register_limits.wait_secs(ip, now.mono_ms, rate);
+        cx.summary().login_rate_refused += 1;
+        cx.error_retry(
+            key,
+            code::TOO_MANY,
+            "too many registrations from your address; try again later",
+            wait,
         );
         true
     }
@@ -511,7 +539,7 @@ impl Sessions {
 
     /// Whether per-address limits are kept (housekeeping forgets full ones).
     pub(crate) fn has_limits(&self) -> bool {
-        !self.login_limits.is_empty()
+        !self.login_limits.is_empty() || !self.register_limits.is_empty()
     }
 
     /// Forgets the full per-address buckets; returns the requests refused as busy
@@ -519,6 +547,7 @@ impl Sessions {
     pub(crate) fn housekeeping(&mut self, cfg: &HubConfig, now: Now) -> u64 {
         self.login_limits.prune(now.mono_ms, cfg.login_rate);
         self.security.flush(now.mono_ms);
+        self.register_limits.prune(now.mono_ms, cfg.register_rate);
         self.admission.take_refused()
     }
 }

@@ -1125,48 +1125,105 @@ fn shutdown_closes_everyone_without_offline_storms() {
     assert_eq!(t.hub.conn_count(), 0);
 }
 
+fn sms_contents(msgs: Vec<ServerMessage>) -> Vec<String> {
+    msgs.into_iter()
+        .map(|m| match m {
+            ServerMessage::Sms(s) => s.content,
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
+/// 40 lines pasted at once by a seed-style client, at the default message rate: the
+/// rate slows them down, and every one of them arrives, in order.
 #[test]
-fn floods_are_refused_with_429_and_never_silently_dropped() {
-    let mut t = Harness::new(HubConfig {
-        msg_rate: 5,
-        ..crate::hub::testkit::test_config()
-    });
+fn a_burst_over_the_message_rate_is_slowed_and_every_message_arrives_in_order() {
+    let mut t = h();
+    assert_eq!(t.hub.config().msg_rate, 20, "the default rate");
     t.register(1);
     t.register(2);
     let a = t.login(1);
     let b = t.login(2);
     t.recv(a);
-    // The login itself took one token; four left of the burst of five.
-    for i in 0..10 {
-        t.send(a, &sms(&format!("m{i}")));
+    let mut bytes = Vec::new();
+    for i in 0..40 {
+        bytes.extend_from_slice(&sms(&format!("m{i}")).encode());
     }
-    let delivered: Vec<String> = t
-        .recv(b)
-        .into_iter()
-        .map(|m| match m {
-            ServerMessage::Sms(s) => s.content,
-            other => panic!("{other:?}"),
-        })
-        .collect();
-    let refused = t.recv(a);
-    assert_eq!(delivered, ["m0", "m1", "m2", "m3"]);
-    assert_eq!(refused.len(), 6);
-    assert!(
-        refused.iter().all(|m| *m
-            == ServerMessage::Error(busy_res(429, "too many messages: at most 5 per second", 1)))
+    // A logout right behind them: it waits its turn too, and nothing is lost to it.
+    bytes.extend_from_slice(&ClientMessage::Logout.encode());
+    t.send_bytes(a, &bytes);
+    let mut got = sms_contents(t.recv(b));
+    // The login took one token of the burst of 20.
+    assert_eq!(
+        got.len(),
+        19,
+        "the burst goes at once, the rest waits: {got:?}"
     );
-    // Every message was either delivered or refused; after a second the rate allows more.
+    t.advance(500);
+    let half = sms_contents(t.recv(b));
+    assert!(
+        (9..=11).contains(&half.len()),
+        "then 20 per second: {half:?}"
+    );
+    got.extend(half);
+    assert!(!t.is_closed(a));
     t.advance(1_000);
-    t.send(a, &sms("later"));
-    assert_eq!(t.recv(b).len(), 1);
-    // Logging out is never refused.
-    for _ in 0..10 {
-        t.send(a, &ClientMessage::Ping);
-    }
-    t.send(a, &ClientMessage::Logout);
-    t.recv(a);
+    let rest = t.recv(b);
+    assert_eq!(
+        rest.last(),
+        Some(&notify(1, 1)),
+        "then the logout: {rest:?}"
+    );
+    got.extend(sms_contents(rest[..rest.len() - 1].to_vec()));
+    let sent: Vec<String> = (0..40).map(|i| format!("m{i}")).collect();
+    assert_eq!(got, sent);
+    assert_eq!(t.recv(a), [], "nothing refused");
     assert!(t.is_closed(a));
-    assert_eq!(t.recv(b), [notify(1, 1)]);
+    assert_eq!(t.hub.summary().frames_refused, 0);
+}
+
+/// A client that keeps sending faster than its rate is slowed for as long as the
+/// flood limit, then told and closed; what it sent until then arrived, in order.
+#[test]
+fn a_connection_that_keeps_flooding_past_the_limit_is_told_and_closed() {
+    let mut t = h();
+    t.register(1);
+    t.register(2);
+    let a = t.login(1);
+    let b = t.login(2);
+    t.recv(a);
+    t.keep_reading(a);
+    t.keep_reading(b);
+    // 40 per second for 15 s, at a rate of 20: after the burst, its frames wait
+    // without a break.
+    for i in 0..600u64 {
+        t.send_later(a, &sms(&format!("m{i}")), Duration::from_millis(25 * i));
+    }
+    t.advance(10_000);
+    assert!(!t.is_closed(a), "slowed, not closed, within the limit");
+    assert_eq!(t.recv(a), [], "nothing refused");
+    t.advance(5_000);
+    assert!(t.is_closed(a));
+    let told = t.recv(a);
+    assert_eq!(
+        told,
+        [err(
+            429,
+            "too many messages: more than 20 per second for 10 s; closing the connection"
+        )]
+    );
+    let got = sms_contents(
+        t.recv(b)
+            .into_iter()
+            .filter(|m| *m != notify(1, 1))
+            .collect(),
+    );
+    let n = got.len();
+    // The burst (19 left after the login) and 20 a second for the limit's 10 s, from
+    // when the burst ran out.
+    assert!((200..=245).contains(&n), "{n}");
+    let sent: Vec<String> = (0..n).map(|i| format!("m{i}")).collect();
+    assert_eq!(got, sent, "in order, none skipped");
 }
 
 #[test]
@@ -1202,6 +1259,65 @@ fn password_guessing_is_limited_per_address() {
     let c = t.connect_from(attacker);
     t.send(c, &login_msg(1, "guess"));
     assert_eq!(t.jobs.len(), 1, "one attempt per 20 s at 3 per minute");
+}
+
+/// A class behind one address: logins that succeed are not counted against the
+/// address, however many; failed ones are.
+#[test]
+fn logins_that_succeed_do_not_count_against_the_address() {
+    let mut t = Harness::new(HubConfig {
+        login_rate: 3,
+        ..crate::hub::testkit::test_config()
+    });
+    let class = |port| std::net::SocketAddr::from(([10, 2, 2, 2], port));
+    for id in 1..=20 {
+        t.register(id);
+        let c = t.connect_from(class(id as u16));
+        t.send(c, &login_msg(id, &format!("pw{id}")));
+        t.run_jobs();
+        let res = t.recv(c);
+        assert!(
+            matches!(&res[0], ServerMessage::LoginRes(r) if r.code == 200),
+            "login {id}: {res:?}"
+        );
+    }
+    // Three wrong passwords spend the address's failures; the next login waits.
+    let c = t.connect_from(class(100));
+    for _ in 0..3 {
+        t.send(c, &login_msg(1, "typo"));
+        t.run_jobs();
+    }
+    t.send(c, &login_msg(1, "pw1"));
+    assert!(t.jobs.is_empty(), "refused before hashing");
+    assert_eq!(t.hub.summary().login_rate_refused, 1);
+}
+
+#[test]
+fn registrations_are_limited_per_address() {
+    let mut t = Harness::new(HubConfig {
+        register_rate: 2,
+        ..crate::hub::testkit::test_config()
+    });
+    let c = t.connect_from("10.3.3.3:1".parse().unwrap());
+    for id in 1..=3 {
+        t.send(c, &reg_msg(id, "password", &format!("u{id}")));
+        t.run_jobs();
+    }
+    let res = t.recv(c);
+    assert_eq!(
+        res.last(),
+        Some(&ServerMessage::Error(busy_res(
+            429,
+            "too many registrations from your address; try again later",
+            30
+        ))),
+        "{res:?}"
+    );
+    let ok = res
+        .iter()
+        .filter(|m| matches!(m, ServerMessage::RegisterRes(r) if r.code == 200))
+        .count();
+    assert_eq!(ok, 2, "{res:?}");
 }
 
 #[test]
@@ -1485,12 +1601,32 @@ fn one_address_cannot_take_every_connection() {
 }
 
 #[test]
+fn one_address_holds_at_most_a_quarter_of_the_connections() {
+    let cfg = |max_conns| HubConfig {
+        max_conns,
+        ..crate::hub::testkit::test_config()
+    };
+    assert_eq!(cfg(0).conns_per_addr(), 256, "the default");
+    assert_eq!(cfg(10_000).conns_per_addr(), 256);
+    assert_eq!(cfg(1_000).conns_per_addr(), 250, "a quarter");
+    assert_eq!(cfg(100).conns_per_addr(), 64, "never fewer than 64");
+    let mut t = Harness::new(cfg(400));
+    let class = |port| std::net::SocketAddr::from(([10, 0, 0, 1], port));
+    for p in 0..100 {
+        t.connect_from(class(p));
+    }
+    assert!(t.try_connect_from(class(999)).is_err());
+    t.connect_from(std::net::SocketAddr::from(([10, 0, 0, 2], 1)));
+}
+
+#[test]
 fn the_login_reply_never_makes_logging_in_impossible() {
     // 40 users online with long names: the login reply is larger than the whole
     // output limit, and still arrives.
     let mut t = Harness::new(HubConfig {
         max_outbuf: 1024,
         login_rate: 0,
+        register_rate: 0,
         ..crate::hub::testkit::test_config()
     });
     let mut conns: Vec<ConnRef> = Vec::new();
@@ -1630,6 +1766,7 @@ fn the_login_reply_announces_the_frame_limit_to_clients_that_declared_theirs() {
 fn seed_clients_get_group_and_private_messages_cut_to_what_they_can_read() {
     let mut t = Harness::new(HubConfig {
         login_rate: 0,
+        register_rate: 0,
         ..crate::hub::testkit::test_config()
     });
     for id in 1..=3 {
@@ -1676,6 +1813,7 @@ fn seed_clients_get_group_and_private_messages_cut_to_what_they_can_read() {
 fn a_seed_client_can_log_in_with_hundreds_online_with_long_names() {
     let mut t = Harness::new(HubConfig {
         login_rate: 0,
+        register_rate: 0,
         max_conns_per_addr: 0,
         ..crate::hub::testkit::test_config()
     });
@@ -1811,6 +1949,7 @@ fn with_many_online_presence_waits_longer_and_the_roster_is_dropped_when_idle() 
     let mut t = Harness::new(HubConfig {
         presence_interval_ms: 50,
         login_rate: 0,
+        register_rate: 0,
         max_conns_per_addr: 0,
         ..HubConfig::default()
     });
@@ -1965,6 +2104,7 @@ fn compact_clients_are_told_who_is_online_in_the_compact_forms_and_others_as_bef
     let mut t = Harness::new(HubConfig {
         presence_interval_ms: 50,
         login_rate: 0,
+        register_rate: 0,
         ..crate::hub::testkit::test_config()
     });
     for id in 1..=5 {
@@ -2002,6 +2142,7 @@ fn presence_waits_twenty_times_what_a_round_of_writes_to_everyone_costs() {
     let mut t = Harness::new(HubConfig {
         presence_interval_ms: 50,
         login_rate: 0,
+        register_rate: 0,
         max_conns_per_addr: 0,
         ..HubConfig::default()
     });

@@ -15,7 +15,10 @@
 //! 3. takes in store job results, other nodes' events (at most [`CLUSTER_PER_TURN`])
 //!    and the operators' requests;
 //! 4. reads the connections that had input left over last turn (a read budget ran out,
-//!    or a transport said [`Read::NextTurn`]), then those the hub may read again;
+//!    or a transport said [`Read::NextTurn`]), then those the hub may read again (a
+//!    store job came back, or a client that sent faster than its message rate may be
+//!    read again: until then the hub does not want its input, and its bytes wait in
+//!    its socket);
 //! 5. accepts again after a pause for descriptors, fires the hub's timers, gives freed
 //!    heap memory back now and then, and starts shutting down when asked;
 //! 6. hands store jobs to the workers and events to the other nodes;
@@ -669,6 +672,7 @@ mod tests {
             Harness::new(HubConfig {
                 msg_rate: 0,
                 login_rate: 0,
+                register_rate: 0,
                 max_conns_per_addr: 0,
                 ..test_config()
             })
