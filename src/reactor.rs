@@ -768,7 +768,8 @@ impl Io for Reactor {
                         .map(|(id, name, addr)| crate::ops::admin::OnlineLine {
                             id,
                             name,
-                            addr: addr.to_string(),
+                            addr: Some(addr.to_string()),
+                            node: None,
                         })
                         .collect();
                     let _ = reply.try_send(lines);

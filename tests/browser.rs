@@ -388,8 +388,11 @@ fn register(p: &Session, id: i64, name: &str, pwd: &str) {
         "the registration form",
         "!document.getElementById('name-row').hidden",
     );
+    // A login tried before leaves its id and password in the form.
+    p.clear("#user-id");
     p.type_in("#user-id", &id.to_string());
     p.type_in("#user-name", name);
+    p.clear("#password");
     p.type_in("#password", pwd);
     p.click("#submit");
     p.wait("the chat", "!document.getElementById('chat').hidden");

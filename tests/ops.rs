@@ -376,6 +376,29 @@ fn accounts_on_redis_with_two_running_nodes() {
     ann.recv_until("NotifyUserStatusMes");
     bob.recv_until("NotifyUserStatusMes");
 
+    // Who is online, from the nodes' presence in Redis (written by each node as its
+    // users come: asked again until the last login is there).
+    let deadline = std::time::Instant::now() + common::WAIT;
+    let seen = loop {
+        let online: Vec<serde_json::Value> =
+            serde_json::from_str(&ok(r(&["online", "--json"], ""))).unwrap();
+        let seen: Vec<(i64, String)> = online
+            .iter()
+            .map(|l| {
+                (
+                    l["id"].as_i64().unwrap(),
+                    l["node"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        if seen.len() == 3 || std::time::Instant::now() > deadline {
+            break seen;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let want: Vec<(i64, String)> = vec![(1, "n1".into()), (2, "n2".into()), (3, "n1".into())];
+    assert_eq!(seen, want);
+
     // A ban reaches the node that holds the session.
     let out = ok(r(&["ban", "2"], ""));
     assert!(out.contains("2 running servers told"), "{out}");

@@ -74,6 +74,24 @@ fn presence_key(node: &str) -> String {
     format!("presence:{node}")
 }
 
+/// Who is online on every node, as the nodes' presence hashes say: (node, user id,
+/// name), by user id (for the operators' `users online --redis`).
+pub fn read_online(conn: &mut redis::Connection) -> redis::RedisResult<Vec<(String, i64, String)>> {
+    let nodes: Vec<String> = redis::cmd("ZRANGE").arg(NODES).arg(0).arg(-1).query(conn)?;
+    let mut out = Vec::new();
+    for node in nodes {
+        let users: HashMap<i64, String> =
+            redis::cmd("HGETALL").arg(presence_key(&node)).query(conn)?;
+        for (user, v) in users {
+            if let Ok(p) = serde_json::from_str::<Present>(&v) {
+                out.push((node.clone(), user, p.name));
+            }
+        }
+    }
+    out.sort_by_key(|e| e.1);
+    Ok(out)
+}
+
 /// A user's value in a presence hash.
 #[derive(Serialize, Deserialize)]
 struct Present {

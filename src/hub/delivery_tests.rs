@@ -6,6 +6,7 @@ use crate::hub::HubConfig;
 use crate::hub::testkit::{Harness, seed_login_msg, test_config};
 use crate::proto::{ClientMessage, CodeRes, ServerMessage, SmsMes, SmsPrivateMes, code};
 use crate::types::ConnRef;
+use std::time::Duration;
 
 fn private(to: i64, content: &str) -> ClientMessage {
     ClientMessage::Private(SmsPrivateMes {
@@ -263,26 +264,6 @@ fn a_seed_client_gets_refusals_and_notices_as_messages_from_the_server() {
         sms(&got),
         [(0, "[server notice 400] empty message".to_string())]
     );
-    // Too fast: 429, with the time to wait.
-    for i in 0..4 {
-        t.send(
-            a,
-            &ClientMessage::Sms(SmsMes {
-                content: format!("m{i}"),
-                ..Default::default()
-            }),
-        );
-    }
-    let got = t.recv(a);
-    assert!(all_seed_kinds(&got), "{got:?}");
-    let notices = sms(&got);
-    assert!(
-        !notices.is_empty()
-            && notices
-                .iter()
-                .all(|(id, text)| *id == 0 && text.starts_with("[server notice 429] ")),
-        "{notices:?}"
-    );
     // Logged in elsewhere: 409, then the close.
     let again = t.connect();
     t.send(again, &seed_login_msg(1, "pw1"));
@@ -296,6 +277,31 @@ fn a_seed_client_gets_refusals_and_notices_as_messages_from_the_server() {
         "{got:?}"
     );
     assert!(t.is_closed(a));
+    // Flooding past the rate for 10 s: 429, then the close.
+    t.register(2);
+    let f = seed_login(&mut t, 2);
+    t.recv(f);
+    t.keep_reading(f);
+    for i in 0..80u64 {
+        t.send_later(
+            f,
+            &ClientMessage::Sms(SmsMes {
+                content: format!("m{i}"),
+                ..Default::default()
+            }),
+            Duration::from_millis(200 * i),
+        );
+    }
+    t.advance(16_000);
+    assert!(t.is_closed(f));
+    let got = t.recv(f);
+    assert!(all_seed_kinds(&got), "{got:?}");
+    assert!(
+        sms(&got)
+            .iter()
+            .any(|(id, text)| *id == 0 && text.starts_with("[server notice 429] ")),
+        "{got:?}"
+    );
 }
 
 #[test]

@@ -310,6 +310,7 @@ impl Hub {
             self.refresh_timers();
             return;
         };
+        let mut login_user = 0;
         if let Outcome::Login(_) = res.outcome {
             if !self.sessions.login_result_wanted(r) {
                 // Answered busy at its deadline: the result comes too late.
@@ -317,7 +318,7 @@ impl Hub {
                 self.settle(now);
                 return;
             }
-            self.login_settled(r);
+            login_user = self.login_settled(r).unwrap_or(0);
         }
         if self.core.get(r).is_none() {
             log::debug!("result for a connection that has gone: {:?}", res.outcome);
@@ -337,6 +338,7 @@ impl Hub {
                     self.cluster.as_mut(),
                     &mut self.offline,
                     r.key,
+                    login_user,
                     result,
                     now,
                 );
@@ -1158,16 +1160,15 @@ impl Hub {
 
     /// The login job for `r` has come back, whatever its outcome (or `r` has gone).
     /// No longer pending: a connection closing meanwhile, which is not resumed, must
-    /// not count its login again when it goes.
-    fn login_settled(&mut self, r: ConnRef) {
-        let Some(c) = self.core.get_mut(r) else {
-            return;
-        };
+    /// not count its login again when it goes. Returns the user id it was for.
+    fn login_settled(&mut self, r: ConnRef) -> Option<i64> {
+        let c = self.core.get_mut(r)?;
         let Some(Pending::Login { user_id }) = c.pending else {
-            return;
+            return None;
         };
         c.pending = None;
         self.core.unmark_login(user_id);
+        Some(user_id)
     }
 
     /// Tells everyone online about the users who went offline since the last call.

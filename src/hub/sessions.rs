@@ -227,16 +227,13 @@ impl Sessions {
         cluster: Option<&mut Cluster>,
         offline: &mut OfflineDelivery,
         key: usize,
+        user: i64,
         result: Result<LoginOk, LoginError>,
         now: Now,
     ) -> bool {
         if cx.conn(key).closing.is_some() {
             return false;
         }
-        let user = match cx.conn(key).pending {
-            Some(Pending::Login { user_id }) => user_id,
-            _ => 0,
-        };
         match result {
             Ok(ok) => go_online(cx, chat, cluster, offline, key, ok, now),
             Err(LoginError::NoSuchUser) => {

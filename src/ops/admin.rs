@@ -95,8 +95,12 @@ pub enum Request {
 pub struct OnlineLine {
     pub id: i64,
     pub name: String,
-    /// The client's address and port.
-    pub addr: String,
+    /// The client's address and port (known to the server it is connected to).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<String>,
+    /// The node it is connected to (with Redis).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// One user as `list` shows it: never a password or a hash.

@@ -334,14 +334,15 @@ fn table(users: &[UserLine]) -> String {
 }
 
 fn online_table(lines: &[OnlineLine]) -> String {
-    let mut out = format!("{:>12}  {:<40}  name\n", "id", "address");
+    let mut out = format!("{:>12}  {:<40}  name\n", "id", "address or node");
     for l in lines {
         let name: String = if l.name.chars().any(char::is_control) {
             l.name.escape_debug().to_string()
         } else {
             l.name.clone()
         };
-        out.push_str(&format!("{:>12}  {:<40}  {name}\n", l.id, l.addr));
+        let at = l.addr.as_deref().or(l.node.as_deref()).unwrap_or("-");
+        out.push_str(&format!("{:>12}  {at:<40}  {name}\n", l.id));
     }
     out.push_str(&format!("{} online", lines.len()));
     out
@@ -362,10 +363,35 @@ fn via_redis(url: &str, timeout: Duration, req: Request) -> Result<Response, Ope
         ..RedisTimeouts::default()
     };
     if req == Request::Online {
-        return Ok(Response::failed(
-            "with --redis, `users online` is not available (it asks one server through \
-             the admin socket of its embedded store)",
-        ));
+        let read = redis::Client::open(url)
+            .and_then(|c| c.get_connection_with_timeout(timeout))
+            .and_then(|mut c| {
+                c.set_read_timeout(Some(timeout))?;
+                crate::cluster::redis::read_online(&mut c)
+            });
+        return Ok(match read {
+            Ok(all) => {
+                let lines: Vec<OnlineLine> = all
+                    .into_iter()
+                    .map(|(node, id, name)| OnlineLine {
+                        id,
+                        name,
+                        addr: None,
+                        node: Some(node),
+                    })
+                    .collect();
+                Response {
+                    ok: true,
+                    text: format!("{} online", lines.len()),
+                    online: Some(lines),
+                    ..Response::default()
+                }
+            }
+            Err(e) => Response::failed(format!(
+                "cannot read who is online from Redis: {}",
+                crate::redact::text(&e.to_string())
+            )),
+        });
     }
     let mut store = RedisStore::new(url, t)?;
     let done = match apply(&mut store, req) {
