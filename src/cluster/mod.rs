@@ -59,13 +59,18 @@ pub enum Event {
         to_node: String,
         msg: OfflineMsg,
     },
-    /// Whether `to_node`'s private message `id` was delivered.
+    /// Whether `to_node`'s private message `id` was delivered: its frame written to
+    /// the recipient's socket (`cut`: cut short for the recipient's client). Not
+    /// delivered: the recipient was not online on `node`, or its connection went
+    /// before the frame was written; `to_node` stores it.
     #[serde(rename_all = "camelCase")]
     PrivateAck {
         node: String,
         id: u64,
         to_node: String,
         delivered: bool,
+        #[serde(default)]
+        cut: bool,
     },
     /// `node` (re)started: whatever was known of its users is gone.
     Reset { node: String },
