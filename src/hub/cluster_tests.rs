@@ -440,6 +440,27 @@ fn across_nodes_a_recipient_dropped_before_the_write_gets_every_message_at_next_
 }
 
 #[test]
+fn across_nodes_a_message_its_node_could_not_write_before_stopping_is_stored() {
+    let mut net = Net::new(2);
+    registered(&mut net, &[1, 2]);
+    let c1 = net.login(0, 1);
+    let c2 = net.login(1, 2);
+    net.recv(0, c1);
+    net.recv(1, c2);
+    net.nodes[1].stall(c2, true);
+    net.nodes[0].send(c1, &private_id(2, "before the stop", "m1"));
+    net.deliver();
+    let now = net.nodes[1].now;
+    net.nodes[1].hub.handle_shutdown(now);
+    net.nodes[1].advance(crate::hub::HubConfig::default().close_linger_ms + 1);
+    assert!(net.nodes[1].is_closed(c2));
+    net.deliver();
+    net.nodes[0].run_jobs();
+    assert_eq!(sms_res(&net.recv(0, c1)), [(202, Some("m1".into()))]);
+    assert_eq!(net.nodes[0].store.offline_count(2), 1);
+}
+
+#[test]
 fn a_late_answer_after_the_sender_s_node_stored_the_message_stores_nothing_more() {
     let mut net = Net::new(2);
     registered(&mut net, &[1, 2]);
