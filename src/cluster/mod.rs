@@ -277,6 +277,13 @@ mod tests {
                     time: 5,
                 },
             },
+            Event::PrivateAck {
+                node: "b".into(),
+                id: 9,
+                to_node: "a".into(),
+                delivered: true,
+                cut: true,
+            },
             Event::Reset { node: "b".into() },
             Event::Kick {
                 node: "admin".into(),
@@ -288,6 +295,18 @@ mod tests {
             let json = ev.to_json();
             assert_eq!(Event::from_json(&json).unwrap(), ev, "{json}");
         }
+        // An answer from a node that does not say `cut`.
+        let ack = r#"{"kind":"privateAck","node":"b","id":9,"toNode":"a","delivered":true}"#;
+        assert_eq!(
+            Event::from_json(ack).unwrap(),
+            Event::PrivateAck {
+                node: "b".into(),
+                id: 9,
+                to_node: "a".into(),
+                delivered: true,
+                cut: false,
+            }
+        );
         let bad = Event::from_json("{\"kind\":\"nonsense\"}").unwrap_err();
         assert!(
             bad.to_string()
