@@ -507,11 +507,26 @@ pub(crate) struct AwaitingWrite {
     pub(crate) end: u64,
     /// When it was queued (monotonic ms).
     pub(crate) since_ms: u64,
-    pub(crate) sender: ConnRef,
-    pub(crate) msg: OfflineMsg,
-    pub(crate) msg_id: Option<String>,
     /// The recipient got it cut short.
     pub(crate) cut: bool,
+    /// Who is told.
+    pub(crate) from: Awaiter,
+}
+
+/// Whom a private message waiting to be written answers.
+#[derive(Debug)]
+pub(crate) enum Awaiter {
+    /// A sender on this node: answered here, and if the message is not written, it is
+    /// stored here.
+    Local {
+        sender: ConnRef,
+        msg: OfflineMsg,
+        msg_id: Option<String>,
+    },
+    /// Another node's request (its `Event::Private` number `id`): that node is told
+    /// whether the message was written, and answers its sender (storing the message
+    /// if it was not).
+    Remote { node: Rc<str>, id: u64 },
 }
 
 /// How a closing connection goes.

@@ -59,13 +59,18 @@ pub enum Event {
         to_node: String,
         msg: OfflineMsg,
     },
-    /// Whether `to_node`'s private message `id` was delivered.
+    /// Whether `to_node`'s private message `id` was delivered: its frame written to
+    /// the recipient's socket (`cut`: cut short for the recipient's client). Not
+    /// delivered: the recipient was not online on `node`, or its connection went
+    /// before the frame was written; `to_node` stores it.
     #[serde(rename_all = "camelCase")]
     PrivateAck {
         node: String,
         id: u64,
         to_node: String,
         delivered: bool,
+        #[serde(default)]
+        cut: bool,
     },
     /// `node` (re)started: whatever was known of its users is gone.
     Reset { node: String },
@@ -272,6 +277,13 @@ mod tests {
                     time: 5,
                 },
             },
+            Event::PrivateAck {
+                node: "b".into(),
+                id: 9,
+                to_node: "a".into(),
+                delivered: true,
+                cut: true,
+            },
             Event::Reset { node: "b".into() },
             Event::Kick {
                 node: "admin".into(),
@@ -283,6 +295,18 @@ mod tests {
             let json = ev.to_json();
             assert_eq!(Event::from_json(&json).unwrap(), ev, "{json}");
         }
+        // An answer from a node that does not say `cut`.
+        let ack = r#"{"kind":"privateAck","node":"b","id":9,"toNode":"a","delivered":true}"#;
+        assert_eq!(
+            Event::from_json(ack).unwrap(),
+            Event::PrivateAck {
+                node: "b".into(),
+                id: 9,
+                to_node: "a".into(),
+                delivered: true,
+                cut: false,
+            }
+        );
         let bad = Event::from_json("{\"kind\":\"nonsense\"}").unwrap_err();
         assert!(
             bad.to_string()

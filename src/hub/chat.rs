@@ -13,6 +13,8 @@
 //! the recipient's socket ([`Chat::written`]); if the connection goes first, the
 //! message is stored instead and answered 202 ([`Chat::unwritten`]). The recipient's
 //! connection keeps these in `Conn::awaiting`, so a group message costs nothing more.
+//! A private message from a user of another node waits there the same way, and that
+//! node is told whether it was written (see `hub/cluster.rs`).
 //! Otherwise a worker stores it if the user exists (`SmsResMes` 202 once committed)
 //! or finds no such user (404); stored messages are delivered at the recipient's next
 //! login (see `hub/offline_delivery.rs`). A message delivered or stored joins its
@@ -27,7 +29,7 @@ use super::cluster::Cluster;
 use super::cx::{Core, Cx, private_frame_for, sms_res_id};
 use super::history::History;
 use super::offline_delivery::OfflineDelivery;
-use crate::conn::{AwaitingWrite, Pending, Session};
+use crate::conn::{Awaiter, AwaitingWrite, Pending, Session};
 use crate::hub::frame_fit;
 use crate::hub::roster::{Listing, Roster, Version};
 use crate::job::{JobKind, OfflineStored};
@@ -173,16 +175,13 @@ impl Chat {
                 u64::MAX
             };
             let sender = cx.conn_ref(key);
-            cx.conn_mut(to).awaiting.push_back(AwaitingWrite {
-                end,
-                since_ms: now.mono_ms,
+            let from = Awaiter::Local {
                 sender,
                 msg: msg.clone(),
                 msg_id,
-                cut,
-            });
+            };
+            Chat::await_write(cx, to, end, cut, from, now);
             history.note_private(cx, msg);
-            cx.arm(to, now.mono_ms.saturating_add(PRIVATE_WRITE_WAIT_MS));
             return;
         }
         // Online on another node: handed to that node, answered when it says.
@@ -208,9 +207,29 @@ impl Chat {
         }
     }
 
+    /// A private message's frame is queued on `to` (or could not be, `end` =
+    /// `u64::MAX`: `to` is closing): `from` is answered once it is written, see
+    /// [`Chat::written`] and [`Chat::unwritten`].
+    pub(crate) fn await_write(
+        cx: &mut Cx<'_>,
+        to: usize,
+        end: u64,
+        cut: bool,
+        from: Awaiter,
+        now: Now,
+    ) {
+        cx.conn_mut(to).awaiting.push_back(AwaitingWrite {
+            end,
+            since_ms: now.mono_ms,
+            cut,
+            from,
+        });
+        cx.arm(to, now.mono_ms.saturating_add(PRIVATE_WRITE_WAIT_MS));
+    }
+
     /// `key` has written more of its output: the senders of the private messages now
-    /// written are answered 200 (206 if cut short).
-    pub(crate) fn written(cx: &mut Cx<'_>, key: usize) {
+    /// written are answered 200 (206 if cut short), here or through their node.
+    pub(crate) fn written(cx: &mut Cx<'_>, mut cluster: Option<&mut Cluster>, key: usize) {
         let written = cx.conn(key).out.written_total();
         let max_frame = cx.conn(key).max_frame();
         while cx
@@ -222,16 +241,25 @@ impl Chat {
             let Some(a) = cx.conn_mut(key).awaiting.pop_front() else {
                 break;
             };
-            if cx.get(a.sender).is_none_or(|c| c.is_closing()) {
+            let (sender, msg_id) = match a.from {
+                Awaiter::Local { sender, msg_id, .. } => (sender, msg_id),
+                Awaiter::Remote { node, id } => {
+                    if let Some(c) = cluster.as_deref_mut() {
+                        c.answer_private(&node, id, true, a.cut);
+                    }
+                    continue;
+                }
+            };
+            if cx.get(sender).is_none_or(|c| c.is_closing()) {
                 continue;
             }
             if a.cut {
                 let text = format!(
                     "delivered cut short: the recipient's client reads at most {max_frame} bytes"
                 );
-                sms_res_id(cx, a.sender.key, code::PARTIAL, &text, a.msg_id);
+                sms_res_id(cx, sender.key, code::PARTIAL, &text, msg_id);
             } else {
-                sms_res_id(cx, a.sender.key, code::OK, "", a.msg_id);
+                sms_res_id(cx, sender.key, code::OK, "", msg_id);
             }
         }
     }
@@ -259,16 +287,35 @@ impl Chat {
 
     /// A connection went with private messages queued and not written: each is stored
     /// for the recipient's next login, its sender answered 202 once it is (or 503/504
-    /// as for any message stored). Already in history: not noted again.
-    pub(crate) fn unwritten(cx: &mut Cx<'_>, awaiting: VecDeque<AwaitingWrite>) {
+    /// as for any message stored). Already in history: not noted again. One from
+    /// another node is given back to that node, which stores it and answers its
+    /// sender (it alone stores it, whether it hears this or gives up waiting).
+    pub(crate) fn unwritten(
+        cx: &mut Cx<'_>,
+        mut cluster: Option<&mut Cluster>,
+        awaiting: VecDeque<AwaitingWrite>,
+    ) {
         for a in awaiting {
+            let (sender, msg, msg_id) = match a.from {
+                Awaiter::Local {
+                    sender,
+                    msg,
+                    msg_id,
+                } => (sender, msg, msg_id),
+                Awaiter::Remote { node, id } => {
+                    if let Some(c) = cluster.as_deref_mut() {
+                        c.answer_private(&node, id, false, false);
+                    }
+                    continue;
+                }
+            };
             let sender = cx
-                .get(a.sender)
+                .get(sender)
                 .filter(|c| !c.is_closing())
-                .map(|_| a.sender.key);
+                .map(|_| sender.key);
             let job = JobKind::StoreOffline {
-                msg: a.msg,
-                msg_id: a.msg_id,
+                msg,
+                msg_id,
                 history: 0,
                 after_history: false,
                 waits: false,

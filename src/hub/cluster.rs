@@ -8,7 +8,12 @@
 //! online lists and notices, their group messages reach the users here, and a private
 //! message for a user online elsewhere is handed to that node and answered when it
 //! says whether it delivered it (or, if it does not say in time, stored for the user's
-//! next login: delivered or stored, never neither).
+//! next login: delivered or stored, never neither). That node says "delivered" only
+//! once the frame is written to the recipient's socket, as for a sender of its own (its
+//! entry in the recipient's `Conn::awaiting` names this node's request); if the
+//! recipient's connection goes first, "not delivered", and this node stores the
+//! message (202). Only the sender's node stores it, once: the first of the answer,
+//! the end of the wait, or the other node's departure ends the request.
 //!
 //! One session per user across nodes comes from the single order Redis gives the
 //! events: a login is announced ([`Event::Online`]); when a node hears of a login of
@@ -20,11 +25,12 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;
 
+use super::chat::{Chat, PRIVATE_WRITE_WAIT_MS};
 use super::cx::{Cx, private_frame_for, sms_res_id};
 use super::history::History;
 use super::moderation::Moderation;
 use crate::cluster::{Event, Input, PresenceEntry};
-use crate::conn::{Pending, Session};
+use crate::conn::{Awaiter, Pending, Session};
 use crate::hub::frame_fit;
 use crate::job::JobKind;
 use crate::proto::{SEED_MAX_FRAME, ServerMessage, SmsMes, UserInfo, code, status};
@@ -265,7 +271,9 @@ impl Cluster {
                 node: to_node.clone(),
                 msg: msg.clone(),
                 msg_id: msg_id.clone(),
-                deadline_ms: now.mono_ms + self.answer_ms,
+                // The other node answers once the frame is written, which may take
+                // up to the wait it allows a recipient: beyond that, it is silent.
+                deadline_ms: now.mono_ms + self.answer_ms + PRIVATE_WRITE_WAIT_MS,
             },
         );
         let node = self.node.to_string();
@@ -277,6 +285,19 @@ impl Cluster {
         });
         cx.conn_mut(key).pending = Some(Pending::Private { to: msg.to });
         true
+    }
+
+    /// Tells `node` whether its private message `id` was written to the recipient's
+    /// socket here (`cut`: cut short for the recipient's client).
+    pub(crate) fn answer_private(&mut self, node: &str, id: u64, delivered: bool, cut: bool) {
+        let me = self.node.to_string();
+        self.publish(Event::PrivateAck {
+            node: me,
+            id,
+            to_node: node.to_string(),
+            delivered,
+            cut,
+        });
     }
 
     /// Private messages handed to other nodes that got no answer in time are stored.
@@ -412,37 +433,50 @@ impl Cluster {
                 if !self.is_me(&to_node) {
                     return None;
                 }
-                let me = self.node.to_string();
-                let delivered = match cx.online().get(msg.to).map(|e| e.conn.key) {
-                    Some(to) => {
-                        let (frame, _) = private_frame_for(cx.conn(to), &msg, None);
-                        cx.deliver_message(to, &frame.into())
-                    }
-                    None => false,
+                let Some(to) = cx.online().get(msg.to).map(|e| e.conn.key) else {
+                    self.answer_private(&node, id, false, false);
+                    return None;
                 };
-                self.publish(Event::PrivateAck {
-                    node: me,
+                // Answered once the frame is written to the recipient's socket, or
+                // given back if the recipient's connection goes first, as a message
+                // from a sender here is (see `Chat::written`, `Chat::unwritten`).
+                let (frame, cut) = private_frame_for(cx.conn(to), &msg, None);
+                let end = if cx.deliver_message(to, &frame.into()) {
+                    cx.conn(to).out.queued_total()
+                } else {
+                    u64::MAX
+                };
+                let from = Awaiter::Remote {
+                    node: node.as_str().into(),
                     id,
-                    to_node: node,
-                    delivered,
-                });
+                };
+                Chat::await_write(cx, to, end, cut, from, now);
             }
             Event::PrivateAck {
                 id,
                 to_node,
                 delivered,
+                cut,
                 ..
             } => {
                 if !self.is_me(&to_node) {
                     return None;
                 }
+                // Answered once: an answer after the wait ended (the message stored
+                // here then) finds nothing.
                 let p = self.pending.remove(&id)?;
                 if !delivered {
                     store_instead(cx, history, p);
                 } else {
                     let answered = cx.get(p.conn).is_some().then_some(p.conn);
                     if let Some(r) = answered {
-                        sms_res_id(cx, r.key, code::OK, "", p.msg_id);
+                        if cut {
+                            let text = "delivered cut short: the recipient's client \
+                                        cannot read it whole";
+                            sms_res_id(cx, r.key, code::PARTIAL, text, p.msg_id);
+                        } else {
+                            sms_res_id(cx, r.key, code::OK, "", p.msg_id);
+                        }
                     }
                     // Delivered there, kept here: the sender's node writes the history.
                     history.note_private(cx, p.msg);

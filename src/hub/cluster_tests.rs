@@ -3,7 +3,8 @@
 //! the publisher included, as Redis does. No sockets, threads or sleeps.
 
 use crate::cluster::{Event, Input, LocalPresence, PresenceEntry};
-use crate::hub::testkit::{Harness, login_msg};
+use crate::hub::chat::PRIVATE_WRITE_WAIT_MS;
+use crate::hub::testkit::{Harness, login_msg, seed_login_msg};
 use crate::proto::{ClientMessage, ServerMessage, SmsMes, SmsPrivateMes};
 use crate::types::ConnRef;
 
@@ -297,8 +298,9 @@ fn private_messages_cross_nodes_or_are_stored_never_neither() {
     net.nodes[0].send(c1, &private(2, "hello"));
     assert_eq!(net.recv(0, c1), [], "no answer before b's");
     net.deliver();
-    assert_eq!(sms_code(&net.recv(0, c1)), [200]);
     assert!(matches!(&net.recv(1, c2)[..], [ServerMessage::Private(p)] if p.content == "hello"));
+    net.deliver();
+    assert_eq!(sms_code(&net.recv(0, c1)), [200]);
     // 2 leaves b while a message is on its way: b says it did not deliver; it is
     // stored (202) and arrives at 2's next login.
     net.nodes[0].send(c1, &private(2, "in flight"));
@@ -317,6 +319,191 @@ fn private_messages_cross_nodes_or_are_stored_never_neither() {
     );
 }
 
+fn sms_res(got: &[ServerMessage]) -> Vec<(u16, Option<String>)> {
+    got.iter()
+        .filter_map(|m| match m {
+            ServerMessage::SmsRes(r) => Some((r.code, r.msg_id.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn private_id(to: i64, content: &str, id: &str) -> ClientMessage {
+    ClientMessage::Private(SmsPrivateMes {
+        to_user_id: to,
+        content: content.into(),
+        msg_id: Some(id.into()),
+        ..Default::default()
+    })
+}
+
+/// The contents of the private messages among `got`, whichever form they came in.
+fn private_texts(got: &[ServerMessage]) -> Vec<String> {
+    got.iter()
+        .filter_map(|m| match m {
+            ServerMessage::Private(p) => Some(p.content.clone()),
+            ServerMessage::Sms(s) => Some(s.content.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Logs `id` in on `node` and returns the private messages it got with its login.
+fn fresh_login(net: &mut Net, node: usize, id: i64) -> Vec<String> {
+    let c = net.nodes[node].connect();
+    net.nodes[node].send(c, &login_msg(id, &format!("pw{id}")));
+    net.nodes[node].run_jobs();
+    let got = net.recv(node, c);
+    assert!(
+        matches!(got.first(), Some(ServerMessage::LoginRes(r)) if r.code == 200),
+        "{got:?}"
+    );
+    net.deliver();
+    net.nodes[node].run_jobs();
+    private_texts(&got)
+}
+
+#[test]
+fn across_nodes_200_is_sent_once_the_recipient_s_socket_took_the_message() {
+    let mut net = Net::new(2);
+    registered(&mut net, &[1, 2, 3]);
+    let c1 = net.login(0, 1);
+    let c2 = net.login(1, 2);
+    net.recv(0, c1);
+    net.recv(1, c2);
+    net.nodes[0].send(c1, &private_id(2, "hello", "m1"));
+    net.deliver();
+    // Queued on b, not yet written (2's client has not read): no answer yet, however
+    // long the events go round.
+    net.deliver();
+    net.nodes[1].advance(PRIVATE_WRITE_WAIT_MS - 1);
+    net.deliver();
+    assert_eq!(net.recv(0, c1), [], "no answer before b wrote it");
+    // 2 reads: written, and only then answered.
+    assert_eq!(private_texts(&net.recv(1, c2)), ["hello"]);
+    net.deliver();
+    assert_eq!(sms_res(&net.recv(0, c1)), [(200, Some("m1".into()))]);
+    // A recipient on b whose client reads less than the message: 206 once written.
+    let c3 = net.nodes[1].connect();
+    net.nodes[1].send(c3, &seed_login_msg(3, "pw3"));
+    net.nodes[1].run_jobs();
+    net.recv(1, c3);
+    net.deliver();
+    net.recv(0, c1);
+    net.nodes[0].send(c1, &private_id(3, &"long ".repeat(3000), "m2"));
+    net.deliver();
+    assert_eq!(net.recv(0, c1), [], "no answer before b wrote it");
+    assert_eq!(private_texts(&net.recv(1, c3)).len(), 1);
+    net.deliver();
+    assert_eq!(sms_res(&net.recv(0, c1)), [(206, Some("m2".into()))]);
+}
+
+#[test]
+fn across_nodes_a_recipient_dropped_before_the_write_gets_every_message_at_next_login() {
+    let mut net = Net::new(2);
+    registered(&mut net, &[1, 2]);
+    let c1 = net.login(0, 1);
+    let c2 = net.login(1, 2);
+    net.recv(0, c1);
+    net.recv(1, c2);
+    // 2's client on b stops reading; messages without msgId.
+    net.nodes[1].stall(c2, true);
+    for i in 0..5 {
+        net.nodes[0].send(c1, &private(2, &format!("unread {i}")));
+    }
+    net.deliver();
+    assert_eq!(net.recv(0, c1), []);
+    // b drops 2 as a slow consumer: what it did not write goes back to a, which
+    // stores it.
+    net.nodes[1].advance(PRIVATE_WRITE_WAIT_MS);
+    assert!(net.nodes[1].is_closed(c2));
+    let mut codes = Vec::new();
+    for _ in 0..10 {
+        net.deliver();
+        for h in &mut net.nodes {
+            h.run_jobs();
+        }
+        codes.extend(sms_code(&net.recv(0, c1)));
+    }
+    assert_eq!(codes, [202; 5], "every one stored, none said delivered");
+    assert_eq!(net.nodes[0].store.offline_count(2), 5, "each stored once");
+    // 2's next login, on either node, gets them all, once, in order.
+    let got = fresh_login(&mut net, 1, 2);
+    let want: Vec<String> = (0..5).map(|i| format!("unread {i}")).collect();
+    assert_eq!(got, want);
+    net.nodes[1].run_jobs();
+    assert_eq!(
+        net.nodes[0].store.offline_count(2),
+        0,
+        "delivered and removed"
+    );
+}
+
+#[test]
+fn across_nodes_a_message_its_node_could_not_write_before_stopping_is_stored() {
+    let mut net = Net::new(2);
+    registered(&mut net, &[1, 2]);
+    let c1 = net.login(0, 1);
+    let c2 = net.login(1, 2);
+    net.recv(0, c1);
+    net.recv(1, c2);
+    net.nodes[1].stall(c2, true);
+    net.nodes[0].send(c1, &private_id(2, "before the stop", "m1"));
+    net.deliver();
+    let now = net.nodes[1].now;
+    net.nodes[1].hub.handle_shutdown(now);
+    net.nodes[1].advance(crate::hub::HubConfig::default().close_linger_ms + 1);
+    assert!(net.nodes[1].is_closed(c2));
+    net.deliver();
+    net.nodes[0].run_jobs();
+    assert_eq!(sms_res(&net.recv(0, c1)), [(202, Some("m1".into()))]);
+    assert_eq!(net.nodes[0].store.offline_count(2), 1);
+}
+
+#[test]
+fn a_late_answer_after_the_sender_s_node_stored_the_message_stores_nothing_more() {
+    let mut net = Net::new(2);
+    registered(&mut net, &[1, 2]);
+    let c1 = net.login(0, 1);
+    let c2 = net.login(1, 2);
+    net.recv(0, c1);
+    net.recv(1, c2);
+    net.nodes[1].stall(c2, true);
+    // No msgId: nothing in the store would catch a second copy.
+    net.nodes[0].send(c1, &private(2, "once"));
+    net.deliver();
+    // b drops 2 and gives the message back, but its answer is held up past a's wait.
+    net.nodes[1].advance(PRIVATE_WRITE_WAIT_MS);
+    let late = net.nodes[1].take_published();
+    assert!(
+        late.iter().any(|ev| matches!(
+            ev,
+            Event::PrivateAck {
+                delivered: false,
+                ..
+            }
+        )),
+        "{late:?}"
+    );
+    net.nodes[0].advance(5_000 + PRIVATE_WRITE_WAIT_MS);
+    net.nodes[0].run_jobs();
+    assert_eq!(sms_code(&net.recv(0, c1)), [202], "stored by a");
+    assert_eq!(net.nodes[0].store.offline_count(2), 1);
+    // The late answer finds nothing to answer: nothing more is stored or said.
+    for ev in late {
+        for h in &mut net.nodes {
+            h.cluster(Input::Event(ev.clone()));
+        }
+    }
+    net.deliver();
+    for h in &mut net.nodes {
+        h.run_jobs();
+    }
+    assert_eq!(sms_code(&net.recv(0, c1)), Vec::<u16>::new());
+    assert_eq!(net.nodes[0].store.offline_count(2), 1, "stored once");
+    assert_eq!(fresh_login(&mut net, 0, 2), ["once"]);
+}
+
 #[test]
 fn a_node_that_does_not_answer_in_time_gets_its_users_messages_stored() {
     let mut net = Net::new(2);
@@ -327,7 +514,7 @@ fn a_node_that_does_not_answer_in_time_gets_its_users_messages_stored() {
     net.nodes[0].send(c1, &private(2, "lost node"));
     // b never answers (it died): after the answer time the message is stored.
     net.nodes[0].take_published();
-    net.nodes[0].advance(5_000);
+    net.nodes[0].advance(5_000 + PRIVATE_WRITE_WAIT_MS);
     net.nodes[0].run_jobs();
     assert_eq!(sms_code(&net.recv(0, c1)), [202]);
     assert_eq!(net.nodes[0].store.offline_count(2), 1);
@@ -396,13 +583,15 @@ fn every_message_joins_the_history_once_whichever_node_took_it() {
         }
     }
     // Across nodes: delivered on b, appended by a.
+    net.recv(1, c2);
     net.nodes[0].send(c1, &private(2, "private across"));
+    net.deliver();
+    net.recv(1, c2);
     net.deliver();
     for h in &mut net.nodes {
         h.run_jobs();
     }
     assert_eq!(net.nodes[0].store.history_count(), 3);
-    net.recv(1, c2);
     let ask = |with| {
         ClientMessage::History(crate::proto::HistoryMes {
             before: 0,

@@ -406,7 +406,7 @@ impl Hub {
         }
         if !self.core.conns[r.key].awaiting.is_empty() {
             // Private messages written: their senders are answered.
-            Chat::written(cx!(self), r.key);
+            Chat::written(cx!(self), self.cluster.as_mut(), r.key);
         }
         let written = match res {
             Ok(Flush::Drained) => {
@@ -539,7 +539,8 @@ impl Hub {
     }
 
     /// Makes this hub a node of a cluster named `node`. A private message handed to
-    /// another node is stored instead if that node has not answered in `answer_ms`.
+    /// another node is stored instead if that node has not answered in `answer_ms`
+    /// beyond the time it allows the recipient to take it (`PRIVATE_WRITE_WAIT_MS`).
     pub fn enable_cluster(&mut self, node: &str, answer_ms: u64) {
         self.cluster = Some(Cluster::new(node, answer_ms));
         self.refresh_timers();
@@ -713,7 +714,11 @@ impl Hub {
             self.forget(&conn);
             if !conn.awaiting.is_empty() {
                 // Private messages it never wrote: stored instead.
-                Chat::unwritten(cx!(self), std::mem::take(&mut conn.awaiting));
+                Chat::unwritten(
+                    cx!(self),
+                    self.cluster.as_mut(),
+                    std::mem::take(&mut conn.awaiting),
+                );
             }
             self.stats.closed += 1;
             self.settle(now);
