@@ -400,11 +400,12 @@ impl Hub {
         let before = conn.out.written_total();
         let res = conn.out.write_with(&mut self.core.gather, write);
         self.stats.bytes_out += conn.out.written_total() - before;
+        let awaiting = !conn.awaiting.is_empty();
         if conn.offline.is_active() {
             let action = conn.offline.written(conn.out.written_total());
             self.offline.action(cx!(self), r.key, action);
         }
-        if !self.core.conns[r.key].awaiting.is_empty() {
+        if awaiting {
             // Private messages written: their senders are answered.
             Chat::written(cx!(self), self.cluster.as_mut(), r.key);
         }
