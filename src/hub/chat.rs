@@ -190,6 +190,20 @@ impl Chat {
         {
             return;
         }
+        // Its connection here is closing with messages it has not taken, stored when
+        // it goes: this one joins them, so that they keep their order.
+        if let Some(&r) = cx.core().lingering.get(&msg.to)
+            && cx.get(r).is_some()
+        {
+            let from = Awaiter::Local {
+                sender: cx.conn_ref(key),
+                msg: msg.clone(),
+                msg_id,
+            };
+            Chat::await_write(cx, r.key, u64::MAX, false, from, now);
+            history.note_private(cx, msg);
+            return;
+        }
         let to = msg.to;
         let after_history = history.before_stored(cx, Conv::pair(msg.from, msg.to));
         // The job carries the msgId: the store dedupes on it.

@@ -107,6 +107,10 @@ pub(crate) struct Core {
     /// Logins in flight, counted by user: a message stored for one of them meanwhile
     /// is fetched once it is online.
     pub(crate) logging_in: HashMap<i64, u32>,
+    /// Users whose connection here is closing with private messages it has not
+    /// written (stored when it goes): one sent to them meanwhile joins those, so that
+    /// they keep their order (see `Chat::handle_private`).
+    pub(crate) lingering: HashMap<i64, ConnRef>,
     /// Users who went offline this turn, not yet announced.
     pub(crate) departures: Vec<(i64, Rc<str>)>,
     /// Presence notices waiting to be sent to everyone.
@@ -145,6 +149,7 @@ impl Core {
             deadlines: BinaryHeap::new(),
             per_addr: HashMap::new(),
             logging_in: HashMap::new(),
+            lingering: HashMap::new(),
             departures: Vec::new(),
             presence: Presence::default(),
             write_cost_us: None,
@@ -326,6 +331,12 @@ impl Core {
             self.closes.push(me);
         } else {
             self.arm(key, me.generation, deadline_ms);
+        }
+        let conn = &self.conns[key];
+        if let Session::Online { user_id, .. } = conn.session
+            && !conn.awaiting.is_empty()
+        {
+            self.lingering.insert(user_id, me);
         }
         self.go_offline(key, now);
     }

@@ -344,3 +344,25 @@ fn a_recipient_that_takes_nothing_for_10_s_is_dropped_and_the_sender_answered_20
     assert_eq!(codes(&run_jobs_reading(&mut t, a)), [code::STORED]);
     assert_eq!(t.store.offline_count(2), 1);
 }
+
+#[test]
+fn a_message_sent_while_the_recipient_lingers_comes_after_those_it_did_not_take() {
+    let mut t = Harness::new(test_config());
+    let [a, b] = t.everyone_online([1, 2]);
+    t.stall(b, true);
+    t.send(a, &private_id(2, "first", "m1"));
+    // b logs out: its connection lingers to write what it was sent, and cannot.
+    t.send(b, &ClientMessage::Logout);
+    assert!(!t.is_closed(b));
+    t.send(a, &private_id(2, "second", "m2"));
+    t.run_jobs();
+    t.advance(HubConfig::default().close_linger_ms + 1);
+    assert!(t.is_closed(b));
+    let codes = codes(&run_jobs_reading(&mut t, a));
+    assert_eq!(codes, [code::STORED, code::STORED]);
+    // At b's next login, in the order they were sent.
+    let b2 = t.connect();
+    t.send(b2, &crate::hub::testkit::login_msg(2, "pw2"));
+    t.run_jobs();
+    assert_eq!(privates(&t.recv(b2)), ["first", "second"]);
+}

@@ -713,6 +713,11 @@ impl Hub {
             self.core.go_offline(r.key, now);
             let mut conn = self.core.conns.remove(r.key);
             self.forget(&conn);
+            if let Some(user) = conn.user_id()
+                && self.core.lingering.get(&user) == Some(&r)
+            {
+                self.core.lingering.remove(&user);
+            }
             if !conn.awaiting.is_empty() {
                 // Private messages it never wrote: stored instead.
                 Chat::unwritten(

@@ -173,9 +173,11 @@ impl EmbeddedStore {
         if let Some(db) = slot.as_ref() {
             return Ok(db.clone());
         }
+        // `open`, not `create`: a data file that is not there (a disk not mounted back
+        // yet) is waited for, not replaced by an empty one.
         match Database::builder()
             .set_cache_size(sh.cache_bytes)
-            .create(&sh.path)
+            .open(&sh.path)
         {
             Ok(db) => {
                 log::info!("data file {} opened again", sh.path.display());
@@ -752,5 +754,41 @@ mod tests {
         assert_eq!((got, more), (vec![(1, "a"), (2, "c")], false));
         let (got, _) = s.read_history(Conv::pair(2, 1), 0, 10).unwrap();
         assert_eq!(got[0].content, "b");
+    }
+
+    /// Fails the store as a commit's I/O error would, and lets the next request try
+    /// to open the file again at once.
+    fn fail(store: &EmbeddedStore) {
+        let e = std::io::Error::other("simulated I/O error");
+        assert!(
+            store
+                .io::<(), _>(Err(redb::Error::Io(e)), "commit")
+                .is_err()
+        );
+        store.shared.health.lock().unwrap().last_attempt = None;
+    }
+
+    #[test]
+    fn a_data_file_gone_while_failing_is_not_replaced_by_an_empty_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = EmbeddedStore::open(dir.path()).unwrap();
+        let rec = UserRecord {
+            id: 5,
+            name: "e".into(),
+            pwd_hash: "h".into(),
+            ..UserRecord::default()
+        };
+        assert!(s.create_user(&rec).unwrap());
+        fail(&s);
+        // The file is away (a disk not mounted back yet, an operator moving it).
+        let file = dir.path().join(FILE_NAME);
+        let away = dir.path().join("away.redb");
+        std::fs::rename(&file, &away).unwrap();
+        assert!(s.get_user(5).is_err(), "refused while the file is away");
+        assert!(!file.exists(), "no new, empty data file in its place");
+        s.shared.health.lock().unwrap().last_attempt = None;
+        // Back: the store heals with every record.
+        std::fs::rename(&away, &file).unwrap();
+        assert_eq!(s.get_user(5).unwrap().unwrap().name, "e");
     }
 }
