@@ -240,9 +240,25 @@ impl EmbeddedStore {
                     // Dropped here; closed once the requests under way let it go.
                     sh.db.write().unwrap_or_else(|e| e.into_inner()).take();
                 }
-                Err(StoreError::new(ctx, e))
+                Err(failure(ctx, e))
             }
         }
+    }
+}
+
+/// What a failed step means for the request. A commit that failed on an I/O error
+/// other than a full disk may have reached the disk all the same (the error can come
+/// from the last sync, after the commit point): the outcome is uncertain, and the
+/// request may be repeated safely (writes are idempotent). A full disk fails before
+/// the commit point (redb writes its commit record in place, in the header): certainly
+/// not done, as is every failure of another step.
+fn failure(ctx: &str, e: redb::Error) -> StoreError {
+    let uncertain = ctx.starts_with("commit")
+        && matches!(&e, redb::Error::Io(io) if io.kind() != std::io::ErrorKind::StorageFull);
+    if uncertain {
+        StoreError::Uncertain(format!("{ctx}: {e}"))
+    } else {
+        StoreError::new(ctx, e)
     }
 }
 
@@ -656,6 +672,15 @@ fn copy_new(from: &Path, to: &Path) -> std::io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_commit_is_uncertain_unless_the_disk_was_full() {
+        let io = |errno| redb::Error::Io(std::io::Error::from_raw_os_error(errno));
+        assert!(failure("commit message", io(libc::EIO)).is_uncertain());
+        assert!(!failure("commit message", io(libc::ENOSPC)).is_uncertain());
+        assert!(!failure("begin write", io(libc::EIO)).is_uncertain());
+        assert!(!failure("commit message", redb::Error::PreviousIo).is_uncertain());
+    }
 
     #[test]
     fn passes_the_backend_suite() {
