@@ -323,76 +323,20 @@ fn a_node_writes_back_presence_redis_lost_and_a_dead_node_s_presence_expires() {
     assert_eq!(online_ids(&mut two), [2]);
 }
 
-/// Notes the answer `g` (if it is one) to a message whose `msgId` is `m<number>`.
-fn note(
-    g: &Got,
-    ok: &mut std::collections::BTreeSet<usize>,
-    stored: &mut std::collections::BTreeSet<usize>,
-) {
-    if g.kind != "SmsResMes" {
-        return;
-    }
-    let id: usize = g.data["msgId"].as_str().unwrap()[1..].parse().unwrap();
-    match g.data["code"].as_i64().unwrap() {
-        200 => assert!(ok.insert(id), "{id} answered twice"),
-        202 => assert!(stored.insert(id), "{id} answered twice"),
-        other => panic!("message {id}: {other}"),
-    }
-}
-
 #[test]
 fn a_recipient_on_another_node_that_stops_reading_loses_nothing_answered_200() {
-    use std::collections::BTreeSet;
-    use std::io::Read;
     let r = RedisProc::start(false);
     let (a, _da) = r.node(&["--msg-rate", "0"]);
     let (b, _db) = r.node(&["--msg-rate", "0"]);
     let mut sender = online(&a, 1);
     // A small receive buffer: b's writes to user 2 block sooner.
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    sock.connect(&b.addr.into()).unwrap();
-    let mut stalled = SeedClient::from_stream(sock.into());
-    stalled.join(2);
+    let mut stalled = delivery::small_buffered(b.addr, 2);
     sender.wait_notice(2, 0);
     // From here on user 2 reads nothing; b drops it once a message waited 10 s.
-    let n = 3000;
-    let body = "q".repeat(2000);
-    let (mut ok, mut stored) = (BTreeSet::new(), BTreeSet::new());
-    for batch in 0..n / 20 {
-        for i in batch * 20..(batch + 1) * 20 {
-            sender.send(
-                "SmsPrivateMes",
-                json!({"toUserId": 2, "content": format!("{i:04} {body}"), "msgId": format!("m{i}")}),
-            );
-        }
-        sender.send("PingMes", json!({}));
-        let (_, before) = sender.recv_until("PongMes");
-        for g in &before {
-            note(g, &mut ok, &mut stored);
-        }
-    }
-    while ok.len() + stored.len() < n {
-        note(&sender.recv(), &mut ok, &mut stored);
-    }
+    let (ok, stored) = delivery::send_to_stalled(&mut sender, 2, 3000);
     assert!(!stored.is_empty(), "user 2 was dropped: some were stored");
     // What was answered 200 is in user 2's socket, whole.
-    let mut bytes = Vec::new();
-    let _ = stalled.stream.read_to_end(&mut bytes);
-    let mut got = BTreeSet::new();
-    let mut rest = &bytes[..];
-    while rest.len() >= 4 {
-        let len = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
-        if rest.len() < 4 + len {
-            break;
-        }
-        let g = Got::from_envelope(&rest[4..4 + len]);
-        if g.kind == "SmsPrivateMes" {
-            let content = g.data["content"].as_str().unwrap();
-            got.insert(content[..4].parse::<usize>().unwrap());
-        }
-        rest = &rest[4 + len..];
-    }
+    let got = delivery::numbers_in_socket(&mut stalled);
     assert!(
         ok.is_subset(&got),
         "answered 200 but never reached the socket: {:?}",
@@ -401,14 +345,6 @@ fn a_recipient_on_another_node_that_stops_reading_loses_nothing_answered_200() {
     // What was stored comes at the next login, on the sender's node, each once.
     let mut back = a.connect();
     assert_eq!(back.login_1mib(2, "pw2").data["code"], 200);
-    let mut later = BTreeSet::new();
-    while later.len() < stored.len() {
-        let g = back.recv();
-        if g.kind == "SmsPrivateMes" {
-            assert_eq!(g.data["offline"], true);
-            let content = g.data["content"].as_str().unwrap();
-            assert!(later.insert(content[..4].parse::<usize>().unwrap()));
-        }
-    }
+    let later = delivery::numbers_stored(&mut back, stored.len());
     assert_eq!(later, stored);
 }

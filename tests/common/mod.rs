@@ -2,11 +2,13 @@
 //! `127.0.0.1:0` in a temporary data directory (`server.rs`), a client that speaks the
 //! seed's wire format byte for byte (`client.rs`), a `redis-server` of the test's own
 //! (`redis_server.rs`), TLS clients trusting certificates made at run time (`tls.rs`,
-//! `pki.rs`), and the web listener's clients, HTTP and WebSocket (`web.rs`).
+//! `pki.rs`), the web listener's clients, HTTP and WebSocket (`web.rs`), and the check
+//! that what is answered 200 was written (`delivery.rs`).
 
 #![allow(dead_code)]
 
 mod client;
+pub mod delivery;
 pub mod pki;
 mod redis_server;
 mod server;
